@@ -1,0 +1,11 @@
+"""waferllm: WaferLLM (OSDI 2025) on a virtual wafer.
+
+Real algorithms with real numbers on a vectorised model of a 2D mesh of cores, every step
+charged to a PLMR cost model. Public API: device presets, the virtual mesh, kernels by name.
+"""
+
+from waferllm.device import Device, get_device, list_devices, tiny, wse2, wse3
+
+__version__ = "0.1.0"
+
+__all__ = ["Device", "get_device", "list_devices", "tiny", "wse2", "wse3", "__version__"]

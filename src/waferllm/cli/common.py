@@ -1,0 +1,74 @@
+"""Helpers shared by the subcommands: the one-line parser, device options, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rich.console import Console
+
+from waferllm.device import Device, get_device, parse_set_options
+
+
+class CliError(Exception):
+    """A usage error already phrased for the user."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{message} (see `{self.prog} --help`)")
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A rich console wide enough for our tables even when output is piped."""
+    return Console(stderr=stderr, width=None if sys.stdout.isatty() else 140)
+
+
+def add_device_options(parser: argparse.ArgumentParser, default: str = "wse2") -> None:
+    parser.add_argument(
+        "--device", default=default, help=f"preset name or JSON file (default {default})"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one device constant (repeatable), e.g. --set stage_latency_cycles=20",
+    )
+
+
+def device_from_args(args: argparse.Namespace) -> Device:
+    return get_device(args.device, parse_set_options(args.overrides))
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=_json_default)
+    sys.stdout.write("\n")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, tuple | set):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write a result file atomically (a temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,285 @@
+"""PLMR device model: one frozen dataclass per mesh device, and the presets wse2(), wse3(), tiny().
+
+Every constant cites the PAPER.md row it comes from, or says it is a placeholder or calibrated
+(SPEC.md §8 says on what). Users build their own device in Python (`dataclasses.replace`), from
+a JSON file (`load_device`), or override single constants (`with_overrides`, the CLI's `--set`).
+This module imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+STORAGE_DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Device:
+    """A 2D mesh of cores in PLMR terms (Parallelism, Latency, Memory, Routing).
+
+    Rows are the Y axis (southwards), columns the X axis (eastwards); `mesh_rows` x `mesh_cols`
+    is the usable rectangle a kernel may occupy (SPEC.md §10.1).
+    """
+
+    name: str
+    mesh_rows: int
+    mesh_cols: int
+    clock_hz: float
+    sram_bytes_per_core: int
+    storage_dtype: str
+    flops_per_cycle_per_core: float  # packed-f16 SIMD peak (2 FLOP per MAC lane)
+    sram_bytes_per_cycle: float  # SRAM traffic a core can move per cycle (reads + write)
+    link_bytes_per_cycle: float  # one directed link between neighbouring routers
+    ramp_bytes_per_cycle: float  # one direction of a core's port to its own router
+    hop_latency_cycles: float  # alpha: per hop of hardware forwarding
+    stage_latency_cycles: float  # beta: per core that receives, processes and re-sends
+    routes_per_core: int  # route ids (colours) one router can hold
+    power_w: float  # whole-device power, for energy = power x modelled time
+    # Efficiency constants (calibrated; see the README's calibration section).
+    vector_instr_floor_cycles: float  # minimum cycles of one vector instruction (issue latency)
+    step_overhead_cycles: float  # fixed cost of one compute-shift step (task switch, sync)
+    host_io_bytes_per_s: float  # host <-> wafer transfer rate for prompts, tokens, logits
+    sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for field in ("mesh_rows", "mesh_cols", "sram_bytes_per_core", "routes_per_core"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"device field {field}={value!r} must be a positive integer")
+        positive = (
+            "clock_hz",
+            "flops_per_cycle_per_core",
+            "sram_bytes_per_cycle",
+            "link_bytes_per_cycle",
+            "ramp_bytes_per_cycle",
+            "power_w",
+            "host_io_bytes_per_s",
+        )
+        for field in positive:
+            value = getattr(self, field)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"device field {field}={value!r} must be a positive number")
+        non_negative = (
+            "hop_latency_cycles",
+            "stage_latency_cycles",
+            "vector_instr_floor_cycles",
+            "step_overhead_cycles",
+        )
+        for field in non_negative:
+            value = getattr(self, field)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"device field {field}={value!r} must be a number >= 0")
+        if self.storage_dtype not in STORAGE_DTYPES:
+            raise ValueError(
+                f"device field storage_dtype={self.storage_dtype!r} must be one of "
+                f"{', '.join(STORAGE_DTYPES)}"
+            )
+
+    @property
+    def storage_bytes(self) -> int:
+        """Bytes of one element in the storage dtype (SRAM, links and the ledger use it)."""
+        return STORAGE_DTYPES[self.storage_dtype]
+
+    @property
+    def num_cores(self) -> int:
+        return self.mesh_rows * self.mesh_cols
+
+    def cycles_to_seconds(self, cycles: float) -> float:
+        """The one conversion from modelled cycles to modelled seconds."""
+        return cycles / self.clock_hz
+
+    def energy_j(self, seconds: float) -> float:
+        """Whole-device power times modelled time (SPEC.md §3)."""
+        return self.power_w * seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field plus `name`; `sources` as a mapping field -> citation."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["sources"] = dict(self.sources)
+        return out
+
+
+def _wse_common() -> dict[str, Any]:
+    """Constants WSE-2 and WSE-3 share, with their sources."""
+    return dict(
+        clock_hz=1.1e9,
+        sram_bytes_per_core=48 * 1024,
+        storage_dtype="float16",
+        sram_bytes_per_cycle=12.0,
+        link_bytes_per_cycle=4.0,
+        ramp_bytes_per_cycle=4.0,
+        hop_latency_cycles=1.0,
+        stage_latency_cycles=30.0,
+        routes_per_core=21,
+        power_w=15_000.0,
+        vector_instr_floor_cycles=10.0,
+        step_overhead_cycles=0.0,
+        host_io_bytes_per_s=1.2e12,
+    )
+
+
+_COMMON_SOURCES = {
+    "clock_hz": "PAPER.md §2.1 clock row (1.1 GHz; the public code converts at 1.1 GHz)",
+    "sram_bytes_per_core": "PAPER.md §2.1 SRAM per core (48 KB; 8 banks x 6 KiB per code notes §6)",
+    "storage_dtype": "PAPER.md §2.1 data type row (f16 everywhere)",
+    "sram_bytes_per_cycle": "PAPER.md §2.1 core datapath (two 32-bit reads + one 32-bit write)",
+    "link_bytes_per_cycle": "PAPER.md §2.1 link row (one 32-bit wavelet per neighbour per cycle)",
+    "ramp_bytes_per_cycle": "placeholder: assumed equal to one link (no published figure)",
+    "hop_latency_cycles": "PAPER.md §2.1 per-hop latency (~1 cycle; code corrects by px+py)",
+    "stage_latency_cycles": "placeholder, calibrated later (beta has no published value)",
+    "routes_per_core": "PAPER.md §2.1 routes row / SPEC.md §10.7 (21 free in the decode kernel)",
+    "power_w": "PAPER.md §2.1 power row (~15 kW, 37.5 x 400 W)",
+    "vector_instr_floor_cycles": "placeholder, calibrated later on PAPER.md §4",
+    "step_overhead_cycles": "placeholder, calibrated later on PAPER.md §4",
+    "host_io_bytes_per_s": "placeholder: host I/O is reported apart from every TPR",
+}
+
+
+def wse2() -> Device:
+    """Cerebras WSE-2 as the paper ran it (PAPER.md §2.1)."""
+    return Device(
+        name="wse2",
+        mesh_rows=994,
+        mesh_cols=750,
+        flops_per_cycle_per_core=8.0,
+        **_wse_common(),
+        sources={
+            **_COMMON_SOURCES,
+            "mesh_rows": "PAPER.md §2.1 usable rectangle (994 rows)",
+            "mesh_cols": "PAPER.md §2.1 usable rectangle (750 columns)",
+            "flops_per_cycle_per_core": "PAPER.md §2.1 core datapath (4 f16 SIMD lanes x 2 FLOP)",
+        },
+    )
+
+
+def wse3() -> Device:
+    """Cerebras WSE-3 (PAPER.md §2.1; power assumed equal to WSE-2's, as the vendor says)."""
+    return Device(
+        name="wse3",
+        mesh_rows=1170,
+        mesh_cols=755,
+        flops_per_cycle_per_core=16.0,
+        **_wse_common(),
+        sources={
+            **_COMMON_SOURCES,
+            "mesh_rows": "PAPER.md §2.1 usable rectangle (1170 rows)",
+            "mesh_cols": "PAPER.md §2.1 usable rectangle (755 columns)",
+            "flops_per_cycle_per_core": "PAPER.md §2.1 core datapath (8 f16 lanes, simd_64)",
+            "power_w": "PAPER.md §2.1 power row ('same power as WSE-2'; figure not published)",
+        },
+    )
+
+
+def tiny() -> Device:
+    """A 64x64 mesh with WSE-2's clock, latencies and links, 4 MiB SRAM and 32 routes per core.
+
+    For tests and small functional runs: big enough SRAM that small checkpoints fit on few cores.
+    """
+    base = wse2()
+    return dataclasses.replace(
+        base,
+        name="tiny",
+        mesh_rows=64,
+        mesh_cols=64,
+        sram_bytes_per_core=4 * 1024 * 1024,
+        routes_per_core=32,
+        sources={
+            **base.sources,
+            "mesh_rows": "test device: 64 rows",
+            "mesh_cols": "test device: 64 columns",
+            "sram_bytes_per_core": "test device: 4 MiB so small checkpoints fit",
+            "routes_per_core": "PAPER.md §1 R row (5-bit route id: 32)",
+        },
+    )
+
+
+PRESETS: dict[str, Callable[[], Device]] = {"wse2": wse2, "wse3": wse3, "tiny": tiny}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Device)}
+_INT_FIELDS = {"mesh_rows", "mesh_cols", "sram_bytes_per_core", "routes_per_core"}
+_STR_FIELDS = {"name", "storage_dtype"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Convert a JSON or `--set` value to the field's type, or raise naming the field."""
+    if key not in _FIELDS or key == "sources":
+        valid = ", ".join(k for k in _FIELDS if k != "sources")
+        raise ValueError(f"unknown device field {key!r}; valid fields: {valid}")
+    if key in _STR_FIELDS:
+        return str(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"device field {key}={value!r} is not a number") from None
+    if key in _INT_FIELDS:
+        if number != int(number):
+            raise ValueError(f"device field {key}={value!r} must be an integer")
+        return int(number)
+    return number
+
+
+def with_overrides(device: Device, overrides: Mapping[str, Any]) -> Device:
+    """A copy of `device` with single constants replaced (`--set key=value`)."""
+    changes = {key: _coerce(key, value) for key, value in overrides.items()}
+    sources = {**device.sources, **{k: "user override (--set)" for k in changes}}
+    return dataclasses.replace(device, **changes, sources=sources)
+
+
+def parse_set_options(items: list[str]) -> dict[str, str]:
+    """Parse repeated `key=value` strings."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_device(path: str | Path) -> Device:
+    """A device from a JSON file: every field, or `"base": "<preset>"` plus the fields to change."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read device file {str(path)!r}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"device file {str(path)!r} is not valid JSON: {exc.msg}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"device file {str(path)!r} must hold one JSON object")
+    raw.pop("sources", None)
+    base_name = raw.pop("base", None)
+    if base_name is not None:
+        base = get_device(str(base_name))
+        raw.setdefault("name", path.stem)
+        return with_overrides(base, raw)
+    missing = [k for k in _FIELDS if k not in raw and k not in ("sources", "name")]
+    if missing:
+        raise ValueError(
+            f"device file {str(path)!r} lacks {', '.join(missing)}; give every field or "
+            f'"base": one of {", ".join(PRESETS)}'
+        )
+    fields = {k: _coerce(k, v) for k, v in raw.items()}
+    fields.setdefault("name", path.stem)
+    return Device(**fields, sources={k: f"user file {path.name}" for k in fields})
+
+
+def get_device(name_or_path: str, overrides: Mapping[str, Any] | None = None) -> Device:
+    """A preset by name, or a JSON device file by path; then `overrides` applied."""
+    if name_or_path in PRESETS:
+        device = PRESETS[name_or_path]()
+    elif name_or_path.endswith(".json") or Path(name_or_path).is_file():
+        device = load_device(name_or_path)
+    else:
+        raise ValueError(
+            f"unknown device {name_or_path!r}; presets: {', '.join(PRESETS)} (or a JSON file)"
+        )
+    return with_overrides(device, overrides) if overrides else device
+
+
+def list_devices() -> list[Device]:
+    return [factory() for factory in PRESETS.values()]

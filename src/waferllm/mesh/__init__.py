@@ -1,0 +1,52 @@
+"""The virtual wafer: distributed tensors, communication primitives, the cost ledger, M/R checks.
+
+Lower layers: `geometry` (pure index arithmetic), `traffic` (the message model), `cost` (the
+ledger). `virtual.Mesh` ties a device region to SRAM and route accounting; `comm` and `compute`
+are the primitives kernels are written in.
+"""
+
+from waferllm.mesh.comm import (
+    ReduceAlgorithm,
+    ReduceOp,
+    allreduce,
+    broadcast,
+    reduce,
+    ring_shift,
+    segmented_allreduce,
+    shift,
+)
+from waferllm.mesh.compute import elementwise, matmul, vector_op_cycles
+from waferllm.mesh.cost import Charge, ChargeKind, Ledger, Record, Totals
+from waferllm.mesh.geometry import Axis, RingKind, ring_order, ring_position, ring_successor
+from waferllm.mesh.tensor import DistTensor, Layout
+from waferllm.mesh.virtual import COMPUTE_DTYPES, Mesh, Mode, parse_grid
+
+__all__ = [
+    "COMPUTE_DTYPES",
+    "Axis",
+    "Charge",
+    "ChargeKind",
+    "DistTensor",
+    "Layout",
+    "Ledger",
+    "Mesh",
+    "Mode",
+    "Record",
+    "ReduceAlgorithm",
+    "ReduceOp",
+    "RingKind",
+    "Totals",
+    "allreduce",
+    "broadcast",
+    "elementwise",
+    "matmul",
+    "parse_grid",
+    "reduce",
+    "ring_order",
+    "ring_position",
+    "ring_shift",
+    "ring_successor",
+    "segmented_allreduce",
+    "shift",
+    "vector_op_cycles",
+]

@@ -1,0 +1,126 @@
+"""Local compute on every core at once, priced by a per-core roofline (SPEC.md §3).
+
+A vector instruction of length n costs `max(floor, n*flops/F, n*sram_bytes/S)` cycles: F the
+packed-f16 SIMD peak, S the SRAM bytes per cycle, `floor` the calibrated minimum of one
+instruction (short vectors pay it). A multiply-accumulate moves 3 storage elements (read the
+accumulator and one streamed operand, write the accumulator; code notes §1.2, §2.2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from waferllm.device import Device
+from waferllm.mesh.cost import Charge, ChargeKind, Ledger
+from waferllm.mesh.virtual import Mesh, Mode
+
+MAC_FLOPS = 2
+MAC_SRAM_ELEMENTS = 3
+
+
+def vector_op_cycles(
+    device: Device,
+    *,
+    num_instructions: int,
+    length: int,
+    flops_per_element: float,
+    sram_elements_per_element: float,
+) -> float:
+    """Cycles of `num_instructions` vector instructions of `length` elements on one core."""
+    if num_instructions == 0 or length == 0:
+        return 0.0
+    per_instruction = max(
+        device.vector_instr_floor_cycles,
+        length * flops_per_element / device.flops_per_cycle_per_core,
+        length * sram_elements_per_element * device.storage_bytes / device.sram_bytes_per_cycle,
+    )
+    return num_instructions * per_instruction
+
+
+def matmul_cycles(device: Device, *, m: int, k: int, n: int, vector: str = "m") -> float:
+    """One core's [m, k] @ [k, n]: k*n instructions of length m (GEMM tiles, vector="m") or
+    m*k instructions of length n (GEMV, vector="n")."""
+    if vector == "m":
+        count, length = k * n, m
+    else:
+        count, length = m * k, n
+    return vector_op_cycles(
+        device,
+        num_instructions=count,
+        length=length,
+        flops_per_element=MAC_FLOPS,
+        sram_elements_per_element=MAC_SRAM_ELEMENTS,
+    )
+
+
+def charge_compute(
+    mesh: Mesh, ledger: Ledger, op: str, *, cycles: float, flops_per_core: float
+) -> None:
+    ledger.charge(
+        op,
+        Charge(kind=ChargeKind.COMPUTE, cycles=cycles, flops=int(flops_per_core * mesh.num_cores)),
+    )
+
+
+def _accumulating_matmul(mesh: Mesh, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b in the compute dtype; float16 accumulates in float32 unless f16_accumulate."""
+    if mesh.mode is Mode.ESTIMATE or a.dtype != torch.float16:
+        return a @ b
+    if not mesh.f16_accumulate:
+        return (a.float() @ b.float()).to(torch.float16)
+    # the hardware's order: one rank-1 update per k, rounded to f16 each time
+    acc = torch.zeros((*a.shape[:-1], b.shape[-1]), dtype=torch.float16)
+    for k in range(a.shape[-1]):
+        acc = acc + a[..., k : k + 1] * b[..., k : k + 1, :]
+    return acc
+
+
+def matmul(
+    mesh: Mesh,
+    *,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    ledger: Ledger,
+    op: str,
+    vector: str = "m",
+    accumulate: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-core `a @ b` over tiles (rows, cols, ..., m, k) @ (rows, cols, ..., k, n)."""
+    out = _accumulating_matmul(mesh, a, b)
+    if accumulate is not None:
+        out = accumulate + out
+    *batch, m, k = a.shape[2:]
+    n = b.shape[-1]
+    reps = math.prod(batch) if batch else 1
+    cycles = reps * matmul_cycles(mesh.device, m=m, k=k, n=n, vector=vector)
+    charge_compute(mesh, ledger, op, cycles=cycles, flops_per_core=reps * MAC_FLOPS * m * k * n)
+    return out
+
+
+def elementwise(
+    mesh: Mesh,
+    fn: Callable[..., torch.Tensor],
+    *inputs: torch.Tensor,
+    ledger: Ledger,
+    op: str,
+    flops_per_element: float = 1.0,
+    num_elements: int | None = None,
+) -> torch.Tensor:
+    """Apply `fn` on every core; priced as one vector instruction per input-tile pass.
+
+    SRAM traffic: every input element read once, every output element written once.
+    """
+    out = fn(*inputs)
+    n = num_elements if num_elements is not None else math.prod(out.shape[2:])
+    cycles = vector_op_cycles(
+        mesh.device,
+        num_instructions=1,
+        length=n,
+        flops_per_element=flops_per_element,
+        sram_elements_per_element=len(inputs) + 1,
+    )
+    charge_compute(mesh, ledger, op, cycles=cycles, flops_per_core=flops_per_element * n)
+    return out

@@ -1,0 +1,311 @@
+"""The cost ledger: what every primitive charges, and how steps compose (SPEC.md §10.6).
+
+A primitive hands the ledger a `Charge` (compute cycles, or communication traffic already
+priced by `traffic.comm_cycles`). Outside an `overlap()` block each charge is one sequential
+record; inside, the block's compute and communication overlap and cost
+`max(compute, comm) + step_overhead`. `repeat(n)` marks a run of identical steps as one record
+with a count. Cycles only: seconds are the device's business (`Device.cycles_to_seconds`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+from collections.abc import Iterator
+
+from waferllm.mesh.traffic import Traffic, merge_all
+
+
+class ChargeKind(enum.StrEnum):
+    COMPUTE = "compute"
+    COMM = "comm"
+    OVERHEAD = "overhead"
+    HOST_IO = "host_io"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Charge:
+    """One primitive's cost before composition. `cycles` is its busy time on the critical path.
+
+    Inside an overlap block, communication charged with the same `phase` shares the network at
+    the same time (traffics are merged and priced together); later phases follow.
+    `mean_slack_cycles`: how much earlier than `cycles` the average core is done (a broadcast
+    reaches near cores first); used for PAPER.md §4's mean-over-cores "elapsed cycles".
+    """
+
+    kind: ChargeKind
+    cycles: float
+    flops: int = 0
+    bytes_injected: int = 0
+    link_byte_hops: int = 0
+    critical_hops: int = 0
+    critical_stages: int = 0
+    host_bytes: int = 0
+    mean_slack_cycles: float = 0.0
+    traffic: Traffic | None = None
+
+    @classmethod
+    def comm(cls, traffic: Traffic) -> Charge:
+        """A communication step priced by the message model."""
+        return cls(
+            kind=ChargeKind.COMM,
+            cycles=traffic.cycles,
+            bytes_injected=traffic.bytes_injected,
+            link_byte_hops=traffic.link_byte_hops,
+            critical_hops=traffic.critical_hops,
+            critical_stages=traffic.critical_stages,
+            mean_slack_cycles=traffic.mean_slack_cycles,
+            traffic=traffic,
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Record:
+    """One ledger entry: a sequential primitive or one overlapped step, `count` times."""
+
+    op: str
+    count: int = 1
+    tag: str = ""
+    flops: int = 0
+    bytes_injected: int = 0
+    link_byte_hops: int = 0
+    critical_hops: int = 0
+    critical_stages: int = 0
+    host_bytes: int = 0
+    compute_cycles: float = 0.0  # exposed
+    comm_cycles: float = 0.0  # exposed
+    overhead_cycles: float = 0.0  # exposed
+    host_io_cycles: float = 0.0  # never on the modelled critical path of TTFT/TPOT
+    comm_busy_cycles: float = 0.0  # all communication, hidden or not
+    mean_slack_cycles: float = 0.0
+
+    @property
+    def latency_cycles(self) -> float:
+        return self.compute_cycles + self.comm_cycles + self.overhead_cycles
+
+    def expanded(self) -> list[Record]:
+        return [dataclasses.replace(self, count=1)] * self.count
+
+
+_SUMMED = (
+    "flops",
+    "bytes_injected",
+    "link_byte_hops",
+    "critical_hops",
+    "critical_stages",
+    "host_bytes",
+    "compute_cycles",
+    "comm_cycles",
+    "overhead_cycles",
+    "host_io_cycles",
+    "comm_busy_cycles",
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Totals:
+    """Sums over records with their counts; `latency_cycles` is the critical path."""
+
+    flops: float = 0
+    bytes_injected: float = 0
+    link_byte_hops: float = 0
+    critical_hops: float = 0
+    critical_stages: float = 0
+    host_bytes: float = 0
+    compute_cycles: float = 0.0
+    comm_cycles: float = 0.0
+    overhead_cycles: float = 0.0
+    host_io_cycles: float = 0.0
+    comm_busy_cycles: float = 0.0
+    align_cycles: float = 0.0
+
+    @property
+    def latency_cycles(self) -> float:
+        return self.compute_cycles + self.comm_cycles + self.overhead_cycles
+
+    @property
+    def compute_fraction(self) -> float:
+        latency = self.latency_cycles
+        return self.compute_cycles / latency if latency > 0 else 0.0
+
+
+@dataclasses.dataclass
+class _Block:
+    op: str
+    step_overhead_cycles: float
+    charges: list[Charge] = dataclasses.field(default_factory=list)
+    comm_phases: dict[int, list[Charge]] = dataclasses.field(default_factory=dict)
+
+
+def _phase(charges: list[Charge]) -> tuple[float, int, int]:
+    """(cycles, critical hops, critical stages) of concurrent communication."""
+    traffics = [c.traffic for c in charges if c.traffic is not None]
+    if traffics:
+        merged = merge_all(traffics)
+        best = (merged.cycles, merged.critical_hops, merged.critical_stages)
+    else:
+        best = (0.0, 0, 0)
+    for c in charges:
+        if c.traffic is None and c.cycles > best[0]:
+            best = (c.cycles, c.critical_hops, c.critical_stages)
+    return best
+
+
+class Ledger:
+    """Records in program order. Callers own it; kernels and primitives only append."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self._scopes: list[str] = []
+        self._tags: list[str] = []
+        self._repeat = 1
+        self._block: _Block | None = None
+
+    # ---- context helpers -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def scope(self, name: str) -> Iterator[None]:
+        """Prefix the op names recorded inside with `name/`."""
+        self._scopes.append(name)
+        try:
+            yield
+        finally:
+            self._scopes.pop()
+
+    @contextlib.contextmanager
+    def tag(self, name: str) -> Iterator[None]:
+        """Tag records (e.g. "align") so reports can single them out."""
+        self._tags.append(name)
+        try:
+            yield
+        finally:
+            self._tags.pop()
+
+    @contextlib.contextmanager
+    def repeat(self, count: int) -> Iterator[None]:
+        """Records inside stand for `count` identical repetitions."""
+        assert count >= 1
+        saved = self._repeat
+        self._repeat = saved * count
+        try:
+            yield
+        finally:
+            self._repeat = saved
+
+    @contextlib.contextmanager
+    def overlap(self, op: str, *, step_overhead_cycles: float = 0.0) -> Iterator[None]:
+        """One step whose compute and communication overlap: max(compute, comm) + overhead."""
+        assert self._block is None, "overlap blocks do not nest"
+        self._block = _Block(self._name(op), step_overhead_cycles)
+        try:
+            yield
+        finally:
+            block, self._block = self._block, None
+        self._close_block(block)
+
+    def _name(self, op: str) -> str:
+        return "/".join([*self._scopes, op])
+
+    # ---- charging ----------------------------------------------------------------------------
+    def charge(self, op: str, charge: Charge, *, phase: int = 0) -> None:
+        if self._block is not None:
+            self._block.charges.append(charge)
+            if charge.kind is ChargeKind.COMM:
+                self._block.comm_phases.setdefault(phase, []).append(charge)
+            return
+        exposed = {
+            ChargeKind.COMPUTE: "compute_cycles",
+            ChargeKind.COMM: "comm_cycles",
+            ChargeKind.OVERHEAD: "overhead_cycles",
+            ChargeKind.HOST_IO: "host_io_cycles",
+        }[charge.kind]
+        fields: dict[str, float] = {exposed: charge.cycles}
+        if charge.kind is ChargeKind.COMM:
+            fields["comm_busy_cycles"] = charge.cycles
+        self._append(op, charge, [charge], fields)
+
+    def _close_block(self, block: _Block) -> None:
+        compute = sum(c.cycles for c in block.charges if c.kind is ChargeKind.COMPUTE)
+        overhead = block.step_overhead_cycles + sum(
+            c.cycles for c in block.charges if c.kind is ChargeKind.OVERHEAD
+        )
+        # Communication charged in the same phase shares the network: merge, then price.
+        phases = [_phase(phase) for phase in block.comm_phases.values()]
+        comm = sum(p[0] for p in phases)
+        fields = {
+            "critical_hops": sum(p[1] for p in phases),
+            "critical_stages": sum(p[2] for p in phases),
+            "compute_cycles": compute,
+            "comm_cycles": max(0.0, comm - compute),
+            "overhead_cycles": overhead,
+            "comm_busy_cycles": comm,
+        }
+        self._append(block.op, None, block.charges, fields, named=True)
+
+    def _append(
+        self,
+        op: str,
+        charge: Charge | None,
+        charges: list[Charge],
+        fields: dict[str, float],
+        *,
+        named: bool = False,
+    ) -> None:
+        summed: dict[str, float] = {
+            key: sum(getattr(c, key) for c in charges)
+            for key in (
+                "flops",
+                "bytes_injected",
+                "link_byte_hops",
+                "critical_hops",
+                "critical_stages",
+                "host_bytes",
+            )
+        }
+        summed["mean_slack_cycles"] = charges[-1].mean_slack_cycles if charges else 0.0
+        summed.update(fields)
+        record = Record(
+            op=op if named else self._name(op),
+            count=self._repeat,
+            tag=self._tags[-1] if self._tags else "",
+            **summed,  # type: ignore[arg-type]
+        )
+        self.records.append(record)
+
+    def extend(self, other: Ledger, *, count: int = 1, scope: str = "") -> None:
+        """Append another ledger's records `count` times (reuse of identical layers/steps)."""
+        prefix = f"{scope}/" if scope else ""
+        for rec in other.records:
+            self.records.append(
+                dataclasses.replace(rec, op=prefix + rec.op, count=rec.count * count * self._repeat)
+            )
+
+    # ---- reading -----------------------------------------------------------------------------
+    def expanded(self) -> list[Record]:
+        """Every record with count 1 (the form in which two ledgers are compared)."""
+        return [r for rec in self.records for r in rec.expanded()]
+
+    def totals(self, *, prefix: str = "") -> Totals:
+        sums = dict.fromkeys(_SUMMED, 0.0)
+        align = 0.0
+        for rec in self.records:
+            if prefix and not rec.op.startswith(prefix):
+                continue
+            for key in _SUMMED:
+                sums[key] += getattr(rec, key) * rec.count
+            if rec.tag == "align":
+                align += rec.latency_cycles * rec.count
+        return Totals(**sums, align_cycles=align)
+
+    def by_op(self, *, depth: int = 1) -> dict[str, Totals]:
+        """Totals grouped by the first `depth` components of the op name."""
+        groups: dict[str, Ledger] = {}
+        for rec in self.records:
+            key = "/".join(rec.op.split("/")[:depth])
+            groups.setdefault(key, Ledger()).records.append(rec)
+        return {key: sub.totals() for key, sub in groups.items()}
+
+    def mean_core_cycles(self) -> float:
+        """Mean over cores of each core's span: the critical path less the last step's slack."""
+        latency = self.totals().latency_cycles
+        return latency - (self.records[-1].mean_slack_cycles if self.records else 0.0)

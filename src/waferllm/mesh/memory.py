@@ -1,0 +1,76 @@
+"""SRAM accounting per core (the M of PLMR), in the device's storage dtype (SPEC.md §10.2).
+
+Every live buffer (weights, KV cache, activations, double buffers, scratch) is registered by
+name with its bytes per core: an int when every core holds the same, or a (rows, cols) array.
+Exceeding a core's SRAM raises `SramOverflowError` naming the buffer, the core and the amounts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+
+from waferllm.errors import SramOverflowError
+
+BytesPerCore = int | np.ndarray
+
+
+class SramTracker:
+    def __init__(self, *, rows: int, cols: int, capacity_bytes: int, origin: tuple[int, int]):
+        self.rows, self.cols = rows, cols
+        self.capacity_bytes = capacity_bytes
+        self.origin = origin
+        self.live: dict[str, BytesPerCore] = {}
+        self._total: BytesPerCore = 0
+        self.peak_bytes = 0
+        self.hint = ""
+        self._scopes: list[list[str]] = []
+
+    @property
+    def live_bytes_max(self) -> int:
+        return int(np.max(self._total))
+
+    def alloc(self, name: str, bytes_per_core: BytesPerCore, *, hint: str = "") -> str:
+        """Register a buffer; returns the (possibly uniquified) name to free it with."""
+        key, n = name, 1
+        while key in self.live:
+            n += 1
+            key = f"{name}#{n}"
+        total = self._total + bytes_per_core
+        worst = int(np.max(total))
+        if worst > self.capacity_bytes:
+            flat = int(np.argmax(np.broadcast_to(total, (self.rows, self.cols))))
+            y, x = divmod(flat, self.cols)
+            need = int(np.max(bytes_per_core))
+            raise SramOverflowError(
+                tensor=name,
+                core=(y + self.origin[0], x + self.origin[1]),
+                needed_bytes=worst,
+                available_bytes=self.capacity_bytes,
+                hint=hint
+                or self.hint
+                or f"'{name}' alone takes {need} bytes per core; "
+                "use more cores, fewer layers per region or a shorter context",
+            )
+        self.live[key] = bytes_per_core
+        self._total = total
+        self.peak_bytes = max(self.peak_bytes, worst)
+        if self._scopes:
+            self._scopes[-1].append(key)
+        return key
+
+    def free(self, key: str) -> None:
+        self._total = self._total - self.live.pop(key)
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Free everything allocated inside when the block ends (temporaries, scratch)."""
+        self._scopes.append([])
+        try:
+            yield
+        finally:
+            for key in self._scopes.pop():
+                if key in self.live:
+                    self.free(key)

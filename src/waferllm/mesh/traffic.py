@@ -1,0 +1,160 @@
+"""The message model of SPEC.md §10.6: price one communication step.
+
+A step's time is `max over messages (hops*alpha + stages*beta)` plus `max over directed links
+and core ramps (bytes crossing it / bandwidth)`; pipelined messages pay the size term once.
+`Traffic` holds a step's critical message and its per-link and per-ramp byte loads as numpy
+arrays broadcastable over the mesh, so concurrent steps merge by adding loads.
+Legend: L lines (the other axis, or 1 when every line is alike), P cores along the axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from waferllm.device import Device
+from waferllm.mesh.geometry import Axis
+
+
+@dataclasses.dataclass(frozen=True)
+class Traffic:
+    """One communication step on a (rows x cols) mesh.
+
+    `links` maps (axis, +1 | -1) to loads of shape (L, P-1): link i joins cores i and i+1 of a
+    line, +1 is the direction of growing index. Ramp loads are (rows, cols)-broadcastable.
+    """
+
+    device: Device
+    shape: tuple[int, int]
+    critical_hops: int = 0
+    critical_stages: int = 0
+    bytes_injected: int = 0
+    link_byte_hops: int = 0
+    links: dict[tuple[Axis, int], np.ndarray] = dataclasses.field(default_factory=dict)
+    ramp_in: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((1, 1)))
+    ramp_out: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((1, 1)))
+    mean_slack_cycles: float = 0.0
+
+    @property
+    def latency_term_cycles(self) -> float:
+        d = self.device
+        return (
+            self.critical_hops * d.hop_latency_cycles
+            + self.critical_stages * d.stage_latency_cycles
+        )
+
+    @property
+    def size_term_cycles(self) -> float:
+        d = self.device
+        link = max((float(load.max(initial=0.0)) for load in self.links.values()), default=0.0)
+        ramp = max(float(self.ramp_in.max(initial=0.0)), float(self.ramp_out.max(initial=0.0)))
+        return max(link / d.link_bytes_per_cycle, ramp / d.ramp_bytes_per_cycle)
+
+    @property
+    def cycles(self) -> float:
+        if self.bytes_injected == 0:
+            return 0.0
+        return self.latency_term_cycles + self.size_term_cycles
+
+    def merged(self, other: Traffic) -> Traffic:
+        """Two steps at the same time: the slower critical message, loads added."""
+        assert self.shape == other.shape and self.device == other.device
+        mine = self.latency_term_cycles >= other.latency_term_cycles
+        slow = self if mine else other
+        links = dict(self.links)
+        for key, load in other.links.items():
+            links[key] = links[key] + load if key in links else load
+        return Traffic(
+            device=self.device,
+            shape=self.shape,
+            critical_hops=slow.critical_hops,
+            critical_stages=slow.critical_stages,
+            bytes_injected=self.bytes_injected + other.bytes_injected,
+            link_byte_hops=self.link_byte_hops + other.link_byte_hops,
+            links=links,
+            ramp_in=self.ramp_in + other.ramp_in,
+            ramp_out=self.ramp_out + other.ramp_out,
+            mean_slack_cycles=min(self.mean_slack_cycles, other.mean_slack_cycles),
+        )
+
+
+def _orient(axis: Axis, line_major: np.ndarray) -> np.ndarray:
+    """(L, P) per-line array -> (rows, cols)-broadcastable array."""
+    return line_major if axis is Axis.X else line_major.T
+
+
+def line_traffic(
+    device: Device,
+    shape: tuple[int, int],
+    axis: Axis,
+    *,
+    src: np.ndarray,
+    dst: np.ndarray,
+    nbytes: np.ndarray | int,
+    critical_hops: int,
+    critical_stages: int,
+    mean_slack_cycles: float = 0.0,
+    ramp_in_extra: np.ndarray | None = None,
+    ramp_out_extra: np.ndarray | None = None,
+    bytes_injected: int | None = None,
+) -> Traffic:
+    """Traffic of point-to-point segments along `axis`, the same in every line or per line.
+
+    `src`, `dst`: (F,) or (L, F) core indices along the axis, one entry per segment (a segment
+    enters the fabric at src's ramp, crosses every link between, leaves at dst's ramp).
+    `nbytes`: bytes of each segment, scalar or broadcastable to src. Segments with src == dst
+    or zero bytes carry nothing. The critical message is given by the caller, who knows which
+    segments form a pipelined chain. `ramp_*_extra` ((L, P) arrays) add ramp loads that are
+    not segment ends (a multicast delivers to every core it passes).
+    """
+    num = shape[axis.tensor_dim]
+    src2 = np.atleast_2d(np.asarray(src, dtype=np.int64))
+    dst2 = np.atleast_2d(np.asarray(dst, dtype=np.int64))
+    src2, dst2 = np.broadcast_arrays(src2, dst2)
+    size = np.broadcast_to(np.asarray(nbytes, dtype=np.float64), src2.shape)
+    size = np.where(src2 == dst2, 0.0, size)
+    lines = src2.shape[0]
+    rows = np.arange(lines)[:, None]
+    links: dict[tuple[Axis, int], np.ndarray] = {}
+    for direction in (+1, -1):
+        moving = (dst2 - src2) * direction > 0
+        lo = np.where(direction > 0, src2, dst2)
+        hi = np.where(direction > 0, dst2, src2)
+        diff = np.zeros((lines, num + 1))
+        np.add.at(diff, (np.broadcast_to(rows, lo.shape), lo), np.where(moving, size, 0.0))
+        np.add.at(diff, (np.broadcast_to(rows, hi.shape), hi), -np.where(moving, size, 0.0))
+        load = np.cumsum(diff, axis=1)[:, : num - 1]
+        if moving.any():
+            links[(axis, direction)] = load
+    ramp_out = np.zeros((lines, num))
+    ramp_in = np.zeros((lines, num))
+    np.add.at(ramp_out, (np.broadcast_to(rows, src2.shape), src2), size)
+    np.add.at(ramp_in, (np.broadcast_to(rows, dst2.shape), dst2), size)
+    if ramp_in_extra is not None:
+        ramp_in = ramp_in + ramp_in_extra
+    if ramp_out_extra is not None:
+        ramp_out = ramp_out + ramp_out_extra
+    other = shape[axis.other.tensor_dim]
+    scale = other if lines == 1 else 1
+    hops = np.abs(dst2 - src2)
+    return Traffic(
+        device=device,
+        shape=shape,
+        critical_hops=int(critical_hops),
+        critical_stages=int(critical_stages),
+        bytes_injected=int(size.sum() * scale) if bytes_injected is None else bytes_injected,
+        link_byte_hops=int((size * hops).sum() * scale),
+        links=links,
+        ramp_in=_orient(axis, ramp_in),
+        ramp_out=_orient(axis, ramp_out),
+        mean_slack_cycles=mean_slack_cycles,
+    )
+
+
+def merge_all(traffics: list[Traffic]) -> Traffic:
+    assert traffics
+    out = traffics[0]
+    for t in traffics[1:]:
+        out = out.merged(t)
+    return out

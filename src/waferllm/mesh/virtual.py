@@ -1,0 +1,154 @@
+"""The virtual mesh: a rectangle of cores on a device, in functional or estimate mode.
+
+`Mesh` owns the per-core SRAM tracker and route budget of one program phase, creates
+distributed tensors (scatter from the host, gather back, empty buffers) and runs step loops.
+In `estimate` mode tiles live on torch's `meta` device: the same kernels run shape-only, and a
+loop of identical steps is recorded once with a repeat count (SPEC.md §3).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterator
+
+import torch
+
+from waferllm.device import Device
+from waferllm.errors import GridError
+from waferllm.mesh.cost import Charge, ChargeKind, Ledger
+from waferllm.mesh.geometry import Axis
+from waferllm.mesh.memory import SramTracker
+from waferllm.mesh.routes import RouteBudget
+from waferllm.mesh.tensor import DistTensor, Layout, join_tiles, split_host
+
+
+class Mode(enum.StrEnum):
+    FUNCTIONAL = "functional"  # real tensors, real numbers
+    ESTIMATE = "estimate"  # meta tensors: shapes, costs, SRAM and route checks only
+
+
+COMPUTE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """`P` (P x P) or `RxC` (R rows by C columns), SPEC.md §10.1."""
+    raw = text.strip().lower()
+    parts = raw.split("x")
+    if len(parts) == 1:
+        parts = [parts[0], parts[0]]
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise GridError(f"malformed grid {text!r}: use P (P x P) or RxC, e.g. 8 or 4x6")
+    rows, cols = int(parts[0]), int(parts[1])
+    if rows < 1 or cols < 1:
+        raise GridError(f"grid {text!r} must have at least one row and one column")
+    return rows, cols
+
+
+class Mesh:
+    """A rows x cols region of `device` whose top-left core is `origin` on the wafer."""
+
+    def __init__(
+        self,
+        device: Device,
+        rows: int,
+        cols: int,
+        *,
+        mode: Mode = Mode.FUNCTIONAL,
+        compute_dtype: torch.dtype = torch.float32,
+        f16_accumulate: bool = False,
+        origin: tuple[int, int] = (0, 0),
+    ) -> None:
+        if rows < 1 or cols < 1:
+            raise GridError(f"grid {rows}x{cols} must have at least one row and one column")
+        if origin[0] + rows > device.mesh_rows or origin[1] + cols > device.mesh_cols:
+            raise GridError(
+                f"grid {rows}x{cols} at origin {origin} does not fit the {device.name} mesh of "
+                f"{device.mesh_rows}x{device.mesh_cols} cores"
+            )
+        self.device = device
+        self.rows, self.cols = rows, cols
+        self.mode = mode
+        self.compute_dtype = compute_dtype
+        self.f16_accumulate = f16_accumulate
+        self.origin = origin
+        self.sram = SramTracker(
+            rows=rows, cols=cols, capacity_bytes=device.sram_bytes_per_core, origin=origin
+        )
+        self.routes = RouteBudget(rows=rows, cols=cols, limit=device.routes_per_core, origin=origin)
+
+    def __repr__(self) -> str:
+        return f"Mesh({self.device.name}, {self.rows}x{self.cols}, {self.mode.value})"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, self.cols)
+
+    @property
+    def num_cores(self) -> int:
+        return self.rows * self.cols
+
+    def size(self, axis: Axis) -> int:
+        return self.rows if axis is Axis.Y else self.cols
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device("meta" if self.mode is Mode.ESTIMATE else "cpu")
+
+    # ---- creating distributed tensors --------------------------------------------------------
+    def register(self, data: torch.Tensor, layout: Layout, name: str) -> DistTensor:
+        """Wrap per-core tiles and charge their bytes to every core's SRAM."""
+        assert tuple(data.shape[:2]) == self.shape, (data.shape, self.shape)
+        tile_bytes = math.prod(data.shape[2:]) * self.device.storage_bytes
+        key = self.sram.alloc(name, tile_bytes)
+        return DistTensor(data, layout, self, name, key)
+
+    def empty(self, layout: Layout, name: str, *, fill: float = 0.0) -> DistTensor:
+        tile = layout.tile_shape(self.rows, self.cols)
+        data = torch.full(
+            (self.rows, self.cols, *tile), fill, dtype=self.compute_dtype, device=self.torch_device
+        )
+        return self.register(data, layout, name)
+
+    def scatter(
+        self, host: torch.Tensor, layout: Layout, name: str, *, ledger: Ledger | None = None
+    ) -> DistTensor:
+        """Host -> mesh. Charged as host I/O when a ledger is given (weights load uncharged)."""
+        if self.mode is Mode.ESTIMATE:
+            tile = layout.tile_shape(self.rows, self.cols)
+            data = torch.empty(
+                (self.rows, self.cols, *tile), dtype=self.compute_dtype, device="meta"
+            )
+        else:
+            data = split_host(host.to(self.compute_dtype), layout, self.rows, self.cols)
+        if ledger is not None:
+            self.charge_host_io(ledger, f"scatter.{name}", math.prod(layout.shape))
+        return self.register(data, layout, name)
+
+    def gather(self, tensor: DistTensor, *, ledger: Ledger | None = None) -> torch.Tensor:
+        """Mesh -> host (the logical tensor, padding dropped)."""
+        if ledger is not None:
+            self.charge_host_io(ledger, f"gather.{tensor.name}", math.prod(tensor.layout.shape))
+        return join_tiles(tensor.data, tensor.layout)
+
+    def charge_host_io(self, ledger: Ledger, op: str, num_elements: int) -> None:
+        nbytes = num_elements * self.device.storage_bytes
+        seconds = nbytes / self.device.host_io_bytes_per_s
+        ledger.charge(
+            op,
+            Charge(
+                kind=ChargeKind.HOST_IO, cycles=seconds * self.device.clock_hz, host_bytes=nbytes
+            ),
+        )
+
+    # ---- step loops ----------------------------------------------------------------------------
+    def steps(self, count: int, ledger: Ledger) -> Iterator[int]:
+        """Iterate over `count` identical steps: all of them in functional mode, one recorded
+        `count` times in estimate mode. Only for steps whose cost does not depend on the index."""
+        if count <= 0:
+            return
+        if self.mode is Mode.FUNCTIONAL:
+            yield from range(count)
+            return
+        with ledger.repeat(count):
+            yield 0
