@@ -1,0 +1,225 @@
+"""The generation loop: prefill once, then decode, one `Step` per token (SPEC.md §6).
+
+`Engine.generate(prompt_ids, params)` returns a `Generation`, an iterator over `Step`s that
+also holds the request's `Trace`: one cost ledger per phase (prefill, transition, each decode
+step, and the host I/O of sampling), from which `engine.metrics` derives the modelled metrics.
+The engine knows nothing of tokenizers, text or printing; the model owns the mesh, the
+weights and the KV cache (`waferllm.model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import torch
+
+from waferllm.device import Device
+from waferllm.engine.sampling import Sampler, SamplingParams
+from waferllm.errors import WaferError
+from waferllm.mesh.cost import Ledger
+
+# Legend: V vocabulary size.
+
+
+class ModelOutput(Protocol):
+    """What one model call leaves on the mesh: the greedy token and the logits behind it."""
+
+    @property
+    def token(self) -> int:
+        """The on-mesh argmax of the last position's logits."""
+        ...
+
+    def fetch_logits(self, ledger: Ledger) -> torch.Tensor:
+        """The last position's logits on the host, [V] (real vocabulary), charged as host I/O."""
+        ...
+
+
+class GenerativeModel(Protocol):
+    """The narrow surface of `waferllm.model.MeshTransformer` the engine drives."""
+
+    @property
+    def device(self) -> Device: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]: ...
+
+    def kv_capacity_tokens(self) -> int:
+        """Largest total context (prompt + fed-back tokens) the active KV cache policy holds."""
+        ...
+
+    def max_new_tokens(self, prompt_len: int) -> int:
+        """How many tokens can be generated after a prompt of `prompt_len` tokens."""
+        ...
+
+    def prefill(self, token_ids: Sequence[int], ledger: Ledger) -> ModelOutput: ...
+
+    def transition(self, ledger: Ledger) -> None:
+        """Re-lay the KV cache (and weights) from the prefill to the decode plan."""
+        ...
+
+    def decode_step(self, token_id: int, ledger: Ledger) -> ModelOutput: ...
+
+
+class RequestError(WaferError):
+    """A request the model cannot serve: bad token ids, too long for the KV cache."""
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"  # an end-of-sequence token was generated
+    LENGTH = "length"  # max_tokens reached
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Step:
+    """One generated token. `modelled_s`: the modelled time of the call that produced it (TTFT
+    for the first token, one decode step after; the transition between them is in the trace).
+    `finish_reason` is set on the last step only."""
+
+    token_id: int
+    index: int
+    is_first: bool
+    modelled_s: float
+    finish_reason: FinishReason | None = None
+
+
+@dataclasses.dataclass(kw_only=True)
+class Trace:
+    """Everything a request charged, one ledger per phase (SPEC.md §10.4's ingredients).
+
+    `host_io` holds the logits' trips to the host for non-greedy samplers, kept apart from the
+    phases so that no modelled time includes them; `host_wall_s` is real time on this machine.
+    """
+
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams
+    prefill: Ledger = dataclasses.field(default_factory=Ledger)
+    transition: Ledger = dataclasses.field(default_factory=Ledger)
+    decode: list[Ledger] = dataclasses.field(default_factory=list)
+    host_io: Ledger = dataclasses.field(default_factory=Ledger)
+    token_ids: list[int] = dataclasses.field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    host_wall_s: float = 0.0
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def output_len(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+class Generation(Iterator[Step]):
+    """One request in flight: iterate for its `Step`s; `trace` fills in as it runs."""
+
+    def __init__(self, engine: Engine, prompt_ids: tuple[int, ...], params: SamplingParams):
+        self.trace = Trace(prompt_ids=prompt_ids, params=params)
+        self._steps = engine._run(self.trace)
+
+    def __iter__(self) -> Generation:
+        return self
+
+    def __next__(self) -> Step:
+        return next(self._steps)
+
+    def run(self) -> Trace:
+        """Run to the end; the finished trace."""
+        for _ in self:
+            pass
+        return self.trace
+
+
+class Engine:
+    """Drives a `GenerativeModel` one request at a time (batch 1, as the paper serves)."""
+
+    def __init__(self, model: GenerativeModel) -> None:
+        self.model = model
+
+    def generate(self, prompt_ids: Sequence[int], params: SamplingParams) -> Generation:
+        """Validate the request now (bad ids, prompt or max_tokens too long for the KV cache
+        raise `RequestError` before anything runs), then generate lazily as it is iterated."""
+        ids = self.validate(prompt_ids, params)
+        return Generation(self, ids, params)
+
+    def validate(self, prompt_ids: Sequence[int], params: SamplingParams) -> tuple[int, ...]:
+        ids = tuple(prompt_ids)
+        if not ids:
+            raise RequestError("the prompt is empty: give at least one token")
+        vocab = self.model.vocab_size
+        bad = [
+            t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab
+        ]
+        if bad:
+            raise RequestError(
+                f"prompt token id {bad[0]!r} is not in the vocabulary [0, {vocab})"
+                + (f" ({len(bad)} such ids)" if len(bad) > 1 else "")
+            )
+        capacity = self.model.kv_capacity_tokens()
+        if len(ids) > capacity:
+            raise RequestError(
+                f"the prompt has {len(ids)} tokens but the KV cache holds at most {capacity} "
+                "(use a larger decode grid or a shorter prompt)"
+            )
+        room = self.model.max_new_tokens(len(ids))
+        if params.max_tokens > room:
+            raise RequestError(
+                f"max_tokens={params.max_tokens} but only {room} new tokens fit in the KV cache "
+                f"after this {len(ids)}-token prompt (lower max_tokens or use a larger grid)"
+            )
+        return ids
+
+    def _run(self, trace: Trace) -> Iterator[Step]:
+        params = trace.params
+        sampler = None if params.greedy else Sampler(params)
+        start = time.perf_counter()
+        out = self.model.prefill(trace.prompt_ids, trace.prefill)
+        token = self._select(out, sampler, trace.host_io)
+        step = self._record(trace, token, trace.prefill)
+        trace.host_wall_s += time.perf_counter() - start
+        yield step
+        if trace.done:
+            return
+        start = time.perf_counter()
+        self.model.transition(trace.transition)
+        while not trace.done:
+            ledger = Ledger()
+            trace.decode.append(ledger)
+            out = self.model.decode_step(token, ledger)
+            token = self._select(out, sampler, trace.host_io)
+            step = self._record(trace, token, ledger)
+            trace.host_wall_s += time.perf_counter() - start
+            yield step
+            start = time.perf_counter()
+
+    @staticmethod
+    def _select(out: ModelOutput, sampler: Sampler | None, host_io: Ledger) -> int:
+        if sampler is None:
+            return int(out.token)
+        return sampler.sample(out.fetch_logits(host_io))
+
+    def _record(self, trace: Trace, token: int, ledger: Ledger) -> Step:
+        trace.token_ids.append(token)
+        params = trace.params
+        if token in self.model.eos_token_ids and not params.ignore_eos:
+            trace.finish_reason = FinishReason.STOP
+        elif trace.output_len >= params.max_tokens:
+            trace.finish_reason = FinishReason.LENGTH
+        seconds = self.model.device.cycles_to_seconds(ledger.totals().latency_cycles)
+        return Step(
+            token_id=token,
+            index=trace.output_len - 1,
+            is_first=trace.output_len == 1,
+            modelled_s=seconds,
+            finish_reason=trace.finish_reason,
+        )

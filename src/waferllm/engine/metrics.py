@@ -1,0 +1,141 @@
+"""Modelled request metrics from a generation's ledgers (SPEC.md §10.4).
+
+TTFT is the prefill ledger (prefill, final norm, LM head at the last position, the first
+token's on-mesh argmax); `transition_s` the re-layout ledger; decode time the sum of the O-1
+decode-step ledgers. Host I/O (prompt in, tokens and sampling logits out) is only reported in
+the breakdown, never in a time or a TPR; host wall-clock stays in `Trace.host_wall_s`. The
+derivation itself is `RequestMetrics.from_times`, shared with `estimate` and `gpu`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+from waferllm.device import Device
+from waferllm.engine.engine import Trace
+from waferllm.mesh.cost import Ledger, Totals
+from waferllm.model.report import RequestMetrics
+
+# Legend: L prompt tokens, O generated tokens, D model dim, F ffn dim, V vocab.
+
+
+class ModelShape(Protocol):
+    """The config fields the FLOP count needs (`waferllm.model.config.ModelConfig` has them)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    sliding_window: int | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Footprint:
+    """What the placed model occupies on the device, for the per-request metrics."""
+
+    num_cores: int  # cores holding the model (all regions, both phases' grids)
+    peak_sram_bytes_per_core: int | None
+    routes_per_core: int | None
+
+
+def model_flops(config: ModelShape, *, prompt_len: int, output_len: int) -> int:
+    """Useful FLOPs of one request, from the unpadded shapes: every projection and the
+    attention of the L prompt positions and the O-1 fed-back tokens, plus the LM head at the
+    last prompt position and at every decode step (padding and masked slots excluded)."""
+    d, f, hd = config.hidden_size, config.intermediate_size, config.head_dim
+    q_size = config.num_attention_heads * hd
+    kv_size = config.num_key_value_heads * hd
+    projections = 2 * (d * (q_size + 2 * kv_size) + q_size * d + 3 * d * f)
+    positions = prompt_len + max(output_len - 1, 0)
+    window = config.sliding_window
+    # position p attends to min(p + 1, window) keys: q.k and p.v are 2 FLOPs per element each
+    keys = sum(min(p + 1, window) if window else p + 1 for p in range(positions))
+    attention = 4 * q_size * keys
+    lm_head_calls = 1 + max(output_len - 1, 0)
+    return (
+        config.num_hidden_layers * (projections * positions + attention)
+        + 2 * d * config.vocab_size * lm_head_calls
+    )
+
+
+def _seconds(device: Device, ledger: Ledger) -> float:
+    return device.cycles_to_seconds(ledger.totals().latency_cycles)
+
+
+def _sum(ledgers: list[Ledger]) -> Ledger:
+    total = Ledger()
+    for ledger in ledgers:
+        total.records.extend(ledger.records)
+    return total
+
+
+def request_metrics(
+    trace: Trace, *, device: Device, footprint: Footprint, config: ModelShape
+) -> RequestMetrics:
+    ttft_s = _seconds(device, trace.prefill)
+    transition_s = _seconds(device, trace.transition)
+    decode_s = _seconds(device, _sum(trace.decode))
+    total_s = ttft_s + transition_s + decode_s
+    flops = model_flops(config, prompt_len=trace.prompt_len, output_len=trace.output_len)
+    peak_flops_per_s = footprint.num_cores * device.flops_per_cycle_per_core * device.clock_hz
+    return RequestMetrics.from_times(
+        prompt_len=trace.prompt_len,
+        output_len=trace.output_len,
+        ttft_s=ttft_s,
+        decode_time_s=decode_s,
+        transition_s=transition_s,
+        power_w=device.power_w,
+        peak_sram_bytes_per_core=footprint.peak_sram_bytes_per_core,
+        routes_per_core=footprint.routes_per_core,
+        utilization=flops / (peak_flops_per_s * total_s) if total_s > 0 else None,
+    )
+
+
+def _phase(device: Device, totals: Totals) -> dict[str, float]:
+    to_s = device.cycles_to_seconds
+    return {
+        "modelled_s": to_s(totals.latency_cycles),
+        "compute_s": to_s(totals.compute_cycles),
+        "comm_s": to_s(totals.comm_cycles),
+        "overhead_s": to_s(totals.overhead_cycles),
+        "comm_busy_s": to_s(totals.comm_busy_cycles),
+        "flops": int(totals.flops),
+        "host_io_s": to_s(totals.host_io_cycles),
+        "host_io_bytes": int(totals.host_bytes),
+    }
+
+
+def _ops(device: Device, ledger: Ledger, depth: int) -> dict[str, float]:
+    """Modelled seconds per op (first `depth` name components), largest first."""
+    groups = ledger.by_op(depth=depth)
+    seconds = {op: device.cycles_to_seconds(t.latency_cycles) for op, t in groups.items()}
+    return dict(sorted(seconds.items(), key=lambda item: -item[1]))
+
+
+def breakdown(trace: Trace, *, device: Device, op_depth: int = 1) -> dict[str, Any]:
+    """Per-phase split of modelled time (compute, exposed comm, overhead), per-op time, and
+    the host I/O that no metric includes. `op_depth`: how many op-name components to group."""
+    decode = _sum(trace.decode)
+    sampling = trace.host_io.totals()
+    return {
+        "prefill": {
+            **_phase(device, trace.prefill.totals()),
+            "ops": _ops(device, trace.prefill, op_depth),
+        },
+        "transition": _phase(device, trace.transition.totals()),
+        "decode": {
+            **_phase(device, decode.totals()),
+            "steps": len(trace.decode),
+            "ops": _ops(device, decode, op_depth),
+        },
+        "sampling_host_io": {
+            "host_io_s": device.cycles_to_seconds(sampling.host_io_cycles),
+            "host_io_bytes": int(sampling.host_bytes),
+        },
+        "finish_reason": str(trace.finish_reason) if trace.finish_reason else None,
+        "sampling": dataclasses.asdict(trace.params),
+    }
