@@ -1,0 +1,1 @@
+"""Shared test helpers: tiny seeded checkpoints and the transformers oracle (checkpoints.py)."""
