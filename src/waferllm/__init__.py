@@ -4,8 +4,18 @@ Real algorithms with real numbers on a vectorised model of a 2D mesh of cores, e
 charged to a PLMR cost model. Public API: device presets, the virtual mesh, kernels by name.
 """
 
+from waferllm.api.gpu import gpu_estimate
 from waferllm.device import Device, get_device, list_devices, tiny, wse2, wse3
 
 __version__ = "0.1.0"
 
-__all__ = ["Device", "get_device", "list_devices", "tiny", "wse2", "wse3", "__version__"]
+__all__ = [
+    "gpu_estimate",
+    "Device",
+    "get_device",
+    "list_devices",
+    "tiny",
+    "wse2",
+    "wse3",
+    "__version__",
+]

@@ -10,10 +10,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from waferllm.cli import devices
+from waferllm.cli import devices, gpu
 from waferllm.cli.common import CliError, OneLineParser
 
-COMMANDS = (devices,)
+COMMANDS = (devices, gpu)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,131 @@
+"""Does a model fit G GPUs under tensor parallelism, and how much KV cache is left?
+
+Per GPU: its weight shard (vocab-parallel embedding and LM head, one copy of the tied matrix),
+the KV cache of the whole context for its kv heads, and prefill's peak activations, against
+`usable_memory_fraction` of HBM. The GPU baseline's timing model is in `gpu.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from waferllm.baselines.gpu import BYTES_PER_ELEMENT, Shard, shard
+from waferllm.baselines.gpu_specs import GpuCalibration, GpuSpec
+from waferllm.model.config import ModelConfig
+
+MAX_GPUS_SEARCHED = 1024
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GpuMemory:
+    """Bytes per GPU for one request of `context_tokens` (prompt + generated) tokens."""
+
+    num_gpus: int
+    weights_bytes_per_gpu: int
+    kv_bytes_per_token_per_gpu: int
+    activation_bytes_per_gpu: int
+    usable_bytes_per_gpu: int
+    context_tokens: int
+    max_position_embeddings: int
+
+    @property
+    def needed_bytes_per_gpu(self) -> int:
+        kv = self.kv_bytes_per_token_per_gpu * self.context_tokens
+        return self.weights_bytes_per_gpu + kv + self.activation_bytes_per_gpu
+
+    @property
+    def fits(self) -> bool:
+        return self.needed_bytes_per_gpu <= self.usable_bytes_per_gpu
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """Largest total context whose KV cache fits beside the weights and activations (and
+        that the model accepts)."""
+        free = self.usable_bytes_per_gpu - self.weights_bytes_per_gpu
+        free -= self.activation_bytes_per_gpu
+        return max(0, min(free // self.kv_bytes_per_token_per_gpu, self.max_position_embeddings))
+
+    def to_dict(self) -> dict[str, int | bool]:
+        out: dict[str, int | bool] = dataclasses.asdict(self)
+        out["needed_bytes_per_gpu"] = self.needed_bytes_per_gpu
+        out["fits"] = self.fits
+        out["kv_capacity_tokens"] = self.kv_capacity_tokens
+        return out
+
+
+def weight_elements_per_gpu(config: ModelConfig, part: Shard) -> int:
+    """Parameters one GPU stores: its slice of every matrix, the norms and biases in full."""
+    d = config.hidden_size
+    qkv_out = part.q_dim + 2 * part.kv_dim
+    layer = d * qkv_out + part.q_dim * d + 3 * d * part.ffn + 2 * d
+    layer += qkv_out if config.qkv_bias else 0
+    layer += d if config.o_bias else 0
+    layer += (2 * part.ffn + d) if config.mlp_bias else 0
+    vocab_matrices = 1 if config.tie_word_embeddings else 2
+    return config.num_hidden_layers * layer + vocab_matrices * part.vocab * d + d
+
+
+def memory_plan(
+    config: ModelConfig,
+    gpu: GpuSpec,
+    num_gpus: int,
+    *,
+    prompt_len: int,
+    output_len: int,
+    calibration: GpuCalibration,
+) -> GpuMemory:
+    part = shard(config, num_gpus)
+    e = BYTES_PER_ELEMENT
+    qkv_out = part.q_dim + 2 * part.kv_dim
+    # Prefill peak: hidden, residual and normed rows, the QKV output, gate/up and the SiLU
+    # product, plus the last position's fp32 logits.
+    activations = prompt_len * e * (3 * config.hidden_size + qkv_out + 3 * part.ffn)
+    activations += config.vocab_size * 4
+    return GpuMemory(
+        num_gpus=num_gpus,
+        weights_bytes_per_gpu=weight_elements_per_gpu(config, part) * e,
+        kv_bytes_per_token_per_gpu=config.num_hidden_layers * 2 * part.kv_dim * e,
+        activation_bytes_per_gpu=activations,
+        usable_bytes_per_gpu=int(gpu.hbm_bytes * calibration.usable_memory_fraction),
+        context_tokens=prompt_len + output_len,
+        max_position_embeddings=config.max_position_embeddings,
+    )
+
+
+def tensor_parallel_sizes(config: ModelConfig, gpu: GpuSpec) -> list[int]:
+    """GPU counts tensor parallelism can use for this model: within one node any count that
+    splits the heads, across nodes whole nodes only."""
+    sizes = []
+    for count in range(1, MAX_GPUS_SEARCHED + 1):
+        if count > gpu.gpus_per_node and count % gpu.gpus_per_node:
+            continue
+        try:
+            shard(config, count)
+        except ValueError:
+            continue
+        sizes.append(count)
+    return sizes
+
+
+def min_gpus_that_fit(
+    config: ModelConfig,
+    gpu: GpuSpec,
+    *,
+    prompt_len: int,
+    output_len: int,
+    calibration: GpuCalibration,
+) -> int | None:
+    """The fewest GPUs whose memory holds the request, or None if even the largest count
+    searched cannot (the kv heads' replication stops the KV cache from shrinking)."""
+    for count in tensor_parallel_sizes(config, gpu):
+        plan = memory_plan(
+            config,
+            gpu,
+            count,
+            prompt_len=prompt_len,
+            output_len=output_len,
+            calibration=calibration,
+        )
+        if plan.fits:
+            return count
+    return None
