@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,15 @@ class Device:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"device field {field}={value!r} must be a positive integer")
+        self._check_numbers()
+        if self.storage_dtype not in STORAGE_DTYPES:
+            raise ValueError(
+                f"device field storage_dtype={self.storage_dtype!r} must be one of "
+                f"{', '.join(STORAGE_DTYPES)}"
+            )
+
+    def _check_numbers(self) -> None:
+        """Finite numbers only (a NaN or infinite constant would poison every cost)."""
         positive = (
             "clock_hz",
             "flops_per_cycle_per_core",
@@ -61,7 +71,7 @@ class Device:
         )
         for field in positive:
             value = getattr(self, field)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            if not _is_finite_number(value) or value <= 0:
                 raise ValueError(f"device field {field}={value!r} must be a positive number")
         non_negative = (
             "hop_latency_cycles",
@@ -71,13 +81,8 @@ class Device:
         )
         for field in non_negative:
             value = getattr(self, field)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            if not _is_finite_number(value) or value < 0:
                 raise ValueError(f"device field {field}={value!r} must be a number >= 0")
-        if self.storage_dtype not in STORAGE_DTYPES:
-            raise ValueError(
-                f"device field storage_dtype={self.storage_dtype!r} must be one of "
-                f"{', '.join(STORAGE_DTYPES)}"
-            )
 
     @property
     def storage_bytes(self) -> int:
@@ -101,6 +106,10 @@ class Device:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["sources"] = dict(self.sources)
         return out
+
+
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _wse_common() -> dict[str, Any]:
@@ -211,10 +220,14 @@ def _coerce(key: str, value: Any) -> Any:
         raise ValueError(f"unknown device field {key!r}; valid fields: {valid}")
     if key in _STR_FIELDS:
         return str(value)
+    if isinstance(value, bool):  # JSON true/false would otherwise read as 1/0
+        raise ValueError(f"device field {key}={value!r} is not a number")
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"device field {key}={value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"device field {key}={value!r} must be a finite number")
     if key in _INT_FIELDS:
         if number != int(number):
             raise ValueError(f"device field {key}={value!r} must be an integer")
@@ -222,10 +235,13 @@ def _coerce(key: str, value: Any) -> Any:
     return number
 
 
-def with_overrides(device: Device, overrides: Mapping[str, Any]) -> Device:
-    """A copy of `device` with single constants replaced (`--set key=value`)."""
+def with_overrides(
+    device: Device, overrides: Mapping[str, Any], *, source: str = "user override (--set)"
+) -> Device:
+    """A copy of `device` with single constants replaced (`--set key=value`); each changed
+    field's source becomes `source`."""
     changes = {key: _coerce(key, value) for key, value in overrides.items()}
-    sources = {**device.sources, **{k: "user override (--set)" for k in changes}}
+    sources = {**device.sources, **{k: source for k in changes}}
     return dataclasses.replace(device, **changes, sources=sources)
 
 
@@ -254,9 +270,13 @@ def load_device(path: str | Path) -> Device:
     raw.pop("sources", None)
     base_name = raw.pop("base", None)
     if base_name is not None:
-        base = get_device(str(base_name))
+        if base_name not in PRESETS:
+            raise ValueError(
+                f"device file {str(path)!r}: base {base_name!r} is not a preset; "
+                f"use one of {', '.join(PRESETS)}"
+            )
         raw.setdefault("name", path.stem)
-        return with_overrides(base, raw)
+        return with_overrides(PRESETS[base_name](), raw, source=f"user file {path.name}")
     missing = [k for k in _FIELDS if k not in raw and k not in ("sources", "name")]
     if missing:
         raise ValueError(

@@ -1,4 +1,8 @@
-"""`waferllm devices`: the device presets with their PLMR constants and sources."""
+"""`waferllm devices`: the device presets with their PLMR constants and sources.
+
+With `--device NAME|FILE` (and `--set key=value`) it shows that one resolved device instead,
+so a what-if device can be checked before it is used.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import argparse
 from rich.table import Table
 
 from waferllm.cli.common import console, print_json
-from waferllm.device import list_devices
+from waferllm.device import Device, get_device, list_devices, parse_set_options
 
 SHOWN = (
     ("mesh_rows", "rows"),
@@ -30,11 +34,31 @@ SHOWN = (
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("devices", help="list device presets and their PLMR constants")
     parser.add_argument("--json", action="store_true", help="print a JSON list")
+    parser.add_argument(
+        "--device", default=None, help="show only this preset or JSON device file (default: all)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one constant of --device (repeatable), e.g. --set stage_latency_cycles=20",
+    )
     parser.set_defaults(func=run)
 
 
+def _selected(args: argparse.Namespace) -> list[Device]:
+    overrides = parse_set_options(args.overrides)
+    if args.device is None:
+        if overrides:
+            raise ValueError("--set needs --device: name the device to change")
+        return list_devices()
+    return [get_device(args.device, overrides)]
+
+
 def run(args: argparse.Namespace) -> int:
-    devices = list_devices()
+    devices = _selected(args)
     if args.json:
         print_json([d.to_dict() for d in devices])
         return 0
@@ -43,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     table.add_column("constant")
     for d in devices:
         table.add_column(d.name, justify="right")
-    table.add_column("source (wse2)")
+    table.add_column(f"source ({devices[0].name})")
     for key, _label in SHOWN:
         values = [f"{getattr(d, key):g}" for d in devices]
         table.add_row(key, *values, devices[0].sources.get(key, ""))

@@ -1,8 +1,9 @@
 """The virtual wafer: distributed tensors, communication primitives, the cost ledger, M/R checks.
 
-Lower layers: `geometry` (pure index arithmetic), `traffic` (the message model), `cost` (the
-ledger). `virtual.Mesh` ties a device region to SRAM and route accounting; `comm` and `compute`
-are the primitives kernels are written in.
+Lower layers: `geometry` (pure index arithmetic), `ktree` (the K-tree's plan), `traffic` (the
+message model), `patterns` (each primitive's traffic), `cost` (the ledger). `virtual.Mesh` ties
+a device region to SRAM and route accounting; `comm` and `compute` are the primitives kernels
+are written in.
 """
 
 from waferllm.mesh.comm import (
@@ -17,7 +18,15 @@ from waferllm.mesh.comm import (
 )
 from waferllm.mesh.compute import elementwise, matmul, vector_op_cycles
 from waferllm.mesh.cost import Charge, ChargeKind, Ledger, Record, Totals
-from waferllm.mesh.geometry import Axis, RingKind, ring_order, ring_position, ring_successor
+from waferllm.mesh.geometry import (
+    Axis,
+    RingKind,
+    fanouts_from_groups,
+    ring_order,
+    ring_position,
+    ring_successor,
+)
+from waferllm.mesh.ktree import TreePlan, best_fanouts, tree_plan
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import COMPUTE_DTYPES, Mesh, Mode, parse_grid
 
@@ -36,9 +45,12 @@ __all__ = [
     "ReduceOp",
     "RingKind",
     "Totals",
+    "TreePlan",
     "allreduce",
+    "best_fanouts",
     "broadcast",
     "elementwise",
+    "fanouts_from_groups",
     "matmul",
     "parse_grid",
     "reduce",
@@ -48,5 +60,6 @@ __all__ = [
     "ring_successor",
     "segmented_allreduce",
     "shift",
+    "tree_plan",
     "vector_op_cycles",
 ]

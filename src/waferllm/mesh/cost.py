@@ -181,10 +181,17 @@ class Ledger:
         finally:
             self._tags.pop()
 
+    @property
+    def in_overlap(self) -> bool:
+        """Inside an `overlap()` block (charges join one step instead of making records)."""
+        return self._block is not None
+
     @contextlib.contextmanager
     def repeat(self, count: int) -> Iterator[None]:
-        """Records inside stand for `count` identical repetitions."""
+        """Records inside stand for `count` identical repetitions (not inside an overlap block:
+        a repeated charge there would silently count once)."""
         assert count >= 1
+        assert self._block is None, "repeat() inside an overlap block; repeat the whole block"
         saved = self._repeat
         self._repeat = saved * count
         try:

@@ -61,6 +61,8 @@ class Mesh:
     ) -> None:
         if rows < 1 or cols < 1:
             raise GridError(f"grid {rows}x{cols} must have at least one row and one column")
+        if origin[0] < 0 or origin[1] < 0:
+            raise GridError(f"a mesh's origin must be a core of the device, got {origin}")
         if origin[0] + rows > device.mesh_rows or origin[1] + cols > device.mesh_cols:
             raise GridError(
                 f"grid {rows}x{cols} at origin {origin} does not fit the {device.name} mesh of "
@@ -91,6 +93,27 @@ class Mesh:
     def size(self, axis: Axis) -> int:
         return self.rows if axis is Axis.Y else self.cols
 
+    def submesh(self, rows: int, cols: int, origin: tuple[int, int] = (0, 0)) -> Mesh:
+        """The rows x cols region of this mesh whose top-left core is `origin` (in this mesh's
+        coordinates): same device, mode and dtypes, its own SRAM and route accounting (a
+        region runs its own program; regions holding data at the same time must not overlap,
+        which the caller's placement guarantees)."""
+        y, x = origin
+        if y < 0 or x < 0 or y + rows > self.rows or x + cols > self.cols:
+            raise GridError(
+                f"region {rows}x{cols} at {origin} does not fit inside the {self.rows}x{self.cols} "
+                "mesh"
+            )
+        return Mesh(
+            self.device,
+            rows,
+            cols,
+            mode=self.mode,
+            compute_dtype=self.compute_dtype,
+            f16_accumulate=self.f16_accumulate,
+            origin=(self.origin[0] + y, self.origin[1] + x),
+        )
+
     @property
     def torch_device(self) -> torch.device:
         return torch.device("meta" if self.mode is Mode.ESTIMATE else "cpu")
@@ -113,7 +136,15 @@ class Mesh:
     def scatter(
         self, host: torch.Tensor, layout: Layout, name: str, *, ledger: Ledger | None = None
     ) -> DistTensor:
-        """Host -> mesh. Charged as host I/O when a ledger is given (weights load uncharged)."""
+        """Host -> mesh. Charged as host I/O when a ledger is given (weights load uncharged).
+
+        In estimate mode `host` may be a meta tensor; only its shape is used.
+        """
+        if tuple(host.shape) != layout.shape:
+            raise ValueError(
+                f"tensor '{name}' of shape {tuple(host.shape)} does not match its layout's "
+                f"{layout.shape}"
+            )
         if self.mode is Mode.ESTIMATE:
             tile = layout.tile_shape(self.rows, self.cols)
             data = torch.empty(

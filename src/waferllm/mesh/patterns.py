@@ -1,0 +1,164 @@
+"""The traffic of each communication pattern along one axis: who sends how many bytes to whom.
+
+Patterns depend only on shapes, so they are cached and cost the same in functional and estimate
+mode; `comm` moves the data and charges them, `traffic` prices them (SPEC.md §10.6). Arrays come
+as hashable keys (`key`/`unkey`). `Owners` says, for every core, the core its line's data
+converges to or comes from (a root per line, or the middle of each group of consecutive cores).
+Legend: P cores along the axis, L lines (1 when every line is alike).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+
+import numpy as np
+
+from waferllm.device import Device
+from waferllm.mesh.geometry import Axis, ring_successor
+from waferllm.mesh.ktree import TreePlan
+from waferllm.mesh.traffic import Traffic, line_traffic
+
+ArrayKey = tuple[tuple[int, ...], bytes]
+
+
+def key(array: np.ndarray) -> ArrayKey:
+    """A hashable stand-in for an int64 array (for the caches below)."""
+    array = np.ascontiguousarray(array, dtype=np.int64)
+    return (array.shape, array.tobytes())
+
+
+def unkey(array_key: ArrayKey) -> np.ndarray:
+    shape, raw = array_key
+    return np.frombuffer(raw, dtype=np.int64).reshape(shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Owners:
+    """Each core's root on a line of `num` cores: `roots` (a key of an (L,) array, L = 1 when
+    every line is alike) or the middle core (offset g // 2) of groups of `group_sizes`."""
+
+    num: int
+    roots: ArrayKey | None = None
+    group_sizes: tuple[int, ...] | None = None
+
+    @classmethod
+    def of_roots(cls, num: int, roots: np.ndarray) -> Owners:
+        return cls(num, roots=key(roots))
+
+    @classmethod
+    def of_groups(cls, sizes: tuple[int, ...]) -> Owners:
+        return cls(sum(sizes), group_sizes=tuple(sizes))
+
+    def array(self) -> np.ndarray:
+        """(L, P): the owner of every core."""
+        if self.roots is not None:
+            roots = unkey(self.roots)
+            return np.broadcast_to(roots[:, None], (len(roots), self.num))
+        assert self.group_sizes is not None
+        sizes = np.asarray(self.group_sizes, dtype=np.int64)
+        starts = np.cumsum(sizes) - sizes
+        return np.repeat(starts + sizes // 2, sizes)[None, :]
+
+
+@lru_cache(maxsize=1024)
+def shift_traffic(
+    device: Device, shape: tuple[int, int], axis: Axis, dst_key: ArrayKey, nbytes: int
+) -> Traffic:
+    """Core i of every line sends its tile straight to dst[i]: max |dst - i| hops, no stages."""
+    dst = unkey(dst_key)
+    src = np.broadcast_to(np.arange(dst.shape[-1]), dst.shape)
+    hops = int(np.abs(dst - src).max(initial=0))
+    return line_traffic(
+        device, shape, axis, src=src, dst=dst, nbytes=nbytes, critical_hops=hops, critical_stages=0
+    )
+
+
+# Per-line patterns hold (L, P) arrays: a few MB each at wafer scale, hence the small caches.
+@lru_cache(maxsize=128)
+def chain_traffic(
+    device: Device, shape: tuple[int, int], axis: Axis, owners: Owners, nbytes: int
+) -> Traffic:
+    """Forward-while-adding chains: every core sends one hop towards its owner (pipeline reduce,
+    segmented reduce). Critical path: the farthest core's d hops and d - 1 stages."""
+    owner = owners.array()
+    pos = np.broadcast_to(np.arange(owner.shape[-1]), owner.shape)
+    far = int(np.abs(owner - pos).max(initial=0))
+    return line_traffic(
+        device,
+        shape,
+        axis,
+        src=pos,
+        dst=pos + np.sign(owner - pos),
+        nbytes=nbytes,
+        critical_hops=far,
+        critical_stages=max(far - 1, 0),
+    )
+
+
+@lru_cache(maxsize=128)
+def multicast_traffic(
+    device: Device, shape: tuple[int, int], axis: Axis, owners: Owners, nbytes: int
+) -> Traffic:
+    """Every owner sends one multicast stream to each side of the cores it owns (the two sends
+    share its ramp, one after the other); every core the stream passes takes it in through its
+    ramp (tx = {RAMP, next}). Critical path: the farthest core's hops, no stages."""
+    owner = owners.array()
+    num = owner.shape[-1]
+    pos = np.broadcast_to(np.arange(num), owner.shape)
+    dist = np.abs(owner - pos)
+    last = np.concatenate([owner[:, 1:] != owner[:, :-1], np.ones_like(owner[:, :1], bool)], 1)
+    first = np.concatenate([np.ones_like(owner[:, :1], bool), owner[:, 1:] != owner[:, :-1]], 1)
+    is_end = (dist > 0) & np.where(pos > owner, last, first)
+    hops = int(dist.max(initial=0))
+    return line_traffic(
+        device,
+        shape,
+        axis,
+        src=np.where(is_end, owner, pos),
+        dst=pos,
+        nbytes=nbytes,
+        critical_hops=hops,
+        critical_stages=0,
+        ramp_in_extra=np.where((dist > 0) & ~is_end, float(nbytes), 0.0),
+        mean_slack_cycles=device.hop_latency_cycles * float((hops - dist).mean()),
+    )
+
+
+@lru_cache(maxsize=4096)
+def tree_traffic(
+    device: Device, shape: tuple[int, int], axis: Axis, plan: TreePlan, nbytes: int
+) -> Traffic:
+    """Every level of a K-tree reduce as one step: loads add up where levels share a link or
+    a ramp (a root takes in its streams one after the other)."""
+    return line_traffic(
+        device,
+        shape,
+        axis,
+        src=plan.src[None, :],
+        dst=plan.dst[None, :],
+        nbytes=nbytes,
+        critical_hops=plan.critical_hops,
+        critical_stages=plan.critical_stages,
+    )
+
+
+@lru_cache(maxsize=4096)
+def ring_step_traffic(
+    device: Device, shape: tuple[int, int], axis: Axis, nbytes: int, stages: int
+) -> Traffic:
+    """One step of a ring collective on the interleaved ring: every core sends `nbytes` to its
+    ring successor (at most 2 hops, no link shared)."""
+    num = shape[axis.tensor_dim]
+    src = np.arange(num)
+    dst = ring_successor(num)
+    return line_traffic(
+        device,
+        shape,
+        axis,
+        src=src,
+        dst=dst,
+        nbytes=nbytes,
+        critical_hops=int(np.abs(dst - src).max(initial=0)),
+        critical_stages=stages,
+    )
