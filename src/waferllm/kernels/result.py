@@ -10,10 +10,22 @@ from waferllm.mesh.tensor import DistTensor
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class KernelResult:
-    """`out`: the result on the mesh; `records`: exactly what this call appended to the ledger."""
+    """`out`: the result on the mesh; `records`: exactly what this call appended to the ledger.
+
+    `outs`: every output of a fused call, in argument order (`out` is `outs[0]`); filled with
+    `(out,)` when not given. `root`: for a reduce without its final broadcast, the index along
+    the reduced axis of the line that alone holds the result (None when every core has it).
+    """
 
     out: DistTensor
     records: tuple[Record, ...]
+    outs: tuple[DistTensor, ...] = ()
+    root: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.outs:
+            object.__setattr__(self, "outs", (self.out,))
+        assert self.outs[0] is self.out, "out must be the first of outs"
 
     @property
     def cost(self) -> Totals:
