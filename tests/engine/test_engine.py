@@ -48,11 +48,12 @@ class FakeModel:
         self.fetches = 0
         self.context = 0
 
-    def kv_capacity_tokens(self) -> int:
+    def kv_capacity_tokens(self, prompt_len: int) -> int:
         return self.capacity
 
     def max_new_tokens(self, prompt_len: int) -> int:
-        return self.capacity - prompt_len + 1  # the last token is never cached
+        # the first token needs no slot and the last is never cached
+        return max(self.capacity - prompt_len + 1, 0) if prompt_len <= self.capacity else 0
 
     def prefill(self, token_ids: Sequence[int], ledger: Ledger) -> FakeOutput:
         self.calls.append("prefill")
@@ -140,7 +141,11 @@ def test_one_token_requests_stop_after_prefill():
         ),
         ([-1], SamplingParams(), "token id -1"),
         ([1.0], SamplingParams(), "token id 1.0"),
-        (list(range(10)) * 5, SamplingParams(), "50 tokens but the KV cache holds at most 40"),
+        (
+            list(range(10)) * 5,
+            SamplingParams(),
+            "50 tokens, more than the KV cache holds \\(40 tokens",
+        ),
         ([1] * 30, SamplingParams(max_tokens=12), "max_tokens=12 but only 11 new tokens fit"),
     ],
 )

@@ -50,12 +50,13 @@ class GenerativeModel(Protocol):
     @property
     def eos_token_ids(self) -> tuple[int, ...]: ...
 
-    def kv_capacity_tokens(self) -> int:
-        """Largest total context (prompt + fed-back tokens) the active KV cache policy holds."""
+    def kv_capacity_tokens(self, prompt_len: int) -> int:
+        """Largest total context (prompt + fed-back tokens) the KV cache holds after a prompt
+        of `prompt_len` tokens (the concat policy's depends on the prompt)."""
         ...
 
     def max_new_tokens(self, prompt_len: int) -> int:
-        """How many tokens can be generated after a prompt of `prompt_len` tokens."""
+        """Tokens that can be generated after the prompt; 0 when the prompt does not fit."""
         ...
 
     def prefill(self, token_ids: Sequence[int], ledger: Ledger) -> ModelOutput: ...
@@ -165,13 +166,13 @@ class Engine:
                 f"prompt token id {bad[0]!r} is not in the vocabulary [0, {vocab})"
                 + (f" ({len(bad)} such ids)" if len(bad) > 1 else "")
             )
-        capacity = self.model.kv_capacity_tokens()
-        if len(ids) > capacity:
-            raise RequestError(
-                f"the prompt has {len(ids)} tokens but the KV cache holds at most {capacity} "
-                "(use a larger decode grid or a shorter prompt)"
-            )
         room = self.model.max_new_tokens(len(ids))
+        if room < 1:
+            raise RequestError(
+                f"the prompt has {len(ids)} tokens, more than the KV cache holds "
+                f"({self.model.kv_capacity_tokens(len(ids))} tokens in all); use a larger "
+                "decode grid or a shorter prompt"
+            )
         if params.max_tokens > room:
             raise RequestError(
                 f"max_tokens={params.max_tokens} but only {room} new tokens fit in the KV cache "
