@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -20,6 +21,8 @@ from helpers.checkpoints import (
     margin_threshold,
     reference_run,
 )
+from waferllm.model.config import rope_inv_freq
+from waferllm.model.weights import ModelWeights, load_checkpoint
 
 
 def test_the_same_seed_writes_byte_identical_checkpoints_and_the_same_greedy_tokens(tmp_path):
@@ -130,3 +133,62 @@ def test_token_identity_checks_the_argmax_only_where_the_reference_margin_is_dec
     ours[3, top2[1]] = ref[3, top2[0]] + 1e-9  # flips a decisive argmax
     with pytest.raises(AssertionError, match=r"argmax differs .* positions \[3\]"):
         check_token_identity(ours, ref, rel_tolerance=1.0)
+
+
+def _dense_logits(weights: ModelWeights, ids: tuple[int, ...]) -> torch.Tensor:
+    """An independent float64 forward pass from the loaded weights (no transformers code)."""
+    # Legend: T tokens, N heads, H head dim.
+    c = weights.config
+    num_tokens = len(ids)
+
+    def linear(x, w, b):
+        return x @ w.double().T + (0 if b is None else b.double())
+
+    def rms_norm(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + c.rms_norm_eps) * w.double()
+
+    def rope(x_NTH):
+        angle_TH = torch.arange(num_tokens).double()[:, None] * rope_inv_freq(c).double()
+        cos, sin = torch.cat([angle_TH.cos()] * 2, -1), torch.cat([angle_TH.sin()] * 2, -1)
+        half = c.head_dim // 2
+        rotated = torch.cat([-x_NTH[..., half:], x_NTH[..., :half]], -1)
+        return x_NTH * cos + rotated * sin
+
+    query, key = torch.arange(num_tokens)[:, None], torch.arange(num_tokens)[None, :]
+    allowed = key <= query
+    if c.sliding_window is not None:
+        allowed &= key > query - c.sliding_window
+    x = weights.embed[list(ids)].double()
+    for layer in weights.layers:
+        h = rms_norm(x, layer.attn_norm)
+        q_NTH = linear(h, layer.wq, layer.bq).view(num_tokens, -1, c.head_dim).transpose(0, 1)
+        k_NTH = linear(h, layer.wk, layer.bk).view(num_tokens, -1, c.head_dim).transpose(0, 1)
+        v_NTH = linear(h, layer.wv, layer.bv).view(num_tokens, -1, c.head_dim).transpose(0, 1)
+        k_NTH = rope(k_NTH).repeat_interleave(c.num_kv_groups, 0)
+        v_NTH = v_NTH.repeat_interleave(c.num_kv_groups, 0)
+        scores = rope(q_NTH) @ k_NTH.transpose(1, 2) / c.head_dim**0.5
+        probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+        attn_TD = (probs @ v_NTH).transpose(0, 1).reshape(num_tokens, c.q_size)
+        x = x + linear(attn_TD, layer.wo, layer.bo)
+        h = rms_norm(x, layer.mlp_norm)
+        gate = torch.nn.functional.silu(linear(h, layer.w_gate, layer.b_gate))
+        x = x + linear(gate * linear(h, layer.w_up, layer.b_up), layer.w_down, layer.b_down)
+    return linear(rms_norm(x, weights.final_norm), weights.lm_head, None)
+
+
+def test_an_independent_dense_forward_meets_the_token_identity_criterion(standard_checkpoint):
+    weights = load_checkpoint(standard_checkpoint).weights
+    ref = reference_run(standard_checkpoint, DEFAULT_PROMPT_IDS, DEFAULT_NEW_TOKENS)
+    report = check_token_identity(_dense_logits(weights, ref.sequence_ids), ref.logits)
+    assert report.num_argmax_checked == report.num_positions == len(ref.sequence_ids)
+    assert report.max_rel_error < 1e-5
+
+
+def test_the_criterion_catches_a_forward_pass_without_the_sliding_window(mistral_checkpoint):
+    weights = load_checkpoint(mistral_checkpoint).weights
+    no_window = dataclasses.replace(
+        weights, config=dataclasses.replace(weights.config, sliding_window=None)
+    )
+    ref = reference_run(mistral_checkpoint, DEFAULT_PROMPT_IDS, DEFAULT_NEW_TOKENS)
+    with pytest.raises(AssertionError, match="logits differ"):
+        check_token_identity(_dense_logits(no_window, ref.sequence_ids), ref.logits)

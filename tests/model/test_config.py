@@ -308,3 +308,11 @@ def test_model_config_validates_its_own_fields():
 def test_kv_bytes_per_token_counts_k_and_v_of_every_layer_and_kv_head():
     c = load_config("llama3-8b")
     assert c.kv_bytes_per_token(2) == 2 * 32 * 8 * 128 * 2  # 128 KiB per token in f16
+
+
+def test_generation_config_eos_tokens_replace_those_of_config_json(tmp_path):
+    _saved(tmp_path, transformers.LlamaConfig(**SMALL, eos_token_id=2))
+    assert load_config(str(tmp_path)).eos_token_ids == (2,)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
+    assert load_config(str(tmp_path)).eos_token_ids == (2, 7)
+    assert load_config(str(tmp_path / "config.json")).eos_token_ids == (2, 7)

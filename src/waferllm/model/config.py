@@ -392,7 +392,11 @@ def load_config(name_or_path: str) -> ModelConfig:
 
 
 def config_from_checkpoint(path: str | Path) -> ModelConfig:
-    """The config.json of a local checkpoint directory (or that file itself); never a preset."""
+    """The config.json of a local checkpoint directory (or that file itself); never a preset.
+
+    As in transformers' `generate`, an `eos_token_id` in generation_config.json beside it
+    replaces config.json's (instruct models list their end-of-turn tokens there).
+    """
     path = Path(path)
     if path.is_file():
         config_file, name = path, path.resolve().parent.name
@@ -402,13 +406,23 @@ def config_from_checkpoint(path: str | Path) -> ModelConfig:
             raise ModelConfigError(f"checkpoint directory {path} has no config.json")
     else:
         raise ModelConfigError(f"checkpoint directory {path} does not exist")
-    try:
-        raw = json.loads(config_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelConfigError(f"cannot read {config_file}: {err}") from None
-    if not isinstance(raw, dict):
-        raise ModelConfigError(f"{config_file} must hold a JSON object")
+    raw = _read_json_object(config_file)
+    generation_file = config_file.parent / "generation_config.json"
+    if generation_file.is_file():
+        generation_eos = _read_json_object(generation_file).get("eos_token_id")
+        if generation_eos is not None:
+            raw["eos_token_id"] = generation_eos
     return from_hf_dict(raw, name)
+
+
+def _read_json_object(file: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelConfigError(f"cannot read {file}: {err}") from None
+    if not isinstance(raw, dict):
+        raise ModelConfigError(f"{file} must hold a JSON object")
+    return raw
 
 
 # Built-in models: the public config.json fields of each model card (PAPER.md §3.4 for the
