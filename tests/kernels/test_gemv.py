@@ -21,8 +21,8 @@ from waferllm.kernels.gemv import (
     ring_gemv,
 )
 from waferllm.mesh import Axis, Layout, Ledger, Mesh, Mode
-from waferllm.mesh.comm import ktree_plan
 from waferllm.mesh.compute import matmul_cycles
+from waferllm.mesh.ktree import ktree_plan
 
 GRIDS = [(1, 1), (2, 2), (3, 3), (4, 4), (3, 5), (5, 7), (8, 8)]
 
@@ -61,7 +61,7 @@ def test_every_gemv_matches_the_dense_reference_in_float32(algo, grid, axis):
 
 
 @pytest.mark.parametrize("algo", sorted(GEMV_KERNELS))
-@pytest.mark.parametrize("grid", [(3, 5), (4, 4), (8, 8)])
+@pytest.mark.parametrize("grid", GRIDS)
 def test_every_gemv_matches_the_reference_in_float16_with_float32_accumulation(algo, grid):
     gen = torch.Generator().manual_seed(7)
     x, w = torch.randn(2, 70, generator=gen), torch.randn(70, 45, generator=gen)
@@ -70,6 +70,17 @@ def test_every_gemv_matches_the_reference_in_float16_with_float32_accumulation(a
     result = GEMV_KERNELS[algo](mesh, x=xd, w=wd, ledger=Ledger())
     assert result.out.data.dtype == torch.float16
     assert _error(mesh.gather(result.out), x.half().double() @ w.half().double()) <= 1e-2
+
+
+@pytest.mark.parametrize("axis", [Axis.Y, Axis.X])
+def test_several_leading_dims_are_batched_through_one_allreduce(axis):
+    x, w = torch.randn(2, 3, 10), torch.randn(10, 7)
+    mesh = _mesh(3, 4)
+    xd, (wd,) = _place(mesh, x, [w], axis)
+    result = meshgemv(mesh, x=xd, w=wd, ledger=Ledger(), reduce_axis=axis)
+    assert result.out.layout.shape == (2, 3, 7)
+    assert _error(mesh.gather(result.out), x.double() @ w.double()) <= 1e-4
+    assert len([r for r in result.records if r.op.endswith(".reduce")]) == 1
 
 
 @pytest.mark.parametrize("axis", [Axis.Y, Axis.X])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -20,10 +19,11 @@ import torch
 from waferllm.device import Device
 from waferllm.errors import WaferError
 from waferllm.kernels.result import Charged, KernelResult
-from waferllm.mesh.comm import ReduceAlgorithm, allreduce, ktree_plan, reduce
+from waferllm.mesh.comm import ReduceAlgorithm, allreduce, reduce
 from waferllm.mesh.compute import matmul
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.ktree import allreduce_latency_cycles, best_fanouts
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh
 
@@ -34,36 +34,19 @@ GemvKernel = Callable[..., KernelResult]
 def ktree_latency_cycles(device: Device, num: int, fanouts: tuple[int, ...]) -> float:
     """Latency term of a K-tree allreduce on `num` cores: the reduce's critical message
     (hops * alpha + stages * beta, from the cached plan) plus the broadcast's farthest hop."""
-    return _latency(num, fanouts, device.hop_latency_cycles, device.stage_latency_cycles)
-
-
-def _latency(num: int, fanouts: tuple[int, ...], alpha: float, beta: float) -> float:
-    _, _, root, hops, stages = ktree_plan(num, fanouts, alpha, beta)
-    return hops * alpha + stages * beta + max(root, num - 1 - root) * alpha
-
-
-@lru_cache(maxsize=4096)
-def _best_fanouts(num: int, alpha: float, beta: float) -> tuple[int, ...]:
-    if num <= 3:
-        return (num,)  # SPEC.md §10.5: sizes 2-3 use a single chain to the middle
-    root_p = math.sqrt(num)
-    low = max(2, math.floor(root_p / 2))
-    high = max(low, min(math.ceil(num / 2), math.ceil(2 * root_p)))
-    candidates = {(b1, -(-num // b1)) for b1 in range(low, high + 1)}
-
-    def key(fanouts: tuple[int, int]) -> tuple[float, float, int]:
-        return (_latency(num, fanouts, alpha, beta), abs(fanouts[1] - root_p), fanouts[0])
-
-    return min(candidates, key=key)
+    return allreduce_latency_cycles(
+        num, fanouts, device.hop_latency_cycles, device.stage_latency_cycles
+    )
 
 
 def best_ktree_fanouts(device: Device, num: int) -> tuple[int, ...]:
-    """Default K = 2 tree for an axis of `num` cores: fan-outs (b1, G) with G = ceil(P/b1) first-
-    level groups, b1 searched around sqrt(P) (from sqrt(P)/2 to 2 sqrt(P)), minimising
+    """Default K = 2 tree for an axis of `num` cores (SPEC.md §10.5): fan-outs (b1, G) with
+    G = ceil(P/b1) first-level groups, b1 searched from sqrt(P)/2 to 2 sqrt(P), minimising
     `ktree_latency_cycles`; ties go to G nearest sqrt(P). The size term is the same for every
-    candidate (each link carries each stream once), so it does not enter. Cached per axis size.
+    candidate (each link carries each stream once), so it does not enter. Cached per axis size
+    in `mesh.ktree.best_fanouts`; axes of 2-3 cores use a single chain to the middle.
     """
-    return _best_fanouts(num, device.hop_latency_cycles, device.stage_latency_cycles)
+    return best_fanouts(num, device.hop_latency_cycles, device.stage_latency_cycles)
 
 
 # ---- checks --------------------------------------------------------------------------------------
