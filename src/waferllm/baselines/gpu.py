@@ -91,7 +91,8 @@ def _gemm(name: str, tokens: int, k: int, n: int, bias: bool, group: str = "gemm
 
 
 def _elementwise(name: str, elements: int, passes: int) -> Op:
-    """A memory-bound pass over `elements` values read or written `passes` times in total."""
+    """A pass over `elements` values read or written `passes` times in total; a few FLOPs per
+    element, so it is always memory- or floor-bound."""
     return Op(name, "elementwise", 4.0 * elements, float(elements * passes * BYTES_PER_ELEMENT))
 
 
@@ -208,8 +209,8 @@ def _phase(
     layer = layer_ops(
         config, part, tokens=tokens, attn_pairs=attn_pairs, kv_read_positions=kv_read_positions
     )
-    counted = [(op, layers) for op in layer]
-    counted += [(op, 1) for op in head_ops(config, part, tokens=tokens)]
+    head = head_ops(config, part, tokens=tokens)
+    counted = [(op, layers) for op in layer] + [(op, 1) for op in head]
     by_group = dict.fromkeys(GROUPS, 0.0)
     time = compute = memory = flops = hbm = 0.0
     for op, count in counted:
@@ -238,7 +239,7 @@ def _phase(
         allreduce_s=allreduce,
         flops_per_gpu=flops,
         hbm_bytes_per_gpu=hbm,
-        kernels=steps * (len(layer) * layers + len(counted) - len(layer) + collectives),
+        kernels=steps * (len(layer) * layers + len(head) + collectives),
         by_group_s=by_group,
     )
 

@@ -149,5 +149,9 @@ def _breakdown(
             "power_w": power_w,
             "note": "modelled: GPU TDP x number of GPUs x modelled time (PAPER.md §2.2)",
         },
-        "calibration": cal.to_dict(),
+        "calibration": {
+            **cal.to_dict(),
+            "note": "fitted on the LLaMA3-8B A100 rows of PAPER.md §3.3 only; applied unchanged "
+            "to every GPU and model",
+        },
     }
