@@ -37,6 +37,7 @@ MASK_SELECT = (1, 3)  # s = keep ? s : -inf: read s, keep; write s
 ROTATE = (3, 4)  # x*cos + rot(x)*sin: read x, cos, sin; write
 SILU_MUL = (4, 3)  # gate / (1 + exp(-gate)) * up: read gate, up; write
 ADD = (1, 3)
+SCALE = (1, 2)  # s *= c: read s, write s
 COPY = (0, 2)
 
 
@@ -139,7 +140,8 @@ def _valid(tensor: DistTensor, dim: int) -> torch.Tensor | None:
     """Bool mask of the non-padding entries along `dim` (None when `dim` has no padding)."""
     layout = tensor.layout
     dim = dim % len(layout.shape)
-    if _axis_of(layout, dim) is None or layout.padded_shape(*tensor.mesh.shape) == layout.shape:
+    padded = layout.padded_shape(*tensor.mesh.shape)[dim]
+    if _axis_of(layout, dim) is None or padded == layout.shape[dim]:
         return None
     return tile_positions(tensor, dim) >= 0
 
@@ -244,7 +246,7 @@ def softmax(
     s = scores.data.float()
     rows, length = _lead_count(scores.data, dim), scores.tile_shape[dim]
     if scale is not None:
-        _charge(mesh, ledger, f"{op}.scale", rows=rows, length=length, cost=ADD)
+        _charge(mesh, ledger, f"{op}.scale", rows=rows, length=length, cost=SCALE)
         s = s * scale
     keep = _valid(scores, dim)
     if mask is not None:
