@@ -142,7 +142,7 @@ def ring_shift(
     phase: int = 0,
 ) -> torch.Tensor:
     """Advance every tile `steps` positions along its line's ring (one step's worth of routes)."""
-    num = mesh.size(axis)
+    num, kind = mesh.size(axis), RingKind(kind)
     dst = ring_successor(num, kind, steps)
     name = route_name or f"{axis.value}_ring_{kind.value}_{'fwd' if steps > 0 else 'rev'}"
     return shift(
@@ -238,6 +238,7 @@ def reduce(
     `fanouts=None` picks the K = 2 tree of least modelled latency.
     """
     _check_data(mesh, data)
+    algorithm, reduce_op = ReduceAlgorithm(algorithm), ReduceOp(reduce_op)
     if algorithm is ReduceAlgorithm.RING:
         raise ValueError("the ring algorithm is an allreduce; use allreduce(...)")
     roots = _line_roots(mesh, axis, root)
@@ -271,6 +272,7 @@ def allreduce(
     broadcast from the tree's root. Ring: `_ring_allreduce`. An axis of one core costs nothing.
     """
     num = mesh.size(axis)
+    algorithm, reduce_op = ReduceAlgorithm(algorithm), ReduceOp(reduce_op)
     if num == 1:
         _check_data(mesh, data)
         return _combine(data, axis.tensor_dim, reduce_op)
@@ -354,7 +356,7 @@ def segmented_allreduce(
     `broadcast_result=False` the result is meaningful at the group roots only.
     """
     _check_data(mesh, data)
-    num = mesh.size(axis)
+    num, reduce_op = mesh.size(axis), ReduceOp(reduce_op)
     sizes = tuple(int(g) for g in group_sizes)
     if any(g < 1 for g in sizes) or sum(sizes) != num:
         raise ValueError(

@@ -37,6 +37,7 @@ class RingKind(enum.StrEnum):
 @lru_cache(maxsize=4096)
 def ring_order(num: int, kind: RingKind = RingKind.INTERLEAVED) -> np.ndarray:
     """Physical core indices in ring order (position -> index); paper Algorithm 1 INTERLEAVE."""
+    kind = RingKind(kind)  # a plain "plain" must not read as interleaved (nor poison the cache)
     if num < 1:
         raise ValueError(f"a ring needs at least one core, got {num}")
     if kind is RingKind.PLAIN:

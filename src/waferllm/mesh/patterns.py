@@ -41,6 +41,7 @@ class Owners:
     num: int
     roots: ArrayKey | None = None
     group_sizes: tuple[int, ...] | None = None
+    owner_map: ArrayKey | None = None  # (L, P): any owner per core (segments with moving roots)
 
     @classmethod
     def of_roots(cls, num: int, roots: np.ndarray) -> Owners:
@@ -50,8 +51,17 @@ class Owners:
     def of_groups(cls, sizes: tuple[int, ...]) -> Owners:
         return cls(sum(sizes), group_sizes=tuple(sizes))
 
+    @classmethod
+    def of_map(cls, owner: np.ndarray) -> Owners:
+        """Each core's owner given directly, (L, P) or (P,): e.g. consecutive groups whose
+        root differs per line (dist-GEMM-T's reduce within kv-groups of columns)."""
+        owner = np.atleast_2d(owner)
+        return cls(owner.shape[-1], owner_map=key(owner))
+
     def array(self) -> np.ndarray:
         """(L, P): the owner of every core."""
+        if self.owner_map is not None:
+            return unkey(self.owner_map)
         if self.roots is not None:
             roots = unkey(self.roots)
             return np.broadcast_to(roots[:, None], (len(roots), self.num))
