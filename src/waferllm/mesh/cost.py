@@ -246,6 +246,9 @@ class Ledger:
             "comm_cycles": max(0.0, comm - compute),
             "overhead_cycles": overhead,
             "comm_busy_cycles": comm,
+            "host_io_cycles": sum(
+                c.cycles for c in block.charges if c.kind is ChargeKind.HOST_IO
+            ),
         }
         self._append(block.op, None, block.charges, fields, named=True)
 

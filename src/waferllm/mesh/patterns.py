@@ -71,7 +71,8 @@ class Owners:
         return np.repeat(starts + sizes // 2, sizes)[None, :]
 
 
-@lru_cache(maxsize=1024)
+# Per-line patterns hold (L, P) arrays, tens of MB at wafer scale: hence the small caches.
+@lru_cache(maxsize=128)
 def shift_traffic(
     device: Device, shape: tuple[int, int], axis: Axis, dst_key: ArrayKey, nbytes: int
 ) -> Traffic:
@@ -84,7 +85,6 @@ def shift_traffic(
     )
 
 
-# Per-line patterns hold (L, P) arrays: a few MB each at wafer scale, hence the small caches.
 @lru_cache(maxsize=128)
 def chain_traffic(
     device: Device, shape: tuple[int, int], axis: Axis, owners: Owners, nbytes: int

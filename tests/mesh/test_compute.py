@@ -1,0 +1,98 @@
+"""Local compute: per-core results equal the dense ones; cycles follow the per-core roofline
+with its per-instruction floor (SPEC.md §3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from waferllm.device import with_overrides
+from waferllm.mesh import Ledger, Mesh, Mode, elementwise, matmul, vector_op_cycles
+
+from .spy import device as tiny  # F = 8, S = 12, floor = 10 pinned
+
+
+def test_matmul_multiplies_every_cores_tiles_and_accumulates():
+    mesh = Mesh(tiny(), 2, 3)
+    a, b, c = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 5, 6), torch.randn(2, 3, 4, 6)
+    out = matmul(mesh, a=a, b=b, ledger=Ledger(), op="mm", accumulate=c)
+    assert torch.allclose(out, c + torch.einsum("yxmk,yxkn->yxmn", a, b), atol=1e-5)
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(16, 3, 5), (8, 2, 2), (64, 1, 1), (1, 4, 4)])
+def test_a_gemm_tile_costs_k_n_instructions_of_length_m_at_the_roofline_or_the_floor(m, k, n):
+    """Each multiply-accumulate element: 2 FLOP and 3 storage elements through SRAM (read the
+    accumulator and one operand, write the accumulator). Per instruction of length m:
+    max(floor, 2m / F, 3 * 2 bytes * m / S) with F = 8, S = 12, floor = 10."""
+    mesh = Mesh(tiny(), 2, 2)
+    ledger = Ledger()
+    matmul(mesh, a=torch.ones(2, 2, m, k), b=torch.ones(2, 2, k, n), ledger=ledger, op="mm")
+    (record,) = ledger.records
+    assert record.compute_cycles == k * n * max(10.0, 2 * m / 8, 6 * m / 12)
+    assert record.flops == 2 * m * k * n * 4  # every core of the 2x2 mesh
+
+
+def test_a_gemv_issues_m_k_instructions_of_length_n():
+    mesh = Mesh(tiny(), 1, 1)
+    ledger = Ledger()
+    matmul(
+        mesh, a=torch.ones(1, 1, 3, 4), b=torch.ones(1, 1, 4, 40), ledger=ledger, op="v", vector="n"
+    )
+    assert ledger.records[0].compute_cycles == 3 * 4 * max(10.0, 2 * 40 / 8, 6 * 40 / 12)
+
+
+def test_batched_tiles_repeat_the_cost_per_batch_entry():
+    mesh = Mesh(tiny(), 1, 2)
+    ledger = Ledger()
+    matmul(mesh, a=torch.ones(1, 2, 3, 16, 2), b=torch.ones(1, 2, 3, 2, 2), ledger=ledger, op="mm")
+    assert ledger.records[0].compute_cycles == 3 * 2 * 2 * max(10.0, 32 / 8, 96 / 12)
+
+
+def test_a_faster_sram_makes_long_vectors_compute_bound():
+    device = with_overrides(tiny(), {"sram_bytes_per_cycle": 1000, "vector_instr_floor_cycles": 0})
+    cycles = vector_op_cycles(
+        device, num_instructions=2, length=64, flops_per_element=2, sram_elements_per_element=3
+    )
+    assert cycles == 2 * 64 * 2 / 8
+
+
+def test_elementwise_reads_every_input_and_writes_the_output_once():
+    mesh = Mesh(tiny(), 2, 2)
+    ledger = Ledger()
+    x, y = torch.randn(2, 2, 40), torch.randn(2, 2, 40)
+    out = elementwise(mesh, torch.add, x, y, ledger=ledger, op="add")
+    assert torch.equal(out, x + y)
+    # 40 elements, 1 FLOP each, 3 storage elements through SRAM: max(10, 40/8, 3*2*40/12)
+    assert ledger.records[0].compute_cycles == 20.0
+    assert ledger.records[0].flops == 40 * 4
+
+
+def test_float16_accumulates_in_float32_unless_the_hardware_order_is_asked_for():
+    torch.manual_seed(0)
+    a, b = torch.randn(1, 1, 8, 512), torch.randn(1, 1, 512, 8)
+    exact = (a.double() @ b.double()).float()
+    errors = {}
+    for f16_accumulate in (False, True):
+        mesh = Mesh(tiny(), 1, 1, compute_dtype=torch.float16, f16_accumulate=f16_accumulate)
+        out = matmul(mesh, a=a.half(), b=b.half(), ledger=Ledger(), op="mm")
+        assert out.dtype == torch.float16
+        errors[f16_accumulate] = (out.float() - exact).abs().max().item()
+    assert errors[False] < errors[True]
+    assert errors[False] < 2e-2 * exact.abs().max().item()
+
+
+def test_estimate_mode_prices_a_matmul_without_numbers():
+    ledgers = []
+    for mode in Mode:
+        mesh = Mesh(tiny(), 2, 2, mode=mode)
+        ledger = Ledger()
+        out = matmul(
+            mesh,
+            a=torch.ones(2, 2, 4, 5, device=mesh.torch_device),
+            b=torch.ones(2, 2, 5, 3, device=mesh.torch_device),
+            ledger=ledger,
+            op="mm",
+        )
+        assert out.shape == (2, 2, 4, 3)
+        ledgers.append(ledger.records)
+    assert ledgers[0] == ledgers[1]
