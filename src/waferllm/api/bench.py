@@ -1,0 +1,280 @@
+"""Benchmark one distributed GEMM or GEMV on the virtual wafer: the kernel report of SPEC.md
+§10.3 (`waferllm bench`).
+
+`bench_gemm` / `bench_gemv` build the mesh and seeded operands, run the kernel in estimate
+mode (shapes only) or functional mode (real numbers, checked against the dense oracle) and
+return a `KernelReport`. A point that does not fit in SRAM is a result, not an error. Every
+cycle and second is modelled; `host_wall_s` is the only measured time. No printing here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from waferllm.device import Device, get_device
+from waferllm.errors import SramOverflowError
+from waferllm.kernels.gemm import GEMM_KERNELS, WEIGHT_SKEW, load_weights
+from waferllm.kernels.gemv import GEMV_KERNELS
+from waferllm.kernels.reference import compare, gemm_reference, gemv_reference
+from waferllm.kernels.result import KernelResult
+from waferllm.kernels.tiling import padded_k
+from waferllm.mesh.cost import Ledger
+from waferllm.mesh.geometry import fanouts_from_groups
+from waferllm.mesh.tensor import Layout
+from waferllm.mesh.virtual import COMPUTE_DTYPES, Mesh, Mode, parse_grid
+
+SCHEMA_VERSION = 1
+_UNLIMITED_SRAM_BYTES = 1 << 60  # to measure what a point that does not fit would need
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KernelReport:
+    """One kernel run (SPEC.md §10.3). Cycle, time and ratio fields are None when `fits` is
+    false; `max_abs_error` and `max_rel_error` (over the oracle's largest magnitude) are None
+    in estimate mode."""
+
+    kind: str  # "gemm" | "gemv"
+    algo: str
+    mode: str
+    device: str
+    grid: tuple[int, int]
+    m: int
+    k: int
+    n: int
+    fits: bool
+    message: str | None = None
+    latency_cycles: float | None = None
+    latency_s: float | None = None
+    mean_core_cycles: float | None = None
+    compute_cycles: float | None = None
+    comm_cycles: float | None = None
+    overhead_cycles: float | None = None
+    align_cycles: float | None = None
+    comm_busy_cycles: float | None = None
+    utilization: float | None = None
+    compute_fraction: float | None = None
+    routes_per_core: int | None = None
+    peak_sram_bytes_per_core: int | None = None
+    max_abs_error: float | None = None
+    max_rel_error: float | None = None
+    host_wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": self.kind}
+        out["modelled"] = True
+        for field in dataclasses.fields(self):
+            if field.name != "kind":
+                out[field.name] = getattr(self, field.name)
+        out["grid"] = list(self.grid)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    device: Device
+    rows: int
+    cols: int
+    mode: Mode
+    dtype: torch.dtype
+    f16_accumulate: bool
+
+    def mesh(self, device: Device | None = None, mode: Mode | None = None) -> Mesh:
+        return Mesh(
+            device or self.device,
+            self.rows,
+            self.cols,
+            mode=mode or self.mode,
+            compute_dtype=self.dtype,
+            f16_accumulate=self.f16_accumulate,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What one kernel run leaves behind: the mesh (SRAM peak, routes), the result, and the
+    error against the oracle (functional mode)."""
+
+    mesh: Mesh
+    result: KernelResult
+    error: tuple[float, float] | None
+
+
+def _setup(
+    device: str | Device, grid: str | tuple[int, int], mode: str, dtype: str, f16_accumulate: bool
+) -> _Setup:
+    dev = device if isinstance(device, Device) else get_device(device)
+    rows, cols = parse_grid(grid) if isinstance(grid, str) else (int(grid[0]), int(grid[1]))
+    try:
+        run_mode = Mode(mode)
+    except ValueError:
+        raise ValueError(f"unknown mode {mode!r}; choose estimate or functional") from None
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(COMPUTE_DTYPES)}")
+    if f16_accumulate and dtype != "float16":
+        warnings.warn("--f16-accumulate has no effect unless --dtype float16", stacklevel=3)
+    return _Setup(dev, rows, cols, run_mode, COMPUTE_DTYPES[dtype], f16_accumulate)
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {value!r}")
+
+
+def _host(
+    mesh: Mesh, shape: tuple[int, ...], valid: tuple[int, ...], gen: torch.Generator
+) -> torch.Tensor:
+    """Seeded normal operand of `valid` size, zero-padded to `shape`; meta in estimate mode.
+    Rounded to the compute dtype so the oracle sees what the mesh sees."""
+    if mesh.mode is Mode.ESTIMATE:
+        return torch.empty(shape, device="meta")
+    data = torch.zeros(shape)
+    data[tuple(slice(0, v) for v in valid)] = torch.randn(valid, generator=gen)
+    return data.to(mesh.compute_dtype).float()
+
+
+def _bench(
+    setup: _Setup, run: Callable[[Mesh], _Run], base: dict[str, Any], start: float
+) -> KernelReport:
+    """Run, or on SRAM overflow re-run shapes only without the SRAM limit to say what the
+    point needs; then fill the report (`base`: kind, algo, sizes)."""
+    base = dict(
+        base, mode=setup.mode.value, device=setup.device.name, grid=(setup.rows, setup.cols)
+    )
+    try:
+        done = run(setup.mesh())
+    except SramOverflowError:
+        roomy = dataclasses.replace(setup.device, sram_bytes_per_core=_UNLIMITED_SRAM_BYTES)
+        needed = run(setup.mesh(roomy, Mode.ESTIMATE)).mesh.sram.peak_bytes
+        return KernelReport(
+            **base,
+            fits=False,
+            message=f"does not fit (needs {needed} bytes per core)",
+            host_wall_s=time.perf_counter() - start,
+        )
+    totals = done.result.cost
+    latency = totals.latency_cycles
+    dev = setup.device
+    flops = 2 * base["m"] * base["k"] * base["n"]  # unpadded sizes (SPEC.md §10.3)
+    peak = latency * setup.rows * setup.cols * dev.flops_per_cycle_per_core
+    return KernelReport(
+        **base,
+        fits=True,
+        latency_cycles=latency,
+        latency_s=dev.cycles_to_seconds(latency),
+        mean_core_cycles=done.result.mean_core_cycles,
+        compute_cycles=totals.compute_cycles,
+        comm_cycles=totals.comm_cycles,
+        overhead_cycles=totals.overhead_cycles,
+        align_cycles=totals.align_cycles,
+        comm_busy_cycles=totals.comm_busy_cycles,
+        utilization=flops / peak if peak > 0 else None,
+        compute_fraction=totals.compute_fraction,
+        routes_per_core=done.mesh.routes.routes_per_core,
+        peak_sram_bytes_per_core=done.mesh.sram.peak_bytes,
+        max_abs_error=done.error[0] if done.error else None,
+        max_rel_error=done.error[1] if done.error else None,
+        host_wall_s=time.perf_counter() - start,
+    )
+
+
+def bench_gemm(
+    *,
+    algo: str,
+    grid: str | tuple[int, int],
+    m: int,
+    k: int,
+    n: int,
+    device: str | Device = "wse2",
+    mode: str = "estimate",
+    dtype: str = "float32",
+    f16_accumulate: bool = False,
+    align_both: bool = False,
+    seed: int = 0,
+) -> KernelReport:
+    """C[m, n] = A[m, k] @ B[k, n] with `algo` (meshgemm, cannon, summa, allgather) on a grid
+    of the device. B is stored as weights (pre-skewed for the ring kernels, untimed) unless
+    `align_both`, which skews it on the device beside A (timed). Ring kernels on a non-square
+    grid get K zero-padded to a multiple of lcm(rows, cols)."""
+    start = time.perf_counter()
+    if algo not in GEMM_KERNELS:
+        raise ValueError(f"unknown GEMM algorithm {algo!r}; choose from {', '.join(GEMM_KERNELS)}")
+    _check_sizes(m=m, k=k, n=n)
+    setup = _setup(device, grid, mode, dtype, f16_accumulate)
+    ring = algo in WEIGHT_SKEW
+    if align_both and not ring:
+        warnings.warn(f"--align-both has no effect on {algo} (it skews nothing)", stacklevel=2)
+    k_stored = padded_k(setup.rows, setup.cols, k) if ring else k
+
+    def run(mesh: Mesh) -> _Run:
+        gen = torch.Generator().manual_seed(seed)
+        host_a = _host(mesh, (m, k_stored), (m, k), gen)
+        host_b = _host(mesh, (k_stored, n), (k, n), gen)
+        a = mesh.scatter(host_a, Layout((m, k_stored), y_dim=0, x_dim=1), "a")
+        if align_both or not ring:
+            b = mesh.scatter(host_b, Layout((k_stored, n), y_dim=0, x_dim=1), "b")
+        else:
+            b = load_weights(mesh, host_b, algo=algo, name="b")
+        result = GEMM_KERNELS[algo](mesh, a=a, b=b, ledger=Ledger())
+        error = None
+        if mesh.mode is Mode.FUNCTIONAL:
+            got = compare(mesh.gather(result.out), gemm_reference(host_a, host_b))
+            error = (got.max_abs_error, got.relative_error)
+        return _Run(mesh, result, error)
+
+    return _bench(setup, run, dict(kind="gemm", algo=algo, m=m, k=k, n=n), start)
+
+
+def bench_gemv(
+    *,
+    algo: str,
+    grid: str | tuple[int, int],
+    m: int,
+    n: int,
+    fanouts: Sequence[int] | None = None,
+    groups: int | None = None,
+    broadcast: bool = True,
+    device: str | Device = "wse2",
+    mode: str = "estimate",
+    dtype: str = "float32",
+    f16_accumulate: bool = False,
+    seed: int = 0,
+) -> KernelReport:
+    """y[n] = x[m] @ W[m, n] with `algo` (meshgemv, pipeline, ring): x split along Y and
+    replicated along X, W tiled over the cores, the partial sums allreduced along Y.
+    `fanouts` (bottom level first) or `groups` shape meshgemv's K-tree; `broadcast=False`
+    stops after the reduce. The report has m = 1, k = the reduced length, n (SPEC.md §10.3)."""
+    start = time.perf_counter()
+    if algo not in GEMV_KERNELS:
+        raise ValueError(f"unknown GEMV algorithm {algo!r}; choose from {', '.join(GEMV_KERNELS)}")
+    _check_sizes(m=m, n=n)
+    setup = _setup(device, grid, mode, dtype, f16_accumulate)
+    if fanouts is not None and groups is not None:
+        raise ValueError("give --fanouts or --groups, not both")
+    tree = fanouts_from_groups(setup.rows, groups) if groups is not None else fanouts
+
+    def run(mesh: Mesh) -> _Run:
+        gen = torch.Generator().manual_seed(seed)
+        host_x = _host(mesh, (m,), (m,), gen)
+        host_w = _host(mesh, (m, n), (m, n), gen)
+        x = mesh.scatter(host_x, Layout((m,), y_dim=0), "x")
+        w = mesh.scatter(host_w, Layout((m, n), y_dim=0, x_dim=1), "w")
+        kernel = GEMV_KERNELS[algo]
+        result = kernel(mesh, x=x, w=w, ledger=Ledger(), fanouts=tree, broadcast=broadcast)
+        error = None
+        if mesh.mode is Mode.FUNCTIONAL:
+            out = result.out
+            if result.root is not None:  # only line `root` holds y: read it there
+                line = out.data.narrow(0, result.root, 1).expand_as(out.data)
+                out = dataclasses.replace(out, data=line, layout=out.layout.with_tag(""))
+            got = compare(mesh.gather(out), gemv_reference(host_x, host_w))
+            error = (got.max_abs_error, got.relative_error)
+        return _Run(mesh, result, error)
+
+    return _bench(setup, run, dict(kind="gemv", algo=algo, m=1, k=m, n=n), start)

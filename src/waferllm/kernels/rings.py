@@ -1,0 +1,248 @@
+"""Ring movement of tiles for the Cannon-style GEMM kernels, on physical or logical grids.
+
+`ring_step` advances every logical block one position along its line's ring (interleaved or
+plain) and charges the physical traffic that causes; `skew_round` is one round of Cannon's
+initial skew written in ring positions. Data moves in one vectorised index operation per call;
+traffic is priced once per shape and cached, so nothing here loops over cores.
+Legend: L logical cores along the axis (tiling.LogicalGrid), P physical cores along it,
+per = L / P; a "line" is one row (axis X) or one column (axis Y).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from waferllm.device import Device
+from waferllm.kernels.tiling import LogicalGrid
+from waferllm.mesh.cost import Charge, Ledger
+from waferllm.mesh.geometry import (
+    Axis,
+    RingKind,
+    ring_order,
+    ring_position,
+    ring_successor,
+    shorter_way,
+)
+from waferllm.mesh.traffic import Traffic, line_traffic
+from waferllm.mesh.virtual import Mesh
+
+
+def ring_routes_per_core(kind: RingKind, per: int) -> int:
+    """Colour entries one ring direction configures on a core (SPEC.md §10.7, code notes §1.4).
+
+    Interleaved ring on physical cores: send, receive, transit (3). When a core plays several
+    logical cores (per >= 2) every crossing is a one-hop exchange with a neighbour in both
+    directions, each direction alternating two colours by parity (4). Plain ring: send,
+    receive, and the wrap-around stream's transit (3).
+    """
+    if kind is RingKind.INTERLEAVED and per >= 2:
+        return 4
+    return 3
+
+
+def _route_name(axis: Axis, kind: RingKind, steps: int) -> str:
+    return f"{axis.value}_ring_{kind.value}_{'fwd' if steps > 0 else 'rev'}"
+
+
+def _require_routes(mesh: Mesh, grid: LogicalGrid, axis: Axis, kind: RingKind, steps: int) -> None:
+    if mesh.size(axis) > 1:
+        mesh.routes.require(
+            _route_name(axis, kind, steps), ring_routes_per_core(kind, grid.per(axis))
+        )
+
+
+@lru_cache(maxsize=1024)
+def _unit_traffic(
+    device: Device,
+    shape: tuple[int, int],
+    axis: Axis,
+    size: int,
+    kind: RingKind,
+    steps: int,
+    nbytes: int,
+) -> Traffic:
+    """One logical line advancing `steps` positions, its blocks `nbytes` each, on every
+    physical line. Blocks whose logical successor sits on the same core move nothing."""
+    per = size // shape[axis.tensor_dim]
+    src = np.arange(size) // per
+    dst = ring_successor(size, kind, steps) // per
+    hops = int(np.abs(dst - src).max(initial=0))
+    return line_traffic(
+        device, shape, axis, src=src, dst=dst, nbytes=nbytes, critical_hops=hops, critical_stages=0
+    )
+
+
+@lru_cache(maxsize=1024)
+def _ring_traffic(
+    device: Device,
+    shape: tuple[int, int],
+    axis: Axis,
+    size: int,
+    kind: RingKind,
+    counts_key: bytes,
+    nbytes: int,
+) -> Traffic:
+    """Every physical line carries counts[0] logical lines moving forward and counts[1]
+    moving backward (counts: (2, lines)); their loads add up. Uniform counts keep (1, P)
+    arrays, so a whole-mesh step costs O(P) to price, not O(P^2)."""
+    lines = shape[axis.other.tensor_dim]
+    counts = np.frombuffer(counts_key, dtype=np.int64).reshape(2, lines)
+    uniform = bool((counts == counts[:, :1]).all())
+    links: dict[tuple[Axis, int], np.ndarray] = {}
+    ramp_in = np.zeros((1, 1))
+    ramp_out = np.zeros((1, 1))
+    injected = byte_hops = hops = 0
+    for steps, weights in ((1, counts[0]), (-1, counts[1])):
+        unit = _unit_traffic(device, shape, axis, size, kind, steps, nbytes)
+        if not weights.any() or unit.bytes_injected == 0:
+            continue
+        hops = max(hops, unit.critical_hops)
+        w = (weights[:1] if uniform else weights).astype(np.float64)
+        for key, load in unit.links.items():
+            links[key] = links.get(key, 0.0) + w[:, None] * load
+        # ramp arrays are oriented (rows, cols): lines are rows on X, columns on Y
+        w_ramp = w[:, None] if axis is Axis.X else w[None, :]
+        ramp_in = ramp_in + w_ramp * unit.ramp_in
+        ramp_out = ramp_out + w_ramp * unit.ramp_out
+        injected += unit.bytes_injected // lines * int(weights.sum())
+        byte_hops += unit.link_byte_hops // lines * int(weights.sum())
+    return Traffic(
+        device=device,
+        shape=shape,
+        critical_hops=hops,
+        bytes_injected=injected,
+        link_byte_hops=byte_hops,
+        links=links,
+        ramp_in=ramp_in,
+        ramp_out=ramp_out,
+    )
+
+
+def _block_bytes(mesh: Mesh, data: torch.Tensor) -> int:
+    return int(np.prod(data.shape[2:], dtype=np.int64)) * mesh.device.storage_bytes
+
+
+def _gather_lines(data: torch.Tensor, axis: Axis, src_of: np.ndarray) -> torch.Tensor:
+    """Position i of every line receives from src_of[i] ((L,)) or src_of[line, i] ((L, L))."""
+    dim = axis.tensor_dim
+    if src_of.ndim == 1:
+        return data.index_select(dim, torch.as_tensor(src_of, device=data.device))
+    index = torch.as_tensor(src_of if axis is Axis.X else src_of.T, device=data.device)
+    index = index.reshape(*index.shape, *([1] * (data.dim() - 2))).expand_as(data)
+    return torch.gather(data, dim, index)
+
+
+def _charge(
+    mesh: Mesh,
+    grid: LogicalGrid,
+    data: torch.Tensor,
+    *,
+    axis: Axis,
+    kind: RingKind,
+    forward: np.ndarray,
+    ledger: Ledger,
+    op: str,
+    phase: int,
+) -> None:
+    """Charge one step in which logical line j moves forward if forward[j], else backward."""
+    across = grid.across(axis)
+    lines = mesh.size(axis.other)
+    fwd = forward.reshape(lines, across).sum(axis=1).astype(np.int64)
+    counts = np.stack([fwd, across - fwd])
+    traffic = _ring_traffic(
+        mesh.device, mesh.shape, axis, grid.size, kind, counts.tobytes(), _block_bytes(mesh, data)
+    )
+    ledger.charge(op, Charge.comm(traffic), phase=phase)
+    for steps in (1, -1):
+        if (forward if steps > 0 else ~forward).any():
+            _require_routes(mesh, grid, axis, kind, steps)
+
+
+def ring_step(
+    mesh: Mesh,
+    grid: LogicalGrid,
+    data: torch.Tensor,
+    *,
+    axis: Axis,
+    kind: RingKind,
+    ledger: Ledger,
+    op: str,
+    phase: int = 0,
+) -> torch.Tensor:
+    """Advance every logical block (data: (L, L, *block)) one ring position along `axis`.
+
+    On a square mesh this is exactly `comm.ring_shift`: interleaved, 2 hops and one block per
+    link; plain, P-1 hops for the wrap-around. On a logical grid only the blocks whose
+    successor lives on another core cross a link.
+    """
+    forward = np.ones(grid.size, dtype=bool)
+    _charge(
+        mesh, grid, data, axis=axis, kind=kind, forward=forward, ledger=ledger, op=op, phase=phase
+    )
+    return _gather_lines(data, axis, ring_successor(grid.size, kind, -1))
+
+
+def skew_offsets(size: int, kind: RingKind) -> np.ndarray:
+    """Signed ring steps that apply Cannon's skew to line j (rotate it back by pos(j)), the
+    shorter way round: in (-L/2, L/2]."""
+    return shorter_way(-ring_position(size, kind), size)
+
+
+def skew_rounds(size: int, kind: RingKind) -> int:
+    """Rounds of the skew: the longest line's |offset|, floor(L/2) for L >= 2."""
+    return int(np.abs(skew_offsets(size, kind)).max(initial=0))
+
+
+def skew_round(
+    mesh: Mesh,
+    grid: LogicalGrid,
+    data: torch.Tensor,
+    *,
+    axis: Axis,
+    kind: RingKind,
+    round_index: int,
+    ledger: Ledger,
+    op: str,
+    phase: int = 0,
+) -> torch.Tensor:
+    """Round `round_index` of the skew along `axis` (data: (L, L, *block)).
+
+    Logical line j (a row of blocks for axis X) moves one position in the direction of its
+    offset while round_index < |offset_j|. As in the public code (code notes §1.5) every line
+    keeps its collective going for all floor(L/2) rounds, finished lines re-sending a stale
+    buffer, so every round is charged alike: the critical path is the same as stopping
+    early (the longest line needs floor(L/2) rounds either way), and identical rounds are
+    one ledger record with a count in estimate mode.
+    """
+    offsets = skew_offsets(grid.size, kind)
+    forward = offsets > 0
+    _charge(
+        mesh, grid, data, axis=axis, kind=kind, forward=forward, ledger=ledger, op=op, phase=phase
+    )
+    moving = np.abs(offsets) > round_index
+    pos = np.arange(grid.size)
+    src_of = np.where(
+        moving[:, None],
+        np.where(
+            forward[:, None],
+            ring_successor(grid.size, kind, -1)[None, :],
+            ring_successor(grid.size, kind, 1)[None, :],
+        ),
+        pos[None, :],
+    )
+    return _gather_lines(data, axis, src_of)
+
+
+def skew_sources(size: int, kind: RingKind) -> np.ndarray:
+    """src_of[j, i]: where position i of line j reads from once the skew is complete,
+    ringinv((r(i) + r(j)) mod L) (code notes §1.5, §1.6)."""
+    order, pos = ring_order(size, kind), ring_position(size, kind)
+    return order[(pos[None, :] + pos[:, None]) % size]
+
+
+def skewed(data: torch.Tensor, *, axis: Axis, kind: RingKind) -> torch.Tensor:
+    """The complete skew along `axis` in one step, uncharged: for weights skewed on the host."""
+    return _gather_lines(data, axis, skew_sources(data.shape[axis.tensor_dim], kind))
