@@ -1,0 +1,266 @@
+"""The decode KV cache on the mesh: shift-based (SPEC.md §10.9) and the concatenation baseline.
+
+Positions run along Y: row 0 holds the oldest consecutive positions, each row keeps its
+entries in slots [0, count) oldest first; head-dim slots run along X (`HeadLayout`), K stored
+transposed ([G, H, S] per core) so scores need no transpose, V as [G, S, H]. `RowCounts` is
+the bookkeeping (how many positions each row holds); `KvStore` the tiles of one region's layers.
+A new token's k and v arrive replicated along Y (the QKV allreduce's broadcast), so any row can
+take them. Shift: they enter the last row while rows r0+1..R-1 pass their oldest entry one hop
+north, keeping per-row counts non-increasing southwards and within one of each other. Concat:
+the last row takes every new token. The hand-off from prefill rebalances the rows.
+Legend: R rows, C columns, S slots per row, G kv heads per column, H head-dim slots per column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from waferllm.device import Device
+from waferllm.errors import WaferError
+from waferllm.mesh.cost import Charge, Ledger
+from waferllm.mesh.geometry import Axis, split_sizes
+from waferllm.mesh.traffic import Traffic, line_traffic
+from waferllm.mesh.virtual import Mesh, Mode
+from waferllm.model.placement import HeadLayout, gather_rows
+
+
+class KvPolicy(enum.StrEnum):
+    SHIFT = "shift"  # WaferLLM's balancing shift (paper §4.3)
+    CONCAT = "concat"  # append at the end: every new token on the last row
+
+
+class KvCacheFullError(WaferError):
+    """The KV cache cannot take another token (SRAM-limited capacity, SPEC.md §10.4)."""
+
+
+# ---- capacity ----------------------------------------------------------------------------------
+def kv_capacity_tokens(policy: KvPolicy, rows: int, slots: int, prompt_len: int) -> int:
+    """Largest total context (prompt + tokens fed back) the cache holds after this prompt."""
+    if policy is KvPolicy.SHIFT:
+        return rows * slots
+    # concat: the hand-off balances the prompt; the last row holds floor(L / R) of it
+    return prompt_len + slots - prompt_len // rows
+
+
+def max_new_tokens(policy: KvPolicy, rows: int, slots: int, prompt_len: int) -> int:
+    """Tokens that can be generated after the prompt: the first needs no slot, every later one
+    feeds its predecessor back into the cache. 0 when the prompt itself does not fit."""
+    if prompt_len > rows * slots:
+        return 0
+    return kv_capacity_tokens(policy, rows, slots, prompt_len) - prompt_len + 1
+
+
+# ---- bookkeeping -------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Append:
+    """Where the next token goes: `senders` pass their oldest entry one row north; `target`
+    keeps what it receives (the new token itself when there are no senders)."""
+
+    target: int
+    senders: range
+    counts_after: np.ndarray
+
+
+class RowCounts:
+    """Per-row position counts of a cache with `rows` rows of `slots` slots."""
+
+    def __init__(self, policy: KvPolicy, rows: int, slots: int, counts: np.ndarray) -> None:
+        self.policy = policy
+        self.rows = rows
+        self.slots = slots
+        self.counts = np.asarray(counts, dtype=np.int64).copy()
+
+    @classmethod
+    def balanced(cls, policy: KvPolicy, rows: int, slots: int, total: int) -> RowCounts:
+        """`total` positions over the rows, the larger counts north (the hand-off's state)."""
+        if total > rows * slots:
+            raise KvCacheFullError(
+                f"{total} positions do not fit a KV cache of {rows} rows x {slots} slots "
+                f"({rows * slots} tokens); use a larger decode grid or a shorter prompt"
+            )
+        return cls(policy, rows, slots, split_sizes(total, rows))
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    @property
+    def starts(self) -> np.ndarray:
+        """(R,) position of each row's slot 0."""
+        return np.cumsum(self.counts) - self.counts
+
+    def plan_append(self) -> Append:
+        n = self.counts
+        last = self.rows - 1
+        if self.policy is KvPolicy.CONCAT:
+            target, senders = last, range(0)
+        else:
+            # r0: the northernmost row such that every row south of it is as full as its
+            # northern neighbour (SPEC.md §10.9)
+            target = last
+            while target > 0 and n[target] == n[target - 1]:
+                target -= 1
+            # an empty tail takes the token where it is (k, v are replicated along Y)
+            senders = range(target + 1, self.rows) if n[target] > 0 else range(0)
+        if n[target] >= self.slots:
+            raise KvCacheFullError(
+                f"the KV cache is full: {self.total} tokens in {self.rows} rows x {self.slots} "
+                f"slots ({self.policy.value} policy); use a larger decode grid or fewer tokens"
+            )
+        after = n.copy()
+        after[target] += 1
+        return Append(target=target, senders=senders, counts_after=after)
+
+    def commit(self, append: Append) -> None:
+        self.counts = append.counts_after.copy()
+
+    def slot_mask(self, counts: np.ndarray, width: int) -> np.ndarray:
+        """(R, width): which of the first `width` slots of each row hold a position."""
+        return np.arange(width)[None, :] < counts[:, None]
+
+    def slot_positions(self, counts: np.ndarray, width: int) -> np.ndarray:
+        """(R, width): the position held by each slot (meaningless where masked)."""
+        return (np.cumsum(counts) - counts)[:, None] + np.arange(width)[None, :]
+
+
+@lru_cache(maxsize=1024)
+def shift_traffic(device: Device, shape: tuple[int, int], first: int, nbytes: int) -> Traffic:
+    """Rows first..R-1 each send one tile one hop north, every column alike."""
+    src = np.arange(first, shape[0])
+    return line_traffic(
+        device,
+        shape,
+        Axis.Y,
+        src=src,
+        dst=src - 1,
+        nbytes=nbytes,
+        critical_hops=1,
+        critical_stages=0,
+    )
+
+
+# ---- tiles -------------------------------------------------------------------------------------
+class KvStore:
+    """K and V tiles of the layers of one region (one decode mesh), all with the same counts.
+
+    SRAM is charged for the full `slots` per row (a static allocation); the host tensors grow
+    as positions arrive, so a large SRAM capacity costs no host memory until it is used. K is
+    (R, C, G, H, slots) and V (R, C, G, slots, H) in the compute dtype.
+    """
+
+    def __init__(
+        self, mesh: Mesh, heads: HeadLayout, *, layers: range, slots: int, name: str = "kv"
+    ) -> None:
+        self.mesh = mesh
+        self.heads = heads
+        self.layers = layers
+        self.slots = slots
+        bytes_per_layer = 2 * heads.kv_width * slots * mesh.device.storage_bytes
+        self._keys = [mesh.sram.alloc(f"{name}.layer{i}", bytes_per_layer) for i in layers]
+        self._width = 0
+        self.k: dict[int, torch.Tensor] = {}
+        self.v: dict[int, torch.Tensor] = {}
+
+    def free(self) -> None:
+        for key in self._keys:
+            self.mesh.sram.free(key)
+        self._keys = []
+        self.k.clear()
+        self.v.clear()
+
+    def _ensure(self, width: int) -> None:
+        """Grow the host tensors to hold at least `width` slots (doubling, up to `slots`)."""
+        if width <= self._width or self.mesh.mode is Mode.ESTIMATE:
+            return
+        new = min(self.slots, max(width, 2 * self._width, 16))
+        rows, cols = self.mesh.shape
+        g, h = self.heads.kv_per_tile, self.heads.head_slots
+        dtype = self.mesh.compute_dtype
+        for i in self.layers:
+            k = torch.zeros((rows, cols, g, h, new), dtype=dtype)
+            v = torch.zeros((rows, cols, g, new, h), dtype=dtype)
+            if i in self.k:
+                k[..., : self._width] = self.k[i]
+                v[..., : self._width, :] = self.v[i]
+            self.k[i], self.v[i] = k, v
+        self._width = new
+
+    # ---- the hand-off ------------------------------------------------------------------------
+    def fill(
+        self, layer: int, k_host: torch.Tensor, v_host: torch.Tensor, counts: RowCounts
+    ) -> None:
+        """Place logical k, v [L, Hkv*hd] (position order) into the rows given by `counts`."""
+        if self.mesh.mode is Mode.ESTIMATE:
+            return
+        rows, cols = self.mesh.shape
+        width = int(counts.counts.max(initial=0))
+        self._ensure(max(width, 1))
+        s = self._width
+        g, h = self.heads.kv_per_tile, self.heads.head_slots
+        pos = np.arange(counts.total)
+        row = np.repeat(np.arange(rows), counts.counts)
+        slot = pos - counts.starts[row]
+        index = self.heads.kv_index()
+        tiles = []
+        for host in (k_host, v_host):
+            feats = gather_rows(host.T, index).T  # [L, C*G*H]
+            buf = feats.new_zeros(rows * s, cols * g * h)
+            buf[torch.as_tensor(row * s + slot)] = feats
+            tiles.append(buf.reshape(rows, s, cols, g, h).to(self.mesh.compute_dtype))
+        self.k[layer] = tiles[0].permute(0, 2, 3, 4, 1).contiguous()  # (R, C, G, H, S)
+        self.v[layer] = tiles[1].permute(0, 2, 3, 1, 4).contiguous()  # (R, C, G, S, H)
+
+    # ---- one decode step ---------------------------------------------------------------------
+    def write(
+        self,
+        layer: int,
+        k_new: torch.Tensor,
+        v_new: torch.Tensor,
+        append: Append,
+        counts: RowCounts,
+        ledger: Ledger,
+    ) -> None:
+        """Insert this step's k, v tiles (R, C, G, H) (replicated along Y) as `append` says."""
+        if append.senders:
+            nbytes = 2 * int(np.prod(k_new.shape[2:])) * self.mesh.device.storage_bytes
+            traffic = shift_traffic(self.mesh.device, self.mesh.shape, append.senders[0], nbytes)
+            # the Y tree's first-level upward chain colours: no new routes (SPEC.md §10.7)
+            ledger.charge("kv_shift", Charge.comm(traffic))
+        if self.mesh.mode is Mode.ESTIMATE:
+            return
+        n = int(counts.counts[append.target])
+        self._ensure(n + 1)
+        _insert(self.k[layer], k_new, append, n)
+        _insert(self.v[layer].transpose(-1, -2), v_new, append, n)
+
+    def window(self, layer: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `width` slots of every row: K (R, C, G, H, w), V (R, C, G, w, H)."""
+        if self.mesh.mode is Mode.ESTIMATE:
+            rows, cols = self.mesh.shape
+            g, h = self.heads.kv_per_tile, self.heads.head_slots
+            dtype = self.mesh.compute_dtype
+            return (
+                torch.empty((rows, cols, g, h, width), dtype=dtype, device="meta"),
+                torch.empty((rows, cols, g, width, h), dtype=dtype, device="meta"),
+            )
+        return self.k[layer][..., :width], self.v[layer][..., :width, :]
+
+
+def _insert(data: torch.Tensor, new: torch.Tensor, append: Append, n: int) -> None:
+    """In place on (R, C, G, H, S) tiles: the senders drop slot 0 and append what arrives from
+    the south (the last row: the new token); the target appends at slot n what it receives."""
+    target = append.target
+    if append.senders:
+        first = append.senders[0]
+        oldest = data[first:, ..., 0].clone()  # (R - first, C, G, H): each sender's oldest
+        incoming = torch.cat([oldest, new[-1:].to(data.dtype)], dim=0)  # row r gets r + 1's
+        data[first:, ..., : n - 1] = data[first:, ..., 1:n].clone()
+        data[first:, ..., n - 1] = incoming[1:]
+        data[target, ..., n] = incoming[0]
+    else:
+        data[target, ..., n] = new[target].to(data.dtype)

@@ -1,0 +1,287 @@
+"""One decoder layer's math on one mesh: the prefill plan and the decode plan (STYLE.md §3).
+
+Each function reads like a single-device transformer layer; the layouts come from
+`placement.py`, the kernels from `waferllm.kernels`, attention from `attention.py`, the cache
+from `kv_cache.py`. Temporaries live in an SRAM scope; the residual stream `x` (allocated by the
+caller) is updated in place, and prefill's k and v outlive the layer (they become the cache).
+Legend: L tokens, D model dim, F ffn dim, q/kv the padded head features of `HeadLayout`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from waferllm.kernels import ops
+from waferllm.kernels.gemm import align_a, meshgemm
+from waferllm.kernels.gemv import meshgemv
+from waferllm.kernels.tiling import padded_k
+from waferllm.mesh.compute import elementwise
+from waferllm.mesh.cost import Ledger
+from waferllm.mesh.geometry import Axis
+from waferllm.mesh.tensor import DistTensor, Layout
+from waferllm.mesh.virtual import Mesh, Mode
+from waferllm.model.attention import decode_attention, prefill_attention
+from waferllm.model.config import ModelConfig
+from waferllm.model.kv_cache import Append, KvStore, RowCounts
+from waferllm.model.placement import HeadLayout, PlacedLayer
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LayerContext:
+    """What every layer of one call shares: the model, the heads on this grid, RoPE tables."""
+
+    config: ModelConfig
+    heads: HeadLayout
+    cos: DistTensor  # prefill [L, C*H] (L_y), decode [C*H]; RoPE slots in the heads' order
+    sin: DistTensor
+    length: int  # prefill: prompt tokens; decode: the new token's position + 1
+
+
+# ---- shared helpers ------------------------------------------------------------------------------
+def view(t: DistTensor, layout: Layout) -> DistTensor:
+    """The same tiles under another logical layout (a per-core reshape, no copy)."""
+    rows, cols = t.mesh.shape
+    data = t.data.reshape(rows, cols, *layout.tile_shape(rows, cols))
+    return DistTensor(data, layout, t.mesh, t.name, t.sram_key)
+
+
+def add_bias(mesh: Mesh, y: DistTensor, bias: DistTensor | None, ledger: Ledger, op: str):
+    """y += bias, the bias split like y's last dim and broadcast over its other dims."""
+    if bias is None:
+        return y
+    tile = bias.data.reshape(*mesh.shape, *([1] * (len(y.tile_shape) - 1)), bias.tile_shape[-1])
+    data = elementwise(mesh, torch.add, y.data, tile, ledger=ledger, op=op)
+    return y.replace(data.to(y.data.dtype))
+
+
+def gemm_operand(mesh: Mesh, x: DistTensor, ledger: Ledger, op: str) -> DistTensor:
+    """x[M_y, K_x] as MeshGEMM's A, aligned once for the GEMMs that share it.
+
+    On a non-square mesh K must be a multiple of lcm(R, C) (kernels.tiling.padded_k): each
+    core's K tile is zero-padded at its end, and the weights' rows were placed to match
+    (`placement.pad_k_rows`). A per-core copy, no communication."""
+    rows, cols = mesh.shape
+    m, k = x.layout.shape
+    width = padded_k(rows, cols, k) // cols
+    data = x.data
+    if width != data.shape[-1]:
+        data = torch.nn.functional.pad(data, (0, width - data.shape[-1]))
+    a = mesh.register(data, Layout((m, width * cols), y_dim=0, x_dim=1), f"{op}.a")
+    return align_a(mesh, a=a, ledger=ledger, op=f"{op}.align").out
+
+
+# ---- prefill (L_y E_x) -------------------------------------------------------------------------
+def prefill_layer(
+    mesh: Mesh, w: PlacedLayer, x: DistTensor, ctx: LayerContext, ledger: Ledger
+) -> tuple[DistTensor, DistTensor, DistTensor]:
+    """x[L_y, D_x] -> (x + attn + mlp in x's buffer, this layer's k and v [L_y, kv_x])."""
+    cfg, heads = ctx.config, ctx.heads
+    with mesh.sram.scope():
+        h = ops.rms_norm(
+            mesh, x=x, weight=w["attn_norm"], ledger=ledger, eps=cfg.rms_norm_eps, op="attn_norm"
+        )
+        a = gemm_operand(mesh, h, ledger, "qkv")
+        q = meshgemm(mesh, a=a, b=w["wq"], ledger=ledger, op="q_proj").out
+        k = meshgemm(mesh, a=a, b=w["wk"], ledger=ledger, op="k_proj").out
+        v = meshgemm(mesh, a=a, b=w["wv"], ledger=ledger, op="v_proj").out
+        q = add_bias(mesh, q, w.get("bq"), ledger, "q_bias")
+        k = add_bias(mesh, k, w.get("bk"), ledger, "k_bias")
+        v = add_bias(mesh, v, w.get("bv"), ledger, "v_bias")
+        q = _rope(mesh, q, ctx, ledger, "q_rope", lead=(ctx.length,))
+        k = _rope(mesh, k, ctx, ledger, "k_rope", lead=(ctx.length,))
+        with ledger.scope("attn"):
+            o = prefill_attention(
+                mesh,
+                q=q,
+                k=k,
+                v=v,
+                heads=heads,
+                length=ctx.length,
+                sliding_window=cfg.sliding_window,
+                ledger=ledger,
+            )
+        o = meshgemm(
+            mesh, a=gemm_operand(mesh, o, ledger, "o"), b=w["wo"], ledger=ledger, op="o_proj"
+        ).out
+        o = add_bias(mesh, o, w.get("bo"), ledger, "o_bias")
+        x = ops.add(mesh, x=x, y=o, ledger=ledger, op="attn_residual")
+        x = _prefill_mlp(mesh, w, x, cfg, ledger)
+        k_data, v_data = k.data, v.data
+    # k and v outlive the layer's scratch: they are this layer's share of the KV cache
+    return (
+        x,
+        mesh.register(k_data, k.layout, "prefill.k"),
+        mesh.register(v_data, v.layout, "prefill.v"),
+    )
+
+
+def _prefill_mlp(
+    mesh: Mesh, w: PlacedLayer, x: DistTensor, cfg: ModelConfig, ledger: Ledger
+) -> DistTensor:
+    h = ops.rms_norm(
+        mesh, x=x, weight=w["mlp_norm"], ledger=ledger, eps=cfg.rms_norm_eps, op="mlp_norm"
+    )
+    a = gemm_operand(mesh, h, ledger, "gate_up")
+    gate = meshgemm(mesh, a=a, b=w["w_gate"], ledger=ledger, op="gate_proj").out
+    up = meshgemm(mesh, a=a, b=w["w_up"], ledger=ledger, op="up_proj").out
+    gate = add_bias(mesh, gate, w.get("b_gate"), ledger, "gate_bias")
+    up = add_bias(mesh, up, w.get("b_up"), ledger, "up_bias")
+    act = ops.silu_mul(mesh, gate=gate, up=up, ledger=ledger)
+    down = meshgemm(
+        mesh,
+        a=gemm_operand(mesh, act, ledger, "down"),
+        b=w["w_down"],
+        ledger=ledger,
+        op="down_proj",
+    ).out
+    down = add_bias(mesh, down, w.get("b_down"), ledger, "down_bias")
+    return ops.add(mesh, x=x, y=down, ledger=ledger, op="mlp_residual")
+
+
+def _rope(
+    mesh: Mesh, t: DistTensor, ctx: LayerContext, ledger: Ledger, op: str, lead: tuple[int, ...]
+) -> DistTensor:
+    """Rotate q or k: the tiles viewed as [*lead, G, (n,) H] against [*lead, H] tables."""
+    heads = ctx.heads
+    features = t.layout.shape[-1]
+    per_slot = features // (heads.num_cols * heads.kv_per_tile * heads.head_slots)
+    inner = (per_slot, heads.head_slots) if per_slot > 1 else (heads.head_slots,)
+    dims = {"y_dim": 0, "x_dim": 1} if lead else {"x_dim": 0}
+    shaped = Layout((*lead, heads.num_cols * heads.kv_per_tile, *inner), **dims)
+    rotated = ops.rope(mesh, x=view(t, shaped), cos=ctx.cos, sin=ctx.sin, ledger=ledger, op=op)
+    return view(rotated, t.layout)
+
+
+# ---- decode (E_y L^x) --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CacheStep:
+    """This step's cache update: where the token goes, the counts after it, and the mask."""
+
+    store: KvStore
+    counts: RowCounts
+    append: Append
+    slot_mask: torch.Tensor  # (R, 1, 1, 1, w)
+    kv_ledger: Ledger  # the one-hop shift is charged here (its cost varies step to step)
+
+
+def decode_layer(
+    mesh: Mesh,
+    w: PlacedLayer,
+    x: DistTensor,
+    ctx: LayerContext,
+    index: int,
+    cache: CacheStep,
+    ledger: Ledger,
+) -> DistTensor:
+    """x[D_y] (replicated along X) -> x + attn + mlp, in place; the paper's sequence."""
+    cfg, heads = ctx.config, ctx.heads
+    rows, cols = mesh.shape
+    with mesh.sram.scope():
+        h = ops.rms_norm(
+            mesh, x=x, weight=w["attn_norm"], ledger=ledger, eps=cfg.rms_norm_eps, op="attn_norm"
+        )
+        q, k, v = meshgemv(
+            mesh, x=h, w=[w["wq"], w["wk"], w["wv"]], ledger=ledger, reduce_axis=Axis.Y, op="qkv"
+        ).outs
+        q = add_bias(mesh, q, w.get("bq"), ledger, "q_bias")
+        k = add_bias(mesh, k, w.get("bk"), ledger, "k_bias")
+        v = add_bias(mesh, v, w.get("bv"), ledger, "v_bias")
+        q = _rope(mesh, q, ctx, ledger, "q_rope", lead=())
+        k = _rope(mesh, k, ctx, ledger, "k_rope", lead=())
+        shape = (rows, cols, heads.kv_per_tile, heads.head_slots)
+        cache.store.write(
+            index,
+            k.data.reshape(shape),
+            v.data.reshape(shape),
+            cache.append,
+            cache.counts,
+            cache.kv_ledger,
+        )
+        width = int(cache.append.counts_after.max())
+        k_cache, v_cache = cache.store.window(index, width)
+        with ledger.scope("attn"):
+            attn = decode_attention(
+                mesh,
+                q=q,
+                k_cache=k_cache,
+                v_cache=v_cache,
+                slot_mask=cache.slot_mask,
+                heads=heads,
+                ledger=ledger,
+            )
+        o = meshgemv(mesh, x=attn, w=w["wo"], ledger=ledger, reduce_axis=Axis.X, op="o_proj").out
+        o = add_bias(mesh, o, w.get("bo"), ledger, "o_bias")
+        x = ops.add(mesh, x=x, y=o, ledger=ledger, op="attn_residual")
+        h = ops.rms_norm(
+            mesh, x=x, weight=w["mlp_norm"], ledger=ledger, eps=cfg.rms_norm_eps, op="mlp_norm"
+        )
+        gate, up = meshgemv(
+            mesh, x=h, w=[w["w_gate"], w["w_up"]], ledger=ledger, reduce_axis=Axis.Y, op="gate_up"
+        ).outs
+        gate = add_bias(mesh, gate, w.get("b_gate"), ledger, "gate_bias")
+        up = add_bias(mesh, up, w.get("b_up"), ledger, "up_bias")
+        act = ops.silu_mul(mesh, gate=gate, up=up, ledger=ledger)
+        down = meshgemv(
+            mesh, x=act, w=w["w_down"], ledger=ledger, reduce_axis=Axis.X, op="down_proj"
+        ).out
+        down = add_bias(mesh, down, w.get("b_down"), ledger, "down_bias")
+        return ops.add(mesh, x=x, y=down, ledger=ledger, op="mlp_residual")
+
+
+def decode_slot_mask(
+    mesh: Mesh, counts: RowCounts, append: Append, position: int, window: int | None
+) -> torch.Tensor:
+    """(R, 1, 1, 1, w): the filled slots the new token at `position` attends."""
+    width = int(append.counts_after.max())
+    if mesh.mode is Mode.ESTIMATE:
+        return torch.empty((mesh.rows, 1, 1, 1, width), dtype=torch.bool, device="meta")
+    keep = counts.slot_mask(append.counts_after, width)
+    if window is not None:
+        keep &= position - counts.slot_positions(append.counts_after, width) < window
+    return torch.as_tensor(np.ascontiguousarray(keep)).reshape(mesh.rows, 1, 1, 1, width)
+
+
+# ---- RoPE tables -------------------------------------------------------------------------------
+def rope_tables(
+    mesh: Mesh,
+    heads: HeadLayout,
+    inv_freq: torch.Tensor,
+    positions: torch.Tensor,
+    ledger: Ledger,
+    *,
+    per_token: bool,
+) -> tuple[DistTensor, DistTensor]:
+    """cos/sin for `positions` in the heads' slot order, as transformers builds them (float32,
+    emb = cat(freqs, freqs)). Prefill: [L_y, (C*H)_x]; decode: [(C*H)_x]. Computed on the
+    cores from the position and each slot's frequency (2 sin/cos per slot and token)."""
+    pairs = torch.as_tensor(heads.rope_pairs().reshape(-1))  # (C*H,)
+    width = heads.num_cols * heads.head_slots
+    if per_token:
+        layout = Layout((len(positions), width), y_dim=0, x_dim=1)
+    else:
+        layout = Layout((width,), x_dim=0)
+    host: list[torch.Tensor | None] = [None, None]
+    if mesh.mode is Mode.FUNCTIONAL:
+        angle = positions.to(torch.float32)[:, None] * inv_freq.to(torch.float32)[pairs][None, :]
+        host = [angle.cos(), angle.sin()]
+        if not per_token:
+            host = [t[0] for t in host]
+    tables = []
+    for name, table in zip(("rope.cos", "rope.sin"), host, strict=True):
+        data = table if table is not None else torch.empty(layout.shape, device="meta")
+        tables.append(mesh.scatter(data, layout, name))
+    tile = math.prod(tables[0].tile_shape)
+    elementwise(
+        mesh,
+        lambda t: t,
+        tables[0].data,
+        ledger=ledger,
+        op="rope.tables",
+        flops_per_element=2.0,
+        num_elements=2 * tile,
+    )
+    return tables[0], tables[1]

@@ -1,0 +1,331 @@
+"""Where every tensor of the model lives on a mesh, declared once (STYLE.md §2; SPEC.md §5, §10.8).
+
+Prefill (`L_y E_x`): activations split tokens over rows and features over columns; every
+projection is a MeshGEMM right operand `W[in_y, out_x]`, pre-aligned at load. Decode
+(`E_y L^x`): W_q/k/v and W_up/gate are GEMV weights `[in_y, out_x]` that reduce along Y; W_o and
+W_down sit in the transposed placement `[in_x, out_y]` and reduce along X. Attention heads run
+along X in contiguous kv-groups of columns (`HeadLayout`); the rows of W_q/W_k/W_v (and the
+columns of W_o) are permuted into that order at load, padded with zeros where a split is ragged.
+The vocabulary tensors use the GEMV placements: `[D_x, V_y]` in prefill, `[D_y, V_x]` in decode.
+No math here (`transformer.py`), no regions (`regions.py`), no cache policy (`kv_cache.py`).
+Legend: D model dim, F ffn dim, V vocab, Hq/Hkv query/kv heads, hd head dim, n_rep = Hq/Hkv;
+per column: G kv heads, H = 2 * pairs head-dim slots (RoPE pairs (i, i + hd/2) kept together).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from waferllm.kernels.gemm import prealign_b
+from waferllm.kernels.tiling import padded_k
+from waferllm.mesh.geometry import split_sizes
+from waferllm.mesh.tensor import DistTensor, Layout
+from waferllm.mesh.virtual import Mesh, Mode
+from waferllm.model.config import ModelConfig
+from waferllm.model.weights import LayerWeights
+
+
+class Phase(enum.StrEnum):
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+class PlacementMode(enum.StrEnum):
+    FIT = "fit"  # the whole model resident on the device, over one or more regions
+    PER_LAYER = "per-layer"  # the paper's method: one layer's plan, time x num_layers
+
+
+class ResidentLayouts(enum.StrEnum):
+    ONE = "one"  # one copy of the weights: re-laid prefill -> decode -> prefill per request
+    BOTH = "both"  # prefill and decode copies both resident: no weight re-layout
+
+
+# ---- heads along X (SPEC.md §10.8) ------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, eq=False)
+class HeadLayout:
+    """Which kv heads and head-dim slots every column holds.
+
+    With C >= Hkv columns, kv head g owns a contiguous group of columns (sizes within one) and
+    splits its hd/2 RoPE pairs over them; with C < Hkv, each column holds whole kv groups. A
+    column's q tile is [G, n_rep, H] and its k/v tile [G, H]; slot e < H/2 holds dim i of a pair,
+    slot e + H/2 its partner i + hd/2. Unused slots are zero padding.
+    """
+
+    num_cols: int
+    n_rep: int
+    head_dim: int
+    kv_per_tile: int  # G
+    pairs_per_tile: int  # H / 2
+    first_kv: np.ndarray  # (C,) first kv head on each column
+    num_kv: np.ndarray  # (C,) kv heads on each column
+    first_pair: np.ndarray  # (C,) first RoPE pair on each column
+    num_pairs: np.ndarray  # (C,) RoPE pairs on each column
+    group_sizes: tuple[int, ...]  # consecutive columns that reduce scores together
+
+    @property
+    def head_slots(self) -> int:
+        return 2 * self.pairs_per_tile
+
+    @property
+    def q_width(self) -> int:
+        return self.kv_per_tile * self.n_rep * self.head_slots
+
+    @property
+    def kv_width(self) -> int:
+        return self.kv_per_tile * self.head_slots
+
+    def _dims(self) -> tuple[np.ndarray, np.ndarray]:
+        """(C, H) head dim held by each slot and whether it is real."""
+        e = np.arange(self.head_slots)
+        within = e % self.pairs_per_tile
+        pair = self.first_pair[:, None] + within[None, :]
+        dim = pair + np.where(e >= self.pairs_per_tile, self.head_dim // 2, 0)[None, :]
+        return dim, within[None, :] < self.num_pairs[:, None]
+
+    def kv_index(self) -> np.ndarray:
+        """(C * G * H,): the original k/v feature of every padded slot, -1 for padding."""
+        dim, ok = self._dims()
+        g = np.arange(self.kv_per_tile)
+        head = self.first_kv[:, None] + g[None, :]  # (C, G)
+        real = (g[None, :] < self.num_kv[:, None])[:, :, None] & ok[:, None, :]
+        index = head[:, :, None] * self.head_dim + dim[:, None, :]
+        return np.where(real, index, -1).reshape(-1)
+
+    def q_index(self) -> np.ndarray:
+        """(C * G * n_rep * H,): the original q feature of every padded slot, -1 for padding."""
+        dim, ok = self._dims()
+        g = np.arange(self.kv_per_tile)
+        r = np.arange(self.n_rep)
+        q_head = (self.first_kv[:, None] + g[None, :])[:, :, None] * self.n_rep + r  # (C, G, n)
+        real_g = (g[None, :] < self.num_kv[:, None])[:, :, None, None]
+        index = q_head[..., None] * self.head_dim + dim[:, None, None, :]
+        return np.where(real_g & ok[:, None, None, :], index, -1).reshape(-1)
+
+    def rope_pairs(self) -> np.ndarray:
+        """(C, H): the RoPE frequency index of every slot (padding reads pair 0: it holds 0)."""
+        dim, ok = self._dims()
+        return np.where(ok, dim % (self.head_dim // 2), 0)
+
+
+@lru_cache(maxsize=256)
+def head_layout(num_kv_heads: int, n_rep: int, head_dim: int, num_cols: int) -> HeadLayout:
+    pairs = head_dim // 2
+    if num_cols >= num_kv_heads:
+        sizes = split_sizes(num_cols, num_kv_heads)
+        first_kv = np.repeat(np.arange(num_kv_heads), sizes)
+        splits = [split_sizes(pairs, int(s)) for s in sizes]
+        num_pairs = np.concatenate(splits)
+        first_pair = np.concatenate([np.cumsum(s) - s for s in splits])
+        return HeadLayout(
+            num_cols=num_cols,
+            n_rep=n_rep,
+            head_dim=head_dim,
+            kv_per_tile=1,
+            pairs_per_tile=int(num_pairs.max()),
+            first_kv=first_kv,
+            num_kv=np.ones(num_cols, dtype=np.int64),
+            first_pair=first_pair,
+            num_pairs=num_pairs,
+            group_sizes=tuple(int(s) for s in sizes),
+        )
+    num_kv = split_sizes(num_kv_heads, num_cols)
+    return HeadLayout(
+        num_cols=num_cols,
+        n_rep=n_rep,
+        head_dim=head_dim,
+        kv_per_tile=int(num_kv.max()),
+        pairs_per_tile=pairs,
+        first_kv=np.cumsum(num_kv) - num_kv,
+        num_kv=num_kv,
+        first_pair=np.zeros(num_cols, dtype=np.int64),
+        num_pairs=np.full(num_cols, pairs),
+        group_sizes=(1,) * num_cols,
+    )
+
+
+def heads_for(config: ModelConfig, num_cols: int) -> HeadLayout:
+    return head_layout(config.num_key_value_heads, config.num_kv_groups, config.head_dim, num_cols)
+
+
+def gather_rows(w: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+    """w[index] along dim 0 with zero rows where index is -1 (a permutation plus padding)."""
+    padded = torch.cat([w, w.new_zeros((1, *w.shape[1:]))])
+    return padded[torch.as_tensor(np.where(index < 0, w.shape[0], index))]
+
+
+# ---- per-layer tensors ------------------------------------------------------------------------
+# Host matrices are [in, out]; the layout says which of them runs along which mesh axis.
+_GEMV_Y = {"y_dim": 0, "x_dim": 1}  # decode, reduce along Y: [in_y, out_x]
+_GEMV_X = {"y_dim": 1, "x_dim": 0}  # decode, transposed placement: [in_x, out_y]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TensorSpec:
+    """One tensor of a layer: its logical shape, its layout keywords, and how it is stored."""
+
+    shape: tuple[int, ...]
+    dims: dict[str, int]
+    gemm_b: bool = False  # a MeshGEMM right operand, pre-aligned at load
+
+    def layout(self) -> Layout:
+        return Layout(self.shape, **self.dims)
+
+
+def layer_specs(config: ModelConfig, rows: int, cols: int, phase: Phase) -> dict[str, TensorSpec]:
+    """Every tensor of one decoder layer for `phase` on a rows x cols grid.
+
+    Prefill weights are MeshGEMM right operands whose K is padded for the grid (`pad_k_rows`).
+    """
+    heads = heads_for(config, cols)
+    d, f = config.hidden_size, config.intermediate_size
+    q, kv = heads.num_cols * heads.q_width, heads.num_cols * heads.kv_width
+    prefill = phase is Phase.PREFILL
+    mat = {"y_dim": 0, "x_dim": 1}
+    out_x = {"x_dim": 0}  # a bias on an output split along X
+    out_y = {"x_dim": 0} if prefill else {"y_dim": 0}  # a bias on the D-sized outputs
+
+    def weight(k: int, n: int, transposed: bool = False) -> TensorSpec:
+        if prefill:
+            return TensorSpec(shape=(padded_k(rows, cols, k), n), dims=mat, gemm_b=True)
+        return TensorSpec(shape=(k, n), dims=_GEMV_X if transposed else mat)
+
+    specs = {
+        "wq": weight(d, q),
+        "wk": weight(d, kv),
+        "wv": weight(d, kv),
+        "wo": weight(q, d, transposed=True),
+        "w_gate": weight(d, f),
+        "w_up": weight(d, f),
+        "w_down": weight(f, d, transposed=True),
+        "attn_norm": TensorSpec(shape=(d,), dims=out_y),
+        "mlp_norm": TensorSpec(shape=(d,), dims=out_y),
+    }
+    if config.qkv_bias:
+        specs |= {
+            "bq": TensorSpec(shape=(q,), dims=out_x),
+            "bk": TensorSpec(shape=(kv,), dims=out_x),
+            "bv": TensorSpec(shape=(kv,), dims=out_x),
+        }
+    if config.o_bias:
+        specs["bo"] = TensorSpec(shape=(d,), dims=out_y)
+    if config.mlp_bias:
+        specs |= {
+            "b_gate": TensorSpec(shape=(f,), dims=out_x),
+            "b_up": TensorSpec(shape=(f,), dims=out_x),
+            "b_down": TensorSpec(shape=(d,), dims=out_y),
+        }
+    return specs
+
+
+def layer_host_tensors(w: LayerWeights, heads: HeadLayout) -> dict[str, torch.Tensor]:
+    """The host tensors of `layer_specs` (phase independent: only the layouts differ)."""
+    qi, kvi = heads.q_index(), heads.kv_index()
+    host = {
+        "wq": gather_rows(w.wq, qi).T,
+        "wk": gather_rows(w.wk, kvi).T,
+        "wv": gather_rows(w.wv, kvi).T,
+        "wo": gather_rows(w.wo.T, qi),
+        "w_gate": w.w_gate.T,
+        "w_up": w.w_up.T,
+        "w_down": w.w_down.T,
+        "attn_norm": w.attn_norm,
+        "mlp_norm": w.mlp_norm,
+    }
+    for name, index in (("bq", qi), ("bk", kvi), ("bv", kvi)):
+        bias = getattr(w, name)
+        if bias is not None:
+            host[name] = gather_rows(bias[:, None], index)[:, 0]
+    for name in ("bo", "b_gate", "b_up", "b_down"):
+        bias = getattr(w, name)
+        if bias is not None:
+            host[name] = bias
+    return host
+
+
+def pad_k_rows(w: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """W[K, N] -> W[K', N], K' = padded_k: the rows of each of the C column-tiles of K moved
+    to the start of a tile of K'/C rows (what the activation's locally padded tiles hold)."""
+    k = w.shape[0]
+    tile, wide = -(-k // cols), padded_k(rows, cols, k) // cols
+    c, i = np.divmod(np.arange(cols * wide), wide)
+    index = np.where((i < tile) & (c * tile + i < k), c * tile + i, -1)
+    return gather_rows(w, index)
+
+
+def place(mesh: Mesh, spec: TensorSpec, host: torch.Tensor | None, name: str) -> DistTensor:
+    """Put one tensor on the mesh (uncharged: weights load before any request)."""
+    if host is None:
+        assert mesh.mode is Mode.ESTIMATE, f"functional mode needs the host tensor of {name}"
+        host = torch.empty(spec.shape, device="meta")
+    elif spec.gemm_b:
+        host = pad_k_rows(host, mesh.rows, mesh.cols)
+    assert tuple(host.shape) == spec.shape, (name, tuple(host.shape), spec.shape)
+    if spec.gemm_b:
+        return prealign_b(mesh, host.contiguous(), name=name)
+    return mesh.scatter(host.contiguous(), spec.layout(), name)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PlacedLayer:
+    """One decoder layer's tensors on one mesh, by name (`layer_specs`)."""
+
+    tensors: dict[str, DistTensor]
+
+    def __getitem__(self, name: str) -> DistTensor:
+        return self.tensors[name]
+
+    def get(self, name: str) -> DistTensor | None:
+        return self.tensors.get(name)
+
+
+def place_layer(
+    mesh: Mesh,
+    config: ModelConfig,
+    phase: Phase,
+    weights: LayerWeights | None,
+    *,
+    name: str,
+) -> PlacedLayer:
+    heads = heads_for(config, mesh.cols)
+    specs = layer_specs(config, mesh.rows, mesh.cols, phase)
+    host = layer_host_tensors(weights, heads) if weights is not None else {}
+    tensors = {k: place(mesh, spec, host.get(k), f"{name}.{k}") for k, spec in specs.items()}
+    return PlacedLayer(tensors)
+
+
+def tile_bytes(spec: TensorSpec, rows: int, cols: int, dtype_bytes: int) -> int:
+    return int(np.prod(spec.layout().tile_shape(rows, cols))) * dtype_bytes
+
+
+def layer_bytes_per_core(
+    config: ModelConfig, rows: int, cols: int, phase: Phase, dtype_bytes: int
+) -> int:
+    """Per-core bytes of one layer's tensors on a rows x cols grid (tiles include padding)."""
+    specs = layer_specs(config, rows, cols, phase)
+    return sum(tile_bytes(spec, rows, cols, dtype_bytes) for spec in specs.values())
+
+
+# ---- vocabulary tensors ------------------------------------------------------------------------
+def vocab_spec(config: ModelConfig, phase: Phase) -> TensorSpec:
+    """The [D, V] table: `[D_x, V_y]` in prefill (LM head reduces along X), `[D_y, V_x]` in
+    decode (reduces along Y). The embedding lookup reads the same table."""
+    shape = (config.hidden_size, config.vocab_size)
+    return TensorSpec(shape=shape, dims=_GEMV_X if phase is Phase.PREFILL else _GEMV_Y)
+
+
+def norm_spec(config: ModelConfig, phase: Phase) -> TensorSpec:
+    """The final norm's weight, split like the last hidden state it scales."""
+    return TensorSpec(
+        shape=(config.hidden_size,),
+        dims={"x_dim": 0} if phase is Phase.PREFILL else {"y_dim": 0},
+    )
+
+
+def kv_slot_bytes_per_core(config: ModelConfig, cols: int, dtype_bytes: int) -> int:
+    """Bytes one cached position adds to a core of its row, per layer (K and V)."""
+    return 2 * heads_for(config, cols).kv_width * dtype_bytes

@@ -1,0 +1,434 @@
+"""`MeshTransformer`: a Llama-family model resident on the virtual wafer (SPEC.md §5, §6).
+
+`prefill(token_ids, ledger)` runs the prompt with the prefill plan and selects the first token
+on the mesh; `transition(ledger)` hands the KV cache (and, with one resident layout, the
+weights) to the decode plan; `decode_step(token_id, ledger)` feeds one token back. Each returns
+a `StepOutput`: the on-mesh argmax and a handle that gathers the logits to the host, charged
+as host I/O. With `weights=None` the same code runs in estimate mode on meta tensors. Identical
+layers are walked once and their ledger extended by the layer count; `decode_step_cost` prices
+a decode step at any context length without tokens. The generation loop lives in `engine`.
+Legend: L prompt tokens, D model dim, V vocab; R x C the grid of a phase.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from waferllm.device import Device
+from waferllm.errors import WaferError
+from waferllm.kernels import ops
+from waferllm.kernels.gemv import meshgemv
+from waferllm.mesh.comm import broadcast
+from waferllm.mesh.cost import Ledger
+from waferllm.mesh.geometry import Axis
+from waferllm.mesh.tensor import DistTensor, Layout
+from waferllm.mesh.virtual import Mode
+from waferllm.model.config import ModelConfig, rope_inv_freq
+from waferllm.model.kv_cache import KvCacheFullError, KvPolicy, KvStore, RowCounts
+from waferllm.model.kv_cache import kv_capacity_tokens as _capacity
+from waferllm.model.kv_cache import max_new_tokens as _room
+from waferllm.model.layers import (
+    CacheStep,
+    LayerContext,
+    decode_layer,
+    decode_slot_mask,
+    prefill_layer,
+    rope_tables,
+    view,
+)
+from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts, heads_for
+from waferllm.model.plan import ModelPlan, PhaseState, build_phase, plan_model
+from waferllm.model.regions import relayout_charge
+from waferllm.model.transfers import hop, hop_charge, kv_moves, weight_moves
+from waferllm.model.weights import ModelWeights
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StepOutput:
+    """One model call's result: `token` is the on-mesh argmax of the last position's logits
+    (0 in estimate mode, which has no numbers); `position` is how many tokens the model has
+    now seen. `fetch_logits` brings the logits [V] to the host, charged as host I/O."""
+
+    token: int
+    position: int
+    logits: DistTensor
+
+    def fetch_logits(self, ledger: Ledger) -> torch.Tensor:
+        return self.logits.mesh.gather(self.logits, ledger=ledger).float()
+
+
+class MeshTransformer:
+    """A decoder-only Llama/Mistral/Qwen2 model placed on `device` (see the module docstring).
+
+    `prefill_grid`, `decode_grid`: (rows, cols) of each phase's regions. `placement`: `fit`
+    (every layer resident, over as many regions as SRAM needs) or `per-layer` (estimate only:
+    one layer's plan, costs times the layer count). `kv_policy`: shift or concat.
+    `resident_layouts`: `one` re-lays the weights per request (charged in `transition`),
+    `both` keeps both plans' copies. `max_context_tokens`: size the KV cache for this many
+    tokens (default: as many as SRAM holds).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: ModelWeights | None,
+        *,
+        device: Device,
+        prefill_grid: tuple[int, int],
+        decode_grid: tuple[int, int],
+        placement: PlacementMode = PlacementMode.FIT,
+        kv_policy: KvPolicy = KvPolicy.SHIFT,
+        compute_dtype: torch.dtype = torch.float32,
+        f16_accumulate: bool = False,
+        resident_layouts: ResidentLayouts = ResidentLayouts.ONE,
+        max_context_tokens: int | None = None,
+    ) -> None:
+        self.config = config
+        self.mode = Mode.FUNCTIONAL if weights is not None else Mode.ESTIMATE
+        if placement is PlacementMode.PER_LAYER and self.mode is Mode.FUNCTIONAL:
+            raise WaferError(
+                "placement per-layer is an estimate-only extrapolation (one layer's plan times "
+                "the layer count); use placement fit to generate with real weights"
+            )
+        self.kv_policy = KvPolicy(kv_policy)
+        self.plan: ModelPlan = plan_model(
+            config,
+            device,
+            prefill_grid=prefill_grid,
+            decode_grid=decode_grid,
+            placement=PlacementMode(placement),
+            resident=ResidentLayouts(resident_layouts),
+            max_context_tokens=max_context_tokens,
+        )
+        mesh_args = {
+            "mode": self.mode,
+            "compute_dtype": compute_dtype,
+            "f16_accumulate": f16_accumulate,
+        }
+        self.prefill_state: PhaseState = build_phase(self.plan, Phase.PREFILL, weights, mesh_args)
+        self.decode_state: PhaseState = build_phase(self.plan, Phase.DECODE, weights, mesh_args)
+        self.inv_freq = rope_inv_freq(config)
+        self._counts: RowCounts | None = None
+        self._stores: list[KvStore] = []
+        self._prefill_kv: dict[int, tuple[DistTensor, DistTensor]] = {}
+        self._prompt_len = 0
+        self._step_cache: dict[tuple[int, int], tuple[Ledger, Ledger]] = {}
+
+    # ---- the engine's surface ----------------------------------------------------------------
+    @property
+    def device(self) -> Device:
+        return self.plan.device
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return self.config.eos_token_ids
+
+    @property
+    def kv_slots_per_row(self) -> int:
+        return self.plan.kv_slots
+
+    def kv_capacity_tokens(self, policy: KvPolicy | None = None, prompt_len: int = 0) -> int:
+        """Largest total context (prompt + tokens fed back) the cache holds (SPEC.md §10.4)."""
+        rows = self.plan.decode.grid[0]
+        return _capacity(KvPolicy(policy or self.kv_policy), rows, self.plan.kv_slots, prompt_len)
+
+    def max_new_tokens(self, prompt_len: int, policy: KvPolicy | None = None) -> int:
+        """Tokens that can be generated after a prompt of `prompt_len` before SRAM runs out."""
+        rows = self.plan.decode.grid[0]
+        return _room(KvPolicy(policy or self.kv_policy), rows, self.plan.kv_slots, prompt_len)
+
+    # ---- prefill -----------------------------------------------------------------------------
+    def prefill(self, token_ids: Sequence[int], ledger: Ledger) -> StepOutput:
+        """Run the prompt with the prefill plan; the first generated token is selected on the
+        mesh. Starts a new request (the previous one's cache is dropped)."""
+        ids = self._check_ids(token_ids)
+        length = len(ids)
+        if length > self.kv_capacity_tokens():
+            raise KvCacheFullError(
+                f"the prompt has {length} tokens but the KV cache holds at most "
+                f"{self.kv_capacity_tokens()} ({self.kv_policy.value} policy); use a larger "
+                "decode grid, more SRAM or a shorter prompt"
+            )
+        self._reset()
+        state = self.prefill_state
+        first = state.meshes[0]
+        first.charge_host_io(ledger, "host.prompt_in", length)
+        x = self._embed(state, ids, ledger, tokens_axis=Axis.Y)
+        layer_ledger = Ledger()
+        for r, region in enumerate(state.regions.regions):
+            mesh = state.meshes[r]
+            if r:
+                x = hop(self.device, x, mesh, ledger, op=f"hop{r}")
+            heads = heads_for(self.config, mesh.cols)
+            cos, sin = rope_tables(
+                mesh,
+                heads,
+                self.inv_freq,
+                torch.arange(length),
+                Ledger() if r else layer_ledger,
+                per_token=True,
+            )
+            ctx = LayerContext(config=self.config, heads=heads, cos=cos, sin=sin, length=length)
+            for j, i in enumerate(region.layers):
+                target = layer_ledger if (r, j) == (0, 0) else Ledger()
+                if j and self.mode is Mode.ESTIMATE:
+                    k, v = self._prefill_kv[region.layers[0]]
+                    self._prefill_kv[i] = (_like(k, f"prefill.k{i}"), _like(v, f"prefill.v{i}"))
+                    continue
+                with target.scope("layer"):
+                    x, k, v = prefill_layer(mesh, state.layers[i], x, ctx, target)
+                self._prefill_kv[i] = (k, v)
+            cos.free()
+            sin.free()
+        ledger.extend(layer_ledger, count=self.config.num_hidden_layers)
+        self._per_layer_hops(x, ledger)
+        self._prompt_len = length
+        return self._head_prefill(x, length, ledger)
+
+    def _head_prefill(self, x: DistTensor, length: int, ledger: Ledger) -> StepOutput:
+        """Final norm, LM head and argmax for the last position (`[D_x, V_y]` placement)."""
+        state = self.prefill_state
+        mesh = x.mesh
+        lt = x.tile_shape[0]
+        row, i = divmod(length - 1, lt)
+        last = x.data[:, :, i, :]  # (R, C, Dt): the last token's row, valid on `row`
+        with ledger.scope("head"):
+            last = broadcast(mesh, last, axis=Axis.Y, root=row, ledger=ledger, op="last_token")
+            h = mesh.register(
+                last.contiguous(), Layout((self.config.hidden_size,), x_dim=0), "last_hidden"
+            )
+            x.free()
+            logits = self._lm_head(state, h, Axis.X, ledger)
+        return self._select(logits, ledger, position=length)
+
+    # ---- the hand-off ------------------------------------------------------------------------
+    def transition(self, ledger: Ledger) -> None:
+        """Re-lay the prompt's KV cache onto the decode grid (rows rebalanced) and, with one
+        resident layout, the weights to the decode plan and back for the next request."""
+        if not self._prefill_kv:
+            raise WaferError("transition() needs a prefill first")
+        rows = self.plan.decode.grid[0]
+        counts = RowCounts.balanced(self.kv_policy, rows, self.plan.kv_slots, self._prompt_len)
+        dstate = self.decode_state
+        self._stores = [
+            KvStore(
+                mesh,
+                heads_for(self.config, mesh.cols),
+                layers=region.layers,
+                slots=self.plan.kv_slots,
+            )
+            for mesh, region in zip(dstate.meshes, dstate.regions.regions, strict=True)
+        ]
+        pheads = heads_for(self.config, self.plan.prefill.grid[1])
+        for store in self._stores:
+            for i in store.layers:
+                k, v = self._prefill_kv[i]
+                if self.mode is Mode.FUNCTIONAL:
+                    store.fill(i, _logical(k, pheads), _logical(v, pheads), counts)
+        with ledger.scope("transition"):
+            ledger.charge("kv", relayout_charge(self.device, kv_moves(self.plan, counts)))
+            if self.plan.resident is ResidentLayouts.ONE:
+                # the way back (readying the next request) is the mirror image: same cost
+                weights = relayout_charge(self.device, weight_moves(self.plan))
+                ledger.charge("weights_to_decode", weights)
+                ledger.charge("weights_to_prefill", weights)
+        for k, v in self._prefill_kv.values():
+            k.free()
+            v.free()
+        self._prefill_kv = {}
+        self._counts = counts
+
+    # ---- decode ------------------------------------------------------------------------------
+    def decode_step(self, token_id: int, ledger: Ledger) -> StepOutput:
+        """Feed one token (the previous step's choice) and select the next on the mesh."""
+        if self._counts is None:
+            if not self._prefill_kv:
+                raise WaferError("decode_step() needs a prefill first")
+            self.transition(ledger)
+        self._check_ids([token_id])
+        assert self._counts is not None
+        return self._decode(token_id, self._counts, ledger)
+
+    def decode_step_cost(self, context_len: int, prompt_len: int | None = None) -> Ledger:
+        """The ledger of the decode step whose new token is position `context_len - 1` (the
+        cache then holds `context_len` tokens), without tokens or weights: estimate mode only.
+        `prompt_len` matters for the concat policy (the prompt is balanced, the rest piles on
+        the last row). Steps with the same cost shape share one walk of the layers."""
+        if self.mode is not Mode.ESTIMATE:
+            raise WaferError("decode_step_cost needs an estimate-mode model (weights=None)")
+        rows, slots = self.plan.decode.grid[0], self.plan.kv_slots
+        before = context_len - 1
+        if self.kv_policy is KvPolicy.SHIFT or prompt_len is None:
+            counts = RowCounts.balanced(self.kv_policy, rows, slots, before)
+        else:
+            counts = RowCounts.balanced(self.kv_policy, rows, slots, prompt_len)
+            counts.counts[-1] += before - prompt_len
+        if not self._stores:
+            self._stores = [
+                KvStore(mesh, heads_for(self.config, mesh.cols), layers=region.layers, slots=slots)
+                for mesh, region in zip(
+                    self.decode_state.meshes, self.decode_state.regions.regions, strict=True
+                )
+            ]
+        ledger = Ledger()
+        self._decode(0, counts, ledger)
+        return ledger
+
+    def _decode(self, token_id: int, counts: RowCounts, ledger: Ledger) -> StepOutput:
+        state = self.decode_state
+        position = counts.total
+        append = counts.plan_append()
+        state.meshes[0].charge_host_io(ledger, "host.token_in", 1)
+        x = self._embed(state, [token_id], ledger, tokens_axis=None)
+        layer_ledger, kv_ledger = Ledger(), Ledger()
+        key = (int(append.counts_after.max()), append.senders[0] if append.senders else -1)
+        cached = self._step_cache.get(key) if self.mode is Mode.ESTIMATE else None
+        for r, region in enumerate(state.regions.regions):
+            mesh = state.meshes[r]
+            if r:
+                x = hop(self.device, x, mesh, ledger, op=f"hop{r}")
+            if cached is not None:
+                continue  # estimate mode: this cost shape was walked already
+            heads = heads_for(self.config, mesh.cols)
+            walk = layer_ledger if r == 0 else Ledger()
+            cos, sin = rope_tables(
+                mesh, heads, self.inv_freq, torch.tensor([position]), walk, per_token=False
+            )
+            ctx = LayerContext(
+                config=self.config, heads=heads, cos=cos, sin=sin, length=position + 1
+            )
+            mask = decode_slot_mask(mesh, counts, append, position, self.config.sliding_window)
+            for j, i in enumerate(region.layers):
+                if j and self.mode is Mode.ESTIMATE:
+                    break  # identical cost; the other layers' tensors are already placed
+                first = (r, j) == (0, 0)
+                step = CacheStep(
+                    store=self._stores[r],
+                    counts=counts,
+                    append=append,
+                    slot_mask=mask,
+                    kv_ledger=kv_ledger if first else Ledger(),
+                )
+                target = walk if j == 0 else Ledger()
+                with target.scope("layer"):
+                    x = decode_layer(mesh, state.layers[i], x, ctx, i, step, target)
+            cos.free()
+            sin.free()
+        self._per_layer_hops(x, ledger)
+        if cached is not None:
+            layer_ledger, kv_ledger = cached
+        elif self.mode is Mode.ESTIMATE:
+            self._step_cache[key] = (layer_ledger, kv_ledger)
+        ledger.extend(layer_ledger, count=self.config.num_hidden_layers)
+        ledger.extend(kv_ledger, count=self.config.num_hidden_layers)
+        counts.commit(append)
+        with ledger.scope("head"):
+            logits = self._lm_head(state, x, Axis.Y, ledger)
+        return self._select(logits, ledger, position=position + 1)
+
+    # ---- vocabulary ends ---------------------------------------------------------------------
+    def _embed(
+        self, state: PhaseState, ids: Sequence[int], ledger: Ledger, tokens_axis: Axis | None
+    ) -> DistTensor:
+        """Token ids -> hidden states on the first region (prefill [L_y, D_x], decode [D_y])."""
+        mesh, table = state.embed_mesh, state.embed_view
+        with ledger.scope("embed"):
+            out = ops.embed(
+                mesh,
+                ids=torch.tensor(list(ids), dtype=torch.int64),
+                table=table,
+                ledger=ledger,
+                tokens_axis=tokens_axis,
+            )
+            if tokens_axis is None:  # decode: [1, D_y] -> [D_y]
+                out = view(out, Layout((self.config.hidden_size,), y_dim=0))
+            if mesh is not state.meshes[0]:
+                out = hop(self.device, out, state.meshes[0], ledger, op="to_first_region")
+        return out
+
+    def _lm_head(self, state: PhaseState, h: DistTensor, axis: Axis, ledger: Ledger):
+        mesh = h.mesh
+        h = ops.rms_norm(
+            mesh,
+            x=h,
+            weight=state.final_norm,
+            ledger=ledger,
+            eps=self.config.rms_norm_eps,
+            op="final_norm",
+        )
+        return meshgemv(
+            mesh, x=h, w=state.lm_head, ledger=ledger, reduce_axis=axis, op="lm_head"
+        ).out
+
+    def _select(self, logits: DistTensor, ledger: Ledger, *, position: int) -> StepOutput:
+        mesh = logits.mesh
+        ids = ops.argmax(mesh, logits=logits, ledger=ledger)
+        token = mesh.gather(ids, ledger=ledger)
+        ids.free()
+        value = int(token.reshape(-1)[0]) if self.mode is Mode.FUNCTIONAL else 0
+        return StepOutput(token=value, position=position, logits=logits)
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _check_ids(self, token_ids: Sequence[int]) -> list[int]:
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise WaferError("the prompt is empty: give at least one token")
+        bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
+        if bad:
+            raise WaferError(
+                f"token id {bad[0]} is not in the vocabulary [0, {self.config.vocab_size})"
+            )
+        return ids
+
+    def _reset(self) -> None:
+        for store in self._stores:
+            store.free()
+        self._stores = []
+        for k, v in self._prefill_kv.values():
+            k.free()
+            v.free()
+        self._prefill_kv = {}
+        self._counts = None
+
+    def _per_layer_hops(self, x: DistTensor, ledger: Ledger) -> None:
+        """`per-layer` placement: the activation hops to the next layer's region, which the
+        paper's method places beside this one, num_layers - 1 times."""
+        if self.plan.placement is not PlacementMode.PER_LAYER or self.config.num_hidden_layers < 2:
+            return
+        y, x0 = x.mesh.origin
+        with ledger.repeat(self.config.num_hidden_layers - 1):
+            ledger.charge("layer_hop", hop_charge(self.device, x, (y, x0 + x.mesh.cols)))
+
+    def routes_per_core(self) -> dict[str, int]:
+        """The largest route count configured on any core, per phase (after a call)."""
+        return {
+            "prefill": max(m.routes.routes_per_core for m in self.prefill_state.meshes),
+            "decode": max(m.routes.routes_per_core for m in self.decode_state.meshes),
+        }
+
+    def peak_sram_bytes_per_core(self) -> int:
+        meshes = [*self.prefill_state.meshes, *self.decode_state.meshes]
+        return max(m.sram.peak_bytes for m in meshes)
+
+
+def _like(t: DistTensor, name: str) -> DistTensor:
+    """Another tensor with t's tiles and layout (estimate mode: meta, SRAM charged)."""
+    return t.mesh.register(torch.empty_like(t.data), t.layout, name)
+
+
+def _logical(t: DistTensor, heads) -> torch.Tensor:
+    """Prefill k or v [L_y, (C*G*H)_x] -> [L, Hkv*hd] in the checkpoint's feature order."""
+    joined = t.mesh.gather(t)  # [L, C*G*H] in the heads' slot order
+    index = heads.kv_index()
+    out = joined.new_zeros(joined.shape[0], int(index.max()) + 1)
+    real = np.flatnonzero(index >= 0)
+    out[:, torch.as_tensor(index[real])] = joined[:, torch.as_tensor(real)]
+    return out
