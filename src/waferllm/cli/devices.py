@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         print_json([d.to_dict() for d in devices])
         return 0
     out = console()
-    table = Table(title="Device presets (PLMR constants; `--json` prints every field)")
+    what = "Device presets" if args.device is None else f"Device {devices[0].name}"
+    table = Table(title=f"{what} (PLMR constants; `--json` prints every field)")
     table.add_column("constant")
     for d in devices:
         table.add_column(d.name, justify="right")
