@@ -236,9 +236,11 @@ def skew_round(
     return _gather_lines(data, axis, src_of)
 
 
+@lru_cache(maxsize=64)
 def skew_sources(size: int, kind: RingKind) -> np.ndarray:
     """src_of[j, i]: where position i of line j reads from once the skew is complete,
-    ringinv((r(i) + r(j)) mod L) (code notes §1.5, §1.6)."""
+    ringinv((r(i) + r(j)) mod L) (code notes §1.5, §1.6). Cached: every weight placed on a
+    grid shares it (callers only read it)."""
     order, pos = ring_order(size, kind), ring_position(size, kind)
     return order[(pos[None, :] + pos[:, None]) % size]
 
