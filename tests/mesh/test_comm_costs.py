@@ -286,3 +286,22 @@ def test_merging_two_traffics_adds_their_loads_and_keeps_the_slower_message():
     assert both.critical_hops == 7
     assert both.size_term_cycles == 2 * N / LINK == ring.size_term_cycles + plain.size_term_cycles
     assert both.bytes_injected == ring.bytes_injected + plain.bytes_injected
+
+
+def test_an_explicit_owner_map_prices_like_the_roots_or_groups_it_spells_out():
+    from waferllm.mesh.patterns import Owners, chain_traffic, multicast_traffic
+
+    dev, shape = device(), (3, 8)
+    roots = torch.tensor([0, 3, 7]).numpy()
+    for spelled, owners in (
+        (Owners.of_roots(8, roots), Owners.of_map(Owners.of_roots(8, roots).array())),
+        (Owners.of_groups((3, 5)), Owners.of_map(Owners.of_groups((3, 5)).array()[0])),
+    ):
+        for pattern in (chain_traffic, multicast_traffic):
+            a, b = pattern(dev, shape, Axis.X, spelled, N), pattern(dev, shape, Axis.X, owners, N)
+            assert (a.cycles, a.bytes_injected, a.link_byte_hops) == (
+                b.cycles,
+                b.bytes_injected,
+                b.link_byte_hops,
+            )
+            assert (a.critical_hops, a.critical_stages) == (b.critical_hops, b.critical_stages)
