@@ -73,6 +73,13 @@ def _batch(op: str, a: DistTensor, b: DistTensor) -> tuple[int, ...]:
         ) from None
 
 
+def _tiles(t: DistTensor, num_batch: int) -> torch.Tensor:
+    """t's per-core tiles with size-1 batch dims inserted after the mesh dims, so that batch
+    dims broadcast against the other operand's and never against the mesh dims."""
+    rows, cols, *tile = t.data.shape
+    return t.data.reshape(rows, cols, *([1] * (num_batch + 2 - len(tile))), *tile)
+
+
 def _grid(mesh: Mesh, op: str) -> LogicalGrid:
     return logical_grid(
         mesh.rows,
@@ -237,8 +244,8 @@ def _ring_gemm(
             f"{op}.c", math.prod((*batch, mt, nt)) * mesh.device.storage_bytes
         )
         with mesh.sram.scope():
-            a_pad = pad_last2(a.data, grid.per_row, 1)  # a_tile: [a*mL, Kt]
-            b_pad = pad_last2(b.data, 1, grid.per_col)  # b_tile: [Kt', b*nL]
+            a_pad = pad_last2(_tiles(a, len(batch)), grid.per_row, 1)  # a_tile: [a*mL, Kt]
+            b_pad = pad_last2(_tiles(b, len(batch)), 1, grid.per_col)  # b_tile: [Kt', b*nL]
             _pad_bytes(mesh, f"{op}.a_pad", _numel(a_pad), _numel(a.data))
             _pad_bytes(mesh, f"{op}.b_pad", _numel(b_pad), _numel(b.data))
             _scratch(mesh, f"{op}.a_recv", a_pad)  # double buffers: shifts land here
@@ -361,8 +368,8 @@ def gemm_t(
     with Charged(ledger) as charged, ledger.scope(op):
         out_key = mesh.sram.alloc(f"{op}.c", out_numel * mesh.device.storage_bytes)
         with mesh.sram.scope():
-            a_pad = pad_last2(a.data, grid.per_row, grid.per_col)  # a_tile: [a*mL, b*kL]
-            b_pad = pad_last2(b.data, 1, grid.per_col)  # b_tile: [a*nL, b*kL]
+            a_pad = pad_last2(_tiles(a, len(batch)), grid.per_row, grid.per_col)  # [a*mL, b*kL]
+            b_pad = pad_last2(_tiles(b, len(batch)), 1, grid.per_col)  # b_tile: [a*nL, b*kL]
             _pad_bytes(mesh, f"{op}.a_pad", _numel(a_pad), _numel(a.data))
             _pad_bytes(mesh, f"{op}.b_pad", _numel(b_pad), _numel(b.data))
             _scratch(mesh, f"{op}.b_recv", b_pad)
@@ -497,6 +504,7 @@ def summa(
         raise ValueError(f"{op}: A {a.layout.shape} and B {b.layout.shape} differ in K")
     batch = _batch(op, a, b)
     k_a, k_b = a.data.shape[-1], b.data.shape[-2]
+    a_data, b_data = _tiles(a, len(batch)), _tiles(b, len(batch))
     panels = _panels(k_a, k_b, mesh.rows, mesh.cols)
     width = max(k1 - k0 for k0, k1 in panels)
     mt, nt = a.data.shape[-2], b.data.shape[-1]
@@ -505,8 +513,8 @@ def summa(
     )
 
     def fetch(k0: int, k1: int) -> tuple[torch.Tensor, torch.Tensor]:
-        a_panel = a.data[..., k0 % k_a : k0 % k_a + k1 - k0]  # a_panel: [Mt, w]
-        b_panel = b.data[..., k0 % k_b : k0 % k_b + k1 - k0, :]  # b_panel: [w, Nt]
+        a_panel = a_data[..., k0 % k_a : k0 % k_a + k1 - k0]  # a_panel: [Mt, w]
+        b_panel = b_data[..., k0 % k_b : k0 % k_b + k1 - k0, :]  # b_panel: [w, Nt]
         roots = (k0 // k_a, k0 // k_b)
         return cross_multicast(
             mesh, a_panel, b_panel, plans=plans, roots=roots, ledger=ledger, op="bcast"
@@ -518,7 +526,7 @@ def summa(
             f"{op}.c", math.prod((*batch, mt, nt)) * mesh.device.storage_bytes
         )
         with mesh.sram.scope():
-            a_batch, b_batch = a.data.shape[2:-2], b.data.shape[2:-2]
+            a_batch, b_batch = a_data.shape[2:-2], b_data.shape[2:-2]
             _scratch(mesh, f"{op}.a_panels", (2, *a_batch, mt, width))
             _scratch(mesh, f"{op}.b_panels", (2, *b_batch, width, nt))
             acc = _accumulator(mesh, (mesh.rows, mesh.cols, *batch, mt, nt))
@@ -568,8 +576,9 @@ def allgather_gemm(
         )
         with mesh.sram.scope():
             with ledger.overlap("allgather"):
-                a_strip = allgather(mesh, a.data, plan=plans[Axis.X], ledger=ledger, op="a")
-                b_strip = allgather(mesh, b.data, plan=plans[Axis.Y], ledger=ledger, op="b")
+                a_data, b_data = _tiles(a, len(batch)), _tiles(b, len(batch))
+                a_strip = allgather(mesh, a_data, plan=plans[Axis.X], ledger=ledger, op="a")
+                b_strip = allgather(mesh, b_data, plan=plans[Axis.Y], ledger=ledger, op="b")
             _scratch(mesh, f"{op}.a_strip", a_strip)
             _scratch(mesh, f"{op}.b_strip", b_strip)
             # a_strip: [Mt, K], b_strip: [K, Nt]; beyond the shorter padded K both hold zeros

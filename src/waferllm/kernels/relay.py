@@ -79,10 +79,11 @@ def multicast_traffic(
 ) -> Traffic:
     """Every root in `roots` multicasts `nbytes` to its whole line at the same time.
 
-    Per root, one stream runs to each end of the line (as `comm.broadcast` models it); every
-    core it passes delivers it through its ramp. A relay (the first core of each segment the
-    stream enters, except a line end) also sends it out through its ramp again. Critical
-    path: the worst stream's hops * alpha + relays * beta.
+    Per root, one stream runs to each end of the line; the root injects its tile once (its
+    router multicasts both ways) and every core a stream passes delivers it through its ramp.
+    A relay (the first core of each segment the stream enters, except a line end) also sends
+    it out through its ramp again. Critical path: the worst stream's hops * alpha + relays *
+    beta.
     """
     num = shape[axis.tensor_dim]
     root = np.asarray(roots, dtype=np.int64)
@@ -102,17 +103,19 @@ def multicast_traffic(
         hops, stages = num - 1 - int(root[worst_east]), int(stages_east[worst_east])
     else:
         hops, stages = int(root[worst_west]), int(stages_west[worst_west])
-    # ramp loads beyond the segment ends line_traffic counts (src out, dst in)
-    below = np.searchsorted(np.sort(root), pos)  # roots west of each core
-    above = len(root) - np.searchsorted(np.sort(root), pos, side="right")
-    interior = (pos > 0) & (pos < num - 1)
-    ramp_in = np.where(interior, below + above, 0) * float(nbytes)
-    relays_out = (seg_start & (pos < num - 1)) * below + (seg_end & (pos > 0)) * above
+    # A root injects its tile once (its router multicasts both ways); every core a stream
+    # passes delivers it; a relay also sends it out again.
+    sorted_roots = np.sort(root)
+    west_of = np.searchsorted(sorted_roots, pos)  # roots west of each core
+    east_of = len(root) - np.searchsorted(sorted_roots, pos, side="right")
+    ramp_in = (west_of + east_of) * float(nbytes)
+    ramp_out = np.bincount(root, minlength=num) + (seg_start & (pos < num - 1)) * west_of
+    ramp_out = (ramp_out + (seg_end & (pos > 0)) * east_of) * float(nbytes)
     src = np.concatenate([root[root > 0], root[root < num - 1]])
     dst = np.concatenate(
         [np.zeros(int((root > 0).sum()), np.int64), np.full(int((root < num - 1).sum()), num - 1)]
     )
-    return line_traffic(
+    traffic = line_traffic(
         device,
         shape,
         axis,
@@ -121,9 +124,10 @@ def multicast_traffic(
         nbytes=nbytes,
         critical_hops=hops,
         critical_stages=stages,
-        ramp_in_extra=ramp_in[None, :],
-        ramp_out_extra=(relays_out * float(nbytes))[None, :],
+        bytes_injected=len(root) * nbytes * shape[axis.other.tensor_dim],
     )
+    oriented = (lambda a: a[None, :]) if axis is Axis.X else (lambda a: a[:, None])
+    return dataclasses.replace(traffic, ramp_in=oriented(ramp_in), ramp_out=oriented(ramp_out))
 
 
 def _both_axes(x: Traffic, y: Traffic) -> Traffic:

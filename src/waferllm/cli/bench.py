@@ -1,0 +1,172 @@
+"""`waferllm bench gemm|gemv`: one distributed GEMM or GEMV on the virtual wafer (SPEC.md §1.1,
+§10.3). Parsing and printing only; the work is `waferllm.api.bench`. A point that does not fit
+in SRAM prints "does not fit (needs X bytes per core)" and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.table import Table
+
+from waferllm.api.bench import KernelReport, bench_gemm, bench_gemv
+from waferllm.cli.common import add_device_options, console, device_from_args, print_json
+
+GEMM_ALGOS = ("meshgemm", "cannon", "summa", "allgather")
+GEMV_ALGOS = ("meshgemv", "pipeline", "ring")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _fanouts(text: str) -> tuple[int, ...]:
+    return tuple(_positive_int(part) for part in text.split(","))
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--grid", required=True, help="P (P x P) or RxC: rows x columns")
+    add_device_options(parser)
+    parser.add_argument(
+        "--mode",
+        choices=("estimate", "functional"),
+        default="estimate",
+        help="estimate: shapes and costs only (default); functional: real numbers, checked "
+        "against a dense reference",
+    )
+    parser.add_argument(
+        "--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+        help="host compute dtype (costs always use the device's storage dtype)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--f16-accumulate", action="store_true", help="accumulate float16 in float16"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="operand seed (functional mode)")
+    parser.add_argument("--json", action="store_true", help="print the kernel report as JSON")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "bench",
+        help="one distributed GEMM or GEMV on the virtual wafer (modelled cost)",
+        description="Run one kernel on a grid of the device and report its modelled latency, "
+        "compute/communication split, utilisation, routes and SRAM per core.",
+    )
+    kinds = parser.add_subparsers(dest="kind", metavar="KIND", parser_class=type(parser))
+    kinds.required = True
+    gemm = kinds.add_parser("gemm", help="C = A @ B: MeshGEMM or a baseline")
+    gemm.add_argument("--algo", choices=GEMM_ALGOS, default="meshgemm")
+    for name in ("m", "k", "n"):
+        gemm.add_argument(f"--{name}", type=_positive_int, required=True, metavar=name.upper())
+    gemm.add_argument(
+        "--align-both", action="store_true",
+        help="skew B on the device too (timed) instead of storing it pre-skewed",
+    )  # fmt: skip
+    _common(gemm)
+    gemm.set_defaults(func=run_gemm)
+    gemv = kinds.add_parser("gemv", help="y = x W: MeshGEMV or a baseline")
+    gemv.add_argument("--algo", choices=GEMV_ALGOS, default="meshgemv")
+    gemv.add_argument("--m", type=_positive_int, required=True, help="reduced length (x, W rows)")
+    gemv.add_argument("--n", type=_positive_int, required=True, help="output length (W columns)")
+    tree = gemv.add_mutually_exclusive_group()
+    tree.add_argument("--fanouts", type=_fanouts, metavar="B1,B2", help="K-tree fan-outs")
+    tree.add_argument("--groups", type=_positive_int, metavar="G", help="= --fanouts ceil(P/G),G")
+    gemv.add_argument(
+        "--no-broadcast", action="store_true", help="stop after the reduce (no final broadcast)"
+    )
+    _common(gemv)
+    gemv.set_defaults(func=run_gemv)
+
+
+def run_gemm(args: argparse.Namespace) -> int:
+    report = bench_gemm(
+        algo=args.algo,
+        grid=args.grid,
+        m=args.m,
+        k=args.k,
+        n=args.n,
+        device=device_from_args(args),
+        mode=args.mode,
+        dtype=args.dtype,
+        f16_accumulate=args.f16_accumulate,
+        align_both=args.align_both,
+        seed=args.seed,
+    )
+    return _show(report, args.json)
+
+
+def run_gemv(args: argparse.Namespace) -> int:
+    report = bench_gemv(
+        algo=args.algo,
+        grid=args.grid,
+        m=args.m,
+        n=args.n,
+        fanouts=args.fanouts,
+        groups=args.groups,
+        broadcast=not args.no_broadcast,
+        device=device_from_args(args),
+        mode=args.mode,
+        dtype=args.dtype,
+        f16_accumulate=args.f16_accumulate,
+        seed=args.seed,
+    )
+    return _show(report, args.json)
+
+
+def _show(report: KernelReport, as_json: bool) -> int:
+    if as_json:
+        print_json(report.to_dict())
+        return 0
+    rows, cols = report.grid
+    title = (
+        f"bench {report.kind}: {report.algo}, m={report.m} k={report.k} n={report.n} on "
+        f"{rows}x{cols} cores of {report.device} ({report.mode} mode; cycles and times modelled)"
+    )
+    out = console()
+    if not report.fits:
+        out.print(title)
+        out.print(report.message or "does not fit")
+        return 0
+    table = Table(title=title)
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for label, value in _rows(report):
+        table.add_row(label, value)
+    out.print(table)
+    return 0
+
+
+def _rows(r: KernelReport) -> list[tuple[str, str]]:
+    def cycles(value: Any) -> str:
+        return f"{value:,.0f}"
+
+    def share(part: float | None) -> str:
+        total = r.latency_cycles or 0.0
+        return f"{cycles(part)} ({100 * (part or 0.0) / total:.1f}%)" if total else cycles(part)
+
+    rows = [
+        ("latency, modelled (cycles)", cycles(r.latency_cycles)),
+        ("latency, modelled", f"{(r.latency_s or 0.0) * 1e6:,.3f} us"),
+        ("mean core cycles, modelled", cycles(r.mean_core_cycles)),
+        ("compute, exposed (cycles)", share(r.compute_cycles)),
+        ("communication, exposed (cycles)", share(r.comm_cycles)),
+        ("step overhead (cycles)", share(r.overhead_cycles)),
+        ("alignment (cycles)", share(r.align_cycles)),
+        ("communication busy, hidden or not (cycles)", cycles(r.comm_busy_cycles)),
+        ("utilization of peak FLOP/s", f"{100 * (r.utilization or 0.0):.2f}%"),
+        ("compute fraction of the critical path", f"{100 * (r.compute_fraction or 0.0):.1f}%"),
+        ("routes per core (max)", str(r.routes_per_core)),
+        ("peak SRAM per core", f"{r.peak_sram_bytes_per_core:,} bytes"),
+    ]
+    if r.max_abs_error is not None:
+        rows.append(("max abs error vs dense reference", f"{r.max_abs_error:.3g}"))
+        rows.append(("  relative to the output scale", f"{r.max_rel_error:.3g}"))
+    rows.append(("host wall time (measured)", f"{r.host_wall_s:.3f} s"))
+    return rows
