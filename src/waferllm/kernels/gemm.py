@@ -92,7 +92,9 @@ def _grid(mesh: Mesh, op: str) -> LogicalGrid:
 
 def _accumulator(mesh: Mesh, shape: tuple[int, ...]) -> torch.Tensor:
     """Zeros for a running sum: float32 for half-precision compute unless the user asked for
-    the hardware's f16 accumulation (SPEC.md §10.2)."""
+    the hardware's f16 accumulation (SPEC.md §10.2). Kernels add into it in place: besides
+    saving copies, an out-of-place add on `meta` tensors makes torch import its compiler
+    stack (seconds, once per process), which estimate-mode runs need not pay."""
     half = mesh.compute_dtype in (torch.float16, torch.bfloat16)
     dtype = torch.float32 if half and not mesh.f16_accumulate else mesh.compute_dtype
     return torch.zeros(shape, dtype=dtype, device=mesh.torch_device)
@@ -267,14 +269,8 @@ def _ring_gemm(
             _pad_bytes(mesh, f"{op}.c_pad", _numel(c_blocks), math.prod((*batch, mt, nt)))
             for _ in mesh.steps(grid.size, ledger):
                 with ledger.overlap("step", step_overhead_cycles=mesh.device.step_overhead_cycles):
-                    c_blocks = matmul(
-                        mesh,
-                        a=to_blocks(a_l, grid),
-                        b=to_blocks(b_l, grid),
-                        ledger=ledger,
-                        op="mac",
-                        accumulate=c_blocks,
-                    )
+                    a_blocks, b_blocks = to_blocks(a_l, grid), to_blocks(b_l, grid)
+                    c_blocks.add_(matmul(mesh, a=a_blocks, b=b_blocks, ledger=ledger, op="mac"))
                     a_l = rings.ring_step(
                         mesh, grid, a_l, axis=Axis.X, kind=kind, ledger=ledger, op="shift_a"
                     )
@@ -468,7 +464,7 @@ def _reduce_to_owners(
     values = torch.stack(sums, dim=1).flatten(0, 1)  # (L, *t, mL, nL), logical row y*a + i
     rows = torch.arange(size, device=c_l.device)
     cols = torch.as_tensor(owner, device=c_l.device)
-    return c_l.index_put((rows, cols), values.to(c_l.dtype), accumulate=True)
+    return c_l.index_put_((rows, cols), values.to(c_l.dtype), accumulate=True)
 
 
 # ---- baselines that broadcast: SUMMA and allgather-GEMM --------------------------------------
@@ -534,9 +530,7 @@ def summa(
                 current = fetch(*panels[0])
             for s in range(len(panels)):
                 with ledger.overlap("step", step_overhead_cycles=mesh.device.step_overhead_cycles):
-                    acc = matmul(
-                        mesh, a=current[0], b=current[1], ledger=ledger, op="mac", accumulate=acc
-                    )
+                    acc.add_(matmul(mesh, a=current[0], b=current[1], ledger=ledger, op="mac"))
                     if s + 1 < len(panels):
                         current = fetch(*panels[s + 1])
     return KernelResult(
