@@ -120,9 +120,11 @@ def _pad_bytes(mesh: Mesh, name: str, padded_numel: int, stored_numel: int) -> N
 
 
 def _finish(mesh: Mesh, data: torch.Tensor, layout: Layout, name: str, key: str) -> DistTensor:
+    """The output tensor, in the compute dtype, registered under `key` (already allocated)."""
+    data = data.to(mesh.compute_dtype)
     if mesh.mode is Mode.FUNCTIONAL:
-        data = data.to(mesh.compute_dtype).contiguous()
-    return DistTensor(data.to(mesh.compute_dtype), layout, mesh, name, key)
+        data = data.contiguous()
+    return DistTensor(data, layout, mesh, name, key)
 
 
 # ---- weights and activations skewed for the ring kernels --------------------------------------
@@ -167,8 +169,9 @@ def align_a(
             f"{op}: on a {mesh.rows}x{mesh.cols} mesh K must be padded to a multiple of "
             f"{grid.size} (tiling.padded_k); A's K tiles hold {a.data.shape[-1]}"
         )
-    with Charged(ledger) as charged, ledger.scope(op):
+    with Charged(ledger) as charged, ledger.scope(op), mesh.sram.scope():
         padded = pad_last2(a.data, grid.per_row, 1)
+        _scratch(mesh, f"{op}.a_recv", padded)  # the skew's double buffer
         logical, _ = _skew(mesh, grid, kind, ledger, a=to_logical(padded, grid), b=None)
     assert logical is not None
     data = from_blocks(to_blocks(logical, grid), grid)
@@ -221,11 +224,9 @@ def _skew(
 
 
 # ---- Cannon on a ring: MeshGEMM and the Cannon baseline ---------------------------------------
-def _ring_gemm(
-    mesh: Mesh, *, a: DistTensor, b: DistTensor, ledger: Ledger, op: str, kind: RingKind
-) -> KernelResult:
-    """Cannon's compute-shift loop on the `kind` ring of the (logical) grid."""
-    grid = _grid(mesh, op)
+def _check_ring_operands(
+    mesh: Mesh, grid: LogicalGrid, a: DistTensor, b: DistTensor, *, op: str, kind: RingKind
+) -> None:
     _check_operand(mesh, a, op=op, role="A", dims="A[M_y, K_x]", tags={"", A_ALIGNED[kind]})
     _check_operand(mesh, b, op=op, role="B", dims="B[K_y, N_x]", tags={"", B_ALIGNED[kind]})
     if a.layout.shape[-1] != b.layout.shape[-2]:
@@ -237,6 +238,14 @@ def _ring_gemm(
             f"grid: A's K tiles cover {k_a} and B's cover {k_b}; pad K to a multiple of "
             f"{grid.size} (tiling.padded_k) before scattering A and B"
         )
+
+
+def _ring_gemm(
+    mesh: Mesh, *, a: DistTensor, b: DistTensor, ledger: Ledger, op: str, kind: RingKind
+) -> KernelResult:
+    """Cannon's compute-shift loop on the `kind` ring of the (logical) grid."""
+    grid = _grid(mesh, op)
+    _check_ring_operands(mesh, grid, a, b, op=op, kind=kind)
     batch = _batch(op, a, b)
     m, n = a.layout.shape[-2], b.layout.shape[-1]
     mt, nt = -(-m // mesh.rows), -(-n // mesh.cols)
@@ -264,8 +273,7 @@ def _ring_gemm(
             b_l = to_logical(b_pad, grid) if b_l is None else b_l
             a_blocks, b_blocks = to_blocks(a_l, grid), to_blocks(b_l, grid)
             lead = torch.broadcast_shapes(a_blocks.shape[:-2], b_blocks.shape[:-2])
-            acc_shape = (*lead, a_blocks.shape[-2])
-            c_blocks = _accumulator(mesh, (*acc_shape, b_l.shape[-1]))
+            c_blocks = _accumulator(mesh, (*lead, a_blocks.shape[-2], b_blocks.shape[-1]))
             _pad_bytes(mesh, f"{op}.c_pad", _numel(c_blocks), math.prod((*batch, mt, nt)))
             for _ in mesh.steps(grid.size, ledger):
                 with ledger.overlap("step", step_overhead_cycles=mesh.device.step_overhead_cycles):
