@@ -19,6 +19,7 @@ from waferllm.kernels import ops
 from waferllm.kernels.gemm import align_a, meshgemm
 from waferllm.kernels.gemv import meshgemv
 from waferllm.kernels.tiling import padded_k
+from waferllm.mesh.comm import ReduceAlgorithm
 from waferllm.mesh.compute import elementwise
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
@@ -28,6 +29,10 @@ from waferllm.model.attention import decode_attention, prefill_attention
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import Append, KvStore, RowCounts
 from waferllm.model.placement import HeadLayout, PlacedLayer
+
+# Prefill's reductions along X chain to the middle column and broadcast back (SPEC.md §10.7's
+# prefill budget: the X chain and broadcast colours, shared with dist-GEMM-T's reduce).
+PREFILL_REDUCE = ReduceAlgorithm.PIPELINE
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -82,7 +87,13 @@ def prefill_layer(
     cfg, heads = ctx.config, ctx.heads
     with mesh.sram.scope():
         h = ops.rms_norm(
-            mesh, x=x, weight=w["attn_norm"], ledger=ledger, eps=cfg.rms_norm_eps, op="attn_norm"
+            mesh,
+            x=x,
+            weight=w["attn_norm"],
+            ledger=ledger,
+            eps=cfg.rms_norm_eps,
+            op="attn_norm",
+            algorithm=PREFILL_REDUCE,
         )
         a = gemm_operand(mesh, h, ledger, "qkv")
         q = meshgemm(mesh, a=a, b=w["wq"], ledger=ledger, op="q_proj").out
@@ -123,7 +134,13 @@ def _prefill_mlp(
     mesh: Mesh, w: PlacedLayer, x: DistTensor, cfg: ModelConfig, ledger: Ledger
 ) -> DistTensor:
     h = ops.rms_norm(
-        mesh, x=x, weight=w["mlp_norm"], ledger=ledger, eps=cfg.rms_norm_eps, op="mlp_norm"
+        mesh,
+        x=x,
+        weight=w["mlp_norm"],
+        ledger=ledger,
+        eps=cfg.rms_norm_eps,
+        op="mlp_norm",
+        algorithm=PREFILL_REDUCE,
     )
     a = gemm_operand(mesh, h, ledger, "gate_up")
     gate = meshgemm(mesh, a=a, b=w["w_gate"], ledger=ledger, op="gate_proj").out

@@ -16,6 +16,7 @@ import torch
 
 from waferllm.device import Device
 from waferllm.errors import SramOverflowError
+from waferllm.kernels.tiling import padded_k
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh
 from waferllm.model.config import ModelConfig
@@ -28,6 +29,7 @@ from waferllm.model.placement import (
     heads_for,
     kv_slot_bytes_per_core,
     layer_bytes_per_core,
+    layer_specs,
     norm_spec,
     place,
     place_layer,
@@ -47,6 +49,8 @@ class ModelPlan:
     prefill: PhaseRegions
     decode: PhaseRegions
     kv_slots: int  # cache slots per decode row (every layer, every region)
+    max_prompt_tokens: int  # the longest prompt the prefill plan's SRAM holds
+    prefill_footprint: Footprint  # per-core bytes of the prefill plan without the prompt
     other_plan_bytes: dict[Phase, int]  # with `both`: the other plan's weights on each core
 
     @property
@@ -55,6 +59,10 @@ class ModelPlan:
         if self.placement is PlacementMode.PER_LAYER:
             return self.config.num_hidden_layers
         return 1
+
+    def prefill_need_bytes(self, length: int) -> int:
+        fp, sb = self.prefill_footprint, self.device.storage_bytes
+        return prefill_need_bytes(self.prefill, fp, self.config, sb, length)
 
     def grid(self, phase: Phase) -> tuple[int, int]:
         return (self.prefill if phase is Phase.PREFILL else self.decode).grid
@@ -77,6 +85,64 @@ def decode_scratch_bytes(config: ModelConfig, rows: int, cols: int, sb: int) -> 
     return fixed * sb, heads.kv_per_tile * heads.n_rep * sb
 
 
+def prefill_scratch_bytes(
+    config: ModelConfig, rows: int, cols: int, sb: int, length: int
+) -> tuple[int, int]:
+    """(one layer's peak scratch, its k and v kept for the cache) per core for a prompt of
+    `length` tokens: an upper bound summing the layer's activations (x, normed, the aligned
+    GEMM operand and its receive buffer, q/k/v, RoPE tables, scores and the attention loops'
+    buffers, o, gate/up/act/down), the largest weight tile's receive buffer and the GEMM
+    padding."""
+    heads = heads_for(config, cols)
+    lt = math.ceil(length / rows)
+    d_x = padded_k(rows, cols, config.hidden_size) // cols
+    f_x = padded_k(rows, cols, config.intermediate_size) // cols
+    q_x = padded_k(rows, cols, cols * heads.q_width) // cols
+    kc = max(math.ceil(rows / min(heads.group_sizes)), 1)
+    gn = heads.kv_per_tile * heads.n_rep
+    acts = lt * (8 * d_x + 4 * q_x + 3 * heads.kv_width + 4 * f_x + 2 * heads.head_slots)
+    attn = gn * lt * (kc * lt + 2 * lt + heads.head_slots) + lt * heads.kv_width
+    specs = layer_specs(config, rows, cols, Phase.PREFILL)
+    weight = max(tile_bytes(spec, rows, cols, sb) for spec in specs.values())
+    kv = 2 * lt * heads.kv_width
+    return (acts + attn) * sb + 2 * weight, kv * sb
+
+
+def prefill_need_bytes(
+    regions: PhaseRegions, fp: Footprint, config: ModelConfig, sb: int, length: int
+) -> int:
+    """The most any core of the prefill plan needs for a prompt of `length` tokens: weights,
+    every layer's kept k/v, one layer's scratch, the vocabulary tables."""
+    rows, cols = regions.grid
+    scratch, kv = prefill_scratch_bytes(config, rows, cols, sb, length)
+    last = len(regions.regions) - 1
+    need = 0
+    for i, region in enumerate(regions.regions):
+        used = len(region.layers) * (fp.layer + kv) + fp.reserve + scratch
+        used += (fp.first if i == 0 else 0) + (fp.last if i == last else 0)
+        need = max(need, used)
+    return need
+
+
+def max_prompt_tokens(
+    regions: PhaseRegions, fp: Footprint, config: ModelConfig, cap: int, sb: int
+) -> int:
+    """The longest prompt whose prefill fits every region (0 if none does)."""
+
+    def fits(length: int) -> bool:
+        return prefill_need_bytes(regions, fp, config, sb, length) <= cap
+
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while fits(high) and high < 1 << 24:
+        low, high = high, high * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
+
+
 def _footprint(
     config: ModelConfig,
     phase: Phase,
@@ -97,6 +163,45 @@ def _footprint(
     )
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Budget:
+    """Per-core byte counts the planner needs beyond the weights (see `plan_model`)."""
+
+    decode_fixed: int  # one decode step's scratch
+    score_slot: int  # decode scratch per cached slot
+    kv_slot: int  # one cached position, one layer (K and V)
+    kv_want: int  # cache slots per row the caller asked for (1 when unspecified)
+    prefill_scratch: int  # one prefill layer's scratch for a 1-token prompt
+    prefill_kv: int  # one layer's kept k/v for a 1-token prompt
+
+
+def _footprints(
+    config: ModelConfig,
+    grids: dict[Phase, tuple[int, int]],
+    sb: int,
+    budget: _Budget,
+    other: dict[Phase, int],
+) -> dict[Phase, Footprint]:
+    return {
+        Phase.PREFILL: _footprint(
+            config,
+            Phase.PREFILL,
+            grids[Phase.PREFILL],
+            sb,
+            budget.prefill_kv,
+            other[Phase.PREFILL] + budget.prefill_scratch,
+        ),
+        Phase.DECODE: _footprint(
+            config,
+            Phase.DECODE,
+            grids[Phase.DECODE],
+            sb,
+            budget.kv_want * budget.kv_slot,
+            other[Phase.DECODE] + budget.decode_fixed + budget.kv_want * budget.score_slot,
+        ),
+    }
+
+
 def plan_model(
     config: ModelConfig,
     device: Device,
@@ -107,29 +212,30 @@ def plan_model(
     resident: ResidentLayouts,
     max_context_tokens: int | None,
 ) -> ModelPlan:
-    sb = device.storage_bytes
-    cap = device.sram_bytes_per_core
-    rows_d, cols_d = decode_grid
-    fixed, per_slot_scores = decode_scratch_bytes(config, rows_d, cols_d, sb)
-    kv_slot = kv_slot_bytes_per_core(config, cols_d, sb)
-    want = 1 if max_context_tokens is None else math.ceil(max_context_tokens / rows_d)
+    """Regions per phase (the fewest that fit), cache slots per row, the longest prompt.
+
+    Per-core bytes of a region: its layers' weights, each layer's KV cache (decode) or kept
+    k/v (prefill), one step's scratch, the vocabulary tables on the first and last regions,
+    and with `both` resident layouts the other plan's weights (a bound: the most any core of
+    the other plan holds)."""
+    sb, cap = device.storage_bytes, device.sram_bytes_per_core
+    grids = {Phase.PREFILL: prefill_grid, Phase.DECODE: decode_grid}
+    fixed, score_slot = decode_scratch_bytes(config, *decode_grid, sb)
+    # prefill is planned for a prompt of max_context_tokens (1 when unspecified)
+    pre_scratch, pre_kv = prefill_scratch_bytes(config, *prefill_grid, sb, max_context_tokens or 1)
+    budget = _Budget(
+        decode_fixed=fixed,
+        score_slot=score_slot,
+        kv_slot=kv_slot_bytes_per_core(config, decode_grid[1], sb),
+        kv_want=1 if max_context_tokens is None else -(-max_context_tokens // decode_grid[0]),
+        prefill_scratch=pre_scratch,
+        prefill_kv=pre_kv,
+    )
     other = {Phase.PREFILL: 0, Phase.DECODE: 0}
     plans: dict[Phase, PhaseRegions] = {}
     for _ in range(3 if resident is ResidentLayouts.BOTH else 1):
-        prints = {
-            Phase.PREFILL: _footprint(
-                config, Phase.PREFILL, prefill_grid, sb, 0, other[Phase.PREFILL]
-            ),
-            Phase.DECODE: _footprint(
-                config,
-                Phase.DECODE,
-                decode_grid,
-                sb,
-                want * kv_slot,
-                other[Phase.DECODE] + fixed + want * per_slot_scores,
-            ),
-        }
-        for phase, grid in ((Phase.PREFILL, prefill_grid), (Phase.DECODE, decode_grid)):
+        prints = _footprints(config, grids, sb, budget, other)
+        for phase, grid in grids.items():
             plans[phase] = plan_phase(
                 device,
                 grid,
@@ -144,25 +250,28 @@ def plan_model(
                 Phase.PREFILL: _peak(prints[Phase.DECODE], plans[Phase.DECODE]),
                 Phase.DECODE: _peak(prints[Phase.PREFILL], plans[Phase.PREFILL]),
             }
-    if placement is PlacementMode.PER_LAYER:
+    if placement is PlacementMode.PER_LAYER:  # one placed layer stands for all
         plans = {
             ph: dataclasses.replace(
                 p, regions=(dataclasses.replace(p.regions[0], layers=range(1)),)
             )
             for ph, p in plans.items()
         }
+    dec = prints[Phase.DECODE]
     slots = _kv_slots(
         plans[Phase.DECODE],
-        prints[Phase.DECODE],
+        dec,
         cap,
-        weights_per_layer=prints[Phase.DECODE].layer - want * kv_slot,
+        weights_per_layer=dec.layer - budget.kv_want * budget.kv_slot,
         other=other[Phase.DECODE],
         fixed=fixed,
-        kv_slot=kv_slot,
-        score_slot=per_slot_scores,
+        kv_slot=budget.kv_slot,
+        score_slot=score_slot,
     )
     if max_context_tokens is not None:
-        slots = min(slots, want)
+        slots = min(slots, budget.kv_want)
+    pre = prints[Phase.PREFILL]
+    pre = dataclasses.replace(pre, layer=pre.layer - pre_kv, reserve=other[Phase.PREFILL])
     return ModelPlan(
         config=config,
         device=device,
@@ -171,6 +280,8 @@ def plan_model(
         prefill=plans[Phase.PREFILL],
         decode=plans[Phase.DECODE],
         kv_slots=slots,
+        max_prompt_tokens=max_prompt_tokens(plans[Phase.PREFILL], pre, config, cap, sb),
+        prefill_footprint=pre,
         other_plan_bytes=other,
     )
 

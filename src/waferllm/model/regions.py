@@ -52,7 +52,7 @@ def region_origins(device: Device, grid: tuple[int, int]) -> list[tuple[int, int
     """Top-left cores of the grid-shaped slots of the device, serpentine so neighbours touch."""
     rows, cols = grid
     across, down = device.mesh_cols // cols, device.mesh_rows // rows
-    out = []
+    out: list[tuple[int, int]] = []
     for i in range(down):
         order = range(across) if i % 2 == 0 else range(across - 1, -1, -1)
         out.extend((i * rows, j * cols) for j in order)
@@ -100,7 +100,7 @@ def plan_phase(
         if _fits(footprint, sizes, capacity_bytes).all():
             break
     else:
-        _overflow(what, footprint, num_layers, capacity_bytes, grid, "one layer per region")
+        _overflow(what, footprint, 1, capacity_bytes, grid, "one layer per region")
     if count > len(origins):
         wafers = math.ceil(count / len(origins))
         raise WaferError(
@@ -177,9 +177,11 @@ def relayout_charge(device: Device, moves: list[Move]) -> Charge:
             # rows: source follows a, destination follows b; columns the other way round
             cut_y += m.count * _cross_cuts(src_r, dst_r, rows)
             cut_x += m.count * _cross_cuts(src_c, dst_c, cols)
-            sent = _peak(src_r) * _peak(src_c)
-            received = _peak(dst_r) * _peak(dst_c)
-            count = len(src_r) * len(src_c)
+            # element (a, b) stays home when a's (src row, dst col) equals b's (dst row, src col)
+            stay = _pairs(src_r, dst_c, rows, cols) * _pairs(dst_r, src_c, rows, cols)
+            sent = float((np.outer(_counts(src_r, rows), _counts(src_c, cols)) - stay).max())
+            received = float((np.outer(_counts(dst_r, rows), _counts(dst_c, cols)) - stay).max())
+            count = len(src_r) * len(src_c) - int(stay.sum())
             dist = _pair_distance(src_r, dst_r, rows) + _pair_distance(src_c, dst_c, cols)
         else:
             cut_y += m.count * len(src_c) * _direct_cuts(src_r, dst_r, rows)
@@ -250,6 +252,12 @@ def _pair_distance(src: np.ndarray, dst: np.ndarray, length: int) -> float:
     # sum_i sum_j |p_i - q_j| = sum over cuts of (left of a * right of b + right of a * left of b)
     left_a, left_b = np.cumsum(a)[:-1], np.cumsum(b)[:-1]
     return float((left_a * (b.sum() - left_b) + (a.sum() - left_a) * left_b).sum())
+
+
+def _pairs(rows_of: np.ndarray, cols_of: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """(rows, cols) histogram of the pairs (rows_of[i], cols_of[i])."""
+    flat = np.bincount(rows_of * cols + cols_of, minlength=rows * cols)
+    return flat.reshape(rows, cols).astype(np.float64)
 
 
 def _counts(coords: np.ndarray, length: int) -> np.ndarray:

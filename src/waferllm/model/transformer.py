@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from waferllm.device import Device
-from waferllm.errors import WaferError
+from waferllm.errors import SramOverflowError, WaferError
 from waferllm.kernels import ops
-from waferllm.kernels.gemv import meshgemv
-from waferllm.mesh.comm import broadcast
+from waferllm.kernels.gemv import meshgemv, pipeline_gemv
+from waferllm.mesh.comm import ReduceAlgorithm, broadcast
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
@@ -32,6 +32,7 @@ from waferllm.model.kv_cache import KvCacheFullError, KvPolicy, KvStore, RowCoun
 from waferllm.model.kv_cache import kv_capacity_tokens as _capacity
 from waferllm.model.kv_cache import max_new_tokens as _room
 from waferllm.model.layers import (
+    PREFILL_REDUCE,
     CacheStep,
     LayerContext,
     decode_layer,
@@ -116,6 +117,7 @@ class MeshTransformer:
         self._stores: list[KvStore] = []
         self._prefill_kv: dict[int, tuple[DistTensor, DistTensor]] = {}
         self._prompt_len = 0
+        self._logits: DistTensor | None = None
         self._step_cache: dict[tuple[int, int], tuple[Ledger, Ledger]] = {}
 
     # ---- the engine's surface ----------------------------------------------------------------
@@ -130,6 +132,11 @@ class MeshTransformer:
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
         return self.config.eos_token_ids
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The longest prompt the prefill plan's SRAM holds (an upper-bound estimate)."""
+        return self.plan.max_prompt_tokens
 
     @property
     def kv_slots_per_row(self) -> int:
@@ -156,6 +163,17 @@ class MeshTransformer:
                 f"the prompt has {length} tokens but the KV cache holds at most "
                 f"{self.kv_capacity_tokens()} ({self.kv_policy.value} policy); use a larger "
                 "decode grid, more SRAM or a shorter prompt"
+            )
+        if length > self.plan.max_prompt_tokens:
+            raise SramOverflowError(
+                tensor="prefill activations",
+                core=self.prefill_state.meshes[0].origin,
+                needed_bytes=self.plan.prefill_need_bytes(length),
+                available_bytes=self.device.sram_bytes_per_core,
+                hint=f"a {length}-token prompt does not fit the prefill plan; at most "
+                f"{self.plan.max_prompt_tokens} tokens fit on {self.plan.prefill.grid[0]}x"
+                f"{self.plan.prefill.grid[1]} (use a larger prefill grid, pass "
+                "max_context_tokens to plan more regions, or a shorter prompt)",
             )
         self._reset()
         state = self.prefill_state
@@ -207,7 +225,7 @@ class MeshTransformer:
             )
             x.free()
             logits = self._lm_head(state, h, Axis.X, ledger)
-        return self._select(logits, ledger, position=length)
+        return self._select(logits, ledger, position=length, algorithm=ReduceAlgorithm.RING)
 
     # ---- the hand-off ------------------------------------------------------------------------
     def transition(self, ledger: Ledger) -> None:
@@ -354,25 +372,44 @@ class MeshTransformer:
                 out = hop(self.device, out, state.meshes[0], ledger, op="to_first_region")
         return out
 
-    def _lm_head(self, state: PhaseState, h: DistTensor, axis: Axis, ledger: Ledger):
-        mesh = h.mesh
+    def _lm_head(self, state: PhaseState, x: DistTensor, axis: Axis, ledger: Ledger):
+        """Final norm and the LM head GEMV on the last hidden state `x` (freed). Decode reduces
+        along Y with the K-tree like every decode GEMV; prefill reduces along X by the chain to
+        the middle column, whose routes its layers already hold (SPEC.md §10.7)."""
+        mesh = x.mesh
+        prefill = state.phase is Phase.PREFILL
         h = ops.rms_norm(
             mesh,
-            x=h,
+            x=x,
             weight=state.final_norm,
             ledger=ledger,
             eps=self.config.rms_norm_eps,
             op="final_norm",
+            algorithm=PREFILL_REDUCE if prefill else ReduceAlgorithm.KTREE,
         )
-        return meshgemv(
-            mesh, x=h, w=state.lm_head, ledger=ledger, reduce_axis=axis, op="lm_head"
-        ).out
+        x.free()
+        gemv = pipeline_gemv if prefill else meshgemv
+        logits = gemv(mesh, x=h, w=state.lm_head, ledger=ledger, reduce_axis=axis, op="lm_head")
+        h.free()
+        return logits.out
 
-    def _select(self, logits: DistTensor, ledger: Ledger, *, position: int) -> StepOutput:
+    def _select(
+        self,
+        logits: DistTensor,
+        ledger: Ledger,
+        *,
+        position: int,
+        algorithm: ReduceAlgorithm = ReduceAlgorithm.KTREE,
+    ) -> StepOutput:
+        """On-mesh argmax, the token to the host. Prefill's logits are split along Y: its
+        argmax uses the Y ring the MeshGEMMs configured, keeping the prefill program within
+        its route budget."""
         mesh = logits.mesh
-        ids = ops.argmax(mesh, logits=logits, ledger=ledger)
+        ids = ops.argmax(mesh, logits=logits, ledger=ledger, algorithm=algorithm)
         token = mesh.gather(ids, ledger=ledger)
         ids.free()
+        self._drop_logits()
+        self._logits = logits  # kept on the mesh until the next call, for fetch_logits
         value = int(token.reshape(-1)[0]) if self.mode is Mode.FUNCTIONAL else 0
         return StepOutput(token=value, position=position, logits=logits)
 
@@ -388,7 +425,13 @@ class MeshTransformer:
             )
         return ids
 
+    def _drop_logits(self) -> None:
+        if self._logits is not None:
+            self._logits.free()
+            self._logits = None
+
     def _reset(self) -> None:
+        self._drop_logits()
         for store in self._stores:
             store.free()
         self._stores = []
