@@ -6,11 +6,15 @@ charged to a PLMR cost model. Public API: device presets, the virtual mesh, kern
 
 from waferllm.api.bench import KernelReport, bench_gemm, bench_gemv
 from waferllm.api.gpu import gpu_estimate
+from waferllm.api.llm import LLM, RequestOutput, SamplingParams
 from waferllm.device import Device, get_device, list_devices, tiny, wse2, wse3
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LLM",
+    "RequestOutput",
+    "SamplingParams",
     "KernelReport",
     "bench_gemm",
     "bench_gemv",

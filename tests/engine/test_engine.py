@@ -39,16 +39,17 @@ class FakeOutput:
 class FakeModel:
     """Prefill costs 1000 cycles per token, a decode step 100 + 10 per cached token."""
 
-    def __init__(self, capacity: int = 40) -> None:
+    def __init__(self, capacity: int = 40, max_prompt_tokens: int = 60) -> None:
         self.device = tiny()
         self.vocab_size = VOCAB
         self.eos_token_ids = (EOS,)
         self.capacity = capacity
+        self.max_prompt_tokens = max_prompt_tokens
         self.calls: list[str] = []
         self.fetches = 0
         self.context = 0
 
-    def kv_capacity_tokens(self, prompt_len: int) -> int:
+    def kv_capacity_tokens(self, *, prompt_len: int) -> int:
         return self.capacity
 
     def max_new_tokens(self, prompt_len: int) -> int:
@@ -154,6 +155,13 @@ def test_bad_requests_are_refused_before_anything_runs(prompt, params, message):
     with pytest.raises(RequestError, match=message):
         Engine(model).generate(prompt, params)
     assert model.calls == []
+
+
+def test_a_prompt_longer_than_the_prefill_plan_holds_is_refused_first():
+    model = FakeModel(capacity=40, max_prompt_tokens=20)
+    with pytest.raises(RequestError, match="21 tokens but the prefill plan holds at most 20"):
+        Engine(model).generate([1] * 21, SamplingParams())
+    assert Engine(model).generate([1] * 20, SamplingParams(max_tokens=1)).run().output_len == 1
 
 
 def test_a_request_filling_the_cache_exactly_is_served():

@@ -10,10 +10,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from waferllm.cli import bench, devices, gpu
+from waferllm.cli import bench, devices, generate, gpu
 from waferllm.cli.common import CliError, OneLineParser
 
-COMMANDS = (devices, bench, gpu)
+COMMANDS = (devices, bench, generate, gpu)
 
 
 def build_parser() -> argparse.ArgumentParser:

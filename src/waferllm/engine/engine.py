@@ -50,7 +50,12 @@ class GenerativeModel(Protocol):
     @property
     def eos_token_ids(self) -> tuple[int, ...]: ...
 
-    def kv_capacity_tokens(self, prompt_len: int) -> int:
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The longest prompt the prefill plan's SRAM holds."""
+        ...
+
+    def kv_capacity_tokens(self, *, prompt_len: int) -> int:
         """Largest total context (prompt + fed-back tokens) the KV cache holds after a prompt
         of `prompt_len` tokens (the concat policy's depends on the prompt)."""
         ...
@@ -166,12 +171,18 @@ class Engine:
                 f"prompt token id {bad[0]!r} is not in the vocabulary [0, {vocab})"
                 + (f" ({len(bad)} such ids)" if len(bad) > 1 else "")
             )
+        if len(ids) > self.model.max_prompt_tokens:
+            raise RequestError(
+                f"the prompt has {len(ids)} tokens but the prefill plan holds at most "
+                f"{self.model.max_prompt_tokens} in SRAM; use a larger prefill grid or a "
+                "shorter prompt"
+            )
         room = self.model.max_new_tokens(len(ids))
         if room < 1:
+            capacity = self.model.kv_capacity_tokens(prompt_len=len(ids))
             raise RequestError(
                 f"the prompt has {len(ids)} tokens, more than the KV cache holds "
-                f"({self.model.kv_capacity_tokens(len(ids))} tokens in all); use a larger "
-                "decode grid or a shorter prompt"
+                f"({capacity} tokens in all); use a larger decode grid or a shorter prompt"
             )
         if params.max_tokens > room:
             raise RequestError(

@@ -10,27 +10,15 @@ derivation itself is `RequestMetrics.from_times`, shared with `estimate` and `gp
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+from typing import Any
 
 from waferllm.device import Device
 from waferllm.engine.engine import Trace
 from waferllm.mesh.cost import Ledger, Totals
+from waferllm.model.config import ModelConfig
 from waferllm.model.report import RequestMetrics
 
 # Legend: L prompt tokens, O generated tokens, D model dim, F ffn dim, V vocab.
-
-
-class ModelShape(Protocol):
-    """The config fields the FLOP count needs (`waferllm.model.config.ModelConfig` has them)."""
-
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    vocab_size: int
-    sliding_window: int | None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,7 +30,7 @@ class Footprint:
     routes_per_core: int | None
 
 
-def model_flops(config: ModelShape, *, prompt_len: int, output_len: int) -> int:
+def model_flops(config: ModelConfig, *, prompt_len: int, output_len: int) -> int:
     """Useful FLOPs of one request, from the unpadded shapes: every projection and the
     attention of the L prompt positions and the O-1 fed-back tokens, plus the LM head at the
     last prompt position and at every decode step (padding and masked slots excluded)."""
@@ -74,7 +62,7 @@ def _sum(ledgers: list[Ledger]) -> Ledger:
 
 
 def request_metrics(
-    trace: Trace, *, device: Device, footprint: Footprint, config: ModelShape
+    trace: Trace, *, device: Device, footprint: Footprint, config: ModelConfig
 ) -> RequestMetrics:
     ttft_s = _seconds(device, trace.prefill)
     transition_s = _seconds(device, trace.transition)

@@ -1,0 +1,338 @@
+"""`LLM`: vLLM-style generation from a local checkpoint on the virtual wafer (SPEC.md §1.2).
+
+    llm = LLM("path/to/checkpoint", device="tiny")
+    out = llm.generate(["The wafer"], SamplingParams(max_tokens=32, temperature=0.0))
+    out[0].text, out[0].metrics.ttft_s, out[0].report.to_dict()
+
+Loads config, weights and (if present) tokenizer.json, places the model on the mesh, and runs
+each prompt through `engine.Engine`; every metric is modelled (`RequestMetrics`), host
+wall-clock is reported apart. Tokenisation happens here, never in the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from waferllm.device import Device, get_device
+from waferllm.engine.engine import Engine, FinishReason, Generation, Step, Trace
+from waferllm.engine.metrics import Footprint, breakdown, request_metrics
+from waferllm.engine.sampling import SamplingParams
+from waferllm.engine.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
+from waferllm.errors import GridError, SramOverflowError, WaferError
+from waferllm.mesh.virtual import COMPUTE_DTYPES, parse_grid
+from waferllm.model.config import ModelConfig
+from waferllm.model.kv_cache import KvPolicy
+from waferllm.model.placement import PlacementMode, ResidentLayouts
+from waferllm.model.plan import plan_model
+from waferllm.model.report import KvCapacity, RequestMetrics, RequestReport
+from waferllm.model.transformer import MeshTransformer
+from waferllm.model.weights import ModelWeights, load_checkpoint
+
+__all__ = ["LLM", "RequestOutput", "SamplingParams", "StreamChunk"]
+
+Grid = int | str | tuple[int, int]
+Prompt = str | Sequence[int]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RequestOutput:
+    """One finished request. `token_ids` are the generated ids only; `text` their decoding
+    (None without a tokenizer). `metrics` and `report` are modelled; `report.host_wall_s` is
+    real time on this machine."""
+
+    prompt: str | None
+    prompt_token_ids: list[int]
+    text: str | None
+    token_ids: list[int]
+    finish_reason: str
+    metrics: RequestMetrics
+    report: RequestReport
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StreamChunk:
+    """One generated token as it arrives: `text` is the new text it completes (may be empty);
+    `output` is set on the last chunk only."""
+
+    token_id: int
+    text: str
+    step: Step
+    output: RequestOutput | None = None
+
+
+def _as_batch(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+    """One prompt (text or ids) or a list of them -> a list of prompts."""
+    if isinstance(prompts, str):
+        return [prompts]
+    items = list(prompts)
+    if items and all(isinstance(t, int) and not isinstance(t, bool) for t in items):
+        return [items]  # type: ignore[list-item]
+    bad = [p for p in items if not isinstance(p, str | list | tuple)]
+    if bad:
+        raise WaferError(f"prompts must be text or lists of token ids, got {type(bad[0]).__name__}")
+    return items  # type: ignore[return-value]
+
+
+def _grid(value: Grid | None, name: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise GridError(f"{name}={value!r} is not a grid: use P, 'RxC' or (rows, cols)")
+    if isinstance(value, int):
+        return parse_grid(str(value))
+    if isinstance(value, str):
+        return parse_grid(value)
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return parse_grid(f"{value[0]}x{value[1]}")
+    raise GridError(f"{name}={value!r} is not a grid: use P, 'RxC' or (rows, cols)")
+
+
+def _choice(value: str, options: type[enum.StrEnum], name: str) -> Any:
+    try:
+        return options(value)
+    except ValueError:
+        valid = ", ".join(str(o) for o in options)
+        raise WaferError(f"{name}={value!r} is not one of {valid}") from None
+
+
+class LLM:
+    """A checkpoint placed on the virtual wafer, ready to generate (batch 1, one request at
+    a time). `grid` sets both phases; `prefill_grid`/`decode_grid` set them apart; with no
+    grid, the smallest square grid that holds the model is used for both."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        device: str | Device = "tiny",
+        device_overrides: Mapping[str, Any] | None = None,
+        grid: Grid | None = None,
+        prefill_grid: Grid | None = None,
+        decode_grid: Grid | None = None,
+        dtype: str = "float32",
+        f16_accumulate: bool = False,
+        kv_cache: str = "shift",
+        placement: str = "fit",
+        resident_layouts: str = "one",
+    ) -> None:
+        if grid is not None and (prefill_grid is not None or decode_grid is not None):
+            raise GridError("give either grid or prefill_grid/decode_grid, not both")
+        if dtype not in COMPUTE_DTYPES:
+            raise WaferError(f"dtype={dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+        self.device = device if isinstance(device, Device) else get_device(device)
+        if device_overrides:
+            self.device = get_device(self.device.name, device_overrides)
+        self.path = Path(model)
+        checkpoint = load_checkpoint(self.path)
+        self.config: ModelConfig = checkpoint.config
+        self.tokenizer: Tokenizer | None = (
+            load_tokenizer(self.path) if (self.path / TOKENIZER_FILE).is_file() else None
+        )
+        self.dtype = dtype
+        self._mesh: dict[str, Any] = dict(
+            compute_dtype=COMPUTE_DTYPES[dtype], f16_accumulate=f16_accumulate
+        )
+        self._plan: dict[str, Any] = dict(
+            kv_policy=_choice(kv_cache, KvPolicy, "kv_cache"),
+            placement=_choice(placement, PlacementMode, "placement"),
+            resident_layouts=_choice(resident_layouts, ResidentLayouts, "resident_layouts"),
+        )
+        prefill = self._grid(grid, "grid") or self._grid(prefill_grid, "prefill_grid")
+        decode = self._grid(grid, "grid") or self._grid(decode_grid, "decode_grid")
+        self.model = self._place(checkpoint.weights, prefill, decode)
+        self.engine = Engine(self.model)
+
+    def _grid(self, value: Grid | None, name: str) -> tuple[int, int] | None:
+        parsed = _grid(value, name)
+        rows, cols = self.device.mesh_rows, self.device.mesh_cols
+        if parsed is not None and (parsed[0] > rows or parsed[1] > cols):
+            raise GridError(
+                f"{name} {parsed[0]}x{parsed[1]} is larger than the {self.device.name} device's "
+                f"{rows}x{cols} mesh"
+            )
+        return parsed
+
+    # ---- placement -----------------------------------------------------------------------------
+    def _place(
+        self,
+        weights: ModelWeights,
+        prefill: tuple[int, int] | None,
+        decode: tuple[int, int] | None,
+    ) -> MeshTransformer:
+        """Place the model on the given grids; a missing grid is `default_grid`'s choice."""
+        if prefill is None or decode is None:
+            prefill, decode = default_grids(
+                self.config, self.device, prefill=prefill, decode=decode, **self._plan
+            )
+        return MeshTransformer(
+            self.config,
+            weights,
+            device=self.device,
+            prefill_grid=prefill,
+            decode_grid=decode,
+            **self._plan,
+            **self._mesh,
+        )
+
+    # ---- requests ------------------------------------------------------------------------------
+    def encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise WaferError(
+                    f"{self.path} has no {TOKENIZER_FILE}, so text prompts cannot be "
+                    "tokenised; pass token ids instead"
+                )
+            return self.tokenizer.encode(prompt)
+        return list(prompt)
+
+    def check_request(self, prompt: Prompt, params: SamplingParams) -> None:
+        """Raise the error `generate` would raise for this request, without running it."""
+        self.engine.validate(self.encode(prompt), params)
+
+    def generate(
+        self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | None = None
+    ) -> list[RequestOutput]:
+        """Generate for each prompt (text or token ids) in turn; every request is checked
+        before the first one runs."""
+        params = params or SamplingParams()
+        batch = _as_batch(prompts)
+        encoded = [self.encode(p) for p in batch]
+        for ids in encoded:
+            self.engine.validate(ids, params)
+        outputs = []
+        for prompt, ids in zip(batch, encoded, strict=True):
+            *_, last = self._stream(prompt, ids, params)
+            assert last.output is not None
+            outputs.append(last.output)
+        return outputs
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[StreamChunk]:
+        """Generate for one prompt, one chunk per token as it is produced."""
+        params = params or SamplingParams()
+        ids = self.encode(prompt)
+        self.engine.validate(ids, params)
+        return self._stream(prompt, ids, params)
+
+    def _stream(
+        self, prompt: Prompt, ids: list[int], params: SamplingParams
+    ) -> Iterator[StreamChunk]:
+        generation = self.engine.generate(ids, params)
+        decoder = self.tokenizer.stream() if self.tokenizer is not None else None
+        for step in generation:
+            text = decoder.push(step.token_id) if decoder is not None else ""
+            if step.finish_reason is None:
+                yield StreamChunk(token_id=step.token_id, text=text, step=step)
+                continue
+            text += decoder.flush() if decoder is not None else ""
+            output = self._output(prompt, generation)
+            yield StreamChunk(token_id=step.token_id, text=text, step=step, output=output)
+
+    def _output(self, prompt: Prompt, generation: Generation) -> RequestOutput:
+        trace = generation.trace
+        text = self.tokenizer.decode(trace.token_ids) if self.tokenizer is not None else None
+        report = self.report(trace, text=text)
+        return RequestOutput(
+            prompt=prompt if isinstance(prompt, str) else None,
+            prompt_token_ids=list(trace.prompt_ids),
+            text=text,
+            token_ids=list(trace.token_ids),
+            finish_reason=str(trace.finish_reason or FinishReason.LENGTH),
+            metrics=report.metrics,
+            report=report,
+        )
+
+    # ---- reporting -----------------------------------------------------------------------------
+    def footprint(self) -> Footprint:
+        """The cores the placed model occupies (the larger phase: one resident copy of the
+        weights is re-laid between the phases' regions), its peak SRAM and its routes."""
+        plan = self.model.plan
+        num_cores = max(
+            len(phase.regions) * phase.grid[0] * phase.grid[1]
+            for phase in (plan.prefill, plan.decode)
+        )
+        return Footprint(
+            num_cores=num_cores,
+            peak_sram_bytes_per_core=self.model.peak_sram_bytes_per_core(),
+            routes_per_core=max(self.model.routes_per_core().values()),
+        )
+
+    def report(self, trace: Trace, *, text: str | None = None) -> RequestReport:
+        """The SPEC.md §10.4 request report of a finished generation."""
+        model, length = self.model, trace.prompt_len
+        metrics = request_metrics(
+            trace, device=self.device, footprint=self.footprint(), config=self.config
+        )
+        policies = (KvPolicy.SHIFT, KvPolicy.CONCAT)
+        capacity = [model.kv_capacity_tokens(p, prompt_len=length) for p in policies]
+        room = [model.max_new_tokens(length, p) for p in policies]
+        return RequestReport(
+            kind="generate",
+            model=self.config.name,
+            device=self.device.name,
+            prompt_len=length,
+            output_len=trace.output_len,
+            prefill_grid=model.plan.prefill.grid,
+            decode_grid=model.plan.decode.grid,
+            placement=str(model.plan.placement),
+            metrics=metrics,
+            kv_capacity_tokens=KvCapacity(shift=capacity[0], concat=capacity[1]),
+            max_new_tokens=KvCapacity(shift=room[0], concat=room[1]),
+            breakdown={
+                **breakdown(trace, device=self.device),
+                "dtype": self.dtype,
+                "kv_cache": str(self._plan["kv_policy"]),
+                "regions": {
+                    "prefill": len(model.plan.prefill.regions),
+                    "decode": len(model.plan.decode.regions),
+                },
+            },
+            host_wall_s=trace.host_wall_s,
+            text=text,
+            token_ids=list(trace.token_ids),
+        )
+
+
+def default_grids(
+    config: ModelConfig,
+    device: Device,
+    *,
+    prefill: tuple[int, int] | None,
+    decode: tuple[int, int] | None,
+    kv_policy: KvPolicy,
+    placement: PlacementMode,
+    resident_layouts: ResidentLayouts,
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Fill the missing grid(s) with the smallest square on which the model fits one region
+    in that phase; failing that, the smallest on which it fits at all (over several regions).
+    Decided from the plan's byte counts alone, before any weight is placed. `kv_policy` does not
+    change the plan (both policies use the same slots)."""
+    del kv_policy
+    fallback: tuple[tuple[int, int], tuple[int, int]] | None = None
+    last: SramOverflowError | None = None
+    for side in range(1, min(device.mesh_rows, device.mesh_cols) + 1):
+        grids = (prefill or (side, side), decode or (side, side))
+        try:
+            plan = plan_model(
+                config,
+                device,
+                prefill_grid=grids[0],
+                decode_grid=grids[1],
+                placement=placement,
+                resident=resident_layouts,
+                max_context_tokens=None,
+            )
+        except SramOverflowError as err:
+            last = err
+            continue
+        chosen = [p for p, g in ((plan.prefill, prefill), (plan.decode, decode)) if g is None]
+        if all(len(p.regions) == 1 for p in chosen):
+            return grids
+        fallback = fallback or grids
+    if fallback is not None:
+        return fallback
+    assert last is not None
+    raise last
