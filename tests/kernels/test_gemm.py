@@ -85,6 +85,19 @@ def test_gemm_t_matches_the_dense_reference_with_broadcast_heads(grid):
     assert _relative_error(mesh, result, gemm_t_reference(q, k)) <= 1e-4
 
 
+@pytest.mark.parametrize("grid", [(4, 4), (3, 5)], ids=lambda g: f"{g[0]}x{g[1]}")
+def test_gemm_t_in_float16_with_float32_accumulation_is_within_1e_2(grid):
+    gen = torch.Generator().manual_seed(8)
+    n = padded_k(*grid, 21)
+    q = torch.randn(2, 17, 40, generator=gen).half().float()
+    k = torch.randn(2, n, 40, generator=gen).half().float()
+    mesh = Mesh(tiny(), *grid, compute_dtype=torch.float16)
+    q_d = mesh.scatter(q, Layout(tuple(q.shape), y_dim=1, x_dim=2), "q")
+    k_d = mesh.scatter(k, Layout(tuple(k.shape), y_dim=1, x_dim=2), "k")
+    result = gemm_t(mesh, a=q_d, b=k_d, ledger=Ledger())
+    assert _relative_error(mesh, result, gemm_t_reference(q, k)) <= 1e-2
+
+
 @pytest.mark.parametrize("grid", [(2, 2), (3, 5)], ids=lambda g: f"{g[0]}x{g[1]}")
 @pytest.mark.parametrize("algo", ALGOS)
 def test_batched_a_multiplies_every_batch_entry_by_the_same_b(algo, grid):
