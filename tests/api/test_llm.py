@@ -162,38 +162,40 @@ def test_the_default_grid_is_the_smallest_square_holding_the_model_in_one_region
 ):
     small = {"sram_bytes_per_core": 16384}
     llm = LLM(llama_checkpoint, device="tiny", device_overrides=small)
-    side = llm.model.plan.prefill.grid[0]
-    assert llm.model.plan.prefill.grid == llm.model.plan.decode.grid == (side, side)
-    assert side > 1
-    assert len(llm.model.plan.prefill.regions) == len(llm.model.plan.decode.regions) == 1
+    plan = llm.model.plan
+    side = plan.prefill.grid[0]
+    assert plan.prefill.grid == plan.decode.grid == (side, side) and side > 1
+    assert len(plan.prefill.regions) == len(plan.decode.regions) == 1
 
-    def one_region(s: int) -> bool:
+    def regions(prefill: int, decode: int) -> tuple[int, int]:
         try:
             plan = plan_model(
                 llm.config,
                 llm.device,
-                prefill_grid=(s, s),
-                decode_grid=(s, s),
+                prefill_grid=(prefill, prefill),
+                decode_grid=(decode, decode),
                 placement=PlacementMode.FIT,
                 resident=ResidentLayouts.ONE,
                 max_context_tokens=None,
             )
         except SramOverflowError:
-            return False
-        return len(plan.prefill.regions) == len(plan.decode.regions) == 1
+            return (0, 0)
+        return len(plan.prefill.regions), len(plan.decode.regions)
 
-    assert not any(one_region(s) for s in range(1, side))
-    # a given prefill grid is kept; only the decode grid is chosen
+    assert all(regions(s, s) != (1, 1) for s in range(1, side))
+    # a given prefill grid is kept; the decode grid is the smallest square for decode alone
+    given = side + 1
     prefill, decode = default_grids(
         llm.config,
         llm.device,
-        prefill=(side + 1, side + 1),
+        prefill=(given, given),
         decode=None,
         kv_policy=KvPolicy.SHIFT,
         placement=PlacementMode.FIT,
         resident_layouts=ResidentLayouts.ONE,
     )
-    assert prefill == (side + 1, side + 1) and decode == (side, side)
+    smallest = next(s for s in range(1, 65) if regions(given, s)[1] == 1)
+    assert prefill == (given, given) and decode == (smallest, smallest)
 
 
 @pytest.mark.parametrize(
