@@ -88,11 +88,13 @@ def test_gemm_t_ledger_equals_the_docstring_closed_form():
     assert (first.count, middle.count, last.count) == (1, p - 1, 1)
     assert first.comm_busy_cycles == 2 * d.hop_latency_cycles + _size(nt * kt * S)
     assert first.compute_cycles == mac and first.overhead_cycles == overhead
-    # an interior root takes two partials into its ramp while b's tile also arrives
-    assert middle.comm_busy_cycles == chain + _size((2 * mt * nt + nt * kt) * S)
-    assert middle.critical_hops == p - 1 and middle.critical_stages == p - 2
+    # an interior root takes two partials into its ramp while b's tile also arrives; the
+    # reduce follows the previous step's stream through the chain: only its size is exposed
+    assert middle.comm_busy_cycles == 2 * d.hop_latency_cycles + _size((2 * mt * nt + nt * kt) * S)
+    assert middle.critical_hops == 2 and middle.critical_stages == 0
     assert middle.latency_cycles == max(mac, middle.comm_busy_cycles) + overhead
     assert last.comm_cycles == chain + _size(2 * mt * nt * S)
+    assert last.critical_hops == p - 1 and last.critical_stages == p - 2
 
 
 def test_summa_ledger_equals_the_docstring_closed_form_with_direct_routes():

@@ -344,11 +344,14 @@ def gemm_t(
     shift b one interleaved-ring position along Y; pipeline reduce-add of the partial along X
     onto its owner column ringinv((r(y) - t) mod P), a different root in every row and step}.
     The public code blocks on each reduce; here step t's reduce runs during step t+1's
-    multiply and shift (double-buffered partials), the last one alone. On an R x C mesh it
+    multiply and shift (double-buffered partials), the last one alone. Consecutive reduces
+    stream through the same chains one behind the other (each stage forward-adds step t's
+    partial, then step t+1's), so a middle step exposes only the reduce's size term and the
+    chain latency is paid once, by the last reduce. On an R x C mesh it
     runs the logical L x L grid of `meshgemm` (N padded to a multiple of L).
     Cost on a P x P mesh (every middle step alike: each step's roots cover every column):
       first:  max(Kt*Nt * max(floor, 2*Mt/F, 3*Mt*s/S), 2*alpha + Nt*Kt*s/W) + overhead
-      middle: max(same multiply, (P-1)*alpha + (P-2)*beta + (2*Mt*Nt + Nt*Kt)*s/W) + overhead
+      middle: max(same multiply, 2*alpha + (2*Mt*Nt + Nt*Kt)*s/W) + overhead
               [the chain to an interior root brings two partials into its ramp, with b]
       last:   (P-1)*alpha + (P-2)*beta + 2*Mt*Nt*s/W
     Routes: Y ring forward (3) + X chain (4) = 7, whatever P. SRAM: a, b, b's receive buffer,
@@ -413,7 +416,9 @@ def _gemm_t_steps(
                 op="shift_b",
             )
             if prev is not None:
-                c_l = _reduce_to_owners(mesh, grid, prev, c_l, step=t - 1, ledger=ledger)
+                c_l = _reduce_to_owners(
+                    mesh, grid, prev, c_l, step=t - 1, ledger=ledger, follows_stream=True
+                )
         return b_l, c_l, partial
 
     b_l, c_l, partial = step(0, b_l, c_l, None)
@@ -424,7 +429,9 @@ def _gemm_t_steps(
         b_l, c_l, partial = step(i + 1, b_l, c_l, partial)
     last = ledger.overlap("reduce") if mesh.cols > 1 else contextlib.nullcontext()
     with last:
-        return _reduce_to_owners(mesh, grid, partial, c_l, step=grid.size - 1, ledger=ledger)
+        return _reduce_to_owners(
+            mesh, grid, partial, c_l, step=grid.size - 1, ledger=ledger, follows_stream=False
+        )
 
 
 def _reduce_to_owners(
@@ -435,6 +442,7 @@ def _reduce_to_owners(
     *,
     step: int,
     ledger: Ledger,
+    follows_stream: bool,
 ) -> torch.Tensor:
     """Add every logical row's partials (R, C, a, b, *t, mL, nL) along X into its owner block
     of c_l (L, L, *t, mL, nL): logical row y owns column ringinv((r(y) - step) mod L).
@@ -466,6 +474,7 @@ def _reduce_to_owners(
             op="reduce",
             algorithm=ReduceAlgorithm.PIPELINE,
             root=roots[:, i],
+            follows_stream=follows_stream,
         )[0].squeeze(1)
         for i in range(per_row)
     ]

@@ -9,6 +9,7 @@ Legend: P cores along the axis; "line" = one row (axis X) or one column (axis Y)
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 
 import numpy as np
@@ -229,8 +230,14 @@ def reduce(
     fanouts: tuple[int, ...] | None = None,
     reduce_op: ReduceOp = ReduceOp.SUM,
     phase: int = 0,
+    follows_stream: bool = False,
 ) -> tuple[torch.Tensor, int | np.ndarray]:
     """Reduce every line onto one core. Returns (the line result, keepdim over `axis`; the root).
+
+    `follows_stream`: this reduce's stream enters the same chains right behind the previous
+    one (consecutive steps of a systolic loop, e.g. dist-GEMM-T): every stage core forward-adds
+    one stream after the other, so only the size term is exposed; the chain's latency
+    (hops*alpha + stages*beta) is paid once, by the last reduce of the run.
 
     `pipeline`: chains from both ends to `root` (int or one per line); critical path: the far
     side's d hops and d-1 stages plus one size term (two tiles through an interior root's ramp).
@@ -248,6 +255,8 @@ def reduce(
     traffic, tree_root = _reduce_traffic(
         mesh, axis, algorithm, roots, fanouts, tile_bytes(mesh, data)
     )
+    if follows_stream:
+        traffic = dataclasses.replace(traffic, critical_hops=0, critical_stages=0)
     ledger.charge(op, Charge.comm(traffic), phase=phase)
     return result, (root if tree_root is None else tree_root)
 
