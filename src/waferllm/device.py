@@ -122,11 +122,10 @@ def _wse_common() -> dict[str, Any]:
         link_bytes_per_cycle=4.0,
         ramp_bytes_per_cycle=4.0,
         hop_latency_cycles=1.0,
-        stage_latency_cycles=30.0,
         routes_per_core=21,
         power_w=15_000.0,
-        vector_instr_floor_cycles=10.0,
-        step_overhead_cycles=0.0,
+        vector_instr_floor_cycles=8.0,
+        step_overhead_cycles=89.3,
         host_io_bytes_per_s=1.2e12,
     )
 
@@ -139,11 +138,17 @@ _COMMON_SOURCES = {
     "link_bytes_per_cycle": "PAPER.md §2.1 link row (one 32-bit wavelet per neighbour per cycle)",
     "ramp_bytes_per_cycle": "placeholder: assumed equal to one link (no published figure)",
     "hop_latency_cycles": "PAPER.md §2.1 per-hop latency (~1 cycle; code corrects by px+py)",
-    "stage_latency_cycles": "placeholder, calibrated later (beta has no published value)",
     "routes_per_core": "PAPER.md §2.1 routes row / SPEC.md §10.7 (21 free in the decode kernel)",
     "power_w": "PAPER.md §2.1 power row (~15 kW, 37.5 x 400 W)",
-    "vector_instr_floor_cycles": "placeholder, calibrated later on PAPER.md §4",
-    "step_overhead_cycles": "placeholder, calibrated later on PAPER.md §4",
+    "vector_instr_floor_cycles": (
+        "calibrated on PAPER.md §4 WSE-3 MeshGEMM and MeshGEMV points with step overhead and "
+        "beta (benchmarks/calibrate_wafer.py; 11 points, fit residuals -2.7% to +1.7%); WSE-2 "
+        "shares it (PAPER.md has no WSE-2 GEMM timing, Table 6 does not constrain it)"
+    ),
+    "step_overhead_cycles": (
+        "calibrated on PAPER.md §4 WSE-3 MeshGEMM points (M=K=N=8P and P=64 1024^3) with the "
+        "floor (benchmarks/calibrate_wafer.py; fit residuals -0.7% to +1.7%); WSE-2 shares it"
+    ),
     "host_io_bytes_per_s": "placeholder: host I/O is reported apart from every TPR",
 }
 
@@ -155,9 +160,15 @@ def wse2() -> Device:
         mesh_rows=994,
         mesh_cols=750,
         flops_per_cycle_per_core=8.0,
+        stage_latency_cycles=11.0,
         **_wse_common(),
         sources={
             **_COMMON_SOURCES,
+            "stage_latency_cycles": (
+                "calibrated on PAPER.md §3.2 Table 6 MeshGEMV WSE-2 column at 720x720 "
+                "(benchmarks/calibrate_wafer.py; fit residuals +0.9%, -1.7%); one beta shared "
+                "with WSE-3 would leave +39%/+21% here"
+            ),
             "mesh_rows": "PAPER.md §2.1 usable rectangle (994 rows)",
             "mesh_cols": "PAPER.md §2.1 usable rectangle (750 columns)",
             "flops_per_cycle_per_core": "PAPER.md §2.1 core datapath (4 f16 SIMD lanes x 2 FLOP)",
@@ -172,9 +183,15 @@ def wse3() -> Device:
         mesh_rows=1170,
         mesh_cols=755,
         flops_per_cycle_per_core=16.0,
+        stage_latency_cycles=35.3,
         **_wse_common(),
         sources={
             **_COMMON_SOURCES,
+            "stage_latency_cycles": (
+                "calibrated on PAPER.md §4 WSE-3 MeshGEMV points (M=N=8P, group_num 8) with the "
+                "floor and step overhead (benchmarks/calibrate_wafer.py; fit residuals -2.7% to "
+                "+1.7%)"
+            ),
             "mesh_rows": "PAPER.md §2.1 usable rectangle (1170 rows)",
             "mesh_cols": "PAPER.md §2.1 usable rectangle (755 columns)",
             "flops_per_cycle_per_core": "PAPER.md §2.1 core datapath (8 f16 lanes, simd_64)",
