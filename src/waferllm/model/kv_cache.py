@@ -102,9 +102,8 @@ class RowCounts:
         else:
             # r0: the northernmost row such that every row south of it is as full as its
             # northern neighbour (SPEC.md §10.9)
-            target = last
-            while target > 0 and n[target] == n[target - 1]:
-                target -= 1
+            steps = np.flatnonzero(n[1:] != n[:-1])  # rows j >= 1 that differ from j - 1
+            target = int(steps[-1]) + 1 if steps.size else 0
             # an empty tail takes the token where it is (k, v are replicated along Y)
             senders = range(target + 1, self.rows) if n[target] > 0 else range(0)
         if n[target] >= self.slots:
@@ -115,6 +114,9 @@ class RowCounts:
         after = n.copy()
         after[target] += 1
         return Append(target=target, senders=senders, counts_after=after)
+
+    def copy(self) -> RowCounts:
+        return RowCounts(self.policy, self.rows, self.slots, self.counts)
 
     def commit(self, append: Append) -> None:
         self.counts = append.counts_after.copy()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,12 +24,12 @@ from waferllm.errors import SramOverflowError, WaferError
 from waferllm.kernels import ops
 from waferllm.kernels.gemv import meshgemv, pipeline_gemv
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
-from waferllm.mesh.cost import Ledger
+from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
 from waferllm.model.config import ModelConfig, rope_inv_freq
-from waferllm.model.kv_cache import KvCacheFullError, KvPolicy, KvStore, RowCounts
+from waferllm.model.kv_cache import Append, KvCacheFullError, KvPolicy, KvStore, RowCounts
 from waferllm.model.kv_cache import kv_capacity_tokens as _capacity
 from waferllm.model.kv_cache import max_new_tokens as _room
 from waferllm.model.layers import (
@@ -60,6 +61,17 @@ class StepOutput:
 
     def fetch_logits(self, ledger: Ledger) -> torch.Tensor:
         return self.logits.mesh.gather(self.logits, ledger=ledger).float()
+
+
+class _Uncharged(Ledger):
+    """A ledger that keeps nothing, for the layers whose cost is the walked layer's (the same
+    shapes on the same grid): functional runs compute every layer but price one."""
+
+    def charge(self, op: str, charge: Charge, *, phase: int = 0) -> None:
+        return None
+
+    def _close_block(self, block: Any) -> None:
+        return None
 
 
 class MeshTransformer:
@@ -191,12 +203,12 @@ class MeshTransformer:
                 heads,
                 self.inv_freq,
                 torch.arange(length),
-                Ledger() if r else layer_ledger,
+                _Uncharged() if r else layer_ledger,
                 per_token=True,
             )
             ctx = LayerContext(config=self.config, heads=heads, cos=cos, sin=sin, length=length)
             for j, i in enumerate(region.layers):
-                target = layer_ledger if (r, j) == (0, 0) else Ledger()
+                target = layer_ledger if (r, j) == (0, 0) else _Uncharged()
                 if j and self.mode is Mode.ESTIMATE:
                     k, v = self._prefill_kv[region.layers[0]]
                     self._prefill_kv[i] = (_like(k, f"prefill.k{i}"), _like(v, f"prefill.v{i}"))
@@ -233,10 +245,33 @@ class MeshTransformer:
         resident layout, the weights to the decode plan and back for the next request."""
         if not self._prefill_kv:
             raise WaferError("transition() needs a prefill first")
+        counts = self._handoff_counts(self._prompt_len)
+        self._stores = self._new_stores()
+        pheads = heads_for(self.config, self.plan.prefill.grid[1])
+        for store in self._stores:
+            for i in store.layers:
+                k, v = self._prefill_kv[i]
+                if self.mode is Mode.FUNCTIONAL:
+                    store.fill(i, _logical(k, pheads), _logical(v, pheads), counts)
+        self._charge_transition(counts, ledger)
+        for k, v in self._prefill_kv.values():
+            k.free()
+            v.free()
+        self._prefill_kv = {}
+        self._counts = counts
+
+    def transition_cost(self, prompt_len: int, ledger: Ledger) -> None:
+        """Charge what `transition` charges after a prompt of `prompt_len` tokens, without
+        running the prefill (the re-layouts' costs depend on the plans and the counts only)."""
+        self._charge_transition(self._handoff_counts(prompt_len), ledger)
+
+    def _handoff_counts(self, prompt_len: int) -> RowCounts:
         rows = self.plan.decode.grid[0]
-        counts = RowCounts.balanced(self.kv_policy, rows, self.plan.kv_slots, self._prompt_len)
+        return RowCounts.balanced(self.kv_policy, rows, self.plan.kv_slots, prompt_len)
+
+    def _new_stores(self) -> list[KvStore]:
         dstate = self.decode_state
-        self._stores = [
+        return [
             KvStore(
                 mesh,
                 heads_for(self.config, mesh.cols),
@@ -245,12 +280,8 @@ class MeshTransformer:
             )
             for mesh, region in zip(dstate.meshes, dstate.regions.regions, strict=True)
         ]
-        pheads = heads_for(self.config, self.plan.prefill.grid[1])
-        for store in self._stores:
-            for i in store.layers:
-                k, v = self._prefill_kv[i]
-                if self.mode is Mode.FUNCTIONAL:
-                    store.fill(i, _logical(k, pheads), _logical(v, pheads), counts)
+
+    def _charge_transition(self, counts: RowCounts, ledger: Ledger) -> None:
         with ledger.scope("transition"):
             ledger.charge("kv", relayout_charge(self.device, kv_moves(self.plan, counts)))
             if self.plan.resident is ResidentLayouts.ONE:
@@ -258,11 +289,6 @@ class MeshTransformer:
                 weights = relayout_charge(self.device, weight_moves(self.plan))
                 ledger.charge("weights_to_decode", weights)
                 ledger.charge("weights_to_prefill", weights)
-        for k, v in self._prefill_kv.values():
-            k.free()
-            v.free()
-        self._prefill_kv = {}
-        self._counts = counts
 
     # ---- decode ------------------------------------------------------------------------------
     def decode_step(self, token_id: int, ledger: Ledger) -> StepOutput:
@@ -290,17 +316,68 @@ class MeshTransformer:
             counts = RowCounts.balanced(self.kv_policy, rows, slots, prompt_len)
             counts.counts[-1] += before - prompt_len
         if not self._stores:
-            self._stores = [
-                KvStore(mesh, heads_for(self.config, mesh.cols), layers=region.layers, slots=slots)
-                for mesh, region in zip(
-                    self.decode_state.meshes, self.decode_state.regions.regions, strict=True
-                )
-            ]
+            self._stores = self._new_stores()
         ledger = Ledger()
         self._decode(0, counts, ledger)
         return ledger
 
-    def _decode(self, token_id: int, counts: RowCounts, ledger: Ledger) -> StepOutput:
+    def decode_cost(self, prompt_len: int, output_len: int) -> Ledger:
+        """The ledger of a request's O-1 decode steps after a `prompt_len`-token prompt,
+        without tokens or weights (estimate mode only).
+
+        A step's cost depends on the width of the cache window it reads (under the shift
+        policy the width grows once every R tokens) and on its one-hop KV shift (whose bytes
+        depend on which rows shift). Each width is walked once, widest first (the SRAM peak,
+        checked on every region; narrower widths walk the first region only) and counted for
+        all its steps; each shift is priced once per set of shifting rows. The records equal
+        those of the O-1 `decode_step` ledgers after expanding counts, in another order.
+        """
+        if self.mode is not Mode.ESTIMATE:
+            raise WaferError("decode_cost needs an estimate-mode model (weights=None)")
+        counts = self._handoff_counts(prompt_len)
+        widths: dict[int, tuple[RowCounts, int]] = {}
+        shifts: dict[int, tuple[Append, RowCounts, int]] = {}
+        for _ in range(output_len - 1):
+            append = counts.plan_append()  # raises KvCacheFullError when the cache is full
+            width = int(append.counts_after.max())
+            start, seen = widths.get(width, (None, 0))
+            widths[width] = (start or counts.copy(), seen + 1)
+            if append.senders:
+                first = append.senders[0]
+                _, start, seen = shifts.get(first, (append, counts.copy(), 0))
+                shifts[first] = (append, start, seen + 1)
+            counts.commit(append)
+        if not self._stores:
+            self._stores = self._new_stores()
+        ledger = Ledger()
+        for i, width in enumerate(sorted(widths, reverse=True)):
+            start, seen = widths[width]
+            step = Ledger()
+            self._decode(0, start.copy(), step, kv_out=Ledger(), all_regions=i == 0)
+            ledger.extend(step, count=seen)
+        for append, start, seen in shifts.values():
+            shift = Ledger()
+            store = self._stores[0]
+            tile = torch.empty(
+                (*store.mesh.shape, store.heads.kv_per_tile, store.heads.head_slots),
+                device="meta",
+            )
+            store.write(store.layers[0], tile, tile, append, start, shift)
+            ledger.extend(shift, count=seen * self.config.num_hidden_layers)
+        return ledger
+
+    def _decode(
+        self,
+        token_id: int,
+        counts: RowCounts,
+        ledger: Ledger,
+        *,
+        kv_out: Ledger | None = None,
+        all_regions: bool = True,
+    ) -> StepOutput:
+        """One decode step. `kv_out`: where the KV shift's records go (default `ledger`);
+        `all_regions=False` (estimate mode) walks the first region's layer only, the others'
+        being identical in cost and already checked at a wider cache window."""
         state = self.decode_state
         position = counts.total
         append = counts.plan_append()
@@ -315,8 +392,10 @@ class MeshTransformer:
                 x = hop(self.device, x, mesh, ledger, op=f"hop{r}")
             if cached is not None:
                 continue  # estimate mode: this cost shape was walked already
+            if r and not all_regions and self.mode is Mode.ESTIMATE:
+                continue
             heads = heads_for(self.config, mesh.cols)
-            walk = layer_ledger if r == 0 else Ledger()
+            walk = layer_ledger if r == 0 else _Uncharged()
             cos, sin = rope_tables(
                 mesh, heads, self.inv_freq, torch.tensor([position]), walk, per_token=False
             )
@@ -333,9 +412,9 @@ class MeshTransformer:
                     counts=counts,
                     append=append,
                     slot_mask=mask,
-                    kv_ledger=kv_ledger if first else Ledger(),
+                    kv_ledger=kv_ledger if first else _Uncharged(),
                 )
-                target = walk if j == 0 else Ledger()
+                target = walk if j == 0 else _Uncharged()
                 with target.scope("layer"):
                     x = decode_layer(mesh, state.layers[i], x, ctx, i, step, target)
             cos.free()
@@ -346,7 +425,9 @@ class MeshTransformer:
         elif self.mode is Mode.ESTIMATE:
             self._step_cache[key] = (layer_ledger, kv_ledger)
         ledger.extend(layer_ledger, count=self.config.num_hidden_layers)
-        ledger.extend(kv_ledger, count=self.config.num_hidden_layers)
+        (ledger if kv_out is None else kv_out).extend(
+            kv_ledger, count=self.config.num_hidden_layers
+        )
         counts.commit(append)
         with ledger.scope("head"):
             logits = self._lm_head(state, x, Axis.Y, ledger)
@@ -447,8 +528,14 @@ class MeshTransformer:
         if self.plan.placement is not PlacementMode.PER_LAYER or self.config.num_hidden_layers < 2:
             return
         y, x0 = x.mesh.origin
+        east = x0 + x.mesh.cols
+        # the neighbouring region is notional (the paper measures one layer): price the hop
+        # on a device wide enough to hold it, whatever the grid
+        device = self.device
+        if east + x.mesh.cols > device.mesh_cols:
+            device = dataclasses.replace(device, mesh_cols=east + x.mesh.cols)
         with ledger.repeat(self.config.num_hidden_layers - 1):
-            ledger.charge("layer_hop", hop_charge(self.device, x, (y, x0 + x.mesh.cols)))
+            ledger.charge("layer_hop", hop_charge(device, x, (y, east)))
 
     def routes_per_core(self) -> dict[str, int]:
         """The largest route count configured on any core, per phase (after a call)."""
