@@ -150,11 +150,11 @@ def fit(
     step = float(np.min(np.diff(values))) if len(values) > 1 else 1.0
     for _ in range(2):
         centre = float(getattr(next(iter(best.values())), scanned))
-        finer = np.linspace(max(0.0, centre - step), centre + step, 21)
+        finer = np.linspace(max(0.0, centre - step), centre + step, 11)
         loss, solved = min((solve(v) for v in finer), key=lambda t: t[0])
         if loss < best_loss:
             best_loss, best = loss, solved
-        step /= 10
+        step /= 5
     return best
 
 

@@ -57,9 +57,11 @@ def _wse3_gemm(p: int, size: int, cycles: float, *, source: str) -> Point:
     )
 
 
-def _wse3_gemv(p: int, size: int, cycles: float, *, groups: int, source: str, fitted=True):
+def _wse3_gemv(
+    p: int, size: int, cycles: float, *, groups: int, source: str, fitted: bool = True, note=""
+) -> Point:
     return Point(
-        label=f"WSE-3 MeshGEMV P={p} {size}x{size} G={groups}",
+        label=f"WSE-3 MeshGEMV P={p} {size}x{size} G={groups}{note}",
         device="wse3",
         kernel="meshgemv",
         grid=p,
@@ -113,6 +115,7 @@ WSE3_CHECKS: tuple[Point, ...] = (
             groups=groups,
             source="PAPER.md §4 MeshGEMV note (P = 80 sweep over group_num; size assumed 640)",
             fitted=False,
+            note=" (sweep)",
         )
         for groups, cycles in ((2, 597), (4, 469), (8, 417))
     ),

@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     print_table(
         out,
-        "Table 6 GEMV (us): paper / model; WSE-2 model in estimate mode",
+        "Table 6 GEMV (us): paper / modelled (WSE-2 in estimate mode, A100 by the GPU baseline)",
         [
             "GEMV",
             "1 A100",

@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = console()
     print_table(
         out,
-        "WSE-3 MeshGEMM, mean cycles per core: PAPER.md §4 vs model (fit residuals)",
+        "WSE-3 MeshGEMM, mean cycles per core: PAPER.md §4 vs modelled (fit residuals)",
         [
             "P",
             "M=K=N",
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print_table(
         out,
-        "WSE-3 MeshGEMV, mean cycles per core: PAPER.md §4 vs model",
+        "WSE-3 MeshGEMV, mean cycles per core: PAPER.md §4 vs modelled",
         ["P", "M=N", "group_num", "role", "paper", "model", "error"],
         [_gemv_row(r) for r in gemv],
     )
