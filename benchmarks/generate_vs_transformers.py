@@ -4,11 +4,12 @@ The benchmark model: a random Llama checkpoint (hidden 512, 8 layers, 8 query / 
 vocab 32000) written to a temporary directory; a 64-token prompt and 64 new tokens (EOS
 ignored), greedy, float32, on the `tiny` device with an 8x8 grid, versus transformers'
 `generate` (float32, eager attention, KV cache) on the same CPU with the same thread count.
-Reports host tokens/s for both and their ratio (target: ours >= 0.5 x transformers), the
-time to load and place the model, how many tokens agree, and writes
+After one warm-up run each, reports the median host time of `--repeats` runs, split into
+prefill and per-token decode, tokens/s for both and their ratio (target: ours >= 0.5 x
+transformers), the time to load and place the model and how many tokens agree; writes
 benchmarks/results/generate_vs_transformers_tiny_<date>.json atomically.
 
-    python benchmarks/generate_vs_transformers.py [--repeats 3] [--grid 8]
+    python benchmarks/generate_vs_transformers.py [--repeats 3] [--grid 8] [--threads 1]
 """
 
 from __future__ import annotations
@@ -65,7 +66,22 @@ def write_checkpoint(path: Path, seed: int = 0) -> None:
     model.save_pretrained(str(path), safe_serialization=True)
 
 
+def _hf_generate(model: Any, ids: torch.Tensor, new_tokens: int) -> tuple[float, list[int]]:
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=2,
+        )
+    return time.perf_counter() - start, out[0, ids.shape[1] :].tolist()
+
+
 def time_transformers(path: Path, prompt: list[int], repeats: int) -> dict[str, Any]:
+    """Median wall time of `generate` (after one warm-up); prefill = a one-token generate."""
     import transformers
 
     start = time.perf_counter()
@@ -74,37 +90,48 @@ def time_transformers(path: Path, prompt: list[int], repeats: int) -> dict[str, 
     ).eval()
     load_s = time.perf_counter() - start
     ids = torch.tensor([prompt])
-    walls, tokens = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=NEW_TOKENS,
-                min_new_tokens=NEW_TOKENS,
-                do_sample=False,
-                pad_token_id=2,
-            )
-        walls.append(time.perf_counter() - start)
-        tokens = out[0, len(prompt) :].tolist()
-    return {"load_s": load_s, "generate_s": walls, "token_ids": tokens}
+    _hf_generate(model, ids, 2)  # warm-up: lazy imports, allocator
+    runs = [_hf_generate(model, ids, NEW_TOKENS) for _ in range(repeats)]
+    first = [_hf_generate(model, ids, 1)[0] for _ in range(repeats)]
+    total = statistics.median(r[0] for r in runs)
+    prefill = statistics.median(first)
+    return {
+        "load_s": load_s,
+        "generate_s": [r[0] for r in runs],
+        "median_s": total,
+        "prefill_s": prefill,
+        "decode_s_per_token": (total - prefill) / (NEW_TOKENS - 1),
+        "token_ids": runs[-1][1],
+    }
+
+
+def _our_generate(llm: LLM, prompt: list[int], new_tokens: int) -> tuple[float, float, Any]:
+    """(total wall s, wall s to the first token, output) of one streamed request."""
+    params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
+    start = time.perf_counter()
+    first, output = None, None
+    for chunk in llm.stream(prompt, params):
+        first = first if first is not None else time.perf_counter() - start
+        output = chunk.output
+    return time.perf_counter() - start, first or 0.0, output
 
 
 def time_waferllm(path: Path, prompt: list[int], repeats: int, grid: int) -> dict[str, Any]:
+    """Median wall time of `LLM.generate`'s work (after one warm-up), split at the first token."""
     start = time.perf_counter()
     llm = LLM(path, device=DEVICE, grid=grid)
     load_s = time.perf_counter() - start
-    params = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True)
-    walls, output = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        output = llm.generate([prompt], params)[0]
-        walls.append(time.perf_counter() - start)
-    assert output is not None
+    _our_generate(llm, prompt, 2)  # warm-up: lazy imports, allocator
+    runs = [_our_generate(llm, prompt, NEW_TOKENS) for _ in range(repeats)]
+    total = statistics.median(r[0] for r in runs)
+    prefill = statistics.median(r[1] for r in runs)
+    output = runs[-1][2]
     return {
         "load_s": load_s,
-        "generate_s": walls,
+        "generate_s": [r[0] for r in runs],
+        "median_s": total,
+        "prefill_s": prefill,
+        "decode_s_per_token": (total - prefill) / (NEW_TOKENS - 1),
         "token_ids": output.token_ids,
         "report": output.report.to_dict(),
     }
@@ -114,7 +141,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs each (median)")
     parser.add_argument("--grid", type=int, default=8, help="square grid side (default 8)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for both (default: torch's choice). On a shared, loaded machine "
+        "use 1: waferllm issues many small per-core batched ops, and OpenMP threads waiting "
+        "on descheduled peers cost milliseconds per op",
+    )
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     prompt = torch.randint(
         3, SHAPE["vocab_size"], (PROMPT_LEN,), generator=torch.Generator().manual_seed(1)
     ).tolist()
@@ -123,7 +160,7 @@ def main() -> int:
         write_checkpoint(path)
         ours = time_waferllm(path, prompt, args.repeats, args.grid)
         ref = time_transformers(path, prompt, args.repeats)
-    ours_s, ref_s = statistics.median(ours["generate_s"]), statistics.median(ref["generate_s"])
+    ours_s, ref_s = ours["median_s"], ref["median_s"]
     agree = next(
         (
             i
@@ -133,21 +170,24 @@ def main() -> int:
         NEW_TOKENS,
     )
     ratio = ref_s / ours_s  # ours tokens/s over transformers tokens/s
-    table = Table(
-        title=f"Functional generation, {PROMPT_LEN} + {NEW_TOKENS} tokens (host wall-clock)"
-    )
-    for column in ("", "load + place (s)", "generate (s, median)", "tokens/s"):
+    title = f"Functional generation, {PROMPT_LEN} + {NEW_TOKENS} tokens (host wall-clock)"
+    table = Table(title=title)
+    columns = ("", "load (s)", "generate (s)", "tokens/s", "prefill (s)", "decode (ms/token)")
+    for column in columns:
         table.add_column(column, justify="right" if column else "left")
-    table.add_row(
-        f"waferllm (tiny, {args.grid}x{args.grid})",
-        f"{ours['load_s']:.2f}",
-        f"{ours_s:.3f}",
-        f"{NEW_TOKENS / ours_s:.1f}",
-    )
-    table.add_row(
-        "transformers", f"{ref['load_s']:.2f}", f"{ref_s:.3f}", f"{NEW_TOKENS / ref_s:.1f}"
-    )
-    out = Console()
+    for label, run in (
+        (f"waferllm ({DEVICE}, {args.grid}x{args.grid})", ours),
+        ("transformers", ref),
+    ):
+        table.add_row(
+            label,
+            f"{run['load_s']:.2f}",
+            f"{run['median_s']:.3f}",
+            f"{NEW_TOKENS / run['median_s']:.1f}",
+            f"{run['prefill_s']:.3f}",
+            f"{run['decode_s_per_token'] * 1e3:.1f}",
+        )
+    out = Console(width=120)
     out.print(table)
     out.print(f"speed ratio waferllm / transformers: {ratio:.2f} (target >= 0.5)")
     out.print(f"greedy tokens identical for the first {agree} of {NEW_TOKENS}")
@@ -159,6 +199,7 @@ def main() -> int:
         f"Python {platform.python_version()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads)",
         "model": SHAPE,
+        "threads": torch.get_num_threads(),
         "prompt_len": PROMPT_LEN,
         "new_tokens": NEW_TOKENS,
         "device": DEVICE,

@@ -115,6 +115,17 @@ def test_seeded_sampling_from_the_cli_is_reproducible(capsys, llama_checkpoint):
     assert runs[0] == runs[1] and len(runs[0]) == 6
 
 
+def test_a_sampling_setting_without_effect_is_a_one_line_warning(capsys, llama_checkpoint):
+    args = _model_args(llama_checkpoint, "--max-new-tokens", "2", "--top-k", "5", "--json")
+    code, out, err = run(capsys, *args)
+    assert code == 0
+    assert json.loads(out)["kind"] == "generate"
+    warnings = [line for line in err.splitlines() if line.startswith("waferllm: warning:")]
+    assert warnings == [
+        "waferllm: warning: top_k and top_p have no effect with temperature=0 (greedy decoding)"
+    ]
+
+
 # ---- bad input: one stderr line, exit 2, nothing on stdout (SPEC.md §9) ----------------------
 def _edit_tensors(source: Path, target: Path, edit) -> Path:
     shutil.copytree(source, target)

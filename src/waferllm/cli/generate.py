@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import TextIO
 
 from rich.table import Table
@@ -85,14 +86,18 @@ def run(args: argparse.Namespace) -> int:
     prompt: str | list[int] = (
         parse_prompt_ids(args.prompt_ids) if args.prompt_ids is not None else args.prompt
     )
-    params = SamplingParams(
-        max_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        ignore_eos=args.ignore_eos,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        params = SamplingParams(
+            max_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            ignore_eos=args.ignore_eos,
+        )
+    for warning in caught:  # settings without effect: one line each, as errors are
+        print(f"waferllm: warning: {warning.message}", file=sys.stderr)
     grid, prefill_grid, decode_grid = _grids(args)
     status = console(stderr=True)
     with status.status("loading the checkpoint and placing it on the virtual wafer"):
