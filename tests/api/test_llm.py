@@ -190,9 +190,6 @@ def test_the_default_grid_is_the_smallest_square_holding_the_model_in_one_region
         llm.device,
         prefill=(given, given),
         decode=None,
-        kv_policy=KvPolicy.SHIFT,
-        placement=PlacementMode.FIT,
-        resident_layouts=ResidentLayouts.ONE,
     )
     smallest = next(s for s in range(1, 65) if regions(given, s)[1] == 1)
     assert prefill == (given, given) and decode == (smallest, smallest)

@@ -17,12 +17,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from waferllm.device import Device, get_device
+from waferllm.device import Device, get_device, with_overrides
 from waferllm.engine.engine import Engine, FinishReason, Generation, Step, Trace
 from waferllm.engine.metrics import Footprint, breakdown, request_metrics
 from waferllm.engine.sampling import SamplingParams
 from waferllm.engine.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
-from waferllm.errors import GridError, SramOverflowError, WaferError
+from waferllm.errors import GridError, WaferError
 from waferllm.mesh.virtual import COMPUTE_DTYPES, parse_grid
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import KvPolicy
@@ -125,7 +125,7 @@ class LLM:
             raise WaferError(f"dtype={dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
         self.device = device if isinstance(device, Device) else get_device(device)
         if device_overrides:
-            self.device = get_device(self.device.name, device_overrides)
+            self.device = with_overrides(self.device, device_overrides)
         self.path = Path(model)
         checkpoint = load_checkpoint(self.path)
         self.config: ModelConfig = checkpoint.config
@@ -163,10 +163,15 @@ class LLM:
         prefill: tuple[int, int] | None,
         decode: tuple[int, int] | None,
     ) -> MeshTransformer:
-        """Place the model on the given grids; a missing grid is `default_grid`'s choice."""
+        """Place the model on the given grids; a missing grid is `default_grids`' choice."""
         if prefill is None or decode is None:
             prefill, decode = default_grids(
-                self.config, self.device, prefill=prefill, decode=decode, **self._plan
+                self.config,
+                self.device,
+                prefill=prefill,
+                decode=decode,
+                placement=self._plan["placement"],
+                resident_layouts=self._plan["resident_layouts"],
             )
         return MeshTransformer(
             self.config,
@@ -302,17 +307,15 @@ def default_grids(
     *,
     prefill: tuple[int, int] | None,
     decode: tuple[int, int] | None,
-    kv_policy: KvPolicy,
-    placement: PlacementMode,
-    resident_layouts: ResidentLayouts,
+    placement: PlacementMode = PlacementMode.FIT,
+    resident_layouts: ResidentLayouts = ResidentLayouts.ONE,
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """Fill the missing grid(s) with the smallest square on which the model fits one region
     in that phase; failing that, the smallest on which it fits at all (over several regions).
-    Decided from the plan's byte counts alone, before any weight is placed. `kv_policy` does not
-    change the plan (both policies use the same slots)."""
-    del kv_policy
+    Decided from the plan's byte counts alone, before any weight is placed (both KV policies
+    use the same plan)."""
     fallback: tuple[tuple[int, int], tuple[int, int]] | None = None
-    last: SramOverflowError | None = None
+    last: WaferError | None = None
     for side in range(1, min(device.mesh_rows, device.mesh_cols) + 1):
         grids = (prefill or (side, side), decode or (side, side))
         try:
@@ -325,7 +328,7 @@ def default_grids(
                 resident=resident_layouts,
                 max_context_tokens=None,
             )
-        except SramOverflowError as err:
+        except WaferError as err:  # SRAM overflow, or too many regions for the device
             last = err
             continue
         chosen = [p for p, g in ((plan.prefill, prefill), (plan.decode, decode)) if g is None]
