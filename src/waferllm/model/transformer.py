@@ -349,12 +349,18 @@ class MeshTransformer:
             counts.commit(append)
         if not self._stores:
             self._stores = self._new_stores()
-        ledger = Ledger()
+        layers = self.config.num_hidden_layers
+        ledger, widest = Ledger(), Ledger()
         for i, width in enumerate(sorted(widths, reverse=True)):
             start, seen = widths[width]
-            step = Ledger()
-            self._decode(0, start.copy(), step, kv_out=Ledger(), all_regions=i == 0)
-            ledger.extend(step, count=seen)
+            if i == 0:  # the whole step once: every region walked at the SRAM peak
+                fixed = Ledger()
+                self._decode(0, start.copy(), fixed, kv_out=Ledger(), layer_out=widest)
+                ledger.extend(fixed, count=output_len - 1)  # embedding, hops, head: every step
+                layer = widest
+            else:
+                layer = self._decode_layer_cost(start.copy())
+            ledger.extend(layer, count=seen * layers)
         for append, start, seen in shifts.values():
             shift = Ledger()
             store = self._stores[0]
@@ -363,8 +369,25 @@ class MeshTransformer:
                 device="meta",
             )
             store.write(store.layers[0], tile, tile, append, start, shift)
-            ledger.extend(shift, count=seen * self.config.num_hidden_layers)
+            ledger.extend(shift, count=seen * layers)
         return ledger
+
+    def _decode_layer_cost(self, counts: RowCounts) -> Ledger:
+        """Estimate mode: one layer's decode ledger at `counts`' next step (the first region's
+        first layer, on a placeholder residual stream); the rest of a step does not depend on
+        the cache window."""
+        mesh = self.decode_state.meshes[0]
+        layout = Layout((self.config.hidden_size,), y_dim=0)
+        x = mesh.register(
+            torch.empty((*mesh.shape, *layout.tile_shape(*mesh.shape)), device="meta"),
+            layout,
+            "x",
+        )
+        layer = Ledger()
+        append = counts.plan_append()
+        x = self._walk_region(0, x, counts, append, layer, Ledger())
+        x.free()
+        return layer
 
     def _decode(
         self,
@@ -373,11 +396,11 @@ class MeshTransformer:
         ledger: Ledger,
         *,
         kv_out: Ledger | None = None,
-        all_regions: bool = True,
+        layer_out: Ledger | None = None,
     ) -> StepOutput:
-        """One decode step. `kv_out`: where the KV shift's records go (default `ledger`);
-        `all_regions=False` (estimate mode) walks the first region's layer only, the others'
-        being identical in cost and already checked at a wider cache window."""
+        """One decode step. `kv_out`: where the KV shift's records go (default `ledger`, times
+        the layer count); `layer_out`: where one layer's records go (default `ledger`, times
+        the layer count)."""
         state = self.decode_state
         position = counts.total
         append = counts.plan_append()
@@ -386,52 +409,65 @@ class MeshTransformer:
         layer_ledger, kv_ledger = Ledger(), Ledger()
         key = (int(append.counts_after.max()), append.senders[0] if append.senders else -1)
         cached = self._step_cache.get(key) if self.mode is Mode.ESTIMATE else None
-        for r, region in enumerate(state.regions.regions):
-            mesh = state.meshes[r]
+        for r in range(len(state.regions.regions)):
             if r:
-                x = hop(self.device, x, mesh, ledger, op=f"hop{r}")
-            if cached is not None:
-                continue  # estimate mode: this cost shape was walked already
-            if r and not all_regions and self.mode is Mode.ESTIMATE:
-                continue
-            heads = heads_for(self.config, mesh.cols)
-            walk = layer_ledger if r == 0 else _Uncharged()
-            cos, sin = rope_tables(
-                mesh, heads, self.inv_freq, torch.tensor([position]), walk, per_token=False
-            )
-            ctx = LayerContext(
-                config=self.config, heads=heads, cos=cos, sin=sin, length=position + 1
-            )
-            mask = decode_slot_mask(mesh, counts, append, position, self.config.sliding_window)
-            for j, i in enumerate(region.layers):
-                if j and self.mode is Mode.ESTIMATE:
-                    break  # identical cost; the other layers' tensors are already placed
-                first = (r, j) == (0, 0)
-                step = CacheStep(
-                    store=self._stores[r],
-                    counts=counts,
-                    append=append,
-                    slot_mask=mask,
-                    kv_ledger=kv_ledger if first else _Uncharged(),
-                )
-                target = walk if j == 0 else _Uncharged()
-                with target.scope("layer"):
-                    x = decode_layer(mesh, state.layers[i], x, ctx, i, step, target)
-            cos.free()
-            sin.free()
+                x = hop(self.device, x, state.meshes[r], ledger, op=f"hop{r}")
+            if cached is None:  # else estimate mode: this cost shape was walked already
+                walk, kv = (layer_ledger, kv_ledger) if r == 0 else (_Uncharged(), _Uncharged())
+                x = self._walk_region(r, x, counts, append, walk, kv)
         self._per_layer_hops(x, ledger)
         if cached is not None:
             layer_ledger, kv_ledger = cached
         elif self.mode is Mode.ESTIMATE:
             self._step_cache[key] = (layer_ledger, kv_ledger)
-        ledger.extend(layer_ledger, count=self.config.num_hidden_layers)
-        (ledger if kv_out is None else kv_out).extend(
-            kv_ledger, count=self.config.num_hidden_layers
-        )
+        layers = self.config.num_hidden_layers
+        if layer_out is None:
+            ledger.extend(layer_ledger, count=layers)
+        else:
+            layer_out.extend(layer_ledger)
+        (ledger if kv_out is None else kv_out).extend(kv_ledger, count=layers)
         counts.commit(append)
         with ledger.scope("head"):
             logits = self._lm_head(state, x, Axis.Y, ledger)
         return self._select(logits, ledger, position=position + 1)
+
+    def _walk_region(
+        self,
+        r: int,
+        x: DistTensor,
+        counts: RowCounts,
+        append: Append,
+        walk: Ledger,
+        kv_ledger: Ledger,
+    ) -> DistTensor:
+        """Region r's layers on the decode token (estimate mode: its first layer only, the
+        others being identical in cost); `walk` gets the first layer's records (RoPE tables
+        included), `kv_ledger` its KV shift."""
+        state = self.decode_state
+        mesh, region = state.meshes[r], state.regions.regions[r]
+        position = counts.total
+        heads = heads_for(self.config, mesh.cols)
+        cos, sin = rope_tables(
+            mesh, heads, self.inv_freq, torch.tensor([position]), walk, per_token=False
+        )
+        ctx = LayerContext(config=self.config, heads=heads, cos=cos, sin=sin, length=position + 1)
+        mask = decode_slot_mask(mesh, counts, append, position, self.config.sliding_window)
+        for j, i in enumerate(region.layers):
+            if j and self.mode is Mode.ESTIMATE:
+                break  # identical cost; the other layers' tensors are already placed
+            step = CacheStep(
+                store=self._stores[r],
+                counts=counts,
+                append=append,
+                slot_mask=mask,
+                kv_ledger=kv_ledger if j == 0 else _Uncharged(),
+            )
+            target = walk if j == 0 else _Uncharged()
+            with target.scope("layer"):
+                x = decode_layer(mesh, state.layers[i], x, ctx, i, step, target)
+        cos.free()
+        sin.free()
+        return x
 
     # ---- vocabulary ends ---------------------------------------------------------------------
     def _embed(
