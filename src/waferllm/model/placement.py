@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -299,7 +300,13 @@ def place_layer(
 
 
 def tile_bytes(spec: TensorSpec, rows: int, cols: int, dtype_bytes: int) -> int:
-    return int(np.prod(spec.layout().tile_shape(rows, cols))) * dtype_bytes
+    """Per-core bytes of one placed tensor. A MeshGEMM weight on a non-square grid keeps its
+    N tile padded to whole logical blocks (`kernels.gemm.prealign_b`)."""
+    tile = list(spec.layout().tile_shape(rows, cols))
+    if spec.gemm_b:
+        per_col = math.lcm(rows, cols) // cols
+        tile[-1] = -(-tile[-1] // per_col) * per_col
+    return math.prod(tile) * dtype_bytes
 
 
 def layer_bytes_per_core(

@@ -1,0 +1,133 @@
+"""The shift-based KV cache and the concatenation baseline (SPEC.md §10.9, §10.4 capacity)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from waferllm.device import tiny
+from waferllm.mesh.cost import Ledger
+from waferllm.mesh.virtual import Mesh, Mode
+from waferllm.model.kv_cache import (
+    KvCacheFullError,
+    KvPolicy,
+    KvStore,
+    RowCounts,
+    kv_capacity_tokens,
+    max_new_tokens,
+)
+from waferllm.model.placement import head_layout
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(1, 9),
+    prompt=st.integers(1, 40),
+    steps=st.integers(0, 40),
+)
+def test_shift_keeps_row_counts_non_increasing_southwards_and_within_one(rows, prompt, steps):
+    counts = RowCounts.balanced(KvPolicy.SHIFT, rows, 100, prompt)
+    for _ in range(steps + 1):
+        n = counts.counts
+        assert (np.diff(n) <= 0).all() and n[0] - n[-1] <= 1
+        append = counts.plan_append()
+        counts.commit(append)
+    assert counts.total == prompt + steps + 1
+
+
+def test_shift_passes_the_oldest_entry_north_from_the_rows_south_of_r0():
+    counts = RowCounts(KvPolicy.SHIFT, 4, 10, np.array([3, 3, 2, 2]))
+    append = counts.plan_append()
+    # r0 = 2: rows 3 sends north, row 2 keeps what it receives
+    assert append.target == 2 and list(append.senders) == [3]
+    assert append.counts_after.tolist() == [3, 3, 3, 2]
+    full = RowCounts(KvPolicy.SHIFT, 3, 10, np.array([2, 2, 2]))
+    assert list(full.plan_append().senders) == [1, 2]  # every row as full: r0 = 0
+
+
+def test_concat_piles_every_new_token_on_the_last_row():
+    counts = RowCounts.balanced(KvPolicy.CONCAT, 4, 50, 10)
+    for _ in range(20):
+        append = counts.plan_append()
+        assert append.target == 3 and not append.senders
+        counts.commit(append)
+    assert counts.counts.tolist() == [3, 3, 2, 22]
+
+
+def test_capacity_and_new_tokens_of_both_policies():
+    # 4 rows of 10 slots: shift fills every slot; concat after a balanced 13-token prompt has
+    # 10 - 3 = 7 free slots on its last row, and the first generated token needs no slot
+    assert kv_capacity_tokens(KvPolicy.SHIFT, 4, 10, 13) == 40
+    assert max_new_tokens(KvPolicy.SHIFT, 4, 10, 13) == 28
+    assert kv_capacity_tokens(KvPolicy.CONCAT, 4, 10, 13) == 20
+    assert max_new_tokens(KvPolicy.CONCAT, 4, 10, 13) == 8
+    assert max_new_tokens(KvPolicy.SHIFT, 4, 10, 41) == 0
+
+
+@pytest.mark.parametrize("policy", list(KvPolicy))
+def test_a_full_cache_refuses_the_next_token_clearly(policy):
+    counts = RowCounts.balanced(policy, 2, 3, 5)
+    counts.commit(counts.plan_append())
+    with pytest.raises(KvCacheFullError, match="KV cache is full"):
+        counts.plan_append()
+    with pytest.raises(KvCacheFullError, match="do not fit"):
+        RowCounts.balanced(policy, 2, 3, 7)
+
+
+def _store(mode: Mode, rows: int = 3) -> KvStore:
+    mesh = Mesh(tiny(), rows, 2, mode=mode)
+    heads = head_layout(1, 1, 4, 2)  # one kv head, head_dim 4 over 2 columns
+    return KvStore(mesh, heads, layers=range(1), slots=8)
+
+
+@pytest.mark.parametrize("policy", list(KvPolicy))
+def test_the_store_keeps_positions_in_order_along_the_rows(policy):
+    store = _store(Mode.FUNCTIONAL)
+    rows = store.mesh.rows
+    hd = 4
+    prompt = 4
+    k = torch.arange(prompt, dtype=torch.float32)[:, None].expand(prompt, hd)  # k = position
+    counts = RowCounts.balanced(policy, rows, 8, prompt)
+    store.fill(0, k, k + 100, counts)
+    for position in range(prompt, prompt + 7):
+        append = counts.plan_append()
+        new = torch.full((rows, 2, 1, 2), float(position))
+        store.write(0, new, new + 100, append, counts, Ledger())
+        counts.commit(append)
+        width = int(counts.counts.max())
+        k_win, v_win = store.window(0, width)
+        held = counts.slot_positions(counts.counts, width)
+        filled = counts.slot_mask(counts.counts, width)
+        assert torch.equal(
+            k_win[:, 0, 0, 0][torch.as_tensor(filled)],
+            torch.as_tensor(held[filled], dtype=torch.float32),
+        )
+        assert torch.equal(
+            v_win[:, 1, 0, :, 1][torch.as_tensor(filled)],
+            torch.as_tensor(held[filled] + 100, dtype=torch.float32),
+        )
+
+
+def test_the_shift_costs_one_hop_north_from_each_sending_row_and_no_routes():
+    store = _store(Mode.ESTIMATE, rows=4)
+    counts = RowCounts(KvPolicy.SHIFT, 4, 8, np.array([2, 2, 2, 2]))
+    append = counts.plan_append()
+    ledger = Ledger()
+    tile = torch.empty((4, 2, 1, 2), device="meta")
+    store.write(0, tile, tile, append, counts, ledger)
+    (record,) = ledger.records
+    nbytes = 2 * 2 * tiny().storage_bytes  # k and v, 2 slots each
+    assert record.critical_hops == 1 and record.critical_stages == 0
+    assert record.bytes_injected == 3 * 2 * nbytes  # rows 1, 2, 3 in both columns
+    assert store.mesh.routes.routes_per_core == 0
+
+
+def test_the_store_charges_its_full_capacity_to_sram():
+    store = _store(Mode.FUNCTIONAL)
+    # K and V: 2 x (1 kv head x 2 head-dim slots) x 8 slots x 2 bytes
+    assert store.mesh.sram.live_bytes_max == 2 * 2 * 8 * 2
+    store.free()
+    assert store.mesh.sram.live_bytes_max == 0
