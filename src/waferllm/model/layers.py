@@ -167,8 +167,8 @@ def _rope(
     features = t.layout.shape[-1]
     per_slot = features // (heads.num_cols * heads.kv_per_tile * heads.head_slots)
     inner = (per_slot, heads.head_slots) if per_slot > 1 else (heads.head_slots,)
-    dims = {"y_dim": 0, "x_dim": 1} if lead else {"x_dim": 0}
-    shaped = Layout((*lead, heads.num_cols * heads.kv_per_tile, *inner), **dims)
+    shape = (*lead, heads.num_cols * heads.kv_per_tile, *inner)
+    shaped = Layout(shape, y_dim=0, x_dim=1) if lead else Layout(shape, x_dim=0)
     rotated = ops.rope(mesh, x=view(t, shaped), cos=ctx.cos, sin=ctx.sin, ledger=ledger, op=op)
     return view(rotated, t.layout)
 
@@ -284,9 +284,9 @@ def rope_tables(
     host: list[torch.Tensor | None] = [None, None]
     if mesh.mode is Mode.FUNCTIONAL:
         angle = positions.to(torch.float32)[:, None] * inv_freq.to(torch.float32)[pairs][None, :]
-        host = [angle.cos(), angle.sin()]
         if not per_token:
-            host = [t[0] for t in host]
+            angle = angle[0]
+        host = [angle.cos(), angle.sin()]
     tables = []
     for name, table in zip(("rope.cos", "rope.sin"), host, strict=True):
         data = table if table is not None else torch.empty(layout.shape, device="meta")

@@ -174,7 +174,7 @@ class TensorSpec:
     gemm_b: bool = False  # a MeshGEMM right operand, pre-aligned at load
 
     def layout(self) -> Layout:
-        return Layout(self.shape, **self.dims)
+        return Layout(self.shape, y_dim=self.dims.get("y_dim"), x_dim=self.dims.get("x_dim"))
 
 
 def layer_specs(config: ModelConfig, rows: int, cols: int, phase: Phase) -> dict[str, TensorSpec]:

@@ -28,6 +28,7 @@ from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
+from waferllm.model.attention import decode_attention
 from waferllm.model.config import ModelConfig, rope_inv_freq
 from waferllm.model.kv_cache import Append, KvCacheFullError, KvPolicy, KvStore, RowCounts
 from waferllm.model.kv_cache import kv_capacity_tokens as _capacity
@@ -130,6 +131,7 @@ class MeshTransformer:
         self._prefill_kv: dict[int, tuple[DistTensor, DistTensor]] = {}
         self._prompt_len = 0
         self._logits: DistTensor | None = None
+        self._width_cache: dict[int, tuple[Ledger, Ledger]] = {}
         self._step_cache: dict[tuple[int, int], tuple[Ledger, Ledger]] = {}
 
     # ---- the engine's surface ----------------------------------------------------------------
@@ -317,9 +319,29 @@ class MeshTransformer:
             counts.counts[-1] += before - prompt_len
         if not self._stores:
             self._stores = self._new_stores()
+        append = counts.plan_append()
+        width = int(append.counts_after.max())
+        if width not in self._width_cache:  # walk the step once per cache window width
+            fixed, layer = Ledger(), Ledger()
+            self._decode(0, counts.copy(), fixed, kv_out=Ledger(), layer_out=layer)
+            self._width_cache[width] = (fixed, layer)
+        fixed, layer = self._width_cache[width]
+        layers = self.config.num_hidden_layers
         ledger = Ledger()
-        self._decode(0, counts, ledger)
+        ledger.extend(fixed)
+        ledger.extend(layer, count=layers)
+        if append.senders:
+            ledger.extend(self._shift_cost(append, counts), count=layers)
         return ledger
+
+    def _shift_cost(self, append: Append, counts: RowCounts) -> Ledger:
+        """One layer's one-hop KV shift for `append` (estimate mode, no data)."""
+        shift, store = Ledger(), self._stores[0]
+        tile = torch.empty(
+            (*store.mesh.shape, store.heads.kv_per_tile, store.heads.head_slots), device="meta"
+        )
+        store.write(store.layers[0], tile, tile, append, counts, shift)
+        return shift
 
     def decode_cost(self, prompt_len: int, output_len: int) -> Ledger:
         """The ledger of a request's O-1 decode steps after a `prompt_len`-token prompt,
@@ -359,7 +381,7 @@ class MeshTransformer:
                 ledger.extend(fixed, count=output_len - 1)  # embedding, hops, head: every step
                 layer = widest
             else:
-                layer = self._decode_layer_cost(start.copy())
+                layer = self._decode_layer_cost(start.copy(), widest)
             ledger.extend(layer, count=seen * layers)
         for append, start, seen in shifts.values():
             shift = Ledger()
@@ -372,21 +394,40 @@ class MeshTransformer:
             ledger.extend(shift, count=seen * layers)
         return ledger
 
-    def _decode_layer_cost(self, counts: RowCounts) -> Ledger:
-        """Estimate mode: one layer's decode ledger at `counts`' next step (the first region's
-        first layer, on a placeholder residual stream); the rest of a step does not depend on
-        the cache window."""
-        mesh = self.decode_state.meshes[0]
-        layout = Layout((self.config.hidden_size,), y_dim=0)
-        x = mesh.register(
-            torch.empty((*mesh.shape, *layout.tile_shape(*mesh.shape)), device="meta"),
-            layout,
-            "x",
-        )
-        layer = Ledger()
+    def _decode_layer_cost(self, counts: RowCounts, widest: Ledger) -> Ledger:
+        """Estimate mode: one layer's decode ledger at `counts`' next step, from the `widest`
+        window's layer ledger with its attention re-walked at this step's window (the only part
+        of a layer that reads the cache window; the KV shift is priced apart). SRAM was checked
+        at the widest window; this walk's q is a placeholder of the real q's tile."""
+        ops = [r.op for r in widest.records]
+        inside = [i for i, op in enumerate(ops) if op.startswith("layer/attn/")]
+        first, last = inside[0], inside[-1]
+        assert last - first + 1 == len(inside), "a layer's attention records are contiguous"
+        mesh, store = self.decode_state.meshes[0], self._stores[0]
+        heads = heads_for(self.config, mesh.cols)
         append = counts.plan_append()
-        x = self._walk_region(0, x, counts, append, layer, Ledger())
-        x.free()
+        width = int(append.counts_after.max())
+        attn = Ledger()
+        with mesh.sram.scope():
+            q = mesh.register(
+                torch.empty((*mesh.shape, heads.q_width), device="meta"),
+                Layout((mesh.cols * heads.q_width,), x_dim=0),
+                "q",
+            )
+            k_cache, v_cache = store.window(store.layers[0], width)
+            mask = decode_slot_mask(mesh, counts, append, counts.total, self.config.sliding_window)
+            with attn.scope("layer"), attn.scope("attn"):
+                decode_attention(
+                    mesh,
+                    q=q,
+                    k_cache=k_cache,
+                    v_cache=v_cache,
+                    slot_mask=mask,
+                    heads=heads,
+                    ledger=attn,
+                )
+        layer = Ledger()
+        layer.records = [*widest.records[:first], *attn.records, *widest.records[last + 1 :]]
         return layer
 
     def _decode(
