@@ -198,3 +198,36 @@ def test_decode_step_cost_prices_a_step_like_running_it():
         running.decode_step(5, step)
         priced = pricing.decode_step_cost(context)
         assert sorted(map(repr, priced.expanded())) == sorted(map(repr, step.expanded()))
+
+
+def test_every_layer_costs_what_the_one_priced_layer_costs(checkpoint_factory, monkeypatch):
+    # functional runs compute every layer but price the first (the others' shapes are equal):
+    # record the others' charges too and compare
+    import waferllm.model.transformer as transformer
+
+    walked: list[Ledger] = []
+
+    class Recording(Ledger):
+        def __init__(self) -> None:
+            super().__init__()
+            walked.append(self)
+
+    monkeypatch.setattr(transformer, "_Uncharged", Recording)
+    path = checkpoint_factory("llama", margin_new_tokens=NEW_TOKENS)
+    model = build(path, (2, 3), (3, 2))
+    layers = model.config.num_hidden_layers
+    model.prefill(PROMPT, Ledger())
+    model.transition(Ledger())
+    for call in (lambda led: model.prefill(PROMPT, led), lambda led: model.decode_step(5, led)):
+        walked.clear()
+        ledger = Ledger()
+        call(ledger)
+        for prefix in ("layer/", "kv_shift"):
+            priced = [
+                dataclasses.replace(r, count=r.count // layers)
+                for r in ledger.records
+                if r.op.startswith(prefix)
+            ]
+            others = [w.records for w in walked if w.records and w.records[0].op.startswith(prefix)]
+            assert len(others) == (layers - 1 if priced else 0)
+            assert all(records == priced for records in others)

@@ -10,7 +10,6 @@ Legend: L tokens, D model dim, F ffn dim, q/kv the padded head features of `Head
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from waferllm.kernels.gemm import align_a, meshgemm
 from waferllm.kernels.gemv import meshgemv
 from waferllm.kernels.tiling import padded_k
 from waferllm.mesh.comm import ReduceAlgorithm
-from waferllm.mesh.compute import elementwise
+from waferllm.mesh.compute import charge_compute, elementwise, vector_op_cycles
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
@@ -268,13 +267,12 @@ def rope_tables(
     heads: HeadLayout,
     inv_freq: torch.Tensor,
     positions: torch.Tensor,
-    ledger: Ledger,
     *,
     per_token: bool,
 ) -> tuple[DistTensor, DistTensor]:
     """cos/sin for `positions` in the heads' slot order, as transformers builds them (float32,
-    emb = cat(freqs, freqs)). Prefill: [L_y, (C*H)_x]; decode: [(C*H)_x]. Computed on the
-    cores from the position and each slot's frequency (2 sin/cos per slot and token)."""
+    emb = cat(freqs, freqs)). Prefill: [L_y, (C*H)_x]; decode: [(C*H)_x]. The cores compute
+    them once per call for all their layers: `charge_rope_tables` prices that."""
     pairs = torch.as_tensor(heads.rope_pairs().reshape(-1))  # (C*H,)
     width = heads.num_cols * heads.head_slots
     if per_token:
@@ -291,14 +289,18 @@ def rope_tables(
     for name, table in zip(("rope.cos", "rope.sin"), host, strict=True):
         data = table if table is not None else torch.empty(layout.shape, device="meta")
         tables.append(mesh.scatter(data, layout, name))
-    tile = math.prod(tables[0].tile_shape)
-    elementwise(
-        mesh,
-        lambda t: t,
-        tables[0].data,
-        ledger=ledger,
-        op="rope.tables",
-        flops_per_element=2.0,
-        num_elements=2 * tile,
-    )
     return tables[0], tables[1]
+
+
+def charge_rope_tables(mesh: Mesh, heads: HeadLayout, tokens: int, ledger: Ledger) -> None:
+    """Each core computes cos and sin of (position x frequency) for its `tokens` x H slots:
+    two vector instructions of tokens * H elements (a multiply and the function each)."""
+    length = tokens * heads.head_slots
+    cycles = vector_op_cycles(
+        mesh.device,
+        num_instructions=2,
+        length=length,
+        flops_per_element=2.0,
+        sram_elements_per_element=1.0,
+    )
+    charge_compute(mesh, ledger, "rope.tables", cycles=cycles, flops_per_core=4.0 * length)

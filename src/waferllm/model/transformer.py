@@ -37,6 +37,7 @@ from waferllm.model.layers import (
     PREFILL_REDUCE,
     CacheStep,
     LayerContext,
+    charge_rope_tables,
     decode_layer,
     decode_slot_mask,
     prefill_layer,
@@ -200,14 +201,8 @@ class MeshTransformer:
             if r:
                 x = hop(self.device, x, mesh, ledger, op=f"hop{r}")
             heads = heads_for(self.config, mesh.cols)
-            cos, sin = rope_tables(
-                mesh,
-                heads,
-                self.inv_freq,
-                torch.arange(length),
-                _Uncharged() if r else layer_ledger,
-                per_token=True,
-            )
+            charge_rope_tables(mesh, heads, x.tile_shape[0], ledger)
+            cos, sin = rope_tables(mesh, heads, self.inv_freq, torch.arange(length), per_token=True)
             ctx = LayerContext(config=self.config, heads=heads, cos=cos, sin=sin, length=length)
             for j, i in enumerate(region.layers):
                 target = layer_ledger if (r, j) == (0, 0) else _Uncharged()
@@ -453,6 +448,8 @@ class MeshTransformer:
         for r in range(len(state.regions.regions)):
             if r:
                 x = hop(self.device, x, state.meshes[r], ledger, op=f"hop{r}")
+            mesh = state.meshes[r]
+            charge_rope_tables(mesh, heads_for(self.config, mesh.cols), 1, ledger)
             if cached is None:  # else estimate mode: this cost shape was walked already
                 walk, kv = (layer_ledger, kv_ledger) if r == 0 else (_Uncharged(), _Uncharged())
                 x = self._walk_region(r, x, counts, append, walk, kv)
@@ -482,14 +479,14 @@ class MeshTransformer:
         kv_ledger: Ledger,
     ) -> DistTensor:
         """Region r's layers on the decode token (estimate mode: its first layer only, the
-        others being identical in cost); `walk` gets the first layer's records (RoPE tables
-        included), `kv_ledger` its KV shift."""
+        others being identical in cost); `walk` gets the first layer's records, `kv_ledger`
+        its KV shift."""
         state = self.decode_state
         mesh, region = state.meshes[r], state.regions.regions[r]
         position = counts.total
         heads = heads_for(self.config, mesh.cols)
         cos, sin = rope_tables(
-            mesh, heads, self.inv_freq, torch.tensor([position]), walk, per_token=False
+            mesh, heads, self.inv_freq, torch.tensor([position]), per_token=False
         )
         ctx = LayerContext(config=self.config, heads=heads, cos=cos, sin=sin, length=position + 1)
         mask = decode_slot_mask(mesh, counts, append, position, self.config.sliding_window)
