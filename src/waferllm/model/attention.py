@@ -10,6 +10,7 @@ the Y ring while the owner column multicasts the matching probability block with
 (the transposed dual of dist-GEMM-T). Both prefill loops take R steps; the R-th shift brings K
 and V home for the KV cache. Every step's traffic has the same cost whatever its roots (each
 step's per-row roots are a permutation of the key blocks), so estimate mode records one step.
+Every block is computed and then masked: causal blocks above the diagonal are not skipped.
 Legend: R rows, C columns, Lt tokens per row, G kv heads per column, n query heads per kv head,
 H head-dim slots per column, Kc key blocks owned per column, w cache slots read per row.
 """

@@ -7,7 +7,8 @@ the bookkeeping (how many positions each row holds); `KvStore` the tiles of one 
 A new token's k and v arrive replicated along Y (the QKV allreduce's broadcast), so any row can
 take them. Shift: they enter the last row while rows r0+1..R-1 pass their oldest entry one hop
 north, keeping per-row counts non-increasing southwards and within one of each other. Concat:
-the last row takes every new token. The hand-off from prefill rebalances the rows.
+the last row takes every new token. The hand-off from prefill rebalances the rows. A sliding
+window is applied by the attention mask; the cache keeps older positions (no eviction).
 Legend: R rows, C columns, S slots per row, G kv heads per column, H head-dim slots per column.
 """
 
