@@ -5,8 +5,10 @@ charged to a PLMR cost model. Public API: device presets, the virtual mesh, kern
 """
 
 from waferllm.api.bench import KernelReport, bench_gemm, bench_gemv
+from waferllm.api.estimate import Estimate, estimate
 from waferllm.api.gpu import gpu_estimate
 from waferllm.api.llm import LLM, RequestOutput, SamplingParams
+from waferllm.api.reproduce import Reproduction, reproduce
 from waferllm.device import Device, get_device, list_devices, tiny, wse2, wse3
 
 __version__ = "0.1.0"
@@ -18,6 +20,10 @@ __all__ = [
     "KernelReport",
     "bench_gemm",
     "bench_gemv",
+    "Estimate",
+    "estimate",
+    "Reproduction",
+    "reproduce",
     "gpu_estimate",
     "Device",
     "get_device",

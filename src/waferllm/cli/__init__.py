@@ -10,10 +10,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from waferllm.cli import bench, devices, generate, gpu
+from waferllm.cli import bench, devices, estimate, generate, gpu, reproduce
 from waferllm.cli.common import CliError, OneLineParser
 
-COMMANDS = (devices, bench, generate, gpu)
+COMMANDS = (devices, bench, generate, estimate, gpu, reproduce)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -371,6 +371,8 @@ class MeshTransformer:
         for i, width in enumerate(sorted(widths, reverse=True)):
             start, seen = widths[width]
             if i == 0:  # the whole step once: every region walked at the SRAM peak
+                if output_len > 2:
+                    self._previous_logits()
                 fixed = Ledger()
                 self._decode(0, start.copy(), fixed, kv_out=Ledger(), layer_out=widest)
                 ledger.extend(fixed, count=output_len - 1)  # embedding, hops, head: every step
@@ -388,6 +390,21 @@ class MeshTransformer:
             store.write(store.layers[0], tile, tile, append, start, shift)
             ledger.extend(shift, count=seen * layers)
         return ledger
+
+    def _previous_logits(self) -> None:
+        """Estimate mode: put the previous decode step's logits on the mesh, as they are from
+        the second step on (kept for `fetch_logits` until the next step selects)."""
+        state = self.decode_state
+        if self._logits is not None and self._logits.mesh is state.meshes[-1]:
+            return
+        self._drop_logits()
+        mesh, vocab = state.meshes[-1], self.config.vocab_size
+        layout = Layout((vocab,), x_dim=0)  # the LM head's output: V split along X
+        self._logits = mesh.register(
+            torch.empty((*mesh.shape, *layout.tile_shape(*mesh.shape)), device="meta"),
+            layout,
+            "logits",
+        )
 
     def _decode_layer_cost(self, counts: RowCounts, widest: Ledger) -> Ledger:
         """Estimate mode: one layer's decode ledger at `counts`' next step, from the `widest`

@@ -1,0 +1,361 @@
+"""`waferllm.estimate`: the full-scale modelled prediction of one request, without weights.
+
+The mesh transformer runs in estimate mode (the same code as functional generation, on meta
+tensors, every SRAM and route check enforced) on the given grids, or on the pair the grid
+search picks (`search.py`). The result is the request report of SPEC.md §10.4 (kind
+"estimate") with, in its breakdown, the placement, the search's choice, time by op and by
+compute/communication per phase, and the KV capacity of both cache policies.
+Walks are cached per process and setup (`costing.CostModel`); `clear_cache()` empties it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from waferllm.api.costing import CostModel, Grid, RequestCost, Setup
+from waferllm.api.search import GridSearch, search_grids
+from waferllm.device import Device, get_device
+from waferllm.engine.metrics import model_flops
+from waferllm.errors import GridError, WaferError
+from waferllm.mesh.cost import Ledger
+from waferllm.mesh.virtual import parse_grid
+from waferllm.model.config import ModelConfig, load_config
+from waferllm.model.kv_cache import KvPolicy
+from waferllm.model.kv_cache import kv_capacity_tokens as capacity_tokens
+from waferllm.model.kv_cache import max_new_tokens as room_tokens
+from waferllm.model.placement import PlacementMode, ResidentLayouts
+from waferllm.model.plan import plan_model
+from waferllm.model.regions import PhaseRegions
+from waferllm.model.report import KvCapacity, RequestMetrics, RequestReport
+
+__all__ = ["Estimate", "PhasePlacement", "clear_cache", "estimate"]
+
+GridLike = int | str | tuple[int, int]
+Progress = Callable[[int, int, str], None]
+
+PER_LAYER_NOTE = (
+    "per-layer extrapolation: one layer's plan on the grid with the SRAM limit enforced for "
+    "that layer (its weights, KV cache and activations), time multiplied by the {layers} "
+    "layers, plus the hops between the layers' regions (the paper's method); the whole model "
+    "is not placed"
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PhasePlacement:
+    """Where one phase runs: its grid and regions, and the layers each region holds."""
+
+    grid: Grid
+    origins: tuple[tuple[int, int], ...]  # top-left core (row, col) of each region
+    layers: tuple[range, ...]  # the layers of each region
+    layer_multiplier: int = 1  # per-layer: how many layers the one modelled layer stands for
+
+    @classmethod
+    def of(cls, regions: PhaseRegions, multiplier: int) -> PhasePlacement:
+        return cls(
+            grid=regions.grid,
+            origins=tuple(r.origin for r in regions.regions),
+            layers=tuple(r.layers for r in regions.regions),
+            layer_multiplier=multiplier,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "grid": list(self.grid),
+            "regions": [
+                {"origin": list(o), "first_layer": r.start, "num_layers": len(r)}
+                for o, r in zip(self.origins, self.layers, strict=True)
+            ],
+            "layer_multiplier": self.layer_multiplier,
+        }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Estimate:
+    """One request's modelled prediction. `report` is the SPEC.md §10.4 object
+    (`to_dict()`); the ledgers are kept for whoever wants every record."""
+
+    report: RequestReport
+    prefill: PhasePlacement
+    decode: PhasePlacement
+    search: GridSearch | None
+    extrapolated: bool  # per-layer placement: "per-layer extrapolation"
+    ledgers: RequestCost
+
+    @property
+    def metrics(self) -> RequestMetrics:
+        return self.report.metrics
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.report.to_dict()
+
+
+# ---- the public function -------------------------------------------------------------------------
+def estimate(
+    model: str | Path | ModelConfig,
+    *,
+    device: str | Device = "wse2",
+    device_overrides: Mapping[str, Any] | None = None,
+    prompt_len: int,
+    output_len: int,
+    prefill_grid: GridLike | None = None,
+    decode_grid: GridLike | None = None,
+    placement: str | PlacementMode = "fit",
+    kv_cache: str | KvPolicy = "shift",
+    resident_layouts: str | ResidentLayouts = "one",
+    progress: Progress | None = None,
+) -> Estimate:
+    """Predict one batch-1 request of `prompt_len` tokens generating `output_len`.
+
+    `model`: a built-in name or a local checkpoint directory (only config.json is read).
+    Grids not given are searched (the fastest feasible pair under SRAM and routes, minimising
+    TTFT + transition + decode time); `progress(done, total, what)` follows the search.
+
+    >>> est = estimate("llama3-8b", prompt_len=4096, output_len=2, placement="per-layer",
+    ...                prefill_grid=600, decode_grid=420)
+    >>> est.report.placement, est.extrapolated, est.metrics.decode_tpr > 1000
+    ('per-layer', True, True)
+    """
+    start = time.perf_counter()
+    setup = Setup(
+        config=model if isinstance(model, ModelConfig) else load_config(str(model)),
+        device=_device(device, device_overrides),
+        placement=_choice(placement, PlacementMode, "placement"),
+        kv_policy=_choice(kv_cache, KvPolicy, "kv_cache"),
+        resident=_choice(resident_layouts, ResidentLayouts, "resident_layouts"),
+    )
+    _check_lengths(setup.config, prompt_len, output_len)
+    grids = (_grid(prefill_grid, "prefill_grid"), _grid(decode_grid, "decode_grid"))
+    for grid, name in zip(grids, ("prefill_grid", "decode_grid"), strict=True):
+        _check_on_device(grid, setup.device, name)
+    costs = cost_model(setup)
+    search = None
+    if grids[0] is not None and grids[1] is not None:
+        cost = costs.request(grids[0], grids[1], prompt_len, output_len)
+    else:
+        search = search_grids(
+            costs,
+            prompt_len=prompt_len,
+            output_len=output_len,
+            prefill_grid=grids[0],
+            decode_grid=grids[1],
+            progress=progress,
+        )
+        cost = search.best
+    return _result(setup, cost, search, prompt_len, output_len, time.perf_counter() - start)
+
+
+@functools.lru_cache(maxsize=32)
+def cost_model(setup: Setup) -> CostModel:
+    """The process-wide cache of walks for one setup."""
+    return CostModel(setup)
+
+
+def clear_cache() -> None:
+    """Forget every cached walk (benchmarks time a cold estimate with it)."""
+    cost_model.cache_clear()
+
+
+# ---- inputs --------------------------------------------------------------------------------------
+def _device(device: str | Device, overrides: Mapping[str, Any] | None) -> Device:
+    if isinstance(device, Device):
+        return get_device(device.name, overrides) if overrides else device
+    return get_device(device, overrides)
+
+
+def _choice(value: Any, options: type, name: str) -> Any:
+    try:
+        return options(value)
+    except ValueError:
+        valid = ", ".join(str(o) for o in options)  # type: ignore[attr-defined]
+        raise WaferError(f"{name}={value!r} is not one of {valid}") from None
+
+
+def _grid(value: GridLike | None, name: str) -> Grid | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise GridError(f"{name}={value!r} is not a grid: use P, 'RxC' or (rows, cols)")
+    if isinstance(value, int):
+        return parse_grid(str(value))
+    if isinstance(value, str):
+        return parse_grid(value)
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return parse_grid(f"{value[0]}x{value[1]}")
+    raise GridError(f"{name}={value!r} is not a grid: use P, 'RxC' or (rows, cols)")
+
+
+def _check_on_device(grid: Grid | None, device: Device, name: str) -> None:
+    if grid is not None and (grid[0] > device.mesh_rows or grid[1] > device.mesh_cols):
+        raise GridError(
+            f"{name} {grid[0]}x{grid[1]} is larger than the {device.name} mesh "
+            f"({device.mesh_rows}x{device.mesh_cols})"
+        )
+
+
+def _check_lengths(config: ModelConfig, prompt_len: int, output_len: int) -> None:
+    for name, value in (("prompt_len", prompt_len), ("output_len", output_len)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise WaferError(f"{name}={value!r} must be a positive integer")
+    # the last generated token is never fed back: it needs no position
+    positions = prompt_len + output_len - 1
+    if positions > config.max_position_embeddings:
+        raise WaferError(
+            f"the request uses {positions} positions (prompt_len + output_len - 1) but "
+            f"{config.name}'s max_position_embeddings is {config.max_position_embeddings}"
+        )
+
+
+# ---- the report ----------------------------------------------------------------------------------
+def _result(
+    setup: Setup,
+    cost: RequestCost,
+    search: GridSearch | None,
+    prompt_len: int,
+    output_len: int,
+    wall_s: float,
+) -> Estimate:
+    plan = cost.model.plan
+    per_layer = setup.placement is PlacementMode.PER_LAYER
+    multiplier = plan.layer_multiplier
+    placements = (
+        PhasePlacement.of(plan.prefill, multiplier),
+        PhasePlacement.of(plan.decode, multiplier),
+    )
+    ttft_s, transition_s, decode_s = cost.seconds()
+    device = setup.device
+    cores = max(_cores(p, per_layer) for p in placements)
+    total_s = ttft_s + transition_s + decode_s
+    flops = model_flops(setup.config, prompt_len=prompt_len, output_len=output_len)
+    peak = cores * device.flops_per_cycle_per_core * device.clock_hz
+    metrics = RequestMetrics.from_times(
+        prompt_len=prompt_len,
+        output_len=output_len,
+        ttft_s=ttft_s,
+        decode_time_s=decode_s,
+        transition_s=transition_s,
+        power_w=device.power_w,
+        peak_sram_bytes_per_core=max(
+            cost.prefill.peak_sram_bytes_per_core, cost.decode.peak_sram_bytes_per_core
+        ),
+        routes_per_core=max(cost.prefill.routes_per_core, cost.decode.routes_per_core),
+        utilization=flops / (peak * total_s) if total_s > 0 else None,
+    )
+    capacity, room = _kv_capacity(setup, cost, prompt_len)
+    breakdown = _breakdown(setup, cost, placements, search, output_len)
+    report = RequestReport(
+        kind="estimate",
+        model=setup.config.name,
+        device=device.name,
+        prompt_len=prompt_len,
+        output_len=output_len,
+        prefill_grid=cost.prefill_grid,
+        decode_grid=cost.decode_grid,
+        placement=str(setup.placement),
+        metrics=metrics,
+        kv_capacity_tokens=capacity,
+        max_new_tokens=room,
+        breakdown=breakdown,
+        host_wall_s=wall_s,
+    )
+    return Estimate(
+        report=report,
+        prefill=placements[0],
+        decode=placements[1],
+        search=search,
+        extrapolated=per_layer,
+        ledgers=cost,
+    )
+
+
+def _cores(placement: PhasePlacement, per_layer: bool) -> int:
+    """Cores that work in a phase: every region in `fit`; one region in `per-layer` (the
+    paper's regions hold one layer each and run one at a time)."""
+    rows, cols = placement.grid
+    return rows * cols * (1 if per_layer else len(placement.origins))
+
+
+def _kv_capacity(setup: Setup, cost: RequestCost, prompt_len: int) -> tuple[KvCapacity, KvCapacity]:
+    """SPEC.md §10.10: always the whole model resident, placed as in `fit` on the decode grid
+    (in per-layer mode too); None with the reason when that placement does not fit."""
+    if setup.placement is PlacementMode.FIT:
+        plan = cost.model.plan
+    else:
+        try:
+            plan = plan_model(
+                setup.config,
+                setup.device,
+                prefill_grid=cost.prefill_grid,
+                decode_grid=cost.decode_grid,
+                placement=PlacementMode.FIT,
+                resident=setup.resident,
+                max_context_tokens=None,
+            )
+        except WaferError as exc:
+            reason = f"the whole model does not fit one {setup.device.name} (fit): {exc}"
+            return KvCapacity(shift=None, concat=None, reason=reason), KvCapacity(
+                shift=None, concat=None, reason=reason
+            )
+    rows, slots = plan.decode.grid[0], plan.kv_slots
+    shift, concat = KvPolicy.SHIFT, KvPolicy.CONCAT
+    return (
+        KvCapacity(
+            shift=capacity_tokens(shift, rows, slots, prompt_len),
+            concat=capacity_tokens(concat, rows, slots, prompt_len),
+        ),
+        KvCapacity(
+            shift=room_tokens(shift, rows, slots, prompt_len),
+            concat=room_tokens(concat, rows, slots, prompt_len),
+        ),
+    )
+
+
+def _phase_summary(device: Device, ledger: Ledger, depth: int = 1) -> dict[str, Any]:
+    totals = ledger.totals()
+    to_s = device.cycles_to_seconds
+    ops = {op: to_s(t.latency_cycles) for op, t in ledger.by_op(depth=depth).items()}
+    return {
+        "modelled_s": to_s(totals.latency_cycles),
+        "compute_s": to_s(totals.compute_cycles),
+        "comm_s": to_s(totals.comm_cycles),
+        "overhead_s": to_s(totals.overhead_cycles),
+        "comm_busy_s": to_s(totals.comm_busy_cycles),
+        "flops": int(totals.flops),
+        "host_io_s": to_s(totals.host_io_cycles),
+        "host_io_bytes": int(totals.host_bytes),
+        "ops": dict(sorted(ops.items(), key=lambda item: -item[1])),
+    }
+
+
+def _breakdown(
+    setup: Setup,
+    cost: RequestCost,
+    placements: tuple[PhasePlacement, PhasePlacement],
+    search: GridSearch | None,
+    output_len: int,
+) -> dict[str, Any]:
+    device = setup.device
+    out: dict[str, Any] = {}
+    if setup.placement is PlacementMode.PER_LAYER:
+        out["note"] = PER_LAYER_NOTE.format(layers=setup.config.num_hidden_layers)
+    out["placement"] = {
+        "mode": str(setup.placement),
+        "resident": str(setup.resident),
+        "kv_cache": str(setup.kv_policy),
+        "prefill": placements[0].to_dict(),
+        "decode": placements[1].to_dict(),
+    }
+    out["search"] = search.to_dict() if search is not None else None
+    # layer-level ops are named layer/<op>: group two levels deep to show them
+    out["prefill"] = _phase_summary(device, cost.prefill.ledger, depth=2)
+    out["transition"] = _phase_summary(device, cost.transition, depth=2)
+    out["decode"] = {
+        **_phase_summary(device, cost.decode.ledger, depth=2),
+        "steps": max(output_len - 1, 0),
+    }
+    return out

@@ -1,0 +1,287 @@
+"""The grid search of SPEC.md §5: the fastest feasible (prefill grid, decode grid) pair.
+
+Objective: TTFT + transition + decode time of the request, every candidate run through the
+mesh transformer in estimate mode (SRAM and routes enforced: an infeasible grid is a point
+with its reason, not a crash). The space is square grids P x P, as the paper autotunes.
+Stage 1 walks each phase on its own: a coarse sweep of P from the smallest side that can hold
+one layer to the device's shorter side, then halving steps around the best side (a phase's
+time depends on its own grid only; the walks are cached per grid by `CostModel`). Stage 2
+adds the transition, which depends on both grids: pairs of the best sides are evaluated in
+order of TTFT + decode time, stopping once that lower bound exceeds the best full objective.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from waferllm.api.costing import CostModel, Grid, RequestCost
+from waferllm.errors import WaferError
+from waferllm.model.placement import Phase, PlacementMode
+
+__all__ = ["GridPoint", "GridSearch", "search_grids"]
+
+COARSE_POINTS = 8  # sides in the first sweep
+FINEST_STEP = 4  # refinement stops below this many cores of side
+PAIRS_PER_PHASE = 3  # stage 2 pairs the best few sides of each phase
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GridPoint:
+    """One phase on one grid: its modelled time, or None and why it is infeasible."""
+
+    phase: Phase
+    grid: Grid
+    seconds: float | None
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"grid": list(self.grid), "seconds": self.seconds}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GridSearch:
+    """The chosen pair (`best`, its three ledgers) and every point the search evaluated."""
+
+    best: RequestCost
+    points: tuple[GridPoint, ...]
+    pairs: tuple[tuple[Grid, Grid, float | None], ...]  # stage 2: (prefill, decode, objective)
+    host_wall_s: float
+    space: str
+
+    @property
+    def objective_s(self) -> float:
+        return self.best.objective_s
+
+    @property
+    def evaluated(self) -> int:
+        return len(self.points) + len(self.pairs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "objective": "ttft_s + transition_s + decode_time_s",
+            "objective_s": self.objective_s,
+            "prefill_grid": list(self.best.prefill_grid),
+            "decode_grid": list(self.best.decode_grid),
+            "space": self.space,
+            "evaluated": self.evaluated,
+            "prefill_points": [p.to_dict() for p in self.points if p.phase is Phase.PREFILL],
+            "decode_points": [p.to_dict() for p in self.points if p.phase is Phase.DECODE],
+            "pairs": [
+                {"prefill_grid": list(p), "decode_grid": list(d), "objective_s": s}
+                for p, d, s in self.pairs
+            ],
+            "host_wall_s": self.host_wall_s,
+        }
+
+
+class _PhaseSweep:
+    """Stage 1 for one phase: evaluate sides, remember every point."""
+
+    def __init__(self, search: _Search, phase: Phase) -> None:
+        self.search = search
+        self.phase = phase
+        self.points: dict[int, GridPoint] = {}
+
+    def evaluate(self, side: int) -> GridPoint:
+        if side not in self.points:
+            self.points[side] = self.search.phase_point(self.phase, side)
+        return self.points[side]
+
+    def run(self, sides: list[int]) -> None:
+        for side in sides:
+            self.evaluate(side)
+        step = sides[1] - sides[0] if len(sides) > 1 else 0
+        while step >= FINEST_STEP:
+            step //= 2
+            best = self.best_sides(1)
+            if not best:
+                return
+            centre = best[0]
+            for side in (centre - step, centre + step):
+                if self.search.lo <= side <= self.search.hi:
+                    self.evaluate(side)
+
+    def best_sides(self, count: int) -> list[int]:
+        feasible = [(p.seconds, s) for s, p in self.points.items() if p.seconds is not None]
+        return [s for _, s in sorted(feasible)[:count]]
+
+
+class _Search:
+    def __init__(
+        self,
+        costs: CostModel,
+        prompt_len: int,
+        output_len: int,
+        progress: Progress | None,
+        total: int,
+    ) -> None:
+        self.costs = costs
+        self.prompt_len = prompt_len
+        self.output_len = output_len
+        self.progress = progress
+        self.total = total
+        self.done = 0
+        device = costs.setup.device
+        self.hi = min(device.mesh_rows, device.mesh_cols)
+        self.lo = min(self.hi, _smallest_side(costs))
+        self.partner: dict[Phase, Grid] = {}  # a grid known to work for each phase
+
+    def tick(self, what: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, max(self.total, self.done), what)
+
+    def phase_point(self, phase: Phase, side: int) -> GridPoint:
+        """One phase's time on side x side; the other phase on a grid known to work (or the
+        same side): with one resident layout a phase's plan ignores the other's grid."""
+        grid = (side, side)
+        other = Phase.DECODE if phase is Phase.PREFILL else Phase.PREFILL
+        partner = self.partner.get(other, grid)
+        pair = (grid, partner) if phase is Phase.PREFILL else (partner, grid)
+        try:
+            model = self.costs.model(*pair)
+            if phase is Phase.PREFILL:
+                cost = self.costs.prefill(model, self.prompt_len)
+            else:
+                cost = self.costs.decode(model, self.prompt_len, self.output_len)
+        except WaferError as exc:
+            point = GridPoint(phase=phase, grid=grid, seconds=None, reason=str(exc))
+        else:
+            seconds = self.costs.setup.device.cycles_to_seconds(cost.latency_cycles)
+            point = GridPoint(phase=phase, grid=grid, seconds=seconds)
+            self.partner.setdefault(phase, grid)
+        self.tick(f"{phase.value} {side}x{side}")
+        return point
+
+
+def _smallest_side(costs: CostModel) -> int:
+    """The smallest square side on which one decoder layer's weights fit SRAM (a bound: any
+    plan needs at least one layer per region)."""
+    setup = costs.setup
+    layer_bytes = setup.config.layer_params * setup.device.storage_bytes
+    return max(1, math.ceil(math.sqrt(layer_bytes / setup.device.sram_bytes_per_core)))
+
+
+def _coarse_sides(lo: int, hi: int) -> list[int]:
+    if hi - lo + 1 <= COARSE_POINTS:
+        return list(range(lo, hi + 1))
+    step = (hi - lo) / (COARSE_POINTS - 1)
+    return sorted({hi - round(i * step) for i in range(COARSE_POINTS)})
+
+
+def search_grids(
+    costs: CostModel,
+    *,
+    prompt_len: int,
+    output_len: int,
+    prefill_grid: Grid | None = None,
+    decode_grid: Grid | None = None,
+    progress: Progress | None = None,
+) -> GridSearch:
+    """The fastest feasible pair; a phase whose grid is given keeps it. Raises a WaferError
+    naming what is needed when no square grid works for a phase."""
+    start = time.perf_counter()
+    phases = [p for p, g in ((Phase.PREFILL, prefill_grid), (Phase.DECODE, decode_grid)) if not g]
+    estimate = len(phases) * (COARSE_POINTS + 2 * 4) + PAIRS_PER_PHASE
+    search = _Search(costs, prompt_len, output_len, progress, estimate)
+    for phase, grid in ((Phase.PREFILL, prefill_grid), (Phase.DECODE, decode_grid)):
+        if grid is not None:
+            search.partner[phase] = grid
+    sweeps = {phase: _PhaseSweep(search, phase) for phase in phases}
+    sides = _coarse_sides(search.lo, search.hi)
+    for sweep in sweeps.values():
+        sweep.run(sides)
+    choices: dict[Phase, list[Grid]] = {}
+    for phase, grid in ((Phase.PREFILL, prefill_grid), (Phase.DECODE, decode_grid)):
+        if grid is not None:
+            choices[phase] = [grid]
+            continue
+        best = sweeps[phase].best_sides(PAIRS_PER_PHASE)
+        if not best:
+            raise _nothing_fits(costs, phase, sweeps[phase])
+        choices[phase] = [(s, s) for s in best]
+    best_cost, pairs = _pairs(search, choices)
+    points = tuple(p for sweep in sweeps.values() for p in sweep.points.values())
+    return GridSearch(
+        best=best_cost,
+        points=points,
+        pairs=pairs,
+        host_wall_s=time.perf_counter() - start,
+        space=f"square grids {search.lo}..{search.hi}",
+    )
+
+
+def _pairs(
+    search: _Search, choices: dict[Phase, list[Grid]]
+) -> tuple[RequestCost, tuple[tuple[Grid, Grid, float | None], ...]]:
+    """Stage 2: full requests in order of the lower bound TTFT + decode (transition >= 0)."""
+    bound = {
+        (p, d): _bound(search, p, d) for p in choices[Phase.PREFILL] for d in choices[Phase.DECODE]
+    }
+    best: RequestCost | None = None
+    tried: list[tuple[Grid, Grid, float | None]] = []
+    errors: list[str] = []
+    for (p, d), low in sorted(bound.items(), key=lambda item: item[1]):
+        if best is not None and low >= best.objective_s:
+            break
+        try:
+            cost = search.costs.request(p, d, search.prompt_len, search.output_len)
+        except WaferError as exc:
+            tried.append((p, d, None))
+            errors.append(str(exc))
+            continue
+        finally:
+            search.tick(f"pair {p[0]}x{p[1]} / {d[0]}x{d[1]}")
+        tried.append((p, d, cost.objective_s))
+        if best is None or cost.objective_s < best.objective_s:
+            best = cost
+    if best is None:
+        raise WaferError(f"no feasible grid pair for this request: {errors[0]}")
+    return best, tuple(tried)
+
+
+def _bound(search: _Search, prefill: Grid, decode: Grid) -> float:
+    """TTFT + decode time from stage 1's cached walks (0 for a given, unswept grid)."""
+    total = 0.0
+    for phase, grid in ((Phase.PREFILL, prefill), (Phase.DECODE, decode)):
+        try:
+            model = search.costs.model(
+                *((grid, decode) if phase is Phase.PREFILL else (prefill, grid))
+            )
+            if phase is Phase.PREFILL:
+                cost = search.costs.prefill(model, search.prompt_len)
+            else:
+                cost = search.costs.decode(model, search.prompt_len, search.output_len)
+        except WaferError:
+            return math.inf
+        total += search.costs.setup.device.cycles_to_seconds(cost.latency_cycles)
+    return total
+
+
+def _nothing_fits(costs: CostModel, phase: Phase, sweep: _PhaseSweep) -> WaferError:
+    """No side worked: in `fit` mode say how much SRAM (how many wafers) the model needs."""
+    setup = costs.setup
+    device, config = setup.device, setup.config
+    reasons = [p.reason for p in sweep.points.values() if p.reason]
+    last = reasons[-1] if reasons else "no candidate grid"
+    if setup.placement is PlacementMode.FIT:
+        weight_bytes = config.num_params * device.storage_bytes
+        total_sram = device.num_cores * device.sram_bytes_per_core
+        wafers = math.ceil(weight_bytes / total_sram)
+        if wafers > 1:
+            return WaferError(
+                f"{config.name} does not fit one {device.name} (placement fit): its weights "
+                f"alone need {weight_bytes / 1e9:.1f} GB of SRAM in {device.storage_dtype}, the "
+                f"device has {total_sram / 1e9:.1f} GB, so at least {wafers} wafers; use "
+                "--placement per-layer (the paper's extrapolation) or a device with more SRAM"
+            )
+    return WaferError(f"no square grid works for {phase.value} on {device.name}: {last}")

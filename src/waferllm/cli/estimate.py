@@ -1,0 +1,252 @@
+"""`waferllm estimate`: the full-scale modelled prediction of one request, without weights.
+
+Prints the request report (SPEC.md §10.4) as tables: metrics, the placement (regions, layers
+per region, grid per phase), the grid search's choice, time by op and by compute/communication,
+and the KV capacity of both cache policies; with `--json`, only the report on stdout (the
+search's progress goes to stderr). Parsing and printing only: the work is
+`waferllm.api.estimate.estimate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from waferllm.api.estimate import Estimate, estimate
+from waferllm.cli.common import add_device_options, console, device_from_args, print_json
+
+TOP_OPS = 8  # rows of the per-op tables
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "estimate",
+        help="full-scale modelled prediction of one request (no weights needed)",
+        description="Run the mesh transformer in estimate mode (shapes only, every SRAM and "
+        "route check enforced) and report TTFT, TPOT, TPRs, energy, placement and KV "
+        "capacity. Grids not given are searched: the fastest feasible pair minimising "
+        "TTFT + transition + decode time.",
+    )
+    parser.add_argument("--model", required=True, help="built-in model name or checkpoint dir")
+    add_device_options(parser, default="wse2")
+    parser.add_argument("--prompt-len", type=_positive_int, required=True, metavar="L")
+    parser.add_argument("--output-len", type=_positive_int, required=True, metavar="O")
+    grids = parser.add_argument_group("grids (P for P x P, or RxC: R rows by C columns)")
+    grids.add_argument("--prefill-grid", metavar="G", help="the prefill grid (default: searched)")
+    grids.add_argument("--decode-grid", metavar="G", help="the decode grid (default: searched)")
+    parser.add_argument(
+        "--placement",
+        choices=("fit", "per-layer"),
+        default="fit",
+        help="fit: the whole model resident under the SRAM limit (default); per-layer: the "
+        "paper's one-layer extrapolation",
+    )
+    parser.add_argument(
+        "--kv-cache", choices=("shift", "concat"), default="shift", help="KV cache policy"
+    )
+    parser.add_argument(
+        "--resident-layouts",
+        choices=("one", "both"),
+        default="one",
+        help="one: weights re-laid between the phases per request (default); both: keep both",
+    )
+    parser.add_argument("--json", action="store_true", help="print only the request report")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    device = device_from_args(args)
+    searching = args.prefill_grid is None or args.decode_grid is None
+    with _progress(enabled=searching) as progress:
+        result = estimate(
+            args.model,
+            device=device,
+            prompt_len=args.prompt_len,
+            output_len=args.output_len,
+            prefill_grid=args.prefill_grid,
+            decode_grid=args.decode_grid,
+            placement=args.placement,
+            kv_cache=args.kv_cache,
+            resident_layouts=args.resident_layouts,
+            progress=progress,
+        )
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        _print(result)
+    return 0
+
+
+class _progress:
+    """A rich progress bar on stderr for the grid search; a callback `(done, total, what)`."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self._bar: Progress | None = None
+        if enabled:
+            self._bar = Progress(
+                TextColumn("grid search"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} {task.description}"),
+                TimeElapsedColumn(),
+                console=console(stderr=True),
+                transient=True,
+            )
+        self._task: Any = None
+
+    def __enter__(self) -> _progress | None:
+        if self._bar is None:
+            return None
+        self._bar.__enter__()
+        self._task = self._bar.add_task("", total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)  # type: ignore[arg-type]
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        assert self._bar is not None
+        self._bar.update(self._task, completed=done, total=total, description=what)
+
+
+# ---- printing ------------------------------------------------------------------------------------
+def _print(result: Estimate) -> None:
+    out = console()
+    report = result.to_dict()
+    metrics, breakdown = report["metrics"], report["breakdown"]
+    title = f"{report['model']} on {report['device']}: modelled estimate, placement "
+    title += report["placement"]
+    if result.extrapolated:
+        out.print(f"[bold]per-layer extrapolation[/bold]: {breakdown['note']}")
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = (
+        ("request", f"{report['prompt_len']} prompt + {report['output_len']} output tokens"),
+        ("TTFT", _seconds(metrics["ttft_s"])),
+        ("TPOT", _seconds(metrics["tpot_s"])),
+        ("prefill TPR", _rate(metrics["prefill_tpr"])),
+        ("decode TPR", _rate(metrics["decode_tpr"])),
+        ("end-to-end TPR", _rate(metrics["e2e_tpr"])),
+        ("transition (KV + weights re-layout)", _seconds(metrics["transition_s"])),
+        ("energy (device power x time)", f"{metrics['energy_j']:.4g} J"),
+        ("peak SRAM per core", _bytes(metrics["peak_sram_bytes_per_core"])),
+        ("routes per core (max, any phase)", str(metrics["routes_per_core"])),
+        ("utilisation (useful FLOPs / peak)", f"{metrics['utilization']:.2%}"),
+    )
+    for name, value in rows:
+        table.add_row(name, value)
+    out.print(table)
+    out.print(_placement_table(breakdown["placement"]))
+    if breakdown.get("search"):
+        out.print(_search_line(breakdown["search"]))
+    out.print(_phase_table(breakdown))
+    for phase in ("prefill", "decode"):
+        out.print(_ops_table(phase, breakdown[phase]["ops"]))
+    out.print(_capacity_table(report))
+
+
+def _placement_table(placement: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"Placement ({placement['mode']}, resident layouts {placement['resident']})"
+    )
+    for column in ("phase", "grid", "regions", "layers per region", "region origins (row, col)"):
+        table.add_column(column)
+    for phase in ("prefill", "decode"):
+        p = placement[phase]
+        origins = ", ".join(f"({r['origin'][0]}, {r['origin'][1]})" for r in p["regions"][:6])
+        if len(p["regions"]) > 6:
+            origins += ", ..."
+        table.add_row(
+            phase,
+            f"{p['grid'][0]}x{p['grid'][1]}",
+            str(len(p["regions"])),
+            ", ".join(str(r["num_layers"]) for r in p["regions"]),
+            origins,
+        )
+    return table
+
+
+def _search_line(search: dict[str, Any]) -> str:
+    p, d = search["prefill_grid"], search["decode_grid"]
+    return (
+        f"grid search: prefill {p[0]}x{p[1]}, decode {d[0]}x{d[1]} minimise TTFT + transition + "
+        f"decode = {_seconds(search['objective_s'])} over {search['evaluated']} evaluations "
+        f"({search['space']}; {search['host_wall_s']:.2f} s on this host)"
+    )
+
+
+def _phase_table(breakdown: dict[str, Any]) -> Table:
+    table = Table(title="Where the time goes (modelled, per request)")
+    table.add_column("phase")
+    for column in ("total", "compute", "communication", "overhead", "comm busy (hidden too)"):
+        table.add_column(column, justify="right")
+    for phase in ("prefill", "transition", "decode"):
+        cost = breakdown[phase]
+        table.add_row(
+            phase,
+            *(
+                _seconds(cost[key])
+                for key in ("modelled_s", "compute_s", "comm_s", "overhead_s", "comm_busy_s")
+            ),
+        )
+    return table
+
+
+def _ops_table(phase: str, ops: dict[str, float]) -> Table:
+    table = Table(title=f"{phase}: time by op (modelled, top {TOP_OPS})")
+    table.add_column("op")
+    table.add_column("time", justify="right")
+    table.add_column("share", justify="right")
+    total = sum(ops.values()) or 1.0
+    for op, seconds in list(ops.items())[:TOP_OPS]:
+        table.add_row(op, _seconds(seconds), f"{seconds / total:.1%}")
+    return table
+
+
+def _capacity_table(report: dict[str, Any]) -> Table:
+    cap, room = report["kv_capacity_tokens"], report["max_new_tokens"]
+    table = Table(title="KV cache (the whole model resident, on the decode grid)")
+    table.add_column("policy")
+    table.add_column("capacity (tokens)", justify="right")
+    table.add_column(f"max new tokens after {report['prompt_len']}", justify="right")
+    for policy in ("shift", "concat"):
+        table.add_row(policy, _count(cap[policy]), _count(room[policy]))
+    if cap.get("reason"):
+        table.caption = cap["reason"]
+    return table
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _bytes(value: int | None) -> str:
+    return "-" if value is None else f"{value:,} B"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 1:
+        return f"{value:.3f} s"
+    if value >= 1e-3:
+        return f"{value * 1e3:.3f} ms"
+    return f"{value * 1e6:.2f} us"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f} tok/s"
