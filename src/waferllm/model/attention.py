@@ -17,6 +17,7 @@ H head-dim slots per column, Kc key blocks owned per column, w cache slots read 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from functools import lru_cache
@@ -161,12 +162,13 @@ def prefill_attention(
 
     Layout: q[L_y, (C*G*n*H)_x], k and v [L_y, (C*G*H)_x] (tiles [Lt, G*n*H], [Lt, G*H]) ->
     out in q's layout. Scores live on their key block's owner column: tile [G, n, Lt, Kc*Lt].
-    Schedule: R steps of {local Q K^T block (G*n*H*Lt MACs of length Lt... per block), chain
-    reduce within the kv-group to the owner column, shift K one ring position along Y}
-    overlapped; softmax along X within groups; R steps of {owner multicasts the P block within
-    the group, local P V (G*n*Lt*Lt MACs of length H), shift V along Y} overlapped.
-    Per step: max(compute, 2 hops + tile/link, d hops + (d-1) stages + block/link) + overhead,
-    d the farthest column from its owner inside a group.
+    Schedule: R steps of {local Q K^T block (H*Lt MACs of length Lt per head), shift K one
+    ring position along Y, the previous block's chain reduce within the kv-group to its owner
+    column}, overlapped; the reduce streams follow each other, so the chains' latency (d hops,
+    d-1 stages, d the farthest column from its owner) is paid once, after the last step.
+    Softmax along X within groups. R steps of {the owner multicasts the P block within the
+    group (d hops + block/link), local P V (Lt*Lt MACs of length H per head), shift V along
+    Y}, overlapped. Per step: max(compute, 2 hops + tile/link, comm of the group) + overhead.
     """
     rows, cols = mesh.shape
     g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
@@ -198,23 +200,38 @@ def prefill_attention(
 def _qk_steps(
     mesh: Mesh, q_t: torch.Tensor, k_t: torch.Tensor, owners: KeyOwners, ledger: Ledger
 ) -> torch.Tensor:
-    rows, cols = mesh.shape
+    """Grouped dist-GEMM-T: step t computes its block and shifts K while step t-1's block
+    streams down the group's chains to its owner right behind the previous one (the chains'
+    latency is paid once, by the last reduce: `comm.reduce(follows_stream=True)`)."""
+    rows = mesh.rows
     lt = q_t.shape[-2]
     shape = (*q_t.shape[:-1], owners.per_col, lt)  # (R, C, G, n, Lt, Kc, Lt)
     scores = torch.zeros(shape, dtype=q_t.dtype, device=q_t.device)
     _scratch(mesh, "k_ring", k_t.shape[2:])  # the circulating copy (K stays for the cache)
-    _scratch(mesh, "qk.partial", (*shape[2:5], lt))
-    reduce = _reduce_charge(mesh, owners, int(np.prod(shape[2:5])) * lt)
-    k_cur = k_t
-    for step in mesh.steps(rows, ledger):
-        with ledger.overlap("qk.step", step_overhead_cycles=mesh.device.step_overhead_cycles):
+    _scratch(mesh, "qk.partial", (2, *shape[2:5], lt))  # this step's block and the last one's
+    numel = int(np.prod(shape[2:5])) * lt
+    overhead = mesh.device.step_overhead_cycles
+
+    def reduce(part: torch.Tensor, step: int, *, follows: bool) -> None:
+        if owners.shared:
+            mesh.routes.require("x_chain", CHAIN_ROUTES)
+            ledger.charge("qk.reduce", _reduce_charge(mesh, owners, numel, follows=follows))
+        if mesh.mode is Mode.FUNCTIONAL:
+            _place_blocks(scores, part, owners, step)
+
+    def step(t: int, k_cur: torch.Tensor, prev: torch.Tensor | None):
+        with ledger.overlap("qk.step", step_overhead_cycles=overhead):
             part = matmul(mesh, a=q_t, b=k_cur, ledger=ledger, op="qk.local")  # [G, n, Lt, Lt]
-            if owners.shared:
-                mesh.routes.require("x_chain", CHAIN_ROUTES)
-                ledger.charge("qk.reduce", reduce)
-            if mesh.mode is Mode.FUNCTIONAL:
-                _place_blocks(scores, part, owners, step)
             k_cur = ring_shift(mesh, k_cur, axis=Axis.Y, ledger=ledger, op="qk.shift")
+            if prev is not None:
+                reduce(prev, t - 1, follows=True)
+        return k_cur, part
+
+    k_cur, part = step(0, k_t, None)
+    for i in mesh.steps(rows - 1, ledger):
+        k_cur, part = step(i + 1, k_cur, part)
+    with ledger.overlap("qk.reduce_last") if owners.shared else contextlib.nullcontext():
+        reduce(part, rows - 1, follows=False)
     return scores.flatten(-2)
 
 
@@ -236,11 +253,14 @@ def _place_blocks(scores: torch.Tensor, part: torch.Tensor, owners: KeyOwners, s
     scores[y, col, :, :, :, slot, :] = summed
 
 
-def _reduce_charge(mesh: Mesh, owners: KeyOwners, numel: int) -> Charge:
+def _reduce_charge(mesh: Mesh, owners: KeyOwners, numel: int, *, follows: bool) -> Charge:
+    """One step's chains within the kv-groups to the owner columns (the cost is the same for
+    every step's roots); a stream that follows the previous one exposes only its size term."""
     nbytes = numel * mesh.device.storage_bytes
-    traffic = chain_traffic(
-        mesh.device, mesh.shape, Axis.X, Owners.of_map(_owner_map(owners, mesh.rows, 0)), nbytes
-    )
+    owner = Owners.of_map(_owner_map(owners, mesh.rows, 0))
+    traffic = chain_traffic(mesh.device, mesh.shape, Axis.X, owner, nbytes)
+    if follows:
+        traffic = dataclasses.replace(traffic, critical_hops=0, critical_stages=0)
     return Charge.comm(traffic)
 
 
