@@ -116,7 +116,10 @@ def _phase_sections(device: Device, tick: _Ticker) -> tuple[Section, Section]:
             )
             ours: dict[str, Any] = {"model": name, "source": "ours"}
             for p in grids:
-                ours[str(p)] = _phase_tpr(costs, phase, p)
+                try:
+                    ours[str(p)] = _phase_tpr(costs, phase, p)
+                except WaferError as exc:  # a point that does not fit is a result
+                    ours[str(p)], ours[f"{p}_why"] = None, str(exc)
                 tick(f"{name} {phase} {p}x{p}")
             if phase == "prefill":
                 ours |= _gpu_tprs(name, paper.PREFILL_PROMPT_LEN, 1, "prefill_tpr")
@@ -163,6 +166,9 @@ def _phase_table(phase: str, grids: tuple[int, ...], rows: list[dict[str, Any]])
         if row["source"] != "ours":
             continue
         values = [row[str(p)] for p in grids]
+        if None in values:
+            trends.append(f"{row['model']}: some grids do not fit")
+            continue
         rising = all(b > a for a, b in zip(values, values[1:], strict=False))
         falling = all(b < a for a, b in zip(values, values[1:], strict=False))
         shape = "rises" if rising else "falls" if falling else "is not monotone"

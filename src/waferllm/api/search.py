@@ -5,9 +5,10 @@ mesh transformer in estimate mode (SRAM and routes enforced: an infeasible grid 
 with its reason, not a crash). The space is square grids P x P, as the paper autotunes.
 Stage 1 walks each phase on its own: a coarse sweep of P from the smallest side that can hold
 one layer to the device's shorter side, then halving steps around the best side (a phase's
-time depends on its own grid only; the walks are cached per grid by `CostModel`). Stage 2
-adds the transition, which depends on both grids: pairs of the best sides are evaluated in
-order of TTFT + decode time, stopping once that lower bound exceeds the best full objective.
+time depends on its own grid only; the walks are cached per grid by `CostModel`); decode is
+ranked there by its first and last steps (see `_Search._decode_cycles`). Stage 2 prices pairs
+of the best sides exactly, transition included (it depends on both grids), in order of
+TTFT + decode time, stopping once that bound exceeds the best full objective.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from typing import Any
 from waferllm.api.costing import CostModel, Grid, RequestCost
 from waferllm.errors import WaferError
 from waferllm.model.placement import Phase, PlacementMode
+from waferllm.model.transformer import MeshTransformer
 
 __all__ = ["GridPoint", "GridSearch", "search_grids"]
 
-COARSE_POINTS = 8  # sides in the first sweep
-FINEST_STEP = 4  # refinement stops below this many cores of side
-PAIRS_PER_PHASE = 3  # stage 2 pairs the best few sides of each phase
+COARSE_POINTS = 6  # sides in the first sweep
+FINEST_STEP = 16  # refinement halves the step while it exceeds this many cores of side
+PAIRS_PER_PHASE = 2  # stage 2 pairs the best few sides of each phase
 
 Progress = Callable[[int, int, str], None]
 
@@ -100,7 +102,7 @@ class _PhaseSweep:
         for side in sides:
             self.evaluate(side)
         step = sides[1] - sides[0] if len(sides) > 1 else 0
-        while step >= FINEST_STEP:
+        while step > FINEST_STEP:
             step //= 2
             best = self.best_sides(1)
             if not best:
@@ -150,17 +152,32 @@ class _Search:
         try:
             model = self.costs.model(*pair)
             if phase is Phase.PREFILL:
-                cost = self.costs.prefill(model, self.prompt_len)
+                cycles = self.costs.prefill(model, self.prompt_len).latency_cycles
             else:
-                cost = self.costs.decode(model, self.prompt_len, self.output_len)
+                cycles = self._decode_cycles(model)
         except WaferError as exc:
             point = GridPoint(phase=phase, grid=grid, seconds=None, reason=str(exc))
         else:
-            seconds = self.costs.setup.device.cycles_to_seconds(cost.latency_cycles)
+            seconds = self.costs.setup.device.cycles_to_seconds(cycles)
             point = GridPoint(phase=phase, grid=grid, seconds=seconds)
             self.partner.setdefault(phase, grid)
         self.tick(f"{phase.value} {side}x{side}")
         return point
+
+    def _decode_cycles(self, model: MeshTransformer) -> float:
+        """Stage 1's decode time: the O-1 steps priced by the mean of the first and the last
+        step (the cache window, the only thing that changes, grows steadily); exact with one
+        step. The pairs of stage 2 are priced exactly."""
+        steps = self.output_len - 1
+        self.costs.check_room(model, self.prompt_len, self.output_len)
+        if steps == 0:
+            return 0.0
+        first = self.prompt_len + 1  # the cache holds the prompt and the first fed-back token
+        contexts = sorted({first, self.prompt_len + steps})  # the widest window last
+        cycles = [
+            model.decode_step_cost(c, self.prompt_len).totals().latency_cycles for c in contexts
+        ]
+        return steps * sum(cycles) / len(cycles)
 
 
 def _smallest_side(costs: CostModel) -> int:
@@ -191,7 +208,7 @@ def search_grids(
     naming what is needed when no square grid works for a phase."""
     start = time.perf_counter()
     phases = [p for p, g in ((Phase.PREFILL, prefill_grid), (Phase.DECODE, decode_grid)) if not g]
-    estimate = len(phases) * (COARSE_POINTS + 2 * 4) + PAIRS_PER_PHASE
+    estimate = len(phases) * (COARSE_POINTS + 2 * 3) + PAIRS_PER_PHASE**2
     search = _Search(costs, prompt_len, output_len, progress, estimate)
     for phase, grid in ((Phase.PREFILL, prefill_grid), (Phase.DECODE, decode_grid)):
         if grid is not None:
