@@ -46,6 +46,8 @@ def _charge(
     mesh: Mesh, ledger: Ledger, op: str, *, rows: int, length: int, cost: tuple[int, int]
 ) -> None:
     """`rows` vector instructions of `length` elements on every core (SPEC.md §3 roofline)."""
+    if not ledger.prices:
+        return
     flops, sram = cost
     cycles = vector_op_cycles(
         mesh.device,

@@ -17,7 +17,7 @@ from waferllm.mesh.comm import (
     shift,
 )
 from waferllm.mesh.compute import elementwise, matmul, vector_op_cycles
-from waferllm.mesh.cost import Charge, ChargeKind, Ledger, Record, Totals
+from waferllm.mesh.cost import Charge, ChargeKind, Ledger, Record, Totals, UnpricedLedger
 from waferllm.mesh.geometry import (
     Axis,
     RingKind,
@@ -46,6 +46,7 @@ __all__ = [
     "RingKind",
     "Totals",
     "TreePlan",
+    "UnpricedLedger",
     "allreduce",
     "best_fanouts",
     "broadcast",

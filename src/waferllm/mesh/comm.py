@@ -2,8 +2,10 @@
 
 Each moves per-core tiles (`data`: (rows, cols, *tile)) exactly as the hardware would, as one
 vectorised tensor operation over the whole mesh, configures its routes (SPEC.md §10.7) and
-charges its cost to the caller's ledger. Who sends what to whom is in `patterns` (cached on
-shapes), the K-tree's plan in `ktree`, the message model in `traffic`.
+charges its cost to the caller's ledger (unless the ledger does not price: `Ledger.prices`).
+Who sends what to whom is in `patterns` (cached on shapes), the K-tree's plan in `ktree`, the
+message model in `traffic`. Index tensors and validated roots are cached: a decode step makes
+hundreds of these calls on small tiles, where per-call host work, not data, dominates.
 Legend: P cores along the axis; "line" = one row (axis X) or one column (axis Y).
 """
 
@@ -11,14 +13,23 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+from functools import lru_cache
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis, RingKind, ring_successor
-from waferllm.mesh.ktree import ktree_plan, resolve_fanouts, tree_plan  # noqa: F401 (re-export)
+from waferllm.mesh.ktree import (  # noqa: F401 (ktree_plan: re-export)
+    TreePlan,
+    ktree_plan,
+    resolve_fanouts,
+    tree_plan,
+)
 from waferllm.mesh.patterns import (
+    ArrayKey,
     Owners,
     chain_traffic,
     key,
@@ -26,6 +37,7 @@ from waferllm.mesh.patterns import (
     ring_step_traffic,
     shift_traffic,
     tree_traffic,
+    unkey,
 )
 from waferllm.mesh.traffic import Traffic
 from waferllm.mesh.virtual import Mesh, Mode
@@ -50,17 +62,38 @@ TREE_LEVEL_ROUTES = 4  # each level above the first
 
 
 def tile_bytes(mesh: Mesh, data: torch.Tensor) -> int:
-    return int(np.prod(data.shape[2:], dtype=np.int64)) * mesh.device.storage_bytes
+    return math.prod(data.shape[2:]) * mesh.device.storage_bytes
+
+
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+
+def _enum(cls: type[_E], value: object) -> _E:
+    """`cls(value)` without the enum machinery when `value` already is a member."""
+    return value if type(value) is cls else cls(value)  # type: ignore[return-value,arg-type]
+
+
+@lru_cache(maxsize=1024)
+def _index_tensor(src_key: ArrayKey, transpose: bool, device: str) -> torch.Tensor:
+    """The index tensor of a cached source map (callers only read it)."""
+    src_of = unkey(src_key)
+    return torch.tensor(src_of.T if transpose else src_of, device=device)
 
 
 def _line_index(mesh: Mesh, axis: Axis, src_of: np.ndarray, data: torch.Tensor) -> torch.Tensor:
     """Gather along `axis` so that position i receives from src_of[i] (per line if 2D)."""
     dim = axis.tensor_dim
+    device = data.device.type
     if src_of.ndim == 1:
-        return data.index_select(dim, torch.tensor(src_of, device=data.device))
-    index = torch.tensor(src_of if axis is Axis.X else src_of.T, device=data.device)
+        return data.index_select(dim, _index_tensor(key(src_of), False, device))
+    index = _index_tensor(key(src_of), axis is not Axis.X, device)
     index = index.reshape(*index.shape, *([1] * (data.dim() - 2))).expand_as(data)
     return torch.gather(data, dim, index)
+
+
+def _from_line(data: torch.Tensor, axis: Axis, source: int) -> torch.Tensor:
+    """Every position of every line receives line position `source`'s tile (a new tensor)."""
+    return data.narrow(axis.tensor_dim, source, 1).expand_as(data).contiguous()
 
 
 def _check_data(mesh: Mesh, data: torch.Tensor) -> None:
@@ -71,10 +104,20 @@ def _check_data(mesh: Mesh, data: torch.Tensor) -> None:
         )
 
 
+@lru_cache(maxsize=4096)
+def _single_root(root: int) -> np.ndarray:
+    roots = np.array([root], dtype=np.int64)
+    roots.setflags(write=False)
+    return roots
+
+
 def _line_roots(mesh: Mesh, axis: Axis, root: int | np.ndarray) -> np.ndarray:
     """`root` as an (1,) array (every line alike) or (L,) (one root per line), checked."""
+    num = mesh.size(axis)
+    if type(root) is int and 0 <= root < num:  # the common case, cached
+        return _single_root(root)
     roots = np.asarray(root)
-    lines, num = mesh.size(axis.other), mesh.size(axis)
+    lines = mesh.size(axis.other)
     if roots.dtype.kind not in "iu" or roots.ndim > 1:
         raise ValueError(f"a root is an int or one int per line, got {root!r}")
     if roots.ndim == 1 and roots.shape[0] not in (1, lines):
@@ -125,8 +168,9 @@ def shift(
     np.put_along_axis(src_of, dst, np.broadcast_to(np.arange(dst.shape[-1]), dst.shape), axis=-1)
     if routes is not None:
         mesh.routes.require(*routes)
-    traffic = shift_traffic(mesh.device, mesh.shape, axis, key(dst), tile_bytes(mesh, data))
-    ledger.charge(op, Charge.comm(traffic), phase=phase)
+    if ledger.prices:
+        traffic = shift_traffic(mesh.device, mesh.shape, axis, key(dst), tile_bytes(mesh, data))
+        ledger.charge(op, Charge.comm(traffic), phase=phase)
     return _line_index(mesh, axis, src_of, data)
 
 
@@ -143,7 +187,7 @@ def ring_shift(
     phase: int = 0,
 ) -> torch.Tensor:
     """Advance every tile `steps` positions along its line's ring (one step's worth of routes)."""
-    num, kind = mesh.size(axis), RingKind(kind)
+    num, kind = mesh.size(axis), _enum(RingKind, kind)
     dst = ring_successor(num, kind, steps)
     name = route_name or f"{axis.value}_ring_{kind.value}_{'fwd' if steps > 0 else 'rev'}"
     return shift(
@@ -181,11 +225,13 @@ def broadcast(
     if num == 1:
         return data.clone()
     mesh.routes.require(f"{axis.value}_bcast", BROADCAST_ROUTES)
-    owners = Owners.of_roots(num, roots)
-    traffic = multicast_traffic(mesh.device, mesh.shape, axis, owners, tile_bytes(mesh, data))
-    ledger.charge(op, Charge.comm(traffic), phase=phase)
-    src_of = owners.array()
-    return _line_index(mesh, axis, src_of[0] if len(roots) == 1 else src_of, data)
+    if ledger.prices:
+        owners = Owners.of_roots(num, roots)
+        traffic = multicast_traffic(mesh.device, mesh.shape, axis, owners, tile_bytes(mesh, data))
+        ledger.charge(op, Charge.comm(traffic), phase=phase)
+    if len(roots) == 1:
+        return _from_line(data, axis, int(roots[0]))
+    return _line_index(mesh, axis, Owners.of_roots(num, roots).array(), data)
 
 
 # ---- reduce and allreduce ---------------------------------------------------------------------
@@ -195,27 +241,35 @@ def _combine(data: torch.Tensor, dim: int, reduce_op: ReduceOp) -> torch.Tensor:
     return data.amax(dim=dim, keepdim=True)
 
 
-def _reduce_traffic(
-    mesh: Mesh,
-    axis: Axis,
-    algorithm: ReduceAlgorithm,
-    roots: np.ndarray,
-    fanouts: tuple[int, ...] | None,
-    nbytes: int,
-) -> tuple[Traffic, int | None]:
-    """Configure the routes and price the reduce; returns (traffic, the K-tree's root)."""
-    device, num, a = mesh.device, mesh.size(axis), axis.value
+def _reduce_plan(
+    mesh: Mesh, axis: Axis, algorithm: ReduceAlgorithm, fanouts: tuple[int, ...] | None
+) -> TreePlan | None:
+    """Configure the reduce's routes; returns the K-tree's plan (None for the pipeline)."""
+    a = axis.value
     if algorithm is ReduceAlgorithm.PIPELINE:
         mesh.routes.require(f"{a}_chain", CHAIN_ROUTES)
-        owners = Owners.of_roots(num, roots)
-        return chain_traffic(device, mesh.shape, axis, owners, nbytes), None
-    alpha, beta = device.hop_latency_cycles, device.stage_latency_cycles
+        return None
+    num, alpha, beta = (
+        mesh.size(axis),
+        mesh.device.hop_latency_cycles,
+        mesh.device.stage_latency_cycles,
+    )
     plan = tree_plan(num, resolve_fanouts(num, fanouts, alpha=alpha, beta=beta), alpha, beta)
     if plan.levels >= 1:
         mesh.routes.require(f"{a}_chain", CHAIN_ROUTES)
     for level in range(2, plan.levels + 1):
         mesh.routes.require(f"{a}_tree_level{level}", TREE_LEVEL_ROUTES)
-    return tree_traffic(device, mesh.shape, axis, plan, nbytes), plan.root
+    return plan
+
+
+def _reduce_traffic(
+    mesh: Mesh, axis: Axis, plan: TreePlan | None, roots: np.ndarray, nbytes: int
+) -> Traffic:
+    """The reduce's traffic: chains to `roots` (pipeline) or the K-tree `plan`."""
+    if plan is None:
+        owners = Owners.of_roots(mesh.size(axis), roots)
+        return chain_traffic(mesh.device, mesh.shape, axis, owners, nbytes)
+    return tree_traffic(mesh.device, mesh.shape, axis, plan, nbytes)
 
 
 def reduce(
@@ -245,20 +299,21 @@ def reduce(
     `fanouts=None` picks the K = 2 tree of least modelled latency.
     """
     _check_data(mesh, data)
-    algorithm, reduce_op = ReduceAlgorithm(algorithm), ReduceOp(reduce_op)
+    algorithm = _enum(ReduceAlgorithm, algorithm)
+    reduce_op = _enum(ReduceOp, reduce_op)
     if algorithm is ReduceAlgorithm.RING:
         raise ValueError("the ring algorithm is an allreduce; use allreduce(...)")
     roots = _line_roots(mesh, axis, root)
     result = _combine(data, axis.tensor_dim, reduce_op)
     if mesh.size(axis) == 1:
         return result, (0 if algorithm is ReduceAlgorithm.KTREE else root)
-    traffic, tree_root = _reduce_traffic(
-        mesh, axis, algorithm, roots, fanouts, tile_bytes(mesh, data)
-    )
-    if follows_stream:
-        traffic = dataclasses.replace(traffic, critical_hops=0, critical_stages=0)
-    ledger.charge(op, Charge.comm(traffic), phase=phase)
-    return result, (root if tree_root is None else tree_root)
+    plan = _reduce_plan(mesh, axis, algorithm, fanouts)
+    if ledger.prices:
+        traffic = _reduce_traffic(mesh, axis, plan, roots, tile_bytes(mesh, data))
+        if follows_stream:
+            traffic = dataclasses.replace(traffic, critical_hops=0, critical_stages=0)
+        ledger.charge(op, Charge.comm(traffic), phase=phase)
+    return result, (root if plan is None else plan.root)
 
 
 def allreduce(
@@ -281,7 +336,8 @@ def allreduce(
     broadcast from the tree's root. Ring: `_ring_allreduce`. An axis of one core costs nothing.
     """
     num = mesh.size(axis)
-    algorithm, reduce_op = ReduceAlgorithm(algorithm), ReduceOp(reduce_op)
+    algorithm = _enum(ReduceAlgorithm, algorithm)
+    reduce_op = _enum(ReduceOp, reduce_op)
     if num == 1:
         _check_data(mesh, data)
         return _combine(data, axis.tensor_dim, reduce_op)
@@ -316,7 +372,7 @@ def _ring_allreduce(
     _check_data(mesh, data)
     num = mesh.size(axis)
     mesh.routes.require(f"{axis.value}_ring_interleaved_fwd", RING_ROUTES)
-    numel = int(np.prod(data.shape[2:], dtype=np.int64))
+    numel = math.prod(data.shape[2:])
     chunk = -(-numel // num) * mesh.device.storage_bytes
     steps = [
         ("reduce_scatter", num - 1, 1),
@@ -324,7 +380,7 @@ def _ring_allreduce(
         ("allgather.last", 1, 0),
     ]
     phase = 0
-    for name, count, stages in steps:
+    for name, count, stages in steps if ledger.prices else ():
         traffic = ring_step_traffic(mesh.device, mesh.shape, axis, chunk, stages)
         phase = _charge_steps(ledger, f"{op}.{name}", Charge.comm(traffic), count, phase)
     out = _combine(data, axis.tensor_dim, reduce_op).expand_as(data)
@@ -365,7 +421,7 @@ def segmented_allreduce(
     `broadcast_result=False` the result is meaningful at the group roots only.
     """
     _check_data(mesh, data)
-    num, reduce_op = mesh.size(axis), ReduceOp(reduce_op)
+    num, reduce_op = mesh.size(axis), _enum(ReduceOp, reduce_op)
     sizes = tuple(int(g) for g in group_sizes)
     if any(g < 1 for g in sizes) or sum(sizes) != num:
         raise ValueError(
@@ -377,13 +433,16 @@ def segmented_allreduce(
     result = torch.cat([_combine(p, dim, reduce_op).expand_as(p) for p in parts], dim=dim)
     if max(sizes) == 1:
         return result
-    owners, nbytes = Owners.of_groups(sizes), tile_bytes(mesh, data)
     mesh.routes.require(f"{axis.value}_chain", CHAIN_ROUTES)
+    if broadcast_result:
+        mesh.routes.require(f"{axis.value}_bcast", BROADCAST_ROUTES)
+    if not ledger.prices:
+        return result
+    owners, nbytes = Owners.of_groups(sizes), tile_bytes(mesh, data)
     ledger.charge(
         f"{op}.reduce", Charge.comm(chain_traffic(mesh.device, mesh.shape, axis, owners, nbytes))
     )
     if broadcast_result:
-        mesh.routes.require(f"{axis.value}_bcast", BROADCAST_ROUTES)
         bcast = multicast_traffic(mesh.device, mesh.shape, axis, owners, nbytes)
         ledger.charge(f"{op}.bcast", Charge.comm(bcast), phase=1)
     return result

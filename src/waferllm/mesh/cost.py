@@ -4,7 +4,9 @@ A primitive hands the ledger a `Charge` (compute cycles, or communication traffi
 priced by `traffic.comm_cycles`). Outside an `overlap()` block each charge is one sequential
 record; inside, the block's compute and communication overlap and cost
 `max(compute, comm) + step_overhead`. `repeat(n)` marks a run of identical steps as one record
-with a count. Cycles only: seconds are the device's business (`Device.cycles_to_seconds`).
+with a count. `UnpricedLedger` keeps nothing and tells primitives not to price at all (work whose
+cost an identical walk already recorded). Cycles only: seconds are the device's business
+(`Device.cycles_to_seconds`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import dataclasses
 import enum
 from collections.abc import Iterator
+from typing import ClassVar
 
 from waferllm.mesh.traffic import Traffic, merge_all
 
@@ -153,7 +156,14 @@ def _phase(charges: list[Charge]) -> tuple[float, int, int]:
 
 
 class Ledger:
-    """Records in program order. Callers own it; kernels and primitives only append."""
+    """Records in program order. Callers own it; kernels and primitives only append.
+
+    `prices`: whether primitives should price their work for this ledger at all. False only
+    for `UnpricedLedger`; primitives then skip the cost model (message pricing, roofline) but
+    still configure their routes and charge SRAM, so the M and R checks hold either way.
+    """
+
+    prices: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.records: list[Record] = []
@@ -220,16 +230,26 @@ class Ledger:
             if charge.kind is ChargeKind.COMM:
                 self._block.comm_phases.setdefault(phase, []).append(charge)
             return
-        exposed = {
-            ChargeKind.COMPUTE: "compute_cycles",
-            ChargeKind.COMM: "comm_cycles",
-            ChargeKind.OVERHEAD: "overhead_cycles",
-            ChargeKind.HOST_IO: "host_io_cycles",
-        }[charge.kind]
-        fields: dict[str, float] = {exposed: charge.cycles}
-        if charge.kind is ChargeKind.COMM:
-            fields["comm_busy_cycles"] = charge.cycles
-        self._append(op, charge, [charge], fields)
+        kind, cycles = charge.kind, charge.cycles
+        self.records.append(
+            Record(
+                op=self._name(op),
+                count=self._repeat,
+                tag=self._tags[-1] if self._tags else "",
+                flops=charge.flops,
+                bytes_injected=charge.bytes_injected,
+                link_byte_hops=charge.link_byte_hops,
+                critical_hops=charge.critical_hops,
+                critical_stages=charge.critical_stages,
+                host_bytes=charge.host_bytes,
+                compute_cycles=cycles if kind is ChargeKind.COMPUTE else 0.0,
+                comm_cycles=cycles if kind is ChargeKind.COMM else 0.0,
+                overhead_cycles=cycles if kind is ChargeKind.OVERHEAD else 0.0,
+                host_io_cycles=cycles if kind is ChargeKind.HOST_IO else 0.0,
+                comm_busy_cycles=cycles if kind is ChargeKind.COMM else 0.0,
+                mean_slack_cycles=charge.mean_slack_cycles,
+            )
+        )
 
     def _close_block(self, block: _Block) -> None:
         compute = sum(c.cycles for c in block.charges if c.kind is ChargeKind.COMPUTE)
@@ -246,21 +266,11 @@ class Ledger:
             "comm_cycles": max(0.0, comm - compute),
             "overhead_cycles": overhead,
             "comm_busy_cycles": comm,
-            "host_io_cycles": sum(
-                c.cycles for c in block.charges if c.kind is ChargeKind.HOST_IO
-            ),
+            "host_io_cycles": sum(c.cycles for c in block.charges if c.kind is ChargeKind.HOST_IO),
         }
-        self._append(block.op, None, block.charges, fields, named=True)
+        self._append(block.op, block.charges, fields)
 
-    def _append(
-        self,
-        op: str,
-        charge: Charge | None,
-        charges: list[Charge],
-        fields: dict[str, float],
-        *,
-        named: bool = False,
-    ) -> None:
+    def _append(self, op: str, charges: list[Charge], fields: dict[str, float]) -> None:
         summed: dict[str, float] = {
             key: sum(getattr(c, key) for c in charges)
             for key in (
@@ -275,7 +285,7 @@ class Ledger:
         summed["mean_slack_cycles"] = charges[-1].mean_slack_cycles if charges else 0.0
         summed.update(fields)
         record = Record(
-            op=op if named else self._name(op),
+            op=op,
             count=self._repeat,
             tag=self._tags[-1] if self._tags else "",
             **summed,  # type: ignore[arg-type]
@@ -319,3 +329,17 @@ class Ledger:
         """Mean over cores of each core's span: the critical path less the last step's slack."""
         latency = self.totals().latency_cycles
         return latency - (self.records[-1].mean_slack_cycles if self.records else 0.0)
+
+
+class UnpricedLedger(Ledger):
+    """A ledger that keeps nothing and asks primitives not to price: for work whose cost is
+    already known (functional runs compute every identical layer but price the first). Routes
+    and SRAM are still checked; `charge` and overlap blocks record nothing."""
+
+    prices: ClassVar[bool] = False
+
+    def charge(self, op: str, charge: Charge, *, phase: int = 0) -> None:
+        return None
+
+    def _close_block(self, block: _Block) -> None:
+        return None

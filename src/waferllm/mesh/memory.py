@@ -39,7 +39,7 @@ class SramTracker:
             n += 1
             key = f"{name}#{n}"
         total = self._total + bytes_per_core
-        worst = int(np.max(total))
+        worst = total if type(total) is int else int(np.max(total))
         if worst > self.capacity_bytes:
             flat = int(np.argmax(np.broadcast_to(total, (self.rows, self.cols))))
             y, x = divmod(flat, self.cols)

@@ -10,6 +10,7 @@ Legend: L lines (the other axis, or 1 when every line is alike), P cores along t
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -51,8 +52,10 @@ class Traffic:
         ramp = max(float(self.ramp_in.max(initial=0.0)), float(self.ramp_out.max(initial=0.0)))
         return max(link / d.link_bytes_per_cycle, ramp / d.ramp_bytes_per_cycle)
 
-    @property
+    @functools.cached_property
     def cycles(self) -> float:
+        """The step's time, computed once: patterns are cached, so one Traffic is charged many
+        times (its arrays are never written after construction)."""
         if self.bytes_injected == 0:
             return 0.0
         return self.latency_term_cycles + self.size_term_cycles

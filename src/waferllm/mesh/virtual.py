@@ -91,7 +91,9 @@ class Mesh:
         return self.rows * self.cols
 
     def size(self, axis: Axis) -> int:
-        return self.rows if Axis(axis) is Axis.Y else self.cols
+        if axis is Axis.X:
+            return self.cols
+        return self.rows if axis is Axis.Y or Axis(axis) is Axis.Y else self.cols
 
     def submesh(self, rows: int, cols: int, origin: tuple[int, int] = (0, 0)) -> Mesh:
         """The rows x cols region of this mesh whose top-left core is `origin` (in this mesh's

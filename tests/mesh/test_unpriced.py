@@ -1,0 +1,162 @@
+"""Host-speed paths of the primitives: an unpriced ledger skips the cost model but not the data,
+the M and R checks; cached traffic prices and index tensors stay correct."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from waferllm.device import tiny, with_overrides
+from waferllm.errors import RouteOverflowError
+from waferllm.mesh import (
+    Axis,
+    Charge,
+    ChargeKind,
+    Ledger,
+    Mesh,
+    Mode,
+    UnpricedLedger,
+    allreduce,
+    broadcast,
+    elementwise,
+    matmul,
+    reduce,
+    ring_shift,
+    segmented_allreduce,
+    shift,
+)
+from waferllm.mesh.patterns import Owners, multicast_traffic
+
+from .spy import device
+
+
+def program(mesh: Mesh, ledger: Ledger, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every primitive once (two roots kinds, every reduce algorithm, an overlap block)."""
+    outs = []
+    with ledger.overlap("step", step_overhead_cycles=3.0):
+        outs.append(matmul(mesh, a=x, b=x.transpose(-1, -2), ledger=ledger, op="mm"))
+        outs.append(ring_shift(mesh, x, axis=Axis.X, ledger=ledger, op="ring"))
+    perm = np.roll(np.arange(mesh.rows), 1)
+    outs.append(shift(mesh, x, axis=Axis.Y, dst=perm, ledger=ledger, op="shift"))
+    outs.append(broadcast(mesh, x, axis=Axis.X, root=2, ledger=ledger, op="b1"))
+    roots = np.arange(mesh.rows) % mesh.cols
+    outs.append(broadcast(mesh, x, axis=Axis.X, root=roots, ledger=ledger, op="bl"))
+    for algorithm in ("pipeline", "ring", "ktree"):
+        outs.append(
+            allreduce(mesh, x, axis=Axis.X, ledger=ledger, op=algorithm, algorithm=algorithm)
+        )
+    line, root = reduce(mesh, x, axis=Axis.Y, ledger=ledger, op="r", algorithm="ktree")
+    outs += [line, torch.tensor(root)]
+    outs.append(
+        segmented_allreduce(mesh, x, axis=Axis.X, group_sizes=(2, 3), ledger=ledger, op="seg")
+    )
+    outs.append(elementwise(mesh, torch.exp, x, ledger=ledger, op="exp"))
+    return outs
+
+
+def fresh(mode: Mode = Mode.FUNCTIONAL) -> Mesh:
+    return Mesh(device(), 4, 5, mode=mode)
+
+
+def data(mesh: Mesh) -> torch.Tensor:
+    x = torch.randn(mesh.rows, mesh.cols, 3, 6, generator=torch.Generator().manual_seed(0))
+    return x if mesh.mode is Mode.FUNCTIONAL else x.to("meta")
+
+
+def test_an_unpriced_ledger_moves_the_same_data_and_records_nothing():
+    priced_mesh, unpriced_mesh = fresh(), fresh()
+    priced, unpriced = Ledger(), UnpricedLedger()
+    expected = program(priced_mesh, priced, data(priced_mesh))
+    got = program(unpriced_mesh, unpriced, data(unpriced_mesh))
+    assert priced.records and not unpriced.records
+    assert len(expected) == len(got)
+    for want, have in zip(expected, got, strict=True):
+        assert want.shape == have.shape and torch.equal(want, have)
+
+
+@pytest.mark.parametrize("mode", [Mode.FUNCTIONAL, Mode.ESTIMATE])
+def test_an_unpriced_ledger_configures_the_same_routes(mode):
+    priced_mesh, unpriced_mesh = fresh(mode), fresh(mode)
+    program(priced_mesh, Ledger(), data(priced_mesh))
+    program(unpriced_mesh, UnpricedLedger(), data(unpriced_mesh))
+    assert unpriced_mesh.routes.sets.keys() == priced_mesh.routes.sets.keys()
+    assert unpriced_mesh.routes.routes_per_core == priced_mesh.routes.routes_per_core > 0
+
+
+def test_an_unpriced_ledger_still_enforces_the_route_budget():
+    mesh = Mesh(with_overrides(tiny(), {"routes_per_core": 5}), 2, 6)
+    x = torch.ones(2, 6, 4)
+    reduce(mesh, x, axis=Axis.X, ledger=UnpricedLedger(), op="chain", algorithm="pipeline")
+    assert mesh.routes.routes_per_core == 4
+    with pytest.raises(RouteOverflowError):  # chain 4 + broadcast 2 > 5
+        broadcast(mesh, x, axis=Axis.Y, root=0, ledger=UnpricedLedger(), op="b")
+
+
+def test_an_unpriced_ledger_ignores_direct_charges_and_overlap_blocks():
+    ledger = UnpricedLedger()
+    ledger.charge("io", Charge(kind=ChargeKind.HOST_IO, cycles=5.0, host_bytes=2))
+    with ledger.overlap("step", step_overhead_cycles=7.0):
+        ledger.charge("mm", Charge(kind=ChargeKind.COMPUTE, cycles=9.0, flops=4))
+    assert ledger.records == [] and ledger.totals().latency_cycles == 0.0
+    assert Ledger.prices and not ledger.prices
+
+
+def test_a_priced_ledger_record_carries_every_field_of_its_charge():
+    ledger = Ledger()
+    with ledger.scope("outer"), ledger.tag("align"), ledger.repeat(3):
+        ledger.charge(
+            "c",
+            Charge(
+                kind=ChargeKind.COMM,
+                cycles=11.5,
+                flops=1,
+                bytes_injected=2,
+                link_byte_hops=3,
+                critical_hops=4,
+                critical_stages=5,
+                host_bytes=6,
+                mean_slack_cycles=0.25,
+            ),
+        )
+    (record,) = ledger.records
+    assert (record.op, record.count, record.tag) == ("outer/c", 3, "align")
+    assert (record.flops, record.bytes_injected, record.link_byte_hops) == (1, 2, 3)
+    assert (record.critical_hops, record.critical_stages, record.host_bytes) == (4, 5, 6)
+    assert (record.comm_cycles, record.comm_busy_cycles, record.compute_cycles) == (11.5, 11.5, 0)
+    assert (record.overhead_cycles, record.host_io_cycles, record.mean_slack_cycles) == (
+        0,
+        0,
+        0.25,
+    )
+
+
+def test_a_traffic_price_is_cached_but_a_replaced_traffic_is_priced_afresh():
+    dev = device()
+    traffic = multicast_traffic(dev, (1, 8), Axis.X, Owners.of_roots(8, np.array([0])), 16)
+    # 7 hops * alpha 3 + 16 bytes / 4 bytes per cycle
+    assert traffic.cycles == 7 * 3 + 4
+    assert traffic.cycles is traffic.cycles
+    streamed = dataclasses.replace(traffic, critical_hops=0, critical_stages=0)
+    assert streamed.cycles == 4 and traffic.cycles == 25
+
+
+def test_per_line_broadcasts_are_right_in_both_modes_and_for_every_root_set():
+    """Index tensors are cached per source map and torch device: alternate the modes and
+    the root sets and check every result against its dense meaning."""
+    for roots in ([0, 1, 2, 3], [4, 4, 0, 1], [0, 1, 2, 3]):
+        for mode in (Mode.ESTIMATE, Mode.FUNCTIONAL):
+            mesh = fresh(mode)
+            x = data(mesh)
+            out = broadcast(mesh, x, axis=Axis.X, root=np.array(roots), ledger=Ledger(), op="b")
+            assert out.device == x.device and out.shape == x.shape
+            if mode is Mode.FUNCTIONAL:
+                want = x[np.arange(4), np.array(roots)][:, None].expand_as(x)
+                assert torch.equal(out, want)
+            for column in (0, 3):
+                out = broadcast(mesh, x, axis=Axis.Y, root=column, ledger=Ledger(), op="b")
+                if mode is Mode.FUNCTIONAL:
+                    assert torch.equal(out, x[column : column + 1].expand_as(x))
+                    assert out.is_contiguous() and out.data_ptr() != x.data_ptr()
