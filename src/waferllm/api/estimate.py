@@ -281,26 +281,29 @@ def _cores(placement: PhasePlacement, per_layer: bool) -> int:
 
 
 def _kv_capacity(setup: Setup, cost: RequestCost, prompt_len: int) -> tuple[KvCapacity, KvCapacity]:
-    """SPEC.md §10.10: always the whole model resident, placed as in `fit` on the decode grid
-    (in per-layer mode too); None with the reason when that placement does not fit."""
-    if setup.placement is PlacementMode.FIT:
-        plan = cost.model.plan
-    else:
-        try:
-            plan = plan_model(
-                setup.config,
-                setup.device,
-                prefill_grid=cost.prefill_grid,
-                decode_grid=cost.decode_grid,
-                placement=PlacementMode.FIT,
-                resident=setup.resident,
-                max_context_tokens=None,
-            )
-        except WaferError as exc:
-            reason = f"the whole model does not fit one {setup.device.name} (fit): {exc}"
-            return KvCapacity(shift=None, concat=None, reason=reason), KvCapacity(
-                shift=None, concat=None, reason=reason
-            )
+    return whole_model_capacity(setup, cost.prefill_grid, cost.decode_grid, prompt_len)
+
+
+def whole_model_capacity(
+    setup: Setup, prefill_grid: Grid, decode_grid: Grid, prompt_len: int
+) -> tuple[KvCapacity, KvCapacity]:
+    """(kv_capacity_tokens, max_new_tokens) of both policies, SPEC.md §10.10: always the whole
+    model resident, placed as in `fit` on the decode grid (in per-layer mode too; the same
+    plan a fit-mode model builds); None with the reason when that placement does not fit."""
+    try:
+        plan = plan_model(
+            setup.config,
+            setup.device,
+            prefill_grid=prefill_grid,
+            decode_grid=decode_grid,
+            placement=PlacementMode.FIT,
+            resident=setup.resident,
+            max_context_tokens=None,
+        )
+    except WaferError as exc:
+        reason = f"the whole model does not fit one {setup.device.name} (fit): {exc}"
+        none = KvCapacity(shift=None, concat=None, reason=reason)
+        return none, none
     rows, slots = plan.decode.grid[0], plan.kv_slots
     shift, concat = KvPolicy.SHIFT, KvPolicy.CONCAT
     return (

@@ -29,6 +29,7 @@ LLAMA3_SOURCE = "PAPER.md §3.3 (Tables 3, 4, 7, 8), LLaMA3-8B"
 # models larger than one wafer on a subset of layers).
 PAPER_E2E_GRIDS = {"llama3-8b": (660, 360), "llama2-13b": (750, 375)}
 E2E_REQUESTS = ((2048, 128), (4096, 128), (2048, 2048), (4096, 4096))
+CAPACITY_PROMPT_LEN = 4096  # KV capacity: tokens that can follow a 4096-token prompt
 # PAPER.md §3.1 headline: end-to-end speedup over SGLang on A100s.
 E2E_SPEEDUP_BEST_MULTI_GPU = (10.0, 20.0)
 E2E_SPEEDUP_ONE_GPU = (30.0, 40.0)

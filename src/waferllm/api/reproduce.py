@@ -19,7 +19,7 @@ from typing import Any
 
 from waferllm.api import paper_figures as paper
 from waferllm.api.costing import Setup
-from waferllm.api.estimate import cost_model, estimate
+from waferllm.api.estimate import cost_model, estimate, whole_model_capacity
 from waferllm.api.gpu import gpu_estimate
 from waferllm.api.reproduce_kernels import KERNEL_TICKS, kernel_sections
 from waferllm.api.tables import Column, Section
@@ -31,7 +31,6 @@ from waferllm.model.placement import PlacementMode
 __all__ = ["Column", "Reproduction", "Section", "reproduce"]
 
 GPU_SETUPS = (1, 8, 16)  # one A100, one NVLink node, two nodes over InfiniBand
-CAPACITY_REQUEST = 1  # KV capacity after the prompt of paper.E2E_REQUESTS[1] (4096 tokens)
 Progress = Callable[[int, int, str], None]
 
 
@@ -258,12 +257,10 @@ def _e2e_sections(device: Device, tick: _Ticker) -> tuple[Section, Section]:
         if grids is None:
             grids = _searched_grids(name, device)
         tick(f"{name} grids")
-        mine = []
         for prompt_len, output_len in paper.E2E_REQUESTS:
-            mine.append(_e2e_row(name, device, grids, source, prompt_len, output_len))
+            rows.append(_e2e_row(name, device, grids, source, prompt_len, output_len))
             tick(f"{name} {prompt_len}/{output_len}")
-        rows.extend(mine)
-        capacity.append(_capacity_row(name, device, grids[1], mine[CAPACITY_REQUEST]))
+        capacity.append(_capacity_row(name, device, grids))
     return _e2e_table(rows), _capacity_table(capacity)
 
 
@@ -297,7 +294,6 @@ def _e2e_row(name, device, grids, source, prompt_len, output_len) -> dict[str, A
     except WaferError as exc:
         return row | {"wafer": None, "why": str(exc)}
     row["wafer"] = est.metrics.e2e_tpr
-    row["kv"] = est.report.max_new_tokens
     row |= _gpu_tprs(name, prompt_len, output_len, "e2e_tpr")
     wafer = row["wafer"]
     one = row.get("gpu1")
@@ -326,7 +322,7 @@ def _e2e_table(rows: list[dict[str, Any]]) -> Section:
         title="End-to-end TPR (tokens/s) = output tokens / (TTFT + transition + decode); "
         "wafer per-layer",
         columns=columns,
-        rows=tuple({k: v for k, v in r.items() if k != "kv"} for r in rows),
+        rows=tuple(rows),
         notes=(
             f"paper (PAPER.md §3.1): {lo:.0f}-{hi:.0f}x over the best multi-A100 setup, "
             f"{lo1:.0f}-{hi1:.0f}x over one A100 (headline ranges, no per-cell figures)",
@@ -336,19 +332,24 @@ def _e2e_table(rows: list[dict[str, Any]]) -> Section:
     )
 
 
-def _capacity_row(name, device, decode_side, last_row) -> dict[str, Any]:
-    row: dict[str, Any] = {"model": name, "decode_grid": f"{decode_side}x{decode_side}"}
-    cap = last_row.get("kv")
-    if cap is None:
-        return row | {"reason": last_row.get("why", "")}
+def _capacity_row(name: str, device: Device, grids: tuple[int, int]) -> dict[str, Any]:
     config = load_config(name)
-    row |= {"shift": cap.shift, "concat": cap.concat, "reason": cap.reason}
-    row["weights_gb"] = config.num_params * device.storage_bytes / 1e9
-    return row
+    setup = Setup(config=config, device=device, placement=PlacementMode.FIT)
+    _, room = whole_model_capacity(
+        setup, (grids[0], grids[0]), (grids[1], grids[1]), paper.CAPACITY_PROMPT_LEN
+    )
+    return {
+        "model": name,
+        "decode_grid": f"{grids[1]}x{grids[1]}",
+        "weights_gb": config.num_params * device.storage_bytes / 1e9,
+        "shift": room.shift,
+        "concat": room.concat,
+        "reason": room.reason,
+    }
 
 
 def _capacity_table(rows: list[dict[str, Any]]) -> Section:
-    prompt = paper.E2E_REQUESTS[CAPACITY_REQUEST][0]
+    prompt = paper.CAPACITY_PROMPT_LEN
     columns = (
         Column("model", "model"),
         Column("decode_grid", "decode grid"),

@@ -38,10 +38,11 @@ def _check_request(config: ModelConfig, prompt_len: int, output_len: int) -> Non
     for name, value in (("prompt_len", prompt_len), ("output_len", output_len)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")
-    if prompt_len + output_len > config.max_position_embeddings:
+    # the last generated token is never fed back: the request uses L + O - 1 positions
+    if prompt_len + output_len - 1 > config.max_position_embeddings:
         raise ValueError(
-            f"prompt_len + output_len = {prompt_len + output_len} exceeds {config.name}'s "
-            f"max_position_embeddings ({config.max_position_embeddings})"
+            f"prompt_len + output_len - 1 = {prompt_len + output_len - 1} exceeds "
+            f"{config.name}'s max_position_embeddings ({config.max_position_embeddings})"
         )
 
 
