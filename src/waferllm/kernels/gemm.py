@@ -17,6 +17,7 @@ import contextlib
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from waferllm.kernels import rings
@@ -66,8 +67,9 @@ def _check_operand(mesh: Mesh, t: DistTensor, *, op: str, role: str, dims: str, 
 
 def _batch(op: str, a: DistTensor, b: DistTensor) -> tuple[int, ...]:
     try:
-        return tuple(torch.broadcast_shapes(a.layout.shape[:-2], b.layout.shape[:-2]))
-    except RuntimeError:
+        # numpy's, not torch's: torch.broadcast_shapes imports sympy on first use (~2 s)
+        return tuple(int(d) for d in np.broadcast_shapes(a.layout.shape[:-2], b.layout.shape[:-2]))
+    except ValueError:
         raise ValueError(
             f"{op}: batch dims {a.layout.shape[:-2]} and {b.layout.shape[:-2]} do not broadcast"
         ) from None
@@ -272,7 +274,7 @@ def _ring_gemm(
             a_l = to_logical(a_pad, grid) if a_l is None else a_l
             b_l = to_logical(b_pad, grid) if b_l is None else b_l
             a_blocks, b_blocks = to_blocks(a_l, grid), to_blocks(b_l, grid)
-            lead = torch.broadcast_shapes(a_blocks.shape[:-2], b_blocks.shape[:-2])
+            lead = np.broadcast_shapes(a_blocks.shape[:-2], b_blocks.shape[:-2])
             c_blocks = _accumulator(mesh, (*lead, a_blocks.shape[-2], b_blocks.shape[-1]))
             _pad_bytes(mesh, f"{op}.c_pad", _numel(c_blocks), math.prod((*batch, mt, nt)))
             for _ in mesh.steps(grid.size, ledger):

@@ -2,14 +2,16 @@
 
 `ring_step` advances every logical block one position along its line's ring (interleaved or
 plain) and charges the physical traffic that causes; `skew_round` is one round of Cannon's
-initial skew written in ring positions. Data moves in one vectorised index operation per call;
-traffic is priced once per shape and cached, so nothing here loops over cores.
+initial skew written in ring positions. Data moves in one vectorised index operation per call
+(index tensors cached per source map); traffic is priced once per shape and cached, and not at
+all for a ledger that does not price (`Ledger.prices`), so nothing here loops over cores.
 Legend: L logical cores along the axis (tiling.LogicalGrid), P physical cores along it,
 per = L / P; a "line" is one row (axis X) or one column (axis Y).
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -122,15 +124,24 @@ def _ring_traffic(
 
 
 def _block_bytes(mesh: Mesh, data: torch.Tensor) -> int:
-    return int(np.prod(data.shape[2:], dtype=np.int64)) * mesh.device.storage_bytes
+    return math.prod(data.shape[2:]) * mesh.device.storage_bytes
+
+
+@lru_cache(maxsize=1024)
+def _index_tensor(shape: tuple[int, ...], raw: bytes, transpose: bool, device: str) -> torch.Tensor:
+    """The int64 index tensor of a source map given as (shape, bytes); callers only read it."""
+    src_of = np.frombuffer(raw, dtype=np.int64).reshape(shape)
+    return torch.tensor(src_of.T if transpose else src_of, device=device)
 
 
 def _gather_lines(data: torch.Tensor, axis: Axis, src_of: np.ndarray) -> torch.Tensor:
     """Position i of every line receives from src_of[i] ((L,)) or src_of[line, i] ((L, L))."""
     dim = axis.tensor_dim
+    src_of = np.ascontiguousarray(src_of, dtype=np.int64)
+    transpose = src_of.ndim == 2 and axis is not Axis.X
+    index = _index_tensor(src_of.shape, src_of.tobytes(), transpose, data.device.type)
     if src_of.ndim == 1:
-        return data.index_select(dim, torch.as_tensor(src_of, device=data.device))
-    index = torch.as_tensor(src_of if axis is Axis.X else src_of.T, device=data.device)
+        return data.index_select(dim, index)
     index = index.reshape(*index.shape, *([1] * (data.dim() - 2))).expand_as(data)
     return torch.gather(data, dim, index)
 
@@ -148,6 +159,11 @@ def _charge(
     phase: int,
 ) -> None:
     """Charge one step in which logical line j moves forward if forward[j], else backward."""
+    for steps in (1, -1):
+        if (forward if steps > 0 else ~forward).any():
+            _require_routes(mesh, grid, axis, kind, steps)
+    if not ledger.prices:
+        return
     across = grid.across(axis)
     lines = mesh.size(axis.other)
     fwd = forward.reshape(lines, across).sum(axis=1).astype(np.int64)
@@ -156,9 +172,6 @@ def _charge(
         mesh.device, mesh.shape, axis, grid.size, kind, counts.tobytes(), _block_bytes(mesh, data)
     )
     ledger.charge(op, Charge.comm(traffic), phase=phase)
-    for steps in (1, -1):
-        if (forward if steps > 0 else ~forward).any():
-            _require_routes(mesh, grid, axis, kind, steps)
 
 
 def ring_step(
