@@ -204,7 +204,7 @@ def _energy_section(device: Device, prefill: Section, decode: Section) -> Sectio
     """A100 energy per token over the wafer's, at the wafer's fastest grid of each table."""
     gpu_power = 400.0  # W per A100 (PAPER.md §2.2 TDP), as the GPU baseline charges
     rows = []
-    for name in paper.PAPER_MODELS:
+    for name in [r["model"] for r in prefill.rows if r["source"] == "ours"]:
         ours: dict[str, Any] = {"model": name, "source": "ours"}
         for phase, table in (("prefill", prefill), ("decode", decode)):
             row = next(r for r in table.rows if r["model"] == name and r["source"] == "ours")

@@ -95,13 +95,14 @@ class _progress:
 
     def __init__(self, *, enabled: bool) -> None:
         self._bar: Progress | None = None
-        if enabled:
+        err = console(stderr=True)
+        if enabled and err.is_terminal:  # a transient bar; nothing at all when redirected
             self._bar = Progress(
                 TextColumn("grid search"),
                 BarColumn(),
                 TextColumn("{task.completed}/{task.total} {task.description}"),
                 TimeElapsedColumn(),
-                console=console(stderr=True),
+                console=err,
                 transient=True,
             )
         self._task: Any = None

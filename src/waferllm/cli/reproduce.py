@@ -47,13 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     device = device_from_args(args)
+    err = console(stderr=True)
     bar = Progress(
         TextColumn("reproduce"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total} {task.description}"),
         TimeElapsedColumn(),
-        console=console(stderr=True),
+        console=err,
         transient=True,
+        disable=not err.is_terminal,  # a transient bar; nothing at all when redirected
     )
     with bar:
         task = bar.add_task("", total=None)
