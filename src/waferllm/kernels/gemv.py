@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -51,29 +52,38 @@ def best_ktree_fanouts(device: Device, num: int) -> tuple[int, ...]:
 
 # ---- checks --------------------------------------------------------------------------------------
 def _check_operands(mesh: Mesh, x: DistTensor, ws: Sequence[DistTensor], reduce_axis: Axis) -> None:
-    other = reduce_axis.other
-    k_dim = len(x.layout.shape) - 1
     if x.mesh is not mesh or any(w.mesh is not mesh for w in ws):
         raise WaferError("GEMV operands must live on the mesh the kernel runs on")
-    if x.layout.dim_of(reduce_axis) != k_dim or x.layout.dim_of(other) is not None:
+    _check_layouts((x.name, x.layout), tuple((w.name, w.layout) for w in ws), reduce_axis)
+
+
+@lru_cache(maxsize=1024)
+def _check_layouts(
+    x: tuple[str, Layout], ws: tuple[tuple[str, Layout], ...], reduce_axis: Axis
+) -> None:
+    """The operands' layouts (with their names, for the messages); cached: a decode step
+    checks the same few combinations hundreds of times."""
+    other = reduce_axis.other
+    x_name, x_layout = x
+    k_dim = len(x_layout.shape) - 1
+    if x_layout.dim_of(reduce_axis) != k_dim or x_layout.dim_of(other) is not None:
         raise WaferError(
-            f"GEMV input '{x.name}' must have its last dim split along {reduce_axis.value} and be "
-            f"replicated along {other.value} (reduce_axis={reduce_axis.value}); got {x.layout}"
+            f"GEMV input '{x_name}' must have its last dim split along {reduce_axis.value} and be "
+            f"replicated along {other.value} (reduce_axis={reduce_axis.value}); got {x_layout}"
         )
-    k = x.layout.shape[k_dim]
-    for w in ws:
-        lay = w.layout
+    k = x_layout.shape[k_dim]
+    for name, lay in ws:
         if len(lay.shape) != 2 or lay.dim_of(reduce_axis) != 0 or lay.dim_of(other) != 1:
             raise WaferError(
-                f"GEMV weight '{w.name}' must be [in, out] with in split along "
+                f"GEMV weight '{name}' must be [in, out] with in split along "
                 f"{reduce_axis.value} and out along {other.value}; got {lay}"
             )
         if lay.shape[0] != k:
             raise WaferError(
-                f"GEMV weight '{w.name}' has {lay.shape[0]} input rows but the input vector "
-                f"'{x.name}' has {k} entries"
+                f"GEMV weight '{name}' has {lay.shape[0]} input rows but the input vector "
+                f"'{x_name}' has {k} entries"
             )
-        if lay.tag or x.layout.tag:
+        if lay.tag or x_layout.tag:
             raise WaferError("GEMV operands must use the plain block layout (no tag)")
 
 
@@ -188,17 +198,22 @@ def _outputs(
     """Split the fused result back into one output per weight: [*lead, N_i], N_i split along the
     other axis, replicated along the reduce axis (or, without broadcast, only on line `root`)."""
     rows, cols = mesh.shape
-    out_dim = len(lead)
-    sizes = [wi.tile_shape[-1] for wi in ws]
+    sizes = [wi.data.shape[-1] for wi in ws]
+    parts = torch.split(total, sizes, dim=-1) if len(ws) > 1 else (total,)
     outs = []
-    for i, (wi, part) in enumerate(zip(ws, torch.split(total, sizes, dim=-1), strict=True)):
-        shape = (*lead, wi.layout.shape[1])
-        dims = {"y_dim": out_dim} if reduce_axis is Axis.X else {"x_dim": out_dim}
-        layout = Layout(shape, **dims, tag="" if root is None else f"root_line_{root}")
+    for i, (wi, part) in enumerate(zip(ws, parts, strict=True)):
+        layout = _out_layout(lead, wi.layout.shape[1], reduce_axis, root)
         data = part.reshape(rows, cols, *lead, sizes[i]).contiguous()
         name = f"{op}.out" if len(ws) == 1 else f"{op}.out{i}"
         outs.append(mesh.register(data, layout, name))
     return tuple(outs)
+
+
+@lru_cache(maxsize=1024)
+def _out_layout(lead: tuple[int, ...], n: int, reduce_axis: Axis, root: int | None) -> Layout:
+    """A GEMV output [*lead, N], N split along the axis other than `reduce_axis`."""
+    dims = {"y_dim": len(lead)} if reduce_axis is Axis.X else {"x_dim": len(lead)}
+    return Layout((*lead, n), **dims, tag="" if root is None else f"root_line_{root}")
 
 
 _SHARDING = """

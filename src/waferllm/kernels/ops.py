@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 
@@ -142,10 +143,16 @@ def _valid(tensor: DistTensor, dim: int) -> torch.Tensor | None:
     """Bool mask of the non-padding entries along `dim` (None when `dim` has no padding)."""
     layout = tensor.layout
     dim = dim % len(layout.shape)
-    padded = layout.padded_shape(*tensor.mesh.shape)[dim]
-    if _axis_of(layout, dim) is None or padded == layout.shape[dim]:
+    if not _is_padded(layout, *tensor.mesh.shape, dim):
         return None
     return tile_positions(tensor, dim) >= 0
+
+
+@lru_cache(maxsize=1024)
+def _is_padded(layout: Layout, rows: int, cols: int, dim: int) -> bool:
+    """Whether `dim` is split and its tiles end in zero padding on a rows x cols mesh."""
+    padded = layout.padded_shape(rows, cols)[dim]
+    return _axis_of(layout, dim) is not None and padded != layout.shape[dim]
 
 
 def _layout(shape: tuple[int, ...], placement: dict[Axis | None, int]) -> Layout:

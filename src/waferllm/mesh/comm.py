@@ -224,14 +224,21 @@ def broadcast(
     num = mesh.size(axis)
     if num == 1:
         return data.clone()
-    mesh.routes.require(f"{axis.value}_bcast", BROADCAST_ROUTES)
-    if ledger.prices:
-        owners = Owners.of_roots(num, roots)
-        traffic = multicast_traffic(mesh.device, mesh.shape, axis, owners, tile_bytes(mesh, data))
-        ledger.charge(op, Charge.comm(traffic), phase=phase)
+    _charge_broadcast(mesh, axis, roots, tile_bytes(mesh, data), ledger, op, phase)
     if len(roots) == 1:
         return _from_line(data, axis, int(roots[0]))
     return _line_index(mesh, axis, Owners.of_roots(num, roots).array(), data)
+
+
+def _charge_broadcast(
+    mesh: Mesh, axis: Axis, roots: np.ndarray, nbytes: int, ledger: Ledger, op: str, phase: int
+) -> None:
+    """Configure the broadcast's routes and charge its multicast (on an axis of 2+ cores)."""
+    mesh.routes.require(f"{axis.value}_bcast", BROADCAST_ROUTES)
+    if ledger.prices:
+        owners = Owners.of_roots(mesh.size(axis), roots)
+        traffic = multicast_traffic(mesh.device, mesh.shape, axis, owners, nbytes)
+        ledger.charge(op, Charge.comm(traffic), phase=phase)
 
 
 # ---- reduce and allreduce ---------------------------------------------------------------------
@@ -245,21 +252,37 @@ def _reduce_plan(
     mesh: Mesh, axis: Axis, algorithm: ReduceAlgorithm, fanouts: tuple[int, ...] | None
 ) -> TreePlan | None:
     """Configure the reduce's routes; returns the K-tree's plan (None for the pipeline)."""
+    device = mesh.device
+    plan, routes = _reduce_routes(
+        axis,
+        algorithm,
+        mesh.size(axis),
+        None if fanouts is None else tuple(fanouts),
+        device.hop_latency_cycles,
+        device.stage_latency_cycles,
+    )
+    for name, count in routes:
+        mesh.routes.require(name, count)
+    return plan
+
+
+@lru_cache(maxsize=1024)
+def _reduce_routes(
+    axis: Axis,
+    algorithm: ReduceAlgorithm,
+    num: int,
+    fanouts: tuple[int, ...] | None,
+    alpha: float,
+    beta: float,
+) -> tuple[TreePlan | None, tuple[tuple[str, int], ...]]:
+    """(the K-tree's plan or None for the pipeline, the route sets it configures)."""
     a = axis.value
     if algorithm is ReduceAlgorithm.PIPELINE:
-        mesh.routes.require(f"{a}_chain", CHAIN_ROUTES)
-        return None
-    num, alpha, beta = (
-        mesh.size(axis),
-        mesh.device.hop_latency_cycles,
-        mesh.device.stage_latency_cycles,
-    )
+        return None, ((f"{a}_chain", CHAIN_ROUTES),)
     plan = tree_plan(num, resolve_fanouts(num, fanouts, alpha=alpha, beta=beta), alpha, beta)
-    if plan.levels >= 1:
-        mesh.routes.require(f"{a}_chain", CHAIN_ROUTES)
-    for level in range(2, plan.levels + 1):
-        mesh.routes.require(f"{a}_tree_level{level}", TREE_LEVEL_ROUTES)
-    return plan
+    routes = [(f"{a}_chain", CHAIN_ROUTES)] if plan.levels >= 1 else []
+    routes += [(f"{a}_tree_level{level}", TREE_LEVEL_ROUTES) for level in range(2, plan.levels + 1)]
+    return plan, tuple(routes)
 
 
 def _reduce_traffic(
@@ -356,9 +379,10 @@ def allreduce(
     )
     if not broadcast_result:
         return line
-    return broadcast(
-        mesh, line.expand_as(data), axis=axis, root=top, ledger=ledger, op=f"{op}.bcast", phase=1
-    )
+    # the root's line result multicast to its line: every core ends with a copy of `line`
+    nbytes = tile_bytes(mesh, data)
+    _charge_broadcast(mesh, axis, _line_roots(mesh, axis, top), nbytes, ledger, f"{op}.bcast", 1)
+    return line.expand_as(data).contiguous()
 
 
 def _ring_allreduce(
