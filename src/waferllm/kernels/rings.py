@@ -148,6 +148,16 @@ def _gather_lines(data: torch.Tensor, axis: Axis, src_of: np.ndarray) -> torch.T
     return torch.gather(data, dim, index)
 
 
+@lru_cache(maxsize=1024)
+def _directions(forward_key: bytes, lines: int, across: int) -> tuple[tuple[int, ...], bytes]:
+    """(the ring directions used, counts as `_ring_traffic` keys them) of a step in which
+    logical line j moves forward if forward[j] (a bool array's bytes), else backward."""
+    forward = np.frombuffer(forward_key, dtype=bool)
+    used = tuple(steps for steps, moving in ((1, forward), (-1, ~forward)) if moving.any())
+    fwd = forward.reshape(lines, across).sum(axis=1).astype(np.int64)
+    return used, np.stack([fwd, across - fwd]).tobytes()
+
+
 def _charge(
     mesh: Mesh,
     grid: LogicalGrid,
@@ -161,19 +171,22 @@ def _charge(
     phase: int,
 ) -> None:
     """Charge one step in which logical line j moves forward if forward[j], else backward."""
-    for steps in (1, -1):
-        if (forward if steps > 0 else ~forward).any():
-            _require_routes(mesh, grid, axis, kind, steps)
+    used, counts_key = _directions(forward.tobytes(), mesh.size(axis.other), grid.across(axis))
+    for steps in used:
+        _require_routes(mesh, grid, axis, kind, steps)
     if not ledger.prices:
         return
-    across = grid.across(axis)
-    lines = mesh.size(axis.other)
-    fwd = forward.reshape(lines, across).sum(axis=1).astype(np.int64)
-    counts = np.stack([fwd, across - fwd])
     traffic = _ring_traffic(
-        mesh.device, mesh.shape, axis, grid.size, kind, counts.tobytes(), _block_bytes(mesh, data)
+        mesh.device, mesh.shape, axis, grid.size, kind, counts_key, _block_bytes(mesh, data)
     )
     ledger.charge(op, Charge.comm(traffic), phase=phase)
+
+
+@lru_cache(maxsize=256)
+def _all_forward(size: int) -> np.ndarray:
+    forward = np.ones(size, dtype=bool)
+    forward.setflags(write=False)
+    return forward
 
 
 def ring_step(
@@ -193,7 +206,7 @@ def ring_step(
     link; plain, P-1 hops for the wrap-around. On a logical grid only the blocks whose
     successor lives on another core cross a link.
     """
-    forward = np.ones(grid.size, dtype=bool)
+    forward = _all_forward(grid.size)
     _charge(
         mesh, grid, data, axis=axis, kind=kind, forward=forward, ledger=ledger, op=op, phase=phase
     )
@@ -232,23 +245,32 @@ def skew_round(
     early (the longest line needs floor(L/2) rounds either way), and identical rounds are
     one ledger record with a count in estimate mode.
     """
-    offsets = skew_offsets(grid.size, kind)
-    forward = offsets > 0
+    forward = skew_offsets(grid.size, kind) > 0
     _charge(
         mesh, grid, data, axis=axis, kind=kind, forward=forward, ledger=ledger, op=op, phase=phase
     )
+    return _gather_lines(data, axis, _skew_round_sources(grid.size, kind, round_index))
+
+
+@lru_cache(maxsize=1024)
+def _skew_round_sources(size: int, kind: RingKind, round_index: int) -> np.ndarray:
+    """src_of[j, i] of one skew round: lines still moving read from their ring neighbour on
+    the side their offset points to, the others keep their blocks."""
+    offsets = skew_offsets(size, kind)
+    forward = offsets > 0
     moving = np.abs(offsets) > round_index
-    pos = np.arange(grid.size)
+    pos = np.arange(size)
     src_of = np.where(
         moving[:, None],
         np.where(
             forward[:, None],
-            ring_successor(grid.size, kind, -1)[None, :],
-            ring_successor(grid.size, kind, 1)[None, :],
+            ring_successor(size, kind, -1)[None, :],
+            ring_successor(size, kind, 1)[None, :],
         ),
         pos[None, :],
     )
-    return _gather_lines(data, axis, src_of)
+    src_of.setflags(write=False)
+    return src_of
 
 
 @lru_cache(maxsize=64)

@@ -57,10 +57,14 @@ def ring_position(num: int, kind: RingKind = RingKind.INTERLEAVED) -> np.ndarray
     return pos
 
 
+@lru_cache(maxsize=4096)
 def ring_successor(num: int, kind: RingKind = RingKind.INTERLEAVED, steps: int = 1) -> np.ndarray:
-    """dst[i]: the core that index i sends to when the ring advances `steps` positions."""
+    """dst[i]: the core that index i sends to when the ring advances `steps` positions
+    (cached, read-only: ring kernels ask for it every step)."""
     order, pos = ring_order(num, kind), ring_position(num, kind)
-    return order[(pos + steps) % num]
+    dst = order[(pos + steps) % num]
+    dst.setflags(write=False)
+    return dst
 
 
 def hop_distance(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
