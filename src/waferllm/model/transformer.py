@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from waferllm.errors import SramOverflowError, WaferError
 from waferllm.kernels import ops
 from waferllm.kernels.gemv import meshgemv, pipeline_gemv
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
-from waferllm.mesh.cost import Charge, Ledger
+from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
@@ -65,15 +64,10 @@ class StepOutput:
         return self.logits.mesh.gather(self.logits, ledger=ledger).float()
 
 
-class _Uncharged(Ledger):
-    """A ledger that keeps nothing, for the layers whose cost is the walked layer's (the same
-    shapes on the same grid): functional runs compute every layer but price one."""
-
-    def charge(self, op: str, charge: Charge, *, phase: int = 0) -> None:
-        return None
-
-    def _close_block(self, block: Any) -> None:
-        return None
+class _Uncharged(UnpricedLedger):
+    """A ledger that keeps and prices nothing, for the layers whose cost is the walked layer's
+    (the same shapes on the same grid): functional runs compute every layer but price one.
+    Routes and SRAM are still checked."""
 
 
 class MeshTransformer:
