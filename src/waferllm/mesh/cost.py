@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import operator
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -104,6 +105,17 @@ _SUMMED = (
     "host_io_cycles",
     "comm_busy_cycles",
 )
+
+
+_summed_of = operator.attrgetter(*_SUMMED)
+
+
+def _relabelled(rec: Record, op: str, count: int) -> Record:
+    """`rec` under another op name and count. A field-for-field copy of the frozen record
+    (dataclasses.replace re-runs the field introspection per call; ledgers extend thousands)."""
+    new = object.__new__(Record)
+    new.__dict__.update(rec.__dict__, op=op, count=count)
+    return new
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -295,10 +307,9 @@ class Ledger:
     def extend(self, other: Ledger, *, count: int = 1, scope: str = "") -> None:
         """Append another ledger's records `count` times (reuse of identical layers/steps)."""
         prefix = f"{scope}/" if scope else ""
+        times = count * self._repeat
         for rec in other.records:
-            self.records.append(
-                dataclasses.replace(rec, op=prefix + rec.op, count=rec.count * count * self._repeat)
-            )
+            self.records.append(_relabelled(rec, prefix + rec.op, rec.count * times))
 
     # ---- reading -----------------------------------------------------------------------------
     def expanded(self) -> list[Record]:
@@ -306,16 +317,17 @@ class Ledger:
         return [r for rec in self.records for r in rec.expanded()]
 
     def totals(self, *, prefix: str = "") -> Totals:
-        sums = dict.fromkeys(_SUMMED, 0.0)
+        sums = [0.0] * len(_SUMMED)
         align = 0.0
         for rec in self.records:
             if prefix and not rec.op.startswith(prefix):
                 continue
-            for key in _SUMMED:
-                sums[key] += getattr(rec, key) * rec.count
+            count = rec.count
+            values = _summed_of(rec)
+            sums = [total + value * count for total, value in zip(sums, values, strict=True)]
             if rec.tag == "align":
-                align += rec.latency_cycles * rec.count
-        return Totals(**sums, align_cycles=align)
+                align += rec.latency_cycles * count
+        return Totals(**dict(zip(_SUMMED, sums, strict=True)), align_cycles=align)
 
     def by_op(self, *, depth: int = 1) -> dict[str, Totals]:
         """Totals grouped by the first `depth` components of the op name."""

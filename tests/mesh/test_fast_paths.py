@@ -1,5 +1,6 @@
-"""Host-speed paths of the primitives: an unpriced ledger skips the cost model but not the data,
-the M and R checks; cached traffic prices and index tensors stay correct."""
+"""Host-speed paths: an unpriced ledger skips the cost model but not the data, the M and R
+checks; cached traffic prices and index tensors stay correct; the ledger's fast totals and
+extend compute exactly what the plain per-field loops compute."""
 
 from __future__ import annotations
 
@@ -160,3 +161,56 @@ def test_per_line_broadcasts_are_right_in_both_modes_and_for_every_root_set():
                 if mode is Mode.FUNCTIONAL:
                     assert torch.equal(out, x[column : column + 1].expand_as(x))
                     assert out.is_contiguous() and out.data_ptr() != x.data_ptr()
+
+
+def random_ledger(seed: int) -> Ledger:
+    rng = np.random.default_rng(seed)
+    ledger = Ledger()
+    kinds = list(ChargeKind)
+    for i in range(40):
+        charge = Charge(
+            kind=kinds[int(rng.integers(len(kinds)))],
+            cycles=float(rng.random() * 100),
+            flops=int(rng.integers(1000)),
+            bytes_injected=int(rng.integers(1000)),
+            link_byte_hops=int(rng.integers(1000)),
+            critical_hops=int(rng.integers(10)),
+            critical_stages=int(rng.integers(10)),
+            host_bytes=int(rng.integers(10)),
+        )
+        tag = "align" if i % 3 == 0 else "other"
+        with ledger.tag(tag), ledger.repeat(int(rng.integers(1, 5))):
+            ledger.charge(f"g{i % 4}/op{i}", charge)
+    return ledger
+
+
+def test_totals_are_the_count_weighted_sums_in_record_order():
+    ledger = random_ledger(0)
+    for prefix in ("", "g1"):
+        got = ledger.totals(prefix=prefix)
+        for field in dataclasses.fields(got):
+            if field.name == "align_cycles":
+                continue
+            want = 0.0
+            for rec in ledger.records:
+                if rec.op.startswith(prefix):
+                    want += getattr(rec, field.name) * rec.count
+            assert getattr(got, field.name) == want, field.name
+        align = 0.0
+        for rec in ledger.records:
+            if rec.op.startswith(prefix) and rec.tag == "align":
+                align += rec.latency_cycles * rec.count
+        assert got.align_cycles == align > 0
+
+
+def test_extend_relabels_and_multiplies_counts_and_leaves_the_source_alone():
+    source = random_ledger(1)
+    before = list(source.records)
+    target = Ledger()
+    with target.repeat(2):
+        target.extend(source, count=3, scope="layer")
+    assert source.records == before
+    for new, old in zip(target.records, source.records, strict=True):
+        assert new == dataclasses.replace(old, op=f"layer/{old.op}", count=old.count * 6)
+        assert new is not old and isinstance(new, type(old))
+    assert target.totals().flops == 6 * source.totals().flops
