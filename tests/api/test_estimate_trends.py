@@ -1,8 +1,8 @@
 """PAPER.md §3.3's trends from the model, not from a fit: prefill TPR rises with the grid,
 decode TPR falls (the allreduce latency grows with the side while the per-core work shrinks).
 
-Cheap paths: per-layer placement (one layer walked), a 1024-token prompt for prefill, one
-decode step attending to 4096 positions.
+Cheap paths: per-layer placement (one layer walked), the paper's 4096-token prompt for
+prefill, one decode step attending to 4096 positions.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from waferllm.api import paper_figures as paper
 from waferllm.api.costing import Setup
 from waferllm.api.estimate import cost_model
 from waferllm.device import wse2
+from waferllm.errors import SramOverflowError
 from waferllm.model.config import load_config
 from waferllm.model.placement import PlacementMode
 
-PROMPT_LEN = 1024
+PROMPT_LEN = paper.PREFILL_PROMPT_LEN
 
 
 def _costs(name: str):
@@ -39,10 +40,16 @@ def _decode_tpr(name: str, side: int) -> float:
     return 1.0 / wse2().cycles_to_seconds(step)
 
 
-@pytest.mark.parametrize("name", paper.PAPER_MODELS)
+@pytest.mark.parametrize("name", ["llama3-8b", "llama2-13b", "codellama-34b"])
 def test_prefill_tpr_rises_from_480_to_600_to_720(name):
     tpr = [_prefill_tpr(name, side) for side in paper.PREFILL_GRIDS]
     assert tpr[0] < tpr[1] < tpr[2]
+
+
+def test_qwen2_72b_prefill_rises_where_one_layer_and_its_4096_token_activations_fit():
+    with pytest.raises(SramOverflowError, match="prefill activations"):
+        _prefill_tpr("qwen2-72b", 480)
+    assert _prefill_tpr("qwen2-72b", 600) < _prefill_tpr("qwen2-72b", 720)
 
 
 # The larger models carry more per-core GEMV work at 420x420 than the allreduce latency they

@@ -59,7 +59,7 @@ def _cell(row: dict[str, Any], column: Column) -> str:
     text = format_value(value, column.fmt)
     why = row.get(f"{column.key}_why")
     if value is None and why:
-        return "n/a" if "exceeds" in why else "does not fit"
+        return "does not fit" if ("does not fit" in why or "SRAM" in why) else "n/a"
     return text
 
 
@@ -85,6 +85,7 @@ def to_markdown(result: Reproduction, *, header: dict[str, str] | None = None) -
     for key, value in (header or {}).items():
         out.append(f"- {key}: {value}")
     out.append(f"- host time: {result.host_wall_s:.1f} s (wall-clock on this machine)")
+    out.append("- a cell 'does not fit' (memory) or 'n/a' (not applicable): the JSON says why")
     out.append("")
     out.extend(section_markdown(s) for s in result.sections)
     return "\n".join(out)
