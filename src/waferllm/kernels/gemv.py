@@ -198,14 +198,16 @@ def _outputs(
     """Split the fused result back into one output per weight: [*lead, N_i], N_i split along the
     other axis, replicated along the reduce axis (or, without broadcast, only on line `root`)."""
     rows, cols = mesh.shape
-    sizes = [wi.data.shape[-1] for wi in ws]
-    parts = torch.split(total, sizes, dim=-1) if len(ws) > 1 else (total,)
+    total = total.reshape(rows, cols, *lead, total.shape[-1])
+    if len(ws) == 1:
+        layout = _out_layout(lead, ws[0].layout.shape[1], reduce_axis, root)
+        data = total if total.is_contiguous() else total.contiguous()
+        return (mesh.register(data, layout, f"{op}.out"),)
+    parts = total.split_with_sizes([wi.data.shape[-1] for wi in ws], dim=-1)
     outs = []
     for i, (wi, part) in enumerate(zip(ws, parts, strict=True)):
         layout = _out_layout(lead, wi.layout.shape[1], reduce_axis, root)
-        data = part.reshape(rows, cols, *lead, sizes[i]).contiguous()
-        name = f"{op}.out" if len(ws) == 1 else f"{op}.out{i}"
-        outs.append(mesh.register(data, layout, name))
+        outs.append(mesh.register(part.contiguous(), layout, f"{op}.out{i}"))
     return tuple(outs)
 
 

@@ -60,6 +60,11 @@ def _charge(
     charge_compute(mesh, ledger, op, cycles=cycles, flops_per_core=rows * length * flops)
 
 
+def _as(data: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`data.to(dtype)` without a call into torch when it already has that dtype."""
+    return data if data.dtype == dtype else data.to(dtype)
+
+
 def _axis_of(layout: Layout, dim: int) -> Axis | None:
     for axis in (Axis.Y, Axis.X):
         if layout.dim_of(axis) == dim:
@@ -195,10 +200,10 @@ def rms_norm(
             f"hidden dim of '{x.name}' ({x.layout})"
         )
     dtype = x.data.dtype
-    xf = x.data.float()
+    xf = _as(x.data, torch.float32)
     valid = _valid(x, d_dim)
     if valid is not None:
-        xf = torch.where(valid, xf, torch.zeros((), dtype=xf.dtype, device=xf.device))
+        xf = torch.where(valid, xf, 0.0)
     rows, dt = _lead_count(x.data, d_dim), x.tile_shape[-1]
     _charge(mesh, ledger, f"{op}.sum_squares", rows=rows, length=dt, cost=SQUARE_ACC)
     sum_sq = (xf * xf).sum(dim=-1, keepdim=True)
@@ -216,8 +221,8 @@ def rms_norm(
     scale = torch.rsqrt(sum_sq / d_true + eps)
     w = weight.data.reshape(*mesh.shape, *([1] * (len(x.tile_shape) - 1)), dt)
     _charge(mesh, ledger, f"{op}.scale", rows=rows, length=dt, cost=SCALE_MUL)
-    out = w * (xf * scale).to(dtype)
-    return mesh.register(out.to(dtype), x.layout, f"{op}.out")
+    out = w * _as(xf * scale, dtype)
+    return mesh.register(_as(out, dtype), x.layout, f"{op}.out")
 
 
 # ---- softmax ------------------------------------------------------------------------------------
@@ -252,7 +257,7 @@ def softmax(
     if axis is None:
         axis = _axis_of(scores.layout, dim)
     tile_dim = 2 + dim
-    s = scores.data.float()
+    s = _as(scores.data, torch.float32)
     rows, length = _lead_count(scores.data, dim), scores.tile_shape[dim]
     if scale is not None:
         _charge(mesh, ledger, f"{op}.scale", rows=rows, length=length, cost=SCALE)
@@ -262,7 +267,7 @@ def softmax(
         _charge(mesh, ledger, f"{op}.mask", rows=rows, length=length, cost=MASK_SELECT)
         keep = mask if keep is None else keep & mask
     if keep is not None:
-        s = torch.where(keep, s, torch.full((), -math.inf, device=s.device))
+        s = torch.where(keep, s, -math.inf)
 
     def reduce_line(local: torch.Tensor, reduce_op: ReduceOp, name: str) -> torch.Tensor:
         if axis is None:
@@ -280,14 +285,14 @@ def softmax(
 
     _charge(mesh, ledger, f"{op}.max", rows=rows, length=length, cost=MAX_ACC)
     row_max = reduce_line(s.amax(dim=tile_dim, keepdim=True), ReduceOp.MAX, "allreduce_max")
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    row_max = torch.nan_to_num(row_max, nan=0.0, posinf=0.0, neginf=0.0)  # no finite max: 0
     _charge(mesh, ledger, f"{op}.exp", rows=rows, length=length, cost=EXP_SUB)
     e = torch.exp(s - row_max)
     _charge(mesh, ledger, f"{op}.sum", rows=rows, length=length, cost=SUM_ACC)
     total = reduce_line(e.sum(dim=tile_dim, keepdim=True), ReduceOp.SUM, "allreduce_sum")
     _charge(mesh, ledger, f"{op}.divide", rows=rows, length=length, cost=DIVIDE)
-    p = e / torch.where(total > 0, total, torch.ones_like(total))
-    return scores.replace(p.to(scores.data.dtype))
+    p = e / torch.where(total > 0, total, 1.0)
+    return scores.replace(_as(p, scores.data.dtype))
 
 
 # ---- attention masks ----------------------------------------------------------------------------
@@ -413,7 +418,7 @@ def rope(
     extra = len(x.tile_shape) - len(cos.tile_shape)
 
     def aligned(t: DistTensor) -> torch.Tensor:
-        return t.data.reshape(*t.data.shape[:-1], *([1] * extra), size).to(x.data.dtype)
+        return _as(t.data.reshape(*t.data.shape[:-1], *([1] * extra), size), x.data.dtype)
 
     half = size // 2
     data = x.data
@@ -533,10 +538,10 @@ def argmax(
     v_dim = len(logits.layout.shape) - 1
     axis = _axis_of(logits.layout, v_dim)
     vt = logits.tile_shape[-1]
-    values = logits.data.float()
+    values = _as(logits.data, torch.float32)
     valid = _valid(logits, v_dim)
     if valid is not None:
-        values = torch.where(valid, values, torch.full((), -math.inf, device=values.device))
+        values = torch.where(valid, values, -math.inf)
     _charge(mesh, ledger, f"{op}.local", rows=_lead_count(values, -1), length=vt, cost=MAX_ACC)
     best, local = values.max(dim=-1, keepdim=True)
     if axis is not None:
@@ -554,7 +559,7 @@ def argmax(
             algorithm=algorithm,
         )
         lowest = torch.iinfo(torch.int64).min
-        offer = torch.where(best == top, -index, torch.full_like(index, lowest))
+        offer = torch.where(best == top, -index, lowest)
         # a 32-bit index travels as two 16-bit words
         offer = offer.expand(*offer.shape[:-1], 2)
         index = -_mesh_allreduce(
