@@ -420,11 +420,19 @@ def rope(
     def aligned(t: DistTensor) -> torch.Tensor:
         return _as(t.data.reshape(*t.data.shape[:-1], *([1] * extra), size), x.data.dtype)
 
-    half = size // 2
     data = x.data
-    rotated = torch.cat([-data[..., half:], data[..., :half]], dim=-1)
+    # rotate_half(x) * sin = [x2, x1] * ([-1, 1] * sin): (-a)*b and a*(-b) are the same float
+    swapped = data.roll(size // 2, dims=-1)
+    sin_signed = aligned(sin) * _rotation_signs(size, data.dtype, data.device.type)
     _charge(mesh, ledger, op, rows=_lead_count(data, -1), length=size, cost=ROTATE)
-    return x.replace(data * aligned(cos) + rotated * aligned(sin))
+    return x.replace(data * aligned(cos) + swapped * sin_signed)
+
+
+@lru_cache(maxsize=64)
+def _rotation_signs(size: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """[-1] * (size/2) + [1] * (size/2): rotate_half's signs (callers only read it)."""
+    half = size // 2
+    return torch.tensor([-1.0] * half + [1.0] * half, dtype=dtype, device=device)
 
 
 # ---- elementwise --------------------------------------------------------------------------------

@@ -224,21 +224,31 @@ def broadcast(
     num = mesh.size(axis)
     if num == 1:
         return data.clone()
-    _charge_broadcast(mesh, axis, roots, tile_bytes(mesh, data), ledger, op, phase)
+    _charge_broadcast(mesh, axis, roots, data, ledger, op, phase)
     if len(roots) == 1:
         return _from_line(data, axis, int(roots[0]))
     return _line_index(mesh, axis, Owners.of_roots(num, roots).array(), data)
 
 
 def _charge_broadcast(
-    mesh: Mesh, axis: Axis, roots: np.ndarray, nbytes: int, ledger: Ledger, op: str, phase: int
+    mesh: Mesh,
+    axis: Axis,
+    root: int | np.ndarray,
+    data: torch.Tensor,
+    ledger: Ledger,
+    op: str,
+    phase: int,
 ) -> None:
-    """Configure the broadcast's routes and charge its multicast (on an axis of 2+ cores)."""
-    mesh.routes.require(f"{axis.value}_bcast", BROADCAST_ROUTES)
+    """Configure the routes of a broadcast of `data`'s tiles from a valid `root` (on an axis
+    of 2+ cores) and charge its multicast."""
+    mesh.routes.require(_BCAST_ROUTES[axis], BROADCAST_ROUTES)
     if ledger.prices:
-        owners = Owners.of_roots(mesh.size(axis), roots)
-        traffic = multicast_traffic(mesh.device, mesh.shape, axis, owners, nbytes)
+        owners = Owners.of_roots(mesh.size(axis), _line_roots(mesh, axis, root))
+        traffic = multicast_traffic(mesh.device, mesh.shape, axis, owners, tile_bytes(mesh, data))
         ledger.charge(op, Charge.comm(traffic), phase=phase)
+
+
+_BCAST_ROUTES = {axis: f"{axis.value}_bcast" for axis in Axis}
 
 
 # ---- reduce and allreduce ---------------------------------------------------------------------
@@ -380,8 +390,7 @@ def allreduce(
     if not broadcast_result:
         return line
     # the root's line result multicast to its line: every core ends with a copy of `line`
-    nbytes = tile_bytes(mesh, data)
-    _charge_broadcast(mesh, axis, _line_roots(mesh, axis, top), nbytes, ledger, f"{op}.bcast", 1)
+    _charge_broadcast(mesh, axis, top, data, ledger, f"{op}.bcast", 1)
     return line.expand_as(data).contiguous()
 
 
