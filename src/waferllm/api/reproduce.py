@@ -292,7 +292,7 @@ def _e2e_row(name, device, grids, source, prompt_len, output_len) -> dict[str, A
             placement="per-layer",
         )
     except WaferError as exc:
-        return row | {"wafer": None, "why": str(exc)}
+        return row | {"wafer": None, "wafer_why": str(exc)}
     row["wafer"] = est.metrics.e2e_tpr
     row |= _gpu_tprs(name, prompt_len, output_len, "e2e_tpr")
     wafer = row["wafer"]
