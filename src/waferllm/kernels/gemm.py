@@ -32,7 +32,7 @@ from waferllm.kernels.tiling import (
     to_logical,
 )
 from waferllm.mesh.comm import ReduceAlgorithm, reduce
-from waferllm.mesh.compute import elementwise, matmul
+from waferllm.mesh.compute import charge_matmul, elementwise, matmul, matmul_values
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis, RingKind, ring_order, ring_position
 from waferllm.mesh.tensor import DistTensor, Layout
@@ -277,20 +277,50 @@ def _ring_gemm(
             lead = np.broadcast_shapes(a_blocks.shape[:-2], b_blocks.shape[:-2])
             c_blocks = _accumulator(mesh, (*lead, a_blocks.shape[-2], b_blocks.shape[-1]))
             _pad_bytes(mesh, f"{op}.c_pad", _numel(c_blocks), math.prod((*batch, mt, nt)))
-            for _ in mesh.steps(grid.size, ledger):
+            b_moved = b_l.contiguous()  # the layout B's blocks have once a ring step copied them
+            for step in mesh.steps(grid.size, ledger):
                 with ledger.overlap("step", step_overhead_cycles=mesh.device.step_overhead_cycles):
-                    a_blocks, b_blocks = to_blocks(a_l, grid), to_blocks(b_l, grid)
-                    c_blocks.add_(matmul(mesh, a=a_blocks, b=b_blocks, ledger=ledger, op="mac"))
+                    c_blocks.add_(_ring_product(mesh, grid, a_l, b_l, b_moved, step, kind, ledger))
                     a_l = rings.ring_step(
                         mesh, grid, a_l, axis=Axis.X, kind=kind, ledger=ledger, op="shift_a"
                     )
-                    b_l = rings.ring_step(
+                    rings.charge_ring_step(
                         mesh, grid, b_l, axis=Axis.Y, kind=kind, ledger=ledger, op="shift_b"
                     )
     c = from_blocks(c_blocks, grid)[..., :mt, :nt]
     return KernelResult(
         out=_finish(mesh, c, out_layout, f"{op}.c", out_key), records=charged.records
     )
+
+
+def _ring_product(
+    mesh: Mesh,
+    grid: LogicalGrid,
+    a_l: torch.Tensor,
+    b_l: torch.Tensor,
+    b_moved: torch.Tensor,
+    step: int,
+    kind: RingKind,
+    ledger: Ledger,
+) -> torch.Tensor:
+    """Step `step`'s per-core products a @ b in blocks form (R, C, a, b, *t, p, q).
+
+    B's blocks (the weights, the largest tiles) move by index, not by copy: after `step` ring
+    steps along Y, logical row i holds B's row home[i] = ring_index(-step)[i]. The products
+    are formed in B's own row order, row r with the A blocks of the row that holds it then
+    (ring_index(step)[r]), and put back in row order: every core multiplies exactly the
+    tiles the moved B would give it, charged as the blocks-form multiply. `b_moved` is `b_l`
+    laid out as a copied B (contiguous), for the steps after the first.
+    """
+    if step == 0:  # nothing has moved yet
+        return matmul(mesh, a=to_blocks(a_l, grid), b=to_blocks(b_l, grid), ledger=ledger, op="mac")
+    device = a_l.device.type
+    holder = rings.ring_index(grid.size, kind, step, device)
+    home = rings.ring_index(grid.size, kind, -step, device)
+    products = matmul_values(mesh, a_l.index_select(0, holder), b_moved)  # B's row order
+    blocks_shape = (grid.rows, grid.cols, grid.per_row, grid.per_col, *a_l.shape[2:])
+    charge_matmul(mesh, ledger, "mac", a_shape=blocks_shape, n=b_l.shape[-1])
+    return to_blocks(products.index_select(0, home), grid)
 
 
 def meshgemm(

@@ -5,6 +5,7 @@ plain) and charges the physical traffic that causes; `skew_round` is one round o
 initial skew written in ring positions. Data moves in one vectorised index operation per call
 (index tensors cached per source map); traffic is priced once per shape and cached, and not at
 all for a ledger that does not price (`Ledger.prices`), so nothing here loops over cores.
+`charge_ring_step` and `ring_index` let a kernel move large blocks by index instead of copying.
 Legend: L logical cores along the axis (tiling.LogicalGrid), P physical cores along it,
 per = L / P; a "line" is one row (axis X) or one column (axis Y).
 """
@@ -211,6 +212,33 @@ def ring_step(
         mesh, grid, data, axis=axis, kind=kind, forward=forward, ledger=ledger, op=op, phase=phase
     )
     return _gather_lines(data, axis, ring_successor(grid.size, kind, -1))
+
+
+def charge_ring_step(
+    mesh: Mesh,
+    grid: LogicalGrid,
+    data: torch.Tensor,
+    *,
+    axis: Axis,
+    kind: RingKind,
+    ledger: Ledger,
+    op: str,
+    phase: int = 0,
+) -> None:
+    """Configure and charge `ring_step` of `data` without moving it: for a kernel that tracks
+    where the ring has taken the blocks by index (`ring_index`) instead of copying them."""
+    forward = _all_forward(grid.size)
+    _charge(
+        mesh, grid, data, axis=axis, kind=kind, forward=forward, ledger=ledger, op=op, phase=phase
+    )
+
+
+def ring_index(size: int, kind: RingKind, steps: int, device: str) -> torch.Tensor:
+    """`ring_successor(size, kind, steps)` as a cached int64 index tensor. After s ring steps,
+    line position i holds the block that started at ring_index(.., -s)[i], and the block that
+    started at position r is at ring_index(.., s)[r]."""
+    dst = ring_successor(size, kind, steps)
+    return _index_tensor(dst.shape, dst.tobytes(), False, device)
 
 
 def skew_offsets(size: int, kind: RingKind) -> np.ndarray:

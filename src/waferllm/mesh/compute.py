@@ -67,6 +67,12 @@ def charge_compute(
     )
 
 
+def matmul_values(mesh: Mesh, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-core a @ b exactly as `matmul` computes it, uncharged (for kernels that charge the
+    multiply themselves, see `charge_matmul`)."""
+    return _accumulating_matmul(mesh, a, b)
+
+
 def _accumulating_matmul(mesh: Mesh, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b in the compute dtype; float16 accumulates in float32 unless f16_accumulate."""
     if mesh.mode is Mode.ESTIMATE or a.dtype != torch.float16:
@@ -94,14 +100,21 @@ def matmul(
     out = _accumulating_matmul(mesh, a, b)
     if accumulate is not None:
         out = accumulate + out
+    charge_matmul(mesh, ledger, op, a_shape=tuple(a.shape), n=b.shape[-1], vector=vector)
+    return out
+
+
+def charge_matmul(
+    mesh: Mesh, ledger: Ledger, op: str, *, a_shape: tuple[int, ...], n: int, vector: str = "m"
+) -> None:
+    """What `matmul` charges for per-core a tiles of `a_shape` (rows, cols, ..., m, k) times
+    [k, n]: the roofline of every (..) repetition."""
     if not ledger.prices:
-        return out
-    *batch, m, k = a.shape[2:]
-    n = b.shape[-1]
+        return
+    *batch, m, k = a_shape[2:]
     reps = math.prod(batch) if batch else 1
     cycles = reps * matmul_cycles(mesh.device, m=m, k=k, n=n, vector=vector)
     charge_compute(mesh, ledger, op, cycles=cycles, flops_per_core=reps * MAC_FLOPS * m * k * n)
-    return out
 
 
 def elementwise(
