@@ -132,7 +132,7 @@ def _gemv(
     tree = _resolve_fanouts(mesh, reduce_axis, algorithm, fanouts)
     lead = x.layout.shape[:-1]
     rows, cols = mesh.shape
-    kt = x.tile_shape[-1]
+    kt = x.data.shape[-1]
     # x_tile: [T, Kt]; w_tile: [Kt, Nt_i]
     x_tile = x.data.reshape(rows, cols, math.prod(lead), kt)
     with Charged(ledger) as charged:

@@ -204,7 +204,7 @@ def rms_norm(
     valid = _valid(x, d_dim)
     if valid is not None:
         xf = torch.where(valid, xf, 0.0)
-    rows, dt = _lead_count(x.data, d_dim), x.tile_shape[-1]
+    rows, dt = _lead_count(x.data, d_dim), x.data.shape[-1]
     _charge(mesh, ledger, f"{op}.sum_squares", rows=rows, length=dt, cost=SQUARE_ACC)
     sum_sq = (xf * xf).sum(dim=-1, keepdim=True)
     if axis is not None:
@@ -219,7 +219,9 @@ def rms_norm(
         )
     _charge(mesh, ledger, f"{op}.rsqrt", rows=rows, length=1, cost=(2, 2))
     scale = torch.rsqrt(sum_sq / d_true + eps)
-    w = weight.data.reshape(*mesh.shape, *([1] * (len(x.tile_shape) - 1)), dt)
+    w = weight.data  # [Dt] tiles, aligned with x's last dim
+    if x.data.dim() > 3:
+        w = w.reshape(*mesh.shape, *([1] * (x.data.dim() - 3)), dt)
     _charge(mesh, ledger, f"{op}.scale", rows=rows, length=dt, cost=SCALE_MUL)
     out = w * _as(xf * scale, dtype)
     return mesh.register(_as(out, dtype), x.layout, f"{op}.out")

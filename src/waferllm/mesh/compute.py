@@ -100,7 +100,7 @@ def matmul(
     out = _accumulating_matmul(mesh, a, b)
     if accumulate is not None:
         out = accumulate + out
-    charge_matmul(mesh, ledger, op, a_shape=tuple(a.shape), n=b.shape[-1], vector=vector)
+    charge_matmul(mesh, ledger, op, a_shape=a.shape, n=b.shape[-1], vector=vector)
     return out
 
 

@@ -123,9 +123,9 @@ class Mesh:
     # ---- creating distributed tensors --------------------------------------------------------
     def register(self, data: torch.Tensor, layout: Layout, name: str) -> DistTensor:
         """Wrap per-core tiles and charge their bytes to every core's SRAM."""
-        assert tuple(data.shape[:2]) == self.shape, (data.shape, self.shape)
-        tile_bytes = math.prod(data.shape[2:]) * self.device.storage_bytes
-        key = self.sram.alloc(name, tile_bytes)
+        shape = data.shape
+        assert shape[0] == self.rows and shape[1] == self.cols, (shape, self.shape)
+        key = self.sram.alloc(name, math.prod(shape[2:]) * self.device.storage_bytes)
         return DistTensor(data, layout, self, name, key)
 
     def empty(self, layout: Layout, name: str, *, fill: float = 0.0) -> DistTensor:
