@@ -214,3 +214,16 @@ def test_extend_relabels_and_multiplies_counts_and_leaves_the_source_alone():
         assert new == dataclasses.replace(old, op=f"layer/{old.op}", count=old.count * 6)
         assert new is not old and isinstance(new, type(old))
     assert target.totals().flops == 6 * source.totals().flops
+
+
+def test_an_unpriced_ledger_nests_scopes_tags_repeats_and_overlaps_and_keeps_nothing():
+    mesh = fresh()
+    ledger = UnpricedLedger()
+    x = data(mesh)
+    with ledger.scope("layer"), ledger.tag("align"), ledger.repeat(3):
+        with ledger.scope("inner"), ledger.overlap("step", step_overhead_cycles=5.0):
+            out = ring_shift(mesh, x, axis=Axis.X, ledger=ledger, op="ring")
+        with ledger.overlap("again"):  # a second block after the first closed
+            out = ring_shift(mesh, out, axis=Axis.X, ledger=ledger, op="ring")
+    assert ledger.records == [] and not ledger.in_overlap
+    assert torch.equal(out, ring_shift(mesh, x, axis=Axis.X, ledger=ledger, op="r", steps=2))

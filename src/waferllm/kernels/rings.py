@@ -46,6 +46,7 @@ def ring_routes_per_core(kind: RingKind, per: int) -> int:
     return 3
 
 
+@lru_cache(maxsize=64)
 def _route_name(axis: Axis, kind: RingKind, steps: int) -> str:
     return f"{axis.value}_ring_{kind.value}_{'fwd' if steps > 0 else 'rev'}"
 
@@ -233,6 +234,7 @@ def charge_ring_step(
     )
 
 
+@lru_cache(maxsize=1024)
 def ring_index(size: int, kind: RingKind, steps: int, device: str) -> torch.Tensor:
     """`ring_successor(size, kind, steps)` as a cached int64 index tensor. After s ring steps,
     line position i holds the block that started at ring_index(.., -s)[i], and the block that

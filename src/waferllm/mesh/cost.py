@@ -355,3 +355,22 @@ class UnpricedLedger(Ledger):
 
     def _close_block(self, block: _Block) -> None:
         return None
+
+    # Names, tags, counts and overlap blocks only shape records: with none kept, a shared
+    # do-nothing context is enough (thousands of them per prefill).
+    def scope(self, name: str) -> contextlib.nullcontext[None]:  # type: ignore[override]
+        return _NOTHING
+
+    def tag(self, name: str) -> contextlib.nullcontext[None]:  # type: ignore[override]
+        return _NOTHING
+
+    def repeat(self, count: int) -> contextlib.nullcontext[None]:  # type: ignore[override]
+        return _NOTHING
+
+    def overlap(  # type: ignore[override]
+        self, op: str, *, step_overhead_cycles: float = 0.0
+    ) -> contextlib.nullcontext[None]:
+        return _NOTHING
+
+
+_NOTHING: contextlib.nullcontext[None] = contextlib.nullcontext()
