@@ -49,6 +49,10 @@ def program(mesh: Mesh, ledger: Ledger, x: torch.Tensor) -> list[torch.Tensor]:
         outs.append(
             allreduce(mesh, x, axis=Axis.X, ledger=ledger, op=algorithm, algorithm=algorithm)
         )
+    outs.append(
+        allreduce(mesh, x, axis=Axis.X, ledger=ledger, op="pl", algorithm="pipeline", root=roots)
+    )
+    outs.append(allreduce(mesh, x, axis=Axis.Y, ledger=ledger, op="nb", broadcast_result=False))
     line, root = reduce(mesh, x, axis=Axis.Y, ledger=ledger, op="r", algorithm="ktree")
     outs += [line, torch.tensor(root)]
     outs.append(

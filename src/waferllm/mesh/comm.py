@@ -376,6 +376,15 @@ def allreduce(
         return _combine(data, axis.tensor_dim, reduce_op)
     if algorithm is ReduceAlgorithm.RING:
         return _ring_allreduce(mesh, data, axis=axis, ledger=ledger, op=op, reduce_op=reduce_op)
+    if not ledger.prices:  # the same checks, routes and data as below, nothing to price
+        _check_data(mesh, data)
+        _line_roots(mesh, axis, 0 if root is None else root)
+        _reduce_plan(mesh, axis, algorithm, fanouts)
+        line = _combine(data, axis.tensor_dim, reduce_op)
+        if not broadcast_result:
+            return line
+        mesh.routes.require(_BCAST_ROUTES[axis], BROADCAST_ROUTES)
+        return line.expand_as(data).contiguous()
     line, top = reduce(
         mesh,
         data,
