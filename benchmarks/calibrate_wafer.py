@@ -1,25 +1,25 @@
 """Calibrate the wafer presets' efficiency constants on PAPER.md §3.2 and §4 (SPEC.md §8).
 
 Fitted, and nothing else: the per-instruction floor of a vector instruction
-(`vector_instr_floor_cycles`), the fixed cost of one compute-shift step
-(`step_overhead_cycles`) and beta, the latency of a routing stage (`stage_latency_cycles`).
-Every other constant keeps its PAPER.md source (alpha = 1 cycle per hop, 12 SRAM bytes and one
-32-bit wavelet per cycle, the SIMD peaks). The model is run exactly as a user runs it
-(`waferllm.bench_gemm` / `bench_gemv`, estimate mode) on every published point:
+(`vector_instr_floor_cycles`), the fixed cost of one compute-shift step or sequential
+operation (`step_overhead_cycles`; a task or collective start) and beta, the latency of a
+routing stage (`stage_latency_cycles`). Every other constant keeps its PAPER.md source
+(alpha = 1 cycle per hop, 12 SRAM bytes and one 32-bit wavelet per cycle, the SIMD peaks). The
+model is run exactly as a user runs it (`waferllm.bench_gemm` / `bench_gemv`, estimate mode)
+on every published point:
 
 * WSE-3 (PAPER.md §4, a public fork's device runs): 5 MeshGEMM points (M = K = N = 8P and
   P = 64 with 1024^3; A aligned on the device and timed, W pre-aligned untimed) and 6 MeshGEMV
   points (M = N = 8P, group_num 8), all as mean cycles over cores. Fits floor, overhead, beta.
 * WSE-2 (PAPER.md §3.2, Table 6's MeshGEMV column at 720 x 720, the model's default K = 2
-  tree, critical-path latency). Fits beta only: Table 6 cannot see the floor (its vectors are
-  SRAM-bound) nor the step overhead (a GEMV has no compute-shift steps), so WSE-2 takes those
-  two from the WSE-3 fit (the same core design; PAPER.md has no WSE-2 GEMM timing).
+  tree, critical-path latency): reported here, fitted jointly with PAPER.md §3.3's LLaMA3-8B
+  prefill and decode rows by benchmarks/calibrate_llm.py (Table 6 alone cannot see the floor,
+  and decode is what constrains the per-operation overhead).
 
 Least squares on relative errors: the floor is scanned on a grid (refined twice around the
 best value); for each floor the other constants, on which the modelled cycles depend
-piecewise-linearly, are solved by Gauss-Newton with finite differences. WSE-2's beta is scanned
-directly (it also moves the default tree's group count). A diagnostic refits one beta shared by
-both devices, to show why the presets carry one each.
+piecewise-linearly, are solved by Gauss-Newton with finite differences. A diagnostic refits
+one beta shared by both devices, to show why the presets carry one each.
 
     python benchmarks/calibrate_wafer.py           # refit, residuals, JSON + PNG
     python benchmarks/calibrate_wafer.py --quick   # residuals of the shipped presets only
@@ -41,11 +41,12 @@ from waferllm import Device, bench_gemm, bench_gemv, wse2, wse3
 
 FLOOR = "vector_instr_floor_cycles"
 OVERHEAD = "step_overhead_cycles"
+OP_OVERHEAD = "op_overhead_cycles"
 BETA = "stage_latency_cycles"
-FITTED = (FLOOR, OVERHEAD, BETA)
+FITTED = (FLOOR, OVERHEAD, OP_OVERHEAD, BETA)
 RESIDUAL_TARGET = 0.10  # SPEC.md §8
 # What the shipped presets carry: floor to 0.01 cycle, overhead and beta to 0.1 cycle.
-DECIMALS = {FLOOR: 2, OVERHEAD: 1, BETA: 1}
+DECIMALS = {FLOOR: 2, OVERHEAD: 1, OP_OVERHEAD: 1, BETA: 1}
 
 Devices = Mapping[str, Device]
 
@@ -183,17 +184,10 @@ def calibrate() -> Calibration:
         wse3_points,
         scanned=FLOOR,
         grid=np.arange(2.0, 16.01, 1.0),
-        linear=(OVERHEAD, BETA),
+        linear=(OVERHEAD, OP_OVERHEAD, BETA),
     )["wse3"]
-    fitted3 = rounded(fitted3)
-    borrowed = {FLOOR: getattr(fitted3, FLOOR), OVERHEAD: getattr(fitted3, OVERHEAD)}
-    fitted2 = fit(
-        {"wse2": dataclasses.replace(wse2(), **borrowed)},
-        WSE2_TABLE6,
-        scanned=BETA,
-        grid=np.arange(0.0, 80.01, 2.0),
-    )["wse2"]
-    devices = {"wse2": rounded(fitted2), "wse3": fitted3}
+    # WSE-2's constants are fitted by calibrate_llm.py (Table 6 + PAPER.md §3.3)
+    devices = {"wse2": wse2(), "wse3": rounded(fitted3)}
     shared_points = (*WSE2_TABLE6, *WSE3_MESHGEMV)
     shared = fit(devices, shared_points, scanned=BETA, grid=np.arange(0.0, 80.01, 2.0))
     beta = round(float(getattr(shared["wse3"], BETA)), DECIMALS[BETA])

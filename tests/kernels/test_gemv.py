@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from waferllm.device import tiny
+from waferllm.device import tiny, with_overrides
 from waferllm.errors import WaferError
 from waferllm.kernels.gemv import (
     GEMV_KERNELS,
@@ -189,7 +189,10 @@ def test_ring_gemv_pays_two_p_minus_two_steps_of_two_hops():
 
 
 def test_meshgemv_beats_the_pipeline_on_a_long_axis():
-    mesh = _mesh(64, 4, mode=Mode.ESTIMATE)
+    # beta and the op overhead pinned (11 cycles, none): the claim is about the schedules, not
+    # about the calibrated presets (WSE-2's fitted beta is under a cycle)
+    device = with_overrides(tiny(), {"stage_latency_cycles": 11.0, "op_overhead_cycles": 0.0})
+    mesh = Mesh(device, 64, 4, mode=Mode.ESTIMATE)
     xd, (wd,) = _place(mesh, torch.empty(640), [torch.empty(640, 64)], Axis.Y)
     tree = meshgemv(mesh, x=xd, w=wd, ledger=Ledger()).cost.latency_cycles
     chain = pipeline_gemv(mesh, x=xd, w=wd, ledger=Ledger()).cost.latency_cycles

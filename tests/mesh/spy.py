@@ -41,13 +41,14 @@ PINNED = {
     "sram_bytes_per_cycle": 12,
     "vector_instr_floor_cycles": 10,
     "step_overhead_cycles": 0,
+    "op_overhead_cycles": 0,
 }
 
 
 def device(**overrides: float) -> Device:
     """The tiny device with every constant a closed form uses pinned (so that calibrating the
     presets cannot change these tests): alpha 3, beta 7 (distinguishable), 4-byte links and
-    ramps, F = 8, S = 12, an instruction floor of 10 cycles."""
+    ramps, F = 8, S = 12, an instruction floor of 10 cycles, no step or operation overhead."""
     return with_overrides(tiny(), {**PINNED, **overrides})
 
 

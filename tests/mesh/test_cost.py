@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from waferllm.mesh import Axis, Charge, ChargeKind, Ledger, Mesh, broadcast, ring_shift
+from waferllm.mesh import (
+    Axis,
+    Charge,
+    ChargeKind,
+    Ledger,
+    Mesh,
+    UnpricedLedger,
+    broadcast,
+    ring_shift,
+)
+from waferllm.mesh.compute import charge_compute
 
 from .spy import device
 
@@ -132,3 +142,53 @@ def test_mean_core_cycles_subtracts_how_early_the_average_core_finishes_a_broadc
     ledger = Ledger()
     broadcast(mesh, torch.ones(1, 8, 16), axis=Axis.X, root=0, ledger=ledger, op="b")
     assert ledger.mean_core_cycles() == ledger.totals().latency_cycles - 3.5 * ALPHA
+
+
+# ---- the per-operation overhead ----------------------------------------------------------------
+OP = 40.0
+
+
+def test_every_sequential_compute_and_comm_record_pays_the_devices_op_overhead():
+    """A 100-cycle compute and a 14-cycle ring step, run one after the other, each start once."""
+    mesh = Mesh(device(op_overhead_cycles=OP), 1, 6)
+    ledger = Ledger()
+    charge_compute(mesh, ledger, "mm", cycles=100.0, flops_per_core=1.0)
+    shift_step(ledger, mesh)
+    assert [r.overhead_cycles for r in ledger.records] == [OP, OP]
+    assert [r.latency_cycles for r in ledger.records] == [100.0 + OP, 14.0 + OP]
+    assert ledger.totals().overhead_cycles == 2 * OP
+
+
+def test_an_overlap_block_pays_its_step_overhead_once_and_no_op_overhead():
+    mesh = Mesh(device(op_overhead_cycles=OP), 1, 6)
+    ledger = Ledger()
+    with ledger.overlap("step", step_overhead_cycles=5.0):
+        charge_compute(mesh, ledger, "mm", cycles=3.0, flops_per_core=1.0)
+        shift_step(ledger, mesh)
+    (record,) = ledger.records
+    assert record.overhead_cycles == 5.0
+    assert record.latency_cycles == 14.0 + 5.0
+
+
+def test_a_repeated_operation_pays_the_op_overhead_per_repetition():
+    mesh = Mesh(device(op_overhead_cycles=OP), 1, 6)
+    ledger = Ledger()
+    with ledger.repeat(3):
+        shift_step(ledger, mesh)
+    assert ledger.totals().latency_cycles == 3 * (14.0 + OP)
+
+
+def test_host_io_and_work_free_charges_pay_no_op_overhead():
+    mesh = Mesh(device(op_overhead_cycles=OP), 1, 6)
+    ledger = Ledger()
+    mesh.charge_host_io(ledger, "io", 1024)
+    ledger.charge("nothing", Charge(kind=ChargeKind.COMPUTE, cycles=0.0, overhead_cycles=OP))
+    assert [r.overhead_cycles for r in ledger.records] == [0.0, 0.0]
+
+
+def test_an_unpriced_ledger_records_no_overhead():
+    mesh = Mesh(device(op_overhead_cycles=OP), 1, 6)
+    ledger = UnpricedLedger()
+    charge_compute(mesh, ledger, "mm", cycles=100.0, flops_per_core=1.0)
+    shift_step(ledger, mesh)
+    assert ledger.records == [] and ledger.totals().latency_cycles == 0.0

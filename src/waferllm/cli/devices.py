@@ -28,6 +28,7 @@ SHOWN = (
     ("power_w", "power"),
     ("vector_instr_floor_cycles", "instr floor"),
     ("step_overhead_cycles", "step overhead"),
+    ("op_overhead_cycles", "op overhead"),
 )
 
 

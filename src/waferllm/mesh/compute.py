@@ -63,7 +63,12 @@ def charge_compute(
         return
     ledger.charge(
         op,
-        Charge(kind=ChargeKind.COMPUTE, cycles=cycles, flops=int(flops_per_core * mesh.num_cores)),
+        Charge(
+            kind=ChargeKind.COMPUTE,
+            cycles=cycles,
+            flops=int(flops_per_core * mesh.num_cores),
+            overhead_cycles=mesh.device.op_overhead_cycles,
+        ),
     )
 
 

@@ -2,10 +2,12 @@
 
 A primitive hands the ledger a `Charge` (compute cycles, or communication traffic already
 priced by `traffic.comm_cycles`). Outside an `overlap()` block each charge is one sequential
-record; inside, the block's compute and communication overlap and cost
-`max(compute, comm) + step_overhead`. `repeat(n)` marks a run of identical steps as one record
-with a count. `UnpricedLedger` keeps nothing and tells primitives not to price at all (work whose
-cost an identical walk already recorded). Cycles only: seconds are the device's business
+record and pays its own start overhead (`Charge.overhead_cycles`: the device's
+`op_overhead_cycles`, a task or collective start on the core); inside, the block's compute and
+communication overlap and cost `max(compute, comm) + step_overhead`, the block's overhead
+covering its charges'. `repeat(n)` marks a run of identical steps as one record with a count.
+`UnpricedLedger` keeps nothing and tells primitives not to price at all (work whose cost an
+identical walk already recorded). Cycles only: seconds are the device's business
 (`Device.cycles_to_seconds`).
 """
 
@@ -36,6 +38,10 @@ class Charge:
     the same time (traffics are merged and priced together); later phases follow.
     `mean_slack_cycles`: how much earlier than `cycles` the average core is done (a broadcast
     reaches near cores first); used for PAPER.md §4's mean-over-cores "elapsed cycles".
+    `overhead_cycles`: the fixed cost of starting the operation (the device's
+    `op_overhead_cycles`, filled in by the primitive), paid only when it runs as a sequential
+    record with work to do; an overlap block pays its own step overhead instead. Host I/O
+    carries none.
     """
 
     kind: ChargeKind
@@ -48,10 +54,11 @@ class Charge:
     host_bytes: int = 0
     mean_slack_cycles: float = 0.0
     traffic: Traffic | None = None
+    overhead_cycles: float = 0.0
 
     @classmethod
     def comm(cls, traffic: Traffic) -> Charge:
-        """A communication step priced by the message model."""
+        """A communication step priced by the message model (it starts like any operation)."""
         return cls(
             kind=ChargeKind.COMM,
             cycles=traffic.cycles,
@@ -61,6 +68,7 @@ class Charge:
             critical_stages=traffic.critical_stages,
             mean_slack_cycles=traffic.mean_slack_cycles,
             traffic=traffic,
+            overhead_cycles=traffic.device.op_overhead_cycles,
         )
 
 
@@ -237,12 +245,19 @@ class Ledger:
 
     # ---- charging ----------------------------------------------------------------------------
     def charge(self, op: str, charge: Charge, *, phase: int = 0) -> None:
+        """Add `charge`: to the open overlap block (whose step overhead covers the charge's
+        start overhead), else as one sequential record that pays `charge.overhead_cycles` when
+        it has work (`cycles > 0`). The one place that decides who pays the per-operation
+        overhead."""
         if self._block is not None:
             self._block.charges.append(charge)
             if charge.kind is ChargeKind.COMM:
                 self._block.comm_phases.setdefault(phase, []).append(charge)
             return
         kind, cycles = charge.kind, charge.cycles
+        overhead = charge.overhead_cycles if cycles > 0 else 0.0
+        if kind is ChargeKind.OVERHEAD:
+            overhead += cycles
         self.records.append(
             Record(
                 op=self._name(op),
@@ -256,7 +271,7 @@ class Ledger:
                 host_bytes=charge.host_bytes,
                 compute_cycles=cycles if kind is ChargeKind.COMPUTE else 0.0,
                 comm_cycles=cycles if kind is ChargeKind.COMM else 0.0,
-                overhead_cycles=cycles if kind is ChargeKind.OVERHEAD else 0.0,
+                overhead_cycles=overhead,
                 host_io_cycles=cycles if kind is ChargeKind.HOST_IO else 0.0,
                 comm_busy_cycles=cycles if kind is ChargeKind.COMM else 0.0,
                 mean_slack_cycles=charge.mean_slack_cycles,

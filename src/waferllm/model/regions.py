@@ -222,6 +222,7 @@ def relayout_charge(device: Device, moves: list[Move]) -> Charge:
         bytes_injected=int(moved * nbytes),
         link_byte_hops=int(byte_hops * nbytes),
         critical_hops=int(hops),
+        overhead_cycles=device.op_overhead_cycles,
     )
 
 
