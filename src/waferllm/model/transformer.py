@@ -162,6 +162,7 @@ class MeshTransformer:
         return _room(KvPolicy(policy or self.kv_policy), rows, self.plan.kv_slots, prompt_len)
 
     # ---- prefill -----------------------------------------------------------------------------
+    @torch.inference_mode()
     def prefill(self, token_ids: Sequence[int], ledger: Ledger) -> StepOutput:
         """Run the prompt with the prefill plan; the first generated token is selected on the
         mesh. Starts a new request (the previous one's cache is dropped)."""
@@ -231,6 +232,7 @@ class MeshTransformer:
         return self._select(logits, ledger, position=length, algorithm=ReduceAlgorithm.RING)
 
     # ---- the hand-off ------------------------------------------------------------------------
+    @torch.inference_mode()
     def transition(self, ledger: Ledger) -> None:
         """Re-lay the prompt's KV cache onto the decode grid (rows rebalanced) and, with one
         resident layout, the weights to the decode plan and back for the next request."""
@@ -282,6 +284,7 @@ class MeshTransformer:
                 ledger.charge("weights_to_prefill", weights)
 
     # ---- decode ------------------------------------------------------------------------------
+    @torch.inference_mode()
     def decode_step(self, token_id: int, ledger: Ledger) -> StepOutput:
         """Feed one token (the previous step's choice) and select the next on the mesh."""
         if self._counts is None:
