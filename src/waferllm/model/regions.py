@@ -179,19 +179,18 @@ def relayout_charge(device: Device, moves: list[Move]) -> Charge:
             cut_x += m.count * _cross_cuts(src_c, dst_c, cols)
             # element (a, b) stays home when a's (src row, dst col) equals b's (dst row, src col)
             stay = _pairs(src_r, dst_c, rows, cols) * _pairs(dst_r, src_c, rows, cols)
-            sent = float((np.outer(_counts(src_r, rows), _counts(src_c, cols)) - stay).max())
-            received = float((np.outer(_counts(dst_r, rows), _counts(dst_c, cols)) - stay).max())
+            sent = _busiest(_counts(src_r, rows), _counts(src_c, cols), stay)
+            received = _busiest(_counts(dst_r, rows), _counts(dst_c, cols), stay)
             count = len(src_r) * len(src_c) - int(stay.sum())
             dist = _pair_distance(src_r, dst_r, rows) + _pair_distance(src_c, dst_c, cols)
         else:
             cut_y += m.count * len(src_c) * _direct_cuts(src_r, dst_r, rows)
             cut_x += m.count * len(src_r) * _direct_cuts(src_c, dst_c, cols)
             stay_r, stay_c = src_r == dst_r, src_c == dst_c
-            out = np.outer(_counts(src_r, rows), _counts(src_c, cols))
-            out -= np.outer(_counts(src_r[stay_r], rows), _counts(src_c[stay_c], cols))
-            inn = np.outer(_counts(dst_r, rows), _counts(dst_c, cols))
-            inn -= np.outer(_counts(dst_r[stay_r], rows), _counts(dst_c[stay_c], cols))
-            sent, received = float(out.max()), float(inn.max())
+            home = (_counts(src_r[stay_r], rows), _counts(src_c[stay_c], cols))
+            sent = _busiest(_counts(src_r, rows), _counts(src_c, cols), home)
+            home = (_counts(dst_r[stay_r], rows), _counts(dst_c[stay_c], cols))
+            received = _busiest(_counts(dst_r, rows), _counts(dst_c, cols), home)
             count = len(src_r) * len(src_c) - int(stay_r.sum()) * int(stay_c.sum())
             dist = (
                 len(src_c) * np.abs(src_r - dst_r).sum() + len(src_r) * np.abs(src_c - dst_c).sum()
@@ -224,6 +223,26 @@ def relayout_charge(device: Device, moves: list[Move]) -> Charge:
         critical_hops=int(hops),
         overhead_cycles=device.op_overhead_cycles,
     )
+
+
+def _busiest(
+    per_row: np.ndarray, per_col: np.ndarray, home: np.ndarray | tuple[np.ndarray, np.ndarray]
+) -> float:
+    """max over cores of outer(per_row, per_col) - home (elements that stay put).
+
+    `home` is a (rows, cols) histogram or a pair of vectors whose outer product it is; it never
+    exceeds the outer product, so cores outside the product's support hold 0 and only the
+    support (rows and columns with elements) is materialised.
+    """
+    r, c = np.flatnonzero(per_row), np.flatnonzero(per_col)
+    if r.size == 0 or c.size == 0:
+        return 0.0
+    block = np.outer(per_row[r], per_col[c])
+    if isinstance(home, tuple):
+        block = block - np.outer(home[0][r], home[1][c])
+    else:
+        block = block - home[np.ix_(r, c)]
+    return float(block.max(initial=0.0))
 
 
 def _direct_cuts(src: np.ndarray, dst: np.ndarray, length: int) -> np.ndarray:
