@@ -11,24 +11,20 @@ from typing import Any
 from rich.table import Table
 
 from waferllm.api.bench import KernelReport, bench_gemm, bench_gemv
-from waferllm.cli.common import add_device_options, console, device_from_args, print_json
+from waferllm.cli.common import (
+    add_device_options,
+    console,
+    device_from_args,
+    positive_int,
+    print_json,
+)
 
 GEMM_ALGOS = ("meshgemm", "cannon", "summa", "allgather")
 GEMV_ALGOS = ("meshgemv", "pipeline", "ring")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _fanouts(text: str) -> tuple[int, ...]:
-    return tuple(_positive_int(part) for part in text.split(","))
+    return tuple(positive_int(part) for part in text.split(","))
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gemm = kinds.add_parser("gemm", help="C = A @ B: MeshGEMM or a baseline")
     gemm.add_argument("--algo", choices=GEMM_ALGOS, default="meshgemm")
     for name in ("m", "k", "n"):
-        gemm.add_argument(f"--{name}", type=_positive_int, required=True, metavar=name.upper())
+        gemm.add_argument(f"--{name}", type=positive_int, required=True, metavar=name.upper())
     gemm.add_argument(
         "--align-both", action="store_true",
         help="skew B on the device too (timed) instead of storing it pre-skewed",
@@ -73,11 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     gemm.set_defaults(func=run_gemm)
     gemv = kinds.add_parser("gemv", help="y = x W: MeshGEMV or a baseline")
     gemv.add_argument("--algo", choices=GEMV_ALGOS, default="meshgemv")
-    gemv.add_argument("--m", type=_positive_int, required=True, help="reduced length (x, W rows)")
-    gemv.add_argument("--n", type=_positive_int, required=True, help="output length (W columns)")
+    gemv.add_argument("--m", type=positive_int, required=True, help="reduced length (x, W rows)")
+    gemv.add_argument("--n", type=positive_int, required=True, help="output length (W columns)")
     tree = gemv.add_mutually_exclusive_group()
     tree.add_argument("--fanouts", type=_fanouts, metavar="B1,B2", help="K-tree fan-outs")
-    tree.add_argument("--groups", type=_positive_int, metavar="G", help="= --fanouts ceil(P/G),G")
+    tree.add_argument("--groups", type=positive_int, metavar="G", help="= --fanouts ceil(P/G),G")
     gemv.add_argument(
         "--no-broadcast", action="store_true", help="stop after the reduce (no final broadcast)"
     )

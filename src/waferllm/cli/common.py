@@ -29,6 +29,17 @@ def console(*, stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=None if sys.stdout.isatty() else 140)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def add_device_options(parser: argparse.ArgumentParser, default: str = "wse2") -> None:
     parser.add_argument(
         "--device", default=default, help=f"preset name or JSON file (default {default})"

@@ -16,19 +16,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from waferllm.api.estimate import Estimate, estimate
-from waferllm.cli.common import add_device_options, console, device_from_args, print_json
+from waferllm.cli.common import (
+    add_device_options,
+    console,
+    device_from_args,
+    positive_int,
+    print_json,
+)
 
 TOP_OPS = 8  # rows of the per-op tables
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, help="built-in model name or checkpoint dir")
     add_device_options(parser, default="wse2")
-    parser.add_argument("--prompt-len", type=_positive_int, required=True, metavar="L")
-    parser.add_argument("--output-len", type=_positive_int, required=True, metavar="O")
+    parser.add_argument("--prompt-len", type=positive_int, required=True, metavar="L")
+    parser.add_argument("--output-len", type=positive_int, required=True, metavar="O")
     grids = parser.add_argument_group("grids (P for P x P, or RxC: R rows by C columns)")
     grids.add_argument("--prefill-grid", metavar="G", help="the prefill grid (default: searched)")
     grids.add_argument("--decode-grid", metavar="G", help="the decode grid (default: searched)")

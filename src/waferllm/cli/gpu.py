@@ -12,19 +12,9 @@ from typing import Any
 from rich.table import Table
 
 from waferllm.api.gpu import GPU_PRESETS, gpu_estimate
-from waferllm.cli.common import CliError, console, print_json
+from waferllm.cli.common import CliError, console, positive_int, print_json
 
 NUM_GPUS = (1, 8, 16)  # the paper's setups: one GPU, one NVLink node, two nodes over InfiniBand
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="built-in model name or checkpoint dir")
     parser.add_argument("--gpu", choices=tuple(GPU_PRESETS), default="a100")
     parser.add_argument("--num-gpus", type=int, choices=NUM_GPUS, default=1)
-    parser.add_argument("--prompt-len", type=_positive_int, required=True, metavar="L")
-    parser.add_argument("--output-len", type=_positive_int, required=True, metavar="O")
+    parser.add_argument("--prompt-len", type=positive_int, required=True, metavar="L")
+    parser.add_argument("--output-len", type=positive_int, required=True, metavar="O")
     parser.add_argument("--json", action="store_true", help="print the request report as JSON")
     parser.set_defaults(func=run)
 
