@@ -23,7 +23,7 @@ from waferllm.device import Device, get_device
 from waferllm.engine.metrics import model_flops
 from waferllm.errors import GridError, WaferError
 from waferllm.mesh.cost import Ledger
-from waferllm.mesh.virtual import parse_grid
+from waferllm.mesh.virtual import GridLike, as_grid
 from waferllm.model.config import ModelConfig, load_config
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.kv_cache import kv_capacity_tokens as capacity_tokens
@@ -35,7 +35,6 @@ from waferllm.model.report import KvCapacity, RequestMetrics, RequestReport
 
 __all__ = ["Estimate", "PhasePlacement", "clear_cache", "estimate"]
 
-GridLike = int | str | tuple[int, int]
 Progress = Callable[[int, int, str], None]
 
 PER_LAYER_NOTE = (
@@ -130,7 +129,7 @@ def estimate(
         resident=_choice(resident_layouts, ResidentLayouts, "resident_layouts"),
     )
     _check_lengths(setup.config, prompt_len, output_len)
-    grids = (_grid(prefill_grid, "prefill_grid"), _grid(decode_grid, "decode_grid"))
+    grids = (as_grid(prefill_grid, "prefill_grid"), as_grid(decode_grid, "decode_grid"))
     for grid, name in zip(grids, ("prefill_grid", "decode_grid"), strict=True):
         _check_on_device(grid, setup.device, name)
     costs = cost_model(setup)
@@ -174,20 +173,6 @@ def _choice(value: Any, options: type, name: str) -> Any:
     except ValueError:
         valid = ", ".join(str(o) for o in options)  # type: ignore[attr-defined]
         raise WaferError(f"{name}={value!r} is not one of {valid}") from None
-
-
-def _grid(value: GridLike | None, name: str) -> Grid | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise GridError(f"{name}={value!r} is not a grid: use P, 'RxC' or (rows, cols)")
-    if isinstance(value, int):
-        return parse_grid(str(value))
-    if isinstance(value, str):
-        return parse_grid(value)
-    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return parse_grid(f"{value[0]}x{value[1]}")
-    raise GridError(f"{name}={value!r} is not a grid: use P, 'RxC' or (rows, cols)")
 
 
 def _check_on_device(grid: Grid | None, device: Device, name: str) -> None:

@@ -23,7 +23,7 @@ from waferllm.engine.metrics import Footprint, breakdown, request_metrics
 from waferllm.engine.sampling import SamplingParams
 from waferllm.engine.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 from waferllm.errors import GridError, WaferError
-from waferllm.mesh.virtual import COMPUTE_DTYPES, parse_grid
+from waferllm.mesh.virtual import COMPUTE_DTYPES, GridLike, as_grid
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.placement import PlacementMode, ResidentLayouts
@@ -34,7 +34,7 @@ from waferllm.model.weights import ModelWeights, load_checkpoint
 
 __all__ = ["LLM", "RequestOutput", "SamplingParams", "StreamChunk"]
 
-Grid = int | str | tuple[int, int]
+Grid = GridLike
 Prompt = str | Sequence[int]
 
 
@@ -75,20 +75,6 @@ def _as_batch(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     if bad:
         raise WaferError(f"prompts must be text or lists of token ids, got {type(bad[0]).__name__}")
     return items  # type: ignore[return-value]
-
-
-def _grid(value: Grid | None, name: str) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise GridError(f"{name}={value!r} is not a grid: use P, 'RxC' or (rows, cols)")
-    if isinstance(value, int):
-        return parse_grid(str(value))
-    if isinstance(value, str):
-        return parse_grid(value)
-    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return parse_grid(f"{value[0]}x{value[1]}")
-    raise GridError(f"{name}={value!r} is not a grid: use P, 'RxC' or (rows, cols)")
 
 
 def _choice(value: str, options: type[enum.StrEnum], name: str) -> Any:
@@ -147,7 +133,7 @@ class LLM:
         self.engine = Engine(self.model)
 
     def _grid(self, value: Grid | None, name: str) -> tuple[int, int] | None:
-        parsed = _grid(value, name)
+        parsed = as_grid(value, name)
         rows, cols = self.device.mesh_rows, self.device.mesh_cols
         if parsed is not None and (parsed[0] > rows or parsed[1] > cols):
             raise GridError(

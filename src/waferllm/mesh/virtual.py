@@ -45,6 +45,24 @@ def parse_grid(text: str) -> tuple[int, int]:
     return rows, cols
 
 
+GridLike = int | str | tuple[int, int]
+
+
+def as_grid(value: GridLike | None, name: str) -> tuple[int, int] | None:
+    """A grid given in Python as P, "P", "RxC" or (rows, cols); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise GridError(f"{name}={value!r} is not a grid: use P, 'RxC' or (rows, cols)")
+    if isinstance(value, int):
+        return parse_grid(str(value))
+    if isinstance(value, str):
+        return parse_grid(value)
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return parse_grid(f"{value[0]}x{value[1]}")
+    raise GridError(f"{name}={value!r} is not a grid: use P, 'RxC' or (rows, cols)")
+
+
 class Mesh:
     """A rows x cols region of `device` whose top-left core is `origin` on the wafer."""
 
