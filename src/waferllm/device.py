@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from waferllm.errors import WaferError
+
 STORAGE_DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
@@ -51,10 +53,10 @@ class Device:
         for field in ("mesh_rows", "mesh_cols", "sram_bytes_per_core", "routes_per_core"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"device field {field}={value!r} must be a positive integer")
+                raise WaferError(f"device field {field}={value!r} must be a positive integer")
         self._check_numbers()
         if self.storage_dtype not in STORAGE_DTYPES:
-            raise ValueError(
+            raise WaferError(
                 f"device field storage_dtype={self.storage_dtype!r} must be one of "
                 f"{', '.join(STORAGE_DTYPES)}"
             )
@@ -73,7 +75,7 @@ class Device:
         for field in positive:
             value = getattr(self, field)
             if not _is_finite_number(value) or value <= 0:
-                raise ValueError(f"device field {field}={value!r} must be a positive number")
+                raise WaferError(f"device field {field}={value!r} must be a positive number")
         non_negative = (
             "hop_latency_cycles",
             "stage_latency_cycles",
@@ -84,7 +86,7 @@ class Device:
         for field in non_negative:
             value = getattr(self, field)
             if not _is_finite_number(value) or value < 0:
-                raise ValueError(f"device field {field}={value!r} must be a number >= 0")
+                raise WaferError(f"device field {field}={value!r} must be a number >= 0")
 
     @property
     def storage_bytes(self) -> int:
@@ -257,20 +259,20 @@ def _coerce(key: str, value: Any) -> Any:
     """Convert a JSON or `--set` value to the field's type, or raise naming the field."""
     if key not in _FIELDS or key == "sources":
         valid = ", ".join(k for k in _FIELDS if k != "sources")
-        raise ValueError(f"unknown device field {key!r}; valid fields: {valid}")
+        raise WaferError(f"unknown device field {key!r}; valid fields: {valid}")
     if key in _STR_FIELDS:
         return str(value)
     if isinstance(value, bool):  # JSON true/false would otherwise read as 1/0
-        raise ValueError(f"device field {key}={value!r} is not a number")
+        raise WaferError(f"device field {key}={value!r} is not a number")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"device field {key}={value!r} is not a number") from None
+        raise WaferError(f"device field {key}={value!r} is not a number") from None
     if not math.isfinite(number):
-        raise ValueError(f"device field {key}={value!r} must be a finite number")
+        raise WaferError(f"device field {key}={value!r} must be a finite number")
     if key in _INT_FIELDS:
         if number != int(number):
-            raise ValueError(f"device field {key}={value!r} must be an integer")
+            raise WaferError(f"device field {key}={value!r} must be an integer")
         return int(number)
     return number
 
@@ -291,7 +293,7 @@ def parse_set_options(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise WaferError(f"--set expects key=value, got {item!r}")
         out[key.strip()] = value.strip()
     return out
 
@@ -302,16 +304,16 @@ def load_device(path: str | Path) -> Device:
     try:
         raw = json.loads(path.read_text())
     except OSError as exc:
-        raise ValueError(f"cannot read device file {str(path)!r}: {exc.strerror}") from None
+        raise WaferError(f"cannot read device file {str(path)!r}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"device file {str(path)!r} is not valid JSON: {exc.msg}") from None
+        raise WaferError(f"device file {str(path)!r} is not valid JSON: {exc.msg}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"device file {str(path)!r} must hold one JSON object")
+        raise WaferError(f"device file {str(path)!r} must hold one JSON object")
     raw.pop("sources", None)
     base_name = raw.pop("base", None)
     if base_name is not None:
         if base_name not in PRESETS:
-            raise ValueError(
+            raise WaferError(
                 f"device file {str(path)!r}: base {base_name!r} is not a preset; "
                 f"use one of {', '.join(PRESETS)}"
             )
@@ -319,7 +321,7 @@ def load_device(path: str | Path) -> Device:
         return with_overrides(PRESETS[base_name](), raw, source=f"user file {path.name}")
     missing = [k for k in _FIELDS if k not in raw and k not in ("sources", "name")]
     if missing:
-        raise ValueError(
+        raise WaferError(
             f"device file {str(path)!r} lacks {', '.join(missing)}; give every field or "
             f'"base": one of {", ".join(PRESETS)}'
         )
@@ -335,7 +337,7 @@ def get_device(name_or_path: str, overrides: Mapping[str, Any] | None = None) ->
     elif name_or_path.endswith(".json") or Path(name_or_path).is_file():
         device = load_device(name_or_path)
     else:
-        raise ValueError(
+        raise WaferError(
             f"unknown device {name_or_path!r}; presets: {', '.join(PRESETS)} (or a JSON file)"
         )
     return with_overrides(device, overrides) if overrides else device

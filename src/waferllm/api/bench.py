@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from waferllm.device import Device, get_device
-from waferllm.errors import SramOverflowError
+from waferllm.errors import SramOverflowError, WaferError
 from waferllm.kernels.gemm import GEMM_KERNELS, WEIGHT_SKEW, load_weights
 from waferllm.kernels.gemv import GEMV_KERNELS
 from waferllm.kernels.reference import compare, gemm_reference, gemv_reference
@@ -113,9 +113,9 @@ def _setup(
     try:
         run_mode = Mode(mode)
     except ValueError:
-        raise ValueError(f"unknown mode {mode!r}; choose estimate or functional") from None
+        raise WaferError(f"unknown mode {mode!r}; choose estimate or functional") from None
     if dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(COMPUTE_DTYPES)}")
+        raise WaferError(f"unknown dtype {dtype!r}; choose from {', '.join(COMPUTE_DTYPES)}")
     if f16_accumulate and dtype != "float16":
         warnings.warn("--f16-accumulate has no effect unless --dtype float16", stacklevel=3)
     return _Setup(dev, rows, cols, run_mode, COMPUTE_DTYPES[dtype], f16_accumulate)
@@ -124,7 +124,7 @@ def _setup(
 def _check_sizes(**sizes: int) -> None:
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"--{name} must be a positive integer, got {value!r}")
+            raise WaferError(f"--{name} must be a positive integer, got {value!r}")
 
 
 def _host(
@@ -204,7 +204,7 @@ def bench_gemm(
     grid get K zero-padded to a multiple of lcm(rows, cols)."""
     start = time.perf_counter()
     if algo not in GEMM_KERNELS:
-        raise ValueError(f"unknown GEMM algorithm {algo!r}; choose from {', '.join(GEMM_KERNELS)}")
+        raise WaferError(f"unknown GEMM algorithm {algo!r}; choose from {', '.join(GEMM_KERNELS)}")
     _check_sizes(m=m, k=k, n=n)
     setup = _setup(device, grid, mode, dtype, f16_accumulate)
     ring = algo in WEIGHT_SKEW
@@ -252,11 +252,11 @@ def bench_gemv(
     stops after the reduce. The report has m = 1, k = the reduced length, n (SPEC.md §10.3)."""
     start = time.perf_counter()
     if algo not in GEMV_KERNELS:
-        raise ValueError(f"unknown GEMV algorithm {algo!r}; choose from {', '.join(GEMV_KERNELS)}")
+        raise WaferError(f"unknown GEMV algorithm {algo!r}; choose from {', '.join(GEMV_KERNELS)}")
     _check_sizes(m=m, n=n)
     setup = _setup(device, grid, mode, dtype, f16_accumulate)
     if fanouts is not None and groups is not None:
-        raise ValueError("give --fanouts or --groups, not both")
+        raise WaferError("give --fanouts or --groups, not both")
     tree = fanouts_from_groups(setup.rows, groups) if groups is not None else fanouts
 
     def run(mesh: Mesh) -> _Run:

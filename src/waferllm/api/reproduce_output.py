@@ -19,6 +19,7 @@ from typing import Any
 from waferllm.api import paper_figures as paper
 from waferllm.api.reproduce import Reproduction
 from waferllm.api.tables import Column, Section
+from waferllm.errors import WaferError
 
 __all__ = ["format_value", "to_markdown", "write_artifacts"]
 
@@ -92,8 +93,11 @@ def to_markdown(result: Reproduction, *, header: dict[str, str] | None = None) -
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise WaferError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

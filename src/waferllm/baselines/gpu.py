@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from waferllm.baselines.gpu_specs import GpuCalibration, GpuSpec, calibrated
+from waferllm.errors import WaferError
 from waferllm.model.config import ModelConfig
 
 BYTES_PER_ELEMENT = 2  # SGLang serves these models in bf16/fp16
@@ -51,15 +52,15 @@ class Shard:
 def shard(config: ModelConfig, num_gpus: int) -> Shard:
     """One GPU's share under tensor parallelism over `num_gpus`, or a ValueError if it cannot be."""
     if not isinstance(num_gpus, int) or isinstance(num_gpus, bool) or num_gpus < 1:
-        raise ValueError(f"num_gpus={num_gpus!r} must be a positive integer")
+        raise WaferError(f"num_gpus={num_gpus!r} must be a positive integer")
     heads, kv = config.num_attention_heads, config.num_key_value_heads
     if heads % num_gpus:
-        raise ValueError(
+        raise WaferError(
             f"tensor parallelism over {num_gpus} GPUs needs num_attention_heads ({heads}) "
             f"divisible by {num_gpus}"
         )
     if kv % num_gpus and num_gpus % kv:
-        raise ValueError(
+        raise WaferError(
             f"tensor parallelism over {num_gpus} GPUs needs num_key_value_heads ({kv}) to divide "
             f"or be divisible by {num_gpus}"
         )
@@ -312,7 +313,7 @@ def gemv_time_s(
     """
     cal = calibration or calibrated()
     if min(k, n, num_gpus) < 1:
-        raise ValueError(f"gemv needs k, n, num_gpus >= 1 (got k={k}, n={n}, G={num_gpus})")
+        raise WaferError(f"gemv needs k, n, num_gpus >= 1 (got k={k}, n={n}, G={num_gpus})")
     local = _gemm("gemv", 1, math.ceil(k / num_gpus), n, False)
     time, _, _ = op_seconds(local, gpu, cal)
     return float(time) + allreduce_seconds(n * BYTES_PER_ELEMENT, num_gpus, gpu, cal)

@@ -14,6 +14,7 @@ import numpy as np
 from waferllm.baselines.gpu import PhaseCost, decode_cost, prefill_cost
 from waferllm.baselines.gpu_memory import GpuMemory, memory_plan, min_gpus_that_fit
 from waferllm.baselines.gpu_specs import GpuCalibration, GpuSpec, calibrated
+from waferllm.errors import WaferError
 from waferllm.model.config import ModelConfig
 from waferllm.model.report import KvCapacity, RequestMetrics, RequestReport
 
@@ -37,10 +38,10 @@ class GpuEstimate:
 def _check_request(config: ModelConfig, prompt_len: int, output_len: int) -> None:
     for name, value in (("prompt_len", prompt_len), ("output_len", output_len)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive integer")
+            raise WaferError(f"{name}={value!r} must be a positive integer")
     # the last generated token is never fed back: the request uses L + O - 1 positions
     if prompt_len + output_len - 1 > config.max_position_embeddings:
-        raise ValueError(
+        raise WaferError(
             f"prompt_len + output_len - 1 = {prompt_len + output_len - 1} exceeds "
             f"{config.name}'s max_position_embeddings ({config.max_position_embeddings})"
         )

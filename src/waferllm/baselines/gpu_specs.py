@@ -12,6 +12,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from waferllm.errors import WaferError
+
 GPUS_PER_NODE = 8  # DGX A100 / DGX H100: 8 GPUs on one NVLink domain (PAPER.md §2.2)
 
 
@@ -33,7 +35,7 @@ class GpuSpec:
         for field in ("hbm_bytes", "gpus_per_node"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GPU field {field}={value!r} must be a positive integer")
+                raise WaferError(f"GPU field {field}={value!r} must be a positive integer")
         for field in (
             "hbm_bytes_per_s",
             "tensor_flops_per_s",
@@ -43,7 +45,7 @@ class GpuSpec:
         ):
             value = getattr(self, field)
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"GPU field {field}={value!r} must be a positive number")
+                raise WaferError(f"GPU field {field}={value!r} must be a positive number")
 
     @property
     def nvlink_bytes_per_s_per_direction(self) -> float:
@@ -112,7 +114,7 @@ GPU_PRESETS: dict[str, Callable[[], GpuSpec]] = {"a100": a100, "h100": h100}
 def get_gpu(name: str) -> GpuSpec:
     """A GPU preset by name, or a ValueError listing the valid ones."""
     if name not in GPU_PRESETS:
-        raise ValueError(f"unknown GPU {name!r}; choose one of: {', '.join(GPU_PRESETS)}")
+        raise WaferError(f"unknown GPU {name!r}; choose one of: {', '.join(GPU_PRESETS)}")
     return GPU_PRESETS[name]()
 
 
@@ -144,9 +146,9 @@ class GpuCalibration:
         for field in ("hbm_efficiency", "tensor_efficiency", "link_efficiency"):
             value = getattr(self, field)
             if not 0 < value <= 1:
-                raise ValueError(f"calibration field {field}={value!r} must be in (0, 1]")
+                raise WaferError(f"calibration field {field}={value!r} must be in (0, 1]")
         if not 0 < self.usable_memory_fraction <= 1:
-            raise ValueError(
+            raise WaferError(
                 f"calibration field usable_memory_fraction={self.usable_memory_fraction!r} "
                 "must be in (0, 1]"
             )
@@ -156,7 +158,7 @@ class GpuCalibration:
             "kernel_floor_s",
         ):
             if getattr(self, field) < 0:
-                raise ValueError(f"calibration field {field}={getattr(self, field)!r} must be >= 0")
+                raise WaferError(f"calibration field {field}={getattr(self, field)!r} must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

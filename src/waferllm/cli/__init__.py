@@ -1,7 +1,9 @@
 """Command-line interface: argument parsing and printing only (SPEC.md §1.1, §9, §10).
 
 Each subcommand lives in its own module with `register(subparsers)`; the work is done by the
-public API. Every user error becomes one line on stderr and exit code 2, never a traceback.
+public API. Every user error (the `WaferError` family, or a usage error) becomes one line on
+stderr and exit code 2; any other exception is a bug: one "internal error" line and exit 1
+(SPEC.md §9). Never a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from collections.abc import Sequence
 
 from waferllm.cli import bench, devices, estimate, generate, gpu, reproduce
 from waferllm.cli.common import CliError, OneLineParser
+from waferllm.errors import WaferError
+
+MAX_MESSAGE_CHARS = 500  # one line, and a short one: some messages list what was found
 
 COMMANDS = (devices, bench, generate, estimate, gpu, reproduce)
 
@@ -34,15 +39,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
-    except CliError as exc:
-        print(f"waferllm: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, OSError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"waferllm: error: {message}", file=sys.stderr)
+    except (CliError, WaferError) as exc:
+        print(f"waferllm: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:
         print("waferllm: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, never a traceback
+        print(
+            f"waferllm: internal error: {type(exc).__name__}: {one_line(exc)} (a bug; please "
+            "report it with the command line)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message as one line of at most MAX_MESSAGE_CHARS characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 3] + "..."
+    return text

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from rich.console import Console
 
 from waferllm.device import Device, get_device, parse_set_options
+from waferllm.errors import WaferError
 
 
 class CliError(Exception):
@@ -74,8 +75,11 @@ def _json_default(value: Any) -> Any:
 def write_atomic(path: str | Path, text: str) -> None:
     """Write a result file atomically (a temporary file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise WaferError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)

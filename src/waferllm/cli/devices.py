@@ -12,6 +12,7 @@ from rich.table import Table
 
 from waferllm.cli.common import console, print_json
 from waferllm.device import Device, get_device, list_devices, parse_set_options
+from waferllm.errors import WaferError
 
 SHOWN = (
     ("mesh_rows", "rows"),
@@ -53,7 +54,7 @@ def _selected(args: argparse.Namespace) -> list[Device]:
     overrides = parse_set_options(args.overrides)
     if args.device is None:
         if overrides:
-            raise ValueError("--set needs --device: name the device to change")
+            raise WaferError("--set needs --device: name the device to change")
         return list_devices()
     return [get_device(args.device, overrides)]
 

@@ -15,6 +15,8 @@ import warnings
 
 import torch
 
+from waferllm.errors import WaferError
+
 # Legend: V vocabulary size.
 
 _MAX_SEED = 2**63 - 1
@@ -52,18 +54,18 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not _is_int(self.max_tokens) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens={self.max_tokens!r} must be an integer >= 1")
+            raise WaferError(f"max_tokens={self.max_tokens!r} must be an integer >= 1")
         temp = self.temperature
         if not _is_number(temp) or not math.isfinite(temp) or temp < 0:
-            raise ValueError(f"temperature={temp!r} must be a finite number >= 0 (0 is greedy)")
+            raise WaferError(f"temperature={temp!r} must be a finite number >= 0 (0 is greedy)")
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
-            raise ValueError(f"top_k={self.top_k!r} must be an integer >= 1 (or None for all)")
+            raise WaferError(f"top_k={self.top_k!r} must be an integer >= 1 (or None for all)")
         if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p!r} must be a number in (0, 1]")
+            raise WaferError(f"top_p={self.top_p!r} must be a number in (0, 1]")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= _MAX_SEED):
-            raise ValueError(f"seed={self.seed!r} must be an integer in [0, 2**63 - 1] (or None)")
+            raise WaferError(f"seed={self.seed!r} must be an integer in [0, 2**63 - 1] (or None)")
         if not isinstance(self.ignore_eos, bool):
-            raise ValueError(f"ignore_eos={self.ignore_eos!r} must be True or False")
+            raise WaferError(f"ignore_eos={self.ignore_eos!r} must be True or False")
         if self.greedy and (self.top_k is not None or self.top_p < 1):
             warnings.warn(
                 "top_k and top_p have no effect with temperature=0 (greedy decoding)",

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from waferllm.errors import WaferError
 from waferllm.kernels import rings
 from waferllm.kernels.relay import allgather, cross_multicast, plan_multicasts
 from waferllm.kernels.result import Charged, KernelResult
@@ -51,15 +52,15 @@ def _check_operand(mesh: Mesh, t: DistTensor, *, op: str, role: str, dims: str, 
     """`t` must live on `mesh`, split its last two dims over (Y, X), and carry one of `tags`."""
     nd = len(t.layout.shape)
     if t.mesh is not mesh:
-        raise ValueError(f"{op}: operand {role} lives on {t.mesh!r}, not on {mesh!r}")
+        raise WaferError(f"{op}: operand {role} lives on {t.mesh!r}, not on {mesh!r}")
     if nd < 2 or (t.layout.y_dim, t.layout.x_dim) != (nd - 2, nd - 1):
-        raise ValueError(
+        raise WaferError(
             f"{op}: operand {role} must be {dims}: its last two dims split over rows (Y) and "
             f"columns (X); got shape {t.layout.shape} with y_dim={t.layout.y_dim}, "
             f"x_dim={t.layout.x_dim}"
         )
     if t.layout.tag not in tags:
-        raise ValueError(
+        raise WaferError(
             f"{op}: operand {role} has layout tag {t.layout.tag!r}; expected one of "
             f"{sorted(tags)} (weights for a ring kernel come from prealign_b or load_weights)"
         )
@@ -70,7 +71,7 @@ def _batch(op: str, a: DistTensor, b: DistTensor) -> tuple[int, ...]:
         # numpy's, not torch's: torch.broadcast_shapes imports sympy on first use (~2 s)
         return tuple(int(d) for d in np.broadcast_shapes(a.layout.shape[:-2], b.layout.shape[:-2]))
     except ValueError:
-        raise ValueError(
+        raise WaferError(
             f"{op}: batch dims {a.layout.shape[:-2]} and {b.layout.shape[:-2]} do not broadcast"
         ) from None
 
@@ -143,7 +144,7 @@ def prealign_b(
     grid = _grid(mesh, RING_ALGO[kind])
     nd = host_b.dim()
     if nd < 2:
-        raise ValueError(f"prealign_b: B must have at least two dims, got shape {host_b.shape}")
+        raise WaferError(f"prealign_b: B must have at least two dims, got shape {host_b.shape}")
     layout = Layout(tuple(host_b.shape), y_dim=nd - 2, x_dim=nd - 1)
     plain = mesh.scatter(host_b, layout, name)
     logical = to_logical(pad_last2(plain.data, 1, grid.per_col), grid)
@@ -167,7 +168,7 @@ def align_a(
     _check_operand(mesh, a, op=op, role="A", dims="A[M_y, K_x]", tags={""})
     grid = _grid(mesh, RING_ALGO[kind])
     if a.data.shape[-1] % grid.per_col:
-        raise ValueError(
+        raise WaferError(
             f"{op}: on a {mesh.rows}x{mesh.cols} mesh K must be padded to a multiple of "
             f"{grid.size} (tiling.padded_k); A's K tiles hold {a.data.shape[-1]}"
         )
@@ -232,10 +233,10 @@ def _check_ring_operands(
     _check_operand(mesh, a, op=op, role="A", dims="A[M_y, K_x]", tags={"", A_ALIGNED[kind]})
     _check_operand(mesh, b, op=op, role="B", dims="B[K_y, N_x]", tags={"", B_ALIGNED[kind]})
     if a.layout.shape[-1] != b.layout.shape[-2]:
-        raise ValueError(f"{op}: A {a.layout.shape} and B {b.layout.shape} differ in K")
+        raise WaferError(f"{op}: A {a.layout.shape} and B {b.layout.shape} differ in K")
     k_a, k_b = a.data.shape[-1] * mesh.cols, b.data.shape[-2] * mesh.rows
     if k_a != k_b:
-        raise ValueError(
+        raise WaferError(
             f"{op} on a {mesh.rows}x{mesh.cols} mesh runs a logical {grid.size}x{grid.size} "
             f"grid: A's K tiles cover {k_a} and B's cover {k_b}; pad K to a multiple of "
             f"{grid.size} (tiling.padded_k) before scattering A and B"
@@ -393,12 +394,12 @@ def gemm_t(
     _check_operand(mesh, a, op=op, role="A", dims="A[M_y, K_x]", tags={""})
     _check_operand(mesh, b, op=op, role="B", dims="B[N_y, K_x]", tags={""})
     if a.layout.shape[-1] != b.layout.shape[-1]:
-        raise ValueError(f"{op}: A {a.layout.shape} and B {b.layout.shape} differ in K")
+        raise WaferError(f"{op}: A {a.layout.shape} and B {b.layout.shape} differ in K")
     batch = _batch(op, a, b)
     m, n = a.layout.shape[-2], b.layout.shape[-2]
     mt, nt = -(-m // mesh.rows), -(-n // mesh.cols)
     if b.data.shape[-2] * mesh.rows != nt * mesh.cols:
-        raise ValueError(
+        raise WaferError(
             f"{op} on a {mesh.rows}x{mesh.cols} mesh runs a logical {grid.size}x{grid.size} "
             f"grid: N = {n} must be padded to a multiple of {grid.size} (tiling.padded_k)"
         )
@@ -546,7 +547,7 @@ def summa(
     _check_operand(mesh, a, op=op, role="A", dims="A[M_y, K_x]", tags={""})
     _check_operand(mesh, b, op=op, role="B", dims="B[K_y, N_x]", tags={""})
     if a.layout.shape[-1] != b.layout.shape[-2]:
-        raise ValueError(f"{op}: A {a.layout.shape} and B {b.layout.shape} differ in K")
+        raise WaferError(f"{op}: A {a.layout.shape} and B {b.layout.shape} differ in K")
     batch = _batch(op, a, b)
     k_a, k_b = a.data.shape[-1], b.data.shape[-2]
     a_data, b_data = _tiles(a, len(batch)), _tiles(b, len(batch))
@@ -605,7 +606,7 @@ def allgather_gemm(
     _check_operand(mesh, a, op=op, role="A", dims="A[M_y, K_x]", tags={""})
     _check_operand(mesh, b, op=op, role="B", dims="B[K_y, N_x]", tags={""})
     if a.layout.shape[-1] != b.layout.shape[-2]:
-        raise ValueError(f"{op}: A {a.layout.shape} and B {b.layout.shape} differ in K")
+        raise WaferError(f"{op}: A {a.layout.shape} and B {b.layout.shape} differ in K")
     batch = _batch(op, a, b)
     mt, nt = a.data.shape[-2], b.data.shape[-1]
     k_common = min(a.data.shape[-1] * mesh.cols, b.data.shape[-2] * mesh.rows)
@@ -651,7 +652,7 @@ def load_weights(mesh: Mesh, host_b: torch.Tensor, *, algo: str, name: str = "b"
     """Store B[K, N] as kernel `algo` expects its weights: pre-skewed for the ring kernels
     (untimed, like the public code's host-side skew), the plain block layout otherwise."""
     if algo not in GEMM_KERNELS:
-        raise ValueError(f"unknown GEMM algorithm {algo!r}; choose from {', '.join(GEMM_KERNELS)}")
+        raise WaferError(f"unknown GEMM algorithm {algo!r}; choose from {', '.join(GEMM_KERNELS)}")
     if algo in WEIGHT_SKEW:
         return prealign_b(mesh, host_b, name=name, kind=WEIGHT_SKEW[algo])
     nd = host_b.dim()

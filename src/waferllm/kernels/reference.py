@@ -11,6 +11,8 @@ import dataclasses
 
 import torch
 
+from waferllm.errors import WaferError
+
 
 def gemm_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """C = A @ B over the last two dims, leading dims broadcast (meshgemm, cannon, summa,
@@ -44,7 +46,7 @@ class Comparison:
 def compare(actual: torch.Tensor, expected: torch.Tensor) -> Comparison:
     """Max |actual - expected| and max |expected| (shapes must match)."""
     if actual.shape != expected.shape:
-        raise ValueError(f"result shape {tuple(actual.shape)} != oracle {tuple(expected.shape)}")
+        raise WaferError(f"result shape {tuple(actual.shape)} != oracle {tuple(expected.shape)}")
     if actual.numel() == 0:
         return Comparison(0.0, 0.0)
     diff = (actual.double() - expected.double()).abs().max().item()

@@ -20,6 +20,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from waferllm.errors import WaferError
 from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis, RingKind, ring_successor
 from waferllm.mesh.ktree import (  # noqa: F401 (ktree_plan: re-export)
@@ -98,7 +99,7 @@ def _from_line(data: torch.Tensor, axis: Axis, source: int) -> torch.Tensor:
 
 def _check_data(mesh: Mesh, data: torch.Tensor) -> None:
     if tuple(data.shape[:2]) != mesh.shape:
-        raise ValueError(
+        raise WaferError(
             f"per-core data of shape {tuple(data.shape)} does not start with the mesh's "
             f"{mesh.rows}x{mesh.cols} cores"
         )
@@ -119,15 +120,15 @@ def _line_roots(mesh: Mesh, axis: Axis, root: int | np.ndarray) -> np.ndarray:
     roots = np.asarray(root)
     lines = mesh.size(axis.other)
     if roots.dtype.kind not in "iu" or roots.ndim > 1:
-        raise ValueError(f"a root is an int or one int per line, got {root!r}")
+        raise WaferError(f"a root is an int or one int per line, got {root!r}")
     if roots.ndim == 1 and roots.shape[0] not in (1, lines):
-        raise ValueError(
+        raise WaferError(
             f"per-line roots along axis {axis.value} need one root for each of the {lines} "
             f"lines, got {roots.shape[0]}"
         )
     roots = np.atleast_1d(roots).astype(np.int64)
     if roots.min() < 0 or roots.max() >= num:
-        raise ValueError(f"root out of range 0..{num - 1} along axis {axis.value}: {root!r}")
+        raise WaferError(f"root out of range 0..{num - 1} along axis {axis.value}: {root!r}")
     return roots
 
 
@@ -136,13 +137,13 @@ def _permutation(mesh: Mesh, axis: Axis, dst: np.ndarray) -> np.ndarray:
     dst = np.asarray(dst)
     lines, num = mesh.size(axis.other), mesh.size(axis)
     if dst.dtype.kind not in "iu" or dst.shape not in ((num,), (lines, num)):
-        raise ValueError(
+        raise WaferError(
             f"a shift along axis {axis.value} needs integer destinations shaped ({num},) or "
             f"({lines}, {num}), got {dst.dtype} {dst.shape}"
         )
     dst = dst.astype(np.int64)
     if not (np.sort(dst, axis=-1) == np.arange(num)).all():
-        raise ValueError(f"shift destinations must be a permutation of 0..{num - 1}: {dst}")
+        raise WaferError(f"shift destinations must be a permutation of 0..{num - 1}: {dst}")
     return dst
 
 
@@ -335,7 +336,7 @@ def reduce(
     algorithm = _enum(ReduceAlgorithm, algorithm)
     reduce_op = _enum(ReduceOp, reduce_op)
     if algorithm is ReduceAlgorithm.RING:
-        raise ValueError("the ring algorithm is an allreduce; use allreduce(...)")
+        raise WaferError("the ring algorithm is an allreduce; use allreduce(...)")
     roots = _line_roots(mesh, axis, root)
     result = _combine(data, axis.tensor_dim, reduce_op)
     if mesh.size(axis) == 1:
@@ -466,7 +467,7 @@ def segmented_allreduce(
     num, reduce_op = mesh.size(axis), _enum(ReduceOp, reduce_op)
     sizes = tuple(int(g) for g in group_sizes)
     if any(g < 1 for g in sizes) or sum(sizes) != num:
-        raise ValueError(
+        raise WaferError(
             f"group sizes {group_sizes} must be positive and cover the {num} cores of axis "
             f"{axis.value}"
         )

@@ -12,6 +12,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from waferllm.errors import WaferError
+
 
 class Axis(enum.StrEnum):
     """A mesh axis: Y runs along a column (rows change), X along a row (columns change)."""
@@ -39,7 +41,7 @@ def ring_order(num: int, kind: RingKind = RingKind.INTERLEAVED) -> np.ndarray:
     """Physical core indices in ring order (position -> index); paper Algorithm 1 INTERLEAVE."""
     kind = RingKind(kind)  # a plain "plain" must not read as interleaved (nor poison the cache)
     if num < 1:
-        raise ValueError(f"a ring needs at least one core, got {num}")
+        raise WaferError(f"a ring needs at least one core, got {num}")
     if kind is RingKind.PLAIN:
         order = np.arange(num)
     else:
@@ -103,5 +105,5 @@ def default_fanouts(num: int) -> tuple[int, ...]:
 def fanouts_from_groups(num: int, groups: int) -> tuple[int, ...]:
     """`--groups G` means `--fanouts ceil(P/G),G`."""
     if groups < 1:
-        raise ValueError(f"--groups must be >= 1, got {groups}")
+        raise WaferError(f"--groups must be >= 1, got {groups}")
     return (math.ceil(num / groups), groups)

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from waferllm.errors import WaferError
 from waferllm.mesh.geometry import default_fanouts, group_bounds
 
 
@@ -141,7 +142,7 @@ def tree_plan(num: int, fanouts: tuple[int, ...], alpha: float, beta: float) -> 
         levels += int(len(s) > 0)
         level = nxt
     if len(level.index) != 1:
-        raise ValueError(
+        raise WaferError(
             f"fan-outs {','.join(map(str, fanouts))} leave {len(level.index)} roots on an axis "
             f"of {num} cores: their product must be at least {num}"
         )
@@ -174,10 +175,10 @@ def resolve_fanouts(
     """
     if fanouts is not None:
         if not fanouts or any(isinstance(b, bool) or int(b) != b or b < 1 for b in fanouts):
-            raise ValueError(f"fan-outs must be positive integers, got {fanouts!r}")
+            raise WaferError(f"fan-outs must be positive integers, got {fanouts!r}")
         fanouts = tuple(int(b) for b in fanouts)
         if math.prod(fanouts) < num:
-            raise ValueError(
+            raise WaferError(
                 f"fan-outs {','.join(map(str, fanouts))} cover {math.prod(fanouts)} cores, "
                 f"fewer than the {num} of the axis: their product must be at least {num}"
             )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from waferllm.errors import WaferError
 from waferllm.mesh.geometry import Axis
 
 if TYPE_CHECKING:
@@ -36,9 +37,9 @@ class Layout:
     def __post_init__(self) -> None:
         for dim in (self.y_dim, self.x_dim):
             if dim is not None and not 0 <= dim < len(self.shape):
-                raise ValueError(f"layout dim {dim} out of range for shape {self.shape}")
+                raise WaferError(f"layout dim {dim} out of range for shape {self.shape}")
         if self.y_dim is not None and self.y_dim == self.x_dim:
-            raise ValueError(f"layout splits dim {self.y_dim} over both axes")
+            raise WaferError(f"layout splits dim {self.y_dim} over both axes")
 
     def dim_of(self, axis: Axis) -> int | None:
         return self.y_dim if axis is Axis.Y else self.x_dim
@@ -98,7 +99,7 @@ class DistTensor:
 def split_host(host: torch.Tensor, layout: Layout, rows: int, cols: int) -> torch.Tensor:
     """Host tensor (logical shape) -> (rows, cols, *tile), padding split dims with zeros."""
     if tuple(host.shape) != layout.shape:
-        raise ValueError(
+        raise WaferError(
             f"tensor of shape {tuple(host.shape)} does not match layout {layout.shape}"
         )
     padded = layout.padded_shape(rows, cols)

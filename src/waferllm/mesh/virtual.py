@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 
 from waferllm.device import Device
-from waferllm.errors import GridError
+from waferllm.errors import GridError, WaferError
 from waferllm.mesh.cost import Charge, ChargeKind, Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.memory import SramTracker
@@ -161,7 +161,7 @@ class Mesh:
         In estimate mode `host` may be a meta tensor; only its shape is used.
         """
         if tuple(host.shape) != layout.shape:
-            raise ValueError(
+            raise WaferError(
                 f"tensor '{name}' of shape {tuple(host.shape)} does not match its layout's "
                 f"{layout.shape}"
             )
