@@ -1,36 +1,35 @@
-"""Calibration of the GPU baseline on PAPER.md §3.3 and its check against PAPER.md §3.2.
+"""Calibration of the serving-stack term on PAPER.md §3.3, and the check against §3.2 (Table 6).
 
-SPEC §8 allows the GPU constants to be fitted on the LLaMA3-8B A100 rows of §3.3 only: prefill
-TPR of a 4096-token prompt and decode TPR at a 4K context, each on 1, 8 and 2x8 A100s.
-`fit_calibration` fits five constants to those six rows (Levenberg-Marquardt on log errors);
-`table6_check` then compares `gemv_time_s` with Table 6's A100 columns, which are never fitted.
+SPEC §8: the GPU hardware terms are published values; only the serving stack's term is fitted,
+on the LLaMA3-8B A100 rows of §3.3 (prefill TPR of a 4096-token prompt and decode TPR at a 4K
+context, each on 1, 8 and 2x8 A100s). The term is linear in its coefficients, so the fit is a
+non-negative least squares on relative time errors, solved exactly. `table6_check` compares
+`gemv_time_s` with Table 6's A100 columns, which are never fitted.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import math
-from typing import Any
+import itertools
 
 import numpy as np
 
-from waferllm.baselines.gpu import decode_cost, gemv_time_s, prefill_cost
-from waferllm.baselines.gpu_specs import GpuCalibration, a100, calibrated
+from waferllm.baselines.gpu import PhaseCost, decode_cost, gemv_time_s, prefill_cost
+from waferllm.baselines.gpu_specs import a100
+from waferllm.baselines.gpu_stack import (
+    COEFFICIENTS,
+    FITTED,
+    ServingStack,
+    Stack,
+    ideal_stack,
+    paper_stack,
+)
 from waferllm.model.config import ModelConfig, load_config
 
 CALIBRATION_MODEL = "llama3-8b"
 CALIBRATION_PROMPT_LEN = 4096
 CALIBRATION_CONTEXT = 4096
-# The fitted fields, in the order of the parameter vector.
-FITTED_FIELDS = (
-    "hbm_efficiency",
-    "tensor_efficiency",
-    "link_efficiency",
-    "nvlink_allreduce_latency_s",
-    "internode_allreduce_latency_s",
-)
-_EFFICIENCIES = 3  # the first three fields live in (0, 1): logistic parameters, the rest log
 
 
 class Phase(enum.StrEnum):
@@ -44,6 +43,12 @@ class CalibrationRow:
     num_gpus: int
     measured_tpr: float  # tokens/s
     source: str
+
+    @property
+    def measured_s(self) -> float:
+        """The row's time: the prefill of the prompt, or one decode step."""
+        tokens = CALIBRATION_PROMPT_LEN if self.phase is Phase.PREFILL else 1
+        return tokens / self.measured_tpr
 
 
 _TABLES_3_4_7_8 = "PAPER.md §3.3 (Tables 3, 4, 7, 8), LLaMA3-8B"
@@ -87,109 +92,96 @@ class Residual:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FitResult:
-    calibration: GpuCalibration
+    stack: ServingStack
     residuals: tuple[Residual, ...]
-    iterations: int
 
     @property
     def max_abs_error(self) -> float:
         return max(abs(r.error) for r in self.residuals)
 
 
-def modelled_tpr(row: CalibrationRow, config: ModelConfig, calibration: GpuCalibration) -> float:
-    """The model's tokens/s for one calibration row."""
+def row_cost(row: CalibrationRow, config: ModelConfig, stack: ServingStack) -> PhaseCost:
+    """The model's cost of one calibration row (the prefill, or one decode step at 4K)."""
     if row.phase is Phase.PREFILL:
-        cost = prefill_cost(config, a100(), row.num_gpus, CALIBRATION_PROMPT_LEN, calibration)
-        return CALIBRATION_PROMPT_LEN / cost.time_s
-    contexts = np.array([CALIBRATION_CONTEXT], dtype=np.float64)
-    return 1.0 / decode_cost(config, a100(), row.num_gpus, contexts, calibration).time_s
+        return prefill_cost(config, a100(), row.num_gpus, CALIBRATION_PROMPT_LEN, stack)
+    return decode_cost(config, a100(), row.num_gpus, [float(CALIBRATION_CONTEXT)], stack)
 
 
-def fit_residuals(calibration: GpuCalibration | None = None) -> tuple[Residual, ...]:
-    """The six calibration rows against the model with `calibration` (default: the stored one)."""
-    cal = calibration or calibrated()
+def fit_residuals(stack: ServingStack | None = None) -> tuple[Residual, ...]:
+    """The six calibration rows' TPRs against the model (default: the paper stack)."""
+    chosen = stack or paper_stack()
     config = load_config(CALIBRATION_MODEL)
-    return tuple(
-        Residual(
-            label=f"{row.phase} TPR, {row.num_gpus} A100",
-            measured=row.measured_tpr,
-            modelled=modelled_tpr(row, config, cal),
+    out = []
+    for row in CALIBRATION_ROWS:
+        seconds = row_cost(row, config, chosen).time_s
+        tokens = CALIBRATION_PROMPT_LEN if row.phase is Phase.PREFILL else 1
+        out.append(
+            Residual(
+                label=f"{row.phase} TPR, {row.num_gpus} A100",
+                measured=row.measured_tpr,
+                modelled=tokens / seconds,
+            )
         )
-        for row in CALIBRATION_ROWS
-    )
+    return tuple(out)
 
 
-def table6_check(calibration: GpuCalibration | None = None) -> tuple[Residual, ...]:
+def table6_check(stack: ServingStack | None = None) -> tuple[Residual, ...]:
     """Table 6's A100 GEMV times against `gemv_time_s` (a prediction: never fitted)."""
-    cal = calibration or calibrated()
     return tuple(
         Residual(
             label=f"GEMV [1,{row.size // 1024}K]x[{row.size // 1024}K,{row.size // 1024}K], "
             f"{row.num_gpus} A100",
             measured=row.measured_s,
             modelled=gemv_time_s(
-                gpu=a100(), num_gpus=row.num_gpus, k=row.size, n=row.size, calibration=cal
+                gpu=a100(), num_gpus=row.num_gpus, k=row.size, n=row.size, stack=stack
             ),
         )
         for row in TABLE6_ROWS
     )
 
 
-def _to_calibration(params: np.ndarray, base: GpuCalibration) -> GpuCalibration:
-    effs = 1.0 / (1.0 + np.exp(-params[:_EFFICIENCIES]))
-    rest = np.exp(params[_EFFICIENCIES:])
-    values: dict[str, Any] = {
-        field: float(value) for field, value in zip(FITTED_FIELDS, (*effs, *rest), strict=True)
-    }
-    return dataclasses.replace(base, **values)
-
-
-def _to_params(cal: GpuCalibration) -> np.ndarray:
-    values = [getattr(cal, f) for f in FITTED_FIELDS]
-    effs = [math.log(v / (1 - v)) if v < 1 else 10.0 for v in values[:_EFFICIENCIES]]
-    return np.array(effs + [math.log(v) for v in values[_EFFICIENCIES:]])
-
-
-def fit_calibration(start: GpuCalibration | None = None, *, max_iterations: int = 200) -> FitResult:
-    """Least squares on log(modelled / measured) over the six rows, Levenberg-Marquardt with a
-    forward-difference Jacobian. `start` also supplies the assumed (unfitted) constants."""
-    base = start or _default_start()
+def fit_system() -> tuple[np.ndarray, np.ndarray]:
+    """The fit's linear system `A x ~ b` in relative time: row i is the ideal-stack work of
+    calibration row i over its measured seconds; b_i = 1 - hardware_s / measured_s."""
     config = load_config(CALIBRATION_MODEL)
-    measured = np.array([row.measured_tpr for row in CALIBRATION_ROWS])
-
-    def residuals(params: np.ndarray) -> np.ndarray:
-        cal = _to_calibration(params, base)
-        modelled = [modelled_tpr(row, config, cal) for row in CALIBRATION_ROWS]
-        return np.log(np.array(modelled) / measured)
-
-    params, damping, step_size = _to_params(base), 1e-2, 1e-6
-    iterations = 0
-    for iterations in range(1, max_iterations + 1):  # noqa: B007 (reported below)
-        r = residuals(params)
-        jac = np.column_stack(
-            [(residuals(params + step_size * unit) - r) / step_size for unit in np.eye(len(params))]
-        )
-        normal = jac.T @ jac
-        while damping < 1e12:
-            step = np.linalg.solve(normal + damping * np.diag(np.diag(normal)), -jac.T @ r)
-            if np.sum(residuals(params + step) ** 2) < np.sum(r**2):
-                params, damping = params + step, damping / 3
-                break
-            damping *= 4
-        if damping >= 1e12 or np.max(np.abs(step)) < 1e-9:
-            break
-    cal = _to_calibration(params, base)
-    return FitResult(calibration=cal, residuals=fit_residuals(cal), iterations=iterations)
+    a_rows, b = [], []
+    for row in CALIBRATION_ROWS:
+        cost = row_cost(row, config, ideal_stack())
+        work = cost.stack_work
+        counts = [getattr(work, f.name) for f in dataclasses.fields(work)]
+        a_rows.append(np.array(counts) / row.measured_s)
+        b.append(1.0 - cost.time_s / row.measured_s)
+    return np.array(a_rows), np.array(b)
 
 
-def _default_start() -> GpuCalibration:
-    """A neutral starting point: half of every peak, 10 and 30 microsecond latencies."""
-    stored = calibrated()
-    return dataclasses.replace(
-        stored,
-        hbm_efficiency=0.5,
-        tensor_efficiency=0.5,
-        link_efficiency=0.5,
-        nvlink_allreduce_latency_s=10e-6,
-        internode_allreduce_latency_s=30e-6,
+def nonnegative_least_squares(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """argmin ||A x - b|| over x >= 0, exactly: every subset of free unknowns is solved by
+    least squares and the best feasible one kept (a handful of unknowns)."""
+    unknowns = a.shape[1]
+    scale = np.linalg.norm(a, axis=0)
+    scale[scale == 0] = 1.0
+    scaled = a / scale
+    best, best_x = np.inf, np.zeros(unknowns)
+    for size in range(unknowns + 1):
+        for free in itertools.combinations(range(unknowns), size):
+            x = np.zeros(unknowns)
+            if free:
+                x[list(free)] = np.linalg.lstsq(scaled[:, free], b, rcond=None)[0]
+            if np.any(x < 0):
+                continue
+            cost = float(np.sum((scaled @ x - b) ** 2))
+            if cost < best - 1e-15:
+                best, best_x = cost, x
+    return best_x / scale
+
+
+def fit_stack() -> FitResult:
+    """Fit the paper stack's coefficients on the six A100 rows (nothing else moves)."""
+    a, b = fit_system()
+    x = nonnegative_least_squares(a, b)
+    stack = ServingStack(
+        stack=Stack.PAPER,
+        **{name: float(value) for name, value in zip(COEFFICIENTS, x, strict=True)},
+        sources=dict.fromkeys(COEFFICIENTS, FITTED),
     )
+    return FitResult(stack=stack, residuals=fit_residuals(stack))

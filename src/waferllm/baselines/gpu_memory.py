@@ -1,8 +1,8 @@
-"""Does a model fit G GPUs under tensor parallelism, and how much KV cache is left?
+"""Does a model and a batch fit G GPUs under tensor parallelism, and how much KV cache is left?
 
 Per GPU: its weight shard (vocab-parallel embedding and LM head, one copy of the tied matrix),
-the KV cache of the whole context for its kv heads, and prefill's peak activations, against
-`usable_memory_fraction` of HBM. The GPU baseline's timing model is in `gpu.py`.
+the KV cache of every sequence's whole context for its kv heads, and prefill's peak activations
+for the batch's tokens, against `usable_memory_fraction` of HBM. Timing is in `gpu.py`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 from waferllm.baselines.gpu import BYTES_PER_ELEMENT, Shard, shard
-from waferllm.baselines.gpu_specs import GpuCalibration, GpuSpec
+from waferllm.baselines.gpu_specs import GpuSpec
+from waferllm.errors import WaferError
 from waferllm.model.config import ModelConfig
 
 MAX_GPUS_SEARCHED = 1024
@@ -18,7 +19,9 @@ MAX_GPUS_SEARCHED = 1024
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GpuMemory:
-    """Bytes per GPU for one request of `context_tokens` (prompt + generated) tokens."""
+    """Bytes per GPU for `batch_size` sequences of `context_tokens` (prompt + generated) tokens
+    each. The KV capacity is in tokens over all sequences; the model's context limit does not
+    bound it (SPEC §9: positions past it only change numerics)."""
 
     num_gpus: int
     weights_bytes_per_gpu: int
@@ -26,11 +29,11 @@ class GpuMemory:
     activation_bytes_per_gpu: int
     usable_bytes_per_gpu: int
     context_tokens: int
-    max_position_embeddings: int
+    batch_size: int
 
     @property
     def needed_bytes_per_gpu(self) -> int:
-        kv = self.kv_bytes_per_token_per_gpu * self.context_tokens
+        kv = self.kv_bytes_per_token_per_gpu * self.context_tokens * self.batch_size
         return self.weights_bytes_per_gpu + kv + self.activation_bytes_per_gpu
 
     @property
@@ -39,11 +42,10 @@ class GpuMemory:
 
     @property
     def kv_capacity_tokens(self) -> int:
-        """Largest total context whose KV cache fits beside the weights and activations (and
-        that the model accepts)."""
+        """Tokens of KV cache (over all sequences) that fit beside the weights and activations."""
         free = self.usable_bytes_per_gpu - self.weights_bytes_per_gpu
         free -= self.activation_bytes_per_gpu
-        return max(0, min(free // self.kv_bytes_per_token_per_gpu, self.max_position_embeddings))
+        return max(0, free // self.kv_bytes_per_token_per_gpu)
 
     def to_dict(self) -> dict[str, int | bool]:
         out: dict[str, int | bool] = dataclasses.asdict(self)
@@ -72,23 +74,26 @@ def memory_plan(
     *,
     prompt_len: int,
     output_len: int,
-    calibration: GpuCalibration,
+    batch_size: int = 1,
 ) -> GpuMemory:
+    """Memory per GPU for `batch_size` requests of prompt_len + output_len tokens, prefilled
+    together in one step."""
     part = shard(config, num_gpus)
     e = BYTES_PER_ELEMENT
     qkv_out = part.q_dim + 2 * part.kv_dim
     # Prefill peak: hidden, residual and normed rows, the QKV output, gate/up and the SiLU
-    # product, plus the last position's fp32 logits.
-    activations = prompt_len * e * (3 * config.hidden_size + qkv_out + 3 * part.ffn)
-    activations += config.vocab_size * 4
+    # product, plus each sequence's last-position fp32 logits.
+    tokens = prompt_len * batch_size
+    activations = tokens * e * (3 * config.hidden_size + qkv_out + 3 * part.ffn)
+    activations += batch_size * config.vocab_size * 4
     return GpuMemory(
         num_gpus=num_gpus,
         weights_bytes_per_gpu=weight_elements_per_gpu(config, part) * e,
         kv_bytes_per_token_per_gpu=config.num_hidden_layers * 2 * part.kv_dim * e,
         activation_bytes_per_gpu=activations,
-        usable_bytes_per_gpu=int(gpu.hbm_bytes * calibration.usable_memory_fraction),
+        usable_bytes_per_gpu=int(gpu.hbm_bytes * gpu.usable_memory_fraction),
         context_tokens=prompt_len + output_len,
-        max_position_embeddings=config.max_position_embeddings,
+        batch_size=batch_size,
     )
 
 
@@ -101,7 +106,7 @@ def tensor_parallel_sizes(config: ModelConfig, gpu: GpuSpec) -> list[int]:
             continue
         try:
             shard(config, count)
-        except ValueError:
+        except WaferError:
             continue
         sizes.append(count)
     return sizes
@@ -113,7 +118,7 @@ def min_gpus_that_fit(
     *,
     prompt_len: int,
     output_len: int,
-    calibration: GpuCalibration,
+    batch_size: int = 1,
 ) -> int | None:
     """The fewest GPUs whose memory holds the request, or None if even the largest count
     searched cannot (the kv heads' replication stops the KV cache from shrinking)."""
@@ -124,7 +129,7 @@ def min_gpus_that_fit(
             count,
             prompt_len=prompt_len,
             output_len=output_len,
-            calibration=calibration,
+            batch_size=batch_size,
         )
         if plan.fits:
             return count

@@ -1,17 +1,19 @@
-"""`waferllm gpu`: the GPU baseline's modelled prediction for one request (SPEC.md §1.1, §7).
+"""`waferllm gpu`: the GPU baseline's modelled prediction for a request (SPEC.md §1.1, §7).
 
 Parsing and printing only; the model is `waferllm.api.gpu.gpu_estimate`. A model that does not
-fit the GPUs' memory is a user error here: one stderr line, exit code 2.
+fit the GPUs' memory is a user error here: one stderr line, exit code 2. Warnings (e.g. a
+context past the model's trained length) go to stderr, one per line.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from rich.table import Table
 
-from waferllm.api.gpu import GPU_PRESETS, gpu_estimate
+from waferllm.api.gpu import GPU_PRESETS, Stack, gpu_estimate
 from waferllm.cli.common import CliError, console, positive_int, print_json
 
 NUM_GPUS = (1, 8, 16)  # the paper's setups: one GPU, one NVLink node, two nodes over InfiniBand
@@ -20,16 +22,30 @@ NUM_GPUS = (1, 8, 16)  # the paper's setups: one GPU, one NVLink node, two nodes
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "gpu",
-        help="the GPU baseline (A100/H100, tensor parallel) for one request, modelled",
-        description="Modelled batch-1 inference on 1, 8 (NVLink) or 16 (2 nodes, InfiniBand "
-        "assumed) GPUs: roofline kernels, ring allreduces, constants calibrated on the paper's "
-        "LLaMA3-8B A100 rows.",
+        help="the GPU baseline (A100/H100/H200/B200, tensor parallel) for a request, modelled",
+        description="Modelled inference on 1, 8 (NVLink) or 16 (2 nodes, InfiniBand assumed) "
+        "GPUs: roofline kernels and NCCL-class allreduces at published hardware values, plus "
+        "the paper's serving-stack term (fitted on its LLaMA3-8B A100 rows) unless --stack ideal.",
     )
     parser.add_argument("--model", required=True, help="built-in model name or checkpoint dir")
     parser.add_argument("--gpu", choices=tuple(GPU_PRESETS), default="a100")
     parser.add_argument("--num-gpus", type=int, choices=NUM_GPUS, default=1)
     parser.add_argument("--prompt-len", type=positive_int, required=True, metavar="L")
     parser.add_argument("--output-len", type=positive_int, required=True, metavar="O")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1,
+        metavar="B",
+        help="B identical requests prefilled together and decoded as one batch (default 1)",
+    )
+    parser.add_argument(
+        "--stack",
+        choices=tuple(map(str, Stack)),
+        default=str(Stack.PAPER),
+        help="'paper': the paper's serving-stack overhead term applies (default); 'ideal': "
+        "hardware terms only",
+    )
     parser.add_argument("--json", action="store_true", help="print the request report as JSON")
     parser.set_defaults(func=run)
 
@@ -41,9 +57,13 @@ def run(args: argparse.Namespace) -> int:
         num_gpus=args.num_gpus,
         prompt_len=args.prompt_len,
         output_len=args.output_len,
+        batch_size=args.batch_size,
+        stack=args.stack,
     )
     if estimate.report is None:
         raise CliError(estimate.message)
+    for warning in estimate.warnings:
+        print(f"waferllm: warning: {warning}", file=sys.stderr)
     report = estimate.report.to_dict()
     if args.json:
         print_json(report)
@@ -55,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
 def _print_report(report: dict[str, Any]) -> None:
     out = console()
     metrics, breakdown = report["metrics"], report["breakdown"]
-    table = Table(title=f"{report['model']} on {report['device']} GPUs, modelled")
+    stack = breakdown["stack"]["stack"]
+    batch = f", batch {breakdown['batch_size']}" if breakdown["batch_size"] > 1 else ""
+    title = f"{report['model']} on {report['device']} GPUs{batch}, {stack} stack, modelled"
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = (
@@ -73,10 +96,11 @@ def _print_report(report: dict[str, Any]) -> None:
     out.print(table)
     out.print(_phase_table(breakdown))
     memory = breakdown["memory"]
+    kv_tokens = memory["context_tokens"] * memory["batch_size"]
     out.print(
         f"memory per GPU: weights {memory['weights_bytes_per_gpu'] / 1e9:.2f} GB, KV cache "
-        f"{memory['kv_bytes_per_token_per_gpu'] * memory['context_tokens'] / 1e9:.2f} GB for "
-        f"{memory['context_tokens']} tokens, {memory['usable_bytes_per_gpu'] / 1e9:.1f} GB usable; "
+        f"{kv_tokens * memory['kv_bytes_per_token_per_gpu'] / 1e9:.2f} GB for "
+        f"{kv_tokens} tokens, {memory['usable_bytes_per_gpu'] / 1e9:.1f} GB usable; "
         f"KV capacity {memory['kv_capacity_tokens']} tokens"
     )
 
@@ -84,7 +108,8 @@ def _print_report(report: dict[str, Any]) -> None:
 def _phase_table(breakdown: dict[str, Any]) -> Table:
     table = Table(title="Where the time goes (modelled seconds, per request)")
     table.add_column("phase")
-    for column in ("total", "compute-bound", "memory-bound", "kernel floor", "allreduce"):
+    columns = ("total", "compute-bound", "memory-bound", "kernel floor", "allreduce", "stack")
+    for column in columns:
         table.add_column(column, justify="right")
     for phase in ("prefill", "decode"):
         cost = breakdown[phase]
@@ -98,6 +123,7 @@ def _phase_table(breakdown: dict[str, Any]) -> Table:
                     "memory_bound_s",
                     "floor_bound_s",
                     "allreduce_s",
+                    "stack_s",
                 )
             ),
         )
