@@ -1,4 +1,4 @@
-"""The GPU baseline's timing model: rooflines, allreduces, sharding and the phase sums."""
+"""The GPU baseline's timing model: rooflines, allreduces, the stack term, batches, phase sums."""
 
 from __future__ import annotations
 
@@ -10,20 +10,24 @@ import pytest
 
 from waferllm.baselines.gpu import (
     BYTES_PER_ELEMENT,
+    LOGIT_BYTES,
     Op,
-    allreduce_seconds,
     causal_pairs,
     decode_cost,
     gemv_time_s,
+    head_ops,
+    layer_ops,
     op_seconds,
     prefill_cost,
     shard,
 )
-from waferllm.baselines.gpu_specs import GpuSpec, a100, calibrated, get_gpu, h100
+from waferllm.baselines.gpu_comm import allreduce_seconds, ring_bytes_per_gpu
+from waferllm.baselines.gpu_specs import GPU_PRESETS, GpuSpec, a100, get_gpu, h100, h200
+from waferllm.baselines.gpu_stack import ideal_stack, paper_stack
 from waferllm.model.config import load_config
 
-CAL = calibrated()
-CONTEXT_4K = np.array([4096.0])
+IDEAL, PAPER = ideal_stack(), paper_stack()
+CONTEXT_4K = [4096.0]
 
 
 @pytest.fixture(scope="module")
@@ -31,37 +35,52 @@ def llama8b():
     return load_config("llama3-8b")
 
 
+def _op(flops: float, hbm_bytes: float) -> Op:
+    return Op(name="k", group="gemm", flops=flops, executed_flops=flops, hbm_bytes=hbm_bytes)
+
+
 def test_a_kernel_costs_the_largest_of_its_floor_its_flops_and_its_bytes():
     gpu = a100()
-    compute_s = 1e12 / (CAL.tensor_efficiency * gpu.tensor_flops_per_s)
-    memory_s = 1e9 / (CAL.hbm_efficiency * gpu.hbm_bytes_per_s)
-    time, compute, memory = op_seconds(Op("big_gemm", "gemm", 1e12, 1e9), gpu, CAL)
-    assert float(time) == pytest.approx(max(compute_s, memory_s))
-    assert float(compute) == float(time) and float(memory) == 0.0
-    time, compute, memory = op_seconds(Op("gemv", "gemm", 1e9, 1e9), gpu, CAL)
-    assert float(time) == pytest.approx(memory_s) and float(memory) == float(time)
-    time, compute, memory = op_seconds(Op("tiny", "elementwise", 10.0, 10.0), gpu, CAL)
-    assert float(time) == CAL.kernel_floor_s and float(compute) == float(memory) == 0.0
+    compute_s = 1e12 / (gpu.tensor_efficiency * gpu.tensor_flops_per_s)
+    memory_s = 1e9 / (gpu.hbm_efficiency * gpu.hbm_bytes_per_s)
+    t = op_seconds(_op(1e12, 1e9), gpu)
+    assert float(t.time_s) == pytest.approx(max(compute_s, memory_s))
+    assert float(t.compute_bound_s) == float(t.time_s) and float(t.memory_bound_s) == 0.0
+    t = op_seconds(_op(1e9, 1e9), gpu)
+    assert float(t.time_s) == pytest.approx(memory_s) and float(t.memory_bound_s) == float(t.time_s)
+    t = op_seconds(_op(10.0, 10.0), gpu)
+    assert float(t.time_s) == gpu.kernel_floor_s
+    assert float(t.compute_bound_s) == float(t.memory_bound_s) == 0.0
 
 
-def test_allreduce_on_one_gpu_is_free_and_within_a_node_is_latency_plus_ring_volume():
+def test_a_skinny_gemm_executes_whole_token_tiles(llama8b):
     gpu = a100()
-    assert allreduce_seconds(1e6, 1, gpu, CAL) == 0.0
-    message = 32e6
-    expected = CAL.nvlink_allreduce_latency_s + 2 * 7 / 8 * message / (CAL.link_efficiency * 300e9)
-    assert allreduce_seconds(message, 8, gpu, CAL) == pytest.approx(expected)
+    part = shard(llama8b, 1)
+    ops = {
+        op.name: op
+        for op in layer_ops(llama8b, part, gpu, tokens=3, attn_pairs=3.0, kv_read_positions=3.0)
+    }
+    qkv = ops["qkv_proj"]
+    assert qkv.flops == 2.0 * 3 * 4096 * 6144
+    assert qkv.executed_flops == 2.0 * 64 * 4096 * 6144  # one 64-row tile
+    assert ops["attention"].on_attention and not qkv.on_attention
 
 
-def test_an_allreduce_across_nodes_pays_the_internode_latency_and_the_slower_link():
-    gpu = a100()  # 8 NICs x 25 GB/s = 200 GB/s per node, below NVLink's 300 GB/s one way
+def test_an_allreduce_is_nccl_latency_plus_ring_volume_over_bus_bandwidth():
+    gpu = a100()
+    assert allreduce_seconds(1e6, 1, gpu) == 0.0
     message = 32e6
-    latency = CAL.nvlink_allreduce_latency_s + CAL.internode_allreduce_latency_s
-    expected = latency + 2 * 15 / 16 * message / (CAL.link_efficiency * 200e9)
-    assert allreduce_seconds(message, 16, gpu, CAL) == pytest.approx(expected)
-    fast_ib = dataclasses.replace(gpu, internode_bytes_per_s=1e12)  # NVLink is then the limit
-    assert allreduce_seconds(message, 16, fast_ib, CAL) == pytest.approx(
-        latency + 2 * 15 / 16 * message / (CAL.link_efficiency * 300e9)
+    assert ring_bytes_per_gpu(message, 8) == 2 * 7 / 8 * message
+    assert allreduce_seconds(message, 8, gpu) == pytest.approx(
+        gpu.nvlink_allreduce_latency_s + 2 * 7 / 8 * message / gpu.nvlink_allreduce_bus_bytes_per_s
     )
+    slow_ib = dataclasses.replace(gpu, internode_allreduce_bus_bytes_per_s=10e9)
+    assert allreduce_seconds(message, 16, slow_ib) == pytest.approx(
+        gpu.internode_allreduce_latency_s + 2 * 15 / 16 * message / 10e9
+    )
+    # Small messages are latency-bound, large ones bandwidth-bound.
+    assert allreduce_seconds(8e3, 8, gpu) < 1.1 * gpu.nvlink_allreduce_latency_s
+    assert allreduce_seconds(1e9, 8, gpu) > 100 * gpu.nvlink_allreduce_latency_s
 
 
 def test_causal_pairs_match_a_brute_force_count_with_and_without_a_window():
@@ -86,25 +105,61 @@ def test_tensor_parallelism_that_cannot_split_the_heads_is_refused_by_name():
         shard(qwen, 0)
 
 
+@pytest.mark.parametrize("num_gpus", [1, 8, 16])
+@pytest.mark.parametrize("stack", [IDEAL, PAPER], ids=["ideal", "paper"])
+def test_a_decode_step_is_exactly_the_sum_of_the_documented_terms(llama8b, num_gpus, stack):
+    gpu = a100()
+    part = shard(llama8b, num_gpus)
+    batch, contexts = 3, [100.0, 2000.0, 4096.0]
+    kernels = [
+        (op, 32)
+        for op in layer_ops(
+            llama8b,
+            part,
+            gpu,
+            tokens=batch,
+            attn_pairs=sum(contexts),
+            kv_read_positions=sum(contexts),
+        )
+    ]
+    kernels += [(op, 1) for op in head_ops(llama8b, part, gpu, tokens=batch, rows=batch)]
+    kernel_s = sum(n * float(op_seconds(op, gpu).time_s) for op, n in kernels)
+    hidden, logits = batch * 4096 * BYTES_PER_ELEMENT, batch * 128256 * LOGIT_BYTES
+    allreduce_s = 65 * allreduce_seconds(hidden, num_gpus, gpu) + allreduce_seconds(
+        logits, num_gpus, gpu
+    )
+    cost = decode_cost(llama8b, gpu, num_gpus, [contexts], stack)
+    ring = 65 * ring_bytes_per_gpu(hidden, num_gpus) + ring_bytes_per_gpu(logits, num_gpus)
+    hbm = sum(n * float(op.hbm_bytes) for op, n in kernels)
+    across = num_gpus > 8
+    stack_s = (
+        stack.step_s
+        + stack.s_per_hbm_byte * hbm
+        + (stack.s_per_internode_ring_byte if across else stack.s_per_nvlink_ring_byte) * ring
+        + (stack.s_per_internode_collective * 66 if across else 0.0)
+    )
+    assert cost.time_s == pytest.approx(kernel_s + allreduce_s + stack_s)
+    assert cost.stack_s == pytest.approx(stack_s)
+    parts = cost.compute_bound_s + cost.memory_bound_s + cost.floor_bound_s
+    assert parts + cost.allreduce_s + cost.stack_s == pytest.approx(cost.time_s)
+    assert sum(cost.by_group_s.values()) == pytest.approx(cost.time_s)
+
+
+def test_the_ideal_stack_is_the_paper_stack_minus_its_term(llama8b):
+    for gpus in (1, 8, 16):
+        paper = prefill_cost(llama8b, a100(), gpus, 4096, PAPER)
+        ideal = prefill_cost(llama8b, a100(), gpus, 4096, IDEAL)
+        assert ideal.stack_s == 0.0
+        assert paper.time_s - paper.stack_s == pytest.approx(ideal.time_s)
+
+
 def test_prefill_is_compute_bound_and_decode_is_bandwidth_bound(llama8b):
     for gpu in (a100(), h100()):
-        prefill = prefill_cost(llama8b, gpu, 1, 4096)
-        decode = decode_cost(llama8b, gpu, 1, CONTEXT_4K)
+        prefill = prefill_cost(llama8b, gpu, 1, 4096, IDEAL)
+        decode = decode_cost(llama8b, gpu, 1, CONTEXT_4K, IDEAL)
         assert prefill.compute_bound_s > 0.8 * prefill.time_s
         assert decode.compute_bound_s == 0.0
         assert decode.memory_bound_s > 0.8 * decode.time_s
-
-
-def test_the_parts_of_a_phase_add_up_to_its_time(llama8b):
-    for gpus in (1, 8, 16):
-        for cost in (
-            prefill_cost(llama8b, a100(), gpus, 1000),
-            decode_cost(llama8b, a100(), gpus, np.arange(1000.0, 1010.0)),
-        ):
-            parts = cost.compute_bound_s + cost.memory_bound_s + cost.floor_bound_s
-            assert parts + cost.allreduce_s == pytest.approx(cost.time_s)
-            assert sum(cost.by_group_s.values()) == pytest.approx(cost.time_s)
-            assert cost.floor_bound_s >= 0
 
 
 def test_decode_reads_every_weight_once_per_token(llama8b):
@@ -115,73 +170,98 @@ def test_decode_reads_every_weight_once_per_token(llama8b):
     assert decode.hbm_bytes_per_gpu < 1.01 * (weights + kv_cache) * BYTES_PER_ELEMENT
 
 
-def test_more_gpus_read_fewer_weight_bytes_each_and_spend_less_time_on_them(llama8b):
-    bytes_per_gpu, memory_s = [], []
-    for gpus in (1, 2, 4, 8, 16):
-        decode = decode_cost(llama8b, a100(), gpus, CONTEXT_4K)
-        bytes_per_gpu.append(decode.hbm_bytes_per_gpu)
-        memory_s.append(decode.memory_bound_s)
-    assert all(a > b for a, b in zip(bytes_per_gpu, bytes_per_gpu[1:], strict=False))
-    assert all(a > b for a, b in zip(memory_s, memory_s[1:], strict=False))
+def test_a_batched_step_reads_the_weights_once_and_each_sequences_kv_cache(llama8b):
+    one = decode_cost(llama8b, a100(), 1, [[4096.0]])
+    four = decode_cost(llama8b, a100(), 1, [[4096.0, 1000.0, 4096.0, 10.0]])
+    kv_per_position = 32 * 2 * 8 * 128 * BYTES_PER_ELEMENT
+    extra = four.hbm_bytes_per_gpu - one.hbm_bytes_per_gpu
+    assert extra >= kv_per_position * (1000 + 4096 + 10)
+    assert extra < kv_per_position * (1000 + 4096 + 10) + 0.01 * one.hbm_bytes_per_gpu
+
+
+def test_decode_step_time_grows_sublinearly_with_batch_until_compute_bound(llama8b):
+    step = {
+        b: decode_cost(llama8b, a100(), 1, [[128.0] * b], IDEAL).time_s
+        for b in (1, 2, 8, 32, 64, 1024, 2048)
+    }
+    assert step[1] < step[2] < step[8] < step[32] < step[64]
+    assert step[64] < 1.5 * step[1]  # weights dominate: 64 short sequences cost about one
+    per_sequence = [step[b] / b for b in (1, 2, 8, 32, 64, 1024, 2048)]
+    assert all(a >= 0.999 * b for a, b in zip(per_sequence, per_sequence[1:], strict=False))
+    big = decode_cost(llama8b, a100(), 1, [[128.0] * 2048], IDEAL)
+    assert big.compute_bound_s > 0.5 * big.time_s
+    assert step[2048] / step[1024] > 1.6  # compute- and KV-bound: close to linear
+
+
+def test_a_batched_prefill_sums_its_prompts_causal_attention(llama8b):
+    mixed = prefill_cost(llama8b, a100(), 1, [100, 300], IDEAL)
+    whole = prefill_cost(llama8b, a100(), 1, [400], IDEAL)
+    # Same tokens through the GEMMs, fewer attention pairs when the prompts are apart.
+    assert mixed.by_group_s["gemm"] == pytest.approx(whole.by_group_s["gemm"])
+    assert mixed.by_group_s["attention"] < whole.by_group_s["attention"]
+    with pytest.raises(ValueError, match="positive integers"):
+        prefill_cost(llama8b, a100(), 1, [100, 0])
 
 
 def test_decode_steps_are_priced_one_by_one_in_a_single_vectorised_call(llama8b):
     contexts = np.array([17.0, 900.0, 4096.0, 8000.0])
     together = decode_cost(llama8b, a100(), 8, contexts)
-    apart = [decode_cost(llama8b, a100(), 8, np.array([c])) for c in contexts]
+    apart = [decode_cost(llama8b, a100(), 8, [c]) for c in contexts]
     assert together.time_s == pytest.approx(sum(c.time_s for c in apart))
     assert together.hbm_bytes_per_gpu == pytest.approx(sum(c.hbm_bytes_per_gpu for c in apart))
-    short, long = (decode_cost(llama8b, a100(), 1, np.array([c])) for c in (17.0, 8000.0))
-    assert short.time_s < long.time_s  # a longer context reads more KV cache
+    assert apart[0].time_s < apart[-1].time_s  # a longer context reads more KV cache
+    with pytest.raises(ValueError, match="positive lengths"):
+        decode_cost(llama8b, a100(), 8, [[0.0]])
 
 
 def test_a_sliding_window_stops_decode_attention_from_growing_past_it():
     mistral = load_config("mistral-7b")
     window = mistral.sliding_window
     assert window is not None
-    at_window = decode_cost(mistral, a100(), 1, np.array([float(window)]))
-    beyond = decode_cost(mistral, a100(), 1, np.array([float(window) * 3]))
+    at_window = decode_cost(mistral, a100(), 1, [float(window)])
+    beyond = decode_cost(mistral, a100(), 1, [float(window) * 3])
     assert beyond.time_s == pytest.approx(at_window.time_s)
 
 
-def test_h100_is_faster_than_a100_in_every_setup(llama8b):
+def test_newer_gpus_are_faster_in_every_setup(llama8b):
     for gpus in (1, 8, 16):
-        assert (
-            prefill_cost(llama8b, h100(), gpus, 4096).time_s
-            < prefill_cost(llama8b, a100(), gpus, 4096).time_s
-        )
-        assert (
-            decode_cost(llama8b, h100(), gpus, CONTEXT_4K).time_s
-            < decode_cost(llama8b, a100(), gpus, CONTEXT_4K).time_s
-        )
-
-
-def test_gemv_on_one_gpu_streams_the_matrix_at_the_fitted_bandwidth():
-    gpu = a100()
-    size = 16384
-    expected = (size * size + 2 * size) * BYTES_PER_ELEMENT / (CAL.hbm_efficiency * 2039e9)
-    assert gemv_time_s(gpu=gpu, num_gpus=1, k=size, n=size) == pytest.approx(expected)
+        times = [
+            (
+                prefill_cost(llama8b, g(), gpus, 4096).time_s,
+                decode_cost(llama8b, g(), gpus, CONTEXT_4K, IDEAL).time_s,
+            )
+            for g in (a100, h100, h200)
+        ]
+        assert times[1][0] < times[0][0] and times[1][1] < times[0][1]
+        assert times[2][1] < times[1][1]  # H200: same compute, more HBM bandwidth
 
 
 def test_gemv_over_gpus_splits_the_matrix_and_adds_one_allreduce_of_the_output():
     gpu = a100()
     size = 32768
     local = (size * size // 8 + size // 8 + size) * BYTES_PER_ELEMENT
-    local_s = local / (CAL.hbm_efficiency * gpu.hbm_bytes_per_s)
-    allreduce = allreduce_seconds(size * BYTES_PER_ELEMENT, 8, gpu, CAL)
-    assert gemv_time_s(gpu=gpu, num_gpus=8, k=size, n=size) == pytest.approx(local_s + allreduce)
+    local_s = local / (gpu.hbm_efficiency * gpu.hbm_bytes_per_s)
+    allreduce = allreduce_seconds(size * BYTES_PER_ELEMENT, 8, gpu)
+    assert gemv_time_s(gpu=gpu, num_gpus=8, k=size, n=size, stack=IDEAL) == pytest.approx(
+        local_s + allreduce
+    )
     with pytest.raises(ValueError, match="k, n, num_gpus >= 1"):
         gemv_time_s(gpu=gpu, num_gpus=8, k=0, n=size)
 
 
-def test_gpu_presets_carry_a_source_for_every_hardware_number_and_reject_bad_values():
-    for name in ("a100", "h100"):
+def test_gpu_presets_carry_a_source_or_placeholder_label_for_every_number():
+    assert set(GPU_PRESETS) == {"a100", "h100", "h200", "b200"}
+    for name in GPU_PRESETS:
         gpu = get_gpu(name)
         for field in dataclasses.fields(GpuSpec):
             if field.name not in ("name", "sources"):
                 assert gpu.sources.get(field.name), (name, field.name)
         assert "assumption" in gpu.sources["internode_bytes_per_s"]
-    with pytest.raises(ValueError, match="unknown GPU 'v100'; choose one of: a100, h100"):
+        assert "nccl-tests" in gpu.sources["nvlink_allreduce_bus_bytes_per_s"]
+    assert "placeholder" in get_gpu("b200").sources["hbm_efficiency"]
+    with pytest.raises(ValueError, match="unknown GPU 'v100'; choose one of: a100, h100, h200"):
         get_gpu("v100")
     with pytest.raises(ValueError, match="hbm_bytes_per_s"):
         dataclasses.replace(a100(), hbm_bytes_per_s=0.0)
+    with pytest.raises(ValueError, match="hbm_efficiency"):
+        dataclasses.replace(a100(), hbm_efficiency=1.5)

@@ -39,7 +39,8 @@ def test_human_output_is_a_table_labelled_modelled(capsys):
         ([*BASE, "--num-gpus", "two"], "invalid int value"),
         (["gpu", "--model", "tiny", "--prompt-len", "0", "--output-len", "8"], "positive integer"),
         (["gpu", "--model", "tiny", "--prompt-len", "8", "--output-len", "x"], "positive integer"),
-        (["gpu", "--model", "tiny", "--prompt-len", "500", "--output-len", "100"], "exceeds"),
+        ([*BASE, "--stack", "sglang"], "invalid choice: 'sglang'"),
+        ([*BASE, "--batch-size", "0"], "positive integer"),
         (
             [
                 "gpu",
@@ -66,6 +67,24 @@ def test_user_errors_are_one_stderr_line_and_exit_code_2(capsys, argv, message):
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and captured.err.startswith("waferllm: error: ")
     assert message in captured.err
+
+
+def test_stack_and_batch_size_reach_the_report(capsys):
+    argv = [*BASE, "--num-gpus", "8", "--stack", "ideal", "--batch-size", "4", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["breakdown"]["stack"]["stack"] == "ideal"
+    assert report["breakdown"]["batch_size"] == 4
+    assert report["breakdown"]["prefill"]["stack_s"] == 0.0
+
+
+def test_a_request_past_the_trained_context_runs_and_warns_on_stderr(capsys):
+    argv = ["gpu", "--model", "tiny", "--prompt-len", "500", "--output-len", "100", "--json"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["kind"] == "gpu"
+    assert captured.err.count("\n") == 1 and "warning:" in captured.err
+    assert "max_position_embeddings" in captured.err
 
 
 def test_a_local_checkpoint_directory_is_read_for_its_config(capsys, llama_checkpoint):

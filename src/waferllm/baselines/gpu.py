@@ -347,7 +347,7 @@ def decode_cost(
     ctx = np.asarray(contexts, dtype=np.float64)
     if ctx.ndim == 1:
         ctx = ctx[:, None]
-    if ctx.ndim != 2 or ctx.shape[0] < 1 or ctx.shape[1] < 1 or np.any(ctx < 1):
+    if ctx.ndim != 2 or ctx.shape[1] < 1 or np.any(ctx < 1):
         raise WaferError("decode contexts must be positive lengths, one row of B per step")
     window = config.sliding_window
     attended = (ctx if window is None else np.minimum(ctx, window)).sum(axis=1)

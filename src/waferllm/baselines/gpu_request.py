@@ -9,6 +9,7 @@ context past the model's trained length). Times from `gpu.py`, memory from `gpu_
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -100,15 +101,15 @@ def estimate_gpu(
     memory = memory_plan(
         config, gpu, num_gpus, prompt_len=prompt_len, output_len=output_len, batch_size=batch_size
     )
-    common = {"batch_size": batch_size, "stack": str(stack.stack), "warnings": warnings}
+    result = functools.partial(
+        GpuEstimate, memory=memory, batch_size=batch_size, stack=str(stack.stack), warnings=warnings
+    )
     if not memory.fits:
         needed = min_gpus_that_fit(
             config, gpu, prompt_len=prompt_len, output_len=output_len, batch_size=batch_size
         )
         message = _does_not_fit(config, gpu, memory, needed)
-        return GpuEstimate(
-            fits=False, needed_gpus=needed, message=message, memory=memory, report=None, **common
-        )
+        return result(fits=False, needed_gpus=needed, message=message, report=None)
     prefill = prefill_cost(config, gpu, num_gpus, [prompt_len] * batch_size, stack)
     # Decode step j (1 <= j < O) feeds token j and attends to prompt_len + j positions.
     steps = prompt_len + np.arange(1, output_len, dtype=np.float64)
@@ -143,9 +144,7 @@ def estimate_gpu(
         ),
         host_wall_s=0.0,
     )
-    return GpuEstimate(
-        fits=True, needed_gpus=num_gpus, message="", memory=memory, report=report, **common
-    )
+    return result(fits=True, needed_gpus=num_gpus, message="", report=report)
 
 
 def _placement(gpu: GpuSpec, num_gpus: int) -> str:

@@ -17,8 +17,12 @@ from waferllm.errors import WaferError
 
 GPUS_PER_NODE = 8  # DGX/HGX: 8 GPUs on one NVLink domain (PAPER.md §2.2)
 
-_FRACTIONS = ("hbm_efficiency", "tensor_efficiency", "attention_efficiency")
-_FRACTIONS += ("usable_memory_fraction",)
+_FRACTIONS = (
+    "hbm_efficiency",
+    "tensor_efficiency",
+    "attention_efficiency",
+    "usable_memory_fraction",
+)
 _POSITIVE = (
     "hbm_bytes_per_s",
     "tensor_flops_per_s",
