@@ -1,11 +1,12 @@
-"""GPU baseline: calibration on PAPER.md §3.3 (LLaMA3-8B, A100) and the check on §3.2 (Table 6).
+"""GPU baseline: hardware constants, the serving-stack fit on PAPER.md §3.3, Table 6 checks.
 
-Refits the five efficiency constants on the six A100 rows, prints the fit and its residuals
-(target <= 10%), compares the stored constants with the refit, checks the unfitted Table 6
-A100 GEMV columns, and prints predictions for H100. Writes
-benchmarks/results/gpu_baseline_a100_<date>.json atomically.
+Prints every hardware constant of every GPU preset with its source (none fitted), refits the
+serving-stack term on the six LLaMA3-8B A100 rows and compares it with the stored one, prints
+the fit residuals under `--stack paper` (target <= 10%) and `--stack ideal`, checks the unfitted
+Table 6 A100 GEMV columns under both stacks, and prints predictions (batch 1 and batched
+decode steps). Writes benchmarks/results/gpu_baseline_a100_<date>.json atomically.
 
-    python benchmarks/gpu_baseline.py
+    PYTHONPATH=src python benchmarks/gpu_baseline.py
 """
 
 from __future__ import annotations
@@ -23,19 +24,20 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from waferllm.api.gpu import gpu_estimate
+from waferllm.api.gpu import gpu_estimate, gpu_step_costs
 from waferllm.baselines.gpu_fit import (
     CALIBRATION_MODEL,
-    FITTED_FIELDS,
     Residual,
-    fit_calibration,
     fit_residuals,
+    fit_stack,
     table6_check,
 )
-from waferllm.baselines.gpu_specs import calibrated
+from waferllm.baselines.gpu_specs import GPU_PRESETS, GpuSpec, get_gpu
+from waferllm.baselines.gpu_stack import COEFFICIENTS, ideal_stack, paper_stack
 from waferllm.cli.common import write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
+HARDWARE_FIELDS = [f.name for f in dataclasses.fields(GpuSpec) if f.name not in ("name", "sources")]
 
 
 def _commit() -> str:
@@ -48,19 +50,32 @@ def _commit() -> str:
     return out.stdout.strip()
 
 
-def _residual_table(
-    title: str, rows: tuple[Residual, ...], unit: str, scale: float, fmt: str
-) -> Table:
+def _hardware_table() -> Table:
+    table = Table(title="Hardware constants (published or placeholder; none fitted)")
+    table.add_column("constant")
+    for name in GPU_PRESETS:
+        table.add_column(name, justify="right")
+    table.add_column("a100 source")
+    gpus = [get_gpu(name) for name in GPU_PRESETS]
+    for field in HARDWARE_FIELDS:
+        values = [f"{getattr(g, field):.4g}" for g in gpus]
+        table.add_row(field, *values, gpus[0].sources[field])
+    return table
+
+
+def _residual_table(title: str, columns: dict[str, tuple[Residual, ...]], fmt: str) -> Table:
     table = Table(title=title)
-    for column in ("row", f"paper ({unit})", f"model ({unit})", "error"):
-        table.add_column(column, justify="left" if column == "row" else "right")
-    for r in rows:
-        table.add_row(
-            r.label,
-            format(r.measured * scale, fmt),
-            format(r.modelled * scale, fmt),
-            f"{r.error:+.1%}",
-        )
+    table.add_column("row")
+    table.add_column("paper", justify="right")
+    for name in columns:
+        table.add_column(f"model ({name})", justify="right")
+        table.add_column(f"error ({name})", justify="right")
+    first = next(iter(columns.values()))
+    for i, r in enumerate(first):
+        cells = []
+        for rows in columns.values():
+            cells += [format(rows[i].modelled, fmt), f"{rows[i].error:+.1%}"]
+        table.add_row(r.label, format(r.measured, fmt), *cells)
     return table
 
 
@@ -72,68 +87,94 @@ def _residual_dicts(rows: tuple[Residual, ...]) -> list[dict[str, Any]]:
 
 
 def _predictions() -> list[dict[str, Any]]:
-    """LLaMA3-8B 4096 in / 4096 out on every GPU setup the CLI offers (predictions)."""
+    """LLaMA3-8B 4096 in / 4096 out on every preset and GPU count, both stacks (predictions)."""
+    out = []
+    for gpu in GPU_PRESETS:
+        for num_gpus in (1, 8, 16):
+            for stack in ("paper", "ideal"):
+                est = gpu_estimate(
+                    CALIBRATION_MODEL,
+                    gpu=gpu,
+                    num_gpus=num_gpus,
+                    prompt_len=4096,
+                    output_len=4096,
+                    stack=stack,
+                )
+                assert est.report is not None
+                m = dataclasses.asdict(est.report.metrics)
+                out.append({"gpu": gpu, "num_gpus": num_gpus, "stack": stack, **m})
+    return out
+
+
+def _batched_steps() -> list[dict[str, Any]]:
+    """Decode-step seconds of LLaMA3-8B at a 2K context by batch size (ideal stack, 8 GPUs)."""
     out = []
     for gpu in ("a100", "h100"):
-        for num_gpus in (1, 8, 16):
-            est = gpu_estimate(
-                CALIBRATION_MODEL, gpu=gpu, num_gpus=num_gpus, prompt_len=4096, output_len=4096
+        costs = gpu_step_costs(CALIBRATION_MODEL, gpu=gpu, num_gpus=8, stack="ideal")
+        for batch in (1, 8, 32, 128, 512):
+            step_s = costs.decode_step_seconds([2048] * batch)
+            out.append(
+                {"gpu": gpu, "batch_size": batch, "step_s": step_s, "tokens_per_s": batch / step_s}
             )
-            assert est.report is not None
-            m = est.report.metrics
-            out.append({"gpu": gpu, "num_gpus": num_gpus, **dataclasses.asdict(m)})
     return out
 
 
 def main() -> int:
-    console = Console(width=120)
+    console = Console(width=160)
     start = time.perf_counter()
-    fit = fit_calibration()
+    fit = fit_stack()
     fit_s = time.perf_counter() - start
-    stored = calibrated()
-    stored_rows = fit_residuals(stored)
-    gemv_rows = table6_check(stored)
-    predictions = _predictions()
+    stored = paper_stack()
+    paper_rows, ideal_rows = fit_residuals(stored), fit_residuals(ideal_stack())
+    gemv_paper, gemv_ideal = table6_check(stored), table6_check(ideal_stack())
+    predictions, batched = _predictions(), _batched_steps()
 
-    constants = Table(title=f"Fitted constants ({fit.iterations} LM iterations, {fit_s:.2f} s)")
-    for column in ("constant", "refit", "stored in gpu_specs.py"):
-        constants.add_column(column, justify="left" if column == "constant" else "right")
-    for field in FITTED_FIELDS:
-        constants.add_row(
-            field, f"{getattr(fit.calibration, field):.4g}", f"{getattr(stored, field):.4g}"
+    console.print(_hardware_table())
+    stack_table = Table(title=f"Serving-stack term (fitted in {fit_s:.3f} s host time)")
+    for column in ("coefficient", "refit", "stored (gpu_stack.py)"):
+        stack_table.add_column(column, justify="left" if column == "coefficient" else "right")
+    for field in COEFFICIENTS:
+        stack_table.add_row(
+            field, f"{getattr(fit.stack, field):.4g}", f"{getattr(stored, field):.4g}"
         )
-    for field in ("kernel_floor_s", "usable_memory_fraction"):
-        constants.add_row(f"{field} (assumed)", "-", f"{getattr(stored, field):.4g}")
-    console.print(constants)
+    console.print(stack_table)
     console.print(
         _residual_table(
-            "Fit residuals (stored constants), LLaMA3-8B on A100, PAPER.md §3.3",
-            stored_rows,
-            "tok/s",
-            1.0,
+            "Fit rows, LLaMA3-8B TPR (tok/s) on A100, PAPER.md §3.3",
+            {"paper": paper_rows, "ideal": ideal_rows},
             ",.1f",
         )
     )
     console.print(
         _residual_table(
-            "Check, never fitted: Table 6 A100 GEMV, PAPER.md §3.2", gemv_rows, "ms", 1e3, ".3f"
+            "Check, never fitted: Table 6 A100 GEMV seconds, PAPER.md §3.2",
+            {"paper": gemv_paper, "ideal": gemv_ideal},
+            ".3g",
         )
     )
     pred = Table(title="Predictions: LLaMA3-8B, 4096 in / 4096 out (modelled)")
-    for column in ("setup", "TTFT (ms)", "TPOT (ms)", "prefill TPR", "decode TPR", "energy (J)"):
-        pred.add_column(column, justify="left" if column == "setup" else "right")
+    for column in ("setup", "stack", "TTFT (ms)", "TPOT (ms)", "prefill TPR", "decode TPR"):
+        pred.add_column(column, justify="left" if column in ("setup", "stack") else "right")
     for p in predictions:
         pred.add_row(
             f"{p['num_gpus']}x {p['gpu']}",
+            p["stack"],
             f"{p['ttft_s'] * 1e3:.1f}",
             f"{p['tpot_s'] * 1e3:.2f}",
             f"{p['prefill_tpr']:,.0f}",
             f"{p['decode_tpr']:,.1f}",
-            f"{p['energy_j']:,.0f}",
         )
     console.print(pred)
+    steps = Table(title="Batched decode step, LLaMA3-8B at 2K context, 8 GPUs, ideal stack")
+    for column in ("gpu", "batch", "step (ms)", "tokens/s"):
+        steps.add_column(column, justify="right")
+    for b in batched:
+        steps.add_row(
+            b["gpu"], str(b["batch_size"]), f"{b['step_s'] * 1e3:.2f}", f"{b['tokens_per_s']:,.0f}"
+        )
+    console.print(steps)
 
-    max_fit_error = max(abs(r.error) for r in stored_rows)
+    max_fit_error = max(abs(r.error) for r in paper_rows)
     result = {
         "benchmark": "gpu_baseline",
         "device": "a100",
@@ -142,13 +183,16 @@ def main() -> int:
         "commit": _commit(),
         "machine": f"{platform.node()} ({platform.machine()}, Python {platform.python_version()})",
         "fit_host_wall_s": fit_s,
-        "fit_iterations": fit.iterations,
-        "refit": {f: getattr(fit.calibration, f) for f in FITTED_FIELDS},
-        "stored": stored.to_dict(),
-        "fit_residuals": _residual_dicts(stored_rows),
+        "hardware": {name: get_gpu(name).to_dict() for name in GPU_PRESETS},
+        "stack_refit": {f: getattr(fit.stack, f) for f in COEFFICIENTS},
+        "stack_stored": stored.to_dict(),
+        "fit_residuals_paper": _residual_dicts(paper_rows),
+        "fit_residuals_ideal": _residual_dicts(ideal_rows),
         "fit_max_abs_error": max_fit_error,
-        "table6_check": _residual_dicts(gemv_rows),
+        "table6_check_paper": _residual_dicts(gemv_paper),
+        "table6_check_ideal": _residual_dicts(gemv_ideal),
         "predictions_llama3_8b_4096_4096": predictions,
+        "batched_decode_steps_llama3_8b_2048_8gpus_ideal": batched,
     }
     path = RESULTS / f"gpu_baseline_a100_{result['date']}.json"
     write_atomic(path, json.dumps(result, indent=2) + "\n")

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from waferllm.baselines.gpu import decode_cost, gemv_time_s, prefill_cost
-from waferllm.baselines.gpu_specs import calibrated, h100
+from waferllm.baselines.gpu_specs import h100
+from waferllm.baselines.gpu_stack import ideal_stack, paper_stack
 from waferllm.model.config import load_config
 
 BF16 = torch.bfloat16
@@ -171,7 +172,7 @@ def main() -> int:
     gemv_sizes = (256, 512) if args.smoke else (16384, 32768)
     reps = 3 if args.smoke else 20
     cfg = load_config(name)
-    gpu, cal = h100(), calibrated()
+    gpu, paper, ideal = h100(), paper_stack(), ideal_stack()
     rows: list[dict[str, object]] = []
 
     def row(what: str, measured: float, modelled: float | None, note: str = "") -> None:
@@ -183,12 +184,13 @@ def main() -> int:
     row(
         "HBM copy GB/s (read+write)",
         2 * src.numel() / copy_s / 1e9,
-        cal.hbm_efficiency * gpu.hbm_bytes_per_s / 1e9,
+        gpu.hbm_efficiency * gpu.hbm_bytes_per_s / 1e9,
         "model: hbm_efficiency x 3.35 TB/s",
     )
     for size in gemv_sizes:
         seconds = _gemv_seconds(size, device, reps)
-        row(f"GEMV {size}", seconds, gemv_time_s(gpu=gpu, num_gpus=1, k=size, n=size))
+        modelled = gemv_time_s(gpu=gpu, num_gpus=1, k=size, n=size, stack=ideal)
+        row(f"GEMV {size}", seconds, modelled, "ideal stack (a bare kernel)")
     small = torch.zeros(4096, device=device)
     kernels = 500
 
@@ -197,20 +199,20 @@ def main() -> int:
             small.add_(1.0)
 
     floor = _timed(_graphed(many_small, device), device, reps) / kernels
-    row("kernel floor s (graph replay)", floor, cal.kernel_floor_s, "assumed 4 us in the model")
+    row("kernel floor s (graph replay)", floor, gpu.kernel_floor_s, "h100 kernel_floor_s")
     model = Llama(cfg, device, context)
     token = torch.zeros(1, dtype=torch.long, device=device)
     step = _graphed(lambda: model.forward(token, context), device)
     decode_s = _timed(step, device, reps)
-    row(
-        f"decode step s at context {context}",
-        decode_s,
-        decode_cost(cfg, gpu, 1, np.array([context + 1.0]), cal).time_s,
-    )
+    for label, stack in (("ideal", ideal), ("paper", paper)):
+        modelled = decode_cost(cfg, gpu, 1, np.array([context + 1.0]), stack).time_s
+        row(f"decode step s at context {context}", decode_s, modelled, f"{label} stack")
     prompt = torch.randint(0, cfg.vocab_size, (context,), device=device)
     with torch.no_grad():
         prefill_s = _timed(lambda: model.forward(prompt, 0), device, max(3, reps // 5))
-    row(f"prefill s of {context} tokens", prefill_s, prefill_cost(cfg, gpu, 1, context, cal).time_s)
+    for label, stack in (("ideal", ideal), ("paper", paper)):
+        modelled = prefill_cost(cfg, gpu, 1, context, stack).time_s
+        row(f"prefill s of {context} tokens", prefill_s, modelled, f"{label} stack")
 
     if args.profile:
         _profile(lambda: model.forward(prompt, 0), "prefill")
