@@ -184,8 +184,15 @@ class OpTime:
 def op_seconds(op: Op, gpu: GpuSpec) -> OpTime:
     """`max(kernel_floor, executed_flops / (eff * peak), hbm_bytes / (hbm_eff * bandwidth))`."""
     eff = gpu.attention_efficiency if op.on_attention else gpu.tensor_efficiency
-    compute = np.asarray(op.executed_flops / (eff * gpu.tensor_flops_per_s))
-    memory = np.asarray(op.hbm_bytes / (gpu.hbm_efficiency * gpu.hbm_bytes_per_s))
+    return _roofline(np.asarray(op.executed_flops), np.asarray(op.hbm_bytes), eff, gpu)
+
+
+def _roofline(
+    executed_flops: np.ndarray, hbm_bytes: np.ndarray, eff: np.ndarray | float, gpu: GpuSpec
+) -> OpTime:
+    """`op_seconds` elementwise over arrays of kernels (and steps)."""
+    compute = executed_flops / (eff * gpu.tensor_flops_per_s)
+    memory = hbm_bytes / (gpu.hbm_efficiency * gpu.hbm_bytes_per_s)
     floor = gpu.kernel_floor_s
     time = np.maximum(floor, np.maximum(compute, memory))
     return OpTime(
@@ -243,16 +250,24 @@ def _phase(
         config, part, gpu, tokens=tokens, attn_pairs=attn_pairs, kv_read_positions=kv_read_positions
     )
     head = head_ops(config, part, gpu, tokens=tokens, rows=rows)
+    ops = layer + head
+    # One row per kernel, one column per step, each row weighted by its count per step.
+    count = np.array([layers] * len(layer) + [1] * len(head), dtype=np.float64)
+    executed, hbm_rows, useful = (np.empty((len(ops), steps)) for _ in range(3))
+    for i, op in enumerate(ops):
+        executed[i], hbm_rows[i], useful[i] = op.executed_flops, op.hbm_bytes, op.flops
+    eff = np.array(
+        [gpu.attention_efficiency if op.on_attention else gpu.tensor_efficiency for op in ops]
+    )
+    t = _roofline(executed, hbm_rows, eff[:, None], gpu)
+    op_time = count * t.time_s.sum(axis=1)
+    time = float(op_time.sum())
+    compute = float(count @ t.compute_bound_s.sum(axis=1))
+    memory = float(count @ t.memory_bound_s.sum(axis=1))
+    flops, hbm = float(count @ useful.sum(axis=1)), float(count @ hbm_rows.sum(axis=1))
     by_group = dict.fromkeys(GROUPS, 0.0)
-    time = compute = memory = flops = hbm = 0.0
-    for op, count in [(op, layers) for op in layer] + [(op, 1) for op in head]:
-        t = op_seconds(op, gpu)
-        time += count * _summed(t.time_s, steps)
-        compute += count * _summed(t.compute_bound_s, steps)
-        memory += count * _summed(t.memory_bound_s, steps)
-        flops += count * _summed(op.flops, steps)
-        hbm += count * _summed(op.hbm_bytes, steps)
-        by_group[op.group] += count * _summed(t.time_s, steps)
+    for op, seconds in zip(ops, op_time, strict=True):
+        by_group[op.group] += float(seconds)
     # Two allreduces per layer (after o_proj and down_proj), one after the vocab-parallel
     # embedding, and the gather of the LM head's fp32 logit shards (priced as an allreduce).
     g = part.num_gpus
@@ -286,11 +301,6 @@ def _phase(
         stack_work=work,
         by_group_s=by_group,
     )
-
-
-def _summed(values: np.ndarray | float, steps: int) -> float:
-    """Sum over steps of a per-step quantity given as a scalar (same every step) or an array."""
-    return float(np.sum(np.broadcast_to(values, (steps,))))
 
 
 def causal_pairs(prompt_len: int, window: int | None) -> int:
