@@ -9,6 +9,8 @@ from waferllm.api.estimate import Estimate, estimate
 from waferllm.api.gpu import gpu_estimate
 from waferllm.api.llm import LLM, RequestOutput, SamplingParams
 from waferllm.api.reproduce import Reproduction, reproduce
+from waferllm.api.sweep import SweepResult, sweep
+from waferllm.api.sweep_spec import Sweep, load_sweep
 from waferllm.device import Device, get_device, list_devices, tiny, wse2, wse3
 
 __version__ = "0.1.0"
@@ -25,6 +27,10 @@ __all__ = [
     "Reproduction",
     "reproduce",
     "gpu_estimate",
+    "Sweep",
+    "SweepResult",
+    "load_sweep",
+    "sweep",
     "Device",
     "get_device",
     "list_devices",

@@ -237,7 +237,10 @@ def _grid(key: str, value: Any) -> Grid:
         value = tuple(value)
     if isinstance(value, str):
         value = value.strip()
-    grid = as_grid(value, f"sweep axis {key!r}")
+    try:
+        grid = as_grid(value, "grid")
+    except WaferError as exc:
+        raise WaferError(f"sweep axis {key!r}: {exc}") from None
     assert grid is not None
     return grid
 
