@@ -165,6 +165,12 @@ class _Sim:
         )
         return len(self.timeline) - 1
 
+    def relayout(self, phase: str, start_s: float, cost_s: float) -> float:
+        """A re-layout between the phases (recorded unless free); returns its end."""
+        if cost_s > 0:
+            self.record(phase, start_s, start_s + cost_s, len(self.running))
+        return start_s + cost_s
+
     def after_prefill(self, batch: list[_Seq], end_s: float, iteration: int) -> list[_Seq]:
         """Each prefilled prompt emits a token; returns those that still need decode steps."""
         unfinished = []
@@ -290,9 +296,8 @@ def _time_multiplexed(sim: _Sim) -> None:
         batch = sim.admit()
         if batch:
             if in_decode_layout:
-                end_s = now_s + sim.cost.to_prefill_s()
-                sim.record("to_prefill", now_s, end_s, len(sim.running))
-                now_s, in_decode_layout = end_s, False
+                now_s = sim.relayout("to_prefill", now_s, sim.cost.to_prefill_s())
+                in_decode_layout = False
             prompt_lens = [seq.prefill_len for seq in batch]
             end_s = now_s + sim.cost.prefill_s(prompt_lens)
             iteration = sim.record("prefill", now_s, end_s, len(batch))
@@ -302,9 +307,8 @@ def _time_multiplexed(sim: _Sim) -> None:
             prefilled.extend(seq.kv for seq in unfinished)
         elif sim.running:
             if not in_decode_layout:
-                end_s = now_s + sim.cost.to_decode_s(prefilled)
-                sim.record("to_decode", now_s, end_s, len(sim.running))
-                now_s, in_decode_layout, prefilled = end_s, True, []
+                now_s = sim.relayout("to_decode", now_s, sim.cost.to_decode_s(prefilled))
+                in_decode_layout, prefilled = True, []
             sim.make_room()
             if sim.running:
                 now_s, iteration = sim.start_decode(now_s)
