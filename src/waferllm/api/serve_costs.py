@@ -1,0 +1,107 @@
+"""Wafer step costs for the serving simulator, from `waferllm.estimate` at batch 1.
+
+Until batched decode lands in the wafer model, a batch of B sequences runs as B batch-1 steps
+one after another: a prefill of B prompts costs the sum of their TTFTs and a decode step over
+B contexts the sum of their batch-1 steps. Each length is estimated once (a prefill of L
+tokens and one decode step at L cached tokens, on fixed grids) and cached; `BinnedStepCost`
+(estimate/step_cost.py) asks for a few bin edges only. Nothing here schedules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from waferllm.api.estimate import Estimate, estimate
+from waferllm.device import Device
+from waferllm.errors import WaferError
+from waferllm.model.config import ModelConfig
+
+__all__ = ["SEQUENTIAL_BATCH_WARNING", "WaferPoint", "WaferStepCost"]
+
+SEQUENTIAL_BATCH_WARNING = (
+    "batch > 1 on the wafer runs sequences one after another until batched decode lands: "
+    "a step over B sequences costs B batch-1 steps (modelled)"
+)
+
+
+class WaferPoint:
+    """Batch-1 costs at one length L (modelled seconds), from one estimate on fixed grids."""
+
+    __slots__ = ("ttft_s", "decode_step_s", "weights_to_decode_s", "kv_to_decode_s", "to_prefill_s")
+
+    def __init__(self, est: Estimate) -> None:
+        self.ttft_s = est.metrics.ttft_s
+        assert est.metrics.tpot_s is not None  # output_len 2: exactly one decode step
+        self.decode_step_s = est.metrics.tpot_s
+        ops: dict[str, Any] = est.report.breakdown["transition"]["ops"]
+        # the estimate's transition is a round trip: decode-to-prefill weights (readying the
+        # next request), prefill-to-decode weights, and the KV cache of this prompt
+        self.to_prefill_s = float(sum(v for k, v in ops.items() if "to_prefill" in k))
+        self.weights_to_decode_s = float(
+            sum(v for k, v in ops.items() if "weights" in k and "to_prefill" not in k)
+        )
+        self.kv_to_decode_s = (
+            est.metrics.transition_s - self.to_prefill_s - self.weights_to_decode_s
+        )
+
+
+class WaferStepCost:
+    """`StepCost` of one model on one wafer, on the given grids (SPEC.md §10.13).
+
+    `resident_layouts="one"` is the time-multiplexed wafer (every phase switch re-lays out the
+    weights); `"both"` the disaggregated one (both plans resident; SramOverflowError when they
+    do not fit). The KV capacity is the estimate's whole-model `kv_capacity_tokens` under the
+    shift policy, shared token for token by every resident sequence.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        device: Device,
+        prefill_grid: tuple[int, int],
+        decode_grid: tuple[int, int],
+        resident_layouts: str,
+        probe: Estimate,
+    ) -> None:
+        self.config, self.device = config, device
+        self.grids = (prefill_grid, decode_grid)
+        self.resident_layouts = resident_layouts
+        self._points: dict[int, WaferPoint] = {probe.report.prompt_len: WaferPoint(probe)}
+        capacity = probe.report.kv_capacity_tokens
+        if capacity.shift is None:
+            raise WaferError(f"no KV capacity for serving: {capacity.reason}")
+        self.kv_capacity_tokens = capacity.shift
+        self._to_prefill_s = self._points[probe.report.prompt_len].to_prefill_s
+
+    def point(self, length: int) -> WaferPoint:
+        """The batch-1 costs at `length` tokens (the last position is clamped to the model's
+        `max_position_embeddings`, which the one decode step of the estimate needs)."""
+        length = min(length, self.config.max_position_embeddings - 1)
+        if length not in self._points:
+            est = estimate(
+                self.config,
+                device=self.device,
+                prompt_len=length,
+                output_len=2,
+                prefill_grid=self.grids[0],
+                decode_grid=self.grids[1],
+                resident_layouts=self.resident_layouts,
+            )
+            self._points[length] = WaferPoint(est)
+        return self._points[length]
+
+    def prefill_s(self, prompt_lens: Sequence[int]) -> float:
+        return sum(self.point(n).ttft_s for n in prompt_lens)
+
+    def decode_step_s(self, context_lens: Sequence[int]) -> float:
+        return sum(self.point(n).decode_step_s for n in context_lens)
+
+    def to_decode_s(self, prompt_lens: Sequence[int]) -> float:
+        """The weights move once per switch; every new prompt's KV cache moves."""
+        kv_s = sum(self.point(n).kv_to_decode_s for n in prompt_lens)
+        return self.point(prompt_lens[0]).weights_to_decode_s + kv_s if prompt_lens else 0.0
+
+    def to_prefill_s(self) -> float:
+        return self._to_prefill_s
