@@ -12,13 +12,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from waferllm.cli import bench, devices, estimate, generate, gpu, reproduce, sweep
+from waferllm.cli import bench, devices, estimate, generate, gpu, reproduce, serve_sim, sweep
 from waferllm.cli.common import CliError, OneLineParser
 from waferllm.errors import WaferError
 
 MAX_MESSAGE_CHARS = 500  # one line, and a short one: some messages list what was found
 
-COMMANDS = (devices, bench, generate, estimate, gpu, reproduce, sweep)
+COMMANDS = (devices, bench, generate, estimate, gpu, reproduce, serve_sim, sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:
