@@ -51,17 +51,19 @@ def req(arrival_s, prompt_len, output_len):
 
 
 def phases(schedule):
-    return [(it.phase, it.start_s, it.end_s, it.batch_size) for it in schedule.timeline]
+    return [
+        (it.phase, it.start_s, it.end_s, it.batch_size, it.num_steps) for it in schedule.timeline
+    ]
 
 
 def assert_timeline(schedule, expected):
-    """`expected`: (phase, start_s, end_s[, batch_size]) per iteration, times to 1e-9."""
+    """`expected`: (phase, start_s, end_s[, batch_size[, num_steps]]) per iteration (a decode
+    iteration is a run of steps with nothing between them), times to 1e-9."""
     got = phases(schedule)
     assert [g[0] for g in got] == [e[0] for e in expected]
     assert [g[1:3] for g in got] == [pytest.approx(e[1:3], abs=1e-9) for e in expected]
-    sizes = [e[3] for e in expected if len(e) == 4]
-    if sizes:
-        assert [g[3] for g in got] == sizes
+    for g, e in zip(got, expected, strict=True):
+        assert g[3 : len(e)] == e[3:], (g, e)
 
 
 def test_toy_cost_satisfies_the_step_cost_protocol():
@@ -120,7 +122,8 @@ def test_time_multiplexed_pays_a_relayout_at_every_phase_switch():
 
 def test_fcfs_admission_waits_for_kv_capacity_and_never_skips_the_head():
     """Reserve policy, capacity 10: A needs 6 (4 + 3 - 1), B needs 6: B waits until A ends at
-    1.2; C (needs 1) arrived with B but may not pass it; B and C prefill together [1.2,2.2]."""
+    1.2 (a run of two decode steps: nothing can be admitted before); C (needs 1) arrived with B
+    but may not pass it; B and C prefill together [1.2,2.2]; B decodes two steps."""
     toy = Toy(kv_capacity_tokens=10)
     trace = [req(0.0, 4, 3), req(0.0, 4, 3), req(0.0, 1, 1)]
     s = simulate(trace, toy, max_batch=8, preemption=Preemption.RESERVE)
@@ -128,11 +131,9 @@ def test_fcfs_admission_waits_for_kv_capacity_and_never_skips_the_head():
         s,
         [
             ("prefill", 0, 1, 1),
-            ("decode", 1, 1.1, 1),
-            ("decode", 1.1, 1.2, 1),
+            ("decode", 1, 1.2, 1, 2),
             ("prefill", 1.2, 2.2, 2),
-            ("decode", 2.2, 2.3, 1),
-            ("decode", 2.3, 2.4, 1),
+            ("decode", 2.2, 2.4, 1, 2),
         ],
     )
     a, b, c = s.records
@@ -149,16 +150,24 @@ def test_max_batch_one_serves_requests_one_after_another():
 
 
 def test_recompute_preempts_the_newest_request_and_reprefills_its_generated_tokens():
-    """Capacity 10. A (O=5) and B (O=3) prefill together [0,1] (8 tokens), decode [1,1.1]
-    fills the cache (10). The next step needs 2 more: B (newest) is preempted, A decodes
-    [1.1,1.2], [1.2,1.3], [1.3,1.4] (done, frees 8). B re-prefills its 4 + 2 tokens [1.4,2.4]
-    and that prefill emits its 3rd and last token."""
+    """Capacity 10. A (O=5) and B (O=3) prefill together [0,1] (8 tokens), one decode step
+    [1,1.1] fills the cache (10). The next step needs 2 more: B (newest) is preempted, A
+    decodes its last 3 steps [1.1,1.4] (done, frees 8). B re-prefills its 4 + 2 tokens
+    [1.4,2.4] and that prefill emits its 3rd and last token."""
     toy = Toy(kv_capacity_tokens=10)
     s = simulate([req(0.0, 4, 5), req(0.0, 4, 3)], toy, max_batch=8)
-    assert [p[0] for p in phases(s)] == ["prefill"] + ["decode"] * 4 + ["prefill"]
+    assert_timeline(
+        s,
+        [
+            ("prefill", 0, 1, 2),
+            ("decode", 1, 1.1, 2, 1),
+            ("decode", 1.1, 1.4, 1, 3),
+            ("prefill", 1.4, 2.4, 1),
+        ],
+    )
     a, b = s.records
-    assert (a.finish_s, a.finish_iteration, a.preemptions) == pytest.approx((1.4, 4, 0))
-    assert (b.first_token_s, b.finish_s, b.finish_iteration) == pytest.approx((1.0, 2.4, 5))
+    assert (a.finish_s, a.finish_iteration, a.preemptions) == pytest.approx((1.4, 2, 0))
+    assert (b.first_token_s, b.finish_s, b.finish_iteration) == pytest.approx((1.0, 2.4, 3))
     assert b.preemptions == 1 and s.preemptions == 1
     assert b.tpot_s == pytest.approx(0.7)
     assert toy.prefill_calls == [[4, 4], [6]]
@@ -167,27 +176,27 @@ def test_recompute_preempts_the_newest_request_and_reprefills_its_generated_toke
 
 
 def test_disaggregated_prefills_while_decoding_and_joins_the_batch_at_a_step_boundary():
-    """Prefill 1.0, decode 0.3, KV transfer 0.1. A prefills [0,1], joins decode at 1.1; B
-    (t=0.5) prefills [1,2] while A decodes [1.1,1.4], [1.4,1.7], [1.7,2.0], [2.0,2.3]; B is
-    ready at 2.1, mid-step, so it joins at 2.3: step [2.3,2.6] ends both."""
-    toy = Toy(decode=0.3, to_decode=0.1)
+    """Prefill 1, decode step 0.375, KV transfer 0.0625 (exact in binary). A prefills [0,1]
+    and joins decode at 1.0625; B (t=0.5) prefills [1,2] meanwhile. A's run of steps stops at
+    the first boundary after B's prefill ends: [1.0625,2.1875], 3 steps. B, ready at 2.0625
+    (mid-step), joins at 2.1875: [2.1875,2.5625] ends B; A's last step [2.5625,2.9375]."""
+    toy = Toy(decode=0.375, to_decode=0.0625)
     s = simulate([req(0.0, 4, 6), req(0.5, 4, 2)], toy, mode=Mode.DISAGGREGATED, max_batch=8)
     assert_timeline(
         s,
         [
             ("prefill", 0, 1, 1),
             ("prefill", 1, 2, 1),
-            ("decode", 1.1, 1.4, 1),
-            ("decode", 1.4, 1.7, 1),
-            ("decode", 1.7, 2.0, 1),
-            ("decode", 2.0, 2.3, 1),
-            ("decode", 2.3, 2.6, 2),
+            ("decode", 1.0625, 2.1875, 1, 3),
+            ("decode", 2.1875, 2.5625, 2, 1),
+            ("decode", 2.5625, 2.9375, 1, 1),
         ],
     )
     a, b = s.records
-    assert (a.ttft_s, a.finish_s, a.finish_iteration) == pytest.approx((1.0, 2.6, 6))
-    assert (b.ttft_s, b.finish_s, b.tpot_s) == pytest.approx((1.5, 2.6, 0.6))
-    assert serving_metrics(s).utilization == pytest.approx((2.0 + 1.5) / (2 * 2.6))
+    assert (a.ttft_s, a.finish_s, a.finish_iteration) == (1.0, 2.9375, 4)
+    assert (b.ttft_s, b.finish_s, b.finish_iteration) == (1.5, 2.5625, 3)
+    assert (a.tpot_s, b.tpot_s) == pytest.approx((1.9375 / 5, 0.5625))
+    assert serving_metrics(s).utilization == pytest.approx((2.0 + 1.875) / (2 * 2.9375))
 
 
 def test_time_multiplexed_serialises_what_disaggregated_overlaps():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import heapq
+import math
 from collections import deque
 from collections.abc import Sequence
 
@@ -69,13 +70,16 @@ class RequestRecord:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Iteration:
     """One scheduled piece of work: `phase` is prefill, decode, to_decode or to_prefill (the
-    re-layouts); `batch_size` sequences; `kv_tokens` allocated when it ends."""
+    re-layouts); `batch_size` sequences; `kv_tokens` allocated when it ends. A decode
+    iteration is a run of `num_steps` steps of the same batch with nothing else between them
+    (each step produces one token per sequence)."""
 
     phase: str
     start_s: float
     end_s: float
     batch_size: int
     kv_tokens: int
+    num_steps: int = 1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -153,7 +157,9 @@ class _Sim:
         self.kv_used += tokens
         self.kv_peak = max(self.kv_peak, self.kv_used)
 
-    def record(self, phase: str, start_s: float, end_s: float, batch_size: int) -> int:
+    def record(
+        self, phase: str, start_s: float, end_s: float, batch_size: int, num_steps: int = 1
+    ) -> int:
         self.timeline.append(
             Iteration(
                 phase=phase,
@@ -161,6 +167,7 @@ class _Sim:
                 end_s=end_s,
                 batch_size=batch_size,
                 kv_tokens=self.kv_used,
+                num_steps=num_steps,
             )
         )
         return len(self.timeline) - 1
@@ -199,22 +206,34 @@ class _Sim:
             self.in_flight -= 1
             self.waiting.appendleft(seq)
 
-    def start_decode(self, start_s: float) -> tuple[float, int]:
-        """Start one decode step of every running request; returns (its end, its iteration).
-        The new tokens' KV slots are allocated now; the tokens exist at the end."""
+    def start_decode(self, start_s: float, until_s: float) -> tuple[float, int]:
+        """Start a run of decode steps of every running request; returns (its end, its
+        iteration). The run ends after the step in which a request finishes, before the KV
+        cache would need a preemption, or at the first step boundary at or after `until_s`
+        (when something else may happen: an arrival to admit, a request joining). The new
+        tokens' KV slots are allocated now; the tokens exist at the end."""
         running = self.running
-        end_s = start_s + self.cost.decode_step_s([seq.kv for seq in running])
+        batch = len(running)
+        steps = min(seq.req.output_len - seq.generated for seq in running)
         if self.policy is Preemption.RECOMPUTE:
-            self._allocate(len(running))
-        return end_s, self.record("decode", start_s, end_s, len(running))
+            steps = min(steps, (self.capacity - self.kv_used) // batch)
+        contexts = [seq.kv for seq in running]
+        end_s, done = start_s + self.cost.decode_step_s(contexts), 1
+        while done < steps and end_s < until_s:
+            end_s += self.cost.decode_step_s([c + done for c in contexts])
+            done += 1
+        if self.policy is Preemption.RECOMPUTE:
+            self._allocate(batch * done)
+        return end_s, self.record("decode", start_s, end_s, batch, num_steps=done)
 
     def end_decode(self, end_s: float, iteration: int) -> None:
-        """Every running request emits a token; the finished ones leave the batch."""
-        grows = self.policy is Preemption.RECOMPUTE
+        """Every running request emits the run's tokens; the finished ones leave the batch."""
+        steps = self.timeline[iteration].num_steps
+        grows = steps if self.policy is Preemption.RECOMPUTE else 0
         still = []
         for seq in self.running:
-            seq.kv += 1
-            seq.generated += 1
+            seq.kv += steps
+            seq.generated += steps
             seq.allocated += grows
             if seq.generated == seq.req.output_len:
                 self.finish(seq, end_s, iteration)
@@ -311,7 +330,7 @@ def _time_multiplexed(sim: _Sim) -> None:
                 in_decode_layout, prefilled = True, []
             sim.make_room()
             if sim.running:
-                now_s, iteration = sim.start_decode(now_s)
+                now_s, iteration = sim.start_decode(now_s, _admission_s(sim))
                 sim.end_decode(now_s, iteration)
         else:
             now_s = max(now_s, sim.pending[0].req.arrival_s)
@@ -341,13 +360,25 @@ def _disaggregated(sim: _Sim) -> None:
             sim.make_room()
             decode_end_s = -1.0
             if sim.running:
-                decode_end_s, decode_iteration = sim.start_decode(now_s)
+                until_s = min(_admission_s(sim), moving[0][0] if moving else math.inf)
+                if prefill_batch:
+                    until_s = min(until_s, prefill_end_s)
+                decode_end_s, decode_iteration = sim.start_decode(now_s, until_s)
         if not prefill_batch:
             prefill_batch = sim.admit()
             if prefill_batch:
                 prefill_end_s = now_s + sim.cost.prefill_s([s.prefill_len for s in prefill_batch])
                 prefill_iteration = sim.record("prefill", now_s, prefill_end_s, len(prefill_batch))
         now_s = _next_event_s(sim, now_s, prefill_end_s, decode_end_s, moving)
+
+
+def _admission_s(sim: _Sim) -> float:
+    """When the next arrival could be admitted: its arrival time if nobody waits ahead of it
+    (FCFS: a waiting head that does not fit blocks it until a request leaves, which ends a
+    decode run anyway) and the batch has room; never otherwise."""
+    if sim.pending and not sim.waiting and sim.in_flight < sim.max_batch:
+        return sim.pending[0].req.arrival_s
+    return math.inf
 
 
 def _next_event_s(
