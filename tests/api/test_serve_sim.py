@@ -69,11 +69,12 @@ def test_a_lone_request_on_the_wafer_reproduces_the_batch1_estimate():
 
 
 def test_a_batch_on_the_wafer_costs_its_sequences_one_after_another():
-    sim = waferllm.serve_sim("tiny", requests=[one(), one()], **TINY)
+    sim = waferllm.serve_sim("tiny", requests=[one(output_len=2)] * 2, **TINY)
     single = waferllm.estimate("tiny", prompt_len=16, output_len=2, **TINY).metrics
     prefill, _, first_step = sim.schedule.timeline[:3]
     assert (prefill.phase, prefill.batch_size) == ("prefill", 2)
     assert prefill.end_s - prefill.start_s == pytest.approx(2 * single.ttft_s, rel=1e-9)
+    assert (first_step.phase, first_step.batch_size, first_step.num_steps) == ("decode", 2, 1)
     assert first_step.end_s - first_step.start_s == pytest.approx(2 * single.tpot_s, rel=1e-9)
     assert sim.warnings == (SEQUENTIAL_BATCH_WARNING,)
     assert waferllm.serve_sim("tiny", requests=[one()], max_batch=1, **TINY).warnings == ()
