@@ -14,12 +14,13 @@ LAYERS = {
     "mesh": 1,
     "kernels": 2,
     "model": 3,
-    "engine": 4,
-    "baselines": 4,
-    "api": 5,
-    "__init__": 6,
-    "cli": 7,
-    "__main__": 8,
+    "estimate": 4,
+    "engine": 5,
+    "baselines": 5,
+    "api": 6,
+    "__init__": 7,
+    "cli": 8,
+    "__main__": 9,
 }
 # The CLI talks to the public API only.
 CLI_ALLOWED = {"waferllm", "waferllm.api", "waferllm.cli", "waferllm.device", "waferllm.errors"}
