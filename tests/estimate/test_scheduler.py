@@ -11,6 +11,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from waferllm.errors import WaferError
 from waferllm.estimate.requests import Request
@@ -263,3 +265,43 @@ def test_bin_edges_grow_by_a_quarter_octave_and_end_at_the_cap():
     edges = context_bin_edges(100)
     assert edges[:5] == [1, 2, 3, 4, 5] and edges[-1] == 100
     assert all(b / a <= 1.5 for a, b in zip(edges[4:], edges[5:], strict=False))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    trace=st.lists(
+        st.tuples(
+            st.floats(0, 5, allow_nan=False),
+            st.integers(1, 12),
+            st.integers(1, 9),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    capacity=st.integers(20, 60),
+    max_batch=st.integers(1, 6),
+    mode=st.sampled_from(list(Mode)),
+    policy=st.sampled_from(list(Preemption)),
+)
+def test_every_token_is_produced_once_and_the_kv_cache_never_overflows(
+    trace, capacity, max_batch, mode, policy
+):
+    """Each prefill emits one token per request and each decode step one per running
+    request; with preemptions (recompute) nothing generated is lost or produced twice."""
+    requests = [req(*r) for r in trace]
+    toy = Toy(prefill=0.5, decode=0.125, to_decode=0.0625, to_prefill=0.25)
+    toy.kv_capacity_tokens = capacity
+    s = simulate(requests, toy, mode=mode, max_batch=max_batch, preemption=policy)
+    produced = sum(
+        it.batch_size * (it.num_steps if it.phase == "decode" else 1)
+        for it in s.timeline
+        if it.phase in ("prefill", "decode")
+    )
+    assert produced == sum(r.output_len for r in requests)
+    assert s.kv_peak_tokens <= capacity
+    assert max(it.batch_size for it in s.timeline) <= max_batch
+    for r, record in zip(requests, s.records, strict=True):  # records in trace order
+        assert (record.arrival_s, record.output_len) == (r.arrival_s, r.output_len)
+        assert record.first_token_s >= record.arrival_s + 0.5
+        assert record.finish_s >= record.first_token_s + 0.125 * (record.output_len - 1)
+    assert policy is Preemption.RECOMPUTE or s.preemptions == 0

@@ -31,9 +31,12 @@ class WaferPoint:
     __slots__ = ("ttft_s", "decode_step_s", "weights_to_decode_s", "kv_to_decode_s", "to_prefill_s")
 
     def __init__(self, est: Estimate) -> None:
-        self.ttft_s = est.metrics.ttft_s
-        assert est.metrics.tpot_s is not None  # output_len 2: exactly one decode step
-        self.decode_step_s = est.metrics.tpot_s
+        metrics = est.metrics
+        # a fitting request with output_len 2: every time is set, one decode step
+        assert metrics.ttft_s is not None and metrics.tpot_s is not None
+        assert metrics.transition_s is not None
+        self.ttft_s: float = metrics.ttft_s
+        self.decode_step_s: float = metrics.tpot_s
         ops: dict[str, Any] = est.report.breakdown["transition"]["ops"]
         # the estimate's transition is a round trip: decode-to-prefill weights (readying the
         # next request), prefill-to-decode weights, and the KV cache of this prompt
@@ -41,9 +44,7 @@ class WaferPoint:
         self.weights_to_decode_s = float(
             sum(v for k, v in ops.items() if "weights" in k and "to_prefill" not in k)
         )
-        self.kv_to_decode_s = (
-            est.metrics.transition_s - self.to_prefill_s - self.weights_to_decode_s
-        )
+        self.kv_to_decode_s = metrics.transition_s - self.to_prefill_s - self.weights_to_decode_s
 
 
 class WaferStepCost:

@@ -112,7 +112,8 @@ def serve_sim(
     (20, True)
     """
     config = model if isinstance(model, ModelConfig) else load_config(str(model))
-    mode, policy = _choice(mode, Mode, "mode"), _choice(preemption, Preemption, "preemption")
+    run_mode: Mode = _choice(mode, Mode, "mode")
+    policy: Preemption = _choice(preemption, Preemption, "preemption")
     _check_slos(slo_ttft_s, slo_tpot_s)
     trace = _requests(requests, rate, num_requests, prompt_len, output_len, seed)
     warnings: list[str] = []
@@ -121,17 +122,17 @@ def serve_sim(
     target = _device(device, device_overrides)
     if step_cost is None:
         _check_positions(config, trace)
-        step_cost = _wafer_cost(config, target, mode, trace, prefill_grid, decode_grid)
+        step_cost = _wafer_cost(config, target, run_mode, trace, prefill_grid, decode_grid)
         if max_batch > 1:
             warnings.append(SEQUENTIAL_BATCH_WARNING)
     longest = max(r.max_context_tokens for r in trace)
     binned = BinnedStepCost(step_cost, max_tokens=max(longest, 1))
-    schedule = simulate(trace, binned, mode=mode, max_batch=max_batch, preemption=policy)
+    schedule = simulate(trace, binned, mode=run_mode, max_batch=max_batch, preemption=policy)
     return ServeSim(
         model=config.name,
         device=target.name,
         gpu=None,
-        mode=mode,
+        mode=run_mode,
         metrics=serving_metrics(schedule, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s),
         schedule=schedule,
         warnings=tuple(warnings),
@@ -142,7 +143,7 @@ def serve_sim(
             trace=trace,
             seed=seed,
             options=(
-                ("--mode", mode),
+                ("--mode", run_mode),
                 ("--max-batch", max_batch),
                 ("--slo-ttft", slo_ttft_s),
                 ("--slo-tpot", slo_tpot_s),
@@ -246,11 +247,13 @@ def _wafer_cost(
                 f"disaggregated mode needs both phases' weights resident and they do not fit: {exc}"
             ) from None
         raise
+    grids = (probe.report.prefill_grid, probe.report.decode_grid)
+    assert grids[0] is not None and grids[1] is not None  # a wafer estimate has both grids
     return WaferStepCost(
         config,
         device=device,
-        prefill_grid=probe.report.prefill_grid,
-        decode_grid=probe.report.decode_grid,
+        prefill_grid=grids[0],
+        decode_grid=grids[1],
         resident_layouts=resident,
         probe=probe,
     )

@@ -107,7 +107,7 @@ class _Seq:
         self.generated = 0  # tokens emitted so far
         self.kv = 0  # tokens cached (the decode step's context)
         self.allocated = 0  # KV tokens allocated to it (== kv, or the reservation)
-        self.first_token_s = -1.0
+        self.first_token_s: float | None = None  # set by its first prefill
         self.preemptions = 0
 
     @property
@@ -136,15 +136,17 @@ class _Sim:
         while self.pending and self.pending[0].req.arrival_s <= now_s:
             self.waiting.append(self.pending.popleft())
 
-    def admit(self) -> list[_Seq]:
-        """FCFS: admit waiting requests in order until one does not fit (batch or KV)."""
+    def admit(self, headroom: int = 0) -> list[_Seq]:
+        """FCFS: admit waiting requests in order until one does not fit (batch or KV, keeping
+        `headroom` tokens free under the recompute policy)."""
         admitted = []
+        free = self.capacity - (headroom if self.policy is Preemption.RECOMPUTE else 0)
         while self.waiting and self.in_flight < self.max_batch:
             seq = self.waiting[0]
             need = seq.prefill_len
             if self.policy is Preemption.RESERVE:
                 need = seq.req.max_context_tokens
-            if self.kv_used + need > self.capacity:
+            if self.kv_used + need > free:
                 break
             self.waiting.popleft()
             seq.allocated = need
@@ -217,6 +219,7 @@ class _Sim:
         steps = min(seq.req.output_len - seq.generated for seq in running)
         if self.policy is Preemption.RECOMPUTE:
             steps = min(steps, (self.capacity - self.kv_used) // batch)
+        assert steps >= 1, "make_room leaves every running request room for one step"
         contexts = [seq.kv for seq in running]
         end_s, done = start_s + self.cost.decode_step_s(contexts), 1
         while done < steps and end_s < until_s:
@@ -248,6 +251,7 @@ class _Sim:
             self.timeline[iteration], kv_tokens=self.kv_used
         )
         req = seq.req
+        assert seq.first_token_s is not None  # a finished request has been prefilled
         self.records[seq.index] = RequestRecord(
             arrival_s=req.arrival_s,
             prompt_len=req.prompt_len,
@@ -309,7 +313,8 @@ def _time_multiplexed(sim: _Sim) -> None:
     """One engine. The wafer starts in the prefill layout; a decode step after a prefill pays
     `to_decode_s` (for the prompts prefilled since the last decode step), a prefill after a
     decode step pays `to_prefill_s`."""
-    now_s, in_decode_layout, prefilled = 0.0, False, []
+    now_s, in_decode_layout = 0.0, False
+    prefilled: list[int] = []  # prompts prefilled since the last decode (their KV moves)
     while sim.busy():
         sim.arrive(now_s)
         batch = sim.admit()
@@ -337,38 +342,44 @@ def _time_multiplexed(sim: _Sim) -> None:
 
 
 def _disaggregated(sim: _Sim) -> None:
-    """Two engines. The prefill engine takes admitted prompts whenever it is idle; each
-    prefilled request's KV moves to the decode region (`to_decode_s` of its prompt, delaying
-    that request only) and joins the decode batch at the next step boundary."""
+    """Two engines. The prefill engine takes admitted prompts whenever it is idle, leaving the
+    running batch room for its next step; each prefilled request's KV moves to the decode
+    region (`to_decode_s` of its prompt, delaying that request only) and joins the decode batch
+    at the first step boundary after it arrives. A decode run ends at the next event of the
+    prefill side (a prefill's end, a KV arrival, an admissible request's arrival)."""
     now_s = 0.0
     prefill_batch: list[_Seq] = []
-    prefill_end_s = decode_end_s = -1.0  # -1: the engine is idle
-    prefill_iteration = decode_iteration = -1
+    prefill_end_s: float | None = None  # None: the engine is idle
+    decode_end_s: float | None = None
+    prefill_iteration = decode_iteration = 0
     moving: list[tuple[float, int, _Seq]] = []  # (ready time, order, request): KV in transit
     while sim.busy():
         sim.arrive(now_s)
-        if prefill_batch and prefill_end_s <= now_s:
+        if prefill_end_s is not None and prefill_end_s <= now_s:
             for seq in sim.after_prefill(prefill_batch, prefill_end_s, prefill_iteration):
                 ready_s = prefill_end_s + sim.cost.to_decode_s([seq.kv])
                 heapq.heappush(moving, (ready_s, seq.index, seq))
-            prefill_batch, prefill_end_s = [], -1.0
-        if decode_end_s <= now_s:
-            if decode_end_s >= 0:
+            prefill_batch, prefill_end_s = [], None
+        decode_idle = decode_end_s is None or decode_end_s <= now_s
+        if decode_idle:
+            if decode_end_s is not None:
                 sim.end_decode(decode_end_s, decode_iteration)
+                decode_end_s = None
             while moving and moving[0][0] <= now_s:
                 sim.running.append(heapq.heappop(moving)[2])
             sim.make_room()
-            decode_end_s = -1.0
-            if sim.running:
-                until_s = min(_admission_s(sim), moving[0][0] if moving else math.inf)
-                if prefill_batch:
-                    until_s = min(until_s, prefill_end_s)
-                decode_end_s, decode_iteration = sim.start_decode(now_s, until_s)
-        if not prefill_batch:
-            prefill_batch = sim.admit()
+        if prefill_end_s is None:
+            prefill_batch = sim.admit(headroom=len(sim.running))
             if prefill_batch:
                 prefill_end_s = now_s + sim.cost.prefill_s([s.prefill_len for s in prefill_batch])
                 prefill_iteration = sim.record("prefill", now_s, prefill_end_s, len(prefill_batch))
+        if decode_idle and sim.running:
+            until_s = min(
+                _admission_s(sim),
+                moving[0][0] if moving else math.inf,
+                math.inf if prefill_end_s is None else prefill_end_s,
+            )
+            decode_end_s, decode_iteration = sim.start_decode(now_s, until_s)
         now_s = _next_event_s(sim, now_s, prefill_end_s, decode_end_s, moving)
 
 
@@ -382,10 +393,14 @@ def _admission_s(sim: _Sim) -> float:
 
 
 def _next_event_s(
-    sim: _Sim, now_s: float, prefill_end_s: float, decode_end_s: float, moving: list
+    sim: _Sim,
+    now_s: float,
+    prefill_end_s: float | None,
+    decode_end_s: float | None,
+    moving: list[tuple[float, int, _Seq]],
 ) -> float:
-    events = [t for t in (prefill_end_s, decode_end_s) if t > now_s]
-    if decode_end_s < 0 and moving:
+    events = [t for t in (prefill_end_s, decode_end_s) if t is not None and t > now_s]
+    if decode_end_s is None and moving:
         events.append(moving[0][0])
     if sim.pending:
         events.append(sim.pending[0].req.arrival_s)
