@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import waferllm
-from waferllm.api.serve_costs import SEQUENTIAL_BATCH_WARNING
+from waferllm.api.serve_costs import SEQUENTIAL_BATCH_WARNING, GpuStepCost
 from waferllm.api.serve_plots import plot_serving
 from waferllm.errors import WaferError
 from waferllm.estimate.requests import Request
@@ -142,3 +142,20 @@ def test_plots_are_written_as_latency_cdfs_and_a_timeline(tmp_path):
     paths = plot_serving(sim, tmp_path)
     assert [p.name for p in paths] == ["serve_latency_cdf.png", "serve_timeline.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_a_batched_gpu_cost_plugs_in_with_free_phase_switches():
+    class FakeGpu:
+        kv_capacity_tokens = 1000
+
+        def prefill_s(self, prompt_lens):
+            return 0.01 * len(prompt_lens)
+
+        def decode_step_s(self, context_lens):
+            return 0.002
+
+    sim = waferllm.serve_sim(
+        "tiny", requests=[one(), one(arrival_s=0.001)], step_cost=GpuStepCost(FakeGpu())
+    )
+    assert {it.phase for it in sim.schedule.timeline} == {"prefill", "decode"}
+    assert [r.ttft_s for r in sim.schedule.records] == pytest.approx([0.01, 0.019])
