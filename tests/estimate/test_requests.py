@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from waferllm.errors import WaferError
 from waferllm.estimate.requests import Request, load_requests, poisson_requests
@@ -36,6 +40,8 @@ def test_a_trace_is_read_and_sorted_by_arrival(tmp_path):
         ('{"arrival_s": 1, "prompt_len": 4}', r"trace.jsonl:2: missing field\(s\) output_len"),
         ('{"arrival_s": -1, "prompt_len": 4, "output_len": 2}', r":2: arrival_s=-1 must be"),
         ('{"arrival_s": "soon", "prompt_len": 4, "output_len": 2}', r":2: arrival_s='soon' is"),
+        ('{"arrival_s": 1' + "0" * 400 + ', "prompt_len": 4, "output_len": 2}', r":2: arrival_s=1"),
+        ('{"arrival_s": NaN, "prompt_len": 4, "output_len": 2}', r":2: arrival_s=nan must be"),
         ('{"arrival_s": 1, "prompt_len": 4.5, "output_len": 2}', r":2: prompt_len=4.5 is not an"),
         ('{"arrival_s": 1, "prompt_len": 4, "output_len": 0}', r":2: output_len=0 must be a pos"),
         ('{"arrival_s": 1, "prompt_len": true, "output_len": 2}', r":2: prompt_len=True is not"),
@@ -70,3 +76,27 @@ def test_poisson_arrivals_are_seeded_and_have_the_asked_rate():
 def test_a_rate_that_is_not_positive_is_refused(rate):
     with pytest.raises(WaferError, match="must be a positive number of requests per second"):
         poisson_requests(rate_per_s=rate, num_requests=3, prompt_len=8, output_len=4)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=6,
+)
+FIELD_VALUES = st.fixed_dictionaries(
+    {"arrival_s": JSON, "prompt_len": JSON, "output_len": JSON},
+    optional={"extra": JSON},
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(line=st.one_of(st.text(max_size=30), JSON.map(json.dumps), FIELD_VALUES.map(json.dumps)))
+def test_any_line_is_a_request_or_a_user_error_never_a_crash(tmp_path_factory, line):
+    path = tmp_path_factory.mktemp("fuzz") / "trace.jsonl"
+    path.write_text(line.replace("\n", " ") + "\n")
+    try:
+        (request,) = load_requests(path)
+    except WaferError as exc:
+        assert "trace.jsonl" in str(exc)
+    else:
+        assert request.prompt_len >= 1 and request.arrival_s >= 0

@@ -20,6 +20,7 @@ from waferllm.errors import WaferError
 __all__ = ["Request", "load_requests", "poisson_requests"]
 
 FIELDS = ("arrival_s", "prompt_len", "output_len")
+MAX_SECONDS = 1e300  # beyond, an integer time would not convert to a float
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -92,9 +93,10 @@ def _parse_line(path: Path, number: int, line: str) -> Request:
 def _time(where: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise WaferError(f"{where}: arrival_s={value!r} is not a number")
-    if not math.isfinite(value) or value < 0:
-        raise WaferError(f"{where}: arrival_s={value!r} must be a finite time >= 0 seconds")
-    return float(value)
+    seconds = float(value) if abs(value) < MAX_SECONDS else math.inf
+    if not math.isfinite(seconds) or seconds < 0:
+        raise WaferError(f"{where}: arrival_s={value!r:.40} must be a finite time >= 0 seconds")
+    return seconds
 
 
 def _length(where: str, name: str, value: Any) -> int:
