@@ -42,6 +42,8 @@ def test_human_output_is_a_table_labelled_modelled(capsys, tmp_path):
         ([*BASE, *POISSON, "--mode", "pipelined"], "invalid choice: 'pipelined'"),
         ([*BASE, *POISSON, "--max-batch", "0"], "expected a positive integer"),
         ([*BASE, *POISSON, "--gpu", "h100", "--num-gpus", "8"], "needs the batched GPU baseline"),
+        ([*BASE, *POISSON, "--seed", "-1"], "seed=-1 must be an integer >= 0"),
+        ([*BASE, "--rate", "nan", *POISSON[2:]], "rate=nan must be a positive number"),
         (["serve-sim", "--model", "llama9", *POISSON], "llama9"),
     ],
 )

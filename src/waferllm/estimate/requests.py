@@ -118,6 +118,8 @@ def poisson_requests(
         raise WaferError(f"rate={rate_per_s!r} must be a positive number of requests per second")
     if isinstance(num_requests, bool) or not isinstance(num_requests, int) or num_requests < 1:
         raise WaferError(f"num_requests={num_requests!r} must be a positive integer")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise WaferError(f"seed={seed!r} must be an integer >= 0")
     gaps_s = np.random.default_rng(seed).exponential(1.0 / rate_per_s, size=num_requests)
     return [
         Request(arrival_s=float(t), prompt_len=prompt_len, output_len=output_len)
