@@ -3,9 +3,10 @@ the simulator's own speed on 10,000 requests (SPEC.md §8: <= 10 s of host time)
 
 One Poisson trace per (model, device, rate), time-multiplexed mode, the wafer's step costs
 from `waferllm.estimate` at batch 1: until batched decode lands, a batch of B sequences costs
-B batch-1 steps, so these curves are a lower bound on what a batched wafer would serve. The
-GPU rows (8xA100, 8xH100) wait for the batched GPU baseline. A model that does not fit one
-wafer is reported as such. Modelled times; host seconds labelled as measured.
+B batch-1 steps, so the wafer curves are a lower bound on what a batched wafer would serve;
+8xA100 and 8xH100 run the same traces with batched steps (`waferllm.gpu_step_costs`, paper
+serving stack). A model that does not fit one wafer is reported as such. Modelled times; host
+seconds labelled as measured.
 """
 
 from __future__ import annotations
@@ -28,19 +29,25 @@ from waferllm.estimate.step_cost import BinnedStepCost
 from waferllm.model.config import load_config
 
 MODELS = ("llama3-8b", "llama2-13b")
-DEVICES = ("wse2", "wse3")
+TARGETS = {
+    "wse2": {"device": "wse2"},
+    "wse3": {"device": "wse3"},
+    "8xA100": {"gpu": "a100", "num_gpus": 8},
+    "8xH100": {"gpu": "h100", "num_gpus": 8},
+}
 PROMPT_LEN, OUTPUT_LEN = 1024, 256  # a chat-like request
-RATES_PER_S = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+RATES_PER_S = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 SLO_TTFT_S, SLO_TPOT_S = 1.0, 0.020  # the issue's targets: p99 TTFT 1 s, p99 TPOT 20 ms
 SPEED_REQUESTS = 10_000
 
 
-def curve(model: str, device: str, rates: tuple[float, ...], num_requests: int) -> list[dict]:
-    """One time-multiplexed serve-sim per rate (grids searched once, then cached)."""
+def curve(model: str, target: dict[str, Any], rates: tuple[float, ...], n: int) -> list[dict]:
+    """One time-multiplexed serve-sim per rate on `target` (a wafer `device`, or `gpu` and
+    `num_gpus`); the wafer's grids are searched once, then cached."""
     rows = []
     for rate in rates:
         sim = waferllm.serve_sim(
-            model, device=device, rate=rate, num_requests=num_requests, prompt_len=PROMPT_LEN,
+            model, **target, rate=rate, num_requests=n, prompt_len=PROMPT_LEN,
             output_len=OUTPUT_LEN, slo_ttft_s=SLO_TTFT_S, slo_tpot_s=SLO_TPOT_S,
         )  # fmt: skip
         m = sim.metrics
@@ -122,7 +129,8 @@ def main() -> None:
         "mode": "time-multiplexed",
         "curves": {},
         "does_not_fit": {},
-        "gpu": "pending: the batched GPU baseline (8xA100, 8xH100) is not wired into serve-sim yet",
+        "wafer_batching": "a batch of B sequences costs B batch-1 steps on the wafer (no batched "
+        "decode yet); GPUs batch (one weight read per step)",
     }
     # first, in a fresh process: the simulator's speed (host seconds; the host may be shared)
     speed = host_speed("llama3-8b", "wse2", 2000 if args.quick else SPEED_REQUESTS)
@@ -134,25 +142,26 @@ def main() -> None:
         [[_fmt(v) for v in speed.values()]],
     )
     for model in MODELS[:1] if args.quick else MODELS:
-        for device in DEVICES[:1] if args.quick else DEVICES:
+        for name, target in list(TARGETS.items())[:: 3 if args.quick else 1]:
+            key = f"{model}/{name}"
             try:
-                rows = curve(model, device, rates, num_requests)
+                rows = curve(model, target, rates, num_requests)
             except WaferError as exc:
-                payload["does_not_fit"][f"{model}/{device}"] = str(exc)
-                out.print(f"{model} on {device}: {exc}")
+                payload["does_not_fit"][key] = str(exc)
+                out.print(f"{model} on {name}: {exc}")
                 continue
-            payload["curves"][f"{model}/{device}"] = rows
-            _print_curve(out, model, device, rows)
+            payload["curves"][key] = rows
+            _print_curve(out, key, rows)
     path = common.write_result(args.out_dir, "serving", "wafer", payload)
     common.save_plot(args, "serving", "wafer", lambda plt: _draw(plt, payload))
     out.print(f"wrote {path}")
 
 
-def _print_curve(out: Any, model: str, device: str, rows: list[dict]) -> None:
+def _print_curve(out: Any, key: str, rows: list[dict]) -> None:
     columns = list(rows[0])
     common.print_table(
         out,
-        f"{model} on {device}, Poisson {PROMPT_LEN}/{OUTPUT_LEN} tokens (modelled)",
+        f"{key}, Poisson {PROMPT_LEN}/{OUTPUT_LEN} tokens (modelled)",
         columns,
         [[_fmt(r[c]) for c in columns] for r in rows],
     )
@@ -166,15 +175,17 @@ def _fmt(value: Any) -> str:
 
 
 def _draw(plt: Any, payload: dict[str, Any]) -> None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, rows in payload["curves"].items():
         rates = [r["rate_per_s"] for r in rows]
         left.plot(rates, [r["throughput_tokens_per_s"] for r in rows], marker="o", label=name)
         right.plot(rates, [r["tpot_p99_s"] * 1e3 for r in rows], marker="o", label=name)
-    left.set(xlabel="arrival rate (req/s)", ylabel="throughput (tok/s, modelled)")
-    right.set(xlabel="arrival rate (req/s)", ylabel="p99 TPOT (ms, modelled)")
+    left.set(xlabel="arrival rate (req/s)", ylabel="throughput (tok/s, modelled)", xscale="log")
+    right.set(
+        xlabel="arrival rate (req/s)", ylabel="p99 TPOT (ms, modelled)", xscale="log", yscale="log"
+    )
     right.axhline(SLO_TPOT_S * 1e3, color="grey", linestyle="--", linewidth=0.8)
-    left.legend()
+    left.legend(fontsize=7)
     fig.tight_layout()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import waferllm
+from waferllm.api.gpu import gpu_step_costs
 from waferllm.api.serve_costs import SEQUENTIAL_BATCH_WARNING, GpuStepCost
 from waferllm.api.serve_plots import plot_serving
 from waferllm.errors import WaferError
@@ -97,9 +98,23 @@ def test_disaggregated_mode_is_refused_when_sram_cannot_hold_both_layouts():
         )  # fmt: skip
 
 
-def test_the_gpu_waits_for_the_batched_gpu_baseline():
-    with pytest.raises(WaferError, match="--gpu needs the batched GPU baseline"):
-        waferllm.serve_sim("tiny", requests=[one()], gpu="h100", num_gpus=8)
+def test_the_same_requests_run_on_gpus_with_batched_steps_and_no_relayouts():
+    trace = [one(1024, 64), one(1024, 64, arrival_s=0.01)]
+    sim = waferllm.serve_sim("llama3-8b", requests=trace, gpu="h100", num_gpus=8)
+    costs = gpu_step_costs("llama3-8b", gpu="h100", num_gpus=8)
+    report = sim.to_dict()
+    assert report["gpu"] == "8x h100" and "device" not in report
+    assert "--gpu h100 --num-gpus 8" in report["provenance"]["command"]
+    assert report["warnings"] == []
+    assert {it.phase for it in sim.schedule.timeline} == {"prefill", "decode"}
+    first = sim.schedule.records[0]
+    assert first.ttft_s == pytest.approx(costs.prefill_seconds([1024]), rel=1e-9)
+    assert sim.schedule.kv_capacity_tokens == costs.kv_capacity_tokens
+
+
+def test_disaggregated_mode_on_gpus_is_refused():
+    with pytest.raises(WaferError, match="disaggregated mode is modelled for the wafer only"):
+        waferllm.serve_sim("tiny", requests=[one()], gpu="h100", mode="disaggregated")
 
 
 def test_a_jsonl_trace_is_served_in_arrival_order(tmp_path):
@@ -144,18 +159,19 @@ def test_plots_are_written_as_latency_cdfs_and_a_timeline(tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
-def test_a_batched_gpu_cost_plugs_in_with_free_phase_switches():
-    class FakeGpu:
+def test_the_gpu_adapter_passes_each_sequence_its_attended_positions():
+    class Spy:
         kv_capacity_tokens = 1000
+        asked: list = []
 
-        def prefill_s(self, prompt_lens):
+        def prefill_seconds(self, prompt_lens):
             return 0.01 * len(prompt_lens)
 
-        def decode_step_s(self, context_lens):
+        def decode_step_seconds(self, context_lens):
+            self.asked.append(list(context_lens))
             return 0.002
 
-    sim = waferllm.serve_sim(
-        "tiny", requests=[one(), one(arrival_s=0.001)], step_cost=GpuStepCost(FakeGpu())
-    )
-    assert {it.phase for it in sim.schedule.timeline} == {"prefill", "decode"}
-    assert [r.ttft_s for r in sim.schedule.records] == pytest.approx([0.01, 0.019])
+    cost = GpuStepCost(Spy())
+    assert cost.decode_step_s([16, 20]) == 0.002 and Spy.asked == [[17, 21]]
+    assert cost.prefill_s([4, 4]) == 0.02
+    assert cost.to_decode_s([4]) == cost.to_prefill_s() == 0.0

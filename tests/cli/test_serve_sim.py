@@ -22,6 +22,15 @@ def test_json_output_is_only_the_serving_report(capsys):
     assert captured.err.startswith("warning: batch > 1 on the wafer runs sequences")
 
 
+def test_gpu_runs_the_same_requests_and_reports_the_gpus(capsys):
+    argv = ["serve-sim", "--model", "llama3-8b", *POISSON, "--gpu", "a100", "--num-gpus", "8"]
+    assert main([*argv, "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["gpu"] == "8x a100" and report["num_requests"] == 12
+    assert captured.err == ""
+
+
 def test_human_output_is_a_table_labelled_modelled(capsys, tmp_path):
     trace = tmp_path / "trace.jsonl"
     trace.write_text('{"arrival_s": 0, "prompt_len": 8, "output_len": 3}\n')
@@ -41,7 +50,8 @@ def test_human_output_is_a_table_labelled_modelled(capsys, tmp_path):
         ([*BASE, *POISSON, "--slo-tpot", "-1"], "expected a positive number, got '-1'"),
         ([*BASE, *POISSON, "--mode", "pipelined"], "invalid choice: 'pipelined'"),
         ([*BASE, *POISSON, "--max-batch", "0"], "expected a positive integer"),
-        ([*BASE, *POISSON, "--gpu", "h100", "--num-gpus", "8"], "needs the batched GPU baseline"),
+        ([*BASE, *POISSON, "--gpu", "h100", "--mode", "disaggregated"], "for the wafer only"),
+        ([*BASE, *POISSON, "--gpu", "v100"], "unknown GPU 'v100'"),
         ([*BASE, *POISSON, "--seed", "-1"], "seed=-1 must be an integer >= 0"),
         ([*BASE, "--rate", "nan", *POISSON[2:]], "rate=nan must be a positive number"),
         (["serve-sim", "--model", "llama9", *POISSON], "llama9"),

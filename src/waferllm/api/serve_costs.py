@@ -4,23 +4,23 @@ Until batched decode lands in the wafer model, a batch of B sequences runs as B 
 one after another: a prefill of B prompts costs the sum of their TTFTs and a decode step over
 B contexts the sum of their batch-1 steps. Each length is estimated once (a prefill of L
 tokens and one decode step at L cached tokens, on fixed grids) and cached; `BinnedStepCost`
-(estimate/step_cost.py) asks for a few bin edges only. `GpuStepCost` adapts a batched GPU
-baseline (`GpuPhaseCosts`) the same way. Nothing here schedules.
+(estimate/step_cost.py) asks for a few bin edges only. `GpuStepCost` adapts the batched GPU
+baseline's step costs. Nothing here schedules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from waferllm.api.estimate import Estimate, estimate
+from waferllm.api.gpu import GpuStepCosts
 from waferllm.device import Device
 from waferllm.errors import WaferError
 from waferllm.model.config import ModelConfig
 
 __all__ = [
     "SEQUENTIAL_BATCH_WARNING",
-    "GpuPhaseCosts",
     "GpuStepCost",
     "WaferPoint",
     "WaferStepCost",
@@ -115,32 +115,20 @@ class WaferStepCost:
         return self._to_prefill_s
 
 
-class GpuPhaseCosts(Protocol):
-    """What a batched GPU baseline hands the serving simulator (modelled seconds): a prefill
-    iteration over some prompts, a decode step over some contexts, and its KV capacity in
-    tokens summed over sequences (HBM left after the weights)."""
-
-    @property
-    def kv_capacity_tokens(self) -> int: ...
-
-    def prefill_s(self, prompt_lens: Sequence[int]) -> float: ...
-
-    def decode_step_s(self, context_lens: Sequence[int]) -> float: ...
-
-
 class GpuStepCost:
-    """`StepCost` of GPUs serving time-multiplexed: the weights stay in HBM for both phases,
-    so switching phase costs nothing."""
+    """`StepCost` of GPUs from the batched GPU baseline (`waferllm.gpu_step_costs`): the
+    weights stay in HBM for both phases, so switching phase costs nothing. The baseline's
+    decode step takes the positions each sequence attends to: its cached tokens and itself."""
 
-    def __init__(self, costs: GpuPhaseCosts) -> None:
+    def __init__(self, costs: GpuStepCosts) -> None:
         self.costs = costs
         self.kv_capacity_tokens = costs.kv_capacity_tokens
 
     def prefill_s(self, prompt_lens: Sequence[int]) -> float:
-        return self.costs.prefill_s(prompt_lens)
+        return self.costs.prefill_seconds(prompt_lens)
 
     def decode_step_s(self, context_lens: Sequence[int]) -> float:
-        return self.costs.decode_step_s(context_lens)
+        return self.costs.decode_step_seconds([c + 1 for c in context_lens])
 
     def to_decode_s(self, prompt_lens: Sequence[int]) -> float:
         return 0.0

@@ -1,7 +1,8 @@
 """`waferllm.serve_sim`: a serving simulation of a request trace (SPEC.md §10.13).
 
 Builds the requests (a JSONL file, a list, or seeded Poisson arrivals), the step costs (the
-wafer's from `waferllm.estimate` at batch 1, `serve_costs.py`; or any `StepCost` given), runs
+wafer's from `waferllm.estimate` at batch 1, or the batched GPU baseline's, `serve_costs.py`;
+or any `StepCost` given), runs
 the continuous-batching scheduler of `estimate/scheduler.py` and summarises it. `ServeSim`
 holds the §10.13 report (`to_dict()`), the schedule, and the series for plots
 (`serve_plots.py`). Every time in it is modelled.
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from waferllm.api.estimate import estimate
-from waferllm.api.serve_costs import SEQUENTIAL_BATCH_WARNING, WaferStepCost
+from waferllm.api.gpu import gpu_step_costs
+from waferllm.api.serve_costs import SEQUENTIAL_BATCH_WARNING, GpuStepCost, WaferStepCost
 from waferllm.device import Device, get_device
 from waferllm.errors import WaferError
 from waferllm.estimate.requests import Request, load_requests, poisson_requests
@@ -33,9 +35,9 @@ __all__ = ["DEFAULT_MAX_BATCH", "ServeSim", "serve_sim"]
 
 SCHEMA_VERSION = 1
 DEFAULT_MAX_BATCH = 256  # vLLM's default max_num_seqs
-GPU_PENDING = (
-    "--gpu needs the batched GPU baseline (batched prefill and decode with tensor "
-    "parallelism, issue 12 item 4), which is not available yet"
+GPU_DISAGGREGATED = (
+    "disaggregated mode is modelled for the wafer only; on GPUs use time-multiplexed (the "
+    "default: prefill and decode share the GPUs, iteration by iteration)"
 )
 
 
@@ -98,13 +100,16 @@ def serve_sim(
     decode_grid: GridLike | None = None,
     gpu: str | None = None,
     num_gpus: int = 1,
+    gpu_stack: str = "paper",
     step_cost: StepCost | None = None,
 ) -> ServeSim:
     """Simulate serving `requests` (a JSONL path or a list) or Poisson arrivals (`rate`
     requests per second, `num_requests` of `prompt_len`/`output_len` tokens, `seed`).
 
     The wafer's costs come from `waferllm.estimate` on the given grids (searched once for the
-    trace's median request when not given); `step_cost` replaces them with any `StepCost`.
+    trace's median request when not given). With `gpu` (a preset name), the same requests run
+    on `num_gpus` GPUs under tensor parallelism (`waferllm.gpu_step_costs`, batched, with the
+    `gpu_stack` serving-stack term); `step_cost` replaces either with any `StepCost`.
 
     >>> sim = serve_sim("tiny", device="tiny", rate=200.0, num_requests=20, prompt_len=16,
     ...                 output_len=8, prefill_grid=26, decode_grid=26, max_batch=4)
@@ -117,10 +122,14 @@ def serve_sim(
     _check_slos(slo_ttft_s, slo_tpot_s)
     trace = _requests(requests, rate, num_requests, prompt_len, output_len, seed)
     warnings: list[str] = []
-    if gpu is not None:
-        raise WaferError(GPU_PENDING)
     target = _device(device, device_overrides)
-    if step_cost is None:
+    gpus = None if gpu is None else f"{num_gpus}x {gpu}"
+    if gpu is not None:
+        if run_mode is Mode.DISAGGREGATED:
+            raise WaferError(GPU_DISAGGREGATED)
+        _check_positions(config, trace)
+        step_cost = GpuStepCost(gpu_step_costs(config, gpu=gpu, num_gpus=num_gpus, stack=gpu_stack))
+    elif step_cost is None:
         _check_positions(config, trace)
         step_cost = _wafer_cost(config, target, run_mode, trace, prefill_grid, decode_grid)
         if max_batch > 1:
@@ -130,14 +139,15 @@ def serve_sim(
     schedule = simulate(trace, binned, mode=run_mode, max_batch=max_batch, preemption=policy)
     return ServeSim(
         model=config.name,
-        device=target.name,
-        gpu=None,
+        device=None if gpus else target.name,
+        gpu=gpus,
         mode=run_mode,
         metrics=serving_metrics(schedule, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s),
         schedule=schedule,
         warnings=tuple(warnings),
         provenance=_provenance(
-            f"--model {config.name} --device {target.name}",
+            f"--model {config.name} "
+            + (f"--gpu {gpu} --num-gpus {num_gpus}" if gpu else f"--device {target.name}"),
             requests=requests,
             rate=rate,
             trace=trace,
