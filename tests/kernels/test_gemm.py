@@ -21,8 +21,8 @@ from waferllm.kernels.gemm import (
     prealign_b,
 )
 from waferllm.kernels.reference import compare, gemm_reference, gemm_t_reference
-from waferllm.kernels.tiling import grid_works, padded_k
 from waferllm.mesh import Layout, Ledger, Mesh, RingKind
+from waferllm.mesh.tiling import grid_works, padded_k
 
 GRIDS = [(1, 1), (2, 2), (3, 3), (4, 4), (3, 5), (8, 8), (16, 16)]
 ALGOS = sorted(GEMM_KERNELS)

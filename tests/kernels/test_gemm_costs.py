@@ -12,7 +12,6 @@ import torch
 
 from waferllm.device import tiny, wse2
 from waferllm.errors import SramOverflowError
-from waferllm.kernels import rings
 from waferllm.kernels.gemm import (
     GEMM_KERNELS,
     align_a,
@@ -21,10 +20,20 @@ from waferllm.kernels.gemm import (
     meshgemm,
     prealign_b,
 )
-from waferllm.kernels.relay import MulticastPlan, multicast_traffic, plan_multicasts
-from waferllm.kernels.tiling import LogicalGrid, padded_k, to_logical
-from waferllm.mesh import Axis, Layout, Ledger, Mesh, Mode, RingKind, ring_order, ring_position
+from waferllm.mesh import (
+    Axis,
+    Layout,
+    Ledger,
+    Mesh,
+    Mode,
+    RingKind,
+    ring_order,
+    ring_position,
+    rings,
+)
 from waferllm.mesh.compute import matmul_cycles
+from waferllm.mesh.relay import MulticastPlan, multicast_traffic, plan_multicasts
+from waferllm.mesh.tiling import LogicalGrid, padded_k, to_logical
 
 DEVICE = dataclasses.replace(tiny(), step_overhead_cycles=5.0)
 S = DEVICE.storage_bytes

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from waferllm.device import tiny
+from waferllm.kernels.heads import head_layout
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model.kv_cache import (
@@ -19,7 +20,6 @@ from waferllm.model.kv_cache import (
     kv_capacity_tokens,
     max_new_tokens,
 )
-from waferllm.model.placement import head_layout
 
 
 @settings(max_examples=25, deadline=None)

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from waferllm.device import tiny, wse2
 from waferllm.errors import SramOverflowError, WaferError
-from waferllm.kernels.tiling import padded_k
 from waferllm.mesh.cost import Ledger
+from waferllm.mesh.relayout import Move, relayout_charge
+from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model.config import load_config
 from waferllm.model.placement import (
@@ -26,7 +27,7 @@ from waferllm.model.placement import (
     pad_k_rows,
     place_layer,
 )
-from waferllm.model.regions import Footprint, Move, plan_phase, region_origins, relayout_charge
+from waferllm.model.regions import Footprint, plan_phase, region_origins
 from waferllm.model.transformer import MeshTransformer
 
 

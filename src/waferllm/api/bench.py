@@ -23,10 +23,10 @@ from waferllm.kernels.gemm import GEMM_KERNELS, WEIGHT_SKEW, load_weights
 from waferllm.kernels.gemv import GEMV_KERNELS
 from waferllm.kernels.reference import compare, gemm_reference, gemv_reference
 from waferllm.kernels.result import KernelResult
-from waferllm.kernels.tiling import padded_k
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import fanouts_from_groups
 from waferllm.mesh.tensor import Layout
+from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import COMPUTE_DTYPES, Mesh, Mode, parse_grid
 
 SCHEMA_VERSION = 1

@@ -21,10 +21,15 @@ import numpy as np
 import torch
 
 from waferllm.errors import WaferError
-from waferllm.kernels import rings
-from waferllm.kernels.relay import allgather, cross_multicast, plan_multicasts
 from waferllm.kernels.result import Charged, KernelResult
-from waferllm.kernels.tiling import (
+from waferllm.mesh import rings
+from waferllm.mesh.comm import ReduceAlgorithm, reduce
+from waferllm.mesh.compute import charge_matmul, elementwise, matmul, matmul_values
+from waferllm.mesh.cost import Ledger
+from waferllm.mesh.geometry import Axis, RingKind, ring_order, ring_position
+from waferllm.mesh.relay import allgather, cross_multicast, plan_multicasts
+from waferllm.mesh.tensor import DistTensor, Layout
+from waferllm.mesh.tiling import (
     LogicalGrid,
     from_blocks,
     logical_grid,
@@ -32,11 +37,6 @@ from waferllm.kernels.tiling import (
     to_blocks,
     to_logical,
 )
-from waferllm.mesh.comm import ReduceAlgorithm, reduce
-from waferllm.mesh.compute import charge_matmul, elementwise, matmul, matmul_values
-from waferllm.mesh.cost import Ledger
-from waferllm.mesh.geometry import Axis, RingKind, ring_order, ring_position
-from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
 
 GemmKernel = Callable[..., KernelResult]

@@ -23,20 +23,16 @@ import torch
 from waferllm.errors import WaferError
 from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis, RingKind, ring_successor
-from waferllm.mesh.ktree import (  # noqa: F401 (ktree_plan: re-export)
-    TreePlan,
-    ktree_plan,
-    resolve_fanouts,
-    tree_plan,
-)
+from waferllm.mesh.ktree import TreePlan, resolve_fanouts, tree_plan
 from waferllm.mesh.patterns import (
     ArrayKey,
     Owners,
     chain_traffic,
     key,
     multicast_traffic,
+    permutation_traffic,
     ring_step_traffic,
-    shift_traffic,
+    tail_shift_traffic,
     tree_traffic,
     unkey,
 )
@@ -62,7 +58,8 @@ BROADCAST_ROUTES = 2  # one multicast colour per direction
 TREE_LEVEL_ROUTES = 4  # each level above the first
 
 
-def tile_bytes(mesh: Mesh, data: torch.Tensor) -> int:
+def _bytes_per_core(mesh: Mesh, data: torch.Tensor) -> int:
+    """Bytes of one core's tile of `data` in the storage dtype."""
     return math.prod(data.shape[2:]) * mesh.device.storage_bytes
 
 
@@ -170,7 +167,9 @@ def shift(
     if routes is not None:
         mesh.routes.require(*routes)
     if ledger.prices:
-        traffic = shift_traffic(mesh.device, mesh.shape, axis, key(dst), tile_bytes(mesh, data))
+        traffic = permutation_traffic(
+            mesh.device, mesh.shape, axis, key(dst), _bytes_per_core(mesh, data)
+        )
         ledger.charge(op, Charge.comm(traffic), phase=phase)
     return _line_index(mesh, axis, src_of, data)
 
@@ -245,7 +244,9 @@ def _charge_broadcast(
     mesh.routes.require(_BCAST_ROUTES[axis], BROADCAST_ROUTES)
     if ledger.prices:
         owners = Owners.of_roots(mesh.size(axis), _line_roots(mesh, axis, root))
-        traffic = multicast_traffic(mesh.device, mesh.shape, axis, owners, tile_bytes(mesh, data))
+        traffic = multicast_traffic(
+            mesh.device, mesh.shape, axis, owners, _bytes_per_core(mesh, data)
+        )
         ledger.charge(op, Charge.comm(traffic), phase=phase)
 
 
@@ -343,11 +344,17 @@ def reduce(
         return result, (0 if algorithm is ReduceAlgorithm.KTREE else root)
     plan = _reduce_plan(mesh, axis, algorithm, fanouts)
     if ledger.prices:
-        traffic = _reduce_traffic(mesh, axis, plan, roots, tile_bytes(mesh, data))
-        if follows_stream:
-            traffic = dataclasses.replace(traffic, critical_hops=0, critical_stages=0)
-        ledger.charge(op, Charge.comm(traffic), phase=phase)
+        traffic = _reduce_traffic(mesh, axis, plan, roots, _bytes_per_core(mesh, data))
+        ledger.charge(
+            op, Charge.comm(_streamed(traffic) if follows_stream else traffic), phase=phase
+        )
     return result, (root if plan is None else plan.root)
+
+
+def _streamed(traffic: Traffic) -> Traffic:
+    """A stream that enters its chains right behind the previous one: the chains' latency is
+    already being paid by the stream ahead (see `reduce`'s `follows_stream`)."""
+    return dataclasses.replace(traffic, critical_hops=0, critical_stages=0)
 
 
 def allreduce(
@@ -481,7 +488,7 @@ def segmented_allreduce(
         mesh.routes.require(f"{axis.value}_bcast", BROADCAST_ROUTES)
     if not ledger.prices:
         return result
-    owners, nbytes = Owners.of_groups(sizes), tile_bytes(mesh, data)
+    owners, nbytes = Owners.of_groups(sizes), _bytes_per_core(mesh, data)
     ledger.charge(
         f"{op}.reduce", Charge.comm(chain_traffic(mesh.device, mesh.shape, axis, owners, nbytes))
     )
@@ -489,3 +496,56 @@ def segmented_allreduce(
         bcast = multicast_traffic(mesh.device, mesh.shape, axis, owners, nbytes)
         ledger.charge(f"{op}.bcast", Charge.comm(bcast), phase=1)
     return result
+
+
+# ---- charges of data the caller moves by index ------------------------------------------------
+# Kernels that keep a large buffer in place and move its blocks by indexing (prefill attention's
+# owned score blocks, the KV cache's slots) still pay for the hardware's messages: these
+# primitives configure the routes and charge the traffic; the caller moves the data.
+def charge_reduce_to_owners(
+    mesh: Mesh,
+    *,
+    axis: Axis,
+    owner: np.ndarray,
+    nbytes: int,
+    ledger: Ledger,
+    op: str,
+    follows_stream: bool = False,
+) -> None:
+    """Forward-while-adding chains along `axis`: every core's `nbytes` partial goes to
+    owner[line, i] (an (L, P) or (P,) map; consecutive cores with one owner form a group, the
+    owner may differ per line), as `reduce(algorithm=PIPELINE)` with a root per group.
+    Critical path: the farthest core's d hops and d-1 stages plus one size term; with
+    `follows_stream` (the stream right behind the previous one, see `reduce`) only the size
+    term. Routes: the axis's chain colours (static routes serve any root)."""
+    mesh.routes.require(f"{axis.value}_chain", CHAIN_ROUTES)
+    if not ledger.prices:
+        return
+    traffic = chain_traffic(mesh.device, mesh.shape, axis, Owners.of_map(owner), nbytes)
+    if follows_stream:
+        traffic = _streamed(traffic)
+    ledger.charge(op, Charge.comm(traffic))
+
+
+def charge_multicast(
+    mesh: Mesh, *, axis: Axis, owner: np.ndarray, nbytes: int, ledger: Ledger, op: str
+) -> None:
+    """Every owner multicasts `nbytes` to the consecutive cores that name it in `owner`
+    ((L, P) or (P,)), as `broadcast` with a root per group: the farthest core's hops, no
+    stages, one size term (two through an interior owner's ramp). Routes: the axis's
+    broadcast colours."""
+    mesh.routes.require(_BCAST_ROUTES[axis], BROADCAST_ROUTES)
+    if ledger.prices:
+        traffic = multicast_traffic(mesh.device, mesh.shape, axis, Owners.of_map(owner), nbytes)
+        ledger.charge(op, Charge.comm(traffic))
+
+
+def charge_tail_shift(
+    mesh: Mesh, *, axis: Axis, first: int, nbytes: int, ledger: Ledger, op: str
+) -> None:
+    """Cores first..P-1 of every line each pass `nbytes` one hop towards index 0 at the same
+    time (the shift-based KV cache's append, SPEC.md §10.9): alpha + nbytes/W. Routes: none
+    new (along Y, the K-tree's first-level upward chain colours, SPEC.md §10.7)."""
+    if ledger.prices:
+        traffic = tail_shift_traffic(mesh.device, mesh.shape, axis, first, nbytes)
+        ledger.charge(op, Charge.comm(traffic))

@@ -73,7 +73,7 @@ class Owners:
 
 # Per-line patterns hold (L, P) arrays, tens of MB at wafer scale: hence the small caches.
 @lru_cache(maxsize=128)
-def shift_traffic(
+def permutation_traffic(
     device: Device, shape: tuple[int, int], axis: Axis, dst_key: ArrayKey, nbytes: int
 ) -> Traffic:
     """Core i of every line sends its tile straight to dst[i]: max |dst - i| hops, no stages."""
@@ -132,6 +132,18 @@ def multicast_traffic(
         critical_stages=0,
         ramp_in_extra=np.where((dist > 0) & ~is_end, float(nbytes), 0.0),
         mean_slack_cycles=device.hop_latency_cycles * float((hops - dist).mean()),
+    )
+
+
+@lru_cache(maxsize=1024)
+def tail_shift_traffic(
+    device: Device, shape: tuple[int, int], axis: Axis, first: int, nbytes: int
+) -> Traffic:
+    """Cores first..P-1 of every line each send one tile one hop towards index 0, all at once
+    (the shift-based KV cache, SPEC.md §10.9): 1 hop, no stages."""
+    src = np.arange(first, shape[axis.tensor_dim])
+    return line_traffic(
+        device, shape, axis, src=src, dst=src - 1, nbytes=nbytes, critical_hops=1, critical_stages=0
     )
 
 

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from functools import lru_cache
 
 import numpy as np
 import torch
 
-from waferllm.device import Device
 from waferllm.errors import WaferError
-from waferllm.mesh.cost import Charge, Ledger
+from waferllm.kernels.heads import HeadLayout, gather_rows
+from waferllm.mesh.comm import charge_tail_shift
+from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis, split_sizes
-from waferllm.mesh.traffic import Traffic, line_traffic
 from waferllm.mesh.virtual import Mesh, Mode
-from waferllm.model.placement import HeadLayout, gather_rows
 
 
 class KvPolicy(enum.StrEnum):
@@ -131,22 +129,6 @@ class RowCounts:
         return (np.cumsum(counts) - counts)[:, None] + np.arange(width)[None, :]
 
 
-@lru_cache(maxsize=1024)
-def shift_traffic(device: Device, shape: tuple[int, int], first: int, nbytes: int) -> Traffic:
-    """Rows first..R-1 each send one tile one hop north, every column alike."""
-    src = np.arange(first, shape[0])
-    return line_traffic(
-        device,
-        shape,
-        Axis.Y,
-        src=src,
-        dst=src - 1,
-        nbytes=nbytes,
-        critical_hops=1,
-        critical_stages=0,
-    )
-
-
 # ---- tiles -------------------------------------------------------------------------------------
 class KvStore:
     """K and V tiles of the layers of one region (one decode mesh), all with the same counts.
@@ -231,9 +213,14 @@ class KvStore:
         """Insert this step's k, v tiles (R, C, G, H) (replicated along Y) as `append` says."""
         if append.senders:
             nbytes = 2 * int(np.prod(k_new.shape[2:])) * self.mesh.device.storage_bytes
-            traffic = shift_traffic(self.mesh.device, self.mesh.shape, append.senders[0], nbytes)
-            # the Y tree's first-level upward chain colours: no new routes (SPEC.md §10.7)
-            ledger.charge("kv_shift", Charge.comm(traffic))
+            charge_tail_shift(
+                self.mesh,
+                axis=Axis.Y,
+                first=append.senders[0],
+                nbytes=nbytes,
+                ledger=ledger,
+                op="kv_shift",
+            )
         if self.mesh.mode is Mode.ESTIMATE:
             return
         n = int(counts.counts[append.target])

@@ -15,19 +15,20 @@ import numpy as np
 import torch
 
 from waferllm.kernels import ops
+from waferllm.kernels.attention import decode_attention, prefill_attention
 from waferllm.kernels.gemm import align_a, meshgemm
 from waferllm.kernels.gemv import meshgemv
-from waferllm.kernels.tiling import padded_k
+from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.comm import ReduceAlgorithm
 from waferllm.mesh.compute import charge_compute, elementwise, vector_op_cycles
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
+from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import Mesh, Mode
-from waferllm.model.attention import decode_attention, prefill_attention
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import Append, KvStore, RowCounts
-from waferllm.model.placement import HeadLayout, PlacedLayer
+from waferllm.model.placement import PlacedLayer
 
 # Prefill's reductions along X chain to the middle column and broadcast back (SPEC.md §10.7's
 # prefill budget: the X chain and broadcast colours, shared with dist-GEMM-T's reduce).

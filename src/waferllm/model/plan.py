@@ -16,8 +16,8 @@ import torch
 
 from waferllm.device import Device
 from waferllm.errors import SramOverflowError
-from waferllm.kernels.tiling import padded_k
 from waferllm.mesh.tensor import DistTensor, Layout
+from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import Mesh
 from waferllm.model.config import ModelConfig
 from waferllm.model.placement import (

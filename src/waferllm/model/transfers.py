@@ -1,7 +1,6 @@
-"""Data moving between regions and between plans, priced by `regions.relayout_charge`.
+"""Which data moves between the prefill and decode plans, priced by `mesh.relayout`.
 
-`hop` carries the residual stream from one region to the next (SPEC.md §10.10); `kv_moves`
-and `weight_moves` describe the prefill-to-decode hand-off of the KV cache and, with one
+`kv_moves` and `weight_moves` describe the prefill-to-decode hand-off of the KV cache and, with one
 resident layout, of the weights (SPEC.md §10.4 `transition_s`), element by element in absolute
 device coordinates, so the cost sees the real distances between the two plans' regions.
 """
@@ -13,61 +12,10 @@ from collections import Counter
 
 import numpy as np
 
-from waferllm.device import Device
-from waferllm.mesh.comm import broadcast
-from waferllm.mesh.cost import Charge, Ledger
-from waferllm.mesh.geometry import Axis
-from waferllm.mesh.tensor import DistTensor
-from waferllm.mesh.virtual import Mesh
+from waferllm.mesh.relayout import Move
 from waferllm.model.kv_cache import RowCounts
 from waferllm.model.placement import Phase, heads_for, layer_specs
 from waferllm.model.plan import ModelPlan
-from waferllm.model.regions import Move, relayout_charge
-
-
-# ---- the residual stream between regions -------------------------------------------------------
-def _replicated_along_x(x: DistTensor) -> bool:
-    return x.layout.x_dim is None and x.mesh.cols > 1
-
-
-def _entry_columns(x: DistTensor, dst_origin: tuple[int, int]) -> tuple[int, int]:
-    """For a hop along X of a tensor replicated along X: the edge column that sends and the
-    destination column it enters (nearest the other region), in local coordinates."""
-    east = dst_origin[1] > x.mesh.origin[1]
-    return (x.mesh.cols - 1, 0) if east else (0, x.mesh.cols - 1)
-
-
-def hop_charge(device: Device, x: DistTensor, dst_origin: tuple[int, int]) -> Charge:
-    """Every core's tile of `x` to the core at the same offset of a region at `dst_origin`;
-    a tensor replicated along X hopping along X sends one copy per row from the edge column."""
-    (y0, x0), (y1, x1) = x.mesh.origin, dst_origin
-    rows, cols = x.mesh.shape
-    b_src, b_dst = x0 + np.arange(cols), x1 + np.arange(cols)
-    if _replicated_along_x(x) and y0 == y1:
-        src, dst = _entry_columns(x, dst_origin)
-        b_src, b_dst = np.array([x0 + src]), np.array([x1 + dst])
-    move = Move(
-        a_src=y0 + np.arange(rows),
-        a_dst=y1 + np.arange(rows),
-        b_src=b_src,
-        b_dst=b_dst,
-        count=math.prod(x.tile_shape),
-    )
-    return relayout_charge(device, [move])
-
-
-def hop(device: Device, x: DistTensor, dst: Mesh, ledger: Ledger, *, op: str) -> DistTensor:
-    """Move the residual stream `x` to mesh `dst` (same shape, another region), charged."""
-    assert dst.shape == x.mesh.shape
-    ledger.charge(op, hop_charge(device, x, dst.origin))
-    moved = dst.register(x.data, x.layout, x.name)
-    replicated = _replicated_along_x(x) and x.mesh.origin[0] == dst.origin[0]
-    entry = _entry_columns(x, dst.origin)[1]
-    x.free()
-    if replicated:  # the entry column multicasts the copy along its row
-        data = broadcast(dst, moved.data, axis=Axis.X, root=entry, ledger=ledger, op=f"{op}.bcast")
-        moved = moved.replace(data)
-    return moved
 
 
 # ---- the prefill -> decode hand-off ------------------------------------------------------------

@@ -21,13 +21,14 @@ import torch
 from waferllm.device import Device
 from waferllm.errors import SramOverflowError, WaferError
 from waferllm.kernels import ops
+from waferllm.kernels.attention import decode_attention
 from waferllm.kernels.gemv import meshgemv, pipeline_gemv
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
 from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.relayout import hop, hop_charge, relayout_charge
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
-from waferllm.model.attention import decode_attention
 from waferllm.model.config import ModelConfig, rope_inv_freq
 from waferllm.model.kv_cache import Append, KvCacheFullError, KvPolicy, KvStore, RowCounts
 from waferllm.model.kv_cache import kv_capacity_tokens as _capacity
@@ -45,8 +46,7 @@ from waferllm.model.layers import (
 )
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts, heads_for
 from waferllm.model.plan import ModelPlan, PhaseState, build_phase, plan_model
-from waferllm.model.regions import relayout_charge
-from waferllm.model.transfers import hop, hop_charge, kv_moves, weight_moves
+from waferllm.model.transfers import kv_moves, weight_moves
 from waferllm.model.weights import ModelWeights
 
 

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from waferllm.device import Device
-from waferllm.kernels.tiling import LogicalGrid
 from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import (
     Axis,
@@ -29,6 +28,7 @@ from waferllm.mesh.geometry import (
     ring_successor,
     shorter_way,
 )
+from waferllm.mesh.tiling import LogicalGrid
 from waferllm.mesh.traffic import Traffic, line_traffic
 from waferllm.mesh.virtual import Mesh
 

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from waferllm.device import tiny
-from waferllm.kernels import rings
 from waferllm.kernels.gemm import _ring_product
-from waferllm.kernels.tiling import LogicalGrid, to_blocks
-from waferllm.mesh import Axis, Ledger, Mesh, RingKind, UnpricedLedger, matmul
+from waferllm.mesh import Axis, Ledger, Mesh, RingKind, UnpricedLedger, matmul, rings
+from waferllm.mesh.tiling import LogicalGrid, to_blocks
 
 CASES = [
     # (rows, cols, dtype, f16_accumulate): square, logical 6x6 grids both ways, half precision

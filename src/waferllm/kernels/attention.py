@@ -26,20 +26,19 @@ import numpy as np
 import torch
 
 from waferllm.kernels import ops
+from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.comm import (
-    BROADCAST_ROUTES,
-    CHAIN_ROUTES,
     allreduce,
+    charge_multicast,
+    charge_reduce_to_owners,
     ring_shift,
     segmented_allreduce,
 )
 from waferllm.mesh.compute import matmul
-from waferllm.mesh.cost import Charge, Ledger
+from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis, ring_order, ring_position
-from waferllm.mesh.patterns import Owners, chain_traffic, multicast_traffic
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
-from waferllm.model.placement import HeadLayout
 
 
 # ---- decode ------------------------------------------------------------------------------------
@@ -209,13 +208,22 @@ def _qk_steps(
     scores = torch.zeros(shape, dtype=q_t.dtype, device=q_t.device)
     _scratch(mesh, "k_ring", k_t.shape[2:])  # the circulating copy (K stays for the cache)
     _scratch(mesh, "qk.partial", (2, *shape[2:5], lt))  # this step's block and the last one's
-    numel = int(np.prod(shape[2:5])) * lt
+    # every step's roots cost the same (a permutation of the key blocks): price step 0's
+    owner0 = _owner_map(owners, rows, 0)
+    nbytes = int(np.prod(shape[2:5])) * lt * mesh.device.storage_bytes
     overhead = mesh.device.step_overhead_cycles
 
     def reduce(part: torch.Tensor, step: int, *, follows: bool) -> None:
         if owners.shared:
-            mesh.routes.require("x_chain", CHAIN_ROUTES)
-            ledger.charge("qk.reduce", _reduce_charge(mesh, owners, numel, follows=follows))
+            charge_reduce_to_owners(
+                mesh,
+                axis=Axis.X,
+                owner=owner0,
+                nbytes=nbytes,
+                ledger=ledger,
+                op="qk.reduce",
+                follows_stream=follows,
+            )
         if mesh.mode is Mode.FUNCTIONAL:
             _place_blocks(scores, part, owners, step)
 
@@ -253,17 +261,6 @@ def _place_blocks(scores: torch.Tensor, part: torch.Tensor, owners: KeyOwners, s
     scores[y, col, :, :, :, slot, :] = summed
 
 
-def _reduce_charge(mesh: Mesh, owners: KeyOwners, numel: int, *, follows: bool) -> Charge:
-    """One step's chains within the kv-groups to the owner columns (the cost is the same for
-    every step's roots); a stream that follows the previous one exposes only its size term."""
-    nbytes = numel * mesh.device.storage_bytes
-    owner = Owners.of_map(_owner_map(owners, mesh.rows, 0))
-    traffic = chain_traffic(mesh.device, mesh.shape, Axis.X, owner, nbytes)
-    if follows:
-        traffic = dataclasses.replace(traffic, critical_hops=0, critical_stages=0)
-    return Charge.comm(traffic)
-
-
 def _pv_steps(
     mesh: Mesh, probs: torch.Tensor, v_t: torch.Tensor, owners: KeyOwners, ledger: Ledger
 ) -> torch.Tensor:
@@ -277,14 +274,14 @@ def _pv_steps(
     block_shape = (*probs.shape[:-1], lt)
     _scratch(mesh, "p_block", block_shape[2:])
     nbytes = int(np.prod(block_shape[2:])) * mesh.device.storage_bytes
-    owner0 = Owners.of_map(_owner_map(owners, rows, 0))
-    bcast = Charge.comm(multicast_traffic(mesh.device, mesh.shape, Axis.X, owner0, nbytes))
+    owner0 = _owner_map(owners, rows, 0)  # every step's multicast costs the same
     v_cur = v_t
     for step in mesh.steps(rows, ledger):
         with ledger.overlap("pv.step", step_overhead_cycles=mesh.device.step_overhead_cycles):
             if owners.shared:
-                mesh.routes.require("x_bcast", BROADCAST_ROUTES)
-                ledger.charge("pv.bcast", bcast)
+                charge_multicast(
+                    mesh, axis=Axis.X, owner=owner0, nbytes=nbytes, ledger=ledger, op="pv.bcast"
+                )
             block = (
                 _gather_blocks(p_blocks, owners, step)
                 if mesh.mode is Mode.FUNCTIONAL

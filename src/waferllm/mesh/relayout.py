@@ -1,0 +1,247 @@
+"""Re-layouts: data moving between regions and between plans, priced in the message model.
+
+A `Move` lists elements going from one core to another in absolute device coordinates (the
+prefill-to-decode hand-off of the KV cache and weights, a region-to-region hop). Unlike the
+structured patterns of `patterns` (every message's route known), a bulk re-layout is a
+redistribution whose streams the program spreads over every link crossing a cut: its `Traffic`
+loads each link with its cut's bytes divided by the links that cross it (the bisection term),
+and each ramp with the busiest core's bytes. The same message model (SPEC.md §10.6) prices it.
+Which tensors move where is the model's business (`model/transfers.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from waferllm.device import Device
+from waferllm.mesh.comm import broadcast
+from waferllm.mesh.cost import Charge, Ledger
+from waferllm.mesh.geometry import Axis
+from waferllm.mesh.tensor import DistTensor
+from waferllm.mesh.traffic import Traffic
+from waferllm.mesh.virtual import Mesh
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Move:
+    """Elements (a, b) of a tensor moving from core (a_row[a], b_col[b]) to
+    (a_row2[a], b_col2[b]) when `crossed` is False, or to (b_row2[b], a_col2[a]) when True
+    (a transposed placement). `count` copies move at once (layers, K and V)."""
+
+    a_src: np.ndarray
+    b_src: np.ndarray
+    a_dst: np.ndarray
+    b_dst: np.ndarray
+    crossed: bool = False
+    count: int = 1
+
+
+def relayout_charge(device: Device, moves: list[Move]) -> Charge:
+    """One communication step moving every element of `moves` at once.
+
+    Cost: the farthest element's hops * alpha plus the busiest of (a) a bisection cut, its
+    bytes spread over the links that cross it (a redistribution spreads over the whole cut of
+    the cores involved), and (b) a core's ramp, sending or receiving its bytes. Elements whose
+    core does not change cost nothing. Sizes in the storage dtype.
+    """
+    rows, cols = device.mesh_rows, device.mesh_cols
+    cut_y = np.zeros((2, max(rows - 1, 0)))
+    cut_x = np.zeros((2, max(cols - 1, 0)))
+    ramp = moved = byte_hops = 0.0
+    hops = 0
+    lo_r, hi_r, lo_c, hi_c = rows, 0, cols, 0
+    for m in moves:
+        dst_r, dst_c = (m.b_dst, m.a_dst) if m.crossed else (m.a_dst, m.b_dst)
+        src_r, src_c = m.a_src, m.b_src
+        lo_r, hi_r = min(lo_r, src_r.min(), dst_r.min()), max(hi_r, src_r.max(), dst_r.max())
+        lo_c, hi_c = min(lo_c, src_c.min(), dst_c.min()), max(hi_c, src_c.max(), dst_c.max())
+        if m.crossed:
+            # rows: source follows a, destination follows b; columns the other way round
+            cut_y += m.count * _cross_cuts(src_r, dst_r, rows)
+            cut_x += m.count * _cross_cuts(src_c, dst_c, cols)
+            # element (a, b) stays home when a's (src row, dst col) equals b's (dst row, src col)
+            stay = _pairs(src_r, dst_c, rows, cols) * _pairs(dst_r, src_c, rows, cols)
+            sent = _busiest(_counts(src_r, rows), _counts(src_c, cols), stay)
+            received = _busiest(_counts(dst_r, rows), _counts(dst_c, cols), stay)
+            count = len(src_r) * len(src_c) - int(stay.sum())
+            dist = _pair_distance(src_r, dst_r, rows) + _pair_distance(src_c, dst_c, cols)
+        else:
+            cut_y += m.count * len(src_c) * _direct_cuts(src_r, dst_r, rows)
+            cut_x += m.count * len(src_r) * _direct_cuts(src_c, dst_c, cols)
+            stay_r, stay_c = src_r == dst_r, src_c == dst_c
+            home = (_counts(src_r[stay_r], rows), _counts(src_c[stay_c], cols))
+            sent = _busiest(_counts(src_r, rows), _counts(src_c, cols), home)
+            home = (_counts(dst_r[stay_r], rows), _counts(dst_c[stay_c], cols))
+            received = _busiest(_counts(dst_r, rows), _counts(dst_c, cols), home)
+            count = len(src_r) * len(src_c) - int(stay_r.sum()) * int(stay_c.sum())
+            dist = (
+                len(src_c) * np.abs(src_r - dst_r).sum() + len(src_r) * np.abs(src_c - dst_c).sum()
+            )
+        if count == 0:
+            continue
+        ramp = max(ramp, m.count * max(sent, received))
+        moved += m.count * count
+        byte_hops += m.count * float(dist)
+        if m.crossed:
+            hops = max(hops, _span(src_r, dst_r) + _span(src_c, dst_c))
+        else:
+            hops = max(hops, int(np.abs(src_r - dst_r).max()) + int(np.abs(src_c - dst_c).max()))
+    if moved == 0:
+        return Charge.comm(Traffic(device=device, shape=(rows, cols)))
+    return Charge.comm(
+        _cut_traffic(
+            device,
+            moved=moved,
+            byte_hops=byte_hops,
+            hops=hops,
+            ramp=ramp,
+            cut_y=cut_y / (hi_c - lo_c + 1),
+            cut_x=cut_x / (hi_r - lo_r + 1),
+        )
+    )
+
+
+def _cut_traffic(
+    device: Device,
+    *,
+    moved: float,
+    byte_hops: float,
+    hops: int,
+    ramp: float,
+    cut_y: np.ndarray,
+    cut_x: np.ndarray,
+) -> Traffic:
+    """The re-layout as one step of the message model (elements in, bytes out): each cut's
+    elements spread evenly over the links that cross it (`cut_*` already divided by their
+    number), every line alike; the busiest ramp sends or receives `ramp` elements."""
+    nbytes = device.storage_bytes
+    links = {
+        (axis, direction): (cut[i] * nbytes)[None, :]
+        for axis, cut in ((Axis.Y, cut_y), (Axis.X, cut_x))
+        for i, direction in enumerate((+1, -1))
+    }
+    ramp_bytes = np.array([[ramp * nbytes]])
+    return Traffic(
+        device=device,
+        shape=(device.mesh_rows, device.mesh_cols),
+        critical_hops=int(hops),
+        bytes_injected=int(moved * nbytes),
+        link_byte_hops=int(byte_hops * nbytes),
+        links=links,
+        ramp_in=ramp_bytes,
+        ramp_out=ramp_bytes,
+    )
+
+
+def _busiest(
+    per_row: np.ndarray, per_col: np.ndarray, home: np.ndarray | tuple[np.ndarray, np.ndarray]
+) -> float:
+    """max over cores of outer(per_row, per_col) - home (elements that stay put).
+
+    `home` is a (rows, cols) histogram or a pair of vectors whose outer product it is; it never
+    exceeds the outer product, so cores outside the product's support hold 0 and only the
+    support (rows and columns with elements) is materialised.
+    """
+    r, c = np.flatnonzero(per_row), np.flatnonzero(per_col)
+    if r.size == 0 or c.size == 0:
+        return 0.0
+    block = np.outer(per_row[r], per_col[c])
+    if isinstance(home, tuple):
+        block = block - np.outer(home[0][r], home[1][c])
+    else:
+        block = block - home[np.ix_(r, c)]
+    return float(block.max(initial=0.0))
+
+
+def _direct_cuts(src: np.ndarray, dst: np.ndarray, length: int) -> np.ndarray:
+    """(2, length-1): elements crossing each cut i|i+1 towards + and towards -."""
+    diff = np.zeros((2, length + 1))
+    up, down = dst > src, dst < src
+    np.add.at(diff[0], src[up], 1)
+    np.add.at(diff[0], dst[up], -1)
+    np.add.at(diff[1], dst[down], 1)
+    np.add.at(diff[1], src[down], -1)
+    return np.cumsum(diff, axis=1)[:, : length - 1]
+
+
+def _cross_cuts(src: np.ndarray, dst: np.ndarray, length: int) -> np.ndarray:
+    """Like `_direct_cuts` for every pair (i, j) moving from src[i] to dst[j]."""
+    at = np.arange(length - 1)
+    src_before = np.searchsorted(np.sort(src), at, side="right")  # src <= cut
+    dst_before = np.searchsorted(np.sort(dst), at, side="right")
+    forward = src_before * (len(dst) - dst_before)
+    backward = (len(src) - src_before) * dst_before
+    return np.stack([forward, backward]).astype(np.float64)
+
+
+def _pair_distance(src: np.ndarray, dst: np.ndarray, length: int) -> float:
+    """Sum over all pairs (i, j) of |src[i] - dst[j]|."""
+    a, b = _counts(src, length), _counts(dst, length)
+    # sum_i sum_j |p_i - q_j| = sum over cuts of (left of a * right of b + right of a * left of b)
+    left_a, left_b = np.cumsum(a)[:-1], np.cumsum(b)[:-1]
+    return float((left_a * (b.sum() - left_b) + (a.sum() - left_a) * left_b).sum())
+
+
+def _pairs(rows_of: np.ndarray, cols_of: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """(rows, cols) histogram of the pairs (rows_of[i], cols_of[i])."""
+    flat = np.bincount(rows_of * cols + cols_of, minlength=rows * cols)
+    return flat.reshape(rows, cols).astype(np.float64)
+
+
+def _counts(coords: np.ndarray, length: int) -> np.ndarray:
+    return np.bincount(coords, minlength=length).astype(np.float64)
+
+
+def _span(src: np.ndarray, dst: np.ndarray) -> int:
+    """Farthest move along one axis over all pairs (src[i], dst[j])."""
+    if not len(src) or not len(dst):
+        return 0
+    return int(max(abs(int(src.max()) - int(dst.min())), abs(int(dst.max()) - int(src.min()))))
+
+
+# ---- the residual stream between regions (SPEC.md §10.10) -------------------------------------
+def _replicated_along_x(x: DistTensor) -> bool:
+    return x.layout.x_dim is None and x.mesh.cols > 1
+
+
+def _entry_columns(x: DistTensor, dst_origin: tuple[int, int]) -> tuple[int, int]:
+    """For a hop along X of a tensor replicated along X: the edge column that sends and the
+    destination column it enters (nearest the other region), in local coordinates."""
+    east = dst_origin[1] > x.mesh.origin[1]
+    return (x.mesh.cols - 1, 0) if east else (0, x.mesh.cols - 1)
+
+
+def hop_charge(device: Device, x: DistTensor, dst_origin: tuple[int, int]) -> Charge:
+    """Every core's tile of `x` to the core at the same offset of a region at `dst_origin`;
+    a tensor replicated along X hopping along X sends one copy per row from the edge column."""
+    (y0, x0), (y1, x1) = x.mesh.origin, dst_origin
+    rows, cols = x.mesh.shape
+    b_src, b_dst = x0 + np.arange(cols), x1 + np.arange(cols)
+    if _replicated_along_x(x) and y0 == y1:
+        src, dst = _entry_columns(x, dst_origin)
+        b_src, b_dst = np.array([x0 + src]), np.array([x1 + dst])
+    move = Move(
+        a_src=y0 + np.arange(rows),
+        a_dst=y1 + np.arange(rows),
+        b_src=b_src,
+        b_dst=b_dst,
+        count=math.prod(x.tile_shape),
+    )
+    return relayout_charge(device, [move])
+
+
+def hop(device: Device, x: DistTensor, dst: Mesh, ledger: Ledger, *, op: str) -> DistTensor:
+    """Move the residual stream `x` to mesh `dst` (same shape, another region), charged."""
+    assert dst.shape == x.mesh.shape
+    ledger.charge(op, hop_charge(device, x, dst.origin))
+    moved = dst.register(x.data, x.layout, x.name)
+    replicated = _replicated_along_x(x) and x.mesh.origin[0] == dst.origin[0]
+    entry = _entry_columns(x, dst.origin)[1]
+    x.free()
+    if replicated:  # the entry column multicasts the copy along its row
+        data = broadcast(dst, moved.data, axis=Axis.X, root=entry, ledger=ledger, op=f"{op}.bcast")
+        moved = moved.replace(data)
+    return moved
