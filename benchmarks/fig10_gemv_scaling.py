@@ -29,9 +29,10 @@ from common import (
 )
 
 from waferllm import KernelReport, bench_gemv, get_device
+from waferllm.api.bench import GEMV_ALGOS
 
 NAME = "fig10_gemv_scaling"
-ALGOS = ("meshgemv", "pipeline", "ring")
+ALGOS = GEMV_ALGOS
 SIZES = (2048, 8192, 16384)
 GRIDS = tuple(range(90, 721, 90))
 QUICK_SIZES = (2048,)

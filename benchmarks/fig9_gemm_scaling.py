@@ -29,9 +29,10 @@ from common import (
 )
 
 from waferllm import KernelReport, bench_gemm, get_device
+from waferllm.api.bench import GEMM_ALGOS
 
 NAME = "fig9_gemm_scaling"
-ALGOS = ("meshgemm", "cannon", "summa", "allgather")
+ALGOS = GEMM_ALGOS
 SIZES = (2048, 8192)
 GRIDS = tuple(range(90, 721, 90))
 QUICK_SIZES = (2048,)

@@ -11,16 +11,10 @@ from hypothesis import given, settings
 
 from waferllm.device import tiny
 from waferllm.errors import GridError
-from waferllm.kernels.gemm import (
-    GEMM_KERNELS,
-    WEIGHT_SKEW,
-    align_a,
-    gemm_t,
-    load_weights,
-    meshgemm,
-    prealign_b,
-)
+from waferllm.kernels.gemm import align_a, meshgemm, prealign_b
+from waferllm.kernels.gemm_t import gemm_t
 from waferllm.kernels.reference import compare, gemm_reference, gemm_t_reference
+from waferllm.kernels.registry import GEMM_KERNELS, WEIGHT_SKEW, store_b_for
 from waferllm.mesh import Layout, Ledger, Mesh, RingKind
 from waferllm.mesh.tiling import grid_works, padded_k
 
@@ -42,7 +36,7 @@ def _run(algo: str, grid: tuple[int, int], a: torch.Tensor, b: torch.Tensor, **m
     b_p = torch.nn.functional.pad(b, (0, 0, 0, kp - k))
     nd = a_p.dim()
     a_d = mesh.scatter(a_p, Layout(tuple(a_p.shape), y_dim=nd - 2, x_dim=nd - 1), "a")
-    b_d = load_weights(mesh, b_p, algo=algo)
+    b_d = store_b_for(mesh, b_p, algo=algo)
     result = GEMM_KERNELS[algo](mesh, a=a_d, b=b_d, ledger=Ledger())
     return mesh, result
 
@@ -198,6 +192,6 @@ def test_operands_in_the_wrong_layout_are_refused_with_the_expected_sharding():
         GEMM_KERNELS["summa"](mesh, a=plain_a, b=b6, ledger=Ledger())
 
 
-def test_load_weights_names_the_known_algorithms():
+def test_store_b_for_names_the_known_algorithms():
     with pytest.raises(ValueError, match="meshgemm, cannon, summa, allgather"):
-        load_weights(Mesh(tiny(), 2, 2), torch.randn(4, 4), algo="strassen")
+        store_b_for(Mesh(tiny(), 2, 2), torch.randn(4, 4), algo="strassen")

@@ -12,14 +12,9 @@ import torch
 
 from waferllm.device import tiny, wse2
 from waferllm.errors import SramOverflowError
-from waferllm.kernels.gemm import (
-    GEMM_KERNELS,
-    align_a,
-    gemm_t,
-    load_weights,
-    meshgemm,
-    prealign_b,
-)
+from waferllm.kernels.gemm import align_a, meshgemm, prealign_b
+from waferllm.kernels.gemm_t import gemm_t
+from waferllm.kernels.registry import GEMM_KERNELS, store_b_for
 from waferllm.mesh import (
     Axis,
     Layout,
@@ -52,7 +47,7 @@ def _square(algo: str, p: int, mt: int, kt: int, nt: int, *, device=DEVICE, mode
         b = mesh.scatter(host_b.T.contiguous(), Layout((n, k), y_dim=0, x_dim=1), "b")
         gemm_t(mesh, a=a, b=b, ledger=ledger)
     else:
-        GEMM_KERNELS[algo](mesh, a=a, b=load_weights(mesh, host_b, algo=algo), ledger=ledger)
+        GEMM_KERNELS[algo](mesh, a=a, b=store_b_for(mesh, host_b, algo=algo), ledger=ledger)
     return mesh, ledger
 
 
@@ -290,7 +285,7 @@ def test_estimate_and_functional_ledgers_are_identical(algo, grid):
             b = mesh.scatter(host(n, k), Layout((n, k), y_dim=0, x_dim=1), "b")
             gemm_t(mesh, a=a, b=b, ledger=ledger)
         else:
-            b = load_weights(mesh, host(k, n), algo=algo)
+            b = store_b_for(mesh, host(k, n), algo=algo)
             GEMM_KERNELS[algo](mesh, a=a, b=b, ledger=ledger)
         return ledger, mesh
 

@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from waferllm.device import tiny, with_overrides
 from waferllm.errors import WaferError
 from waferllm.kernels.gemv import (
-    GEMV_KERNELS,
     best_ktree_fanouts,
     ktree_latency_cycles,
     meshgemv,
     pipeline_gemv,
     ring_gemv,
 )
+from waferllm.kernels.registry import GEMV_KERNELS
 from waferllm.mesh import Axis, Layout, Ledger, Mesh, Mode
 from waferllm.mesh.compute import matmul_cycles
 from waferllm.mesh.ktree import ktree_plan

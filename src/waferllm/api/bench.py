@@ -19,9 +19,8 @@ import torch
 
 from waferllm.device import Device, get_device
 from waferllm.errors import SramOverflowError, WaferError
-from waferllm.kernels.gemm import GEMM_KERNELS, WEIGHT_SKEW, load_weights
-from waferllm.kernels.gemv import GEMV_KERNELS
 from waferllm.kernels.reference import compare, gemm_reference, gemv_reference
+from waferllm.kernels.registry import GEMM_KERNELS, GEMV_KERNELS, WEIGHT_SKEW, store_b_for
 from waferllm.kernels.result import KernelResult
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import fanouts_from_groups
@@ -30,6 +29,9 @@ from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import COMPUTE_DTYPES, Mesh, Mode, parse_grid
 
 SCHEMA_VERSION = 1
+# The kernel names `bench_gemm` and `bench_gemv` accept (kernels.registry), for the CLI.
+GEMM_ALGOS = tuple(GEMM_KERNELS)
+GEMV_ALGOS = tuple(GEMV_KERNELS)
 _UNLIMITED_SRAM_BYTES = 1 << 60  # to measure what a point that does not fit would need
 
 
@@ -220,7 +222,7 @@ def bench_gemm(
         if align_both or not ring:
             b = mesh.scatter(host_b, Layout((k_stored, n), y_dim=0, x_dim=1), "b")
         else:
-            b = load_weights(mesh, host_b, algo=algo, name="b")
+            b = store_b_for(mesh, host_b, algo=algo, name="b")
         result = GEMM_KERNELS[algo](mesh, a=a, b=b, ledger=Ledger())
         error = None
         if mesh.mode is Mode.FUNCTIONAL:

@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
-from waferllm.api.bench import KernelReport, bench_gemm, bench_gemv
+from waferllm.api.bench import GEMM_ALGOS, GEMV_ALGOS, KernelReport, bench_gemm, bench_gemv
 from waferllm.cli.common import (
     add_device_options,
     console,
@@ -18,9 +18,6 @@ from waferllm.cli.common import (
     positive_int,
     print_json,
 )
-
-GEMM_ALGOS = ("meshgemm", "cannon", "summa", "allgather")
-GEMV_ALGOS = ("meshgemv", "pipeline", "ring")
 
 
 def _fanouts(text: str) -> tuple[int, ...]:

@@ -2,8 +2,8 @@
 
 Every variant is the same local GEMV followed by an allreduce of the partial sums along the
 axis the input vector is split on; only the allreduce differs (paper §6, SPEC.md §4, §10.5).
-`GEMV_KERNELS` maps the CLI's names to them. Attention and the other transformer ops live in
-`ops.py`; the dense oracles in `reference.py`.
+`registry.GEMV_KERNELS` maps their names to them; attention is in `attention.py`, the other
+transformer ops in norm, softmax, rope and elementwise; the dense oracles in `reference.py`.
 Legend: T tokens (a leading batch of vectors), K reduced (input) dim, N output dim;
 P cores along the reduce axis, Q along the other axis; Kt = ceil(K/P), Nt = ceil(N/Q).
 """
@@ -11,7 +11,7 @@ P cores along the reduce axis, Q along the other axis; Kt = ceil(K/P), Nt = ceil
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -27,8 +27,6 @@ from waferllm.mesh.geometry import Axis
 from waferllm.mesh.ktree import allreduce_latency_cycles, best_fanouts
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh
-
-GemvKernel = Callable[..., KernelResult]
 
 
 # ---- the K-tree's default shape -----------------------------------------------------------------
@@ -330,9 +328,3 @@ def ring_gemv(
 for _kernel in (meshgemv, pipeline_gemv, ring_gemv):
     _kernel.__doc__ = (_kernel.__doc__ or "") + _SHARDING
 del _kernel
-
-GEMV_KERNELS: dict[str, GemvKernel] = {
-    "meshgemv": meshgemv,
-    "pipeline": pipeline_gemv,
-    "ring": ring_gemv,
-}
