@@ -25,7 +25,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from waferllm.kernels import ops
+from waferllm.kernels.softmax import causal_mask, softmax
 from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.comm import (
     allreduce,
@@ -77,7 +77,7 @@ def decode_attention(
         )
         layout = Layout((cols * g, n, rows * width), y_dim=2, x_dim=0, tag="cache_slots")
         scores = mesh.register(full, layout, "scores")
-        probs = ops.softmax(
+        probs = softmax(
             mesh,
             scores=scores,
             ledger=ledger,
@@ -181,7 +181,7 @@ def prefill_attention(
         layout = Layout((cols * g, n, rows * lt, kc * lt), y_dim=2, x_dim=0, tag="owned_keys")
         key = _scratch(mesh, "scores", layout.tile_shape(rows, cols))
         data = _qk_steps(mesh, q_t, k_t, owners, ledger)  # (R, C, G, n, Lt, Kc*Lt)
-        probs = ops.softmax(
+        probs = softmax(
             mesh,
             scores=DistTensor(data, layout, mesh, "scores", key),
             ledger=ledger,
@@ -321,6 +321,6 @@ def _prefill_mask(
     owned = kk[None, :] < torch.as_tensor(owners.num_blocks)[:, None]
     key = (block[:, :, None] * lt + torch.arange(lt)).reshape(1, cols, 1, -1)
     key_ok = (owned[:, :, None].expand(-1, -1, lt).reshape(1, cols, 1, -1)) & (key < length)
-    real = ops.causal_mask(query_positions=query, key_positions=key, sliding_window=sliding_window)
+    real = causal_mask(query_positions=query, key_positions=key, sliding_window=sliding_window)
     keep = torch.where(query < length, real & key_ok, key_ok & (key == 0))
     return keep.reshape(rows, cols, 1, 1, lt, -1)

@@ -14,7 +14,9 @@ import dataclasses
 import numpy as np
 import torch
 
-from waferllm.kernels import ops
+from waferllm.kernels.elementwise import add, silu_mul
+from waferllm.kernels.norm import rms_norm
+from waferllm.kernels.rope import rope
 from waferllm.kernels.attention import decode_attention, prefill_attention
 from waferllm.kernels.gemm import align_a, meshgemm
 from waferllm.kernels.gemv import meshgemv
@@ -86,7 +88,7 @@ def prefill_layer(
     """x[L_y, D_x] -> (x + attn + mlp in x's buffer, this layer's k and v [L_y, kv_x])."""
     cfg, heads = ctx.config, ctx.heads
     with mesh.sram.scope():
-        h = ops.rms_norm(
+        h = rms_norm(
             mesh,
             x=x,
             weight=w["attn_norm"],
@@ -119,7 +121,7 @@ def prefill_layer(
             mesh, a=gemm_operand(mesh, o, ledger, "o"), b=w["wo"], ledger=ledger, op="o_proj"
         ).out
         o = add_bias(mesh, o, w.get("bo"), ledger, "o_bias")
-        x = ops.add(mesh, x=x, y=o, ledger=ledger, op="attn_residual")
+        x = add(mesh, x=x, y=o, ledger=ledger, op="attn_residual")
         x = _prefill_mlp(mesh, w, x, cfg, ledger)
         k_data, v_data = k.data, v.data
     # k and v outlive the layer's scratch: they are this layer's share of the KV cache
@@ -133,7 +135,7 @@ def prefill_layer(
 def _prefill_mlp(
     mesh: Mesh, w: PlacedLayer, x: DistTensor, cfg: ModelConfig, ledger: Ledger
 ) -> DistTensor:
-    h = ops.rms_norm(
+    h = rms_norm(
         mesh,
         x=x,
         weight=w["mlp_norm"],
@@ -147,7 +149,7 @@ def _prefill_mlp(
     up = meshgemm(mesh, a=a, b=w["w_up"], ledger=ledger, op="up_proj").out
     gate = add_bias(mesh, gate, w.get("b_gate"), ledger, "gate_bias")
     up = add_bias(mesh, up, w.get("b_up"), ledger, "up_bias")
-    act = ops.silu_mul(mesh, gate=gate, up=up, ledger=ledger)
+    act = silu_mul(mesh, gate=gate, up=up, ledger=ledger)
     down = meshgemm(
         mesh,
         a=gemm_operand(mesh, act, ledger, "down"),
@@ -156,7 +158,7 @@ def _prefill_mlp(
         op="down_proj",
     ).out
     down = add_bias(mesh, down, w.get("b_down"), ledger, "down_bias")
-    return ops.add(mesh, x=x, y=down, ledger=ledger, op="mlp_residual")
+    return add(mesh, x=x, y=down, ledger=ledger, op="mlp_residual")
 
 
 def _rope(
@@ -169,7 +171,7 @@ def _rope(
     inner = (per_slot, heads.head_slots) if per_slot > 1 else (heads.head_slots,)
     shape = (*lead, heads.num_cols * heads.kv_per_tile, *inner)
     shaped = Layout(shape, y_dim=0, x_dim=1) if lead else Layout(shape, x_dim=0)
-    rotated = ops.rope(mesh, x=view(t, shaped), cos=ctx.cos, sin=ctx.sin, ledger=ledger, op=op)
+    rotated = rope(mesh, x=view(t, shaped), cos=ctx.cos, sin=ctx.sin, ledger=ledger, op=op)
     return view(rotated, t.layout)
 
 
@@ -198,7 +200,7 @@ def decode_layer(
     cfg, heads = ctx.config, ctx.heads
     rows, cols = mesh.shape
     with mesh.sram.scope():
-        h = ops.rms_norm(
+        h = rms_norm(
             mesh, x=x, weight=w["attn_norm"], ledger=ledger, eps=cfg.rms_norm_eps, op="attn_norm"
         )
         q, k, v = meshgemv(
@@ -232,8 +234,8 @@ def decode_layer(
             )
         o = meshgemv(mesh, x=attn, w=w["wo"], ledger=ledger, reduce_axis=Axis.X, op="o_proj").out
         o = add_bias(mesh, o, w.get("bo"), ledger, "o_bias")
-        x = ops.add(mesh, x=x, y=o, ledger=ledger, op="attn_residual")
-        h = ops.rms_norm(
+        x = add(mesh, x=x, y=o, ledger=ledger, op="attn_residual")
+        h = rms_norm(
             mesh, x=x, weight=w["mlp_norm"], ledger=ledger, eps=cfg.rms_norm_eps, op="mlp_norm"
         )
         gate, up = meshgemv(
@@ -241,12 +243,12 @@ def decode_layer(
         ).outs
         gate = add_bias(mesh, gate, w.get("b_gate"), ledger, "gate_bias")
         up = add_bias(mesh, up, w.get("b_up"), ledger, "up_bias")
-        act = ops.silu_mul(mesh, gate=gate, up=up, ledger=ledger)
+        act = silu_mul(mesh, gate=gate, up=up, ledger=ledger)
         down = meshgemv(
             mesh, x=act, w=w["w_down"], ledger=ledger, reduce_axis=Axis.X, op="down_proj"
         ).out
         down = add_bias(mesh, down, w.get("b_down"), ledger, "down_bias")
-        return ops.add(mesh, x=x, y=down, ledger=ledger, op="mlp_residual")
+        return add(mesh, x=x, y=down, ledger=ledger, op="mlp_residual")
 
 
 def decode_slot_mask(

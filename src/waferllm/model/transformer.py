@@ -20,7 +20,8 @@ import torch
 
 from waferllm.device import Device
 from waferllm.errors import SramOverflowError, WaferError
-from waferllm.kernels import ops
+from waferllm.kernels.elementwise import argmax, embed
+from waferllm.kernels.norm import rms_norm
 from waferllm.kernels.attention import decode_attention
 from waferllm.kernels.gemv import meshgemv, pipeline_gemv
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
@@ -528,7 +529,7 @@ class MeshTransformer:
         """Token ids -> hidden states on the first region (prefill [L_y, D_x], decode [D_y])."""
         mesh, table = state.embed_mesh, state.embed_view
         with ledger.scope("embed"):
-            out = ops.embed(
+            out = embed(
                 mesh,
                 ids=torch.tensor(list(ids), dtype=torch.int64),
                 table=table,
@@ -547,7 +548,7 @@ class MeshTransformer:
         the middle column, whose routes its layers already hold (SPEC.md §10.7)."""
         mesh = x.mesh
         prefill = state.phase is Phase.PREFILL
-        h = ops.rms_norm(
+        h = rms_norm(
             mesh,
             x=x,
             weight=state.final_norm,
@@ -574,7 +575,7 @@ class MeshTransformer:
         argmax uses the Y ring the MeshGEMMs configured, keeping the prefill program within
         its route budget."""
         mesh = logits.mesh
-        ids = ops.argmax(mesh, logits=logits, ledger=ledger, algorithm=algorithm)
+        ids = argmax(mesh, logits=logits, ledger=ledger, algorithm=algorithm)
         token = mesh.gather(ids, ledger=ledger)
         ids.free()
         self._drop_logits()

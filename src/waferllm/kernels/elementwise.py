@@ -1,0 +1,187 @@
+"""Elementwise and lookup ops on the mesh: the SiLU-gated product, the residual add, the
+embedding lookup and the greedy argmax over the vocab.
+
+Each works in both modes, is vectorised over the cores and masks padding where it could leak.
+Legend: T tokens, D hidden, V vocab, Vt and Dt their tiles, P_A cores along the vocab axis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from waferllm.errors import WaferError
+from waferllm.kernels.vector import (
+    ADD,
+    COPY,
+    MAX_ACC,
+    SILU_MUL,
+    as_dtype,
+    axis_of,
+    charge_vector,
+    lead_count,
+    plain_layout,
+    small_allreduce,
+    valid_mask,
+)
+from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp, broadcast
+from waferllm.mesh.cost import Ledger
+from waferllm.mesh.geometry import Axis
+from waferllm.mesh.tensor import DistTensor, Layout
+from waferllm.mesh.virtual import Mesh, Mode
+
+
+def _check_same_layout(a: DistTensor, b: DistTensor, op: str) -> None:
+    if a.layout != b.layout or a.mesh is not b.mesh:
+        raise WaferError(f"{op}: '{a.name}' {a.layout} and '{b.name}' {b.layout} must match")
+
+
+def silu_mul(
+    mesh: Mesh, *, gate: DistTensor, up: DistTensor, ledger: Ledger, op: str = "silu_mul"
+) -> DistTensor:
+    """The gated FFN's SiLU(gate) * up, in place into `gate`'s buffer (free `up` afterwards).
+
+    Layout: gate and up identical (decode: [*T, F] split along X). Zero padding stays zero.
+    Cost: R instructions of the last tile dim: R*max(floor, 4L/F, 3L*s/S).
+    """
+    _check_same_layout(gate, up, op)
+    data = torch.nn.functional.silu(gate.data) * up.data
+    charge_vector(
+        mesh, ledger, op, rows=lead_count(data, -1), length=gate.tile_shape[-1], cost=SILU_MUL
+    )
+    return gate.replace(data)
+
+
+def add(mesh: Mesh, *, x: DistTensor, y: DistTensor, ledger: Ledger, op: str = "add") -> DistTensor:
+    """Residual add x + y, in place into `x`'s buffer (the residual stream). Same layouts.
+    Cost: R instructions of the last tile dim: R*max(floor, L/F, 3L*s/S)."""
+    _check_same_layout(x, y, op)
+    charge_vector(mesh, ledger, op, rows=lead_count(x.data, -1), length=x.tile_shape[-1], cost=ADD)
+    return x.replace(x.data + y.data)
+
+
+def embed(
+    mesh: Mesh,
+    *,
+    ids: torch.Tensor,
+    table: DistTensor,
+    ledger: Ledger,
+    tokens_axis: Axis | None = None,
+    op: str = "embed",
+) -> DistTensor:
+    """Embedding lookup on the mesh: the line owning each token's row extracts it and multicasts
+    it along the vocab axis A.
+
+    Layout: table[V_A, D_B] (vocab split along A, hidden along the other axis B, or replicated);
+    ids[T] on the host -> out[T, D_B] with T replicated along A (decode, `E_y L^x` when A = X)
+    or split along A when `tokens_axis` is A (prefill, `L_y E_x` when A = Y).
+    Cost (independent of the ids, so estimate mode charges the same): T row copies of Dt on the
+    owners, then T pipelined multicasts charged from the end of the line, the worst case:
+    T*max(floor, 2Dt*s/S) + (P_A-1)*alpha + T*Dt*s/link.
+    """
+    if len(table.layout.shape) != 2 or axis_of(table.layout, 0) is None:
+        raise WaferError(
+            f"embedding table '{table.name}' must be [V, D] with V split: {table.layout}"
+        )
+    axis = axis_of(table.layout, 0)
+    assert axis is not None
+    if tokens_axis is not None and tokens_axis is not axis:
+        raise WaferError(f"tokens can only be split along the vocab axis {axis.value}")
+    vocab, hidden = table.layout.shape
+    num_tokens = int(ids.shape[0])
+    vt, dt = table.tile_shape
+    if mesh.mode is Mode.FUNCTIONAL:
+        if ids.dim() != 1 or ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise WaferError(f"token ids must be a 1-D tensor of values in [0, {vocab})")
+        owner, local = ids // vt, ids % vt
+        if axis is Axis.Y:  # [T, cols, Dt] -> [rows, cols, T, Dt]
+            picked = table.data[owner, :, local, :].permute(1, 0, 2).unsqueeze(0)
+        else:  # [rows, T, Dt] -> [rows, cols, T, Dt]
+            picked = table.data[:, owner, local, :].unsqueeze(1)
+        rows_data = picked.expand(*mesh.shape, num_tokens, dt).contiguous()
+    else:
+        rows_data = torch.empty(
+            (*mesh.shape, num_tokens, dt), dtype=table.data.dtype, device="meta"
+        )
+    charge_vector(mesh, ledger, f"{op}.extract", rows=num_tokens, length=dt, cost=COPY)
+    # every line holds the same rows now; the multicast is priced from the worst-case root
+    rows_data = broadcast(mesh, rows_data, axis=axis, root=0, ledger=ledger, op=f"{op}.bcast")
+    placement = {axis_of(table.layout, 1): 1, tokens_axis: 0}
+    layout = plain_layout((num_tokens, hidden), placement)
+    if tokens_axis is None:
+        return mesh.register(rows_data, layout, f"{op}.out")
+    tt = layout.tile_shape(*mesh.shape)[0]
+    num = mesh.size(axis)
+    padded = torch.nn.functional.pad(rows_data, (0, 0, 0, num * tt - num_tokens))
+    blocks = padded.reshape(*mesh.shape, num, tt, dt)
+    # core i along A keeps token block i: the diagonal of (core index, block index)
+    if axis is Axis.Y:
+        mine = blocks.diagonal(0, 0, 2).permute(3, 0, 1, 2)
+    else:
+        mine = blocks.diagonal(0, 1, 2).permute(0, 3, 1, 2)
+    return mesh.register(mine.contiguous(), layout, f"{op}.out")
+
+
+def argmax(
+    mesh: Mesh,
+    *,
+    logits: DistTensor,
+    ledger: Ledger,
+    op: str = "argmax",
+    algorithm: ReduceAlgorithm = ReduceAlgorithm.KTREE,
+) -> DistTensor:
+    """Greedy token selection on the mesh: torch.argmax over the last (vocab) dim, ties to the
+    lowest index, padded vocab entries -inf.
+
+    Layout: logits[*T, V] with V split along A -> int64 ids[*T] replicated along A (T keeps its
+    split along the other axis, if any). Schedule: local max and first index (R instructions of
+    Vt); allreduce-max of the values (one per token); each core offers its global index where
+    its value equals the maximum; allreduce-max of the negated index (32-bit: two words).
+    Cost: R*max(floor, Vt/F, Vt*s/S) + allreduce(R*s) + allreduce(2R*s).
+    """
+    v_dim = len(logits.layout.shape) - 1
+    axis = axis_of(logits.layout, v_dim)
+    vt = logits.tile_shape[-1]
+    values = as_dtype(logits.data, torch.float32)
+    valid = valid_mask(logits, v_dim)
+    if valid is not None:
+        values = torch.where(valid, values, -math.inf)
+    charge_vector(mesh, ledger, f"{op}.local", rows=lead_count(values, -1), length=vt, cost=MAX_ACC)
+    best, local = values.max(dim=-1, keepdim=True)
+    if axis is not None:
+        offset = torch.arange(mesh.size(axis), device=local.device) * vt
+        shape = [1] * local.dim()
+        shape[axis.tensor_dim] = mesh.size(axis)
+        index = local + offset.reshape(shape)
+        top = small_allreduce(
+            mesh,
+            best,
+            axis=axis,
+            ledger=ledger,
+            op=f"{op}.allreduce_max",
+            reduce_op=ReduceOp.MAX,
+            algorithm=algorithm,
+        )
+        lowest = torch.iinfo(torch.int64).min
+        offer = torch.where(best == top, -index, lowest)
+        # a 32-bit index travels as two 16-bit words
+        offer = offer.expand(*offer.shape[:-1], 2)
+        index = -small_allreduce(
+            mesh,
+            offer,
+            axis=axis,
+            ledger=ledger,
+            op=f"{op}.allreduce_index",
+            reduce_op=ReduceOp.MAX,
+            algorithm=algorithm,
+        )[..., :1]
+    else:
+        index = local
+    lead = logits.layout
+    out_layout = Layout(
+        lead.shape[:-1],
+        y_dim=lead.y_dim if lead.y_dim != v_dim else None,
+        x_dim=lead.x_dim if lead.x_dim != v_dim else None,
+    )
+    return mesh.register(index.squeeze(-1).contiguous(), out_layout, f"{op}.out")

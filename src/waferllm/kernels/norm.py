@@ -1,0 +1,80 @@
+"""RMSNorm on the mesh: a local sum of squares, an allreduce of one scalar per token, a scale.
+
+Exactly transformers' LlamaRMSNorm (the divisor is the true hidden size; padding is masked).
+Legend: T tokens, D hidden, Dt its tile; s storage bytes, F flops/cycle, S SRAM bytes/cycle.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from waferllm.errors import WaferError
+from waferllm.kernels.vector import (
+    SCALE_MUL,
+    SQUARE_ACC,
+    as_dtype,
+    axis_of,
+    charge_vector,
+    lead_count,
+    small_allreduce,
+    valid_mask,
+)
+from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp
+from waferllm.mesh.cost import Ledger
+from waferllm.mesh.tensor import DistTensor
+from waferllm.mesh.virtual import Mesh
+
+
+def rms_norm(
+    mesh: Mesh,
+    *,
+    x: DistTensor,
+    weight: DistTensor,
+    ledger: Ledger,
+    eps: float,
+    op: str = "rmsnorm",
+    algorithm: ReduceAlgorithm = ReduceAlgorithm.KTREE,
+) -> DistTensor:
+    """RMSNorm over the last (hidden) dim D, exactly as transformers' LlamaRMSNorm.
+
+    Layout: x[*T, D] with D split along one axis A (or local), any split of T; weight[D] with
+    D split along A, replicated along the other axis -> a new tensor in x's layout.
+    Schedule: local sum of squares (T instructions of Dt), allreduce of one scalar per token
+    along A, r = rsqrt(sum / D_true + eps) (T instructions of 1), y = w * (x * r) (T of Dt).
+    Padded entries are masked out of the sum; the divisor is the true D.
+    Cost: T*[max(floor, 2Dt/F, Dt*s/S) + floor + max(floor, 2Dt/F, 3Dt*s/S)] + allreduce(T*s).
+    """
+    d_dim = len(x.layout.shape) - 1
+    axis = axis_of(x.layout, d_dim)
+    d_true = x.layout.shape[d_dim]
+    if weight.layout.shape != (d_true,) or axis_of(weight.layout, 0) != axis:
+        raise WaferError(
+            f"RMSNorm weight '{weight.name}' {weight.layout} must be [{d_true}] split like the "
+            f"hidden dim of '{x.name}' ({x.layout})"
+        )
+    dtype = x.data.dtype
+    xf = as_dtype(x.data, torch.float32)
+    valid = valid_mask(x, d_dim)
+    if valid is not None:
+        xf = torch.where(valid, xf, 0.0)
+    rows, dt = lead_count(x.data, d_dim), x.data.shape[-1]
+    charge_vector(mesh, ledger, f"{op}.sum_squares", rows=rows, length=dt, cost=SQUARE_ACC)
+    sum_sq = (xf * xf).sum(dim=-1, keepdim=True)
+    if axis is not None:
+        sum_sq = small_allreduce(
+            mesh,
+            sum_sq,
+            axis=axis,
+            ledger=ledger,
+            op=f"{op}.allreduce",
+            reduce_op=ReduceOp.SUM,
+            algorithm=algorithm,
+        )
+    charge_vector(mesh, ledger, f"{op}.rsqrt", rows=rows, length=1, cost=(2, 2))
+    scale = torch.rsqrt(sum_sq / d_true + eps)
+    w = weight.data  # [Dt] tiles, aligned with x's last dim
+    if x.data.dim() > 3:
+        w = w.reshape(*mesh.shape, *([1] * (x.data.dim() - 3)), dt)
+    charge_vector(mesh, ledger, f"{op}.scale", rows=rows, length=dt, cost=SCALE_MUL)
+    out = w * as_dtype(xf * scale, dtype)
+    return mesh.register(as_dtype(out, dtype), x.layout, f"{op}.out")

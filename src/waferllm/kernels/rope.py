@@ -1,0 +1,69 @@
+"""RoPE on the mesh: x*cos + rotate_half(x)*sin on every core's head-dim slice (SPEC.md §10.8).
+
+The one slot order is `heads.HeadLayout`'s: each core's slice holds whole (i, i + hd/2) pairs,
+first halves then second halves, so no data moves. The cos/sin tables come in that order
+(the model builds them from `HeadLayout.rope_pairs`).
+Legend: S rotated slice of one core, R its other tile entries.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from waferllm.errors import WaferError
+from waferllm.kernels.vector import (
+    ROTATE,
+    as_dtype,
+    charge_vector,
+    lead_count,
+)
+from waferllm.mesh.cost import Ledger
+from waferllm.mesh.tensor import DistTensor
+from waferllm.mesh.virtual import Mesh
+
+
+def rope(
+    mesh: Mesh,
+    *,
+    x: DistTensor,
+    cos: DistTensor,
+    sin: DistTensor,
+    ledger: Ledger,
+    op: str = "rope",
+) -> DistTensor:
+    """Rotate q or k in place: x*cos + rotate_half(x)*sin on every core's slice, in x's dtype.
+
+    Layout: x's tiles end in one permuted head-dim slice of S entries (first halves, then
+    second halves: `heads.HeadLayout`), e.g. [T, n_rep, S]; cos/sin tiles [*T, S] in the
+    same order, broadcast over x's extra (head) dims. No communication.
+    Cost: R instructions of S, R = x's other tile entries: R*max(floor, 3S/F, 4S*s/S_bw).
+    """
+    size = x.tile_shape[-1]
+    for table in (cos, sin):
+        if table.tile_shape[-1] != size or len(table.tile_shape) > len(x.tile_shape):
+            raise WaferError(
+                f"RoPE table '{table.name}' tiles {table.tile_shape} do not match "
+                f"'{x.name}' tiles {x.tile_shape}"
+            )
+    if size % 2:
+        raise WaferError(f"RoPE needs an even slice per core, '{x.name}' has {size}")
+    extra = len(x.tile_shape) - len(cos.tile_shape)
+
+    def aligned(t: DistTensor) -> torch.Tensor:
+        return as_dtype(t.data.reshape(*t.data.shape[:-1], *([1] * extra), size), x.data.dtype)
+
+    data = x.data
+    # rotate_half(x) * sin = [x2, x1] * ([-1, 1] * sin): (-a)*b and a*(-b) are the same float
+    swapped = data.roll(size // 2, dims=-1)
+    sin_signed = aligned(sin) * _rotation_signs(size, data.dtype, data.device.type)
+    charge_vector(mesh, ledger, op, rows=lead_count(data, -1), length=size, cost=ROTATE)
+    return x.replace(data * aligned(cos) + swapped * sin_signed)
+
+
+@lru_cache(maxsize=64)
+def _rotation_signs(size: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """[-1] * (size/2) + [1] * (size/2): rotate_half's signs (callers only read it)."""
+    half = size // 2
+    return torch.tensor([-1.0] * half + [1.0] * half, dtype=dtype, device=device)

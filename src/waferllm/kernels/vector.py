@@ -1,0 +1,166 @@
+"""What the transformer's vector ops share: per-element costs, the vector-instruction charge,
+padding masks and positions of tile entries, and the small allreduces of norms and softmax.
+
+The ops themselves live in norm, softmax, rope and elementwise; GEMVs in `gemv.py`.
+Legend: R vector instructions per core (the other tile entries), L their length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+
+import torch
+
+from waferllm.errors import WaferError
+from waferllm.kernels.gemv import best_ktree_fanouts
+from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp, allreduce, segmented_allreduce
+from waferllm.mesh.compute import charge_compute, vector_op_cycles
+from waferllm.mesh.cost import Ledger
+from waferllm.mesh.geometry import Axis
+from waferllm.mesh.tensor import DistTensor, Layout
+from waferllm.mesh.virtual import Mesh, Mode
+
+# Cost of one element of each op, in FLOPs (exp, rsqrt and division count as one each) and in
+# storage elements moved through SRAM (reads + writes of streamed operands).
+SQUARE_ACC = (2, 1)  # acc += x*x: read x
+SCALE_MUL = (2, 3)  # y = (x * r) * w: read x, w; write y
+MAX_ACC = (1, 1)  # m = max(m, x)
+EXP_SUB = (2, 2)  # e = exp(s - m): read s, write e
+SUM_ACC = (1, 1)  # acc += e
+DIVIDE = (1, 2)  # p = e / sum
+MASK_SELECT = (1, 3)  # s = keep ? s : -inf: read s, keep; write s
+ROTATE = (3, 4)  # x*cos + rot(x)*sin: read x, cos, sin; write
+SILU_MUL = (4, 3)  # gate / (1 + exp(-gate)) * up: read gate, up; write
+ADD = (1, 3)
+SCALE = (1, 2)  # s *= c: read s, write s
+COPY = (0, 2)
+
+
+def charge_vector(
+    mesh: Mesh, ledger: Ledger, op: str, *, rows: int, length: int, cost: tuple[int, int]
+) -> None:
+    """`rows` vector instructions of `length` elements on every core (SPEC.md §3 roofline)."""
+    if not ledger.prices:
+        return
+    flops, sram = cost
+    cycles = vector_op_cycles(
+        mesh.device,
+        num_instructions=rows,
+        length=length,
+        flops_per_element=flops,
+        sram_elements_per_element=sram,
+    )
+    charge_compute(mesh, ledger, op, cycles=cycles, flops_per_core=rows * length * flops)
+
+
+def as_dtype(data: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`data.to(dtype)` without a call into torch when it already has that dtype."""
+    return data if data.dtype == dtype else data.to(dtype)
+
+
+def axis_of(layout: Layout, dim: int) -> Axis | None:
+    for axis in (Axis.Y, Axis.X):
+        if layout.dim_of(axis) == dim:
+            return axis
+    return None
+
+
+def small_allreduce(
+    mesh: Mesh,
+    data: torch.Tensor,
+    *,
+    axis: Axis,
+    ledger: Ledger,
+    op: str,
+    reduce_op: ReduceOp,
+    algorithm: ReduceAlgorithm,
+    group_sizes: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Allreduce small per-core vectors: the K-tree (default fan-outs of `gemv`), a chain to the
+    middle core then a broadcast (`pipeline`, the prefill plan's X reduce), the ring, or a
+    segmented chain per group of consecutive cores (`group_sizes`, per kv-group)."""
+    if group_sizes is not None:
+        return segmented_allreduce(
+            mesh,
+            data,
+            axis=axis,
+            group_sizes=tuple(int(g) for g in group_sizes),
+            ledger=ledger,
+            op=op,
+            reduce_op=reduce_op,
+        )
+    num = mesh.size(axis)
+    fanouts = best_ktree_fanouts(mesh.device, num) if algorithm is ReduceAlgorithm.KTREE else None
+    return allreduce(
+        mesh,
+        data,
+        axis=axis,
+        ledger=ledger,
+        op=op,
+        algorithm=algorithm,
+        root=num // 2 if algorithm is ReduceAlgorithm.PIPELINE else None,
+        fanouts=fanouts,
+        reduce_op=reduce_op,
+    )
+
+
+def tile_positions(
+    tensor: DistTensor, dim: int, positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """int64 tensor broadcastable to `tensor.data`: for every tile entry along logical `dim`,
+    `positions[i]` of its logical index i (i itself when `positions` is None), -1 on padding.
+
+    Shape: (rows or 1, cols or 1, 1, ..., tile[dim], ..., 1). In estimate mode the values are
+    unknown (meta)."""
+    mesh, layout = tensor.mesh, tensor.layout
+    ndim = len(layout.shape)
+    dim = dim % ndim
+    tile = tensor.tile_shape[dim]
+    axis = axis_of(layout, dim)
+    shape = [1, 1] + [1] * ndim
+    shape[2 + dim] = tile
+    if axis is not None:
+        shape[axis.tensor_dim] = mesh.size(axis)
+    if mesh.mode is Mode.ESTIMATE:
+        return torch.empty(shape, dtype=torch.int64, device="meta")
+    index = torch.arange(tile)
+    if axis is not None:
+        index = torch.arange(mesh.size(axis))[:, None] * tile + index[None, :]
+    size = layout.shape[dim]
+    valid = index < size
+    if positions is not None:
+        if tuple(positions.shape) != (size,):
+            raise WaferError(f"positions of shape {tuple(positions.shape)} for a dim of {size}")
+        values = positions.to(torch.int64)[index.clamp(max=size - 1)]
+    else:
+        values = index
+    return torch.where(valid, values, torch.full_like(values, -1)).reshape(shape)
+
+
+def valid_mask(tensor: DistTensor, dim: int) -> torch.Tensor | None:
+    """Bool mask of the non-padding entries along `dim` (None when `dim` has no padding)."""
+    layout = tensor.layout
+    dim = dim % len(layout.shape)
+    if not _is_padded(layout, *tensor.mesh.shape, dim):
+        return None
+    return tile_positions(tensor, dim) >= 0
+
+
+@lru_cache(maxsize=1024)
+def _is_padded(layout: Layout, rows: int, cols: int, dim: int) -> bool:
+    """Whether `dim` is split and its tiles end in zero padding on a rows x cols mesh."""
+    padded = layout.padded_shape(rows, cols)[dim]
+    return axis_of(layout, dim) is not None and padded != layout.shape[dim]
+
+
+def plain_layout(shape: tuple[int, ...], placement: dict[Axis | None, int]) -> Layout:
+    """A plain layout from {mesh axis: logical dim} (a None key is ignored)."""
+    return Layout(shape, y_dim=placement.get(Axis.Y), x_dim=placement.get(Axis.X))
+
+
+def lead_count(data: torch.Tensor, dim: int) -> int:
+    """Vector instructions per core for an op along tile dim `dim`: the other tile dims."""
+    tile = data.shape[2:]
+    return math.prod(tile) // tile[dim] if tile[dim] else 0
