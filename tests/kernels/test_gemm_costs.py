@@ -27,7 +27,7 @@ from waferllm.mesh import (
     rings,
 )
 from waferllm.mesh.compute import matmul_cycles
-from waferllm.mesh.relay import MulticastPlan, multicast_traffic, plan_multicasts
+from waferllm.mesh.relay import MulticastPlan, plan_multicasts, relayed_multicast_traffic
 from waferllm.mesh.tiling import LogicalGrid, padded_k, to_logical
 
 DEVICE = dataclasses.replace(tiny(), step_overhead_cycles=5.0)
@@ -220,7 +220,7 @@ def test_relayed_multicast_counts_the_relays_a_stream_crosses():
     shape = (1, 8)
 
     def path(root: int, segment: int) -> tuple[int, int]:
-        t = multicast_traffic(d, shape, Axis.X, roots=(root,), segment=segment, nbytes=4)
+        t = relayed_multicast_traffic(d, shape, Axis.X, roots=(root,), segment=segment, nbytes=4)
         return t.critical_hops, t.critical_stages
 
     assert path(0, 8) == (7, 0)  # direct

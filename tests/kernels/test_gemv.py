@@ -22,7 +22,7 @@ from waferllm.kernels.gemv import (
 from waferllm.kernels.registry import GEMV_KERNELS
 from waferllm.mesh import Axis, Layout, Ledger, Mesh, Mode
 from waferllm.mesh.compute import matmul_cycles
-from waferllm.mesh.ktree import ktree_plan
+from waferllm.mesh.ktree import tree_plan
 
 GRIDS = [(1, 1), (2, 2), (3, 3), (4, 4), (3, 5), (5, 7), (8, 8)]
 
@@ -166,9 +166,8 @@ def test_meshgemv_charges_the_tree_plans_critical_path_and_broadcast(num):
     xd, (wd,) = _place(mesh, torch.randn(num * 2), [torch.randn(num * 2, 4)], Axis.Y)
     fanouts = best_ktree_fanouts(mesh.device, num)
     d = mesh.device
-    _, _, root, hops, stages = ktree_plan(
-        num, fanouts, d.hop_latency_cycles, d.stage_latency_cycles
-    )
+    plan = tree_plan(num, fanouts, d.hop_latency_cycles, d.stage_latency_cycles)
+    root, hops, stages = plan.root, plan.critical_hops, plan.critical_stages
     records = meshgemv(mesh, x=xd, w=wd, ledger=Ledger()).records
     (red,) = [r for r in records if r.op.endswith(".reduce")]
     (bcast,) = [r for r in records if r.op.endswith(".bcast")]
@@ -219,7 +218,8 @@ def test_explicit_fanouts_are_used():
     stages = [[r.critical_stages for r in rs if r.op.endswith(".reduce")][0] for rs in (a, b)]
     d = mesh.device
     want = [
-        ktree_plan(12, f, d.hop_latency_cycles, d.stage_latency_cycles)[4] for f in ((12,), (3, 4))
+        tree_plan(12, f, d.hop_latency_cycles, d.stage_latency_cycles).critical_stages
+        for f in ((12,), (3, 4))
     ]
     assert stages == want and stages[0] != stages[1]
 
@@ -261,7 +261,7 @@ def test_without_broadcast_only_the_root_line_holds_the_result(algo):
 def _tree_root(mesh: Mesh) -> int:
     d = mesh.device
     fan = best_ktree_fanouts(d, mesh.rows)
-    return ktree_plan(mesh.rows, fan, d.hop_latency_cycles, d.stage_latency_cycles)[2]
+    return tree_plan(mesh.rows, fan, d.hop_latency_cycles, d.stage_latency_cycles).root
 
 
 def _bad_call(kind: str) -> None:

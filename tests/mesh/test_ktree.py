@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from waferllm.mesh import best_fanouts, fanouts_from_groups, tree_plan
 from waferllm.mesh.geometry import group_bounds
-from waferllm.mesh.ktree import allreduce_latency_cycles, ktree_plan, resolve_fanouts
+from waferllm.mesh.ktree import allreduce_latency_cycles, resolve_fanouts
 
 
 @st.composite
@@ -126,12 +126,3 @@ def test_the_default_tree_is_two_levels_no_slower_than_any_nearby_group_count(nu
         if abs(groups - math.sqrt(num)) <= math.sqrt(num) / 2:
             assert chosen <= allreduce_latency_cycles(num, other, alpha, beta)
     assert resolve_fanouts(num, None, alpha=alpha, beta=beta) == fanouts
-
-
-def test_ktree_plan_keeps_its_tuple_form():
-    src, dst, root, hops, stages = ktree_plan(9, (3, 3), 1.0, 30.0)
-    plan = tree_plan(9, (3, 3), 1.0, 30.0)
-    assert (
-        (root, hops, stages) == (plan.root, plan.critical_hops, plan.critical_stages) == (4, 4, 1)
-    )
-    assert np.array_equal(src, plan.src) and np.array_equal(dst, plan.dst)

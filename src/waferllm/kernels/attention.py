@@ -25,8 +25,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from waferllm.kernels.softmax import causal_mask, softmax
 from waferllm.kernels.heads import HeadLayout
+from waferllm.kernels.softmax import causal_mask, softmax
 from waferllm.mesh.comm import (
     allreduce,
     charge_multicast,

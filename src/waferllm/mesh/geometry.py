@@ -69,11 +69,6 @@ def ring_successor(num: int, kind: RingKind = RingKind.INTERLEAVED, steps: int =
     return dst
 
 
-def hop_distance(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Physical hops between cores on one line (dimension-ordered routing: |src - dst|)."""
-    return np.abs(np.asarray(dst) - np.asarray(src))
-
-
 def shorter_way(steps: np.ndarray, num: int) -> np.ndarray:
     """Signed ring steps in (-num/2, num/2] equivalent to `steps` modulo `num`."""
     s = np.mod(steps, num)

@@ -110,14 +110,6 @@ def _join_side(
     nxt.received[g] = True
 
 
-def ktree_plan(
-    num: int, fanouts: tuple[int, ...], alpha: float, beta: float
-) -> tuple[np.ndarray, np.ndarray, int, int, int]:
-    """`tree_plan` as the tuple (src, dst, root, critical hops, critical stages)."""
-    plan = tree_plan(num, fanouts, alpha, beta)
-    return plan.src, plan.dst, plan.root, plan.critical_hops, plan.critical_stages
-
-
 @lru_cache(maxsize=4096)
 def tree_plan(num: int, fanouts: tuple[int, ...], alpha: float, beta: float) -> TreePlan:
     """The K-tree over `num` cores with fan-outs `fanouts` (bottom level first).

@@ -68,7 +68,7 @@ def plan_multicasts(mesh: Mesh, axes: tuple[Axis, ...], *, name: str) -> dict[Ax
 
 
 @lru_cache(maxsize=8192)
-def multicast_traffic(
+def relayed_multicast_traffic(
     device: Device,
     shape: tuple[int, int],
     axis: Axis,
@@ -171,7 +171,7 @@ def cross_multicast(
             parts.append(empty)
             continue
         parts.append(
-            multicast_traffic(
+            relayed_multicast_traffic(
                 mesh.device, mesh.shape, axis, roots=(root,), segment=plan.segment, nbytes=nbytes
             )
         )
@@ -200,7 +200,7 @@ def allgather(
     nbytes = int(np.prod(data.shape[2:], dtype=np.int64)) * mesh.device.storage_bytes
     if num > 1:
         roots = tuple(range(num))
-        traffic = multicast_traffic(
+        traffic = relayed_multicast_traffic(
             mesh.device, mesh.shape, axis, roots=roots, segment=plan.segment, nbytes=nbytes
         )
         ledger.charge(op, Charge.comm(traffic), phase=phase)

@@ -55,11 +55,6 @@ class LogicalGrid:
         """Logical lines along `axis` that one physical line carries."""
         return self.per(axis.other)
 
-    @property
-    def is_physical(self) -> bool:
-        """True on a square mesh: every logical core is a physical one."""
-        return self.rows == self.cols
-
 
 def grid_works(rows: int, cols: int) -> bool:
     return math.lcm(rows, cols) <= LCM_FACTOR * max(rows, cols)

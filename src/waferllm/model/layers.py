@@ -14,13 +14,13 @@ import dataclasses
 import numpy as np
 import torch
 
-from waferllm.kernels.elementwise import add, silu_mul
-from waferllm.kernels.norm import rms_norm
-from waferllm.kernels.rope import rope
 from waferllm.kernels.attention import decode_attention, prefill_attention
+from waferllm.kernels.elementwise import add, silu_mul
 from waferllm.kernels.gemm import align_a, meshgemm
 from waferllm.kernels.gemv import meshgemv
 from waferllm.kernels.heads import HeadLayout
+from waferllm.kernels.norm import rms_norm
+from waferllm.kernels.rope import rope
 from waferllm.mesh.comm import ReduceAlgorithm
 from waferllm.mesh.compute import charge_compute, elementwise, vector_op_cycles
 from waferllm.mesh.cost import Ledger

@@ -20,10 +20,10 @@ import torch
 
 from waferllm.device import Device
 from waferllm.errors import SramOverflowError, WaferError
-from waferllm.kernels.elementwise import argmax, embed
-from waferllm.kernels.norm import rms_norm
 from waferllm.kernels.attention import decode_attention
+from waferllm.kernels.elementwise import argmax, embed
 from waferllm.kernels.gemv import meshgemv, pipeline_gemv
+from waferllm.kernels.norm import rms_norm
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
 from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
