@@ -1,0 +1,326 @@
+"""Closed-form ledger tests of attention and of the KV cache's shift (STYLE.md §18).
+
+Every record of prefill attention (the dist-GEMM-T steps with their streamed reduce: first,
+middle and last; the softmax along X within kv-groups; the P multicast with the P V steps),
+of decode attention and of the KV-cache shift equals the docstrings' formulas exactly, on
+small meshes: kv-groups of one column, shared kv-groups (more columns than kv heads, owners
+at a group end and inside it) and odd non-square meshes.
+Legend: R rows, C columns, G kv heads per column, n query heads per kv head, H head-dim slots,
+Lt tokens per row, Kc key blocks per column, s storage bytes, alpha per hop, beta per stage,
+W link (= ramp) bytes per cycle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from waferllm.device import tiny
+from waferllm.kernels.attention import decode_attention, prefill_attention
+from waferllm.kernels.heads import HeadLayout, head_layout
+from waferllm.kernels.vector import DIVIDE, EXP_SUB, MASK_SELECT, MAX_ACC, SCALE, SUM_ACC
+from waferllm.mesh import Layout, Ledger, Mesh, Mode, Record
+from waferllm.mesh.compute import matmul_cycles, vector_op_cycles
+from waferllm.mesh.geometry import ring_successor
+from waferllm.model.kv_cache import KvPolicy, KvStore, RowCounts
+
+DEVICE = dataclasses.replace(tiny(), step_overhead_cycles=5.0, op_overhead_cycles=7.0)
+ALPHA, BETA = DEVICE.hop_latency_cycles, DEVICE.stage_latency_cycles
+S = DEVICE.storage_bytes
+W = DEVICE.link_bytes_per_cycle
+assert DEVICE.ramp_bytes_per_cycle == W  # the formulas below read one bandwidth
+
+
+def _records(ledger: Ledger, op: str) -> list[Record]:
+    return [r for r in ledger.expanded() if r.op == op]
+
+
+def _prefill(rows: int, cols: int, heads: HeadLayout, length: int, mode=Mode.FUNCTIONAL):
+    mesh = Mesh(DEVICE, rows, cols, mode=mode)
+    g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
+
+    def place(width: int, name: str):
+        host = torch.empty(length, width, device="meta") if mode is Mode.ESTIMATE else None
+        host = torch.randn(length, width) if host is None else host
+        return mesh.scatter(host, Layout((length, width), y_dim=0, x_dim=1), name)
+
+    q, k, v = place(cols * g * n * h, "q"), place(cols * g * h, "k"), place(cols * g * h, "v")
+    ledger = Ledger()
+    prefill_attention(
+        mesh, q=q, k=k, v=v, heads=heads, length=length, sliding_window=None, ledger=ledger
+    )
+    return ledger
+
+
+@dataclasses.dataclass(frozen=True)
+class Owners:
+    """The docstring's owners at step 0: row y holds key block y, owned in a group of s
+    columns by its local column floor(y*s/R); `far` the farthest column from its owner,
+    `interior` whether some owner has columns on both sides, `senders` the columns per row
+    that are not owners, `sides` the multicast streams of all rows (one per side with columns)."""
+
+    far: int
+    interior: bool
+    senders: int
+    sides: int
+
+    @classmethod
+    def of(cls, group_sizes: tuple[int, ...], rows: int) -> Owners:
+        far, interior, sides = 0, False, []
+        for s in group_sizes:
+            for y in range(rows):
+                o = y * s // rows
+                far = max(far, o, s - 1 - o)
+                interior = interior or 0 < o < s - 1
+            sides.append([int(y * s // rows > 0) + int(y * s // rows < s - 1) for y in range(rows)])
+        return cls(far, interior, sum(group_sizes) - len(group_sizes), int(np.sum(sides)))
+
+
+def _ring_hops(rows: int) -> tuple[int, int]:
+    """(the longest hop, the sum of hops) of one interleaved-ring step on a line of `rows`."""
+    hops = np.abs(ring_successor(rows) - np.arange(rows))
+    return int(hops.max()), int(hops.sum())
+
+
+CASES = [
+    # (rows, cols, kv heads, n_rep, head_dim, length): what it exercises
+    pytest.param(3, 4, 2, 2, 8, 7, id="groups-of-2-owner-at-an-end"),
+    pytest.param(3, 7, 1, 3, 12, 8, id="odd-non-square-one-group-of-7-interior-owners"),
+    pytest.param(4, 6, 2, 1, 8, 12, id="shared-groups-of-3"),
+    pytest.param(3, 2, 4, 2, 4, 6, id="fewer-columns-than-kv-heads"),
+]
+
+
+@pytest.mark.parametrize(("rows", "cols", "kv", "n_rep", "hd", "length"), CASES)
+def test_prefill_qk_steps_stream_their_reduces_and_pay_the_chain_latency_once(
+    rows, cols, kv, n_rep, hd, length
+):
+    heads = head_layout(kv, n_rep, hd, cols)
+    ledger = _prefill(rows, cols, heads, length)
+    g, n, h, lt = heads.kv_per_tile, heads.n_rep, heads.head_slots, -(-length // rows)
+    shared = max(heads.group_sizes) > 1
+    own = Owners.of(heads.group_sizes, rows)
+    k_bytes = g * h * lt * S  # the circulating K tile [G, 1, H, Lt]
+    p_bytes = g * n * lt * lt * S  # one step's partial block [G, n, Lt, Lt]
+    ring_far, ring_sum = _ring_hops(rows)
+    mac = g * n * matmul_cycles(DEVICE, m=lt, k=h, n=lt)
+    shift_bytes, shift_byte_hops = k_bytes * rows * cols, k_bytes * cols * ring_sum
+    reduce_bytes = p_bytes * rows * own.senders if shared else 0  # every sender: one hop
+    steps = _records(ledger, "qk.step")
+    assert len(steps) == rows
+    first, middle = steps[0], steps[1:]
+    # first: max(Lt*H MACs of Lt per head, 2 alpha + k/W) + overhead; nothing to reduce yet
+    assert first.compute_cycles == pytest.approx(mac)
+    assert first.comm_busy_cycles == pytest.approx(ring_far * ALPHA + k_bytes / W)
+    assert (first.bytes_injected, first.link_byte_hops) == (shift_bytes, shift_byte_hops)
+    assert (first.critical_hops, first.critical_stages) == (ring_far, 0)
+    assert first.overhead_cycles == DEVICE.step_overhead_cycles
+    # middle: the previous block streams behind the one ahead: only its size term, which
+    # shares the ramps with K (an interior owner takes two partials in)
+    ramp = k_bytes + (2 if own.interior else 1) * p_bytes * shared
+    for rec in middle:
+        assert rec.compute_cycles == pytest.approx(mac)
+        assert rec.comm_busy_cycles == pytest.approx(ring_far * ALPHA + ramp / W)
+        assert rec.bytes_injected == shift_bytes + reduce_bytes
+        assert rec.link_byte_hops == shift_byte_hops + reduce_bytes
+        assert (rec.critical_hops, rec.critical_stages) == (ring_far, 0)
+    # last: the chains' whole latency, once: d hops, d-1 stages, one (or two) partials
+    last = _records(ledger, "qk.reduce_last")
+    if not shared:
+        assert last == []
+        return
+    (rec,) = last
+    d = own.far
+    size = (2 if own.interior else 1) * p_bytes / W
+    assert (rec.critical_hops, rec.critical_stages) == (d, d - 1)
+    assert rec.comm_cycles == pytest.approx(d * ALPHA + (d - 1) * BETA + size)
+    assert (rec.bytes_injected, rec.link_byte_hops) == (reduce_bytes, reduce_bytes)
+    assert rec.compute_cycles == 0 and rec.overhead_cycles == 0
+
+
+def test_a_long_group_chain_is_slower_than_the_k_shift_so_streaming_is_visible():
+    """The mutation guard: with one group of 7 columns the chain (6 hops, 5 stages) is slower
+    than the K shift (2 hops); a middle step that paid it would show 6 hops."""
+    heads = head_layout(1, 3, 12, 7)
+    ledger = _prefill(3, 7, heads, 8)
+    assert Owners.of(heads.group_sizes, 3).far == 6
+    assert {r.critical_hops for r in _records(ledger, "qk.step")} == {2}
+    assert _records(ledger, "qk.reduce_last")[0].critical_hops == 6
+
+
+@pytest.mark.parametrize(("rows", "cols", "kv", "n_rep", "hd", "length"), CASES)
+def test_prefill_softmax_runs_along_x_within_each_kv_group(rows, cols, kv, n_rep, hd, length):
+    heads = head_layout(kv, n_rep, hd, cols)
+    ledger = _prefill(rows, cols, heads, length)
+    g, n, lt = heads.kv_per_tile, heads.n_rep, -(-length // rows)
+    kc = max(
+        -(-(j + 1) * rows // s) - -(-j * rows // s) for s in heads.group_sizes for j in range(s)
+    )
+    count, width = g * n * lt, kc * lt  # one instruction per softmax row, of the owned keys
+    for op, cost in (
+        ("scale", SCALE),
+        ("mask", MASK_SELECT),
+        ("max", MAX_ACC),
+        ("exp", EXP_SUB),
+        ("sum", SUM_ACC),
+        ("divide", DIVIDE),
+    ):
+        (rec,) = _records(ledger, f"softmax.{op}")
+        flops, sram = cost
+        want = vector_op_cycles(
+            DEVICE,
+            num_instructions=count,
+            length=width,
+            flops_per_element=flops,
+            sram_elements_per_element=sram,
+        )
+        assert rec.compute_cycles == pytest.approx(want)
+        assert rec.flops == count * width * flops * rows * cols
+    # segmented allreduces of one value per softmax row, to each group's middle (g // 2)
+    nbytes = count * S
+    far = max(s // 2 for s in heads.group_sizes)
+    interior = any(s >= 3 for s in heads.group_sizes)
+    senders = rows * sum(s - 1 for s in heads.group_sizes)
+    for name in ("allreduce_max", "allreduce_sum"):
+        reduce = _records(ledger, f"softmax.{name}.reduce")
+        bcast = _records(ledger, f"softmax.{name}.bcast")
+        if far == 0:  # every group is one column: nothing moves
+            assert reduce == bcast == []
+            continue
+        ((red,), (bc,)) = reduce, bcast
+        size = (2 if interior else 1) * nbytes / W
+        assert (red.critical_hops, red.critical_stages) == (far, far - 1)
+        assert red.comm_cycles == pytest.approx(far * ALPHA + (far - 1) * BETA + size)
+        assert red.bytes_injected == nbytes * senders
+        assert (bc.critical_hops, bc.critical_stages) == (far, 0)
+        assert bc.comm_cycles == pytest.approx(far * ALPHA + size)
+        assert red.overhead_cycles == bc.overhead_cycles == DEVICE.op_overhead_cycles
+
+
+@pytest.mark.parametrize(("rows", "cols", "kv", "n_rep", "hd", "length"), CASES)
+def test_prefill_pv_steps_multicast_each_p_block_within_its_group(
+    rows, cols, kv, n_rep, hd, length
+):
+    heads = head_layout(kv, n_rep, hd, cols)
+    ledger = _prefill(rows, cols, heads, length)
+    g, n, h, lt = heads.kv_per_tile, heads.n_rep, heads.head_slots, -(-length // rows)
+    shared = max(heads.group_sizes) > 1
+    own = Owners.of(heads.group_sizes, rows)
+    v_bytes, p_bytes = g * h * lt * S, g * n * lt * lt * S
+    ring_far, ring_sum = _ring_hops(rows)
+    mac = g * n * matmul_cycles(DEVICE, m=lt, k=lt, n=h)
+    # the owner sends one stream to each side of its group; every other column takes it in
+    bcast_bytes = p_bytes * own.sides if shared else 0
+    bcast_byte_hops = p_bytes * rows * sum(s - 1 for s in heads.group_sizes)
+    hops = max(ring_far, own.far if shared else 0)
+    ramp = v_bytes + (2 if own.interior else 1) * p_bytes * shared
+    steps = _records(ledger, "pv.step")
+    assert len(steps) == rows
+    for rec in steps:
+        assert rec.compute_cycles == pytest.approx(mac)
+        assert rec.bytes_injected == v_bytes * rows * cols + bcast_bytes
+        assert rec.link_byte_hops == v_bytes * cols * ring_sum + bcast_byte_hops
+        assert (rec.critical_hops, rec.critical_stages) == (hops, 0)
+        assert rec.comm_busy_cycles == pytest.approx(hops * ALPHA + ramp / W)
+        assert rec.overhead_cycles == DEVICE.step_overhead_cycles
+
+
+@pytest.mark.parametrize(("rows", "cols", "kv", "n_rep", "hd", "length"), CASES)
+def test_prefill_attention_ledgers_agree_in_estimate_mode(rows, cols, kv, n_rep, hd, length):
+    heads = head_layout(kv, n_rep, hd, cols)
+    functional = _prefill(rows, cols, heads, length).expanded()
+    estimate = _prefill(rows, cols, heads, length, mode=Mode.ESTIMATE).expanded()
+    assert functional == estimate
+
+
+# ---- decode --------------------------------------------------------------------------------
+@pytest.mark.parametrize(("cols", "kv", "n_rep"), [(5, 2, 2), (4, 4, 1), (2, 3, 2)])
+def test_decode_attention_costs_its_closed_form(cols, kv, n_rep):
+    rows, hd, width = 2, 8, 3
+    heads = head_layout(kv, n_rep, hd, cols)
+    g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
+    mesh = Mesh(DEVICE, rows, cols)
+    q = mesh.scatter(torch.randn(cols * g * n * h), Layout((cols * g * n * h,), x_dim=0), "q")
+    k_cache = torch.randn(rows, cols, g, h, width)
+    v_cache = torch.randn(rows, cols, g, width, h)
+    mask = torch.ones(rows, 1, 1, 1, width, dtype=torch.bool)
+    ledger = Ledger()
+    decode_attention(
+        mesh, q=q, k_cache=k_cache, v_cache=v_cache, slot_mask=mask, heads=heads, ledger=ledger
+    )
+    # scores: G*n*H instructions of w; P@V: G*n*w instructions of H (vector along n)
+    (scores,) = _records(ledger, "scores")
+    assert scores.compute_cycles == pytest.approx(
+        g * n * matmul_cycles(DEVICE, m=1, k=h, n=width, vector="n")
+    )
+    (pv,) = _records(ledger, "pv")
+    assert pv.compute_cycles == pytest.approx(
+        g * n * matmul_cycles(DEVICE, m=1, k=width, n=h, vector="n")
+    )
+    # the scores' segmented allreduce within kv-groups: G*n*w values per core
+    far = max(s // 2 for s in heads.group_sizes)
+    nbytes = g * n * width * S
+    reduce = _records(ledger, "scores.allreduce.reduce")
+    if far == 0:
+        assert reduce == []
+    else:
+        (red,) = reduce
+        interior = any(s >= 3 for s in heads.group_sizes)
+        size = (2 if interior else 1) * nbytes / W
+        assert red.comm_cycles == pytest.approx(far * ALPHA + (far - 1) * BETA + size)
+        assert red.bytes_injected == nbytes * rows * sum(s - 1 for s in heads.group_sizes)
+    # along Y (2 rows): the softmax's two allreduces of G*n values and P@V's of G*n*H, each
+    # one hop up and a one-hop broadcast back
+    for op, values in (
+        ("softmax.allreduce_max", g * n),
+        ("softmax.allreduce_sum", g * n),
+        ("pv.allreduce", g * n * h),
+    ):
+        for part in ("reduce", "bcast"):
+            (rec,) = _records(ledger, f"{op}.{part}")
+            assert (rec.critical_hops, rec.critical_stages) == (1, 0)
+            assert rec.comm_cycles == pytest.approx(ALPHA + values * S / W)
+            assert rec.bytes_injected == values * S * cols
+
+
+# ---- the KV cache's shift -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("counts", "first"),
+    [([3, 3, 2, 2], 3), ([3, 2, 2, 2, 2], 2), ([2, 2, 2], 1), ([0, 0, 0], None), ([4, 4, 3], None), ([4, 3, 3], 2)],
+)
+def test_the_kv_shift_sends_one_hop_north_from_the_rows_south_of_r0(counts, first):
+    rows, cols = len(counts), 3
+    heads = head_layout(2, 2, 8, cols)
+    g, h = heads.kv_per_tile, heads.head_slots
+    mesh = Mesh(DEVICE, rows, cols)
+    cache = RowCounts(KvPolicy.SHIFT, rows, 10, np.array(counts))
+    store = KvStore(mesh, heads, layers=range(1), slots=10)
+    total = cache.total
+    k_host = torch.arange(total, dtype=torch.float32)[:, None].expand(total, 2 * 8)
+    store.fill(0, k_host, k_host, cache)
+    append = cache.plan_append()
+    assert list(append.senders) == ([] if first is None else list(range(first, rows)))
+    ledger = Ledger()
+    new = torch.full((rows, cols, g, h), float(total))
+    store.write(0, new, new, append, cache, ledger)
+    shifts = _records(ledger, "kv_shift")
+    if first is None:
+        assert shifts == []
+    else:
+        # k and v tiles [G, H] from every column of rows first..R-1, one hop each
+        nbytes = 2 * g * h * S
+        (rec,) = shifts
+        assert (rec.critical_hops, rec.critical_stages) == (1, 0)
+        assert rec.bytes_injected == rec.link_byte_hops == nbytes * (rows - first) * cols
+        assert rec.comm_cycles == pytest.approx(ALPHA + nbytes / W)
+        assert rec.overhead_cycles == DEVICE.op_overhead_cycles
+    # the data: positions stay in order, row 0 the oldest, the counts as planned
+    cache.commit(append)
+    k, _ = store.window(0, int(cache.counts.max()))
+    positions = [
+        k[y, 0, 0, 0, : cache.counts[y]].tolist() for y in range(rows)
+    ]  # column 0 holds kv head 0's first slot
+    assert sum(positions, []) == [float(p) for p in range(total + 1)]
