@@ -289,7 +289,14 @@ def test_decode_attention_costs_its_closed_form(cols, kv, n_rep):
 # ---- the KV cache's shift -------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("counts", "first"),
-    [([3, 3, 2, 2], 3), ([3, 2, 2, 2, 2], 2), ([2, 2, 2], 1), ([0, 0, 0], None), ([4, 4, 3], None), ([4, 3, 3], 2)],
+    [
+        ([3, 3, 2, 2], 3),
+        ([3, 2, 2, 2, 2], 2),
+        ([2, 2, 2], 1),
+        ([0, 0, 0], None),
+        ([4, 4, 3], None),
+        ([4, 3, 3], 2),
+    ],
 )
 def test_the_kv_shift_sends_one_hop_north_from_the_rows_south_of_r0(counts, first):
     rows, cols = len(counts), 3
