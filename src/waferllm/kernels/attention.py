@@ -3,40 +3,37 @@
 Decode (`E_y L^x`): the token's q is split along X by head-dim slots and replicated along Y;
 the cache holds positions along Y. Scores are local q.K^T partials summed within each kv-group
 of columns, softmax runs along Y (one value per head), P@V partials are summed along Y.
-Prefill (`L_y E_x`): dist-GEMM-T within kv-groups: K circulates on the Y ring; each step's
-partial Q K^T block is reduced within the group onto the column that owns that key block (the
-root differs per row and per step); softmax runs along X within the group; P@V circulates V on
-the Y ring while the owner column multicasts the matching probability block within the group
-(the transposed dual of dist-GEMM-T). Both prefill loops take R steps; the R-th shift brings K
-and V home for the KV cache. Every step's traffic has the same cost whatever its roots (each
-step's per-row roots are a permutation of the key blocks), so estimate mode records one step.
-Every block is computed and then masked: causal blocks above the diagonal are not skipped.
+Prefill (`L_y E_x`): dist-GEMM-T (`gemm_t.py`) within kv-groups: K circulates on the Y ring; each
+step's partial Q K^T block is reduced within the group onto the column that owns that key block
+(the root differs per row and per step); softmax runs along X within the group; P@V circulates V on
+the Y ring while the owner column multicasts the matching probability block within the group (the
+transposed dual of dist-GEMM-T). Both prefill loops take R steps; the R-th shift brings K and V
+home for the KV cache. Every step's traffic has the same cost whatever its roots (each step's per-
+row roots are a permutation of the key blocks), so estimate mode records one step. Every block is
+computed and then masked: causal blocks above the diagonal are not skipped.
 Legend: R rows, C columns, Lt tokens per row, G kv heads per column, n query heads per kv head,
 H head-dim slots per column, Kc key blocks owned per column, w cache slots read per row.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
-from functools import lru_cache
 
 import numpy as np
 import torch
 
+from waferllm.kernels.gemm_t import BlockOwners, block_at, block_owners, gemm_t_steps, owner_map
 from waferllm.kernels.heads import HeadLayout
 from waferllm.kernels.softmax import causal_mask, softmax
 from waferllm.mesh.comm import (
     allreduce,
     charge_multicast,
-    charge_reduce_to_owners,
     ring_shift,
     segmented_allreduce,
 )
 from waferllm.mesh.compute import matmul
 from waferllm.mesh.cost import Ledger
-from waferllm.mesh.geometry import Axis, ring_order, ring_position
+from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
 
@@ -92,60 +89,6 @@ def decode_attention(
 
 
 # ---- prefill -----------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True, eq=False)
-class KeyOwners:
-    """Which column of each kv-group owns each of the R key blocks, and in which slot."""
-
-    column: np.ndarray  # (Ng, R) absolute column owning key block j of group g
-    slot: np.ndarray  # (Ng, R) its slot among that column's key blocks
-    group_of: np.ndarray  # (C,) kv-group of every column
-    first_block: np.ndarray  # (C,) first key block a column owns
-    num_blocks: np.ndarray  # (C,) key blocks a column owns
-    per_col: int  # Kc = max key blocks on one column
-    group_sizes: tuple[int, ...]
-
-    @property
-    def shared(self) -> bool:
-        """Whether some kv-group spans several columns (scores and P blocks then move)."""
-        return max(self.group_sizes) > 1
-
-
-@lru_cache(maxsize=256)
-def key_owners(group_sizes: tuple[int, ...], rows: int) -> KeyOwners:
-    """Key block j of a group of s columns goes to its column floor(j * s / R) (contiguous
-    runs of key blocks, sizes within one)."""
-    sizes = np.asarray(group_sizes)
-    starts = np.cumsum(sizes) - sizes
-    blocks = np.arange(rows)
-    local = (blocks[None, :] * sizes[:, None]) // rows  # (Ng, R)
-    col_local = np.concatenate([np.arange(s) for s in sizes])
-    group_of = np.repeat(np.arange(len(sizes)), sizes)
-    s_of = sizes[group_of]
-    first = -((-col_local * rows) // s_of)  # ceil(l * R / s)
-    last = -((-(col_local + 1) * rows) // s_of)
-    first_of_owner = -((-local * rows) // sizes[:, None])
-    return KeyOwners(
-        column=starts[:, None] + local,
-        slot=blocks[None, :] - first_of_owner,
-        group_of=group_of,
-        first_block=first,
-        num_blocks=last - first,
-        per_col=int((last - first).max()),
-        group_sizes=group_sizes,
-    )
-
-
-def _block_at(rows: int, step: int) -> np.ndarray:
-    """(R,): the key block row y holds after `step` interleaved-ring shifts along Y."""
-    return ring_order(rows)[(ring_position(rows) - step) % rows]
-
-
-def _owner_map(owners: KeyOwners, rows: int, step: int) -> np.ndarray:
-    """(R, C): each core's root in step `step` (the owner column of its row's key block)."""
-    block = _block_at(rows, step)  # (R,)
-    return owners.column[owners.group_of[None, :], block[:, None]]
-
-
 def prefill_attention(
     mesh: Mesh,
     *,
@@ -172,7 +115,7 @@ def prefill_attention(
     rows, cols = mesh.shape
     g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
     lt = q.tile_shape[0]
-    owners = key_owners(heads.group_sizes, rows)
+    owners = block_owners(heads.group_sizes, rows)
     kc = owners.per_col
     q_t = q.data.reshape(rows, cols, lt, g, n, h).permute(0, 1, 3, 4, 2, 5)  # [G, n, Lt, H]
     k_t = k.data.reshape(rows, cols, lt, g, h).permute(0, 1, 3, 4, 2).unsqueeze(3)  # [G,1,H,Lt]
@@ -180,7 +123,7 @@ def prefill_attention(
     with mesh.sram.scope():
         layout = Layout((cols * g, n, rows * lt, kc * lt), y_dim=2, x_dim=0, tag="owned_keys")
         key = _scratch(mesh, "scores", layout.tile_shape(rows, cols))
-        data = _qk_steps(mesh, q_t, k_t, owners, ledger)  # (R, C, G, n, Lt, Kc*Lt)
+        data = gemm_t_steps(mesh, a_t=q_t, b_t=k_t, owners=owners, ledger=ledger, op="qk")
         probs = softmax(
             mesh,
             scores=DistTensor(data, layout, mesh, "scores", key),
@@ -196,73 +139,13 @@ def prefill_attention(
     return mesh.register(out.contiguous(), q.layout, "attn")
 
 
-def _qk_steps(
-    mesh: Mesh, q_t: torch.Tensor, k_t: torch.Tensor, owners: KeyOwners, ledger: Ledger
-) -> torch.Tensor:
-    """Grouped dist-GEMM-T: step t computes its block and shifts K while step t-1's block
-    streams down the group's chains to its owner right behind the previous one (the chains'
-    latency is paid once, by the last reduce: `comm.reduce(follows_stream=True)`)."""
-    rows = mesh.rows
-    lt = q_t.shape[-2]
-    shape = (*q_t.shape[:-1], owners.per_col, lt)  # (R, C, G, n, Lt, Kc, Lt)
-    scores = torch.zeros(shape, dtype=q_t.dtype, device=q_t.device)
-    _scratch(mesh, "k_ring", k_t.shape[2:])  # the circulating copy (K stays for the cache)
-    _scratch(mesh, "qk.partial", (2, *shape[2:5], lt))  # this step's block and the last one's
-    # every step's roots cost the same (a permutation of the key blocks): price step 0's
-    owner0 = _owner_map(owners, rows, 0)
-    nbytes = int(np.prod(shape[2:5])) * lt * mesh.device.storage_bytes
-    overhead = mesh.device.step_overhead_cycles
-
-    def reduce(part: torch.Tensor, step: int, *, follows: bool) -> None:
-        if owners.shared:
-            charge_reduce_to_owners(
-                mesh,
-                axis=Axis.X,
-                owner=owner0,
-                nbytes=nbytes,
-                ledger=ledger,
-                op="qk.reduce",
-                follows_stream=follows,
-            )
-        if mesh.mode is Mode.FUNCTIONAL:
-            _place_blocks(scores, part, owners, step)
-
-    def step(t: int, k_cur: torch.Tensor, prev: torch.Tensor | None):
-        with ledger.overlap("qk.step", step_overhead_cycles=overhead):
-            part = matmul(mesh, a=q_t, b=k_cur, ledger=ledger, op="qk.local")  # [G, n, Lt, Lt]
-            k_cur = ring_shift(mesh, k_cur, axis=Axis.Y, ledger=ledger, op="qk.shift")
-            if prev is not None:
-                reduce(prev, t - 1, follows=True)
-        return k_cur, part
-
-    k_cur, part = step(0, k_t, None)
-    for i in mesh.steps(rows - 1, ledger):
-        k_cur, part = step(i + 1, k_cur, part)
-    with ledger.overlap("qk.reduce_last") if owners.shared else contextlib.nullcontext():
-        reduce(part, rows - 1, follows=False)
-    return scores.flatten(-2)
-
-
 def _scratch(mesh: Mesh, name: str, tile: tuple[int, ...] | torch.Size) -> str:
     """Charge a per-core buffer to SRAM (freed by the enclosing `mesh.sram.scope()`)."""
     return mesh.sram.alloc(name, int(np.prod(tuple(tile))) * mesh.device.storage_bytes)
 
 
-def _place_blocks(scores: torch.Tensor, part: torch.Tensor, owners: KeyOwners, step: int):
-    """Sum each row's partial within its kv-group and store it at the key block's owner."""
-    rows = scores.shape[0]
-    num_groups = owners.column.shape[0]
-    summed = part.new_zeros((rows, num_groups, *part.shape[2:]))
-    summed.index_add_(1, torch.as_tensor(owners.group_of), part)
-    block = _block_at(rows, step)
-    y = torch.arange(rows)[:, None]
-    col = torch.as_tensor(owners.column[:, block].T)  # (R, Ng)
-    slot = torch.as_tensor(owners.slot[:, block].T)
-    scores[y, col, :, :, :, slot, :] = summed
-
-
 def _pv_steps(
-    mesh: Mesh, probs: torch.Tensor, v_t: torch.Tensor, owners: KeyOwners, ledger: Ledger
+    mesh: Mesh, probs: torch.Tensor, v_t: torch.Tensor, owners: BlockOwners, ledger: Ledger
 ) -> torch.Tensor:
     rows, cols = mesh.shape
     lt = v_t.shape[-2]
@@ -274,7 +157,7 @@ def _pv_steps(
     block_shape = (*probs.shape[:-1], lt)
     _scratch(mesh, "p_block", block_shape[2:])
     nbytes = int(np.prod(block_shape[2:])) * mesh.device.storage_bytes
-    owner0 = _owner_map(owners, rows, 0)  # every step's multicast costs the same
+    owner0 = owner_map(owners, rows, 0)  # every step's multicast costs the same
     v_cur = v_t
     for step in mesh.steps(rows, ledger):
         with ledger.overlap("pv.step", step_overhead_cycles=mesh.device.step_overhead_cycles):
@@ -292,11 +175,11 @@ def _pv_steps(
     return out
 
 
-def _gather_blocks(p_blocks: torch.Tensor, owners: KeyOwners, step: int) -> torch.Tensor:
+def _gather_blocks(p_blocks: torch.Tensor, owners: BlockOwners, step: int) -> torch.Tensor:
     """(R, C, G, n, Lt, Lt): the probability block of each row's current key block, as the
     owner column multicasts it to every column of its kv-group."""
     rows = p_blocks.shape[0]
-    block = _block_at(rows, step)
+    block = block_at(rows, step)
     y = torch.arange(rows)[:, None]
     col = torch.as_tensor(owners.column[:, block].T)  # (R, Ng)
     slot = torch.as_tensor(owners.slot[:, block].T)
@@ -305,7 +188,7 @@ def _gather_blocks(p_blocks: torch.Tensor, owners: KeyOwners, step: int) -> torc
 
 
 def _prefill_mask(
-    mesh: Mesh, owners: KeyOwners, lt: int, length: int, sliding_window: int | None
+    mesh: Mesh, owners: BlockOwners, lt: int, length: int, sliding_window: int | None
 ) -> torch.Tensor:
     """(R, C, 1, 1, Lt, Kc*Lt): causal, sliding-window and padding mask of the owned keys.
     Padded query rows attend to key 0 only (their outputs are never used; this keeps them

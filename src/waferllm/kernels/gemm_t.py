@@ -1,191 +1,228 @@
 """dist-GEMM-T (paper §5.4, code notes §4.3): A @ B^T without moving B to its transpose.
 
-Used for prefill's Q K^T (`attention.py`). A stays in place; B circulates on the Y ring and
-each step's partial product is reduced along X onto the column that owns it, the reduces of
-consecutive steps streaming through the same chains.
-Legend: M, K, N the GEMM dims; Mt, Kt, Nt one core's tile; P cores per side; s storage bytes
-per element; F flops/cycle, S SRAM bytes/cycle, W link (= ramp) bytes/cycle of a core;
-alpha per hop, beta per stage; mesh axes X (columns), Y (rows).
+One implementation, grouped: the columns are split into consecutive groups (prefill attention's
+kv-groups; one group of every column is the plain kernel). A stays in place; B circulates on
+the Y ring; each step's partial block is reduced within its group onto the column that owns
+that block of B's rows, the reduces of consecutive steps streaming through the same chains.
+`gemm_t` is the kernel on distributed tensors; `gemm_t_steps` is its loop on per-core tiles,
+which `attention.py` calls with Q and K in the head layout.
+Legend: R rows, C columns, Mt, Kt, Nt one core's tiles of M, K and N (Nt = ceil(N/R)); Kc
+blocks of B's rows owned per column; s storage bytes; F flops/cycle, S SRAM bytes/cycle, W link
+(= ramp) bytes/cycle; alpha per hop, beta per stage; d the farthest column from its owner.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+from functools import lru_cache
 
+import numpy as np
 import torch
 
 from waferllm.errors import WaferError
-from waferllm.kernels.operands import (
-    accumulator,
-    batch_shape,
-    batch_tiles,
-    check_operand,
-    finish,
-    pad_bytes,
-    ring_grid,
-    scratch,
-    tile_numel,
-)
+from waferllm.kernels.operands import batch_shape, batch_tiles, check_operand
 from waferllm.kernels.result import Charged, KernelResult
-from waferllm.mesh import rings
-from waferllm.mesh.comm import ReduceAlgorithm, reduce
-from waferllm.mesh.compute import elementwise, matmul
+from waferllm.mesh.comm import charge_reduce_to_owners, ring_shift
+from waferllm.mesh.compute import matmul
 from waferllm.mesh.cost import Ledger
-from waferllm.mesh.geometry import Axis, RingKind, ring_order, ring_position
+from waferllm.mesh.geometry import Axis, ring_order, ring_position
 from waferllm.mesh.tensor import DistTensor, Layout
-from waferllm.mesh.tiling import LogicalGrid, from_blocks, pad_last2, to_blocks, to_logical
-from waferllm.mesh.virtual import Mesh
+from waferllm.mesh.virtual import Mesh, Mode
 
 
+# ---- who owns which block of B's rows ----------------------------------------------------------
+@dataclasses.dataclass(frozen=True, eq=False)
+class BlockOwners:
+    """Which column of each group owns each of the R blocks of B's rows, and in which slot."""
+
+    column: np.ndarray  # (Ng, R) absolute column owning block j in group g
+    slot: np.ndarray  # (Ng, R) its slot among that column's blocks
+    group_of: np.ndarray  # (C,) group of every column
+    first_block: np.ndarray  # (C,) first block a column owns
+    num_blocks: np.ndarray  # (C,) blocks a column owns
+    per_col: int  # Kc = max blocks on one column
+    group_sizes: tuple[int, ...]
+
+    @property
+    def shared(self) -> bool:
+        """Whether some group spans several columns (partial blocks then move)."""
+        return max(self.group_sizes) > 1
+
+
+@lru_cache(maxsize=256)
+def block_owners(group_sizes: tuple[int, ...], rows: int) -> BlockOwners:
+    """Block j of a group of s columns goes to its column floor(j * s / R) (contiguous runs of
+    blocks, sizes within one)."""
+    sizes = np.asarray(group_sizes)
+    starts = np.cumsum(sizes) - sizes
+    blocks = np.arange(rows)
+    local = (blocks[None, :] * sizes[:, None]) // rows  # (Ng, R)
+    col_local = np.concatenate([np.arange(s) for s in sizes])
+    group_of = np.repeat(np.arange(len(sizes)), sizes)
+    s_of = sizes[group_of]
+    first = -((-col_local * rows) // s_of)  # ceil(l * R / s)
+    last = -((-(col_local + 1) * rows) // s_of)
+    first_of_owner = -((-local * rows) // sizes[:, None])
+    return BlockOwners(
+        column=starts[:, None] + local,
+        slot=blocks[None, :] - first_of_owner,
+        group_of=group_of,
+        first_block=first,
+        num_blocks=last - first,
+        per_col=int((last - first).max()),
+        group_sizes=group_sizes,
+    )
+
+
+def block_at(rows: int, step: int) -> np.ndarray:
+    """(R,): the block of B's rows that row y holds after `step` interleaved-ring shifts."""
+    return ring_order(rows)[(ring_position(rows) - step) % rows]
+
+
+def owner_map(owners: BlockOwners, rows: int, step: int) -> np.ndarray:
+    """(R, C): each core's root in step `step` (the owner column of its row's block)."""
+    block = block_at(rows, step)  # (R,)
+    return owners.column[owners.group_of[None, :], block[:, None]]
+
+
+# ---- the kernel ----------------------------------------------------------------------------------
 def gemm_t(
-    mesh: Mesh, *, a: DistTensor, b: DistTensor, ledger: Ledger, op: str = "gemm_t"
+    mesh: Mesh,
+    *,
+    a: DistTensor,
+    b: DistTensor,
+    ledger: Ledger,
+    group_sizes: tuple[int, ...] | None = None,
+    op: str = "gemm_t",
 ) -> KernelResult:
-    """dist-GEMM-T (paper §5.4, code notes §4.3): A @ B^T without moving B to its transpose.
+    """dist-GEMM-T: A[M_y, K_x] @ B[N_y, K_x]^T -> C[M_y, N owned along X].
 
-    Sharding: A[M_y, K_x] @ B[N_y, K_x]^T -> C[M_y, N_x], the normal activation layout (so a
-    softmax over N reduces along X); leading batch dims broadcast (q [H, Mt, Kt] against
-    k [1, Nt, Kt]). Schedule: A stays; P steps of {partial = a @ b^T over the core's K slice;
-    shift b one interleaved-ring position along Y; pipeline reduce-add of the partial along X
-    onto its owner column ringinv((r(y) - t) mod P), a different root in every row and step}.
-    The public code blocks on each reduce; here step t's reduce runs during step t+1's
-    multiply and shift (double-buffered partials), the last one alone. Consecutive reduces
-    stream through the same chains one behind the other (each stage forward-adds step t's
-    partial, then step t+1's), so a middle step exposes only the reduce's size term and the
-    chain latency is paid once, by the last reduce. On an R x C mesh it
-    runs the logical L x L grid of `meshgemm` (N padded to a multiple of L).
-    Cost on a P x P mesh (every middle step alike: each step's roots cover every column):
-      first:  max(Kt*Nt * max(floor, 2*Mt/F, 3*Mt*s/S), 2*alpha + Nt*Kt*s/W) + overhead
-      middle: max(same multiply, 2*alpha + (2*Mt*Nt + Nt*Kt)*s/W) + overhead
-              [the chain to an interior root brings two partials into its ramp, with b]
-      last:   (P-1)*alpha + (P-2)*beta + 2*Mt*Nt*s/W
-    Routes: Y ring forward (3) + X chain (4) = 7, whatever P. SRAM: a, b, b's receive buffer,
-    two partials, c.
+    Sharding: a [*, Mt, Kt], b [*, Nt, Kt] (leading batch dims broadcast: q [H, Mt, Kt]
+    against k [1, Nt, Kt]); within each group of consecutive columns (`group_sizes`, default
+    one group of all C) the columns split K and own the R blocks of N in contiguous runs:
+    block j of a group of s columns lives on its column floor(j*s/R), so c's tile is
+    [*, Mt, Kc*Nt], Kc = ceil(R/s). When C divides R (square meshes included) and N = R*Nt,
+    that is C[M_y, N_x]; otherwise `out` carries layout tag "owned_blocks" (column x holds
+    blocks `block_owners(...).first_block[x]` onwards).
+    Schedule: A stays; R steps of {partial = a @ b^T; shift b one interleaved-ring position
+    along Y; the previous step's partial chain-reduced within the group to its owner column,
+    the root differing per row and per step}, overlapped; the reduce streams follow each other
+    through the same chains, so a middle step exposes only their size term and the chains'
+    latency is paid once, by the last reduce.
+    Cost (every step's roots are a permutation of the blocks: each step costs the same):
+      first:  max(Nt*Kt*max(floor, 2*Mt/F, 3*Mt*s/S), 2*alpha + Nt*Kt*s/W) + overhead
+      middle: max(same multiply, 2*alpha + (m*Mt*Nt + Nt*Kt)*s/W) + overhead
+              [m = 2 when an owner has group columns on both sides: two partials in its ramp]
+      last:   d*alpha + (d-1)*beta + m*Mt*Nt*s/W  (only when a group spans 2+ columns)
+    (2*alpha is 1*alpha on 2 rows.) Routes: Y ring forward (3) + X chain (4) = 7.
+    SRAM: a, b, b's circulating copy, two partials, c.
     """
-    grid = ring_grid(mesh, op)
     check_operand(mesh, a, op=op, role="A", dims="A[M_y, K_x]", tags={""})
     check_operand(mesh, b, op=op, role="B", dims="B[N_y, K_x]", tags={""})
     if a.layout.shape[-1] != b.layout.shape[-1]:
         raise WaferError(f"{op}: A {a.layout.shape} and B {b.layout.shape} differ in K")
+    groups = (mesh.cols,) if group_sizes is None else tuple(int(g) for g in group_sizes)
+    if any(g < 1 for g in groups) or sum(groups) != mesh.cols:
+        raise WaferError(f"{op}: group sizes {groups} must cover the {mesh.cols} columns")
     batch = batch_shape(op, a, b)
-    m, n = a.layout.shape[-2], b.layout.shape[-2]
-    mt, nt = -(-m // mesh.rows), -(-n // mesh.cols)
-    if b.data.shape[-2] * mesh.rows != nt * mesh.cols:
-        raise WaferError(
-            f"{op} on a {mesh.rows}x{mesh.cols} mesh runs a logical {grid.size}x{grid.size} "
-            f"grid: N = {n} must be padded to a multiple of {grid.size} (tiling.padded_k)"
+    owners = block_owners(groups, mesh.rows)
+    m, nt = a.layout.shape[-2], b.data.shape[-2]
+    a_t = batch_tiles(a, len(batch))  # a_tile: [*, Mt, Kt]
+    b_t = batch_tiles(b, len(batch)).transpose(-1, -2)  # b^T: [*, Kt, Nt], a view
+    width = mesh.cols * owners.per_col * nt
+    regular = mesh.rows % mesh.cols == 0 and b.layout.shape[-2] == mesh.rows * nt
+    n_out = b.layout.shape[-2] if regular else width
+    out_layout = Layout(
+        (*batch, m, n_out),
+        y_dim=len(batch),
+        x_dim=len(batch) + 1,
+        tag="" if regular else "owned_blocks",
+    )
+    with Charged(ledger) as charged:
+        out_key = mesh.sram.alloc(
+            f"{op}.c", math.prod(out_layout.tile_shape(*mesh.shape)) * mesh.device.storage_bytes
         )
-    out_layout = Layout((*batch, m, n), y_dim=len(batch), x_dim=len(batch) + 1)
-    out_numel = math.prod((*batch, mt, nt))
-    with Charged(ledger) as charged, ledger.scope(op):
-        out_key = mesh.sram.alloc(f"{op}.c", out_numel * mesh.device.storage_bytes)
         with mesh.sram.scope():
-            a_pad = pad_last2(
-                batch_tiles(a, len(batch)), grid.per_row, grid.per_col
-            )  # [a*mL, b*kL]
-            b_pad = pad_last2(batch_tiles(b, len(batch)), 1, grid.per_col)
-            pad_bytes(mesh, f"{op}.a_pad", tile_numel(a_pad), tile_numel(a.data))
-            pad_bytes(mesh, f"{op}.b_pad", tile_numel(b_pad), tile_numel(b.data))
-            scratch(mesh, f"{op}.b_recv", b_pad)
-            a_l, b_l = to_logical(a_pad, grid), to_logical(b_pad, grid)
-            c_l = accumulator(mesh, (grid.size, grid.size, *batch, a_l.shape[-2], b_l.shape[-2]))
-            blocks = grid.per_row * grid.per_col
-            scratch(mesh, f"{op}.partials", (2 * blocks, *c_l.shape[2:]))
-            pad_bytes(mesh, f"{op}.c_pad", tile_numel(c_l) * blocks, out_numel)
-            c_l = _gemm_t_steps(mesh, grid, a_l, b_l, c_l, ledger)
-    c = from_blocks(to_blocks(c_l, grid), grid)[..., :mt, :nt]
-    out = finish(mesh, c, out_layout, f"{op}.c", out_key)
+            c = gemm_t_steps(mesh, a_t=a_t, b_t=b_t, owners=owners, ledger=ledger, op=op)
+    c = c.to(mesh.compute_dtype)
+    out = DistTensor(
+        c.contiguous() if mesh.mode is Mode.FUNCTIONAL else c, out_layout, mesh, f"{op}.c", out_key
+    )
     return KernelResult(out=out, records=charged.records)
 
 
-def _gemm_t_steps(
+def gemm_t_steps(
     mesh: Mesh,
-    grid: LogicalGrid,
-    a_l: torch.Tensor,
-    b_l: torch.Tensor,
-    c_l: torch.Tensor,
-    ledger: Ledger,
-) -> torch.Tensor:
-    """The P steps of `gemm_t`, step t's reduce overlapped with step t+1 (logical blocks in)."""
-    a_blocks = to_blocks(a_l, grid)  # a: (R, C, a, b, *t, mL, kL)
-
-    def step(t: int, b_l: torch.Tensor, c_l: torch.Tensor, prev: torch.Tensor | None):
-        with ledger.overlap("step", step_overhead_cycles=mesh.device.step_overhead_cycles):
-            b_t = to_blocks(b_l, grid).transpose(-1, -2)  # b^T: (R, C, a, b, *t, kL, nL)
-            partial = matmul(mesh, a=a_blocks, b=b_t, ledger=ledger, op="mac")
-            b_l = rings.ring_step(
-                mesh,
-                grid,
-                b_l,
-                axis=Axis.Y,
-                kind=RingKind.INTERLEAVED,
-                ledger=ledger,
-                op="shift_b",
-            )
-            if prev is not None:
-                c_l = _reduce_to_owners(
-                    mesh, grid, prev, c_l, step=t - 1, ledger=ledger, follows_stream=True
-                )
-        return b_l, c_l, partial
-
-    b_l, c_l, partial = step(0, b_l, c_l, None)
-    # With one logical row per core every middle step costs the same (each step's roots cover
-    # every column); with several, the chains of a line crowd differently from step to step.
-    middle = mesh.steps(grid.size - 1, ledger) if grid.per_row == 1 else range(grid.size - 1)
-    for i in middle:
-        b_l, c_l, partial = step(i + 1, b_l, c_l, partial)
-    last = ledger.overlap("reduce") if mesh.cols > 1 else contextlib.nullcontext()
-    with last:
-        return _reduce_to_owners(
-            mesh, grid, partial, c_l, step=grid.size - 1, ledger=ledger, follows_stream=False
-        )
-
-
-def _reduce_to_owners(
-    mesh: Mesh,
-    grid: LogicalGrid,
-    partial: torch.Tensor,
-    c_l: torch.Tensor,
     *,
-    step: int,
+    a_t: torch.Tensor,
+    b_t: torch.Tensor,
+    owners: BlockOwners,
     ledger: Ledger,
-    follows_stream: bool,
+    op: str,
 ) -> torch.Tensor:
-    """Add every logical row's partials (R, C, a, b, *t, mL, nL) along X into its owner block
-    of c_l (L, L, *t, mL, nL): logical row y owns column ringinv((r(y) - step) mod L).
+    """The R steps of `gemm_t` on per-core tiles a_t (R, C, *, Mt, Kt) and b_t (R, C, *, Kt,
+    Nt) (B^T's tiles, as views): step t computes its block and shifts b while step t-1's block
+    streams down the group's chains behind the previous one. Records `{op}.step` (R times)
+    and `{op}.reduce_last`; counts b's circulating copy and the two partials in the current
+    SRAM scope. Returns c (R, C, *, Mt, Kc*Nt)."""
+    rows = mesh.rows
+    nt = b_t.shape[-1]
+    batch = tuple(int(d) for d in np.broadcast_shapes(a_t.shape[2:-2], b_t.shape[2:-2]))
+    lead = (*batch, a_t.shape[-2])  # (*, Mt)
+    shape = (*a_t.shape[:2], *lead, owners.per_col, nt)  # (R, C, *, Mt, Kc, Nt)
+    c = torch.zeros(shape, dtype=a_t.dtype, device=a_t.device)
+    block_numel = math.prod(lead) * nt
+    _scratch(mesh, f"{op}.b_ring", math.prod(b_t.shape[2:]))  # b stays for the caller
+    _scratch(mesh, f"{op}.partial", 2 * block_numel)  # this step's block and the last one's
+    # every step's roots cost the same (a permutation of the blocks): price step 0's
+    owner0 = owner_map(owners, rows, 0)
+    nbytes = block_numel * mesh.device.storage_bytes
+    overhead = mesh.device.step_overhead_cycles
 
-    A core first sums its own b blocks of a row; then each of its a rows runs a pipeline
-    chain to the physical column holding the owner, concurrently (charge inside an overlap
-    block so they share the network).
-    """
-    per_row, per_col, size = grid.per_row, grid.per_col, grid.size
-    if per_col > 1:
-        partial = elementwise(
-            mesh,
-            lambda p: p.sum(dim=3),
-            partial,
-            ledger=ledger,
-            op="sum_blocks",
-            num_elements=tile_numel(partial),
-        )
-    else:
-        partial = partial.squeeze(3)
-    owner = ring_order(size)[(ring_position(size) - step) % size]
-    roots = (owner // per_col).reshape(mesh.rows, per_row)
-    sums = [
-        reduce(
-            mesh,
-            partial[:, :, i],
-            axis=Axis.X,
-            ledger=ledger,
-            op="reduce",
-            algorithm=ReduceAlgorithm.PIPELINE,
-            root=roots[:, i],
-            follows_stream=follows_stream,
-        )[0].squeeze(1)
-        for i in range(per_row)
-    ]
-    values = torch.stack(sums, dim=1).flatten(0, 1)  # (L, *t, mL, nL), logical row y*a + i
-    rows = torch.arange(size, device=c_l.device)
-    cols = torch.as_tensor(owner, device=c_l.device)
-    return c_l.index_put_((rows, cols), values.to(c_l.dtype), accumulate=True)
+    def reduce(part: torch.Tensor, step: int, *, follows: bool) -> None:
+        if owners.shared:
+            charge_reduce_to_owners(
+                mesh,
+                axis=Axis.X,
+                owner=owner0,
+                nbytes=nbytes,
+                ledger=ledger,
+                op=f"{op}.reduce",
+                follows_stream=follows,
+            )
+        if mesh.mode is Mode.FUNCTIONAL:
+            _place_blocks(c, part, owners, step)
+
+    def step(t: int, b_cur: torch.Tensor, prev: torch.Tensor | None):
+        with ledger.overlap(f"{op}.step", step_overhead_cycles=overhead):
+            part = matmul(mesh, a=a_t, b=b_cur, ledger=ledger, op=f"{op}.local")  # [*, Mt, Nt]
+            b_cur = ring_shift(mesh, b_cur, axis=Axis.Y, ledger=ledger, op=f"{op}.shift")
+            if prev is not None:
+                reduce(prev, t - 1, follows=True)
+        return b_cur, part
+
+    b_cur, part = step(0, b_t, None)
+    for i in mesh.steps(rows - 1, ledger):
+        b_cur, part = step(i + 1, b_cur, part)
+    with ledger.overlap(f"{op}.reduce_last") if owners.shared else contextlib.nullcontext():
+        reduce(part, rows - 1, follows=False)
+    return c.flatten(-2)
+
+
+def _scratch(mesh: Mesh, name: str, numel: int) -> None:
+    mesh.sram.alloc(name, numel * mesh.device.storage_bytes)
+
+
+def _place_blocks(c: torch.Tensor, part: torch.Tensor, owners: BlockOwners, step: int) -> None:
+    """Sum each row's partial within its group and store it at the block's owner."""
+    rows = c.shape[0]
+    num_groups = owners.column.shape[0]
+    summed = part.new_zeros((rows, num_groups, *part.shape[2:]))
+    summed.index_add_(1, torch.as_tensor(owners.group_of), part)
+    block = block_at(rows, step)
+    y = torch.arange(rows)[:, None]
+    col = torch.as_tensor(owners.column[:, block].T)  # (R, Ng)
+    slot = torch.as_tensor(owners.slot[:, block].T)
+    c[y, col, ..., slot, :] = summed
