@@ -25,12 +25,8 @@ import torch
 from waferllm.kernels.gemm_t import BlockOwners, block_at, block_owners, gemm_t_steps, owner_map
 from waferllm.kernels.heads import HeadLayout
 from waferllm.kernels.softmax import causal_mask, softmax
-from waferllm.mesh.comm import (
-    allreduce,
-    charge_multicast,
-    ring_shift,
-    segmented_allreduce,
-)
+from waferllm.mesh.charges import charge_multicast
+from waferllm.mesh.comm import allreduce, ring_shift, segmented_allreduce
 from waferllm.mesh.compute import matmul
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis

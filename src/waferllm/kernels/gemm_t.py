@@ -24,7 +24,8 @@ import torch
 from waferllm.errors import WaferError
 from waferllm.kernels.operands import batch_shape, batch_tiles, check_operand
 from waferllm.kernels.result import Charged, KernelResult
-from waferllm.mesh.comm import charge_reduce_to_owners, ring_shift
+from waferllm.mesh.charges import charge_reduce_to_owners
+from waferllm.mesh.comm import ring_shift
 from waferllm.mesh.compute import matmul
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis, ring_order, ring_position

@@ -3,7 +3,9 @@
 Lower layers: `geometry` (pure index arithmetic), `ktree` (the K-tree's plan), `traffic` (the
 message model), `patterns` (each primitive's traffic), `cost` (the ledger). `virtual.Mesh` ties
 a device region to SRAM and route accounting; `comm` and `compute` are the primitives kernels
-are written in.
+are written in (`charges` for data they move by index). `rings` and `relay` move GEMM tiles on
+rings and relayed multicasts, `tiling` maps meshes to logical square grids, `relayout` prices
+bulk moves between regions and plans. Only this package builds `Charge` and `Traffic`.
 """
 
 from waferllm.mesh.comm import (

@@ -4,14 +4,14 @@ Each moves per-core tiles (`data`: (rows, cols, *tile)) exactly as the hardware 
 vectorised tensor operation over the whole mesh, configures its routes (SPEC.md §10.7) and
 charges its cost to the caller's ledger (unless the ledger does not price: `Ledger.prices`).
 Who sends what to whom is in `patterns` (cached on shapes), the K-tree's plan in `ktree`, the
-message model in `traffic`. Index tensors and validated roots are cached: a decode step makes
+message model in `traffic`, index arithmetic on lines in `lines`; `charges` prices data that
+kernels move by index. Index tensors and validated roots are cached: a decode step makes
 hundreds of these calls on small tiles, where per-call host work, not data, dominates.
 Legend: P cores along the axis; "line" = one row (axis X) or one column (axis Y).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import math
 from functools import lru_cache
@@ -24,17 +24,15 @@ from waferllm.errors import WaferError
 from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis, RingKind, ring_successor
 from waferllm.mesh.ktree import TreePlan, resolve_fanouts, tree_plan
+from waferllm.mesh.lines import check_data, from_line, line_index, line_roots, permutation
 from waferllm.mesh.patterns import (
-    ArrayKey,
     Owners,
     chain_traffic,
     key,
     multicast_traffic,
     permutation_traffic,
     ring_step_traffic,
-    tail_shift_traffic,
     tree_traffic,
-    unkey,
 )
 from waferllm.mesh.traffic import Traffic
 from waferllm.mesh.virtual import Mesh, Mode
@@ -71,79 +69,6 @@ def _enum(cls: type[_E], value: object) -> _E:
     return value if type(value) is cls else cls(value)  # type: ignore[return-value,arg-type]
 
 
-@lru_cache(maxsize=1024)
-def _index_tensor(src_key: ArrayKey, transpose: bool, device: str) -> torch.Tensor:
-    """The index tensor of a cached source map (callers only read it)."""
-    src_of = unkey(src_key)
-    return torch.tensor(src_of.T if transpose else src_of, device=device)
-
-
-def _line_index(mesh: Mesh, axis: Axis, src_of: np.ndarray, data: torch.Tensor) -> torch.Tensor:
-    """Gather along `axis` so that position i receives from src_of[i] (per line if 2D)."""
-    dim = axis.tensor_dim
-    device = data.device.type
-    if src_of.ndim == 1:
-        return data.index_select(dim, _index_tensor(key(src_of), False, device))
-    index = _index_tensor(key(src_of), axis is not Axis.X, device)
-    index = index.reshape(*index.shape, *([1] * (data.dim() - 2))).expand_as(data)
-    return torch.gather(data, dim, index)
-
-
-def _from_line(data: torch.Tensor, axis: Axis, source: int) -> torch.Tensor:
-    """Every position of every line receives line position `source`'s tile (a new tensor)."""
-    return data.narrow(axis.tensor_dim, source, 1).expand_as(data).contiguous()
-
-
-def _check_data(mesh: Mesh, data: torch.Tensor) -> None:
-    if tuple(data.shape[:2]) != mesh.shape:
-        raise WaferError(
-            f"per-core data of shape {tuple(data.shape)} does not start with the mesh's "
-            f"{mesh.rows}x{mesh.cols} cores"
-        )
-
-
-@lru_cache(maxsize=4096)
-def _single_root(root: int) -> np.ndarray:
-    roots = np.array([root], dtype=np.int64)
-    roots.setflags(write=False)
-    return roots
-
-
-def _line_roots(mesh: Mesh, axis: Axis, root: int | np.ndarray) -> np.ndarray:
-    """`root` as an (1,) array (every line alike) or (L,) (one root per line), checked."""
-    num = mesh.size(axis)
-    if type(root) is int and 0 <= root < num:  # the common case, cached
-        return _single_root(root)
-    roots = np.asarray(root)
-    lines = mesh.size(axis.other)
-    if roots.dtype.kind not in "iu" or roots.ndim > 1:
-        raise WaferError(f"a root is an int or one int per line, got {root!r}")
-    if roots.ndim == 1 and roots.shape[0] not in (1, lines):
-        raise WaferError(
-            f"per-line roots along axis {axis.value} need one root for each of the {lines} "
-            f"lines, got {roots.shape[0]}"
-        )
-    roots = np.atleast_1d(roots).astype(np.int64)
-    if roots.min() < 0 or roots.max() >= num:
-        raise WaferError(f"root out of range 0..{num - 1} along axis {axis.value}: {root!r}")
-    return roots
-
-
-def _permutation(mesh: Mesh, axis: Axis, dst: np.ndarray) -> np.ndarray:
-    """`dst` checked to be a permutation of the line's cores, (P,) or (lines, P)."""
-    dst = np.asarray(dst)
-    lines, num = mesh.size(axis.other), mesh.size(axis)
-    if dst.dtype.kind not in "iu" or dst.shape not in ((num,), (lines, num)):
-        raise WaferError(
-            f"a shift along axis {axis.value} needs integer destinations shaped ({num},) or "
-            f"({lines}, {num}), got {dst.dtype} {dst.shape}"
-        )
-    dst = dst.astype(np.int64)
-    if not (np.sort(dst, axis=-1) == np.arange(num)).all():
-        raise WaferError(f"shift destinations must be a permutation of 0..{num - 1}: {dst}")
-    return dst
-
-
 # ---- shift -------------------------------------------------------------------------------------
 def shift(
     mesh: Mesh,
@@ -160,8 +85,8 @@ def shift(
 
     One communication step: critical path max |dst - src| hops, no stages (routes are direct).
     """
-    _check_data(mesh, data)
-    dst = _permutation(mesh, axis, dst)
+    check_data(mesh, data)
+    dst = permutation(mesh, axis, dst)
     src_of = np.empty_like(dst)
     np.put_along_axis(src_of, dst, np.broadcast_to(np.arange(dst.shape[-1]), dst.shape), axis=-1)
     if routes is not None:
@@ -171,7 +96,7 @@ def shift(
             mesh.device, mesh.shape, axis, key(dst), _bytes_per_core(mesh, data)
         )
         ledger.charge(op, Charge.comm(traffic), phase=phase)
-    return _line_index(mesh, axis, src_of, data)
+    return line_index(mesh, axis, src_of, data)
 
 
 def ring_shift(
@@ -219,15 +144,15 @@ def broadcast(
     passed takes the stream in. Cost: max(root, P-1-root) hops + tile_bytes / bandwidth, with
     twice the tile through an interior root's ramp.
     """
-    _check_data(mesh, data)
-    roots = _line_roots(mesh, axis, root)
+    check_data(mesh, data)
+    roots = line_roots(mesh, axis, root)
     num = mesh.size(axis)
     if num == 1:
         return data.clone()
     _charge_broadcast(mesh, axis, roots, data, ledger, op, phase)
     if len(roots) == 1:
-        return _from_line(data, axis, int(roots[0]))
-    return _line_index(mesh, axis, Owners.of_roots(num, roots).array(), data)
+        return from_line(data, axis, int(roots[0]))
+    return line_index(mesh, axis, Owners.of_roots(num, roots).array(), data)
 
 
 def _charge_broadcast(
@@ -243,7 +168,7 @@ def _charge_broadcast(
     of 2+ cores) and charge its multicast."""
     mesh.routes.require(_BCAST_ROUTES[axis], BROADCAST_ROUTES)
     if ledger.prices:
-        owners = Owners.of_roots(mesh.size(axis), _line_roots(mesh, axis, root))
+        owners = Owners.of_roots(mesh.size(axis), line_roots(mesh, axis, root))
         traffic = multicast_traffic(
             mesh.device, mesh.shape, axis, owners, _bytes_per_core(mesh, data)
         )
@@ -333,12 +258,12 @@ def reduce(
     `ktree`: SPEC.md §10.5; `root` is ignored, the tree's root (its middle group's) is returned.
     `fanouts=None` picks the K = 2 tree of least modelled latency.
     """
-    _check_data(mesh, data)
+    check_data(mesh, data)
     algorithm = _enum(ReduceAlgorithm, algorithm)
     reduce_op = _enum(ReduceOp, reduce_op)
     if algorithm is ReduceAlgorithm.RING:
         raise WaferError("the ring algorithm is an allreduce; use allreduce(...)")
-    roots = _line_roots(mesh, axis, root)
+    roots = line_roots(mesh, axis, root)
     result = _combine(data, axis.tensor_dim, reduce_op)
     if mesh.size(axis) == 1:
         return result, (0 if algorithm is ReduceAlgorithm.KTREE else root)
@@ -346,15 +271,9 @@ def reduce(
     if ledger.prices:
         traffic = _reduce_traffic(mesh, axis, plan, roots, _bytes_per_core(mesh, data))
         ledger.charge(
-            op, Charge.comm(_streamed(traffic) if follows_stream else traffic), phase=phase
+            op, Charge.comm(traffic.streamed() if follows_stream else traffic), phase=phase
         )
     return result, (root if plan is None else plan.root)
-
-
-def _streamed(traffic: Traffic) -> Traffic:
-    """A stream that enters its chains right behind the previous one: the chains' latency is
-    already being paid by the stream ahead (see `reduce`'s `follows_stream`)."""
-    return dataclasses.replace(traffic, critical_hops=0, critical_stages=0)
 
 
 def allreduce(
@@ -380,13 +299,13 @@ def allreduce(
     algorithm = _enum(ReduceAlgorithm, algorithm)
     reduce_op = _enum(ReduceOp, reduce_op)
     if num == 1:
-        _check_data(mesh, data)
+        check_data(mesh, data)
         return _combine(data, axis.tensor_dim, reduce_op)
     if algorithm is ReduceAlgorithm.RING:
         return _ring_allreduce(mesh, data, axis=axis, ledger=ledger, op=op, reduce_op=reduce_op)
     if not ledger.prices:  # the same checks, routes and data as below, nothing to price
-        _check_data(mesh, data)
-        _line_roots(mesh, axis, 0 if root is None else root)
+        check_data(mesh, data)
+        line_roots(mesh, axis, 0 if root is None else root)
         _reduce_plan(mesh, axis, algorithm, fanouts)
         line = _combine(data, axis.tensor_dim, reduce_op)
         if not broadcast_result:
@@ -419,7 +338,7 @@ def _ring_allreduce(
     2(P-1) steps of at most 2 hops and one chunk each. Every step's receiver processes (adds or
     stores) and re-sends in the next step, except after the last: 2P-3 stages in all.
     """
-    _check_data(mesh, data)
+    check_data(mesh, data)
     num = mesh.size(axis)
     mesh.routes.require(f"{axis.value}_ring_interleaved_fwd", RING_ROUTES)
     numel = math.prod(data.shape[2:])
@@ -470,7 +389,7 @@ def segmented_allreduce(
     group side d: d hops and d-1 stages, plus the broadcast's d hops. With
     `broadcast_result=False` the result is meaningful at the group roots only.
     """
-    _check_data(mesh, data)
+    check_data(mesh, data)
     num, reduce_op = mesh.size(axis), _enum(ReduceOp, reduce_op)
     sizes = tuple(int(g) for g in group_sizes)
     if any(g < 1 for g in sizes) or sum(sizes) != num:
@@ -496,56 +415,3 @@ def segmented_allreduce(
         bcast = multicast_traffic(mesh.device, mesh.shape, axis, owners, nbytes)
         ledger.charge(f"{op}.bcast", Charge.comm(bcast), phase=1)
     return result
-
-
-# ---- charges of data the caller moves by index ------------------------------------------------
-# Kernels that keep a large buffer in place and move its blocks by indexing (prefill attention's
-# owned score blocks, the KV cache's slots) still pay for the hardware's messages: these
-# primitives configure the routes and charge the traffic; the caller moves the data.
-def charge_reduce_to_owners(
-    mesh: Mesh,
-    *,
-    axis: Axis,
-    owner: np.ndarray,
-    nbytes: int,
-    ledger: Ledger,
-    op: str,
-    follows_stream: bool = False,
-) -> None:
-    """Forward-while-adding chains along `axis`: every core's `nbytes` partial goes to
-    owner[line, i] (an (L, P) or (P,) map; consecutive cores with one owner form a group, the
-    owner may differ per line), as `reduce(algorithm=PIPELINE)` with a root per group.
-    Critical path: the farthest core's d hops and d-1 stages plus one size term; with
-    `follows_stream` (the stream right behind the previous one, see `reduce`) only the size
-    term. Routes: the axis's chain colours (static routes serve any root)."""
-    mesh.routes.require(f"{axis.value}_chain", CHAIN_ROUTES)
-    if not ledger.prices:
-        return
-    traffic = chain_traffic(mesh.device, mesh.shape, axis, Owners.of_map(owner), nbytes)
-    if follows_stream:
-        traffic = _streamed(traffic)
-    ledger.charge(op, Charge.comm(traffic))
-
-
-def charge_multicast(
-    mesh: Mesh, *, axis: Axis, owner: np.ndarray, nbytes: int, ledger: Ledger, op: str
-) -> None:
-    """Every owner multicasts `nbytes` to the consecutive cores that name it in `owner`
-    ((L, P) or (P,)), as `broadcast` with a root per group: the farthest core's hops, no
-    stages, one size term (two through an interior owner's ramp). Routes: the axis's
-    broadcast colours."""
-    mesh.routes.require(_BCAST_ROUTES[axis], BROADCAST_ROUTES)
-    if ledger.prices:
-        traffic = multicast_traffic(mesh.device, mesh.shape, axis, Owners.of_map(owner), nbytes)
-        ledger.charge(op, Charge.comm(traffic))
-
-
-def charge_tail_shift(
-    mesh: Mesh, *, axis: Axis, first: int, nbytes: int, ledger: Ledger, op: str
-) -> None:
-    """Cores first..P-1 of every line each pass `nbytes` one hop towards index 0 at the same
-    time (the shift-based KV cache's append, SPEC.md §10.9): alpha + nbytes/W. Routes: none
-    new (along Y, the K-tree's first-level upward chain colours, SPEC.md §10.7)."""
-    if ledger.prices:
-        traffic = tail_shift_traffic(mesh.device, mesh.shape, axis, first, nbytes)
-        ledger.charge(op, Charge.comm(traffic))

@@ -60,6 +60,12 @@ class Traffic:
             return 0.0
         return self.latency_term_cycles + self.size_term_cycles
 
+    def streamed(self) -> Traffic:
+        """This step entering its chains right behind another stream of the same kind: the
+        chains' latency is being paid by the stream ahead, only the size term is exposed
+        (consecutive reduces of a systolic loop, `comm.reduce(follows_stream=True)`)."""
+        return dataclasses.replace(self, critical_hops=0, critical_stages=0)
+
     def merged(self, other: Traffic) -> Traffic:
         """Two steps at the same time: the slower critical message, loads added."""
         assert self.shape == other.shape and self.device == other.device

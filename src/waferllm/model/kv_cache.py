@@ -22,7 +22,7 @@ import torch
 
 from waferllm.errors import WaferError
 from waferllm.kernels.heads import HeadLayout, gather_rows
-from waferllm.mesh.comm import charge_tail_shift
+from waferllm.mesh.charges import charge_tail_shift
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis, split_sizes
 from waferllm.mesh.virtual import Mesh, Mode
