@@ -68,7 +68,7 @@ def add_bias(mesh: Mesh, y: DistTensor, bias: DistTensor | None, ledger: Ledger,
 def gemm_operand(mesh: Mesh, x: DistTensor, ledger: Ledger, op: str) -> DistTensor:
     """x[M_y, K_x] as MeshGEMM's A, aligned once for the GEMMs that share it.
 
-    On a non-square mesh K must be a multiple of lcm(R, C) (kernels.tiling.padded_k): each
+    On a non-square mesh K must be a multiple of lcm(R, C) (mesh.tiling.padded_k): each
     core's K tile is zero-padded at its end, and the weights' rows were placed to match
     (`placement.pad_k_rows`). A per-core copy, no communication."""
     rows, cols = mesh.shape
