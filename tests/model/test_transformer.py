@@ -15,6 +15,7 @@ import torch
 from helpers.checkpoints import DEFAULT_PROMPT_IDS, check_token_identity, reference_run
 
 from waferllm.device import tiny
+from waferllm.estimate.cost import DecodeWalks
 from waferllm.mesh.cost import Ledger
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.transformer import MeshTransformer
@@ -192,11 +193,11 @@ def test_decode_step_cost_prices_a_step_like_running_it():
     running = MeshTransformer(config, None, **kwargs)
     running.prefill([5] * 11, Ledger())
     running.transition(Ledger())
-    pricing = MeshTransformer(config, None, **kwargs)
+    pricing = DecodeWalks(MeshTransformer(config, None, **kwargs))
     for context in range(12, 18):
         step = Ledger()
         running.decode_step(5, step)
-        priced = pricing.decode_step_cost(context)
+        priced = pricing.decode_step(context)
         assert sorted(map(repr, priced.expanded())) == sorted(map(repr, step.expanded()))
 
 
