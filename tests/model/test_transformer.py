@@ -70,6 +70,7 @@ FAMILIES = {
     "llama3_rope": {"family": "llama3_rope"},
     "mistral_window": {"family": "mistral", "sliding_window": 5},  # < the 9-token prompt
     "qwen2_tied": {"family": "qwen2_tied"},  # q/k/v biases and tied embeddings
+    "phi3_window": {"family": "phi3", "sliding_window": 6},  # fused q/k/v and gate/up tensors
 }
 # every grid is covered by some family, every family by the mixed 4x4 -> 2x3 plan
 CASES = [
@@ -82,6 +83,9 @@ CASES = [
     ("llama3_rope", (4, 4), (2, 3)),
     ("mistral_window", (4, 4), (2, 3)),
     ("qwen2_tied", (4, 4), (2, 3)),
+    ("phi3_window", (1, 1), (1, 1)),
+    ("phi3_window", (3, 3), (2, 4)),
+    ("phi3_window", (4, 4), (2, 3)),
 ]
 
 

@@ -202,3 +202,20 @@ def test_a_checkpoint_directory_named_like_a_preset_loads_its_own_config(
     assert config_from_checkpoint("tiny").hidden_size == 40
     assert load_config("tiny").hidden_size == 64  # the name alone means the preset
     assert load_config("./tiny").hidden_size == 40
+
+
+def test_phi3_fused_tensors_split_into_the_llama_rows_in_transformers_order(checkpoint_factory):
+    path = checkpoint_factory("phi3", margin_prompt_ids=None)
+    weights = load_checkpoint(path).weights
+    state = transformers.AutoModelForCausalLM.from_pretrained(str(path)).state_dict()
+    config = weights.config
+    for i, layer in enumerate(weights.layers):
+        q, kv = config.q_size, config.kv_size
+        qkv = state[f"model.layers.{i}.self_attn.qkv_proj.weight"]
+        assert torch.equal(layer["wq"], qkv[:q]) and torch.equal(layer["wk"], qkv[q : q + kv])
+        assert torch.equal(layer["wv"], qkv[q + kv :])
+        gate, up = state[f"model.layers.{i}.mlp.gate_up_proj.weight"].chunk(2, dim=0)
+        assert torch.equal(layer["w_gate"], gate) and torch.equal(layer["w_up"], up)
+        assert torch.equal(layer["wo"], state[f"model.layers.{i}.self_attn.o_proj.weight"])
+    assert "model.layers.0.self_attn.qkv_proj.weight" in expected_tensors(config)
+    assert "model.layers.0.self_attn.q_proj.weight" not in expected_tensors(config)

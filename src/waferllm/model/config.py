@@ -21,7 +21,7 @@ from waferllm.errors import WaferError
 from waferllm.model import family
 from waferllm.model.presets import HF_CONFIGS
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "phi3")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 
 # Defaults of transformers' config classes for fields a config.json may omit (checked against
@@ -42,6 +42,12 @@ _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 32,
         "sliding_window": 4096,
         "max_window_layers": 28,
+    },
+    "phi3": {
+        "max_position_embeddings": 4096,
+        "bos_token_id": 1,
+        "eos_token_id": 32000,
+        "rms_norm_eps": 1e-5,
     },
 }
 _REQUIRED_FIELDS = (
@@ -244,6 +250,8 @@ def from_hf_dict(raw: Mapping[str, Any], name: str) -> ModelConfig:
     heads = _as_int(fields, "num_attention_heads", name)
     head_dim = fields.get("head_dim") or _as_int(fields, "hidden_size", name) // heads
     rope_theta, rope_scaling = _parse_rope(raw, name, fields["max_position_embeddings"])
+    if rope_scaling is not None and architecture == "phi3":  # transformers' Phi-3 refuses it
+        raise ModelConfigError(f"{name}: phi3 supports default RoPE only, not llama3 scaling")
     attention_bias = bool(fields.get("attention_bias", False)) and architecture == "llama"
     eos = fields.get("eos_token_id")
     return ModelConfig(
@@ -353,11 +361,12 @@ def _single_rope_parameters(params: dict[str, Any], name: str) -> dict[str, Any]
 
 
 def _sliding_window(architecture: str, fields: Mapping[str, Any], name: str) -> int | None:
-    """Mistral honours `sliding_window`; Qwen2 only when `use_sliding_window` covers all layers."""
+    """Mistral and Phi-3 honour `sliding_window`; Qwen2 only when `use_sliding_window` covers
+    all layers."""
     if architecture == "llama":
         return None
     window = fields.get("sliding_window")
-    if architecture == "mistral" or window is None:
+    if architecture in ("mistral", "phi3") or window is None:
         return window
     if not fields.get("use_sliding_window", False):
         return None

@@ -137,7 +137,17 @@ LLAMA_LAYER = (
     _bias("b_down", "mlp.down_proj.bias", D, X, "mlp_bias"),
 )
 LLAMA = Family(model_types=("llama", "mistral", "qwen2"), layer=LLAMA_LAYER)
-FAMILIES = (LLAMA,)
+# Phi-3 (Phi3ForCausalLM): the Llama layer with q/k/v and gate/up fused in the checkpoint, in
+# that order (modeling_phi3: qkv[..., :Q], [Q:Q+KV], rest; gate, up = gate_up.chunk(2)).
+PHI3 = Family(
+    model_types=("phi3",),
+    layer=LLAMA_LAYER,
+    fused=(
+        Fused(hf_name="self_attn.qkv_proj.weight", parts=("wq", "wk", "wv")),
+        Fused(hf_name="mlp.gate_up_proj.weight", parts=("w_gate", "w_up")),
+    ),
+)
+FAMILIES = (LLAMA, PHI3)
 
 
 def family_of(config: ModelConfig) -> Family:
