@@ -275,6 +275,37 @@ def decode_layer(
         return ops.add(mesh, x=x, y=down, ledger=ledger, op="mlp_residual")
 
 
+def decode_attention_walk(
+    mesh: Mesh, store: KvStore, counts: RowCounts, config: ModelConfig
+) -> Ledger:
+    """One layer's decode attention at `counts`' next step (the window it reads), charged as
+    `decode_layer` charges it, for the estimate layer; q is a placeholder of the real q's tile
+    (SRAM was checked at the widest window by a full walk)."""
+    heads = store.heads
+    append = counts.plan_append()
+    width = int(append.counts_after.max())
+    attn = Ledger()
+    with mesh.sram.scope():
+        q = mesh.register(
+            torch.empty((*mesh.shape, heads.q_width), device="meta"),
+            Layout((mesh.cols * heads.q_width,), x_dim=0),
+            "q",
+        )
+        k_cache, v_cache = store.window(store.layers[0], width)
+        mask = decode_slot_mask(mesh, counts, append, counts.total, config.sliding_window)
+        with attn.scope("layer"), attn.scope("attn"):
+            decode_attention(
+                mesh,
+                q=q,
+                k_cache=k_cache,
+                v_cache=v_cache,
+                slot_mask=mask,
+                heads=heads,
+                ledger=attn,
+            )
+    return attn
+
+
 def decode_slot_mask(
     mesh: Mesh, counts: RowCounts, append: Append, position: int, window: int | None
 ) -> torch.Tensor:

@@ -8,6 +8,7 @@ device coordinates, so the cost sees the real distances between the two plans' r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 
@@ -21,7 +22,7 @@ from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh
 from waferllm.model.family import Dim, LayerTensor, matmuls
 from waferllm.model.kv_cache import RowCounts
-from waferllm.model.placement import Phase, heads_for, layer_specs
+from waferllm.model.placement import Phase, PlacementMode, heads_for, layer_specs
 from waferllm.model.plan import ModelPlan
 from waferllm.model.regions import Move, relayout_charge
 
@@ -69,6 +70,23 @@ def hop(device: Device, x: DistTensor, dst: Mesh, ledger: Ledger, *, op: str) ->
         data = broadcast(dst, moved.data, axis=Axis.X, root=entry, ledger=ledger, op=f"{op}.bcast")
         moved = moved.replace(data)
     return moved
+
+
+def per_layer_hops(plan: ModelPlan, x: DistTensor, ledger: Ledger) -> None:
+    """`per-layer` placement: the activation hops to the next layer's region, which the
+    paper's method places beside this one, num_layers - 1 times."""
+    layers = plan.config.num_hidden_layers
+    if plan.placement is not PlacementMode.PER_LAYER or layers < 2:
+        return
+    y, x0 = x.mesh.origin
+    east = x0 + x.mesh.cols
+    # the neighbouring region is notional (the paper measures one layer): price the hop
+    # on a device wide enough to hold it, whatever the grid
+    device = plan.device
+    if east + x.mesh.cols > device.mesh_cols:
+        device = dataclasses.replace(device, mesh_cols=east + x.mesh.cols)
+    with ledger.repeat(layers - 1):
+        ledger.charge("layer_hop", hop_charge(device, x, (y, east)))
 
 
 # ---- the prefill -> decode hand-off ------------------------------------------------------------

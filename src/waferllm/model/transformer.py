@@ -21,14 +21,12 @@ import torch
 
 from waferllm.device import Device
 from waferllm.errors import SramOverflowError, WaferError
-from waferllm.kernels import ops
-from waferllm.kernels.gemv import meshgemv, pipeline_gemv
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
 from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
-from waferllm.model.attention import decode_attention
+from waferllm.model import vocab
 from waferllm.model.config import ModelConfig, rope_inv_freq
 from waferllm.model.kv_cache import (
     Append,
@@ -40,21 +38,20 @@ from waferllm.model.kv_cache import (
     max_new_tokens,
 )
 from waferllm.model.layers import (
-    PREFILL_REDUCE,
     CacheStep,
     LayerContext,
     LayerLedgers,
     charge_rope_tables,
+    decode_attention_walk,
     decode_layer,
     decode_slot_mask,
     prefill_layer,
     rope_tables,
-    view,
 )
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts, heads_for
 from waferllm.model.plan import ModelPlan, PhaseState, build_phase, plan_model
 from waferllm.model.regions import relayout_charge
-from waferllm.model.transfers import hop, hop_charge, kv_moves, weight_moves
+from waferllm.model.transfers import hop, kv_moves, per_layer_hops, weight_moves
 from waferllm.model.weights import ModelWeights
 
 
@@ -211,7 +208,9 @@ class MeshTransformer:
         state = self.prefill_state
         first = state.meshes[0]
         first.charge_host_io(ledger, "host.prompt_in", length)
-        x = self._embed(state, ids, ledger, tokens_axis=Axis.Y)
+        x = vocab.embed(
+            state, ids, ledger, config=self.config, device=self.device, tokens_axis=Axis.Y
+        )
         layer_ledger = Ledger()
         for r, region in enumerate(state.regions.regions):
             mesh = state.meshes[r]
@@ -233,7 +232,7 @@ class MeshTransformer:
             cos.free()
             sin.free()
         ledger.extend(layer_ledger, count=self.config.num_hidden_layers)
-        self._per_layer_hops(x, ledger)
+        per_layer_hops(self.plan, x, ledger)
         self._prompt_len = length
         return self._head_prefill(x, length, ledger)
 
@@ -250,7 +249,7 @@ class MeshTransformer:
                 last.contiguous(), Layout((self.config.hidden_size,), x_dim=0), "last_hidden"
             )
             x.free()
-            logits = self._lm_head(state, h, Axis.X, ledger)
+            logits = vocab.lm_head(state, h, ledger, config=self.config, axis=Axis.X)
         return self._select(logits, ledger, position=length, algorithm=ReduceAlgorithm.RING)
 
     # ---- the hand-off ------------------------------------------------------------------------
@@ -346,30 +345,8 @@ class MeshTransformer:
         as `decode_layer` charges it. SRAM was checked at the widest window by a full walk;
         this walk's q is a placeholder of the real q's tile."""
         self._ensure_stores()
-        mesh, store = self.decode_state.meshes[0], self._stores[0]
-        heads = heads_for(self.config, mesh.cols)
-        append = counts.plan_append()
-        width = int(append.counts_after.max())
-        attn = Ledger()
-        with mesh.sram.scope():
-            q = mesh.register(
-                torch.empty((*mesh.shape, heads.q_width), device="meta"),
-                Layout((mesh.cols * heads.q_width,), x_dim=0),
-                "q",
-            )
-            k_cache, v_cache = store.window(store.layers[0], width)
-            mask = decode_slot_mask(mesh, counts, append, counts.total, self.config.sliding_window)
-            with attn.scope("layer"), attn.scope("attn"):
-                decode_attention(
-                    mesh,
-                    q=q,
-                    k_cache=k_cache,
-                    v_cache=v_cache,
-                    slot_mask=mask,
-                    heads=heads,
-                    ledger=attn,
-                )
-        return attn
+        mesh = self.decode_state.meshes[0]
+        return decode_attention_walk(mesh, self._stores[0], counts, self.config)
 
     def kv_shift_records(self, append: Append, counts: RowCounts) -> Ledger:
         """Estimate mode: one layer's one-hop KV shift for `append` after `counts` (no data)."""
@@ -419,7 +396,9 @@ class MeshTransformer:
         append = counts.plan_append()
         before = records.before
         state.meshes[0].charge_host_io(before, "host.token_in", 1)
-        x = self._embed(state, [token_id], before, tokens_axis=None)
+        x = vocab.embed(
+            state, [token_id], before, config=self.config, device=self.device, tokens_axis=None
+        )
         for r in range(len(state.regions.regions)):
             if r:
                 x = hop(self.device, x, state.meshes[r], before, op=f"hop{r}")
@@ -431,13 +410,13 @@ class MeshTransformer:
                 else:
                     walk, kv = LayerLedgers.single(_Uncharged()), _Uncharged()
                 x = self._walk_region(r, x, counts, append, walk, kv)
-        self._per_layer_hops(x, before)
+        per_layer_hops(self.plan, x, before)
         counts.commit(append)
         return x
 
     def _decode_head(self, x: DistTensor, position: int, ledger: Ledger) -> StepOutput:
         with ledger.scope("head"):
-            logits = self._lm_head(self.decode_state, x, Axis.Y, ledger)
+            logits = vocab.lm_head(self.decode_state, x, ledger, config=self.config, axis=Axis.Y)
         return self._select(logits, ledger, position=position + 1)
 
     def _walk_region(
@@ -479,46 +458,6 @@ class MeshTransformer:
         return x
 
     # ---- vocabulary ends ---------------------------------------------------------------------
-    def _embed(
-        self, state: PhaseState, ids: Sequence[int], ledger: Ledger, tokens_axis: Axis | None
-    ) -> DistTensor:
-        """Token ids -> hidden states on the first region (prefill [L_y, D_x], decode [D_y])."""
-        mesh, table = state.embed_mesh, state.embed_view
-        with ledger.scope("embed"):
-            out = ops.embed(
-                mesh,
-                ids=torch.tensor(list(ids), dtype=torch.int64),
-                table=table,
-                ledger=ledger,
-                tokens_axis=tokens_axis,
-            )
-            if tokens_axis is None:  # decode: [1, D_y] -> [D_y]
-                out = view(out, Layout((self.config.hidden_size,), y_dim=0))
-            if mesh is not state.meshes[0]:
-                out = hop(self.device, out, state.meshes[0], ledger, op="to_first_region")
-        return out
-
-    def _lm_head(self, state: PhaseState, x: DistTensor, axis: Axis, ledger: Ledger):
-        """Final norm and the LM head GEMV on the last hidden state `x` (freed). Decode reduces
-        along Y with the K-tree like every decode GEMV; prefill reduces along X by the chain to
-        the middle column, whose routes its layers already hold (SPEC.md §10.7)."""
-        mesh = x.mesh
-        prefill = state.phase is Phase.PREFILL
-        h = ops.rms_norm(
-            mesh,
-            x=x,
-            weight=state.final_norm,
-            ledger=ledger,
-            eps=self.config.rms_norm_eps,
-            op="final_norm",
-            algorithm=PREFILL_REDUCE if prefill else ReduceAlgorithm.KTREE,
-        )
-        x.free()
-        gemv = pipeline_gemv if prefill else meshgemv
-        logits = gemv(mesh, x=h, w=state.lm_head, ledger=ledger, reduce_axis=axis, op="lm_head")
-        h.free()
-        return logits.out
-
     def _select(
         self,
         logits: DistTensor,
@@ -527,17 +466,10 @@ class MeshTransformer:
         position: int,
         algorithm: ReduceAlgorithm = ReduceAlgorithm.KTREE,
     ) -> StepOutput:
-        """On-mesh argmax, the token to the host. Prefill's logits are split along Y: its
-        argmax uses the Y ring the MeshGEMMs configured, keeping the prefill program within
-        its route budget."""
-        mesh = logits.mesh
-        ids = ops.argmax(mesh, logits=logits, ledger=ledger, algorithm=algorithm)
-        token = mesh.gather(ids, ledger=ledger)
-        ids.free()
+        token = vocab.argmax_token(logits, ledger, algorithm=algorithm)
         self._drop_logits()
         self._logits = logits  # kept on the mesh until the next call, for fetch_logits
-        value = int(token.reshape(-1)[0]) if self.mode is Mode.FUNCTIONAL else 0
-        return StepOutput(token=value, position=position, logits=logits)
+        return StepOutput(token=token, position=position, logits=logits)
 
     # ---- helpers -----------------------------------------------------------------------------
     def _check_ids(self, token_ids: Sequence[int]) -> list[int]:
@@ -564,21 +496,6 @@ class MeshTransformer:
             v.free()
         self._prefill_kv = {}
         self._counts = None
-
-    def _per_layer_hops(self, x: DistTensor, ledger: Ledger) -> None:
-        """`per-layer` placement: the activation hops to the next layer's region, which the
-        paper's method places beside this one, num_layers - 1 times."""
-        if self.plan.placement is not PlacementMode.PER_LAYER or self.config.num_hidden_layers < 2:
-            return
-        y, x0 = x.mesh.origin
-        east = x0 + x.mesh.cols
-        # the neighbouring region is notional (the paper measures one layer): price the hop
-        # on a device wide enough to hold it, whatever the grid
-        device = self.device
-        if east + x.mesh.cols > device.mesh_cols:
-            device = dataclasses.replace(device, mesh_cols=east + x.mesh.cols)
-        with ledger.repeat(self.config.num_hidden_layers - 1):
-            ledger.charge("layer_hop", hop_charge(device, x, (y, east)))
 
     def routes_per_core(self) -> dict[str, int]:
         """The largest route count configured on any core, per phase (after a call)."""
