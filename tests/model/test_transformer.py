@@ -189,7 +189,7 @@ def test_sram_overflow_and_a_prompt_longer_than_the_cache_are_clear_errors(check
         model.decode_step(3, Ledger())
 
 
-def test_decode_step_cost_prices_a_step_like_running_it():
+def test_decode_walks_price_a_step_like_running_it():
     from waferllm.model.config import load_config
 
     config = load_config("tiny")
