@@ -13,6 +13,7 @@ from waferllm.api.llm import LLM
 from waferllm.device import tiny
 from waferllm.engine.sampling import SamplingParams
 from waferllm.errors import GridError, WaferError
+from waferllm.estimate.cost import DecodeWalks
 from waferllm.mesh.cost import Ledger
 from waferllm.model.weights import load_checkpoint
 
@@ -124,9 +125,9 @@ def test_grouped_decode_costs_equal_the_sum_of_single_steps(kv_cache):
         decode_grid="3x4",
         kv_cache=kv_cache,
     )
-    model, steps = est.ledgers.model, Ledger()
+    walks, steps = DecodeWalks(est.ledgers.model), Ledger()
     for context in range(14, 13 + 20):
-        steps.extend(model.decode_step_cost(context, prompt_len=13))
+        steps.extend(walks.decode_step(context, prompt_len=13))
     assert _counter(est.ledgers.decode.ledger) == _counter(steps)
 
 

@@ -15,9 +15,9 @@ import pytest
 from helpers.checkpoints import DEFAULT_NEW_TOKENS, DEFAULT_PROMPT_IDS, reference_run
 
 from waferllm import LLM, RequestOutput, SamplingParams, tiny
-from waferllm.api.llm import default_grids
 from waferllm.engine.tokenizer import load_tokenizer
 from waferllm.errors import GridError, SramOverflowError, WaferError
+from waferllm.estimate.search import default_grids
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.placement import PlacementMode, ResidentLayouts
 from waferllm.model.plan import plan_model

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-FAMILIES = ("llama", "llama3_rope", "mistral", "qwen2", "qwen2_tied")
+FAMILIES = ("llama", "llama3_rope", "mistral", "qwen2", "qwen2_tied", "phi3")
 BOS_ID, EOS_ID = 0, 1  # the tokenizer's special tokens come first in its vocabulary
 # The standard request: a 9-token prompt and 7 greedy tokens (16 positions in all).
 DEFAULT_PROMPT_IDS = (BOS_ID, 37, 102, 251, 17, 288, 64, 199, 5)
@@ -73,8 +73,8 @@ def _hf_config(
 
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
-    if sliding_window is not None and not family.startswith(("mistral", "qwen2")):
-        raise ValueError(f"family {family!r} has no sliding window (mistral and qwen2 do)")
+    if sliding_window is not None and not family.startswith(("mistral", "qwen2", "phi3")):
+        raise ValueError(f"family {family!r} has no sliding window (mistral, qwen2, phi3 do)")
     if (attention_bias or mlp_bias) and not family.startswith("llama"):
         raise ValueError("attention_bias and mlp_bias are llama config fields")
     common: dict[str, Any] = {
@@ -108,6 +108,8 @@ def _hf_config(
         return transformers.LlamaConfig(**common, attention_bias=attention_bias, mlp_bias=mlp_bias)
     if family == "mistral":
         return transformers.MistralConfig(**common, sliding_window=sliding_window)
+    if family == "phi3":  # fused qkv_proj and gate_up_proj tensors
+        return transformers.Phi3Config(**common, sliding_window=sliding_window)
     return transformers.Qwen2Config(
         **common,
         tie_word_embeddings=family == "qwen2_tied",

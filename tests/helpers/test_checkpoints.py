@@ -160,19 +160,20 @@ def _dense_logits(weights: ModelWeights, ids: tuple[int, ...]) -> torch.Tensor:
         allowed &= key > query - c.sliding_window
     x = weights.embed[list(ids)].double()
     for layer in weights.layers:
-        h = rms_norm(x, layer.attn_norm)
-        q_NTH = linear(h, layer.wq, layer.bq).view(num_tokens, -1, c.head_dim).transpose(0, 1)
-        k_NTH = linear(h, layer.wk, layer.bk).view(num_tokens, -1, c.head_dim).transpose(0, 1)
-        v_NTH = linear(h, layer.wv, layer.bv).view(num_tokens, -1, c.head_dim).transpose(0, 1)
+        w = layer.get
+        h = rms_norm(x, w("attn_norm"))
+        q_NTH = linear(h, w("wq"), w("bq")).view(num_tokens, -1, c.head_dim).transpose(0, 1)
+        k_NTH = linear(h, w("wk"), w("bk")).view(num_tokens, -1, c.head_dim).transpose(0, 1)
+        v_NTH = linear(h, w("wv"), w("bv")).view(num_tokens, -1, c.head_dim).transpose(0, 1)
         k_NTH = rope(k_NTH).repeat_interleave(c.num_kv_groups, 0)
         v_NTH = v_NTH.repeat_interleave(c.num_kv_groups, 0)
         scores = rope(q_NTH) @ k_NTH.transpose(1, 2) / c.head_dim**0.5
         probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
         attn_TD = (probs @ v_NTH).transpose(0, 1).reshape(num_tokens, c.q_size)
-        x = x + linear(attn_TD, layer.wo, layer.bo)
-        h = rms_norm(x, layer.mlp_norm)
-        gate = torch.nn.functional.silu(linear(h, layer.w_gate, layer.b_gate))
-        x = x + linear(gate * linear(h, layer.w_up, layer.b_up), layer.w_down, layer.b_down)
+        x = x + linear(attn_TD, w("wo"), w("bo"))
+        h = rms_norm(x, w("mlp_norm"))
+        gate = torch.nn.functional.silu(linear(h, w("w_gate"), w("b_gate")))
+        x = x + linear(gate * linear(h, w("w_up"), w("b_up")), w("w_down"), w("b_down"))
     return linear(rms_norm(x, weights.final_norm), weights.lm_head, None)
 
 

@@ -43,6 +43,7 @@ HF_CLASSES = {
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
 }
 
 
@@ -132,6 +133,8 @@ def test_tiny_preset_is_a_small_llama_with_gqa():
         ("qwen2", {}),
         ("qwen2", {"tie_word_embeddings": True, "eos_token_id": [5, 6], "bos_token_id": 4}),
         ("qwen2", {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 0}),
+        ("phi3", {"eos_token_id": 2, "pad_token_id": 2}),
+        ("phi3", {"sliding_window": 5, "eos_token_id": 2, "pad_token_id": 2, "head_dim": 16}),
     ],
 )
 def test_hf_configs_written_by_transformers_parse_to_the_same_model(tmp_path, family, extra):
@@ -148,12 +151,13 @@ def test_hf_configs_written_by_transformers_parse_to_the_same_model(tmp_path, fa
     assert config.eos_token_ids == _eos_tuple(hf.eos_token_id)
     model = model_class(hf)
     attention = model.model.layers[0].self_attn
-    assert config.qkv_bias == (attention.q_proj.bias is not None)
+    assert config.qkv_bias == (getattr(attention, "q_proj", attention.o_proj).bias is not None)
     assert config.o_bias == (attention.o_proj.bias is not None)
-    assert config.mlp_bias == (model.model.layers[0].mlp.up_proj.bias is not None)
+    mlp = model.model.layers[0].mlp
+    assert config.mlp_bias == (getattr(mlp, "up_proj", mlp.down_proj).bias is not None)
     assert config.num_params == model.num_parameters()
     expected_window = getattr(attention, "sliding_window", None) or (
-        hf.sliding_window if family == "mistral" else None
+        hf.sliding_window if family in ("mistral", "phi3") else None
     )
     assert config.sliding_window == expected_window
     assert torch.equal(rope_inv_freq(config), model.model.rotary_emb.inv_freq)
@@ -162,7 +166,9 @@ def test_hf_configs_written_by_transformers_parse_to_the_same_model(tmp_path, fa
 @pytest.mark.parametrize("family", sorted(HF_CLASSES))
 def test_fields_absent_from_config_json_take_transformers_defaults(family):
     # 32 heads: the families' default kv-head counts (32, 8, 32) must divide them.
-    raw = {"model_type": family, **SMALL, "hidden_size": 64, "num_attention_heads": 32}
+    # vocab 32064: Phi-3's default eos and pad ids (32000) must be in the vocabulary
+    raw = {**SMALL, "model_type": family, "hidden_size": 64, "num_attention_heads": 32}
+    raw["vocab_size"] = 32064
     del raw["num_key_value_heads"]
     hf = HF_CLASSES[family][0].from_dict(raw)
     config = from_hf_dict(raw, "minimal")
@@ -259,6 +265,21 @@ def test_unsupported_configs_are_refused_with_a_message_naming_the_field(change,
     raw = {"model_type": "llama", **SMALL, **change}
     with pytest.raises(ModelConfigError, match=re.escape(message)):
         from_hf_dict(raw, "bad")
+
+
+@pytest.mark.parametrize(
+    ("rope", "message"),
+    [
+        ({"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}, "'longrope'"),
+        ({"type": "su", "short_factor": [1.0], "long_factor": [1.0]}, "rope type 'su'"),
+        ({"rope_type": "default", "partial_rotary_factor": 0.75}, "partial_rotary_factor=0.75"),
+        ({"rope_type": "llama3", **LLAMA3_ROPE}, "phi3 supports default RoPE only"),
+    ],
+)
+def test_phi3_rope_variants_waferllm_does_not_implement_are_refused(rope, message):
+    raw = {"model_type": "phi3", **SMALL, "rope_scaling": rope}
+    with pytest.raises(ModelConfigError, match=re.escape(message)):
+        from_hf_dict(raw, "phi3-long")
 
 
 def test_qwen2_sliding_window_on_some_layers_only_is_refused(tmp_path):

@@ -15,6 +15,7 @@ import torch
 from helpers.checkpoints import DEFAULT_PROMPT_IDS, check_token_identity, reference_run
 
 from waferllm.device import tiny
+from waferllm.estimate.cost import DecodeWalks
 from waferllm.mesh.cost import Ledger
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.transformer import MeshTransformer
@@ -69,6 +70,7 @@ FAMILIES = {
     "llama3_rope": {"family": "llama3_rope"},
     "mistral_window": {"family": "mistral", "sliding_window": 5},  # < the 9-token prompt
     "qwen2_tied": {"family": "qwen2_tied"},  # q/k/v biases and tied embeddings
+    "phi3_window": {"family": "phi3", "sliding_window": 6},  # fused q/k/v and gate/up tensors
 }
 # every grid is covered by some family, every family by the mixed 4x4 -> 2x3 plan
 CASES = [
@@ -81,6 +83,9 @@ CASES = [
     ("llama3_rope", (4, 4), (2, 3)),
     ("mistral_window", (4, 4), (2, 3)),
     ("qwen2_tied", (4, 4), (2, 3)),
+    ("phi3_window", (1, 1), (1, 1)),
+    ("phi3_window", (3, 3), (2, 4)),
+    ("phi3_window", (4, 4), (2, 3)),
 ]
 
 
@@ -184,7 +189,7 @@ def test_sram_overflow_and_a_prompt_longer_than_the_cache_are_clear_errors(check
         model.decode_step(3, Ledger())
 
 
-def test_decode_step_cost_prices_a_step_like_running_it():
+def test_decode_walks_price_a_step_like_running_it():
     from waferllm.model.config import load_config
 
     config = load_config("tiny")
@@ -192,11 +197,11 @@ def test_decode_step_cost_prices_a_step_like_running_it():
     running = MeshTransformer(config, None, **kwargs)
     running.prefill([5] * 11, Ledger())
     running.transition(Ledger())
-    pricing = MeshTransformer(config, None, **kwargs)
+    pricing = DecodeWalks(MeshTransformer(config, None, **kwargs))
     for context in range(12, 18):
         step = Ledger()
         running.decode_step(5, step)
-        priced = pricing.decode_step_cost(context)
+        priced = pricing.decode_step(context)
         assert sorted(map(repr, priced.expanded())) == sorted(map(repr, step.expanded()))
 
 

@@ -13,9 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from waferllm.errors import WaferError
 from waferllm.model.config import ModelConfigError, config_from_checkpoint, load_config
+from waferllm.model.family import LLAMA
 from waferllm.model.weights import (
     CheckpointError,
-    LayerWeights,
     expected_tensors,
     load_checkpoint,
     load_weights,
@@ -46,8 +46,8 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_every_field_of_layer_weights_has_its_hf_name_in_this_test():
-    assert set(LAYER_NAMES) == {f for f in LayerWeights.__dataclass_fields__}
+def test_every_row_of_the_llama_family_table_has_its_hf_name_in_this_test():
+    assert {t.name: t.hf_name for t in LLAMA.layer} == LAYER_NAMES
 
 
 def test_loaded_weights_equal_the_transformers_model_state_dict(standard_checkpoint):
@@ -61,7 +61,7 @@ def test_loaded_weights_equal_the_transformers_model_state_dict(standard_checkpo
     assert len(weights.layers) == config.num_hidden_layers
     for i, layer in enumerate(weights.layers):
         for field, hf_name in LAYER_NAMES.items():
-            ours, theirs = getattr(layer, field), state.get(f"model.layers.{i}.{hf_name}")
+            ours, theirs = layer.get(field), state.get(f"model.layers.{i}.{hf_name}")
             if theirs is None:
                 assert ours is None, f"{field} should be absent in layer {i}"
             else:
@@ -73,13 +73,13 @@ def test_biases_are_present_exactly_where_the_family_has_them(
     llama_checkpoint, llama_bias_checkpoint, qwen2_checkpoint
 ):
     plain = load_checkpoint(llama_checkpoint).weights.layers[0]
-    assert all(getattr(plain, b) is None for b in ("bq", "bk", "bv", "bo", "b_up", "b_down"))
+    assert all(plain.get(b) is None for b in ("bq", "bk", "bv", "bo", "b_up", "b_down"))
     biased = load_checkpoint(llama_bias_checkpoint).weights.layers[0]
-    assert all(getattr(biased, b) is not None for b in ("bq", "bo", "b_gate", "b_up", "b_down"))
+    assert all(biased.get(b) is not None for b in ("bq", "bo", "b_gate", "b_up", "b_down"))
     qwen = load_checkpoint(qwen2_checkpoint).weights.layers[0]
-    assert qwen.bq is not None and qwen.bk is not None and qwen.bv is not None
-    assert qwen.bo is None and qwen.b_up is None
-    assert bool((qwen.bq != 0).any()), "test checkpoints must have non-zero biases"
+    assert qwen.get("bq") is not None and qwen.get("bk") is not None and qwen.get("bv") is not None
+    assert qwen.get("bo") is None and qwen.get("b_up") is None
+    assert bool((qwen.get("bq") != 0).any()), "test checkpoints must have non-zero biases"
 
 
 def test_tied_embeddings_share_one_tensor_for_the_lm_head(qwen2_tied_checkpoint):
@@ -97,14 +97,14 @@ def test_sharded_and_single_file_checkpoints_load_identically(checkpoint_factory
     assert torch.equal(a.embed, b.embed) and torch.equal(a.lm_head, b.lm_head)
     for la, lb in zip(a.layers, b.layers, strict=True):
         for field in LAYER_NAMES:
-            x, y = getattr(la, field), getattr(lb, field)
+            x, y = la.get(field), lb.get(field)
             assert (x is None and y is None) or torch.equal(x, y), field
 
 
 def test_weights_are_cast_to_the_requested_dtype(llama_checkpoint):
     weights = load_checkpoint(llama_checkpoint, dtype=torch.float16).weights
     assert weights.embed.dtype == torch.float16
-    assert weights.layers[-1].w_down.dtype == torch.float16
+    assert weights.layers[-1]["w_down"].dtype == torch.float16
     with pytest.raises(CheckpointError, match="not a floating dtype"):
         load_weights(llama_checkpoint, load_config(str(llama_checkpoint)), dtype=torch.int32)
 
@@ -202,3 +202,20 @@ def test_a_checkpoint_directory_named_like_a_preset_loads_its_own_config(
     assert config_from_checkpoint("tiny").hidden_size == 40
     assert load_config("tiny").hidden_size == 64  # the name alone means the preset
     assert load_config("./tiny").hidden_size == 40
+
+
+def test_phi3_fused_tensors_split_into_the_llama_rows_in_transformers_order(checkpoint_factory):
+    path = checkpoint_factory("phi3", margin_prompt_ids=None)
+    weights = load_checkpoint(path).weights
+    state = transformers.AutoModelForCausalLM.from_pretrained(str(path)).state_dict()
+    config = weights.config
+    for i, layer in enumerate(weights.layers):
+        q, kv = config.q_size, config.kv_size
+        qkv = state[f"model.layers.{i}.self_attn.qkv_proj.weight"]
+        assert torch.equal(layer["wq"], qkv[:q]) and torch.equal(layer["wk"], qkv[q : q + kv])
+        assert torch.equal(layer["wv"], qkv[q + kv :])
+        gate, up = state[f"model.layers.{i}.mlp.gate_up_proj.weight"].chunk(2, dim=0)
+        assert torch.equal(layer["w_gate"], gate) and torch.equal(layer["w_up"], up)
+        assert torch.equal(layer["wo"], state[f"model.layers.{i}.self_attn.o_proj.weight"])
+    assert "model.layers.0.self_attn.qkv_proj.weight" in expected_tensors(config)
+    assert "model.layers.0.self_attn.q_proj.weight" not in expected_tensors(config)

@@ -5,33 +5,31 @@ tensors, every SRAM and route check enforced) on the given grids, or on the pair
 search picks (`search.py`). The result is the request report of SPEC.md §10.4 (kind
 "estimate") with, in its breakdown, the placement, the search's choice, time by op and by
 compute/communication per phase, and the KV capacity of both cache policies.
-Walks are cached per process and setup (`costing.CostModel`); `clear_cache()` empties it.
+Walks are cached per process and setup (`waferllm.estimate.cost`); `clear_cache()` empties
+it. This module only coerces arguments and assembles the report; the costing is `estimate/`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from waferllm.api.costing import CostModel, Grid, RequestCost, Setup
-from waferllm.api.search import GridSearch, search_grids
 from waferllm.device import Device, get_device
-from waferllm.engine.metrics import model_flops
 from waferllm.errors import GridError, WaferError
+from waferllm.estimate.capacity import whole_model_capacity
+from waferllm.estimate.cost import Grid, RequestCost, Setup, clear_cache, cost_model
+from waferllm.estimate.flops import model_flops
+from waferllm.estimate.search import GridSearch, search_grids
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.virtual import GridLike, as_grid
 from waferllm.model.config import ModelConfig, load_config
 from waferllm.model.kv_cache import KvPolicy
-from waferllm.model.kv_cache import kv_capacity_tokens as capacity_tokens
-from waferllm.model.kv_cache import max_new_tokens as room_tokens
 from waferllm.model.placement import PlacementMode, ResidentLayouts
-from waferllm.model.plan import plan_model
 from waferllm.model.regions import PhaseRegions
-from waferllm.model.report import KvCapacity, RequestMetrics, RequestReport
+from waferllm.model.report import RequestMetrics, RequestReport
 
 __all__ = ["Estimate", "PhasePlacement", "clear_cache", "estimate"]
 
@@ -149,17 +147,6 @@ def estimate(
     return _result(setup, cost, search, prompt_len, output_len, time.perf_counter() - start)
 
 
-@functools.lru_cache(maxsize=32)
-def cost_model(setup: Setup) -> CostModel:
-    """The process-wide cache of walks for one setup."""
-    return CostModel(setup)
-
-
-def clear_cache() -> None:
-    """Forget every cached walk (benchmarks time a cold estimate with it)."""
-    cost_model.cache_clear()
-
-
 # ---- inputs --------------------------------------------------------------------------------------
 def _device(device: str | Device, overrides: Mapping[str, Any] | None) -> Device:
     if isinstance(device, Device):
@@ -231,7 +218,7 @@ def _result(
         routes_per_core=max(cost.prefill.routes_per_core, cost.decode.routes_per_core),
         utilization=flops / (peak * total_s) if total_s > 0 else None,
     )
-    capacity, room = _kv_capacity(setup, cost, prompt_len)
+    capacity, room = whole_model_capacity(setup, cost.prefill_grid, cost.decode_grid, prompt_len)
     breakdown = _breakdown(setup, cost, placements, search, output_len)
     report = RequestReport(
         kind="estimate",
@@ -263,44 +250,6 @@ def _cores(placement: PhasePlacement, per_layer: bool) -> int:
     paper's regions hold one layer each and run one at a time)."""
     rows, cols = placement.grid
     return rows * cols * (1 if per_layer else len(placement.origins))
-
-
-def _kv_capacity(setup: Setup, cost: RequestCost, prompt_len: int) -> tuple[KvCapacity, KvCapacity]:
-    return whole_model_capacity(setup, cost.prefill_grid, cost.decode_grid, prompt_len)
-
-
-def whole_model_capacity(
-    setup: Setup, prefill_grid: Grid, decode_grid: Grid, prompt_len: int
-) -> tuple[KvCapacity, KvCapacity]:
-    """(kv_capacity_tokens, max_new_tokens) of both policies, SPEC.md §10.10: always the whole
-    model resident, placed as in `fit` on the decode grid (in per-layer mode too; the same
-    plan a fit-mode model builds); None with the reason when that placement does not fit."""
-    try:
-        plan = plan_model(
-            setup.config,
-            setup.device,
-            prefill_grid=prefill_grid,
-            decode_grid=decode_grid,
-            placement=PlacementMode.FIT,
-            resident=setup.resident,
-            max_context_tokens=None,
-        )
-    except WaferError as exc:
-        reason = f"the whole model does not fit one {setup.device.name} (fit): {exc}"
-        none = KvCapacity(shift=None, concat=None, reason=reason)
-        return none, none
-    rows, slots = plan.decode.grid[0], plan.kv_slots
-    shift, concat = KvPolicy.SHIFT, KvPolicy.CONCAT
-    return (
-        KvCapacity(
-            shift=capacity_tokens(shift, rows, slots, prompt_len),
-            concat=capacity_tokens(concat, rows, slots, prompt_len),
-        ),
-        KvCapacity(
-            shift=room_tokens(shift, rows, slots, prompt_len),
-            concat=room_tokens(concat, rows, slots, prompt_len),
-        ),
-    )
 
 
 def _phase_summary(device: Device, ledger: Ledger, depth: int = 1) -> dict[str, Any]:

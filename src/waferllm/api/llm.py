@@ -19,15 +19,15 @@ from typing import Any
 
 from waferllm.device import Device, get_device, with_overrides
 from waferllm.engine.engine import Engine, FinishReason, Generation, Step, Trace
-from waferllm.engine.metrics import Footprint, breakdown, request_metrics
+from waferllm.engine.metrics import Occupancy, breakdown, request_metrics
 from waferllm.engine.sampling import SamplingParams
 from waferllm.engine.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 from waferllm.errors import GridError, WaferError
+from waferllm.estimate.search import default_grids
 from waferllm.mesh.virtual import COMPUTE_DTYPES, GridLike, as_grid
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.placement import PlacementMode, ResidentLayouts
-from waferllm.model.plan import plan_model
 from waferllm.model.report import KvCapacity, RequestMetrics, RequestReport
 from waferllm.model.transformer import MeshTransformer
 from waferllm.model.weights import ModelWeights, load_checkpoint
@@ -237,7 +237,7 @@ class LLM:
         )
 
     # ---- reporting -----------------------------------------------------------------------------
-    def footprint(self) -> Footprint:
+    def occupancy(self) -> Occupancy:
         """The cores the placed model occupies (the larger phase: one resident copy of the
         weights is re-laid between the phases' regions), its peak SRAM and its routes."""
         plan = self.model.plan
@@ -245,7 +245,7 @@ class LLM:
             len(phase.regions) * phase.grid[0] * phase.grid[1]
             for phase in (plan.prefill, plan.decode)
         )
-        return Footprint(
+        return Occupancy(
             num_cores=num_cores,
             peak_sram_bytes_per_core=self.model.peak_sram_bytes_per_core(),
             routes_per_core=max(self.model.routes_per_core().values()),
@@ -255,7 +255,7 @@ class LLM:
         """The SPEC.md §10.4 request report of a finished generation."""
         model, length = self.model, trace.prompt_len
         metrics = request_metrics(
-            trace, device=self.device, footprint=self.footprint(), config=self.config
+            trace, device=self.device, occupancy=self.occupancy(), config=self.config
         )
         policies = (KvPolicy.SHIFT, KvPolicy.CONCAT)
         capacity = [model.kv_capacity_tokens(p, prompt_len=length) for p in policies]
@@ -285,43 +285,3 @@ class LLM:
             text=text,
             token_ids=list(trace.token_ids),
         )
-
-
-def default_grids(
-    config: ModelConfig,
-    device: Device,
-    *,
-    prefill: tuple[int, int] | None,
-    decode: tuple[int, int] | None,
-    placement: PlacementMode = PlacementMode.FIT,
-    resident_layouts: ResidentLayouts = ResidentLayouts.ONE,
-) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Fill the missing grid(s) with the smallest square on which the model fits one region
-    in that phase; failing that, the smallest on which it fits at all (over several regions).
-    Decided from the plan's byte counts alone, before any weight is placed (both KV policies
-    use the same plan)."""
-    fallback: tuple[tuple[int, int], tuple[int, int]] | None = None
-    last: WaferError | None = None
-    for side in range(1, min(device.mesh_rows, device.mesh_cols) + 1):
-        grids = (prefill or (side, side), decode or (side, side))
-        try:
-            plan = plan_model(
-                config,
-                device,
-                prefill_grid=grids[0],
-                decode_grid=grids[1],
-                placement=placement,
-                resident=resident_layouts,
-                max_context_tokens=None,
-            )
-        except WaferError as err:  # SRAM overflow, or too many regions for the device
-            last = err
-            continue
-        chosen = [p for p, g in ((plan.prefill, prefill), (plan.decode, decode)) if g is None]
-        if all(len(p.regions) == 1 for p in chosen):
-            return grids
-        fallback = fallback or grids
-    if fallback is not None:
-        return fallback
-    assert last is not None
-    raise last

@@ -18,13 +18,14 @@ from collections.abc import Callable
 from typing import Any
 
 from waferllm.api import paper_figures as paper
-from waferllm.api.costing import Setup
-from waferllm.api.estimate import cost_model, estimate, whole_model_capacity
+from waferllm.api.estimate import estimate
 from waferllm.api.gpu import gpu_estimate
 from waferllm.api.reproduce_kernels import KERNEL_TICKS, kernel_sections
 from waferllm.api.tables import Column, Section
 from waferllm.device import Device, get_device
 from waferllm.errors import WaferError
+from waferllm.estimate.capacity import whole_model_capacity
+from waferllm.estimate.cost import Setup, cost_model
 from waferllm.model.config import load_config
 from waferllm.model.placement import PlacementMode
 

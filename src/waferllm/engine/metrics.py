@@ -14,40 +14,19 @@ from typing import Any
 
 from waferllm.device import Device
 from waferllm.engine.engine import Trace
+from waferllm.estimate.flops import model_flops
 from waferllm.mesh.cost import Ledger, Totals
 from waferllm.model.config import ModelConfig
 from waferllm.model.report import RequestMetrics
 
-# Legend: L prompt tokens, O generated tokens, D model dim, F ffn dim, V vocab.
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Footprint:
+class Occupancy:
     """What the placed model occupies on the device, for the per-request metrics."""
 
     num_cores: int  # cores holding the model (all regions, both phases' grids)
     peak_sram_bytes_per_core: int | None
     routes_per_core: int | None
-
-
-def model_flops(config: ModelConfig, *, prompt_len: int, output_len: int) -> int:
-    """Useful FLOPs of one request, from the unpadded shapes: every projection and the
-    attention of the L prompt positions and the O-1 fed-back tokens, plus the LM head at the
-    last prompt position and at every decode step (padding and masked slots excluded)."""
-    d, f, hd = config.hidden_size, config.intermediate_size, config.head_dim
-    q_size = config.num_attention_heads * hd
-    kv_size = config.num_key_value_heads * hd
-    projections = 2 * (d * (q_size + 2 * kv_size) + q_size * d + 3 * d * f)
-    positions = prompt_len + max(output_len - 1, 0)
-    window = config.sliding_window
-    # position p attends to min(p + 1, window) keys: q.k and p.v are 2 FLOPs per element each
-    keys = sum(min(p + 1, window) if window else p + 1 for p in range(positions))
-    attention = 4 * q_size * keys
-    lm_head_calls = 1 + max(output_len - 1, 0)
-    return (
-        config.num_hidden_layers * (projections * positions + attention)
-        + 2 * d * config.vocab_size * lm_head_calls
-    )
 
 
 def _seconds(device: Device, ledger: Ledger) -> float:
@@ -62,14 +41,14 @@ def _sum(ledgers: list[Ledger]) -> Ledger:
 
 
 def request_metrics(
-    trace: Trace, *, device: Device, footprint: Footprint, config: ModelConfig
+    trace: Trace, *, device: Device, occupancy: Occupancy, config: ModelConfig
 ) -> RequestMetrics:
     ttft_s = _seconds(device, trace.prefill)
     transition_s = _seconds(device, trace.transition)
     decode_s = _seconds(device, _sum(trace.decode))
     total_s = ttft_s + transition_s + decode_s
     flops = model_flops(config, prompt_len=trace.prompt_len, output_len=trace.output_len)
-    peak_flops_per_s = footprint.num_cores * device.flops_per_cycle_per_core * device.clock_hz
+    peak_flops_per_s = occupancy.num_cores * device.flops_per_cycle_per_core * device.clock_hz
     return RequestMetrics.from_times(
         prompt_len=trace.prompt_len,
         output_len=trace.output_len,
@@ -77,8 +56,8 @@ def request_metrics(
         decode_time_s=decode_s,
         transition_s=transition_s,
         power_w=device.power_w,
-        peak_sram_bytes_per_core=footprint.peak_sram_bytes_per_core,
-        routes_per_core=footprint.routes_per_core,
+        peak_sram_bytes_per_core=occupancy.peak_sram_bytes_per_core,
+        routes_per_core=occupancy.routes_per_core,
         utilization=flops / (peak_flops_per_s * total_s) if total_s > 0 else None,
     )
 

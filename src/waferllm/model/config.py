@@ -18,8 +18,10 @@ from typing import Any
 import torch
 
 from waferllm.errors import WaferError
+from waferllm.model import family
+from waferllm.model.presets import HF_CONFIGS
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "phi3")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 
 # Defaults of transformers' config classes for fields a config.json may omit (checked against
@@ -40,6 +42,12 @@ _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 32,
         "sliding_window": 4096,
         "max_window_layers": 28,
+    },
+    "phi3": {
+        "max_position_embeddings": 4096,
+        "bos_token_id": 1,
+        "eos_token_id": 32000,
+        "rms_norm_eps": 1e-5,
     },
 }
 _REQUIRED_FIELDS = (
@@ -177,12 +185,13 @@ class ModelConfig:
 
     @property
     def layer_params(self) -> int:
-        """Parameters of one decoder layer: projections, their biases and the two norms."""
-        d, f = self.hidden_size, self.intermediate_size
-        attn = 2 * d * self.q_size + 2 * d * self.kv_size
-        attn += (self.q_size + 2 * self.kv_size) * self.qkv_bias + d * self.o_bias
-        mlp = 3 * d * f + (2 * f + d) * self.mlp_bias
-        return attn + mlp + 2 * d
+        """Parameters of one decoder layer (every tensor of its family table)."""
+        return family.layer_params(self)
+
+    @property
+    def layer_matmul_params(self) -> int:
+        """Parameters of one decoder layer's matmuls (2 FLOPs each per token)."""
+        return family.layer_matmul_params(self)
 
     @property
     def num_params(self) -> int:
@@ -241,6 +250,8 @@ def from_hf_dict(raw: Mapping[str, Any], name: str) -> ModelConfig:
     heads = _as_int(fields, "num_attention_heads", name)
     head_dim = fields.get("head_dim") or _as_int(fields, "hidden_size", name) // heads
     rope_theta, rope_scaling = _parse_rope(raw, name, fields["max_position_embeddings"])
+    if rope_scaling is not None and architecture == "phi3":  # transformers' Phi-3 refuses it
+        raise ModelConfigError(f"{name}: phi3 supports default RoPE only, not llama3 scaling")
     attention_bias = bool(fields.get("attention_bias", False)) and architecture == "llama"
     eos = fields.get("eos_token_id")
     return ModelConfig(
@@ -350,11 +361,12 @@ def _single_rope_parameters(params: dict[str, Any], name: str) -> dict[str, Any]
 
 
 def _sliding_window(architecture: str, fields: Mapping[str, Any], name: str) -> int | None:
-    """Mistral honours `sliding_window`; Qwen2 only when `use_sliding_window` covers all layers."""
+    """Mistral and Phi-3 honour `sliding_window`; Qwen2 only when `use_sliding_window` covers
+    all layers."""
     if architecture == "llama":
         return None
     window = fields.get("sliding_window")
-    if architecture == "mistral" or window is None:
+    if architecture in ("mistral", "phi3") or window is None:
         return window
     if not fields.get("use_sliding_window", False):
         return None
@@ -425,160 +437,20 @@ def _read_json_object(file: Path) -> dict[str, Any]:
     return raw
 
 
-# Built-in models: the public config.json fields of each model card (PAPER.md §3.4 for the
-# paper's four). Base models; their instruct variants differ only in eos_token_id.
-_LLAMA3_8B = {
-    "model_type": "llama",
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 128256,
-    "max_position_embeddings": 8192,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 500000.0,
-    "rope_scaling": None,
-    "tie_word_embeddings": False,
-    "bos_token_id": 128000,
-    "eos_token_id": 128001,
-}
-_HF_CONFIGS: dict[str, dict[str, Any]] = {
-    "llama3-8b": _LLAMA3_8B,
-    "llama3.1-8b": {
-        **_LLAMA3_8B,
-        "max_position_embeddings": 131072,
-        "rope_scaling": {
-            "rope_type": "llama3",
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        },
-    },
-    "llama3-70b": {
-        **_LLAMA3_8B,
-        "hidden_size": 8192,
-        "intermediate_size": 28672,
-        "num_hidden_layers": 80,
-        "num_attention_heads": 64,
-    },
-    "llama2-13b": {
-        "model_type": "llama",
-        "hidden_size": 5120,
-        "intermediate_size": 13824,
-        "num_hidden_layers": 40,
-        "num_attention_heads": 40,
-        "num_key_value_heads": 40,
-        "vocab_size": 32000,
-        "max_position_embeddings": 4096,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-    },
-    "codellama-34b": {
-        "model_type": "llama",
-        "hidden_size": 8192,
-        "intermediate_size": 22016,
-        "num_hidden_layers": 48,
-        "num_attention_heads": 64,
-        "num_key_value_heads": 8,
-        "vocab_size": 32000,
-        "max_position_embeddings": 16384,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 1000000.0,
-        "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-    },
-    "qwen2-72b": {
-        "model_type": "qwen2",
-        "hidden_size": 8192,
-        "intermediate_size": 29568,
-        "num_hidden_layers": 80,
-        "num_attention_heads": 64,
-        "num_key_value_heads": 8,
-        "vocab_size": 152064,
-        "max_position_embeddings": 131072,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 1000000.0,
-        "use_sliding_window": False,
-        "sliding_window": 131072,
-        "max_window_layers": 80,
-        "tie_word_embeddings": False,
-        "bos_token_id": 151643,
-        "eos_token_id": 151643,
-    },
-    "qwen2.5-7b": {
-        "model_type": "qwen2",
-        "hidden_size": 3584,
-        "intermediate_size": 18944,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 28,
-        "num_key_value_heads": 4,
-        "vocab_size": 152064,
-        "max_position_embeddings": 131072,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0,
-        "use_sliding_window": False,
-        "sliding_window": 131072,
-        "max_window_layers": 28,
-        "tie_word_embeddings": False,
-        "bos_token_id": 151643,
-        "eos_token_id": 151643,
-    },
-    # Mistral-7B-v0.1: the release with a 4096-token sliding window.
-    "mistral-7b": {
-        "model_type": "mistral",
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "vocab_size": 32000,
-        "max_position_embeddings": 32768,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "sliding_window": 4096,
-        "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-    },
-    # Not a published model: a small llama-style config for 4x4 runs on the tiny device.
-    "tiny": {
-        "model_type": "llama",
-        "hidden_size": 64,
-        "intermediate_size": 176,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "vocab_size": 256,
-        "max_position_embeddings": 512,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-    },
-}
-
-
 def hf_config_dict(name: str) -> dict[str, Any]:
     """The config.json fields behind a built-in preset (a copy)."""
-    if name not in _HF_CONFIGS:
+    if name not in HF_CONFIGS:
         raise ModelConfigError(f"unknown built-in model {name!r}; choose from {', '.join(PRESETS)}")
-    return json.loads(json.dumps(_HF_CONFIGS[name]))
+    return json.loads(json.dumps(HF_CONFIGS[name]))
 
 
 def _preset(name: str) -> Callable[[], ModelConfig]:
     def build() -> ModelConfig:
-        return from_hf_dict(_HF_CONFIGS[name], name)
+        return from_hf_dict(HF_CONFIGS[name], name)
 
     build.__name__ = name.replace("-", "_").replace(".", "_")
     build.__doc__ = f"The built-in {name} config (public config.json fields, no weights)."
     return build
 
 
-PRESETS: dict[str, Callable[[], ModelConfig]] = {name: _preset(name) for name in _HF_CONFIGS}
+PRESETS: dict[str, Callable[[], ModelConfig]] = {name: _preset(name) for name in HF_CONFIGS}

@@ -9,7 +9,9 @@ Legend: L tokens, D model dim, F ffn dim, q/kv the padded head features of `Head
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -187,6 +189,29 @@ class CacheStep:
     kv_ledger: Ledger  # the one-hop shift is charged here (its cost varies step to step)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class LayerLedgers:
+    """Where one decode layer's records go: before its attention, the attention (the only
+    part that reads the cache window), after it. A step charges all three to one ledger; the
+    estimate layer keeps them apart to re-price the attention at other windows."""
+
+    pre: Ledger
+    attn: Ledger
+    post: Ledger
+
+    @classmethod
+    def single(cls, ledger: Ledger) -> LayerLedgers:
+        return cls(pre=ledger, attn=ledger, post=ledger)
+
+    @contextlib.contextmanager
+    def scope(self, name: str) -> Iterator[None]:
+        """`name` as a scope of every distinct ledger."""
+        with contextlib.ExitStack() as stack:
+            for ledger in {id(x): x for x in (self.pre, self.attn, self.post)}.values():
+                stack.enter_context(ledger.scope(name))
+            yield
+
+
 def decode_layer(
     mesh: Mesh,
     w: PlacedLayer,
@@ -194,10 +219,11 @@ def decode_layer(
     ctx: LayerContext,
     index: int,
     cache: CacheStep,
-    ledger: Ledger,
+    ledgers: LayerLedgers,
 ) -> DistTensor:
     """x[D_y] (replicated along X) -> x + attn + mlp, in place; the paper's sequence."""
     cfg, heads = ctx.config, ctx.heads
+    ledger = ledgers.pre
     rows, cols = mesh.shape
     with mesh.sram.scope():
         h = rms_norm(
@@ -222,7 +248,7 @@ def decode_layer(
         )
         width = int(cache.append.counts_after.max())
         k_cache, v_cache = cache.store.window(index, width)
-        with ledger.scope("attn"):
+        with ledgers.attn.scope("attn"):
             attn = decode_attention(
                 mesh,
                 q=q,
@@ -230,8 +256,9 @@ def decode_layer(
                 v_cache=v_cache,
                 slot_mask=cache.slot_mask,
                 heads=heads,
-                ledger=ledger,
+                ledger=ledgers.attn,
             )
+        ledger = ledgers.post
         o = meshgemv(mesh, x=attn, w=w["wo"], ledger=ledger, reduce_axis=Axis.X, op="o_proj").out
         o = add_bias(mesh, o, w.get("bo"), ledger, "o_bias")
         x = add(mesh, x=x, y=o, ledger=ledger, op="attn_residual")
@@ -249,6 +276,37 @@ def decode_layer(
         ).out
         down = add_bias(mesh, down, w.get("b_down"), ledger, "down_bias")
         return add(mesh, x=x, y=down, ledger=ledger, op="mlp_residual")
+
+
+def decode_attention_walk(
+    mesh: Mesh, store: KvStore, counts: RowCounts, config: ModelConfig
+) -> Ledger:
+    """One layer's decode attention at `counts`' next step (the window it reads), charged as
+    `decode_layer` charges it, for the estimate layer; q is a placeholder of the real q's tile
+    (SRAM was checked at the widest window by a full walk)."""
+    heads = store.heads
+    append = counts.plan_append()
+    width = int(append.counts_after.max())
+    attn = Ledger()
+    with mesh.sram.scope():
+        q = mesh.register(
+            torch.empty((*mesh.shape, heads.q_width), device="meta"),
+            Layout((mesh.cols * heads.q_width,), x_dim=0),
+            "q",
+        )
+        k_cache, v_cache = store.window(store.layers[0], width)
+        mask = decode_slot_mask(mesh, counts, append, counts.total, config.sliding_window)
+        with attn.scope("layer"), attn.scope("attn"):
+            decode_attention(
+                mesh,
+                q=q,
+                k_cache=k_cache,
+                v_cache=v_cache,
+                slot_mask=mask,
+                heads=heads,
+                ledger=attn,
+            )
+    return attn
 
 
 def decode_slot_mask(

@@ -23,10 +23,12 @@ import torch
 
 from waferllm.kernels.gemm import prealign_b
 from waferllm.kernels.heads import HeadLayout, gather_rows, head_layout
+from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model.config import ModelConfig
+from waferllm.model.family import Dim, LayerTensor, Role, family_of
 from waferllm.model.weights import LayerWeights
 
 
@@ -51,7 +53,8 @@ def heads_for(config: ModelConfig, num_cols: int) -> HeadLayout:
 
 # ---- per-layer tensors ------------------------------------------------------------------------
 # Host matrices are [in, out]; the layout says which of them runs along which mesh axis.
-_GEMV_Y = {"y_dim": 0, "x_dim": 1}  # decode, reduce along Y: [in_y, out_x]
+_MAT = {"y_dim": 0, "x_dim": 1}  # prefill MeshGEMM B, and decode reducing along Y: [in_y, out_x]
+_GEMV_Y = _MAT
 _GEMV_X = {"y_dim": 1, "x_dim": 0}  # decode, transposed placement: [in_x, out_y]
 
 
@@ -68,73 +71,67 @@ class TensorSpec:
 
 
 def layer_specs(config: ModelConfig, rows: int, cols: int, phase: Phase) -> dict[str, TensorSpec]:
-    """Every tensor of one decoder layer for `phase` on a rows x cols grid.
-
-    Prefill weights are MeshGEMM right operands whose K is padded for the grid (`pad_k_rows`).
-    """
+    """Every tensor of one decoder layer (its family table's rows) for `phase` on a rows x
+    cols grid. Host matrices are `[in, out]`; q and kv features are in the heads' padded
+    order. Prefill matrices are MeshGEMM right operands whose K is padded for the grid
+    (`pad_k_rows`); decode matrices are GEMV weights placed by their reduce axis. A bias is
+    split like its matmul's output, a norm like the residual stream."""
     heads = heads_for(config, cols)
-    d, f = config.hidden_size, config.intermediate_size
-    q, kv = heads.num_cols * heads.q_width, heads.num_cols * heads.kv_width
     prefill = phase is Phase.PREFILL
-    mat = {"y_dim": 0, "x_dim": 1}
-    out_x = {"x_dim": 0}  # a bias on an output split along X
-    out_y = {"x_dim": 0} if prefill else {"y_dim": 0}  # a bias on the D-sized outputs
+    return {
+        t.name: _spec(t, _placed_size(t.out, config, heads), config, heads, rows, cols, prefill)
+        for t in family_of(config).tensors(config)
+    }
 
-    def weight(k: int, n: int, transposed: bool = False) -> TensorSpec:
+
+def _placed_size(dim: Dim, config: ModelConfig, heads: HeadLayout) -> int:
+    """A dim's size on the mesh: q and kv features padded to whole column tiles of heads."""
+    if dim is Dim.Q:
+        return heads.num_cols * heads.q_width
+    if dim is Dim.KV:
+        return heads.num_cols * heads.kv_width
+    return dim.size(config)
+
+
+def _spec(
+    t: LayerTensor,
+    out: int,
+    config: ModelConfig,
+    heads: HeadLayout,
+    rows: int,
+    cols: int,
+    prefill: bool,
+) -> TensorSpec:
+    if t.role is Role.MATMUL:
+        assert t.in_ is not None
+        k = _placed_size(t.in_, config, heads)
         if prefill:
-            return TensorSpec(shape=(padded_k(rows, cols, k), n), dims=mat, gemm_b=True)
-        return TensorSpec(shape=(k, n), dims=_GEMV_X if transposed else mat)
-
-    specs = {
-        "wq": weight(d, q),
-        "wk": weight(d, kv),
-        "wv": weight(d, kv),
-        "wo": weight(q, d, transposed=True),
-        "w_gate": weight(d, f),
-        "w_up": weight(d, f),
-        "w_down": weight(f, d, transposed=True),
-        "attn_norm": TensorSpec(shape=(d,), dims=out_y),
-        "mlp_norm": TensorSpec(shape=(d,), dims=out_y),
-    }
-    if config.qkv_bias:
-        specs |= {
-            "bq": TensorSpec(shape=(q,), dims=out_x),
-            "bk": TensorSpec(shape=(kv,), dims=out_x),
-            "bv": TensorSpec(shape=(kv,), dims=out_x),
-        }
-    if config.o_bias:
-        specs["bo"] = TensorSpec(shape=(d,), dims=out_y)
-    if config.mlp_bias:
-        specs |= {
-            "b_gate": TensorSpec(shape=(f,), dims=out_x),
-            "b_up": TensorSpec(shape=(f,), dims=out_x),
-            "b_down": TensorSpec(shape=(d,), dims=out_y),
-        }
-    return specs
+            return TensorSpec(shape=(padded_k(rows, cols, k), out), dims=_MAT, gemm_b=True)
+        return TensorSpec(shape=(k, out), dims=_MAT if t.decode_reduce is Axis.Y else _GEMV_X)
+    # a vector along X in prefill; in decode, the output of a Y-reducing GEMV lies along X,
+    # that of an X-reducing one (and the residual stream a norm scales) along Y
+    along_x = prefill or (t.role is Role.BIAS and t.decode_reduce is Axis.Y)
+    return TensorSpec(shape=(out,), dims={"x_dim": 0} if along_x else {"y_dim": 0})
 
 
-def layer_host_tensors(w: LayerWeights, heads: HeadLayout) -> dict[str, torch.Tensor]:
-    """The host tensors of `layer_specs` (phase independent: only the layouts differ)."""
-    qi, kvi = heads.q_index(), heads.kv_index()
-    host = {
-        "wq": gather_rows(w.wq, qi).T,
-        "wk": gather_rows(w.wk, kvi).T,
-        "wv": gather_rows(w.wv, kvi).T,
-        "wo": gather_rows(w.wo.T, qi),
-        "w_gate": w.w_gate.T,
-        "w_up": w.w_up.T,
-        "w_down": w.w_down.T,
-        "attn_norm": w.attn_norm,
-        "mlp_norm": w.mlp_norm,
-    }
-    for name, index in (("bq", qi), ("bk", kvi), ("bv", kvi)):
-        bias = getattr(w, name)
-        if bias is not None:
-            host[name] = gather_rows(bias[:, None], index)[:, 0]
-    for name in ("bo", "b_gate", "b_up", "b_down"):
-        bias = getattr(w, name)
-        if bias is not None:
-            host[name] = bias
+def layer_host_tensors(
+    config: ModelConfig, w: LayerWeights, heads: HeadLayout
+) -> dict[str, torch.Tensor]:
+    """The host tensors of `layer_specs` (phase independent: only the layouts differ):
+    matmuls transposed to `[in, out]`, q and kv features gathered into the heads' order."""
+    index = {Dim.Q: heads.q_index(), Dim.KV: heads.kv_index()}
+    host = {}
+    for t in family_of(config).tensors(config):
+        tensor = w[t.name]
+        if t.role is Role.MATMUL:
+            if t.out.is_heads:  # rows of W[out, in]
+                tensor = gather_rows(tensor, index[t.out])
+            tensor = tensor.T
+            if t.in_ is not None and t.in_.is_heads:  # rows of W.T[in, out]
+                tensor = gather_rows(tensor, index[t.in_])
+        elif t.out.is_heads:
+            tensor = gather_rows(tensor[:, None], index[t.out])[:, 0]
+        host[t.name] = tensor
     return host
 
 
@@ -184,7 +181,7 @@ def place_layer(
 ) -> PlacedLayer:
     heads = heads_for(config, mesh.cols)
     specs = layer_specs(config, mesh.rows, mesh.cols, phase)
-    host = layer_host_tensors(weights, heads) if weights is not None else {}
+    host = layer_host_tensors(config, weights, heads) if weights is not None else {}
     tensors = {k: place(mesh, spec, host.get(k), f"{name}.{k}") for k, spec in specs.items()}
     return PlacedLayer(tensors)
 

@@ -1,4 +1,4 @@
-"""Which data moves between the prefill and decode plans, priced by `mesh.relayout`.
+"""Which data moves between regions and between plans, priced by `mesh.relayout`.
 
 `kv_moves` and `weight_moves` describe the prefill-to-decode hand-off of the KV cache and, with one
 resident layout, of the weights (SPEC.md §10.4 `transition_s`), element by element in absolute
@@ -7,15 +7,37 @@ device coordinates, so the cost sees the real distances between the two plans' r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 
 import numpy as np
 
-from waferllm.mesh.relayout import Move
+from waferllm.mesh.cost import Ledger
+from waferllm.mesh.geometry import Axis
+from waferllm.mesh.relayout import Move, hop_charge
+from waferllm.mesh.tensor import DistTensor
+from waferllm.model.family import Dim, LayerTensor, matmuls
 from waferllm.model.kv_cache import RowCounts
-from waferllm.model.placement import Phase, heads_for, layer_specs
+from waferllm.model.placement import Phase, PlacementMode, heads_for, layer_specs
 from waferllm.model.plan import ModelPlan
+
+
+def per_layer_hops(plan: ModelPlan, x: DistTensor, ledger: Ledger) -> None:
+    """`per-layer` placement: the activation hops to the next layer's region, which the
+    paper's method places beside this one, num_layers - 1 times."""
+    layers = plan.config.num_hidden_layers
+    if plan.placement is not PlacementMode.PER_LAYER or layers < 2:
+        return
+    y, x0 = x.mesh.origin
+    east = x0 + x.mesh.cols
+    # the neighbouring region is notional (the paper measures one layer): price the hop
+    # on a device wide enough to hold it, whatever the grid
+    device = plan.device
+    if east + x.mesh.cols > device.mesh_cols:
+        device = dataclasses.replace(device, mesh_cols=east + x.mesh.cols)
+    with ledger.repeat(layers - 1):
+        ledger.charge("layer_hop", hop_charge(device, x, (y, east)))
 
 
 # ---- the prefill -> decode hand-off ------------------------------------------------------------
@@ -83,44 +105,15 @@ def weight_moves(plan: ModelPlan) -> list[Move]:
     cfg = plan.config
     (pr, pc), (dr, dc) = plan.prefill.grid, plan.decode.grid
     specs = layer_specs(cfg, pr, pc, Phase.PREFILL)
-    cols = {
-        "q": (_feature_columns(plan, pc, "q"), _feature_columns(plan, dc, "q")),
-        "kv": (_feature_columns(plan, pc, "kv"), _feature_columns(plan, dc, "kv")),
-    }
-    d, f = cfg.hidden_size, cfg.intermediate_size
-    moves = []
+    # the family's matmuls, those reducing along Y first, then the transposed ones
+    tensors = sorted(matmuls(cfg), key=lambda t: t.decode_reduce is Axis.X)
+    moves: list[Move] = []
     for (p, dreg), n in _layer_groups(plan).items():
-        (py, px), (dy, dx) = plan.prefill.regions[p].origin, plan.decode.regions[dreg].origin
+        origins = (plan.prefill.regions[p].origin, plan.decode.regions[dreg].origin)
         count = n * plan.layer_multiplier
-        for name in ("wq", "wk", "wv", "w_gate", "w_up", "wo", "w_down"):
-            k_size = f if name == "w_down" else d
-            kind = {"wq": "q", "wk": "kv", "wv": "kv", "wo": "q"}.get(name)
-            if name == "wo":  # K = the prefill plan's q slots (heads layout, padded)
-                slots, width = _feature_slots(plan, pc, "q")
-                k_src = py + _padded_rows(width * pc, pr, pc, specs[name].shape[0], slots)
-            else:
-                k_src = py + _padded_rows(k_size, pr, pc, specs[name].shape[0])
-            if name in ("wo", "w_down"):  # decode: K along X, N = D along Y (crossed)
-                k_dst = dx + (cols["q"][1] if kind else _blocks(f, dc))
-                n_src, n_dst = px + _blocks(d, pc), dy + _blocks(d, dr)
-                moves.append(
-                    Move(
-                        a_src=k_src,
-                        a_dst=k_dst,
-                        b_src=n_src,
-                        b_dst=n_dst,
-                        crossed=True,
-                        count=count,
-                    )
-                )
-                continue
-            k_dst = dy + _blocks(d, dr)
-            n_src, n_dst = cols[kind] if kind else (_blocks(f, pc), _blocks(f, dc))
-            moves.append(
-                Move(a_src=k_src, a_dst=k_dst, b_src=px + n_src, b_dst=dx + n_dst, count=count)
-            )
+        moves.extend(_matmul_move(plan, t, specs[t.name].shape[0], origins, count) for t in tensors)
     (py, px), (dy, dx) = plan.prefill.regions[-1].origin, plan.decode.regions[-1].origin
-    v = cfg.vocab_size
+    d, v = cfg.hidden_size, cfg.vocab_size
     moves.append(
         Move(
             a_src=py + _blocks(v, pr),
@@ -131,6 +124,38 @@ def weight_moves(plan: ModelPlan) -> list[Move]:
         )
     )
     return moves
+
+
+def _columns(plan: ModelPlan, dim: Dim, cols: int) -> np.ndarray:
+    """The column (or row) of each feature of `dim` split over `cols` (heads: `HeadLayout`)."""
+    if dim.is_heads:
+        return _feature_columns(plan, cols, "q" if dim is Dim.Q else "kv")
+    return _blocks(dim.size(plan.config), cols)
+
+
+def _matmul_move(
+    plan: ModelPlan,
+    t: LayerTensor,
+    padded: int,
+    origins: tuple[tuple[int, int], tuple[int, int]],
+    count: int,
+) -> Move:
+    """One matmul W[in, out] from its prefill MeshGEMM tiles ([K_y, N_x], K padded to
+    `padded`) to its decode GEMV tiles ([K_y, N_x], or [K_x, N_y] when it reduces along X)."""
+    assert t.in_ is not None
+    (pr, pc), (dr, dc) = plan.prefill.grid, plan.decode.grid
+    (py, px), (dy, dx) = origins
+    if t.in_ is Dim.Q:  # K = the prefill plan's q slots (heads layout, padded)
+        slots, width = _feature_slots(plan, pc, "q")
+        k_src = py + _padded_rows(width * pc, pr, pc, padded, slots)
+    else:
+        k_src = py + _padded_rows(t.in_.size(plan.config), pr, pc, padded)
+    n_src = px + _columns(plan, t.out, pc)
+    if t.decode_reduce is Axis.X:  # decode: K along X, N along Y (crossed)
+        k_dst, n_dst = dx + _columns(plan, t.in_, dc), dy + _columns(plan, t.out, dr)
+        return Move(a_src=k_src, a_dst=k_dst, b_src=n_src, b_dst=n_dst, crossed=True, count=count)
+    k_dst, n_dst = dy + _columns(plan, t.in_, dr), dx + _columns(plan, t.out, dc)
+    return Move(a_src=k_src, a_dst=k_dst, b_src=n_src, b_dst=n_dst, count=count)
 
 
 def _padded_rows(

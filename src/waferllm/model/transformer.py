@@ -5,8 +5,9 @@ on the mesh; `transition(ledger)` hands the KV cache (and, with one resident lay
 weights) to the decode plan; `decode_step(token_id, ledger)` feeds one token back. Each returns
 a `StepOutput`: the on-mesh argmax and a handle that gathers the logits to the host, charged
 as host I/O. With `weights=None` the same code runs in estimate mode on meta tensors. Identical
-layers are walked once and their ledger extended by the layer count; `decode_step_cost` prices
-a decode step at any context length without tokens. The generation loop lives in `engine`.
+layers are walked once and their ledger extended by the layer count; the estimate layer prices
+decode steps without tokens through the `decode_records` hooks (`waferllm.estimate.cost`).
+The generation loop lives in `engine`; the vocabulary ends in `vocab.py`.
 Legend: L prompt tokens, D model dim, V vocab; R x C the grid of a phase.
 """
 
@@ -20,34 +21,37 @@ import torch
 
 from waferllm.device import Device
 from waferllm.errors import SramOverflowError, WaferError
-from waferllm.kernels.attention import decode_attention
-from waferllm.kernels.elementwise import argmax, embed
-from waferllm.kernels.gemv import meshgemv, pipeline_gemv
-from waferllm.kernels.norm import rms_norm
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
 from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.relayout import hop, hop_charge, relayout_charge
+from waferllm.mesh.relayout import hop, relayout_charge
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
+from waferllm.model import vocab
 from waferllm.model.config import ModelConfig, rope_inv_freq
-from waferllm.model.kv_cache import Append, KvCacheFullError, KvPolicy, KvStore, RowCounts
-from waferllm.model.kv_cache import kv_capacity_tokens as _capacity
-from waferllm.model.kv_cache import max_new_tokens as _room
+from waferllm.model.kv_cache import (
+    Append,
+    KvCacheFullError,
+    KvPolicy,
+    KvStore,
+    RowCounts,
+    kv_capacity_tokens,
+    max_new_tokens,
+)
 from waferllm.model.layers import (
-    PREFILL_REDUCE,
     CacheStep,
     LayerContext,
+    LayerLedgers,
     charge_rope_tables,
+    decode_attention_walk,
     decode_layer,
     decode_slot_mask,
     prefill_layer,
     rope_tables,
-    view,
 )
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts, heads_for
 from waferllm.model.plan import ModelPlan, PhaseState, build_phase, plan_model
-from waferllm.model.transfers import kv_moves, weight_moves
+from waferllm.model.transfers import kv_moves, per_layer_hops, weight_moves
 from waferllm.model.weights import ModelWeights
 
 
@@ -63,6 +67,19 @@ class StepOutput:
 
     def fetch_logits(self, ledger: Ledger) -> torch.Tensor:
         return self.logits.mesh.gather(self.logits, ledger=ledger).float()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DecodeRecords:
+    """One decode step's ledgers kept apart: `before` the layers (the token in, embedding,
+    region hops, RoPE tables), one layer's (`layer`) and its KV shift (`kv`), `after` the
+    layers (final norm, LM head, argmax). The step's ledger is before, layer and kv times
+    the layer count, after."""
+
+    before: Ledger
+    layer: LayerLedgers
+    kv: Ledger
+    after: Ledger
 
 
 class _Uncharged(UnpricedLedger):
@@ -127,8 +144,6 @@ class MeshTransformer:
         self._prefill_kv: dict[int, tuple[DistTensor, DistTensor]] = {}
         self._prompt_len = 0
         self._logits: DistTensor | None = None
-        self._width_cache: dict[int, tuple[Ledger, Ledger]] = {}
-        self._step_cache: dict[tuple[int, int], tuple[Ledger, Ledger]] = {}
 
     # ---- the engine's surface ----------------------------------------------------------------
     @property
@@ -155,12 +170,15 @@ class MeshTransformer:
     def kv_capacity_tokens(self, policy: KvPolicy | None = None, prompt_len: int = 0) -> int:
         """Largest total context (prompt + tokens fed back) the cache holds (SPEC.md §10.4)."""
         rows = self.plan.decode.grid[0]
-        return _capacity(KvPolicy(policy or self.kv_policy), rows, self.plan.kv_slots, prompt_len)
+        policy = KvPolicy(policy or self.kv_policy)
+        return kv_capacity_tokens(policy, rows, self.plan.kv_slots, prompt_len)
 
     def max_new_tokens(self, prompt_len: int, policy: KvPolicy | None = None) -> int:
         """Tokens that can be generated after a prompt of `prompt_len` before SRAM runs out."""
         rows = self.plan.decode.grid[0]
-        return _room(KvPolicy(policy or self.kv_policy), rows, self.plan.kv_slots, prompt_len)
+        return max_new_tokens(
+            KvPolicy(policy or self.kv_policy), rows, self.plan.kv_slots, prompt_len
+        )
 
     # ---- prefill -----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -190,7 +208,9 @@ class MeshTransformer:
         state = self.prefill_state
         first = state.meshes[0]
         first.charge_host_io(ledger, "host.prompt_in", length)
-        x = self._embed(state, ids, ledger, tokens_axis=Axis.Y)
+        x = vocab.embed(
+            state, ids, ledger, config=self.config, device=self.device, tokens_axis=Axis.Y
+        )
         layer_ledger = Ledger()
         for r, region in enumerate(state.regions.regions):
             mesh = state.meshes[r]
@@ -212,7 +232,7 @@ class MeshTransformer:
             cos.free()
             sin.free()
         ledger.extend(layer_ledger, count=self.config.num_hidden_layers)
-        self._per_layer_hops(x, ledger)
+        per_layer_hops(self.plan, x, ledger)
         self._prompt_len = length
         return self._head_prefill(x, length, ledger)
 
@@ -229,7 +249,7 @@ class MeshTransformer:
                 last.contiguous(), Layout((self.config.hidden_size,), x_dim=0), "last_hidden"
             )
             x.free()
-            logits = self._lm_head(state, h, Axis.X, ledger)
+            logits = vocab.lm_head(state, h, ledger, config=self.config, axis=Axis.X)
         return self._select(logits, ledger, position=length, algorithm=ReduceAlgorithm.RING)
 
     # ---- the hand-off ------------------------------------------------------------------------
@@ -239,33 +259,32 @@ class MeshTransformer:
         resident layout, the weights to the decode plan and back for the next request."""
         if not self._prefill_kv:
             raise WaferError("transition() needs a prefill first")
-        counts = self._handoff_counts(self._prompt_len)
-        self._stores = self._new_stores()
+        counts = self.handoff_counts(self._prompt_len)
+        self._reset_stores()
+        self._ensure_stores()
         pheads = heads_for(self.config, self.plan.prefill.grid[1])
         for store in self._stores:
             for i in store.layers:
                 k, v = self._prefill_kv[i]
                 if self.mode is Mode.FUNCTIONAL:
                     store.fill(i, _logical(k, pheads), _logical(v, pheads), counts)
-        self._charge_transition(counts, ledger)
+        self.charge_transition(counts, ledger)
         for k, v in self._prefill_kv.values():
             k.free()
             v.free()
         self._prefill_kv = {}
         self._counts = counts
 
-    def transition_cost(self, prompt_len: int, ledger: Ledger) -> None:
-        """Charge what `transition` charges after a prompt of `prompt_len` tokens, without
-        running the prefill (the re-layouts' costs depend on the plans and the counts only)."""
-        self._charge_transition(self._handoff_counts(prompt_len), ledger)
-
-    def _handoff_counts(self, prompt_len: int) -> RowCounts:
+    def handoff_counts(self, prompt_len: int) -> RowCounts:
+        """Cached positions per decode row after a prompt of `prompt_len` (rows balanced)."""
         rows = self.plan.decode.grid[0]
         return RowCounts.balanced(self.kv_policy, rows, self.plan.kv_slots, prompt_len)
 
-    def _new_stores(self) -> list[KvStore]:
+    def _ensure_stores(self) -> None:
+        if self._stores:
+            return
         dstate = self.decode_state
-        return [
+        self._stores = [
             KvStore(
                 mesh,
                 heads_for(self.config, mesh.cols),
@@ -275,7 +294,13 @@ class MeshTransformer:
             for mesh, region in zip(dstate.meshes, dstate.regions.regions, strict=True)
         ]
 
-    def _charge_transition(self, counts: RowCounts, ledger: Ledger) -> None:
+    def _reset_stores(self) -> None:
+        for store in self._stores:
+            store.free()
+        self._stores = []
+
+    def charge_transition(self, counts: RowCounts, ledger: Ledger) -> None:
+        """The re-layouts of `transition` for a cache holding `counts` (plans and counts only)."""
         with ledger.scope("transition"):
             ledger.charge("kv", relayout_charge(self.device, kv_moves(self.plan, counts)))
             if self.plan.resident is ResidentLayouts.ONE:
@@ -296,39 +321,36 @@ class MeshTransformer:
         assert self._counts is not None
         return self._decode(token_id, self._counts, ledger)
 
-    def decode_step_cost(self, context_len: int, prompt_len: int | None = None) -> Ledger:
-        """The ledger of the decode step whose new token is position `context_len - 1` (the
-        cache then holds `context_len` tokens), without tokens or weights: estimate mode only.
-        `prompt_len` matters for the concat policy (the prompt is balanced, the rest piles on
-        the last row). Steps with the same cost shape share one walk of the layers."""
+    # ---- hooks of the estimate layer (estimate mode; `waferllm.estimate.cost`) ---------------
+    def decode_records(self, counts: RowCounts, *, walk_layers: bool = True) -> DecodeRecords:
+        """Estimate mode: the ledgers of the decode step after `counts` (committed), kept apart.
+        Without `walk_layers` the layers are not walked (their records are left empty: the
+        caller holds those of an earlier walk with the same window and shift)."""
         if self.mode is not Mode.ESTIMATE:
-            raise WaferError("decode_step_cost needs an estimate-mode model (weights=None)")
-        rows, slots = self.plan.decode.grid[0], self.plan.kv_slots
-        before = context_len - 1
-        if self.kv_policy is KvPolicy.SHIFT or prompt_len is None:
-            counts = RowCounts.balanced(self.kv_policy, rows, slots, before)
-        else:
-            counts = RowCounts.balanced(self.kv_policy, rows, slots, prompt_len)
-            counts.counts[-1] += before - prompt_len
-        if not self._stores:
-            self._stores = self._new_stores()
-        append = counts.plan_append()
-        width = int(append.counts_after.max())
-        if width not in self._width_cache:  # walk the step once per cache window width
-            fixed, layer = Ledger(), Ledger()
-            self._decode(0, counts.copy(), fixed, kv_out=Ledger(), layer_out=layer)
-            self._width_cache[width] = (fixed, layer)
-        fixed, layer = self._width_cache[width]
-        layers = self.config.num_hidden_layers
-        ledger = Ledger()
-        ledger.extend(fixed)
-        ledger.extend(layer, count=layers)
-        if append.senders:
-            ledger.extend(self._shift_cost(append, counts), count=layers)
-        return ledger
+            raise WaferError("decode_records needs an estimate-mode model (weights=None)")
+        self._ensure_stores()
+        records = DecodeRecords(
+            before=Ledger(),
+            layer=LayerLedgers(pre=Ledger(), attn=Ledger(), post=Ledger()),
+            kv=Ledger(),
+            after=Ledger(),
+        )
+        position = counts.total
+        x = self._decode_layers(0, counts, records, walk_layers=walk_layers)
+        self._decode_head(x, position, records.after)
+        return records
 
-    def _shift_cost(self, append: Append, counts: RowCounts) -> Ledger:
-        """One layer's one-hop KV shift for `append` (estimate mode, no data)."""
+    def decode_attention_records(self, counts: RowCounts) -> Ledger:
+        """Estimate mode: one layer's attention at `counts`' next step (the window it reads),
+        as `decode_layer` charges it. SRAM was checked at the widest window by a full walk;
+        this walk's q is a placeholder of the real q's tile."""
+        self._ensure_stores()
+        mesh = self.decode_state.meshes[0]
+        return decode_attention_walk(mesh, self._stores[0], counts, self.config)
+
+    def kv_shift_records(self, append: Append, counts: RowCounts) -> Ledger:
+        """Estimate mode: one layer's one-hop KV shift for `append` after `counts` (no data)."""
+        self._ensure_stores()
         shift, store = Ledger(), self._stores[0]
         tile = torch.empty(
             (*store.mesh.shape, store.heads.kv_per_tile, store.heads.head_slots), device="meta"
@@ -336,60 +358,7 @@ class MeshTransformer:
         store.write(store.layers[0], tile, tile, append, counts, shift)
         return shift
 
-    def decode_cost(self, prompt_len: int, output_len: int) -> Ledger:
-        """The ledger of a request's O-1 decode steps after a `prompt_len`-token prompt,
-        without tokens or weights (estimate mode only).
-
-        A step's cost depends on the width of the cache window it reads (under the shift
-        policy the width grows once every R tokens) and on its one-hop KV shift (whose bytes
-        depend on which rows shift). Each width is walked once, widest first (the SRAM peak,
-        checked on every region; narrower widths walk the first region only) and counted for
-        all its steps; each shift is priced once per set of shifting rows. The records equal
-        those of the O-1 `decode_step` ledgers after expanding counts, in another order.
-        """
-        if self.mode is not Mode.ESTIMATE:
-            raise WaferError("decode_cost needs an estimate-mode model (weights=None)")
-        counts = self._handoff_counts(prompt_len)
-        widths: dict[int, tuple[RowCounts, int]] = {}
-        shifts: dict[int, tuple[Append, RowCounts, int]] = {}
-        for _ in range(output_len - 1):
-            append = counts.plan_append()  # raises KvCacheFullError when the cache is full
-            width = int(append.counts_after.max())
-            start, seen = widths.get(width, (None, 0))
-            widths[width] = (start or counts.copy(), seen + 1)
-            if append.senders:
-                first = append.senders[0]
-                _, start, seen = shifts.get(first, (append, counts.copy(), 0))
-                shifts[first] = (append, start, seen + 1)
-            counts.commit(append)
-        if not self._stores:
-            self._stores = self._new_stores()
-        layers = self.config.num_hidden_layers
-        ledger, widest = Ledger(), Ledger()
-        for i, width in enumerate(sorted(widths, reverse=True)):
-            start, seen = widths[width]
-            if i == 0:  # the whole step once: every region walked at the SRAM peak
-                if output_len > 2:
-                    self._previous_logits()
-                fixed = Ledger()
-                self._decode(0, start.copy(), fixed, kv_out=Ledger(), layer_out=widest)
-                ledger.extend(fixed, count=output_len - 1)  # embedding, hops, head: every step
-                layer = widest
-            else:
-                layer = self._decode_layer_cost(start.copy(), widest)
-            ledger.extend(layer, count=seen * layers)
-        for append, start, seen in shifts.values():
-            shift = Ledger()
-            store = self._stores[0]
-            tile = torch.empty(
-                (*store.mesh.shape, store.heads.kv_per_tile, store.heads.head_slots),
-                device="meta",
-            )
-            store.write(store.layers[0], tile, tile, append, start, shift)
-            ledger.extend(shift, count=seen * layers)
-        return ledger
-
-    def _previous_logits(self) -> None:
+    def hold_previous_logits(self) -> None:
         """Estimate mode: put the previous decode step's logits on the mesh, as they are from
         the second step on (kept for `fetch_logits` until the next step selects)."""
         state = self.decode_state
@@ -404,84 +373,50 @@ class MeshTransformer:
             "logits",
         )
 
-    def _decode_layer_cost(self, counts: RowCounts, widest: Ledger) -> Ledger:
-        """Estimate mode: one layer's decode ledger at `counts`' next step, from the `widest`
-        window's layer ledger with its attention re-walked at this step's window (the only part
-        of a layer that reads the cache window; the KV shift is priced apart). SRAM was checked
-        at the widest window; this walk's q is a placeholder of the real q's tile."""
-        ops = [r.op for r in widest.records]
-        inside = [i for i, op in enumerate(ops) if op.startswith("layer/attn/")]
-        first, last = inside[0], inside[-1]
-        assert last - first + 1 == len(inside), "a layer's attention records are contiguous"
-        mesh, store = self.decode_state.meshes[0], self._stores[0]
-        heads = heads_for(self.config, mesh.cols)
-        append = counts.plan_append()
-        width = int(append.counts_after.max())
-        attn = Ledger()
-        with mesh.sram.scope():
-            q = mesh.register(
-                torch.empty((*mesh.shape, heads.q_width), device="meta"),
-                Layout((mesh.cols * heads.q_width,), x_dim=0),
-                "q",
-            )
-            k_cache, v_cache = store.window(store.layers[0], width)
-            mask = decode_slot_mask(mesh, counts, append, counts.total, self.config.sliding_window)
-            with attn.scope("layer"), attn.scope("attn"):
-                decode_attention(
-                    mesh,
-                    q=q,
-                    k_cache=k_cache,
-                    v_cache=v_cache,
-                    slot_mask=mask,
-                    heads=heads,
-                    ledger=attn,
-                )
-        layer = Ledger()
-        layer.records = [*widest.records[:first], *attn.records, *widest.records[last + 1 :]]
-        return layer
-
-    def _decode(
-        self,
-        token_id: int,
-        counts: RowCounts,
-        ledger: Ledger,
-        *,
-        kv_out: Ledger | None = None,
-        layer_out: Ledger | None = None,
-    ) -> StepOutput:
-        """One decode step. `kv_out`: where the KV shift's records go (default `ledger`, times
-        the layer count); `layer_out`: where one layer's records go (default `ledger`, times
-        the layer count)."""
-        state = self.decode_state
+    # ---- one decode step -----------------------------------------------------------------------
+    def _decode(self, token_id: int, counts: RowCounts, ledger: Ledger) -> StepOutput:
+        """One decode step: the first layer walked and priced, its records times the layers."""
         position = counts.total
+        layer, kv = Ledger(), Ledger()
+        records = DecodeRecords(
+            before=ledger, layer=LayerLedgers.single(layer), kv=kv, after=ledger
+        )
+        x = self._decode_layers(token_id, counts, records, walk_layers=True)
+        layers = self.config.num_hidden_layers
+        ledger.extend(layer, count=layers)
+        ledger.extend(kv, count=layers)
+        return self._decode_head(x, position, ledger)
+
+    def _decode_layers(
+        self, token_id: int, counts: RowCounts, records: DecodeRecords, *, walk_layers: bool
+    ) -> DistTensor:
+        """The token through every region (commits `counts`); `records.before` gets what
+        precedes the layers, `records.layer`/`records.kv` the first layer's records."""
+        state = self.decode_state
         append = counts.plan_append()
-        state.meshes[0].charge_host_io(ledger, "host.token_in", 1)
-        x = self._embed(state, [token_id], ledger, tokens_axis=None)
-        layer_ledger, kv_ledger = Ledger(), Ledger()
-        key = (int(append.counts_after.max()), append.senders[0] if append.senders else -1)
-        cached = self._step_cache.get(key) if self.mode is Mode.ESTIMATE else None
+        before = records.before
+        state.meshes[0].charge_host_io(before, "host.token_in", 1)
+        x = vocab.embed(
+            state, [token_id], before, config=self.config, device=self.device, tokens_axis=None
+        )
         for r in range(len(state.regions.regions)):
             if r:
-                x = hop(self.device, x, state.meshes[r], ledger, op=f"hop{r}")
+                x = hop(self.device, x, state.meshes[r], before, op=f"hop{r}")
             mesh = state.meshes[r]
-            charge_rope_tables(mesh, heads_for(self.config, mesh.cols), 1, ledger)
-            if cached is None:  # else estimate mode: this cost shape was walked already
-                walk, kv = (layer_ledger, kv_ledger) if r == 0 else (_Uncharged(), _Uncharged())
+            charge_rope_tables(mesh, heads_for(self.config, mesh.cols), 1, before)
+            if walk_layers:
+                if r == 0:
+                    walk, kv = records.layer, records.kv
+                else:
+                    walk, kv = LayerLedgers.single(_Uncharged()), _Uncharged()
                 x = self._walk_region(r, x, counts, append, walk, kv)
-        self._per_layer_hops(x, ledger)
-        if cached is not None:
-            layer_ledger, kv_ledger = cached
-        elif self.mode is Mode.ESTIMATE:
-            self._step_cache[key] = (layer_ledger, kv_ledger)
-        layers = self.config.num_hidden_layers
-        if layer_out is None:
-            ledger.extend(layer_ledger, count=layers)
-        else:
-            layer_out.extend(layer_ledger)
-        (ledger if kv_out is None else kv_out).extend(kv_ledger, count=layers)
+        per_layer_hops(self.plan, x, before)
         counts.commit(append)
+        return x
+
+    def _decode_head(self, x: DistTensor, position: int, ledger: Ledger) -> StepOutput:
         with ledger.scope("head"):
-            logits = self._lm_head(state, x, Axis.Y, ledger)
+            logits = vocab.lm_head(self.decode_state, x, ledger, config=self.config, axis=Axis.Y)
         return self._select(logits, ledger, position=position + 1)
 
     def _walk_region(
@@ -490,7 +425,7 @@ class MeshTransformer:
         x: DistTensor,
         counts: RowCounts,
         append: Append,
-        walk: Ledger,
+        walk: LayerLedgers,
         kv_ledger: Ledger,
     ) -> DistTensor:
         """Region r's layers on the decode token (estimate mode: its first layer only, the
@@ -515,7 +450,7 @@ class MeshTransformer:
                 slot_mask=mask,
                 kv_ledger=kv_ledger if j == 0 else _Uncharged(),
             )
-            target = walk if j == 0 else _Uncharged()
+            target = walk if j == 0 else LayerLedgers.single(_Uncharged())
             with target.scope("layer"):
                 x = decode_layer(mesh, state.layers[i], x, ctx, i, step, target)
         cos.free()
@@ -523,46 +458,6 @@ class MeshTransformer:
         return x
 
     # ---- vocabulary ends ---------------------------------------------------------------------
-    def _embed(
-        self, state: PhaseState, ids: Sequence[int], ledger: Ledger, tokens_axis: Axis | None
-    ) -> DistTensor:
-        """Token ids -> hidden states on the first region (prefill [L_y, D_x], decode [D_y])."""
-        mesh, table = state.embed_mesh, state.embed_view
-        with ledger.scope("embed"):
-            out = embed(
-                mesh,
-                ids=torch.tensor(list(ids), dtype=torch.int64),
-                table=table,
-                ledger=ledger,
-                tokens_axis=tokens_axis,
-            )
-            if tokens_axis is None:  # decode: [1, D_y] -> [D_y]
-                out = view(out, Layout((self.config.hidden_size,), y_dim=0))
-            if mesh is not state.meshes[0]:
-                out = hop(self.device, out, state.meshes[0], ledger, op="to_first_region")
-        return out
-
-    def _lm_head(self, state: PhaseState, x: DistTensor, axis: Axis, ledger: Ledger):
-        """Final norm and the LM head GEMV on the last hidden state `x` (freed). Decode reduces
-        along Y with the K-tree like every decode GEMV; prefill reduces along X by the chain to
-        the middle column, whose routes its layers already hold (SPEC.md §10.7)."""
-        mesh = x.mesh
-        prefill = state.phase is Phase.PREFILL
-        h = rms_norm(
-            mesh,
-            x=x,
-            weight=state.final_norm,
-            ledger=ledger,
-            eps=self.config.rms_norm_eps,
-            op="final_norm",
-            algorithm=PREFILL_REDUCE if prefill else ReduceAlgorithm.KTREE,
-        )
-        x.free()
-        gemv = pipeline_gemv if prefill else meshgemv
-        logits = gemv(mesh, x=h, w=state.lm_head, ledger=ledger, reduce_axis=axis, op="lm_head")
-        h.free()
-        return logits.out
-
     def _select(
         self,
         logits: DistTensor,
@@ -571,17 +466,10 @@ class MeshTransformer:
         position: int,
         algorithm: ReduceAlgorithm = ReduceAlgorithm.KTREE,
     ) -> StepOutput:
-        """On-mesh argmax, the token to the host. Prefill's logits are split along Y: its
-        argmax uses the Y ring the MeshGEMMs configured, keeping the prefill program within
-        its route budget."""
-        mesh = logits.mesh
-        ids = argmax(mesh, logits=logits, ledger=ledger, algorithm=algorithm)
-        token = mesh.gather(ids, ledger=ledger)
-        ids.free()
+        token = vocab.argmax_token(logits, ledger, algorithm=algorithm)
         self._drop_logits()
         self._logits = logits  # kept on the mesh until the next call, for fetch_logits
-        value = int(token.reshape(-1)[0]) if self.mode is Mode.FUNCTIONAL else 0
-        return StepOutput(token=value, position=position, logits=logits)
+        return StepOutput(token=token, position=position, logits=logits)
 
     # ---- helpers -----------------------------------------------------------------------------
     def _check_ids(self, token_ids: Sequence[int]) -> list[int]:
@@ -602,29 +490,12 @@ class MeshTransformer:
 
     def _reset(self) -> None:
         self._drop_logits()
-        for store in self._stores:
-            store.free()
-        self._stores = []
+        self._reset_stores()
         for k, v in self._prefill_kv.values():
             k.free()
             v.free()
         self._prefill_kv = {}
         self._counts = None
-
-    def _per_layer_hops(self, x: DistTensor, ledger: Ledger) -> None:
-        """`per-layer` placement: the activation hops to the next layer's region, which the
-        paper's method places beside this one, num_layers - 1 times."""
-        if self.plan.placement is not PlacementMode.PER_LAYER or self.config.num_hidden_layers < 2:
-            return
-        y, x0 = x.mesh.origin
-        east = x0 + x.mesh.cols
-        # the neighbouring region is notional (the paper measures one layer): price the hop
-        # on a device wide enough to hold it, whatever the grid
-        device = self.device
-        if east + x.mesh.cols > device.mesh_cols:
-            device = dataclasses.replace(device, mesh_cols=east + x.mesh.cols)
-        with ledger.repeat(self.config.num_hidden_layers - 1):
-            ledger.charge("layer_hop", hop_charge(device, x, (y, east)))
 
     def routes_per_core(self) -> dict[str, int]:
         """The largest route count configured on any core, per phase (after a call)."""

@@ -1,9 +1,10 @@
 """Host-side weights of a local Hugging Face checkpoint, read from safetensors only.
 
-`load_weights` checks every tensor's name and shape against the config before loading any,
-and names each missing, mis-shaped or unexpected one. Weights keep HF's (out, in) orientation;
-the permutations and tiling for the mesh happen in `placement.py`, not here. Pickle files
-(`*.bin`, `*.pt`) are never opened.
+`load_weights` checks every tensor's name and shape against the config's family table
+(`family.py`) before loading any, and names each missing, mis-shaped or unexpected one; fused
+checkpoint tensors are split into the table's rows here. Weights keep HF's (out, in)
+orientation; the permutations and tiling for the mesh happen in `placement.py`, not here.
+Pickle files (`*.bin`, `*.pt`) are never opened.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 
 from waferllm.errors import WaferError
 from waferllm.model.config import ModelConfig, config_from_checkpoint
+from waferllm.model.family import Family, Fused, LayerTensor, family_of
 
 # Legend: D hidden size, F intermediate size, V vocab, Q heads * head_dim, K kv_heads * head_dim.
 
@@ -32,26 +34,18 @@ class CheckpointError(WaferError):
     """A checkpoint directory that cannot be loaded: files, tensor names, shapes or dtypes."""
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class LayerWeights:
-    """One decoder layer in HF orientation: a projection `w` maps x to `x @ w.T + b`."""
+    """One decoder layer in HF orientation (a matmul `w` maps x to `x @ w.T + b`), by the
+    row names of its family table (`family.py`); absent biases are absent keys."""
 
-    wq: torch.Tensor  # [Q, D]
-    wk: torch.Tensor  # [K, D]
-    wv: torch.Tensor  # [K, D]
-    wo: torch.Tensor  # [D, Q]
-    bq: torch.Tensor | None  # [Q]
-    bk: torch.Tensor | None  # [K]
-    bv: torch.Tensor | None  # [K]
-    bo: torch.Tensor | None  # [D]
-    w_gate: torch.Tensor  # [F, D]
-    w_up: torch.Tensor  # [F, D]
-    w_down: torch.Tensor  # [D, F]
-    b_gate: torch.Tensor | None  # [F]
-    b_up: torch.Tensor | None  # [F]
-    b_down: torch.Tensor | None  # [D]
-    attn_norm: torch.Tensor  # [D]
-    mlp_norm: torch.Tensor  # [D]
+    tensors: dict[str, torch.Tensor]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def get(self, name: str) -> torch.Tensor | None:
+        return self.tensors.get(name)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -74,40 +68,6 @@ class Checkpoint:
     weights: ModelWeights
 
 
-_LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerWeights))
-
-
-def _layer_tensors(config: ModelConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """LayerWeights field -> (HF name inside `model.layers.{i}.`, shape), present fields only."""
-    d, f, q, kv = config.hidden_size, config.intermediate_size, config.q_size, config.kv_size
-    tensors = {
-        "wq": ("self_attn.q_proj.weight", (q, d)),
-        "wk": ("self_attn.k_proj.weight", (kv, d)),
-        "wv": ("self_attn.v_proj.weight", (kv, d)),
-        "wo": ("self_attn.o_proj.weight", (d, q)),
-        "w_gate": ("mlp.gate_proj.weight", (f, d)),
-        "w_up": ("mlp.up_proj.weight", (f, d)),
-        "w_down": ("mlp.down_proj.weight", (d, f)),
-        "attn_norm": ("input_layernorm.weight", (d,)),
-        "mlp_norm": ("post_attention_layernorm.weight", (d,)),
-    }
-    if config.qkv_bias:
-        tensors |= {
-            "bq": ("self_attn.q_proj.bias", (q,)),
-            "bk": ("self_attn.k_proj.bias", (kv,)),
-            "bv": ("self_attn.v_proj.bias", (kv,)),
-        }
-    if config.o_bias:
-        tensors["bo"] = ("self_attn.o_proj.bias", (d,))
-    if config.mlp_bias:
-        tensors |= {
-            "b_gate": ("mlp.gate_proj.bias", (f,)),
-            "b_up": ("mlp.up_proj.bias", (f,)),
-            "b_down": ("mlp.down_proj.bias", (d,)),
-        }
-    return tensors
-
-
 def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor name a checkpoint of this config must hold, with its shape."""
     d, v = config.hidden_size, config.vocab_size
@@ -115,7 +75,7 @@ def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     if not config.tie_word_embeddings:
         expected["lm_head.weight"] = (v, d)
     for i in range(config.num_hidden_layers):
-        for hf_name, shape in _layer_tensors(config).values():
+        for hf_name, shape in family_of(config).checkpoint_tensors(config).items():
             expected[f"model.layers.{i}.{hf_name}"] = shape
     return expected
 
@@ -214,12 +174,14 @@ def load_weights(
     def read(name: str) -> torch.Tensor:
         return handles[name].get_tensor(name).to(dtype)
 
+    family = family_of(config)
     layers = []
     for i in range(config.num_hidden_layers):
-        tensors: dict[str, torch.Tensor | None] = dict.fromkeys(_LAYER_FIELDS)
-        for field, (hf_name, _) in _layer_tensors(config).items():
-            tensors[field] = read(f"model.layers.{i}.{hf_name}")
-        layers.append(LayerWeights(**tensors))  # type: ignore[arg-type]
+        prefix = f"model.layers.{i}."
+        tensors = {t.name: read(prefix + t.hf_name) for t in _unfused(family, config)}
+        for fused in family.fused:
+            tensors |= _split(fused, read(prefix + fused.hf_name), family, config)
+        layers.append(LayerWeights(tensors))
     embed = read("model.embed_tokens.weight")
     return ModelWeights(
         config=config,
@@ -228,6 +190,20 @@ def load_weights(
         final_norm=read("model.norm.weight"),
         lm_head=embed if config.tie_word_embeddings else read("lm_head.weight"),
     )
+
+
+def _unfused(family: Family, config: ModelConfig) -> list[LayerTensor]:
+    fused = {part for f in family.fused for part in f.parts}
+    return [t for t in family.tensors(config) if t.name not in fused]
+
+
+def _split(
+    fused: Fused, tensor: torch.Tensor, family: Family, config: ModelConfig
+) -> dict[str, torch.Tensor]:
+    """A fused checkpoint tensor cut along dim 0 into its rows, in `fused.parts` order."""
+    rows = {t.name: t for t in family.tensors(config)}
+    sizes = [rows[part].shape(config)[0] for part in fused.parts]
+    return dict(zip(fused.parts, torch.split(tensor, sizes), strict=True))
 
 
 def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpoint:

@@ -8,10 +8,10 @@ import itertools
 import pytest
 
 from waferllm import estimate
-from waferllm.api.costing import CostModel, Setup
-from waferllm.api.search import COARSE_POINTS
 from waferllm.device import tiny
 from waferllm.errors import WaferError
+from waferllm.estimate.cost import CostModel, Setup
+from waferllm.estimate.search import COARSE_POINTS
 from waferllm.model.config import load_config
 
 # A 6x6 device: every side 1..6 is a coarse candidate, so stage 1 is exhaustive.

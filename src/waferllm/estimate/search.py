@@ -8,7 +8,8 @@ one layer to the device's shorter side, then halving steps around the best side 
 time depends on its own grid only; the walks are cached per grid by `CostModel`); decode is
 ranked there by its first and last steps (see `_Search._decode_cycles`). Stage 2 prices pairs
 of the best sides exactly, transition included (it depends on both grids), in order of
-TTFT + decode time, stopping once that bound exceeds the best full objective.
+TTFT + decode time, stopping once that bound exceeds the best full objective. Functional runs
+without grids take `default_grids`: the smallest squares that hold the model, from byte counts.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from waferllm.api.costing import CostModel, Grid, RequestCost
+from waferllm.device import Device
 from waferllm.errors import WaferError
-from waferllm.model.placement import Phase, PlacementMode
+from waferllm.estimate.cost import CostModel, Grid, RequestCost
+from waferllm.model.config import ModelConfig
+from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts
+from waferllm.model.plan import plan_model
 from waferllm.model.transformer import MeshTransformer
 
-__all__ = ["GridPoint", "GridSearch", "search_grids"]
+__all__ = ["GridPoint", "GridSearch", "default_grids", "search_grids"]
 
 COARSE_POINTS = 6  # sides in the first sweep
 FINEST_STEP = 16  # refinement halves the step while it exceeds this many cores of side
@@ -174,9 +178,8 @@ class _Search:
             return 0.0
         first = self.prompt_len + 1  # the cache holds the prompt and the first fed-back token
         contexts = sorted({first, self.prompt_len + steps})  # the widest window last
-        cycles = [
-            model.decode_step_cost(c, self.prompt_len).totals().latency_cycles for c in contexts
-        ]
+        walks = self.costs.walks(model)
+        cycles = [walks.decode_step(c, self.prompt_len).totals().latency_cycles for c in contexts]
         return steps * sum(cycles) / len(cycles)
 
 
@@ -302,3 +305,44 @@ def _nothing_fits(costs: CostModel, phase: Phase, sweep: _PhaseSweep) -> WaferEr
                 "--placement per-layer (the paper's extrapolation) or a device with more SRAM"
             )
     return WaferError(f"no square grid works for {phase.value} on {device.name}: {last}")
+
+
+# ---- functional runs: the smallest grids that hold the model ------------------------------------
+def default_grids(
+    config: ModelConfig,
+    device: Device,
+    *,
+    prefill: tuple[int, int] | None,
+    decode: tuple[int, int] | None,
+    placement: PlacementMode = PlacementMode.FIT,
+    resident_layouts: ResidentLayouts = ResidentLayouts.ONE,
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Fill the missing grid(s) with the smallest square on which the model fits one region
+    in that phase; failing that, the smallest on which it fits at all (over several regions).
+    Decided from the plan's byte counts alone, before any weight is placed (both KV policies
+    use the same plan)."""
+    fallback: tuple[tuple[int, int], tuple[int, int]] | None = None
+    last: WaferError | None = None
+    for side in range(1, min(device.mesh_rows, device.mesh_cols) + 1):
+        grids = (prefill or (side, side), decode or (side, side))
+        try:
+            plan = plan_model(
+                config,
+                device,
+                prefill_grid=grids[0],
+                decode_grid=grids[1],
+                placement=placement,
+                resident=resident_layouts,
+                max_context_tokens=None,
+            )
+        except WaferError as err:  # SRAM overflow, or too many regions for the device
+            last = err
+            continue
+        chosen = [p for p, g in ((plan.prefill, prefill), (plan.decode, decode)) if g is None]
+        if all(len(p.regions) == 1 for p in chosen):
+            return grids
+        fallback = fallback or grids
+    if fallback is not None:
+        return fallback
+    assert last is not None
+    raise last

@@ -10,10 +10,9 @@ from __future__ import annotations
 import pytest
 
 from waferllm.api import paper_figures as paper
-from waferllm.api.costing import Setup
-from waferllm.api.estimate import cost_model
 from waferllm.device import wse2
 from waferllm.errors import SramOverflowError
+from waferllm.estimate.cost import Setup, cost_model
 from waferllm.model.config import load_config
 from waferllm.model.placement import PlacementMode
 

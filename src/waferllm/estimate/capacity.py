@@ -1,0 +1,52 @@
+"""KV-cache capacity of the whole model resident on the device (SPEC.md §10.4, §10.10).
+
+`whole_model_capacity` plans the whole model as in `fit` (whatever the request's placement)
+and reads both policies' capacity from its cache slots per row; the per-row formulas are the
+cache's own (`model.kv_cache.kv_capacity_tokens`, `max_new_tokens`). No walks here.
+"""
+
+from __future__ import annotations
+
+from waferllm.errors import WaferError
+from waferllm.estimate.cost import Grid, Setup
+from waferllm.model.kv_cache import KvPolicy, kv_capacity_tokens, max_new_tokens
+from waferllm.model.placement import PlacementMode
+from waferllm.model.plan import plan_model
+from waferllm.model.report import KvCapacity
+
+
+def whole_model_capacity(
+    setup: Setup, prefill_grid: Grid, decode_grid: Grid, prompt_len: int
+) -> tuple[KvCapacity, KvCapacity]:
+    """(kv_capacity_tokens, max_new_tokens) of both policies: always the whole model
+    resident, placed as in `fit` on the decode grid (in per-layer mode too; the same plan a
+    fit-mode model builds); None with the reason when that placement does not fit."""
+    try:
+        plan = plan_model(
+            setup.config,
+            setup.device,
+            prefill_grid=prefill_grid,
+            decode_grid=decode_grid,
+            placement=PlacementMode.FIT,
+            resident=setup.resident,
+            max_context_tokens=None,
+        )
+    except WaferError as exc:
+        reason = f"the whole model does not fit one {setup.device.name} (fit): {exc}"
+        none = KvCapacity(shift=None, concat=None, reason=reason)
+        return none, none
+    rows, slots = plan.decode.grid[0], plan.kv_slots
+    shift, concat = KvPolicy.SHIFT, KvPolicy.CONCAT
+    return (
+        KvCapacity(
+            shift=kv_capacity_tokens(shift, rows, slots, prompt_len),
+            concat=kv_capacity_tokens(concat, rows, slots, prompt_len),
+        ),
+        KvCapacity(
+            shift=max_new_tokens(shift, rows, slots, prompt_len),
+            concat=max_new_tokens(concat, rows, slots, prompt_len),
+        ),
+    )
+
+
+__all__ = ["whole_model_capacity"]

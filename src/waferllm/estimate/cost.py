@@ -1,0 +1,327 @@
+"""Phase costs of a request on given grids, from the mesh transformer in estimate mode.
+
+`CostModel` owns the estimate-mode `MeshTransformer`s of one setup (model, device, placement,
+cache policy, resident layouts) and caches what they charge: one model per grid pair, the
+prefill ledger per (prefill grid, prompt), the decode ledger per (decode grid, request), the
+transition per (grid pair, prompt). `DecodeWalks` prices decode steps without tokens: one walk
+per cache-window width, the attention re-walked alone at other widths. The grid search and
+`reproduce` evaluate many requests on few grids, so every walk happens once per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from waferllm.device import Device
+from waferllm.errors import WaferError
+from waferllm.mesh.cost import Ledger
+from waferllm.mesh.virtual import Mode
+from waferllm.model.config import ModelConfig
+from waferllm.model.kv_cache import Append, KvCacheFullError, KvPolicy, RowCounts
+from waferllm.model.layers import LayerLedgers
+from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts
+from waferllm.model.transformer import DecodeRecords, MeshTransformer
+
+Grid = tuple[int, int]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Setup:
+    """Everything an estimate depends on except the grids and the request's lengths."""
+
+    config: ModelConfig
+    device: Device
+    placement: PlacementMode = PlacementMode.FIT
+    kv_policy: KvPolicy = KvPolicy.SHIFT
+    resident: ResidentLayouts = ResidentLayouts.ONE
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PhaseLedger:
+    """One phase's ledger and the peaks its walk reached on that phase's meshes."""
+
+    ledger: Ledger
+    peak_sram_bytes_per_core: int
+    routes_per_core: int
+
+    @property
+    def latency_cycles(self) -> float:
+        return self.ledger.totals().latency_cycles
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RequestCost:
+    """The three ledgers of one request on one grid pair (SPEC.md §10.4's ingredients)."""
+
+    prefill_grid: Grid
+    decode_grid: Grid
+    prefill: PhaseLedger  # TTFT: prefill, final norm, LM head, the first token's argmax
+    transition: Ledger
+    decode: PhaseLedger  # the O-1 decode steps, identical steps grouped by count
+    model: MeshTransformer
+
+    def seconds(self) -> tuple[float, float, float]:
+        """(TTFT, transition, decode time), modelled."""
+        to_s = self.model.device.cycles_to_seconds
+        return (
+            to_s(self.prefill.latency_cycles),
+            to_s(self.transition.totals().latency_cycles),
+            to_s(self.decode.latency_cycles),
+        )
+
+    @property
+    def objective_s(self) -> float:
+        """What the grid search minimises: TTFT + transition + decode time."""
+        return sum(self.seconds())
+
+
+class CostModel:
+    """Estimate-mode transformers of one `Setup` and the ledgers they charged, cached.
+
+    With one resident layout a phase's plan depends on its own grid only, so a phase's cost is
+    cached per (its grid, the request) and shared by every grid pair; with both layouts
+    resident, each phase's SRAM holds the other plan's weights too, and the key is the pair.
+    """
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self._models: dict[tuple[Grid, Grid], MeshTransformer] = {}
+        self._walks: dict[tuple[Grid, Grid], DecodeWalks] = {}
+        self._phases: dict[tuple, PhaseLedger] = {}
+        self._transitions: dict[tuple, Ledger] = {}
+
+    def model(self, prefill_grid: Grid, decode_grid: Grid) -> MeshTransformer:
+        """The placed model (weights on meta tensors; SRAM and routes checked)."""
+        key = (prefill_grid, decode_grid)
+        if key not in self._models:
+            s = self.setup
+            self._models[key] = MeshTransformer(
+                s.config,
+                None,
+                device=s.device,
+                prefill_grid=prefill_grid,
+                decode_grid=decode_grid,
+                placement=s.placement,
+                kv_policy=s.kv_policy,
+                resident_layouts=s.resident,
+            )
+        return self._models[key]
+
+    def walks(self, model: MeshTransformer) -> DecodeWalks:
+        """The decode walks of a model built by `model()`, cached with it."""
+        key = (model.plan.prefill.grid, model.plan.decode.grid)
+        if key not in self._walks:
+            self._walks[key] = DecodeWalks(model)
+        return self._walks[key]
+
+    def _key(self, model: MeshTransformer, phase: Phase, *request: int) -> tuple:
+        grids = (model.plan.prefill.grid, model.plan.decode.grid)
+        if self.setup.resident is ResidentLayouts.ONE:
+            grids = (model.plan.grid(phase),)  # type: ignore[assignment]
+        return (phase, *grids, *request)
+
+    def prefill(self, model: MeshTransformer, prompt_len: int) -> PhaseLedger:
+        """TTFT's ledger (prefill, final norm, LM head, the first token's argmax)."""
+        key = self._key(model, Phase.PREFILL, prompt_len)
+        if key not in self._phases:
+            ledger = Ledger()
+            model.prefill([0] * prompt_len, ledger)
+            self._phases[key] = _phase_cost(model, Phase.PREFILL, ledger)
+        return self._phases[key]
+
+    def transition(self, model: MeshTransformer, prompt_len: int) -> Ledger:
+        """The re-layouts between the plans after a prompt of `prompt_len` (both grids matter)."""
+        key = (model.plan.prefill.grid, model.plan.decode.grid, prompt_len)
+        if key not in self._transitions:
+            ledger = Ledger()
+            model.charge_transition(model.handoff_counts(prompt_len), ledger)
+            self._transitions[key] = ledger
+        return self._transitions[key]
+
+    def check_room(self, model: MeshTransformer, prompt_len: int, output_len: int) -> None:
+        """Raise unless the KV cache holds the request (`prompt_len + output_len - 1`)."""
+        room = model.max_new_tokens(prompt_len)
+        if output_len > room:
+            rows, cols = model.plan.decode.grid
+            capacity = model.kv_capacity_tokens(prompt_len=prompt_len)
+            raise KvCacheFullError(
+                f"the request needs {prompt_len + output_len - 1} cached positions but the KV "
+                f"cache on the {rows}x{cols} decode grid holds {capacity} "
+                f"({self.setup.kv_policy.value} policy: {room} new tokens after this prompt); "
+                "use a larger decode grid, placement per-layer, or a shorter request"
+            )
+
+    def decode(self, model: MeshTransformer, prompt_len: int, output_len: int) -> PhaseLedger:
+        """The O-1 decode steps after a prompt of `prompt_len`; raises if the cache is full."""
+        self.check_room(model, prompt_len, output_len)
+        key = self._key(model, Phase.DECODE, prompt_len, output_len)
+        if key not in self._phases:
+            ledger = self.walks(model).decode(prompt_len, output_len)
+            self._phases[key] = _phase_cost(model, Phase.DECODE, ledger)
+        return self._phases[key]
+
+    def request(
+        self, prefill_grid: Grid, decode_grid: Grid, prompt_len: int, output_len: int
+    ) -> RequestCost:
+        """All three ledgers of one request; raises the model's errors (SRAM, routes, KV)."""
+        if prompt_len < 1 or output_len < 1:
+            raise WaferError(
+                f"prompt_len={prompt_len} and output_len={output_len} must both be >= 1"
+            )
+        model = self.model(prefill_grid, decode_grid)
+        self.check_room(model, prompt_len, output_len)
+        return RequestCost(
+            prefill_grid=prefill_grid,
+            decode_grid=decode_grid,
+            prefill=self.prefill(model, prompt_len),
+            transition=self.transition(model, prompt_len),
+            decode=self.decode(model, prompt_len, output_len),
+            model=model,
+        )
+
+
+def _phase_cost(model: MeshTransformer, phase: Phase, ledger: Ledger) -> PhaseLedger:
+    state = model.prefill_state if phase is Phase.PREFILL else model.decode_state
+    return PhaseLedger(
+        ledger=ledger,
+        peak_sram_bytes_per_core=max(mesh.sram.peak_bytes for mesh in state.meshes),
+        routes_per_core=model.routes_per_core()[phase.value],
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def cost_model(setup: Setup) -> CostModel:
+    """The process-wide cache of walks for one setup."""
+    return CostModel(setup)
+
+
+def clear_cache() -> None:
+    """Forget every cached walk (benchmarks time a cold estimate with it)."""
+    cost_model.cache_clear()
+
+
+# ---- decode steps without tokens ---------------------------------------------------------------
+def _joined(*ledgers: Ledger) -> Ledger:
+    out = Ledger()
+    for ledger in ledgers:
+        out.extend(ledger)
+    return out
+
+
+class DecodeWalks:
+    """Decode steps of one estimate-mode model priced without tokens, walks cached.
+
+    A step's cost depends on the width of the cache window it reads (under the shift policy
+    it grows once every R tokens) and on its one-hop KV shift (whose bytes depend on which
+    rows shift); steps with the same (width, first shifting row) share one walk.
+    """
+
+    def __init__(self, model: MeshTransformer) -> None:
+        if model.mode is not Mode.ESTIMATE:
+            raise WaferError("decode costs need an estimate-mode model (weights=None)")
+        self.model = model
+        self._steps: dict[tuple[int, int], tuple[LayerLedgers, Ledger]] = {}
+        self._widths: dict[int, tuple[Ledger, Ledger]] = {}
+
+    def records(self, counts: RowCounts) -> DecodeRecords:
+        """The step after `counts` (committed), its layer walked once per cost shape."""
+        append = counts.plan_append()
+        key = (int(append.counts_after.max()), append.senders[0] if append.senders else -1)
+        if key in self._steps:
+            layer, kv = self._steps[key]
+            walked = self.model.decode_records(counts, walk_layers=False)
+            return DecodeRecords(before=walked.before, layer=layer, kv=kv, after=walked.after)
+        walked = self.model.decode_records(counts)
+        self._steps[key] = (walked.layer, walked.kv)
+        return walked
+
+    def decode_step(self, context_len: int, prompt_len: int | None = None) -> Ledger:
+        """The ledger of the decode step whose new token is position `context_len - 1` (the
+        cache then holds `context_len` tokens). `prompt_len` matters for the concat policy
+        (the prompt is balanced, the rest piles on the last row)."""
+        model = self.model
+        rows, slots = model.plan.decode.grid[0], model.plan.kv_slots
+        before = context_len - 1
+        if model.kv_policy is KvPolicy.SHIFT or prompt_len is None:
+            counts = RowCounts.balanced(model.kv_policy, rows, slots, before)
+        else:
+            counts = RowCounts.balanced(model.kv_policy, rows, slots, prompt_len)
+            counts.counts[-1] += before - prompt_len
+        append = counts.plan_append()
+        width = int(append.counts_after.max())
+        if width not in self._widths:  # walk the step once per cache window width
+            walked = self.records(counts.copy())
+            fixed = _joined(walked.before, walked.after)
+            layer = walked.layer
+            self._widths[width] = (fixed, _joined(layer.pre, layer.attn, layer.post))
+        fixed, layer_ledger = self._widths[width]
+        layers = model.config.num_hidden_layers
+        ledger = Ledger()
+        ledger.extend(fixed)
+        ledger.extend(layer_ledger, count=layers)
+        if append.senders:
+            ledger.extend(model.kv_shift_records(append, counts), count=layers)
+        return ledger
+
+    def decode(self, prompt_len: int, output_len: int) -> Ledger:
+        """The ledger of a request's O-1 decode steps after a `prompt_len`-token prompt.
+
+        Each width is walked once, widest first (the SRAM peak, checked on every region;
+        narrower widths re-walk one layer's attention only) and counted for all its steps;
+        each shift is priced once per set of shifting rows. The records equal those of the O-1
+        `decode_step` ledgers after expanding counts, in another order.
+        """
+        model = self.model
+        widths, shifts = _step_shapes(model.handoff_counts(prompt_len), output_len)
+        layers = model.config.num_hidden_layers
+        ledger = Ledger()
+        widest: LayerLedgers | None = None
+        for width in sorted(widths, reverse=True):
+            start, seen = widths[width]
+            if widest is None:  # the whole step once: every region walked at the SRAM peak
+                if output_len > 2:
+                    model.hold_previous_logits()
+                walked = self.records(start.copy())
+                widest = walked.layer
+                # embedding, hops, head: every step
+                ledger.extend(_joined(walked.before, walked.after), count=output_len - 1)
+                attn = widest.attn
+            else:
+                attn = model.decode_attention_records(start.copy())
+            ledger.extend(_joined(widest.pre, attn, widest.post), count=seen * layers)
+        for append, start, seen in shifts.values():
+            ledger.extend(model.kv_shift_records(append, start), count=seen * layers)
+        return ledger
+
+
+def _step_shapes(
+    counts: RowCounts, output_len: int
+) -> tuple[dict[int, tuple[RowCounts, int]], dict[int, tuple[Append, RowCounts, int]]]:
+    """The O-1 steps grouped: per window width (counts before its first step, steps), per
+    first shifting row (the append, counts before it, steps). Raises KvCacheFullError."""
+    widths: dict[int, tuple[RowCounts, int]] = {}
+    shifts: dict[int, tuple[Append, RowCounts, int]] = {}
+    for _ in range(output_len - 1):
+        append = counts.plan_append()  # raises KvCacheFullError when the cache is full
+        width = int(append.counts_after.max())
+        start, seen = widths.get(width, (None, 0))
+        widths[width] = (start or counts.copy(), seen + 1)
+        if append.senders:
+            first = append.senders[0]
+            _, begin, count = shifts.get(first, (append, counts.copy(), 0))
+            shifts[first] = (append, begin, count + 1)
+        counts.commit(append)
+    return widths, shifts
+
+
+__all__ = [
+    "CostModel",
+    "DecodeWalks",
+    "Grid",
+    "PhaseLedger",
+    "RequestCost",
+    "Setup",
+    "clear_cache",
+    "cost_model",
+]

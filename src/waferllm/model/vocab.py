@@ -1,0 +1,89 @@
+"""The vocabulary ends of the model: token embedding in, final norm and LM head out, argmax.
+
+The [D, V] table is placed by `placement.vocab_spec` (`[D_x, V_y]` in prefill, `[D_y, V_x]` in
+decode) on the first region (embedding) and the last (LM head), the same tensor when tied.
+No decoder layers here (`layers.py`), no request state (`transformer.py`).
+Legend: L tokens, D model dim, V vocab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from waferllm.device import Device
+from waferllm.kernels import elementwise
+from waferllm.kernels.gemv import meshgemv, pipeline_gemv
+from waferllm.kernels.norm import rms_norm
+from waferllm.mesh.comm import ReduceAlgorithm
+from waferllm.mesh.cost import Ledger
+from waferllm.mesh.geometry import Axis
+from waferllm.mesh.relayout import hop
+from waferllm.mesh.tensor import DistTensor, Layout
+from waferllm.mesh.virtual import Mode
+from waferllm.model.config import ModelConfig
+from waferllm.model.layers import PREFILL_REDUCE, view
+from waferllm.model.placement import Phase
+from waferllm.model.plan import PhaseState
+
+
+def embed(
+    state: PhaseState,
+    ids: Sequence[int],
+    ledger: Ledger,
+    *,
+    config: ModelConfig,
+    device: Device,
+    tokens_axis: Axis | None,
+) -> DistTensor:
+    """Token ids -> hidden states on the first region (prefill [L_y, D_x], decode [D_y])."""
+    mesh, table = state.embed_mesh, state.embed_view
+    with ledger.scope("embed"):
+        out = elementwise.embed(
+            mesh,
+            ids=torch.tensor(list(ids), dtype=torch.int64),
+            table=table,
+            ledger=ledger,
+            tokens_axis=tokens_axis,
+        )
+        if tokens_axis is None:  # decode: [1, D_y] -> [D_y]
+            out = view(out, Layout((config.hidden_size,), y_dim=0))
+        if mesh is not state.meshes[0]:
+            out = hop(device, out, state.meshes[0], ledger, op="to_first_region")
+    return out
+
+
+def lm_head(
+    state: PhaseState, x: DistTensor, ledger: Ledger, *, config: ModelConfig, axis: Axis
+) -> DistTensor:
+    """Final norm and the LM head GEMV on the last hidden state `x` (freed). Decode reduces
+    along Y with the K-tree like every decode GEMV; prefill reduces along X by the chain to
+    the middle column, whose routes its layers already hold (SPEC.md §10.7)."""
+    mesh = x.mesh
+    prefill = state.phase is Phase.PREFILL
+    h = rms_norm(
+        mesh,
+        x=x,
+        weight=state.final_norm,
+        ledger=ledger,
+        eps=config.rms_norm_eps,
+        op="final_norm",
+        algorithm=PREFILL_REDUCE if prefill else ReduceAlgorithm.KTREE,
+    )
+    x.free()
+    gemv = pipeline_gemv if prefill else meshgemv
+    logits = gemv(mesh, x=h, w=state.lm_head, ledger=ledger, reduce_axis=axis, op="lm_head")
+    h.free()
+    return logits.out
+
+
+def argmax_token(logits: DistTensor, ledger: Ledger, *, algorithm: ReduceAlgorithm) -> int:
+    """On-mesh argmax, the token to the host (0 in estimate mode, which has no numbers).
+    Prefill's logits are split along Y: its argmax uses the Y ring the MeshGEMMs configured,
+    keeping the prefill program within its route budget."""
+    mesh = logits.mesh
+    ids = elementwise.argmax(mesh, logits=logits, ledger=ledger, algorithm=algorithm)
+    token = mesh.gather(ids, ledger=ledger)
+    ids.free()
+    return int(token.reshape(-1)[0]) if mesh.mode is Mode.FUNCTIONAL else 0
