@@ -117,14 +117,15 @@ def permuted_shift(
     ledger: Ledger,
     op: str,
     route_name: str,
-    route_shares: int = 1,
+    route_budget: int | None = None,
     phase: int = 0,
 ) -> torch.Tensor:
     """`comm.shift` for any permutation `dst` ((P,) or (L, P)), routed as the hardware must.
 
     Routes: transit flows per core + 2 (a stride-s ring on P cores: up to about P); when they
-    exceed the free routes (split between `route_shares` concurrent sets), every flow is
-    relayed every g = F - 2 hops. Cost: d*alpha + (ceil(d/g) - 1)*beta + lambda*tile/W with
+    exceed F = `route_budget` (default: every free route; a kernel running several sets at
+    once gives each its share, fixed before the first), every flow is relayed every
+    g = F - 2 hops. Cost: d*alpha + (ceil(d/g) - 1)*beta + lambda*tile/W with
     d = max |dst - i| and lambda the most tiles on one directed link (stride s, gcd(s, P) = 1:
     d = max(s, P - s), lambda = min(s, P - s)).
     """
@@ -132,7 +133,8 @@ def permuted_shift(
     num = mesh.size(axis)
     if num == 1:
         return data.clone()
-    plan = _shift_plan(key(dst), num, free_routes(mesh, route_shares), route_name)
+    budget = free_routes(mesh) if route_budget is None else route_budget
+    plan = _shift_plan(key(dst), num, budget, route_name)
     mesh.routes.require(route_name, plan.routes_per_core)
     moved = shift(mesh, data, axis=axis, dst=dst, ledger=UnpricedLedger(), op=op)
     if ledger.prices:
@@ -336,39 +338,44 @@ def remote_load(
 
 
 # ---- region-wide chain -------------------------------------------------------------------------
-def snake_chain(mesh: Mesh, *, nbytes: int, ledger: Ledger, op: str, phase: int = 0) -> None:
-    """A chain through every core of the region in snake order (row 0 eastwards, row 1
-    westwards, ...): a region-wide collective or a BSP barrier (`nbytes` = one wavelet).
+def snake_chain(
+    mesh: Mesh,
+    *,
+    nbytes: int,
+    ledger: Ledger,
+    op: str,
+    cores: int | None = None,
+    phase: int = 0,
+) -> None:
+    """A chain through the first `cores` cores of the region (default all) in snake order
+    (row 0 eastwards, row 1 westwards, ...): a region-wide collective or a BSP barrier
+    (`nbytes` = one wavelet).
 
-    Cost: (N_c - 1)*alpha + (N_c - 2)*beta + nbytes/W (every core receives, processes and
-    forwards; the size is paid once, pipelined). Routes: 2 per core (receive, send).
+    Cost: (S - 1)*alpha + (S - 2)*beta + nbytes/W + o_op for S cores (every core receives,
+    processes and forwards; the size is paid once, pipelined). Routes: 2 per core.
     """
-    cores = mesh.num_cores
-    if cores == 1:
+    span = mesh.num_cores if cores is None else min(cores, mesh.num_cores)
+    if span <= 1:
         return
     mesh.routes.require("snake_chain", SEND_RECEIVE_ROUTES)
     if ledger.prices:
-        ledger.charge(op, Charge.comm(snake_traffic(mesh.device, mesh.shape, nbytes)), phase=phase)
+        traffic = snake_traffic(mesh.device, mesh.shape, nbytes, span)
+        ledger.charge(op, Charge.comm(traffic), phase=phase)
 
 
 @lru_cache(maxsize=256)
-def snake_traffic(device: Device, shape: tuple[int, int], nbytes: int) -> Traffic:
-    """One stream along the snake: each link on it and each ramp carries `nbytes` once."""
-    rows, cols = shape
-    cores = rows * cols
-    load_x = np.full((rows, max(cols - 1, 0)), float(nbytes))
-    load_y = np.zeros((cols, max(rows - 1, 0)))
-    load_y[np.where(np.arange(rows - 1) % 2 == 0, cols - 1, 0), np.arange(rows - 1)] = nbytes
-    ramp = np.full((rows, cols), float(nbytes))
-    links = {(Axis.X, +1): load_x, (Axis.Y, +1): load_y} if cols > 1 else {(Axis.Y, +1): load_y}
+def snake_traffic(device: Device, shape: tuple[int, int], nbytes: int, span: int) -> Traffic:
+    """One stream along the first `span` cores of the snake: each link on it and each ramp
+    carries `nbytes` once (kept as (1, 1) loads: only the busiest matters)."""
+    load = np.array([[float(nbytes)]])
     return Traffic(
         device=device,
         shape=shape,
-        critical_hops=cores - 1,
-        critical_stages=max(cores - 2, 0),
-        bytes_injected=nbytes * (cores - 1),
-        link_byte_hops=nbytes * (cores - 1),
-        links=links,
-        ramp_in=ramp,
-        ramp_out=ramp,
+        critical_hops=span - 1,
+        critical_stages=max(span - 2, 0),
+        bytes_injected=nbytes * (span - 1),
+        link_byte_hops=nbytes * (span - 1),
+        links={(Axis.X, +1): load},
+        ramp_in=load,
+        ramp_out=load,
     )
