@@ -137,7 +137,7 @@ def t10_gemm(
         out_key = mesh.sram.alloc(f"{op}.c", math.prod(c_shape) * mesh.device.storage_bytes)
         with mesh.sram.scope():
             mesh.sram.alloc(f"{op}.recv", (a.tile_numel + b.tile_numel) * mesh.device.storage_bytes)
-            budget = free_routes(mesh) // 2  # the X and Y rings share what is free
+            budget = _ring_budget(mesh)
             a_data, b_data = _skew(mesh, a, b, stride, ledger, budget)
             acc = torch.zeros((num, num, *c_shape), dtype=torch.float32, device=a.data.device)
             step = _step_dst(num, stride)
@@ -150,6 +150,13 @@ def t10_gemm(
                     snake_chain(barrier, nbytes=BARRIER_BYTES, ledger=ledger, op="barrier")
     c = DistTensor(acc.to(mesh.compute_dtype), out_layout, mesh, f"{op}.c", out_key)
     return KernelResult(out=c, records=charged.records)
+
+
+def _ring_budget(mesh: Mesh) -> int:
+    """Routes each axis's ring may use: half of what is free, counting the rings' own routes
+    when an earlier call of this program configured them already."""
+    own = sum(int(np.max(mesh.routes.sets.get(f"t10_{a.value}_ring", 0))) for a in Axis)
+    return (free_routes(mesh) + own) // 2
 
 
 def _shift(
