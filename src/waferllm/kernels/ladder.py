@@ -104,8 +104,9 @@ def ladder_gemm(
     ceil(N_L/N_c) waves; per K chunk: load the A chunk (t_m x t_k), then the B chunk
     (t_k x t_n), each by a collective through S = span_fraction * N_c cores, then multiply;
     after the last chunk store the tile to its owners.
-    Cost (note §5 (3)): waves * (ceil(K/t_k) * [T_mm(t_m, t_k, t_n) + 2*T_coll(S) + 3*o_op]
-      + T_store), T_coll(S) = (S-1)*alpha + (S-2)*beta + chunk bytes/W,
+    Cost (note §5 (3), loads overlapped with the multiply: the chunks are double-buffered):
+      waves * (ceil(K/t_k) * [max(T_mm(t_m, t_k, t_n), 2*T_coll(S)) + o_s] + T_store),
+      T_coll(S) = (S-1)*alpha + (S-2)*beta + chunk bytes/W,
       T_store = XY-routed tiles to owners (longest flow's hops, owner ramps).
     Routes: chain 2 + the store's flows (relayed when over budget). SRAM: the C tile and
     double-buffered A and B chunks (this fixes t_k).
@@ -158,8 +159,9 @@ def charge_tile_loop(
     ledger: Ledger,
 ) -> None:
     """The ledger of Ladder's load-compute-store loop: per wave, ceil(K/t_k) identical chunks
-    of {each load a chain through `span` cores; the tile's multiply}, then the store. The
-    working buffers (C tile or accumulators, double-buffered chunks) are charged to SRAM."""
+    of {the loads of chunk i+1, one chain through `span` cores after the other, while chunk
+    i is multiplied (double-buffered)}, then the store. The working buffers (C tile or
+    accumulators, double-buffered chunks) are charged to SRAM."""
     cores = mesh.num_cores
     waves = -(-tiles.num_active // cores)
     chunk_bytes = sum(nbytes for _, nbytes in loads)
@@ -167,10 +169,11 @@ def charge_tile_loop(
         "ladder.tiles", tiles.t_m * tiles.t_n * mesh.device.storage_bytes + 2 * chunk_bytes
     )
     chunks = tiles.chunks(k)
+    overhead = mesh.device.step_overhead_cycles
     with ledger.repeat(waves):
-        with ledger.repeat(chunks):
-            for name, nbytes in loads:
-                snake_chain(mesh, nbytes=nbytes, ledger=ledger, op=name, cores=span)
+        with ledger.repeat(chunks), ledger.overlap("chunk", step_overhead_cycles=overhead):
+            for phase, (name, nbytes) in enumerate(loads):
+                snake_chain(mesh, nbytes=nbytes, ledger=ledger, op=name, cores=span, phase=phase)
             charge_compute(
                 mesh,
                 ledger,
@@ -198,7 +201,8 @@ def ladder_gemv(
     row), then multiply-accumulates; at the end y is stored to its owners.
 
     Sharding: x[T, K] @ W[K, N] -> y[T, N_x] (inputs in any layout: unified memory).
-    Cost (note §5 (4)): waves * (ceil(K/t_k) * [T_mv(t_k, n_b) + T_coll(S) + 2*o_op] + T_store),
+    Cost (note §5 (4), overlapped as the GEMM):
+      waves * (ceil(K/t_k) * [max(T_mv(t_k, n_b), T_coll(S)) + o_s] + T_store),
       T_mv = T*t_k instructions of length n_b, T_coll(S) = (S-1)*alpha + (S-2)*beta
       + (T + n_b)*t_k*s/W.
     Routes: chain 2 + the store's flows. SRAM: accumulators and double-buffered chunks.

@@ -103,9 +103,11 @@ def relay_plan(*, hops: int, routes_needed: int, free_routes: int, name: str) ->
     return RelayPlan(hops, routes_needed, free_routes, segment)
 
 
-def free_routes(mesh: Mesh, shares: int = 1) -> int:
-    """The routes still free on the busiest core, split evenly between `shares` route sets."""
-    return (mesh.device.routes_per_core - mesh.routes.routes_per_core) // shares
+def free_routes(mesh: Mesh, *, own: str = "") -> int:
+    """The routes still free on the busiest core, plus those route set `own` already holds
+    (a program that runs the same pattern again reuses its colours)."""
+    held = int(np.max(mesh.routes.sets.get(own, 0))) if own else 0
+    return mesh.device.routes_per_core - mesh.routes.routes_per_core + held
 
 
 def permuted_shift(
@@ -133,7 +135,7 @@ def permuted_shift(
     num = mesh.size(axis)
     if num == 1:
         return data.clone()
-    budget = free_routes(mesh) if route_budget is None else route_budget
+    budget = free_routes(mesh, own=route_name) if route_budget is None else route_budget
     plan = _shift_plan(key(dst), num, budget, route_name)
     mesh.routes.require(route_name, plan.routes_per_core)
     moved = shift(mesh, data, axis=axis, dst=dst, ledger=UnpricedLedger(), op=op)
@@ -280,16 +282,28 @@ def xy_traffic(device: Device, shape: tuple[int, int], f: Flows, *, stages: int)
 
 
 def xy_transit_per_core(shape: tuple[int, int], f: Flows) -> np.ndarray:
-    """(rows, cols) count of flows passing through each core (neither source nor destination)."""
+    """(rows, cols) count of flows passing through each core (neither source nor destination):
+    the X leg's cores strictly between the ends on the source row, the turn core, and the Y
+    leg's cores strictly between on the destination column."""
     rows, cols = shape
-    count = np.zeros((rows, cols), dtype=np.int64)
-    row_pass = transit_per_core(f.src_x[:, None], f.dst_x[:, None], cols)  # (F, cols)
-    np.add.at(count, f.src_y, row_pass)
-    col_pass = transit_per_core(f.src_y[:, None], f.dst_y[:, None], rows)  # (F, rows)
-    np.add.at(count.T, f.dst_x, col_pass)
+    along_x = _passing(f.src_y, f.src_x, f.dst_x, rows, cols)
+    along_y = _passing(f.dst_x, f.src_y, f.dst_y, cols, rows).T
     turns = (f.src_x != f.dst_x) & (f.src_y != f.dst_y)
-    np.add.at(count, (f.src_y[turns], f.dst_x[turns]), 1)
-    return count
+    corner = np.bincount(f.src_y[turns] * cols + f.dst_x[turns], minlength=rows * cols).reshape(
+        rows, cols
+    )
+    return along_x + along_y + corner
+
+
+def _passing(line: np.ndarray, a: np.ndarray, b: np.ndarray, lines: int, num: int) -> np.ndarray:
+    """(lines, num) count of segments a..b on their line passing each core strictly inside."""
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    inner = hi - lo > 1
+    width = num + 1
+    flat = line[inner] * width
+    diff = np.bincount(flat + lo[inner] + 1, minlength=lines * width)
+    diff = diff - np.bincount(flat + hi[inner], minlength=lines * width)
+    return np.cumsum(diff.reshape(lines, width), axis=1)[:, :num]
 
 
 def point_to_point(
@@ -311,7 +325,9 @@ def point_to_point(
 def _xy_plan(mesh: Mesh, f: Flows, name: str) -> RelayPlan:
     hops = int(f.hops.max(initial=0))
     needed = int(xy_transit_per_core(mesh.shape, f).max(initial=0)) + SEND_RECEIVE_ROUTES
-    return relay_plan(hops=hops, routes_needed=needed, free_routes=free_routes(mesh), name=name)
+    return relay_plan(
+        hops=hops, routes_needed=needed, free_routes=free_routes(mesh, own=name), name=name
+    )
 
 
 REQUEST_BYTES = 4  # one wavelet asks the owner for its data

@@ -214,7 +214,7 @@ def t10_decode(
     heads_x = math.ceil(shapes.heads / cols)
     with ledger.scope("t10"):
         _decode_norm(mesh, d_y, Axis.Y, ledger, "input_norm", c)
-        _gemv(mesh, shapes.d, shapes.q + 2 * shapes.kv, Axis.Y, ledger, "qkv", c)
+        plan_gemv(mesh, shapes.d, shapes.q + 2 * shapes.kv, Axis.Y, ledger, "qkv", c)
         charge_elementwise(mesh, numel_per_core=hd_x, ledger=ledger, op="rope")
         _local_gemv(mesh, k=hd_x, n=s_y, ledger=ledger, op="scores.local")
         _fan_in_allreduce(mesh, s_y * heads_x, Axis.X, ledger, "scores", c)
@@ -225,14 +225,14 @@ def t10_decode(
             _fan_in_allreduce(mesh, heads_x, Axis.Y, ledger, f"softmax.{step}", c)
         _local_gemv(mesh, k=s_y, n=hd_x, ledger=ledger, op="pv.local")
         _fan_in_allreduce(mesh, hd_x, Axis.Y, ledger, "pv", c)
-        _gemv(mesh, shapes.q, shapes.d, Axis.X, ledger, "o_proj", c)
+        plan_gemv(mesh, shapes.q, shapes.d, Axis.X, ledger, "o_proj", c)
         charge_elementwise(mesh, numel_per_core=d_y, ledger=ledger, op="residual", inputs=2)
         _decode_norm(mesh, d_y, Axis.Y, ledger, "post_norm", c)
-        _gemv(mesh, shapes.d, 2 * shapes.f, Axis.Y, ledger, "gate_up", c)
+        plan_gemv(mesh, shapes.d, 2 * shapes.f, Axis.Y, ledger, "gate_up", c)
         charge_elementwise(
             mesh, numel_per_core=math.ceil(shapes.f / cols), ledger=ledger, op="silu_mul", inputs=2
         )
-        _gemv(mesh, shapes.f, shapes.d, Axis.X, ledger, "down_proj", c)
+        plan_gemv(mesh, shapes.f, shapes.d, Axis.X, ledger, "down_proj", c)
         charge_elementwise(mesh, numel_per_core=d_y, ledger=ledger, op="residual", inputs=2)
     return plan_cost(ledger, [mesh])
 
@@ -251,7 +251,9 @@ def _decode_norm(
     charge_elementwise(mesh, numel_per_core=numel, ledger=ledger, op=f"{op}.scale")
 
 
-def _gemv(mesh: Mesh, k: int, n: int, axis: Axis, ledger: Ledger, op: str, c: T10Constants) -> None:
+def plan_gemv(
+    mesh: Mesh, k: int, n: int, axis: Axis, ledger: Ledger, op: str, c: T10Constants
+) -> None:
     """x[1, K] @ W[K, N] reduced along `axis` (W stays; transposed placement for axis X)."""
     x_dims = {"y_dim": 1} if axis is Axis.Y else {"x_dim": 1}
     w_dims = {"y_dim": 0, "x_dim": 1} if axis is Axis.Y else {"x_dim": 0, "y_dim": 1}

@@ -1,0 +1,213 @@
+"""The paper's wafer-side baselines, T10 and Ladder, as whole-model estimates on the virtual
+wafer (reference/t10-ladder-baselines.md), beside WaferLLM's own estimate (`api.estimate`).
+
+`estimate_system` composes one layer's plan per phase (`systems_t10`, `systems_ladder`) into
+TTFT (every layer's prefill, then the LM head at the last position) and the O-1 decode steps
+(every layer, then the LM head), the paper's per-layer method. The fitted constants live here,
+one per baseline per phase (SPEC.md §8), each with its source and residuals;
+`benchmarks/baselines_t10_ladder.py` refits them. Everything else is a prediction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+
+from waferllm.device import Device
+from waferllm.errors import WaferError
+from waferllm.mesh.cost import Ledger
+from waferllm.mesh.geometry import Axis
+from waferllm.model.config import ModelConfig
+from waferllm.model.systems_common import LayerShapes, PlanCost, estimate_mesh
+from waferllm.model.systems_ladder import LadderConstants, ladder_decode, ladder_prefill
+from waferllm.model.systems_ladder import plan_gemv as ladder_lm_head
+from waferllm.model.systems_t10 import T10Constants, t10_decode, t10_prefill
+from waferllm.model.systems_t10 import plan_gemv as t10_lm_head
+
+
+class System(enum.StrEnum):
+    WAFERLLM = "waferllm"
+    T10 = "t10"
+    LADDER = "ladder"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FittedConstant:
+    """One baseline constant: its value, what it stands for, where it was fitted and how well
+    (residuals = modelled / paper - 1 on the fitting rows, in their order)."""
+
+    value: float
+    meaning: str
+    source: str
+    residuals: tuple[float, ...]
+
+
+_ROWS = "LLaMA3-8B, 4096-token prompt, reference/t10-ladder-baselines.md §4 (PAPER Tables 3, 4)"
+
+T10_BUSY_CORES = FittedConstant(
+    value=1849,
+    meaning="cores T10's plans keep busy in prefill (a 43x43 sub-grid): its P failure",
+    source=f"fitted on the T10 prefill rows at 480/600/720, {_ROWS}",
+    residuals=(-0.045, -0.057, -0.098),
+)
+T10_PER_PARTIAL_CYCLES = FittedConstant(
+    value=16.5,
+    meaning="cycles the decode fan-in root spends per arriving partial (receive and add)",
+    source=f"fitted on the T10 decode rows at 420/540/660, {_ROWS}",
+    residuals=(0.0, 0.0, 0.0),
+)
+LADDER_PREFILL_SPAN = FittedConstant(
+    value=0.8,
+    meaning="share of the region a prefill load collective chains through",
+    source=f"fitted on the Ladder prefill rows at 480/600/720, {_ROWS}",
+    residuals=(0.0, 0.0, 0.0),
+)
+LADDER_DECODE_SPAN = FittedConstant(
+    value=0.3,
+    meaning="share of a row a decode load collective chains through",
+    source=f"fitted on the Ladder decode rows at 420/540/660, {_ROWS}",
+    residuals=(0.0, 0.0, 0.0),
+)
+
+
+def t10_constants() -> T10Constants:
+    return T10Constants(
+        busy_cores=int(T10_BUSY_CORES.value), per_partial_cycles=T10_PER_PARTIAL_CYCLES.value
+    )
+
+
+def ladder_constants() -> LadderConstants:
+    return LadderConstants(
+        prefill_span=LADDER_PREFILL_SPAN.value, decode_span=LADDER_DECODE_SPAN.value
+    )
+
+
+Constants = T10Constants | LadderConstants
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SystemCost:
+    """One request under a baseline: TTFT's and the decode steps' ledgers, modelled."""
+
+    system: System
+    prefill_grid: tuple[int, int]
+    decode_grid: tuple[int, int]
+    prefill: PlanCost
+    decode: PlanCost
+    layer_prefill: PlanCost
+    layer_decode: PlanCost
+
+    def seconds(self, device: Device) -> tuple[float, float]:
+        """(TTFT, decode time), modelled."""
+        to_s = device.cycles_to_seconds
+        return to_s(self.prefill.latency_cycles), to_s(self.decode.latency_cycles)
+
+
+def estimate_system(
+    system: System | str,
+    *,
+    config: ModelConfig,
+    device: Device,
+    prefill_grid: tuple[int, int],
+    decode_grid: tuple[int, int],
+    prompt_len: int,
+    output_len: int,
+    constants: Constants | None = None,
+) -> SystemCost:
+    """T10's or Ladder's prediction of one batch-1 request on the given grids.
+
+    T10 compiles static shapes: its KV cache spans the whole request (prompt + output) in
+    every step. Ladder's striped cache grows; a step's cost is linear in the context, so the
+    steps are priced at the mean context (prompt + (O - 1)/2).
+    """
+    system = System(system)
+    if system is System.WAFERLLM:
+        raise WaferError("WaferLLM's own estimate is waferllm.estimate; this models baselines")
+    consts = constants or (t10_constants() if system is System.T10 else ladder_constants())
+    return _cached(
+        system, config, device, prefill_grid, decode_grid, prompt_len, output_len, consts
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _cached(
+    system: System,
+    config: ModelConfig,
+    device: Device,
+    prefill_grid: tuple[int, int],
+    decode_grid: tuple[int, int],
+    prompt_len: int,
+    output_len: int,
+    consts: Constants,
+) -> SystemCost:
+    shapes = LayerShapes.of(config)
+    if system is System.T10:
+        assert isinstance(consts, T10Constants)
+        layer_p = t10_prefill(device, prefill_grid, shapes, prompt_len, consts)
+        layer_d = t10_decode(device, decode_grid, shapes, prompt_len + output_len, consts)
+    else:
+        assert isinstance(consts, LadderConstants)
+        layer_p = ladder_prefill(device, prefill_grid, shapes, prompt_len, consts)
+        mean_context = prompt_len + max(output_len - 1, 0) // 2
+        layer_d = ladder_decode(device, decode_grid, shapes, mean_context, consts)
+    prefill = _whole(layer_p, shapes, _lm_head(system, device, prefill_grid, shapes, consts), 1)
+    head = _lm_head(system, device, decode_grid, shapes, consts)
+    decode = _whole(layer_d, shapes, head, max(output_len - 1, 0))
+    return SystemCost(
+        system=system,
+        prefill_grid=prefill_grid,
+        decode_grid=decode_grid,
+        prefill=prefill,
+        decode=decode,
+        layer_prefill=layer_p,
+        layer_decode=layer_d,
+    )
+
+
+def _lm_head(
+    system: System, device: Device, grid: tuple[int, int], shapes: LayerShapes, c: Constants
+) -> Ledger:
+    """The final norm is a layer-norm's cost, negligible here; the LM head is the system's
+    GEMV of the last position's hidden state against the vocabulary."""
+    mesh = estimate_mesh(device, grid)
+    ledger = Ledger()
+    with ledger.scope("lm_head"):
+        if isinstance(c, T10Constants):
+            t10_lm_head(mesh, shapes.d, shapes.vocab, Axis.Y, ledger, "gemv", c)
+        else:
+            ladder_lm_head(
+                mesh,
+                k=shapes.d,
+                n=shapes.vocab,
+                heads=1,
+                span=c.decode_span,
+                ledger=ledger,
+                op="gemv",
+            )
+    return ledger
+
+
+def _whole(layer: PlanCost, shapes: LayerShapes, head: Ledger, times: int) -> PlanCost:
+    """`times` passes of every layer then the LM head (no pass: an empty ledger)."""
+    ledger = Ledger()
+    if times > 0:
+        step = Ledger()
+        step.extend(layer.ledger, count=shapes.layers, scope="layer")
+        step.extend(head)
+        ledger.extend(step, count=times)
+    return dataclasses.replace(layer, ledger=ledger)
+
+
+__all__ = [
+    "LADDER_DECODE_SPAN",
+    "LADDER_PREFILL_SPAN",
+    "T10_BUSY_CORES",
+    "T10_PER_PARTIAL_CYCLES",
+    "FittedConstant",
+    "System",
+    "SystemCost",
+    "estimate_system",
+    "ladder_constants",
+    "t10_constants",
+]
