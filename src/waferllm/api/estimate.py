@@ -15,7 +15,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from waferllm.device import Device, get_device
 from waferllm.errors import GridError, WaferError
@@ -30,6 +30,9 @@ from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.placement import PlacementMode, ResidentLayouts
 from waferllm.model.regions import PhaseRegions
 from waferllm.model.report import RequestMetrics, RequestReport
+
+if TYPE_CHECKING:
+    from waferllm.api.estimate_systems import BaselineEstimate
 
 __all__ = ["Estimate", "PhasePlacement", "clear_cache", "estimate"]
 
@@ -106,18 +109,24 @@ def estimate(
     kv_cache: str | KvPolicy = "shift",
     resident_layouts: str | ResidentLayouts = "one",
     progress: Progress | None = None,
+    system: str = "waferllm",
 ) -> Estimate:
     """Predict one batch-1 request of `prompt_len` tokens generating `output_len`.
 
     `model`: a built-in name or a local checkpoint directory (only config.json is read).
     Grids not given are searched (the fastest feasible pair under SRAM and routes, minimising
     TTFT + transition + decode time); `progress(done, total, what)` follows the search.
+    `system="t10"|"ladder"`: the paper's wafer-side baselines instead (`estimate_systems`).
 
     >>> est = estimate("llama3-8b", prompt_len=4096, output_len=2, placement="per-layer",
     ...                prefill_grid=600, decode_grid=420)
     >>> est.report.placement, est.extrapolated, est.metrics.decode_tpr > 1000
     ('per-layer', True, True)
     """
+    if system != "waferllm":
+        dev = _device(device, device_overrides)
+        grids_given = (prefill_grid, decode_grid)
+        return _baseline(model, dev, system, prompt_len, output_len, grids_given)  # type: ignore[return-value]
     start = time.perf_counter()
     setup = Setup(
         config=model if isinstance(model, ModelConfig) else load_config(str(model)),
@@ -145,6 +154,31 @@ def estimate(
         )
         cost = search.best
     return _result(setup, cost, search, prompt_len, output_len, time.perf_counter() - start)
+
+
+def _baseline(
+    model: str | Path | ModelConfig,
+    device: Device,
+    system: str,
+    prompt_len: int,
+    output_len: int,
+    grids: tuple[GridLike | None, GridLike | None],
+) -> BaselineEstimate:
+    """The paper's baselines (estimate_systems.py), same report schema with `system` set."""
+    from waferllm.api.estimate_systems import estimate_baseline  # it builds on this module
+    from waferllm.model.systems import System
+
+    config = model if isinstance(model, ModelConfig) else load_config(str(model))
+    _check_lengths(config, prompt_len, output_len)
+    return estimate_baseline(
+        _choice(system, System, "system"),
+        config,
+        device,
+        prompt_len=prompt_len,
+        output_len=output_len,
+        prefill_grid=grids[0],
+        decode_grid=grids[1],
+    )
 
 
 # ---- inputs --------------------------------------------------------------------------------------

@@ -59,6 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="one",
         help="one: weights re-laid between the phases per request (default); both: keep both",
     )
+    parser.add_argument(
+        "--system",
+        choices=("waferllm", "t10", "ladder"),
+        default="waferllm",
+        help="the system modelled: WaferLLM (default) or the paper's wafer-side baselines T10 "
+        "and Ladder (per-layer; grids default to WaferLLM's)",
+    )
     parser.add_argument("--json", action="store_true", help="print only the request report")
     parser.set_defaults(func=run)
 
@@ -78,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             kv_cache=args.kv_cache,
             resident_layouts=args.resident_layouts,
             progress=progress,
+            system=args.system,
         )
     if args.json:
         print_json(result.to_dict())
@@ -125,7 +133,7 @@ def _print(result: Estimate) -> None:
     report = result.to_dict()
     metrics, breakdown = report["metrics"], report["breakdown"]
     title = f"{report['model']} on {report['device']}: modelled estimate, placement "
-    title += report["placement"]
+    title += report["placement"] + (f", system {report['system']}" if "system" in report else "")
     if result.extrapolated:
         out.print(f"[bold]per-layer extrapolation[/bold]: {breakdown['note']}")
     table = Table(title=title)

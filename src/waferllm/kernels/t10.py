@@ -142,7 +142,7 @@ def t10_gemm(
             acc = torch.zeros((num, num, *c_shape), dtype=torch.float32, device=a.data.device)
             step = _step_dst(num, stride)
             for _ in mesh.steps(num, ledger):
-                acc = acc + matmul(mesh, a=a_data, b=b_data, ledger=ledger, op="mac").float()
+                acc.add_(matmul(mesh, a=a_data, b=b_data, ledger=ledger, op="mac"))
                 with ledger.overlap("shift", step_overhead_cycles=mesh.device.step_overhead_cycles):
                     a_data = _shift(mesh, a_data, Axis.X, step, ledger, "shift_a", budget)
                     b_data = _shift(mesh, b_data, Axis.Y, step, ledger, "shift_b", budget)

@@ -323,11 +323,14 @@ def point_to_point(
 
 
 def _xy_plan(mesh: Mesh, f: Flows, name: str) -> RelayPlan:
+    return xy_relay_plan(mesh.shape, f, free=free_routes(mesh, own=name), name=name)
+
+
+def xy_relay_plan(shape: tuple[int, int], f: Flows, *, free: int, name: str) -> RelayPlan:
+    """How XY-routed flows `f` are routed with `free` routes per core (transit + 2 each)."""
     hops = int(f.hops.max(initial=0))
-    needed = int(xy_transit_per_core(mesh.shape, f).max(initial=0)) + SEND_RECEIVE_ROUTES
-    return relay_plan(
-        hops=hops, routes_needed=needed, free_routes=free_routes(mesh, own=name), name=name
-    )
+    needed = int(xy_transit_per_core(shape, f).max(initial=0)) + SEND_RECEIVE_ROUTES
+    return relay_plan(hops=hops, routes_needed=needed, free_routes=free, name=name)
 
 
 REQUEST_BYTES = 4  # one wavelet asks the owner for its data

@@ -84,6 +84,7 @@ class RequestReport:
     host_wall_s: float
     text: str | None = None
     token_ids: list[int] | None = None
+    system: str | None = None  # "t10" | "ladder" for the paper's baselines (model/systems.py)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -103,6 +104,8 @@ class RequestReport:
             "breakdown": self.breakdown,
             "host_wall_s": self.host_wall_s,
         }
+        if self.system is not None:
+            out["system"] = self.system
         if self.kind == "generate":
             out["text"] = self.text
             out["token_ids"] = list(self.token_ids or [])
