@@ -22,6 +22,7 @@ from common import console, parser, print_table, write_result
 import waferllm
 from waferllm.api import paper_baselines as paper
 from waferllm.device import Device, wse2
+from waferllm.errors import WaferError
 from waferllm.model.config import load_config
 from waferllm.model.systems import estimate_system, ladder_constants, t10_constants
 from waferllm.model.systems_ladder import LadderConstants
@@ -108,10 +109,10 @@ def _minimax(system: str, phase: str, values: list[float]) -> tuple[float, list[
 def refit(quick: bool = False) -> dict[str, dict[str, Any]]:
     """The four constants that minimise the worst residual on their rows (grid scans:
     T10's busy cores over square sub-grids, the others on a fine grid)."""
-    sides = range(36, 52, 4 if quick else 1)
+    sides = range(34, 47, 4 if quick else 1)
     fits = {
-        ("t10", "prefill"): [float(s * s) for s in sides],
-        ("t10", "decode"): list(np.arange(10.0, 24.0, 1.0 if quick else 0.1)),
+        ("t10", "prefill"): [s * s for s in sides],
+        ("t10", "decode"): list(np.arange(10.0, 24.0, 1.0 if quick else 0.25)),
         ("ladder", "prefill"): list(np.arange(0.5, 1.0001, 0.05 if quick else 0.01)),
         ("ladder", "decode"): list(np.arange(0.1, 0.6001, 0.05 if quick else 0.01)),
     }
@@ -132,14 +133,21 @@ def ratios(models: tuple[str, ...]) -> list[dict[str, Any]]:
     for model in models:
         for phase, grids in (("prefill", (480, 600, 720)), ("decode", (420, 540, 660))):
             for side in grids:
-                ours = waferllm_tpr(phase, model, side)
+                try:
+                    ours: float | None = waferllm_tpr(phase, model, side)
+                except WaferError:  # a point WaferLLM cannot run is a result (no ratio)
+                    ours = None
                 row = {"model": model, "phase": phase, "grid": side, "waferllm_tpr": ours}
                 for system, c in consts.items():
                     tpr = baseline_tpr(system, phase, model, side, c)
                     row[f"{system}_tpr"] = tpr
-                    row[f"{system}_ratio"] = ours / tpr
+                    row[f"{system}_ratio"] = None if ours is None else ours / tpr
                 rows.append(row)
     return rows
+
+
+def _x(value: float | None, digits: int) -> str:
+    return "does not fit (WaferLLM)" if value is None else f"{value:.{digits}f}x"
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import math
 import torch
 
 from waferllm.device import Device
+from waferllm.errors import SramOverflowError
 from waferllm.kernels.t10 import t10_gemm, t10_gemv, t10_load_weights, t10_transpose
 from waferllm.mesh.comm import ReduceAlgorithm, allreduce, broadcast
 from waferllm.mesh.compute import matmul
@@ -47,21 +48,49 @@ class T10Constants:
 
 @dataclasses.dataclass(frozen=True)
 class Pace:
-    """T10's rotating pace: the GEMM runs r_n * r_k passes of P supersteps each."""
+    """T10's rotating pace: the GEMM runs r_b * r_n * r_k passes of P supersteps each (the
+    batch, N and K cut into that many sequential pieces)."""
 
+    r_b: int
     r_n: int
     r_k: int
 
+    @property
+    def passes(self) -> int:
+        return self.r_b * self.r_n * self.r_k
 
-def t10_pace(*, m: int, k: int, n: int, storage_bytes: int, free_bytes: int) -> Pace:
-    """The least cuts so that one pass's tiles fit: the C chunk m x n/r_n in half the free
-    SRAM, then double-buffered A (m x k/r_k) and B (k/r_k x n/r_n) chunks beside it."""
+
+CROSSBAR_SYNC_CYCLES = 211.0  # a superstep's fixed cost in T10's own model: o_op + o_s (WSE-2)
+
+
+def t10_pace(*, m: int, k: int, n: int, batch: int, storage_bytes: int, free_bytes: int) -> Pace:
+    """T10's choice among the cuts whose per-core tiles fit (`batch` independent products,
+    e.g. heads): C chunk b x m x n/r_n, A (m x k/r_k) and B (k/r_k x n/r_n) chunks with
+    their receive buffers; of those, the least costly under T10's own distance-free model
+    (bytes shifted per superstep + a fixed sync, per pass, per superstep)."""
     s = storage_bytes
-    r_n = max(1, math.ceil(m * n * s / (free_bytes / 2)))
-    n_r = math.ceil(n / r_n)
-    room = free_bytes - m * n_r * s
-    k_r = max(1, room // (2 * 2 * (m + n_r) * s))  # A and B chunks, each with its buffer
-    return Pace(r_n, math.ceil(k / min(k, k_r)))
+    best: tuple[float, Pace] | None = None
+    for r_b in range(1, batch + 1):
+        b = math.ceil(batch / r_b)
+        r_n_min = max(1, math.ceil(b * m * n * s / free_bytes))
+        for r_n in range(r_n_min, 4 * r_n_min + 1):
+            n_r = math.ceil(n / r_n)
+            k_r = min(k, (free_bytes - b * m * n_r * s) // (2 * b * (m + n_r) * s))
+            if k_r < 1:
+                continue
+            pace = Pace(r_b, r_n, math.ceil(k / k_r))
+            cost = pace.passes * (b * k_r * (m + n_r) * s / 4 + CROSSBAR_SYNC_CYCLES)
+            if best is None or cost < best[0]:
+                best = (cost, pace)
+        if best is not None:
+            return best[1]
+    raise SramOverflowError(
+        tensor="t10.pace",
+        core=(0, 0),
+        needed_bytes=(m * math.ceil(n / 2) + 2 * m) * s,
+        available_bytes=free_bytes,
+        hint="T10's rotating pace cannot cut this GEMM small enough; use more cores",
+    )
 
 
 def _gemm_passes(
@@ -83,8 +112,9 @@ def _gemm_passes(
     free = region.device.sram_bytes_per_core - region.sram.live_bytes_max
     heads = math.prod(batch)
     mt, kt, nt = (math.ceil(v / side) for v in (m, k, n))
-    pace = t10_pace(m=heads * mt, k=kt, n=nt, storage_bytes=s, free_bytes=free)
+    pace = t10_pace(m=mt, k=kt, n=nt, batch=heads, storage_bytes=s, free_bytes=free)
     k_pass, n_pass = side * math.ceil(kt / pace.r_k), side * math.ceil(nt / pace.r_n)
+    batch = batch and (math.ceil(heads / pace.r_b),)
     a = meta(sub, (*batch, m, k_pass), f"{op}.a", y_dim=len(batch), x_dim=len(batch) + 1)
     if weights:  # stored skewed at load time, like MeshGEMM's
         b = t10_load_weights(sub, _host(k_pass, n_pass), name=f"{op}.w")
@@ -95,9 +125,9 @@ def _gemm_passes(
     first, rest = Ledger(), Ledger()
     t10_gemm(sub, a=a, b=b, ledger=first, op=op, barrier=region).out.free()
     ledger.extend(first)
-    if pace.r_n * pace.r_k > 1:
+    if pace.passes > 1:
         t10_gemm(sub, a=a, b=b, ledger=rest, op=op).out.free()
-        ledger.extend(rest, count=pace.r_n * pace.r_k - 1)
+        ledger.extend(rest, count=pace.passes - 1)
     meshes.append(sub)
 
 
