@@ -17,10 +17,13 @@ from typing import Any
 
 import torch
 
+from waferllm.api.bench_systems import SYSTEM_GEMM_KERNELS, SYSTEM_GEMV_KERNELS, system_weights
 from waferllm.device import Device, get_device
 from waferllm.errors import SramOverflowError, WaferError
 from waferllm.kernels.reference import compare, gemm_reference, gemv_reference
-from waferllm.kernels.registry import GEMM_KERNELS, GEMV_KERNELS, WEIGHT_SKEW, store_b_for
+from waferllm.kernels.registry import GEMM_KERNELS as _WAFERLLM_GEMMS
+from waferllm.kernels.registry import GEMV_KERNELS as _WAFERLLM_GEMVS
+from waferllm.kernels.registry import WEIGHT_SKEW, store_b_for
 from waferllm.kernels.result import KernelResult
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import fanouts_from_groups
@@ -29,9 +32,6 @@ from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import COMPUTE_DTYPES, Mesh, Mode, parse_grid
 
 SCHEMA_VERSION = 1
-# The kernel names `bench_gemm` and `bench_gemv` accept (kernels.registry), for the CLI.
-GEMM_ALGOS = tuple(GEMM_KERNELS)
-GEMV_ALGOS = tuple(GEMV_KERNELS)
 _UNLIMITED_SRAM_BYTES = 1 << 60  # to measure what a point that does not fit would need
 
 
@@ -105,6 +105,13 @@ class _Run:
     mesh: Mesh
     result: KernelResult
     error: tuple[float, float] | None
+
+
+GEMM_KERNELS = {**_WAFERLLM_GEMMS, **SYSTEM_GEMM_KERNELS}  # + the paper's T10 and Ladder
+GEMV_KERNELS = {**_WAFERLLM_GEMVS, **SYSTEM_GEMV_KERNELS}
+# The kernel names `bench_gemm` and `bench_gemv` accept (kernels.registry + the baselines).
+GEMM_ALGOS = tuple(GEMM_KERNELS)
+GEMV_ALGOS = tuple(GEMV_KERNELS)
 
 
 def _setup(
@@ -209,7 +216,7 @@ def bench_gemm(
         raise WaferError(f"unknown GEMM algorithm {algo!r}; choose from {', '.join(GEMM_KERNELS)}")
     _check_sizes(m=m, k=k, n=n)
     setup = _setup(device, grid, mode, dtype, f16_accumulate)
-    ring = algo in WEIGHT_SKEW
+    ring = algo in WEIGHT_SKEW or algo == "t10"
     if align_both and not ring:
         warnings.warn(f"--align-both has no effect on {algo} (it skews nothing)", stacklevel=2)
     k_stored = padded_k(setup.rows, setup.cols, k) if ring else k
@@ -221,6 +228,10 @@ def bench_gemm(
         a = mesh.scatter(host_a, Layout((m, k_stored), y_dim=0, x_dim=1), "a")
         if align_both or not ring:
             b = mesh.scatter(host_b, Layout((k_stored, n), y_dim=0, x_dim=1), "b")
+        elif algo in SYSTEM_GEMM_KERNELS:
+            b = system_weights(mesh, host_b, algo=algo) or mesh.scatter(
+                host_b, Layout((k_stored, n), y_dim=0, x_dim=1), "b"
+            )
         else:
             b = store_b_for(mesh, host_b, algo=algo, name="b")
         result = GEMM_KERNELS[algo](mesh, a=a, b=b, ledger=Ledger())

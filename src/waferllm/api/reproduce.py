@@ -21,6 +21,7 @@ from waferllm.api import paper_figures as paper
 from waferllm.api.estimate import estimate
 from waferllm.api.gpu import gpu_estimate
 from waferllm.api.reproduce_kernels import KERNEL_TICKS, kernel_sections
+from waferllm.api.reproduce_systems import BASELINE_TICKS, baseline_sections
 from waferllm.api.tables import Column, Section
 from waferllm.device import Device, get_device
 from waferllm.errors import WaferError
@@ -72,7 +73,7 @@ def reproduce(*, device: str | Device = "wse2", progress: Progress | None = None
     models = paper.PAPER_MODELS
     phase_ticks = len(models) * (len(paper.PREFILL_GRIDS) + len(paper.DECODE_GRIDS) + 2)
     e2e_ticks = len(models) * (len(paper.E2E_REQUESTS) + 1)
-    tick = _Ticker(progress, phase_ticks + e2e_ticks + KERNEL_TICKS)
+    tick = _Ticker(progress, phase_ticks + e2e_ticks + KERNEL_TICKS + BASELINE_TICKS)
     prefill, decode = _phase_sections(dev, tick)
     e2e, capacity = _e2e_sections(dev, tick)
     sections = (
@@ -82,6 +83,7 @@ def reproduce(*, device: str | Device = "wse2", progress: Progress | None = None
         e2e,
         capacity,
         *kernel_sections(dev, tick),
+        *baseline_sections(dev, prefill, decode, e2e, tick),  # the paper's T10 and Ladder
     )
     return Reproduction(device=dev, sections=sections, host_wall_s=time.perf_counter() - start)
 

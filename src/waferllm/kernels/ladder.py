@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import numpy as np
 import torch
@@ -225,16 +226,18 @@ def ladder_gemv(
     (S = span_fraction * cols: the <= N/n_b active cores, their x chunk and W rows sit in one
     row), then multiply-accumulates; at the end y is stored to its owners.
 
-    Sharding: x[T, K] @ W[K, N] -> y[T, N_x] (inputs in any layout: unified memory).
+    Sharding: x[*T, K] @ W[K, N] -> y[*T, N_x] (inputs in any layout: unified memory).
     Cost (note §5 (4), overlapped as the GEMM):
       waves * (ceil(K/t_k) * [max(T_mv(t_k, n_b), T_coll(S)) + o_s] + T_store),
       T_mv = T*t_k instructions of length n_b, T_coll(S) = (S-1)*alpha + (S-2)*beta
       + (T + n_b)*t_k*s/W.
     Routes: chain 2 + the store's flows. SRAM: accumulators and double-buffered chunks.
     """
-    if len(x.layout.shape) != 2 or len(w.layout.shape) != 2:
-        raise WaferError(f"{op}: Ladder's GEMV takes x[T, K] and W[K, N]")
-    (t, k), (k_w, n) = x.layout.shape, w.layout.shape
+    if not x.layout.shape or len(w.layout.shape) != 2:
+        raise WaferError(f"{op}: Ladder's GEMV takes x[*T, K] and W[K, N]")
+    *lead, k = x.layout.shape
+    k_w, n = w.layout.shape
+    t = math.prod(lead)
     if k != k_w:
         raise WaferError(f"{op}: x {x.layout.shape} and W {w.layout.shape} differ in K")
     n_b = min(features_per_core, n)
@@ -257,8 +260,9 @@ def ladder_gemv(
             ledger=ledger,
         )
     if mesh.mode is Mode.FUNCTIONAL:
-        host = _chunked_product(_host(x), _host(w), tiles, k, mesh.compute_dtype)
+        host = _chunked_product(_host(x).reshape(t, k), _host(w), tiles, k, mesh.compute_dtype)
     else:
         host = torch.empty((t, n), device="meta")
-    out = mesh.scatter(host, Layout((t, n), x_dim=1), f"{op}.out")
+    shape = (*lead, n)
+    out = mesh.scatter(host.reshape(shape), Layout(shape, x_dim=len(lead)), f"{op}.out")
     return KernelResult(out=out, records=charged.records)

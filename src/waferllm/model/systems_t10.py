@@ -153,8 +153,7 @@ def t10_prefill(
         for name, m, k, n in shapes.projections(L)[:3]:
             _gemm_passes(region, side, shape=(m, k, n), batch=(), weights=True, op=name, **common)
         charge_elementwise(busy, numel_per_core=rows_per_core * 3 * Hd, ledger=ledger, op="rope")
-        k_cache = meta(busy, (shapes.kv_heads, L, Hd), "k", y_dim=1, x_dim=2)
-        t10_transpose(busy, t=k_cache, ledger=ledger, op="k_transpose")
+        _transpose_k(busy, shapes, L, ledger)
         attn = {"batch": (H,), "weights": False}
         _gemm_passes(region, side, shape=(L, Hd, L), op="scores", **attn, **common)
         _softmax(busy, H * rows_per_core, math.ceil(L / side), ledger)
@@ -174,6 +173,20 @@ def t10_prefill(
         )
     meshes.append(busy)
     return plan_cost(ledger, meshes)
+
+
+def _transpose_k(busy: Mesh, shapes: LayerShapes, length: int, ledger: Ledger) -> None:
+    """K[kv_heads, L, Hd] -> K^T on the busy grid, in groups of heads whose tile and its
+    transpose fit the free SRAM (one after the other)."""
+    side, s = busy.rows, busy.device.storage_bytes
+    per_head = math.ceil(length / side) * math.ceil(shapes.head_dim / side) * s
+    free = busy.device.sram_bytes_per_core - busy.sram.live_bytes_max
+    group = max(1, min(shapes.kv_heads, free // (2 * per_head)))
+    part = Ledger()
+    with busy.sram.scope():
+        k = meta(busy, (group, length, shapes.head_dim), "k", y_dim=1, x_dim=2)
+        t10_transpose(busy, t=k, ledger=part, op="k_transpose").out.free()
+    ledger.extend(part, count=math.ceil(shapes.kv_heads / group))
 
 
 def _norm(mesh: Mesh, rows: int, cols: int, ledger: Ledger, op: str) -> None:
