@@ -56,18 +56,20 @@ def estimate_baseline(
     decode_grid: GridLike | None,
 ) -> BaselineEstimate:
     start = time.perf_counter()
-    grids = (as_grid(prefill_grid, "prefill_grid"), as_grid(decode_grid, "decode_grid"))
-    if grids[0] is None or grids[1] is None:
+    given = (as_grid(prefill_grid, "prefill_grid"), as_grid(decode_grid, "decode_grid"))
+    if given[0] is None or given[1] is None:
         ours = estimate(
             config,
             device=device,
             prompt_len=prompt_len,
             output_len=output_len,
-            prefill_grid=grids[0],
-            decode_grid=grids[1],
+            prefill_grid=given[0],
+            decode_grid=given[1],
             placement="per-layer",
         )
-        grids = (grids[0] or ours.prefill.grid, grids[1] or ours.decode.grid)
+        given = (given[0] or ours.prefill.grid, given[1] or ours.decode.grid)
+    assert given[0] is not None and given[1] is not None
+    grids: tuple[tuple[int, int], tuple[int, int]] = (given[0], given[1])
     cost = estimate_system(
         system,
         config=config,

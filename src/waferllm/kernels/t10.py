@@ -273,7 +273,11 @@ def t10_gemv(
         )
         full = line.expand_as(partial).contiguous()
         total = broadcast(mesh, full, axis=reduce_axis, root=0, ledger=ledger, op=f"{op}.bcast")
-    dims = {"y_dim": len(lead)} if reduce_axis is Axis.X else {"x_dim": len(lead)}
-    layout = Layout((*lead, wl.shape[1]), **dims)
+    split = len(lead)  # y[*T, N]: N split along the axis that was not reduced
+    layout = Layout(
+        (*lead, wl.shape[1]),
+        y_dim=split if reduce_axis is Axis.X else None,
+        x_dim=split if reduce_axis is Axis.Y else None,
+    )
     out = mesh.register(total.reshape(rows, cols, *lead, total.shape[-1]), layout, f"{op}.out")
     return KernelResult(out=out, records=charged.records)

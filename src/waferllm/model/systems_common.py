@@ -83,9 +83,17 @@ def estimate_mesh(device: Device, grid: tuple[int, int]) -> Mesh:
     return Mesh(device, grid[0], grid[1], mode=Mode.ESTIMATE)
 
 
-def meta(mesh: Mesh, shape: tuple[int, ...], name: str, **dims: int | None) -> DistTensor:
+def meta(
+    mesh: Mesh,
+    shape: tuple[int, ...],
+    name: str,
+    *,
+    y_dim: int | None = None,
+    x_dim: int | None = None,
+) -> DistTensor:
     """A shape-only distributed tensor registered on `mesh` (its SRAM counted)."""
-    return mesh.scatter(torch.empty(shape, device="meta"), Layout(shape, **dims), name)
+    layout = Layout(shape, y_dim=y_dim, x_dim=x_dim)
+    return mesh.scatter(torch.empty(shape, device="meta"), layout, name)
 
 
 def meta_tiles(mesh: Mesh, numel_per_core: int) -> torch.Tensor:

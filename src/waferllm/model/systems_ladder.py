@@ -178,17 +178,32 @@ def ladder_decode(
     ledger = Ledger()
     span = c.decode_span
     vec = math.ceil(shapes.d / mesh.num_cores)
-    gemv = {"span": span, "ledger": ledger}
     with ledger.scope("ladder"):
         _norm(mesh, rows=1, numel=vec, ledger=ledger, op="input_norm")
         for name, _, k, n in shapes.projections(1)[:3]:
-            plan_gemv(mesh, k=k, n=n, heads=1, op=name, **gemv)
+            plan_gemv(mesh, k=k, n=n, heads=1, op=name, span=span, ledger=ledger)
         charge_elementwise(mesh, numel_per_core=vec, ledger=ledger, op="rope")
-        plan_gemv(mesh, k=shapes.head_dim, n=context, heads=shapes.heads, op="scores", **gemv)
+        plan_gemv(
+            mesh,
+            k=shapes.head_dim,
+            n=context,
+            heads=shapes.heads,
+            op="scores",
+            span=span,
+            ledger=ledger,
+        )
         _softmax(mesh, rows=shapes.heads, numel=vec, ledger=ledger)
-        plan_gemv(mesh, k=context, n=shapes.head_dim, heads=shapes.heads, op="pv", **gemv)
+        plan_gemv(
+            mesh,
+            k=context,
+            n=shapes.head_dim,
+            heads=shapes.heads,
+            op="pv",
+            span=span,
+            ledger=ledger,
+        )
         for name, _, k, n in shapes.projections(1)[3:]:
-            plan_gemv(mesh, k=k, n=n, heads=1, op=name, **gemv)
+            plan_gemv(mesh, k=k, n=n, heads=1, op=name, span=span, ledger=ledger)
             if name == "o_proj":
                 charge_elementwise(mesh, numel_per_core=vec, ledger=ledger, op="residual", inputs=2)
                 _norm(mesh, rows=1, numel=vec, ledger=ledger, op="post_norm")

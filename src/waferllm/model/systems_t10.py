@@ -147,19 +147,31 @@ def t10_prefill(
     busy = region.submesh(side, side)
     L, H, Hd = prompt_len, shapes.heads, shapes.head_dim
     rows_per_core = math.ceil(L / side)
-    common = {"ledger": ledger, "meshes": meshes}
+
+    def gemm(shape: tuple[int, int, int], op: str, heads: tuple[int, ...] = ()) -> None:
+        """Projections (weights stored skewed) or, with `heads`, attention's products."""
+        _gemm_passes(
+            region,
+            side,
+            shape=shape,
+            batch=heads,
+            weights=not heads,
+            op=op,
+            ledger=ledger,
+            meshes=meshes,
+        )
+
     with ledger.scope("t10"):
         _norm(busy, rows_per_core, math.ceil(shapes.d / side), ledger, "input_norm")
         for name, m, k, n in shapes.projections(L)[:3]:
-            _gemm_passes(region, side, shape=(m, k, n), batch=(), weights=True, op=name, **common)
+            gemm((m, k, n), name)
         charge_elementwise(busy, numel_per_core=rows_per_core * 3 * Hd, ledger=ledger, op="rope")
         _transpose_k(busy, shapes, L, ledger)
-        attn = {"batch": (H,), "weights": False}
-        _gemm_passes(region, side, shape=(L, Hd, L), op="scores", **attn, **common)
+        gemm((L, Hd, L), "scores", (H,))
         _softmax(busy, H * rows_per_core, math.ceil(L / side), ledger)
-        _gemm_passes(region, side, shape=(L, L, Hd), op="pv", **attn, **common)
+        gemm((L, L, Hd), "pv", (H,))
         for name, m, k, n in shapes.projections(L)[3:]:
-            _gemm_passes(region, side, shape=(m, k, n), batch=(), weights=True, op=name, **common)
+            gemm((m, k, n), name)
             if name == "o_proj":
                 _residual_and_norm(busy, rows_per_core, math.ceil(shapes.d / side), ledger)
         d_tile = rows_per_core * math.ceil(shapes.f / side)
@@ -298,12 +310,13 @@ def plan_gemv(
     mesh: Mesh, k: int, n: int, axis: Axis, ledger: Ledger, op: str, c: T10Constants
 ) -> None:
     """x[1, K] @ W[K, N] reduced along `axis` (W stays; transposed placement for axis X)."""
-    x_dims = {"y_dim": 1} if axis is Axis.Y else {"x_dim": 1}
-    w_dims = {"y_dim": 0, "x_dim": 1} if axis is Axis.Y else {"x_dim": 0, "y_dim": 1}
+    along_y = axis is Axis.Y
     with mesh.sram.scope():
-        x = meta(mesh, (1, k), f"{op}.x", **x_dims)
-        w = meta(mesh, (k, n), f"{op}.w_view", **w_dims)
-        mesh.sram.free(w.sram_key)  # the weight is part of the resident layer
+        x = meta(
+            mesh, (1, k), f"{op}.x", y_dim=1 if along_y else None, x_dim=None if along_y else 1
+        )
+        w = meta(mesh, (k, n), f"{op}.w_view", y_dim=0 if along_y else 1, x_dim=1 if along_y else 0)
+        w.free()  # the weight itself is part of the resident layer
         out = t10_gemv(
             mesh,
             x=x,
