@@ -21,7 +21,7 @@ from common import console, parser, print_table, write_result
 
 import waferllm
 from waferllm.api import paper_baselines as paper
-from waferllm.device import Device, wse2
+from waferllm.device import wse2
 from waferllm.errors import WaferError
 from waferllm.model.config import load_config
 from waferllm.model.systems import estimate_system, ladder_constants, t10_constants
@@ -151,9 +151,9 @@ def _x(value: float | None, digits: int) -> str:
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args(
-        [a for a in __import__("sys").argv[1:] if a != "--refit"]
-    )
+    cli = parser(__doc__.splitlines()[0])
+    cli.add_argument("--refit", action="store_true", help="refit the four constants (minutes)")
+    args = cli.parse_args()
     torch.set_num_threads(1)
     out = console()
     calib = {
@@ -168,7 +168,7 @@ def main() -> None:
         [[k, *(f"{r:+.1%}" for r in v)] for k, v in calib.items()],
     )
     payload: dict[str, Any] = {"calibration_residuals": calib}
-    if "--refit" in __import__("sys").argv:
+    if args.refit:
         payload["refit"] = refit(args.quick)
         out.print(payload["refit"])
     models = MODELS[:1] if args.quick else MODELS
@@ -182,8 +182,8 @@ def main() -> None:
                 r["model"],
                 r["phase"],
                 r["grid"],
-                f"{r['t10_ratio']:.1f}x",
-                f"{r['ladder_ratio']:.0f}x",
+                _x(r["t10_ratio"], 1),
+                _x(r["ladder_ratio"], 0),
                 paper.STATED_RATIOS[(r["phase"], "t10")],
                 paper.STATED_RATIOS[(r["phase"], "ladder")],
             ]
@@ -197,6 +197,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-__all__ = ["Device", "refit", "residuals"]
