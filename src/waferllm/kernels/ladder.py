@@ -19,21 +19,12 @@ import math
 import numpy as np
 import torch
 
-from waferllm.device import Device
 from waferllm.errors import SramOverflowError, WaferError
 from waferllm.kernels.result import Charged, KernelResult
 from waferllm.mesh.compute import charge_compute, matmul_cycles
-from waferllm.mesh.cost import Charge, Ledger
-from waferllm.mesh.remote import (
-    RelayPlan,
-    flows,
-    free_routes,
-    snake_chain,
-    xy_relay_plan,
-    xy_traffic,
-)
+from waferllm.mesh.cost import Ledger
+from waferllm.mesh.remote import Flows, flows, point_to_point, snake_chain
 from waferllm.mesh.tensor import DistTensor, Layout
-from waferllm.mesh.traffic import Traffic
 from waferllm.mesh.virtual import Mesh, Mode
 
 GPU_TILE = 128  # Ladder's output tile side (tensor-core friendly, LadderPolicy)
@@ -89,29 +80,23 @@ def _chunked_product(
 def _store(mesh: Mesh, *, tiles: LadderTiles, m: int, n: int, ledger: Ledger, op: str) -> None:
     """Every active core writes its C tile to the core owning the tile's first element under
     the row-major striping (one concurrent set of XY-routed flows per wave)."""
-    name = "ladder_store"
-    free = free_routes(mesh, own=name)
-    plan, traffic = _store_pattern(mesh.device, mesh.shape, tiles, m, n, free)
-    mesh.routes.require(name, plan.routes_per_core)
-    if ledger.prices and traffic.bytes_injected:
-        ledger.charge(op, Charge.comm(traffic))
+    f = _store_flows(mesh.device.storage_bytes, mesh.shape, tiles, m, n)
+    point_to_point(mesh, f, ledger=ledger, op=op, route_name="ladder_store")
 
 
 @functools.lru_cache(maxsize=256)
-def _store_pattern(
-    device: Device, shape: tuple[int, int], tiles: LadderTiles, m: int, n: int, free: int
-) -> tuple[RelayPlan, Traffic]:
-    """The store's routing and traffic (cached: it depends on shapes only)."""
+def _store_flows(
+    storage_bytes: int, shape: tuple[int, int], tiles: LadderTiles, m: int, n: int
+) -> Flows:
+    """The store's flows (cached: they depend on shapes only)."""
     rows, cols = shape
     cores = rows * cols
     ids = np.arange(min(tiles.num_active, cores))
     tiles_n = -(-n // tiles.t_n)
     first = (ids // tiles_n) * tiles.t_m * n + (ids % tiles_n) * tiles.t_n
     owner = np.minimum(first // -(-(m * n) // cores), cores - 1)
-    nbytes = tiles.t_m * tiles.t_n * device.storage_bytes
-    f = flows(np.divmod(ids, cols), np.divmod(owner, cols), nbytes)
-    plan = xy_relay_plan(shape, f, free=free, name="ladder_store")
-    return plan, xy_traffic(device, shape, f, stages=plan.stages)
+    nbytes = tiles.t_m * tiles.t_n * storage_bytes
+    return flows(np.divmod(ids, cols), np.divmod(owner, cols), nbytes)
 
 
 def ladder_gemm(

@@ -56,7 +56,7 @@ BROADCAST_ROUTES = 2  # one multicast colour per direction
 TREE_LEVEL_ROUTES = 4  # each level above the first
 
 
-def _bytes_per_core(mesh: Mesh, data: torch.Tensor) -> int:
+def bytes_per_core(mesh: Mesh, data: torch.Tensor) -> int:
     """Bytes of one core's tile of `data` in the storage dtype."""
     return math.prod(data.shape[2:]) * mesh.device.storage_bytes
 
@@ -93,7 +93,7 @@ def shift(
         mesh.routes.require(*routes)
     if ledger.prices:
         traffic = permutation_traffic(
-            mesh.device, mesh.shape, axis, key(dst), _bytes_per_core(mesh, data)
+            mesh.device, mesh.shape, axis, key(dst), bytes_per_core(mesh, data)
         )
         ledger.charge(op, Charge.comm(traffic), phase=phase)
     return line_index(mesh, axis, src_of, data)
@@ -170,7 +170,7 @@ def _charge_broadcast(
     if ledger.prices:
         owners = Owners.of_roots(mesh.size(axis), line_roots(mesh, axis, root))
         traffic = multicast_traffic(
-            mesh.device, mesh.shape, axis, owners, _bytes_per_core(mesh, data)
+            mesh.device, mesh.shape, axis, owners, bytes_per_core(mesh, data)
         )
         ledger.charge(op, Charge.comm(traffic), phase=phase)
 
@@ -269,7 +269,7 @@ def reduce(
         return result, (0 if algorithm is ReduceAlgorithm.KTREE else root)
     plan = _reduce_plan(mesh, axis, algorithm, fanouts)
     if ledger.prices:
-        traffic = _reduce_traffic(mesh, axis, plan, roots, _bytes_per_core(mesh, data))
+        traffic = _reduce_traffic(mesh, axis, plan, roots, bytes_per_core(mesh, data))
         ledger.charge(
             op, Charge.comm(traffic.streamed() if follows_stream else traffic), phase=phase
         )
@@ -407,7 +407,7 @@ def segmented_allreduce(
         mesh.routes.require(f"{axis.value}_bcast", BROADCAST_ROUTES)
     if not ledger.prices:
         return result
-    owners, nbytes = Owners.of_groups(sizes), _bytes_per_core(mesh, data)
+    owners, nbytes = Owners.of_groups(sizes), bytes_per_core(mesh, data)
     ledger.charge(
         f"{op}.reduce", Charge.comm(chain_traffic(mesh.device, mesh.shape, axis, owners, nbytes))
     )

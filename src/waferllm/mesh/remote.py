@@ -20,10 +20,10 @@ import torch
 
 from waferllm.device import Device
 from waferllm.errors import RouteOverflowError, WaferError
-from waferllm.mesh.comm import shift, tile_bytes
+from waferllm.mesh.comm import bytes_per_core, shift
 from waferllm.mesh.cost import Charge, ChargeKind, Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.patterns import ArrayKey, key, shift_traffic, unkey
+from waferllm.mesh.patterns import ArrayKey, key, permutation_traffic, unkey
 from waferllm.mesh.traffic import Traffic
 from waferllm.mesh.virtual import Mesh
 
@@ -140,7 +140,9 @@ def permuted_shift(
     mesh.routes.require(route_name, plan.routes_per_core)
     moved = shift(mesh, data, axis=axis, dst=dst, ledger=UnpricedLedger(), op=op)
     if ledger.prices:
-        traffic = shift_traffic(mesh.device, mesh.shape, axis, key(dst), tile_bytes(mesh, data))
+        traffic = permutation_traffic(
+            mesh.device, mesh.shape, axis, key(dst), bytes_per_core(mesh, data)
+        )
         traffic = dataclasses.replace(traffic, critical_stages=plan.stages)
         ledger.charge(op, Charge.comm(traffic), phase=phase)
     return moved
@@ -183,8 +185,10 @@ def fan_in_reduce(
         raise WaferError(f"fan-in root {root} out of range 0..{num - 1}")
     mesh.routes.require(f"{axis.value}_fan_in", FAN_IN_ROUTES)
     if ledger.prices:
-        nbytes = tile_bytes(mesh, data)
-        traffic = shift_traffic(mesh.device, mesh.shape, axis, key(_to_root(num, root)), nbytes)
+        nbytes = bytes_per_core(mesh, data)
+        traffic = permutation_traffic(
+            mesh.device, mesh.shape, axis, key(_to_root(num, root)), nbytes
+        )
         d = mesh.device
         serial = (num - 1) * max(nbytes / d.ramp_bytes_per_cycle, per_partial_cycles)
         charge = Charge(
