@@ -159,7 +159,7 @@ def _strip_wall(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_strip_wall(v) for v in value]
     if isinstance(value, float):
-        return repr(value)  # exact
+        return repr(float(value))  # exact; numpy float64 and float print alike
     return value
 
 

@@ -13,17 +13,20 @@ from collections.abc import Callable
 from typing import Any
 
 from waferllm.api import paper_figures as paper
-from waferllm.api.bench import GEMM_ALGOS, GEMV_ALGOS, KernelReport, bench_gemm, bench_gemv
+from waferllm.api.bench import KernelReport, bench_gemm, bench_gemv
 from waferllm.api.tables import Column, Section
 from waferllm.baselines.gpu import gemv_time_s
 from waferllm.baselines.gpu_fit import TABLE6_ROWS
 from waferllm.baselines.gpu_specs import a100
 from waferllm.device import Device, wse3
+from waferllm.kernels.registry import GEMM_KERNELS, GEMV_KERNELS
 
 GPU_SETUPS = (1, 8, 16)
 GEMM_SIZES = (2048, 8192)
 GEMM_GRIDS = (360, 720)
-PAPER_GEMM_ALGOS = tuple(a for a in GEMM_ALGOS if a != "allgather")  # the paper compares these
+# The paper's Figures 9 and 10 compare the wafer kernels (T10 and Ladder have their own tables).
+PAPER_GEMM_ALGOS = tuple(a for a in GEMM_KERNELS if a != "allgather")
+GEMV_ALGOS = tuple(GEMV_KERNELS)
 GEMV_SIZE = 16384
 GEMV_GRIDS = (360, 720)
 SWEEP_STEP = 30  # Table 6's fastest grid: sides 30, 60, ... up to the device's shorter side
