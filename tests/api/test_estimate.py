@@ -34,6 +34,14 @@ REPORT_KEYS = {
     "max_new_tokens",
     "breakdown",
     "host_wall_s",
+    "warnings",
+    "provenance",
+    "system",
+    "batch_size",
+    "num_devices",
+    "weight_dtype",
+    "kv_dtype",
+    "sram_used_fraction",
 }
 METRIC_KEYS = {
     "ttft_s",

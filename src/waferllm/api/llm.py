@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from waferllm.api.provenance import make_provenance
 from waferllm.device import Device, get_device, with_overrides
 from waferllm.engine.engine import Engine, FinishReason, Generation, Step, Trace
 from waferllm.engine.metrics import Occupancy, breakdown, request_metrics
@@ -253,9 +254,9 @@ class LLM:
 
     def report(self, trace: Trace, *, text: str | None = None) -> RequestReport:
         """The SPEC.md §10.4 request report of a finished generation."""
-        model, length = self.model, trace.prompt_len
+        model, length, occupancy = self.model, trace.prompt_len, self.occupancy()
         metrics = request_metrics(
-            trace, device=self.device, occupancy=self.occupancy(), config=self.config
+            trace, device=self.device, occupancy=occupancy, config=self.config
         )
         policies = (KvPolicy.SHIFT, KvPolicy.CONCAT)
         capacity = [model.kv_capacity_tokens(p, prompt_len=length) for p in policies]
@@ -284,4 +285,15 @@ class LLM:
             host_wall_s=trace.host_wall_s,
             text=text,
             token_ids=list(trace.token_ids),
+            provenance=make_provenance(device=self.device, config=self.config),
+            sram_used_fraction=_sram_used_fraction(self.device, occupancy),
         )
+
+
+def _sram_used_fraction(device: Device, occupancy: Occupancy) -> float | None:
+    """The peak core's bytes on every core the model occupies, over the device's SRAM (an
+    upper bound on the share in use at the peak)."""
+    if occupancy.peak_sram_bytes_per_core is None:
+        return None
+    used = occupancy.peak_sram_bytes_per_core * occupancy.num_cores
+    return used / (device.sram_bytes_per_core * device.num_cores)

@@ -15,8 +15,10 @@ from waferllm.cli.common import (
     add_device_options,
     console,
     device_from_args,
+    finish_report,
     positive_int,
     print_json,
+    what_if_line,
 )
 
 
@@ -92,7 +94,7 @@ def run_gemm(args: argparse.Namespace) -> int:
         align_both=args.align_both,
         seed=args.seed,
     )
-    return _show(report, args.json)
+    return _show(report, args)
 
 
 def run_gemv(args: argparse.Namespace) -> int:
@@ -110,12 +112,13 @@ def run_gemv(args: argparse.Namespace) -> int:
         f16_accumulate=args.f16_accumulate,
         seed=args.seed,
     )
-    return _show(report, args.json)
+    return _show(report, args)
 
 
-def _show(report: KernelReport, as_json: bool) -> int:
-    if as_json:
-        print_json(report.to_dict())
+def _show(report: KernelReport, args: argparse.Namespace) -> int:
+    as_dict = finish_report(args, report.to_dict())
+    if args.json:
+        print_json(as_dict)
         return 0
     rows, cols = report.grid
     title = (
@@ -123,6 +126,9 @@ def _show(report: KernelReport, as_json: bool) -> int:
         f"{rows}x{cols} cores of {report.device} ({report.mode} mode; cycles and times modelled)"
     )
     out = console()
+    what_if = what_if_line(device_from_args(args))
+    if what_if:
+        out.print(what_if)
     if not report.fits:
         out.print(title)
         out.print(report.message or "does not fit")

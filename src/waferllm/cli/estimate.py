@@ -20,8 +20,10 @@ from waferllm.cli.common import (
     add_device_options,
     console,
     device_from_args,
+    finish_report,
     positive_int,
     print_json,
+    what_if_line,
 )
 
 TOP_OPS = 8  # rows of the per-op tables
@@ -87,10 +89,11 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
             system=args.system,
         )
+    report = finish_report(args, result.to_dict())
     if args.json:
-        print_json(result.to_dict())
+        print_json(report)
     else:
-        _print(result)
+        _print(result, what_if_line(device))
     return 0
 
 
@@ -128,9 +131,11 @@ class _progress:
 
 
 # ---- printing ------------------------------------------------------------------------------------
-def _print(result: Estimate) -> None:
+def _print(result: Estimate, what_if: str | None) -> None:
     out = console()
     report = result.to_dict()
+    if what_if:
+        out.print(what_if)
     metrics, breakdown = report["metrics"], report["breakdown"]
     title = f"{report['model']} on {report['device']}: modelled estimate, placement "
     title += report["placement"] + (f", system {report['system']}" if "system" in report else "")

@@ -15,7 +15,15 @@ from typing import TextIO
 from rich.table import Table
 
 from waferllm.api.llm import LLM, RequestOutput, SamplingParams
-from waferllm.cli.common import CliError, add_device_options, console, device_from_args, print_json
+from waferllm.cli.common import (
+    CliError,
+    add_device_options,
+    console,
+    device_from_args,
+    finish_report,
+    print_json,
+    what_if_line,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -96,14 +104,13 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             ignore_eos=args.ignore_eos,
         )
-    for warning in caught:  # settings without effect: one line each, as errors are
-        print(f"waferllm: warning: {warning.message}", file=sys.stderr)
     grid, prefill_grid, decode_grid = _grids(args)
+    device = device_from_args(args)
     status = console(stderr=True)
     with status.status("loading the checkpoint and placing it on the virtual wafer"):
         llm = LLM(
             args.model,
-            device=device_from_args(args),
+            device=device,
             dtype=args.dtype,
             f16_accumulate=args.f16_accumulate,
             kv_cache=args.kv_cache,
@@ -115,9 +122,14 @@ def run(args: argparse.Namespace) -> int:
         llm.check_request(prompt, params)
     stream = sys.stderr if args.json else sys.stdout
     output = _stream(llm, prompt, params, stream)
+    # settings without effect: in the report, and one stderr line each, as errors are
+    report = finish_report(args, output.report.to_dict(), warnings=[str(w.message) for w in caught])
     if args.json:
-        print_json(output.report.to_dict())
+        print_json(report)
     else:
+        what_if = what_if_line(device)
+        if what_if:
+            console().print(what_if)
         console().print(metrics_table(output))
     return 0
 

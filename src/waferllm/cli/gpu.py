@@ -8,13 +8,12 @@ context past the model's trained length) go to stderr, one per line.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from rich.table import Table
 
 from waferllm.api.gpu import GPU_PRESETS, Stack, gpu_estimate
-from waferllm.cli.common import CliError, console, positive_int, print_json
+from waferllm.cli.common import CliError, console, finish_report, positive_int, print_json
 
 NUM_GPUS = (1, 8, 16)  # the paper's setups: one GPU, one NVLink node, two nodes over InfiniBand
 
@@ -62,9 +61,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if estimate.report is None:
         raise CliError(estimate.message)
-    for warning in estimate.warnings:
-        print(f"waferllm: warning: {warning}", file=sys.stderr)
-    report = estimate.report.to_dict()
+    report = finish_report(args, estimate.report.to_dict())  # prints its warnings
     if args.json:
         print_json(report)
     else:
