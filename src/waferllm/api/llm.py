@@ -52,6 +52,7 @@ class RequestOutput:
     finish_reason: str
     metrics: RequestMetrics
     report: RequestReport
+    trace: Trace = dataclasses.field(repr=False, compare=False)  # every ledger (--trace)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -235,6 +236,7 @@ class LLM:
             finish_reason=str(trace.finish_reason or FinishReason.LENGTH),
             metrics=report.metrics,
             report=report,
+            trace=trace,
         )
 
     # ---- reporting -----------------------------------------------------------------------------

@@ -77,6 +77,21 @@ def finish_report(
     return report
 
 
+def add_trace_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trace",
+        metavar="FILE",
+        type=Path,
+        help="write the modelled timeline as Chrome/Perfetto trace JSON (open it in "
+        "ui.perfetto.dev or chrome://tracing; times are modelled)",
+    )
+
+
+def write_trace(path: Path | None, trace: dict[str, Any]) -> None:
+    if path is not None:
+        write_atomic(path, json.dumps(trace, separators=(",", ":")) + "\n")
+
+
 def what_if_line(device: Device) -> str | None:
     """ "what-if: key=value, ..." when constants of a preset were overridden, else None."""
     changed = what_if(device)

@@ -16,14 +16,17 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from waferllm.api.estimate import Estimate, estimate
+from waferllm.api.trace import estimate_trace
 from waferllm.cli.common import (
     add_device_options,
+    add_trace_option,
     console,
     device_from_args,
     finish_report,
     positive_int,
     print_json,
     what_if_line,
+    write_trace,
 )
 
 TOP_OPS = 8  # rows of the per-op tables
@@ -68,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the system modelled: WaferLLM (default) or the paper's wafer-side baselines T10 "
         "and Ladder (per-layer; grids default to WaferLLM's)",
     )
+    add_trace_option(parser)
     parser.add_argument("--json", action="store_true", help="print only the request report")
     parser.set_defaults(func=run)
 
@@ -90,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
             system=args.system,
         )
     report = finish_report(args, result.to_dict())
+    if args.trace is not None:
+        trace = estimate_trace(result, device=device)
+        trace["otherData"]["provenance"] = report["provenance"]
+        write_trace(args.trace, trace)
     if args.json:
         print_json(report)
     else:

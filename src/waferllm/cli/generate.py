@@ -15,14 +15,17 @@ from typing import TextIO
 from rich.table import Table
 
 from waferllm.api.llm import LLM, RequestOutput, SamplingParams
+from waferllm.api.trace import generation_trace
 from waferllm.cli.common import (
     CliError,
     add_device_options,
+    add_trace_option,
     console,
     device_from_args,
     finish_report,
     print_json,
     what_if_line,
+    write_trace,
 )
 
 
@@ -72,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="one: re-lay the weights between the phases per request (charged); both: keep "
         "both plans' copies resident when SRAM allows",
     )
+    add_trace_option(parser)
     parser.add_argument("--json", action="store_true", help="print only the request report")
     parser.set_defaults(func=run)
 
@@ -124,6 +128,10 @@ def run(args: argparse.Namespace) -> int:
     output = _stream(llm, prompt, params, stream)
     # settings without effect: in the report, and one stderr line each, as errors are
     report = finish_report(args, output.report.to_dict(), warnings=[str(w.message) for w in caught])
+    if args.trace is not None:
+        trace = generation_trace(output, llm=llm)
+        trace["otherData"]["provenance"] = report["provenance"]
+        write_trace(args.trace, trace)
     if args.json:
         print_json(report)
     else:
