@@ -39,8 +39,11 @@ TRACK_NAMES = {
     COMM: "communication (exposed)",
     OVERHEAD: "overhead",
 }
-_SPLIT = ((COMPUTE, "compute_cycles", "compute"), (COMM, "comm_cycles", "comm"))
-_SPLIT += ((OVERHEAD, "overhead_cycles", "overhead"),)
+_SPLIT: tuple[tuple[int, str, str], ...] = (
+    (COMPUTE, "compute_cycles", "compute"),
+    (COMM, "comm_cycles", "comm"),
+    (OVERHEAD, "overhead_cycles", "overhead"),
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

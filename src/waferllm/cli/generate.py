@@ -42,6 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     prompt.add_argument(
         "--prompt-ids", metavar="IDS", help="prompt token ids, comma-separated: 1,2,3"
     )
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="send --prompt as a user message through the checkpoint's chat template",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="default 32")
     grids = parser.add_argument_group("grids (P for P x P, or RxC: R rows by C columns)")
     grids.add_argument("--grid", metavar="G", help="one grid for both phases")
@@ -109,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
             ignore_eos=args.ignore_eos,
         )
     grid, prefill_grid, decode_grid = _grids(args)
+    if args.chat and args.prompt is None:
+        raise CliError("--chat needs --prompt TEXT (the user message), not --prompt-ids")
     device = device_from_args(args)
     status = console(stderr=True)
     with status.status("loading the checkpoint and placing it on the virtual wafer"):
@@ -123,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
             prefill_grid=prefill_grid,
             decode_grid=decode_grid,
         )
+        if args.chat:
+            prompt = llm.chat_prompt([{"role": "user", "content": args.prompt}])
         llm.check_request(prompt, params)
     stream = sys.stderr if args.json else sys.stdout
     output = _stream(llm, prompt, params, stream)
