@@ -16,6 +16,7 @@ from rich.table import Table
 
 from waferllm.api.llm import LLM, RequestOutput, SamplingParams
 from waferllm.api.trace import generation_trace
+from waferllm.cli import units
 from waferllm.cli.common import (
     CliError,
     add_device_options,
@@ -167,35 +168,27 @@ def _stream(
     return final
 
 
-def _fmt(value: float | int | None, unit: str = "", digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, int):
-        return f"{value:,}{unit}"
-    return f"{value:.{digits}g}{unit}"
-
-
 def metrics_table(output: RequestOutput) -> Table:
     report, m = output.report, output.metrics
     grids = f"prefill {_grid(report.prefill_grid)}, decode {_grid(report.decode_grid)}"
     table = Table(
         title=f"Modelled on the virtual wafer: {report.model} on {report.device} ({grids})",
-        caption=f"host wall-clock (not modelled): {report.host_wall_s:.3f} s",
+        caption=f"host wall-clock (not modelled): {units.duration(report.host_wall_s)}",
     )
     table.add_column("metric")
     table.add_column("modelled", justify="right")
     rows = [
         ("prompt / generated tokens", f"{report.prompt_len} / {report.output_len}"),
-        ("TTFT", _fmt(_us(m.ttft_s), " us")),
-        ("TPOT", _fmt(_us(m.tpot_s), " us")),
-        ("prefill TPR", _fmt(m.prefill_tpr, " tok/s")),
-        ("decode TPR", _fmt(m.decode_tpr, " tok/s")),
-        ("end-to-end TPR", _fmt(m.e2e_tpr, " tok/s")),
-        ("transition", _fmt(_us(m.transition_s), " us")),
-        ("energy", _fmt(m.energy_j, " J")),
-        ("peak SRAM per core", _fmt(m.peak_sram_bytes_per_core, " B")),
-        ("routes per core", _fmt(m.routes_per_core)),
-        ("utilization", _fmt(m.utilization)),
+        ("TTFT", units.duration(m.ttft_s)),
+        ("TPOT", units.duration(m.tpot_s)),
+        ("prefill TPR", units.throughput(m.prefill_tpr)),
+        ("decode TPR", units.throughput(m.decode_tpr)),
+        ("end-to-end TPR", units.throughput(m.e2e_tpr)),
+        ("transition", units.duration(m.transition_s)),
+        ("energy", units.energy(m.energy_j)),
+        ("peak SRAM per core", units.size(m.peak_sram_bytes_per_core)),
+        ("routes per core", units.count(m.routes_per_core)),
+        ("utilization", units.percent(m.utilization, 2)),
         ("KV capacity (shift / concat)", _pair(report.kv_capacity_tokens)),
         ("max new tokens (shift / concat)", _pair(report.max_new_tokens)),
         ("placement", str(report.placement)),
@@ -206,14 +199,10 @@ def metrics_table(output: RequestOutput) -> Table:
     return table
 
 
-def _us(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1e6
-
-
 def _grid(grid: tuple[int, int] | None) -> str:
     return f"{grid[0]}x{grid[1]}" if grid else "n/a"
 
 
 def _pair(capacity: object) -> str:
     shift, concat = getattr(capacity, "shift", None), getattr(capacity, "concat", None)
-    return f"{_fmt(shift)} / {_fmt(concat)}"
+    return f"{units.count(shift)} / {units.count(concat)}"
