@@ -91,13 +91,20 @@ def test_bench_reports_carry_warnings_and_provenance_without_a_model(capsys):
     assert report["provenance"]["device_constants"]["name"] == "tiny"
 
 
-def test_gpu_reports_carry_the_gpu_constants_and_a_null_stack(capsys):
-    report, _ = _json(capsys, [*GPU, "--json"])
+def test_gpu_reports_carry_the_gpu_and_stack_constants(capsys):
+    report, _ = _json(capsys, [*GPU, "--stack", "ideal", "--batch-size", "2", "--json"])
     constants = report["provenance"]["device_constants"]
-    assert constants["name"] == "a100" and "hbm_efficiency" in constants["calibration"]
+    assert constants["name"] == "a100" and constants["stack"]["stack"] == "ideal"
     assert report["provenance"]["model_config_sha256"] == config_sha256(load_config("llama3-8b"))
-    assert report["num_devices"] == 8 and report["stack"] is None
+    assert (report["num_devices"], report["batch_size"], report["stack"]) == (8, 2, "ideal")
     assert report["sram_used_fraction"] is None
+
+
+def test_gpu_warnings_go_into_the_report_and_on_stderr(capsys):
+    long = ["gpu", "--model", "llama3-8b", "--prompt-len", "9000", "--output-len", "2", "--json"]
+    report, err = _json(capsys, long)
+    assert report["warnings"] and "max_position_embeddings" in report["warnings"][0]
+    assert err == "".join(f"waferllm: warning: {w}\n" for w in report["warnings"])
 
 
 def test_generate_reports_record_the_checkpoint_config_and_sampling_warnings(
