@@ -11,13 +11,14 @@ from waferllm.api.bench import KernelReport, bench_gemm, bench_gemv
 from waferllm.api.estimate import Estimate, estimate
 from waferllm.api.gpu import gpu_estimate
 from waferllm.api.llm import LLM, RequestOutput, SamplingParams
+from waferllm.api.provenance import package_version
 from waferllm.api.reproduce import Reproduction, reproduce
 from waferllm.api.serve_sim import ServeSim, serve_sim
 from waferllm.api.sweep import SweepResult, sweep
 from waferllm.api.sweep_spec import Sweep, load_sweep
 from waferllm.device import Device, get_device, list_devices, tiny, wse2, wse3
 
-__version__ = "0.1.0"
+__version__ = package_version()
 
 __all__ = [
     "LLM",

@@ -75,7 +75,6 @@ def test_a_device_file_and_overrides_are_honoured(capsys, tmp_path):
         (["--output-len", "4", "--resident-layouts", "three"], "invalid choice: 'three'"),
         (["--output-len", "4", "--set", "beta=3"], "unknown device field 'beta'"),
         (["--output-len", "4", "--set", "clock_hz"], "key=value"),
-        (["--output-len", "600", *GRIDS], "max_position_embeddings"),
     ],
 )
 def test_user_errors_are_one_stderr_line_and_exit_code_2(capsys, extra, message):

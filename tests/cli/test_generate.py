@@ -37,6 +37,14 @@ REPORT_KEYS = {
     "host_wall_s",
     "text",
     "token_ids",
+    "warnings",
+    "provenance",
+    "system",
+    "batch_size",
+    "num_devices",
+    "weight_dtype",
+    "kv_dtype",
+    "sram_used_fraction",
 }
 METRIC_KEYS = {
     "ttft_s",

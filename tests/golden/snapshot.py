@@ -149,11 +149,13 @@ GENERATE_CASES: tuple[tuple[str, dict[str, Any], dict[str, Any], list[int], int]
     ),
 )
 
-_WALL_KEYS = ("host_wall_s", "host_wall", "wall_s")
+# Host wall-clock fields (real time on this machine) and provenance (the commit, the command
+# line: how a result was made, which changes with every commit) are never results.
+_WALL_KEYS = ("host_wall_s", "host_wall", "wall_s", "provenance")
 
 
 def _strip_wall(value: Any) -> Any:
-    """Drop host wall-clock fields (real time on this machine, never a result)."""
+    """Drop host wall-clock fields and provenance (never a result)."""
     if isinstance(value, dict):
         return {k: _strip_wall(v) for k, v in value.items() if k not in _WALL_KEYS}
     if isinstance(value, list | tuple):

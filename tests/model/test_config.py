@@ -18,6 +18,7 @@ from waferllm.model.config import (
     ModelConfig,
     ModelConfigError,
     RopeScaling,
+    checkpoint_name,
     from_hf_dict,
     hf_config_dict,
     load_config,
@@ -337,3 +338,23 @@ def test_generation_config_eos_tokens_replace_those_of_config_json(tmp_path):
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
     assert load_config(str(tmp_path)).eos_token_ids == (2, 7)
     assert load_config(str(tmp_path / "config.json")).eos_token_ids == (2, 7)
+
+
+@pytest.mark.parametrize(
+    ("folder", "raw", "name"),
+    [
+        ("runs/smollm-135m", {}, "smollm-135m"),
+        ("runs/smollm-135m/hf", {}, "smollm-135m"),
+        (
+            "runs/smollm-135m/hf",
+            {"_name_or_path": "HuggingFaceTB/SmolLM-135M"},
+            "HuggingFaceTB/SmolLM-135M",
+        ),
+        ("runs/smollm-135m/checkpoint", {"_name_or_path": "/tmp/x/hf"}, "smollm-135m"),
+        ("hub/models--meta-llama--Llama-3-8B/snapshots/" + "a" * 40, {}, "meta-llama/Llama-3-8B"),
+    ],
+)
+def test_a_checkpoint_is_named_by_its_config_or_folder_never_by_a_generic_folder(
+    tmp_path, folder, raw, name
+):
+    assert checkpoint_name(tmp_path / folder, raw) == name

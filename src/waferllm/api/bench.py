@@ -10,6 +10,7 @@ cycle and second is modelled; `host_wall_s` is the only measured time. No printi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from waferllm.api.bench_systems import SYSTEM_GEMM_KERNELS, SYSTEM_GEMV_KERNELS, system_weights
+from waferllm.api.provenance import collected_warnings, make_provenance
 from waferllm.device import Device, get_device
 from waferllm.errors import SramOverflowError, WaferError
 from waferllm.kernels.reference import compare, gemm_reference, gemv_reference
@@ -30,6 +32,7 @@ from waferllm.mesh.geometry import fanouts_from_groups
 from waferllm.mesh.tensor import Layout
 from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import COMPUTE_DTYPES, Mesh, Mode, parse_grid
+from waferllm.model.report import Provenance
 
 SCHEMA_VERSION = 1
 _UNLIMITED_SRAM_BYTES = 1 << 60  # to measure what a point that does not fit would need
@@ -66,6 +69,8 @@ class KernelReport:
     max_abs_error: float | None = None
     max_rel_error: float | None = None
     host_wall_s: float = 0.0
+    warnings: tuple[str, ...] = ()
+    provenance: Provenance | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": self.kind}
@@ -74,7 +79,21 @@ class KernelReport:
             if field.name != "kind":
                 out[field.name] = getattr(self, field.name)
         out["grid"] = list(self.grid)
+        out["warnings"] = list(self.warnings)
+        out["provenance"] = self.provenance.to_dict() if self.provenance else None
         return out
+
+
+def _with_warnings(bench: Callable[..., KernelReport]) -> Callable[..., KernelReport]:
+    """Run a bench function collecting its warnings into the report's `warnings`."""
+
+    @functools.wraps(bench)
+    def run(**kwargs: Any) -> KernelReport:
+        with collected_warnings() as caught:
+            report = bench(**kwargs)
+        return dataclasses.replace(report, warnings=tuple(caught))
+
+    return run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +173,11 @@ def _bench(
     """Run, or on SRAM overflow re-run shapes only without the SRAM limit to say what the
     point needs; then fill the report (`base`: kind, algo, sizes)."""
     base = dict(
-        base, mode=setup.mode.value, device=setup.device.name, grid=(setup.rows, setup.cols)
+        base,
+        mode=setup.mode.value,
+        device=setup.device.name,
+        grid=(setup.rows, setup.cols),
+        provenance=make_provenance(device=setup.device, config=None),
     )
     try:
         done = run(setup.mesh())
@@ -193,6 +216,7 @@ def _bench(
     )
 
 
+@_with_warnings
 def bench_gemm(
     *,
     algo: str,
@@ -244,6 +268,7 @@ def bench_gemm(
     return _bench(setup, run, dict(kind="gemm", algo=algo, m=m, k=k, n=n), start)
 
 
+@_with_warnings
 def bench_gemv(
     *,
     algo: str,

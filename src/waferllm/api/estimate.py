@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from waferllm.api.provenance import collected_warnings, make_provenance
 from waferllm.device import Device, get_device
 from waferllm.errors import GridError, WaferError
 from waferllm.estimate.capacity import whole_model_capacity
@@ -127,16 +129,45 @@ def estimate(
         dev = _device(device, device_overrides)
         grids_given = (prefill_grid, decode_grid)
         return _baseline(model, dev, system, prompt_len, output_len, grids_given)  # type: ignore[return-value]
+    config = model if isinstance(model, ModelConfig) else load_config(str(model))
+    resolved = _device(device, device_overrides)
+    with collected_warnings() as caught:
+        result = _estimate(
+            config,
+            device=resolved,
+            prompt_len=prompt_len,
+            output_len=output_len,
+            grids=(prefill_grid, decode_grid),
+            placement=placement,
+            kv_cache=kv_cache,
+            resident_layouts=resident_layouts,
+            progress=progress,
+        )
+    return _stamped(result, caught, device=resolved, config=config)
+
+
+def _estimate(
+    config: ModelConfig,
+    *,
+    device: Device,
+    prompt_len: int,
+    output_len: int,
+    grids: tuple[GridLike | None, GridLike | None],
+    placement: str | PlacementMode,
+    kv_cache: str | KvPolicy,
+    resident_layouts: str | ResidentLayouts,
+    progress: Progress | None,
+) -> Estimate:
     start = time.perf_counter()
     setup = Setup(
-        config=model if isinstance(model, ModelConfig) else load_config(str(model)),
-        device=_device(device, device_overrides),
+        config=config,
+        device=device,
         placement=_choice(placement, PlacementMode, "placement"),
         kv_policy=_choice(kv_cache, KvPolicy, "kv_cache"),
         resident=_choice(resident_layouts, ResidentLayouts, "resident_layouts"),
     )
     _check_lengths(setup.config, prompt_len, output_len)
-    grids = (as_grid(prefill_grid, "prefill_grid"), as_grid(decode_grid, "decode_grid"))
+    grids = (as_grid(grids[0], "prefill_grid"), as_grid(grids[1], "decode_grid"))
     for grid, name in zip(grids, ("prefill_grid", "decode_grid"), strict=True):
         _check_on_device(grid, setup.device, name)
     costs = cost_model(setup)
@@ -181,6 +212,23 @@ def _baseline(
     )
 
 
+def _stamped(
+    result: Estimate, caught: list[str], *, device: Device, config: ModelConfig
+) -> Estimate:
+    """The result with its warnings, provenance and the share of the device's SRAM in use
+    (the peak core's bytes on every core the placement occupies: an upper bound)."""
+    report = result.report
+    cores = max(_cores(p, result.extrapolated) for p in (result.prefill, result.decode))
+    peak = report.metrics.peak_sram_bytes_per_core or 0
+    report = dataclasses.replace(
+        report,
+        warnings=tuple(caught),
+        provenance=make_provenance(device=device, config=config),
+        sram_used_fraction=peak * cores / (device.sram_bytes_per_core * device.num_cores),
+    )
+    return dataclasses.replace(result, report=report)
+
+
 # ---- inputs --------------------------------------------------------------------------------------
 def _device(device: str | Device, overrides: Mapping[str, Any] | None) -> Device:
     if isinstance(device, Device):
@@ -210,10 +258,12 @@ def _check_lengths(config: ModelConfig, prompt_len: int, output_len: int) -> Non
             raise WaferError(f"{name}={value!r} must be a positive integer")
     # the last generated token is never fed back: it needs no position
     positions = prompt_len + output_len - 1
-    if positions > config.max_position_embeddings:
-        raise WaferError(
+    if positions > config.max_position_embeddings:  # SPEC.md §9: accepted, with a warning
+        warnings.warn(
             f"the request uses {positions} positions (prompt_len + output_len - 1) but "
-            f"{config.name}'s max_position_embeddings is {config.max_position_embeddings}"
+            f"{config.name}'s max_position_embeddings is {config.max_position_embeddings}: "
+            "the model was not trained that far; the estimate assumes it runs anyway",
+            stacklevel=2,
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from waferllm.api.provenance import make_provenance
 from waferllm.baselines.gpu_memory import GpuMemory
 from waferllm.baselines.gpu_request import GpuEstimate, estimate_gpu
 from waferllm.baselines.gpu_serving import GpuStepCosts, step_costs
@@ -50,18 +51,30 @@ def gpu_estimate(
     (True, True, ())
     """
     start = time.perf_counter()
+    config, spec, serving = _config(model), get_gpu(gpu), get_stack(stack)
     result = estimate_gpu(
-        _config(model),
-        gpu=get_gpu(gpu),
+        config,
+        gpu=spec,
         num_gpus=num_gpus,
         prompt_len=prompt_len,
         output_len=output_len,
         batch_size=batch_size,
-        stack=get_stack(stack),
+        stack=serving,
     )
     if result.report is None:
         return result
-    report = dataclasses.replace(result.report, host_wall_s=time.perf_counter() - start)
+    report = dataclasses.replace(
+        result.report,
+        host_wall_s=time.perf_counter() - start,
+        warnings=tuple(result.warnings),
+        batch_size=batch_size,
+        num_devices=num_gpus,
+        stack=str(serving.stack),
+        # the GPU's constants and the serving stack's terms: what the numbers are made of
+        provenance=make_provenance(
+            device={**spec.to_dict(), "stack": serving.to_dict()}, config=config
+        ),
+    )
     return dataclasses.replace(result, report=report)
 
 

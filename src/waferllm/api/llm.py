@@ -17,7 +17,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from waferllm.api.provenance import make_provenance
 from waferllm.device import Device, get_device, with_overrides
+from waferllm.engine.chat import ChatTemplate, load_chat_template
 from waferllm.engine.engine import Engine, FinishReason, Generation, Step, Trace
 from waferllm.engine.metrics import Occupancy, breakdown, request_metrics
 from waferllm.engine.sampling import SamplingParams
@@ -36,6 +38,7 @@ __all__ = ["LLM", "RequestOutput", "SamplingParams", "StreamChunk"]
 
 Grid = GridLike
 Prompt = str | Sequence[int]
+Message = Mapping[str, Any]  # {"role": ..., "content": ...}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -51,6 +54,7 @@ class RequestOutput:
     finish_reason: str
     metrics: RequestMetrics
     report: RequestReport
+    trace: Trace = dataclasses.field(repr=False, compare=False)  # every ledger (--trace)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -118,6 +122,7 @@ class LLM:
         self.tokenizer: Tokenizer | None = (
             load_tokenizer(self.path) if (self.path / TOKENIZER_FILE).is_file() else None
         )
+        self._chat_template: ChatTemplate | None = None  # loaded by the first chat
         self.dtype = dtype
         self._mesh: dict[str, Any] = dict(
             compute_dtype=COMPUTE_DTYPES[dtype], f16_accumulate=f16_accumulate
@@ -180,6 +185,28 @@ class LLM:
             return self.tokenizer.encode(prompt)
         return list(prompt)
 
+    def chat_prompt(self, messages: Sequence[Message]) -> list[int]:
+        """The token ids of a conversation under the checkpoint's chat template (rendered as
+        transformers' `apply_chat_template(..., add_generation_prompt=True)` does)."""
+        if self._chat_template is None:
+            self._chat_template = load_chat_template(self.path)
+        text = self._chat_template.render(messages)
+        if self.tokenizer is None:
+            raise WaferError(f"{self.path} has no {TOKENIZER_FILE}, so a chat cannot be tokenised")
+        return self.tokenizer.encode(text, add_special_tokens=False)  # the template has BOS
+
+    def chat(
+        self,
+        messages: Sequence[Message] | Sequence[Sequence[Message]],
+        params: SamplingParams | None = None,
+    ) -> list[RequestOutput]:
+        """Generate the assistant's reply to one conversation (a list of {role, content}
+        messages) or to each of a list of conversations, as vLLM's `LLM.chat`."""
+        single = bool(messages) and isinstance(messages[0], Mapping)
+        conversations = [messages] if single else list(messages)
+        prompts = [self.chat_prompt(c) for c in conversations]  # type: ignore[arg-type]
+        return self.generate(prompts, params)
+
     def check_request(self, prompt: Prompt, params: SamplingParams) -> None:
         """Raise the error `generate` would raise for this request, without running it."""
         self.engine.validate(self.encode(prompt), params)
@@ -234,6 +261,7 @@ class LLM:
             finish_reason=str(trace.finish_reason or FinishReason.LENGTH),
             metrics=report.metrics,
             report=report,
+            trace=trace,
         )
 
     # ---- reporting -----------------------------------------------------------------------------
@@ -253,9 +281,9 @@ class LLM:
 
     def report(self, trace: Trace, *, text: str | None = None) -> RequestReport:
         """The SPEC.md §10.4 request report of a finished generation."""
-        model, length = self.model, trace.prompt_len
+        model, length, occupancy = self.model, trace.prompt_len, self.occupancy()
         metrics = request_metrics(
-            trace, device=self.device, occupancy=self.occupancy(), config=self.config
+            trace, device=self.device, occupancy=occupancy, config=self.config
         )
         policies = (KvPolicy.SHIFT, KvPolicy.CONCAT)
         capacity = [model.kv_capacity_tokens(p, prompt_len=length) for p in policies]
@@ -284,4 +312,15 @@ class LLM:
             host_wall_s=trace.host_wall_s,
             text=text,
             token_ids=list(trace.token_ids),
+            provenance=make_provenance(device=self.device, config=self.config),
+            sram_used_fraction=_sram_used_fraction(self.device, occupancy),
         )
+
+
+def _sram_used_fraction(device: Device, occupancy: Occupancy) -> float | None:
+    """The peak core's bytes on every core the model occupies, over the device's SRAM (an
+    upper bound on the share in use at the peak)."""
+    if occupancy.peak_sram_bytes_per_core is None:
+        return None
+    used = occupancy.peak_sram_bytes_per_core * occupancy.num_cores
+    return used / (device.sram_bytes_per_core * device.num_cores)

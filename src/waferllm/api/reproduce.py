@@ -20,6 +20,7 @@ from typing import Any
 from waferllm.api import paper_figures as paper
 from waferllm.api.estimate import estimate
 from waferllm.api.gpu import gpu_estimate
+from waferllm.api.provenance import collected_warnings, make_provenance
 from waferllm.api.reproduce_kernels import KERNEL_TICKS, kernel_sections
 from waferllm.api.reproduce_systems import BASELINE_TICKS, baseline_sections
 from waferllm.api.tables import Column, Section
@@ -29,6 +30,7 @@ from waferllm.estimate.capacity import whole_model_capacity
 from waferllm.estimate.cost import Setup, cost_model
 from waferllm.model.config import load_config
 from waferllm.model.placement import PlacementMode
+from waferllm.model.report import Provenance
 
 __all__ = ["Column", "Reproduction", "Section", "reproduce"]
 
@@ -41,6 +43,8 @@ class Reproduction:
     device: Device
     sections: tuple[Section, ...]
     host_wall_s: float
+    warnings: tuple[str, ...] = ()
+    provenance: Provenance | None = None
 
     def section(self, key: str) -> Section:
         return next(s for s in self.sections if s.key == key)
@@ -53,6 +57,8 @@ class Reproduction:
             "device": self.device.name,
             "sections": {s.key: s.to_dict() for s in self.sections},
             "host_wall_s": self.host_wall_s,
+            "warnings": list(self.warnings),
+            "provenance": self.provenance.to_dict() if self.provenance else None,
         }
 
 
@@ -68,8 +74,17 @@ class _Ticker:
 
 def reproduce(*, device: str | Device = "wse2", progress: Progress | None = None) -> Reproduction:
     """Every comparison, modelled (`progress(done, total, what)` follows the work)."""
-    start = time.perf_counter()
     dev = device if isinstance(device, Device) else get_device(device)
+    with collected_warnings() as caught:
+        result = _reproduce(dev, progress)
+    configs = {name: load_config(name) for name in paper.PAPER_MODELS}
+    return dataclasses.replace(
+        result, warnings=tuple(caught), provenance=make_provenance(device=dev, config=configs)
+    )
+
+
+def _reproduce(dev: Device, progress: Progress | None) -> Reproduction:
+    start = time.perf_counter()
     models = paper.PAPER_MODELS
     phase_ticks = len(models) * (len(paper.PREFILL_GRIDS) + len(paper.DECODE_GRIDS) + 2)
     e2e_ticks = len(models) * (len(paper.E2E_REQUESTS) + 1)

@@ -9,9 +9,12 @@ stderr and exit code 2; any other exception is a bug: one "internal error" line 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 
+from waferllm.api.provenance import package_commit, package_version
 from waferllm.cli import bench, devices, estimate, generate, gpu, reproduce, serve_sim, sweep
 from waferllm.cli.common import CliError, OneLineParser
 from waferllm.errors import WaferError
@@ -27,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="WaferLLM on a virtual wafer: run and cost LLM inference on mesh devices "
         "(all times, throughputs and energies are modelled).",
     )
+    parser.add_argument("--version", action="version", version=f"waferllm {version_string()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
     for module in COMMANDS:
@@ -36,9 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
-        return int(args.func(args) or 0)
+        args.command_line = shlex.join(["waferllm", *argv])
+        with warnings.catch_warnings():
+            # reports carry their warnings and the commands print them, one line each
+            warnings.simplefilter("ignore")
+            return int(args.func(args) or 0)
     except (CliError, WaferError) as exc:
         print(f"waferllm: error: {one_line(exc)}", file=sys.stderr)
         return 2
@@ -54,6 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def version_string() -> str:
+    """The version, and the commit when known: "0.1.0 (commit 1a2b3c...)"."""
+    commit = package_commit()
+    return package_version() + (f" (commit {commit})" if commit else "")
 
 
 def one_line(exc: BaseException) -> str:

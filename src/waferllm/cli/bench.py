@@ -11,12 +11,15 @@ from typing import Any
 from rich.table import Table
 
 from waferllm.api.bench import GEMM_ALGOS, GEMV_ALGOS, KernelReport, bench_gemm, bench_gemv
+from waferllm.cli import units
 from waferllm.cli.common import (
     add_device_options,
     console,
     device_from_args,
+    finish_report,
     positive_int,
     print_json,
+    what_if_line,
 )
 
 
@@ -92,7 +95,7 @@ def run_gemm(args: argparse.Namespace) -> int:
         align_both=args.align_both,
         seed=args.seed,
     )
-    return _show(report, args.json)
+    return _show(report, args)
 
 
 def run_gemv(args: argparse.Namespace) -> int:
@@ -110,12 +113,13 @@ def run_gemv(args: argparse.Namespace) -> int:
         f16_accumulate=args.f16_accumulate,
         seed=args.seed,
     )
-    return _show(report, args.json)
+    return _show(report, args)
 
 
-def _show(report: KernelReport, as_json: bool) -> int:
-    if as_json:
-        print_json(report.to_dict())
+def _show(report: KernelReport, args: argparse.Namespace) -> int:
+    as_dict = finish_report(args, report.to_dict())
+    if args.json:
+        print_json(as_dict)
         return 0
     rows, cols = report.grid
     title = (
@@ -123,6 +127,9 @@ def _show(report: KernelReport, as_json: bool) -> int:
         f"{rows}x{cols} cores of {report.device} ({report.mode} mode; cycles and times modelled)"
     )
     out = console()
+    what_if = what_if_line(device_from_args(args))
+    if what_if:
+        out.print(what_if)
     if not report.fits:
         out.print(title)
         out.print(report.message or "does not fit")
@@ -140,26 +147,25 @@ def _rows(r: KernelReport) -> list[tuple[str, str]]:
     def cycles(value: Any) -> str:
         return f"{value:,.0f}"
 
-    def share(part: float | None) -> str:
-        total = r.latency_cycles or 0.0
-        return f"{cycles(part)} ({100 * (part or 0.0) / total:.1f}%)" if total else cycles(part)
-
+    parts = (r.compute_cycles or 0.0, r.comm_cycles or 0.0, r.overhead_cycles or 0.0)
+    split = units.shares(parts)  # the three exposed parts make the latency: 100% together
+    align = units.percent((r.align_cycles or 0.0) / r.latency_cycles) if r.latency_cycles else "-"
     rows = [
         ("latency, modelled (cycles)", cycles(r.latency_cycles)),
-        ("latency, modelled", f"{(r.latency_s or 0.0) * 1e6:,.3f} us"),
+        ("latency, modelled", units.duration(r.latency_s)),
         ("mean core cycles, modelled", cycles(r.mean_core_cycles)),
-        ("compute, exposed (cycles)", share(r.compute_cycles)),
-        ("communication, exposed (cycles)", share(r.comm_cycles)),
-        ("step overhead (cycles)", share(r.overhead_cycles)),
-        ("alignment (cycles)", share(r.align_cycles)),
+        ("compute, exposed (cycles)", f"{cycles(parts[0])} ({split[0]})"),
+        ("communication, exposed (cycles)", f"{cycles(parts[1])} ({split[1]})"),
+        ("step overhead (cycles)", f"{cycles(parts[2])} ({split[2]})"),
+        ("  of which alignment (cycles)", f"{cycles(r.align_cycles)} ({align} of the latency)"),
         ("communication busy, hidden or not (cycles)", cycles(r.comm_busy_cycles)),
-        ("utilization of peak FLOP/s", f"{100 * (r.utilization or 0.0):.2f}%"),
-        ("compute fraction of the critical path", f"{100 * (r.compute_fraction or 0.0):.1f}%"),
-        ("routes per core (max)", str(r.routes_per_core)),
-        ("peak SRAM per core", f"{r.peak_sram_bytes_per_core:,} bytes"),
+        ("utilization of peak FLOP/s", units.percent(r.utilization, 2)),
+        ("compute fraction of the critical path", units.percent(r.compute_fraction)),
+        ("routes per core (max)", units.count(r.routes_per_core)),
+        ("peak SRAM per core", units.size(r.peak_sram_bytes_per_core)),
     ]
     if r.max_abs_error is not None:
         rows.append(("max abs error vs dense reference", f"{r.max_abs_error:.3g}"))
         rows.append(("  relative to the output scale", f"{r.max_rel_error:.3g}"))
-    rows.append(("host wall time (measured)", f"{r.host_wall_s:.3f} s"))
+    rows.append(("host wall time (measured)", units.duration(r.host_wall_s)))
     return rows

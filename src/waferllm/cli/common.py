@@ -1,4 +1,6 @@
-"""Helpers shared by the subcommands: the one-line parser, device options, JSON output."""
+"""Helpers shared by the subcommands: the one-line parser, device options, JSON output, and
+what every report gets on its way out (the command line in its provenance, its warnings on
+stderr, the what-if line)."""
 
 from __future__ import annotations
 
@@ -7,11 +9,13 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from rich.console import Console
 
+from waferllm.api.provenance import what_if
 from waferllm.device import Device, get_device, parse_set_options
 from waferllm.errors import WaferError
 
@@ -57,6 +61,43 @@ def add_device_options(parser: argparse.ArgumentParser, default: str = "wse2") -
 
 def device_from_args(args: argparse.Namespace) -> Device:
     return get_device(args.device, parse_set_options(args.overrides))
+
+
+def finish_report(
+    args: argparse.Namespace, report: dict[str, Any], *, warnings: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Stamp the command line into the report's provenance, add the CLI's own `warnings`
+    (settings without effect) to the report's, and print each on stderr, one per line."""
+    provenance = report.get("provenance")
+    if provenance is not None:
+        provenance["command"] = getattr(args, "command_line", None)
+    report["warnings"] = list(dict.fromkeys([*warnings, *report.get("warnings", [])]))
+    for message in report["warnings"]:
+        print(f"waferllm: warning: {message}", file=sys.stderr)
+    return report
+
+
+def add_trace_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trace",
+        metavar="FILE",
+        type=Path,
+        help="write the modelled timeline as Chrome/Perfetto trace JSON (open it in "
+        "ui.perfetto.dev or chrome://tracing; times are modelled)",
+    )
+
+
+def write_trace(path: Path | None, trace: dict[str, Any]) -> None:
+    if path is not None:
+        write_atomic(path, json.dumps(trace, separators=(",", ":")) + "\n")
+
+
+def what_if_line(device: Device) -> str | None:
+    """ "what-if: key=value, ..." when constants of a preset were overridden, else None."""
+    changed = what_if(device)
+    if not changed:
+        return None
+    return "what-if: " + ", ".join(f"{key}={value!r}" for key, value in changed.items())
 
 
 def print_json(obj: Any) -> None:

@@ -16,12 +16,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from waferllm.api.estimate import Estimate, estimate
+from waferllm.api.trace import estimate_trace
+from waferllm.cli import units
 from waferllm.cli.common import (
     add_device_options,
+    add_trace_option,
     console,
     device_from_args,
+    finish_report,
     positive_int,
     print_json,
+    what_if_line,
+    write_trace,
 )
 
 TOP_OPS = 8  # rows of the per-op tables
@@ -66,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the system modelled: WaferLLM (default) or the paper's wafer-side baselines T10 "
         "and Ladder (per-layer; grids default to WaferLLM's)",
     )
+    add_trace_option(parser)
     parser.add_argument("--json", action="store_true", help="print only the request report")
     parser.set_defaults(func=run)
 
@@ -87,10 +94,15 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
             system=args.system,
         )
+    report = finish_report(args, result.to_dict())
+    if args.trace is not None:
+        trace = estimate_trace(result, device=device)
+        trace["otherData"]["provenance"] = report["provenance"]
+        write_trace(args.trace, trace)
     if args.json:
-        print_json(result.to_dict())
+        print_json(report)
     else:
-        _print(result)
+        _print(result, what_if_line(device))
     return 0
 
 
@@ -128,9 +140,11 @@ class _progress:
 
 
 # ---- printing ------------------------------------------------------------------------------------
-def _print(result: Estimate) -> None:
+def _print(result: Estimate, what_if: str | None) -> None:
     out = console()
     report = result.to_dict()
+    if what_if:
+        out.print(what_if)
     metrics, breakdown = report["metrics"], report["breakdown"]
     title = f"{report['model']} on {report['device']}: modelled estimate, placement "
     title += report["placement"] + (f", system {report['system']}" if "system" in report else "")
@@ -141,16 +155,16 @@ def _print(result: Estimate) -> None:
     table.add_column("value", justify="right")
     rows = (
         ("request", f"{report['prompt_len']} prompt + {report['output_len']} output tokens"),
-        ("TTFT", _seconds(metrics["ttft_s"])),
-        ("TPOT", _seconds(metrics["tpot_s"])),
-        ("prefill TPR", _rate(metrics["prefill_tpr"])),
-        ("decode TPR", _rate(metrics["decode_tpr"])),
-        ("end-to-end TPR", _rate(metrics["e2e_tpr"])),
-        ("transition (KV + weights re-layout)", _seconds(metrics["transition_s"])),
-        ("energy (device power x time)", f"{metrics['energy_j']:.4g} J"),
-        ("peak SRAM per core", _bytes(metrics["peak_sram_bytes_per_core"])),
+        ("TTFT", units.duration(metrics["ttft_s"])),
+        ("TPOT", units.duration(metrics["tpot_s"])),
+        ("prefill TPR", units.throughput(metrics["prefill_tpr"])),
+        ("decode TPR", units.throughput(metrics["decode_tpr"])),
+        ("end-to-end TPR", units.throughput(metrics["e2e_tpr"])),
+        ("transition (KV + weights re-layout)", units.duration(metrics["transition_s"])),
+        ("energy (device power x time)", units.energy(metrics["energy_j"])),
+        ("peak SRAM per core", units.size(metrics["peak_sram_bytes_per_core"])),
         ("routes per core (max, any phase)", str(metrics["routes_per_core"])),
-        ("utilisation (useful FLOPs / peak)", f"{metrics['utilization']:.2%}"),
+        ("utilisation (useful FLOPs / peak)", units.percent(metrics["utilization"], 2)),
     )
     for name, value in rows:
         table.add_row(name, value)
@@ -189,8 +203,8 @@ def _search_line(search: dict[str, Any]) -> str:
     p, d = search["prefill_grid"], search["decode_grid"]
     return (
         f"grid search: prefill {p[0]}x{p[1]}, decode {d[0]}x{d[1]} minimise TTFT + transition + "
-        f"decode = {_seconds(search['objective_s'])} over {search['evaluated']} evaluations "
-        f"({search['space']}; {search['host_wall_s']:.2f} s on this host)"
+        f"decode = {units.duration(search['objective_s'])} over {search['evaluated']} evaluations "
+        f"({search['space']}; {units.duration(search['host_wall_s'])} on this host)"
     )
 
 
@@ -204,7 +218,7 @@ def _phase_table(breakdown: dict[str, Any]) -> Table:
         table.add_row(
             phase,
             *(
-                _seconds(cost[key])
+                units.duration(cost[key])
                 for key in ("modelled_s", "compute_s", "comm_s", "overhead_s", "comm_busy_s")
             ),
         )
@@ -218,7 +232,7 @@ def _ops_table(phase: str, ops: dict[str, float]) -> Table:
     table.add_column("share", justify="right")
     total = sum(ops.values()) or 1.0
     for op, seconds in list(ops.items())[:TOP_OPS]:
-        table.add_row(op, _seconds(seconds), f"{seconds / total:.1%}")
+        table.add_row(op, units.duration(seconds), units.percent(seconds / total))
     return table
 
 
@@ -229,29 +243,7 @@ def _capacity_table(report: dict[str, Any]) -> Table:
     table.add_column("capacity (tokens)", justify="right")
     table.add_column(f"max new tokens after {report['prompt_len']}", justify="right")
     for policy in ("shift", "concat"):
-        table.add_row(policy, _count(cap[policy]), _count(room[policy]))
+        table.add_row(policy, units.count(cap[policy]), units.count(room[policy]))
     if cap.get("reason"):
         table.caption = cap["reason"]
     return table
-
-
-def _count(value: int | None) -> str:
-    return "-" if value is None else f"{value:,}"
-
-
-def _bytes(value: int | None) -> str:
-    return "-" if value is None else f"{value:,} B"
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 1:
-        return f"{value:.3f} s"
-    if value >= 1e-3:
-        return f"{value * 1e3:.3f} ms"
-    return f"{value * 1e6:.2f} us"
-
-
-def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.1f} tok/s"

@@ -15,7 +15,19 @@ from typing import TextIO
 from rich.table import Table
 
 from waferllm.api.llm import LLM, RequestOutput, SamplingParams
-from waferllm.cli.common import CliError, add_device_options, console, device_from_args, print_json
+from waferllm.api.trace import generation_trace
+from waferllm.cli import units
+from waferllm.cli.common import (
+    CliError,
+    add_device_options,
+    add_trace_option,
+    console,
+    device_from_args,
+    finish_report,
+    print_json,
+    what_if_line,
+    write_trace,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     prompt.add_argument("--prompt", metavar="TEXT", help="prompt text (needs tokenizer.json)")
     prompt.add_argument(
         "--prompt-ids", metavar="IDS", help="prompt token ids, comma-separated: 1,2,3"
+    )
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="send --prompt as a user message through the checkpoint's chat template",
     )
     parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="default 32")
     grids = parser.add_argument_group("grids (P for P x P, or RxC: R rows by C columns)")
@@ -64,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="one: re-lay the weights between the phases per request (charged); both: keep "
         "both plans' copies resident when SRAM allows",
     )
+    add_trace_option(parser)
     parser.add_argument("--json", action="store_true", help="print only the request report")
     parser.set_defaults(func=run)
 
@@ -96,14 +114,15 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             ignore_eos=args.ignore_eos,
         )
-    for warning in caught:  # settings without effect: one line each, as errors are
-        print(f"waferllm: warning: {warning.message}", file=sys.stderr)
     grid, prefill_grid, decode_grid = _grids(args)
+    if args.chat and args.prompt is None:
+        raise CliError("--chat needs --prompt TEXT (the user message), not --prompt-ids")
+    device = device_from_args(args)
     status = console(stderr=True)
     with status.status("loading the checkpoint and placing it on the virtual wafer"):
         llm = LLM(
             args.model,
-            device=device_from_args(args),
+            device=device,
             dtype=args.dtype,
             f16_accumulate=args.f16_accumulate,
             kv_cache=args.kv_cache,
@@ -112,12 +131,23 @@ def run(args: argparse.Namespace) -> int:
             prefill_grid=prefill_grid,
             decode_grid=decode_grid,
         )
+        if args.chat:
+            prompt = llm.chat_prompt([{"role": "user", "content": args.prompt}])
         llm.check_request(prompt, params)
     stream = sys.stderr if args.json else sys.stdout
     output = _stream(llm, prompt, params, stream)
+    # settings without effect: in the report, and one stderr line each, as errors are
+    report = finish_report(args, output.report.to_dict(), warnings=[str(w.message) for w in caught])
+    if args.trace is not None:
+        trace = generation_trace(output, llm=llm)
+        trace["otherData"]["provenance"] = report["provenance"]
+        write_trace(args.trace, trace)
     if args.json:
-        print_json(output.report.to_dict())
+        print_json(report)
     else:
+        what_if = what_if_line(device)
+        if what_if:
+            console().print(what_if)
         console().print(metrics_table(output))
     return 0
 
@@ -138,35 +168,27 @@ def _stream(
     return final
 
 
-def _fmt(value: float | int | None, unit: str = "", digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, int):
-        return f"{value:,}{unit}"
-    return f"{value:.{digits}g}{unit}"
-
-
 def metrics_table(output: RequestOutput) -> Table:
     report, m = output.report, output.metrics
     grids = f"prefill {_grid(report.prefill_grid)}, decode {_grid(report.decode_grid)}"
     table = Table(
         title=f"Modelled on the virtual wafer: {report.model} on {report.device} ({grids})",
-        caption=f"host wall-clock (not modelled): {report.host_wall_s:.3f} s",
+        caption=f"host wall-clock (not modelled): {units.duration(report.host_wall_s)}",
     )
     table.add_column("metric")
     table.add_column("modelled", justify="right")
     rows = [
         ("prompt / generated tokens", f"{report.prompt_len} / {report.output_len}"),
-        ("TTFT", _fmt(_us(m.ttft_s), " us")),
-        ("TPOT", _fmt(_us(m.tpot_s), " us")),
-        ("prefill TPR", _fmt(m.prefill_tpr, " tok/s")),
-        ("decode TPR", _fmt(m.decode_tpr, " tok/s")),
-        ("end-to-end TPR", _fmt(m.e2e_tpr, " tok/s")),
-        ("transition", _fmt(_us(m.transition_s), " us")),
-        ("energy", _fmt(m.energy_j, " J")),
-        ("peak SRAM per core", _fmt(m.peak_sram_bytes_per_core, " B")),
-        ("routes per core", _fmt(m.routes_per_core)),
-        ("utilization", _fmt(m.utilization)),
+        ("TTFT", units.duration(m.ttft_s)),
+        ("TPOT", units.duration(m.tpot_s)),
+        ("prefill TPR", units.throughput(m.prefill_tpr)),
+        ("decode TPR", units.throughput(m.decode_tpr)),
+        ("end-to-end TPR", units.throughput(m.e2e_tpr)),
+        ("transition", units.duration(m.transition_s)),
+        ("energy", units.energy(m.energy_j)),
+        ("peak SRAM per core", units.size(m.peak_sram_bytes_per_core)),
+        ("routes per core", units.count(m.routes_per_core)),
+        ("utilization", units.percent(m.utilization, 2)),
         ("KV capacity (shift / concat)", _pair(report.kv_capacity_tokens)),
         ("max new tokens (shift / concat)", _pair(report.max_new_tokens)),
         ("placement", str(report.placement)),
@@ -177,14 +199,10 @@ def metrics_table(output: RequestOutput) -> Table:
     return table
 
 
-def _us(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1e6
-
-
 def _grid(grid: tuple[int, int] | None) -> str:
     return f"{grid[0]}x{grid[1]}" if grid else "n/a"
 
 
 def _pair(capacity: object) -> str:
     shift, concat = getattr(capacity, "shift", None), getattr(capacity, "concat", None)
-    return f"{_fmt(shift)} / {_fmt(concat)}"
+    return f"{units.count(shift)} / {units.count(concat)}"

@@ -8,13 +8,13 @@ context past the model's trained length) go to stderr, one per line.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from rich.table import Table
 
 from waferllm.api.gpu import GPU_PRESETS, Stack, gpu_estimate
-from waferllm.cli.common import CliError, console, positive_int, print_json
+from waferllm.cli import units
+from waferllm.cli.common import CliError, console, finish_report, positive_int, print_json
 
 NUM_GPUS = (1, 8, 16)  # the paper's setups: one GPU, one NVLink node, two nodes over InfiniBand
 
@@ -62,9 +62,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if estimate.report is None:
         raise CliError(estimate.message)
-    for warning in estimate.warnings:
-        print(f"waferllm: warning: {warning}", file=sys.stderr)
-    report = estimate.report.to_dict()
+    report = finish_report(args, estimate.report.to_dict())  # prints its warnings
     if args.json:
         print_json(report)
     else:
@@ -83,13 +81,13 @@ def _print_report(report: dict[str, Any]) -> None:
     table.add_column("value", justify="right")
     rows = (
         ("setup", report["placement"]),
-        ("TTFT", _seconds(metrics["ttft_s"])),
-        ("TPOT", _seconds(metrics["tpot_s"])),
-        ("prefill TPR", _rate(metrics["prefill_tpr"])),
-        ("decode TPR", _rate(metrics["decode_tpr"])),
-        ("end-to-end TPR", _rate(metrics["e2e_tpr"])),
-        ("energy (TDP x GPUs x time)", f"{metrics['energy_j']:.3g} J"),
-        ("tensor-core utilisation", f"{metrics['utilization']:.1%}"),
+        ("TTFT", units.duration(metrics["ttft_s"])),
+        ("TPOT", units.duration(metrics["tpot_s"])),
+        ("prefill TPR", units.throughput(metrics["prefill_tpr"])),
+        ("decode TPR", units.throughput(metrics["decode_tpr"])),
+        ("end-to-end TPR", units.throughput(metrics["e2e_tpr"])),
+        ("energy (TDP x GPUs x time)", units.energy(metrics["energy_j"])),
+        ("tensor-core utilisation", units.percent(metrics["utilization"])),
     )
     for name, value in rows:
         table.add_row(name, value)
@@ -106,7 +104,7 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def _phase_table(breakdown: dict[str, Any]) -> Table:
-    table = Table(title="Where the time goes (modelled seconds, per request)")
+    table = Table(title="Where the time goes (modelled, per request)")
     table.add_column("phase")
     columns = ("total", "compute-bound", "memory-bound", "kernel floor", "allreduce", "stack")
     for column in columns:
@@ -116,7 +114,7 @@ def _phase_table(breakdown: dict[str, Any]) -> Table:
         table.add_row(
             phase,
             *(
-                _seconds(cost[key])
+                units.duration(cost[key])
                 for key in (
                     "time_s",
                     "compute_bound_s",
@@ -128,15 +126,3 @@ def _phase_table(breakdown: dict[str, Any]) -> Table:
             ),
         )
     return table
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 1:
-        return f"{value:.3f} s"
-    return f"{value * 1e3:.3f} ms"
-
-
-def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.1f} tok/s"

@@ -8,17 +8,25 @@ only the JSON record), and writes the Markdown, JSON and PNG artefacts to `--out
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from rich.markdown import Markdown
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from waferllm.api.provenance import package_commit, package_version
 from waferllm.api.reproduce import reproduce
 from waferllm.api.reproduce_output import to_markdown, write_artifacts
-from waferllm.cli.common import add_device_options, console, device_from_args, print_json
+from waferllm.cli.common import (
+    add_device_options,
+    console,
+    device_from_args,
+    finish_report,
+    print_json,
+    what_if_line,
+)
 
 DEFAULT_OUT = Path("benchmarks") / "results"
 
@@ -64,14 +72,21 @@ def run(args: argparse.Namespace) -> int:
             bar.update(task, completed=done, total=total, description=what)
 
         result = reproduce(device=device, progress=progress)
-    header = _run_header()
+    if result.provenance is not None:  # the written record says which command made it
+        stamped = dataclasses.replace(result.provenance, command=args.command_line)
+        result = dataclasses.replace(result, provenance=stamped)
+    header = _run_header(args)
     paths: list[Path] = []
     if not args.no_write:
         paths = write_artifacts(result, args.out_dir, header=header, plots=not args.no_plot)
+    report = finish_report(args, json.loads(json.dumps(result.to_dict(), default=_json)))
     if args.json:
-        print_json(json.loads(json.dumps(result.to_dict(), default=_json)))
+        print_json(report)
     else:
         out = console()
+        what_if = what_if_line(device)
+        if what_if:
+            out.print(what_if)
         out.print(Markdown(to_markdown(result, header=header)))
         for path in paths:
             out.print(f"wrote {path}")
@@ -86,16 +101,10 @@ def _json(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-def _run_header() -> dict[str, str]:
-    """Which code produced the numbers (the git commit when run from a checkout)."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    return {"commit": commit}
+def _run_header(args: argparse.Namespace) -> dict[str, str]:
+    """Which code and command produced the numbers."""
+    return {
+        "version": package_version(),
+        "commit": package_commit() or "unknown",
+        "command": args.command_line,
+    }

@@ -87,9 +87,9 @@ def logical_grid(
     )
     listed = ", ".join(f"{r}x{c}" for r, c in near) or "a square grid"
     raise GridError(
-        f"{algo} on a {rows}x{cols} mesh would need a logical {size}x{size} grid, but "
-        f"lcm({rows}, {cols}) = {size} > {LCM_FACTOR} x max({rows}, {cols}); "
-        f"nearby grids that work: {listed}"
+        f"{algo} on a non-square {rows}x{cols} mesh pads to a logical {size}x{size} grid "
+        f"(K padded to a multiple of lcm({rows}, {cols})), refused: lcm({rows}, {cols}) = "
+        f"{size} > {LCM_FACTOR} x max({rows}, {cols}); nearby grids that work: {listed}"
     )
 
 

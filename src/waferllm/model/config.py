@@ -411,20 +411,41 @@ def config_from_checkpoint(path: str | Path) -> ModelConfig:
     """
     path = Path(path)
     if path.is_file():
-        config_file, name = path, path.resolve().parent.name
+        config_file = path
     elif path.is_dir():
-        config_file, name = path / "config.json", path.resolve().name
+        config_file = path / "config.json"
         if not config_file.is_file():
             raise ModelConfigError(f"checkpoint directory {path} has no config.json")
     else:
         raise ModelConfigError(f"checkpoint directory {path} does not exist")
     raw = _read_json_object(config_file)
+    name = checkpoint_name(config_file.resolve().parent, raw)
     generation_file = config_file.parent / "generation_config.json"
     if generation_file.is_file():
         generation_eos = _read_json_object(generation_file).get("eos_token_id")
         if generation_eos is not None:
             raw["eos_token_id"] = generation_eos
     return from_hf_dict(raw, name)
+
+
+# Folder names that say how a checkpoint was saved, not which model it is.
+_GENERIC_DIRS = {"hf", "huggingface", "model", "models", "checkpoint", "checkpoints", "weights"}
+_GENERIC_DIRS |= {"snapshots"}  # the Hub cache: models--org--name/snapshots/<commit>/
+
+
+def checkpoint_name(directory: Path, raw: Mapping[str, Any]) -> str:
+    """A checkpoint's model name: config.json's `_name_or_path` when it names a Hub model
+    ("org/name"), else its folder, or the folder above when that one is generic ("hf",
+    "checkpoint", a Hub cache snapshot hash): never "hf" for ".../smollm-135m/hf"."""
+    hub = raw.get("_name_or_path")
+    if isinstance(hub, str) and hub.count("/") == 1 and not hub.startswith((".", "/", "~")):
+        return hub
+    for folder in (directory, *directory.parents):
+        name = folder.name
+        snapshot = len(name) == 40 and all(c in "0123456789abcdef" for c in name)
+        if name and name.lower() not in _GENERIC_DIRS and not snapshot:
+            return name.removeprefix("models--").replace("--", "/", 1)
+    return directory.name or "checkpoint"
 
 
 def _read_json_object(file: Path) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 One schema for all three. `RequestMetrics.from_times` is the single place where TTFT, TPOT
 and the TPRs are derived from modelled times, so every producer uses the same definitions.
-All values are modelled; host wall-clock lives in `host_wall_s` only.
+All values are modelled; host wall-clock lives in `host_wall_s` only. `Provenance` says how a
+report was made (the public API fills it in; `waferllm.api.provenance` finds the values).
 """
 
 from __future__ import annotations
@@ -11,6 +12,23 @@ import dataclasses
 from typing import Any
 
 SCHEMA_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Provenance:
+    """How a report was made (SPEC.md §10.4): waferllm's version and commit, the command line
+    (None from the Python API), every device constant after JSON and `--set` overrides, and
+    the sha256 of the model's canonical config (a mapping name -> sha256 where a report covers
+    several models; None where it covers none)."""
+
+    version: str
+    commit: str | None
+    command: str | None
+    device_constants: dict[str, Any] | None
+    model_config_sha256: str | dict[str, str] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -84,7 +102,15 @@ class RequestReport:
     host_wall_s: float
     text: str | None = None
     token_ids: list[int] | None = None
-    system: str | None = None  # "t10" | "ladder" for the paper's baselines (model/systems.py)
+    warnings: tuple[str, ...] = ()
+    provenance: Provenance | None = None
+    system: str = "waferllm"  # or the paper's wafer-side baselines "t10", "ladder"
+    batch_size: int = 1
+    num_devices: int = 1  # wafers (or GPUs for kind "gpu")
+    weight_dtype: str = "float16"  # stored weights
+    kv_dtype: str = "float16"  # stored KV cache
+    stack: str | None = None  # gpu only: "paper" or "ideal" serving-stack overhead
+    sram_used_fraction: float | None = None  # of the device's SRAM, at the placed peak
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -103,9 +129,17 @@ class RequestReport:
             "max_new_tokens": _capacity(self.max_new_tokens),
             "breakdown": self.breakdown,
             "host_wall_s": self.host_wall_s,
+            "system": self.system,
+            "batch_size": self.batch_size,
+            "num_devices": self.num_devices,
+            "weight_dtype": self.weight_dtype,
+            "kv_dtype": self.kv_dtype,
+            "sram_used_fraction": self.sram_used_fraction,
+            "warnings": list(self.warnings),
+            "provenance": self.provenance.to_dict() if self.provenance else None,
         }
-        if self.system is not None:
-            out["system"] = self.system
+        if self.kind == "gpu":
+            out["stack"] = self.stack
         if self.kind == "generate":
             out["text"] = self.text
             out["token_ids"] = list(self.token_ids or [])

@@ -201,8 +201,8 @@ class MeshTransformer:
                 available_bytes=self.device.sram_bytes_per_core,
                 hint=f"a {length}-token prompt does not fit the prefill plan; at most "
                 f"{self.plan.max_prompt_tokens} tokens fit on {self.plan.prefill.grid[0]}x"
-                f"{self.plan.prefill.grid[1]} (use a larger prefill grid, pass "
-                "max_context_tokens to plan more regions, or a shorter prompt)",
+                f"{self.plan.prefill.grid[1]} (use a larger prefill grid: --prefill-grid, "
+                "prefill_grid= in Python; or a shorter prompt)",
             )
         self._reset()
         state = self.prefill_state
