@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from waferllm.api.provenance import collected_warnings, make_provenance
 from waferllm.device import Device, get_device
+from waferllm.engine.metrics import op_times, phase_times
 from waferllm.errors import GridError, WaferError
 from waferllm.estimate.capacity import whole_model_capacity
 from waferllm.estimate.cost import Grid, RequestCost, Setup, clear_cache, cost_model
@@ -337,20 +338,7 @@ def _cores(placement: PhasePlacement, per_layer: bool) -> int:
 
 
 def _phase_summary(device: Device, ledger: Ledger, depth: int = 1) -> dict[str, Any]:
-    totals = ledger.totals()
-    to_s = device.cycles_to_seconds
-    ops = {op: to_s(t.latency_cycles) for op, t in ledger.by_op(depth=depth).items()}
-    return {
-        "modelled_s": to_s(totals.latency_cycles),
-        "compute_s": to_s(totals.compute_cycles),
-        "comm_s": to_s(totals.comm_cycles),
-        "overhead_s": to_s(totals.overhead_cycles),
-        "comm_busy_s": to_s(totals.comm_busy_cycles),
-        "flops": int(totals.flops),
-        "host_io_s": to_s(totals.host_io_cycles),
-        "host_io_bytes": int(totals.host_bytes),
-        "ops": dict(sorted(ops.items(), key=lambda item: -item[1])),
-    }
+    return {**phase_times(device, ledger.totals()), "ops": op_times(device, ledger, depth)}
 
 
 def _breakdown(

@@ -62,7 +62,9 @@ def request_metrics(
     )
 
 
-def _phase(device: Device, totals: Totals) -> dict[str, float]:
+def phase_times(device: Device, totals: Totals) -> dict[str, float]:
+    """Modelled seconds of a phase split into compute, exposed comm and overhead, plus busy
+    comm, FLOPs and the host I/O no metric includes (the breakdown of SPEC.md §10.4)."""
     to_s = device.cycles_to_seconds
     return {
         "modelled_s": to_s(totals.latency_cycles),
@@ -76,7 +78,7 @@ def _phase(device: Device, totals: Totals) -> dict[str, float]:
     }
 
 
-def _ops(device: Device, ledger: Ledger, depth: int) -> dict[str, float]:
+def op_times(device: Device, ledger: Ledger, depth: int) -> dict[str, float]:
     """Modelled seconds per op (first `depth` name components), largest first."""
     groups = ledger.by_op(depth=depth)
     seconds = {op: device.cycles_to_seconds(t.latency_cycles) for op, t in groups.items()}
@@ -90,14 +92,14 @@ def breakdown(trace: Trace, *, device: Device, op_depth: int = 1) -> dict[str, A
     sampling = trace.host_io.totals()
     return {
         "prefill": {
-            **_phase(device, trace.prefill.totals()),
-            "ops": _ops(device, trace.prefill, op_depth),
+            **phase_times(device, trace.prefill.totals()),
+            "ops": op_times(device, trace.prefill, op_depth),
         },
-        "transition": _phase(device, trace.transition.totals()),
+        "transition": phase_times(device, trace.transition.totals()),
         "decode": {
-            **_phase(device, decode.totals()),
+            **phase_times(device, decode.totals()),
             "steps": len(trace.decode),
-            "ops": _ops(device, decode, op_depth),
+            "ops": op_times(device, decode, op_depth),
         },
         "sampling_host_io": {
             "host_io_s": device.cycles_to_seconds(sampling.host_io_cycles),
