@@ -1,139 +1,137 @@
-"""Simulator speed of full-scale estimates and of `reproduce` (SPEC.md §8), host wall time.
+"""Simulator speed of full-scale estimates and of `reproduce` (SPEC.md §8, issue 14), host time.
 
-Each case runs in a fresh interpreter and reports three host times, never mixed with modelled
-ones: `import waferllm`; torch's one-time set-up of meta tensors (the modules torch imports
-on the first meta operations, timed on a few trivial ones); the first call (cold caches); a
-second call with the estimate caches cleared (a warm process: what a script calling
-`estimate` in a loop sees).
-Targets: one estimate of LLaMA3-8B, 4096 in / 4096 out on WSE-2 with grids given <= 1 s; with
-the grid search <= 5 s; `reproduce` <= 60 s. The modelled TTFT/TPOT are printed beside them.
+Host wall-clock seconds, never mixed with modelled ones. Each case runs in a fresh
+interpreter (1 torch thread) that imports waferllm from `--src` (default: this checkout's
+`src`; `--baseline-src DIR` runs every case under another tree too, in the same run, for
+before/after tables): `import waferllm`, one warm-up request (the first call: torch's meta
+set-up, cold caches), then the timed work:
+- "grids given": 20 random requests (seeded; new prompt/output lengths and new per-layer
+  grids each) per model, median and max seconds (target <= 50 ms median);
+- "search": one grid search, LLaMA3-8B 4096/4096 fit (target <= 0.5 s);
+- "reproduce": one `reproduce` (target <= 10 s).
 
-    python benchmarks/speed_estimate.py [--quick]
+    PYTHONPATH=src python benchmarks/speed_estimate.py [--quick] [--baseline-src /work/main/src]
 """
 
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from common import console, parser, print_table, write_result
 
 NAME = "speed_estimate"
-REQUEST = {"model": "llama3-8b", "device": "wse2", "prompt_len": 4096, "output_len": 4096}
-CASES: dict[str, dict[str, Any]] = {
-    "grids given, per-layer 660/360 (the paper's)": {
-        "placement": "per-layer",
-        "prefill_grid": 660,
-        "decode_grid": 360,
-    },
-    "grids given, fit 720/360": {"placement": "fit", "prefill_grid": 720, "decode_grid": 360},
-    "searched, fit": {"placement": "fit"},
-    "searched, per-layer": {"placement": "per-layer"},
-}
-TARGETS = {"grids given": 1.0, "searched": 5.0, "reproduce": 60.0}
-
+MODELS = ("llama3-8b", "llama2-13b", "qwen2-72b")
+REQUESTS = 20
+TARGETS_S = {"grids given (median)": 0.05, "search": 0.5, "reproduce": 10.0}
+SRC = Path(__file__).resolve().parent.parent / "src"
 
 CHILD = """
-import json, sys, time
+import json, random, statistics, sys, time
+import torch
+torch.set_num_threads(1)
 start = time.perf_counter()
 import waferllm
-from waferllm.api.estimate import clear_cache
+from waferllm.errors import WaferError
 imported = time.perf_counter() - start
-import torch
-start = time.perf_counter()
-# torch imports its symbolic-shape machinery (sympy, ...) on the first meta-tensor operations
-probe = torch.empty((2, 3), device="meta")
-(probe @ probe.T + 1).sum(dim=0, keepdim=True).amax()
-torch.gather(probe, 1, torch.zeros((2, 3), dtype=torch.int64, device="meta"))
-meta_setup = time.perf_counter() - start
-case, kwargs = sys.argv[1], json.loads(sys.argv[2])
-calls, out = [], {}
-for _ in range(2):
-    clear_cache()
+case, count = sys.argv[1], int(sys.argv[2])
+rng = random.Random(14)
+
+def request(model):
+    return dict(
+        model=model, device="wse2", placement="per-layer",
+        prompt_len=rng.randrange(64, 4097), output_len=rng.randrange(2, 2049),
+        prefill_grid=rng.randrange(420, 721, 12), decode_grid=rng.randrange(360, 661, 12),
+    )
+
+def timed(kwargs):
     t = time.perf_counter()
-    if case == "reproduce":
-        result = waferllm.reproduce(device="wse2")
-        out = {"sections": len(result.sections)}
-    else:
-        est = waferllm.estimate(**kwargs)
-        m = est.metrics
-        out = {
-            "prefill_grid": list(est.report.prefill_grid),
-            "decode_grid": list(est.report.decode_grid),
-            "ttft_s_modelled": m.ttft_s,
-            "tpot_s_modelled": m.tpot_s,
-            "e2e_tpr_modelled": m.e2e_tpr,
-            "evaluated": est.search.evaluated if est.search else None,
-        }
-    calls.append(time.perf_counter() - t)
-print(json.dumps({
-    "import_s": imported, "torch_meta_setup_s": meta_setup, "first_s": calls[0],
-    "warm_s": calls[1], **out,
-}))
+    try:
+        waferllm.estimate(**kwargs)
+        ok = True
+    except WaferError:
+        ok = False
+    return time.perf_counter() - t, ok
+
+out = {"import_s": imported}
+if case == "reproduce":
+    t = time.perf_counter()
+    waferllm.reproduce(device="wse2")
+    out["seconds"] = [time.perf_counter() - t]
+elif case == "search":
+    first = dict(model="llama3-8b", device="wse2", prompt_len=4096, output_len=4096)
+    out["first_s"] = timed({**first, "prefill_grid": 660, "decode_grid": 360})[0]
+    t = time.perf_counter()
+    est = waferllm.estimate(**first, placement="fit")
+    out["seconds"] = [time.perf_counter() - t]
+    out["grids"] = [list(est.report.prefill_grid), list(est.report.decode_grid)]
+else:
+    out["first_s"] = timed(request(case))[0]
+    runs = [timed(request(case)) for _ in range(count)]
+    out["seconds"] = [s for s, _ in runs]
+    out["feasible"] = sum(ok for _, ok in runs)
+print(json.dumps(out))
 """
 
 
-def run_case(case: str) -> dict[str, Any]:
-    """One case in a fresh interpreter that imports nothing but waferllm."""
-    kwargs = {**REQUEST, **CASES.get(case, {})}
+def run_case(case: str, src: Path, count: int) -> dict[str, Any]:
+    """One case in a fresh interpreter importing waferllm from `src`."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, case, json.dumps(kwargs)],
+        [sys.executable, "-c", CHILD, case, str(count)],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def target_of(case: str) -> float:
-    return next(v for k, v in TARGETS.items() if case.startswith(k))
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["median_s"] = statistics.median(r["seconds"])
+    r["max_s"] = max(r["seconds"])
+    return r
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    cases = list(CASES)[:1] if args.quick else [*CASES, "reproduce"]
-    results = {case: run_case(case) for case in cases}
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--src", type=Path, default=SRC, help="the tree to time (default: ours)")
+    p.add_argument("--baseline-src", type=Path, help="another tree timed in the same run")
+    args = p.parse_args(argv)
+    cases = ["llama3-8b"] if args.quick else [*MODELS, "search", "reproduce"]
+    count = 3 if args.quick else REQUESTS
+    trees = {"after": args.src}
+    if args.baseline_src:
+        trees = {"before": args.baseline_src, **trees}
+    results = {
+        label: {case: run_case(case, src, count) for case in cases} for label, src in trees.items()
+    }
     rows = []
-    for case, r in results.items():
-        target = target_of(case)
-        rows.append(
-            [
-                case,
-                f"{r['import_s']:.2f}",
-                f"{r['torch_meta_setup_s']:.2f}",
-                f"{r['first_s']:.2f}",
-                f"{r['warm_s']:.2f}",
-                f"{target:.0f}",
-                "yes"
-                if r["first_s"] <= target
-                else ("warm only" if r["warm_s"] <= target else "NO"),
-                f"{r.get('prefill_grid', '-')}/{r.get('decode_grid', '-')}",
-            ]
-        )
+    for case in cases:
+        row = [case, "1" if case in ("search", "reproduce") else str(count)]
+        for label in trees:
+            r = results[label][case]
+            row += [f"{r['median_s']:.3f}", f"{r['max_s']:.3f}"]
+        rows.append(row)
+    heads = ["case", "calls"]
+    for label in trees:
+        heads += [f"{label} median s", f"{label} max s"]
     out = console()
     print_table(
-        out,
-        "Simulator speed (host seconds on this machine; LLaMA3-8B 4096/4096 on WSE-2)",
-        [
-            "case",
-            "import",
-            "torch meta set-up",
-            "first call",
-            "warm call",
-            "target",
-            "meets",
-            "grids",
-        ],
-        rows,
+        out, "Simulator speed (host seconds on this machine, after the first call)", heads, rows
     )
     path = write_result(
         args.out_dir,
         NAME,
         "wse2",
-        {"request": REQUEST, "results": results, "targets_s": TARGETS},
+        {
+            "trees": {k: str(v) for k, v in trees.items()},
+            "results": results,
+            "targets_s": TARGETS_S,
+        },
         modelled=False,
     )
     out.print(f"wrote {path}")

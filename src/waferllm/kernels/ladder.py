@@ -80,8 +80,11 @@ def _chunked_product(
 def _store(mesh: Mesh, *, tiles: LadderTiles, m: int, n: int, ledger: Ledger, op: str) -> None:
     """Every active core writes its C tile to the core owning the tile's first element under
     the row-major striping (one concurrent set of XY-routed flows per wave)."""
-    f = _store_flows(mesh.device.storage_bytes, mesh.shape, tiles, m, n)
-    point_to_point(mesh, f, ledger=ledger, op=op, route_name="ladder_store")
+    flows_key = (mesh.device.storage_bytes, mesh.shape, tiles, m, n)
+    f = _store_flows(*flows_key)
+    point_to_point(
+        mesh, f, ledger=ledger, op=op, route_name="ladder_store", cache_key=("ladder", flows_key)
+    )
 
 
 @functools.lru_cache(maxsize=256)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Hashable
 from functools import lru_cache
 
 import numpy as np
@@ -311,19 +312,74 @@ def _passing(line: np.ndarray, a: np.ndarray, b: np.ndarray, lines: int, num: in
 
 
 def point_to_point(
-    mesh: Mesh, f: Flows, *, ledger: Ledger, op: str, route_name: str, phase: int = 0
+    mesh: Mesh,
+    f: Flows,
+    *,
+    ledger: Ledger,
+    op: str,
+    route_name: str,
+    phase: int = 0,
+    cache_key: Hashable | None = None,
 ) -> None:
     """Send every flow of `f` at once (XY-routed), relayed when its colours do not fit.
+    `cache_key`: a hashable value that determines `f` (callers whose flows depend on a few
+    shapes pass them); the route plan and the traffic are then computed once per key.
 
     Cost: d*alpha + stages*beta + the busiest link's or ramp's bytes / bandwidth, d the
     longest flow's hops. Routes: transit flows per core + 2; over the free budget F, relays
     every F - 2 hops (stages = ceil(d / (F - 2)) - 1).
     """
-    plan = _xy_plan(mesh, f, route_name)
+    free = free_routes(mesh, own=route_name)
+    if cache_key is None:
+        plan = xy_relay_plan(mesh.shape, f, free=free, name=route_name)
+    else:
+        plan = _cached_plan(cache_key, mesh.shape, free, route_name, f)
     mesh.routes.require(route_name, plan.routes_per_core)
     if ledger.prices and len(f.nbytes):
-        traffic = xy_traffic(mesh.device, mesh.shape, f, stages=plan.stages)
+        if cache_key is None:
+            traffic = xy_traffic(mesh.device, mesh.shape, f, stages=plan.stages)
+        else:
+            traffic = _cached_traffic(cache_key, mesh.device, mesh.shape, plan.stages, f)
         ledger.charge(op, Charge.comm(traffic), phase=phase)
+
+
+class _Unkeyed:
+    """Flows passed beside a cache key: left out of the key (the key stands for them)."""
+
+    def __init__(self, value: Flows) -> None:
+        self.value = value
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Unkeyed)
+
+
+def _cached_plan(
+    cache_key: Hashable, shape: tuple[int, int], free: int, name: str, f: Flows
+) -> RelayPlan:
+    return _plan_of(cache_key, shape, free, name, _Unkeyed(f))
+
+
+def _cached_traffic(
+    cache_key: Hashable, device: Device, shape: tuple[int, int], stages: int, f: Flows
+) -> Traffic:
+    return _traffic_of(cache_key, device, shape, stages, _Unkeyed(f))
+
+
+@lru_cache(maxsize=256)
+def _plan_of(
+    cache_key: Hashable, shape: tuple[int, int], free: int, name: str, f: _Unkeyed
+) -> RelayPlan:
+    return xy_relay_plan(shape, f.value, free=free, name=name)
+
+
+@lru_cache(maxsize=64)
+def _traffic_of(
+    cache_key: Hashable, device: Device, shape: tuple[int, int], stages: int, f: _Unkeyed
+) -> Traffic:
+    return xy_traffic(device, shape, f.value, stages=stages)
 
 
 def _xy_plan(mesh: Mesh, f: Flows, name: str) -> RelayPlan:

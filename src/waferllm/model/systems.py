@@ -131,7 +131,6 @@ def estimate_system(
     )
 
 
-@functools.lru_cache(maxsize=256)
 def _cached(
     system: System,
     config: ModelConfig,
@@ -142,16 +141,15 @@ def _cached(
     output_len: int,
     consts: Constants,
 ) -> SystemCost:
+    """One request from per-phase parts cached apart: `reproduce` asks for many requests that
+    share a phase's (grid, length) and the LM heads per grid."""
     shapes = LayerShapes.of(config)
+    layer_p = _layer(device, prefill_grid, shapes, "prefill", prompt_len, consts)
     if system is System.T10:
-        assert isinstance(consts, T10Constants)
-        layer_p = t10_prefill(device, prefill_grid, shapes, prompt_len, consts)
-        layer_d = t10_decode(device, decode_grid, shapes, prompt_len + output_len, consts)
+        context = prompt_len + output_len
     else:
-        assert isinstance(consts, LadderConstants)
-        layer_p = ladder_prefill(device, prefill_grid, shapes, prompt_len, consts)
-        mean_context = prompt_len + max(output_len - 1, 0) // 2
-        layer_d = ladder_decode(device, decode_grid, shapes, mean_context, consts)
+        context = prompt_len + max(output_len - 1, 0) // 2
+    layer_d = _layer(device, decode_grid, shapes, "decode", context, consts)
     prefill = _whole(layer_p, shapes, _lm_head(system, device, prefill_grid, shapes, consts), 1)
     head = _lm_head(system, device, decode_grid, shapes, consts)
     decode = _whole(layer_d, shapes, head, max(output_len - 1, 0))
@@ -166,6 +164,25 @@ def _cached(
     )
 
 
+@functools.lru_cache(maxsize=512)
+def _layer(
+    device: Device,
+    grid: tuple[int, int],
+    shapes: LayerShapes,
+    phase: str,
+    length: int,
+    consts: Constants,
+) -> PlanCost:
+    """One layer's plan: prefill of `length` tokens, or a decode step over `length` cached
+    positions (T10: the static cache of the whole request; Ladder: the mean context)."""
+    if isinstance(consts, T10Constants):
+        plan = t10_prefill if phase == "prefill" else t10_decode
+        return plan(device, grid, shapes, length, consts)
+    plan_l = ladder_prefill if phase == "prefill" else ladder_decode
+    return plan_l(device, grid, shapes, length, consts)
+
+
+@functools.lru_cache(maxsize=128)
 def _lm_head(
     system: System, device: Device, grid: tuple[int, int], shapes: LayerShapes, c: Constants
 ) -> Ledger:
