@@ -223,6 +223,15 @@ class DecodeWalks:
         self.model = model
         self._steps: dict[tuple[int, int], tuple[LayerLedgers, Ledger]] = {}
         self._widths: dict[int, tuple[Ledger, Ledger]] = {}
+        self._shifts: dict[int, Ledger] = {}
+
+    def shift(self, append: Append, counts: RowCounts) -> Ledger:
+        """One layer's KV shift for `append` (which has senders): in estimate mode it depends on
+        the first shifting row only, so it is priced once per row for every request."""
+        first = append.senders[0]
+        if first not in self._shifts:
+            self._shifts[first] = self.model.kv_shift_records(append, counts)
+        return self._shifts[first]
 
     def records(self, counts: RowCounts) -> DecodeRecords:
         """The step after `counts` (committed), its layer walked once per cost shape."""
@@ -261,7 +270,7 @@ class DecodeWalks:
         ledger.extend(fixed)
         ledger.extend(layer_ledger, count=layers)
         if append.senders:
-            ledger.extend(model.kv_shift_records(append, counts), count=layers)
+            ledger.extend(self.shift(append, counts), count=layers)
         return ledger
 
     def decode(self, prompt_len: int, output_len: int) -> Ledger:
@@ -291,7 +300,7 @@ class DecodeWalks:
                 attn = model.decode_attention_records(start.copy())
             ledger.extend(_joined(widest.pre, attn, widest.post), count=seen * layers)
         for append, start, seen in shifts.values():
-            ledger.extend(model.kv_shift_records(append, start), count=seen * layers)
+            ledger.extend(self.shift(append, start), count=seen * layers)
         return ledger
 
 
