@@ -17,7 +17,7 @@ from helpers.checkpoints import DEFAULT_NEW_TOKENS, DEFAULT_PROMPT_IDS, referenc
 from waferllm import LLM, RequestOutput, SamplingParams, tiny
 from waferllm.engine.tokenizer import load_tokenizer
 from waferllm.errors import GridError, SramOverflowError, WaferError
-from waferllm.estimate.search import default_grids
+from waferllm.estimate.search import DEFAULT_CONTEXT_TOKENS, default_grids
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.placement import PlacementMode, ResidentLayouts
 from waferllm.model.plan import plan_model
@@ -157,17 +157,19 @@ def test_the_report_describes_the_request(llm):
     assert report["metrics"]["routes_per_core"] <= tiny().routes_per_core
 
 
-def test_the_default_grid_is_the_smallest_square_holding_the_model_in_one_region(
+def test_the_default_grid_is_the_smallest_square_holding_the_model_with_room_for_context(
     llama_checkpoint,
 ):
     small = {"sram_bytes_per_core": 16384}
     llm = LLM(llama_checkpoint, device="tiny", device_overrides=small)
     plan = llm.model.plan
     side = plan.prefill.grid[0]
+    want = DEFAULT_CONTEXT_TOKENS
     assert plan.prefill.grid == plan.decode.grid == (side, side) and side > 1
     assert len(plan.prefill.regions) == len(plan.decode.regions) == 1
 
-    def regions(prefill: int, decode: int) -> tuple[int, int]:
+    def room(prefill: int, decode: int) -> tuple[bool, bool]:
+        """(prefill, decode) each in one region with room for the default context."""
         try:
             plan = plan_model(
                 llm.config,
@@ -179,10 +181,15 @@ def test_the_default_grid_is_the_smallest_square_holding_the_model_in_one_region
                 max_context_tokens=None,
             )
         except SramOverflowError:
-            return (0, 0)
-        return len(plan.prefill.regions), len(plan.decode.regions)
+            return (False, False)
+        return (
+            len(plan.prefill.regions) == 1 and plan.max_prompt_tokens >= want,
+            len(plan.decode.regions) == 1 and plan.kv_slots * decode >= want,
+        )
 
-    assert all(regions(s, s) != (1, 1) for s in range(1, side))
+    assert room(side, side) == (True, True)
+    assert all(room(s, s) != (True, True) for s in range(1, side))
+    assert llm.model.kv_capacity_tokens() >= want and llm.model.max_prompt_tokens >= want
     # a given prefill grid is kept; the decode grid is the smallest square for decode alone
     given = side + 1
     prefill, decode = default_grids(
@@ -191,7 +198,7 @@ def test_the_default_grid_is_the_smallest_square_holding_the_model_in_one_region
         prefill=(given, given),
         decode=None,
     )
-    smallest = next(s for s in range(1, 65) if regions(given, s)[1] == 1)
+    smallest = next(s for s in range(1, 65) if room(given, s)[1])
     assert prefill == (given, given) and decode == (smallest, smallest)
 
 

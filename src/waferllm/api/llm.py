@@ -92,7 +92,10 @@ def _choice(value: str, options: type[enum.StrEnum], name: str) -> Any:
 class LLM:
     """A checkpoint placed on the virtual wafer, ready to generate (batch 1, one request at
     a time). `grid` sets both phases; `prefill_grid`/`decode_grid` set them apart; with no
-    grid, the smallest square grid that holds the model is used for both."""
+    grid, the smallest square grid that holds the model with room for a few hundred tokens
+    of context is used for both (`default_grids`).
+
+    One object serves one request at a time: calls from several threads are serialised."""
 
     def __init__(
         self,

@@ -308,6 +308,12 @@ def _nothing_fits(costs: CostModel, phase: Phase, sweep: _PhaseSweep) -> WaferEr
 
 
 # ---- functional runs: the smallest grids that hold the model ------------------------------------
+# The context a default placement leaves room for (prompt + new tokens, capped by the model's
+# max_position_embeddings): the smallest grid that merely holds the weights would cache a
+# handful of tokens, and a request would be refused for want of a larger grid.
+DEFAULT_CONTEXT_TOKENS = 256
+
+
 def default_grids(
     config: ModelConfig,
     device: Device,
@@ -318,9 +324,13 @@ def default_grids(
     resident_layouts: ResidentLayouts = ResidentLayouts.ONE,
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """Fill the missing grid(s) with the smallest square on which the model fits one region
-    in that phase; failing that, the smallest on which it fits at all (over several regions).
+    in that phase with headroom: a prompt and a KV cache of `DEFAULT_CONTEXT_TOKENS` (or
+    max_position_embeddings if fewer). Failing that, the smallest square holding it in one
+    region; failing that, the smallest on which it fits at all (over several regions).
     Decided from the plan's byte counts alone, before any weight is placed (both KV policies
     use the same plan)."""
+    want = min(DEFAULT_CONTEXT_TOKENS, config.max_position_embeddings)
+    one_region: tuple[tuple[int, int], tuple[int, int]] | None = None
     fallback: tuple[tuple[int, int], tuple[int, int]] | None = None
     last: WaferError | None = None
     for side in range(1, min(device.mesh_rows, device.mesh_cols) + 1):
@@ -339,10 +349,17 @@ def default_grids(
             last = err
             continue
         chosen = [p for p, g in ((plan.prefill, prefill), (plan.decode, decode)) if g is None]
-        if all(len(p.regions) == 1 for p in chosen):
+        if not all(len(p.regions) == 1 for p in chosen):
+            fallback = fallback or grids
+            continue
+        one_region = one_region or grids
+        room = [
+            plan.kv_slots * plan.decode.grid[0] >= want if decode is None else True,
+            plan.max_prompt_tokens >= want if prefill is None else True,
+        ]
+        if all(room):
             return grids
-        fallback = fallback or grids
-    if fallback is not None:
-        return fallback
+    if one_region is not None or fallback is not None:
+        return one_region or fallback  # type: ignore[return-value]
     assert last is not None
     raise last

@@ -75,37 +75,44 @@ def _vocab_bytes(config: ModelConfig, phase: Phase, rows: int, cols: int, sb: in
 def decode_scratch_bytes(config: ModelConfig, rows: int, cols: int, sb: int) -> tuple[int, int]:
     """(fixed, per cached slot) bytes per core that one decode step holds at its peak: the
     residual and normed vectors, q/k/v, RoPE tables, attention output, the FFN's gate and up,
-    the logits; plus one score per (head, slot)."""
+    this step's logits and the previous step's (kept on the mesh for `fetch_logits` until this
+    step selects); plus one score per (head, slot)."""
     heads = heads_for(config, cols)
     d_y = math.ceil(config.hidden_size / rows)
     f_x = math.ceil(config.intermediate_size / cols)
     v_x = math.ceil(config.vocab_size / cols)
     fixed = 6 * d_y + 2 * heads.q_width + 2 * heads.kv_width + 2 * heads.head_slots
-    fixed += 2 * f_x + v_x + 2
+    fixed += 2 * f_x + 2 * v_x + 2
     return fixed * sb, heads.kv_per_tile * heads.n_rep * sb
 
 
 def prefill_scratch_bytes(
     config: ModelConfig, rows: int, cols: int, sb: int, length: int
 ) -> tuple[int, int]:
-    """(one layer's peak scratch, its k and v kept for the cache) per core for a prompt of
-    `length` tokens: an upper bound summing the layer's activations (x, normed, the aligned
-    GEMM operand and its receive buffer, q/k/v, RoPE tables, scores and the attention loops'
-    buffers, o, gate/up/act/down), the largest weight tile's receive buffer and the GEMM
-    padding."""
+    """(the peak scratch of one layer or of the LM head, one layer's k and v kept for the
+    cache) per core for a prompt of `length` tokens. A layer's is an upper bound summing its
+    activations (x, normed, the aligned GEMM operand and its receive buffer, q/k/v, RoPE
+    tables, scores and the attention loops' buffers, o, gate/up/act/down), the largest weight
+    tile's receive buffer and the GEMM padding (token tiles padded to whole logical blocks on
+    a non-square grid); the head's holds the last hidden state, its
+    norm, the logits (V split along Y) and the argmax, which outgrow a layer's when the
+    vocabulary is wide and the model narrow."""
     heads = heads_for(config, cols)
     lt = math.ceil(length / rows)
+    per_row = math.lcm(rows, cols) // rows
+    lt_gemm = -(-lt // per_row) * per_row  # a ring GEMM pads the token tile to whole blocks
     d_x = padded_k(rows, cols, config.hidden_size) // cols
     f_x = padded_k(rows, cols, config.intermediate_size) // cols
     q_x = padded_k(rows, cols, cols * heads.q_width) // cols
     kc = max(math.ceil(rows / min(heads.group_sizes)), 1)
     gn = heads.kv_per_tile * heads.n_rep
-    acts = lt * (8 * d_x + 4 * q_x + 3 * heads.kv_width + 4 * f_x + 2 * heads.head_slots)
+    acts = lt_gemm * (8 * d_x + 4 * q_x + 3 * heads.kv_width + 4 * f_x + 2 * heads.head_slots)
     attn = gn * lt * (kc * lt + 2 * lt + heads.head_slots) + lt * heads.kv_width
     specs = layer_specs(config, rows, cols, Phase.PREFILL)
     weight = max(tile_bytes(spec, rows, cols, sb) for spec in specs.values())
     kv = 2 * lt * heads.kv_width
-    return (acts + attn) * sb + 2 * weight, kv * sb
+    head = 2 * d_x + math.ceil(config.vocab_size / rows) + 2
+    return max((acts + attn) * sb + 2 * weight, head * sb), kv * sb
 
 
 def prefill_need_bytes(
