@@ -18,6 +18,11 @@ from typing import Any
 from waferllm.errors import WaferError
 
 STORAGE_DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4}
+# Bounds that keep plans and grid searches within seconds and host memory (estimate walks
+# per-core arrays: a WSE-3 is under 1,200 cores a side, 2048 is twice that area again; real
+# cores hold kilobytes to megabytes).
+MAX_MESH_SIDE = 2048
+MAX_SRAM_BYTES_PER_CORE = 1 << 60  # also what `bench` uses to measure a point that does not fit
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -54,6 +59,18 @@ class Device:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise WaferError(f"device field {field}={value!r} must be a positive integer")
+        limits = {
+            "mesh_rows": MAX_MESH_SIDE,
+            "mesh_cols": MAX_MESH_SIDE,
+            "sram_bytes_per_core": MAX_SRAM_BYTES_PER_CORE,
+            "routes_per_core": 1 << 16,
+        }
+        for field, limit in limits.items():
+            if getattr(self, field) > limit:
+                raise WaferError(
+                    f"device field {field}={getattr(self, field)} is larger than the supported "
+                    f"{limit}"
+                )
         self._check_numbers()
         if self.storage_dtype not in STORAGE_DTYPES:
             raise WaferError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,11 +32,16 @@ from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import fanouts_from_groups
 from waferllm.mesh.tensor import Layout
 from waferllm.mesh.tiling import padded_k
-from waferllm.mesh.virtual import COMPUTE_DTYPES, Mesh, Mode, parse_grid
+from waferllm.mesh.virtual import COMPUTE_DTYPES, GridLike, Mesh, Mode, as_grid
 from waferllm.model.report import Provenance
 
 SCHEMA_VERSION = 1
 _UNLIMITED_SRAM_BYTES = 1 << 60  # to measure what a point that does not fit would need
+MAX_DIM = 1 << 24  # any LLM dimension fits (vocabularies are < 2**18); beyond, int64 overflows
+# Host bytes a functional run holds per operand element, an estimate: float32 (4 bytes) times
+# about 8 live copies (the host operand and its padded copy, the scattered tiles, the logical
+# blocks and the receive buffers, the output, its gather and the dense oracle's).
+_FUNCTIONAL_HOST_BYTES_PER_ELEMENT = 32
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -134,10 +140,13 @@ GEMV_ALGOS = tuple(GEMV_KERNELS)
 
 
 def _setup(
-    device: str | Device, grid: str | tuple[int, int], mode: str, dtype: str, f16_accumulate: bool
+    device: str | Device, grid: GridLike, mode: str, dtype: str, f16_accumulate: bool
 ) -> _Setup:
     dev = device if isinstance(device, Device) else get_device(device)
-    rows, cols = parse_grid(grid) if isinstance(grid, str) else (int(grid[0]), int(grid[1]))
+    parsed = as_grid(grid, "grid")
+    if parsed is None:
+        raise WaferError("bench needs a grid")
+    rows, cols = parsed
     try:
         run_mode = Mode(mode)
     except ValueError:
@@ -153,6 +162,35 @@ def _check_sizes(**sizes: int) -> None:
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise WaferError(f"--{name} must be a positive integer, got {value!r}")
+        if value > MAX_DIM:
+            raise WaferError(f"--{name}={value} is larger than the supported {MAX_DIM}")
+
+
+def available_host_bytes() -> int:
+    """Memory this machine can still give (MemAvailable on Linux, else physical memory)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_host_memory(setup: _Setup, elements: int, what: str) -> None:
+    """Functional mode: refuse up front a run whose operands would not fit in host memory
+    (estimate mode holds shapes only and is never refused)."""
+    if setup.mode is not Mode.FUNCTIONAL:
+        return
+    needed = elements * _FUNCTIONAL_HOST_BYTES_PER_ELEMENT
+    available = available_host_bytes()
+    if needed > available:
+        raise WaferError(
+            f"functional {what} needs about {needed / 1e9:.3g} GB of host memory (estimated) "
+            f"and {available / 1e9:.3g} GB are available; use --mode estimate (shapes only) "
+            "or smaller sizes"
+        )
 
 
 def _host(
@@ -220,7 +258,7 @@ def _bench(
 def bench_gemm(
     *,
     algo: str,
-    grid: str | tuple[int, int],
+    grid: GridLike,
     m: int,
     k: int,
     n: int,
@@ -244,6 +282,7 @@ def bench_gemm(
     if align_both and not ring:
         warnings.warn(f"--align-both has no effect on {algo} (it skews nothing)", stacklevel=2)
     k_stored = padded_k(setup.rows, setup.cols, k) if ring else k
+    _check_host_memory(setup, m * k_stored + k_stored * n + m * n, f"gemm {m}x{k}x{n}")
 
     def run(mesh: Mesh) -> _Run:
         gen = torch.Generator().manual_seed(seed)
@@ -272,7 +311,7 @@ def bench_gemm(
 def bench_gemv(
     *,
     algo: str,
-    grid: str | tuple[int, int],
+    grid: GridLike,
     m: int,
     n: int,
     fanouts: Sequence[int] | None = None,
@@ -296,6 +335,7 @@ def bench_gemv(
     if fanouts is not None and groups is not None:
         raise WaferError("give --fanouts or --groups, not both")
     tree = fanouts_from_groups(setup.rows, groups) if groups is not None else fanouts
+    _check_host_memory(setup, m * n + m + n, f"gemv {m}x{n}")
 
     def run(mesh: Mesh) -> _Run:
         gen = torch.Generator().manual_seed(seed)

@@ -58,6 +58,18 @@ _REQUIRED_FIELDS = (
     "vocab_size",
 )
 _DEFAULT_ROPE_THETA = 10000.0
+# Upper bounds that keep plans, estimates and their integer arithmetic small (the largest
+# public Llama-family models have 126 layers, hidden 16384, FFN 53248, vocabularies < 2**18).
+MAX_CONFIG_VALUES = {
+    "hidden_size": 1 << 18,
+    "intermediate_size": 1 << 20,
+    "num_hidden_layers": 1024,
+    "num_attention_heads": 1 << 12,
+    "num_key_value_heads": 1 << 12,
+    "head_dim": 1 << 12,
+    "vocab_size": 1 << 22,
+    "max_position_embeddings": 1 << 28,
+}
 _LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
@@ -145,6 +157,11 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ModelConfigError(f"{self.name}: {name}={value!r} must be a positive integer")
+            if value > MAX_CONFIG_VALUES[name]:
+                raise ModelConfigError(
+                    f"{self.name}: {name}={value} is larger than the supported "
+                    f"{MAX_CONFIG_VALUES[name]}"
+                )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ModelConfigError(
                 f"{self.name}: num_attention_heads={self.num_attention_heads} must be a multiple "
@@ -248,12 +265,22 @@ def from_hf_dict(raw: Mapping[str, Any], name: str) -> ModelConfig:
         if optional_null in raw:
             fields[optional_null] = raw[optional_null]
     heads = _as_int(fields, "num_attention_heads", name)
+    if heads < 1:
+        raise ModelConfigError(f"{name}: num_attention_heads={heads} must be a positive integer")
     head_dim = fields.get("head_dim") or _as_int(fields, "hidden_size", name) // heads
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int):
+        raise ModelConfigError(f"{name}: head_dim={head_dim!r} must be an integer")
     rope_theta, rope_scaling = _parse_rope(raw, name, fields["max_position_embeddings"])
     if rope_scaling is not None and architecture == "phi3":  # transformers' Phi-3 refuses it
         raise ModelConfigError(f"{name}: phi3 supports default RoPE only, not llama3 scaling")
     attention_bias = bool(fields.get("attention_bias", False)) and architecture == "llama"
     eos = fields.get("eos_token_id")
+    eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+    for token in (fields.get("bos_token_id"), *eos_ids):
+        if token is not None and (isinstance(token, bool) or not isinstance(token, int)):
+            raise ModelConfigError(
+                f"{name}: bos_token_id/eos_token_id {token!r} must be an integer or null"
+            )
     return ModelConfig(
         name=name,
         architecture=architecture,
@@ -262,10 +289,10 @@ def from_hf_dict(raw: Mapping[str, Any], name: str) -> ModelConfig:
         num_hidden_layers=_as_int(fields, "num_hidden_layers", name),
         num_attention_heads=heads,
         num_key_value_heads=_as_int(fields, "num_key_value_heads", name, default=heads),
-        head_dim=int(head_dim),
+        head_dim=head_dim,
         vocab_size=_as_int(fields, "vocab_size", name),
         max_position_embeddings=_as_int(fields, "max_position_embeddings", name),
-        rms_norm_eps=float(fields.get("rms_norm_eps", 1e-6)),
+        rms_norm_eps=_as_float(fields, "rms_norm_eps", name, default=1e-6),
         rope_theta=rope_theta,
         rope_scaling=rope_scaling,
         qkv_bias=attention_bias or architecture == "qwen2",
@@ -274,7 +301,7 @@ def from_hf_dict(raw: Mapping[str, Any], name: str) -> ModelConfig:
         tie_word_embeddings=bool(fields.get("tie_word_embeddings", False)),
         sliding_window=_sliding_window(architecture, fields, name),
         bos_token_id=fields.get("bos_token_id"),
-        eos_token_ids=tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,)),
+        eos_token_ids=eos_ids,
     )
 
 
@@ -283,6 +310,13 @@ def _as_int(fields: Mapping[str, Any], key: str, name: str, default: int | None 
     if isinstance(value, bool) or not isinstance(value, int):
         raise ModelConfigError(f"{name}: {key}={value!r} must be an integer")
     return value
+
+
+def _as_float(fields: Mapping[str, Any], key: str, name: str, default: float) -> float:
+    value = fields.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ModelConfigError(f"{name}: {key}={value!r} must be a finite number")
+    return float(value)
 
 
 def _refuse_unsupported_fields(raw: Mapping[str, Any], name: str) -> None:
@@ -331,21 +365,26 @@ def _parse_rope(
             f"supported rope types: {', '.join(SUPPORTED_ROPE_TYPES)}"
         )
     theta = params.get("rope_theta")
-    theta = float(raw.get("rope_theta") or _DEFAULT_ROPE_THETA) if theta is None else float(theta)
+    if theta is None:
+        theta = raw.get("rope_theta") or _DEFAULT_ROPE_THETA
+    theta = _as_float({"rope_theta": theta}, "rope_theta", name, default=_DEFAULT_ROPE_THETA)
     if rope_type == "default":
         return theta, None
-    try:
-        scaling = RopeScaling(
-            rope_type=rope_type,
-            factor=float(params["factor"]),
-            low_freq_factor=float(params["low_freq_factor"]),
-            high_freq_factor=float(params["high_freq_factor"]),
-            original_max_position_embeddings=int(
-                params.get("original_max_position_embeddings", max_position_embeddings)
-            ),
+    missing = [f for f in ("factor", "low_freq_factor", "high_freq_factor") if f not in params]
+    if missing:
+        raise ModelConfigError(f"{name}: llama3 rope scaling lacks field {missing[0]!r}")
+    original = params.get("original_max_position_embeddings", max_position_embeddings)
+    if isinstance(original, bool) or not isinstance(original, int):
+        raise ModelConfigError(
+            f"{name}: original_max_position_embeddings={original!r} must be an integer"
         )
-    except KeyError as missing:
-        raise ModelConfigError(f"{name}: llama3 rope scaling lacks field {missing}") from None
+    scaling = RopeScaling(
+        rope_type=rope_type,
+        factor=_as_float(params, "factor", name, default=math.nan),
+        low_freq_factor=_as_float(params, "low_freq_factor", name, default=math.nan),
+        high_freq_factor=_as_float(params, "high_freq_factor", name, default=math.nan),
+        original_max_position_embeddings=original,
+    )
     return theta, scaling
 
 
@@ -366,6 +405,8 @@ def _sliding_window(architecture: str, fields: Mapping[str, Any], name: str) -> 
     if architecture == "llama":
         return None
     window = fields.get("sliding_window")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int)):
+        raise ModelConfigError(f"{name}: sliding_window={window!r} must be an integer or null")
     if architecture in ("mistral", "phi3") or window is None:
         return window
     if not fields.get("use_sliding_window", False):

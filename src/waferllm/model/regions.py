@@ -47,15 +47,24 @@ class PhaseRegions:
         return (Axis.X, x1 - x0) if y0 == y1 else (Axis.Y, y1 - y0)
 
 
-def region_origins(device: Device, grid: tuple[int, int]) -> list[tuple[int, int]]:
-    """Top-left cores of the grid-shaped slots of the device, serpentine so neighbours touch."""
+def region_count(device: Device, grid: tuple[int, int]) -> int:
+    """How many grid-shaped slots tile the device (counted, not listed)."""
+    return (device.mesh_cols // grid[1]) * (device.mesh_rows // grid[0])
+
+
+def region_origins(
+    device: Device, grid: tuple[int, int], *, limit: int | None = None
+) -> list[tuple[int, int]]:
+    """Top-left cores of the grid-shaped slots of the device, serpentine so neighbours touch;
+    the first `limit` only when given (a huge device has millions of slots)."""
     rows, cols = grid
     across, down = device.mesh_cols // cols, device.mesh_rows // rows
+    wanted = across * down if limit is None else min(limit, across * down)
     out: list[tuple[int, int]] = []
-    for i in range(down):
+    for i in range(-(-wanted // across) if across else 0):
         order = range(across) if i % 2 == 0 else range(across - 1, -1, -1)
         out.extend((i * rows, j * cols) for j in order)
-    return out
+    return out[:wanted]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -86,27 +95,29 @@ def plan_phase(
     what: str,
 ) -> PhaseRegions:
     """The fewest regions whose per-core bytes fit, layers split as evenly as possible."""
-    origins = region_origins(device, grid)
-    if not origins:
+    available = region_count(device, grid)
+    if not available:
         raise WaferError(f"{what} grid {grid[0]}x{grid[1]} is larger than the {device.name} mesh")
     if mode is PlacementMode.PER_LAYER:
         one = np.array([1])
         if not _fits(footprint, one, capacity_bytes)[0]:
             _overflow(what, footprint, 1, capacity_bytes, grid, "per-layer: one layer")
-        return PhaseRegions(grid, (Region(0, origins[0], range(num_layers)),))
+        origin = region_origins(device, grid, limit=1)[0]
+        return PhaseRegions(grid, (Region(0, origin, range(num_layers)),))
     for count in range(1, num_layers + 1):
         sizes = split_sizes(num_layers, count)
         if _fits(footprint, sizes, capacity_bytes).all():
             break
     else:
         _overflow(what, footprint, 1, capacity_bytes, grid, "one layer per region")
-    if count > len(origins):
-        wafers = math.ceil(count / len(origins))
+    if count > available:
+        wafers = math.ceil(count / available)
         raise WaferError(
             f"the model does not fit one {device.name}: {what} needs {count} regions of "
-            f"{grid[0]}x{grid[1]} cores and the device has {len(origins)} (about {wafers} "
+            f"{grid[0]}x{grid[1]} cores and the device has {available} (about {wafers} "
             f"wafers); use a larger grid, placement per-layer, or a larger device"
         )
+    origins = region_origins(device, grid, limit=count)
     starts = np.cumsum(sizes) - sizes
     regions = tuple(
         Region(i, origins[i], range(int(s), int(s + n)))
