@@ -12,6 +12,10 @@ class WaferError(ValueError):
     """A user mistake or an infeasible request: bad input, a plan that cannot run."""
 
 
+class NonFiniteError(WaferError):
+    """A computation produced NaN or infinite values (e.g. float16 overflow on large weights)."""
+
+
 class GridError(WaferError):
     """A grid that is malformed, too large for the device, or unusable for an algorithm."""
 

@@ -48,3 +48,26 @@ def test_a_wafer_error_raised_anywhere_is_a_user_error(monkeypatch, capsys):
 def test_long_messages_are_capped_to_one_short_line():
     text = one_line(WaferError("x" * 10_000 + "\n" + "y"))
     assert len(text) <= 500 and "\n" not in text and text.endswith("...")
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        MemoryError(),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"
+        ),
+    ],
+    ids=["MemoryError", "torch-allocator"],
+)
+def test_running_out_of_host_memory_is_one_clear_line_and_exit_2(monkeypatch, capsys, exc):
+    _patch_devices(monkeypatch, exc)
+    assert main(["devices"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("waferllm: error: out of host memory") and err.count("\n") == 1
+
+
+def test_another_runtime_error_is_still_a_bug(monkeypatch, capsys):
+    _patch_devices(monkeypatch, RuntimeError("shape mismatch"))
+    assert main(["devices"]) == 1
+    assert "internal error: RuntimeError: shape mismatch" in capsys.readouterr().err

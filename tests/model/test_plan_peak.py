@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
+from helpers.weights import random_weights
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +21,6 @@ from waferllm.model.config import ModelConfig, from_hf_dict
 from waferllm.model.placement import PlacementMode, ResidentLayouts
 from waferllm.model.plan import plan_model
 from waferllm.model.transformer import MeshTransformer
-from waferllm.model.weights import LayerWeights, ModelWeights
 
 # The 135M-parameter Llama shape of issue 11 (SmolLM-135M's config.json fields).
 SHAPE_135M = {
@@ -35,48 +34,6 @@ SHAPE_135M = {
     "tie_word_embeddings": True,
     "max_position_embeddings": 8192,
 }
-
-
-def random_weights(config: ModelConfig, seed: int = 0) -> ModelWeights:
-    """Small random weights in HF orientation, built in memory (no checkpoint file)."""
-    gen = torch.Generator().manual_seed(seed)
-    d, f, v, q, kv = (
-        config.hidden_size,
-        config.intermediate_size,
-        config.vocab_size,
-        config.q_size,
-        config.kv_size,
-    )
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen) / shape[-1] ** 0.5
-
-    layers = tuple(
-        LayerWeights(
-            wq=rand(q, d),
-            wk=rand(kv, d),
-            wv=rand(kv, d),
-            wo=rand(d, q),
-            bq=None,
-            bk=None,
-            bv=None,
-            bo=None,
-            w_gate=rand(f, d),
-            w_up=rand(f, d),
-            w_down=rand(d, f),
-            b_gate=None,
-            b_up=None,
-            b_down=None,
-            attn_norm=torch.ones(d),
-            mlp_norm=torch.ones(d),
-        )
-        for _ in range(config.num_hidden_layers)
-    )
-    embed = rand(v, d)
-    lm_head = embed if config.tie_word_embeddings else rand(v, d)
-    return ModelWeights(
-        config=config, embed=embed, layers=layers, final_norm=torch.ones(d), lm_head=lm_head
-    )
 
 
 def _plans(config: ModelConfig, device: Device, prefill: tuple[int, int], decode: tuple[int, int]):

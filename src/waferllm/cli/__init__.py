@@ -53,16 +53,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except MemoryError as exc:  # the host ran out: a request too large for this machine
+        print(f"waferllm: error: out of host memory: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if not _is_allocator_error(exc):
+            return _internal_error(exc)
+        print(f"waferllm: error: out of host memory: {one_line(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("waferllm: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - a bug: one line, never a traceback
-        print(
-            f"waferllm: internal error: {type(exc).__name__}: {one_line(exc)} (a bug; please "
-            "report it with the command line)",
-            file=sys.stderr,
-        )
-        return 1
+        return _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> int:
+    print(
+        f"waferllm: internal error: {type(exc).__name__}: {one_line(exc)} (a bug; please "
+        "report it with the command line)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _is_allocator_error(exc: RuntimeError) -> bool:
+    """torch reports a failed host allocation as a RuntimeError, not a MemoryError."""
+    text = str(exc)
+    return "can't allocate memory" in text or "not enough memory" in text
 
 
 def version_string() -> str:

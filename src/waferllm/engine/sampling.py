@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from waferllm.errors import WaferError
+from waferllm.errors import NonFiniteError, WaferError
 
 # Legend: V vocabulary size.
 
@@ -97,7 +97,13 @@ class Sampler:
     def probabilities(self, logits_V: torch.Tensor) -> torch.Tensor:
         """The distribution the next token is drawn from, float64, zero outside top-k/top-p."""
         assert logits_V.dim() == 1, logits_V.shape
-        scaled_V = logits_V.to(torch.float64) / self.params.temperature
+        if bool(logits_V.isnan().any() | logits_V.isposinf().any()) or not bool(
+            (logits_V > -math.inf).any()
+        ):  # -inf alone is a masked token; NaN, +inf or nothing finite leave no distribution
+            raise NonFiniteError("the logits hold NaN or inf; no distribution to sample from")
+        # shifted by the max first: a tiny temperature then gives -inf, not inf - inf = nan
+        logits_V = logits_V.to(torch.float64)
+        scaled_V = (logits_V - logits_V.max()) / self.params.temperature
         if self.params.top_k is not None and self.params.top_k < scaled_V.numel():
             kth = torch.topk(scaled_V, self.params.top_k).values[-1]
             scaled_V = scaled_V.masked_fill(scaled_V < kth, -math.inf)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from waferllm.device import Device
-from waferllm.errors import SramOverflowError, WaferError
+from waferllm.errors import NonFiniteError, SramOverflowError, WaferError
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
 from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
@@ -466,12 +466,32 @@ class MeshTransformer:
         position: int,
         algorithm: ReduceAlgorithm = ReduceAlgorithm.KTREE,
     ) -> StepOutput:
+        if self.mode is Mode.FUNCTIONAL:
+            self._check_finite(logits, position)
         token = vocab.argmax_token(logits, ledger, algorithm=algorithm)
         self._drop_logits()
         self._logits = logits  # kept on the mesh until the next call, for fetch_logits
         return StepOutput(token=token, position=position, logits=logits)
 
     # ---- helpers -----------------------------------------------------------------------------
+    def _check_finite(self, logits: DistTensor, position: int) -> None:
+        """Stop with a clear error when the logits behind the next token hold NaN or inf (the
+        argmax of such logits is meaningless); float16 compute names the likely cause."""
+        values = logits.mesh.gather(logits)  # host copy, uncharged: a check, not a transfer
+        if bool(torch.isfinite(values).all()):
+            return
+        step = "the prefill" if position == self._prompt_len else f"position {position - 1}"
+        dtype = logits.mesh.compute_dtype
+        cause = (
+            f"{dtype} overflow: values beyond the float16 range (+-65504); use dtype float32"
+            if dtype in (torch.float16, torch.bfloat16)
+            else "check the checkpoint's weights for NaN, inf or huge values"
+        )
+        raise NonFiniteError(
+            f"the logits of {step} (generated token {position - self._prompt_len + 1}) hold "
+            f"NaN or inf; {cause}"
+        )
+
     def _check_ids(self, token_ids: Sequence[int]) -> list[int]:
         ids = [int(t) for t in token_ids]
         if not ids:
