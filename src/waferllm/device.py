@@ -318,6 +318,8 @@ def parse_set_options(items: list[str]) -> dict[str, str]:
 def load_device(path: str | Path) -> Device:
     """A device from a JSON file: every field, or `"base": "<preset>"` plus the fields to change."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise WaferError(f"device file {str(path)!r} is not a regular file")
     try:
         raw = json.loads(path.read_text())
     except OSError as exc:

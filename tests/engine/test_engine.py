@@ -41,8 +41,11 @@ class FakeOutput:
 class FakeModel:
     """Prefill costs 1000 cycles per token, a decode step 100 + 10 per cached token."""
 
-    def __init__(self, capacity: int = 40, max_prompt_tokens: int = 60) -> None:
+    def __init__(
+        self, capacity: int = 40, max_prompt_tokens: int = 60, max_positions: int = 4096
+    ) -> None:
         self.device = tiny()
+        self.max_position_embeddings = max_positions
         self.vocab_size = VOCAB
         self.eos_token_ids = (EOS,)
         self.capacity = capacity
@@ -256,3 +259,13 @@ def test_breakdown_splits_phases_and_reports_host_io_apart():
     assert out["sampling_host_io"] == {"host_io_s": 12 * 5000 / clock, "host_io_bytes": 12 * 22}
     assert out["finish_reason"] == "length"
     assert out["sampling"]["seed"] == 1
+
+
+def test_a_request_longer_than_max_position_embeddings_is_refused_before_it_runs():
+    model = FakeModel(capacity=40, max_prompt_tokens=30, max_positions=12)
+    engine = Engine(model)
+    with pytest.raises(RequestError, match="14 positions, more than .*max_position_embeddings=12"):
+        engine.generate([2] * 10, SamplingParams(max_tokens=5))
+    assert model.calls == []
+    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    assert len(engine.generate([2] * 10, params).run().token_ids) == 3

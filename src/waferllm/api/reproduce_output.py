@@ -12,6 +12,7 @@ import datetime
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -92,10 +93,20 @@ def to_markdown(result: Reproduction, *, header: dict[str, str] | None = None) -
     return "\n".join(out)
 
 
+RESULT_FILE_MODE = 0o644  # results are for reading by others (mkstemp creates 0600)
+
+
+def file_safe(name: str) -> str:
+    """A name usable inside a file name: letters, digits, '.', '_' and '-' only, so that a
+    device named 'x/../../escaped' cannot place a file outside the output folder."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "_"
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.fchmod(fd, RESULT_FILE_MODE)
     except OSError as exc:
         raise WaferError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
@@ -118,7 +129,7 @@ def write_artifacts(
     """Write the Markdown, the JSON and (with matplotlib) the plots; returns their paths."""
     out = Path(out_dir)
     stamp = date or datetime.date.today().isoformat()
-    stem = f"reproduce_{result.device.name}_{stamp}"
+    stem = f"reproduce_{file_safe(result.device.name)}_{stamp}"
     record = {**result.to_dict(), **({"run": header} if header else {})}
     paths = [out / f"{stem}.md", out / f"{stem}.json"]
     _write_atomic(paths[0], to_markdown(result, header=header).encode())
@@ -145,7 +156,7 @@ def _plots(result: Reproduction, out: Path, stamp: str) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    device = result.device.name
+    device = file_safe(result.device.name)
     paths = []
     fig = _throughput_vs_grid(plt, result)
     paths.append(_save(fig, out / f"reproduce_throughput_vs_grid_{device}_{stamp}.png"))
@@ -158,6 +169,7 @@ def _plots(result: Reproduction, out: Path, stamp: str) -> list[Path]:
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.fchmod(fd, RESULT_FILE_MODE)
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")

@@ -119,6 +119,7 @@ def write_atomic(path: str | Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.fchmod(fd, 0o644)  # a result file others may read (mkstemp creates 0600)
     except OSError as exc:
         raise WaferError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:

@@ -55,6 +55,11 @@ class GenerativeModel(Protocol):
         """The longest prompt the prefill plan's SRAM holds."""
         ...
 
+    @property
+    def max_position_embeddings(self) -> int:
+        """The longest sequence the model was trained for (its config's field)."""
+        ...
+
     def kv_capacity_tokens(self, *, prompt_len: int) -> int:
         """Largest total context (prompt + fed-back tokens) the KV cache holds after a prompt
         of `prompt_len` tokens (the concat policy's depends on the prompt)."""
@@ -170,6 +175,13 @@ class Engine:
             raise RequestError(
                 f"prompt token id {bad[0]!r} is not in the vocabulary [0, {vocab})"
                 + (f" ({len(bad)} such ids)" if len(bad) > 1 else "")
+            )
+        positions = self.model.max_position_embeddings
+        if len(ids) + params.max_tokens - 1 > positions:  # SPEC.md §9
+            raise RequestError(
+                f"the prompt has {len(ids)} tokens and max_tokens={params.max_tokens}: "
+                f"{len(ids) + params.max_tokens - 1} positions, more than the model's "
+                f"max_position_embeddings={positions}; shorten the prompt or lower max_tokens"
             )
         if len(ids) > self.model.max_prompt_tokens:
             raise RequestError(

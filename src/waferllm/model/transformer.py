@@ -159,6 +159,10 @@ class MeshTransformer:
         return self.config.eos_token_ids
 
     @property
+    def max_position_embeddings(self) -> int:
+        return self.config.max_position_embeddings
+
+    @property
     def max_prompt_tokens(self) -> int:
         """The longest prompt the prefill plan's SRAM holds (an upper-bound estimate)."""
         return self.plan.max_prompt_tokens

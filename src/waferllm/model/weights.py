@@ -90,13 +90,25 @@ def safetensors_files(path: Path) -> list[Path]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"cannot read the shard index {index}: {err!r}") from None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) for v in weight_map.values()
+        ):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to file names")
         files = [path / name for name in sorted(set(weight_map.values()))]
-        absent = [f.name for f in files if not f.is_file()]
+        root = path.resolve()
+        outside = [f.name for f in files if not f.resolve().is_relative_to(root)]
+        if outside:
+            raise CheckpointError(
+                f"{index} lists shards outside the checkpoint directory: {', '.join(outside)}"
+            )
+        absent = [f.name for f in files if not f.exists()]
         if absent:
             raise CheckpointError(f"{index} lists shards that are missing: {', '.join(absent)}")
+        _regular_files_only(files)
         return files
     files = sorted(path.glob("*.safetensors"))
     if files:
+        _regular_files_only(files)
         return files
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
     if pickles:
@@ -106,6 +118,13 @@ def safetensors_files(path: Path) -> list[Path]:
             "from_pretrained(...).save_pretrained(dir) writes model.safetensors"
         )
     raise CheckpointError(f"{path} holds no *.safetensors weight files")
+
+
+def _regular_files_only(files: list[Path]) -> None:
+    """Refuse FIFOs, devices and directories (opening a FIFO would wait forever)."""
+    odd = [f.name for f in files if not f.is_file()]
+    if odd:
+        raise CheckpointError(f"weight files must be regular files: {', '.join(odd)} is not")
 
 
 def _open_all(files: list[Path]) -> dict[str, Any]:
