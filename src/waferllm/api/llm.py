@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,11 @@ class StreamChunk:
 
 def _as_batch(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     """One prompt (text or ids) or a list of them -> a list of prompts."""
+    if isinstance(prompts, bytes | bytearray | memoryview):
+        raise TypeError(
+            "prompts must be text (str) or lists of token ids, not bytes; decode the bytes "
+            "(e.g. data.decode('utf-8')) or pass list(token_ids)"
+        )
     if isinstance(prompts, str):
         return [prompts]
     items = list(prompts)
@@ -95,7 +101,9 @@ class LLM:
     grid, the smallest square grid that holds the model with room for a few hundred tokens
     of context is used for both (`default_grids`).
 
-    One object serves one request at a time: calls from several threads are serialised."""
+    One object serves one request at a time: `generate` and `stream` calls from several
+    threads are serialised by a lock (each waits for the request in flight); an unfinished
+    `stream()` on the calling thread makes a second request there raise `WaferError`."""
 
     def __init__(
         self,
@@ -139,6 +147,24 @@ class LLM:
         decode = self._grid(grid, "grid") or self._grid(decode_grid, "decode_grid")
         self.model = self._place(checkpoint.weights, prefill, decode)
         self.engine = Engine(self.model)
+        # One request at a time: the model's KV cache and logits are per-object state.
+        self._lock = threading.Lock()
+        self._owner: int | None = None  # the thread running a request, while one runs
+
+    def _acquire(self) -> None:
+        """Wait for the request in flight in another thread; refuse to wait on this thread's
+        own unfinished `stream()` (that would deadlock, and interleaving would mix caches)."""
+        if self._owner == threading.get_ident():
+            raise WaferError(
+                "this LLM is already running a request in this thread (an unfinished "
+                "stream()); consume or close() it first: one LLM serves one request at a time"
+            )
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+
+    def _release(self) -> None:
+        self._owner = None
+        self._lock.release()
 
     def _grid(self, value: Grid | None, name: str) -> tuple[int, int] | None:
         parsed = as_grid(value, name)
@@ -225,18 +251,35 @@ class LLM:
         for ids in encoded:
             self.engine.validate(ids, params)
         outputs = []
-        for prompt, ids in zip(batch, encoded, strict=True):
-            *_, last = self._stream(prompt, ids, params)
-            assert last.output is not None
-            outputs.append(last.output)
+        self._acquire()
+        try:
+            for prompt, ids in zip(batch, encoded, strict=True):
+                *_, last = self._stream(prompt, ids, params)
+                assert last.output is not None
+                outputs.append(last.output)
+        finally:
+            self._release()
         return outputs
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[StreamChunk]:
-        """Generate for one prompt, one chunk per token as it is produced."""
+        """Generate for one prompt, one chunk per token as it is produced. The request holds
+        the LLM from its first chunk until it is consumed, closed or dropped: other threads
+        wait; a second stream or generate on the same thread meanwhile raises `WaferError`."""
         params = params or SamplingParams()
+        if isinstance(prompt, bytes | bytearray | memoryview):
+            _as_batch(prompt)  # raises the TypeError
         ids = self.encode(prompt)
         self.engine.validate(ids, params)
-        return self._stream(prompt, ids, params)
+        return self._held(prompt, ids, params)
+
+    def _held(
+        self, prompt: Prompt, ids: list[int], params: SamplingParams
+    ) -> Iterator[StreamChunk]:
+        self._acquire()
+        try:
+            yield from self._stream(prompt, ids, params)
+        finally:
+            self._release()
 
     def _stream(
         self, prompt: Prompt, ids: list[int], params: SamplingParams
