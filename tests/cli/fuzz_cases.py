@@ -240,6 +240,7 @@ def argv(draw: st.DrawFn, corpus: Corpus) -> list[str]:
     else:  # reproduce: bad options only (a full reproduction takes seconds; tested elsewhere)
         line = ["reproduce", "--out-dir", corpus.out_dir, "--no-plot"]
         line += draw(st.sampled_from((["--nope"], ["--device", "nope"], ["--set", "x"])))
+        common = []  # a valid --device after the bad one would run the whole reproduction
     junk = (
         [draw(st.sampled_from(("--nope", "-x", "--json=1", "extra")))]
         if draw(st.integers(0, 9)) == 0
