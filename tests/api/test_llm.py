@@ -226,7 +226,7 @@ def test_bad_settings_raise_clear_errors(llama_checkpoint, kwargs, error, messag
     [
         ([], SamplingParams(), "empty"),
         ([0, 301], SamplingParams(), r"token id 301 is not in the vocabulary \[0, 301\)"),
-        (PROMPT, SamplingParams(max_tokens=10**6), "only .* new tokens fit"),
+        (PROMPT, SamplingParams(max_tokens=10**6), "more than the model.s max_position_embed"),
         ([3.5], SamplingParams(), "token id 3.5"),
     ],
 )

@@ -206,7 +206,7 @@ BAD_ARGS = {
     "top-k zero": (["--temperature", "1", "--top-k", "0"], "top_k=0 must be"),
     "no tokens": (["--max-new-tokens", "0"], "max_tokens=0 must be"),
     "negative seed": (["--temperature", "1", "--seed", "-3"], "seed=-3 must be"),
-    "too many new tokens": (["--max-new-tokens", "100000000"], "new tokens fit"),
+    "too many new tokens": (["--max-new-tokens", "100000000"], "max_position_embeddings=256"),
     "bad dtype": (["--dtype", "float8"], "invalid choice: 'float8'"),
     "bad kv cache": (["--kv-cache", "paged"], "invalid choice: 'paged'"),
 }
@@ -258,7 +258,7 @@ def test_text_prompt_without_tokenizer_fails_with_one_line(capsys, checkpoint_fa
 
 @pytest.mark.parametrize(
     ("prompt_len", "message"),
-    [(100, "more than the KV cache holds"), (1000, "the prefill plan holds at most")],
+    [(100, "more than the KV cache holds"), (1000, "max_position_embeddings=256")],
 )
 def test_prompts_too_long_fail_before_any_text(capsys, llama_checkpoint, prompt_len, message):
     small = ["--prefill-grid", "8", "--decode-grid", "2", "--set", "sram_bytes_per_core=16384"]
