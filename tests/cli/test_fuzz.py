@@ -100,3 +100,10 @@ def test_the_same_cases_as_real_subprocesses(corpus, line):
     assert "Traceback" not in done.stderr
     if done.returncode == 2:
         assert done.stderr.count("\n") == 1 and done.stdout == ""
+
+
+def test_a_refused_request_prints_its_error_line_only_not_the_warnings_before_it(corpus):
+    """Found by benchmarks/fuzz_cli.py: a settings warning came before the error line."""
+    line = ["generate", "--model", "no-such-dir", "--prompt-ids", "1", "--top-k", "3"]
+    outcome = run_case(line)
+    assert outcome.code == 2 and not problems(outcome), outcome.stderr
