@@ -6,41 +6,31 @@ from __future__ import annotations
 import torch
 
 from waferllm.model.config import ModelConfig
+from waferllm.model.family import family_of
 from waferllm.model.weights import LayerWeights, ModelWeights
 
 
 def random_weights(config: ModelConfig, seed: int = 0) -> ModelWeights:
-    """Small random weights in HF orientation, built in memory (no checkpoint file)."""
+    """Small random weights in HF orientation, every layer tensor of the config's family
+    table: matrices scaled by 1/sqrt(fan_in), vectors (norms, biases) near 1."""
     gen = torch.Generator().manual_seed(seed)
-    d, f, v, q, kv = (
-        config.hidden_size,
-        config.intermediate_size,
-        config.vocab_size,
-        config.q_size,
-        config.kv_size,
-    )
+    d, v = config.hidden_size, config.vocab_size
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen) / shape[-1] ** 0.5
 
+    def vector(n: int) -> torch.Tensor:
+        return 1 + 0.1 * torch.randn(n, generator=gen)
+
+    rows = family_of(config).tensors(config)
     layers = tuple(
         LayerWeights(
-            wq=rand(q, d),
-            wk=rand(kv, d),
-            wv=rand(kv, d),
-            wo=rand(d, q),
-            bq=None,
-            bk=None,
-            bv=None,
-            bo=None,
-            w_gate=rand(f, d),
-            w_up=rand(f, d),
-            w_down=rand(d, f),
-            b_gate=None,
-            b_up=None,
-            b_down=None,
-            attn_norm=torch.ones(d),
-            mlp_norm=torch.ones(d),
+            {
+                t.name: rand(*t.shape(config))
+                if len(t.shape(config)) > 1
+                else vector(*t.shape(config))
+                for t in rows
+            }
         )
         for _ in range(config.num_hidden_layers)
     )

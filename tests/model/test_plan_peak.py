@@ -17,6 +17,7 @@ from waferllm.device import Device, tiny
 from waferllm.engine.engine import Engine
 from waferllm.engine.sampling import SamplingParams
 from waferllm.errors import WaferError
+from waferllm.estimate.cost import DecodeWalks
 from waferllm.model.config import ModelConfig, from_hf_dict
 from waferllm.model.placement import PlacementMode, ResidentLayouts
 from waferllm.model.plan import plan_model
@@ -132,5 +133,5 @@ def test_the_135m_shape_on_its_default_grid_has_room_for_the_previous_steps_logi
     model = MeshTransformer(config, None, device=tiny(), prefill_grid=(9, 9), decode_grid=(9, 9))
     output_len = model.max_new_tokens(3)
     assert output_len > 1000
-    model.decode_cost(3, output_len)  # raises SramOverflowError if the plan under-counts
+    DecodeWalks(model).decode(3, output_len)  # SramOverflowError if the plan under-counts
     assert model.peak_sram_bytes_per_core() <= tiny().sram_bytes_per_core
