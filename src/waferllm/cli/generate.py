@@ -134,10 +134,6 @@ def run(args: argparse.Namespace) -> int:
         if args.chat:
             prompt = llm.chat_prompt([{"role": "user", "content": args.prompt}])
         llm.check_request(prompt, params)
-    # settings without effect: one line each, once the request is accepted (a refused one
-    # prints only its error line)
-    for warning in caught:
-        print(f"waferllm: warning: {warning.message}", file=sys.stderr)
     stream = sys.stderr if args.json else sys.stdout
     output = _stream(llm, prompt, params, stream)
     # settings without effect: in the report, and one stderr line each, as errors are
