@@ -51,6 +51,7 @@ class Device:
     vector_instr_floor_cycles: float  # minimum cycles of one vector instruction (issue latency)
     step_overhead_cycles: float  # fixed cost of one compute-shift step (task switch, sync)
     op_overhead_cycles: float  # fixed cost of one sequential operation (task/collective start)
+    scalar_cycles_per_element: float  # one scalar (non-SIMD) instruction: fast_exp step, divide
     host_io_bytes_per_s: float  # host <-> wafer transfer rate for prompts, tokens, logits
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
@@ -99,6 +100,7 @@ class Device:
             "vector_instr_floor_cycles",
             "step_overhead_cycles",
             "op_overhead_cycles",
+            "scalar_cycles_per_element",
         )
         for field in non_negative:
             value = getattr(self, field)
@@ -147,6 +149,8 @@ def _wse_common() -> dict[str, Any]:
         power_w=15_000.0,
         vector_instr_floor_cycles=8.0,
         step_overhead_cycles=89.3,
+        op_overhead_cycles=5.7,
+        scalar_cycles_per_element=15.0,
         host_io_bytes_per_s=1.2e12,
     )
 
@@ -172,6 +176,21 @@ _COMMON_SOURCES = {
         "(fitting it on WSE-2 too breaks PAPER.md §3.1's flat 2K MeshGEMM)"
     ),
     "host_io_bytes_per_s": "placeholder: host I/O is reported apart from every TPR",
+    "op_overhead_cycles": (
+        "calibrated on PAPER.md §4 WSE-3 MeshGEMV points (M=N=8P, group_num 8; each a local "
+        "GEMV, a reduce and a broadcast, started one after the other; fit residuals -0.8% to "
+        "+1.4%): a task activation per sequential operation, shared by WSE-2 (same core and "
+        "runtime); the per-layer decode work it used to absorb on WSE-2 (121.7 cycles) is now "
+        "the scalar loops below"
+    ),
+    "scalar_cycles_per_element": (
+        "calibrated on PAPER.md §3.3's LLaMA3-8B decode rows (420/540/660, per-layer; fit "
+        "residuals -8.7%, +0.7%, +7.8%), shared by WSE-2 and WSE-3 (same core ISA): one scalar "
+        "instruction of the decode layer's per-element loops (code notes §3.4: fast_exp's "
+        "multiply-add and two squarings, softmax's divide per element, SiLU's "
+        "v/(1+fast_exp(-v)), RMSNorm's divide, sqrt and reciprocal per token); division and "
+        "square root are software routines on the core, hence the tens-of-cycles scale"
+    ),
 }
 
 
@@ -182,27 +201,21 @@ def wse2() -> Device:
         mesh_rows=994,
         mesh_cols=750,
         flops_per_cycle_per_core=8.0,
-        stage_latency_cycles=0.8,
-        **{**_wse_common(), "vector_instr_floor_cycles": 10.12, "op_overhead_cycles": 121.7},
+        stage_latency_cycles=10.0,
+        **{**_wse_common(), "vector_instr_floor_cycles": 9.8},
         sources={
             **_COMMON_SOURCES,
             "vector_instr_floor_cycles": (
                 "calibrated on PAPER.md §3.3's LLaMA3-8B prefill rows (480/600/720, per-layer; "
-                "benchmarks/calibrate_llm.py; fit residuals -9.6%, +6.8%, +2.0%): the core's "
-                "SIMD pipeline differs from WSE-3's; Table 6 does not see it (SRAM-bound GEMV)"
+                "fit residuals -9.0%, +7.6%, +3.2%): the core's SIMD pipeline differs from "
+                "WSE-3's; Table 6 does not see it (SRAM-bound GEMV)"
             ),
             "stage_latency_cycles": (
-                "calibrated on PAPER.md §3.2 Table 6 MeshGEMV WSE-2 column at 720x720 "
-                "(fit residuals +9.2%, +3.2%) jointly with the op overhead on PAPER.md §3.3's "
-                "LLaMA3-8B decode rows (benchmarks/calibrate_llm.py; least squares, beta "
-                "scanned): far below WSE-3's, it absorbs what the op overhead adds to Table 6"
-            ),
-            "op_overhead_cycles": (
-                "calibrated on PAPER.md §3.3's LLaMA3-8B decode rows (420/540/660, per-layer; "
-                "fit residuals +0.5%, +4.6%, +9.2%) jointly with beta on §3.2 Table 6 "
-                "(benchmarks/calibrate_llm.py; minimax between the two at the least-squares "
-                "beta): decode is ~46 sequential operations per layer; WSE-3's §4 GEMV "
-                "kernels see 5.7 cycles"
+                "calibrated on PAPER.md §3.2 Table 6 MeshGEMV WSE-2 column at 720x720 with the "
+                "default K = 2 tree (fit residuals +0.3%, -2.1%) and §3.3's LLaMA3-8B decode "
+                "rows; above alpha (PLMR). Not shared with WSE-3 (34.3): no one beta fits both "
+                "Table 6 (wants ~10) and §4's group_num 8 MeshGEMV points (want ~34; at 10 they "
+                "are ~45% fast), see benchmarks/fidelity.py's shared-beta row"
             ),
             "mesh_rows": "PAPER.md §2.1 usable rectangle (994 rows)",
             "mesh_cols": "PAPER.md §2.1 usable rectangle (750 columns)",
@@ -219,7 +232,6 @@ def wse3() -> Device:
         mesh_cols=755,
         flops_per_cycle_per_core=16.0,
         stage_latency_cycles=34.3,
-        op_overhead_cycles=5.7,
         **_wse_common(),
         sources={
             **_COMMON_SOURCES,
@@ -227,12 +239,6 @@ def wse3() -> Device:
                 "calibrated on PAPER.md §4 WSE-3 MeshGEMV points (M=N=8P, group_num 8) with the "
                 "floor and the step and op overheads (benchmarks/calibrate_wafer.py; fit "
                 "residuals -0.8% to +1.4%)"
-            ),
-            "op_overhead_cycles": (
-                "calibrated on PAPER.md §4 WSE-3 MeshGEMV points (M=N=8P, group_num 8; each a "
-                "local GEMV, a reduce and a broadcast, started one after the other) with the "
-                "floor, step overhead and beta (benchmarks/calibrate_wafer.py; fit residuals "
-                "-0.8% to +1.4%)"
             ),
             "mesh_rows": "PAPER.md §2.1 usable rectangle (1170 rows)",
             "mesh_cols": "PAPER.md §2.1 usable rectangle (755 columns)",

@@ -27,7 +27,9 @@ from waferllm.mesh.compute import matmul_cycles, vector_op_cycles
 from waferllm.mesh.geometry import ring_successor
 from waferllm.model.kv_cache import KvPolicy, KvStore, RowCounts
 
-DEVICE = dataclasses.replace(tiny(), step_overhead_cycles=5.0, op_overhead_cycles=7.0)
+DEVICE = dataclasses.replace(
+    tiny(), step_overhead_cycles=5.0, op_overhead_cycles=7.0, scalar_cycles_per_element=2.0
+)
 ALPHA, BETA = DEVICE.hop_latency_cycles, DEVICE.stage_latency_cycles
 S = DEVICE.storage_bytes
 W = DEVICE.link_bytes_per_cycle
@@ -169,14 +171,14 @@ def test_prefill_softmax_runs_along_x_within_each_kv_group(rows, cols, kv, n_rep
         ("divide", DIVIDE),
     ):
         (rec,) = _records(ledger, f"softmax.{op}")
-        flops, sram = cost
+        flops, sram, scalar = cost
         want = vector_op_cycles(
             DEVICE,
             num_instructions=count,
             length=width,
             flops_per_element=flops,
             sram_elements_per_element=sram,
-        )
+        ) + count * width * scalar * DEVICE.scalar_cycles_per_element
         assert rec.compute_cycles == pytest.approx(want)
         assert rec.flops == count * width * flops * rows * cols
     # segmented allreduces of one value per softmax row, to each group's middle (g // 2)

@@ -42,6 +42,7 @@ PINNED = {
     "vector_instr_floor_cycles": 10,
     "step_overhead_cycles": 0,
     "op_overhead_cycles": 0,
+    "scalar_cycles_per_element": 0,
 }
 
 

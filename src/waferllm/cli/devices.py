@@ -30,6 +30,7 @@ SHOWN = (
     ("vector_instr_floor_cycles", "instr floor"),
     ("step_overhead_cycles", "step overhead"),
     ("op_overhead_cycles", "op overhead"),
+    ("scalar_cycles_per_element", "scalar instr"),
 )
 
 

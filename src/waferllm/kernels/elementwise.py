@@ -43,7 +43,8 @@ def silu_mul(
     """The gated FFN's SiLU(gate) * up, in place into `gate`'s buffer (free `up` afterwards).
 
     Layout: gate and up identical (decode: [*T, F] split along X). Zero padding stays zero.
-    Cost: R instructions of the last tile dim: R*max(floor, 4L/F, 3L*s/S).
+    Cost: R instructions of the last tile dim: R*max(floor, 4L/F, 3L*s/S) + 5RL scalar
+    instructions (v / (1 + fast_exp(-v)): fast_exp's three, an add and a divide per element).
     """
     _check_same_layout(gate, up, op)
     data = torch.nn.functional.silu(gate.data) * up.data

@@ -10,6 +10,7 @@ import torch
 
 from waferllm.errors import WaferError
 from waferllm.kernels.vector import (
+    RSQRT,
     SCALE_MUL,
     SQUARE_ACC,
     as_dtype,
@@ -42,7 +43,8 @@ def rms_norm(
     Schedule: local sum of squares (T instructions of Dt), allreduce of one scalar per token
     along A, r = rsqrt(sum / D_true + eps) (T instructions of 1), y = w * (x * r) (T of Dt).
     Padded entries are masked out of the sum; the divisor is the true D.
-    Cost: T*[max(floor, 2Dt/F, Dt*s/S) + floor + max(floor, 2Dt/F, 3Dt*s/S)] + allreduce(T*s).
+    Cost: T*[max(floor, 2Dt/F, Dt*s/S) + floor + 3c + max(floor, 2Dt/F, 3Dt*s/S)] + allreduce(T*s),
+    c the scalar instruction (`scalar_cycles_per_element`; the rsqrt's divide, sqrt, reciprocal).
     """
     d_dim = len(x.layout.shape) - 1
     axis = axis_of(x.layout, d_dim)
@@ -70,7 +72,7 @@ def rms_norm(
             reduce_op=ReduceOp.SUM,
             algorithm=algorithm,
         )
-    charge_vector(mesh, ledger, f"{op}.rsqrt", rows=rows, length=1, cost=(2, 2))
+    charge_vector(mesh, ledger, f"{op}.rsqrt", rows=rows, length=1, cost=RSQRT)
     scale = torch.rsqrt(sum_sq / d_true + eps)
     w = weight.data  # [Dt] tiles, aligned with x's last dim
     if x.data.dim() > 3:

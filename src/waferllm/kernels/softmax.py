@@ -60,7 +60,8 @@ def softmax(
     `dim` are -inf; a row with nothing kept gives zeros. Computed in float32, stored in the
     compute dtype (transformers' eager attention does the same).
     Cost: R instructions of St per pass, R = other tile entries, St = tile of `dim`:
-    R*[max-acc + exp + sum-acc + divide (+ scale, + select)] + 2 allreduces of R*s bytes.
+    R*[max-acc + exp + sum-acc + divide (+ scale, + select)] + 2 allreduces of R*s bytes, the exp
+    and divide adding (3 + 1)*R*St scalar instructions (fast_exp and the per-element divide).
     """
     ndim = len(scores.layout.shape)
     dim = dim % ndim

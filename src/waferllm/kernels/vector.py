@@ -22,29 +22,37 @@ from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
 
-# Cost of one element of each op, in FLOPs (exp, rsqrt and division count as one each) and in
-# storage elements moved through SRAM (reads + writes of streamed operands).
-SQUARE_ACC = (2, 1)  # acc += x*x: read x
-SCALE_MUL = (2, 3)  # y = (x * r) * w: read x, w; write y
-MAX_ACC = (1, 1)  # m = max(m, x)
-EXP_SUB = (2, 2)  # e = exp(s - m): read s, write e
-SUM_ACC = (1, 1)  # acc += e
-DIVIDE = (1, 2)  # p = e / sum
-MASK_SELECT = (1, 3)  # s = keep ? s : -inf: read s, keep; write s
-ROTATE = (3, 4)  # x*cos + rot(x)*sin: read x, cos, sin; write
-SILU_MUL = (4, 3)  # gate / (1 + exp(-gate)) * up: read gate, up; write
-ADD = (1, 3)
-SCALE = (1, 2)  # s *= c: read s, write s
-COPY = (0, 2)
+# Cost of one element of each op: FLOPs, storage elements moved through SRAM (reads + writes of
+# streamed operands), and scalar (non-SIMD) instructions, each priced at the device's
+# `scalar_cycles_per_element`. The scalar counts are the public decode code's per-element loops
+# (code notes §3.4): fast_exp(x) = (1 + x/256)^4 is one multiply-add and two squarings; a
+# division is one instruction; 1/sqrt(sum/D + eps) per token is a divide, a square root and a
+# reciprocal; SiLU is v / (1 + fast_exp(-v)): fast_exp, an add and a divide.
+FAST_EXP_INSTRUCTIONS = 3
+SQUARE_ACC = (2, 1, 0)  # acc += x*x: read x
+RSQRT = (2, 2, 3)  # r = 1/sqrt(acc/D + eps), one per token: divide, sqrt, reciprocal
+SCALE_MUL = (2, 3, 0)  # y = (x * r) * w: read x, w; write y
+MAX_ACC = (1, 1, 0)  # m = max(m, x)
+EXP_SUB = (2, 2, FAST_EXP_INSTRUCTIONS)  # e = fast_exp(s - m): read s, write e
+SUM_ACC = (1, 1, 0)  # acc += e
+DIVIDE = (1, 2, 1)  # p = e / sum: one divide per element
+MASK_SELECT = (1, 3, 0)  # s = keep ? s : -inf: read s, keep; write s
+ROTATE = (3, 4, 0)  # x*cos + rot(x)*sin: read x, cos, sin; write
+SILU_MUL = (4, 3, FAST_EXP_INSTRUCTIONS + 2)  # gate / (1 + fast_exp(-gate)) * up: read gate,
+# up; write
+ADD = (1, 3, 0)
+SCALE = (1, 2, 0)  # s *= c: read s, write s
+COPY = (0, 2, 0)
 
 
 def charge_vector(
-    mesh: Mesh, ledger: Ledger, op: str, *, rows: int, length: int, cost: tuple[int, int]
+    mesh: Mesh, ledger: Ledger, op: str, *, rows: int, length: int, cost: tuple[int, int, int]
 ) -> None:
-    """`rows` vector instructions of `length` elements on every core (SPEC.md §3 roofline)."""
+    """`rows` vector instructions of `length` elements on every core (SPEC.md §3 roofline), plus
+    `rows * length * scalar` scalar instructions at `scalar_cycles_per_element` each."""
     if not ledger.prices:
         return
-    flops, sram = cost
+    flops, sram, scalar = cost
     cycles = vector_op_cycles(
         mesh.device,
         num_instructions=rows,
@@ -52,6 +60,7 @@ def charge_vector(
         flops_per_element=flops,
         sram_elements_per_element=sram,
     )
+    cycles += rows * length * scalar * mesh.device.scalar_cycles_per_element
     charge_compute(mesh, ledger, op, cycles=cycles, flops_per_core=rows * length * flops)
 
 
