@@ -145,6 +145,7 @@ def _wse_common() -> dict[str, Any]:
         link_bytes_per_cycle=4.0,
         ramp_bytes_per_cycle=4.0,
         hop_latency_cycles=1.0,
+        stage_latency_cycles=10.0,
         routes_per_core=21,
         power_w=15_000.0,
         vector_instr_floor_cycles=8.0,
@@ -176,6 +177,13 @@ _COMMON_SOURCES = {
         "(fitting it on WSE-2 too breaks PAPER.md §3.1's flat 2K MeshGEMM)"
     ),
     "host_io_bytes_per_s": "placeholder: host I/O is reported apart from every TPR",
+    "stage_latency_cycles": (
+        "calibrated on PAPER.md §3.2 Table 6 MeshGEMV WSE-2 column at 720x720 with the default "
+        "K = 2 tree (fit residuals +0.3%, -2.1%) and §3.3's LLaMA3-8B decode rows; shared by "
+        "WSE-3 (same NoC, SPEC.md §8), where §4's group_num sweep at P=80 (597/469/417 cycles "
+        "for G=2/4/8, never fitted) independently gives 10-13 cycles per forward-add stage and "
+        "is predicted within -2.4% to -1.0%"
+    ),
     "op_overhead_cycles": (
         "calibrated on PAPER.md §4 WSE-3 MeshGEMV points (M=N=8P, group_num 8; each a local "
         "GEMV, a reduce and a broadcast, started one after the other; fit residuals -0.8% to "
@@ -201,7 +209,6 @@ def wse2() -> Device:
         mesh_rows=994,
         mesh_cols=750,
         flops_per_cycle_per_core=8.0,
-        stage_latency_cycles=10.0,
         **{**_wse_common(), "vector_instr_floor_cycles": 9.8},
         sources={
             **_COMMON_SOURCES,
@@ -209,13 +216,6 @@ def wse2() -> Device:
                 "calibrated on PAPER.md §3.3's LLaMA3-8B prefill rows (480/600/720, per-layer; "
                 "fit residuals -9.0%, +7.6%, +3.2%): the core's SIMD pipeline differs from "
                 "WSE-3's; Table 6 does not see it (SRAM-bound GEMV)"
-            ),
-            "stage_latency_cycles": (
-                "calibrated on PAPER.md §3.2 Table 6 MeshGEMV WSE-2 column at 720x720 with the "
-                "default K = 2 tree (fit residuals +0.3%, -2.1%) and §3.3's LLaMA3-8B decode "
-                "rows; above alpha (PLMR). Not shared with WSE-3 (34.3): no one beta fits both "
-                "Table 6 (wants ~10) and §4's group_num 8 MeshGEMV points (want ~34; at 10 they "
-                "are ~45% fast), see benchmarks/fidelity.py's shared-beta row"
             ),
             "mesh_rows": "PAPER.md §2.1 usable rectangle (994 rows)",
             "mesh_cols": "PAPER.md §2.1 usable rectangle (750 columns)",
@@ -231,14 +231,21 @@ def wse3() -> Device:
         mesh_rows=1170,
         mesh_cols=755,
         flops_per_cycle_per_core=16.0,
-        stage_latency_cycles=34.3,
-        **_wse_common(),
+        **{**_wse_common(), "hop_latency_cycles": 3.4},
         sources={
             **_COMMON_SOURCES,
             "stage_latency_cycles": (
                 "calibrated on PAPER.md §4 WSE-3 MeshGEMV points (M=N=8P, group_num 8) with the "
                 "floor and the step and op overheads (benchmarks/calibrate_wafer.py; fit "
                 "residuals -0.8% to +1.4%)"
+            ),
+            "hop_latency_cycles": (
+                "calibrated on PAPER.md §4 WSE-3 MeshGEMV points (M=N=8P, group_num 8; fit "
+                "residuals -9.1% to +9.6%) with the shared beta: their ~3 cycles per unit of P "
+                "is a per-row term of the axis length, which beta cannot carry (a beta of 34 "
+                "misses the G sweep by +46%); the mechanism behind the extra ~2.4 cycles per "
+                "hop against WSE-2's 1 (simd_64 fabric DSDs, explicit queues, or the mean-over-"
+                "cores metric) is not identified"
             ),
             "mesh_rows": "PAPER.md §2.1 usable rectangle (1170 rows)",
             "mesh_cols": "PAPER.md §2.1 usable rectangle (755 columns)",
