@@ -1,18 +1,15 @@
-"""Calibrate WSE-2 on PAPER.md §3.2 Table 6 and the LLaMA3-8B rows of §3.3 (SPEC.md §8).
+"""Calibrate on PAPER.md §3.2 Table 6 and the LLaMA3-8B rows of §3.3 (SPEC.md §8).
 
 The rows: prefill TPR of a 4096-token prompt at 480/600/720 and decode TPR at a 4K context at
 420/540/660, each the mesh transformer in estimate mode, per-layer (the paper's method), and
-Table 6's MeshGEMV latencies at 720x720. Three WSE-2 constants are fitted on these eight points:
-the per-instruction floor (`vector_instr_floor_cycles`, the core's SIMD pipeline: 4 f16 lanes
-on WSE-2, 8 on WSE-3) by least squares on the prefill rows (decode and Table 6 barely see it);
-beta (`stage_latency_cycles`) scanned, by least squares on the decode and Table 6 rows with the
-op overhead solved at each beta; then the op overhead (`op_overhead_cycles`: every sequential
-operation, a task or collective start, pays it; decode is ~46 of them per layer, a GEMV 3)
-moved to the minimax of those rows (SPEC.md §8 bounds the worst residual; Table 6 rises with
-it, decode's TPR falls). The step overhead of compute-shift steps stays the §4 value both
-devices share: fitting it on WSE-2 makes a 2K MeshGEMM 30% slower at 720 than at 360, against
-PAPER.md §3.1 ("stays flat"); the ratio is reported. WSE-3 and the §4 fit (calibrate_wafer.py)
-are untouched.
+Table 6's MeshGEMV latencies at 720x720. Fitted on these eight points: WSE-2's per-instruction
+floor (`vector_instr_floor_cycles`, its SIMD pipeline) by least squares on the prefill rows
+(decode and Table 6 barely see it); then beta (`stage_latency_cycles`, shared with WSE-3: same
+NoC) scanned by least squares on the decode and Table 6 rows, with the shared scalar
+instruction cost (`scalar_cycles_per_element`: the decode layer's per-element fast_exp,
+divide and rsqrt loops, which Table 6 does not run) solved at each beta. WSE-3 then fits only
+its per-hop term on §4 (calibrate_wafer.py) with this beta. The op and step overheads stay the
+§4 values both devices share; the 2K MeshGEMM flatness (PAPER.md §3.1) is reported.
 
     python benchmarks/calibrate_llm.py           # fit, residuals, JSON
     python benchmarks/calibrate_llm.py --quick   # residuals of the shipped preset only
@@ -32,12 +29,16 @@ from waferllm.api import paper_figures as paper
 from waferllm.device import with_overrides
 
 NAME = "calibrate_llm"
-FLOOR, OP_OVERHEAD, BETA = "vector_instr_floor_cycles", "op_overhead_cycles", "stage_latency_cycles"
-FITTED = (FLOOR, OP_OVERHEAD, BETA)
-STEPS = {FLOOR: 0.25, OP_OVERHEAD: 4.0, BETA: 0.5}  # finite-difference steps
-MAX_STEP = {FLOOR: 1.0, OP_OVERHEAD: 30.0}  # damping: the model is piecewise linear
-BETA_GRID = np.arange(2.0, 10.01, 1.0)
-DECIMALS = {FLOOR: 2, OP_OVERHEAD: 1, BETA: 1}  # what the preset carries
+FLOOR, SCALAR, BETA = (
+    "vector_instr_floor_cycles",
+    "scalar_cycles_per_element",
+    "stage_latency_cycles",
+)
+FITTED = (FLOOR, SCALAR, BETA)
+STEPS = {FLOOR: 0.25, SCALAR: 2.0, BETA: 0.5}  # finite-difference steps
+MAX_STEP = {FLOOR: 1.0, SCALAR: 10.0}  # damping: the model is piecewise linear
+BETA_GRID = np.arange(6.0, 14.01, 2.0)
+DECIMALS = {FLOOR: 2, SCALAR: 1, BETA: 1}  # what the preset carries
 FLAT_GEMM = 2048  # PAPER.md §3.1: a 2K MeshGEMM "stays flat" from 360x360 to 720x720
 FLAT_GRIDS = (360, 720)
 
@@ -70,15 +71,13 @@ def decode_step(device: Device, side: int):
     return est.ledgers.decode.ledger
 
 
-def prefill_errors(device: Device) -> np.ndarray:
-    return np.array(
-        [prefill_tpr(device, p) / paper.WSE2_PREFILL_TPR[p] - 1 for p in paper.PREFILL_GRIDS]
-    )
+def prefill_errors(device: Device, grids: Sequence[int] = paper.PREFILL_GRIDS) -> np.ndarray:
+    return np.array([prefill_tpr(device, p) / paper.WSE2_PREFILL_TPR[p] - 1 for p in grids])
 
 
-def decode_errors(device: Device) -> np.ndarray:
+def decode_errors(device: Device, grids: Sequence[int] = paper.DECODE_GRIDS) -> np.ndarray:
     errors = []
-    for p in paper.DECODE_GRIDS:
+    for p in grids:
         cycles = decode_step(device, p).totals().latency_cycles
         errors.append(1.0 / device.cycles_to_seconds(cycles) / paper.WSE2_DECODE_TPR[p] - 1)
     return np.array(errors)
@@ -116,7 +115,7 @@ def _with(device: Device, values: dict[str, float]) -> Device:
     return with_overrides(device, {k: float(v) for k, v in values.items()})
 
 
-def _gauss_newton(
+def gauss_newton(
     base: Device, name: str, errors: Callable[[Device], np.ndarray], iterations: int = 4
 ) -> tuple[float, float]:
     """Least squares over one constant (the rows are piecewise linear in it): (value, loss)."""
@@ -132,23 +131,6 @@ def _gauss_newton(
     return x, float(r @ r)
 
 
-def _minimax_op_overhead(base: Device, start: float, span: float = 30.0) -> float:
-    """The op overhead that minimises the worst decode / Table 6 residual (SPEC.md §8 bounds
-    the worst one): Table 6 rises with it, decode's TPR falls, so bisect where they cross."""
-
-    def gap(op: float) -> float:
-        r = np.abs(decode_table6_errors(_with(base, {OP_OVERHEAD: op})))
-        return float(r[3:].max() - r[:3].max())
-
-    lo, hi = max(0.0, start - span), start + span
-    if gap(lo) > 0 or gap(hi) < 0:
-        return start
-    while hi - lo > 0.05:
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if gap(mid) < 0 else (lo, mid)
-    return (lo + hi) / 2
-
-
 def decode_table6_errors(device: Device) -> np.ndarray:
     return np.concatenate([decode_errors(device), table6_errors(device)])
 
@@ -156,23 +138,23 @@ def decode_table6_errors(device: Device) -> np.ndarray:
 def fit(base: Device) -> dict[str, float]:
     """The floor on the prefill rows (decode and Table 6 barely see it); then beta scanned
     (it also picks the default K-tree, so the rows jump with it: no derivative) with the
-    op overhead solved on the decode and Table 6 rows at each beta, the least loss winning."""
-    floor, _ = _gauss_newton(base, FLOOR, prefill_errors)
+    scalar instruction cost solved on the decode and Table 6 rows at each beta (Table 6 does
+    not see it), the least loss winning."""
+    floor, _ = gauss_newton(base, FLOOR, prefill_errors)
     base = _with(base, {FLOOR: round(floor, DECIMALS[FLOOR])})
 
     def solve(beta: float) -> tuple[float, float, float]:
         at = _with(base, {BETA: beta})
-        op, loss = _gauss_newton(at, OP_OVERHEAD, decode_table6_errors)
-        return loss, beta, op
+        scalar, loss = gauss_newton(at, SCALAR, decode_table6_errors)
+        return loss, beta, scalar
 
     best = min(solve(b) for b in BETA_GRID)
-    for step in (0.5, 0.1):
-        best = min([best, *(solve(round(best[1] + k * step, 1)) for k in (-2, -1, 1, 2))])
-    _, beta, op = best
-    op = _minimax_op_overhead(_with(base, {BETA: beta}), op)
+    for step in (1.0, 0.5):
+        best = min([best, *(solve(round(best[1] + k * step, 1)) for k in (-1, 1))])
+    _, beta, scalar = best
     return {
         FLOOR: round(floor, DECIMALS[FLOOR]),
-        OP_OVERHEAD: round(op, DECIMALS[OP_OVERHEAD]),
+        SCALAR: round(scalar, DECIMALS[SCALAR]),
         BETA: round(beta, DECIMALS[BETA]),
     }
 
@@ -213,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Table 6 at 720x720 (§3.2)",
         [
             "preset",
-            "floor / step overhead / beta",
+            "floor / scalar cycles / beta",
             *(f"prefill {p}" for p in paper.PREFILL_GRIDS),
             *(f"decode {p}" for p in paper.DECODE_GRIDS),
             "Table 6 16K",
