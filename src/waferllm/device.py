@@ -150,8 +150,8 @@ def _wse_common() -> dict[str, Any]:
         power_w=15_000.0,
         vector_instr_floor_cycles=8.0,
         step_overhead_cycles=88.0,
-        op_overhead_cycles=30.0,
-        scalar_cycles_per_element=10.3,
+        op_overhead_cycles=28.4,
+        scalar_cycles_per_element=10.5,
         host_io_bytes_per_s=1.2e12,
     )
 
@@ -169,7 +169,7 @@ _COMMON_SOURCES = {
     "vector_instr_floor_cycles": (
         "calibrated on PAPER.md §4 WSE-3 MeshGEMM and MeshGEMV points with the step and op "
         "overheads and WSE-3's per-hop term (benchmarks/calibrate_wafer.py; 11 points, fit "
-        "residuals -0.7% to +2.3%)"
+        "residuals -1.2% to +1.8%)"
     ),
     "step_overhead_cycles": (
         "calibrated on PAPER.md §4 WSE-3 MeshGEMM points (M=K=N=8P and P=64 1024^3) with the "
@@ -179,19 +179,19 @@ _COMMON_SOURCES = {
     "host_io_bytes_per_s": "placeholder: host I/O is reported apart from every TPR",
     "stage_latency_cycles": (
         "calibrated on PAPER.md §3.2 Table 6 MeshGEMV WSE-2 column at 720x720 with the default "
-        "K = 2 tree (fit residuals +5.9%, +1.2%; benchmarks/calibrate_llm.py); shared by WSE-3 "
+        "K = 2 tree (fit residuals +5.5%, +1.0%; benchmarks/calibrate_llm.py); shared by WSE-3 "
         "(same NoC, SPEC.md §8), where §4's never-fitted group_num sweep at P=80 (597/469/417 "
         "cycles for G=2/4/8) independently implies 10-13 cycles per forward-add stage"
     ),
     "op_overhead_cycles": (
         "calibrated on PAPER.md §4 WSE-3 MeshGEMV points (M=N=8P, group_num 8; each a local "
-        "GEMV, a reduce and a broadcast, started one after the other; fit residuals -0.1% to "
-        "+2.3%; benchmarks/calibrate_wafer.py): the start of one synchronous operation (task "
+        "GEMV, a reduce and a broadcast, started one after the other; fit residuals -1.2% to "
+        "+1.8%; benchmarks/calibrate_wafer.py): the start of one synchronous operation (task "
         "activation, DSD and queue set-up), shared by WSE-2 (same core and runtime)"
     ),
     "scalar_cycles_per_element": (
         "calibrated on PAPER.md §3.3's LLaMA3-8B decode rows (420/540/660, per-layer; fit "
-        "residuals -5.9%, +1.2%, +6.9%; benchmarks/calibrate_llm.py), shared by WSE-2 and "
+        "residuals -5.9%, +1.3%, +7.0%; benchmarks/calibrate_llm.py), shared by WSE-2 and "
         "WSE-3 (same core ISA): one scalar instruction of the decode layer's per-element loops "
         "(code notes §3.4: fast_exp's multiply-add and two squarings, softmax's divide per "
         "element, SiLU's v/(1+fast_exp(-v)), RMSNorm's divide, sqrt and reciprocal per token); "
@@ -207,12 +207,12 @@ def wse2() -> Device:
         mesh_rows=994,
         mesh_cols=750,
         flops_per_cycle_per_core=8.0,
-        **{**_wse_common(), "vector_instr_floor_cycles": 9.92},
+        **{**_wse_common(), "vector_instr_floor_cycles": 9.99},
         sources={
             **_COMMON_SOURCES,
             "vector_instr_floor_cycles": (
                 "calibrated on PAPER.md §3.3's LLaMA3-8B prefill rows (480/600/720, per-layer; "
-                "fit residuals -9.3%, +7.3%, +2.8%; benchmarks/calibrate_llm.py): the core's "
+                "fit residuals -9.9%, +6.7%, +2.2%; benchmarks/calibrate_llm.py): the core's "
                 "SIMD pipeline differs from WSE-3's; Table 6 does not see it (SRAM-bound GEMV)"
             ),
             "mesh_rows": "PAPER.md §2.1 usable rectangle (994 rows)",
@@ -234,12 +234,12 @@ def wse3() -> Device:
             **_COMMON_SOURCES,
             "hop_latency_cycles": (
                 "calibrated on PAPER.md §4 WSE-3 MeshGEMV points (M=N=8P, group_num 8; fit "
-                "residuals -0.1% to +2.3%; benchmarks/calibrate_wafer.py) with the shared beta: "
+                "residuals -1.2% to +1.8%; benchmarks/calibrate_wafer.py) with the shared beta: "
                 "their ~3 cycles per unit of P is a term per row of the axis, which beta cannot "
                 "carry (a separate beta of ~34 with alpha = 1 misses the never-fitted G sweep by "
-                "up to +46%; this predicts it within +7.3%); the mechanism behind ~2.9 cycles "
-                "per hop against WSE-2's 1 (simd_64 fabric DSDs with explicit queues, or the "
-                "mean-over-cores metric) is not identified"
+                "up to +46%; this predicts it, see benchmarks/fidelity.py); the mechanism "
+                "behind ~2.9 cycles per hop against WSE-2's 1 (simd_64 fabric DSDs with "
+                "explicit queues, or the mean-over-cores metric) is not identified"
             ),
             "mesh_rows": "PAPER.md §2.1 usable rectangle (1170 rows)",
             "mesh_cols": "PAPER.md §2.1 usable rectangle (755 columns)",

@@ -172,13 +172,16 @@ def test_prefill_softmax_runs_along_x_within_each_kv_group(rows, cols, kv, n_rep
     ):
         (rec,) = _records(ledger, f"softmax.{op}")
         flops, sram, scalar = cost
-        want = vector_op_cycles(
-            DEVICE,
-            num_instructions=count,
-            length=width,
-            flops_per_element=flops,
-            sram_elements_per_element=sram,
-        ) + count * width * scalar * DEVICE.scalar_cycles_per_element
+        want = (
+            vector_op_cycles(
+                DEVICE,
+                num_instructions=count,
+                length=width,
+                flops_per_element=flops,
+                sram_elements_per_element=sram,
+            )
+            + count * width * scalar * DEVICE.scalar_cycles_per_element
+        )
         assert rec.compute_cycles == pytest.approx(want)
         assert rec.flops == count * width * flops * rows * cols
     # segmented allreduces of one value per softmax row, to each group's middle (g // 2)
