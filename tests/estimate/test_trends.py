@@ -73,6 +73,20 @@ def test_decode_tpr_falls_from_420_to_540_to_660(name):
     assert tpr[0] > tpr[1] > tpr[2]
 
 
-@pytest.mark.parametrize("name", ["codellama-34b", "qwen2-72b"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "codellama-34b",
+        pytest.param(
+            "qwen2-72b",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="with the scalar per-element loops priced, Qwen2-72B's SiLU over 29568 "
+                "FFN entries shrinks faster with the side than its allreduces grow: the model "
+                "puts its decode optimum at or past 660x660 (PAPER.md has no Qwen2 rows)",
+            ),
+        ),
+    ],
+)
 def test_the_bigger_models_decode_still_slows_down_past_540(name):
     assert _decode_tpr(name, 540) > _decode_tpr(name, 660)
