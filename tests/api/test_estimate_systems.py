@@ -31,11 +31,11 @@ def test_estimate_reports_a_baseline_in_the_request_schema(system):
     assert report["breakdown"]["decode"]["steps"] == 3
 
 
-def test_waferllm_reports_carry_no_system_key_by_default():
+def test_waferllm_reports_say_their_system_is_waferllm_by_default():
     est = waferllm.estimate(
         "tiny", device="tiny", prompt_len=12, output_len=4, prefill_grid=4, decode_grid=4
     )
-    assert "system" not in est.to_dict()
+    assert est.to_dict()["system"] == "waferllm"  # SPEC.md §10.4: every report names it
 
 
 def test_an_unknown_system_is_a_user_error():
