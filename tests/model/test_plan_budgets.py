@@ -38,9 +38,10 @@ CONFIG = load_config("tiny")
 
 
 def test_decode_scratch_is_the_step_vectors_plus_one_score_per_head_and_slot():
-    # 2x4: d_y = 32, f_x = 44, v_x = 64; q 16, kv 8, H 8 per column
-    fixed = 6 * 32 + 2 * 16 + 2 * 8 + 2 * 8 + 2 * 44 + 64 + 2  # x, normed.. ; q/k/v; rope; ffn
-    assert fixed == 410
+    # 2x4: d_y = 32, f_x = 44, v_x = 64; q 16, kv 8, H 8 per column; the logits twice (this
+    # step's and the previous step's, kept on the mesh until this step selects)
+    fixed = 6 * 32 + 2 * 16 + 2 * 8 + 2 * 8 + 2 * 44 + 2 * 64 + 2  # x, normed.. ; q/k/v; rope
+    assert fixed == 474
     per_slot = 1 * 2  # G * n_rep scores
     assert decode_scratch_bytes(CONFIG, 2, 4, SB) == (fixed * SB, per_slot * SB)
 
@@ -81,7 +82,7 @@ def test_kv_slots_fill_what_the_weights_vocabulary_and_step_scratch_leave():
     weights = 2 * 5824 * SB  # two layers (previous test)
     vocab = 32 * 64 * SB  # [D_y, V_x] tile, on the first region (embedding) and the last
     first, last = vocab, vocab + 32 * SB  # the last also holds the final norm
-    fixed, score = 410 * SB, 2 * SB
+    fixed, score = 474 * SB, 2 * SB
     kv_slot = 2 * 8 * SB  # K and V, one kv tile each
     used = weights + fixed + first + last
     assert len(plan.decode.regions) == 1
