@@ -109,12 +109,12 @@ def _minimax(system: str, phase: str, values: list[float]) -> tuple[float, list[
 def refit(quick: bool = False) -> dict[str, dict[str, Any]]:
     """The four constants that minimise the worst residual on their rows (grid scans:
     T10's busy cores over square sub-grids, the others on a fine grid)."""
-    sides = range(34, 47, 4 if quick else 1)
+    sides = range(12, 47, 2 if quick else 1)
     fits = {
         ("t10", "prefill"): [s * s for s in sides],
         ("t10", "decode"): list(np.arange(10.0, 24.0, 1.0 if quick else 0.25)),
-        ("ladder", "prefill"): list(np.arange(0.5, 1.0001, 0.05 if quick else 0.01)),
-        ("ladder", "decode"): list(np.arange(0.1, 0.6001, 0.05 if quick else 0.01)),
+        ("ladder", "prefill"): list(np.arange(0.02, 1.0001, 0.02 if quick else 0.01)),
+        ("ladder", "decode"): list(np.arange(0.01, 0.6001, 0.01)),
     }
     out = {}
     for (system, phase), values in fits.items():
