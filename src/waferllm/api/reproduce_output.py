@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from waferllm.api import paper_figures as paper
+from waferllm.api.files import RESULT_FILE_MODE, write_atomic
 from waferllm.api.reproduce import Reproduction
 from waferllm.api.tables import Column, Section
-from waferllm.errors import WaferError
 
 __all__ = ["format_value", "to_markdown", "write_artifacts"]
 
@@ -93,29 +93,10 @@ def to_markdown(result: Reproduction, *, header: dict[str, str] | None = None) -
     return "\n".join(out)
 
 
-RESULT_FILE_MODE = 0o644  # results are for reading by others (mkstemp creates 0600)
-
-
 def file_safe(name: str) -> str:
     """A name usable inside a file name: letters, digits, '.', '_' and '-' only, so that a
     device named 'x/../../escaped' cannot place a file outside the output folder."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "_"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.fchmod(fd, RESULT_FILE_MODE)
-    except OSError as exc:
-        raise WaferError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_artifacts(
@@ -132,8 +113,8 @@ def write_artifacts(
     stem = f"reproduce_{file_safe(result.device.name)}_{stamp}"
     record = {**result.to_dict(), **({"run": header} if header else {})}
     paths = [out / f"{stem}.md", out / f"{stem}.json"]
-    _write_atomic(paths[0], to_markdown(result, header=header).encode())
-    _write_atomic(paths[1], (json.dumps(record, indent=1, default=_json) + "\n").encode())
+    write_atomic(paths[0], to_markdown(result, header=header).encode())
+    write_atomic(paths[1], (json.dumps(record, indent=1, default=_json) + "\n").encode())
     if plots:
         paths.extend(_plots(result, out, stamp))
     return paths

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from rich.console import Console
 
+from waferllm.api.files import write_atomic
 from waferllm.api.provenance import what_if
 from waferllm.device import Device, get_device, parse_set_options
-from waferllm.errors import WaferError
 
 
 class CliError(Exception):
@@ -111,21 +109,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, tuple | set):
         return list(value)
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write a result file atomically (a temporary file in the same folder, then rename)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.fchmod(fd, 0o644)  # a result file others may read (mkstemp creates 0600)
-    except OSError as exc:
-        raise WaferError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
