@@ -15,7 +15,7 @@ import functools
 
 from waferllm.device import Device
 from waferllm.errors import WaferError
-from waferllm.mesh.cost import Ledger
+from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.virtual import Mode
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import Append, KvCacheFullError, KvPolicy, RowCounts
@@ -35,19 +35,6 @@ class Setup:
     placement: PlacementMode = PlacementMode.FIT
     kv_policy: KvPolicy = KvPolicy.SHIFT
     resident: ResidentLayouts = ResidentLayouts.ONE
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class PhaseLedger:
-    """One phase's ledger and the peaks its walk reached on that phase's meshes."""
-
-    ledger: Ledger
-    peak_sram_bytes_per_core: int
-    routes_per_core: int
-
-    @property
-    def latency_cycles(self) -> float:
-        return self.ledger.totals().latency_cycles
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -389,3 +389,17 @@ class UnpricedLedger(Ledger):
 
 
 _NOTHING: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PhaseLedger:
+    """One phase's ledger and the peaks its walk reached (SRAM and routes per core): what the
+    estimate layer and the baselines' plans return per phase."""
+
+    ledger: Ledger
+    peak_sram_bytes_per_core: int
+    routes_per_core: int
+
+    @property
+    def latency_cycles(self) -> float:
+        return self.ledger.totals().latency_cycles

@@ -16,10 +16,10 @@ import functools
 
 from waferllm.device import Device
 from waferllm.errors import WaferError
-from waferllm.mesh.cost import Ledger
+from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.model.config import ModelConfig
-from waferllm.model.systems_common import LayerShapes, PlanCost, estimate_mesh
+from waferllm.model.systems_common import LayerShapes, estimate_mesh
 from waferllm.model.systems_ladder import LadderConstants, ladder_decode, ladder_prefill
 from waferllm.model.systems_ladder import plan_gemv as ladder_lm_head
 from waferllm.model.systems_t10 import T10Constants, t10_decode, t10_prefill
@@ -95,10 +95,10 @@ class SystemCost:
     system: System
     prefill_grid: tuple[int, int]
     decode_grid: tuple[int, int]
-    prefill: PlanCost
-    decode: PlanCost
-    layer_prefill: PlanCost
-    layer_decode: PlanCost
+    prefill: PhaseLedger
+    decode: PhaseLedger
+    layer_prefill: PhaseLedger
+    layer_decode: PhaseLedger
 
     def seconds(self, device: Device) -> tuple[float, float]:
         """(TTFT, decode time), modelled."""
@@ -173,7 +173,7 @@ def _layer(
     phase: str,
     length: int,
     consts: Constants,
-) -> PlanCost:
+) -> PhaseLedger:
     """One layer's plan: prefill of `length` tokens, or a decode step over `length` cached
     positions (T10: the static cache of the whole request; Ladder: the mean context)."""
     if isinstance(consts, T10Constants):
@@ -207,7 +207,7 @@ def _lm_head(
     return ledger
 
 
-def _whole(layer: PlanCost, shapes: LayerShapes, head: Ledger, times: int) -> PlanCost:
+def _whole(layer: PhaseLedger, shapes: LayerShapes, head: Ledger, times: int) -> PhaseLedger:
     """`times` passes of every layer then the LM head (no pass: an empty ledger)."""
     ledger = Ledger()
     if times > 0:

@@ -1,6 +1,6 @@
 """What the baselines' layer plans share: the model's per-layer shapes, meta tensors on an
 estimate-mode mesh, the layer's resident bytes (striped over the region), WaferLLM-style
-elementwise charges, and each plan's result (`PlanCost`). No plan lives here.
+elementwise charges, and each plan's result (`PhaseLedger`). No plan lives here.
 Legend: L prompt tokens, S cached positions, D hidden, F FFN, H heads, Hd head dim, V vocab.
 """
 
@@ -13,23 +13,10 @@ import torch
 
 from waferllm.device import Device
 from waferllm.mesh.compute import elementwise
-from waferllm.mesh.cost import Ledger
+from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model.config import ModelConfig
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class PlanCost:
-    """One phase's ledger under a baseline plan and the peaks it reached."""
-
-    ledger: Ledger
-    peak_sram_bytes_per_core: int
-    routes_per_core: int
-
-    @property
-    def latency_cycles(self) -> float:
-        return self.ledger.totals().latency_cycles
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -116,8 +103,8 @@ def charge_elementwise(
     elementwise(mesh, lambda *xs: xs[0], *data, ledger=ledger, op=op)
 
 
-def plan_cost(ledger: Ledger, meshes: list[Mesh]) -> PlanCost:
-    return PlanCost(
+def plan_cost(ledger: Ledger, meshes: list[Mesh]) -> PhaseLedger:
+    return PhaseLedger(
         ledger=ledger,
         peak_sram_bytes_per_core=max(m.sram.peak_bytes for m in meshes),
         routes_per_core=max(m.routes.routes_per_core for m in meshes),

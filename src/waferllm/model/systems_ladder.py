@@ -23,12 +23,11 @@ from waferllm.kernels.ladder import (
 )
 from waferllm.mesh.comm import ReduceAlgorithm, allreduce
 from waferllm.mesh.compute import matmul_cycles
-from waferllm.mesh.cost import Ledger
+from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.virtual import Mesh
 from waferllm.model.systems_common import (
     LayerShapes,
-    PlanCost,
     charge_elementwise,
     estimate_mesh,
     hold_resident,
@@ -119,7 +118,7 @@ def _softmax(mesh: Mesh, *, rows: int, numel: int, ledger: Ledger) -> None:
 
 def ladder_prefill(
     device: Device, grid: tuple[int, int], shapes: LayerShapes, prompt_len: int, c: LadderConstants
-) -> PlanCost:
+) -> PhaseLedger:
     """One layer's prefill of `prompt_len` tokens on `grid` (see the module docstring)."""
     mesh = estimate_mesh(device, grid)
     hold_resident(mesh, shapes, prompt_len)
@@ -171,7 +170,7 @@ def ladder_prefill(
 
 def ladder_decode(
     device: Device, grid: tuple[int, int], shapes: LayerShapes, context: int, c: LadderConstants
-) -> PlanCost:
+) -> PhaseLedger:
     """One layer's decode step over `context` cached positions (see the module docstring)."""
     mesh = estimate_mesh(device, grid)
     hold_resident(mesh, shapes, context)

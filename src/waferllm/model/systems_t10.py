@@ -21,13 +21,12 @@ from waferllm.errors import SramOverflowError
 from waferllm.kernels.t10 import t10_gemm, t10_gemv, t10_load_weights, t10_transpose
 from waferllm.mesh.comm import ReduceAlgorithm, allreduce, broadcast
 from waferllm.mesh.compute import matmul
-from waferllm.mesh.cost import Ledger
+from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.remote import fan_in_reduce
 from waferllm.mesh.virtual import Mesh
 from waferllm.model.systems_common import (
     LayerShapes,
-    PlanCost,
     charge_elementwise,
     estimate_mesh,
     hold_resident,
@@ -138,7 +137,7 @@ def _host(rows: int, cols: int) -> torch.Tensor:
 
 def t10_prefill(
     device: Device, grid: tuple[int, int], shapes: LayerShapes, prompt_len: int, c: T10Constants
-) -> PlanCost:
+) -> PhaseLedger:
     """One layer's prefill of `prompt_len` tokens on `grid` (see the module docstring)."""
     region = estimate_mesh(device, grid)
     hold_resident(region, shapes, prompt_len)
@@ -257,7 +256,7 @@ def _fan_in_allreduce(
 
 def t10_decode(
     device: Device, grid: tuple[int, int], shapes: LayerShapes, context: int, c: T10Constants
-) -> PlanCost:
+) -> PhaseLedger:
     """One layer's decode step with a static KV cache of `context` positions (see module)."""
     mesh = estimate_mesh(device, grid)
     rows, cols = grid
