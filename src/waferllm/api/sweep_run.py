@@ -12,16 +12,15 @@ import concurrent.futures
 import dataclasses
 import functools
 import hashlib
-import importlib.metadata
 import inspect
 import logging
 import socket
-import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from waferllm.api.estimate import estimate
+from waferllm.api.provenance import package_commit, package_version
 from waferllm.api.sweep_output import OUTPUT_COLUMNS, Row, output_columns, require
 from waferllm.api.sweep_spec import SweepPoint
 from waferllm.errors import WaferError
@@ -117,29 +116,16 @@ def _one_line(exc: BaseException) -> str:
 # ---- the code ------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def provenance() -> Provenance:
-    """The waferllm version, the git commit (with "+dirty") and a hash of the package's sources."""
-    try:
-        version = importlib.metadata.version("waferllm")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
+    """The waferllm version and git commit (api/provenance's lookups) and a hash of the package's
+    sources (which also covers uncommitted edits)."""
     digest = hashlib.sha256()
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
         digest.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes())
-    return Provenance(version=version, commit=_git_commit(), code_sha256=digest.hexdigest())
-
-
-def _git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=PACKAGE_DIR, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
+    return Provenance(
+        version=package_version(),
+        commit=package_commit() or "unknown",
+        code_sha256=digest.hexdigest(),
+    )
 
 
 # ---- execution -----------------------------------------------------------------------------------
