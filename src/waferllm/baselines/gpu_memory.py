@@ -8,11 +8,13 @@ for the batch's tokens, against `usable_memory_fraction` of HBM. Timing is in `g
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from waferllm.baselines.gpu import BYTES_PER_ELEMENT, Shard, shard
 from waferllm.baselines.gpu_specs import GpuSpec
 from waferllm.errors import WaferError
 from waferllm.model.config import ModelConfig
+from waferllm.model.family import Dim, family_of
 
 MAX_GPUS_SEARCHED = 1024
 
@@ -56,15 +58,16 @@ class GpuMemory:
 
 
 def weight_elements_per_gpu(config: ModelConfig, part: Shard) -> int:
-    """Parameters one GPU stores: its slice of every matrix, the norms and biases in full."""
+    """Parameters one GPU stores: every row of the family table with its head and ffn dims
+    split G ways (biases follow their matmul's output), the hidden dim and the norms in full."""
     d = config.hidden_size
-    qkv_out = part.q_dim + 2 * part.kv_dim
-    layer = d * qkv_out + part.q_dim * d + 3 * d * part.ffn + 2 * d
-    layer += qkv_out if config.qkv_bias else 0
-    layer += d if config.o_bias else 0
-    layer += (2 * part.ffn + d) if config.mlp_bias else 0
+    sizes = {Dim.HIDDEN: d, Dim.FFN: part.ffn, Dim.Q: part.q_dim, Dim.KV: part.kv_dim}
+    layer = sum(
+        math.prod(sizes[dim] for dim in (t.out, t.in_) if dim is not None)
+        for t in family_of(config).tensors(config)
+    )
     vocab_matrices = 1 if config.tie_word_embeddings else 2
-    return config.num_hidden_layers * layer + vocab_matrices * part.vocab * d + d
+    return config.num_hidden_layers * layer + vocab_matrices * part.vocab * d + d  # + final norm
 
 
 def memory_plan(
