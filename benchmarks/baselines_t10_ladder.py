@@ -5,7 +5,7 @@ WaferLLM-over-baseline ratios for the paper's other models beside the paper's st
 One constant per baseline per phase (SPEC.md §8): T10's busy cores (prefill) and fan-in cost
 per partial (decode), Ladder's collective spans (prefill, decode). `refit()` recomputes them
 from the current device constants (after a recalibration of the wafer, paste its output into
-`waferllm/model/systems.py`); nothing else is fitted.
+`waferllm/estimate/systems/cost.py`); nothing else is fitted.
 
     python benchmarks/baselines_t10_ladder.py [--quick] [--refit]
 """
@@ -23,10 +23,10 @@ import waferllm
 from waferllm.api import paper_baselines as paper
 from waferllm.device import wse2
 from waferllm.errors import WaferError
+from waferllm.estimate.systems import estimate_system, ladder_constants, t10_constants
+from waferllm.estimate.systems.ladder import LadderConstants
+from waferllm.estimate.systems.t10 import T10Constants
 from waferllm.model.config import load_config
-from waferllm.model.systems import estimate_system, ladder_constants, t10_constants
-from waferllm.model.systems_ladder import LadderConstants
-from waferllm.model.systems_t10 import T10Constants
 
 NAME = "baselines_t10_ladder"
 MODELS = ("llama3-8b", "llama2-13b", "codellama-34b", "qwen2-72b")
@@ -109,12 +109,12 @@ def _minimax(system: str, phase: str, values: list[float]) -> tuple[float, list[
 def refit(quick: bool = False) -> dict[str, dict[str, Any]]:
     """The four constants that minimise the worst residual on their rows (grid scans:
     T10's busy cores over square sub-grids, the others on a fine grid)."""
-    sides = range(12, 47, 2 if quick else 1)
+    sides = range(12, 61, 2 if quick else 1)
     fits = {
         ("t10", "prefill"): [s * s for s in sides],
         ("t10", "decode"): list(np.arange(10.0, 24.0, 1.0 if quick else 0.25)),
         ("ladder", "prefill"): list(np.arange(0.02, 1.0001, 0.02 if quick else 0.01)),
-        ("ladder", "decode"): list(np.arange(0.01, 0.6001, 0.01)),
+        ("ladder", "decode"): list(np.arange(0.01, 1.0001, 0.02 if quick else 0.01)),
     }
     out = {}
     for (system, phase), values in fits.items():

@@ -62,15 +62,16 @@ def test_ladder_gemm_matches_the_dense_product(shape):
 def test_ladder_gemm_follows_closed_form_three():
     """4x4 region (N_c = 16), M = N = 128, K = 64: one tile, one wave, t_k = 16, 4 chunks.
     Per chunk, the next chunk's loads overlap this chunk's multiply (double buffers): two
-    chains through S = 16 cores (15*alpha + 14*beta + chunk/W, chunks of
-    128*16*2 = 4096 bytes) and T_mm(128, 16, 128). Store: core 0 owns the tile's first
-    element already (no flow). SRAM: 48 KB free beside A's and B's 1 KB tiles."""
+    streams through S = 16 cores (15*alpha + chunk/W, chunks of 128*16*2 = 4096 bytes; one
+    active core's collective needs 3 routes, within budget: no relay) and T_mm(128, 16, 128).
+    Store: core 0 owns the tile's first element already (no flow). SRAM: 48 KB free beside
+    A's and B's 1 KB tiles."""
     mesh = Mesh(device(sram_bytes_per_core=KB48 + 2048), 4, 4)
     a = scatter(mesh, torch.ones(128, 64), "a", y_dim=0, x_dim=1)
     b = scatter(mesh, torch.ones(64, 128), "b", y_dim=0, x_dim=1)
     ledger = Ledger()
     ladder_gemm(mesh, a=a, b=b, ledger=ledger)
-    chain = 15 * ALPHA + 14 * BETA + 4096 / LINK
+    chain = 15 * ALPHA + 4096 / LINK
     mac = matmul_cycles(mesh.device, m=128, k=16, n=128)
     assert ledger.totals().latency_cycles == 4 * max(2 * chain, mac)
 
@@ -100,12 +101,12 @@ def test_ladder_gemv_matches_the_dense_product(shape):
 
 def test_ladder_gemv_follows_closed_form_four():
     """One row of 8 cores; K = 32, N = 64: one active core (n_b = 64), 2 chunks of t_k = 16.
-    Per chunk: a chain through S = 8 cores with (1 + 64)*16*2 = 2080 bytes overlapped with
-    T_mv = 16 instructions of length 64: max(10, 16, 32) = 32 each."""
+    Per chunk: a stream through S = 8 cores with (1 + 64)*16*2 = 2080 bytes (one collective:
+    no relay) overlapped with T_mv = 16 instructions of length 64: max(10, 16, 32) = 32 each."""
     mesh = Mesh(small_sram(), 1, 8)
     x = scatter(mesh, torch.ones(1, 32), "x", x_dim=1)
     w = scatter(mesh, torch.ones(32, 64), "w", y_dim=0, x_dim=1)
     ledger = Ledger()
     ladder_gemv(mesh, x=x, w=w, ledger=ledger)
-    chain = 7 * ALPHA + 6 * BETA + 2080 / LINK
+    chain = 7 * ALPHA + 2080 / LINK
     assert ledger.totals().latency_cycles == 2 * max(chain, 16 * 32)

@@ -89,16 +89,25 @@ def test_t10_gemm_relays_its_rings_when_the_routes_run_out():
 
 
 def test_t10_gemm_barriers_span_the_given_region():
+    """A 2x2 GEMM inside a 6x6 region: 2 supersteps, each closed by a barrier over the region:
+    a chained allreduce of one 4-byte token to core 0 along X, then along Y. Per axis: the
+    reduce 5*alpha + 4*beta + 4/W, the multicast back 5*alpha + 4/W (about the side, not
+    the 36 cores)."""
     region = Mesh(device(), 6, 6)
     mesh = region.submesh(2, 2)
     a = scatter(mesh, torch.ones(4, 4), "a", y_dim=0, x_dim=1)
     b = t10_load_weights(mesh, torch.ones(4, 4), stride=1)
     ledger = Ledger()
     t10_gemm(mesh, a=a, b=b, ledger=ledger, stride=1, barrier=region)
-    barriers = [r for r in ledger.expanded() if r.op.endswith("barrier")]
-    assert len(barriers) == 2
-    barrier = barriers[0]
-    assert barrier.comm_cycles == 35 * ALPHA + 34 * BETA + 4 / LINK
+    barriers = [r for r in ledger.expanded() if "/barrier." in r.op]
+    assert [r.op.split("/")[-1] for r in barriers] == 2 * [
+        "barrier.x.reduce",
+        "barrier.x.bcast",
+        "barrier.y.reduce",
+        "barrier.y.bcast",
+    ]
+    reduce, bcast = 5 * ALPHA + 4 * BETA + 4 / LINK, 5 * ALPHA + 4 / LINK
+    assert [r.comm_cycles for r in barriers[:4]] == [reduce, bcast, reduce, bcast]
 
 
 def test_t10_gemm_refuses_a_non_square_grid():

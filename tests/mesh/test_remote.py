@@ -177,10 +177,23 @@ def test_remote_load_pays_request_and_reply_and_owner_hot_spots():
 
 
 def test_snake_chain_crosses_every_core_once():
-    """A 3x4 region: 11 hops, 10 stages, one size term."""
+    """A 3x4 region, one stream (3 routes, within budget): 11 hops, no relay, one size term."""
     mesh = Mesh(device(), 3, 4)
     ledger = Ledger()
     snake_chain(mesh, nbytes=N, ledger=ledger, op="bar")
     (rec,) = ledger.records
-    assert (rec.critical_hops, rec.critical_stages) == (11, 10)
-    assert rec.comm_cycles == 11 * ALPHA + 10 * BETA + N / LINK
+    assert (rec.critical_hops, rec.critical_stages) == (11, 0)
+    assert rec.comm_cycles == 11 * ALPHA + N / LINK
+    assert mesh.routes.routes_per_core == 3
+
+
+def test_concurrent_snake_streams_over_the_budget_relay_every_f_minus_2_hops():
+    """10 streams need 12 routes per router; with F = 5 they relay every 3 hops: 11 hops,
+    ceil(11/3) - 1 = 3 stages, and every core configures the 5 routes."""
+    mesh = Mesh(device(), 3, 4)
+    ledger = Ledger()
+    snake_chain(mesh, nbytes=N, ledger=ledger, op="ld", streams=10, route_budget=5)
+    (rec,) = ledger.records
+    assert (rec.critical_hops, rec.critical_stages) == (11, 3)
+    assert rec.comm_cycles == 11 * ALPHA + 3 * BETA + N / LINK
+    assert mesh.routes.routes_per_core == 5

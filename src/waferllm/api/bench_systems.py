@@ -1,6 +1,6 @@
 """The paper's wafer-side baselines as `bench` algorithms (`--algo t10|ladder`): adapters from
 the bench's calls to `kernels.t10` and `kernels.ladder` with the baselines' fitted constants
-(`model.systems`). Nothing here prices anything.
+(`estimate.systems`). Nothing here prices anything.
 """
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 
+from waferllm.estimate.systems import ladder_constants, t10_constants
 from waferllm.kernels.ladder import ladder_gemm, ladder_gemv
 from waferllm.kernels.result import KernelResult
 from waferllm.kernels.t10 import t10_gemm, t10_gemv, t10_load_weights
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh
-from waferllm.model.systems import ladder_constants, t10_constants
 
 SYSTEM_ALGOS = ("t10", "ladder")
 

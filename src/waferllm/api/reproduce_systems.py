@@ -2,7 +2,7 @@
 with WaferLLM, T10 and Ladder per model and grid, and Table 2's end-to-end requests with T10
 and Ladder predicted beside WaferLLM, each with WaferLLM's advantage and the ratios the paper
 states. WaferLLM's numbers come from `reproduce`'s own sections (per-layer); the baselines'
-from `model.systems` (their constants fitted on the LLaMA3-8B rows only).
+from `estimate.systems` (their constants fitted on the LLaMA3-8B rows only).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from waferllm.api import paper_figures as paper
 from waferllm.api.tables import Column, Section
 from waferllm.device import Device
 from waferllm.errors import WaferError
+from waferllm.estimate.systems import estimate_system
 from waferllm.model.config import load_config
-from waferllm.model.systems import estimate_system
 
 SYSTEMS = ("t10", "ladder")
 BASELINE_TICKS = len(paper.PAPER_MODELS) * (2 + len(paper.E2E_REQUESTS))
@@ -126,7 +126,7 @@ def _phase_table(phase: str, grids: tuple[int, ...], rows: list[dict[str, Any]])
         rows=tuple(rows),
         notes=(
             f"baselines' paper rows: {published.SOURCE}; T10 and Ladder constants are fitted "
-            "on those rows only (model/systems.py), everything else is predicted",
+            "on those rows only (estimate/systems/cost.py), everything else is predicted",
             "ratio rows are TPR ratios (x), not tokens/s",
         ),
     )

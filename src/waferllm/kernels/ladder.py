@@ -4,9 +4,11 @@ as one unified memory, GPU-style tile-based load-compute-store (reference/t10-la
 
 Every tensor is striped in equal contiguous chunks over the cores in row-major ID order. A core
 computes one output tile, walking K in chunks; each chunk's operands are fetched by a blocking
-collective that spans the cores the data may sit on (a chain through S cores, `snake_chain`):
-S = the region for GEMM operands, one line in decode. At the end the tile is stored to its
-owners. Numerics run the same tile schedule (chunk by chunk, every tile at once).
+collective that spans the cores the data may sit on (a stream through S cores, `snake_chain`):
+S = the region for GEMM operands, one line in decode. Every active core's collective crosses
+the same routers at once, so they are relayed (half the free routes go to the loads, half to
+the store). At the end the tile is stored to its owners. Numerics run the same tile schedule
+(chunk by chunk, every tile at once).
 Legend: t_m, t_n, t_k the tile and chunk; N_L active cores; N_c the region's cores; S span.
 """
 
@@ -23,13 +25,14 @@ from waferllm.errors import SramOverflowError, WaferError
 from waferllm.kernels.result import Charged, KernelResult
 from waferllm.mesh.compute import charge_compute, matmul_cycles
 from waferllm.mesh.cost import Ledger
-from waferllm.mesh.remote import Flows, flows, point_to_point, snake_chain
+from waferllm.mesh.remote import Flows, flows, free_routes, point_to_point, snake_chain
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
 
 GPU_TILE = 128  # Ladder's output tile side (tensor-core friendly, LadderPolicy)
 GEMV_FEATURES_PER_CORE = 64  # n_b: output features one core owns in decode (note §5 (4))
 GEMV_CHUNK = 16  # t_k of a GEMV chunk (one MMA k-step)
+STORE = "ladder_store"  # the route set of the tiles' stores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,9 +85,7 @@ def _store(mesh: Mesh, *, tiles: LadderTiles, m: int, n: int, ledger: Ledger, op
     the row-major striping (one concurrent set of XY-routed flows per wave)."""
     flows_key = (mesh.device.storage_bytes, mesh.shape, tiles, m, n)
     f = _store_flows(*flows_key)
-    point_to_point(
-        mesh, f, ledger=ledger, op=op, route_name="ladder_store", cache_key=("ladder", flows_key)
-    )
+    point_to_point(mesh, f, ledger=ledger, op=op, route_name=STORE, cache_key=("ladder", flows_key))
 
 
 @functools.lru_cache(maxsize=256)
@@ -120,7 +121,8 @@ def ladder_gemm(
     after the last chunk store the tile to its owners.
     Cost (note §5 (3), loads overlapped with the multiply: the chunks are double-buffered):
       waves * (ceil(K/t_k) * [max(T_mm(t_m, t_k, t_n), 2*T_coll(S)) + o_s] + T_store),
-      T_coll(S) = (S-1)*alpha + (S-2)*beta + chunk bytes/W,
+      T_coll(S) = (S-1)*alpha + sigma*beta + chunk bytes/W, sigma = ceil((S-1)/(F/2-2)) - 1
+      the relays of N_L concurrent collectives on half of the F free routes,
       T_store = XY-routed tiles to owners (longest flow's hops, owner ramps).
     Routes: chain 2 + the store's flows (relayed when over budget). SRAM: the C tile and
     double-buffered A and B chunks (this fixes t_k).
@@ -184,10 +186,21 @@ def charge_tile_loop(
     )
     chunks = tiles.chunks(k)
     overhead = mesh.device.step_overhead_cycles
+    budget = _load_budget(mesh)
+    streams = min(tiles.num_active, cores)
     with ledger.repeat(waves):
         with ledger.repeat(chunks), ledger.overlap("chunk", step_overhead_cycles=overhead):
             for phase, (name, nbytes) in enumerate(loads):
-                snake_chain(mesh, nbytes=nbytes, ledger=ledger, op=name, cores=span, phase=phase)
+                snake_chain(
+                    mesh,
+                    nbytes=nbytes,
+                    ledger=ledger,
+                    op=name,
+                    cores=span,
+                    streams=streams,
+                    route_budget=budget,
+                    phase=phase,
+                )
             charge_compute(
                 mesh,
                 ledger,
@@ -196,6 +209,13 @@ def charge_tile_loop(
                 flops_per_core=flops / cores / chunks / waves,
             )
         _store(mesh, tiles=tiles, m=m, n=n, ledger=ledger, op="store")
+
+
+def _load_budget(mesh: Mesh) -> int:
+    """Routes the load collectives may use: half of what is free, counting the loads' and the
+    store's own sets when an earlier call of this program configured them already."""
+    own = sum(int(np.max(mesh.routes.sets.get(name, 0))) for name in ("snake_chain", STORE))
+    return (free_routes(mesh) + own) // 2
 
 
 def ladder_gemv(
@@ -217,8 +237,8 @@ def ladder_gemv(
     Sharding: x[*T, K] @ W[K, N] -> y[*T, N_x] (inputs in any layout: unified memory).
     Cost (note §5 (4), overlapped as the GEMM):
       waves * (ceil(K/t_k) * [max(T_mv(t_k, n_b), T_coll(S)) + o_s] + T_store),
-      T_mv = T*t_k instructions of length n_b, T_coll(S) = (S-1)*alpha + (S-2)*beta
-      + (T + n_b)*t_k*s/W.
+      T_mv = T*t_k instructions of length n_b, T_coll(S) = (S-1)*alpha + sigma*beta
+      + (T + n_b)*t_k*s/W (sigma as `ladder_gemm`: N/n_b concurrent collectives).
     Routes: chain 2 + the store's flows. SRAM: accumulators and double-buffered chunks.
     """
     if not x.layout.shape or len(w.layout.shape) != 2:

@@ -1,11 +1,13 @@
 """T10 (SOSP'24) ported to the mesh as the WaferLLM paper ran it (§7): compute-shift GEMM on
-position-blind rings, GEMV with a direct fan-in, and the explicit transpose its attention needs
-(reference/t10-ladder-baselines.md §2, §5 (1)-(2)). Same signature as `gemm.py`/`gemv.py`.
+position-blind rings, GEMV with a direct fan-in, the explicit transpose its attention needs and
+its BSP barrier (reference/t10-ladder-baselines.md §2, §5 (1)-(2)). Same signature as
+`gemm.py`/`gemv.py`.
 
 T10 plans with a crossbar cost model (every core one hop from every other), so its rings follow
 core IDs, not positions: the ring of a line visits cores 0, s, 2s, ... (stride s coprime to P,
 default near P/2, `mesh.remote.default_stride`); `stride=1` is the plain ring (Cannon, T10's
-best case). Supersteps are bulk-synchronous: compute, then shift (no overlap).
+best case). Supersteps are bulk-synchronous: compute, then shift (no overlap), and with a
+barrier region every superstep ends with a sync of that region (`region_barrier`).
 Legend: P cores per side; m, k, n one core's tile of M, K, N; s storage bytes; W link bytes
 per cycle; alpha per hop, beta per relay stage; d, lambda, sigma of the ring step (remote.py).
 """
@@ -19,7 +21,7 @@ import torch
 
 from waferllm.errors import WaferError
 from waferllm.kernels.result import Charged, KernelResult
-from waferllm.mesh.comm import broadcast
+from waferllm.mesh.comm import ReduceAlgorithm, allreduce, broadcast
 from waferllm.mesh.compute import matmul
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
@@ -30,7 +32,6 @@ from waferllm.mesh.remote import (
     free_routes,
     permuted_shift,
     point_to_point,
-    snake_chain,
     stride_position,
     stride_successor,
 )
@@ -38,7 +39,7 @@ from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh
 
 B_ALIGNED = "t10_b_aligned"
-BARRIER_BYTES = 4  # one wavelet: a BSP barrier carries no data
+BARRIER_WORDS = 2  # f16 words of a barrier token: one 4-byte wavelet, it carries no data
 
 
 # ---- ring arithmetic -----------------------------------------------------------------------
@@ -109,12 +110,12 @@ def t10_gemm(
     multiple of P). Schedule: skew A along X (timed, tag "align") and B along Y unless
     `t10_load_weights` stored it skewed; then P supersteps of {c += a @ b; shift a one ring
     place along X and b along Y, concurrently}, compute and shift one after the other (BSP).
-    With `barrier`, every superstep ends with a barrier over that region (a snake chain).
+    With `barrier`, every superstep ends with `region_barrier` over that region.
     Cost (note §5 (1), pace r = 1; o_op the op overhead, o_s the step overhead):
       align: per skewed operand, one shift: max hop distance * alpha + relays * beta +
              busiest link / W
       steps: P * (T_mm(m, k, n) + o_op + d*alpha + sigma*beta + lambda*max(m*k, k*n)*s/W + o_s
-                  [+ (N_c-1)*alpha + (N_c-2)*beta + 4/W + o_op per barrier])
+                  [+ T_bar of the barrier region, `region_barrier`])
       with d = max(s, P-s), lambda = min(s, P-s), sigma = ceil(d/g) - 1 when relayed
       (g = free routes / 2 - 2 per axis).
     Routes: transit + 2 per axis direct (about P); relayed: all free routes, split by axis.
@@ -147,9 +148,34 @@ def t10_gemm(
                     a_data = _shift(mesh, a_data, Axis.X, step, ledger, "shift_a", budget)
                     b_data = _shift(mesh, b_data, Axis.Y, step, ledger, "shift_b", budget)
                 if barrier is not None:
-                    snake_chain(barrier, nbytes=BARRIER_BYTES, ledger=ledger, op="barrier")
+                    region_barrier(barrier, ledger=ledger)
     c = DistTensor(acc.to(mesh.compute_dtype), out_layout, mesh, f"{op}.c", out_key)
     return KernelResult(out=c, records=charged.records)
+
+
+def region_barrier(region: Mesh, *, ledger: Ledger, op: str = "barrier") -> None:
+    """T10's BSP sync on the mesh: every core of `region` must have finished the superstep
+    before any starts the next exchange. The platform's own allreduce (Cerebras' pipeline:
+    a forward-add chain to the root, then a multicast back) of one token, along X (every row
+    at once), then along Y; its root is core 0, the region's corner (T10 is position-blind:
+    the first core ID is the master). A reduction tree, so it costs about the region's side,
+    not its core count (no token visits every core one after the other).
+
+    Cost, per axis of P cores: reduce (P-1)*alpha + (P-2)*beta + 4/W + o_op, multicast back
+    (P-1)*alpha + 4/W + o_op (`comm.allreduce`, pipeline, root 0). Routes: the chain's and the
+    multicast's, per axis.
+    """
+    token = torch.empty((region.rows, region.cols, BARRIER_WORDS), device="meta")
+    for axis in (Axis.X, Axis.Y):
+        allreduce(
+            region,
+            token,
+            axis=axis,
+            ledger=ledger,
+            op=f"{op}.{axis.value}",
+            algorithm=ReduceAlgorithm.PIPELINE,
+            root=0,
+        )
 
 
 def _ring_budget(mesh: Mesh) -> int:

@@ -1,6 +1,6 @@
 """Primitives the wafer-side baselines need (T10, Ladder; reference/t10-ladder-baselines.md §5):
 shifts along a position-blind ring (any permutation, relayed when routes run out), a direct
-fan-in to one root, XY-routed point-to-point flows and remote loads, a region-wide chain.
+fan-in to one root, XY-routed point-to-point flows and remote loads, a region-wide stream.
 
 Costs follow the message model of SPEC.md §10.6; routes follow §10.7 with one rule for arbitrary
 flows: a core configures one colour per flow that transits it, plus 2 (send, receive). When a
@@ -424,34 +424,49 @@ def snake_chain(
     ledger: Ledger,
     op: str,
     cores: int | None = None,
+    streams: int = 1,
+    route_budget: int | None = None,
     phase: int = 0,
 ) -> None:
-    """A chain through the first `cores` cores of the region (default all) in snake order
-    (row 0 eastwards, row 1 westwards, ...): a region-wide collective or a BSP barrier
-    (`nbytes` = one wavelet).
+    """A stream through the first `cores` cores of the region (default all) in snake order
+    (row 0 eastwards, row 1 westwards, ...), routed by the switches: a region-wide collective
+    (Ladder's loads from unified memory). `streams` such collectives cross every router of
+    the snake at once; each needs a colour per router it transits + 2 (send, receive), so
+    over the free routes F (`route_budget`, default every free route) they are relayed every
+    F - 2 hops, each relay a stage (`relay_plan`).
 
-    Cost: (S - 1)*alpha + (S - 2)*beta + nbytes/W + o_op for S cores (every core receives,
-    processes and forwards; the size is paid once, pipelined). Routes: 2 per core.
+    Cost: (S - 1)*alpha + stages*beta + nbytes/W + o_op for S cores, stages = ceil((S-1) /
+    (F-2)) - 1 when relayed, else 0 (the size is paid once, pipelined; only the busiest
+    stream is priced). Routes: min(streams + 2, F) per core.
     """
     span = mesh.num_cores if cores is None else min(cores, mesh.num_cores)
     if span <= 1:
         return
-    mesh.routes.require("snake_chain", SEND_RECEIVE_ROUTES)
+    free = free_routes(mesh, own="snake_chain") if route_budget is None else route_budget
+    plan = relay_plan(
+        hops=span - 1,
+        routes_needed=streams + SEND_RECEIVE_ROUTES,
+        free_routes=free,
+        name="snake_chain",
+    )
+    mesh.routes.require("snake_chain", plan.routes_per_core)
     if ledger.prices:
-        traffic = snake_traffic(mesh.device, mesh.shape, nbytes, span)
+        traffic = snake_traffic(mesh.device, mesh.shape, nbytes, span, plan.stages)
         ledger.charge(op, Charge.comm(traffic), phase=phase)
 
 
 @lru_cache(maxsize=256)
-def snake_traffic(device: Device, shape: tuple[int, int], nbytes: int, span: int) -> Traffic:
-    """One stream along the first `span` cores of the snake: each link on it and each ramp
-    carries `nbytes` once (kept as (1, 1) loads: only the busiest matters)."""
+def snake_traffic(
+    device: Device, shape: tuple[int, int], nbytes: int, span: int, stages: int
+) -> Traffic:
+    """One stream along the first `span` cores of the snake with `stages` relays: each link on
+    it and each ramp carries `nbytes` once (kept as (1, 1) loads: only the busiest matters)."""
     load = np.array([[float(nbytes)]])
     return Traffic(
         device=device,
         shape=shape,
         critical_hops=span - 1,
-        critical_stages=max(span - 2, 0),
+        critical_stages=stages,
         bytes_injected=nbytes * (span - 1),
         link_byte_hops=nbytes * (span - 1),
         links={(Axis.X, +1): load},

@@ -2,8 +2,9 @@
 
 Prefill: every GEMM is `t10_gemm` on a busy square sub-grid of side sqrt(N_T10) (the
 "thousands, not millions, of cores" of the paper, a calibrated cap: `T10Constants`), on
-position-blind stride rings, one region-wide BSP barrier per superstep; operands too big for a
-core's free SRAM are cut by T10's rotating pace (N into r_n passes, K into r_k). Q @ K^T
+position-blind stride rings, a BSP barrier over the region after every superstep (a reduction
+tree, `kernels.t10.region_barrier`); operands too big for a core's free SRAM are cut by T10's
+rotating pace (N into r_n passes, K into r_k, each pass P supersteps). Q @ K^T
 transposes K explicitly first. Decode: WaferLLM's decode layer with each of its 10 allreduces
 a direct fan-in to the line's end plus a multicast back; the KV cache is statically
 block-partitioned over the request's whole context. Norms and elementwise ops as WaferLLM.
@@ -18,14 +19,7 @@ import torch
 
 from waferllm.device import Device
 from waferllm.errors import SramOverflowError
-from waferllm.kernels.t10 import t10_gemm, t10_gemv, t10_load_weights, t10_transpose
-from waferllm.mesh.comm import ReduceAlgorithm, allreduce, broadcast
-from waferllm.mesh.compute import matmul
-from waferllm.mesh.cost import Ledger, PhaseLedger
-from waferllm.mesh.geometry import Axis
-from waferllm.mesh.remote import fan_in_reduce
-from waferllm.mesh.virtual import Mesh
-from waferllm.model.systems_common import (
+from waferllm.estimate.systems.common import (
     LayerShapes,
     charge_elementwise,
     estimate_mesh,
@@ -34,6 +28,13 @@ from waferllm.model.systems_common import (
     meta_tiles,
     plan_cost,
 )
+from waferllm.kernels.t10 import t10_gemm, t10_gemv, t10_load_weights, t10_transpose
+from waferllm.mesh.comm import ReduceAlgorithm, allreduce, broadcast
+from waferllm.mesh.compute import matmul
+from waferllm.mesh.cost import Ledger, PhaseLedger
+from waferllm.mesh.geometry import Axis
+from waferllm.mesh.remote import fan_in_reduce
+from waferllm.mesh.virtual import Mesh
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -119,14 +120,11 @@ def _gemm_passes(
         b = t10_load_weights(sub, _host(k_pass, n_pass), name=f"{op}.w")
     else:
         b = meta(sub, (*batch, k_pass, n_pass), f"{op}.b", y_dim=len(batch), x_dim=len(batch) + 1)
-    # The r_n * r_k passes of one superstep pipeline behind each other between two barriers:
-    # a pass's ring partners are fixed, so only the superstep ends with a region-wide sync.
-    first, rest = Ledger(), Ledger()
-    t10_gemm(sub, a=a, b=b, ledger=first, op=op, barrier=region).out.free()
-    ledger.extend(first)
-    if pace.passes > 1:
-        t10_gemm(sub, a=a, b=b, ledger=rest, op=op).out.free()
-        ledger.extend(rest, count=pace.passes - 1)
+    # BSP (note §5 (1)): each of the r_n * r_k passes runs P supersteps, every one of them
+    # closed by a barrier over the whole region (T10 compiles the region as its chip).
+    step = Ledger()
+    t10_gemm(sub, a=a, b=b, ledger=step, op=op, barrier=region).out.free()
+    ledger.extend(step, count=pace.passes)
     meshes.append(sub)
 
 

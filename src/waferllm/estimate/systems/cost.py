@@ -1,7 +1,7 @@
 """The paper's wafer-side baselines, T10 and Ladder, as whole-model estimates on the virtual
 wafer (reference/t10-ladder-baselines.md), beside WaferLLM's own estimate (`api.estimate`).
 
-`estimate_system` composes one layer's plan per phase (`systems_t10`, `systems_ladder`) into
+`estimate_system` composes one layer's plan per phase (`t10`, `ladder`) into
 TTFT (every layer's prefill, then the LM head at the last position) and the O-1 decode steps
 (every layer, then the LM head), the paper's per-layer method. The fitted constants live here,
 one per baseline per phase (SPEC.md §8), each with its source and residuals;
@@ -16,14 +16,14 @@ import functools
 
 from waferllm.device import Device
 from waferllm.errors import WaferError
+from waferllm.estimate.systems.common import LayerShapes, estimate_mesh
+from waferllm.estimate.systems.ladder import LadderConstants, ladder_decode, ladder_prefill
+from waferllm.estimate.systems.ladder import plan_gemv as ladder_lm_head
+from waferllm.estimate.systems.t10 import T10Constants, t10_decode, t10_prefill
+from waferllm.estimate.systems.t10 import plan_gemv as t10_lm_head
 from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.model.config import ModelConfig
-from waferllm.model.systems_common import LayerShapes, estimate_mesh
-from waferllm.model.systems_ladder import LadderConstants, ladder_decode, ladder_prefill
-from waferllm.model.systems_ladder import plan_gemv as ladder_lm_head
-from waferllm.model.systems_t10 import T10Constants, t10_decode, t10_prefill
-from waferllm.model.systems_t10 import plan_gemv as t10_lm_head
 
 
 class System(enum.StrEnum):
@@ -47,29 +47,30 @@ class FittedConstant:
 _ROWS = "LLaMA3-8B, 4096-token prompt, reference/t10-ladder-baselines.md §4 (PAPER Tables 3, 4)"
 
 T10_BUSY_CORES = FittedConstant(
-    value=1156,
-    meaning="cores T10's plans keep busy in prefill (a 34x34 sub-grid): its P failure",
-    source=f"fitted on the T10 prefill rows at 480/600/720, {_ROWS}; with the recalibrated "
-    "beta (10 cycles) the region barriers dominate and no busy-core count fits (minimax)",
-    residuals=(0.921, 1.225, 1.390),
+    value=1369,
+    meaning="cores T10's plans keep busy in prefill (a 37x37 sub-grid): its P failure",
+    source=f"fitted on the T10 prefill rows at 480/600/720, {_ROWS}; every superstep ends "
+    "with a barrier over the region (the platform's chained allreduce of one token)",
+    residuals=(0.0656, -0.0157, -0.0947),
 )
 T10_PER_PARTIAL_CYCLES = FittedConstant(
     value=15.5,
     meaning="cycles the decode fan-in root spends per arriving partial (receive and add)",
     source=f"fitted on the T10 decode rows at 420/540/660, {_ROWS}",
-    residuals=(0.042, 0.033, -0.048),
+    residuals=(0.0424, 0.0326, -0.0475),
 )
 LADDER_PREFILL_SPAN = FittedConstant(
-    value=0.14,
-    meaning="share of the region a prefill load collective chains through",
+    value=0.35,
+    meaning="share of the region a prefill load collective streams through (relayed: every "
+    "active core's collective crosses the same routers)",
     source=f"fitted on the Ladder prefill rows at 480/600/720, {_ROWS}",
-    residuals=(-0.027, 0.034, 0.029),
+    residuals=(-0.0419, 0.0185, 0.0136),
 )
 LADDER_DECODE_SPAN = FittedConstant(
-    value=0.07,
-    meaning="share of a row a decode load collective chains through",
+    value=0.16,
+    meaning="share of a row a decode load collective streams through (relayed, as prefill)",
     source=f"fitted on the Ladder decode rows at 420/540/660, {_ROWS}",
-    residuals=(0.054, 0.050, -0.006),
+    residuals=(0.0297, 0.0179, -0.0403),
 )
 
 

@@ -14,6 +14,14 @@ import dataclasses
 import math
 
 from waferllm.device import Device
+from waferllm.estimate.systems.common import (
+    LayerShapes,
+    charge_elementwise,
+    estimate_mesh,
+    hold_resident,
+    meta_tiles,
+    plan_cost,
+)
 from waferllm.kernels.ladder import (
     GEMV_CHUNK,
     GEMV_FEATURES_PER_CORE,
@@ -26,14 +34,6 @@ from waferllm.mesh.compute import matmul_cycles
 from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.virtual import Mesh
-from waferllm.model.systems_common import (
-    LayerShapes,
-    charge_elementwise,
-    estimate_mesh,
-    hold_resident,
-    meta_tiles,
-    plan_cost,
-)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
