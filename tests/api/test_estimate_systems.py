@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers.traces import assert_chrome_trace, assert_tracks_add_up
 
 import waferllm
 from waferllm.api.bench import bench_gemm, bench_gemv
 from waferllm.cli import main
 from waferllm.errors import WaferError
+from waferllm.model.config import load_config
 
 
 @pytest.mark.parametrize("system", ["t10", "ladder"])
@@ -72,6 +74,51 @@ def test_cli_estimate_takes_system(capsys):
     ]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["system"] == "ladder"
+
+
+@pytest.mark.parametrize("system", ["t10", "ladder"])
+def test_a_baseline_report_carries_the_same_provenance_and_warnings_as_waferllms(system):
+    def report(**kw: object) -> dict:
+        return waferllm.estimate(
+            "tiny", device="tiny", prompt_len=12, output_len=4, prefill_grid=4, decode_grid=4, **kw
+        ).to_dict()
+
+    ours, theirs = report(), report(system=system)
+    assert theirs["warnings"] == [] and theirs["provenance"] is not None
+    assert theirs["provenance"].keys() == ours["provenance"].keys()
+    assert theirs["provenance"]["device_constants"] == ours["provenance"]["device_constants"]
+    assert theirs["sram_used_fraction"] > 0
+
+
+def test_a_baseline_past_the_trained_context_warns_in_its_report():
+    too_long = load_config("tiny").max_position_embeddings + 1
+    with pytest.warns(UserWarning, match="max_position_embeddings"):
+        est = waferllm.estimate(
+            "tiny",
+            device="tiny",
+            prompt_len=too_long,
+            output_len=2,
+            prefill_grid=4,
+            decode_grid=4,
+            system="t10",
+        )
+    assert any("max_position_embeddings" in w for w in est.to_dict()["warnings"])
+
+
+@pytest.mark.parametrize("system", ["t10", "ladder"])
+def test_cli_estimate_traces_a_baseline_whose_tracks_sum_to_its_phase_times(
+    system, tmp_path, capsys
+):
+    path = tmp_path / "trace.json"
+    argv = ["estimate", "--model", "tiny", "--device", "tiny", "--prompt-len", "12"]
+    argv += ["--output-len", "4", "--prefill-grid", "4", "--decode-grid", "4"]
+    argv += ["--system", system, "--json", "--trace", str(path)]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    trace = json.loads(path.read_text())
+    assert_chrome_trace(trace)
+    assert_tracks_add_up(trace, report["breakdown"])
+    assert trace["otherData"]["provenance"] == report["provenance"]
 
 
 @pytest.mark.parametrize("algo", ["t10", "ladder"])

@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from waferllm.api.provenance import collected_warnings, make_provenance
 from waferllm.device import Device, get_device
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["Estimate", "PhasePlacement", "clear_cache", "estimate"]
 
 Progress = Callable[[int, int, str], None]
+_Result = TypeVar("_Result", "Estimate", "BaselineEstimate")  # what `_stamped` stamps
 
 PER_LAYER_NOTE = (
     "per-layer extrapolation: one layer's plan on the grid with the SRAM limit enforced for "
@@ -126,12 +127,13 @@ def estimate(
     >>> est.report.placement, est.extrapolated, est.metrics.decode_tpr > 1000
     ('per-layer', True, True)
     """
-    if system != "waferllm":
-        dev = _device(device, device_overrides)
-        grids_given = (prefill_grid, decode_grid)
-        return _baseline(model, dev, system, prompt_len, output_len, grids_given)  # type: ignore[return-value]
     config = model if isinstance(model, ModelConfig) else load_config(str(model))
     resolved = _device(device, device_overrides)
+    if system != "waferllm":
+        grids_given = (prefill_grid, decode_grid)
+        with collected_warnings() as caught:
+            baseline = _baseline(config, resolved, system, prompt_len, output_len, grids_given)
+        return _stamped(baseline, caught, device=resolved, config=config)  # type: ignore[return-value]
     with collected_warnings() as caught:
         result = _estimate(
             config,
@@ -189,7 +191,7 @@ def _estimate(
 
 
 def _baseline(
-    model: str | Path | ModelConfig,
+    config: ModelConfig,
     device: Device,
     system: str,
     prompt_len: int,
@@ -198,9 +200,8 @@ def _baseline(
 ) -> BaselineEstimate:
     """The paper's baselines (estimate_systems.py), same report schema with `system` set."""
     from waferllm.api.estimate_systems import estimate_baseline  # it builds on this module
-    from waferllm.model.systems import System
+    from waferllm.estimate.systems import System
 
-    config = model if isinstance(model, ModelConfig) else load_config(str(model))
     _check_lengths(config, prompt_len, output_len)
     return estimate_baseline(
         _choice(system, System, "system"),
@@ -213,11 +214,10 @@ def _baseline(
     )
 
 
-def _stamped(
-    result: Estimate, caught: list[str], *, device: Device, config: ModelConfig
-) -> Estimate:
-    """The result with its warnings, provenance and the share of the device's SRAM in use
-    (the peak core's bytes on every core the placement occupies: an upper bound)."""
+def _stamped(result: _Result, caught: list[str], *, device: Device, config: ModelConfig) -> _Result:
+    """The result (WaferLLM's or a baseline's) with its warnings, provenance and the share of
+    the device's SRAM in use (the peak core's bytes on every core the placement occupies: an
+    upper bound)."""
     report = result.report
     cores = max(_cores(p, result.extrapolated) for p in (result.prefill, result.decode))
     peak = report.metrics.peak_sram_bytes_per_core or 0

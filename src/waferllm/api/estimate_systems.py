@@ -1,5 +1,5 @@
 """`waferllm.estimate(..., system="t10"|"ladder")`: the same request under the paper's wafer-side
-baselines (reference/t10-ladder-baselines.md; `model.systems`), reported in SPEC.md §10.4's
+baselines (reference/t10-ladder-baselines.md; `estimate.systems`), reported in SPEC.md §10.4's
 schema with `system` set. Grids not given are WaferLLM's (the note's §6.1 choice: the paper
 does not state the baselines' grids), found by WaferLLM's own estimate. Per-layer always: the
 baselines are modelled one layer at a time, as the paper measured.
@@ -14,16 +14,26 @@ from typing import Any
 from waferllm.api.estimate import PER_LAYER_NOTE, PhasePlacement, _phase_summary, estimate
 from waferllm.device import Device
 from waferllm.engine.metrics import model_flops
-from waferllm.mesh.cost import Ledger
+from waferllm.estimate.systems import System, SystemCost, estimate_system
+from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.virtual import GridLike, as_grid
 from waferllm.model.config import ModelConfig
 from waferllm.model.report import KvCapacity, RequestMetrics, RequestReport
-from waferllm.model.systems import System, SystemCost, estimate_system
 
 BASELINE_NOTE = (
     "modelled {system} baseline (reference/t10-ladder-baselines.md): its constants are "
     "fitted on the paper's LLaMA3-8B rows only; every other number is a prediction"
 )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BaselineLedgers:
+    """A baseline request's three phase ledgers, as `Estimate.ledgers` holds WaferLLM's (the
+    trace reads either): neither baseline re-lays anything between the phases."""
+
+    prefill: PhaseLedger
+    transition: Ledger
+    decode: PhaseLedger
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -40,6 +50,12 @@ class BaselineEstimate:
     @property
     def metrics(self) -> RequestMetrics:
         return self.report.metrics
+
+    @property
+    def ledgers(self) -> BaselineLedgers:
+        return BaselineLedgers(
+            prefill=self.cost.prefill, transition=Ledger(), decode=self.cost.decode
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return self.report.to_dict()

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from waferllm.api.estimate import Estimate
+from waferllm.api.estimate_systems import BaselineEstimate
 from waferllm.api.llm import LLM, RequestOutput
 from waferllm.device import Device
 from waferllm.mesh.cost import Ledger, Record
@@ -285,9 +286,10 @@ def _repeats(ledger: Ledger, steps: int) -> int:
 
 
 def estimate_trace(
-    result: Estimate, *, device: Device, max_repeats: int = MAX_REPEATS
+    result: Estimate | BaselineEstimate, *, device: Device, max_repeats: int = MAX_REPEATS
 ) -> dict[str, Any]:
-    """The modelled timeline of an `estimate` result on `device` (the one it ran on)."""
+    """The modelled timeline of an `estimate` result (WaferLLM's or a baseline's, `system`)
+    on `device` (the one it ran on)."""
     cost, steps = result.ledgers, max(result.report.output_len - 1, 1)
     phases = (
         PhaseLedgers(
