@@ -92,7 +92,7 @@ def test_t10_gemm_barriers_span_the_given_region():
     """A 2x2 GEMM inside a 6x6 region: 2 supersteps, each closed by a barrier over the region:
     a chained allreduce of one 4-byte token to core 0 along X, then along Y. Per axis: the
     reduce 5*alpha + 4*beta + 4/W, the multicast back 5*alpha + 4/W (about the side, not
-    the 36 cores)."""
+    the 36 cores). The barrier's colours are configured on the busy cores' routers too."""
     region = Mesh(device(), 6, 6)
     mesh = region.submesh(2, 2)
     a = scatter(mesh, torch.ones(4, 4), "a", y_dim=0, x_dim=1)
@@ -108,6 +108,8 @@ def test_t10_gemm_barriers_span_the_given_region():
     ]
     reduce, bcast = 5 * ALPHA + 4 * BETA + 4 / LINK, 5 * ALPHA + 4 / LINK
     assert [r.comm_cycles for r in barriers[:4]] == [reduce, bcast, reduce, bcast]
+    # the busy cores' routers carry the barrier's colours beside their rings
+    assert set(region.routes.sets) <= set(mesh.routes.sets)
 
 
 def test_t10_gemm_refuses_a_non_square_grid():

@@ -23,7 +23,7 @@ from waferllm.errors import WaferError
 from waferllm.kernels.result import Charged, KernelResult
 from waferllm.mesh.comm import ReduceAlgorithm, allreduce, broadcast
 from waferllm.mesh.compute import matmul
-from waferllm.mesh.cost import Ledger
+from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.remote import (
     default_stride,
@@ -118,7 +118,8 @@ def t10_gemm(
                   [+ T_bar of the barrier region, `region_barrier`])
       with d = max(s, P-s), lambda = min(s, P-s), sigma = ceil(d/g) - 1 when relayed
       (g = free routes / 2 - 2 per axis).
-    Routes: transit + 2 per axis direct (about P); relayed: all free routes, split by axis.
+    Routes: transit + 2 per axis direct (about P); relayed: all free routes, split by axis,
+    after the barrier's chain and multicast colours (configured on this mesh too).
     SRAM: a, b, their receive buffers, c.
     """
     num = _square(mesh, op)
@@ -138,6 +139,8 @@ def t10_gemm(
         out_key = mesh.sram.alloc(f"{op}.c", math.prod(c_shape) * mesh.device.storage_bytes)
         with mesh.sram.scope():
             mesh.sram.alloc(f"{op}.recv", (a.tile_numel + b.tile_numel) * mesh.device.storage_bytes)
+            if barrier is not None:  # its colours sit on these cores' routers too
+                region_barrier(mesh, ledger=UnpricedLedger())
             budget = _ring_budget(mesh)
             a_data, b_data = _skew(mesh, a, b, stride, ledger, budget)
             acc = torch.zeros((num, num, *c_shape), dtype=torch.float32, device=a.data.device)

@@ -51,7 +51,7 @@ T10_BUSY_CORES = FittedConstant(
     meaning="cores T10's plans keep busy in prefill (a 37x37 sub-grid): its P failure",
     source=f"fitted on the T10 prefill rows at 480/600/720, {_ROWS}; every superstep ends "
     "with a barrier over the region (the platform's chained allreduce of one token)",
-    residuals=(0.0656, -0.0157, -0.0947),
+    residuals=(0.0666, -0.0149, -0.0937),
 )
 T10_PER_PARTIAL_CYCLES = FittedConstant(
     value=15.5,
