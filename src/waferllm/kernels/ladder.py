@@ -23,9 +23,10 @@ import torch
 
 from waferllm.errors import SramOverflowError, WaferError
 from waferllm.kernels.result import Charged, KernelResult
+from waferllm.mesh.blind_rings import free_routes
 from waferllm.mesh.compute import charge_compute, matmul_cycles
 from waferllm.mesh.cost import Ledger
-from waferllm.mesh.remote import Flows, flows, free_routes, point_to_point, snake_chain
+from waferllm.mesh.remote import Flows, flows, point_to_point, snake_chain
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
 
