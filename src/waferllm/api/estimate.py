@@ -31,6 +31,7 @@ from waferllm.mesh.virtual import GridLike, as_grid
 from waferllm.model.config import ModelConfig, load_config
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.placement import PlacementMode, ResidentLayouts
+from waferllm.model.quant import UNCOMPRESSED, Storage
 from waferllm.model.regions import PhaseRegions
 from waferllm.model.report import RequestMetrics, RequestReport
 
@@ -114,6 +115,8 @@ def estimate(
     resident_layouts: str | ResidentLayouts = "one",
     progress: Progress | None = None,
     system: str = "waferllm",
+    weight_dtype: str = "float16",
+    kv_dtype: str = "float16",
 ) -> Estimate:
     """Predict one batch-1 request of `prompt_len` tokens generating `output_len`.
 
@@ -121,12 +124,21 @@ def estimate(
     Grids not given are searched (the fastest feasible pair under SRAM and routes, minimising
     TTFT + transition + decode time); `progress(done, total, what)` follows the search.
     `system="t10"|"ladder"`: the paper's wafer-side baselines instead (`estimate_systems`).
+    `weight_dtype`, `kv_dtype`: float16 (default), int8 or int4 (one float16 scale per group of
+    32; SPEC.md §10.2): SRAM, links and the ledger count the stored bytes, every use pays the
+    dequantisation.
 
     >>> est = estimate("llama3-8b", prompt_len=4096, output_len=2, placement="per-layer",
     ...                prefill_grid=600, decode_grid=420)
     >>> est.report.placement, est.extrapolated, est.metrics.decode_tpr > 1000
     ('per-layer', True, True)
     """
+    storage = Storage.of(weight_dtype, kv_dtype)
+    if system != "waferllm" and storage != UNCOMPRESSED:
+        raise WaferError(
+            f"system={system!r} models float16 weights and KV cache only; "
+            "weight_dtype/kv_dtype apply to system waferllm"
+        )
     config = model if isinstance(model, ModelConfig) else load_config(str(model))
     resolved = _device(device, device_overrides)
     if system != "waferllm":
@@ -145,6 +157,7 @@ def estimate(
             kv_cache=kv_cache,
             resident_layouts=resident_layouts,
             progress=progress,
+            storage=storage,
         )
     return _stamped(result, caught, device=resolved, config=config)
 
@@ -160,6 +173,7 @@ def _estimate(
     kv_cache: str | KvPolicy,
     resident_layouts: str | ResidentLayouts,
     progress: Progress | None,
+    storage: Storage,
 ) -> Estimate:
     start = time.perf_counter()
     setup = Setup(
@@ -168,6 +182,7 @@ def _estimate(
         placement=_choice(placement, PlacementMode, "placement"),
         kv_policy=_choice(kv_cache, KvPolicy, "kv_cache"),
         resident=_choice(resident_layouts, ResidentLayouts, "resident_layouts"),
+        storage=storage,
     )
     _check_lengths(setup.config, prompt_len, output_len)
     grids = (as_grid(grids[0], "prefill_grid"), as_grid(grids[1], "decode_grid"))
@@ -319,6 +334,8 @@ def _result(
         max_new_tokens=room,
         breakdown=breakdown,
         host_wall_s=wall_s,
+        weight_dtype=setup.storage.weights.value,
+        kv_dtype=setup.storage.kv.value,
     )
     return Estimate(
         report=report,

@@ -30,6 +30,7 @@ def whole_model_capacity(
             placement=PlacementMode.FIT,
             resident=setup.resident,
             max_context_tokens=None,
+            storage=setup.storage,
         )
     except WaferError as exc:
         reason = f"the whole model does not fit one {setup.device.name} (fit): {exc}"

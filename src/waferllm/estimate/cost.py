@@ -21,6 +21,7 @@ from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import Append, KvCacheFullError, KvPolicy, RowCounts
 from waferllm.model.layers import LayerLedgers
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts
+from waferllm.model.quant import UNCOMPRESSED, Storage
 from waferllm.model.transformer import DecodeRecords, MeshTransformer
 
 Grid = tuple[int, int]
@@ -35,6 +36,7 @@ class Setup:
     placement: PlacementMode = PlacementMode.FIT
     kv_policy: KvPolicy = KvPolicy.SHIFT
     resident: ResidentLayouts = ResidentLayouts.ONE
+    storage: Storage = UNCOMPRESSED  # weights and KV cache compressed or not
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -92,6 +94,7 @@ class CostModel:
                 placement=s.placement,
                 kv_policy=s.kv_policy,
                 resident_layouts=s.resident,
+                storage=s.storage,
             )
         return self._models[key]
 

@@ -20,6 +20,7 @@ from waferllm.mesh.cost import Charge, ChargeKind, Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.memory import SramTracker
 from waferllm.mesh.routes import RouteBudget
+from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 from waferllm.mesh.tensor import DistTensor, Layout, join_tiles, split_host
 
 
@@ -139,12 +140,22 @@ class Mesh:
         return torch.device("meta" if self.mode is Mode.ESTIMATE else "cpu")
 
     # ---- creating distributed tensors --------------------------------------------------------
-    def register(self, data: torch.Tensor, layout: Layout, name: str) -> DistTensor:
-        """Wrap per-core tiles and charge their bytes to every core's SRAM."""
+    def register(
+        self,
+        data: torch.Tensor,
+        layout: Layout,
+        name: str,
+        *,
+        stored: StoredDtype = StoredDtype.FLOAT16,
+    ) -> DistTensor:
+        """Wrap per-core tiles and charge their stored bytes to every core's SRAM (`stored`:
+        compressed weights hold codes and scales, `mesh.storage`; the tiles themselves hold
+        the dequantised values in the compute dtype)."""
         shape = data.shape
         assert shape[0] == self.rows and shape[1] == self.cols, (shape, self.shape)
-        key = self.sram.alloc(name, math.prod(shape[2:]) * self.device.storage_bytes)
-        return DistTensor(data, layout, self, name, key)
+        nbytes = tile_stored_bytes(stored, tuple(shape[2:]), self.device.storage_bytes)
+        key = self.sram.alloc(name, nbytes)
+        return DistTensor(data, layout, self, name, key, stored)
 
     def empty(self, layout: Layout, name: str, *, fill: float = 0.0) -> DistTensor:
         tile = layout.tile_shape(self.rows, self.cols)
@@ -154,7 +165,13 @@ class Mesh:
         return self.register(data, layout, name)
 
     def scatter(
-        self, host: torch.Tensor, layout: Layout, name: str, *, ledger: Ledger | None = None
+        self,
+        host: torch.Tensor,
+        layout: Layout,
+        name: str,
+        *,
+        ledger: Ledger | None = None,
+        stored: StoredDtype = StoredDtype.FLOAT16,
     ) -> DistTensor:
         """Host -> mesh. Charged as host I/O when a ledger is given (weights load uncharged).
 
@@ -174,7 +191,7 @@ class Mesh:
             data = split_host(host.to(self.compute_dtype), layout, self.rows, self.cols)
         if ledger is not None:
             self.charge_host_io(ledger, f"scatter.{name}", math.prod(layout.shape))
-        return self.register(data, layout, name)
+        return self.register(data, layout, name, stored=stored)
 
     def gather(self, tensor: DistTensor, *, ledger: Ledger | None = None) -> torch.Tensor:
         """Mesh -> host (the logical tensor, padding dropped)."""

@@ -238,6 +238,7 @@ def decode_layer(
         q = _rope(mesh, q, ctx, ledger, "q_rope", lead=())
         k = _rope(mesh, k, ctx, ledger, "k_rope", lead=())
         shape = (rows, cols, heads.kv_per_tile, heads.head_slots)
+        cache.store.charge_write(ledger)
         cache.store.write(
             index,
             k.data.reshape(shape),
@@ -249,6 +250,7 @@ def decode_layer(
         width = int(cache.append.counts_after.max())
         k_cache, v_cache = cache.store.window(index, width)
         with ledgers.attn.scope("attn"):
+            cache.store.charge_read(width, ledgers.attn)
             attn = decode_attention(
                 mesh,
                 q=q,
@@ -297,6 +299,7 @@ def decode_attention_walk(
         k_cache, v_cache = store.window(store.layers[0], width)
         mask = decode_slot_mask(mesh, counts, append, counts.total, config.sliding_window)
         with attn.scope("layer"), attn.scope("attn"):
+            store.charge_read(width, attn)
             decode_attention(
                 mesh,
                 q=q,

@@ -16,6 +16,8 @@ import torch
 
 from waferllm.device import Device
 from waferllm.errors import SramOverflowError
+from waferllm.kernels.dequant import dequant_scratch_bytes
+from waferllm.mesh.storage import StoredDtype
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import Mesh
@@ -36,6 +38,7 @@ from waferllm.model.placement import (
     tile_bytes,
     vocab_spec,
 )
+from waferllm.model.quant import UNCOMPRESSED, Storage
 from waferllm.model.regions import Footprint, PhaseRegions, Region, plan_phase
 from waferllm.model.weights import ModelWeights
 
@@ -52,6 +55,7 @@ class ModelPlan:
     max_prompt_tokens: int  # the longest prompt the prefill plan's SRAM holds
     prefill_footprint: Footprint  # per-core bytes of the prefill plan without the prompt
     other_plan_bytes: dict[Phase, int]  # with `both`: the other plan's weights on each core
+    storage: Storage  # how weights and the KV cache are stored (compressed or not)
 
     @property
     def layer_multiplier(self) -> int:
@@ -62,14 +66,37 @@ class ModelPlan:
 
     def prefill_need_bytes(self, length: int) -> int:
         fp, sb = self.prefill_footprint, self.device.storage_bytes
-        return prefill_need_bytes(self.prefill, fp, self.config, sb, length)
+        return prefill_need_bytes(self.prefill, fp, self.config, sb, length, self.storage.weights)
 
     def grid(self, phase: Phase) -> tuple[int, int]:
         return (self.prefill if phase is Phase.PREFILL else self.decode).grid
 
 
-def _vocab_bytes(config: ModelConfig, phase: Phase, rows: int, cols: int, sb: int) -> int:
-    return tile_bytes(vocab_spec(config, phase), rows, cols, sb)
+def _vocab_bytes(
+    config: ModelConfig, phase: Phase, rows: int, cols: int, sb: int, stored: StoredDtype
+) -> int:
+    return tile_bytes(vocab_spec(config, phase), rows, cols, sb, stored)
+
+
+def dequant_chunk_bytes(
+    config: ModelConfig, rows: int, cols: int, phase: Phase, stored: StoredDtype, sb: int
+) -> int:
+    """The largest float16 chunk a compressed matrix of `phase` expands into per use
+    (`kernels.dequant`; a MeshGEMM weight's N tile padded as `tile_bytes` pads it); 0 when
+    the weights are not compressed."""
+    if not stored.compressed:
+        return 0
+    specs = [*layer_specs(config, rows, cols, phase).values(), vocab_spec(config, phase)]
+    chunk = 0
+    for spec in specs:
+        if len(spec.shape) != 2:
+            continue
+        kt, nt = spec.layout().tile_shape(rows, cols)
+        if spec.gemm_b:
+            per_col = math.lcm(rows, cols) // cols
+            nt = -(-nt // per_col) * per_col
+        chunk = max(chunk, dequant_scratch_bytes(stored, reduced=kt, other=nt, sb=sb))
+    return chunk
 
 
 def decode_scratch_bytes(config: ModelConfig, rows: int, cols: int, sb: int) -> tuple[int, int]:
@@ -87,7 +114,12 @@ def decode_scratch_bytes(config: ModelConfig, rows: int, cols: int, sb: int) -> 
 
 
 def prefill_scratch_bytes(
-    config: ModelConfig, rows: int, cols: int, sb: int, length: int
+    config: ModelConfig,
+    rows: int,
+    cols: int,
+    sb: int,
+    length: int,
+    stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> tuple[int, int]:
     """(the peak scratch of one layer or of the LM head, one layer's k and v kept for the
     cache) per core for a prompt of `length` tokens. A layer's is an upper bound summing its
@@ -109,19 +141,25 @@ def prefill_scratch_bytes(
     acts = lt_gemm * (8 * d_x + 4 * q_x + 3 * heads.kv_width + 4 * f_x + 2 * heads.head_slots)
     attn = gn * lt * (kc * lt + 2 * lt + heads.head_slots) + lt * heads.kv_width
     specs = layer_specs(config, rows, cols, Phase.PREFILL)
-    weight = max(tile_bytes(spec, rows, cols, sb) for spec in specs.values())
+    weight = max(tile_bytes(spec, rows, cols, sb, stored) for spec in specs.values())
+    chunk = dequant_chunk_bytes(config, rows, cols, Phase.PREFILL, stored, sb)
     kv = 2 * lt * heads.kv_width
     head = 2 * d_x + math.ceil(config.vocab_size / rows) + 2
-    return max((acts + attn) * sb + 2 * weight, head * sb), kv * sb
+    return max((acts + attn) * sb + 2 * weight, head * sb) + chunk, kv * sb
 
 
 def prefill_need_bytes(
-    regions: PhaseRegions, fp: Footprint, config: ModelConfig, sb: int, length: int
+    regions: PhaseRegions,
+    fp: Footprint,
+    config: ModelConfig,
+    sb: int,
+    length: int,
+    stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> int:
     """The most any core of the prefill plan needs for a prompt of `length` tokens: weights,
     every layer's kept k/v, one layer's scratch, the vocabulary tables."""
     rows, cols = regions.grid
-    scratch, kv = prefill_scratch_bytes(config, rows, cols, sb, length)
+    scratch, kv = prefill_scratch_bytes(config, rows, cols, sb, length, stored)
     last = len(regions.regions) - 1
     need = 0
     for i, region in enumerate(regions.regions):
@@ -132,12 +170,17 @@ def prefill_need_bytes(
 
 
 def max_prompt_tokens(
-    regions: PhaseRegions, fp: Footprint, config: ModelConfig, cap: int, sb: int
+    regions: PhaseRegions,
+    fp: Footprint,
+    config: ModelConfig,
+    cap: int,
+    sb: int,
+    stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> int:
     """The longest prompt whose prefill fits every region (0 if none does)."""
 
     def fits(length: int) -> bool:
-        return prefill_need_bytes(regions, fp, config, sb, length) <= cap
+        return prefill_need_bytes(regions, fp, config, sb, length, stored) <= cap
 
     if not fits(1):
         return 0
@@ -157,13 +200,14 @@ def _footprint(
     sb: int,
     extra_layer: int,
     reserve: int,
+    stored: StoredDtype,
 ) -> Footprint:
     rows, cols = grid
-    vocab = _vocab_bytes(config, phase, rows, cols, sb)
+    vocab = _vocab_bytes(config, phase, rows, cols, sb, stored)
     norm = tile_bytes(norm_spec(config, phase), rows, cols, sb)
     tied = config.tie_word_embeddings
     return Footprint(
-        layer=layer_bytes_per_core(config, rows, cols, phase, sb) + extra_layer,
+        layer=layer_bytes_per_core(config, rows, cols, phase, sb, stored) + extra_layer,
         first=0 if tied else vocab,
         last=vocab + norm,
         reserve=reserve,
@@ -188,6 +232,7 @@ def _footprints(
     sb: int,
     budget: _Budget,
     other: dict[Phase, int],
+    stored: StoredDtype,
 ) -> dict[Phase, Footprint]:
     return {
         Phase.PREFILL: _footprint(
@@ -197,6 +242,7 @@ def _footprints(
             sb,
             budget.prefill_kv,
             other[Phase.PREFILL] + budget.prefill_scratch,
+            stored,
         ),
         Phase.DECODE: _footprint(
             config,
@@ -205,6 +251,7 @@ def _footprints(
             sb,
             budget.kv_want * budget.kv_slot,
             other[Phase.DECODE] + budget.decode_fixed + budget.kv_want * budget.score_slot,
+            stored,
         ),
     }
 
@@ -218,22 +265,27 @@ def plan_model(
     placement: PlacementMode,
     resident: ResidentLayouts,
     max_context_tokens: int | None,
+    storage: Storage = UNCOMPRESSED,
 ) -> ModelPlan:
     """Regions per phase (the fewest that fit), cache slots per row, the longest prompt.
 
     Per-core bytes of a region: its layers' weights, each layer's KV cache (decode) or kept
     k/v (prefill), one step's scratch, the vocabulary tables on the first and last regions,
     and with `both` resident layouts the other plan's weights (a bound: the most any core of
-    the other plan holds)."""
+    the other plan holds). Matrices and cached positions count as `storage` stores them."""
     sb, cap = device.storage_bytes, device.sram_bytes_per_core
+    wdt = storage.weights
     grids = {Phase.PREFILL: prefill_grid, Phase.DECODE: decode_grid}
     fixed, score_slot = decode_scratch_bytes(config, *decode_grid, sb)
+    fixed += dequant_chunk_bytes(config, *decode_grid, Phase.DECODE, wdt, sb)
     # prefill is planned for a prompt of max_context_tokens (1 when unspecified)
-    pre_scratch, pre_kv = prefill_scratch_bytes(config, *prefill_grid, sb, max_context_tokens or 1)
+    pre_scratch, pre_kv = prefill_scratch_bytes(
+        config, *prefill_grid, sb, max_context_tokens or 1, wdt
+    )
     budget = _Budget(
         decode_fixed=fixed,
         score_slot=score_slot,
-        kv_slot=kv_slot_bytes_per_core(config, decode_grid[1], sb),
+        kv_slot=kv_slot_bytes_per_core(config, decode_grid[1], sb, storage.kv),
         kv_want=1 if max_context_tokens is None else -(-max_context_tokens // decode_grid[0]),
         prefill_scratch=pre_scratch,
         prefill_kv=pre_kv,
@@ -241,7 +293,7 @@ def plan_model(
     other = {Phase.PREFILL: 0, Phase.DECODE: 0}
     plans: dict[Phase, PhaseRegions] = {}
     for _ in range(3 if resident is ResidentLayouts.BOTH else 1):
-        prints = _footprints(config, grids, sb, budget, other)
+        prints = _footprints(config, grids, sb, budget, other, wdt)
         for phase, grid in grids.items():
             plans[phase] = plan_phase(
                 device,
@@ -287,9 +339,10 @@ def plan_model(
         prefill=plans[Phase.PREFILL],
         decode=plans[Phase.DECODE],
         kv_slots=slots,
-        max_prompt_tokens=max_prompt_tokens(plans[Phase.PREFILL], pre, config, cap, sb),
+        max_prompt_tokens=max_prompt_tokens(plans[Phase.PREFILL], pre, config, cap, sb, wdt),
         prefill_footprint=pre,
         other_plan_bytes=other,
+        storage=storage,
     )
 
 
@@ -362,14 +415,16 @@ def build_phase(
     for region, mesh in zip(regions.regions, meshes, strict=True):
         for i in region.layers:
             host = weights.layers[i] if weights is not None else None
-            layers[i] = place_layer(mesh, config, phase, host, name=f"layer{i}")
-    spec = vocab_spec(config, phase)
+            layers[i] = place_layer(
+                mesh, config, phase, host, name=f"layer{i}", stored=plan.storage.weights
+            )
+    spec, wdt = vocab_spec(config, phase), plan.storage.weights
     last = meshes[-1]
-    lm_head = place(last, spec, _t(weights.lm_head) if weights else None, "lm_head")
+    lm_head = place(last, spec, _t(weights.lm_head) if weights else None, "lm_head", wdt)
     if config.tie_word_embeddings:
         table, embed_mesh = lm_head, last
     else:
-        table = place(meshes[0], spec, _t(weights.embed) if weights else None, "embed")
+        table = place(meshes[0], spec, _t(weights.embed) if weights else None, "embed", wdt)
         embed_mesh = meshes[0]
     norm = place(
         last, norm_spec(config, phase), weights.final_norm if weights else None, "final_norm"
@@ -397,7 +452,8 @@ def _table_view(table: DistTensor, spec: TensorSpec) -> DistTensor:
     lay = table.layout
     assert lay.y_dim is not None and lay.x_dim is not None
     layout = Layout((v, d), y_dim=1 - lay.y_dim, x_dim=1 - lay.x_dim)
-    return DistTensor(table.data.transpose(-1, -2), layout, table.mesh, table.name, None)
+    data = table.data.transpose(-1, -2)
+    return DistTensor(data, layout, table.mesh, table.name, None, table.stored)
 
 
 __all__ = ["ModelPlan", "PhaseState", "Region", "build_phase", "plan_model"]

@@ -25,6 +25,7 @@ from waferllm.mesh.comm import ReduceAlgorithm, broadcast
 from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.relayout import hop, relayout_charge
+from waferllm.mesh.storage import bytes_per_element
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
 from waferllm.model import vocab
@@ -51,6 +52,7 @@ from waferllm.model.layers import (
 )
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts, heads_for
 from waferllm.model.plan import ModelPlan, PhaseState, build_phase, plan_model
+from waferllm.model.quant import UNCOMPRESSED, Storage, quantise_weights
 from waferllm.model.transfers import kv_moves, per_layer_hops, weight_moves
 from waferllm.model.weights import ModelWeights
 
@@ -96,7 +98,8 @@ class MeshTransformer:
     one layer's plan, costs times the layer count). `kv_policy`: shift or concat.
     `resident_layouts`: `one` re-lays the weights per request (charged in `transition`),
     `both` keeps both plans' copies. `max_context_tokens`: size the KV cache for this many
-    tokens (default: as many as SRAM holds).
+    tokens (default: as many as SRAM holds). `storage`: weights and KV cache compressed or
+    not (`model.quant`); real weights are quantised here, once.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class MeshTransformer:
         f16_accumulate: bool = False,
         resident_layouts: ResidentLayouts = ResidentLayouts.ONE,
         max_context_tokens: int | None = None,
+        storage: Storage = UNCOMPRESSED,
     ) -> None:
         self.config = config
         self.mode = Mode.FUNCTIONAL if weights is not None else Mode.ESTIMATE
@@ -130,7 +134,10 @@ class MeshTransformer:
             placement=PlacementMode(placement),
             resident=ResidentLayouts(resident_layouts),
             max_context_tokens=max_context_tokens,
+            storage=storage,
         )
+        if weights is not None:
+            weights = quantise_weights(weights, storage.weights)
         mesh_args = {
             "mode": self.mode,
             "compute_dtype": compute_dtype,
@@ -294,6 +301,7 @@ class MeshTransformer:
                 heads_for(self.config, mesh.cols),
                 layers=region.layers,
                 slots=self.plan.kv_slots,
+                stored=self.plan.storage.kv,
             )
             for mesh, region in zip(dstate.meshes, dstate.regions.regions, strict=True)
         ]
@@ -305,11 +313,18 @@ class MeshTransformer:
 
     def charge_transition(self, counts: RowCounts, ledger: Ledger) -> None:
         """The re-layouts of `transition` for a cache holding `counts` (plans and counts only)."""
+        sb, storage = self.device.storage_bytes, self.plan.storage
         with ledger.scope("transition"):
-            ledger.charge("kv", relayout_charge(self.device, kv_moves(self.plan, counts)))
+            kv_bytes = bytes_per_element(storage.kv, sb)
+            moves = kv_moves(self.plan, counts)
+            ledger.charge("kv", relayout_charge(self.device, moves, bytes_per_element=kv_bytes))
             if self.plan.resident is ResidentLayouts.ONE:
                 # the way back (readying the next request) is the mirror image: same cost
-                weights = relayout_charge(self.device, weight_moves(self.plan))
+                weights = relayout_charge(
+                    self.device,
+                    weight_moves(self.plan),
+                    bytes_per_element=bytes_per_element(storage.weights, sb),
+                )
                 ledger.charge("weights_to_decode", weights)
                 ledger.charge("weights_to_prefill", weights)
 
