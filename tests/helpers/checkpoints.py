@@ -295,6 +295,22 @@ def reference_run(path: Path | str, prompt_ids: Sequence[int], max_new_tokens: i
     return _cached_reference(path, tuple(int(t) for t in prompt_ids), max_new_tokens)
 
 
+def reference_run_dequantised(
+    path: Path | str, prompt_ids: Sequence[int], max_new_tokens: int, weight_dtype: str
+) -> Reference:
+    """`reference_run` on transformers loaded with the checkpoint's weights quantised to
+    `weight_dtype` and dequantised as waferllm stores them (`dequantised_state_dict`)."""
+    import transformers
+
+    from waferllm.model.quant import dequantised_state_dict
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    model.load_state_dict(dequantised_state_dict(model.state_dict(), weight_dtype))
+    return _run(model, tuple(int(t) for t in prompt_ids), max_new_tokens)
+
+
 def margin_threshold(logits: torch.Tensor) -> torch.Tensor:
     """Per position [T]: max(1e-3, 2e-4 * max |logit|) (SPEC.md §10.11)."""
     scale = logits.detach().double().abs().amax(dim=-1)

@@ -31,6 +31,7 @@ from waferllm.mesh.virtual import COMPUTE_DTYPES, GridLike, as_grid
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.placement import PlacementMode, ResidentLayouts
+from waferllm.model.quant import Storage
 from waferllm.model.report import KvCapacity, RequestMetrics, RequestReport
 from waferllm.model.transformer import MeshTransformer
 from waferllm.model.weights import ModelWeights, load_checkpoint
@@ -99,7 +100,9 @@ class LLM:
     """A checkpoint placed on the virtual wafer, ready to generate (batch 1, one request at
     a time). `grid` sets both phases; `prefill_grid`/`decode_grid` set them apart; with no
     grid, the smallest square grid that holds the model with room for a few hundred tokens
-    of context is used for both (`default_grids`).
+    of context is used for both (`default_grids`). `weight_dtype`/`kv_dtype` (float16, int8,
+    int4; SPEC.md §10.2) store the weights and the KV cache compressed: the checkpoint is
+    quantised at load, the KV cache on write, and the costs count the stored bytes.
 
     One object serves one request at a time: `generate` and `stream` calls from several
     threads are serialised by a lock (each waits for the request in flight); an unfinished
@@ -119,6 +122,8 @@ class LLM:
         kv_cache: str = "shift",
         placement: str = "fit",
         resident_layouts: str = "one",
+        weight_dtype: str = "float16",
+        kv_dtype: str = "float16",
     ) -> None:
         if grid is not None and (prefill_grid is not None or decode_grid is not None):
             raise GridError("give either grid or prefill_grid/decode_grid, not both")
@@ -142,6 +147,7 @@ class LLM:
             kv_policy=_choice(kv_cache, KvPolicy, "kv_cache"),
             placement=_choice(placement, PlacementMode, "placement"),
             resident_layouts=_choice(resident_layouts, ResidentLayouts, "resident_layouts"),
+            storage=Storage.of(weight_dtype, kv_dtype),
         )
         prefill = self._grid(grid, "grid") or self._grid(prefill_grid, "prefill_grid")
         decode = self._grid(grid, "grid") or self._grid(decode_grid, "decode_grid")
@@ -192,6 +198,7 @@ class LLM:
                 decode=decode,
                 placement=self._plan["placement"],
                 resident_layouts=self._plan["resident_layouts"],
+                storage=self._plan["storage"],
             )
         return MeshTransformer(
             self.config,
@@ -360,6 +367,8 @@ class LLM:
             token_ids=list(trace.token_ids),
             provenance=make_provenance(device=self.device, config=self.config),
             sram_used_fraction=_sram_used_fraction(self.device, occupancy),
+            weight_dtype=model.plan.storage.weights.value,
+            kv_dtype=model.plan.storage.kv.value,
         )
 
 

@@ -20,9 +20,11 @@ from waferllm.api.trace import estimate_trace
 from waferllm.cli import units
 from waferllm.cli.common import (
     add_device_options,
+    add_dtype_options,
     add_trace_option,
     console,
     device_from_args,
+    dtype_line,
     finish_report,
     positive_int,
     print_json,
@@ -72,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the system modelled: WaferLLM (default) or the paper's wafer-side baselines T10 "
         "and Ladder (per-layer; grids default to WaferLLM's)",
     )
+    add_dtype_options(parser)
     add_trace_option(parser)
     parser.add_argument("--json", action="store_true", help="print only the request report")
     parser.set_defaults(func=run)
@@ -93,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
             resident_layouts=args.resident_layouts,
             progress=progress,
             system=args.system,
+            weight_dtype=args.weight_dtype,
+            kv_dtype=args.kv_dtype,
         )
     report = finish_report(args, result.to_dict())
     if args.trace is not None:
@@ -150,6 +155,9 @@ def _print(result: Estimate, what_if: str | None) -> None:
     title += report["placement"] + (f", system {report['system']}" if "system" in report else "")
     if result.extrapolated:
         out.print(f"[bold]per-layer extrapolation[/bold]: {breakdown['note']}")
+    stored = dtype_line(report)
+    if stored:
+        out.print(stored)
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
