@@ -13,6 +13,7 @@ from helpers.checkpoints import (
     check_token_identity,
     reference_run,
     reference_run_dequantised,
+    reference_run_kv_quantised,
 )
 from model.test_transformer import NEW_TOKENS, build, greedy, teacher_forced_logits
 
@@ -196,3 +197,18 @@ def test_bad_and_unmodelled_dtypes_are_user_errors():
         parse_stored_dtype("int3", what="weight_dtype")
     with pytest.raises(WaferError, match="fp8 is not modelled"):
         Storage.of("float16", "fp8")
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_a_compressed_kv_cache_gives_transformers_tokens_with_the_same_quantised_cache(
+    checkpoint_factory, dtype
+):
+    path = checkpoint_factory("llama")  # head_dim 10: a decode column holds whole heads
+    generated, ref_logits = reference_run_kv_quantised(path, PROMPT, NEW_TOKENS, dtype)
+    assert_margins(ref_logits)
+    model = build(path, (2, 3), (2, 2), storage=Storage.of("float16", dtype))
+    sequence = tuple(PROMPT) + generated[:-1]
+    ours = teacher_forced_logits(model, sequence, len(PROMPT))
+    report = check_token_identity(ours, ref_logits)
+    assert report.num_argmax_checked == NEW_TOKENS
+    assert greedy(model, PROMPT, NEW_TOKENS) == list(generated)
