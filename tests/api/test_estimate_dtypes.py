@@ -26,6 +26,9 @@ def test_the_report_names_the_stored_dtypes_and_compression_frees_sram_and_costs
     assert packed.report.kv_capacity_tokens.shift > plain.report.kv_capacity_tokens.shift
     ops = packed.to_dict()["breakdown"]["decode"]["ops"]
     assert any("dequant" in op for op in ops) and any("kv_quantise" in op for op in ops)
+    # the hand-off quantises the prompt's k and v before they travel compressed
+    assert "transition/kv_quantise" in packed.to_dict()["breakdown"]["transition"]["ops"]
+    assert "transition/kv_quantise" not in plain.to_dict()["breakdown"]["transition"]["ops"]
 
 
 @pytest.mark.parametrize(

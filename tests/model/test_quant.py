@@ -212,3 +212,20 @@ def test_a_compressed_kv_cache_gives_transformers_tokens_with_the_same_quantised
     report = check_token_identity(ours, ref_logits)
     assert report.num_argmax_checked == NEW_TOKENS
     assert greedy(model, PROMPT, NEW_TOKENS) == list(generated)
+
+
+def test_the_hand_off_quantises_each_prefill_cores_prompt_tokens_in_closed_form():
+    from waferllm.kernels.dequant import quantise_cycles
+    from waferllm.model.transfers import kv_quantise_cycles
+
+    config = load_config("llama3-8b")  # 32 layers, 8 kv heads of 128
+    model = MeshTransformer(
+        config, None, device=wse3(), prefill_grid=(700, 700), decode_grid=(700, 700),
+        storage=Storage.of("float16", "int4"),
+    )  # fmt: skip
+    counts = model.handoff_counts(4096)
+    heads = heads_for(config, 700)
+    layers = max(len(r.layers) for r in model.plan.prefill.regions)
+    one = quantise_cycles(wse3(), StoredDtype.INT4, reduced=heads.head_slots,
+                          other=heads.kv_per_tile * 6)  # fmt: skip  # ceil(4096 / 700) tokens = 6
+    assert kv_quantise_cycles(model.plan, counts) == pytest.approx(2 * layers * one)

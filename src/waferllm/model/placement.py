@@ -21,6 +21,7 @@ import math
 import numpy as np
 import torch
 
+from waferllm.kernels.dequant import dequant_scratch_bytes
 from waferllm.kernels.gemm import prealign_b
 from waferllm.kernels.heads import HeadLayout, gather_rows, head_layout
 from waferllm.mesh.geometry import Axis
@@ -232,6 +233,27 @@ def layer_bytes_per_core(
     """Per-core bytes of one layer's tensors on a rows x cols grid (tiles include padding)."""
     specs = layer_specs(config, rows, cols, phase)
     return sum(tile_bytes(spec, rows, cols, dtype_bytes, stored) for spec in specs.values())
+
+
+def dequant_chunk_bytes(
+    config: ModelConfig, rows: int, cols: int, phase: Phase, stored: StoredDtype, sb: int
+) -> int:
+    """The largest float16 chunk a compressed matrix of `phase` expands into per use
+    (`kernels.dequant`; a MeshGEMM weight's N tile padded as `tile_bytes` pads it); 0 when
+    the weights are not compressed."""
+    if not stored.compressed:
+        return 0
+    specs = [*layer_specs(config, rows, cols, phase).values(), vocab_spec(config, phase)]
+    chunk = 0
+    for spec in specs:
+        if len(spec.shape) != 2:
+            continue
+        kt, nt = spec.layout().tile_shape(rows, cols)
+        if spec.gemm_b:
+            per_col = math.lcm(rows, cols) // cols
+            nt = -(-nt // per_col) * per_col
+        chunk = max(chunk, dequant_scratch_bytes(stored, reduced=kt, other=nt, sb=sb))
+    return chunk
 
 
 # ---- vocabulary tensors ------------------------------------------------------------------------

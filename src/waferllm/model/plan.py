@@ -16,7 +16,6 @@ import torch
 
 from waferllm.device import Device
 from waferllm.errors import SramOverflowError
-from waferllm.kernels.dequant import dequant_scratch_bytes
 from waferllm.mesh.storage import StoredDtype
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.tiling import padded_k
@@ -28,6 +27,7 @@ from waferllm.model.placement import (
     PlacementMode,
     ResidentLayouts,
     TensorSpec,
+    dequant_chunk_bytes,
     heads_for,
     kv_slot_bytes_per_core,
     layer_bytes_per_core,
@@ -76,27 +76,6 @@ def _vocab_bytes(
     config: ModelConfig, phase: Phase, rows: int, cols: int, sb: int, stored: StoredDtype
 ) -> int:
     return tile_bytes(vocab_spec(config, phase), rows, cols, sb, stored)
-
-
-def dequant_chunk_bytes(
-    config: ModelConfig, rows: int, cols: int, phase: Phase, stored: StoredDtype, sb: int
-) -> int:
-    """The largest float16 chunk a compressed matrix of `phase` expands into per use
-    (`kernels.dequant`; a MeshGEMM weight's N tile padded as `tile_bytes` pads it); 0 when
-    the weights are not compressed."""
-    if not stored.compressed:
-        return 0
-    specs = [*layer_specs(config, rows, cols, phase).values(), vocab_spec(config, phase)]
-    chunk = 0
-    for spec in specs:
-        if len(spec.shape) != 2:
-            continue
-        kt, nt = spec.layout().tile_shape(rows, cols)
-        if spec.gemm_b:
-            per_col = math.lcm(rows, cols) // cols
-            nt = -(-nt // per_col) * per_col
-        chunk = max(chunk, dequant_scratch_bytes(stored, reduced=kt, other=nt, sb=sb))
-    return chunk
 
 
 def decode_scratch_bytes(config: ModelConfig, rows: int, cols: int, sb: int) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from collections import Counter
 
 import numpy as np
 
+from waferllm.kernels.dequant import quantise_cycles
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.relayout import Move, hop_charge
@@ -94,6 +95,23 @@ def kv_moves(plan: ModelPlan, counts: RowCounts) -> list[Move]:
             )
         )
     return moves
+
+
+def kv_quantise_cycles(plan: ModelPlan, counts: RowCounts) -> float:
+    """A compressed cache's hand-off quantises the prompt's k and v where prefill left them
+    (they travel compressed): every prefill core its ceil(L/R) tokens of G heads x H slots,
+    for each layer of the busiest region, K and V (`kernels.dequant.quantise_cycles`)."""
+    stored = plan.storage.kv
+    if not stored.compressed:
+        return 0.0
+    rows, cols = plan.prefill.grid
+    heads = heads_for(plan.config, cols)
+    tokens = -(-counts.total // rows)
+    layers = max(len(r.layers) for r in plan.prefill.regions) * plan.layer_multiplier
+    per_layer = quantise_cycles(
+        plan.device, stored, reduced=heads.head_slots, other=heads.kv_per_tile * tokens
+    )
+    return 2 * layers * per_layer
 
 
 def weight_moves(plan: ModelPlan) -> list[Move]:

@@ -22,7 +22,7 @@ import torch
 from waferllm.device import Device
 from waferllm.errors import NonFiniteError, SramOverflowError, WaferError
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
-from waferllm.mesh.cost import Ledger, UnpricedLedger
+from waferllm.mesh.cost import Charge, ChargeKind, Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.relayout import hop, relayout_charge
 from waferllm.mesh.storage import bytes_per_element
@@ -53,7 +53,7 @@ from waferllm.model.layers import (
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts, heads_for
 from waferllm.model.plan import ModelPlan, PhaseState, build_phase, plan_model
 from waferllm.model.quant import UNCOMPRESSED, Storage, quantise_weights
-from waferllm.model.transfers import kv_moves, per_layer_hops, weight_moves
+from waferllm.model.transfers import kv_moves, kv_quantise_cycles, per_layer_hops, weight_moves
 from waferllm.model.weights import ModelWeights
 
 
@@ -316,6 +316,9 @@ class MeshTransformer:
         sb, storage = self.device.storage_bytes, self.plan.storage
         with ledger.scope("transition"):
             kv_bytes = bytes_per_element(storage.kv, sb)
+            quantise = kv_quantise_cycles(self.plan, counts)
+            if quantise:
+                ledger.charge("kv_quantise", Charge(kind=ChargeKind.COMPUTE, cycles=quantise))
             moves = kv_moves(self.plan, counts)
             ledger.charge("kv", relayout_charge(self.device, moves, bytes_per_element=kv_bytes))
             if self.plan.resident is ResidentLayouts.ONE:
