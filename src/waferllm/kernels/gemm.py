@@ -293,6 +293,9 @@ def meshgemm(
     Routes: 3 per ring direction, X forward, X reverse (skew), Y forward: 9 (12 with B
     skewed on the device, which adds Y reverse), whatever P.
     SRAM: a, b and their receive buffers, c.
+    Compressed B (`b.stored` int8/int4): b travels and waits in its stored size (codes and
+    scales, `mesh.storage`) and each step adds `kernels.dequant.dequant_cycles(Kt, Nt)` to the
+    multiply, with a float16 chunk of min(Kt, 32) x Nt.
     """
     return _ring_gemm(mesh, a=a, b=b, ledger=ledger, op=op, kind=RingKind.INTERLEAVED)
 

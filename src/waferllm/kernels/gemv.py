@@ -268,6 +268,8 @@ def meshgemv(
     size term about 2n/link (a second-level stream shares links with first-level chains); then
     the broadcast max(r, P-1-r)*alpha + n/link from the top root r. Routes: 10 per axis for K=2
     (chain 4, second level 4, broadcast 2), 4 more per extra level, independent of P.
+    A compressed weight (`w.stored` int8/int4) adds its dequantisation before the local GEMV,
+    `kernels.dequant.dequant_cycles(Kt, Nt)`, and a float16 chunk of min(Kt, 32) x Nt.
     """
     return _gemv(
         mesh,

@@ -34,13 +34,14 @@ class StoredDtype(enum.StrEnum):
 
 def parse_stored_dtype(value: str | StoredDtype, *, what: str) -> StoredDtype:
     """A stored dtype from its name; `what` names the option in the error (weight_dtype...).
-    fp8 is named by SPEC.md §1 but refused: WSE-2/WSE-3 have no fp8 datapath to model."""
+    fp8 is named by SPEC.md §1 but refused: no source we hold (PAPER.md, the code notes)
+    gives a WSE fp8 format, conversion path or cost to model."""
     if isinstance(value, StoredDtype):
         return value
     if value == "fp8":
         raise WaferError(
-            f"{what}=fp8 is not modelled (the WSE-2/WSE-3 have no fp8 datapath and no "
-            "published fp8 costs); use float16, int8 or int4"
+            f"{what}=fp8 is not modelled (no source gives a WSE fp8 format or its conversion "
+            "cost); use float16, int8 or int4"
         )
     try:
         return StoredDtype(value)
