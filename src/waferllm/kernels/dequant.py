@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 
 from waferllm.device import Device
-from waferllm.mesh.compute import vector_op_cycles
-from waferllm.mesh.cost import Charge, ChargeKind, Ledger
+from waferllm.mesh.compute import charge_inline_compute, vector_op_cycles
+from waferllm.mesh.cost import Ledger
 from waferllm.mesh.storage import GROUP_SIZE, StoredDtype
 from waferllm.mesh.virtual import Mesh
 
@@ -77,8 +77,7 @@ def charge_dequant(
     """Charge `dequant_cycles` as compute on every core. It runs inside its kernel's loop (no
     operation start of its own) and does no model FLOPs."""
     cycles = dequant_cycles(mesh.device, dtype, reduced=reduced, other=other)
-    if cycles and ledger.prices:
-        ledger.charge(op, Charge(kind=ChargeKind.COMPUTE, cycles=cycles))
+    charge_inline_compute(ledger, op, cycles=cycles)
 
 
 def charge_quantise(
@@ -86,8 +85,7 @@ def charge_quantise(
 ) -> None:
     """Charge `quantise_cycles` as compute on every core (inside the cache write)."""
     cycles = quantise_cycles(mesh.device, dtype, reduced=reduced, other=other)
-    if cycles and ledger.prices:
-        ledger.charge(op, Charge(kind=ChargeKind.COMPUTE, cycles=cycles))
+    charge_inline_compute(ledger, op, cycles=cycles)
 
 
 def dequant_scratch_bytes(dtype: StoredDtype, *, reduced: int, other: int, sb: int) -> int:

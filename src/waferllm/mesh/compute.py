@@ -72,6 +72,13 @@ def charge_compute(
     )
 
 
+def charge_inline_compute(ledger: Ledger, op: str, *, cycles: float) -> None:
+    """Compute that runs inside another operation's loop or hand-off (dequantising a weight
+    chunk, quantising a cache entry): no operation start of its own and no model FLOPs."""
+    if cycles and ledger.prices:
+        ledger.charge(op, Charge(kind=ChargeKind.COMPUTE, cycles=cycles))
+
+
 def matmul_values(mesh: Mesh, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-core a @ b exactly as `matmul` computes it, uncharged (for kernels that charge the
     multiply themselves, see `charge_matmul`)."""

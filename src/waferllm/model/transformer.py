@@ -22,7 +22,8 @@ import torch
 from waferllm.device import Device
 from waferllm.errors import NonFiniteError, SramOverflowError, WaferError
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
-from waferllm.mesh.cost import Charge, ChargeKind, Ledger, UnpricedLedger
+from waferllm.mesh.compute import charge_inline_compute
+from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.relayout import hop, relayout_charge
 from waferllm.mesh.storage import bytes_per_element
@@ -317,8 +318,7 @@ class MeshTransformer:
         with ledger.scope("transition"):
             kv_bytes = bytes_per_element(storage.kv, sb)
             quantise = kv_quantise_cycles(self.plan, counts)
-            if quantise:
-                ledger.charge("kv_quantise", Charge(kind=ChargeKind.COMPUTE, cycles=quantise))
+            charge_inline_compute(ledger, "kv_quantise", cycles=quantise)
             moves = kv_moves(self.plan, counts)
             ledger.charge("kv", relayout_charge(self.device, moves, bytes_per_element=kv_bytes))
             if self.plan.resident is ResidentLayouts.ONE:
