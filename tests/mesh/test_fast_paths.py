@@ -29,7 +29,8 @@ from waferllm.mesh import (
     segmented_allreduce,
     shift,
 )
-from waferllm.mesh.patterns import Owners, multicast_traffic
+from waferllm.mesh.patterns import Owners, multicast_traffic, tail_shift_traffic
+from waferllm.mesh.traffic import line_traffic
 
 from .spy import device
 
@@ -231,3 +232,30 @@ def test_an_unpriced_ledger_nests_scopes_tags_repeats_and_overlaps_and_keeps_not
             out = ring_shift(mesh, out, axis=Axis.X, ledger=ledger, op="ring")
     assert ledger.records == [] and not ledger.in_overlap
     assert torch.equal(out, ring_shift(mesh, x, axis=Axis.X, ledger=ledger, op="r", steps=2))
+
+
+def _same_traffic(a, b) -> None:
+    for field in dataclasses.fields(a):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if isinstance(x, dict):
+            assert x.keys() == y.keys()
+            for k in x:
+                np.testing.assert_array_equal(x[k], y[k])
+        elif isinstance(x, np.ndarray):
+            np.testing.assert_array_equal(np.broadcast_to(x, y.shape), y)
+            assert x.shape == y.shape
+        else:
+            assert x == y, field.name
+    assert a.cycles == b.cycles
+
+
+@pytest.mark.parametrize("axis", [Axis.X, Axis.Y])
+@pytest.mark.parametrize("first", [1, 2, 5, 6])
+def test_the_closed_form_tail_shift_equals_the_segment_walk(axis, first):
+    dev = tiny()
+    shape = (7, 5) if axis is Axis.Y else (5, 7)
+    src = np.arange(first, 7)
+    walked = line_traffic(
+        dev, shape, axis, src=src, dst=src - 1, nbytes=96, critical_hops=1, critical_stages=0
+    )
+    _same_traffic(tail_shift_traffic.__wrapped__(dev, shape, axis, first, 96), walked)

@@ -140,10 +140,41 @@ def tail_shift_traffic(
     device: Device, shape: tuple[int, int], axis: Axis, first: int, nbytes: int
 ) -> Traffic:
     """Cores first..P-1 of every line each send one tile one hop towards index 0, all at once
-    (the shift-based KV cache, SPEC.md §10.9): 1 hop, no stages."""
-    src = np.arange(first, shape[axis.tensor_dim])
-    return line_traffic(
-        device, shape, axis, src=src, dst=src - 1, nbytes=nbytes, critical_hops=1, critical_stages=0
+    (the shift-based KV cache, SPEC.md §10.9): 1 hop, no stages.
+
+    Built in closed form (what `line_traffic` computes for these segments: links first-1..P-2
+    towards 0 and the ramps they leave and enter carry `nbytes` each, every line alike): a
+    decode estimate prices one shift per first shifting row, hundreds per new grid."""
+    num = shape[axis.tensor_dim]
+    senders = num - first
+    if nbytes <= 0 or senders <= 0 or first < 1:
+        src = np.arange(first, num)
+        return line_traffic(
+            device,
+            shape,
+            axis,
+            src=src,
+            dst=src - 1,
+            nbytes=nbytes,
+            critical_hops=1,
+            critical_stages=0,
+        )
+    link = np.zeros((1, num - 1))
+    link[0, first - 1 :] = float(nbytes)
+    ramp_out, ramp_in = np.zeros((1, num)), np.zeros((1, num))
+    ramp_out[0, first:] = float(nbytes)
+    ramp_in[0, first - 1 : num - 1] = float(nbytes)
+    injected = senders * nbytes * shape[axis.other.tensor_dim]
+    return Traffic(
+        device=device,
+        shape=shape,
+        critical_hops=1,
+        critical_stages=0,
+        bytes_injected=injected,
+        link_byte_hops=injected,  # every segment crosses one link
+        links={(axis, -1): link},
+        ramp_in=ramp_in if axis is Axis.X else ramp_in.T,
+        ramp_out=ramp_out if axis is Axis.X else ramp_out.T,
     )
 
 
