@@ -259,3 +259,21 @@ def test_the_closed_form_tail_shift_equals_the_segment_walk(axis, first):
         dev, shape, axis, src=src, dst=src - 1, nbytes=96, critical_hops=1, critical_stages=0
     )
     _same_traffic(tail_shift_traffic.__wrapped__(dev, shape, axis, first, 96), walked)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_one_hop_loads_equal_the_per_line_sums(seed):
+    from waferllm.mesh.traffic import _one_hop_loads, _segment_loads
+
+    rng = np.random.default_rng(seed)
+    lines, num = (1, 3, 5)[seed % 3], 7
+    pos = np.broadcast_to(np.arange(num), (lines, num))
+    dst = np.clip(pos + rng.integers(-1, 2, size=(lines, num)), 0, num - 1)
+    size = np.where(dst == pos, 0.0, rng.integers(1, 100, size=(lines, num)).astype(float))
+    fast = _one_hop_loads(Axis.X, pos, dst, size)
+    walked = _segment_loads(Axis.X, pos, dst, size, num)
+    assert fast[0].keys() == walked[0].keys()
+    for k in fast[0]:
+        np.testing.assert_array_equal(fast[0][k], walked[0][k])
+    np.testing.assert_array_equal(fast[1], walked[1])
+    np.testing.assert_array_equal(fast[2], walked[2])

@@ -14,6 +14,7 @@ Legend: L prompt tokens, D model dim, V vocab; R x C the grid of a phase.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 from waferllm.device import Device
 from waferllm.errors import NonFiniteError, SramOverflowError, WaferError
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
-from waferllm.mesh.cost import Ledger, UnpricedLedger
+from waferllm.mesh.cost import Charge, Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.relayout import hop, relayout_charge
 from waferllm.mesh.tensor import DistTensor, Layout
@@ -303,13 +304,19 @@ class MeshTransformer:
             store.free()
         self._stores = []
 
+    @functools.cached_property
+    def _weights_relayout(self) -> Charge:
+        """The weights' re-layout between the plans: it depends on the plans only, so every
+        request on this model shares it."""
+        return relayout_charge(self.device, weight_moves(self.plan))
+
     def charge_transition(self, counts: RowCounts, ledger: Ledger) -> None:
         """The re-layouts of `transition` for a cache holding `counts` (plans and counts only)."""
         with ledger.scope("transition"):
             ledger.charge("kv", relayout_charge(self.device, kv_moves(self.plan, counts)))
             if self.plan.resident is ResidentLayouts.ONE:
                 # the way back (readying the next request) is the mirror image: same cost
-                weights = relayout_charge(self.device, weight_moves(self.plan))
+                weights = self._weights_relayout
                 ledger.charge("weights_to_decode", weights)
                 ledger.charge("weights_to_prefill", weights)
 
