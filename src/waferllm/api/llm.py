@@ -27,7 +27,7 @@ from waferllm.engine.sampling import SamplingParams
 from waferllm.engine.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 from waferllm.errors import GridError, WaferError
 from waferllm.estimate.search import default_grids
-from waferllm.mesh.virtual import COMPUTE_DTYPES, GridLike, as_grid
+from waferllm.mesh.virtual import COMPUTE_DTYPES, GridLike, as_grid, resolve_torch_device
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.placement import PlacementMode, ResidentLayouts
@@ -99,7 +99,8 @@ class LLM:
     """A checkpoint placed on the virtual wafer, ready to generate (batch 1, one request at
     a time). `grid` sets both phases; `prefill_grid`/`decode_grid` set them apart; with no
     grid, the smallest square grid that holds the model with room for a few hundred tokens
-    of context is used for both (`default_grids`).
+    of context is used for both (`default_grids`). `torch_device` says where the virtual
+    wafer's tensors live: `cpu` (default) or `cuda` (a GPU; WaferError when there is none).
 
     One object serves one request at a time: `generate` and `stream` calls from several
     threads are serialised by a lock (each waits for the request in flight); an unfinished
@@ -119,11 +120,13 @@ class LLM:
         kv_cache: str = "shift",
         placement: str = "fit",
         resident_layouts: str = "one",
+        torch_device: str = "cpu",
     ) -> None:
         if grid is not None and (prefill_grid is not None or decode_grid is not None):
             raise GridError("give either grid or prefill_grid/decode_grid, not both")
         if dtype not in COMPUTE_DTYPES:
             raise WaferError(f"dtype={dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+        tiles_device = resolve_torch_device(torch_device)  # before loading: fail fast
         self.device = device if isinstance(device, Device) else get_device(device)
         if device_overrides:
             self.device = with_overrides(self.device, device_overrides)
@@ -136,7 +139,9 @@ class LLM:
         self._chat_template: ChatTemplate | None = None  # loaded by the first chat
         self.dtype = dtype
         self._mesh: dict[str, Any] = dict(
-            compute_dtype=COMPUTE_DTYPES[dtype], f16_accumulate=f16_accumulate
+            compute_dtype=COMPUTE_DTYPES[dtype],
+            f16_accumulate=f16_accumulate,
+            torch_device=tiles_device,
         )
         self._plan: dict[str, Any] = dict(
             kv_policy=_choice(kv_cache, KvPolicy, "kv_cache"),

@@ -44,6 +44,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--f16-accumulate", action="store_true", help="accumulate float16 in float16"
     )
+    parser.add_argument(
+        "--torch-device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where functional tiles live (default cpu; cuda: a GPU)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="operand seed (functional mode)")
     parser.add_argument("--json", action="store_true", help="print the kernel report as JSON")
 
@@ -94,6 +100,7 @@ def run_gemm(args: argparse.Namespace) -> int:
         f16_accumulate=args.f16_accumulate,
         align_both=args.align_both,
         seed=args.seed,
+        torch_device=args.torch_device,
     )
     return _show(report, args)
 
@@ -112,6 +119,7 @@ def run_gemv(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         f16_accumulate=args.f16_accumulate,
         seed=args.seed,
+        torch_device=args.torch_device,
     )
     return _show(report, args)
 

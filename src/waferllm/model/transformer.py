@@ -97,7 +97,8 @@ class MeshTransformer:
     one layer's plan, costs times the layer count). `kv_policy`: shift or concat.
     `resident_layouts`: `one` re-lays the weights per request (charged in `transition`),
     `both` keeps both plans' copies. `max_context_tokens`: size the KV cache for this many
-    tokens (default: as many as SRAM holds).
+    tokens (default: as many as SRAM holds). `torch_device`: where functional tiles live
+    (`cpu`, or a GPU: `cuda`).
     """
 
     def __init__(
@@ -114,6 +115,7 @@ class MeshTransformer:
         f16_accumulate: bool = False,
         resident_layouts: ResidentLayouts = ResidentLayouts.ONE,
         max_context_tokens: int | None = None,
+        torch_device: torch.device | str = "cpu",
     ) -> None:
         self.config = config
         self.mode = Mode.FUNCTIONAL if weights is not None else Mode.ESTIMATE
@@ -136,6 +138,7 @@ class MeshTransformer:
             "mode": self.mode,
             "compute_dtype": compute_dtype,
             "f16_accumulate": f16_accumulate,
+            "torch_device": torch_device,
         }
         self.prefill_state: PhaseState = build_phase(self.plan, Phase.PREFILL, weights, mesh_args)
         self.decode_state: PhaseState = build_phase(self.plan, Phase.DECODE, weights, mesh_args)
