@@ -277,3 +277,31 @@ def test_one_hop_loads_equal_the_per_line_sums(seed):
         np.testing.assert_array_equal(fast[0][k], walked[0][k])
     np.testing.assert_array_equal(fast[1], walked[1])
     np.testing.assert_array_equal(fast[2], walked[2])
+
+
+def _owner_maps(rng: np.random.Generator, lines: int, num: int, *, far: bool) -> np.ndarray:
+    """Random owner maps: groups of consecutive cores rooted inside (any core of the group),
+    or with `far` also anywhere on the line (runs cut off from their roots)."""
+    out = np.empty((lines, num), dtype=np.int64)
+    for line in range(lines):
+        start = 0
+        while start < num:
+            group = np.arange(start, min(start + int(rng.integers(1, 5)), num))
+            roots = [*group, int(rng.integers(0, num))] if far else list(group)
+            out[line, group] = rng.choice(roots)
+            start += len(group)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_multicast_loads_in_closed_form_equal_the_per_line_sums(seed, monkeypatch):
+    from waferllm.mesh import patterns
+
+    rng = np.random.default_rng(seed)
+    owner = _owner_maps(rng, (1, 4)[seed % 2], 9, far=seed >= 6)
+    owners = Owners.of_map(owner)
+    dev = tiny()
+    fast = multicast_traffic.__wrapped__(dev, (9, 9), Axis.X, owners, 24)
+    monkeypatch.setattr(patterns, "_run_loads", lambda *_: None)
+    walked = multicast_traffic.__wrapped__(dev, (9, 9), Axis.X, owners, 24)
+    _same_traffic(fast, walked)

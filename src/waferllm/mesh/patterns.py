@@ -17,7 +17,7 @@ import numpy as np
 from waferllm.device import Device
 from waferllm.mesh.geometry import Axis, ring_successor
 from waferllm.mesh.ktree import TreePlan
-from waferllm.mesh.traffic import Traffic, line_traffic
+from waferllm.mesh.traffic import Loads, Traffic, line_traffic
 
 ArrayKey = tuple[tuple[int, ...], bytes]
 
@@ -121,18 +121,49 @@ def multicast_traffic(
     first = np.concatenate([np.ones_like(owner[:, :1], bool), owner[:, 1:] != owner[:, :-1]], 1)
     is_end = (dist > 0) & np.where(pos > owner, last, first)
     hops = int(dist.max(initial=0))
+    src = np.where(is_end, owner, pos)
     return line_traffic(
         device,
         shape,
         axis,
-        src=np.where(is_end, owner, pos),
+        src=src,
         dst=pos,
         nbytes=nbytes,
         critical_hops=hops,
         critical_stages=0,
         ramp_in_extra=np.where((dist > 0) & ~is_end, float(nbytes), 0.0),
         mean_slack_cycles=device.hop_latency_cycles * float((hops - dist).mean()),
+        loads=_run_loads(axis, owner, pos, is_end, float(nbytes)),
     )
+
+
+def _run_loads(
+    axis: Axis, owner: np.ndarray, pos: np.ndarray, is_end: np.ndarray, nbytes: float
+) -> Loads | None:
+    """A multicast's loads in closed form when every run of cores sharing an owner reaches
+    it (the owner inside or next to its run): the stream from owner o to the run's far end
+    crosses every link between, so link i carries a forward stream exactly when core i+1
+    lies past its owner (o < i+1) and a backward one when core i lies before it; the owner
+    sends one stream per side it has cores on, and each run's end takes one in. None when
+    some run is cut off from its owner (`line_traffic` sums per line then)."""
+    if nbytes <= 0:
+        return None
+    right, left = owner < pos, owner > pos
+    # a core past its owner follows a core with the same owner, or the owner itself
+    prev_ok = (owner[:, 1:] == owner[:, :-1]) | (owner[:, 1:] == pos[:, :-1])
+    next_ok = (owner[:, :-1] == owner[:, 1:]) | (owner[:, :-1] == pos[:, 1:])
+    if (right[:, 0].any() or left[:, -1].any() or not prev_ok[right[:, 1:]].all()
+            or not next_ok[left[:, :-1]].all()):  # fmt: skip
+        return None
+    links: dict[tuple[Axis, int], np.ndarray] = {}
+    if right.any():
+        links[(axis, +1)] = np.where(right[:, 1:], nbytes, 0.0)
+    if left.any():
+        links[(axis, -1)] = np.where(left[:, :-1], nbytes, 0.0)
+    sends = np.zeros(owner.shape)
+    sends[:, :-1] += owner[:, 1:] == pos[:, :-1]  # the owner of the run on its right
+    sends[:, 1:] += owner[:, :-1] == pos[:, 1:]  # ... on its left
+    return links, sends * nbytes, np.where(is_end, nbytes, 0.0)
 
 
 @lru_cache(maxsize=1024)

@@ -88,6 +88,10 @@ class Traffic:
         )
 
 
+# (links, ramp out, ramp in) of a set of segments, per line: what `line_traffic` prices
+Loads = tuple[dict[tuple[Axis, int], np.ndarray], np.ndarray, np.ndarray]
+
+
 def _orient(axis: Axis, line_major: np.ndarray) -> np.ndarray:
     """(L, P) per-line array -> (rows, cols)-broadcastable array."""
     return line_major if axis is Axis.X else line_major.T
@@ -107,6 +111,7 @@ def line_traffic(
     ramp_in_extra: np.ndarray | None = None,
     ramp_out_extra: np.ndarray | None = None,
     bytes_injected: int | None = None,
+    loads: Loads | None = None,
 ) -> Traffic:
     """Traffic of point-to-point segments along `axis`, the same in every line or per line.
 
@@ -115,7 +120,9 @@ def line_traffic(
     `nbytes`: bytes of each segment, scalar or broadcastable to src. Segments with src == dst
     or zero bytes carry nothing. The critical message is given by the caller, who knows which
     segments form a pipelined chain. `ramp_*_extra` ((L, P) arrays) add ramp loads that are
-    not segment ends (a multicast delivers to every core it passes).
+    not segment ends (a multicast delivers to every core it passes). `loads`: (links, ramp
+    out, ramp in) of these segments when the caller knows them in closed form (a pattern
+    whose structure makes the per-line sums unnecessary); computed here otherwise.
     """
     num = shape[axis.tensor_dim]
     src2 = np.atleast_2d(np.asarray(src, dtype=np.int64))
@@ -123,12 +130,14 @@ def line_traffic(
     src2, dst2 = np.broadcast_arrays(src2, dst2)
     size = np.broadcast_to(np.asarray(nbytes, dtype=np.float64), src2.shape)
     size = np.where(src2 == dst2, 0.0, size)
-    lines = src2.shape[0]
     hops = np.abs(dst2 - src2)
-    if _every_core_one_hop(src2, dst2, hops, num):
-        links, ramp_out, ramp_in = _one_hop_loads(axis, src2, dst2, size)
-    else:
-        links, ramp_out, ramp_in = _segment_loads(axis, src2, dst2, size, num)
+    if loads is None:
+        if _every_core_one_hop(src2, dst2, hops, num):
+            loads = _one_hop_loads(axis, src2, dst2, size)
+        else:
+            loads = _segment_loads(axis, src2, dst2, size, num)
+    links, ramp_out, ramp_in = loads
+    lines = src2.shape[0]
     if ramp_in_extra is not None:
         ramp_in = ramp_in + ramp_in_extra
     if ramp_out_extra is not None:
@@ -147,9 +156,6 @@ def line_traffic(
         ramp_out=_orient(axis, ramp_out),
         mean_slack_cycles=mean_slack_cycles,
     )
-
-
-Loads = tuple[dict[tuple[Axis, int], np.ndarray], np.ndarray, np.ndarray]
 
 
 def _segment_loads(
