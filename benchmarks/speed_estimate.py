@@ -12,9 +12,11 @@ set-up, cold caches), then the timed work:
 - "first call": the warm-up request's time (target <= 1 s after `import waferllm`).
 Beside each model, GenZ's time per decode query (the analytic GPU model users compare with,
 pip package `genz-llm` in its own virtual environment, `--genz-python`; the column is left
-out when that interpreter is missing): the same 20 (prompt, output) lengths, one A100 80GB,
-after one warm-up query. GenZ names: its own presets (Qwen2-72B: its Qwen2.5-72B preset,
-the same shapes).
+out when that interpreter is missing): the same 20 (prompt, output) lengths on A100 80GB
+GPUs (one; two tensor-parallel for Qwen2-72B, whose weights need them), after one warm-up
+query. GenZ names: its own presets (Qwen2-72B: its Qwen2.5-72B preset, the same shapes).
+With `--baseline-src`, the two trees run case by case, alternating, so load on a shared
+machine falls on both alike.
 
     PYTHONPATH=src python benchmarks/speed_estimate.py [--quick] [--baseline-src /work/main/src]
         [--genz-python /work/venv-genz/bin/python]
@@ -39,10 +41,10 @@ REQUESTS = 20
 TARGETS_S = {"grids given (median)": 0.05, "search": 0.5, "reproduce": 10.0, "first call": 1.0}
 SRC = Path(__file__).resolve().parent.parent / "src"
 GENZ_PYTHON = Path("/work/venv-genz/bin/python")
-GENZ_MODELS = {
-    "llama3-8b": "llama3_8b",
-    "llama2-13b": "meta-llama/Llama-2-13B",
-    "qwen2-72b": "Qwen/Qwen2.5-72B",
+GENZ_MODELS = {  # GenZ's preset name and the fewest A100 80GB GPUs that hold the weights
+    "llama3-8b": ("llama3_8b", 1),
+    "llama2-13b": ("meta-llama/Llama-2-13B", 1),
+    "qwen2-72b": ("Qwen/Qwen2.5-72B", 2),
 }
 
 CHILD = """
@@ -108,7 +110,7 @@ warnings.filterwarnings("ignore")
 start = time.perf_counter()
 from GenZ import decode_moddeling
 imported = time.perf_counter() - start
-model, count = sys.argv[1], int(sys.argv[2])
+model, tp, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(14)
 
 def query():
@@ -116,7 +118,7 @@ def query():
     rng.randrange(420, 721, 12), rng.randrange(360, 661, 12)  # the grids ours draws
     t = time.perf_counter()
     decode_moddeling(model=model, batch_size=1, input_tokens=prompt, output_tokens=output,
-                     system_name="A100_80GB_GPU", bits="bf16", tensor_parallel=1)
+                     system_name="A100_80GB_GPU", bits="bf16", tensor_parallel=tp)
     return time.perf_counter() - t
 
 first = query()
@@ -130,7 +132,7 @@ def run_genz(model: str, python: Path, count: int) -> dict[str, Any] | None:
     if not python.exists():
         return None
     out = subprocess.run(
-        [str(python), "-c", GENZ_CHILD, GENZ_MODELS[model], str(count)],
+        [str(python), "-c", GENZ_CHILD, *map(str, GENZ_MODELS[model]), str(count)],
         capture_output=True,
         text=True,
         check=False,
@@ -175,9 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     trees = {"after": args.src}
     if args.baseline_src:
         trees = {"before": args.baseline_src, **trees}
-    results = {
-        label: {case: run_case(case, src, count) for case in cases} for label, src in trees.items()
-    }
+    results: dict[str, dict[str, Any]] = {label: {} for label in trees}
+    for case in cases:  # alternate the trees case by case: load falls on both alike
+        for label, src in trees.items():
+            results[label][case] = run_case(case, src, count)
     genz = {m: run_genz(m, args.genz_python, count) for m in cases if m in GENZ_MODELS}
     rows = []
     for case in cases:
