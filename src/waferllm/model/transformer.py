@@ -23,7 +23,7 @@ import torch
 from waferllm.device import Device
 from waferllm.errors import NonFiniteError, SramOverflowError, WaferError
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
-from waferllm.mesh.cost import Charge, Ledger, UnpricedLedger
+from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.relayout import hop, relayout_charge
 from waferllm.mesh.tensor import DistTensor, Layout
@@ -308,7 +308,7 @@ class MeshTransformer:
         self._stores = []
 
     @functools.cached_property
-    def _weights_relayout(self) -> Charge:
+    def _weights_relayout(self):  # the mesh's Charge (only mesh/ names the pricing types)
         """The weights' re-layout between the plans: it depends on the plans only, so every
         request on this model shares it."""
         return relayout_charge(self.device, weight_moves(self.plan))
