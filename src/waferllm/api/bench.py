@@ -33,7 +33,14 @@ from waferllm.mesh.geometry import fanouts_from_groups
 from waferllm.mesh.storage import StoredDtype, parse_stored_dtype
 from waferllm.mesh.tensor import Layout
 from waferllm.mesh.tiling import padded_k
-from waferllm.mesh.virtual import COMPUTE_DTYPES, GridLike, Mesh, Mode, as_grid
+from waferllm.mesh.virtual import (
+    COMPUTE_DTYPES,
+    GridLike,
+    Mesh,
+    Mode,
+    as_grid,
+    resolve_torch_device,
+)
 from waferllm.model.quant import fake_quantise
 from waferllm.model.report import Provenance
 
@@ -112,6 +119,7 @@ class _Setup:
     mode: Mode
     dtype: torch.dtype
     f16_accumulate: bool
+    torch_device: torch.device
 
     def mesh(self, device: Device | None = None, mode: Mode | None = None) -> Mesh:
         return Mesh(
@@ -121,6 +129,7 @@ class _Setup:
             mode=mode or self.mode,
             compute_dtype=self.dtype,
             f16_accumulate=self.f16_accumulate,
+            torch_device=self.torch_device,
         )
 
 
@@ -142,7 +151,12 @@ GEMV_ALGOS = tuple(GEMV_KERNELS)
 
 
 def _setup(
-    device: str | Device, grid: GridLike, mode: str, dtype: str, f16_accumulate: bool
+    device: str | Device,
+    grid: GridLike,
+    mode: str,
+    dtype: str,
+    f16_accumulate: bool,
+    torch_device: str,
 ) -> _Setup:
     dev = device if isinstance(device, Device) else get_device(device)
     parsed = as_grid(grid, "grid")
@@ -157,7 +171,8 @@ def _setup(
         raise WaferError(f"unknown dtype {dtype!r}; choose from {', '.join(COMPUTE_DTYPES)}")
     if f16_accumulate and dtype != "float16":
         warnings.warn("--f16-accumulate has no effect unless --dtype float16", stacklevel=3)
-    return _Setup(dev, rows, cols, run_mode, COMPUTE_DTYPES[dtype], f16_accumulate)
+    tiles = resolve_torch_device(torch_device)
+    return _Setup(dev, rows, cols, run_mode, COMPUTE_DTYPES[dtype], f16_accumulate, tiles)
 
 
 def _check_sizes(**sizes: int) -> None:
@@ -279,19 +294,21 @@ def bench_gemm(
     align_both: bool = False,
     seed: int = 0,
     weight_dtype: str = "float16",
+    torch_device: str = "cpu",
 ) -> KernelReport:
     """C[m, n] = A[m, k] @ B[k, n] with `algo` (meshgemm, cannon, summa, allgather) on a grid
     of the device. B is stored as weights (pre-skewed for the ring kernels, untimed) unless
     `align_both`, which skews it on the device beside A (timed). Ring kernels on a non-square
     grid get K zero-padded to a multiple of lcm(rows, cols). `weight_dtype` int8/int4 stores B
     compressed (meshgemm and cannon, B stored as weights): functional runs quantise it and
-    compare with the oracle on the same dequantised B."""
+    compare with the oracle on the same dequantised B. `torch_device`: where functional tiles
+    live (cpu or cuda)."""
     start = time.perf_counter()
     stored = parse_stored_dtype(weight_dtype, what="weight_dtype")
     if algo not in GEMM_KERNELS:
         raise WaferError(f"unknown GEMM algorithm {algo!r}; choose from {', '.join(GEMM_KERNELS)}")
     _check_sizes(m=m, k=k, n=n)
-    setup = _setup(device, grid, mode, dtype, f16_accumulate)
+    setup = _setup(device, grid, mode, dtype, f16_accumulate, torch_device)
     ring = algo in WEIGHT_SKEW or algo == "t10"
     if align_both and not ring:
         warnings.warn(f"--align-both has no effect on {algo} (it skews nothing)", stacklevel=2)
@@ -342,6 +359,7 @@ def bench_gemv(
     f16_accumulate: bool = False,
     seed: int = 0,
     weight_dtype: str = "float16",
+    torch_device: str = "cpu",
 ) -> KernelReport:
     """y[n] = x[m] @ W[m, n] with `algo` (meshgemv, pipeline, ring): x split along Y and
     replicated along X, W tiled over the cores, the partial sums allreduced along Y.
@@ -353,7 +371,7 @@ def bench_gemv(
     if algo not in GEMV_KERNELS:
         raise WaferError(f"unknown GEMV algorithm {algo!r}; choose from {', '.join(GEMV_KERNELS)}")
     _check_sizes(m=m, n=n)
-    setup = _setup(device, grid, mode, dtype, f16_accumulate)
+    setup = _setup(device, grid, mode, dtype, f16_accumulate, torch_device)
     if fanouts is not None and groups is not None:
         raise WaferError("give --fanouts or --groups, not both")
     tree = fanouts_from_groups(setup.rows, groups) if groups is not None else fanouts

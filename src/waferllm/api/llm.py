@@ -27,7 +27,7 @@ from waferllm.engine.sampling import SamplingParams
 from waferllm.engine.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 from waferllm.errors import GridError, WaferError
 from waferllm.estimate.search import default_grids
-from waferllm.mesh.virtual import COMPUTE_DTYPES, GridLike, as_grid
+from waferllm.mesh.virtual import COMPUTE_DTYPES, GridLike, as_grid, resolve_torch_device
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.placement import PlacementMode, ResidentLayouts
@@ -103,6 +103,8 @@ class LLM:
     of context is used for both (`default_grids`). `weight_dtype`/`kv_dtype` (float16, int8,
     int4; SPEC.md §10.2) store the weights and the KV cache compressed: the checkpoint is
     quantised at load, the KV cache on write, and the costs count the stored bytes.
+    `torch_device` says where the virtual wafer's tensors live: `cpu` (default) or `cuda` (a
+    GPU; WaferError when there is none).
 
     One object serves one request at a time: `generate` and `stream` calls from several
     threads are serialised by a lock (each waits for the request in flight); an unfinished
@@ -124,11 +126,13 @@ class LLM:
         resident_layouts: str = "one",
         weight_dtype: str = "float16",
         kv_dtype: str = "float16",
+        torch_device: str = "cpu",
     ) -> None:
         if grid is not None and (prefill_grid is not None or decode_grid is not None):
             raise GridError("give either grid or prefill_grid/decode_grid, not both")
         if dtype not in COMPUTE_DTYPES:
             raise WaferError(f"dtype={dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+        tiles_device = resolve_torch_device(torch_device)  # before loading: fail fast
         self.device = device if isinstance(device, Device) else get_device(device)
         if device_overrides:
             self.device = with_overrides(self.device, device_overrides)
@@ -141,7 +145,9 @@ class LLM:
         self._chat_template: ChatTemplate | None = None  # loaded by the first chat
         self.dtype = dtype
         self._mesh: dict[str, Any] = dict(
-            compute_dtype=COMPUTE_DTYPES[dtype], f16_accumulate=f16_accumulate
+            compute_dtype=COMPUTE_DTYPES[dtype],
+            f16_accumulate=f16_accumulate,
+            torch_device=tiles_device,
         )
         self._plan: dict[str, Any] = dict(
             kv_policy=_choice(kv_cache, KvPolicy, "kv_cache"),

@@ -45,6 +45,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--f16-accumulate", action="store_true", help="accumulate float16 in float16"
     )
+    parser.add_argument(
+        "--torch-device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where functional tiles live (default cpu; cuda: a GPU)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="operand seed (functional mode)")
     parser.add_argument(
         "--weight-dtype", choices=DTYPE_NAMES, default="float16",
@@ -101,6 +107,7 @@ def run_gemm(args: argparse.Namespace) -> int:
         align_both=args.align_both,
         seed=args.seed,
         weight_dtype=args.weight_dtype,
+        torch_device=args.torch_device,
     )
     return _show(report, args)
 
@@ -120,6 +127,7 @@ def run_gemv(args: argparse.Namespace) -> int:
         f16_accumulate=args.f16_accumulate,
         seed=args.seed,
         weight_dtype=args.weight_dtype,
+        torch_device=args.torch_device,
     )
     return _show(report, args)
 

@@ -67,6 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --dtype float16, accumulate in f16 as the hardware does",
     )
+    parser.add_argument(
+        "--torch-device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="where the virtual wafer's tensors live (default cpu; cuda: a GPU)",
+    )
     sampling = parser.add_argument_group("sampling (default greedy: the on-mesh argmax)")
     sampling.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     sampling.add_argument("--top-k", type=int, default=None, metavar="K")
@@ -128,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             device=device,
             dtype=args.dtype,
             f16_accumulate=args.f16_accumulate,
+            torch_device=args.torch_device,
             kv_cache=args.kv_cache,
             resident_layouts=args.resident_layouts,
             grid=grid,

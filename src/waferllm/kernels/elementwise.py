@@ -96,6 +96,7 @@ def embed(
     if mesh.mode is Mode.FUNCTIONAL:
         if ids.dim() != 1 or ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
             raise WaferError(f"token ids must be a 1-D tensor of values in [0, {vocab})")
+        ids = ids.to(table.data.device)
         owner, local = ids // vt, ids % vt
         if axis is Axis.Y:  # [T, cols, Dt] -> [rows, cols, T, Dt]
             picked = table.data[owner, :, local, :].permute(1, 0, 2).unsqueeze(0)

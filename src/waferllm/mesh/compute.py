@@ -92,7 +92,7 @@ def _accumulating_matmul(mesh: Mesh, a: torch.Tensor, b: torch.Tensor) -> torch.
     if not mesh.f16_accumulate:
         return (a.float() @ b.float()).to(torch.float16)
     # the hardware's order: one rank-1 update per k, rounded to f16 each time
-    acc = torch.zeros((*a.shape[:-1], b.shape[-1]), dtype=torch.float16)
+    acc = torch.zeros((*a.shape[:-1], b.shape[-1]), dtype=torch.float16, device=a.device)
     for k in range(a.shape[-1]):
         acc = acc + a[..., k : k + 1] * b[..., k : k + 1, :]
     return acc

@@ -322,7 +322,8 @@ def decode_slot_mask(
     keep = counts.slot_mask(append.counts_after, width)
     if window is not None:
         keep &= position - counts.slot_positions(append.counts_after, width) < window
-    return torch.as_tensor(np.ascontiguousarray(keep)).reshape(mesh.rows, 1, 1, 1, width)
+    mask = torch.as_tensor(np.ascontiguousarray(keep), device=mesh.torch_device)
+    return mask.reshape(mesh.rows, 1, 1, 1, width)
 
 
 # ---- RoPE tables -------------------------------------------------------------------------------
