@@ -25,6 +25,11 @@ from waferllm.errors import GridError, WaferError
 from waferllm.estimate.capacity import whole_model_capacity
 from waferllm.estimate.cost import Grid, RequestCost, Setup, clear_cache, cost_model
 from waferllm.estimate.flops import model_flops
+from waferllm.estimate.multi_device import (
+    pipeline_breakdown,
+    request_over_devices,
+    resolve_num_devices,
+)
 from waferllm.estimate.search import GridSearch, search_grids
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.virtual import GridLike, as_grid
@@ -58,6 +63,7 @@ class PhasePlacement:
     origins: tuple[tuple[int, int], ...]  # top-left core (row, col) of each region
     layers: tuple[range, ...]  # the layers of each region
     layer_multiplier: int = 1  # per-layer: how many layers the one modelled layer stands for
+    devices: tuple[int, ...] = ()  # the device of each region (origins are on that device)
 
     @classmethod
     def of(cls, regions: PhaseRegions, multiplier: int) -> PhasePlacement:
@@ -66,15 +72,20 @@ class PhasePlacement:
             origins=tuple(r.origin for r in regions.regions),
             layers=tuple(r.layers for r in regions.regions),
             layer_multiplier=multiplier,
+            devices=tuple(r.device for r in regions.regions),
         )
 
     def to_dict(self) -> dict[str, Any]:
+        regions = [
+            {"origin": list(o), "first_layer": r.start, "num_layers": len(r)}
+            for o, r in zip(self.origins, self.layers, strict=True)
+        ]
+        if any(self.devices):  # several linked devices: say which holds each region
+            for region, device in zip(regions, self.devices, strict=True):
+                region["device"] = device
         return {
             "grid": list(self.grid),
-            "regions": [
-                {"origin": list(o), "first_layer": r.start, "num_layers": len(r)}
-                for o, r in zip(self.origins, self.layers, strict=True)
-            ],
+            "regions": regions,
             "layer_multiplier": self.layer_multiplier,
         }
 
@@ -114,6 +125,7 @@ def estimate(
     resident_layouts: str | ResidentLayouts = "one",
     progress: Progress | None = None,
     system: str = "waferllm",
+    num_devices: int | str = 1,
 ) -> Estimate:
     """Predict one batch-1 request of `prompt_len` tokens generating `output_len`.
 
@@ -121,6 +133,8 @@ def estimate(
     Grids not given are searched (the fastest feasible pair under SRAM and routes, minimising
     TTFT + transition + decode time); `progress(done, total, what)` follows the search.
     `system="t10"|"ladder"`: the paper's wafer-side baselines instead (`estimate_systems`).
+    `num_devices`: `fit` over that many linked devices, a pipeline of layer ranges
+    (SPEC.md §10.10), or "auto" for the fewest that hold the request.
 
     >>> est = estimate("llama3-8b", prompt_len=4096, output_len=2, placement="per-layer",
     ...                prefill_grid=600, decode_grid=420)
@@ -130,6 +144,8 @@ def estimate(
     config = model if isinstance(model, ModelConfig) else load_config(str(model))
     resolved = _device(device, device_overrides)
     if system != "waferllm":
+        if num_devices != 1:
+            raise WaferError(f"num_devices={num_devices!r} applies to system waferllm only")
         grids_given = (prefill_grid, decode_grid)
         with collected_warnings() as caught:
             baseline = _baseline(config, resolved, system, prompt_len, output_len, grids_given)
@@ -145,6 +161,7 @@ def estimate(
             kv_cache=kv_cache,
             resident_layouts=resident_layouts,
             progress=progress,
+            num_devices=num_devices,
         )
     return _stamped(result, caught, device=resolved, config=config)
 
@@ -160,6 +177,7 @@ def _estimate(
     kv_cache: str | KvPolicy,
     resident_layouts: str | ResidentLayouts,
     progress: Progress | None,
+    num_devices: int | str,
 ) -> Estimate:
     start = time.perf_counter()
     setup = Setup(
@@ -173,9 +191,14 @@ def _estimate(
     grids = (as_grid(grids[0], "prefill_grid"), as_grid(grids[1], "decode_grid"))
     for grid, name in zip(grids, ("prefill_grid", "decode_grid"), strict=True):
         _check_on_device(grid, setup.device, name)
+    lengths = {"prompt_len": prompt_len, "output_len": output_len}
+    count = resolve_num_devices(setup, num_devices, **lengths, grids=grids)
+    setup = dataclasses.replace(setup, num_devices=count)
     costs = cost_model(setup)
     search = None
-    if grids[0] is not None and grids[1] is not None:
+    if count > 1:
+        cost, search = request_over_devices(costs, **lengths, grids=grids, progress=progress)
+    elif grids[0] is not None and grids[1] is not None:
         cost = costs.request(grids[0], grids[1], prompt_len, output_len)
     else:
         search = search_grids(
@@ -221,11 +244,12 @@ def _stamped(result: _Result, caught: list[str], *, device: Device, config: Mode
     report = result.report
     cores = max(_cores(p, result.extrapolated) for p in (result.prefill, result.decode))
     peak = report.metrics.peak_sram_bytes_per_core or 0
+    sram_bytes = device.sram_bytes_per_core * device.num_cores * report.num_devices
     report = dataclasses.replace(
         report,
         warnings=tuple(caught),
         provenance=make_provenance(device=device, config=config),
-        sram_used_fraction=peak * cores / (device.sram_bytes_per_core * device.num_cores),
+        sram_used_fraction=peak * cores / sram_bytes,
     )
     return dataclasses.replace(result, report=report)
 
@@ -296,7 +320,7 @@ def _result(
         ttft_s=ttft_s,
         decode_time_s=decode_s,
         transition_s=transition_s,
-        power_w=device.power_w,
+        power_w=device.power_w * setup.num_devices,  # every linked device draws power
         peak_sram_bytes_per_core=max(
             cost.prefill.peak_sram_bytes_per_core, cost.decode.peak_sram_bytes_per_core
         ),
@@ -319,6 +343,7 @@ def _result(
         max_new_tokens=room,
         breakdown=breakdown,
         host_wall_s=wall_s,
+        num_devices=setup.num_devices,
     )
     return Estimate(
         report=report,
@@ -360,6 +385,10 @@ def _breakdown(
         "decode": placements[1].to_dict(),
     }
     out["search"] = search.to_dict() if search is not None else None
+    if setup.num_devices > 1:
+        out["pipeline"] = pipeline_breakdown(
+            setup, cost, cost.model.plan.prefill, cost.model.plan.decode
+        )
     # layer-level ops are named layer/<op>: group two levels deep to show them
     out["prefill"] = _phase_summary(device, cost.prefill.ledger, depth=2)
     out["transition"] = _phase_summary(device, cost.transition, depth=2)

@@ -35,6 +35,7 @@ class Setup:
     placement: PlacementMode = PlacementMode.FIT
     kv_policy: KvPolicy = KvPolicy.SHIFT
     resident: ResidentLayouts = ResidentLayouts.ONE
+    num_devices: int = 1  # linked identical devices, a range of layers each (multi-wafer fit)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -92,6 +93,7 @@ class CostModel:
                 placement=s.placement,
                 kv_policy=s.kv_policy,
                 resident_layouts=s.resident,
+                num_devices=s.num_devices,
             )
         return self._models[key]
 

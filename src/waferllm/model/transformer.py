@@ -14,7 +14,7 @@ Legend: L prompt tokens, D model dim, V vocab; R x C the grid of a phase.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -22,9 +22,10 @@ import torch
 from waferllm.device import Device
 from waferllm.errors import NonFiniteError, SramOverflowError, WaferError
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
-from waferllm.mesh.cost import Ledger, UnpricedLedger
+from waferllm.mesh.cost import Charge, Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.relayout import hop, relayout_charge
+from waferllm.mesh.system_link import system_link_hop
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
 from waferllm.model import vocab
@@ -49,6 +50,7 @@ from waferllm.model.layers import (
     prefill_layer,
     rope_tables,
 )
+from waferllm.model.pipeline import device_count
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts, heads_for
 from waferllm.model.plan import ModelPlan, PhaseState, build_phase, plan_model
 from waferllm.model.transfers import kv_moves, per_layer_hops, weight_moves
@@ -96,7 +98,9 @@ class MeshTransformer:
     one layer's plan, costs times the layer count). `kv_policy`: shift or concat.
     `resident_layouts`: `one` re-lays the weights per request (charged in `transition`),
     `both` keeps both plans' copies. `max_context_tokens`: size the KV cache for this many
-    tokens (default: as many as SRAM holds).
+    tokens (default: as many as SRAM holds). `num_devices`: `fit` over that many linked devices,
+    a range of layers each (`pipeline.py`); the residual stream crosses the inter-system link
+    between them.
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class MeshTransformer:
         f16_accumulate: bool = False,
         resident_layouts: ResidentLayouts = ResidentLayouts.ONE,
         max_context_tokens: int | None = None,
+        num_devices: int = 1,
     ) -> None:
         self.config = config
         self.mode = Mode.FUNCTIONAL if weights is not None else Mode.ESTIMATE
@@ -130,6 +135,7 @@ class MeshTransformer:
             placement=PlacementMode(placement),
             resident=ResidentLayouts(resident_layouts),
             max_context_tokens=max_context_tokens,
+            num_devices=num_devices,
         )
         mesh_args = {
             "mode": self.mode,
@@ -219,7 +225,7 @@ class MeshTransformer:
         for r, region in enumerate(state.regions.regions):
             mesh = state.meshes[r]
             if r:
-                x = hop(self.device, x, mesh, ledger, op=f"hop{r}")
+                x = self._enter_region(state, r, x, ledger)
             heads = heads_for(self.config, mesh.cols)
             charge_rope_tables(mesh, heads, x.tile_shape[0], ledger)
             cos, sin = rope_tables(mesh, heads, self.inv_freq, torch.arange(length), per_token=True)
@@ -239,6 +245,14 @@ class MeshTransformer:
         per_layer_hops(self.plan, x, ledger)
         self._prompt_len = length
         return self._head_prefill(x, length, ledger)
+
+    def _enter_region(self, state: PhaseState, r: int, x: DistTensor, ledger: Ledger) -> DistTensor:
+        """The residual stream from region r-1 to region r: an on-wafer hop, or the
+        inter-system link where region r starts the next device."""
+        regions = state.regions.regions
+        if regions[r].device != regions[r - 1].device:
+            return system_link_hop(self.device, x, state.meshes[r], ledger, op=f"hop{r}")
+        return hop(self.device, x, state.meshes[r], ledger, op=f"hop{r}")
 
     def _head_prefill(self, x: DistTensor, length: int, ledger: Ledger) -> StepOutput:
         """Final norm, LM head and argmax for the last position (`[D_x, V_y]` placement)."""
@@ -305,11 +319,20 @@ class MeshTransformer:
 
     def charge_transition(self, counts: RowCounts, ledger: Ledger) -> None:
         """The re-layouts of `transition` for a cache holding `counts` (plans and counts only)."""
+        # each device re-lays its own layers, all devices at once: the slowest one counts
+        devices = range(device_count(self.plan.decode))
         with ledger.scope("transition"):
-            ledger.charge("kv", relayout_charge(self.device, kv_moves(self.plan, counts)))
+            kv = (
+                relayout_charge(self.device, kv_moves(self.plan, counts, on_device=d))
+                for d in devices
+            )
+            ledger.charge("kv", _slowest(kv))
             if self.plan.resident is ResidentLayouts.ONE:
                 # the way back (readying the next request) is the mirror image: same cost
-                weights = relayout_charge(self.device, weight_moves(self.plan))
+                weights = _slowest(
+                    relayout_charge(self.device, weight_moves(self.plan, on_device=d))
+                    for d in devices
+                )
                 ledger.charge("weights_to_decode", weights)
                 ledger.charge("weights_to_prefill", weights)
 
@@ -405,7 +428,7 @@ class MeshTransformer:
         )
         for r in range(len(state.regions.regions)):
             if r:
-                x = hop(self.device, x, state.meshes[r], before, op=f"hop{r}")
+                x = self._enter_region(state, r, x, before)
             mesh = state.meshes[r]
             charge_rope_tables(mesh, heads_for(self.config, mesh.cols), 1, before)
             if walk_layers:
@@ -531,6 +554,11 @@ class MeshTransformer:
     def peak_sram_bytes_per_core(self) -> int:
         meshes = [*self.prefill_state.meshes, *self.decode_state.meshes]
         return max(m.sram.peak_bytes for m in meshes)
+
+
+def _slowest(charges: Iterable[Charge]) -> Charge:
+    """The longest of concurrent charges (the first of equals)."""
+    return max(charges, key=lambda c: c.cycles)
 
 
 def _like(t: DistTensor, name: str) -> DistTensor:
