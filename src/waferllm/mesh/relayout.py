@@ -104,6 +104,12 @@ def relayout_charge(device: Device, moves: list[Move]) -> Charge:
     )
 
 
+def concurrent_relayout_charge(device: Device, moves_per_device: list[list[Move]]) -> Charge:
+    """Re-layouts on separate identical devices at the same time (multi-wafer `fit`): each
+    device's moves priced by `relayout_charge` on its own mesh; the slowest is the cost."""
+    return max((relayout_charge(device, m) for m in moves_per_device), key=lambda c: c.cycles)
+
+
 def _cut_traffic(
     device: Device,
     *,

@@ -14,7 +14,7 @@ Legend: L prompt tokens, D model dim, V vocab; R x C the grid of a phase.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -22,9 +22,9 @@ import torch
 from waferllm.device import Device
 from waferllm.errors import NonFiniteError, SramOverflowError, WaferError
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
-from waferllm.mesh.cost import Charge, Ledger, UnpricedLedger
+from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.relayout import hop, relayout_charge
+from waferllm.mesh.relayout import concurrent_relayout_charge, hop
 from waferllm.mesh.system_link import system_link_hop
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
@@ -322,17 +322,12 @@ class MeshTransformer:
         # each device re-lays its own layers, all devices at once: the slowest one counts
         devices = range(device_count(self.plan.decode))
         with ledger.scope("transition"):
-            kv = (
-                relayout_charge(self.device, kv_moves(self.plan, counts, on_device=d))
-                for d in devices
-            )
-            ledger.charge("kv", _slowest(kv))
+            kv = [kv_moves(self.plan, counts, on_device=d) for d in devices]
+            ledger.charge("kv", concurrent_relayout_charge(self.device, kv))
             if self.plan.resident is ResidentLayouts.ONE:
                 # the way back (readying the next request) is the mirror image: same cost
-                weights = _slowest(
-                    relayout_charge(self.device, weight_moves(self.plan, on_device=d))
-                    for d in devices
-                )
+                moves = [weight_moves(self.plan, on_device=d) for d in devices]
+                weights = concurrent_relayout_charge(self.device, moves)
                 ledger.charge("weights_to_decode", weights)
                 ledger.charge("weights_to_prefill", weights)
 
@@ -554,11 +549,6 @@ class MeshTransformer:
     def peak_sram_bytes_per_core(self) -> int:
         meshes = [*self.prefill_state.meshes, *self.decode_state.meshes]
         return max(m.sram.peak_bytes for m in meshes)
-
-
-def _slowest(charges: Iterable[Charge]) -> Charge:
-    """The longest of concurrent charges (the first of equals)."""
-    return max(charges, key=lambda c: c.cycles)
 
 
 def _like(t: DistTensor, name: str) -> DistTensor:
