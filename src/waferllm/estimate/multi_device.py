@@ -88,6 +88,13 @@ def feasible_grids(
     ]
 
 
+def weights_bound(setup: Setup) -> int:
+    """Devices whose whole SRAM at least holds the weights (a lower bound on any placement)."""
+    device = setup.device
+    weight_bytes = setup.config.num_params * device.storage_bytes
+    return math.ceil(weight_bytes / (device.num_cores * device.sram_bytes_per_core))
+
+
 def devices_needed(
     setup: Setup,
     *,
@@ -97,11 +104,11 @@ def devices_needed(
     start: int = 1,
 ) -> int | None:
     """The fewest devices from `start` on which the request fits (see `request_fits`) on
-    one of the candidate grids; None when even `MAX_DEVICES` (or one layer per device) do
-    not."""
+    one of the candidate grids, counting up from the weights' bound; None when even
+    `MAX_DEVICES` (or one layer per device) do not."""
     candidates = _candidate_grids(setup, grids)
     last = min(MAX_DEVICES, setup.config.num_hidden_layers)
-    for count in range(start, last + 1):
+    for count in range(max(start, weights_bound(setup)), last + 1):
         if any(request_fits(setup, count, pair, prompt_len, output_len) for pair in candidates):
             return count
     return None
@@ -272,4 +279,5 @@ __all__ = [
     "request_fits",
     "request_over_devices",
     "resolve_num_devices",
+    "weights_bound",
 ]
