@@ -26,11 +26,13 @@ from waferllm.estimate.capacity import whole_model_capacity
 from waferllm.estimate.cost import Grid, RequestCost, Setup, clear_cache, cost_model
 from waferllm.estimate.flops import model_flops
 from waferllm.estimate.multi_device import (
+    grid_request,
     pipeline_breakdown,
     request_over_devices,
     resolve_num_devices,
+    single_device_error,
 )
-from waferllm.estimate.search import GridSearch, search_grids
+from waferllm.estimate.search import GridSearch
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.virtual import GridLike, as_grid
 from waferllm.model.config import ModelConfig, load_config
@@ -195,21 +197,13 @@ def _estimate(
     count = resolve_num_devices(setup, num_devices, **lengths, grids=grids)
     setup = dataclasses.replace(setup, num_devices=count)
     costs = cost_model(setup)
-    search = None
     if count > 1:
         cost, search = request_over_devices(costs, **lengths, grids=grids, progress=progress)
-    elif grids[0] is not None and grids[1] is not None:
-        cost = costs.request(grids[0], grids[1], prompt_len, output_len)
     else:
-        search = search_grids(
-            costs,
-            prompt_len=prompt_len,
-            output_len=output_len,
-            prefill_grid=grids[0],
-            decode_grid=grids[1],
-            progress=progress,
-        )
-        cost = search.best
+        try:
+            cost, search = grid_request(costs, **lengths, grids=grids, progress=progress)
+        except WaferError as exc:
+            raise single_device_error(setup, exc, **lengths, grids=grids) from None
     return _result(setup, cost, search, prompt_len, output_len, time.perf_counter() - start)
 
 

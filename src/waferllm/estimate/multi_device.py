@@ -20,7 +20,7 @@ from waferllm.mesh.cost import Ledger
 from waferllm.model.kv_cache import max_new_tokens
 from waferllm.model.pipeline import device_layer_ranges
 from waferllm.model.placement import PlacementMode
-from waferllm.model.plan import plan_model
+from waferllm.model.plan import ModelPlan, plan_model
 from waferllm.model.regions import PhaseRegions
 
 Progress = Callable[[int, int, str], None]
@@ -34,13 +34,10 @@ BUBBLE_NOTE = (
 )
 
 
-def request_fits(
-    setup: Setup, num_devices: int, grids: tuple[Grid, Grid], prompt_len: int, output_len: int
-) -> bool:
-    """Whether the model's plan over `num_devices` fits SRAM on `grids` with room for the
-    prompt's prefill and a KV cache holding the request (byte counts only)."""
+def _plan(setup: Setup, num_devices: int, grids: tuple[Grid, Grid]) -> ModelPlan | None:
+    """The model's plan over `num_devices` on `grids`, or None when it does not fit SRAM."""
     try:
-        plan = plan_model(
+        return plan_model(
             setup.config,
             setup.device,
             prefill_grid=grids[0],
@@ -51,8 +48,20 @@ def request_fits(
             num_devices=num_devices,
         )
     except WaferError:
-        return False
-    if plan.max_prompt_tokens < prompt_len:
+        return None
+
+
+def _plan_fits(setup: Setup, num_devices: int, grids: tuple[Grid, Grid]) -> bool:
+    return _plan(setup, num_devices, grids) is not None
+
+
+def request_fits(
+    setup: Setup, num_devices: int, grids: tuple[Grid, Grid], prompt_len: int, output_len: int
+) -> bool:
+    """Whether the model's plan over `num_devices` fits SRAM on `grids` with room for the
+    prompt's prefill and a KV cache holding the request (byte counts only)."""
+    plan = _plan(setup, num_devices, grids)
+    if plan is None or plan.max_prompt_tokens < prompt_len:
         return False
     room = max_new_tokens(setup.kv_policy, plan.decode.grid[0], plan.kv_slots, prompt_len)
     return room >= output_len
@@ -121,12 +130,33 @@ def not_enough_devices(setup: Setup, num_devices: int, needed: int | None) -> Wa
     if needed is None:
         return WaferError(
             f"{name} does not fit {have} (placement fit) and not even {MAX_DEVICES} linked "
-            f"{device}s hold this request; use --placement per-layer or a device with more SRAM"
+            f"{device} wafers hold this request; use --placement per-layer or a device with "
+            "more SRAM"
         )
     return WaferError(
         f"{name} does not fit {have} (placement fit) for this request: it needs {needed} "
-        f"linked {device}s; use --num-devices {needed} (or auto)"
+        f"linked {device} wafers; use --num-devices {needed} (or auto)"
     )
+
+
+def single_device_error(
+    setup: Setup,
+    error: WaferError,
+    *,
+    prompt_len: int,
+    output_len: int,
+    grids: tuple[Grid | None, Grid | None],
+) -> WaferError:
+    """What a one-device `fit` request that failed with `error` raises: when the model's plan
+    fits no candidate grid of one device but fits some number of linked devices, the error
+    naming that number; otherwise `error` itself."""
+    if setup.placement is not PlacementMode.FIT:
+        return error
+    if any(_plan_fits(setup, 1, pair) for pair in _candidate_grids(setup, grids)):
+        return error  # the model fits one device: the request failed for another reason
+    lengths = {"prompt_len": prompt_len, "output_len": output_len}
+    needed = devices_needed(setup, **lengths, grids=grids, start=2)
+    return error if needed is None else not_enough_devices(setup, 1, needed)
 
 
 FALLBACK_PAIRS = 4  # byte-feasible square sides priced when the grid search's sweep found none
@@ -182,7 +212,34 @@ def resolve_num_devices(
         )
         if count is None:
             raise not_enough_devices(setup, 1, None)
+    if count > 1 and setup.config.tie_word_embeddings:
+        raise WaferError(
+            f"{setup.config.name} ties its embedding to the LM head (one table, on the last "
+            f"device): a pipeline over {count} devices is not modelled for it; use one device"
+        )
     return count
+
+
+def grid_request(
+    costs: CostModel,
+    *,
+    prompt_len: int,
+    output_len: int,
+    grids: tuple[Grid | None, Grid | None],
+    progress: Progress | None,
+) -> tuple[RequestCost, GridSearch | None]:
+    """A request on the given grids, or on the grid search's choice (and the search)."""
+    if grids[0] is not None and grids[1] is not None:
+        return costs.request(grids[0], grids[1], prompt_len, output_len), None
+    search = search_grids(
+        costs,
+        prompt_len=prompt_len,
+        output_len=output_len,
+        prefill_grid=grids[0],
+        decode_grid=grids[1],
+        progress=progress,
+    )
+    return search.best, search
 
 
 def request_over_devices(
@@ -199,17 +256,9 @@ def request_over_devices(
     setup, count = costs.setup, costs.setup.num_devices
     given = grids[0] is not None and grids[1] is not None
     try:
-        if given:
-            return costs.request(grids[0], grids[1], prompt_len, output_len), None  # type: ignore[arg-type]
-        search = search_grids(
-            costs,
-            prompt_len=prompt_len,
-            output_len=output_len,
-            prefill_grid=grids[0],
-            decode_grid=grids[1],
-            progress=progress,
+        return grid_request(
+            costs, prompt_len=prompt_len, output_len=output_len, grids=grids, progress=progress
         )
-        return search.best, search
     except WaferError as exc:
         error = exc
     lengths = {"prompt_len": prompt_len, "output_len": output_len}
@@ -273,11 +322,13 @@ def pipeline_breakdown(
 __all__ = [
     "devices_needed",
     "fastest_feasible",
+    "grid_request",
     "feasible_grids",
     "not_enough_devices",
     "pipeline_breakdown",
     "request_fits",
     "request_over_devices",
     "resolve_num_devices",
+    "single_device_error",
     "weights_bound",
 ]
