@@ -28,10 +28,13 @@ def test_a_two_wafer_report_counts_both_devices_and_shows_the_link_cost():
     assert [(d["first_layer"], d["num_layers"]) for d in pipeline["devices"]] == [(0, 16), (16, 16)]
     link = pipeline["system_link"]
     prefill_bytes, token_bytes = 128 * 4096 * 2, 4096 * 2
+    ttft_s = report["metrics"]["ttft_s"]
+    link_s = 5e-6 + prefill_bytes / 150e9
     assert link["prefill"] == {
         "transfers": 1,
         "bytes": prefill_bytes,
-        "modelled_s": pytest.approx(5e-6 + prefill_bytes / 150e9, rel=1e-12),
+        "modelled_s": pytest.approx(link_s, rel=1e-12),
+        "mean_device_busy_fraction": pytest.approx((ttft_s - link_s) / (2 * ttft_s)),
     }
     assert link["decode"]["transfers"] == 3 and link["decode"]["bytes"] == 3 * token_bytes
     assert link["decode"]["modelled_s"] == pytest.approx(3 * (5e-6 + token_bytes / 150e9))

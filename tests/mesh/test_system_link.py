@@ -37,7 +37,9 @@ def test_a_transfer_is_one_sequential_communication_record_with_no_start_overhea
     ledger.charge("x", system_link_charge(dev, nbytes=4096))
     (record,) = ledger.records
     cycles = (LATENCY_S + 4096 / BANDWIDTH) * dev.clock_hz
-    assert record.comm_cycles == pytest.approx(cycles) and record.latency_cycles == record.comm_cycles
+    assert (
+        record.comm_cycles == pytest.approx(cycles) and record.latency_cycles == record.comm_cycles
+    )
     assert record.overhead_cycles == 0.0
 
 

@@ -30,7 +30,8 @@ LINK_SUFFIX = ".system_link"  # the op suffix of a transfer between devices (mes
 
 BUBBLE_NOTE = (
     "batch 1: the devices run one after another (a pipeline of one request has no overlap); "
-    "while one device works the others wait, so each is busy only during its own layers"
+    "while one device works the others wait, so each is busy only during its own layers "
+    "(mean_device_busy_fraction per phase)"
 )
 
 
@@ -273,12 +274,18 @@ def request_over_devices(
 
 # ---- the report ----------------------------------------------------------------------------------
 def _link_totals(setup: Setup, ledger: Ledger) -> dict[str, Any]:
+    """The phase's link transfers, and the mean share of the phase each device works: with
+    one request the devices take turns and none works while the link carries the stream, so
+    (phase - link) / (N x phase)."""
     records = [r for r in ledger.records if r.op.endswith(LINK_SUFFIX)]
     cycles = sum(r.latency_cycles * r.count for r in records)
+    phase = ledger.totals().latency_cycles
+    busy = (phase - cycles) / (setup.num_devices * phase) if phase > 0 else None
     return {
         "transfers": sum(r.count for r in records),
         "bytes": sum(r.bytes_injected * r.count for r in records),
         "modelled_s": setup.device.cycles_to_seconds(cycles),
+        "mean_device_busy_fraction": busy,
     }
 
 
