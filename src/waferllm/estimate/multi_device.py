@@ -2,9 +2,10 @@
 
 `devices_needed` finds the fewest linked devices on which the model and the request fit, from
 the plans' byte counts alone (`model.pipeline`: a range of layers per device), on the given
-grids or on square grids across the device; `auto` takes it and a model that does not fit is
-an error naming it. `pipeline_breakdown` reads the link's records out of a request's ledgers
-for the report. No walks here: the phases are costed by `cost.py` like one device's.
+grids or on square grids across the device: `auto` takes it, and a model that does not fit is
+an error naming it. `request_over_devices` prices a request over N devices through the same
+`CostModel` walks and grid search as one device's; `pipeline_breakdown` reads the link's
+records out of its ledgers for the report.
 """
 
 from __future__ import annotations
