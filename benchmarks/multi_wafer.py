@@ -76,10 +76,11 @@ def _cells(r: dict) -> list[Any]:
 
 
 def _grids(r: dict) -> str:
-    if r.get("prefill_grid") is None:
-        return "searched"
-    p, d = r["prefill_grid"], r["decode_grid"]
-    return "x".join(map(str, p)) if p == d else f"{p[0]}x{p[1]}/{d[0]}x{d[1]}"
+    """The grids used ([rows, cols] from the report), or as asked ("RxC"), or "searched"."""
+    p, d = r.get("prefill_grid"), r.get("decode_grid")
+    if p is None or isinstance(p, str):
+        return p or "searched"
+    return f"{p[0]}x{p[1]}" if p == d else f"{p[0]}x{p[1]}/{d[0]}x{d[1]}"
 
 
 def main() -> None:
