@@ -31,9 +31,13 @@ def whole_model_capacity(
             resident=setup.resident,
             max_context_tokens=None,
             storage=setup.storage,
+            num_devices=setup.num_devices,
         )
     except WaferError as exc:
-        reason = f"the whole model does not fit one {setup.device.name} (fit): {exc}"
+        where = f"one {setup.device.name}"
+        if setup.num_devices > 1:
+            where = f"{setup.num_devices} {setup.device.name}s"
+        reason = f"the whole model does not fit {where} (fit): {exc}"
         none = KvCapacity(shift=None, concat=None, reason=reason)
         return none, none
     rows, slots = plan.decode.grid[0], plan.kv_slots

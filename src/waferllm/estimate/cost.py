@@ -40,6 +40,7 @@ class Setup:
     kv_policy: KvPolicy = KvPolicy.SHIFT
     resident: ResidentLayouts = ResidentLayouts.ONE
     storage: Storage = UNCOMPRESSED  # weights and KV cache compressed or not
+    num_devices: int = 1  # linked identical devices, a range of layers each (multi-wafer fit)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -98,6 +99,7 @@ class CostModel:
                 kv_policy=s.kv_policy,
                 resident_layouts=s.resident,
                 storage=s.storage,
+                num_devices=s.num_devices,
             )
         return self._models[key]
 

@@ -108,6 +108,17 @@ def relayout_charge(
     )
 
 
+def concurrent_relayout_charge(
+    device: Device, moves_per_device: list[list[Move]], *, bytes_per_element: float | None = None
+) -> Charge:
+    """Re-layouts on separate identical devices at the same time (multi-wafer `fit`): each
+    device's moves priced by `relayout_charge` on its own mesh; the slowest is the cost."""
+    charges = (
+        relayout_charge(device, m, bytes_per_element=bytes_per_element) for m in moves_per_device
+    )
+    return max(charges, key=lambda c: c.cycles)
+
+
 def _cut_traffic(
     device: Device,
     *,

@@ -21,6 +21,7 @@ from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import Mesh
 from waferllm.model.config import ModelConfig
+from waferllm.model.pipeline import plan_pipeline_phase
 from waferllm.model.placement import (
     Phase,
     PlacedLayer,
@@ -245,8 +246,11 @@ def plan_model(
     resident: ResidentLayouts,
     max_context_tokens: int | None,
     storage: Storage = UNCOMPRESSED,
+    num_devices: int = 1,
 ) -> ModelPlan:
     """Regions per phase (the fewest that fit), cache slots per row, the longest prompt.
+    With `num_devices` > 1 (`fit` only) the regions span that many linked devices, a range of
+    layers each (`pipeline.plan_pipeline_phase`).
 
     Per-core bytes of a region: its layers' weights, each layer's KV cache (decode) or kept
     k/v (prefill), one step's scratch, the vocabulary tables on the first and last regions,
@@ -274,6 +278,17 @@ def plan_model(
     for _ in range(3 if resident is ResidentLayouts.BOTH else 1):
         prints = _footprints(config, grids, sb, budget, other, wdt)
         for phase, grid in grids.items():
+            if num_devices > 1:
+                plans[phase] = plan_pipeline_phase(
+                    device,
+                    grid,
+                    config.num_hidden_layers,
+                    prints[phase],
+                    num_devices=num_devices,
+                    capacity_bytes=cap,
+                    what=phase.value,
+                )
+                continue
             plans[phase] = plan_phase(
                 device,
                 grid,
