@@ -15,10 +15,11 @@ import torch
 
 from waferllm.errors import WaferError
 from waferllm.kernels.vector import (
-    DIVIDE,
     EXP_SUB,
     MASK_SELECT,
     MAX_ACC,
+    NORMALISE,
+    RECIPROCAL,
     SCALE,
     SUM_ACC,
     as_dtype,
@@ -48,6 +49,7 @@ def softmax(
     group_sizes: Sequence[int] | None = None,
     op: str = "softmax",
     algorithm: ReduceAlgorithm = ReduceAlgorithm.KTREE,
+    rows_per_core: int | None = None,
 ) -> DistTensor:
     """Softmax over logical `dim` of `scores`, in place (the output reuses the scores' buffer).
 
@@ -59,9 +61,11 @@ def softmax(
     p = e / sum. `mask` (bool, broadcastable to `scores.data`, True = keep) and the padding of
     `dim` are -inf; a row with nothing kept gives zeros. Computed in float32, stored in the
     compute dtype (transformers' eager attention does the same).
-    Cost: R instructions of St per pass, R = other tile entries, St = tile of `dim`:
-    R*[max-acc + exp + sum-acc + divide (+ scale, + select)] + 2 allreduces of R*s bytes, the exp
-    and divide adding (3 + 1)*R*St scalar instructions (fast_exp and the per-element divide).
+    Cost: R instructions of St per pass, R = other tile entries (or `rows_per_core` when the
+    caller spreads replicated rows over the cores that hold them), St = tile of `dim`:
+    R*[max-acc + exp + sum-acc + normalise (+ scale, + select)] + one instruction of R
+    reciprocals + 2 allreduces of R*s bytes; scalar instructions: 3*R*St (fast_exp) + R (one
+    reciprocal per row; code notes §3.3 multiplies by 1/sum).
     """
     ndim = len(scores.layout.shape)
     dim = dim % ndim
@@ -70,6 +74,8 @@ def softmax(
     tile_dim = 2 + dim
     s = as_dtype(scores.data, torch.float32)
     rows, length = lead_count(scores.data, dim), scores.tile_shape[dim]
+    if rows_per_core is not None:
+        rows = min(rows, rows_per_core)
     if scale is not None:
         charge_vector(mesh, ledger, f"{op}.scale", rows=rows, length=length, cost=SCALE)
         s = s * scale
@@ -101,7 +107,8 @@ def softmax(
     e = torch.exp(s - row_max)
     charge_vector(mesh, ledger, f"{op}.sum", rows=rows, length=length, cost=SUM_ACC)
     total = reduce_line(e.sum(dim=tile_dim, keepdim=True), ReduceOp.SUM, "allreduce_sum")
-    charge_vector(mesh, ledger, f"{op}.divide", rows=rows, length=length, cost=DIVIDE)
+    charge_vector(mesh, ledger, f"{op}.reciprocal", rows=1, length=rows, cost=RECIPROCAL)
+    charge_vector(mesh, ledger, f"{op}.normalise", rows=rows, length=length, cost=NORMALISE)
     p = e / torch.where(total > 0, total, 1.0)
     return scores.replace(as_dtype(p, scores.data.dtype))
 

@@ -27,7 +27,9 @@ from waferllm.mesh.virtual import Mesh, Mode
 # `scalar_cycles_per_element`. The scalar counts are the public decode code's per-element loops
 # (code notes §3.4): fast_exp(x) = (1 + x/256)^4 is one multiply-add and two squarings; a
 # division is one instruction; 1/sqrt(sum/D + eps) per token is a divide, a square root and a
-# reciprocal; SiLU is v / (1 + fast_exp(-v)): fast_exp, an add and a divide.
+# reciprocal; SiLU is v / (1 + fast_exp(-v)): fast_exp, an add and a divide. Softmax normalises
+# as the public code does (code notes §3.3 step 5 "x 1/sum", §4.2 flag 7): one reciprocal per
+# softmax row, then a vector multiply per element.
 FAST_EXP_INSTRUCTIONS = 3
 SQUARE_ACC = (2, 1, 0)  # acc += x*x: read x
 RSQRT = (2, 2, 3)  # r = 1/sqrt(acc/D + eps), one per token: divide, sqrt, reciprocal
@@ -35,7 +37,8 @@ SCALE_MUL = (2, 3, 0)  # y = (x * r) * w: read x, w; write y
 MAX_ACC = (1, 1, 0)  # m = max(m, x)
 EXP_SUB = (2, 2, FAST_EXP_INSTRUCTIONS)  # e = fast_exp(s - m): read s, write e
 SUM_ACC = (1, 1, 0)  # acc += e
-DIVIDE = (1, 2, 1)  # p = e / sum: one divide per element
+RECIPROCAL = (1, 2, 1)  # r = 1 / sum, one per softmax row: one divide
+NORMALISE = (1, 2, 0)  # p = e * r: read e, write p (r in a register)
 MASK_SELECT = (1, 3, 0)  # s = keep ? s : -inf: read s, keep; write s
 ROTATE = (3, 4, 0)  # x*cos + rot(x)*sin: read x, cos, sin; write
 SILU_MUL = (4, 3, FAST_EXP_INSTRUCTIONS + 2)  # gate / (1 + fast_exp(-gate)) * up: read gate,
