@@ -23,6 +23,9 @@ STORAGE_DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4}
 # cores hold kilobytes to megabytes).
 MAX_MESH_SIDE = 2048
 MAX_SRAM_BYTES_PER_CORE = 1 << 60  # also what `bench` uses to measure a point that does not fit
+# WSE-2/WSE-3 static power: power_w less the events' mean power at PAPER.md §3.3's operating
+# points (see the source of `static_power_w`).
+STATIC_POWER_W = 14_500.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -47,6 +50,11 @@ class Device:
     stage_latency_cycles: float  # beta: per core that receives, processes and re-sends
     routes_per_core: int  # route ids (colours) one router can hold
     power_w: float  # whole-device power, for energy = power x modelled time
+    # Energy per event (estimate/energy.py): static power over the modelled time plus these.
+    static_power_w: float  # drawn whatever the cores do (leakage, clocks, idle cores, I/O)
+    energy_pj_per_flop: float  # one f16 FLOP on a core
+    energy_pj_per_sram_byte: float  # one byte read from or written to a core's SRAM
+    energy_pj_per_hop_byte: float  # one byte crossing one link (wire and router)
     # Efficiency constants (calibrated; see the README's calibration section).
     vector_instr_floor_cycles: float  # minimum cycles of one vector instruction (issue latency)
     step_overhead_cycles: float  # fixed cost of one compute-shift step (task switch, sync)
@@ -100,6 +108,10 @@ class Device:
             if not _is_finite_number(value) or value <= 0:
                 raise WaferError(f"device field {field}={value!r} must be a positive number")
         non_negative = (
+            "static_power_w",
+            "energy_pj_per_flop",
+            "energy_pj_per_sram_byte",
+            "energy_pj_per_hop_byte",
             "hop_latency_cycles",
             "stage_latency_cycles",
             "vector_instr_floor_cycles",
@@ -165,6 +177,10 @@ def _wse_common() -> dict[str, Any]:
         stage_latency_cycles=10.0,
         routes_per_core=21,
         power_w=15_000.0,
+        static_power_w=STATIC_POWER_W,
+        energy_pj_per_flop=0.2,
+        energy_pj_per_sram_byte=0.3,
+        energy_pj_per_hop_byte=0.4,
         vector_instr_floor_cycles=8.0,
         step_overhead_cycles=88.0,
         op_overhead_cycles=28.4,
@@ -202,6 +218,25 @@ _COMMON_SOURCES = {
     "hop_latency_cycles": "PAPER.md §2.1 per-hop latency (~1 cycle; code corrects by px+py)",
     "routes_per_core": "PAPER.md §2.1 routes row / SPEC.md §10.7 (21 free in the decode kernel)",
     "power_w": "PAPER.md §2.1 power row (~15 kW, 37.5 x 400 W)",
+    "energy_pj_per_flop": (
+        "placeholder: an f16 multiply (1.1 pJ) plus add (0.4 pJ) at 45 nm (Horowitz, ISSCC "
+        "2014) scaled ~4x to 7 nm, per FLOP (two per MAC); no published WSE figure"
+    ),
+    "energy_pj_per_sram_byte": (
+        "placeholder: a 64-bit read of an 8 KB SRAM at 45 nm, ~10 pJ (Horowitz, ISSCC 2014), "
+        "is ~1.25 pJ/B; scaled ~4x to 7 nm; per byte read or written"
+    ),
+    "energy_pj_per_hop_byte": (
+        "placeholder: one hop is one core pitch, ~0.23 mm (46,225 mm2 of wafer over 850,000 "
+        "cores, vendor figures), of on-chip wire at ~0.1 pJ/bit/mm (~0.2 pJ/B) plus a router "
+        "traversal of about the same"
+    ),
+    "static_power_w": (
+        "chosen so event energy equals power_w x time at PAPER.md §3.3's LLaMA3-8B operating "
+        "points (prefill 480/600/720, decode 420/540/660, per-layer; within STATIC_AGREEMENT; "
+        "benchmarks/fidelity.py): what the wafer draws whatever it computes (leakage, clock "
+        "tree, idle cores, I/O, power delivery); the events add the rest"
+    ),
     "vector_instr_floor_cycles": (
         "calibrated on PAPER.md §4 WSE-3 MeshGEMM and MeshGEMV points with the step and op "
         "overheads and WSE-3's per-hop term (benchmarks/calibrate_wafer.py; 11 points, fit "

@@ -24,6 +24,7 @@ from waferllm.engine.metrics import op_times, phase_times
 from waferllm.errors import GridError, WaferError
 from waferllm.estimate.capacity import whole_model_capacity
 from waferllm.estimate.cost import Grid, RequestCost, Setup, clear_cache, cost_model
+from waferllm.estimate.energy import event_energy
 from waferllm.estimate.flops import model_flops
 from waferllm.estimate.multi_device import (
     grid_request,
@@ -336,8 +337,11 @@ def _result(
         routes_per_core=max(cost.prefill.routes_per_core, cost.decode.routes_per_core),
         utilization=flops / (peak * total_s) if total_s > 0 else None,
     )
+    ledgers = (cost.prefill.ledger, cost.transition, cost.decode.ledger)
+    energy = event_energy(device, [ledger.totals() for ledger in ledgers], total_s)
+    metrics = dataclasses.replace(metrics, energy_j=energy.total_j)
     capacity, room = whole_model_capacity(setup, cost.prefill_grid, cost.decode_grid, prompt_len)
-    breakdown = _breakdown(setup, cost, placements, search, output_len)
+    breakdown = {**_breakdown(setup, cost, placements, search, output_len), "energy": energy.to_dict()}
     report = RequestReport(
         kind="estimate",
         model=setup.config.name,

@@ -14,6 +14,7 @@ from typing import Any
 from waferllm.api.estimate import PER_LAYER_NOTE, PhasePlacement, _phase_summary, estimate
 from waferllm.device import Device
 from waferllm.engine.metrics import model_flops
+from waferllm.estimate.energy import event_energy
 from waferllm.estimate.systems import System, SystemCost, estimate_system
 from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.virtual import GridLike, as_grid
@@ -112,6 +113,9 @@ def estimate_baseline(
         routes_per_core=max(cost.prefill.routes_per_core, cost.decode.routes_per_core),
         utilization=flops / (peak * (ttft_s + decode_s)),
     )
+    totals = [cost.prefill.ledger.totals(), cost.decode.ledger.totals()]
+    energy = event_energy(device, totals, ttft_s + decode_s)
+    metrics = dataclasses.replace(metrics, energy_j=energy.total_j)
     layers = config.num_hidden_layers
     placements = tuple(
         PhasePlacement(grid=g, origins=((0, 0),), layers=(range(layers),), layer_multiplier=layers)
@@ -137,6 +141,7 @@ def estimate_baseline(
             **_phase_summary(device, cost.decode.ledger, depth=3),
             "steps": max(output_len - 1, 0),
         },
+        "energy": energy.to_dict(),
     }
     report = RequestReport(
         kind="estimate",

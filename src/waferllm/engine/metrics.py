@@ -14,6 +14,7 @@ from typing import Any
 
 from waferllm.device import Device
 from waferllm.engine.engine import Trace
+from waferllm.estimate.energy import Energy, event_energy
 from waferllm.estimate.flops import model_flops
 from waferllm.mesh.cost import Ledger, Totals
 from waferllm.model.config import ModelConfig
@@ -49,7 +50,7 @@ def request_metrics(
     total_s = ttft_s + transition_s + decode_s
     flops = model_flops(config, prompt_len=trace.prompt_len, output_len=trace.output_len)
     peak_flops_per_s = occupancy.num_cores * device.flops_per_cycle_per_core * device.clock_hz
-    return RequestMetrics.from_times(
+    metrics = RequestMetrics.from_times(
         prompt_len=trace.prompt_len,
         output_len=trace.output_len,
         ttft_s=ttft_s,
@@ -60,6 +61,14 @@ def request_metrics(
         routes_per_core=occupancy.routes_per_core,
         utilization=flops / (peak_flops_per_s * total_s) if total_s > 0 else None,
     )
+    return dataclasses.replace(metrics, energy_j=request_energy(trace, device).total_j)
+
+
+def request_energy(trace: Trace, device: Device) -> Energy:
+    """The request's energy per event over its modelled time (prefill, transition, decode)."""
+    totals = [ledger.totals() for ledger in (trace.prefill, trace.transition, *trace.decode)]
+    seconds = sum(device.cycles_to_seconds(t.latency_cycles) for t in totals)
+    return event_energy(device, totals, seconds)
 
 
 def phase_times(device: Device, totals: Totals) -> dict[str, float]:
@@ -105,6 +114,7 @@ def breakdown(trace: Trace, *, device: Device, op_depth: int = 1) -> dict[str, A
             "host_io_s": device.cycles_to_seconds(sampling.host_io_cycles),
             "host_io_bytes": int(sampling.host_bytes),
         },
+        "energy": request_energy(trace, device).to_dict(),
         "finish_reason": str(trace.finish_reason) if trace.finish_reason else None,
         "sampling": dataclasses.asdict(trace.params),
     }

@@ -64,7 +64,14 @@ def charge_vector(
         sram_elements_per_element=sram,
     )
     cycles += rows * length * scalar * mesh.device.scalar_cycles_per_element
-    charge_compute(mesh, ledger, op, cycles=cycles, flops_per_core=rows * length * flops)
+    charge_compute(
+        mesh,
+        ledger,
+        op,
+        cycles=cycles,
+        flops_per_core=rows * length * flops,
+        sram_bytes_per_core=rows * length * sram * mesh.device.storage_bytes,
+    )
 
 
 def as_dtype(data: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

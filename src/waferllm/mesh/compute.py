@@ -57,16 +57,29 @@ def matmul_cycles(device: Device, *, m: int, k: int, n: int, vector: str = "m") 
 
 
 def charge_compute(
-    mesh: Mesh, ledger: Ledger, op: str, *, cycles: float, flops_per_core: float
+    mesh: Mesh,
+    ledger: Ledger,
+    op: str,
+    *,
+    cycles: float,
+    flops_per_core: float,
+    sram_bytes_per_core: float | None = None,
 ) -> None:
+    """Charge local work on every core: `cycles` on the critical path, FLOPs and SRAM bytes
+    summed over cores (the energy events). `sram_bytes_per_core` defaults to a stream of
+    multiply-accumulates (3 storage elements per 2 FLOPs), what callers without their own
+    count (the baselines' plans) issue."""
     if not ledger.prices:
         return
+    if sram_bytes_per_core is None:
+        sram_bytes_per_core = flops_per_core / MAC_FLOPS * MAC_SRAM_ELEMENTS * mesh.device.storage_bytes
     ledger.charge(
         op,
         Charge(
             kind=ChargeKind.COMPUTE,
             cycles=cycles,
             flops=int(flops_per_core * mesh.num_cores),
+            sram_bytes=int(sram_bytes_per_core * mesh.num_cores),
             overhead_cycles=mesh.device.op_overhead_cycles,
         ),
     )
@@ -153,5 +166,12 @@ def elementwise(
         flops_per_element=flops_per_element,
         sram_elements_per_element=len(inputs) + 1,
     )
-    charge_compute(mesh, ledger, op, cycles=cycles, flops_per_core=flops_per_element * n)
+    charge_compute(
+        mesh,
+        ledger,
+        op,
+        cycles=cycles,
+        flops_per_core=flops_per_element * n,
+        sram_bytes_per_core=(len(inputs) + 1) * n * mesh.device.storage_bytes,
+    )
     return out

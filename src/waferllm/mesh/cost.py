@@ -47,6 +47,7 @@ class Charge:
     kind: ChargeKind
     cycles: float
     flops: int = 0
+    sram_bytes: int = 0  # bytes read and written in SRAM, summed over cores (energy events)
     bytes_injected: int = 0
     link_byte_hops: int = 0
     critical_hops: int = 0
@@ -80,6 +81,7 @@ class Record:
     count: int = 1
     tag: str = ""
     flops: int = 0
+    sram_bytes: int = 0
     bytes_injected: int = 0
     link_byte_hops: int = 0
     critical_hops: int = 0
@@ -102,6 +104,7 @@ class Record:
 
 _SUMMED = (
     "flops",
+    "sram_bytes",
     "bytes_injected",
     "link_byte_hops",
     "critical_hops",
@@ -131,6 +134,7 @@ class Totals:
     """Sums over records with their counts; `latency_cycles` is the critical path."""
 
     flops: float = 0
+    sram_bytes: float = 0
     bytes_injected: float = 0
     link_byte_hops: float = 0
     critical_hops: float = 0
@@ -264,6 +268,7 @@ class Ledger:
                 count=self._repeat,
                 tag=self._tags[-1] if self._tags else "",
                 flops=charge.flops,
+                sram_bytes=charge.sram_bytes,
                 bytes_injected=charge.bytes_injected,
                 link_byte_hops=charge.link_byte_hops,
                 critical_hops=charge.critical_hops,
@@ -302,6 +307,7 @@ class Ledger:
             key: sum(getattr(c, key) for c in charges)
             for key in (
                 "flops",
+                "sram_bytes",
                 "bytes_injected",
                 "link_byte_hops",
                 "critical_hops",
