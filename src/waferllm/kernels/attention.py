@@ -58,7 +58,8 @@ def decode_attention(
     rows each, not every column the whole group's); a chain of the probabilities to the root
     over those columns and the root's multicast of G*n*w to the group; G*n*w instructions of
     H (P@V) and an allreduce of G*n*H per core along Y. Groups of one column (C < Hkv) skip
-    the spread, the gather and the multicast.
+    the spread, the gather and the multicast; one group spanning the row (one kv head) sums
+    its scores with the row's K-tree allreduce instead (the public code's single head).
     """
     rows, cols = mesh.shape
     g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
@@ -67,15 +68,7 @@ def decode_attention(
     spread = _head_spread(heads)
     with mesh.sram.scope():
         partial = matmul(mesh, a=q_tile, b=k_cache, ledger=ledger, op="scores", vector="n")
-        full = segmented_allreduce(
-            mesh,
-            partial,
-            axis=Axis.X,
-            group_sizes=heads.group_sizes,
-            ledger=ledger,
-            op="scores.group",
-            broadcast_result=spread is None,
-        )
+        full = _score_sums(mesh, partial, heads, ledger, broadcast=spread is None)
         layout = Layout((cols * g, n, rows * width), y_dim=2, x_dim=0, tag="cache_slots")
         scores = mesh.register(full, layout, "scores")
         probs = softmax(
@@ -107,6 +100,27 @@ def decode_attention(
     return mesh.register(out.reshape(rows, cols, g * n * h), q.layout, "attn")
 
 
+def _score_sums(
+    mesh: Mesh, partial: torch.Tensor, heads: HeadLayout, ledger: Ledger, *, broadcast: bool
+) -> torch.Tensor:
+    """Sum the score partials over each kv-group's columns: a chain per group onto its root
+    (the axis's chain colours), or, when one group spans the whole row (one kv head), the row's
+    K-tree allreduce (the decode program's X tree; the public code's single-head score
+    allreduce, code notes §3.3 step 4)."""
+    if len(heads.group_sizes) == 1:
+        line = allreduce(mesh, partial, axis=Axis.X, ledger=ledger, op="scores.allreduce")
+        return line.expand_as(partial)
+    return segmented_allreduce(
+        mesh,
+        partial,
+        axis=Axis.X,
+        group_sizes=heads.group_sizes,
+        ledger=ledger,
+        op="scores.group",
+        broadcast_result=broadcast,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class HeadSpread:
     """How decode spreads a kv-group's softmax rows (its query heads) over the group's columns:
@@ -123,10 +137,10 @@ class HeadSpread:
 @lru_cache(maxsize=256)
 def _head_spread(heads: HeadLayout) -> HeadSpread | None:
     """The spread for kv-groups wider than one column (None: every column computes its own
-    whole kv heads). The reduce ends at the group root; the `cores` columns nearest it each
+    whole kv heads, or one group spans the row and its K-tree broadcasts the scores). The reduce ends at the group root; the `cores` columns nearest it each
     take ceil(G*n / narrowest group) rows, so no column repeats the group's whole softmax."""
     sizes = np.asarray(heads.group_sizes, dtype=np.int64)
-    if sizes.max() == 1:
+    if sizes.max() == 1 or len(sizes) == 1:  # one column per group, or the row's K-tree
         return None
     rows = heads.kv_per_tile * heads.n_rep
     per_core = -(-rows // int(sizes.min()))

@@ -386,9 +386,7 @@ def segmented_allreduce(
     P), each onto its group root at offset g // 2, then multicast back within the group.
 
     Uses the axis's chain colours (static routes serve any root). Critical path: the longest
-    group side d: d hops and d-1 stages, plus the broadcast's d hops. One group spanning the
-    whole line is the line's K-tree allreduce (`allreduce`; the public decode code's
-    single-head score reduction, code notes §3.3 step 4). With
+    group side d: d hops and d-1 stages, plus the broadcast's d hops. With
     `broadcast_result=False` the result is meaningful at the group roots only.
     """
     check_data(mesh, data)
@@ -399,17 +397,6 @@ def segmented_allreduce(
             f"group sizes {group_sizes} must be positive and cover the {num} cores of axis "
             f"{axis.value}"
         )
-    if len(sizes) == 1:  # one group is the whole line: the line's own K-tree (its routes)
-        line = allreduce(
-            mesh,
-            data,
-            axis=axis,
-            ledger=ledger,
-            op=op,
-            reduce_op=reduce_op,
-            broadcast_result=broadcast_result,
-        )
-        return line.expand_as(data)
     dim = axis.tensor_dim
     parts = torch.split(data, list(sizes), dim=dim)
     result = torch.cat([_combine(p, dim, reduce_op).expand_as(p) for p in parts], dim=dim)
