@@ -7,7 +7,8 @@ speed-ups (MeshGEMV vs the pipeline GEMV, MeshGEMM vs SUMMA and Cannon at 2K and
 2K MeshGEMM, compute efficiency at 720x720), §3.3's trends over grids for the four paper models
 (prefill TPR rises with cores, decode TPR falls), PLMR's alpha < beta and one beta for both
 devices, the shift-vs-concat KV capacity, and the share of the wafer's SRAM the paper's
-configurations use. Leave-one-grid-out: every fitted grid predicted by a fit without it.
+configurations use, and energy per event against device power x time at §3.3's operating
+points. Leave-one-grid-out: every fitted grid predicted by a fit without it.
 Every wafer number is modelled.
 
     python benchmarks/fidelity.py            # everything (a few minutes)
@@ -39,7 +40,13 @@ CONSTANTS = (
     "op_overhead_cycles",
     "scalar_cycles_per_element",
     "flops_per_cycle_per_core",
+    "power_w",
+    "static_power_w",
+    "energy_pj_per_flop",
+    "energy_pj_per_sram_byte",
+    "energy_pj_per_hop_byte",
 )
+ENERGY_TARGET = 0.05  # event energy within 5% of power x time at the paper's operating points
 TREND_MODELS = paper.PAPER_MODELS
 
 
@@ -281,6 +288,33 @@ def memory_rows() -> list[dict[str, Any]]:
     ]
 
 
+def energy_rows() -> list[dict[str, Any]]:
+    """Energy per event against device power x time (SPEC.md §3) at PAPER.md §3.3's LLaMA3-8B
+    operating points (per-layer): the static power is chosen so that they agree there."""
+    rows = []
+    for phase, grids in (("prefill", paper.PREFILL_GRIDS), ("decode", paper.DECODE_GRIDS)):
+        prompt, output = (4096, 1) if phase == "prefill" else (4095, 2)
+        for side in grids:
+            est = estimate(
+                "llama3-8b",
+                device="wse2",
+                prompt_len=prompt,
+                output_len=output,
+                prefill_grid=side,
+                decode_grid=side,
+                placement="per-layer",
+            )
+            energy = est.to_dict()["breakdown"]["energy"]
+            rows.append(
+                {
+                    "point": f"LLaMA3-8B {phase} at {side}x{side}",
+                    **energy,
+                    "events_over_power_x_time": energy["total_j"] / energy["power_x_time_j"] - 1,
+                }
+            )
+    return rows
+
+
 def constants() -> dict[str, dict[str, Any]]:
     return {
         d.name: {k: {"value": getattr(d, k), "source": d.sources.get(k, "")} for k in CONSTANTS}
@@ -332,6 +366,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         checks += trends
         result["trends"] = table
         result["memory"] = memory_rows()
+        energy = energy_rows()
+        result["energy"] = energy
+        checks += [
+            Check(
+                f"energy per event vs power x time: {r['point']}",
+                "~15 kW x time (PAPER.md §2.1)",
+                percent(r["events_over_power_x_time"]),
+                f"within {ENERGY_TARGET:.0%}",
+                abs(r["events_over_power_x_time"]) <= ENERGY_TARGET,
+            )
+            for r in energy
+        ]
     print_checks(out, "PAPER.md claims and PLMR physics (modelled, never fitted)", checks)
     result["checks"] = [c.to_dict() for c in checks]
     path = write_result(args.out_dir, NAME, "wse2-wse3", result)

@@ -27,9 +27,10 @@ from waferllm.mesh.virtual import Mesh, Mode
 # `scalar_cycles_per_element`. The scalar counts are the public decode code's per-element loops
 # (code notes §3.4): fast_exp(x) = (1 + x/256)^4 is one multiply-add and two squarings; a
 # division is one instruction; 1/sqrt(sum/D + eps) per token is a divide, a square root and a
-# reciprocal; SiLU is v / (1 + fast_exp(-v)): fast_exp, an add and a divide. Softmax normalises
-# as the public code does (code notes §3.3 step 5 "x 1/sum", §4.2 flag 7): one reciprocal per
-# softmax row, then a vector multiply per element.
+# reciprocal; SiLU is v / (1 + fast_exp(-v)): vector passes and a divide per element (issue 9
+# lists SiLU's divide as its per-element scalar loop). Softmax normalises as the public code
+# does (code notes §3.3 step 5 "x 1/sum", §4.2 flag 7): one reciprocal per softmax row, then a
+# vector multiply per element.
 FAST_EXP_INSTRUCTIONS = 3
 SQUARE_ACC = (2, 1, 0)  # acc += x*x: read x
 RSQRT = (2, 2, 3)  # r = 1/sqrt(acc/D + eps), one per token: divide, sqrt, reciprocal
@@ -41,27 +42,37 @@ RECIPROCAL = (1, 2, 1)  # r = 1 / sum, one per softmax row: one divide
 NORMALISE = (1, 2, 0)  # p = e * r: read e, write p (r in a register)
 MASK_SELECT = (1, 3, 0)  # s = keep ? s : -inf: read s, keep; write s
 ROTATE = (3, 4, 0)  # x*cos + rot(x)*sin: read x, cos, sin; write
-SILU_MUL = (4, 3, FAST_EXP_INSTRUCTIONS + 2)  # gate / (1 + fast_exp(-gate)) * up: read gate,
-# up; write
+SILU_MUL = (7, 14, 1)  # gate / (1 + fast_exp(-gate)) * up in SILU_PASSES vector passes over
+# gate (fast_exp's multiply-add and two squarings, the add, the final multiply by up) and one
+# scalar divide per element (the issue's count: SiLU's divide is its only per-element scalar)
+SILU_PASSES = 5
 ADD = (1, 3, 0)
 SCALE = (1, 2, 0)  # s *= c: read s, write s
 COPY = (0, 2, 0)
 
 
 def charge_vector(
-    mesh: Mesh, ledger: Ledger, op: str, *, rows: int, length: int, cost: tuple[int, int, int]
+    mesh: Mesh,
+    ledger: Ledger,
+    op: str,
+    *,
+    rows: int,
+    length: int,
+    cost: tuple[int, int, int],
+    passes: int = 1,
 ) -> None:
-    """`rows` vector instructions of `length` elements on every core (SPEC.md §3 roofline), plus
+    """`passes` x `rows` vector instructions of `length` elements on every core (SPEC.md §3
+    roofline; `cost`'s FLOPs and SRAM elements per element shared evenly by the passes), plus
     `rows * length * scalar` scalar instructions at `scalar_cycles_per_element` each."""
     if not ledger.prices:
         return
     flops, sram, scalar = cost
-    cycles = vector_op_cycles(
+    cycles = passes * vector_op_cycles(
         mesh.device,
         num_instructions=rows,
         length=length,
-        flops_per_element=flops,
-        sram_elements_per_element=sram,
+        flops_per_element=flops / passes,
+        sram_elements_per_element=sram / passes,
     )
     cycles += rows * length * scalar * mesh.device.scalar_cycles_per_element
     charge_compute(
