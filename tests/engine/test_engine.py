@@ -11,6 +11,7 @@ from waferllm.device import tiny
 from waferllm.engine.engine import Engine, FinishReason, RequestError, Trace
 from waferllm.engine.metrics import Occupancy, breakdown, request_metrics
 from waferllm.engine.sampling import SamplingParams
+from waferllm.estimate.energy import event_energy
 from waferllm.estimate.flops import model_flops
 from waferllm.mesh.cost import Charge, ChargeKind, Ledger
 from waferllm.model.config import from_hf_dict
@@ -232,7 +233,16 @@ def test_request_metrics_follow_the_spec_definitions():
     assert m.prefill_tpr == pytest.approx(3 / ttft)
     assert m.decode_tpr == pytest.approx(3 / decode)
     assert m.e2e_tpr == pytest.approx(4 / (ttft + transition + decode))
-    assert m.energy_j == pytest.approx(model.device.power_w * (ttft + transition + decode))
+    # energy per event: static power over the modelled time plus the ledgers' events
+    energy = event_energy(
+        model.device,
+        [led.totals() for led in (trace.prefill, trace.transition, *trace.decode)],
+        ttft + transition + decode,
+    )
+    assert m.energy_j == pytest.approx(energy.total_j)
+    assert energy.static_j == pytest.approx(
+        model.device.static_power_w * (ttft + transition + decode)
+    )
     assert (m.peak_sram_bytes_per_core, m.routes_per_core) == (1234, 9)
     flops = model_flops(SHAPE, prompt_len=3, output_len=4)
     peak = 4 * model.device.flops_per_cycle_per_core * clock
