@@ -184,7 +184,7 @@ def _wse_common() -> dict[str, Any]:
         vector_instr_floor_cycles=8.0,
         step_overhead_cycles=88.0,
         op_overhead_cycles=31.5,
-        scalar_cycles_per_element=54.7,
+        scalar_cycles_per_element=53.9,
         host_io_bytes_per_s=1.2e12,
         **_system_link(),
     )
@@ -241,7 +241,7 @@ _COMMON_SOURCES = {
     "vector_instr_floor_cycles": (
         "calibrated on PAPER.md §4 WSE-3 MeshGEMM and MeshGEMV points with the step and op "
         "overheads and WSE-3's per-hop term (benchmarks/calibrate_wafer.py; 11 points, fit "
-        "residuals -1.2% to +1.8%)"
+        "residuals -0.7% to +2.0%)"
     ),
     "step_overhead_cycles": (
         "calibrated on PAPER.md §4 WSE-3 MeshGEMM points (M=K=N=8P and P=64 1024^3) with the "
@@ -252,23 +252,26 @@ _COMMON_SOURCES = {
     **_SYSTEM_LINK_SOURCES,
     "stage_latency_cycles": (
         "calibrated on PAPER.md §3.2 Table 6 MeshGEMV WSE-2 column at 720x720 with the default "
-        "K = 2 tree (fit residuals +5.5%, +1.0%; benchmarks/calibrate_llm.py); shared by WSE-3 "
-        "(same NoC, SPEC.md §8), where §4's never-fitted group_num sweep at P=80 (597/469/417 "
-        "cycles for G=2/4/8) independently implies 10-13 cycles per forward-add stage"
+        "K = 2 tree (fit residuals +3.4%, -0.3%; jointly with §3.3's decode rows, "
+        "benchmarks/calibrate_llm.py); shared by WSE-3 (same NoC, SPEC.md §8), where §4's "
+        "never-fitted group_num sweep at P=80 (597/469/417 cycles for G=2/4/8) independently "
+        "implies 10-13 cycles per forward-add stage"
     ),
     "op_overhead_cycles": (
         "calibrated on PAPER.md §4 WSE-3 MeshGEMV points (M=N=8P, group_num 8; each a local "
-        "GEMV, a reduce and a broadcast, started one after the other; fit residuals -1.2% to "
-        "+1.8%; benchmarks/calibrate_wafer.py): the start of one synchronous operation (task "
+        "GEMV, a reduce and a broadcast, started one after the other; fit residuals -0.3% to "
+        "+2.0%; benchmarks/calibrate_wafer.py): the start of one synchronous operation (task "
         "activation, DSD and queue set-up), shared by WSE-2 (same core and runtime)"
     ),
     "scalar_cycles_per_element": (
-        "calibrated on PAPER.md §3.3's LLaMA3-8B decode rows (420/540/660, per-layer; fit "
-        "residuals -5.9%, +1.3%, +7.0%; benchmarks/calibrate_llm.py), shared by WSE-2 and "
+        "calibrated on PAPER.md §3.3's LLaMA3-8B decode rows (420/540/660, per-layer, the layer "
+        "as the public code ran it: one head over the hidden size, estimate/measured.py; fit "
+        "residuals -4.9%, +0.7%, +6.0%; benchmarks/calibrate_llm.py), shared by WSE-2 and "
         "WSE-3 (same core ISA): one scalar instruction of the decode layer's per-element loops "
-        "(code notes §3.4: fast_exp's multiply-add and two squarings, softmax's divide per "
-        "element, SiLU's v/(1+fast_exp(-v)), RMSNorm's divide, sqrt and reciprocal per token); "
-        "division and square root are software routines on the core, hence ~10 cycles"
+        "(code notes §3.4; issue 9's list: softmax's fast_exp (three per element) and its "
+        "reciprocal per row, SiLU's divide per element, RMSNorm's divide, sqrt and reciprocal "
+        "per token), software routines on a core without a divider; it also absorbs a "
+        "P-independent share of the measured layer no named mechanism supplies (see README)"
     ),
 }
 
@@ -284,9 +287,10 @@ def wse2() -> Device:
         sources={
             **_COMMON_SOURCES,
             "vector_instr_floor_cycles": (
-                "calibrated on PAPER.md §3.3's LLaMA3-8B prefill rows (480/600/720, per-layer; "
-                "fit residuals -9.9%, +6.7%, +2.2%; benchmarks/calibrate_llm.py): the core's "
-                "SIMD pipeline differs from WSE-3's; Table 6 does not see it (SRAM-bound GEMV)"
+                "calibrated on PAPER.md §3.3's LLaMA3-8B prefill rows (480/600/720, per-layer, "
+                "the layer as the public code ran it: one head, estimate/measured.py; fit "
+                "residuals +0.9%, -0.4%, -0.6%; benchmarks/calibrate_llm.py): the core's SIMD "
+                "pipeline differs from WSE-3's; Table 6 does not see it (SRAM-bound GEMV)"
             ),
             "mesh_rows": "PAPER.md §2.1 usable rectangle (994 rows)",
             "mesh_cols": "PAPER.md §2.1 usable rectangle (750 columns)",
@@ -307,11 +311,11 @@ def wse3() -> Device:
             **_COMMON_SOURCES,
             "hop_latency_cycles": (
                 "calibrated on PAPER.md §4 WSE-3 MeshGEMV points (M=N=8P, group_num 8; fit "
-                "residuals -1.2% to +1.8%; benchmarks/calibrate_wafer.py) with the shared beta: "
+                "residuals -0.3% to +2.0%; benchmarks/calibrate_wafer.py) with the shared beta: "
                 "their ~3 cycles per unit of P is a term per row of the axis, which beta cannot "
-                "carry (a separate beta of ~34 with alpha = 1 misses the never-fitted G sweep by "
-                "up to +46%; this predicts it, see benchmarks/fidelity.py); the mechanism "
-                "behind ~2.9 cycles per hop against WSE-2's 1 (simd_64 fabric DSDs with "
+                "carry (a separate beta of ~30 with alpha = 1 misses the never-fitted G sweep by "
+                "up to +45%; this predicts it, see benchmarks/fidelity.py); the mechanism "
+                "behind ~3 cycles per hop against WSE-2's 1 (simd_64 fabric DSDs with "
                 "explicit queues, or the mean-over-cores metric) is not identified"
             ),
             "mesh_rows": "PAPER.md §2.1 usable rectangle (1170 rows)",

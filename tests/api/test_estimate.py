@@ -79,7 +79,10 @@ def test_the_report_has_exactly_the_request_report_keys():
     assert metrics["decode_tpr"] == pytest.approx(1 / metrics["tpot_s"])
     total = metrics["ttft_s"] + metrics["transition_s"] + metrics["tpot_s"] * 4
     assert metrics["e2e_tpr"] == pytest.approx(5 / total)
-    assert metrics["energy_j"] == pytest.approx(tiny().power_w * total)
+    energy = report["breakdown"]["energy"]  # energy per event (estimate/energy.py)
+    assert metrics["energy_j"] == pytest.approx(energy["total_j"])
+    assert energy["static_j"] == pytest.approx(tiny().static_power_w * total)
+    assert energy["power_x_time_j"] == pytest.approx(tiny().power_w * total)
     assert report["breakdown"]["decode"]["steps"] == 4
 
 
