@@ -183,8 +183,8 @@ def _wse_common() -> dict[str, Any]:
         energy_pj_per_hop_byte=0.4,
         vector_instr_floor_cycles=8.0,
         step_overhead_cycles=88.0,
-        op_overhead_cycles=31.5,
-        scalar_cycles_per_element=53.9,
+        op_overhead_cycles=30.5,
+        scalar_cycles_per_element=54.7,
         host_io_bytes_per_s=1.2e12,
         **_system_link(),
     )
@@ -241,7 +241,7 @@ _COMMON_SOURCES = {
     "vector_instr_floor_cycles": (
         "calibrated on PAPER.md §4 WSE-3 MeshGEMM and MeshGEMV points with the step and op "
         "overheads and WSE-3's per-hop term (benchmarks/calibrate_wafer.py; 11 points, fit "
-        "residuals -0.7% to +2.0%)"
+        "residuals -1.0% to +1.7%)"
     ),
     "step_overhead_cycles": (
         "calibrated on PAPER.md §4 WSE-3 MeshGEMM points (M=K=N=8P and P=64 1024^3) with the "
@@ -252,21 +252,21 @@ _COMMON_SOURCES = {
     **_SYSTEM_LINK_SOURCES,
     "stage_latency_cycles": (
         "calibrated on PAPER.md §3.2 Table 6 MeshGEMV WSE-2 column at 720x720 with the default "
-        "K = 2 tree (fit residuals +3.4%, -0.3%; jointly with §3.3's decode rows, "
+        "K = 2 tree (fit residuals +3.1%, -0.4%; jointly with §3.3's decode rows, "
         "benchmarks/calibrate_llm.py); shared by WSE-3 (same NoC, SPEC.md §8), where §4's "
         "never-fitted group_num sweep at P=80 (597/469/417 cycles for G=2/4/8) independently "
         "implies 10-13 cycles per forward-add stage"
     ),
     "op_overhead_cycles": (
         "calibrated on PAPER.md §4 WSE-3 MeshGEMV points (M=N=8P, group_num 8; each a local "
-        "GEMV, a reduce and a broadcast, started one after the other; fit residuals -0.3% to "
-        "+2.0%; benchmarks/calibrate_wafer.py): the start of one synchronous operation (task "
+        "GEMV, a reduce and a broadcast, started one after the other; fit residuals -1.0% to "
+        "+1.7%; benchmarks/calibrate_wafer.py): the start of one synchronous operation (task "
         "activation, DSD and queue set-up), shared by WSE-2 (same core and runtime)"
     ),
     "scalar_cycles_per_element": (
         "calibrated on PAPER.md §3.3's LLaMA3-8B decode rows (420/540/660, per-layer, the layer "
         "as the public code ran it: one head over the hidden size, estimate/measured.py; fit "
-        "residuals -4.9%, +0.7%, +6.0%; benchmarks/calibrate_llm.py), shared by WSE-2 and "
+        "residuals -5.0%, +0.7%, +6.1%; benchmarks/calibrate_llm.py), shared by WSE-2 and "
         "WSE-3 (same core ISA): one scalar instruction of the decode layer's per-element loops "
         "(code notes §3.4; issue 9's list: softmax's fast_exp (three per element) and its "
         "reciprocal per row, SiLU's divide per element, RMSNorm's divide, sqrt and reciprocal "
@@ -311,7 +311,7 @@ def wse3() -> Device:
             **_COMMON_SOURCES,
             "hop_latency_cycles": (
                 "calibrated on PAPER.md §4 WSE-3 MeshGEMV points (M=N=8P, group_num 8; fit "
-                "residuals -0.3% to +2.0%; benchmarks/calibrate_wafer.py) with the shared beta: "
+                "residuals -1.0% to +1.7%; benchmarks/calibrate_wafer.py) with the shared beta: "
                 "their ~3 cycles per unit of P is a term per row of the axis, which beta cannot "
                 "carry (a separate beta of ~30 with alpha = 1 misses the never-fitted G sweep by "
                 "up to +45%; this predicts it, see benchmarks/fidelity.py); the mechanism "
