@@ -16,7 +16,6 @@ from waferllm.device import with_overrides
 from waferllm.estimate.measured import single_head
 from waferllm.model.config import load_config
 
-
 MEASURED = single_head(load_config("llama3-8b"))  # the layer PAPER.md §3.3's rows timed
 
 

@@ -341,7 +341,10 @@ def _result(
     energy = event_energy(device, [ledger.totals() for ledger in ledgers], total_s)
     metrics = dataclasses.replace(metrics, energy_j=energy.total_j)
     capacity, room = whole_model_capacity(setup, cost.prefill_grid, cost.decode_grid, prompt_len)
-    breakdown = {**_breakdown(setup, cost, placements, search, output_len), "energy": energy.to_dict()}
+    breakdown = {
+        **_breakdown(setup, cost, placements, search, output_len),
+        "energy": energy.to_dict(),
+    }
     report = RequestReport(
         kind="estimate",
         model=setup.config.name,

@@ -137,8 +137,9 @@ class HeadSpread:
 @lru_cache(maxsize=256)
 def _head_spread(heads: HeadLayout) -> HeadSpread | None:
     """The spread for kv-groups wider than one column (None: every column computes its own
-    whole kv heads, or one group spans the row and its K-tree broadcasts the scores). The reduce ends at the group root; the `cores` columns nearest it each
-    take ceil(G*n / narrowest group) rows, so no column repeats the group's whole softmax."""
+    whole kv heads, or one group spans the row and its K-tree broadcasts the scores). The
+    reduce ends at the group root; the `cores` columns nearest it each take ceil(G*n /
+    narrowest group) rows, so no column repeats the group's whole softmax."""
     sizes = np.asarray(heads.group_sizes, dtype=np.int64)
     if sizes.max() == 1 or len(sizes) == 1:  # one column per group, or the row's K-tree
         return None

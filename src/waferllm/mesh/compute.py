@@ -72,7 +72,9 @@ def charge_compute(
     if not ledger.prices:
         return
     if sram_bytes_per_core is None:
-        sram_bytes_per_core = flops_per_core / MAC_FLOPS * MAC_SRAM_ELEMENTS * mesh.device.storage_bytes
+        sram_bytes_per_core = (
+            flops_per_core / MAC_FLOPS * MAC_SRAM_ELEMENTS * mesh.device.storage_bytes
+        )
     ledger.charge(
         op,
         Charge(
