@@ -25,7 +25,7 @@ MAX_MESH_SIDE = 2048
 MAX_SRAM_BYTES_PER_CORE = 1 << 60  # also what `bench` uses to measure a point that does not fit
 # WSE-2/WSE-3 static power: power_w less the events' mean power at PAPER.md §3.3's operating
 # points (see the source of `static_power_w`).
-STATIC_POWER_W = 14_640.0
+STATIC_POWER_W = 14_380.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -232,11 +232,11 @@ _COMMON_SOURCES = {
         "traversal of about the same"
     ),
     "static_power_w": (
-        "derived: power_w less the events' mean power (~360 W) at PAPER.md §3.3's LLaMA3-8B "
-        "operating points (prefill 480/600/720, decode 420/540/660, per-layer), so event "
-        "energy agrees with power_w x time there within -1.9% to +2.8% (benchmarks/"
-        "fidelity.py): what the wafer draws whatever it computes (leakage, clock tree, idle "
-        "cores, I/O, power delivery); the events add the rest"
+        "derived: power_w less the events' mean power (~620 W) over the requests at PAPER.md "
+        "§3.3's LLaMA3-8B operating points (4096-token prefill at 480/600/720, a decode step "
+        "after a 4095-token prompt at 420/540/660, per-layer), so event energy agrees with "
+        "power_w x time there within -1.2% to +1.1% (benchmarks/fidelity.py): what the wafer "
+        "draws whatever it computes (leakage, clock tree, idle cores, I/O, power delivery)"
     ),
     "vector_instr_floor_cycles": (
         "calibrated on PAPER.md §4 WSE-3 MeshGEMM and MeshGEMV points with the step and op "
