@@ -228,9 +228,12 @@ def test_a_changed_device_constant_misses_the_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sweep_run, "estimate", spy)
     again = sweep(
-        {**TINY, "prompt_len": 16, "device.power_w": 1.0}, out=tmp_path, workers=1, plots=False
+        {**TINY, "prompt_len": 16, "device.static_power_w": 1.0},
+        out=tmp_path,
+        workers=1,
+        plots=False,
     )
-    assert again.computed == 1 and calls[0]["device_overrides"] == {"power_w": 1.0}
+    assert again.computed == 1 and calls[0]["device_overrides"] == {"static_power_w": 1.0}
     assert again.rows[0]["energy_j"] < 1e-3
 
 
