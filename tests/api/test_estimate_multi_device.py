@@ -40,7 +40,10 @@ def test_a_two_wafer_report_counts_both_devices_and_shows_the_link_cost():
     assert link["decode"]["modelled_s"] == pytest.approx(3 * (5e-6 + token_bytes / 150e9))
     m = report["metrics"]
     total_s = m["ttft_s"] + m["transition_s"] + m["tpot_s"] * 3
-    assert m["energy_j"] == pytest.approx(2 * device.power_w * total_s)  # both wafers draw power
+    energy = report["breakdown"]["energy"]  # both wafers draw power the whole time
+    assert energy["static_j"] == pytest.approx(2 * device.static_power_w * total_s)
+    assert energy["power_x_time_j"] == pytest.approx(2 * device.power_w * total_s)
+    assert m["energy_j"] == pytest.approx(energy["total_j"])
     regions = report["breakdown"]["placement"]["decode"]["regions"]
     assert [(r["origin"], r["device"]) for r in regions] == [([0, 0], 0), ([0, 0], 1)]
     cores = 2 * 480 * 480

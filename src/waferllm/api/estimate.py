@@ -338,7 +338,8 @@ def _result(
         utilization=flops / (peak * total_s) if total_s > 0 else None,
     )
     ledgers = (cost.prefill.ledger, cost.transition, cost.decode.ledger)
-    energy = event_energy(device, [ledger.totals() for ledger in ledgers], total_s)
+    totals = [ledger.totals() for ledger in ledgers]
+    energy = event_energy(device, totals, total_s, num_devices=setup.num_devices)
     metrics = dataclasses.replace(metrics, energy_j=energy.total_j)
     capacity, room = whole_model_capacity(setup, cost.prefill_grid, cost.decode_grid, prompt_len)
     breakdown = {

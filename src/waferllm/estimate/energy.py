@@ -35,15 +35,19 @@ class Energy:
         return {**dataclasses.asdict(self), "total_j": self.total_j}
 
 
-def event_energy(device: Device, totals: Sequence[Totals], seconds: float) -> Energy:
-    """Energy of a request whose phases summed to `totals`, over `seconds` of modelled time."""
+def event_energy(
+    device: Device, totals: Sequence[Totals], seconds: float, *, num_devices: int = 1
+) -> Energy:
+    """Energy of a request whose phases summed to `totals`, over `seconds` of modelled time,
+    on `num_devices` linked devices (each draws its static power the whole time; the events
+    are wherever they happened)."""
     flops = sum(t.flops for t in totals)
     sram = sum(t.sram_bytes for t in totals)
     byte_hops = sum(t.link_byte_hops for t in totals)
     return Energy(
-        static_j=device.static_power_w * seconds,
+        static_j=device.static_power_w * seconds * num_devices,
         compute_j=flops * device.energy_pj_per_flop * PICO,
         sram_j=sram * device.energy_pj_per_sram_byte * PICO,
         fabric_j=byte_hops * device.energy_pj_per_hop_byte * PICO,
-        power_x_time_j=device.power_w * seconds,
+        power_x_time_j=device.power_w * seconds * num_devices,
     )
