@@ -83,14 +83,15 @@ class CostModel:
 
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
-        self._models: dict[tuple[Grid, Grid], MeshTransformer] = {}
+        self._models: dict[tuple[Grid, Grid, int], MeshTransformer] = {}
         self._walks: dict[tuple[Grid, Grid, int], DecodeWalks] = {}
         self._phases: dict[tuple, PhaseLedger] = {}
         self._transitions: dict[tuple, Ledger] = {}
 
-    def model(self, prefill_grid: Grid, decode_grid: Grid) -> MeshTransformer:
-        """The placed model (weights on meta tensors; SRAM and routes checked)."""
-        key = (prefill_grid, decode_grid)
+    def model(self, prefill_grid: Grid, decode_grid: Grid, batch: int = 1) -> MeshTransformer:
+        """The placed model (weights on meta tensors; SRAM and routes checked); one per batch
+        size, so that each batch's SRAM peak is its own."""
+        key = (prefill_grid, decode_grid, batch)
         if key not in self._models:
             s = self.setup
             self._models[key] = MeshTransformer(
@@ -135,7 +136,7 @@ class CostModel:
         key = (model.plan.prefill.grid, model.plan.decode.grid, prompt_len, batch)
         if key not in self._transitions:
             ledger = Ledger()
-            share = model.plan.kv_slots // batch
+            share = model.kv_budget.equal_share(batch)
             counts = model.handoff_counts(prompt_len, slots=share)
             model.charge_transition([counts] * batch, ledger)
             self._transitions[key] = ledger
@@ -147,15 +148,8 @@ class CostModel:
         """Raise unless the KV cache holds the request (`prompt_len + output_len - 1`), for
         each of `batch` sequences in an equal share of the slots (admission by KV capacity)."""
         if batch > 1:
-            rows, slots = model.plan.decode.grid[0], model.plan.kv_slots
             context = prompt_len + output_len - 1
-            admit(
-                model.kv_policy,
-                rows,
-                slots // batch * batch,
-                [prompt_len] * batch,
-                [context] * batch,
-            )
+            admit(model.kv_policy, model.kv_budget, [prompt_len] * batch, [context] * batch)
             return
         room = model.max_new_tokens(prompt_len)
         if output_len > room:
@@ -195,12 +189,12 @@ class CostModel:
                 f"prompt_len={prompt_len}, output_len={output_len} and batch={batch} must "
                 "all be >= 1"
             )
-        model = self.model(prefill_grid, decode_grid)
+        model = self.model(prefill_grid, decode_grid, batch)
         self.check_room(model, prompt_len, output_len, batch)
         return RequestCost(
             prefill_grid=prefill_grid,
             decode_grid=decode_grid,
-            prefill=self.prefill(model, prompt_len),
+            prefill=self.prefill(self.model(prefill_grid, decode_grid), prompt_len),
             transition=self.transition(model, prompt_len, batch),
             decode=self.decode(model, prompt_len, output_len, batch),
             model=model,
@@ -251,7 +245,7 @@ class DecodeWalks:
             raise WaferError("decode costs need an estimate-mode model (weights=None)")
         self.model = model
         self.batch = batch
-        self.share = model.plan.kv_slots // batch  # slots per row of each sequence
+        self.share = model.kv_budget.equal_share(batch)  # slots per row of each sequence
         self._steps: dict[tuple[int, int], tuple[LayerLedgers, Ledger]] = {}
         self._widths: dict[int, tuple[Ledger, Ledger]] = {}
         self._shifts: dict[int, Ledger] = {}

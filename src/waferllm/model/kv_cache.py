@@ -68,20 +68,56 @@ def slots_needed(policy: KvPolicy, rows: int, prompt_len: int, context_tokens: i
     return max(balanced, context_tokens - prompt_len + prompt_len // rows, 1)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KvBudget:
+    """What each decode region's SRAM holds beside its weights, in the plan's terms: `slots`
+    per row, each taking `slot_bytes[r]` in region r (every layer's K and V) plus
+    `score_bytes` of attention scores per slot of the window read, and one step's scratch
+    `step_bytes` per sequence (the plan sized `slots` for one sequence's scratch)."""
+
+    rows: int
+    slots: int
+    slot_bytes: tuple[int, ...]
+    score_bytes: int
+    step_bytes: int
+
+    def fits(self, shares: list[int]) -> bool:
+        """Whether B sequences with these slot shares fit every region at their peak: the
+        shares' K and V, the scores of B windows as wide as the widest share, B steps'
+        scratch."""
+        batch, widest = len(shares), max(shares)
+        for slot_bytes in self.slot_bytes:
+            room = self.slots * (slot_bytes + self.score_bytes)
+            need = sum(shares) * slot_bytes + batch * widest * self.score_bytes
+            if need + (batch - 1) * self.step_bytes > room:
+                return False
+        return True
+
+    def equal_share(self, batch: int) -> int:
+        """The largest share s such that `batch` sequences of s slots each fit (0: none)."""
+        shares = []
+        for slot_bytes in self.slot_bytes:
+            room = self.slots * (slot_bytes + self.score_bytes) - (batch - 1) * self.step_bytes
+            shares.append(room // (batch * (slot_bytes + self.score_bytes)))
+        return max(min(shares), 0)
+
+
 def admit(
-    policy: KvPolicy, rows: int, slots: int, prompt_lens: list[int], context_tokens: list[int]
+    policy: KvPolicy, budget: KvBudget, prompt_lens: list[int], context_tokens: list[int]
 ) -> list[int]:
-    """Each sequence's share of the `slots` per row (its `slots_needed`); KvCacheFullError when
-    the batch's shares do not fit together (admission by KV capacity)."""
+    """Each sequence's share of the slots per row (its `slots_needed`); KvCacheFullError when
+    the batch does not fit together (admission by KV capacity, `KvBudget.fits`)."""
+    rows = budget.rows
     shares = [
         slots_needed(policy, rows, p, c) for p, c in zip(prompt_lens, context_tokens, strict=True)
     ]
-    if sum(shares) > slots:
+    if not budget.fits(shares):
         raise KvCacheFullError(
             f"the batch's KV cache does not fit: its {len(shares)} sequences need "
             f"{sum(shares)} slots per row ({', '.join(map(str, shares))}; up to "
-            f"{sum(context_tokens)} cached positions in all) but the {rows}-row cache has "
-            f"{slots} ({rows * slots} tokens, {policy.value} policy); use fewer or shorter "
+            f"{sum(context_tokens)} cached positions in all) and a step's scratch each, but the "
+            f"{rows}-row cache has {budget.slots} ({rows * budget.slots} tokens, "
+            f"{policy.value} policy) for one sequence's scratch; use fewer or shorter "
             "sequences or a larger decode grid"
         )
     return shares

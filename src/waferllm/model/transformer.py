@@ -22,15 +22,18 @@ import torch
 from waferllm.device import Device
 from waferllm.errors import NonFiniteError, SramOverflowError, WaferError
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
+from waferllm.mesh.compute import charge_inline_compute
 from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.relayout import hop, relayout_charge
+from waferllm.mesh.storage import bytes_per_element
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
 from waferllm.model import vocab
 from waferllm.model.config import ModelConfig, rope_inv_freq
 from waferllm.model.kv_cache import (
     Append,
+    KvBudget,
     KvCacheFullError,
     KvPolicy,
     KvStore,
@@ -38,6 +41,7 @@ from waferllm.model.kv_cache import (
     admit,
     kv_capacity_tokens,
     max_new_tokens,
+    slots_needed,
 )
 from waferllm.model.layers import (
     CacheStep,
@@ -51,8 +55,15 @@ from waferllm.model.layers import (
     rope_tables,
 )
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts, heads_for
-from waferllm.model.plan import ModelPlan, PhaseState, build_phase, plan_model
-from waferllm.model.transfers import kv_moves, per_layer_hops, weight_moves
+from waferllm.model.plan import (
+    ModelPlan,
+    PhaseState,
+    build_phase,
+    decode_scratch_bytes,
+    plan_model,
+)
+from waferllm.model.quant import UNCOMPRESSED, Storage, quantise_weights
+from waferllm.model.transfers import kv_moves, kv_quantise_cycles, per_layer_hops, weight_moves
 from waferllm.model.weights import ModelWeights
 
 
@@ -109,7 +120,8 @@ class MeshTransformer:
     one layer's plan, costs times the layer count). `kv_policy`: shift or concat.
     `resident_layouts`: `one` re-lays the weights per request (charged in `transition`),
     `both` keeps both plans' copies. `max_context_tokens`: size the KV cache for this many
-    tokens (default: as many as SRAM holds).
+    tokens (default: as many as SRAM holds). `storage`: weights and KV cache compressed or
+    not (`model.quant`); real weights are quantised here, once.
     """
 
     def __init__(
@@ -126,6 +138,7 @@ class MeshTransformer:
         f16_accumulate: bool = False,
         resident_layouts: ResidentLayouts = ResidentLayouts.ONE,
         max_context_tokens: int | None = None,
+        storage: Storage = UNCOMPRESSED,
     ) -> None:
         self.config = config
         self.mode = Mode.FUNCTIONAL if weights is not None else Mode.ESTIMATE
@@ -143,7 +156,10 @@ class MeshTransformer:
             placement=PlacementMode(placement),
             resident=ResidentLayouts(resident_layouts),
             max_context_tokens=max_context_tokens,
+            storage=storage,
         )
+        if weights is not None:
+            weights = quantise_weights(weights, storage.weights)
         mesh_args = {
             "mode": self.mode,
             "compute_dtype": compute_dtype,
@@ -222,6 +238,7 @@ class MeshTransformer:
             raise WaferError(f"{len(ids)} prompts but {len(ledgers)} ledgers")
         shares = self._admit([len(p) for p in ids], context_tokens)
         self._reset()
+        self._ensure_stores(sum(shares))
         outputs = []
         for b, (prompt, ledger) in enumerate(zip(ids, ledgers, strict=True)):
             if b:
@@ -230,18 +247,43 @@ class MeshTransformer:
             self._seqs.append(_Seq(prompt_len=len(prompt), slots=shares[b]))
         return outputs
 
+    @property
+    def kv_budget(self) -> KvBudget:
+        """The decode regions' room for a batch's KV cache and scratch (`admit`)."""
+        rows, cols = self.plan.decode.grid
+        sb = self.device.storage_bytes
+        step_bytes, score_bytes = decode_scratch_bytes(self.config, rows, cols, sb)
+        slot_bytes = 2 * heads_for(self.config, cols).kv_width * sb  # K and V, one layer
+        return KvBudget(
+            rows=rows,
+            slots=self.plan.kv_slots,
+            slot_bytes=tuple(len(r.layers) * slot_bytes for r in self.plan.decode.regions),
+            score_bytes=score_bytes,
+            step_bytes=step_bytes,
+        )
+
+    def admits(self, prompt_lens: Sequence[int], context_tokens: Sequence[int]) -> bool:
+        """Whether the KV cache holds a batch of these prompts growing to these contexts."""
+        rows = self.plan.decode.grid[0]
+        needs = [
+            slots_needed(self.kv_policy, rows, p, c)
+            for p, c in zip(prompt_lens, context_tokens, strict=True)
+        ]
+        return self.kv_budget.fits(needs)
+
     def _admit(self, lengths: list[int], context_tokens: Sequence[int] | None) -> list[int]:
         """Each sequence's share of the slots per row (KvCacheFullError when the batch's KV
         does not fit); prompts longer than the prefill plan holds raise SramOverflowError."""
-        rows, slots = self.plan.decode.grid[0], self.plan.kv_slots
         for length in lengths:
             self._check_prompt(length)
+        budget = self.kv_budget
+        rows = budget.rows
         if context_tokens is None:  # an equal share each, as many positions as it holds
-            share = slots // len(lengths)
+            share = budget.equal_share(len(lengths))
             context_tokens = [kv_capacity_tokens(self.kv_policy, rows, share, n) for n in lengths]
         if len(context_tokens) != len(lengths):
             raise WaferError(f"{len(lengths)} prompts but {len(context_tokens)} context sizes")
-        return admit(self.kv_policy, rows, slots, lengths, [int(c) for c in context_tokens])
+        return admit(self.kv_policy, budget, lengths, [int(c) for c in context_tokens])
 
     def _check_prompt(self, length: int) -> None:
         if length > self.kv_capacity_tokens():
@@ -326,7 +368,6 @@ class MeshTransformer:
         seq = self._seqs[b]
         rows = self.plan.decode.grid[0]
         counts = RowCounts.balanced(self.kv_policy, rows, seq.slots, seq.prompt_len)
-        self._ensure_stores()
         pheads = heads_for(self.config, self.plan.prefill.grid[1])
         for store in self._stores:
             for i in store.layers:
@@ -355,16 +396,19 @@ class MeshTransformer:
         share = self.plan.kv_slots if slots is None else slots
         return RowCounts.balanced(self.kv_policy, rows, share, prompt_len)
 
-    def _ensure_stores(self) -> None:
-        if self._stores:
+    def _ensure_stores(self, slots: int) -> None:
+        """Every decode region's store, its SRAM sized for `slots` per row (the batch's)."""
+        if self._stores and self._stores[0].slots == slots:
             return
+        self._reset_stores()
         dstate = self.decode_state
         self._stores = [
             KvStore(
                 mesh,
                 heads_for(self.config, mesh.cols),
                 layers=region.layers,
-                slots=self.plan.kv_slots,
+                slots=slots,
+                stored=self.plan.storage.kv,
             )
             for mesh, region in zip(dstate.meshes, dstate.regions.regions, strict=True)
         ]
@@ -377,12 +421,21 @@ class MeshTransformer:
     def charge_transition(self, counts: Sequence[RowCounts], ledger: Ledger) -> None:
         """The re-layouts of `transition` for sequences holding `counts` (plans and counts
         only): each sequence's KV cache, and the weights once for the batch."""
+        sb, storage = self.device.storage_bytes, self.plan.storage
         with ledger.scope("transition"):
+            kv_bytes = bytes_per_element(storage.kv, sb)
             for c in counts:
-                ledger.charge("kv", relayout_charge(self.device, kv_moves(self.plan, c)))
+                quantise = kv_quantise_cycles(self.plan, c)
+                charge_inline_compute(ledger, "kv_quantise", cycles=quantise)
+                moves = kv_moves(self.plan, c)
+                ledger.charge("kv", relayout_charge(self.device, moves, bytes_per_element=kv_bytes))
             if self.plan.resident is ResidentLayouts.ONE:
                 # the way back (readying the next request) is the mirror image: same cost
-                weights = relayout_charge(self.device, weight_moves(self.plan))
+                weights = relayout_charge(
+                    self.device,
+                    weight_moves(self.plan),
+                    bytes_per_element=bytes_per_element(storage.weights, sb),
+                )
                 ledger.charge("weights_to_decode", weights)
                 ledger.charge("weights_to_prefill", weights)
 
@@ -427,7 +480,7 @@ class MeshTransformer:
         are left empty: the caller holds those of an earlier walk with the same shapes)."""
         if self.mode is not Mode.ESTIMATE:
             raise WaferError("decode_records needs an estimate-mode model (weights=None)")
-        self._ensure_stores()
+        self._ensure_stores(sum(c.slots for c in counts))
         records = DecodeRecords(
             before=Ledger(),
             layer=LayerLedgers(pre=Ledger(), attn=Ledger(), post=Ledger()),
@@ -443,7 +496,7 @@ class MeshTransformer:
     def decode_attention_records(self, counts: Sequence[RowCounts]) -> Ledger:
         """Estimate mode: one layer's attention at `counts`' next step (the windows it reads),
         as `decode_layer` charges it. SRAM was checked at the widest window by a full walk."""
-        self._ensure_stores()
+        self._ensure_stores(sum(c.slots for c in counts))
         mesh = self.decode_state.meshes[0]
         appends = [c.plan_append() for c in counts]
         step = self._cache_step(0, list(range(len(counts))), counts, appends, Ledger())
@@ -451,7 +504,8 @@ class MeshTransformer:
 
     def kv_shift_records(self, append: Append, counts: RowCounts) -> Ledger:
         """Estimate mode: one layer's one-hop KV shift for `append` after `counts` (no data)."""
-        self._ensure_stores()
+        if not self._stores:
+            self._ensure_stores(counts.slots)
         shift, store = Ledger(), self._stores[0]
         tile = torch.empty(
             (*store.mesh.shape, store.heads.kv_per_tile, store.heads.head_slots), device="meta"
