@@ -26,7 +26,7 @@ from waferllm.mesh.compute import charge_inline_compute
 from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.relayout import hop, relayout_charge
-from waferllm.mesh.storage import bytes_per_element
+from waferllm.mesh.storage import bytes_per_element, stored_bytes
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
 from waferllm.model import vocab
@@ -253,7 +253,14 @@ class MeshTransformer:
         rows, cols = self.plan.decode.grid
         sb = self.device.storage_bytes
         step_bytes, score_bytes = decode_scratch_bytes(self.config, rows, cols, sb)
-        slot_bytes = 2 * heads_for(self.config, cols).kv_width * sb  # K and V, one layer
+        heads = heads_for(self.config, cols)
+        token_bytes = stored_bytes(
+            self.plan.storage.kv,
+            reduced=heads.head_slots,
+            other=heads.kv_per_tile,
+            storage_bytes=sb,
+        )
+        slot_bytes = 2 * token_bytes  # K and V of one layer, as stored
         return KvBudget(
             rows=rows,
             slots=self.plan.kv_slots,
