@@ -266,9 +266,10 @@ class KvStore:
         rows, cols = self.mesh.shape
         g, h = self.heads.kv_per_tile, self.heads.head_slots
         dtype = self.mesh.compute_dtype
+        on = self.mesh.torch_device
         for i in self.layers:
-            k = torch.zeros((rows, cols, g, h, new), dtype=dtype)
-            v = torch.zeros((rows, cols, g, new, h), dtype=dtype)
+            k = torch.zeros((rows, cols, g, h, new), dtype=dtype, device=on)
+            v = torch.zeros((rows, cols, g, new, h), dtype=dtype, device=on)
             if (seq, i) in self.k:
                 k[..., :have] = self.k[seq, i]
                 v[..., :have, :] = self.v[seq, i]
@@ -302,7 +303,9 @@ class KvStore:
             feats = gather_rows(host.T, index).T  # [L, C*G*H]
             buf = feats.new_zeros(rows * s, cols * g * h)
             buf[torch.as_tensor(row * s + slot)] = feats
-            tile = buf.reshape(rows, s, cols, g, h).to(self.mesh.compute_dtype)
+            tile = buf.reshape(rows, s, cols, g, h).to(
+                device=self.mesh.torch_device, dtype=self.mesh.compute_dtype
+            )
             tiles.append(quantise_kv_tile(tile, self.stored))
         self.k[seq, layer] = tiles[0].permute(0, 2, 3, 4, 1).contiguous()  # (R, C, G, H, S)
         self.v[seq, layer] = tiles[1].permute(0, 2, 3, 1, 4).contiguous()  # (R, C, G, S, H)

@@ -353,7 +353,8 @@ def decode_slot_mask(
         if window is not None:
             rows &= c.total - c.slot_positions(a.counts_after, width) < window
         keep[:, b] = rows
-    return torch.as_tensor(keep).reshape(mesh.rows, 1, batch, 1, 1, width)
+    mask = torch.as_tensor(keep, device=mesh.torch_device)
+    return mask.reshape(mesh.rows, 1, batch, 1, 1, width)
 
 
 # ---- RoPE tables -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Legend: L prompt tokens, D model dim, V vocab; R x C the grid of a phase.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -121,7 +122,8 @@ class MeshTransformer:
     `resident_layouts`: `one` re-lays the weights per request (charged in `transition`),
     `both` keeps both plans' copies. `max_context_tokens`: size the KV cache for this many
     tokens (default: as many as SRAM holds). `storage`: weights and KV cache compressed or
-    not (`model.quant`); real weights are quantised here, once.
+    not (`model.quant`); real weights are quantised here, once. `torch_device`: where
+    functional tiles live (`cpu`, or a GPU: `cuda`).
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class MeshTransformer:
         resident_layouts: ResidentLayouts = ResidentLayouts.ONE,
         max_context_tokens: int | None = None,
         storage: Storage = UNCOMPRESSED,
+        torch_device: torch.device | str = "cpu",
     ) -> None:
         self.config = config
         self.mode = Mode.FUNCTIONAL if weights is not None else Mode.ESTIMATE
@@ -164,6 +167,7 @@ class MeshTransformer:
             "mode": self.mode,
             "compute_dtype": compute_dtype,
             "f16_accumulate": f16_accumulate,
+            "torch_device": torch_device,
         }
         self.prefill_state: PhaseState = build_phase(self.plan, Phase.PREFILL, weights, mesh_args)
         self.decode_state: PhaseState = build_phase(self.plan, Phase.DECODE, weights, mesh_args)
@@ -425,6 +429,13 @@ class MeshTransformer:
             store.free()
         self._stores = []
 
+    @functools.cached_property
+    def _weights_relayout(self):  # the mesh's Charge (only mesh/ names the pricing types)
+        """The weights' re-layout between the plans: it depends on the plans only, so every
+        request on this model shares it."""
+        weight_bytes = bytes_per_element(self.plan.storage.weights, self.device.storage_bytes)
+        return relayout_charge(self.device, weight_moves(self.plan), bytes_per_element=weight_bytes)
+
     def charge_transition(self, counts: Sequence[RowCounts], ledger: Ledger) -> None:
         """The re-layouts of `transition` for sequences holding `counts` (plans and counts
         only): each sequence's KV cache, and the weights once for the batch."""
@@ -438,11 +449,7 @@ class MeshTransformer:
                 ledger.charge("kv", relayout_charge(self.device, moves, bytes_per_element=kv_bytes))
             if self.plan.resident is ResidentLayouts.ONE:
                 # the way back (readying the next request) is the mirror image: same cost
-                weights = relayout_charge(
-                    self.device,
-                    weight_moves(self.plan),
-                    bytes_per_element=bytes_per_element(storage.weights, sb),
-                )
+                weights = self._weights_relayout
                 ledger.charge("weights_to_decode", weights)
                 ledger.charge("weights_to_prefill", weights)
 
