@@ -5,8 +5,8 @@ One Poisson trace per (model, device, rate), time-multiplexed mode, the wafer's 
 from the wafer cost model: batched decode steps (B vectors per GEMV, each sequence in its own
 KV rows; a batch the SRAM cannot hold at once runs as sub-batches), prompts prefilled one
 after another; 8xA100 and 8xH100 run the same traces with batched steps
-(`waferllm.gpu_step_costs`, paper serving stack). A model that does not fit one wafer is reported as such. Modelled times; host
-seconds labelled as measured.
+(`waferllm.gpu_step_costs`, paper serving stack). A model that does not fit one wafer is
+reported as such. Modelled times; host seconds labelled as measured.
 """
 
 from __future__ import annotations
