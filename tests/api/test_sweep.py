@@ -143,17 +143,17 @@ def test_the_points_are_the_product_with_the_last_axis_fastest():
 
 
 def test_estimate_kwargs_pass_through_only_non_default_inputs_the_estimate_takes(monkeypatch):
-    (point,) = _points(**TINY, prompt_len=16, num_devices=2)
-    with pytest.raises(WaferError, match="num_devices=2 is not supported"):
-        estimate_kwargs(point)
-
-    def newer_estimate(model: str, *, num_devices: int = 1, **kwargs: Any) -> None:
-        """An estimate that models several devices."""
-
-    monkeypatch.setattr(sweep_run, "estimate", newer_estimate)
-    assert estimate_kwargs(point)["num_devices"] == 2
+    (point,) = _points(**TINY, prompt_len=16, batch_size=2)
+    assert estimate_kwargs(point)["batch_size"] == 2
     (default,) = _points(**TINY, prompt_len=16)
-    assert "num_devices" not in estimate_kwargs(default)
+    assert "batch_size" not in estimate_kwargs(default)
+
+    def older_estimate(model: str, **kwargs: Any) -> None:
+        """An estimate that does not model batching."""
+
+    monkeypatch.setattr(sweep_run, "estimate", older_estimate)
+    with pytest.raises(WaferError, match="batch_size=2 is not supported"):
+        estimate_kwargs(point)
 
 
 def test_a_batch_size_point_runs_the_batched_estimate(tmp_path):

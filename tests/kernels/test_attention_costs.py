@@ -21,7 +21,15 @@ import torch
 from waferllm.device import tiny
 from waferllm.kernels.attention import decode_attention, prefill_attention
 from waferllm.kernels.heads import HeadLayout, head_layout
-from waferllm.kernels.vector import DIVIDE, EXP_SUB, MASK_SELECT, MAX_ACC, SCALE, SUM_ACC
+from waferllm.kernels.vector import (
+    EXP_SUB,
+    MASK_SELECT,
+    MAX_ACC,
+    NORMALISE,
+    RECIPROCAL,
+    SCALE,
+    SUM_ACC,
+)
 from waferllm.mesh import Layout, Ledger, Mesh, Mode, Record
 from waferllm.mesh.compute import matmul_cycles, vector_op_cycles
 from waferllm.mesh.geometry import ring_successor
@@ -168,7 +176,7 @@ def test_prefill_softmax_runs_along_x_within_each_kv_group(rows, cols, kv, n_rep
         ("max", MAX_ACC),
         ("exp", EXP_SUB),
         ("sum", SUM_ACC),
-        ("divide", DIVIDE),
+        ("normalise", NORMALISE),
     ):
         (rec,) = _records(ledger, f"softmax.{op}")
         flops, sram, scalar = cost
@@ -184,6 +192,18 @@ def test_prefill_softmax_runs_along_x_within_each_kv_group(rows, cols, kv, n_rep
         )
         assert rec.compute_cycles == pytest.approx(want)
         assert rec.flops == count * width * flops * rows * cols
+        assert rec.sram_bytes == count * width * sram * S * rows * cols
+    # one reciprocal per softmax row (code notes §4.2 multiplies by 1/sum)
+    (rec,) = _records(ledger, "softmax.reciprocal")
+    flops, sram, scalar = RECIPROCAL
+    want = vector_op_cycles(
+        DEVICE,
+        num_instructions=1,
+        length=count,
+        flops_per_element=flops,
+        sram_elements_per_element=sram,
+    )
+    assert rec.compute_cycles == pytest.approx(want + count * DEVICE.scalar_cycles_per_element)
     # segmented allreduces of one value per softmax row, to each group's middle (g // 2)
     nbytes = count * S
     far = max(s // 2 for s in heads.group_sizes)
@@ -243,8 +263,11 @@ def test_prefill_attention_ledgers_agree_in_estimate_mode(rows, cols, kv, n_rep,
 
 # ---- decode --------------------------------------------------------------------------------
 @pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize(("cols", "kv", "n_rep"), [(5, 2, 2), (4, 4, 1), (2, 3, 2)])
+@pytest.mark.parametrize(
+    ("cols", "kv", "n_rep"), [(5, 2, 2), (4, 4, 1), (2, 3, 2), (9, 1, 4), (7, 2, 1), (12, 2, 8)]
+)
 def test_decode_attention_costs_its_closed_form(cols, kv, n_rep, batch):
+    # B sequences: every instruction count and message size times B, one message each
     rows, hd, width = 2, 8, 3
     heads = head_layout(kv, n_rep, hd, cols)
     g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
@@ -267,20 +290,58 @@ def test_decode_attention_costs_its_closed_form(cols, kv, n_rep, batch):
     assert pv.compute_cycles == pytest.approx(
         batch * g * n * matmul_cycles(DEVICE, m=1, k=width, n=h, vector="n")
     )
-    # the scores' segmented allreduce within kv-groups: B*G*n*w values per core, one message
-    far = max(s // 2 for s in heads.group_sizes)
+    # the scores' segmented reduce onto each kv-group's root: B*G*n*w values per core
+    sizes = heads.group_sizes
+    far = max(s // 2 for s in sizes)
     nbytes = batch * g * n * width * S
-    reduce = _records(ledger, "scores.allreduce.reduce")
-    if far == 0:
+    interior = any(s >= 3 for s in sizes)
+    reduce = _records(ledger, "scores.group.reduce")
+    whole_row = len(sizes) == 1  # one kv head: the row's K-tree allreduce, no spread
+    if whole_row:
+        assert reduce == [] and _records(ledger, "scores.allreduce.reduce")
+        assert _records(ledger, "scores.allreduce.bcast")
+        far = 0
+    elif far == 0:
         assert reduce == []
     else:
         (red,) = reduce
-        interior = any(s >= 3 for s in heads.group_sizes)
         size = (2 if interior else 1) * nbytes / W
         assert red.comm_cycles == pytest.approx(far * ALPHA + (far - 1) * BETA + size)
-        assert red.bytes_injected == nbytes * rows * sum(s - 1 for s in heads.group_sizes)
-    # along Y (2 rows): the softmax's two allreduces of B*G*n values and P@V's of B*G*n*H,
-    # each one hop up and a one-hop broadcast back: the sequences share every collective
+        assert red.bytes_injected == nbytes * rows * sum(s - 1 for s in sizes)
+    # the group's columns nearest its root share the G*n softmax rows: ceil(G*n / narrowest
+    # group) each, on ceil(G*n / that) columns; a chain gathers their rows to the root, which
+    # multicasts the probabilities to the group (groups of one column: every column alone)
+    per_core = -(-g * n // min(sizes)) if far else g * n
+    cores = -(-g * n // per_core)
+    per_core *= batch  # each sequence's rows
+    (exp,) = _records(ledger, "softmax.exp")
+    flops, sram, scalar = EXP_SUB
+    assert exp.compute_cycles == pytest.approx(
+        vector_op_cycles(
+            DEVICE,
+            num_instructions=per_core,
+            length=width,
+            flops_per_element=flops,
+            sram_elements_per_element=sram,
+        )
+        + per_core * width * scalar * DEVICE.scalar_cycles_per_element
+    )
+    gather, bcast = _records(ledger, "probs.gather"), _records(ledger, "probs.bcast")
+    if far == 0 or cores == 1:
+        assert gather == []
+    else:
+        (gat,) = gather
+        d = cores // 2
+        assert (gat.critical_hops, gat.critical_stages) == (d, d - 1)
+        assert gat.bytes_injected == nbytes * rows * len(sizes) * (cores - 1)
+    if far == 0:
+        assert bcast == []
+    else:
+        (bc,) = bcast
+        assert (bc.critical_hops, bc.critical_stages) == (far, 0)
+        assert bc.comm_cycles == pytest.approx(far * ALPHA + (2 if interior else 1) * nbytes / W)
+    # along Y (2 rows): the softmax's two allreduces of G*n values and P@V's of G*n*H, each
+    # one hop up and a one-hop broadcast back
     for op, values in (
         ("softmax.allreduce_max", batch * g * n),
         ("softmax.allreduce_sum", batch * g * n),

@@ -24,8 +24,16 @@ from waferllm.engine.metrics import op_times, phase_times
 from waferllm.errors import GridError, WaferError
 from waferllm.estimate.capacity import whole_model_capacity
 from waferllm.estimate.cost import Grid, RequestCost, Setup, clear_cache, cost_model
+from waferllm.estimate.energy import event_energy
 from waferllm.estimate.flops import model_flops
-from waferllm.estimate.search import GridSearch, search_grids
+from waferllm.estimate.multi_device import (
+    grid_request,
+    pipeline_breakdown,
+    request_over_devices,
+    resolve_num_devices,
+    single_device_error,
+)
+from waferllm.estimate.search import GridSearch
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.virtual import GridLike, as_grid
 from waferllm.model.config import ModelConfig, load_config
@@ -59,6 +67,7 @@ class PhasePlacement:
     origins: tuple[tuple[int, int], ...]  # top-left core (row, col) of each region
     layers: tuple[range, ...]  # the layers of each region
     layer_multiplier: int = 1  # per-layer: how many layers the one modelled layer stands for
+    devices: tuple[int, ...] = ()  # the device of each region (origins are on that device)
 
     @classmethod
     def of(cls, regions: PhaseRegions, multiplier: int) -> PhasePlacement:
@@ -67,15 +76,20 @@ class PhasePlacement:
             origins=tuple(r.origin for r in regions.regions),
             layers=tuple(r.layers for r in regions.regions),
             layer_multiplier=multiplier,
+            devices=tuple(r.device for r in regions.regions),
         )
 
     def to_dict(self) -> dict[str, Any]:
+        regions = [
+            {"origin": list(o), "first_layer": r.start, "num_layers": len(r)}
+            for o, r in zip(self.origins, self.layers, strict=True)
+        ]
+        if any(self.devices):  # several linked devices: say which holds each region
+            for region, device in zip(regions, self.devices, strict=True):
+                region["device"] = device
         return {
             "grid": list(self.grid),
-            "regions": [
-                {"origin": list(o), "first_layer": r.start, "num_layers": len(r)}
-                for o, r in zip(self.origins, self.layers, strict=True)
-            ],
+            "regions": regions,
             "layer_multiplier": self.layer_multiplier,
         }
 
@@ -117,13 +131,14 @@ def estimate(
     system: str = "waferllm",
     weight_dtype: str = "float16",
     kv_dtype: str = "float16",
+    num_devices: int | str = 1,
     batch_size: int = 1,
 ) -> Estimate:
     """Predict one request of `prompt_len` tokens generating `output_len`; with `batch_size`
     B, B such requests decoded together (prompts prefilled one after another, each sequence
     in its own KV rows). The metrics are one sequence's (TTFT its own prefill, TPOT the
     batch's decode step); `breakdown["batch"]` has the batch's throughput. Grids not given
-    are searched for one sequence, then the batch is priced on them.
+    are searched for one sequence, then the batch is priced on them (one device only).
 
     `model`: a built-in name or a local checkpoint directory (only config.json is read).
     Grids not given are searched (the fastest feasible pair under SRAM and routes, minimising
@@ -132,6 +147,8 @@ def estimate(
     `weight_dtype`, `kv_dtype`: float16 (default), int8 or int4 (one float16 scale per group of
     32; SPEC.md §10.2): SRAM, links and the ledger count the stored bytes, every use pays the
     dequantisation.
+    `num_devices`: `fit` over that many linked devices, a pipeline of layer ranges
+    (SPEC.md §10.10), or "auto" for the fewest that hold the request.
 
     >>> est = estimate("llama3-8b", prompt_len=4096, output_len=2, placement="per-layer",
     ...                prefill_grid=600, decode_grid=420)
@@ -146,11 +163,13 @@ def estimate(
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise WaferError(f"batch_size={batch_size!r} must be a positive integer")
-    if system != "waferllm" and batch_size != 1:
-        raise WaferError(f"batch_size={batch_size} applies to system waferllm only")
+    if batch_size != 1 and (system != "waferllm" or num_devices != 1):
+        raise WaferError(f"batch_size={batch_size} applies to system waferllm on one device only")
     config = model if isinstance(model, ModelConfig) else load_config(str(model))
     resolved = _device(device, device_overrides)
     if system != "waferllm":
+        if num_devices != 1:
+            raise WaferError(f"num_devices={num_devices!r} applies to system waferllm only")
         grids_given = (prefill_grid, decode_grid)
         with collected_warnings() as caught:
             baseline = _baseline(config, resolved, system, prompt_len, output_len, grids_given)
@@ -167,6 +186,7 @@ def estimate(
             resident_layouts=resident_layouts,
             progress=progress,
             storage=storage,
+            num_devices=num_devices,
             batch_size=batch_size,
         )
     return _stamped(result, caught, device=resolved, config=config)
@@ -184,6 +204,7 @@ def _estimate(
     resident_layouts: str | ResidentLayouts,
     progress: Progress | None,
     storage: Storage,
+    num_devices: int | str,
     batch_size: int,
 ) -> Estimate:
     start = time.perf_counter()
@@ -199,24 +220,20 @@ def _estimate(
     grids = (as_grid(grids[0], "prefill_grid"), as_grid(grids[1], "decode_grid"))
     for grid, name in zip(grids, ("prefill_grid", "decode_grid"), strict=True):
         _check_on_device(grid, setup.device, name)
+    lengths = {"prompt_len": prompt_len, "output_len": output_len}
+    count = resolve_num_devices(setup, num_devices, **lengths, grids=grids)
+    setup = dataclasses.replace(setup, num_devices=count)
     costs = cost_model(setup)
-    search = None
-    if grids[0] is not None and grids[1] is not None:
-        cost = costs.request(grids[0], grids[1], prompt_len, output_len)
+    if count > 1:
+        cost, search = request_over_devices(costs, **lengths, grids=grids, progress=progress)
     else:
-        search = search_grids(
-            costs,
-            prompt_len=prompt_len,
-            output_len=output_len,
-            prefill_grid=grids[0],
-            decode_grid=grids[1],
-            progress=progress,
-        )
-        cost = search.best
+        try:
+            cost, search = grid_request(costs, **lengths, grids=grids, progress=progress)
+        except WaferError as exc:
+            raise single_device_error(setup, exc, **lengths, grids=grids) from None
         if batch_size > 1:  # the grids found for one sequence, the batch priced on them
-            grids = (cost.prefill_grid, cost.decode_grid)
-    if batch_size > 1:
-        cost = costs.request(grids[0], grids[1], prompt_len, output_len, batch_size)  # type: ignore[arg-type]
+            p, d = cost.prefill_grid, cost.decode_grid
+            cost = costs.request(p, d, prompt_len, output_len, batch_size)
     return _result(setup, cost, search, prompt_len, output_len, time.perf_counter() - start)
 
 
@@ -251,11 +268,12 @@ def _stamped(result: _Result, caught: list[str], *, device: Device, config: Mode
     report = result.report
     cores = max(_cores(p, result.extrapolated) for p in (result.prefill, result.decode))
     peak = report.metrics.peak_sram_bytes_per_core or 0
+    sram_bytes = device.sram_bytes_per_core * device.num_cores * report.num_devices
     report = dataclasses.replace(
         report,
         warnings=tuple(caught),
         provenance=make_provenance(device=device, config=config),
-        sram_used_fraction=peak * cores / (device.sram_bytes_per_core * device.num_cores),
+        sram_used_fraction=peak * cores / sram_bytes,
     )
     return dataclasses.replace(result, report=report)
 
@@ -326,15 +344,21 @@ def _result(
         ttft_s=ttft_s,
         decode_time_s=decode_s,
         transition_s=transition_s,
-        power_w=device.power_w,
+        power_w=device.power_w * setup.num_devices,  # every linked device draws power
         peak_sram_bytes_per_core=max(
             cost.prefill.peak_sram_bytes_per_core, cost.decode.peak_sram_bytes_per_core
         ),
         routes_per_core=max(cost.prefill.routes_per_core, cost.decode.routes_per_core),
         utilization=flops / (peak * total_s) if total_s > 0 else None,
     )
+    ledgers = (cost.prefill.ledger, cost.transition, cost.decode.ledger)
+    energy = event_energy(device, [ledger.totals() for ledger in ledgers], total_s)
+    metrics = dataclasses.replace(metrics, energy_j=energy.total_j)
     capacity, room = whole_model_capacity(setup, cost.prefill_grid, cost.decode_grid, prompt_len)
-    breakdown = _breakdown(setup, cost, placements, search, output_len)
+    breakdown = {
+        **_breakdown(setup, cost, placements, search, output_len),
+        "energy": energy.to_dict(),
+    }
     report = RequestReport(
         kind="estimate",
         model=setup.config.name,
@@ -351,6 +375,7 @@ def _result(
         host_wall_s=wall_s,
         weight_dtype=setup.storage.weights.value,
         kv_dtype=setup.storage.kv.value,
+        num_devices=setup.num_devices,
         batch_size=cost.batch,
     )
     return Estimate(
@@ -393,6 +418,10 @@ def _breakdown(
         "decode": placements[1].to_dict(),
     }
     out["search"] = search.to_dict() if search is not None else None
+    if setup.num_devices > 1:
+        out["pipeline"] = pipeline_breakdown(
+            setup, cost, cost.model.plan.prefill, cost.model.plan.decode
+        )
     # layer-level ops are named layer/<op>: group two levels deep to show them
     out["prefill"] = _phase_summary(device, cost.prefill.ledger, depth=2)
     out["transition"] = _phase_summary(device, cost.transition, depth=2)

@@ -83,9 +83,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and Ladder (per-layer; grids default to WaferLLM's)",
     )
     add_dtype_options(parser)
+    parser.add_argument(
+        "--num-devices",
+        type=_num_devices,
+        default=1,
+        metavar="N|auto",
+        help="place fit over N linked devices, a range of layers each, joined by the device's "
+        "inter-system link (default 1); auto: the fewest that hold the request",
+    )
     add_trace_option(parser)
     parser.add_argument("--json", action="store_true", help="print only the request report")
     parser.set_defaults(func=run)
+
+
+def _num_devices(text: str) -> int | str:
+    return "auto" if text == "auto" else positive_int(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,10 +115,11 @@ def run(args: argparse.Namespace) -> int:
             kv_cache=args.kv_cache,
             resident_layouts=args.resident_layouts,
             progress=progress,
+            batch_size=args.batch_size,
             system=args.system,
             weight_dtype=args.weight_dtype,
             kv_dtype=args.kv_dtype,
-            batch_size=args.batch_size,
+            num_devices=args.num_devices,
         )
     report = finish_report(args, result.to_dict())
     if args.trace is not None:
@@ -187,6 +200,8 @@ def _print(result: Estimate, what_if: str | None) -> None:
         table.add_row(name, value)
     out.print(table)
     out.print(_placement_table(breakdown["placement"]))
+    if "pipeline" in breakdown:
+        out.print(_pipeline_table(breakdown["pipeline"]))
     if breakdown.get("search"):
         out.print(_search_line(breakdown["search"]))
     out.print(_phase_table(breakdown))
@@ -213,6 +228,31 @@ def _placement_table(placement: dict[str, Any]) -> Table:
             ", ".join(str(r["num_layers"]) for r in p["regions"]),
             origins,
         )
+    return table
+
+
+def _pipeline_table(pipeline: dict[str, Any]) -> Table:
+    link = pipeline["system_link"]
+    table = Table(
+        title=f"Pipeline over {pipeline['num_devices']} linked devices (system link "
+        f"{link['bytes_per_s'] / 1e9:g} GB/s, {units.duration(link['latency_s'])} per transfer)"
+    )
+    for column in ("device", "layers", "prefill regions", "decode regions"):
+        table.add_column(column, justify="right")
+    for d in pipeline["devices"]:
+        last = d["first_layer"] + d["num_layers"] - 1
+        table.add_row(
+            str(d["device"]),
+            f"{d['first_layer']}-{last}",
+            str(d["prefill_regions"]),
+            str(d["decode_regions"]),
+        )
+    pre, dec = link["prefill"], link["decode"]
+    table.caption = (
+        f"system link (modelled): prefill {pre['transfers']} transfers, "
+        f"{units.duration(pre['modelled_s'])}; decode {dec['transfers']} transfers, "
+        f"{units.duration(dec['modelled_s'])}"
+    )
     return table
 
 

@@ -17,7 +17,9 @@ H head-dim slots per column, Kc key blocks owned per column, w cache slots read 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -25,8 +27,8 @@ import torch
 from waferllm.kernels.gemm_t import BlockOwners, block_at, block_owners, gemm_t_steps, owner_map
 from waferllm.kernels.heads import HeadLayout
 from waferllm.kernels.softmax import causal_mask, softmax
-from waferllm.mesh.charges import charge_multicast
-from waferllm.mesh.comm import allreduce, ring_shift, segmented_allreduce
+from waferllm.mesh.charges import charge_multicast, charge_reduce_to_owners
+from waferllm.mesh.comm import allreduce, bytes_per_core, ring_shift, segmented_allreduce
 from waferllm.mesh.compute import matmul
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
@@ -50,26 +52,26 @@ def decode_attention(
     Layout: q[B, C*G*n*H] split along X, replicated along Y (tile [B, G, n, H]); k_cache (R, C,
     B, G, H, w) and v_cache (R, C, B, G, w, H) per core, positions along Y, each sequence's own
     rows, w the batch's widest window; slot_mask (R, 1, B, 1, 1, w) the slots each token
-    attends (filled, in the window). -> attn[B, C*G*n*H] in q's layout.
-    Cost: B*G*n*H instructions of w (scores), a segmented allreduce of B*G*n*w per core along X
-    (within kv-groups), the softmax along Y (two allreduces of B*G*n values), B*G*n*w
-    instructions of H (P@V) and an allreduce of B*G*n*H per core along Y: the sequences share
-    every collective.
+    attends (filled, in the window). -> attn[B, C*G*n*H] in q's layout. Below, for B = 1; a
+    batch multiplies every instruction count and message size by B and shares every
+    collective (one message carries all B sequences' values).
+    Cost: G*n*H instructions of w (scores), a segmented reduce of G*n*w per core along X onto
+    each kv-group's root column; the softmax along Y (two allreduces of G*n values), whose G*n
+    rows the group's columns nearest the root share (`_head_spread`: ceil(G*n / group width)
+    rows each, not every column the whole group's); a chain of the probabilities to the root
+    over those columns and the root's multicast of G*n*w to the group; G*n*w instructions of
+    H (P@V) and an allreduce of G*n*H per core along Y. Groups of one column (C < Hkv) skip
+    the spread, the gather and the multicast; one group spanning the row (one kv head) sums
+    its scores with the row's K-tree allreduce instead (the public code's single head).
     """
     rows, cols = mesh.shape
     g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
     batch, width = k_cache.shape[2], k_cache.shape[-1]
     q_tile = q.data.reshape(rows, cols, batch, g, n, h)
+    spread = _head_spread(heads)
     with mesh.sram.scope():
         partial = matmul(mesh, a=q_tile, b=k_cache, ledger=ledger, op="scores", vector="n")
-        full = segmented_allreduce(
-            mesh,
-            partial,
-            axis=Axis.X,
-            group_sizes=heads.group_sizes,
-            ledger=ledger,
-            op="scores.allreduce",
-        )
+        full = _score_sums(mesh, partial, heads, ledger, broadcast=spread is None)
         layout = Layout((batch, cols * g, n, rows * width), y_dim=3, x_dim=1, tag="cache_slots")
         scores = mesh.register(full, layout, "scores")
         probs = softmax(
@@ -80,10 +82,79 @@ def decode_attention(
             axis=Axis.Y,
             mask=slot_mask,
             scale=1.0 / math.sqrt(heads.head_dim),
+            rows_per_core=None if spread is None else batch * spread.rows_per_core,
         )
+        if spread is not None:
+            nbytes = bytes_per_core(mesh, probs.data)
+            if spread.cores > 1:
+                charge_reduce_to_owners(
+                    mesh,
+                    axis=Axis.X,
+                    owner=spread.gather_owner,
+                    nbytes=nbytes,
+                    ledger=ledger,
+                    op="probs.gather",
+                )
+            charge_multicast(
+                mesh, axis=Axis.X, owner=spread.root, nbytes=nbytes, ledger=ledger, op="probs.bcast"
+            )
         out = matmul(mesh, a=probs.data, b=v_cache, ledger=ledger, op="pv", vector="n")
         out = allreduce(mesh, out, axis=Axis.Y, ledger=ledger, op="pv.allreduce")
     return mesh.register(out.reshape(rows, cols, batch, g * n * h), q.layout, "attn")
+
+
+def _score_sums(
+    mesh: Mesh, partial: torch.Tensor, heads: HeadLayout, ledger: Ledger, *, broadcast: bool
+) -> torch.Tensor:
+    """Sum the score partials over each kv-group's columns: a chain per group onto its root
+    (the axis's chain colours), or, when one group spans the whole row (one kv head), the row's
+    K-tree allreduce (the decode program's X tree; the public code's single-head score
+    allreduce, code notes §3.3 step 4)."""
+    if len(heads.group_sizes) == 1:
+        line = allreduce(mesh, partial, axis=Axis.X, ledger=ledger, op="scores.allreduce")
+        return line.expand_as(partial)
+    return segmented_allreduce(
+        mesh,
+        partial,
+        axis=Axis.X,
+        group_sizes=heads.group_sizes,
+        ledger=ledger,
+        op="scores.group",
+        broadcast_result=broadcast,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpread:
+    """How decode spreads a kv-group's softmax rows (its query heads) over the group's columns:
+    `cores` adjacent columns around the group root each compute `rows_per_core` rows, chain
+    their probabilities to the root (`gather_owner`, a no-op for one core), which multicasts
+    them to the group (`root`). Owner maps are (C,)."""
+
+    rows_per_core: int
+    cores: int
+    gather_owner: np.ndarray
+    root: np.ndarray
+
+
+@lru_cache(maxsize=256)
+def _head_spread(heads: HeadLayout) -> HeadSpread | None:
+    """The spread for kv-groups wider than one column (None: every column computes its own
+    whole kv heads, or one group spans the row and its K-tree broadcasts the scores). The
+    reduce ends at the group root; the `cores` columns nearest it each take ceil(G*n /
+    narrowest group) rows, so no column repeats the group's whole softmax."""
+    sizes = np.asarray(heads.group_sizes, dtype=np.int64)
+    if sizes.max() == 1 or len(sizes) == 1:  # one column per group, or the row's K-tree
+        return None
+    rows = heads.kv_per_tile * heads.n_rep
+    per_core = -(-rows // int(sizes.min()))
+    cores = -(-rows // per_core)
+    starts = np.cumsum(sizes) - sizes
+    root = np.repeat(starts + sizes // 2, sizes)
+    col = np.arange(len(root))
+    first = root - cores // 2
+    gather = np.where((col >= first) & (col < first + cores), root, col)
+    return HeadSpread(rows_per_core=per_core, cores=cores, gather_owner=gather, root=root)
 
 
 # ---- prefill -----------------------------------------------------------------------------------

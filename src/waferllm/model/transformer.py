@@ -26,8 +26,9 @@ from waferllm.mesh.comm import ReduceAlgorithm, broadcast
 from waferllm.mesh.compute import charge_inline_compute
 from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.relayout import hop, relayout_charge
+from waferllm.mesh.relayout import concurrent_relayout_charge, hop
 from waferllm.mesh.storage import bytes_per_element, stored_bytes
+from waferllm.mesh.system_link import system_link_hop
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
 from waferllm.model import vocab
@@ -55,6 +56,7 @@ from waferllm.model.layers import (
     prefill_layer,
     rope_tables,
 )
+from waferllm.model.pipeline import device_count
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts, heads_for
 from waferllm.model.plan import (
     ModelPlan,
@@ -124,6 +126,8 @@ class MeshTransformer:
     tokens (default: as many as SRAM holds). `storage`: weights and KV cache compressed or
     not (`model.quant`); real weights are quantised here, once. `torch_device`: where
     functional tiles live (`cpu`, or a GPU: `cuda`).
+    `num_devices`: `fit` over that many linked devices, a range of layers each (`pipeline.py`);
+    the residual stream crosses the inter-system link between them.
     """
 
     def __init__(
@@ -142,6 +146,7 @@ class MeshTransformer:
         max_context_tokens: int | None = None,
         storage: Storage = UNCOMPRESSED,
         torch_device: torch.device | str = "cpu",
+        num_devices: int = 1,
     ) -> None:
         self.config = config
         self.mode = Mode.FUNCTIONAL if weights is not None else Mode.ESTIMATE
@@ -160,6 +165,7 @@ class MeshTransformer:
             resident=ResidentLayouts(resident_layouts),
             max_context_tokens=max_context_tokens,
             storage=storage,
+            num_devices=num_devices,
         )
         if weights is not None:
             weights = quantise_weights(weights, storage.weights)
@@ -328,7 +334,7 @@ class MeshTransformer:
         for r, region in enumerate(state.regions.regions):
             mesh = state.meshes[r]
             if r:
-                x = hop(self.device, x, mesh, ledger, op=f"hop{r}")
+                x = self._enter_region(state, r, x, ledger)
             heads = heads_for(self.config, mesh.cols)
             charge_rope_tables(mesh, heads, x.tile_shape[0], ledger)
             cos, sin = rope_tables(
@@ -349,6 +355,14 @@ class MeshTransformer:
         ledger.extend(layer_ledger, count=self.config.num_hidden_layers)
         per_layer_hops(self.plan, x, ledger)
         return self._head_prefill(x, length, ledger)
+
+    def _enter_region(self, state: PhaseState, r: int, x: DistTensor, ledger: Ledger) -> DistTensor:
+        """The residual stream from region r-1 to region r: an on-wafer hop, or the
+        inter-system link where region r starts the next device."""
+        regions = state.regions.regions
+        if regions[r].device != regions[r - 1].device:
+            return system_link_hop(self.device, x, state.meshes[r], ledger, op=f"hop{r}")
+        return hop(self.device, x, state.meshes[r], ledger, op=f"hop{r}")
 
     def _head_prefill(self, x: DistTensor, length: int, ledger: Ledger) -> StepOutput:
         """Final norm, LM head and argmax for the last position (`[D_x, V_y]` placement)."""
@@ -431,22 +445,27 @@ class MeshTransformer:
 
     @functools.cached_property
     def _weights_relayout(self):  # the mesh's Charge (only mesh/ names the pricing types)
-        """The weights' re-layout between the plans: it depends on the plans only, so every
-        request on this model shares it."""
+        """The weights' re-layout between the plans, every device's at once (the slowest
+        counts): it depends on the plans only, so every request on this model shares it."""
         weight_bytes = bytes_per_element(self.plan.storage.weights, self.device.storage_bytes)
-        return relayout_charge(self.device, weight_moves(self.plan), bytes_per_element=weight_bytes)
+        devices = range(device_count(self.plan.decode))
+        moves = [weight_moves(self.plan, on_device=d) for d in devices]
+        return concurrent_relayout_charge(self.device, moves, bytes_per_element=weight_bytes)
 
     def charge_transition(self, counts: Sequence[RowCounts], ledger: Ledger) -> None:
         """The re-layouts of `transition` for sequences holding `counts` (plans and counts
         only): each sequence's KV cache, and the weights once for the batch."""
         sb, storage = self.device.storage_bytes, self.plan.storage
+        # each device re-lays its own layers, all devices at once: the slowest one counts
+        devices = range(device_count(self.plan.decode))
         with ledger.scope("transition"):
             kv_bytes = bytes_per_element(storage.kv, sb)
             for c in counts:
                 quantise = kv_quantise_cycles(self.plan, c)
                 charge_inline_compute(ledger, "kv_quantise", cycles=quantise)
-                moves = kv_moves(self.plan, c)
-                ledger.charge("kv", relayout_charge(self.device, moves, bytes_per_element=kv_bytes))
+                kv = [kv_moves(self.plan, c, on_device=d) for d in devices]
+                kv_charge = concurrent_relayout_charge(self.device, kv, bytes_per_element=kv_bytes)
+                ledger.charge("kv", kv_charge)
             if self.plan.resident is ResidentLayouts.ONE:
                 # the way back (readying the next request) is the mirror image: same cost
                 weights = self._weights_relayout
@@ -583,7 +602,7 @@ class MeshTransformer:
         )
         for r in range(len(state.regions.regions)):
             if r:
-                x = hop(self.device, x, state.meshes[r], before, op=f"hop{r}")
+                x = self._enter_region(state, r, x, before)
             mesh = state.meshes[r]
             charge_rope_tables(mesh, heads_for(self.config, mesh.cols), len(seqs), before)
             if walk_layers:
