@@ -2,11 +2,11 @@
 the simulator's own speed on 10,000 requests (SPEC.md §8: <= 10 s of host time).
 
 One Poisson trace per (model, device, rate), time-multiplexed mode, the wafer's step costs
-from `waferllm.estimate` at batch 1: until batched decode lands, a batch of B sequences costs
-B batch-1 steps, so the wafer curves are a lower bound on what a batched wafer would serve;
-8xA100 and 8xH100 run the same traces with batched steps (`waferllm.gpu_step_costs`, paper
-serving stack). A model that does not fit one wafer is reported as such. Modelled times; host
-seconds labelled as measured.
+from the wafer cost model: batched decode steps (B vectors per GEMV, each sequence in its own
+KV rows; a batch the SRAM cannot hold at once runs as sub-batches), prompts prefilled one
+after another; 8xA100 and 8xH100 run the same traces with batched steps
+(`waferllm.gpu_step_costs`, paper serving stack). A model that does not fit one wafer is
+reported as such. Modelled times; host seconds labelled as measured.
 """
 
 from __future__ import annotations
@@ -129,8 +129,9 @@ def main() -> None:
         "mode": "time-multiplexed",
         "curves": {},
         "does_not_fit": {},
-        "wafer_batching": "a batch of B sequences costs B batch-1 steps on the wafer (no batched "
-        "decode yet); GPUs batch (one weight read per step)",
+        "wafer_batching": "batched decode steps (each sequence its own KV rows and step scratch; "
+        "sub-batches when SRAM cannot hold a batch); prompts prefilled one after another; GPUs "
+        "batch (one weight read per step)",
     }
     # first, in a fresh process: the simulator's speed (host seconds; the host may be shared)
     speed = host_speed("llama3-8b", "wse2", 2000 if args.quick else SPEED_REQUESTS)

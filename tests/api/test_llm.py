@@ -64,10 +64,13 @@ def test_every_api_path_gives_transformers_tokens(qwen2_tied_checkpoint, grids):
 
 
 def test_a_second_request_starts_from_an_empty_cache(llm):
-    first = llm.generate([PROMPT[:4], PROMPT], GREEDY)
+    first = llm.generate([PROMPT[:4]], GREEDY)[0]
+    second = llm.generate([PROMPT], GREEDY)[0]
+    batch = llm.generate([PROMPT[:4], PROMPT], GREEDY)  # a batch of both in between
     again = llm.generate([PROMPT], GREEDY)[0]
-    assert first[1].token_ids == again.token_ids
-    assert first[1].metrics == again.metrics
+    assert [o.token_ids for o in batch] == [first.token_ids, second.token_ids]
+    assert second.token_ids == again.token_ids
+    assert second.metrics == again.metrics
 
 
 def test_text_prompts_are_tokenised_and_outputs_detokenised(llama_checkpoint, llm):

@@ -6,7 +6,7 @@ import pytest
 
 import waferllm
 from waferllm.api.gpu import gpu_step_costs
-from waferllm.api.serve_costs import SEQUENTIAL_BATCH_WARNING, GpuStepCost
+from waferllm.api.serve_costs import GpuStepCost
 from waferllm.api.serve_plots import plot_serving
 from waferllm.errors import WaferError
 from waferllm.estimate.requests import Request
@@ -69,16 +69,18 @@ def test_a_lone_request_on_the_wafer_reproduces_the_batch1_estimate():
     assert record.latency_s == pytest.approx(est.metrics.ttft_s + to_decode_s + decode_s, rel=2e-3)
 
 
-def test_a_batch_on_the_wafer_costs_its_sequences_one_after_another():
+def test_a_batch_on_the_wafer_prefills_in_turn_and_decodes_together():
     sim = waferllm.serve_sim("tiny", requests=[one(output_len=2)] * 2, **TINY)
     single = waferllm.estimate("tiny", prompt_len=16, output_len=2, **TINY).metrics
+    pair = waferllm.estimate("tiny", prompt_len=16, output_len=2, batch_size=2, **TINY).metrics
     prefill, _, first_step = sim.schedule.timeline[:3]
     assert (prefill.phase, prefill.batch_size) == ("prefill", 2)
     assert prefill.end_s - prefill.start_s == pytest.approx(2 * single.ttft_s, rel=1e-9)
     assert (first_step.phase, first_step.batch_size, first_step.num_steps) == ("decode", 2, 1)
-    assert first_step.end_s - first_step.start_s == pytest.approx(2 * single.tpot_s, rel=1e-9)
-    assert sim.warnings == (SEQUENTIAL_BATCH_WARNING,)
-    assert waferllm.serve_sim("tiny", requests=[one()], max_batch=1, **TINY).warnings == ()
+    # the batched step: cheaper than two single steps, dearer than one
+    assert first_step.end_s - first_step.start_s == pytest.approx(pair.tpot_s, rel=1e-9)
+    assert single.tpot_s < pair.tpot_s < 2 * single.tpot_s
+    assert sim.warnings == ()
 
 
 def test_disaggregated_mode_runs_with_both_layouts_resident_and_no_weight_relayouts():

@@ -144,16 +144,26 @@ def test_the_points_are_the_product_with_the_last_axis_fastest():
 
 def test_estimate_kwargs_pass_through_only_non_default_inputs_the_estimate_takes(monkeypatch):
     (point,) = _points(**TINY, prompt_len=16, batch_size=2)
-    with pytest.raises(WaferError, match="batch_size=2 is not supported"):
-        estimate_kwargs(point)
-
-    def newer_estimate(model: str, *, batch_size: int = 1, **kwargs: Any) -> None:
-        """An estimate that models batching."""
-
-    monkeypatch.setattr(sweep_run, "estimate", newer_estimate)
     assert estimate_kwargs(point)["batch_size"] == 2
     (default,) = _points(**TINY, prompt_len=16)
     assert "batch_size" not in estimate_kwargs(default)
+
+    def older_estimate(model: str, **kwargs: Any) -> None:
+        """An estimate that does not model batching."""
+
+    monkeypatch.setattr(sweep_run, "estimate", older_estimate)
+    with pytest.raises(WaferError, match="batch_size=2 is not supported"):
+        estimate_kwargs(point)
+
+
+def test_a_batch_size_point_runs_the_batched_estimate(tmp_path):
+    result = sweep({**TINY, "prompt_len": 16, "batch_size": [1, 2]}, out=tmp_path, workers=1,
+                   plots=False)  # fmt: skip
+    one, two = result.rows
+    assert one["error"] is None and two["error"] is None
+    assert (one["batch_size"], two["batch_size"]) == (1, 2)
+    assert one["ttft_s"] == two["ttft_s"]  # each prompt's own prefill
+    assert one["tpot_s"] < two["tpot_s"] < 2 * one["tpot_s"]  # one step carries both
 
 
 # ---- rows and files ------------------------------------------------------------------------------

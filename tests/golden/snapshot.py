@@ -227,7 +227,8 @@ def generate_snapshot() -> dict[str, Any]:
             logits = []
             for step in generation:
                 del step
-                logits.append(llm.model._logits.mesh.gather(llm.model._logits).double())
+                held = llm.model._logits  # decode steps hold [1, V] (a batch of one)
+                logits.append(held.mesh.gather(held).double().reshape(-1))
             trace = generation.trace
             stacked = torch.stack(logits)
             out[name] = {

@@ -262,35 +262,38 @@ def test_prefill_attention_ledgers_agree_in_estimate_mode(rows, cols, kv, n_rep,
 
 
 # ---- decode --------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize(
     ("cols", "kv", "n_rep"), [(5, 2, 2), (4, 4, 1), (2, 3, 2), (9, 1, 4), (7, 2, 1), (12, 2, 8)]
 )
-def test_decode_attention_costs_its_closed_form(cols, kv, n_rep):
+def test_decode_attention_costs_its_closed_form(cols, kv, n_rep, batch):
+    # B sequences: every instruction count and message size times B, one message each
     rows, hd, width = 2, 8, 3
     heads = head_layout(kv, n_rep, hd, cols)
     g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
     mesh = Mesh(DEVICE, rows, cols)
-    q = mesh.scatter(torch.randn(cols * g * n * h), Layout((cols * g * n * h,), x_dim=0), "q")
-    k_cache = torch.randn(rows, cols, g, h, width)
-    v_cache = torch.randn(rows, cols, g, width, h)
-    mask = torch.ones(rows, 1, 1, 1, width, dtype=torch.bool)
+    features = cols * g * n * h
+    q = mesh.scatter(torch.randn(batch, features), Layout((batch, features), x_dim=1), "q")
+    k_cache = torch.randn(rows, cols, batch, g, h, width)
+    v_cache = torch.randn(rows, cols, batch, g, width, h)
+    mask = torch.ones(rows, 1, batch, 1, 1, width, dtype=torch.bool)
     ledger = Ledger()
     decode_attention(
         mesh, q=q, k_cache=k_cache, v_cache=v_cache, slot_mask=mask, heads=heads, ledger=ledger
     )
-    # scores: G*n*H instructions of w; P@V: G*n*w instructions of H (vector along n)
+    # scores: B*G*n*H instructions of w; P@V: B*G*n*w instructions of H (vector along n)
     (scores,) = _records(ledger, "scores")
     assert scores.compute_cycles == pytest.approx(
-        g * n * matmul_cycles(DEVICE, m=1, k=h, n=width, vector="n")
+        batch * g * n * matmul_cycles(DEVICE, m=1, k=h, n=width, vector="n")
     )
     (pv,) = _records(ledger, "pv")
     assert pv.compute_cycles == pytest.approx(
-        g * n * matmul_cycles(DEVICE, m=1, k=width, n=h, vector="n")
+        batch * g * n * matmul_cycles(DEVICE, m=1, k=width, n=h, vector="n")
     )
-    # the scores' segmented reduce onto each kv-group's root: G*n*w values per core
+    # the scores' segmented reduce onto each kv-group's root: B*G*n*w values per core
     sizes = heads.group_sizes
     far = max(s // 2 for s in sizes)
-    nbytes = g * n * width * S
+    nbytes = batch * g * n * width * S
     interior = any(s >= 3 for s in sizes)
     reduce = _records(ledger, "scores.group.reduce")
     whole_row = len(sizes) == 1  # one kv head: the row's K-tree allreduce, no spread
@@ -310,6 +313,7 @@ def test_decode_attention_costs_its_closed_form(cols, kv, n_rep):
     # multicasts the probabilities to the group (groups of one column: every column alone)
     per_core = -(-g * n // min(sizes)) if far else g * n
     cores = -(-g * n // per_core)
+    per_core *= batch  # each sequence's rows
     (exp,) = _records(ledger, "softmax.exp")
     flops, sram, scalar = EXP_SUB
     assert exp.compute_cycles == pytest.approx(
@@ -339,9 +343,9 @@ def test_decode_attention_costs_its_closed_form(cols, kv, n_rep):
     # along Y (2 rows): the softmax's two allreduces of G*n values and P@V's of G*n*H, each
     # one hop up and a one-hop broadcast back
     for op, values in (
-        ("softmax.allreduce_max", g * n),
-        ("softmax.allreduce_sum", g * n),
-        ("pv.allreduce", g * n * h),
+        ("softmax.allreduce_max", batch * g * n),
+        ("softmax.allreduce_sum", batch * g * n),
+        ("pv.allreduce", batch * g * n * h),
     ):
         for part in ("reduce", "bcast"):
             (rec,) = _records(ledger, f"{op}.{part}")

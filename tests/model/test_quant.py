@@ -85,11 +85,11 @@ def test_an_int8_kv_cache_holds_quantised_values_and_keeps_the_greedy_tokens(che
     model = build(path, (2, 2), (2, 3), storage=Storage.of("float16", "int8"))
     assert greedy(model, PROMPT, NEW_TOKENS) == list(ref.generated_ids)
     store = model._stores[0]
-    k = store.k[0]  # (R, C, G, H, S): groups run along H
+    k = store.k[0, 0]  # sequence 0, layer 0: (R, C, G, H, S), groups run along H
     assert torch.equal(fake_quantise(k.transpose(-1, -2), StoredDtype.INT8), k.transpose(-1, -2))
     float_model = build(path, (2, 2), (2, 3))
     greedy(float_model, PROMPT, NEW_TOKENS)
-    assert not torch.equal(float_model._stores[0].k[0], k)
+    assert not torch.equal(float_model._stores[0].k[0, 0], k)
 
 
 # ---- stored bytes ------------------------------------------------------------------------------

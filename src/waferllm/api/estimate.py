@@ -132,8 +132,13 @@ def estimate(
     weight_dtype: str = "float16",
     kv_dtype: str = "float16",
     num_devices: int | str = 1,
+    batch_size: int = 1,
 ) -> Estimate:
-    """Predict one batch-1 request of `prompt_len` tokens generating `output_len`.
+    """Predict one request of `prompt_len` tokens generating `output_len`; with `batch_size`
+    B, B such requests decoded together (prompts prefilled one after another, each sequence
+    in its own KV rows). The metrics are one sequence's (TTFT its own prefill, TPOT the
+    batch's decode step); `breakdown["batch"]` has the batch's throughput. Grids not given
+    are searched for one sequence, then the batch is priced on them (one device only).
 
     `model`: a built-in name or a local checkpoint directory (only config.json is read).
     Grids not given are searched (the fastest feasible pair under SRAM and routes, minimising
@@ -156,6 +161,10 @@ def estimate(
             f"system={system!r} models float16 weights and KV cache only; "
             "weight_dtype/kv_dtype apply to system waferllm"
         )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise WaferError(f"batch_size={batch_size!r} must be a positive integer")
+    if batch_size != 1 and (system != "waferllm" or num_devices != 1):
+        raise WaferError(f"batch_size={batch_size} applies to system waferllm on one device only")
     config = model if isinstance(model, ModelConfig) else load_config(str(model))
     resolved = _device(device, device_overrides)
     if system != "waferllm":
@@ -178,6 +187,7 @@ def estimate(
             progress=progress,
             storage=storage,
             num_devices=num_devices,
+            batch_size=batch_size,
         )
     return _stamped(result, caught, device=resolved, config=config)
 
@@ -195,6 +205,7 @@ def _estimate(
     progress: Progress | None,
     storage: Storage,
     num_devices: int | str,
+    batch_size: int,
 ) -> Estimate:
     start = time.perf_counter()
     setup = Setup(
@@ -220,6 +231,9 @@ def _estimate(
             cost, search = grid_request(costs, **lengths, grids=grids, progress=progress)
         except WaferError as exc:
             raise single_device_error(setup, exc, **lengths, grids=grids) from None
+        if batch_size > 1:  # the grids found for one sequence, the batch priced on them
+            p, d = cost.prefill_grid, cost.decode_grid
+            cost = costs.request(p, d, prompt_len, output_len, batch_size)
     return _result(setup, cost, search, prompt_len, output_len, time.perf_counter() - start)
 
 
@@ -363,6 +377,7 @@ def _result(
         weight_dtype=setup.storage.weights.value,
         kv_dtype=setup.storage.kv.value,
         num_devices=setup.num_devices,
+        batch_size=cost.batch,
     )
     return Estimate(
         report=report,
@@ -415,4 +430,24 @@ def _breakdown(
         **_phase_summary(device, cost.decode.ledger, depth=2),
         "steps": max(output_len - 1, 0),
     }
+    if cost.batch > 1:
+        out["batch"] = _batch_summary(cost, output_len)
     return out
+
+
+def _batch_summary(cost: RequestCost, output_len: int) -> dict[str, Any]:
+    """The batch's figures beside one sequence's metrics (modelled): its prompts prefilled
+    one after another, its decode steps shared by B sequences."""
+    ttft_s, transition_s, decode_s = cost.seconds()
+    steps = max(output_len - 1, 0)
+    batch = cost.batch
+    total_s = batch * ttft_s + transition_s + decode_s
+    return {
+        "batch_size": batch,
+        "prefill_s": batch * ttft_s,
+        "decode_tokens_per_s": batch * steps / decode_s if decode_s > 0 else None,
+        "tokens_per_s": batch * output_len / total_s if total_s > 0 else None,
+        "total_s": total_s,
+        "note": "prompts prefilled one after another (prefill is not batched); metrics are "
+        "one sequence's: TTFT its own prefill, TPOT the batch's decode step",
+    }

@@ -88,6 +88,21 @@ def _as_batch(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     return items  # type: ignore[return-value]
 
 
+def _params_list(
+    params: SamplingParams | Sequence[SamplingParams] | None, count: int
+) -> list[SamplingParams]:
+    """One SamplingParams per prompt (vLLM's rule: one for all, or a list of the same length)."""
+    if params is None or isinstance(params, SamplingParams):
+        return [params or SamplingParams()] * count
+    items = list(params)
+    if len(items) != count or not all(isinstance(q, SamplingParams) for q in items):
+        raise WaferError(
+            f"params must be one SamplingParams or a list of {count} (one per prompt), got "
+            f"{len(items)} items"
+        )
+    return items
+
+
 def _choice(value: str, options: type[enum.StrEnum], name: str) -> Any:
     try:
         return options(value)
@@ -254,25 +269,49 @@ class LLM:
         self.engine.validate(self.encode(prompt), params)
 
     def generate(
-        self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | None = None
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[RequestOutput]:
-        """Generate for each prompt (text or token ids) in turn; every request is checked
-        before the first one runs."""
-        params = params or SamplingParams()
+        """Generate for each prompt (text or token ids), one output per prompt in order, as
+        vLLM's `LLM.generate`: `params` is one SamplingParams for all or a list, one per
+        prompt. Every request is checked before the first one runs. Several prompts run as
+        wafer batches (decoded together, each sequence in its own KV rows): in order, as
+        many per batch as the KV cache admits."""
         batch = _as_batch(prompts)
+        per_prompt = _params_list(params, len(batch))
         encoded = [self.encode(p) for p in batch]
-        for ids in encoded:
-            self.engine.validate(ids, params)
+        for ids, q in zip(encoded, per_prompt, strict=True):
+            self.engine.validate(ids, q)
         outputs = []
         self._acquire()
         try:
-            for prompt, ids in zip(batch, encoded, strict=True):
-                *_, last = self._stream(prompt, ids, params)
+            if len(batch) == 1:  # the paper's batch-1 request, streamed
+                *_, last = self._stream(batch[0], encoded[0], per_prompt[0])
                 assert last.output is not None
-                outputs.append(last.output)
+                return [last.output]
+            for group in self._pack(encoded, per_prompt):
+                traces = self.engine.generate_batch(
+                    [encoded[i] for i in group], [per_prompt[i] for i in group]
+                )
+                for i, trace in zip(group, traces, strict=True):
+                    outputs.append(self._finished(batch[i], trace, batch_size=len(group)))
         finally:
             self._release()
         return outputs
+
+    def _pack(self, encoded: list[list[int]], params: list[SamplingParams]) -> list[list[int]]:
+        """Consecutive prompts grouped into batches the KV cache admits (each alone does)."""
+        groups: list[list[int]] = []
+        for i in range(len(encoded)):
+            group = [*groups[-1], i] if groups else [i]
+            lengths = [len(encoded[j]) for j in group]
+            contexts = [len(encoded[j]) + params[j].max_tokens - 1 for j in group]
+            if groups and self.model.admits(lengths, contexts):
+                groups[-1] = group
+            else:
+                groups.append([i])
+        return groups
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[StreamChunk]:
         """Generate for one prompt, one chunk per token as it is produced. The request holds
@@ -309,9 +348,11 @@ class LLM:
             yield StreamChunk(token_id=step.token_id, text=text, step=step, output=output)
 
     def _output(self, prompt: Prompt, generation: Generation) -> RequestOutput:
-        trace = generation.trace
+        return self._finished(prompt, generation.trace, batch_size=1)
+
+    def _finished(self, prompt: Prompt, trace: Trace, *, batch_size: int) -> RequestOutput:
         text = self.tokenizer.decode(trace.token_ids) if self.tokenizer is not None else None
-        report = self.report(trace, text=text)
+        report = self.report(trace, text=text, batch_size=batch_size)
         return RequestOutput(
             prompt=prompt if isinstance(prompt, str) else None,
             prompt_token_ids=list(trace.prompt_ids),
@@ -338,8 +379,11 @@ class LLM:
             routes_per_core=max(self.model.routes_per_core().values()),
         )
 
-    def report(self, trace: Trace, *, text: str | None = None) -> RequestReport:
-        """The SPEC.md §10.4 request report of a finished generation."""
+    def report(
+        self, trace: Trace, *, text: str | None = None, batch_size: int = 1
+    ) -> RequestReport:
+        """The SPEC.md §10.4 request report of a finished generation (one sequence of a batch
+        of `batch_size`: its TPOT is the batch's decode step)."""
         model, length, occupancy = self.model, trace.prompt_len, self.occupancy()
         metrics = request_metrics(
             trace, device=self.device, occupancy=occupancy, config=self.config
@@ -375,6 +419,7 @@ class LLM:
             sram_used_fraction=_sram_used_fraction(self.device, occupancy),
             weight_dtype=model.plan.storage.weights.value,
             kv_dtype=model.plan.storage.kv.value,
+            batch_size=batch_size,
         )
 
 

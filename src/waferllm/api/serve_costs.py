@@ -1,11 +1,12 @@
-"""Wafer step costs for the serving simulator, from `waferllm.estimate` at batch 1.
+"""Wafer step costs for the serving simulator, from the wafer cost model (`waferllm.estimate`).
 
-Until batched decode lands in the wafer model, a batch of B sequences runs as B batch-1 steps
-one after another: a prefill of B prompts costs the sum of their TTFTs and a decode step over
-B contexts the sum of their batch-1 steps. Each length is estimated once (a prefill of L
-tokens and one decode step at L cached tokens, on fixed grids) and cached; `BinnedStepCost`
-(estimate/step_cost.py) asks for a few bin edges only. `GpuStepCost` adapts the batched GPU
-baseline's step costs. Nothing here schedules.
+A decode step over B contexts is the batched decode step of the model (the GEMVs carry B
+vectors, each sequence attends to its own KV rows); a batch whose KV shares and step scratch
+do not fit the decode grid's SRAM at once runs as the largest sub-batches that do, one after
+another. Prompts are prefilled one after another (prefill is not batched): a prefill of B
+prompts costs the sum of their TTFTs. Each length is estimated once on fixed grids and cached;
+`BinnedStepCost` (estimate/step_cost.py) asks for a few bin edges only. `GpuStepCost` adapts
+the batched GPU baseline's step costs. Nothing here schedules.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ from waferllm.api.estimate import Estimate, estimate
 from waferllm.api.gpu import GpuStepCosts
 from waferllm.device import Device
 from waferllm.errors import WaferError
+from waferllm.estimate.cost import Setup, cost_model
 from waferllm.model.config import ModelConfig
+from waferllm.model.kv_cache import slots_needed
+from waferllm.model.placement import ResidentLayouts
 
 __all__ = [
-    "SEQUENTIAL_BATCH_WARNING",
+    "SUB_BATCH_WARNING",
     "GpuStepCost",
     "WaferPoint",
     "WaferStepCost",
 ]
 
-SEQUENTIAL_BATCH_WARNING = (
-    "batch > 1 on the wafer runs sequences one after another until batched decode lands: "
-    "a step over B sequences costs B batch-1 steps (modelled)"
+SUB_BATCH_WARNING = (
+    "some decode batches did not fit the wafer's SRAM at once (each sequence has its own KV "
+    "rows and step scratch) and ran as sub-batches one after another (modelled)"
 )
 
 
@@ -60,7 +64,9 @@ class WaferStepCost:
     `resident_layouts="one"` is the time-multiplexed wafer (every phase switch re-lays out the
     weights); `"both"` the disaggregated one (both plans resident; SramOverflowError when they
     do not fit). The KV capacity is the estimate's whole-model `kv_capacity_tokens` under the
-    shift policy, shared token for token by every resident sequence.
+    shift policy, shared token for token by every resident sequence (the scheduler's
+    admission); decode steps are the model's batched steps (`num_split_batches` counts those
+    run as sub-batches).
     """
 
     def __init__(
@@ -82,6 +88,11 @@ class WaferStepCost:
             raise WaferError(f"no KV capacity for serving: {capacity.reason}")
         self.kv_capacity_tokens = capacity.shift
         self._to_prefill_s = self._points[probe.report.prompt_len].to_prefill_s
+        self._costs = cost_model(
+            Setup(config=config, device=device, resident=ResidentLayouts(resident_layouts))
+        )
+        self._steps: dict[tuple[int, int], float] = {}
+        self.num_split_batches = 0
 
     def point(self, length: int) -> WaferPoint:
         """The batch-1 costs at `length` tokens (the last position is clamped to the model's
@@ -104,7 +115,33 @@ class WaferStepCost:
         return sum(self.point(n).ttft_s for n in prompt_lens)
 
     def decode_step_s(self, context_lens: Sequence[int]) -> float:
-        return sum(self.point(n).decode_step_s for n in context_lens)
+        """One batched decode step; the batch is priced at its mean context (`BinnedStepCost`
+        asks for equal contexts only)."""
+        batch = len(context_lens)
+        mean = round(sum(context_lens) / batch)
+        context = min(mean + 1, self.config.max_position_embeddings)  # the new token included
+        fit = self._largest_batch(batch, context)
+        full, rest = divmod(batch, fit)
+        if rest or full > 1:
+            self.num_split_batches += 1
+        return full * self._step_s(fit, context) + (self._step_s(rest, context) if rest else 0.0)
+
+    def _largest_batch(self, batch: int, context: int) -> int:
+        """The most sequences of `context` tokens (at most `batch`) one step holds (>= 1)."""
+        model = self._costs.model(*self.grids)
+        budget = model.kv_budget
+        need = slots_needed(model.kv_policy, budget.rows, context, context)
+        while batch > 1 and budget.equal_share(batch) < need:
+            batch -= 1
+        return batch
+
+    def _step_s(self, batch: int, context: int) -> float:
+        key = (batch, context)
+        if key not in self._steps:
+            model = self._costs.model(*self.grids, batch)
+            ledger = self._costs.walks(model, batch).decode_step(context)
+            self._steps[key] = self.device.cycles_to_seconds(ledger.totals().latency_cycles)
+        return self._steps[key]
 
     def to_decode_s(self, prompt_lens: Sequence[int]) -> float:
         """The weights move once per switch; every new prompt's KV cache moves."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from waferllm.api.estimate import estimate
 from waferllm.api.gpu import gpu_step_costs
-from waferllm.api.serve_costs import SEQUENTIAL_BATCH_WARNING, GpuStepCost, WaferStepCost
+from waferllm.api.serve_costs import SUB_BATCH_WARNING, GpuStepCost, WaferStepCost
 from waferllm.device import Device, get_device
 from waferllm.errors import WaferError
 from waferllm.estimate.requests import Request, load_requests, poisson_requests
@@ -132,11 +132,11 @@ def serve_sim(
     elif step_cost is None:
         _check_positions(config, trace)
         step_cost = _wafer_cost(config, target, run_mode, trace, prefill_grid, decode_grid)
-        if max_batch > 1:
-            warnings.append(SEQUENTIAL_BATCH_WARNING)
     longest = max(r.max_context_tokens for r in trace)
     binned = BinnedStepCost(step_cost, max_tokens=max(longest, 1))
     schedule = simulate(trace, binned, mode=run_mode, max_batch=max_batch, preemption=policy)
+    if isinstance(step_cost, WaferStepCost) and step_cost.num_split_batches:
+        warnings.append(SUB_BATCH_WARNING)
     return ServeSim(
         model=config.name,
         device=None if gpus else target.name,

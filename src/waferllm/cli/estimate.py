@@ -48,6 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_options(parser, default="wse2")
     parser.add_argument("--prompt-len", type=positive_int, required=True, metavar="L")
     parser.add_argument("--output-len", type=positive_int, required=True, metavar="O")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1,
+        metavar="B",
+        help="B such requests decoded together, each in its own KV rows (default 1); metrics "
+        "are one sequence's, the batch's throughput is in the breakdown",
+    )
     grids = parser.add_argument_group("grids (P for P x P, or RxC: R rows by C columns)")
     grids.add_argument("--prefill-grid", metavar="G", help="the prefill grid (default: searched)")
     grids.add_argument("--decode-grid", metavar="G", help="the decode grid (default: searched)")
@@ -107,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             kv_cache=args.kv_cache,
             resident_layouts=args.resident_layouts,
             progress=progress,
+            batch_size=args.batch_size,
             system=args.system,
             weight_dtype=args.weight_dtype,
             kv_dtype=args.kv_dtype,

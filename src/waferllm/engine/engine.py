@@ -3,6 +3,8 @@
 `Engine.generate(prompt_ids, params)` returns a `Generation`, an iterator over `Step`s that
 also holds the request's `Trace`: one cost ledger per phase (prefill, transition, each decode
 step, and the host I/O of sampling), from which `engine.metrics` derives the modelled metrics.
+`Engine.generate_batch` runs several requests as one batch on the wafer (prompts prefilled in
+turn, decode steps shared): each trace holds its own prefill and the batch's shared ledgers.
 The engine knows nothing of tokenizers, text or printing; the model owns the mesh, the
 weights and the KV cache (`waferllm.model`).
 """
@@ -76,6 +78,27 @@ class GenerativeModel(Protocol):
         ...
 
     def decode_step(self, token_id: int, ledger: Ledger) -> ModelOutput: ...
+
+    def prefill_batch(
+        self,
+        prompts: Sequence[Sequence[int]],
+        ledgers: Sequence[Ledger],
+        *,
+        context_tokens: Sequence[int] | None = None,
+    ) -> Sequence[ModelOutput]:
+        """Admit a batch by KV capacity (each sequence's prompt + fed-back tokens), then
+        prefill its prompts in turn."""
+        ...
+
+    def decode_batch(
+        self, token_ids: Sequence[int], ledger: Ledger, *, seqs: Sequence[int] | None = None
+    ) -> Sequence[ModelOutput]:
+        """One decode step of the batch's sequences `seqs`, each fed its token."""
+        ...
+
+    def retire(self, b: int) -> None:
+        """Sequence b of the batch finished."""
+        ...
 
 
 class RequestError(WaferError):
@@ -152,7 +175,8 @@ class Generation(Iterator[Step]):
 
 
 class Engine:
-    """Drives a `GenerativeModel` one request at a time (batch 1, as the paper serves)."""
+    """Drives a `GenerativeModel`: one request at a time (batch 1, as the paper serves), or a
+    batch of requests decoded together (`generate_batch`)."""
 
     def __init__(self, model: GenerativeModel) -> None:
         self.model = model
@@ -202,6 +226,48 @@ class Engine:
                 f"after this {len(ids)}-token prompt (lower max_tokens or use a larger grid)"
             )
         return ids
+
+    def generate_batch(
+        self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]
+    ) -> list[Trace]:
+        """Run the requests as one batch to the end; their finished traces. Every request is
+        validated and the batch admitted by KV capacity (KvCacheFullError) before any runs.
+        Each trace's `prefill` is its own prompt's (the prompts run one after another); its
+        `transition` and `decode` ledgers are the batch's, shared by every trace."""
+        ids = [self.validate(p, q) for p, q in zip(prompts, params, strict=True)]
+        traces = [Trace(prompt_ids=i, params=q) for i, q in zip(ids, params, strict=True)]
+        samplers = [None if q.greedy else Sampler(q) for q in params]
+        start = time.perf_counter()
+        contexts = [len(i) + q.max_tokens - 1 for i, q in zip(ids, params, strict=True)]
+        with torch.inference_mode():
+            outs = self.model.prefill_batch(
+                ids, [t.prefill for t in traces], context_tokens=contexts
+            )
+        tokens = []
+        for out, sampler, trace in zip(outs, samplers, traces, strict=True):
+            tokens.append(self._select(out, sampler, trace.host_io))
+            self._record(trace, tokens[-1], trace.prefill)
+        live = [b for b, t in enumerate(traces) if not t.done]
+        if live:
+            with torch.inference_mode():
+                self.model.transition(traces[0].transition)
+        for trace in traces[1:]:
+            trace.transition = traces[0].transition
+        while live:
+            ledger = Ledger()
+            with torch.inference_mode():
+                outs = self.model.decode_batch([tokens[b] for b in live], ledger, seqs=live)
+            for b, out in zip(live, outs, strict=True):
+                traces[b].decode.append(ledger)
+                tokens[b] = self._select(out, samplers[b], traces[b].host_io)
+                self._record(traces[b], tokens[b], ledger)
+                if traces[b].done:
+                    self.model.retire(b)
+            live = [b for b in live if not traces[b].done]
+        wall_s = time.perf_counter() - start
+        for trace in traces:
+            trace.host_wall_s = wall_s
+        return traces
 
     def _run(self, trace: Trace) -> Iterator[Step]:
         """The request's steps. Model calls run under `torch.inference_mode` (nothing here

@@ -2,9 +2,10 @@
 
 `CostModel` owns the estimate-mode `MeshTransformer`s of one setup (model, device, placement,
 cache policy, resident layouts) and caches what they charge: one model per grid pair, the
-prefill ledger per (prefill grid, prompt), the decode ledger per (decode grid, request), the
-transition per (grid pair, prompt). `DecodeWalks` prices decode steps without tokens: one walk
-per cache-window width, the attention re-walked alone at other widths. The grid search and
+prefill ledger per (prefill grid, prompt), the decode ledger per (decode grid, request, batch),
+the transition per (grid pair, prompt, batch). `DecodeWalks` prices decode steps of a batch of
+B identical sequences without tokens: one walk per cache-window width, the attention re-walked
+alone at other widths. The grid search and
 `reproduce` evaluate many requests on few grids, so every walk happens once per process.
 """
 
@@ -21,7 +22,7 @@ from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.geometry import split_sizes
 from waferllm.mesh.virtual import Mode
 from waferllm.model.config import ModelConfig
-from waferllm.model.kv_cache import Append, KvCacheFullError, KvPolicy, RowCounts
+from waferllm.model.kv_cache import Append, KvCacheFullError, KvPolicy, RowCounts, admit
 from waferllm.model.layers import LayerLedgers
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts
 from waferllm.model.quant import UNCOMPRESSED, Storage
@@ -45,7 +46,9 @@ class Setup:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RequestCost:
-    """The three ledgers of one request on one grid pair (SPEC.md §10.4's ingredients)."""
+    """The three ledgers of one request on one grid pair (SPEC.md §10.4's ingredients); with
+    `batch` B, of B identical sequences decoded together (their prompts prefilled one at a
+    time: `prefill` is one prompt's, `transition` and `decode` the batch's)."""
 
     prefill_grid: Grid
     decode_grid: Grid
@@ -53,6 +56,7 @@ class RequestCost:
     transition: Ledger
     decode: PhaseLedger  # the O-1 decode steps, identical steps grouped by count
     model: MeshTransformer
+    batch: int = 1
 
     def seconds(self) -> tuple[float, float, float]:
         """(TTFT, transition, decode time), modelled."""
@@ -79,14 +83,15 @@ class CostModel:
 
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
-        self._models: dict[tuple[Grid, Grid], MeshTransformer] = {}
-        self._walks: dict[tuple[Grid, Grid], DecodeWalks] = {}
+        self._models: dict[tuple[Grid, Grid, int], MeshTransformer] = {}
+        self._walks: dict[tuple[Grid, Grid, int], DecodeWalks] = {}
         self._phases: dict[tuple, PhaseLedger] = {}
         self._transitions: dict[tuple, Ledger] = {}
 
-    def model(self, prefill_grid: Grid, decode_grid: Grid) -> MeshTransformer:
-        """The placed model (weights on meta tensors; SRAM and routes checked)."""
-        key = (prefill_grid, decode_grid)
+    def model(self, prefill_grid: Grid, decode_grid: Grid, batch: int = 1) -> MeshTransformer:
+        """The placed model (weights on meta tensors; SRAM and routes checked); one per batch
+        size, so that each batch's SRAM peak is its own."""
+        key = (prefill_grid, decode_grid, batch)
         if key not in self._models:
             s = self.setup
             self._models[key] = MeshTransformer(
@@ -103,11 +108,11 @@ class CostModel:
             )
         return self._models[key]
 
-    def walks(self, model: MeshTransformer) -> DecodeWalks:
-        """The decode walks of a model built by `model()`, cached with it."""
-        key = (model.plan.prefill.grid, model.plan.decode.grid)
+    def walks(self, model: MeshTransformer, batch: int = 1) -> DecodeWalks:
+        """The decode walks of a model built by `model()` at batch `batch`, cached with it."""
+        key = (model.plan.prefill.grid, model.plan.decode.grid, batch)
         if key not in self._walks:
-            self._walks[key] = DecodeWalks(model)
+            self._walks[key] = DecodeWalks(model, batch=batch)
         return self._walks[key]
 
     def _key(self, model: MeshTransformer, phase: Phase, *request: int) -> tuple:
@@ -125,17 +130,27 @@ class CostModel:
             self._phases[key] = _phase_cost(model, Phase.PREFILL, ledger)
         return self._phases[key]
 
-    def transition(self, model: MeshTransformer, prompt_len: int) -> Ledger:
-        """The re-layouts between the plans after a prompt of `prompt_len` (both grids matter)."""
-        key = (model.plan.prefill.grid, model.plan.decode.grid, prompt_len)
+    def transition(self, model: MeshTransformer, prompt_len: int, batch: int = 1) -> Ledger:
+        """The re-layouts between the plans after `batch` prompts of `prompt_len` (both grids
+        matter): every sequence's KV cache, the weights once."""
+        key = (model.plan.prefill.grid, model.plan.decode.grid, prompt_len, batch)
         if key not in self._transitions:
             ledger = Ledger()
-            model.charge_transition(model.handoff_counts(prompt_len), ledger)
+            share = model.kv_budget.equal_share(batch)
+            counts = model.handoff_counts(prompt_len, slots=share)
+            model.charge_transition([counts] * batch, ledger)
             self._transitions[key] = ledger
         return self._transitions[key]
 
-    def check_room(self, model: MeshTransformer, prompt_len: int, output_len: int) -> None:
-        """Raise unless the KV cache holds the request (`prompt_len + output_len - 1`)."""
+    def check_room(
+        self, model: MeshTransformer, prompt_len: int, output_len: int, batch: int = 1
+    ) -> None:
+        """Raise unless the KV cache holds the request (`prompt_len + output_len - 1`), for
+        each of `batch` sequences in an equal share of the slots (admission by KV capacity)."""
+        if batch > 1:
+            context = prompt_len + output_len - 1
+            admit(model.kv_policy, model.kv_budget, [prompt_len] * batch, [context] * batch)
+            return
         room = model.max_new_tokens(prompt_len)
         if output_len > room:
             rows, cols = model.plan.decode.grid
@@ -147,32 +162,43 @@ class CostModel:
                 "use a larger decode grid, placement per-layer, or a shorter request"
             )
 
-    def decode(self, model: MeshTransformer, prompt_len: int, output_len: int) -> PhaseLedger:
-        """The O-1 decode steps after a prompt of `prompt_len`; raises if the cache is full."""
-        self.check_room(model, prompt_len, output_len)
-        key = self._key(model, Phase.DECODE, prompt_len, output_len)
+    def decode(
+        self, model: MeshTransformer, prompt_len: int, output_len: int, batch: int = 1
+    ) -> PhaseLedger:
+        """The O-1 decode steps of `batch` sequences after prompts of `prompt_len`; raises if
+        the cache cannot hold them."""
+        self.check_room(model, prompt_len, output_len, batch)
+        key = self._key(model, Phase.DECODE, prompt_len, output_len, batch)
         if key not in self._phases:
-            ledger = self.walks(model).decode(prompt_len, output_len)
+            ledger = self.walks(model, batch).decode(prompt_len, output_len)
             self._phases[key] = _phase_cost(model, Phase.DECODE, ledger)
         return self._phases[key]
 
     def request(
-        self, prefill_grid: Grid, decode_grid: Grid, prompt_len: int, output_len: int
+        self,
+        prefill_grid: Grid,
+        decode_grid: Grid,
+        prompt_len: int,
+        output_len: int,
+        batch: int = 1,
     ) -> RequestCost:
-        """All three ledgers of one request; raises the model's errors (SRAM, routes, KV)."""
-        if prompt_len < 1 or output_len < 1:
+        """All three ledgers of one request (of `batch` identical ones decoded together);
+        raises the model's errors (SRAM, routes, KV)."""
+        if prompt_len < 1 or output_len < 1 or batch < 1:
             raise WaferError(
-                f"prompt_len={prompt_len} and output_len={output_len} must both be >= 1"
+                f"prompt_len={prompt_len}, output_len={output_len} and batch={batch} must "
+                "all be >= 1"
             )
-        model = self.model(prefill_grid, decode_grid)
-        self.check_room(model, prompt_len, output_len)
+        model = self.model(prefill_grid, decode_grid, batch)
+        self.check_room(model, prompt_len, output_len, batch)
         return RequestCost(
             prefill_grid=prefill_grid,
             decode_grid=decode_grid,
-            prefill=self.prefill(model, prompt_len),
-            transition=self.transition(model, prompt_len),
-            decode=self.decode(model, prompt_len, output_len),
+            prefill=self.prefill(self.model(prefill_grid, decode_grid), prompt_len),
+            transition=self.transition(model, prompt_len, batch),
+            decode=self.decode(model, prompt_len, output_len, batch),
             model=model,
+            batch=batch,
         )
 
 
@@ -205,17 +231,21 @@ def _joined(*ledgers: Ledger) -> Ledger:
 
 
 class DecodeWalks:
-    """Decode steps of one estimate-mode model priced without tokens, walks cached.
+    """Decode steps of one estimate-mode model priced without tokens, walks cached, for a
+    batch of `batch` identical sequences (each in an equal share of the KV slots).
 
     A step's cost depends on the width of the cache window it reads (under the shift policy
-    it grows once every R tokens) and on its one-hop KV shift (whose bytes depend on which
-    rows shift); steps with the same (width, first shifting row) share one walk.
+    it grows once every R tokens) and on its one-hop KV shifts (whose bytes depend on which
+    rows shift; one per sequence); steps with the same (width, first shifting row) share one
+    walk.
     """
 
-    def __init__(self, model: MeshTransformer) -> None:
+    def __init__(self, model: MeshTransformer, *, batch: int = 1) -> None:
         if model.mode is not Mode.ESTIMATE:
             raise WaferError("decode costs need an estimate-mode model (weights=None)")
         self.model = model
+        self.batch = batch
+        self.share = model.kv_budget.equal_share(batch)  # slots per row of each sequence
         self._steps: dict[tuple[int, int], tuple[LayerLedgers, Ledger]] = {}
         self._widths: dict[int, tuple[Ledger, Ledger]] = {}
         self._shifts: dict[int, Ledger] = {}
@@ -234,18 +264,21 @@ class DecodeWalks:
         key = (int(append.counts_after.max()), append.senders[0] if append.senders else -1)
         if key in self._steps:
             layer, kv = self._steps[key]
-            walked = self.model.decode_records(counts, walk_layers=False)
+            walked = self.model.decode_records(self._batch(counts), walk_layers=False)
             return DecodeRecords(before=walked.before, layer=layer, kv=kv, after=walked.after)
-        walked = self.model.decode_records(counts)
+        walked = self.model.decode_records(self._batch(counts))
         self._steps[key] = (walked.layer, walked.kv)
         return walked
+
+    def _batch(self, counts: RowCounts) -> list[RowCounts]:
+        return [counts.copy() for _ in range(self.batch)]
 
     def decode_step(self, context_len: int, prompt_len: int | None = None) -> Ledger:
         """The ledger of the decode step whose new token is position `context_len - 1` (the
         cache then holds `context_len` tokens). `prompt_len` matters for the concat policy
         (the prompt is balanced, the rest piles on the last row)."""
         model = self.model
-        rows, slots = model.plan.decode.grid[0], model.plan.kv_slots
+        rows, slots = model.plan.decode.grid[0], self.share
         before = context_len - 1
         if model.kv_policy is KvPolicy.SHIFT or prompt_len is None:
             counts = RowCounts.balanced(model.kv_policy, rows, slots, before)
@@ -265,7 +298,7 @@ class DecodeWalks:
         ledger.extend(fixed)
         ledger.extend(layer_ledger, count=layers)
         if append.senders:
-            ledger.extend(self.shift(append, counts), count=layers)
+            ledger.extend(self.shift(append, counts), count=layers * self.batch)
         return ledger
 
     def decode(self, prompt_len: int, output_len: int) -> Ledger:
@@ -277,7 +310,8 @@ class DecodeWalks:
         `decode_step` ledgers after expanding counts, in another order.
         """
         model = self.model
-        widths, shifts = _step_shapes(model.handoff_counts(prompt_len), output_len)
+        handoff = model.handoff_counts(prompt_len, slots=self.share)
+        widths, shifts = _step_shapes(handoff, output_len)
         layers = model.config.num_hidden_layers
         ledger = Ledger()
         widest: LayerLedgers | None = None
@@ -285,17 +319,17 @@ class DecodeWalks:
             start, seen = widths[width]
             if widest is None:  # the whole step once: every region walked at the SRAM peak
                 if output_len > 2:
-                    model.hold_previous_logits()
+                    model.hold_previous_logits(self.batch)
                 walked = self.records(start.copy())
                 widest = walked.layer
                 # embedding, hops, head: every step
                 ledger.extend(_joined(walked.before, walked.after), count=output_len - 1)
                 attn = widest.attn
             else:
-                attn = model.decode_attention_records(start.copy())
+                attn = model.decode_attention_records(self._batch(start))
             ledger.extend(_joined(widest.pre, attn, widest.post), count=seen * layers)
         for append, start, seen in shifts.values():
-            ledger.extend(self.shift(append, start), count=seen * layers)
+            ledger.extend(self.shift(append, start), count=seen * layers * self.batch)
         return ledger
 
 

@@ -47,11 +47,14 @@ def decode_attention(
     heads: HeadLayout,
     ledger: Ledger,
 ) -> DistTensor:
-    """softmax(q K^T / sqrt(hd)) V for one token against the cache.
+    """softmax(q K^T / sqrt(hd)) V for each of B sequences' new token against its own cache.
 
-    Layout: q[C*G*n*H] split along X, replicated along Y (tile [G, n, H]); k_cache (R, C, G, H,
-    w) and v_cache (R, C, G, w, H) per core, positions along Y; slot_mask (R, 1, 1, 1, w) the
-    slots this token attends (filled, in the window). -> attn[C*G*n*H] in q's layout.
+    Layout: q[B, C*G*n*H] split along X, replicated along Y (tile [B, G, n, H]); k_cache (R, C,
+    B, G, H, w) and v_cache (R, C, B, G, w, H) per core, positions along Y, each sequence's own
+    rows, w the batch's widest window; slot_mask (R, 1, B, 1, 1, w) the slots each token
+    attends (filled, in the window). -> attn[B, C*G*n*H] in q's layout. Below, for B = 1; a
+    batch multiplies every instruction count and message size by B and shares every
+    collective (one message carries all B sequences' values).
     Cost: G*n*H instructions of w (scores), a segmented reduce of G*n*w per core along X onto
     each kv-group's root column; the softmax along Y (two allreduces of G*n values), whose G*n
     rows the group's columns nearest the root share (`_head_spread`: ceil(G*n / group width)
@@ -63,23 +66,23 @@ def decode_attention(
     """
     rows, cols = mesh.shape
     g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
-    width = k_cache.shape[-1]
-    q_tile = q.data.reshape(rows, cols, g, n, h)
+    batch, width = k_cache.shape[2], k_cache.shape[-1]
+    q_tile = q.data.reshape(rows, cols, batch, g, n, h)
     spread = _head_spread(heads)
     with mesh.sram.scope():
         partial = matmul(mesh, a=q_tile, b=k_cache, ledger=ledger, op="scores", vector="n")
         full = _score_sums(mesh, partial, heads, ledger, broadcast=spread is None)
-        layout = Layout((cols * g, n, rows * width), y_dim=2, x_dim=0, tag="cache_slots")
+        layout = Layout((batch, cols * g, n, rows * width), y_dim=3, x_dim=1, tag="cache_slots")
         scores = mesh.register(full, layout, "scores")
         probs = softmax(
             mesh,
             scores=scores,
             ledger=ledger,
-            dim=2,
+            dim=3,
             axis=Axis.Y,
             mask=slot_mask,
             scale=1.0 / math.sqrt(heads.head_dim),
-            rows_per_core=None if spread is None else spread.rows_per_core,
+            rows_per_core=None if spread is None else batch * spread.rows_per_core,
         )
         if spread is not None:
             nbytes = bytes_per_core(mesh, probs.data)
@@ -97,7 +100,7 @@ def decode_attention(
             )
         out = matmul(mesh, a=probs.data, b=v_cache, ledger=ledger, op="pv", vector="n")
         out = allreduce(mesh, out, axis=Axis.Y, ledger=ledger, op="pv.allreduce")
-    return mesh.register(out.reshape(rows, cols, g * n * h), q.layout, "attn")
+    return mesh.register(out.reshape(rows, cols, batch, g * n * h), q.layout, "attn")
 
 
 def _score_sums(

@@ -4,6 +4,8 @@ Positions run along Y: row 0 holds the oldest consecutive positions, each row ke
 entries in slots [0, count) oldest first; head-dim slots run along X (`HeadLayout`), K stored
 transposed ([G, H, S] per core) so scores need no transpose, V as [G, S, H]. `RowCounts` is
 the bookkeeping (how many positions each row holds); `KvStore` the tiles of one region's layers.
+A batch's sequences share a region's store: each has its own counts over its own share of the
+slots (`slots_needed`, `admit`), its own tiles and its own shifts; the SRAM is one allocation.
 A new token's k and v arrive replicated along Y (the QKV allreduce's broadcast), so any row can
 take them. Shift: they enter the last row while rows r0+1..R-1 pass their oldest entry one hop
 north, keeping per-row counts non-increasing southwards and within one of each other. Concat:
@@ -55,6 +57,70 @@ def max_new_tokens(policy: KvPolicy, rows: int, slots: int, prompt_len: int) -> 
     if prompt_len > rows * slots:
         return 0
     return kv_capacity_tokens(policy, rows, slots, prompt_len) - prompt_len + 1
+
+
+def slots_needed(policy: KvPolicy, rows: int, prompt_len: int, context_tokens: int) -> int:
+    """Fewest slots per row that hold a sequence whose prompt of `prompt_len` tokens grows to
+    `context_tokens` cached positions (the inverse of `kv_capacity_tokens`)."""
+    balanced = -(-prompt_len // rows)  # the hand-off's fullest row
+    if policy is KvPolicy.SHIFT:
+        return max(balanced, -(-context_tokens // rows), 1)
+    return max(balanced, context_tokens - prompt_len + prompt_len // rows, 1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KvBudget:
+    """What each decode region's SRAM holds beside its weights, in the plan's terms: `slots`
+    per row, each taking `slot_bytes[r]` in region r (every layer's K and V) plus
+    `score_bytes` of attention scores per slot of the window read, and one step's scratch
+    `step_bytes` per sequence (the plan sized `slots` for one sequence's scratch)."""
+
+    rows: int
+    slots: int
+    slot_bytes: tuple[int, ...]
+    score_bytes: int
+    step_bytes: int
+
+    def fits(self, shares: list[int]) -> bool:
+        """Whether B sequences with these slot shares fit every region at their peak: the
+        shares' K and V, the scores of B windows as wide as the widest share, B steps'
+        scratch."""
+        batch, widest = len(shares), max(shares)
+        for slot_bytes in self.slot_bytes:
+            room = self.slots * (slot_bytes + self.score_bytes)
+            need = sum(shares) * slot_bytes + batch * widest * self.score_bytes
+            if need + (batch - 1) * self.step_bytes > room:
+                return False
+        return True
+
+    def equal_share(self, batch: int) -> int:
+        """The largest share s such that `batch` sequences of s slots each fit (0: none)."""
+        shares = []
+        for slot_bytes in self.slot_bytes:
+            room = self.slots * (slot_bytes + self.score_bytes) - (batch - 1) * self.step_bytes
+            shares.append(room // (batch * (slot_bytes + self.score_bytes)))
+        return max(min(shares), 0)
+
+
+def admit(
+    policy: KvPolicy, budget: KvBudget, prompt_lens: list[int], context_tokens: list[int]
+) -> list[int]:
+    """Each sequence's share of the slots per row (its `slots_needed`); KvCacheFullError when
+    the batch does not fit together (admission by KV capacity, `KvBudget.fits`)."""
+    rows = budget.rows
+    shares = [
+        slots_needed(policy, rows, p, c) for p, c in zip(prompt_lens, context_tokens, strict=True)
+    ]
+    if not budget.fits(shares):
+        raise KvCacheFullError(
+            f"the batch's KV cache does not fit: its {len(shares)} sequences need "
+            f"{sum(shares)} slots per row ({', '.join(map(str, shares))}; up to "
+            f"{sum(context_tokens)} cached positions in all) and a step's scratch each, but the "
+            f"{rows}-row cache has {budget.slots} ({rows * budget.slots} tokens, "
+            f"{policy.value} policy) for one sequence's scratch; use fewer or shorter "
+            "sequences or a larger decode grid"
+        )
+    return shares
 
 
 # ---- bookkeeping -------------------------------------------------------------------------------
@@ -134,14 +200,15 @@ class RowCounts:
 
 # ---- tiles -------------------------------------------------------------------------------------
 class KvStore:
-    """K and V tiles of the layers of one region (one decode mesh), all with the same counts.
+    """K and V tiles of the layers of one region (one decode mesh), for every sequence of a batch.
 
-    SRAM is charged for the full `slots` per row (a static allocation); the host tensors grow
-    as positions arrive, so a large SRAM capacity costs no host memory until it is used. K is
-    (R, C, G, H, slots) and V (R, C, G, slots, H) in the compute dtype. With a compressed
-    `stored` dtype every written token is quantised per kv head along H (`model.quant`):
-    SRAM, the shift's bytes and the hand-off count codes and scales; reads pay the
-    dequantisation, writes the quantisation (`kernels.dequant`).
+    SRAM is charged once for the full `slots` per row (a static allocation the sequences share,
+    each within its own share of the slots, which its `RowCounts` enforces); the host tensors
+    of a sequence (`seq`, 0 for batch 1) grow as positions arrive, so a large SRAM capacity
+    costs no host memory until it is used. K is (R, C, G, H, s) and V (R, C, G, s, H) in the
+    compute dtype. With a compressed `stored` dtype every written token is quantised per kv
+    head along H (`model.quant`): SRAM, the shift's bytes and the hand-off count codes and
+    scales; reads pay the dequantisation, writes the quantisation (`kernels.dequant`).
     """
 
     def __init__(
@@ -161,9 +228,9 @@ class KvStore:
         self.stored = stored
         bytes_per_layer = 2 * self.token_bytes * slots
         self._keys = [mesh.sram.alloc(f"{name}.layer{i}", bytes_per_layer) for i in layers]
-        self._width = 0
-        self.k: dict[int, torch.Tensor] = {}
-        self.v: dict[int, torch.Tensor] = {}
+        self._widths: dict[int, int] = {}
+        self.k: dict[tuple[int, int], torch.Tensor] = {}  # (seq, layer) -> tiles
+        self.v: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
     def token_bytes(self) -> int:
@@ -181,36 +248,51 @@ class KvStore:
         self._keys = []
         self.k.clear()
         self.v.clear()
+        self._widths.clear()
 
-    def _ensure(self, width: int) -> None:
-        """Grow the host tensors to hold at least `width` slots (doubling, up to `slots`)."""
-        if width <= self._width or self.mesh.mode is Mode.ESTIMATE:
+    def drop(self, seq: int) -> None:
+        """Forget sequence `seq`'s tiles (it finished; its slots are free again)."""
+        for i in self.layers:
+            self.k.pop((seq, i), None)
+            self.v.pop((seq, i), None)
+        self._widths.pop(seq, None)
+
+    def _ensure(self, width: int, seq: int) -> None:
+        """Grow `seq`'s host tensors to hold at least `width` slots (doubling, up to `slots`)."""
+        have = self._widths.get(seq, 0)
+        if width <= have or self.mesh.mode is Mode.ESTIMATE:
             return
-        new = min(self.slots, max(width, 2 * self._width, 16))
+        new = min(self.slots, max(width, 2 * have, 16))
         rows, cols = self.mesh.shape
         g, h = self.heads.kv_per_tile, self.heads.head_slots
         dtype = self.mesh.compute_dtype
+        on = self.mesh.torch_device
         for i in self.layers:
-            on = self.mesh.torch_device
             k = torch.zeros((rows, cols, g, h, new), dtype=dtype, device=on)
             v = torch.zeros((rows, cols, g, new, h), dtype=dtype, device=on)
-            if i in self.k:
-                k[..., : self._width] = self.k[i]
-                v[..., : self._width, :] = self.v[i]
-            self.k[i], self.v[i] = k, v
-        self._width = new
+            if (seq, i) in self.k:
+                k[..., :have] = self.k[seq, i]
+                v[..., :have, :] = self.v[seq, i]
+            self.k[seq, i], self.v[seq, i] = k, v
+        self._widths[seq] = new
 
     # ---- the hand-off ------------------------------------------------------------------------
     def fill(
-        self, layer: int, k_host: torch.Tensor, v_host: torch.Tensor, counts: RowCounts
+        self,
+        layer: int,
+        k_host: torch.Tensor,
+        v_host: torch.Tensor,
+        counts: RowCounts,
+        *,
+        seq: int = 0,
     ) -> None:
         """Place logical k, v [L, Hkv*hd] (position order) into the rows given by `counts`."""
         if self.mesh.mode is Mode.ESTIMATE:
             return
         rows, cols = self.mesh.shape
         width = int(counts.counts.max(initial=0))
-        self._ensure(max(width, 1))
-        s = self._width
+        self._ensure(max(width, 1), seq)
+        s = self._widths[seq]
         g, h = self.heads.kv_per_tile, self.heads.head_slots
         pos = np.arange(counts.total)
         row = np.repeat(np.arange(rows), counts.counts)
@@ -225,8 +307,8 @@ class KvStore:
                 device=self.mesh.torch_device, dtype=self.mesh.compute_dtype
             )
             tiles.append(quantise_kv_tile(tile, self.stored))
-        self.k[layer] = tiles[0].permute(0, 2, 3, 4, 1).contiguous()  # (R, C, G, H, S)
-        self.v[layer] = tiles[1].permute(0, 2, 3, 1, 4).contiguous()  # (R, C, G, S, H)
+        self.k[seq, layer] = tiles[0].permute(0, 2, 3, 4, 1).contiguous()  # (R, C, G, H, S)
+        self.v[seq, layer] = tiles[1].permute(0, 2, 3, 1, 4).contiguous()  # (R, C, G, S, H)
 
     # ---- one decode step ---------------------------------------------------------------------
     def write(
@@ -237,6 +319,8 @@ class KvStore:
         append: Append,
         counts: RowCounts,
         ledger: Ledger,
+        *,
+        seq: int = 0,
     ) -> None:
         """Insert this step's k, v tiles (R, C, G, H) (replicated along Y) as `append` says,
         quantised first when the cache is compressed (priced by `charge_write`)."""
@@ -253,10 +337,10 @@ class KvStore:
         if self.mesh.mode is Mode.ESTIMATE:
             return
         n = int(counts.counts[append.target])
-        self._ensure(n + 1)
+        self._ensure(n + 1, seq)
         k_new, v_new = quantise_kv_tile(k_new, self.stored), quantise_kv_tile(v_new, self.stored)
-        _insert(self.k[layer], k_new, append, n)
-        _insert(self.v[layer].transpose(-1, -2), v_new, append, n)
+        _insert(self.k[seq, layer], k_new, append, n)
+        _insert(self.v[seq, layer].transpose(-1, -2), v_new, append, n)
 
     def charge_write(self, ledger: Ledger) -> None:
         """A compressed cache quantises each written token's k and v (G heads x H slots)."""
@@ -275,8 +359,9 @@ class KvStore:
                 self.mesh, ledger, f"kv_dequant_{what}", self.stored, reduced=h, other=g * width
             )
 
-    def window(self, layer: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first `width` slots of every row: K (R, C, G, H, w), V (R, C, G, w, H)."""
+    def window(self, layer: int, width: int, *, seq: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `width` slots of every row: K (R, C, G, H, w), V (R, C, G, w, H); slots
+        beyond the sequence's tiles read as zeros (a batch pads to its widest window)."""
         if self.mesh.mode is Mode.ESTIMATE:
             rows, cols = self.mesh.shape
             g, h = self.heads.kv_per_tile, self.heads.head_slots
@@ -285,7 +370,12 @@ class KvStore:
                 torch.empty((rows, cols, g, h, width), dtype=dtype, device="meta"),
                 torch.empty((rows, cols, g, width, h), dtype=dtype, device="meta"),
             )
-        return self.k[layer][..., :width], self.v[layer][..., :width, :]
+        k, v = self.k[seq, layer][..., :width], self.v[seq, layer][..., :width, :]
+        short = width - k.shape[-1]
+        if short > 0:
+            k = torch.nn.functional.pad(k, (0, short))
+            v = torch.nn.functional.pad(v, (0, 0, 0, short))
+        return k, v
 
 
 def _insert(data: torch.Tensor, new: torch.Tensor, append: Append, n: int) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,9 +45,9 @@ class LayerContext:
 
     config: ModelConfig
     heads: HeadLayout
-    cos: DistTensor  # prefill [L, C*H] (L_y), decode [C*H]; RoPE slots in the heads' order
+    cos: DistTensor  # prefill [L, C*H] (L_y), decode [B, C*H]; RoPE slots in the heads' order
     sin: DistTensor
-    length: int  # prefill: prompt tokens; decode: the new token's position + 1
+    length: int  # prefill: prompt tokens; decode: the batch's sequences B
 
 
 # ---- shared helpers ------------------------------------------------------------------------------
@@ -106,8 +106,8 @@ def prefill_layer(
         q = add_bias(mesh, q, w.get("bq"), ledger, "q_bias")
         k = add_bias(mesh, k, w.get("bk"), ledger, "k_bias")
         v = add_bias(mesh, v, w.get("bv"), ledger, "v_bias")
-        q = _rope(mesh, q, ctx, ledger, "q_rope", lead=(ctx.length,))
-        k = _rope(mesh, k, ctx, ledger, "k_rope", lead=(ctx.length,))
+        q = _rope(mesh, q, ctx, ledger, "q_rope", tokens_axis=Axis.Y)
+        k = _rope(mesh, k, ctx, ledger, "k_rope", tokens_axis=Axis.Y)
         with ledger.scope("attn"):
             o = prefill_attention(
                 mesh,
@@ -164,15 +164,16 @@ def _prefill_mlp(
 
 
 def _rope(
-    mesh: Mesh, t: DistTensor, ctx: LayerContext, ledger: Ledger, op: str, lead: tuple[int, ...]
+    mesh: Mesh, t: DistTensor, ctx: LayerContext, ledger: Ledger, op: str, tokens_axis: Axis | None
 ) -> DistTensor:
-    """Rotate q or k: the tiles viewed as [*lead, G, (n,) H] against [*lead, H] tables."""
+    """Rotate q or k [T, features]: the tiles viewed as [T, G, (n,) H] against [T, H] tables,
+    T split along `tokens_axis` (prefill's Y) or replicated (decode's batch)."""
     heads = ctx.heads
     features = t.layout.shape[-1]
     per_slot = features // (heads.num_cols * heads.kv_per_tile * heads.head_slots)
     inner = (per_slot, heads.head_slots) if per_slot > 1 else (heads.head_slots,)
-    shape = (*lead, heads.num_cols * heads.kv_per_tile, *inner)
-    shaped = Layout(shape, y_dim=0, x_dim=1) if lead else Layout(shape, x_dim=0)
+    shape = (ctx.length, heads.num_cols * heads.kv_per_tile, *inner)
+    shaped = Layout(shape, y_dim=0, x_dim=1) if tokens_axis is not None else Layout(shape, x_dim=1)
     rotated = rope(mesh, x=view(t, shaped), cos=ctx.cos, sin=ctx.sin, ledger=ledger, op=op)
     return view(rotated, t.layout)
 
@@ -180,13 +181,49 @@ def _rope(
 # ---- decode (E_y L^x) --------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CacheStep:
-    """This step's cache update: where the token goes, the counts after it, and the mask."""
+    """This step's cache update for the batch's B sequences (`seqs`, their indices in the
+    store): where each token goes, the counts before it, and the batch's mask."""
 
     store: KvStore
-    counts: RowCounts
-    append: Append
-    slot_mask: torch.Tensor  # (R, 1, 1, 1, w)
-    kv_ledger: Ledger  # the one-hop shift is charged here (its cost varies step to step)
+    seqs: tuple[int, ...]
+    counts: tuple[RowCounts, ...]
+    appends: tuple[Append, ...]
+    slot_mask: torch.Tensor  # (R, 1, B, 1, 1, w)
+    kv_ledger: Ledger  # the one-hop shifts are charged here (their cost varies step to step)
+
+    @property
+    def width(self) -> int:
+        """Slots read per row: the batch's widest window (narrower ones are padded, masked)."""
+        return max(int(a.counts_after.max()) for a in self.appends)
+
+    def write(self, layer: int, k: DistTensor, v: DistTensor, ledger: Ledger) -> None:
+        """Each sequence's k, v [B, kv_x] into its own rows (its own shift; a compressed
+        cache's quantisation charged to `ledger`)."""
+        heads, (rows, cols) = self.store.heads, self.store.mesh.shape
+        shape = (rows, cols, len(self.seqs), heads.kv_per_tile, heads.head_slots)
+        k_tiles, v_tiles = k.data.reshape(shape), v.data.reshape(shape)
+        for b, seq in enumerate(self.seqs):
+            self.store.charge_write(ledger)
+            self.store.write(
+                layer,
+                k_tiles[:, :, b],
+                v_tiles[:, :, b],
+                self.appends[b],
+                self.counts[b],
+                self.kv_ledger,
+                seq=seq,
+            )
+
+    def charge_read(self, ledger: Ledger) -> None:
+        """A compressed cache's windows expanded for attention (each padded to w)."""
+        for _ in self.seqs:
+            self.store.charge_read(self.width, ledger)
+
+    def window(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K (R, C, B, G, H, w) and V (R, C, B, G, w, H): every sequence's first w slots."""
+        width = self.width
+        pairs = [self.store.window(layer, width, seq=seq) for seq in self.seqs]
+        return torch.stack([k for k, _ in pairs], dim=2), torch.stack([v for _, v in pairs], dim=2)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -221,10 +258,11 @@ def decode_layer(
     cache: CacheStep,
     ledgers: LayerLedgers,
 ) -> DistTensor:
-    """x[D_y] (replicated along X) -> x + attn + mlp, in place; the paper's sequence."""
+    """x[B, D_y] (replicated along X) -> x + attn + mlp, in place; the paper's sequence. The
+    GEMVs carry the B vectors together (one allreduce of B partial sums each); attention reads
+    each sequence's own rows."""
     cfg, heads = ctx.config, ctx.heads
     ledger = ledgers.pre
-    rows, cols = mesh.shape
     with mesh.sram.scope():
         h = rms_norm(
             mesh, x=x, weight=w["attn_norm"], ledger=ledger, eps=cfg.rms_norm_eps, op="attn_norm"
@@ -235,22 +273,12 @@ def decode_layer(
         q = add_bias(mesh, q, w.get("bq"), ledger, "q_bias")
         k = add_bias(mesh, k, w.get("bk"), ledger, "k_bias")
         v = add_bias(mesh, v, w.get("bv"), ledger, "v_bias")
-        q = _rope(mesh, q, ctx, ledger, "q_rope", lead=())
-        k = _rope(mesh, k, ctx, ledger, "k_rope", lead=())
-        shape = (rows, cols, heads.kv_per_tile, heads.head_slots)
-        cache.store.charge_write(ledger)
-        cache.store.write(
-            index,
-            k.data.reshape(shape),
-            v.data.reshape(shape),
-            cache.append,
-            cache.counts,
-            cache.kv_ledger,
-        )
-        width = int(cache.append.counts_after.max())
-        k_cache, v_cache = cache.store.window(index, width)
+        q = _rope(mesh, q, ctx, ledger, "q_rope", tokens_axis=None)
+        k = _rope(mesh, k, ctx, ledger, "k_rope", tokens_axis=None)
+        cache.write(index, k, v, ledger)
+        k_cache, v_cache = cache.window(index)
         with ledgers.attn.scope("attn"):
-            cache.store.charge_read(width, ledgers.attn)
+            cache.charge_read(ledgers.attn)
             attn = decode_attention(
                 mesh,
                 q=q,
@@ -280,32 +308,27 @@ def decode_layer(
         return add(mesh, x=x, y=down, ledger=ledger, op="mlp_residual")
 
 
-def decode_attention_walk(
-    mesh: Mesh, store: KvStore, counts: RowCounts, config: ModelConfig
-) -> Ledger:
-    """One layer's decode attention at `counts`' next step (the window it reads), charged as
+def decode_attention_walk(mesh: Mesh, cache: CacheStep) -> Ledger:
+    """One layer's decode attention at `cache`'s step (the windows it reads), charged as
     `decode_layer` charges it, for the estimate layer; q is a placeholder of the real q's tile
     (SRAM was checked at the widest window by a full walk)."""
-    heads = store.heads
-    append = counts.plan_append()
-    width = int(append.counts_after.max())
+    heads, batch = cache.store.heads, len(cache.seqs)
     attn = Ledger()
     with mesh.sram.scope():
         q = mesh.register(
-            torch.empty((*mesh.shape, heads.q_width), device="meta"),
-            Layout((mesh.cols * heads.q_width,), x_dim=0),
+            torch.empty((*mesh.shape, batch, heads.q_width), device="meta"),
+            Layout((batch, mesh.cols * heads.q_width), x_dim=1),
             "q",
         )
-        k_cache, v_cache = store.window(store.layers[0], width)
-        mask = decode_slot_mask(mesh, counts, append, counts.total, config.sliding_window)
+        k_cache, v_cache = cache.window(cache.store.layers[0])
         with attn.scope("layer"), attn.scope("attn"):
-            store.charge_read(width, attn)
+            cache.charge_read(attn)
             decode_attention(
                 mesh,
                 q=q,
                 k_cache=k_cache,
                 v_cache=v_cache,
-                slot_mask=mask,
+                slot_mask=cache.slot_mask,
                 heads=heads,
                 ledger=attn,
             )
@@ -313,17 +336,25 @@ def decode_attention_walk(
 
 
 def decode_slot_mask(
-    mesh: Mesh, counts: RowCounts, append: Append, position: int, window: int | None
+    mesh: Mesh,
+    counts: Sequence[RowCounts],
+    appends: Sequence[Append],
+    window: int | None,
 ) -> torch.Tensor:
-    """(R, 1, 1, 1, w): the filled slots the new token at `position` attends."""
-    width = int(append.counts_after.max())
+    """(R, 1, B, 1, 1, w): the filled slots each sequence's new token attends, w the widest
+    window of the batch (the narrower windows' extra slots masked)."""
+    width = max(int(a.counts_after.max()) for a in appends)
+    batch = len(appends)
     if mesh.mode is Mode.ESTIMATE:
-        return torch.empty((mesh.rows, 1, 1, 1, width), dtype=torch.bool, device="meta")
-    keep = counts.slot_mask(append.counts_after, width)
-    if window is not None:
-        keep &= position - counts.slot_positions(append.counts_after, width) < window
-    mask = torch.as_tensor(np.ascontiguousarray(keep), device=mesh.torch_device)
-    return mask.reshape(mesh.rows, 1, 1, 1, width)
+        return torch.empty((mesh.rows, 1, batch, 1, 1, width), dtype=torch.bool, device="meta")
+    keep = np.zeros((mesh.rows, batch, width), dtype=bool)
+    for b, (c, a) in enumerate(zip(counts, appends, strict=True)):
+        rows = c.slot_mask(a.counts_after, width)
+        if window is not None:
+            rows &= c.total - c.slot_positions(a.counts_after, width) < window
+        keep[:, b] = rows
+    mask = torch.as_tensor(keep, device=mesh.torch_device)
+    return mask.reshape(mesh.rows, 1, batch, 1, 1, width)
 
 
 # ---- RoPE tables -------------------------------------------------------------------------------
@@ -333,22 +364,21 @@ def rope_tables(
     inv_freq: torch.Tensor,
     positions: torch.Tensor,
     *,
-    per_token: bool,
+    tokens_axis: Axis | None,
 ) -> tuple[DistTensor, DistTensor]:
     """cos/sin for `positions` in the heads' slot order, as transformers builds them (float32,
-    emb = cat(freqs, freqs)). Prefill: [L_y, (C*H)_x]; decode: [(C*H)_x]. The cores compute
-    them once per call for all their layers: `charge_rope_tables` prices that."""
+    emb = cat(freqs, freqs)). Prefill: [L_y, (C*H)_x]; decode: [B, (C*H)_x] (one position per
+    sequence, replicated along Y). The cores compute them once per call for all their layers:
+    `charge_rope_tables` prices that."""
     pairs = torch.as_tensor(heads.rope_pairs().reshape(-1))  # (C*H,)
     width = heads.num_cols * heads.head_slots
-    if per_token:
+    if tokens_axis is Axis.Y:
         layout = Layout((len(positions), width), y_dim=0, x_dim=1)
     else:
-        layout = Layout((width,), x_dim=0)
+        layout = Layout((len(positions), width), x_dim=1)
     host: list[torch.Tensor | None] = [None, None]
     if mesh.mode is Mode.FUNCTIONAL:
         angle = positions.to(torch.float32)[:, None] * inv_freq.to(torch.float32)[pairs][None, :]
-        if not per_token:
-            angle = angle[0]
         host = [angle.cos(), angle.sin()]
     tables = []
     for name, table in zip(("rope.cos", "rope.sin"), host, strict=True):

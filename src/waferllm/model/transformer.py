@@ -27,7 +27,7 @@ from waferllm.mesh.compute import charge_inline_compute
 from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.relayout import concurrent_relayout_charge, hop
-from waferllm.mesh.storage import bytes_per_element
+from waferllm.mesh.storage import bytes_per_element, stored_bytes
 from waferllm.mesh.system_link import system_link_hop
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
@@ -35,12 +35,15 @@ from waferllm.model import vocab
 from waferllm.model.config import ModelConfig, rope_inv_freq
 from waferllm.model.kv_cache import (
     Append,
+    KvBudget,
     KvCacheFullError,
     KvPolicy,
     KvStore,
     RowCounts,
+    admit,
     kv_capacity_tokens,
     max_new_tokens,
+    slots_needed,
 )
 from waferllm.model.layers import (
     CacheStep,
@@ -55,7 +58,13 @@ from waferllm.model.layers import (
 )
 from waferllm.model.pipeline import device_count
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts, heads_for
-from waferllm.model.plan import ModelPlan, PhaseState, build_phase, plan_model
+from waferllm.model.plan import (
+    ModelPlan,
+    PhaseState,
+    build_phase,
+    decode_scratch_bytes,
+    plan_model,
+)
 from waferllm.model.quant import UNCOMPRESSED, Storage, quantise_weights
 from waferllm.model.transfers import kv_moves, kv_quantise_cycles, per_layer_hops, weight_moves
 from waferllm.model.weights import ModelWeights
@@ -69,10 +78,22 @@ class StepOutput:
 
     token: int
     position: int
-    logits: DistTensor
+    logits: DistTensor  # [V] after a prefill, [B, V] after a decode step of B sequences
+    row: int = 0  # this sequence's row of a decode step's logits
 
     def fetch_logits(self, ledger: Ledger) -> torch.Tensor:
-        return self.logits.mesh.gather(self.logits, ledger=ledger).float()
+        values = self.logits.mesh.gather(self.logits, ledger=ledger).float()
+        return values[self.row] if values.dim() == 2 else values
+
+
+@dataclasses.dataclass(eq=False, kw_only=True)
+class _Seq:
+    """One sequence of the batch in flight: its prompt, its share of the KV slots per row and,
+    once its prompt's KV is in its decode rows, its per-row counts."""
+
+    prompt_len: int
+    slots: int
+    counts: RowCounts | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -157,10 +178,9 @@ class MeshTransformer:
         self.prefill_state: PhaseState = build_phase(self.plan, Phase.PREFILL, weights, mesh_args)
         self.decode_state: PhaseState = build_phase(self.plan, Phase.DECODE, weights, mesh_args)
         self.inv_freq = rope_inv_freq(config)
-        self._counts: RowCounts | None = None
-        self._stores: list[KvStore] = []
-        self._prefill_kv: dict[int, tuple[DistTensor, DistTensor]] = {}
-        self._prompt_len = 0
+        self._seqs: list[_Seq] = []  # the batch in flight
+        self._stores: list[KvStore] = []  # per decode region, shared by the batch
+        self._prefill_kv: dict[int, tuple[DistTensor, DistTensor]] = {}  # the latest prompt's
         self._logits: DistTensor | None = None
 
     # ---- the engine's surface ----------------------------------------------------------------
@@ -206,9 +226,83 @@ class MeshTransformer:
     @torch.inference_mode()
     def prefill(self, token_ids: Sequence[int], ledger: Ledger) -> StepOutput:
         """Run the prompt with the prefill plan; the first generated token is selected on the
-        mesh. Starts a new request (the previous one's cache is dropped)."""
-        ids = self._check_ids(token_ids)
-        length = len(ids)
+        mesh. Starts a new request (the previous one's cache is dropped); the sequence may use
+        the whole KV cache."""
+        return self.prefill_batch([token_ids], [ledger])[0]
+
+    @torch.inference_mode()
+    def prefill_batch(
+        self,
+        prompts: Sequence[Sequence[int]],
+        ledgers: Sequence[Ledger],
+        *,
+        context_tokens: Sequence[int] | None = None,
+    ) -> list[StepOutput]:
+        """Start a batch of B sequences: admit them by KV capacity (each takes its share of the
+        slots for `context_tokens[b]` cached positions, prompt + fed-back tokens; default: an
+        equal share each), then run each prompt through the prefill plan in turn, charged to
+        its own ledger (one prompt at a time: prefill is not batched). Each sequence's KV cache
+        moves to its decode rows before the next prompt runs (charged in `transition`)."""
+        ids = [self._check_ids(p) for p in prompts]
+        if len(ids) != len(ledgers):
+            raise WaferError(f"{len(ids)} prompts but {len(ledgers)} ledgers")
+        shares = self._admit([len(p) for p in ids], context_tokens)
+        self._reset()
+        self._ensure_stores(sum(shares))
+        outputs = []
+        for b, (prompt, ledger) in enumerate(zip(ids, ledgers, strict=True)):
+            if b:
+                self._park(b - 1)
+            outputs.append(self._prefill_one(prompt, ledger))
+            self._seqs.append(_Seq(prompt_len=len(prompt), slots=shares[b]))
+        return outputs
+
+    @property
+    def kv_budget(self) -> KvBudget:
+        """The decode regions' room for a batch's KV cache and scratch (`admit`)."""
+        rows, cols = self.plan.decode.grid
+        sb = self.device.storage_bytes
+        step_bytes, score_bytes = decode_scratch_bytes(self.config, rows, cols, sb)
+        heads = heads_for(self.config, cols)
+        token_bytes = stored_bytes(
+            self.plan.storage.kv,
+            reduced=heads.head_slots,
+            other=heads.kv_per_tile,
+            storage_bytes=sb,
+        )
+        slot_bytes = 2 * token_bytes  # K and V of one layer, as stored
+        return KvBudget(
+            rows=rows,
+            slots=self.plan.kv_slots,
+            slot_bytes=tuple(len(r.layers) * slot_bytes for r in self.plan.decode.regions),
+            score_bytes=score_bytes,
+            step_bytes=step_bytes,
+        )
+
+    def admits(self, prompt_lens: Sequence[int], context_tokens: Sequence[int]) -> bool:
+        """Whether the KV cache holds a batch of these prompts growing to these contexts."""
+        rows = self.plan.decode.grid[0]
+        needs = [
+            slots_needed(self.kv_policy, rows, p, c)
+            for p, c in zip(prompt_lens, context_tokens, strict=True)
+        ]
+        return self.kv_budget.fits(needs)
+
+    def _admit(self, lengths: list[int], context_tokens: Sequence[int] | None) -> list[int]:
+        """Each sequence's share of the slots per row (KvCacheFullError when the batch's KV
+        does not fit); prompts longer than the prefill plan holds raise SramOverflowError."""
+        for length in lengths:
+            self._check_prompt(length)
+        budget = self.kv_budget
+        rows = budget.rows
+        if context_tokens is None:  # an equal share each, as many positions as it holds
+            share = budget.equal_share(len(lengths))
+            context_tokens = [kv_capacity_tokens(self.kv_policy, rows, share, n) for n in lengths]
+        if len(context_tokens) != len(lengths):
+            raise WaferError(f"{len(lengths)} prompts but {len(context_tokens)} context sizes")
+        return admit(self.kv_policy, budget, lengths, [int(c) for c in context_tokens])
+
+    def _check_prompt(self, length: int) -> None:
         if length > self.kv_capacity_tokens():
             raise KvCacheFullError(
                 f"the prompt has {length} tokens but the KV cache holds at most "
@@ -226,7 +320,10 @@ class MeshTransformer:
                 f"{self.plan.prefill.grid[1]} (use a larger prefill grid: --prefill-grid, "
                 "prefill_grid= in Python; or a shorter prompt)",
             )
-        self._reset()
+
+    def _prefill_one(self, ids: list[int], ledger: Ledger) -> StepOutput:
+        """One prompt through the prefill plan; its k and v stay on the prefill grid."""
+        length = len(ids)
         state = self.prefill_state
         first = state.meshes[0]
         first.charge_host_io(ledger, "host.prompt_in", length)
@@ -240,7 +337,9 @@ class MeshTransformer:
                 x = self._enter_region(state, r, x, ledger)
             heads = heads_for(self.config, mesh.cols)
             charge_rope_tables(mesh, heads, x.tile_shape[0], ledger)
-            cos, sin = rope_tables(mesh, heads, self.inv_freq, torch.arange(length), per_token=True)
+            cos, sin = rope_tables(
+                mesh, heads, self.inv_freq, torch.arange(length), tokens_axis=Axis.Y
+            )
             ctx = LayerContext(config=self.config, heads=heads, cos=cos, sin=sin, length=length)
             for j, i in enumerate(region.layers):
                 target = layer_ledger if (r, j) == (0, 0) else _Uncharged()
@@ -255,7 +354,6 @@ class MeshTransformer:
             sin.free()
         ledger.extend(layer_ledger, count=self.config.num_hidden_layers)
         per_layer_hops(self.plan, x, ledger)
-        self._prompt_len = length
         return self._head_prefill(x, length, ledger)
 
     def _enter_region(self, state: PhaseState, r: int, x: DistTensor, ledger: Ledger) -> DistTensor:
@@ -280,46 +378,61 @@ class MeshTransformer:
             )
             x.free()
             logits = vocab.lm_head(state, h, ledger, config=self.config, axis=Axis.X)
-        return self._select(logits, ledger, position=length, algorithm=ReduceAlgorithm.RING)
+        (out,) = self._select(
+            logits,
+            ledger,
+            positions=[length],
+            labels=["the prefill (generated token 1)"],
+            algorithm=ReduceAlgorithm.RING,
+        )
+        return out
 
     # ---- the hand-off ------------------------------------------------------------------------
-    @torch.inference_mode()
-    def transition(self, ledger: Ledger) -> None:
-        """Re-lay the prompt's KV cache onto the decode grid (rows rebalanced) and, with one
-        resident layout, the weights to the decode plan and back for the next request."""
-        if not self._prefill_kv:
-            raise WaferError("transition() needs a prefill first")
-        counts = self.handoff_counts(self._prompt_len)
-        self._reset_stores()
-        self._ensure_stores()
+    def _park(self, b: int) -> None:
+        """Sequence b's prompt KV (just prefilled) into its decode rows, rebalanced."""
+        seq = self._seqs[b]
+        rows = self.plan.decode.grid[0]
+        counts = RowCounts.balanced(self.kv_policy, rows, seq.slots, seq.prompt_len)
         pheads = heads_for(self.config, self.plan.prefill.grid[1])
         for store in self._stores:
             for i in store.layers:
                 k, v = self._prefill_kv[i]
                 if self.mode is Mode.FUNCTIONAL:
-                    store.fill(i, _logical(k, pheads), _logical(v, pheads), counts)
-        self.charge_transition(counts, ledger)
+                    store.fill(i, _logical(k, pheads), _logical(v, pheads), counts, seq=b)
         for k, v in self._prefill_kv.values():
             k.free()
             v.free()
         self._prefill_kv = {}
-        self._counts = counts
+        seq.counts = counts
 
-    def handoff_counts(self, prompt_len: int) -> RowCounts:
-        """Cached positions per decode row after a prompt of `prompt_len` (rows balanced)."""
+    @torch.inference_mode()
+    def transition(self, ledger: Ledger) -> None:
+        """Re-lay every sequence's KV cache onto the decode grid (rows rebalanced) and, with one
+        resident layout, the weights to the decode plan and back for the next request."""
+        if not self._prefill_kv:
+            raise WaferError("transition() needs a prefill first")
+        self._park(len(self._seqs) - 1)
+        self.charge_transition([seq.counts for seq in self._seqs if seq.counts], ledger)
+
+    def handoff_counts(self, prompt_len: int, *, slots: int | None = None) -> RowCounts:
+        """Cached positions per decode row after a prompt of `prompt_len` (rows balanced), in
+        a share of `slots` per row (default: the whole cache)."""
         rows = self.plan.decode.grid[0]
-        return RowCounts.balanced(self.kv_policy, rows, self.plan.kv_slots, prompt_len)
+        share = self.plan.kv_slots if slots is None else slots
+        return RowCounts.balanced(self.kv_policy, rows, share, prompt_len)
 
-    def _ensure_stores(self) -> None:
-        if self._stores:
+    def _ensure_stores(self, slots: int) -> None:
+        """Every decode region's store, its SRAM sized for `slots` per row (the batch's)."""
+        if self._stores and self._stores[0].slots == slots:
             return
+        self._reset_stores()
         dstate = self.decode_state
         self._stores = [
             KvStore(
                 mesh,
                 heads_for(self.config, mesh.cols),
                 layers=region.layers,
-                slots=self.plan.kv_slots,
+                slots=slots,
                 stored=self.plan.storage.kv,
             )
             for mesh, region in zip(dstate.meshes, dstate.regions.regions, strict=True)
@@ -339,18 +452,20 @@ class MeshTransformer:
         moves = [weight_moves(self.plan, on_device=d) for d in devices]
         return concurrent_relayout_charge(self.device, moves, bytes_per_element=weight_bytes)
 
-    def charge_transition(self, counts: RowCounts, ledger: Ledger) -> None:
-        """The re-layouts of `transition` for a cache holding `counts` (plans and counts only)."""
+    def charge_transition(self, counts: Sequence[RowCounts], ledger: Ledger) -> None:
+        """The re-layouts of `transition` for sequences holding `counts` (plans and counts
+        only): each sequence's KV cache, and the weights once for the batch."""
         sb, storage = self.device.storage_bytes, self.plan.storage
         # each device re-lays its own layers, all devices at once: the slowest one counts
         devices = range(device_count(self.plan.decode))
         with ledger.scope("transition"):
-            quantise = kv_quantise_cycles(self.plan, counts)
-            charge_inline_compute(ledger, "kv_quantise", cycles=quantise)
-            kv = [kv_moves(self.plan, counts, on_device=d) for d in devices]
             kv_bytes = bytes_per_element(storage.kv, sb)
-            kv_charge = concurrent_relayout_charge(self.device, kv, bytes_per_element=kv_bytes)
-            ledger.charge("kv", kv_charge)
+            for c in counts:
+                quantise = kv_quantise_cycles(self.plan, c)
+                charge_inline_compute(ledger, "kv_quantise", cycles=quantise)
+                kv = [kv_moves(self.plan, c, on_device=d) for d in devices]
+                kv_charge = concurrent_relayout_charge(self.device, kv, bytes_per_element=kv_bytes)
+                ledger.charge("kv", kv_charge)
             if self.plan.resident is ResidentLayouts.ONE:
                 # the way back (readying the next request) is the mirror image: same cost
                 weights = self._weights_relayout
@@ -361,44 +476,69 @@ class MeshTransformer:
     @torch.inference_mode()
     def decode_step(self, token_id: int, ledger: Ledger) -> StepOutput:
         """Feed one token (the previous step's choice) and select the next on the mesh."""
-        if self._counts is None:
-            if not self._prefill_kv:
-                raise WaferError("decode_step() needs a prefill first")
+        return self.decode_batch([token_id], ledger)[0]
+
+    @torch.inference_mode()
+    def decode_batch(
+        self, token_ids: Sequence[int], ledger: Ledger, *, seqs: Sequence[int] | None = None
+    ) -> list[StepOutput]:
+        """One decode step of the sequences `seqs` (default: every sequence of the batch, in
+        order), each fed its token; one StepOutput per sequence. The GEMVs carry the B vectors
+        together; each sequence attends to its own KV rows."""
+        if self._prefill_kv:
             self.transition(ledger)
-        self._check_ids([token_id])
-        assert self._counts is not None
-        return self._decode(token_id, self._counts, ledger)
+        if not self._seqs:
+            raise WaferError("decode_step() needs a prefill first")
+        index = list(range(len(self._seqs))) if seqs is None else [int(b) for b in seqs]
+        if len(index) != len(token_ids) or not index:
+            raise WaferError(f"{len(token_ids)} tokens for {len(index)} sequences")
+        if len(set(index)) != len(index) or not all(0 <= b < len(self._seqs) for b in index):
+            raise WaferError(f"sequences {index} must be distinct indices of the batch")
+        ids = self._check_ids(token_ids)
+        counts = [self._seqs[b].counts for b in index]
+        assert all(c is not None for c in counts)
+        return self._decode(ids, index, counts, ledger)  # type: ignore[arg-type]
+
+    def retire(self, b: int) -> None:
+        """Sequence b finished: forget its tiles (its share of the slots stays reserved)."""
+        for store in self._stores:
+            store.drop(b)
 
     # ---- hooks of the estimate layer (estimate mode; `waferllm.estimate.cost`) ---------------
-    def decode_records(self, counts: RowCounts, *, walk_layers: bool = True) -> DecodeRecords:
-        """Estimate mode: the ledgers of the decode step after `counts` (committed), kept apart.
-        Without `walk_layers` the layers are not walked (their records are left empty: the
-        caller holds those of an earlier walk with the same window and shift)."""
+    def decode_records(
+        self, counts: Sequence[RowCounts], *, walk_layers: bool = True
+    ) -> DecodeRecords:
+        """Estimate mode: the ledgers of the decode step of B sequences after `counts`
+        (committed), kept apart. Without `walk_layers` the layers are not walked (their records
+        are left empty: the caller holds those of an earlier walk with the same shapes)."""
         if self.mode is not Mode.ESTIMATE:
             raise WaferError("decode_records needs an estimate-mode model (weights=None)")
-        self._ensure_stores()
+        self._ensure_stores(sum(c.slots for c in counts))
         records = DecodeRecords(
             before=Ledger(),
             layer=LayerLedgers(pre=Ledger(), attn=Ledger(), post=Ledger()),
             kv=Ledger(),
             after=Ledger(),
         )
-        position = counts.total
-        x = self._decode_layers(0, counts, records, walk_layers=walk_layers)
-        self._decode_head(x, position, records.after)
+        positions = [c.total for c in counts]
+        seqs = list(range(len(counts)))
+        x = self._decode_layers([0] * len(counts), seqs, counts, records, walk_layers=walk_layers)
+        self._decode_head(x, positions, records.after, [""] * len(counts))
         return records
 
-    def decode_attention_records(self, counts: RowCounts) -> Ledger:
-        """Estimate mode: one layer's attention at `counts`' next step (the window it reads),
-        as `decode_layer` charges it. SRAM was checked at the widest window by a full walk;
-        this walk's q is a placeholder of the real q's tile."""
-        self._ensure_stores()
+    def decode_attention_records(self, counts: Sequence[RowCounts]) -> Ledger:
+        """Estimate mode: one layer's attention at `counts`' next step (the windows it reads),
+        as `decode_layer` charges it. SRAM was checked at the widest window by a full walk."""
+        self._ensure_stores(sum(c.slots for c in counts))
         mesh = self.decode_state.meshes[0]
-        return decode_attention_walk(mesh, self._stores[0], counts, self.config)
+        appends = [c.plan_append() for c in counts]
+        step = self._cache_step(0, list(range(len(counts))), counts, appends, Ledger())
+        return decode_attention_walk(mesh, step)
 
     def kv_shift_records(self, append: Append, counts: RowCounts) -> Ledger:
         """Estimate mode: one layer's one-hop KV shift for `append` after `counts` (no data)."""
-        self._ensure_stores()
+        if not self._stores:
+            self._ensure_stores(counts.slots)
         shift, store = Ledger(), self._stores[0]
         tile = torch.empty(
             (*store.mesh.shape, store.heads.kv_per_tile, store.heads.head_slots), device="meta"
@@ -406,15 +546,16 @@ class MeshTransformer:
         store.write(store.layers[0], tile, tile, append, counts, shift)
         return shift
 
-    def hold_previous_logits(self) -> None:
-        """Estimate mode: put the previous decode step's logits on the mesh, as they are from
-        the second step on (kept for `fetch_logits` until the next step selects)."""
+    def hold_previous_logits(self, batch: int = 1) -> None:
+        """Estimate mode: put the previous decode step's logits [B, V] on the mesh, as they are
+        from the second step on (kept for `fetch_logits` until the next step selects)."""
         state = self.decode_state
-        if self._logits is not None and self._logits.mesh is state.meshes[-1]:
+        held = self._logits
+        if held is not None and held.mesh is state.meshes[-1] and held.layout.shape[0] == batch:
             return
         self._drop_logits()
         mesh, vocab = state.meshes[-1], self.config.vocab_size
-        layout = Layout((vocab,), x_dim=0)  # the LM head's output: V split along X
+        layout = Layout((batch, vocab), x_dim=1)  # the LM head's output: V split along X
         self._logits = mesh.register(
             torch.empty((*mesh.shape, *layout.tile_shape(*mesh.shape)), device="meta"),
             layout,
@@ -422,82 +563,104 @@ class MeshTransformer:
         )
 
     # ---- one decode step -----------------------------------------------------------------------
-    def _decode(self, token_id: int, counts: RowCounts, ledger: Ledger) -> StepOutput:
+    def _decode(
+        self, token_ids: list[int], seqs: list[int], counts: list[RowCounts], ledger: Ledger
+    ) -> list[StepOutput]:
         """One decode step: the first layer walked and priced, its records times the layers."""
-        position = counts.total
+        positions = [c.total for c in counts]
         layer, kv = Ledger(), Ledger()
         records = DecodeRecords(
             before=ledger, layer=LayerLedgers.single(layer), kv=kv, after=ledger
         )
-        x = self._decode_layers(token_id, counts, records, walk_layers=True)
+        x = self._decode_layers(token_ids, seqs, counts, records, walk_layers=True)
         layers = self.config.num_hidden_layers
         ledger.extend(layer, count=layers)
         ledger.extend(kv, count=layers)
-        return self._decode_head(x, position, ledger)
+        labels = [
+            f"position {p} (generated token {p - self._seqs[b].prompt_len + 2})"
+            for b, p in zip(seqs, positions, strict=True)
+        ]
+        return self._decode_head(x, positions, ledger, labels)
 
     def _decode_layers(
-        self, token_id: int, counts: RowCounts, records: DecodeRecords, *, walk_layers: bool
+        self,
+        token_ids: list[int],
+        seqs: list[int],
+        counts: Sequence[RowCounts],
+        records: DecodeRecords,
+        *,
+        walk_layers: bool,
     ) -> DistTensor:
-        """The token through every region (commits `counts`); `records.before` gets what
-        precedes the layers, `records.layer`/`records.kv` the first layer's records."""
+        """The batch's tokens through every region (commits `counts`); `records.before` gets
+        what precedes the layers, `records.layer`/`records.kv` the first layer's records."""
         state = self.decode_state
-        append = counts.plan_append()
+        appends = [c.plan_append() for c in counts]
         before = records.before
-        state.meshes[0].charge_host_io(before, "host.token_in", 1)
+        state.meshes[0].charge_host_io(before, "host.token_in", len(token_ids))
         x = vocab.embed(
-            state, [token_id], before, config=self.config, device=self.device, tokens_axis=None
+            state, token_ids, before, config=self.config, device=self.device, tokens_axis=None
         )
         for r in range(len(state.regions.regions)):
             if r:
                 x = self._enter_region(state, r, x, before)
             mesh = state.meshes[r]
-            charge_rope_tables(mesh, heads_for(self.config, mesh.cols), 1, before)
+            charge_rope_tables(mesh, heads_for(self.config, mesh.cols), len(seqs), before)
             if walk_layers:
                 if r == 0:
                     walk, kv = records.layer, records.kv
                 else:
                     walk, kv = LayerLedgers.single(_Uncharged()), _Uncharged()
-                x = self._walk_region(r, x, counts, append, walk, kv)
+                step = self._cache_step(r, seqs, counts, appends, kv)
+                x = self._walk_region(r, x, step, walk)
         per_layer_hops(self.plan, x, before)
-        counts.commit(append)
+        for c, append in zip(counts, appends, strict=True):
+            c.commit(append)
         return x
 
-    def _decode_head(self, x: DistTensor, position: int, ledger: Ledger) -> StepOutput:
-        with ledger.scope("head"):
-            logits = vocab.lm_head(self.decode_state, x, ledger, config=self.config, axis=Axis.Y)
-        return self._select(logits, ledger, position=position + 1)
-
-    def _walk_region(
+    def _cache_step(
         self,
         r: int,
-        x: DistTensor,
-        counts: RowCounts,
-        append: Append,
-        walk: LayerLedgers,
+        seqs: list[int],
+        counts: Sequence[RowCounts],
+        appends: list[Append],
         kv_ledger: Ledger,
+    ) -> CacheStep:
+        mesh = self.decode_state.meshes[r]
+        return CacheStep(
+            store=self._stores[r],
+            seqs=tuple(seqs),
+            counts=tuple(counts),
+            appends=tuple(appends),
+            slot_mask=decode_slot_mask(mesh, counts, appends, self.config.sliding_window),
+            kv_ledger=kv_ledger,
+        )
+
+    def _decode_head(
+        self, x: DistTensor, positions: list[int], ledger: Ledger, labels: list[str]
+    ) -> list[StepOutput]:
+        with ledger.scope("head"):
+            logits = vocab.lm_head(self.decode_state, x, ledger, config=self.config, axis=Axis.Y)
+        return self._select(logits, ledger, positions=[p + 1 for p in positions], labels=labels)
+
+    def _walk_region(
+        self, r: int, x: DistTensor, step: CacheStep, walk: LayerLedgers
     ) -> DistTensor:
-        """Region r's layers on the decode token (estimate mode: its first layer only, the
-        others being identical in cost); `walk` gets the first layer's records, `kv_ledger`
-        its KV shift."""
+        """Region r's layers on the batch's tokens (estimate mode: its first layer only, the
+        others being identical in cost); `walk` gets the first layer's records, `step.kv_ledger`
+        its KV shifts."""
         state = self.decode_state
         mesh, region = state.meshes[r], state.regions.regions[r]
-        position = counts.total
         heads = heads_for(self.config, mesh.cols)
-        cos, sin = rope_tables(
-            mesh, heads, self.inv_freq, torch.tensor([position]), per_token=False
+        positions = torch.tensor([c.total for c in step.counts])
+        cos, sin = rope_tables(mesh, heads, self.inv_freq, positions, tokens_axis=None)
+        ctx = LayerContext(
+            config=self.config, heads=heads, cos=cos, sin=sin, length=len(step.counts)
         )
-        ctx = LayerContext(config=self.config, heads=heads, cos=cos, sin=sin, length=position + 1)
-        mask = decode_slot_mask(mesh, counts, append, position, self.config.sliding_window)
         for j, i in enumerate(region.layers):
             if j and self.mode is Mode.ESTIMATE:
                 break  # identical cost; the other layers' tensors are already placed
-            step = CacheStep(
-                store=self._stores[r],
-                counts=counts,
-                append=append,
-                slot_mask=mask,
-                kv_ledger=kv_ledger if j == 0 else _Uncharged(),
-            )
+            if j == 1:
+                step = dataclasses.replace(step, kv_ledger=_Uncharged())
             target = walk if j == 0 else LayerLedgers.single(_Uncharged())
             with target.scope("layer"):
                 x = decode_layer(mesh, state.layers[i], x, ctx, i, step, target)
@@ -511,35 +674,23 @@ class MeshTransformer:
         logits: DistTensor,
         ledger: Ledger,
         *,
-        position: int,
+        positions: list[int],
+        labels: list[str],
         algorithm: ReduceAlgorithm = ReduceAlgorithm.KTREE,
-    ) -> StepOutput:
+    ) -> list[StepOutput]:
+        """The on-mesh argmax of logits [V] (prefill) or [B, V] (decode), one StepOutput per
+        row; `labels` name each row's step in errors."""
         if self.mode is Mode.FUNCTIONAL:
-            self._check_finite(logits, position)
-        token = vocab.argmax_token(logits, ledger, algorithm=algorithm)
+            _check_finite(logits, labels)
+        tokens = vocab.argmax_tokens(logits, ledger, algorithm=algorithm)
         self._drop_logits()
         self._logits = logits  # kept on the mesh until the next call, for fetch_logits
-        return StepOutput(token=token, position=position, logits=logits)
+        return [
+            StepOutput(token=t, position=p, logits=logits, row=b)
+            for b, (t, p) in enumerate(zip(tokens, positions, strict=True))
+        ]
 
     # ---- helpers -----------------------------------------------------------------------------
-    def _check_finite(self, logits: DistTensor, position: int) -> None:
-        """Stop with a clear error when the logits behind the next token hold NaN or inf (the
-        argmax of such logits is meaningless); float16 compute names the likely cause."""
-        values = logits.mesh.gather(logits)  # host copy, uncharged: a check, not a transfer
-        if bool(torch.isfinite(values).all()):
-            return
-        step = "the prefill" if position == self._prompt_len else f"position {position - 1}"
-        dtype = logits.mesh.compute_dtype
-        cause = (
-            f"{dtype} overflow: values beyond the float16 range (+-65504); use dtype float32"
-            if dtype in (torch.float16, torch.bfloat16)
-            else "check the checkpoint's weights for NaN, inf or huge values"
-        )
-        raise NonFiniteError(
-            f"the logits of {step} (generated token {position - self._prompt_len + 1}) hold "
-            f"NaN or inf; {cause}"
-        )
-
     def _check_ids(self, token_ids: Sequence[int]) -> list[int]:
         ids = [int(t) for t in token_ids]
         if not ids:
@@ -563,7 +714,7 @@ class MeshTransformer:
             k.free()
             v.free()
         self._prefill_kv = {}
-        self._counts = None
+        self._seqs = []
 
     def routes_per_core(self) -> dict[str, int]:
         """The largest route count configured on any core, per phase (after a call)."""
@@ -575,6 +726,23 @@ class MeshTransformer:
     def peak_sram_bytes_per_core(self) -> int:
         meshes = [*self.prefill_state.meshes, *self.decode_state.meshes]
         return max(m.sram.peak_bytes for m in meshes)
+
+
+def _check_finite(logits: DistTensor, labels: list[str]) -> None:
+    """Stop with a clear error when the logits behind the next token hold NaN or inf (the
+    argmax of such logits is meaningless); float16 compute names the likely cause."""
+    values = logits.mesh.gather(logits)  # host copy, uncharged: a check, not a transfer
+    finite = torch.isfinite(values).reshape(len(labels), -1).all(dim=1)
+    if bool(finite.all()):
+        return
+    step = labels[int((~finite).nonzero()[0, 0])]
+    dtype = logits.mesh.compute_dtype
+    cause = (
+        f"{dtype} overflow: values beyond the float16 range (+-65504); use dtype float32"
+        if dtype in (torch.float16, torch.bfloat16)
+        else "check the checkpoint's weights for NaN, inf or huge values"
+    )
+    raise NonFiniteError(f"the logits of {step} hold NaN or inf; {cause}")
 
 
 def _like(t: DistTensor, name: str) -> DistTensor:

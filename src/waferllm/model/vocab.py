@@ -8,6 +8,7 @@ Legend: L tokens, D model dim, V vocab.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -20,10 +21,10 @@ from waferllm.mesh.comm import ReduceAlgorithm
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.relayout import hop
-from waferllm.mesh.tensor import DistTensor, Layout
+from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mode
 from waferllm.model.config import ModelConfig
-from waferllm.model.layers import PREFILL_REDUCE, view
+from waferllm.model.layers import PREFILL_REDUCE
 from waferllm.model.placement import Phase
 from waferllm.model.plan import PhaseState
 
@@ -37,7 +38,7 @@ def embed(
     device: Device,
     tokens_axis: Axis | None,
 ) -> DistTensor:
-    """Token ids -> hidden states on the first region (prefill [L_y, D_x], decode [D_y])."""
+    """Token ids -> hidden states on the first region (prefill [L_y, D_x], decode [B, D_y])."""
     mesh, table = state.embed_mesh, state.embed_view
     with ledger.scope("embed"):
         out = elementwise.embed(
@@ -47,8 +48,6 @@ def embed(
             ledger=ledger,
             tokens_axis=tokens_axis,
         )
-        if tokens_axis is None:  # decode: [1, D_y] -> [D_y]
-            out = view(out, Layout((config.hidden_size,), y_dim=0))
         if mesh is not state.meshes[0]:
             out = hop(device, out, state.meshes[0], ledger, op="to_first_region")
     return out
@@ -78,12 +77,15 @@ def lm_head(
     return logits.out
 
 
-def argmax_token(logits: DistTensor, ledger: Ledger, *, algorithm: ReduceAlgorithm) -> int:
-    """On-mesh argmax, the token to the host (0 in estimate mode, which has no numbers).
+def argmax_tokens(logits: DistTensor, ledger: Ledger, *, algorithm: ReduceAlgorithm) -> list[int]:
+    """On-mesh argmax of logits [V] or [B, V], one token per row to the host (0s in estimate
+    mode, which has no numbers).
     Prefill's logits are split along Y: its argmax uses the Y ring the MeshGEMMs configured,
     keeping the prefill program within its route budget."""
     mesh = logits.mesh
     ids = elementwise.argmax(mesh, logits=logits, ledger=ledger, algorithm=algorithm)
     token = mesh.gather(ids, ledger=ledger)
     ids.free()
-    return int(token.reshape(-1)[0]) if mesh.mode is Mode.FUNCTIONAL else 0
+    if mesh.mode is Mode.FUNCTIONAL:
+        return [int(t) for t in token.reshape(-1)]
+    return [0] * math.prod(logits.layout.shape[:-1])
