@@ -190,8 +190,10 @@ _COMMON_SOURCES = {
         "activation, DSD and queue set-up), shared by WSE-2 (same core and runtime)"
     ),
     "scalar_cycles_per_element": (
-        "calibrated on PAPER.md §3.3's LLaMA3-8B decode rows (420/540/660, per-layer; fit "
-        "residuals -5.9%, +1.3%, +7.0%; benchmarks/calibrate_llm.py), shared by WSE-2 and "
+        "calibrated on PAPER.md §3.3's LLaMA3-8B decode rows (420/540/660, per-layer; "
+        "residuals -6.2%, +1.0%, +6.7% since the per-layer plan's vocabulary tables moved to "
+        "regions of their own (fit: -5.9%, +1.3%, +7.0%); benchmarks/calibrate_llm.py), shared "
+        "by WSE-2 and "
         "WSE-3 (same core ISA): one scalar instruction of the decode layer's per-element loops "
         "(code notes §3.4: fast_exp's multiply-add and two squarings, softmax's divide per "
         "element, SiLU's v/(1+fast_exp(-v)), RMSNorm's divide, sqrt and reciprocal per token); "

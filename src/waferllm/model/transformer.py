@@ -21,12 +21,13 @@ import torch
 
 from waferllm.device import Device
 from waferllm.errors import NonFiniteError, SramOverflowError, WaferError
+from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
 from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.relayout import hop, relayout_charge
 from waferllm.mesh.tensor import DistTensor, Layout
-from waferllm.mesh.virtual import Mode
+from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model import vocab
 from waferllm.model.config import ModelConfig, rope_inv_freq
 from waferllm.model.kv_cache import (
@@ -223,13 +224,21 @@ class MeshTransformer:
             heads = heads_for(self.config, mesh.cols)
             charge_rope_tables(mesh, heads, x.tile_shape[0], ledger)
             cos, sin = rope_tables(mesh, heads, self.inv_freq, torch.arange(length), per_token=True)
-            ctx = LayerContext(config=self.config, heads=heads, cos=cos, sin=sin, length=length)
-            for j, i in enumerate(region.layers):
+            ctx = LayerContext(
+                config=self.config,
+                heads=heads,
+                cos=cos,
+                sin=sin,
+                length=length,
+                head_chunk=self.plan.attention_chunk(length),
+            )
+            walked = region.layers
+            if self.mode is Mode.ESTIMATE:  # walk one layer, after the others' kept k/v (the
+                walked = region.layers[-1:]  # region's SRAM peak); they cost the same
+                for i in region.layers[:-1]:
+                    self._prefill_kv[i] = _kept_kv(mesh, heads, length, i)
+            for j, i in enumerate(walked):
                 target = layer_ledger if (r, j) == (0, 0) else _Uncharged()
-                if j and self.mode is Mode.ESTIMATE:
-                    k, v = self._prefill_kv[region.layers[0]]
-                    self._prefill_kv[i] = (_like(k, f"prefill.k{i}"), _like(v, f"prefill.v{i}"))
-                    continue
                 with target.scope("layer"):
                     x, k, v = prefill_layer(mesh, state.layers[i], x, ctx, target)
                 self._prefill_kv[i] = (k, v)
@@ -366,10 +375,10 @@ class MeshTransformer:
         """Estimate mode: put the previous decode step's logits on the mesh, as they are from
         the second step on (kept for `fetch_logits` until the next step selects)."""
         state = self.decode_state
-        if self._logits is not None and self._logits.mesh is state.meshes[-1]:
+        if self._logits is not None and self._logits.mesh is state.head_mesh:
             return
         self._drop_logits()
-        mesh, vocab = state.meshes[-1], self.config.vocab_size
+        mesh, vocab = state.head_mesh, self.config.vocab_size
         layout = Layout((vocab,), x_dim=0)  # the LM head's output: V split along X
         self._logits = mesh.register(
             torch.empty((*mesh.shape, *layout.tile_shape(*mesh.shape)), device="meta"),
@@ -442,7 +451,14 @@ class MeshTransformer:
         cos, sin = rope_tables(
             mesh, heads, self.inv_freq, torch.tensor([position]), per_token=False
         )
-        ctx = LayerContext(config=self.config, heads=heads, cos=cos, sin=sin, length=position + 1)
+        ctx = LayerContext(
+            config=self.config,
+            heads=heads,
+            cos=cos,
+            sin=sin,
+            length=position + 1,
+            head_chunk=heads.n_rep,
+        )
         mask = decode_slot_mask(mesh, counts, append, position, self.config.sliding_window)
         for j, i in enumerate(region.layers):
             if j and self.mode is Mode.ESTIMATE:
@@ -524,18 +540,23 @@ class MeshTransformer:
     def routes_per_core(self) -> dict[str, int]:
         """The largest route count configured on any core, per phase (after a call)."""
         return {
-            "prefill": max(m.routes.routes_per_core for m in self.prefill_state.meshes),
-            "decode": max(m.routes.routes_per_core for m in self.decode_state.meshes),
+            "prefill": max(m.routes.routes_per_core for m in self.prefill_state.all_meshes),
+            "decode": max(m.routes.routes_per_core for m in self.decode_state.all_meshes),
         }
 
     def peak_sram_bytes_per_core(self) -> int:
-        meshes = [*self.prefill_state.meshes, *self.decode_state.meshes]
+        meshes = [*self.prefill_state.all_meshes, *self.decode_state.all_meshes]
         return max(m.sram.peak_bytes for m in meshes)
 
 
-def _like(t: DistTensor, name: str) -> DistTensor:
-    """Another tensor with t's tiles and layout (estimate mode: meta, SRAM charged)."""
-    return t.mesh.register(torch.empty_like(t.data), t.layout, name)
+def _kept_kv(mesh: Mesh, heads: HeadLayout, length: int, i: int) -> tuple[DistTensor, DistTensor]:
+    """Estimate mode: layer i's prefill k and v [L_y, kv_x] as meta tiles, SRAM charged."""
+    layout = Layout((length, heads.num_cols * heads.kv_width), y_dim=0, x_dim=1)
+    shape = (*mesh.shape, *layout.tile_shape(*mesh.shape))
+    return (
+        mesh.register(torch.empty(shape, device="meta"), layout, f"prefill.k{i}"),
+        mesh.register(torch.empty(shape, device="meta"), layout, f"prefill.v{i}"),
+    )
 
 
 def _logical(t: DistTensor, heads) -> torch.Tensor:
