@@ -141,6 +141,7 @@ def plan_phase(
             f"{grid[0]}x{grid[1]} cores and the device has {available} (about {wafers} "
             f"wafers); use a larger grid, placement per-layer, or a larger device"
         )
+    assert sizes is not None
     origins = region_origins(device, grid, limit=count)
     starts = np.cumsum(sizes) - sizes
     regions = tuple(
