@@ -121,12 +121,11 @@ class _PhaseSweep:
                     self.evaluate((side, side))
 
     def run_tilings(self, tilings: list[Grid]) -> None:
-        """Rectangular grids tiling the whole device, fewest regions first: where a square
-        works, prefill also tries the one-region tiling (more cores than the largest
-        square); where none does, the tilings in turn until `TILINGS_FEASIBLE` work."""
+        """Where no square works: rectangular grids tiling the whole device, fewest regions
+        first, until `TILINGS_FEASIBLE` work. (Where a square works, a rectangle pays the
+        lcm padding of its ring GEMMs and was not faster in the cases measured: skipped, to
+        keep the search fast.)"""
         if self.best_grids(1):
-            if self.phase is Phase.PREFILL and tilings:
-                self.evaluate(tilings[0])
             return
         found = 0
         for grid in tilings:
