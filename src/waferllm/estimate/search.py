@@ -324,9 +324,38 @@ def _nothing_fits(costs: CostModel, phase: Phase, sweep: _PhaseSweep) -> WaferEr
                 f"device has {total_sram / 1e9:.1f} GB, so at least {wafers} wafers; use "
                 "--placement per-layer (the paper's extrapolation) or a device with more SRAM"
             )
+    if phase is Phase.PREFILL:
+        longest = _longest_prompt(costs, sweep)
+        if longest is not None:
+            tokens, grid = longest
+            last = (
+                f"the longest prompt any evaluated prefill grid holds is {tokens} tokens (on "
+                f"{grid[0]}x{grid[1]}); use a shorter prompt or --placement per-layer"
+            )
     return WaferError(
         f"no square grid or tiling of the device works for {phase.value} on {device.name}: {last}"
     )
+
+
+def _longest_prompt(costs: CostModel, sweep: _PhaseSweep) -> tuple[int, Grid] | None:
+    """The longest prompt the prefill plans of the evaluated grids hold (byte counts only)."""
+    setup, best = costs.setup, None
+    for grid in sweep.points:
+        try:
+            plan = plan_model(
+                setup.config,
+                setup.device,
+                prefill_grid=grid,
+                decode_grid=grid,
+                placement=setup.placement,
+                resident=ResidentLayouts.ONE,
+                max_context_tokens=None,
+            )
+        except WaferError:
+            continue
+        if plan.max_prompt_tokens and (best is None or plan.max_prompt_tokens > best[0]):
+            best = (plan.max_prompt_tokens, grid)
+    return best
 
 
 # ---- functional runs: the smallest grids that hold the model ------------------------------------
