@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from waferllm.device import tiny, wse2
+from waferllm.errors import WaferError
 from waferllm.estimate.capacity import tiling_capacity, whole_device_tilings, whole_model_capacity
 from waferllm.estimate.cost import Setup
 from waferllm.model.config import load_config
@@ -111,3 +112,27 @@ def test_ring_tilings_keep_a_small_logical_grid_and_cover_most_of_the_wafer():
     for rows, cols in grids:
         assert np.lcm(rows, cols) <= 4 * max(rows, cols)
     assert device_tilings(wse2(), ring=False)[:3] == [(994, 750), (994, 375), (497, 750)]
+
+
+def test_llama2_13b_places_fit_on_one_wse2_over_a_rectangular_tiling():
+    config = load_config("llama2-13b")  # 26 GB of f16 weights, 36.6 GB of SRAM
+
+    def plan(prefill, decode):
+        return plan_model(
+            config,
+            wse2(),
+            prefill_grid=prefill,
+            decode_grid=decode,
+            placement=PlacementMode.FIT,
+            resident=ResidentLayouts.ONE,
+            max_context_tokens=None,
+        )
+
+    with pytest.raises(WaferError, match="does not fit one wse2"):
+        plan((750, 750), (750, 750))  # one square region: a quarter of the wafer idle
+    fit = plan((246, 738), (994, 750))
+    assert [len(r.layers) for r in fit.prefill.regions] == [10, 10, 10, 10]
+    assert len(fit.decode.regions) == 1
+    # a 2048-token prompt and 128 new tokens fit; 4096 does not (the prefill walk's peak)
+    assert 2048 <= fit.max_prompt_tokens < 4096
+    assert fit.kv_slots * 994 >= 2048 + 128
