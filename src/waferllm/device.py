@@ -53,6 +53,10 @@ class Device:
     op_overhead_cycles: float  # fixed cost of one sequential operation (task/collective start)
     scalar_cycles_per_element: float  # one scalar (non-SIMD) instruction: fast_exp step, divide
     host_io_bytes_per_s: float  # host <-> wafer transfer rate for prompts, tokens, logits
+    # ---- the inter-system link (multi-wafer `fit`, SPEC.md §10.10): one wafer's system to the
+    # next; what one activation transfer between two devices of a pipeline costs
+    system_link_bytes_per_s: float  # payload bandwidth out of one system into the next
+    system_link_latency_s: float  # one transfer's fixed latency (NICs, switch, protocol)
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -73,6 +77,7 @@ class Device:
                     f"{limit}"
                 )
         self._check_numbers()
+        self._check_system_link()
         if self.storage_dtype not in STORAGE_DTYPES:
             raise WaferError(
                 f"device field storage_dtype={self.storage_dtype!r} must be one of "
@@ -106,6 +111,18 @@ class Device:
             value = getattr(self, field)
             if not _is_finite_number(value) or value < 0:
                 raise WaferError(f"device field {field}={value!r} must be a number >= 0")
+
+    def _check_system_link(self) -> None:
+        """The inter-system link: a positive bandwidth, a latency >= 0 (finite numbers)."""
+        bandwidth, latency = self.system_link_bytes_per_s, self.system_link_latency_s
+        if not _is_finite_number(bandwidth) or bandwidth <= 0:
+            raise WaferError(
+                f"device field system_link_bytes_per_s={bandwidth!r} must be a positive number"
+            )
+        if not _is_finite_number(latency) or latency < 0:
+            raise WaferError(
+                f"device field system_link_latency_s={latency!r} must be a number >= 0"
+            )
 
     @property
     def storage_bytes(self) -> int:
@@ -153,7 +170,26 @@ def _wse_common() -> dict[str, Any]:
         op_overhead_cycles=28.4,
         scalar_cycles_per_element=10.5,
         host_io_bytes_per_s=1.2e12,
+        **_system_link(),
     )
+
+
+# ---- the inter-system link (multi-wafer `fit`) ---------------------------------------------------
+def _system_link() -> dict[str, Any]:
+    """CS-2 system I/O: 12 x 100 GbE = 1.2 Tbit/s = 150 GB/s; the latency is a placeholder."""
+    return dict(system_link_bytes_per_s=150e9, system_link_latency_s=5e-6)
+
+
+_SYSTEM_LINK_SOURCES = {
+    "system_link_bytes_per_s": (
+        "Cerebras CS-2 system I/O (12 x 100 Gigabit Ethernet = 1.2 Tbit/s = 150 GB/s, the "
+        "vendor's CS-2 datasheet; not downloaded here), every port carrying one transfer"
+    ),
+    "system_link_latency_s": (
+        "placeholder: one switched 100 GbE traversal with its protocol stack (microseconds; no "
+        "published CS-2/CS-3 figure)"
+    ),
+}
 
 
 _COMMON_SOURCES = {
@@ -177,6 +213,7 @@ _COMMON_SOURCES = {
         "(fitting it on WSE-2 too breaks PAPER.md §3.1's flat 2K MeshGEMM)"
     ),
     "host_io_bytes_per_s": "placeholder: host I/O is reported apart from every TPR",
+    **_SYSTEM_LINK_SOURCES,
     "stage_latency_cycles": (
         "calibrated on PAPER.md §3.2 Table 6 MeshGEMV WSE-2 column at 720x720 with the default "
         "K = 2 tree (fit residuals +5.5%, +1.0%; benchmarks/calibrate_llm.py); shared by WSE-3 "
@@ -247,6 +284,10 @@ def wse3() -> Device:
             "mesh_cols": "PAPER.md §2.1 usable rectangle (755 columns)",
             "flops_per_cycle_per_core": "PAPER.md §2.1 core datapath (8 f16 lanes, simd_64)",
             "power_w": "PAPER.md §2.1 power row ('same power as WSE-2'; figure not published)",
+            "system_link_bytes_per_s": (
+                "placeholder: the CS-3's system I/O taken equal to the CS-2's 12 x 100 GbE "
+                "(150 GB/s); the CS-3 figure was not verified (no download possible)"
+            ),
         },
     )
 

@@ -295,6 +295,68 @@ def reference_run(path: Path | str, prompt_ids: Sequence[int], max_new_tokens: i
     return _cached_reference(path, tuple(int(t) for t in prompt_ids), max_new_tokens)
 
 
+def reference_run_dequantised(
+    path: Path | str, prompt_ids: Sequence[int], max_new_tokens: int, weight_dtype: str
+) -> Reference:
+    """`reference_run` on transformers loaded with the checkpoint's weights quantised to
+    `weight_dtype` and dequantised as waferllm stores them (`dequantised_state_dict`)."""
+    import transformers
+
+    from waferllm.model.quant import dequantised_state_dict
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    model.load_state_dict(dequantised_state_dict(model.state_dict(), weight_dtype))
+    return _run(model, tuple(int(t) for t in prompt_ids), max_new_tokens)
+
+
+def reference_run_kv_quantised(
+    path: Path | str, prompt_ids: Sequence[int], max_new_tokens: int, kv_dtype: str
+) -> tuple[tuple[int, ...], torch.Tensor]:
+    """transformers' greedy run with a KV cache stored as waferllm stores it: the prompt's
+    attention sees float keys and values (prefill keeps them as activations), every decode
+    step sees every cached k and v quantised per token and kv head along head_dim (groups of
+    32; test heads of <= 32 dims held whole by a column make that waferllm's grouping).
+    Returns (generated ids, logits [max_new_tokens, V] of each step)."""
+    import transformers
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    from waferllm.mesh.storage import parse_stored_dtype
+    from waferllm.model.quant import fake_quantise
+
+    stored = parse_stored_dtype(kv_dtype, what="kv_dtype")
+
+    def attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        if query.shape[-2] == 1:  # a decode step reads the compressed cache
+            key, value = fake_quantise(key, stored), fake_quantise(value, stored)
+        return eager_attention_forward(
+            module, query, key, value, attention_mask, scaling, dropout, **kwargs
+        )
+
+    AttentionInterface.register("waferllm_kv_quantised", attention)
+    AttentionMaskInterface.register("waferllm_kv_quantised", eager_mask)  # additive, as eager
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=torch.float32, attn_implementation="waferllm_kv_quantised"
+    ).eval()
+    prompt = torch.tensor([list(prompt_ids)])
+    with torch.no_grad():
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=EOS_ID,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    generated = tuple(int(t) for t in out.sequences[0, len(prompt_ids) :])
+    return generated, torch.stack([step[0].float() for step in out.logits])
+
+
 def margin_threshold(logits: torch.Tensor) -> torch.Tensor:
     """Per position [T]: max(1e-3, 2e-4 * max |logit|) (SPEC.md §10.11)."""
     scale = logits.detach().double().abs().amax(dim=-1)

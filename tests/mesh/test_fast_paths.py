@@ -29,7 +29,8 @@ from waferllm.mesh import (
     segmented_allreduce,
     shift,
 )
-from waferllm.mesh.patterns import Owners, multicast_traffic
+from waferllm.mesh.patterns import Owners, multicast_traffic, tail_shift_traffic
+from waferllm.mesh.traffic import line_traffic
 
 from .spy import device
 
@@ -231,3 +232,76 @@ def test_an_unpriced_ledger_nests_scopes_tags_repeats_and_overlaps_and_keeps_not
             out = ring_shift(mesh, out, axis=Axis.X, ledger=ledger, op="ring")
     assert ledger.records == [] and not ledger.in_overlap
     assert torch.equal(out, ring_shift(mesh, x, axis=Axis.X, ledger=ledger, op="r", steps=2))
+
+
+def _same_traffic(a, b) -> None:
+    for field in dataclasses.fields(a):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if isinstance(x, dict):
+            assert x.keys() == y.keys()
+            for k in x:
+                np.testing.assert_array_equal(x[k], y[k])
+        elif isinstance(x, np.ndarray):
+            np.testing.assert_array_equal(np.broadcast_to(x, y.shape), y)
+            assert x.shape == y.shape
+        else:
+            assert x == y, field.name
+    assert a.cycles == b.cycles
+
+
+@pytest.mark.parametrize("axis", [Axis.X, Axis.Y])
+@pytest.mark.parametrize("first", [1, 2, 5, 6])
+def test_the_closed_form_tail_shift_equals_the_segment_walk(axis, first):
+    dev = tiny()
+    shape = (7, 5) if axis is Axis.Y else (5, 7)
+    src = np.arange(first, 7)
+    walked = line_traffic(
+        dev, shape, axis, src=src, dst=src - 1, nbytes=96, critical_hops=1, critical_stages=0
+    )
+    _same_traffic(tail_shift_traffic.__wrapped__(dev, shape, axis, first, 96), walked)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_one_hop_loads_equal_the_per_line_sums(seed):
+    from waferllm.mesh.traffic import _one_hop_loads, _segment_loads
+
+    rng = np.random.default_rng(seed)
+    lines, num = (1, 3, 5)[seed % 3], 7
+    pos = np.broadcast_to(np.arange(num), (lines, num))
+    dst = np.clip(pos + rng.integers(-1, 2, size=(lines, num)), 0, num - 1)
+    size = np.where(dst == pos, 0.0, rng.integers(1, 100, size=(lines, num)).astype(float))
+    fast = _one_hop_loads(Axis.X, pos, dst, size)
+    walked = _segment_loads(Axis.X, pos, dst, size, num)
+    assert fast[0].keys() == walked[0].keys()
+    for k in fast[0]:
+        np.testing.assert_array_equal(fast[0][k], walked[0][k])
+    np.testing.assert_array_equal(fast[1], walked[1])
+    np.testing.assert_array_equal(fast[2], walked[2])
+
+
+def _owner_maps(rng: np.random.Generator, lines: int, num: int, *, far: bool) -> np.ndarray:
+    """Random owner maps: groups of consecutive cores rooted inside (any core of the group),
+    or with `far` also anywhere on the line (runs cut off from their roots)."""
+    out = np.empty((lines, num), dtype=np.int64)
+    for line in range(lines):
+        start = 0
+        while start < num:
+            group = np.arange(start, min(start + int(rng.integers(1, 5)), num))
+            roots = [*group, int(rng.integers(0, num))] if far else list(group)
+            out[line, group] = rng.choice(roots)
+            start += len(group)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_multicast_loads_in_closed_form_equal_the_per_line_sums(seed, monkeypatch):
+    from waferllm.mesh import patterns
+
+    rng = np.random.default_rng(seed)
+    owner = _owner_maps(rng, (1, 4)[seed % 2], 9, far=seed >= 6)
+    owners = Owners.of_map(owner)
+    dev = tiny()
+    fast = multicast_traffic.__wrapped__(dev, (9, 9), Axis.X, owners, 24)
+    monkeypatch.setattr(patterns, "_run_loads", lambda *_: None)
+    walked = multicast_traffic.__wrapped__(dev, (9, 9), Axis.X, owners, 24)
+    _same_traffic(fast, walked)

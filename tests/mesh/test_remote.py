@@ -1,4 +1,4 @@
-"""Closed-form ledger tests for the baselines' primitives (mesh/remote.py).
+"""Closed-form ledger tests for the baselines' primitives (mesh/blind_rings.py, mesh/remote.py).
 
 Device `tiny` pinned as in spy.py: alpha 3, beta 7, 4-byte links and ramps, no overheads.
 Tiles are 16 float16 elements, n = 32 bytes. The stride-ring vectors are note §5's.
@@ -12,18 +12,20 @@ import torch
 
 from waferllm.errors import RouteOverflowError, WaferError
 from waferllm.mesh import Axis, Ledger, Mesh
-from waferllm.mesh.remote import (
+from waferllm.mesh.blind_rings import (
     default_stride,
     fan_in_reduce,
-    flows,
     permuted_shift,
-    point_to_point,
     relay_plan,
-    remote_load,
-    snake_chain,
     stride_position,
     stride_successor,
     transit_per_core,
+)
+from waferllm.mesh.remote import (
+    flows,
+    point_to_point,
+    remote_load,
+    snake_chain,
     xy_transit_per_core,
 )
 

@@ -21,6 +21,7 @@ from waferllm.estimate.cost import DecodeWalks
 from waferllm.model.config import ModelConfig, from_hf_dict
 from waferllm.model.placement import PlacementMode, ResidentLayouts
 from waferllm.model.plan import plan_model
+from waferllm.model.quant import UNCOMPRESSED, Storage
 from waferllm.model.transformer import MeshTransformer
 
 # The 135M-parameter Llama shape of issue 11 (SmolLM-135M's config.json fields).
@@ -37,7 +38,13 @@ SHAPE_135M = {
 }
 
 
-def _plans(config: ModelConfig, device: Device, prefill: tuple[int, int], decode: tuple[int, int]):
+def _plans(
+    config: ModelConfig,
+    device: Device,
+    prefill: tuple[int, int],
+    decode: tuple[int, int],
+    storage: Storage = UNCOMPRESSED,
+):
     try:
         plan_model(
             config,
@@ -47,6 +54,7 @@ def _plans(config: ModelConfig, device: Device, prefill: tuple[int, int], decode
             placement=PlacementMode.FIT,
             resident=ResidentLayouts.ONE,
             max_context_tokens=None,
+            storage=storage,
         )
     except WaferError:
         return False
@@ -54,13 +62,18 @@ def _plans(config: ModelConfig, device: Device, prefill: tuple[int, int], decode
 
 
 def tightest_device(
-    config: ModelConfig, prefill: tuple[int, int], decode: tuple[int, int], slack_bytes: int
+    config: ModelConfig,
+    prefill: tuple[int, int],
+    decode: tuple[int, int],
+    slack_bytes: int,
+    storage: Storage = UNCOMPRESSED,
 ) -> Device:
     """`tiny` with the least SRAM on which the model plans, plus `slack_bytes`."""
     low, high = 1, 1 << 22
     while high - low > 1:
         mid = (low + high) // 2
-        if _plans(config, dataclasses.replace(tiny(), sram_bytes_per_core=mid), prefill, decode):
+        device = dataclasses.replace(tiny(), sram_bytes_per_core=mid)
+        if _plans(config, device, prefill, decode, storage):
             high = mid
         else:
             low = mid
@@ -122,6 +135,46 @@ def test_a_request_the_plan_accepts_runs_to_its_last_token(
         return  # refused before the first token: allowed
     trace = engine.generate([1] * length, params).run()
     assert trace.output_len == params.max_tokens
+    assert model.peak_sram_bytes_per_core() <= device.sram_bytes_per_core
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+    phases=(Phase.explicit, Phase.generate),
+)
+@given(
+    config=small_configs(),
+    prefill=grids,
+    decode=grids,
+    slack_bytes=st.integers(0, 600),
+    weight_dtype=st.sampled_from(["int8", "int4"]),
+    kv_dtype=st.sampled_from(["float16", "int8", "int4"]),
+)
+def test_a_request_the_compressed_plan_accepts_runs_to_its_last_token(
+    config, prefill, decode, slack_bytes, weight_dtype, kv_dtype
+):
+    storage = Storage.of(weight_dtype, kv_dtype)
+    device = tightest_device(config, prefill, decode, slack_bytes, storage)
+    model = MeshTransformer(
+        config,
+        random_weights(config),
+        device=device,
+        prefill_grid=prefill,
+        decode_grid=decode,
+        storage=storage,
+    )
+    length = max(1, min(model.max_prompt_tokens, model.kv_capacity_tokens(), 12))
+    new_tokens = max(1, min(model.max_new_tokens(length), 32))
+    params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
+    engine = Engine(model)
+    try:
+        engine.validate([1] * length, params)
+    except WaferError:
+        return  # refused before the first token: allowed
+    engine.generate([1] * length, params).run()
     assert model.peak_sram_bytes_per_core() <= device.sram_bytes_per_core
 
 

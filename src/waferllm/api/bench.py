@@ -30,9 +30,18 @@ from waferllm.kernels.registry import WEIGHT_SKEW, store_b_for
 from waferllm.kernels.result import KernelResult
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import fanouts_from_groups
+from waferllm.mesh.storage import StoredDtype, parse_stored_dtype
 from waferllm.mesh.tensor import Layout
 from waferllm.mesh.tiling import padded_k
-from waferllm.mesh.virtual import COMPUTE_DTYPES, GridLike, Mesh, Mode, as_grid
+from waferllm.mesh.virtual import (
+    COMPUTE_DTYPES,
+    GridLike,
+    Mesh,
+    Mode,
+    as_grid,
+    resolve_torch_device,
+)
+from waferllm.model.quant import fake_quantise
 from waferllm.model.report import Provenance
 
 SCHEMA_VERSION = 1
@@ -110,6 +119,7 @@ class _Setup:
     mode: Mode
     dtype: torch.dtype
     f16_accumulate: bool
+    torch_device: torch.device
 
     def mesh(self, device: Device | None = None, mode: Mode | None = None) -> Mesh:
         return Mesh(
@@ -119,6 +129,7 @@ class _Setup:
             mode=mode or self.mode,
             compute_dtype=self.dtype,
             f16_accumulate=self.f16_accumulate,
+            torch_device=self.torch_device,
         )
 
 
@@ -140,7 +151,12 @@ GEMV_ALGOS = tuple(GEMV_KERNELS)
 
 
 def _setup(
-    device: str | Device, grid: GridLike, mode: str, dtype: str, f16_accumulate: bool
+    device: str | Device,
+    grid: GridLike,
+    mode: str,
+    dtype: str,
+    f16_accumulate: bool,
+    torch_device: str,
 ) -> _Setup:
     dev = device if isinstance(device, Device) else get_device(device)
     parsed = as_grid(grid, "grid")
@@ -155,7 +171,8 @@ def _setup(
         raise WaferError(f"unknown dtype {dtype!r}; choose from {', '.join(COMPUTE_DTYPES)}")
     if f16_accumulate and dtype != "float16":
         warnings.warn("--f16-accumulate has no effect unless --dtype float16", stacklevel=3)
-    return _Setup(dev, rows, cols, run_mode, COMPUTE_DTYPES[dtype], f16_accumulate)
+    tiles = resolve_torch_device(torch_device)
+    return _Setup(dev, rows, cols, run_mode, COMPUTE_DTYPES[dtype], f16_accumulate, tiles)
 
 
 def _check_sizes(**sizes: int) -> None:
@@ -203,6 +220,14 @@ def _host(
     data = torch.zeros(shape)
     data[tuple(slice(0, v) for v in valid)] = torch.randn(valid, generator=gen)
     return data.to(mesh.compute_dtype).float()
+
+
+def _quantised(host: torch.Tensor, stored: StoredDtype) -> torch.Tensor:
+    """A [K, N] weight quantised along K (its reduced axis) and dequantised, as compressed
+    weights are computed with; unchanged for float16 and in estimate mode."""
+    if not stored.compressed or host.device.type == "meta":
+        return host
+    return fake_quantise(host.T, stored).T.contiguous()
 
 
 def _bench(
@@ -268,26 +293,37 @@ def bench_gemm(
     f16_accumulate: bool = False,
     align_both: bool = False,
     seed: int = 0,
+    weight_dtype: str = "float16",
+    torch_device: str = "cpu",
 ) -> KernelReport:
     """C[m, n] = A[m, k] @ B[k, n] with `algo` (meshgemm, cannon, summa, allgather) on a grid
     of the device. B is stored as weights (pre-skewed for the ring kernels, untimed) unless
     `align_both`, which skews it on the device beside A (timed). Ring kernels on a non-square
-    grid get K zero-padded to a multiple of lcm(rows, cols)."""
+    grid get K zero-padded to a multiple of lcm(rows, cols). `weight_dtype` int8/int4 stores B
+    compressed (meshgemm and cannon, B stored as weights): functional runs quantise it and
+    compare with the oracle on the same dequantised B. `torch_device`: where functional tiles
+    live (cpu or cuda)."""
     start = time.perf_counter()
+    stored = parse_stored_dtype(weight_dtype, what="weight_dtype")
     if algo not in GEMM_KERNELS:
         raise WaferError(f"unknown GEMM algorithm {algo!r}; choose from {', '.join(GEMM_KERNELS)}")
     _check_sizes(m=m, k=k, n=n)
-    setup = _setup(device, grid, mode, dtype, f16_accumulate)
+    setup = _setup(device, grid, mode, dtype, f16_accumulate, torch_device)
     ring = algo in WEIGHT_SKEW or algo == "t10"
     if align_both and not ring:
         warnings.warn(f"--align-both has no effect on {algo} (it skews nothing)", stacklevel=2)
+    if stored.compressed and (align_both or algo not in WEIGHT_SKEW):
+        raise WaferError(
+            f"weight_dtype={stored.value} applies to B stored as weights by "
+            f"{' or '.join(WEIGHT_SKEW)} (without --align-both), not to {algo}"
+        )
     k_stored = padded_k(setup.rows, setup.cols, k) if ring else k
     _check_host_memory(setup, m * k_stored + k_stored * n + m * n, f"gemm {m}x{k}x{n}")
 
     def run(mesh: Mesh) -> _Run:
         gen = torch.Generator().manual_seed(seed)
         host_a = _host(mesh, (m, k_stored), (m, k), gen)
-        host_b = _host(mesh, (k_stored, n), (k, n), gen)
+        host_b = _quantised(_host(mesh, (k_stored, n), (k, n), gen), stored)
         a = mesh.scatter(host_a, Layout((m, k_stored), y_dim=0, x_dim=1), "a")
         if align_both or not ring:
             b = mesh.scatter(host_b, Layout((k_stored, n), y_dim=0, x_dim=1), "b")
@@ -296,7 +332,7 @@ def bench_gemm(
                 host_b, Layout((k_stored, n), y_dim=0, x_dim=1), "b"
             )
         else:
-            b = store_b_for(mesh, host_b, algo=algo, name="b")
+            b = store_b_for(mesh, host_b, algo=algo, name="b", stored=stored)
         result = GEMM_KERNELS[algo](mesh, a=a, b=b, ledger=Ledger())
         error = None
         if mesh.mode is Mode.FUNCTIONAL:
@@ -322,27 +358,35 @@ def bench_gemv(
     dtype: str = "float32",
     f16_accumulate: bool = False,
     seed: int = 0,
+    weight_dtype: str = "float16",
+    torch_device: str = "cpu",
 ) -> KernelReport:
     """y[n] = x[m] @ W[m, n] with `algo` (meshgemv, pipeline, ring): x split along Y and
     replicated along X, W tiled over the cores, the partial sums allreduced along Y.
     `fanouts` (bottom level first) or `groups` shape meshgemv's K-tree; `broadcast=False`
-    stops after the reduce. The report has m = 1, k = the reduced length, n (SPEC.md §10.3)."""
+    stops after the reduce. The report has m = 1, k = the reduced length, n (SPEC.md §10.3).
+    `weight_dtype` int8/int4 stores W compressed (the oracle runs the same dequantised W)."""
     start = time.perf_counter()
+    stored = parse_stored_dtype(weight_dtype, what="weight_dtype")
     if algo not in GEMV_KERNELS:
         raise WaferError(f"unknown GEMV algorithm {algo!r}; choose from {', '.join(GEMV_KERNELS)}")
     _check_sizes(m=m, n=n)
-    setup = _setup(device, grid, mode, dtype, f16_accumulate)
+    setup = _setup(device, grid, mode, dtype, f16_accumulate, torch_device)
     if fanouts is not None and groups is not None:
         raise WaferError("give --fanouts or --groups, not both")
     tree = fanouts_from_groups(setup.rows, groups) if groups is not None else fanouts
+    if stored.compressed and algo not in _WAFERLLM_GEMVS:
+        raise WaferError(
+            f"weight_dtype={stored.value} is modelled for {', '.join(_WAFERLLM_GEMVS)}, not {algo}"
+        )
     _check_host_memory(setup, m * n + m + n, f"gemv {m}x{n}")
 
     def run(mesh: Mesh) -> _Run:
         gen = torch.Generator().manual_seed(seed)
         host_x = _host(mesh, (m,), (m,), gen)
-        host_w = _host(mesh, (m, n), (m, n), gen)
+        host_w = _quantised(_host(mesh, (m, n), (m, n), gen), stored)
         x = mesh.scatter(host_x, Layout((m,), y_dim=0), "x")
-        w = mesh.scatter(host_w, Layout((m, n), y_dim=0, x_dim=1), "w")
+        w = mesh.scatter(host_w, Layout((m, n), y_dim=0, x_dim=1), "w", stored=stored)
         kernel = GEMV_KERNELS[algo]
         result = kernel(mesh, x=x, w=w, ledger=Ledger(), fanouts=tree, broadcast=broadcast)
         error = None

@@ -25,12 +25,20 @@ from waferllm.errors import GridError, WaferError
 from waferllm.estimate.capacity import whole_model_capacity
 from waferllm.estimate.cost import Grid, RequestCost, Setup, clear_cache, cost_model
 from waferllm.estimate.flops import model_flops
-from waferllm.estimate.search import GridSearch, search_grids
+from waferllm.estimate.multi_device import (
+    grid_request,
+    pipeline_breakdown,
+    request_over_devices,
+    resolve_num_devices,
+    single_device_error,
+)
+from waferllm.estimate.search import GridSearch
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.virtual import GridLike, as_grid
 from waferllm.model.config import ModelConfig, load_config
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.placement import PlacementMode, ResidentLayouts
+from waferllm.model.quant import UNCOMPRESSED, Storage
 from waferllm.model.regions import PhaseRegions
 from waferllm.model.report import RequestMetrics, RequestReport
 
@@ -58,6 +66,7 @@ class PhasePlacement:
     origins: tuple[tuple[int, int], ...]  # top-left core (row, col) of each region
     layers: tuple[range, ...]  # the layers of each region
     layer_multiplier: int = 1  # per-layer: how many layers the one modelled layer stands for
+    devices: tuple[int, ...] = ()  # the device of each region (origins are on that device)
 
     @classmethod
     def of(cls, regions: PhaseRegions, multiplier: int) -> PhasePlacement:
@@ -66,15 +75,20 @@ class PhasePlacement:
             origins=tuple(r.origin for r in regions.regions),
             layers=tuple(r.layers for r in regions.regions),
             layer_multiplier=multiplier,
+            devices=tuple(r.device for r in regions.regions),
         )
 
     def to_dict(self) -> dict[str, Any]:
+        regions = [
+            {"origin": list(o), "first_layer": r.start, "num_layers": len(r)}
+            for o, r in zip(self.origins, self.layers, strict=True)
+        ]
+        if any(self.devices):  # several linked devices: say which holds each region
+            for region, device in zip(regions, self.devices, strict=True):
+                region["device"] = device
         return {
             "grid": list(self.grid),
-            "regions": [
-                {"origin": list(o), "first_layer": r.start, "num_layers": len(r)}
-                for o, r in zip(self.origins, self.layers, strict=True)
-            ],
+            "regions": regions,
             "layer_multiplier": self.layer_multiplier,
         }
 
@@ -114,6 +128,9 @@ def estimate(
     resident_layouts: str | ResidentLayouts = "one",
     progress: Progress | None = None,
     system: str = "waferllm",
+    weight_dtype: str = "float16",
+    kv_dtype: str = "float16",
+    num_devices: int | str = 1,
 ) -> Estimate:
     """Predict one batch-1 request of `prompt_len` tokens generating `output_len`.
 
@@ -121,15 +138,28 @@ def estimate(
     Grids not given are searched (the fastest feasible pair under SRAM and routes, minimising
     TTFT + transition + decode time); `progress(done, total, what)` follows the search.
     `system="t10"|"ladder"`: the paper's wafer-side baselines instead (`estimate_systems`).
+    `weight_dtype`, `kv_dtype`: float16 (default), int8 or int4 (one float16 scale per group of
+    32; SPEC.md §10.2): SRAM, links and the ledger count the stored bytes, every use pays the
+    dequantisation.
+    `num_devices`: `fit` over that many linked devices, a pipeline of layer ranges
+    (SPEC.md §10.10), or "auto" for the fewest that hold the request.
 
     >>> est = estimate("llama3-8b", prompt_len=4096, output_len=2, placement="per-layer",
     ...                prefill_grid=600, decode_grid=420)
     >>> est.report.placement, est.extrapolated, est.metrics.decode_tpr > 1000
     ('per-layer', True, True)
     """
+    storage = Storage.of(weight_dtype, kv_dtype)
+    if system != "waferllm" and storage != UNCOMPRESSED:
+        raise WaferError(
+            f"system={system!r} models float16 weights and KV cache only; "
+            "weight_dtype/kv_dtype apply to system waferllm"
+        )
     config = model if isinstance(model, ModelConfig) else load_config(str(model))
     resolved = _device(device, device_overrides)
     if system != "waferllm":
+        if num_devices != 1:
+            raise WaferError(f"num_devices={num_devices!r} applies to system waferllm only")
         grids_given = (prefill_grid, decode_grid)
         with collected_warnings() as caught:
             baseline = _baseline(config, resolved, system, prompt_len, output_len, grids_given)
@@ -145,6 +175,8 @@ def estimate(
             kv_cache=kv_cache,
             resident_layouts=resident_layouts,
             progress=progress,
+            storage=storage,
+            num_devices=num_devices,
         )
     return _stamped(result, caught, device=resolved, config=config)
 
@@ -160,6 +192,8 @@ def _estimate(
     kv_cache: str | KvPolicy,
     resident_layouts: str | ResidentLayouts,
     progress: Progress | None,
+    storage: Storage,
+    num_devices: int | str,
 ) -> Estimate:
     start = time.perf_counter()
     setup = Setup(
@@ -168,25 +202,23 @@ def _estimate(
         placement=_choice(placement, PlacementMode, "placement"),
         kv_policy=_choice(kv_cache, KvPolicy, "kv_cache"),
         resident=_choice(resident_layouts, ResidentLayouts, "resident_layouts"),
+        storage=storage,
     )
     _check_lengths(setup.config, prompt_len, output_len)
     grids = (as_grid(grids[0], "prefill_grid"), as_grid(grids[1], "decode_grid"))
     for grid, name in zip(grids, ("prefill_grid", "decode_grid"), strict=True):
         _check_on_device(grid, setup.device, name)
+    lengths = {"prompt_len": prompt_len, "output_len": output_len}
+    count = resolve_num_devices(setup, num_devices, **lengths, grids=grids)
+    setup = dataclasses.replace(setup, num_devices=count)
     costs = cost_model(setup)
-    search = None
-    if grids[0] is not None and grids[1] is not None:
-        cost = costs.request(grids[0], grids[1], prompt_len, output_len)
+    if count > 1:
+        cost, search = request_over_devices(costs, **lengths, grids=grids, progress=progress)
     else:
-        search = search_grids(
-            costs,
-            prompt_len=prompt_len,
-            output_len=output_len,
-            prefill_grid=grids[0],
-            decode_grid=grids[1],
-            progress=progress,
-        )
-        cost = search.best
+        try:
+            cost, search = grid_request(costs, **lengths, grids=grids, progress=progress)
+        except WaferError as exc:
+            raise single_device_error(setup, exc, **lengths, grids=grids) from None
     return _result(setup, cost, search, prompt_len, output_len, time.perf_counter() - start)
 
 
@@ -216,13 +248,13 @@ def _baseline(
 
 def _stamped(result: _Result, caught: list[str], *, device: Device, config: ModelConfig) -> _Result:
     """The result (WaferLLM's or a baseline's) with its warnings, provenance and the share of
-    the device's SRAM in use (`_sram_used_bytes`)."""
+    the device's SRAM in use (`_sram_used_bytes`, over every device)."""
+    sram_bytes = device.sram_bytes_per_core * device.num_cores * result.report.num_devices
     report = dataclasses.replace(
         result.report,
         warnings=tuple(caught),
         provenance=make_provenance(device=device, config=config),
-        sram_used_fraction=_sram_used_bytes(result)
-        / (device.sram_bytes_per_core * device.num_cores),
+        sram_used_fraction=_sram_used_bytes(result) / sram_bytes,
     )
     return dataclasses.replace(result, report=report)
 
@@ -307,7 +339,7 @@ def _result(
         ttft_s=ttft_s,
         decode_time_s=decode_s,
         transition_s=transition_s,
-        power_w=device.power_w,
+        power_w=device.power_w * setup.num_devices,  # every linked device draws power
         peak_sram_bytes_per_core=max(
             cost.prefill.peak_sram_bytes_per_core, cost.decode.peak_sram_bytes_per_core
         ),
@@ -330,6 +362,9 @@ def _result(
         max_new_tokens=room,
         breakdown=breakdown,
         host_wall_s=wall_s,
+        weight_dtype=setup.storage.weights.value,
+        kv_dtype=setup.storage.kv.value,
+        num_devices=setup.num_devices,
     )
     return Estimate(
         report=report,
@@ -371,6 +406,10 @@ def _breakdown(
         "decode": placements[1].to_dict(),
     }
     out["search"] = search.to_dict() if search is not None else None
+    if setup.num_devices > 1:
+        out["pipeline"] = pipeline_breakdown(
+            setup, cost, cost.model.plan.prefill, cost.model.plan.decode
+        )
     # layer-level ops are named layer/<op>: group two levels deep to show them
     out["prefill"] = _phase_summary(device, cost.prefill.ledger, depth=2)
     out["transition"] = _phase_summary(device, cost.transition, depth=2)

@@ -29,10 +29,11 @@ from waferllm.errors import GridError, WaferError
 from waferllm.estimate.capacity import whole_model_capacity
 from waferllm.estimate.cost import Setup
 from waferllm.estimate.search import default_grids
-from waferllm.mesh.virtual import COMPUTE_DTYPES, GridLike, as_grid
+from waferllm.mesh.virtual import COMPUTE_DTYPES, GridLike, as_grid, resolve_torch_device
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.placement import PlacementMode, ResidentLayouts
+from waferllm.model.quant import Storage
 from waferllm.model.report import RequestMetrics, RequestReport
 from waferllm.model.transformer import MeshTransformer
 from waferllm.model.weights import ModelWeights, load_checkpoint
@@ -101,7 +102,11 @@ class LLM:
     """A checkpoint placed on the virtual wafer, ready to generate (batch 1, one request at
     a time). `grid` sets both phases; `prefill_grid`/`decode_grid` set them apart; with no
     grid, the smallest square grid that holds the model with room for a few hundred tokens
-    of context is used for both (`default_grids`).
+    of context is used for both (`default_grids`). `weight_dtype`/`kv_dtype` (float16, int8,
+    int4; SPEC.md §10.2) store the weights and the KV cache compressed: the checkpoint is
+    quantised at load, the KV cache on write, and the costs count the stored bytes.
+    `torch_device` says where the virtual wafer's tensors live: `cpu` (default) or `cuda` (a
+    GPU; WaferError when there is none).
 
     One object serves one request at a time: `generate` and `stream` calls from several
     threads are serialised by a lock (each waits for the request in flight); an unfinished
@@ -121,11 +126,15 @@ class LLM:
         kv_cache: str = "shift",
         placement: str = "fit",
         resident_layouts: str = "one",
+        weight_dtype: str = "float16",
+        kv_dtype: str = "float16",
+        torch_device: str = "cpu",
     ) -> None:
         if grid is not None and (prefill_grid is not None or decode_grid is not None):
             raise GridError("give either grid or prefill_grid/decode_grid, not both")
         if dtype not in COMPUTE_DTYPES:
             raise WaferError(f"dtype={dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+        tiles_device = resolve_torch_device(torch_device)  # before loading: fail fast
         self.device = device if isinstance(device, Device) else get_device(device)
         if device_overrides:
             self.device = with_overrides(self.device, device_overrides)
@@ -138,12 +147,15 @@ class LLM:
         self._chat_template: ChatTemplate | None = None  # loaded by the first chat
         self.dtype = dtype
         self._mesh: dict[str, Any] = dict(
-            compute_dtype=COMPUTE_DTYPES[dtype], f16_accumulate=f16_accumulate
+            compute_dtype=COMPUTE_DTYPES[dtype],
+            f16_accumulate=f16_accumulate,
+            torch_device=tiles_device,
         )
         self._plan: dict[str, Any] = dict(
             kv_policy=_choice(kv_cache, KvPolicy, "kv_cache"),
             placement=_choice(placement, PlacementMode, "placement"),
             resident_layouts=_choice(resident_layouts, ResidentLayouts, "resident_layouts"),
+            storage=Storage.of(weight_dtype, kv_dtype),
         )
         prefill = self._grid(grid, "grid") or self._grid(prefill_grid, "prefill_grid")
         decode = self._grid(grid, "grid") or self._grid(decode_grid, "decode_grid")
@@ -194,6 +206,7 @@ class LLM:
                 decode=decode,
                 placement=self._plan["placement"],
                 resident_layouts=self._plan["resident_layouts"],
+                storage=self._plan["storage"],
             )
         return MeshTransformer(
             self.config,
@@ -335,7 +348,12 @@ class LLM:
         )
         # SPEC.md §10.10: the whole model resident over a tiling of the whole device (this
         # plan's own cache may be smaller: it uses the fewest regions that hold the model)
-        setup = Setup(config=self.config, device=self.device, resident=model.plan.resident)
+        setup = Setup(
+            config=self.config,
+            device=self.device,
+            resident=model.plan.resident,
+            storage=model.plan.storage,
+        )
         grids = (model.plan.prefill.grid, model.plan.decode.grid)
         capacity, room = whole_model_capacity(setup, *grids, length)
         return RequestReport(
@@ -364,6 +382,8 @@ class LLM:
             token_ids=list(trace.token_ids),
             provenance=make_provenance(device=self.device, config=self.config),
             sram_used_fraction=_sram_used_fraction(self.device, occupancy),
+            weight_dtype=model.plan.storage.weights.value,
+            kv_dtype=model.plan.storage.kv.value,
         )
 
 

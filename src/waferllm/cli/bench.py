@@ -13,6 +13,7 @@ from rich.table import Table
 from waferllm.api.bench import GEMM_ALGOS, GEMV_ALGOS, KernelReport, bench_gemm, bench_gemv
 from waferllm.cli import units
 from waferllm.cli.common import (
+    DTYPE_NAMES,
     add_device_options,
     console,
     device_from_args,
@@ -44,7 +45,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--f16-accumulate", action="store_true", help="accumulate float16 in float16"
     )
+    parser.add_argument(
+        "--torch-device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where functional tiles live (default cpu; cuda: a GPU)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="operand seed (functional mode)")
+    parser.add_argument(
+        "--weight-dtype", choices=DTYPE_NAMES, default="float16",
+        help="how the weight operand (B, W) is stored: float16 (default), int8 or int4 with a "
+        "float16 scale per 32 along the reduced axis (meshgemm, cannon and the GEMVs)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the kernel report as JSON")
 
 
@@ -94,6 +106,8 @@ def run_gemm(args: argparse.Namespace) -> int:
         f16_accumulate=args.f16_accumulate,
         align_both=args.align_both,
         seed=args.seed,
+        weight_dtype=args.weight_dtype,
+        torch_device=args.torch_device,
     )
     return _show(report, args)
 
@@ -112,6 +126,8 @@ def run_gemv(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         f16_accumulate=args.f16_accumulate,
         seed=args.seed,
+        weight_dtype=args.weight_dtype,
+        torch_device=args.torch_device,
     )
     return _show(report, args)
 
@@ -130,6 +146,8 @@ def _show(report: KernelReport, args: argparse.Namespace) -> int:
     what_if = what_if_line(device_from_args(args))
     if what_if:
         out.print(what_if)
+    if args.weight_dtype != "float16":
+        out.print(f"weights stored as {args.weight_dtype} (dequantised per use, modelled)")
     if not report.fits:
         out.print(title)
         out.print(report.message or "does not fit")

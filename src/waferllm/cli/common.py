@@ -57,6 +57,32 @@ def add_device_options(parser: argparse.ArgumentParser, default: str = "wse2") -
     )
 
 
+DTYPE_NAMES = ("float16", "int8", "int4", "fp8")  # SPEC.md §1; fp8 is refused by the API
+
+
+def add_dtype_options(parser: argparse.ArgumentParser) -> None:
+    """--weight-dtype and --kv-dtype (SPEC.md §1, §10.2)."""
+    for flag, what in (("--weight-dtype", "weights"), ("--kv-dtype", "the KV cache")):
+        parser.add_argument(
+            flag,
+            choices=DTYPE_NAMES,
+            default="float16",
+            help=f"how {what} are stored: float16 (default), int8 or int4 with one float16 "
+            "scale per group of 32 (fp8 is not modelled)",
+        )
+
+
+def dtype_line(report: dict[str, Any]) -> str | None:
+    """A line naming compressed weights or KV cache, None when both are float16."""
+    weights, kv = report.get("weight_dtype", "float16"), report.get("kv_dtype", "float16")
+    if weights == kv == "float16":
+        return None
+    return (
+        f"stored compressed: weights {weights}, KV cache {kv} (SRAM and links count codes and "
+        "scales; every use pays the dequantisation, modelled)"
+    )
+
+
 def device_from_args(args: argparse.Namespace) -> Device:
     return get_device(args.device, parse_set_options(args.overrides))
 

@@ -20,9 +20,11 @@ from waferllm.api.trace import estimate_trace
 from waferllm.cli import units
 from waferllm.cli.common import (
     add_device_options,
+    add_dtype_options,
     add_trace_option,
     console,
     device_from_args,
+    dtype_line,
     finish_report,
     positive_int,
     print_json,
@@ -72,9 +74,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the system modelled: WaferLLM (default) or the paper's wafer-side baselines T10 "
         "and Ladder (per-layer; grids default to WaferLLM's)",
     )
+    add_dtype_options(parser)
+    parser.add_argument(
+        "--num-devices",
+        type=_num_devices,
+        default=1,
+        metavar="N|auto",
+        help="place fit over N linked devices, a range of layers each, joined by the device's "
+        "inter-system link (default 1); auto: the fewest that hold the request",
+    )
     add_trace_option(parser)
     parser.add_argument("--json", action="store_true", help="print only the request report")
     parser.set_defaults(func=run)
+
+
+def _num_devices(text: str) -> int | str:
+    return "auto" if text == "auto" else positive_int(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
             resident_layouts=args.resident_layouts,
             progress=progress,
             system=args.system,
+            weight_dtype=args.weight_dtype,
+            kv_dtype=args.kv_dtype,
+            num_devices=args.num_devices,
         )
     report = finish_report(args, result.to_dict())
     if args.trace is not None:
@@ -150,6 +168,9 @@ def _print(result: Estimate, what_if: str | None) -> None:
     title += report["placement"] + (f", system {report['system']}" if "system" in report else "")
     if result.extrapolated:
         out.print(f"[bold]per-layer extrapolation[/bold]: {breakdown['note']}")
+    stored = dtype_line(report)
+    if stored:
+        out.print(stored)
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -170,6 +191,8 @@ def _print(result: Estimate, what_if: str | None) -> None:
         table.add_row(name, value)
     out.print(table)
     out.print(_placement_table(breakdown["placement"]))
+    if "pipeline" in breakdown:
+        out.print(_pipeline_table(breakdown["pipeline"]))
     if breakdown.get("search"):
         out.print(_search_line(breakdown["search"]))
     out.print(_phase_table(breakdown))
@@ -196,6 +219,31 @@ def _placement_table(placement: dict[str, Any]) -> Table:
             ", ".join(str(r["num_layers"]) for r in p["regions"]),
             origins,
         )
+    return table
+
+
+def _pipeline_table(pipeline: dict[str, Any]) -> Table:
+    link = pipeline["system_link"]
+    table = Table(
+        title=f"Pipeline over {pipeline['num_devices']} linked devices (system link "
+        f"{link['bytes_per_s'] / 1e9:g} GB/s, {units.duration(link['latency_s'])} per transfer)"
+    )
+    for column in ("device", "layers", "prefill regions", "decode regions"):
+        table.add_column(column, justify="right")
+    for d in pipeline["devices"]:
+        last = d["first_layer"] + d["num_layers"] - 1
+        table.add_row(
+            str(d["device"]),
+            f"{d['first_layer']}-{last}",
+            str(d["prefill_regions"]),
+            str(d["decode_regions"]),
+        )
+    pre, dec = link["prefill"], link["decode"]
+    table.caption = (
+        f"system link (modelled): prefill {pre['transfers']} transfers, "
+        f"{units.duration(pre['modelled_s'])}; decode {dec['transfers']} transfers, "
+        f"{units.duration(dec['modelled_s'])}"
+    )
     return table
 
 

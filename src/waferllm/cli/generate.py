@@ -20,9 +20,11 @@ from waferllm.cli import units
 from waferllm.cli.common import (
     CliError,
     add_device_options,
+    add_dtype_options,
     add_trace_option,
     console,
     device_from_args,
+    dtype_line,
     finish_report,
     print_json,
     what_if_line,
@@ -65,6 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --dtype float16, accumulate in f16 as the hardware does",
     )
+    parser.add_argument(
+        "--torch-device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="where the virtual wafer's tensors live (default cpu; cuda: a GPU)",
+    )
     sampling = parser.add_argument_group("sampling (default greedy: the on-mesh argmax)")
     sampling.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     sampling.add_argument("--top-k", type=int, default=None, metavar="K")
@@ -81,6 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="one: re-lay the weights between the phases per request (charged); both: keep "
         "both plans' copies resident when SRAM allows",
     )
+    add_dtype_options(parser)
     add_trace_option(parser)
     parser.add_argument("--json", action="store_true", help="print only the request report")
     parser.set_defaults(func=run)
@@ -125,11 +134,14 @@ def run(args: argparse.Namespace) -> int:
             device=device,
             dtype=args.dtype,
             f16_accumulate=args.f16_accumulate,
+            torch_device=args.torch_device,
             kv_cache=args.kv_cache,
             resident_layouts=args.resident_layouts,
             grid=grid,
             prefill_grid=prefill_grid,
             decode_grid=decode_grid,
+            weight_dtype=args.weight_dtype,
+            kv_dtype=args.kv_dtype,
         )
         if args.chat:
             prompt = llm.chat_prompt([{"role": "user", "content": args.prompt}])
@@ -148,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
         what_if = what_if_line(device)
         if what_if:
             console().print(what_if)
+        stored = dtype_line(report)
+        if stored:
+            console().print(stored)
         console().print(metrics_table(output))
     return 0
 

@@ -23,12 +23,14 @@ from waferllm.model.placement import (
     Phase,
     PlacementMode,
     ResidentLayouts,
+    dequant_chunk_bytes,
     kv_slot_bytes_per_core,
     layer_bytes_per_core,
     norm_spec,
     tile_bytes,
 )
 from waferllm.model.plan import plan_model
+from waferllm.model.quant import UNCOMPRESSED, Storage
 from waferllm.model.regions import device_tilings, region_count, split_layers
 from waferllm.model.report import KvCapacity
 from waferllm.model.scratch import decode_scratch_bytes
@@ -49,20 +51,25 @@ class TilingCapacity:
         return len(self.layers) * self.grid[0] * self.grid[1]
 
 
-def tiling_capacity(config: ModelConfig, device: Device, grid: Grid) -> TilingCapacity | None:
+def tiling_capacity(
+    config: ModelConfig, device: Device, grid: Grid, storage: Storage = UNCOMPRESSED
+) -> TilingCapacity | None:
     """The most slots per row with the layers over all of `grid`'s regions of the device (None
     if the weights do not fit): a region of n layers keeps s slots if n * (W + s * K) + s * S
     + its vocabulary tables + step scratch <= SRAM, W the layer's tiles, K its K and V per
-    slot, S one score per head; s is the largest for which the layers can be split."""
+    slot, S one score per head; s is the largest for which the layers can be split. Weights
+    and cached positions count as `storage` stores them."""
     rows, cols = grid
     count = min(region_count(device, grid), config.num_hidden_layers)
     if count < 1:
         return None
     sb, cap = device.storage_bytes, device.sram_bytes_per_core
-    weights = layer_bytes_per_core(config, rows, cols, Phase.DECODE, sb)
-    kv_slot = kv_slot_bytes_per_core(config, cols, sb)
+    wdt = storage.weights
+    weights = layer_bytes_per_core(config, rows, cols, Phase.DECODE, sb, wdt)
+    kv_slot = kv_slot_bytes_per_core(config, cols, sb, storage.kv)
     fixed, score = decode_scratch_bytes(config, rows, cols, sb)
-    table = vocab_bytes(config, Phase.DECODE, rows, cols, sb)
+    fixed += dequant_chunk_bytes(config, rows, cols, Phase.DECODE, wdt, sb)
+    table = vocab_bytes(config, Phase.DECODE, rows, cols, sb, wdt)
     free = np.full(count, cap - fixed, dtype=np.int64)
     free[0] -= 0 if config.tie_word_embeddings else table
     free[-1] -= table + tile_bytes(norm_spec(config, Phase.DECODE), rows, cols, sb)
@@ -92,11 +99,11 @@ def tiling_capacity(config: ModelConfig, device: Device, grid: Grid) -> TilingCa
 
 
 def whole_device_tilings(
-    config: ModelConfig, device: Device, decode_grid: Grid
+    config: ModelConfig, device: Device, decode_grid: Grid, storage: Storage = UNCOMPRESSED
 ) -> list[TilingCapacity]:
     """Every candidate tiling that holds the model: the decode grid's, the device's."""
     grids = dict.fromkeys([decode_grid, *device_tilings(device, ring=False)])
-    found = (tiling_capacity(config, device, g) for g in grids)
+    found = (tiling_capacity(config, device, g, storage) for g in grids)
     return [t for t in found if t is not None]
 
 
@@ -105,11 +112,11 @@ def whole_model_capacity(
 ) -> tuple[KvCapacity, KvCapacity]:
     """(kv_capacity_tokens, max_new_tokens) of both policies, each on its best tiling of the
     whole device; always the whole model resident (in per-layer mode too); None with the
-    reason when it does not fit. With both layouts resident the decode grid's `fit` plan
-    is used (the other plan's weights share every core)."""
-    if setup.resident is ResidentLayouts.BOTH:
+    reason when it does not fit. With both layouts resident (the other plan's weights share
+    every core) or several devices the decode grid's `fit` plan is used."""
+    if setup.resident is ResidentLayouts.BOTH or setup.num_devices > 1:
         return _fit_plan_capacity(setup, prefill_grid, decode_grid, prompt_len)
-    tilings = whole_device_tilings(setup.config, setup.device, decode_grid)
+    tilings = whole_device_tilings(setup.config, setup.device, decode_grid, setup.storage)
     if not tilings:
         reason = (
             f"the whole model does not fit one {setup.device.name} (fit): its weights and one "
@@ -144,9 +151,14 @@ def _fit_plan_capacity(
             placement=PlacementMode.FIT,
             resident=setup.resident,
             max_context_tokens=None,
+            storage=setup.storage,
+            num_devices=setup.num_devices,
         )
     except WaferError as exc:
-        reason = f"the whole model does not fit one {setup.device.name} (fit): {exc}"
+        where = f"one {setup.device.name}"
+        if setup.num_devices > 1:
+            where = f"{setup.num_devices} {setup.device.name}s"
+        reason = f"the whole model does not fit {where} (fit): {exc}"
         none = KvCapacity(shift=None, concat=None, reason=reason)
         return none, none
     rows, slots = plan.decode.grid[0], plan.kv_slots

@@ -13,14 +13,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import numpy as np
+
 from waferllm.device import Device
 from waferllm.errors import WaferError
 from waferllm.mesh.cost import Ledger, PhaseLedger
+from waferllm.mesh.geometry import split_sizes
 from waferllm.mesh.virtual import Mode
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import Append, KvCacheFullError, KvPolicy, RowCounts
 from waferllm.model.layers import LayerLedgers
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts
+from waferllm.model.quant import UNCOMPRESSED, Storage
 from waferllm.model.transformer import DecodeRecords, MeshTransformer
 
 Grid = tuple[int, int]
@@ -35,6 +39,8 @@ class Setup:
     placement: PlacementMode = PlacementMode.FIT
     kv_policy: KvPolicy = KvPolicy.SHIFT
     resident: ResidentLayouts = ResidentLayouts.ONE
+    storage: Storage = UNCOMPRESSED  # weights and KV cache compressed or not
+    num_devices: int = 1  # linked identical devices, a range of layers each (multi-wafer fit)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -92,6 +98,8 @@ class CostModel:
                 placement=s.placement,
                 kv_policy=s.kv_policy,
                 resident_layouts=s.resident,
+                storage=s.storage,
+                num_devices=s.num_devices,
             )
         return self._models[key]
 
@@ -296,6 +304,8 @@ def _step_shapes(
 ) -> tuple[dict[int, tuple[RowCounts, int]], dict[int, tuple[Append, RowCounts, int]]]:
     """The O-1 steps grouped: per window width (counts before its first step, steps), per
     first shifting row (the append, counts before it, steps). Raises KvCacheFullError."""
+    if _balanced_shift(counts, output_len):
+        return _balanced_step_shapes(counts, output_len)
     widths: dict[int, tuple[RowCounts, int]] = {}
     shifts: dict[int, tuple[Append, RowCounts, int]] = {}
     for _ in range(output_len - 1):
@@ -308,6 +318,44 @@ def _step_shapes(
             _, begin, count = shifts.get(first, (append, counts.copy(), 0))
             shifts[first] = (append, begin, count + 1)
         counts.commit(append)
+    return widths, shifts
+
+
+def _balanced_shift(counts: RowCounts, output_len: int) -> bool:
+    """Whether `counts` is a shift-policy cache balanced as `RowCounts.balanced` leaves it
+    (the hand-off's state) and holds the request's O-1 steps without filling up."""
+    if counts.policy is not KvPolicy.SHIFT:
+        return False
+    rows, total = counts.rows, counts.total
+    if total + output_len - 1 > rows * counts.slots:
+        return False
+    return bool(np.array_equal(counts.counts, split_sizes(total, rows)))
+
+
+def _balanced_step_shapes(
+    counts: RowCounts, output_len: int
+) -> tuple[dict[int, tuple[RowCounts, int]], dict[int, tuple[Append, RowCounts, int]]]:
+    """`_step_shapes` in closed form for a balanced shift-policy cache: a shift append keeps
+    it balanced, so after n positions the next token goes to row t = n mod R (the first
+    row of the shorter ones), rows t+1..R-1 shifting once n >= R, and the window it reads
+    is ceil((n+1)/R) wide. Groups are built from these formulas without stepping."""
+    rows, slots, policy = counts.rows, counts.slots, counts.policy
+    totals = counts.total + np.arange(output_len - 1)
+    widths: dict[int, tuple[RowCounts, int]] = {}
+    width_of = -(-(totals + 1) // rows)
+    values, starts, seen = np.unique(width_of, return_index=True, return_counts=True)
+    for width, start, n in zip(values.tolist(), starts.tolist(), seen.tolist(), strict=True):
+        widths[width] = (RowCounts.balanced(policy, rows, slots, int(totals[start])), n)
+    shifts: dict[int, tuple[Append, RowCounts, int]] = {}
+    shifting = totals[(totals >= rows) & (totals % rows + 1 < rows)]
+    firsts = shifting % rows + 1
+    values, starts, seen = np.unique(firsts, return_index=True, return_counts=True)
+    order = np.argsort(starts)  # in order of first occurrence, as stepping finds them
+    for first, start, n in zip(
+        values[order].tolist(), starts[order].tolist(), seen[order].tolist(), strict=True
+    ):
+        begin = RowCounts.balanced(policy, rows, slots, int(shifting[start]))
+        shifts[first] = (begin.plan_append(), begin, n)
     return widths, shifts
 
 

@@ -25,9 +25,11 @@ from typing import Any
 from waferllm.device import Device
 from waferllm.errors import WaferError
 from waferllm.estimate.cost import CostModel, Grid, RequestCost
+from waferllm.mesh.storage import bytes_per_element
 from waferllm.model.config import ModelConfig
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts
 from waferllm.model.plan import plan_model
+from waferllm.model.quant import UNCOMPRESSED, Storage
 from waferllm.model.regions import device_tilings
 from waferllm.model.transformer import MeshTransformer
 
@@ -203,7 +205,8 @@ def _smallest_side(costs: CostModel) -> int:
     """The smallest square side on which one decoder layer's weights fit SRAM (a bound: any
     plan needs at least one layer per region)."""
     setup = costs.setup
-    layer_bytes = setup.config.layer_params * setup.device.storage_bytes
+    bpe = bytes_per_element(setup.storage.weights, setup.device.storage_bytes)
+    layer_bytes = setup.config.layer_params * bpe
     return max(1, math.ceil(math.sqrt(layer_bytes / setup.device.sram_bytes_per_core)))
 
 
@@ -314,13 +317,15 @@ def _nothing_fits(costs: CostModel, phase: Phase, sweep: _PhaseSweep) -> WaferEr
     reasons = [p.reason for p in sweep.points.values() if p.reason]
     last = reasons[-1] if reasons else "no candidate grid"
     if setup.placement is PlacementMode.FIT:
-        weight_bytes = config.num_params * device.storage_bytes
+        stored = setup.storage.weights
+        weight_bytes = config.num_params * bytes_per_element(stored, device.storage_bytes)
         total_sram = device.num_cores * device.sram_bytes_per_core
         wafers = math.ceil(weight_bytes / total_sram)
+        dtype = stored.value if stored.compressed else device.storage_dtype
         if wafers > 1:
             return WaferError(
                 f"{config.name} does not fit one {device.name} (placement fit): its weights "
-                f"alone need {weight_bytes / 1e9:.1f} GB of SRAM in {device.storage_dtype}, the "
+                f"alone need {weight_bytes / 1e9:.1f} GB of SRAM in {dtype}, the "
                 f"device has {total_sram / 1e9:.1f} GB, so at least {wafers} wafers; use "
                 "--placement per-layer (the paper's extrapolation) or a device with more SRAM"
             )
@@ -373,6 +378,7 @@ def default_grids(
     decode: tuple[int, int] | None,
     placement: PlacementMode = PlacementMode.FIT,
     resident_layouts: ResidentLayouts = ResidentLayouts.ONE,
+    storage: Storage = UNCOMPRESSED,
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """Fill the missing grid(s) with the smallest square on which the model fits one region
     in that phase with headroom: a prompt and a KV cache of `DEFAULT_CONTEXT_TOKENS` (or
@@ -395,6 +401,7 @@ def default_grids(
                 placement=placement,
                 resident=resident_layouts,
                 max_context_tokens=None,
+                storage=storage,
             )
         except WaferError as err:  # SRAM overflow, or too many regions for the device
             last = err

@@ -176,11 +176,12 @@ def _gather_blocks(p_blocks: torch.Tensor, owners: BlockOwners, step: int) -> to
     owner column multicasts it to every column of its kv-group."""
     rows = p_blocks.shape[0]
     block = block_at(rows, step)
-    y = torch.arange(rows)[:, None]
-    col = torch.as_tensor(owners.column[:, block].T)  # (R, Ng)
-    slot = torch.as_tensor(owners.slot[:, block].T)
+    on = p_blocks.device
+    y = torch.arange(rows, device=on)[:, None]
+    col = torch.as_tensor(owners.column[:, block].T, device=on)  # (R, Ng)
+    slot = torch.as_tensor(owners.slot[:, block].T, device=on)
     per_group = p_blocks[y, col, :, :, :, slot, :]  # (R, Ng, G, n, Lt, Lt)
-    return per_group[:, torch.as_tensor(owners.group_of)]
+    return per_group[:, torch.as_tensor(owners.group_of, device=on)]
 
 
 def _prefill_mask(
@@ -202,4 +203,4 @@ def _prefill_mask(
     key_ok = (owned[:, :, None].expand(-1, -1, lt).reshape(1, cols, 1, -1)) & (key < length)
     real = causal_mask(query_positions=query, key_positions=key, sliding_window=sliding_window)
     keep = torch.where(query < length, real & key_ok, key_ok & (key == 0))
-    return keep.reshape(rows, cols, 1, 1, lt, -1)
+    return keep.reshape(rows, cols, 1, 1, lt, -1).to(mesh.torch_device)

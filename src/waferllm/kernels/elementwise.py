@@ -12,6 +12,7 @@ import math
 import torch
 
 from waferllm.errors import WaferError
+from waferllm.kernels.dequant import charge_dequant
 from waferllm.kernels.vector import (
     ADD,
     COPY,
@@ -95,6 +96,7 @@ def embed(
     if mesh.mode is Mode.FUNCTIONAL:
         if ids.dim() != 1 or ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
             raise WaferError(f"token ids must be a 1-D tensor of values in [0, {vocab})")
+        ids = ids.to(table.data.device)
         owner, local = ids // vt, ids % vt
         if axis is Axis.Y:  # [T, cols, Dt] -> [rows, cols, T, Dt]
             picked = table.data[owner, :, local, :].permute(1, 0, 2).unsqueeze(0)
@@ -106,6 +108,8 @@ def embed(
             (*mesh.shape, num_tokens, dt), dtype=table.data.dtype, device="meta"
         )
     charge_vector(mesh, ledger, f"{op}.extract", rows=num_tokens, length=dt, cost=COPY)
+    # a compressed table's rows are expanded by their owner (groups along D), sent as float16
+    charge_dequant(mesh, ledger, f"{op}.dequant", table.stored, reduced=dt, other=num_tokens)
     # every line holds the same rows now; the multicast is priced from the worst-case root
     rows_data = broadcast(mesh, rows_data, axis=axis, root=0, ledger=ledger, op=f"{op}.bcast")
     placement = {axis_of(table.layout, 1): 1, tokens_axis: 0}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from waferllm.errors import WaferError
+from waferllm.kernels.dequant import charge_dequant, dequant_scratch_bytes
 from waferllm.kernels.operands import (
     accumulator,
     batch_shape,
@@ -34,6 +35,7 @@ from waferllm.mesh import rings
 from waferllm.mesh.compute import charge_matmul, matmul, matmul_values
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis, RingKind
+from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.tiling import LogicalGrid, from_blocks, pad_last2, to_blocks, to_logical
 from waferllm.mesh.virtual import Mesh
@@ -46,26 +48,32 @@ RING_ALGO = {RingKind.INTERLEAVED: "meshgemm", RingKind.PLAIN: "cannon"}
 
 # ---- weights and activations skewed for the ring kernels --------------------------------------
 def prealign_b(
-    mesh: Mesh, host_b: torch.Tensor, *, name: str = "b", kind: RingKind = RingKind.INTERLEAVED
+    mesh: Mesh,
+    host_b: torch.Tensor,
+    *,
+    name: str = "b",
+    kind: RingKind = RingKind.INTERLEAVED,
+    stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> DistTensor:
     """Store weights B[K, N] pre-skewed for MeshGEMM (or Cannon with `kind=PLAIN`), untimed.
 
     Core (y, x) of the (logical) grid gets B[kappa, x] with
     kappa = ringinv((r(x) + r(y)) mod P): column x rotated back by r(x) ring positions, what
     the public code does on the host when it loads weights (code notes §1.6). In estimate mode
-    `host_b` may be a meta tensor: only its shape is used.
+    `host_b` may be a meta tensor: only its shape is used. `stored`: how the tiles are kept
+    (compressed weights: codes and scales, `mesh.storage`).
     """
     grid = ring_grid(mesh, RING_ALGO[kind])
     nd = host_b.dim()
     if nd < 2:
         raise WaferError(f"prealign_b: B must have at least two dims, got shape {host_b.shape}")
     layout = Layout(tuple(host_b.shape), y_dim=nd - 2, x_dim=nd - 1)
-    plain = mesh.scatter(host_b, layout, name)
+    plain = mesh.scatter(host_b, layout, name, stored=stored)
     logical = to_logical(pad_last2(plain.data, 1, grid.per_col), grid)
     aligned = rings.skewed(logical, axis=Axis.Y, kind=kind)
     plain.free()
     data = from_blocks(to_blocks(aligned, grid), grid)
-    return mesh.register(data, layout.with_tag(B_ALIGNED[kind]), name)
+    return mesh.register(data, layout.with_tag(B_ALIGNED[kind]), name, stored=stored)
 
 
 def align_a(
@@ -175,9 +183,8 @@ def _ring_gemm(
             a_pad = pad_last2(batch_tiles(a, len(batch)), grid.per_row, 1)  # a_tile: [a*mL, Kt]
             b_pad = pad_last2(batch_tiles(b, len(batch)), 1, grid.per_col)  # b_tile: [Kt', b*nL]
             pad_bytes(mesh, f"{op}.a_pad", tile_numel(a_pad), tile_numel(a.data))
-            pad_bytes(mesh, f"{op}.b_pad", tile_numel(b_pad), tile_numel(b.data))
             scratch(mesh, f"{op}.a_recv", a_pad)  # double buffers: shifts land here
-            scratch(mesh, f"{op}.b_recv", b_pad)
+            _b_buffers(mesh, b, b_pad, op)
             a_l, b_l = _skew(
                 mesh,
                 grid,
@@ -196,15 +203,42 @@ def _ring_gemm(
             for step in mesh.steps(grid.size, ledger):
                 with ledger.overlap("step", step_overhead_cycles=mesh.device.step_overhead_cycles):
                     c_blocks.add_(_ring_product(mesh, grid, a_l, b_l, b_moved, step, kind, ledger))
+                    b_kt, b_nt = b_pad.shape[-2:]
+                    charge_dequant(mesh, ledger, "dequant_b", b.stored, reduced=b_kt, other=b_nt)
                     a_l = rings.ring_step(
                         mesh, grid, a_l, axis=Axis.X, kind=kind, ledger=ledger, op="shift_a"
                     )
                     rings.charge_ring_step(
-                        mesh, grid, b_l, axis=Axis.Y, kind=kind, ledger=ledger, op="shift_b"
+                        mesh,
+                        grid,
+                        b_l,
+                        axis=Axis.Y,
+                        kind=kind,
+                        ledger=ledger,
+                        op="shift_b",
+                        stored=b.stored,
                     )
     c = from_blocks(c_blocks, grid)[..., :mt, :nt]
     return KernelResult(
         out=finish(mesh, c, out_layout, f"{op}.c", out_key), records=charged.records
+    )
+
+
+def _b_buffers(mesh: Mesh, b: DistTensor, b_pad: torch.Tensor, op: str) -> None:
+    """B's local padding and receive buffer in its stored format (compressed weights travel
+    as codes and scales), and the float16 chunk a compressed B expands into each step."""
+    if not b.stored.compressed:
+        pad_bytes(mesh, f"{op}.b_pad", tile_numel(b_pad), tile_numel(b.data))
+        scratch(mesh, f"{op}.b_recv", b_pad)
+        return
+    sb = mesh.device.storage_bytes
+    padded = tile_stored_bytes(b.stored, tuple(b_pad.shape[2:]), sb)
+    if padded > b.tile_bytes:
+        mesh.sram.alloc(f"{op}.b_pad", padded - b.tile_bytes)
+    mesh.sram.alloc(f"{op}.b_recv", padded)
+    kt, nt = b_pad.shape[-2:]
+    mesh.sram.alloc(
+        f"{op}.dequant_chunk", dequant_scratch_bytes(b.stored, reduced=kt, other=nt, sb=sb)
     )
 
 
@@ -259,6 +293,9 @@ def meshgemm(
     Routes: 3 per ring direction, X forward, X reverse (skew), Y forward: 9 (12 with B
     skewed on the device, which adds Y reverse), whatever P.
     SRAM: a, b and their receive buffers, c.
+    Compressed B (`b.stored` int8/int4): b travels and waits in its stored size (codes and
+    scales, `mesh.storage`) and each step adds `kernels.dequant.dequant_cycles(Kt, Nt)` to the
+    multiply, with a float16 chunk of min(Kt, 32) x Nt.
     """
     return _ring_gemm(mesh, a=a, b=b, ledger=ledger, op=op, kind=RingKind.INTERLEAVED)
 

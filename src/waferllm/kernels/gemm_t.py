@@ -221,9 +221,10 @@ def _place_blocks(c: torch.Tensor, part: torch.Tensor, owners: BlockOwners, step
     rows = c.shape[0]
     num_groups = owners.column.shape[0]
     summed = part.new_zeros((rows, num_groups, *part.shape[2:]))
-    summed.index_add_(1, torch.as_tensor(owners.group_of), part)
+    on = c.device
+    summed.index_add_(1, torch.as_tensor(owners.group_of, device=on), part)
     block = block_at(rows, step)
-    y = torch.arange(rows)[:, None]
-    col = torch.as_tensor(owners.column[:, block].T)  # (R, Ng)
-    slot = torch.as_tensor(owners.slot[:, block].T)
+    y = torch.arange(rows, device=on)[:, None]
+    col = torch.as_tensor(owners.column[:, block].T, device=on)  # (R, Ng)
+    slot = torch.as_tensor(owners.slot[:, block].T, device=on)
     c[y, col, ..., slot, :] = summed

@@ -19,6 +19,7 @@ import torch
 
 from waferllm.device import Device
 from waferllm.errors import WaferError
+from waferllm.kernels.dequant import charge_dequant, dequant_scratch_bytes
 from waferllm.kernels.result import Charged, KernelResult
 from waferllm.mesh.comm import ReduceAlgorithm, allreduce, reduce
 from waferllm.mesh.compute import matmul
@@ -134,6 +135,7 @@ def _gemv(
     # x_tile: [T, Kt]; w_tile: [Kt, Nt_i]
     x_tile = x.data.reshape(rows, cols, math.prod(lead), kt)
     with Charged(ledger) as charged:
+        _dequantise_weights(mesh, ws, ledger, op)
         partials = [
             matmul(mesh, a=x_tile, b=wi.data, ledger=ledger, op=f"{op}.local", vector="n")
             for wi in ws
@@ -156,6 +158,23 @@ def _gemv(
             total, root = _reduce_to_root(mesh, fused, reduce_axis, ledger, op, algorithm, tree)
     outs = _outputs(mesh, total, ws, lead, reduce_axis, op, root)
     return KernelResult(out=outs[0], outs=outs, records=charged.records, root=root)
+
+
+def _dequantise_weights(mesh: Mesh, ws: Sequence[DistTensor], ledger: Ledger, op: str) -> None:
+    """Compressed weights (`DistTensor.stored`) are expanded chunk by chunk inside the local
+    GEMV's loop: their cost (`kernels.dequant`) and the largest float16 chunk's SRAM."""
+    compressed = [w for w in ws if w.stored.compressed]
+    if not compressed:
+        return
+    sb = mesh.device.storage_bytes
+    chunk = max(
+        dequant_scratch_bytes(w.stored, reduced=w.tile_shape[0], other=w.tile_shape[1], sb=sb)
+        for w in compressed
+    )
+    mesh.sram.free(mesh.sram.alloc(f"{op}.dequant_chunk", chunk))  # transient: the peak
+    for w in compressed:
+        kt, nt = w.tile_shape
+        charge_dequant(mesh, ledger, f"{op}.dequant", w.stored, reduced=kt, other=nt)
 
 
 def _reduce_to_root(
@@ -249,6 +268,8 @@ def meshgemv(
     size term about 2n/link (a second-level stream shares links with first-level chains); then
     the broadcast max(r, P-1-r)*alpha + n/link from the top root r. Routes: 10 per axis for K=2
     (chain 4, second level 4, broadcast 2), 4 more per extra level, independent of P.
+    A compressed weight (`w.stored` int8/int4) adds its dequantisation before the local GEMV,
+    `kernels.dequant.dequant_cycles(Kt, Nt)`, and a float16 chunk of min(Kt, 32) x Nt.
     """
     return _gemv(
         mesh,

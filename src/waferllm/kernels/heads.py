@@ -123,4 +123,4 @@ def head_layout(num_kv_heads: int, n_rep: int, head_dim: int, num_cols: int) -> 
 def gather_rows(w: torch.Tensor, index: np.ndarray) -> torch.Tensor:
     """w[index] along dim 0 with zero rows where index is -1 (a permutation plus padding)."""
     padded = torch.cat([w, w.new_zeros((1, *w.shape[1:]))])
-    return padded[torch.as_tensor(np.where(index < 0, w.shape[0], index))]
+    return padded[torch.as_tensor(np.where(index < 0, w.shape[0], index), device=w.device)]

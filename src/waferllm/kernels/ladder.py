@@ -23,9 +23,10 @@ import torch
 
 from waferllm.errors import SramOverflowError, WaferError
 from waferllm.kernels.result import Charged, KernelResult
+from waferllm.mesh.blind_rings import free_routes
 from waferllm.mesh.compute import charge_compute, matmul_cycles
 from waferllm.mesh.cost import Ledger
-from waferllm.mesh.remote import Flows, flows, free_routes, point_to_point, snake_chain
+from waferllm.mesh.remote import Flows, flows, point_to_point, snake_chain
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
 
@@ -74,7 +75,7 @@ def _chunked_product(
     a: torch.Tensor, b: torch.Tensor, tiles: LadderTiles, k: int, dtype: torch.dtype
 ) -> torch.Tensor:
     """C = A @ B as Ladder's cores compute it: every tile accumulates chunk after chunk."""
-    acc = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float32)
+    acc = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float32, device=a.device)
     for k0 in range(0, k, tiles.t_k):
         acc += a[:, k0 : k0 + tiles.t_k].float() @ b[k0 : k0 + tiles.t_k].float()
     return acc.to(dtype)

@@ -17,6 +17,7 @@ from waferllm.kernels.gemm_bcast import allgather_gemm, summa
 from waferllm.kernels.gemv import meshgemv, pipeline_gemv, ring_gemv
 from waferllm.kernels.result import KernelResult
 from waferllm.mesh.geometry import RingKind
+from waferllm.mesh.storage import StoredDtype
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh
 
@@ -37,12 +38,25 @@ GEMV_KERNELS: dict[str, Kernel] = {
 WEIGHT_SKEW = {"meshgemm": RingKind.INTERLEAVED, "cannon": RingKind.PLAIN}
 
 
-def store_b_for(mesh: Mesh, host_b: torch.Tensor, *, algo: str, name: str = "b") -> DistTensor:
+def store_b_for(
+    mesh: Mesh,
+    host_b: torch.Tensor,
+    *,
+    algo: str,
+    name: str = "b",
+    stored: StoredDtype = StoredDtype.FLOAT16,
+) -> DistTensor:
     """Store B[K, N] as GEMM kernel `algo` expects its weights: pre-skewed for the ring kernels
-    (untimed, like the public code's host-side skew), the plain block layout otherwise."""
+    (untimed, like the public code's host-side skew), the plain block layout otherwise.
+    Compressed weights (`stored`) are for the ring kernels, which dequantise them."""
     if algo not in GEMM_KERNELS:
         raise WaferError(f"unknown GEMM algorithm {algo!r}; choose from {', '.join(GEMM_KERNELS)}")
     if algo in WEIGHT_SKEW:
-        return prealign_b(mesh, host_b, name=name, kind=WEIGHT_SKEW[algo])
+        return prealign_b(mesh, host_b, name=name, kind=WEIGHT_SKEW[algo], stored=stored)
+    if stored.compressed:
+        raise WaferError(
+            f"compressed weights ({stored.value}) are modelled for "
+            f"{', '.join(WEIGHT_SKEW)} and the GEMVs only, not {algo}"
+        )
     nd = host_b.dim()
     return mesh.scatter(host_b, Layout(tuple(host_b.shape), y_dim=nd - 2, x_dim=nd - 1), name)

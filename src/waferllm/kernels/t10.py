@@ -5,11 +5,11 @@ its BSP barrier (reference/t10-ladder-baselines.md §2, §5 (1)-(2)). Same signa
 
 T10 plans with a crossbar cost model (every core one hop from every other), so its rings follow
 core IDs, not positions: the ring of a line visits cores 0, s, 2s, ... (stride s coprime to P,
-default near P/2, `mesh.remote.default_stride`); `stride=1` is the plain ring (Cannon, T10's
+default near P/2, `mesh.blind_rings.default_stride`); `stride=1` is the plain ring (Cannon, T10's
 best case). Supersteps are bulk-synchronous: compute, then shift (no overlap), and with a
 barrier region every superstep ends with a sync of that region (`region_barrier`).
 Legend: P cores per side; m, k, n one core's tile of M, K, N; s storage bytes; W link bytes
-per cycle; alpha per hop, beta per relay stage; d, lambda, sigma of the ring step (remote.py).
+per cycle; alpha per hop, beta per relay stage; d, lambda, sigma of the ring step (blind_rings.py).
 """
 
 from __future__ import annotations
@@ -21,20 +21,19 @@ import torch
 
 from waferllm.errors import WaferError
 from waferllm.kernels.result import Charged, KernelResult
+from waferllm.mesh.blind_rings import (
+    default_stride,
+    fan_in_reduce,
+    free_routes,
+    permuted_shift,
+    stride_position,
+    stride_successor,
+)
 from waferllm.mesh.comm import ReduceAlgorithm, allreduce, broadcast
 from waferllm.mesh.compute import matmul
 from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.remote import (
-    default_stride,
-    fan_in_reduce,
-    flows,
-    free_routes,
-    permuted_shift,
-    point_to_point,
-    stride_position,
-    stride_successor,
-)
+from waferllm.mesh.remote import flows, point_to_point
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh
 

@@ -145,7 +145,8 @@ def tile_positions(
         values = positions.to(torch.int64)[index.clamp(max=size - 1)]
     else:
         values = index
-    return torch.where(valid, values, torch.full_like(values, -1)).reshape(shape)
+    out = torch.where(valid, values, torch.full_like(values, -1)).reshape(shape)
+    return out.to(mesh.torch_device)
 
 
 def valid_mask(tensor: DistTensor, dim: int) -> torch.Tensor | None:

@@ -72,6 +72,13 @@ def charge_compute(
     )
 
 
+def charge_inline_compute(ledger: Ledger, op: str, *, cycles: float) -> None:
+    """Compute that runs inside another operation's loop or hand-off (dequantising a weight
+    chunk, quantising a cache entry): no operation start of its own and no model FLOPs."""
+    if cycles and ledger.prices:
+        ledger.charge(op, Charge(kind=ChargeKind.COMPUTE, cycles=cycles))
+
+
 def matmul_values(mesh: Mesh, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-core a @ b exactly as `matmul` computes it, uncharged (for kernels that charge the
     multiply themselves, see `charge_matmul`)."""
@@ -85,7 +92,7 @@ def _accumulating_matmul(mesh: Mesh, a: torch.Tensor, b: torch.Tensor) -> torch.
     if not mesh.f16_accumulate:
         return (a.float() @ b.float()).to(torch.float16)
     # the hardware's order: one rank-1 update per k, rounded to f16 each time
-    acc = torch.zeros((*a.shape[:-1], b.shape[-1]), dtype=torch.float16)
+    acc = torch.zeros((*a.shape[:-1], b.shape[-1]), dtype=torch.float16, device=a.device)
     for k in range(a.shape[-1]):
         acc = acc + a[..., k : k + 1] * b[..., k : k + 1, :]
     return acc

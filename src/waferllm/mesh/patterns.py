@@ -17,7 +17,7 @@ import numpy as np
 from waferllm.device import Device
 from waferllm.mesh.geometry import Axis, ring_successor
 from waferllm.mesh.ktree import TreePlan
-from waferllm.mesh.traffic import Traffic, line_traffic
+from waferllm.mesh.traffic import Loads, Traffic, line_traffic
 
 ArrayKey = tuple[tuple[int, ...], bytes]
 
@@ -121,18 +121,49 @@ def multicast_traffic(
     first = np.concatenate([np.ones_like(owner[:, :1], bool), owner[:, 1:] != owner[:, :-1]], 1)
     is_end = (dist > 0) & np.where(pos > owner, last, first)
     hops = int(dist.max(initial=0))
+    src = np.where(is_end, owner, pos)
     return line_traffic(
         device,
         shape,
         axis,
-        src=np.where(is_end, owner, pos),
+        src=src,
         dst=pos,
         nbytes=nbytes,
         critical_hops=hops,
         critical_stages=0,
         ramp_in_extra=np.where((dist > 0) & ~is_end, float(nbytes), 0.0),
         mean_slack_cycles=device.hop_latency_cycles * float((hops - dist).mean()),
+        loads=_run_loads(axis, owner, pos, is_end, float(nbytes)),
     )
+
+
+def _run_loads(
+    axis: Axis, owner: np.ndarray, pos: np.ndarray, is_end: np.ndarray, nbytes: float
+) -> Loads | None:
+    """A multicast's loads in closed form when every run of cores sharing an owner reaches
+    it (the owner inside or next to its run): the stream from owner o to the run's far end
+    crosses every link between, so link i carries a forward stream exactly when core i+1
+    lies past its owner (o < i+1) and a backward one when core i lies before it; the owner
+    sends one stream per side it has cores on, and each run's end takes one in. None when
+    some run is cut off from its owner (`line_traffic` sums per line then)."""
+    if nbytes <= 0:
+        return None
+    right, left = owner < pos, owner > pos
+    # a core past its owner follows a core with the same owner, or the owner itself
+    prev_ok = (owner[:, 1:] == owner[:, :-1]) | (owner[:, 1:] == pos[:, :-1])
+    next_ok = (owner[:, :-1] == owner[:, 1:]) | (owner[:, :-1] == pos[:, 1:])
+    if (right[:, 0].any() or left[:, -1].any() or not prev_ok[right[:, 1:]].all()
+            or not next_ok[left[:, :-1]].all()):  # fmt: skip
+        return None
+    links: dict[tuple[Axis, int], np.ndarray] = {}
+    if right.any():
+        links[(axis, +1)] = np.where(right[:, 1:], nbytes, 0.0)
+    if left.any():
+        links[(axis, -1)] = np.where(left[:, :-1], nbytes, 0.0)
+    sends = np.zeros(owner.shape)
+    sends[:, :-1] += owner[:, 1:] == pos[:, :-1]  # the owner of the run on its right
+    sends[:, 1:] += owner[:, :-1] == pos[:, 1:]  # ... on its left
+    return links, sends * nbytes, np.where(is_end, nbytes, 0.0)
 
 
 @lru_cache(maxsize=1024)
@@ -140,10 +171,41 @@ def tail_shift_traffic(
     device: Device, shape: tuple[int, int], axis: Axis, first: int, nbytes: int
 ) -> Traffic:
     """Cores first..P-1 of every line each send one tile one hop towards index 0, all at once
-    (the shift-based KV cache, SPEC.md §10.9): 1 hop, no stages."""
-    src = np.arange(first, shape[axis.tensor_dim])
-    return line_traffic(
-        device, shape, axis, src=src, dst=src - 1, nbytes=nbytes, critical_hops=1, critical_stages=0
+    (the shift-based KV cache, SPEC.md §10.9): 1 hop, no stages.
+
+    Built in closed form (what `line_traffic` computes for these segments: links first-1..P-2
+    towards 0 and the ramps they leave and enter carry `nbytes` each, every line alike): a
+    decode estimate prices one shift per first shifting row, hundreds per new grid."""
+    num = shape[axis.tensor_dim]
+    senders = num - first
+    if nbytes <= 0 or senders <= 0 or first < 1:
+        src = np.arange(first, num)
+        return line_traffic(
+            device,
+            shape,
+            axis,
+            src=src,
+            dst=src - 1,
+            nbytes=nbytes,
+            critical_hops=1,
+            critical_stages=0,
+        )
+    link = np.zeros((1, num - 1))
+    link[0, first - 1 :] = float(nbytes)
+    ramp_out, ramp_in = np.zeros((1, num)), np.zeros((1, num))
+    ramp_out[0, first:] = float(nbytes)
+    ramp_in[0, first - 1 : num - 1] = float(nbytes)
+    injected = senders * nbytes * shape[axis.other.tensor_dim]
+    return Traffic(
+        device=device,
+        shape=shape,
+        critical_hops=1,
+        critical_stages=0,
+        bytes_injected=injected,
+        link_byte_hops=injected,  # every segment crosses one link
+        links={(axis, -1): link},
+        ramp_in=ramp_in if axis is Axis.X else ramp_in.T,
+        ramp_out=ramp_out if axis is Axis.X else ramp_out.T,
     )
 
 

@@ -39,13 +39,16 @@ class Move:
     count: int = 1
 
 
-def relayout_charge(device: Device, moves: list[Move]) -> Charge:
+def relayout_charge(
+    device: Device, moves: list[Move], *, bytes_per_element: float | None = None
+) -> Charge:
     """One communication step moving every element of `moves` at once.
 
     Cost: the farthest element's hops * alpha plus the busiest of (a) a bisection cut, its
     bytes spread over the links that cross it (a redistribution spreads over the whole cut of
     the cores involved), and (b) a core's ramp, sending or receiving its bytes. Elements whose
-    core does not change cost nothing. Sizes in the storage dtype.
+    core does not change cost nothing. Sizes in the storage dtype, or `bytes_per_element`
+    for compressed data (`mesh.storage.bytes_per_element`: codes and their scales' share).
     """
     rows, cols = device.mesh_rows, device.mesh_cols
     cut_y = np.zeros((2, max(rows - 1, 0)))
@@ -100,8 +103,20 @@ def relayout_charge(device: Device, moves: list[Move]) -> Charge:
             ramp=ramp,
             cut_y=cut_y / (hi_c - lo_c + 1),
             cut_x=cut_x / (hi_r - lo_r + 1),
+            nbytes=float(device.storage_bytes) if bytes_per_element is None else bytes_per_element,
         )
     )
+
+
+def concurrent_relayout_charge(
+    device: Device, moves_per_device: list[list[Move]], *, bytes_per_element: float | None = None
+) -> Charge:
+    """Re-layouts on separate identical devices at the same time (multi-wafer `fit`): each
+    device's moves priced by `relayout_charge` on its own mesh; the slowest is the cost."""
+    charges = (
+        relayout_charge(device, m, bytes_per_element=bytes_per_element) for m in moves_per_device
+    )
+    return max(charges, key=lambda c: c.cycles)
 
 
 def _cut_traffic(
@@ -113,11 +128,12 @@ def _cut_traffic(
     ramp: float,
     cut_y: np.ndarray,
     cut_x: np.ndarray,
+    nbytes: float,
 ) -> Traffic:
     """The re-layout as one step of the message model (elements in, bytes out): each cut's
     elements spread evenly over the links that cross it (`cut_*` already divided by their
-    number), every line alike; the busiest ramp sends or receives `ramp` elements."""
-    nbytes = device.storage_bytes
+    number), every line alike; the busiest ramp sends or receives `ramp` elements of
+    `nbytes` each."""
     links = {
         (axis, direction): (cut[i] * nbytes)[None, :]
         for axis, cut in ((Axis.Y, cut_y), (Axis.X, cut_x))

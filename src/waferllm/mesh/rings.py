@@ -12,7 +12,6 @@ per = L / P; a "line" is one row (axis X) or one column (axis Y).
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np
@@ -28,6 +27,7 @@ from waferllm.mesh.geometry import (
     ring_successor,
     shorter_way,
 )
+from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 from waferllm.mesh.tiling import LogicalGrid
 from waferllm.mesh.traffic import Traffic, line_traffic
 from waferllm.mesh.virtual import Mesh
@@ -125,10 +125,6 @@ def _ring_traffic(
     )
 
 
-def _block_bytes(mesh: Mesh, data: torch.Tensor) -> int:
-    return math.prod(data.shape[2:]) * mesh.device.storage_bytes
-
-
 @lru_cache(maxsize=1024)
 def _index_tensor(shape: tuple[int, ...], raw: bytes, transpose: bool, device: str) -> torch.Tensor:
     """The int64 index tensor of a source map given as (shape, bytes); callers only read it."""
@@ -139,7 +135,8 @@ def _index_tensor(shape: tuple[int, ...], raw: bytes, transpose: bool, device: s
 def _gather_lines(data: torch.Tensor, axis: Axis, src_of: np.ndarray) -> torch.Tensor:
     """Position i of every line receives from src_of[i] ((L,)) or src_of[line, i] ((L, L))."""
     if data.is_meta:  # estimate mode: a permutation keeps the shape and there is no data
-        return torch.empty_like(data)
+        # (torch.empty, not empty_like: its stride logic costs 10x, thousands per placement)
+        return torch.empty(data.shape, dtype=data.dtype, device="meta")
     dim = axis.tensor_dim
     src_of = np.ascontiguousarray(src_of, dtype=np.int64)
     transpose = src_of.ndim == 2 and axis is not Axis.X
@@ -171,16 +168,17 @@ def _charge(
     ledger: Ledger,
     op: str,
     phase: int,
+    stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> None:
-    """Charge one step in which logical line j moves forward if forward[j], else backward."""
+    """Charge one step in which logical line j moves forward if forward[j], else backward;
+    each block's bytes as `stored` (compressed weights move as codes and scales)."""
     used, counts_key = _directions(forward.tobytes(), mesh.size(axis.other), grid.across(axis))
     for steps in used:
         _require_routes(mesh, grid, axis, kind, steps)
     if not ledger.prices:
         return
-    traffic = _ring_traffic(
-        mesh.device, mesh.shape, axis, grid.size, kind, counts_key, _block_bytes(mesh, data)
-    )
+    nbytes = tile_stored_bytes(stored, tuple(data.shape[2:]), mesh.device.storage_bytes)
+    traffic = _ring_traffic(mesh.device, mesh.shape, axis, grid.size, kind, counts_key, nbytes)
     ledger.charge(op, Charge.comm(traffic), phase=phase)
 
 
@@ -225,12 +223,22 @@ def charge_ring_step(
     ledger: Ledger,
     op: str,
     phase: int = 0,
+    stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> None:
     """Configure and charge `ring_step` of `data` without moving it: for a kernel that tracks
     where the ring has taken the blocks by index (`ring_index`) instead of copying them."""
     forward = _all_forward(grid.size)
     _charge(
-        mesh, grid, data, axis=axis, kind=kind, forward=forward, ledger=ledger, op=op, phase=phase
+        mesh,
+        grid,
+        data,
+        axis=axis,
+        kind=kind,
+        forward=forward,
+        ledger=ledger,
+        op=op,
+        phase=phase,
+        stored=stored,
     )
 
 

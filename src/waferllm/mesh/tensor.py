@@ -16,6 +16,7 @@ import torch
 
 from waferllm.errors import WaferError
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 
 if TYPE_CHECKING:
     from waferllm.mesh.virtual import Mesh
@@ -71,6 +72,7 @@ class DistTensor:
     mesh: Mesh
     name: str
     sram_key: str | None = None
+    stored: StoredDtype = StoredDtype.FLOAT16  # how its tiles are stored (compressed weights)
 
     @property
     def tile_shape(self) -> tuple[int, ...]:
@@ -82,8 +84,9 @@ class DistTensor:
 
     @property
     def tile_bytes(self) -> int:
-        """Bytes of one tile in the device's storage dtype."""
-        return self.tile_numel * self.mesh.device.storage_bytes
+        """Bytes of one tile as stored (the device's storage dtype, or compressed codes and
+        scales: `mesh.storage`)."""
+        return tile_stored_bytes(self.stored, self.tile_shape, self.mesh.device.storage_bytes)
 
     def free(self) -> None:
         if self.sram_key is not None:
@@ -93,7 +96,8 @@ class DistTensor:
     def replace(self, data: torch.Tensor, layout: Layout | None = None) -> DistTensor:
         """Same registration, new contents (an in-place update on every core)."""
         assert data.shape[:2] == self.data.shape[:2]
-        return DistTensor(data, layout or self.layout, self.mesh, self.name, self.sram_key)
+        layout = layout or self.layout
+        return DistTensor(data, layout, self.mesh, self.name, self.sram_key, self.stored)
 
 
 def split_host(host: torch.Tensor, layout: Layout, rows: int, cols: int) -> torch.Tensor:

@@ -88,6 +88,10 @@ class Traffic:
         )
 
 
+# (links, ramp out, ramp in) of a set of segments, per line: what `line_traffic` prices
+Loads = tuple[dict[tuple[Axis, int], np.ndarray], np.ndarray, np.ndarray]
+
+
 def _orient(axis: Axis, line_major: np.ndarray) -> np.ndarray:
     """(L, P) per-line array -> (rows, cols)-broadcastable array."""
     return line_major if axis is Axis.X else line_major.T
@@ -107,6 +111,7 @@ def line_traffic(
     ramp_in_extra: np.ndarray | None = None,
     ramp_out_extra: np.ndarray | None = None,
     bytes_injected: int | None = None,
+    loads: Loads | None = None,
 ) -> Traffic:
     """Traffic of point-to-point segments along `axis`, the same in every line or per line.
 
@@ -115,7 +120,9 @@ def line_traffic(
     `nbytes`: bytes of each segment, scalar or broadcastable to src. Segments with src == dst
     or zero bytes carry nothing. The critical message is given by the caller, who knows which
     segments form a pipelined chain. `ramp_*_extra` ((L, P) arrays) add ramp loads that are
-    not segment ends (a multicast delivers to every core it passes).
+    not segment ends (a multicast delivers to every core it passes). `loads`: (links, ramp
+    out, ramp in) of these segments when the caller knows them in closed form (a pattern
+    whose structure makes the per-line sums unnecessary); computed here otherwise.
     """
     num = shape[axis.tensor_dim]
     src2 = np.atleast_2d(np.asarray(src, dtype=np.int64))
@@ -123,25 +130,20 @@ def line_traffic(
     src2, dst2 = np.broadcast_arrays(src2, dst2)
     size = np.broadcast_to(np.asarray(nbytes, dtype=np.float64), src2.shape)
     size = np.where(src2 == dst2, 0.0, size)
+    hops = np.abs(dst2 - src2)
+    if loads is None:
+        if _every_core_one_hop(src2, dst2, hops, num):
+            loads = _one_hop_loads(axis, src2, dst2, size)
+        else:
+            loads = _segment_loads(axis, src2, dst2, size, num)
+    links, ramp_out, ramp_in = loads
     lines = src2.shape[0]
-    links: dict[tuple[Axis, int], np.ndarray] = {}
-    for direction in (+1, -1):
-        moving = np.where((dst2 - src2) * direction > 0, size, 0.0)
-        if not moving.any():
-            continue
-        lo, hi = (src2, dst2) if direction > 0 else (dst2, src2)
-        # a segment loads links lo .. hi-1: +size at lo, -size at hi, then a running sum
-        diff = _per_line_sum(lo, moving, lines, num + 1) - _per_line_sum(hi, moving, lines, num + 1)
-        links[(axis, direction)] = np.cumsum(diff, axis=1)[:, : num - 1]
-    ramp_out = _per_line_sum(src2, size, lines, num)
-    ramp_in = _per_line_sum(dst2, size, lines, num)
     if ramp_in_extra is not None:
         ramp_in = ramp_in + ramp_in_extra
     if ramp_out_extra is not None:
         ramp_out = ramp_out + ramp_out_extra
     other = shape[axis.other.tensor_dim]
     scale = other if lines == 1 else 1
-    hops = np.abs(dst2 - src2)
     return Traffic(
         device=device,
         shape=shape,
@@ -154,6 +156,51 @@ def line_traffic(
         ramp_out=_orient(axis, ramp_out),
         mean_slack_cycles=mean_slack_cycles,
     )
+
+
+def _segment_loads(
+    axis: Axis, src: np.ndarray, dst: np.ndarray, size: np.ndarray, num: int
+) -> Loads:
+    """(links, ramp_out, ramp_in) of any segments (L, F): per-line sums and running sums."""
+    lines = src.shape[0]
+    links: dict[tuple[Axis, int], np.ndarray] = {}
+    for direction in (+1, -1):
+        moving = np.where((dst - src) * direction > 0, size, 0.0)
+        if not moving.any():
+            continue
+        lo, hi = (src, dst) if direction > 0 else (dst, src)
+        # a segment loads links lo .. hi-1: +size at lo, -size at hi, then a running sum
+        diff = _per_line_sum(lo, moving, lines, num + 1) - _per_line_sum(hi, moving, lines, num + 1)
+        links[(axis, direction)] = np.cumsum(diff, axis=1)[:, : num - 1]
+    return links, _per_line_sum(src, size, lines, num), _per_line_sum(dst, size, lines, num)
+
+
+def _every_core_one_hop(src: np.ndarray, dst: np.ndarray, hops: np.ndarray, num: int) -> bool:
+    """Whether segment i of every line leaves core i for a neighbour or itself (chains of
+    forward-while-adding reduces): their loads need no per-line sums."""
+    if src.shape[1] != num or num < 2 or hops.max(initial=0) > 1:
+        return False
+    if not np.array_equal(src, np.broadcast_to(np.arange(num), src.shape)):
+        return False
+    return bool(dst[:, 0].min() >= 0 and dst[:, -1].max() < num)
+
+
+def _one_hop_loads(axis: Axis, src: np.ndarray, dst: np.ndarray, size: np.ndarray) -> Loads:
+    """`_segment_loads` when core i sends to i-1, i or i+1: link i carries what core i sends
+    forward and what core i+1 sends back; a ramp sends its core's segment and takes in its
+    neighbours' (the same sums, exact in float64 for byte counts below 2**53)."""
+    step = dst - src
+    forward = np.where(step > 0, size, 0.0)
+    back = np.where(step < 0, size, 0.0)
+    links: dict[tuple[Axis, int], np.ndarray] = {}
+    if forward.any():
+        links[(axis, +1)] = forward[:, :-1]
+    if back.any():
+        links[(axis, -1)] = back[:, 1:]
+    ramp_in = np.zeros(size.shape)
+    ramp_in[:, 1:] += forward[:, :-1]
+    ramp_in[:, :-1] += back[:, 1:]
+    return links, np.array(size, dtype=np.float64), ramp_in
 
 
 def _per_line_sum(index: np.ndarray, weights: np.ndarray, lines: int, width: int) -> np.ndarray:

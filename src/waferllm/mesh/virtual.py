@@ -20,6 +20,7 @@ from waferllm.mesh.cost import Charge, ChargeKind, Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.memory import SramTracker
 from waferllm.mesh.routes import RouteBudget
+from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 from waferllm.mesh.tensor import DistTensor, Layout, join_tiles, split_host
 
 
@@ -43,6 +44,30 @@ def parse_grid(text: str) -> tuple[int, int]:
     if rows < 1 or cols < 1:
         raise GridError(f"grid {text!r} must have at least one row and one column")
     return rows, cols
+
+
+TORCH_DEVICES = ("cpu", "cuda")  # where functional tiles can live (`--torch-device`)
+
+
+def resolve_torch_device(name: str | torch.device) -> torch.device:
+    """`cpu`, `cuda` or `cuda:N` as a torch device; a WaferError when it is not one of those
+    or when CUDA is asked for on a machine without it."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in TORCH_DEVICES:
+        raise WaferError(f"torch device {name!r} is not one of {', '.join(TORCH_DEVICES)}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise WaferError(
+                f"torch device {str(name)!r} was asked for but torch sees no CUDA device on "
+                "this machine; use --torch-device cpu (torch_device='cpu')"
+            )
+        if device.index is not None and device.index >= count:
+            raise WaferError(f"torch device {str(name)!r}: this machine has {count} CUDA devices")
+    return device
 
 
 GridLike = int | str | tuple[int, int]
@@ -76,6 +101,7 @@ class Mesh:
         compute_dtype: torch.dtype = torch.float32,
         f16_accumulate: bool = False,
         origin: tuple[int, int] = (0, 0),
+        torch_device: torch.device | str = "cpu",
     ) -> None:
         if rows < 1 or cols < 1:
             raise GridError(f"grid {rows}x{cols} must have at least one row and one column")
@@ -92,6 +118,7 @@ class Mesh:
         self.compute_dtype = compute_dtype
         self.f16_accumulate = f16_accumulate
         self.origin = origin
+        self._tiles_device = torch.device(torch_device)  # where functional tiles live
         self.sram = SramTracker(
             rows=rows, cols=cols, capacity_bytes=device.sram_bytes_per_core, origin=origin
         )
@@ -132,19 +159,32 @@ class Mesh:
             compute_dtype=self.compute_dtype,
             f16_accumulate=self.f16_accumulate,
             origin=(self.origin[0] + y, self.origin[1] + x),
+            torch_device=self._tiles_device,
         )
 
     @property
     def torch_device(self) -> torch.device:
-        return torch.device("meta" if self.mode is Mode.ESTIMATE else "cpu")
+        """Where the tiles live: `meta` in estimate mode, else the torch device asked for
+        (`cpu`, or a GPU with `--torch-device cuda`)."""
+        return torch.device("meta") if self.mode is Mode.ESTIMATE else self._tiles_device
 
     # ---- creating distributed tensors --------------------------------------------------------
-    def register(self, data: torch.Tensor, layout: Layout, name: str) -> DistTensor:
-        """Wrap per-core tiles and charge their bytes to every core's SRAM."""
+    def register(
+        self,
+        data: torch.Tensor,
+        layout: Layout,
+        name: str,
+        *,
+        stored: StoredDtype = StoredDtype.FLOAT16,
+    ) -> DistTensor:
+        """Wrap per-core tiles and charge their stored bytes to every core's SRAM (`stored`:
+        compressed weights hold codes and scales, `mesh.storage`; the tiles themselves hold
+        the dequantised values in the compute dtype)."""
         shape = data.shape
         assert shape[0] == self.rows and shape[1] == self.cols, (shape, self.shape)
-        key = self.sram.alloc(name, math.prod(shape[2:]) * self.device.storage_bytes)
-        return DistTensor(data, layout, self, name, key)
+        nbytes = tile_stored_bytes(stored, tuple(shape[2:]), self.device.storage_bytes)
+        key = self.sram.alloc(name, nbytes)
+        return DistTensor(data, layout, self, name, key, stored)
 
     def empty(self, layout: Layout, name: str, *, fill: float = 0.0) -> DistTensor:
         tile = layout.tile_shape(self.rows, self.cols)
@@ -154,7 +194,13 @@ class Mesh:
         return self.register(data, layout, name)
 
     def scatter(
-        self, host: torch.Tensor, layout: Layout, name: str, *, ledger: Ledger | None = None
+        self,
+        host: torch.Tensor,
+        layout: Layout,
+        name: str,
+        *,
+        ledger: Ledger | None = None,
+        stored: StoredDtype = StoredDtype.FLOAT16,
     ) -> DistTensor:
         """Host -> mesh. Charged as host I/O when a ledger is given (weights load uncharged).
 
@@ -171,16 +217,18 @@ class Mesh:
                 (self.rows, self.cols, *tile), dtype=self.compute_dtype, device="meta"
             )
         else:
-            data = split_host(host.to(self.compute_dtype), layout, self.rows, self.cols)
+            host = host.to(device=self.torch_device, dtype=self.compute_dtype)
+            data = split_host(host, layout, self.rows, self.cols)
         if ledger is not None:
             self.charge_host_io(ledger, f"scatter.{name}", math.prod(layout.shape))
-        return self.register(data, layout, name)
+        return self.register(data, layout, name, stored=stored)
 
     def gather(self, tensor: DistTensor, *, ledger: Ledger | None = None) -> torch.Tensor:
-        """Mesh -> host (the logical tensor, padding dropped)."""
+        """Mesh -> host (the logical tensor, padding dropped, on the CPU)."""
         if ledger is not None:
             self.charge_host_io(ledger, f"gather.{tensor.name}", math.prod(tensor.layout.shape))
-        return join_tiles(tensor.data, tensor.layout)
+        joined = join_tiles(tensor.data, tensor.layout)
+        return joined if self.mode is Mode.ESTIMATE else joined.cpu()
 
     def charge_host_io(self, ledger: Ledger, op: str, num_elements: int) -> None:
         nbytes = num_elements * self.device.storage_bytes

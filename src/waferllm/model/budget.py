@@ -11,14 +11,22 @@ import dataclasses
 import math
 
 from waferllm.errors import SramOverflowError
+from waferllm.mesh.storage import StoredDtype
 from waferllm.model.config import ModelConfig
 from waferllm.model.placement import Phase, norm_spec, tile_bytes, vocab_spec
 from waferllm.model.regions import Footprint, PhaseRegions
 from waferllm.model.scratch import prefill_scratch
 
 
-def vocab_bytes(config: ModelConfig, phase: Phase, rows: int, cols: int, sb: int) -> int:
-    return tile_bytes(vocab_spec(config, phase), rows, cols, sb)
+def vocab_bytes(
+    config: ModelConfig,
+    phase: Phase,
+    rows: int,
+    cols: int,
+    sb: int,
+    stored: StoredDtype = StoredDtype.FLOAT16,
+) -> int:
+    return tile_bytes(vocab_spec(config, phase), rows, cols, sb, stored)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -32,9 +40,11 @@ class VocabApart:
     embed: int
 
 
-def vocab_apart(config: ModelConfig, phase: Phase, grid: tuple[int, int], sb: int) -> VocabApart:
+def vocab_apart(
+    config: ModelConfig, phase: Phase, grid: tuple[int, int], sb: int, stored: StoredDtype
+) -> VocabApart:
     rows, cols = grid
-    table = vocab_bytes(config, phase, rows, cols, sb)
+    table = vocab_bytes(config, phase, rows, cols, sb, stored)
     norm = tile_bytes(norm_spec(config, phase), rows, cols, sb)
     return VocabApart(head=table + norm, embed=0 if config.tie_word_embeddings else table)
 
@@ -48,13 +58,14 @@ def prefill_need_bytes(
     *,
     head_chunk: int,
     apart: VocabApart | None,
+    stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> int:
     """The most any core of the prefill plan holds for a prompt of `length` tokens (the walk's
     peak, `scratch.prefill_scratch`): a region's weights and the k/v its layers keep, plus the
     peak of its layers' walk (the layers before the walked one keep their k/v) or, on the last
     region, of the head; the vocabulary tables where they live (`apart`: regions of their own)."""
     rows, cols = regions.grid
-    s = prefill_scratch(config, rows, cols, sb, length, head_chunk=head_chunk)
+    s = prefill_scratch(config, rows, cols, sb, length, head_chunk=head_chunk, stored=stored)
     last = len(regions.regions) - 1
     need = 0
     for i, region in enumerate(regions.regions):
@@ -78,12 +89,15 @@ def max_prompt_tokens(
     cap: int,
     sb: int,
     apart: VocabApart | None,
+    stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> int:
     """The longest prompt whose prefill fits every region, attention one query head per kv
     head at a time (0 if none does)."""
 
     def fits(length: int) -> bool:
-        need = prefill_need_bytes(regions, fp, config, sb, length, head_chunk=1, apart=apart)
+        need = prefill_need_bytes(
+            regions, fp, config, sb, length, head_chunk=1, apart=apart, stored=stored
+        )
         return need <= cap
 
     if not fits(1):

@@ -21,11 +21,14 @@ import numpy as np
 import torch
 
 from waferllm.errors import WaferError
+from waferllm.kernels.dequant import charge_dequant, charge_quantise
 from waferllm.kernels.heads import HeadLayout, gather_rows
 from waferllm.mesh.charges import charge_tail_shift
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis, split_sizes
+from waferllm.mesh.storage import StoredDtype, stored_bytes
 from waferllm.mesh.virtual import Mesh, Mode
+from waferllm.model.quant import quantise_kv_tile
 
 
 class KvPolicy(enum.StrEnum):
@@ -135,21 +138,42 @@ class KvStore:
 
     SRAM is charged for the full `slots` per row (a static allocation); the host tensors grow
     as positions arrive, so a large SRAM capacity costs no host memory until it is used. K is
-    (R, C, G, H, slots) and V (R, C, G, slots, H) in the compute dtype.
+    (R, C, G, H, slots) and V (R, C, G, slots, H) in the compute dtype. With a compressed
+    `stored` dtype every written token is quantised per kv head along H (`model.quant`):
+    SRAM, the shift's bytes and the hand-off count codes and scales; reads pay the
+    dequantisation, writes the quantisation (`kernels.dequant`).
     """
 
     def __init__(
-        self, mesh: Mesh, heads: HeadLayout, *, layers: range, slots: int, name: str = "kv"
+        self,
+        mesh: Mesh,
+        heads: HeadLayout,
+        *,
+        layers: range,
+        slots: int,
+        name: str = "kv",
+        stored: StoredDtype = StoredDtype.FLOAT16,
     ) -> None:
         self.mesh = mesh
         self.heads = heads
         self.layers = layers
         self.slots = slots
-        bytes_per_layer = 2 * heads.kv_width * slots * mesh.device.storage_bytes
+        self.stored = stored
+        bytes_per_layer = 2 * self.token_bytes * slots
         self._keys = [mesh.sram.alloc(f"{name}.layer{i}", bytes_per_layer) for i in layers]
         self._width = 0
         self.k: dict[int, torch.Tensor] = {}
         self.v: dict[int, torch.Tensor] = {}
+
+    @property
+    def token_bytes(self) -> int:
+        """Bytes of one cached position's k (or v) on a core: G heads x H slots as stored."""
+        return stored_bytes(
+            self.stored,
+            reduced=self.heads.head_slots,
+            other=self.heads.kv_per_tile,
+            storage_bytes=self.mesh.device.storage_bytes,
+        )
 
     def free(self) -> None:
         for key in self._keys:
@@ -167,8 +191,9 @@ class KvStore:
         g, h = self.heads.kv_per_tile, self.heads.head_slots
         dtype = self.mesh.compute_dtype
         for i in self.layers:
-            k = torch.zeros((rows, cols, g, h, new), dtype=dtype)
-            v = torch.zeros((rows, cols, g, new, h), dtype=dtype)
+            on = self.mesh.torch_device
+            k = torch.zeros((rows, cols, g, h, new), dtype=dtype, device=on)
+            v = torch.zeros((rows, cols, g, new, h), dtype=dtype, device=on)
             if i in self.k:
                 k[..., : self._width] = self.k[i]
                 v[..., : self._width, :] = self.v[i]
@@ -196,7 +221,10 @@ class KvStore:
             feats = gather_rows(host.T, index).T  # [L, C*G*H]
             buf = feats.new_zeros(rows * s, cols * g * h)
             buf[torch.as_tensor(row * s + slot)] = feats
-            tiles.append(buf.reshape(rows, s, cols, g, h).to(self.mesh.compute_dtype))
+            tile = buf.reshape(rows, s, cols, g, h).to(
+                device=self.mesh.torch_device, dtype=self.mesh.compute_dtype
+            )
+            tiles.append(quantise_kv_tile(tile, self.stored))
         self.k[layer] = tiles[0].permute(0, 2, 3, 4, 1).contiguous()  # (R, C, G, H, S)
         self.v[layer] = tiles[1].permute(0, 2, 3, 1, 4).contiguous()  # (R, C, G, S, H)
 
@@ -210,9 +238,10 @@ class KvStore:
         counts: RowCounts,
         ledger: Ledger,
     ) -> None:
-        """Insert this step's k, v tiles (R, C, G, H) (replicated along Y) as `append` says."""
+        """Insert this step's k, v tiles (R, C, G, H) (replicated along Y) as `append` says,
+        quantised first when the cache is compressed (priced by `charge_write`)."""
         if append.senders:
-            nbytes = 2 * int(np.prod(k_new.shape[2:])) * self.mesh.device.storage_bytes
+            nbytes = 2 * self.token_bytes
             charge_tail_shift(
                 self.mesh,
                 axis=Axis.Y,
@@ -225,8 +254,26 @@ class KvStore:
             return
         n = int(counts.counts[append.target])
         self._ensure(n + 1)
+        k_new, v_new = quantise_kv_tile(k_new, self.stored), quantise_kv_tile(v_new, self.stored)
         _insert(self.k[layer], k_new, append, n)
         _insert(self.v[layer].transpose(-1, -2), v_new, append, n)
+
+    def charge_write(self, ledger: Ledger) -> None:
+        """A compressed cache quantises each written token's k and v (G heads x H slots)."""
+        g, h = self.heads.kv_per_tile, self.heads.head_slots
+        for what in ("k", "v"):
+            charge_quantise(
+                self.mesh, ledger, f"kv_quantise_{what}", self.stored, reduced=h, other=g
+            )
+
+    def charge_read(self, width: int, ledger: Ledger) -> None:
+        """A compressed cache's window of `width` slots expanded for one layer's attention:
+        K and V, each G x width positions of H slots (groups along H)."""
+        g, h = self.heads.kv_per_tile, self.heads.head_slots
+        for what in ("k", "v"):
+            charge_dequant(
+                self.mesh, ledger, f"kv_dequant_{what}", self.stored, reduced=h, other=g * width
+            )
 
     def window(self, layer: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `width` slots of every row: K (R, C, G, H, w), V (R, C, G, w, H)."""

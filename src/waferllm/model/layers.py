@@ -277,6 +277,7 @@ def decode_layer(
         q = _rope(mesh, q, ctx, ledger, "q_rope", lead=())
         k = _rope(mesh, k, ctx, ledger, "k_rope", lead=())
         shape = (rows, cols, heads.kv_per_tile, heads.head_slots)
+        cache.store.charge_write(ledger)
         cache.store.write(
             index,
             k.data.reshape(shape),
@@ -288,6 +289,7 @@ def decode_layer(
         width = int(cache.append.counts_after.max())
         k_cache, v_cache = cache.store.window(index, width)
         with ledgers.attn.scope("attn"):
+            cache.store.charge_read(width, ledgers.attn)
             attn = decode_attention(
                 mesh,
                 q=q,
@@ -336,6 +338,7 @@ def decode_attention_walk(
         k_cache, v_cache = store.window(store.layers[0], width)
         mask = decode_slot_mask(mesh, counts, append, counts.total, config.sliding_window)
         with attn.scope("layer"), attn.scope("attn"):
+            store.charge_read(width, attn)
             decode_attention(
                 mesh,
                 q=q,
@@ -358,7 +361,8 @@ def decode_slot_mask(
     keep = counts.slot_mask(append.counts_after, width)
     if window is not None:
         keep &= position - counts.slot_positions(append.counts_after, width) < window
-    return torch.as_tensor(np.ascontiguousarray(keep)).reshape(mesh.rows, 1, 1, 1, width)
+    mask = torch.as_tensor(np.ascontiguousarray(keep), device=mesh.torch_device)
+    return mask.reshape(mesh.rows, 1, 1, 1, width)
 
 
 # ---- RoPE tables -------------------------------------------------------------------------------

@@ -21,9 +21,11 @@ import math
 import numpy as np
 import torch
 
+from waferllm.kernels.dequant import dequant_scratch_bytes
 from waferllm.kernels.gemm import prealign_b
 from waferllm.kernels.heads import HeadLayout, gather_rows, head_layout
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.storage import StoredDtype, stored_bytes, tile_stored_bytes
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import Mesh, Mode
@@ -145,8 +147,16 @@ def pad_k_rows(w: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return gather_rows(w, index)
 
 
-def place(mesh: Mesh, spec: TensorSpec, host: torch.Tensor | None, name: str) -> DistTensor:
-    """Put one tensor on the mesh (uncharged: weights load before any request)."""
+def place(
+    mesh: Mesh,
+    spec: TensorSpec,
+    host: torch.Tensor | None,
+    name: str,
+    stored: StoredDtype = StoredDtype.FLOAT16,
+) -> DistTensor:
+    """Put one tensor on the mesh (uncharged: weights load before any request). A matrix is
+    stored as `stored` (`spec_stored`); vectors (norms, biases) in the storage dtype."""
+    stored = spec_stored(spec, stored)
     if host is None:
         assert mesh.mode is Mode.ESTIMATE, f"functional mode needs the host tensor of {name}"
         host = torch.empty(spec.shape, device="meta")
@@ -154,8 +164,14 @@ def place(mesh: Mesh, spec: TensorSpec, host: torch.Tensor | None, name: str) ->
         host = pad_k_rows(host, mesh.rows, mesh.cols)
     assert tuple(host.shape) == spec.shape, (name, tuple(host.shape), spec.shape)
     if spec.gemm_b:
-        return prealign_b(mesh, host.contiguous(), name=name)
-    return mesh.scatter(host.contiguous(), spec.layout(), name)
+        return prealign_b(mesh, host.contiguous(), name=name, stored=stored)
+    return mesh.scatter(host.contiguous(), spec.layout(), name, stored=stored)
+
+
+def spec_stored(spec: TensorSpec, weights: StoredDtype) -> StoredDtype:
+    """How a tensor is stored given the weights' dtype: matrices (`[in, out]`, reduced axis
+    first) compressed, vectors never."""
+    return weights if len(spec.shape) == 2 else StoredDtype.FLOAT16
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -178,30 +194,66 @@ def place_layer(
     weights: LayerWeights | None,
     *,
     name: str,
+    stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> PlacedLayer:
     heads = heads_for(config, mesh.cols)
     specs = layer_specs(config, mesh.rows, mesh.cols, phase)
     host = layer_host_tensors(config, weights, heads) if weights is not None else {}
-    tensors = {k: place(mesh, spec, host.get(k), f"{name}.{k}") for k, spec in specs.items()}
+    tensors = {
+        k: place(mesh, spec, host.get(k), f"{name}.{k}", stored) for k, spec in specs.items()
+    }
     return PlacedLayer(tensors)
 
 
-def tile_bytes(spec: TensorSpec, rows: int, cols: int, dtype_bytes: int) -> int:
-    """Per-core bytes of one placed tensor. A MeshGEMM weight on a non-square grid keeps its
-    N tile padded to whole logical blocks (`kernels.gemm.prealign_b`)."""
+def tile_bytes(
+    spec: TensorSpec,
+    rows: int,
+    cols: int,
+    dtype_bytes: int,
+    stored: StoredDtype = StoredDtype.FLOAT16,
+) -> int:
+    """Per-core bytes of one placed tensor, matrices stored as `stored` (`spec_stored`). A
+    MeshGEMM weight on a non-square grid keeps its N tile padded to whole logical blocks
+    (`kernels.gemm.prealign_b`)."""
     tile = list(spec.layout().tile_shape(rows, cols))
     if spec.gemm_b:
         per_col = math.lcm(rows, cols) // cols
         tile[-1] = -(-tile[-1] // per_col) * per_col
-    return math.prod(tile) * dtype_bytes
+    return tile_stored_bytes(spec_stored(spec, stored), tuple(tile), dtype_bytes)
 
 
 def layer_bytes_per_core(
-    config: ModelConfig, rows: int, cols: int, phase: Phase, dtype_bytes: int
+    config: ModelConfig,
+    rows: int,
+    cols: int,
+    phase: Phase,
+    dtype_bytes: int,
+    stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> int:
     """Per-core bytes of one layer's tensors on a rows x cols grid (tiles include padding)."""
     specs = layer_specs(config, rows, cols, phase)
-    return sum(tile_bytes(spec, rows, cols, dtype_bytes) for spec in specs.values())
+    return sum(tile_bytes(spec, rows, cols, dtype_bytes, stored) for spec in specs.values())
+
+
+def dequant_chunk_bytes(
+    config: ModelConfig, rows: int, cols: int, phase: Phase, stored: StoredDtype, sb: int
+) -> int:
+    """The largest float16 chunk a compressed matrix of `phase` expands into per use
+    (`kernels.dequant`; a MeshGEMM weight's N tile padded as `tile_bytes` pads it); 0 when
+    the weights are not compressed."""
+    if not stored.compressed:
+        return 0
+    specs = [*layer_specs(config, rows, cols, phase).values(), vocab_spec(config, phase)]
+    chunk = 0
+    for spec in specs:
+        if len(spec.shape) != 2:
+            continue
+        kt, nt = spec.layout().tile_shape(rows, cols)
+        if spec.gemm_b:
+            per_col = math.lcm(rows, cols) // cols
+            nt = -(-nt // per_col) * per_col
+        chunk = max(chunk, dequant_scratch_bytes(stored, reduced=kt, other=nt, sb=sb))
+    return chunk
 
 
 # ---- vocabulary tensors ------------------------------------------------------------------------
@@ -220,6 +272,13 @@ def norm_spec(config: ModelConfig, phase: Phase) -> TensorSpec:
     )
 
 
-def kv_slot_bytes_per_core(config: ModelConfig, cols: int, dtype_bytes: int) -> int:
-    """Bytes one cached position adds to a core of its row, per layer (K and V)."""
-    return 2 * heads_for(config, cols).kv_width * dtype_bytes
+def kv_slot_bytes_per_core(
+    config: ModelConfig, cols: int, dtype_bytes: int, stored: StoredDtype = StoredDtype.FLOAT16
+) -> int:
+    """Bytes one cached position adds to a core of its row, per layer (K and V): G kv heads
+    of H head-dim slots each, compressed in groups along H (`mesh.storage`)."""
+    heads = heads_for(config, cols)
+    one = stored_bytes(
+        stored, reduced=heads.head_slots, other=heads.kv_per_tile, storage_bytes=dtype_bytes
+    )
+    return 2 * one

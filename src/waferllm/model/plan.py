@@ -15,6 +15,7 @@ import torch
 
 from waferllm.device import Device
 from waferllm.errors import SramOverflowError
+from waferllm.mesh.storage import StoredDtype
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh
 from waferllm.model.budget import (
@@ -26,12 +27,14 @@ from waferllm.model.budget import (
     vocab_bytes,
 )
 from waferllm.model.config import ModelConfig
+from waferllm.model.pipeline import plan_pipeline_phase
 from waferllm.model.placement import (
     Phase,
     PlacedLayer,
     PlacementMode,
     ResidentLayouts,
     TensorSpec,
+    dequant_chunk_bytes,
     kv_slot_bytes_per_core,
     layer_bytes_per_core,
     norm_spec,
@@ -40,6 +43,7 @@ from waferllm.model.placement import (
     tile_bytes,
     vocab_spec,
 )
+from waferllm.model.quant import UNCOMPRESSED, Storage
 from waferllm.model.regions import Footprint, PhaseRegions, Region, plan_phase
 from waferllm.model.scratch import (
     PrefillScratch,
@@ -63,6 +67,7 @@ class ModelPlan:
     prefill_footprint: Footprint  # per-core bytes of the prefill plan without the prompt
     other_plan_bytes: dict[Phase, int]  # with `both`: the other plan's weights on each core
     apart: dict[Phase, VocabApart] | None  # per-layer: the vocabulary regions' bytes per core
+    storage: Storage  # how weights and the KV cache are stored (compressed or not)
 
     @property
     def layer_multiplier(self) -> int:
@@ -78,7 +83,14 @@ class ModelPlan:
         chunk = self.attention_chunk(length) if head_chunk is None else head_chunk
         apart = self.apart[Phase.PREFILL] if self.apart else None
         return prefill_need_bytes(
-            self.prefill, fp, self.config, sb, length, head_chunk=chunk, apart=apart
+            self.prefill,
+            fp,
+            self.config,
+            sb,
+            length,
+            head_chunk=chunk,
+            apart=apart,
+            stored=self.storage.weights,
         )
 
     def attention_chunk(self, length: int) -> int:
@@ -105,15 +117,16 @@ def _footprint(
     extra_layer: int,
     reserve: int,
     apart: bool,
+    stored: StoredDtype,
 ) -> Footprint:
     """A phase's per-core bytes: a layer's tiles (and its KV), the vocabulary tables on the
     first and last regions (none with `apart`: they have regions of their own), `reserve`."""
     rows, cols = grid
-    vocab = 0 if apart else vocab_bytes(config, phase, rows, cols, sb)
+    vocab = 0 if apart else vocab_bytes(config, phase, rows, cols, sb, stored)
     norm = 0 if apart else tile_bytes(norm_spec(config, phase), rows, cols, sb)
     tied = config.tie_word_embeddings
     return Footprint(
-        layer=layer_bytes_per_core(config, rows, cols, phase, sb) + extra_layer,
+        layer=layer_bytes_per_core(config, rows, cols, phase, sb, stored) + extra_layer,
         first=0 if tied else vocab,
         last=vocab + norm,
         reserve=reserve,
@@ -138,6 +151,7 @@ def _footprints(
     budget: _Budget,
     other: dict[Phase, int],
     apart: bool,
+    stored: StoredDtype,
 ) -> dict[Phase, Footprint]:
     pre = budget.prefill
     return {
@@ -149,6 +163,7 @@ def _footprints(
             extra_layer=pre.kv,
             reserve=other[Phase.PREFILL] + (pre.layer if apart else pre.peak),
             apart=apart,
+            stored=stored,
         ),
         Phase.DECODE: _footprint(
             config,
@@ -158,6 +173,7 @@ def _footprints(
             extra_layer=budget.kv_want * budget.kv_slot,
             reserve=other[Phase.DECODE] + budget.decode_fixed + budget.kv_want * budget.score_slot,
             apart=apart,
+            stored=stored,
         ),
     }
 
@@ -168,9 +184,11 @@ def _budget(
     sb: int,
     max_context_tokens: int | None,
     apart: bool,
+    storage: Storage,
 ) -> _Budget:
     decode_grid = grids[Phase.DECODE]
     fixed, score_slot = decode_scratch_bytes(config, *decode_grid, sb)
+    fixed += dequant_chunk_bytes(config, *decode_grid, Phase.DECODE, storage.weights, sb)
     if apart:  # the logits live on the head's region
         fixed -= decode_logits_bytes(config, decode_grid[1], sb)
     # prefill is planned for a prompt of max_context_tokens (1 when unspecified)
@@ -178,19 +196,21 @@ def _budget(
     return _Budget(
         decode_fixed=fixed,
         score_slot=score_slot,
-        kv_slot=kv_slot_bytes_per_core(config, decode_grid[1], sb),
+        kv_slot=kv_slot_bytes_per_core(config, decode_grid[1], sb, storage.kv),
         kv_want=1 if max_context_tokens is None else -(-max_context_tokens // decode_grid[0]),
-        prefill=prefill_scratch(config, *grids[Phase.PREFILL], sb, length, head_chunk=1),
+        prefill=prefill_scratch(
+            config, *grids[Phase.PREFILL], sb, length, head_chunk=1, stored=storage.weights
+        ),
     )
 
 
 def _check_apart(
-    config: ModelConfig, grids: dict[Phase, tuple[int, int]], sb: int, cap: int
+    config: ModelConfig, grids: dict[Phase, tuple[int, int]], sb: int, cap: int, stored: StoredDtype
 ) -> dict[Phase, VocabApart]:
     """`per-layer`: the vocabulary regions' bytes, checked against SRAM (the head's region
     holds its scratch: prefill's for a 1-token prompt, decode's step vectors and logits)."""
-    out = {phase: vocab_apart(config, phase, grid, sb) for phase, grid in grids.items()}
-    pre = prefill_scratch(config, *grids[Phase.PREFILL], sb, 1, head_chunk=1)
+    out = {phase: vocab_apart(config, phase, grid, sb, stored) for phase, grid in grids.items()}
+    pre = prefill_scratch(config, *grids[Phase.PREFILL], sb, 1, head_chunk=1, stored=stored)
     dec, _ = decode_scratch_bytes(config, *grids[Phase.DECODE], sb)
     for phase, scratch in ((Phase.PREFILL, pre.head_apart), (Phase.DECODE, dec)):
         need = out[phase].head + scratch
@@ -216,23 +236,40 @@ def plan_model(
     placement: PlacementMode,
     resident: ResidentLayouts,
     max_context_tokens: int | None,
+    storage: Storage = UNCOMPRESSED,
+    num_devices: int = 1,
 ) -> ModelPlan:
     """Regions per phase (the fewest that fit), cache slots per row, the longest prompt.
+    With `num_devices` > 1 (`fit` only) the regions span that many linked devices, a range of
+    layers each (`pipeline.plan_pipeline_phase`).
 
     Per-core bytes of a region: its layers' weights, each layer's KV cache (decode) or kept
     k/v (prefill), one step's scratch, the vocabulary tables on the first and last regions
     (`per-layer`: on notional regions of their own), and with `both` resident layouts the
-    other plan's weights (a bound: the most any core of the other plan holds)."""
+    other plan's weights (a bound: the most any core of the other plan holds). Matrices and
+    cached positions count as `storage` stores them."""
     sb, cap = device.storage_bytes, device.sram_bytes_per_core
     grids = {Phase.PREFILL: prefill_grid, Phase.DECODE: decode_grid}
     per_layer = placement is PlacementMode.PER_LAYER
-    budget = _budget(config, grids, sb, max_context_tokens, per_layer)
-    apart = _check_apart(config, grids, sb, cap) if per_layer else None
+    wdt = storage.weights
+    budget = _budget(config, grids, sb, max_context_tokens, per_layer, storage)
+    apart = _check_apart(config, grids, sb, cap, wdt) if per_layer else None
     other = {Phase.PREFILL: 0, Phase.DECODE: 0}
     plans: dict[Phase, PhaseRegions] = {}
     for _ in range(3 if resident is ResidentLayouts.BOTH else 1):
-        prints = _footprints(config, grids, sb, budget, other, per_layer)
+        prints = _footprints(config, grids, sb, budget, other, per_layer, wdt)
         for phase, grid in grids.items():
+            if num_devices > 1:
+                plans[phase] = plan_pipeline_phase(
+                    device,
+                    grid,
+                    config.num_hidden_layers,
+                    prints[phase],
+                    num_devices=num_devices,
+                    capacity_bytes=cap,
+                    what=phase.value,
+                )
+                continue
             plans[phase] = plan_phase(
                 device,
                 grid,
@@ -280,10 +317,13 @@ def plan_model(
         prefill=plans[Phase.PREFILL],
         decode=plans[Phase.DECODE],
         kv_slots=slots,
-        max_prompt_tokens=max_prompt_tokens(plans[Phase.PREFILL], pre, config, cap, sb, pre_apart),
+        max_prompt_tokens=max_prompt_tokens(
+            plans[Phase.PREFILL], pre, config, cap, sb, pre_apart, wdt
+        ),
         prefill_footprint=pre,
         other_plan_bytes=other,
         apart=apart,
+        storage=storage,
     )
 
 
@@ -331,16 +371,18 @@ def build_phase(
     for region, mesh in zip(regions.regions, meshes, strict=True):
         for i in region.layers:
             host = weights.layers[i] if weights is not None else None
-            layers[i] = place_layer(mesh, config, phase, host, name=f"layer{i}")
+            layers[i] = place_layer(
+                mesh, config, phase, host, name=f"layer{i}", stored=plan.storage.weights
+            )
     vocab_meshes = _vocab_meshes(plan, regions, mesh_args) if plan.apart else []
-    spec = vocab_spec(config, phase)
+    spec, wdt = vocab_spec(config, phase), plan.storage.weights
     last = vocab_meshes[0] if vocab_meshes else meshes[-1]
-    lm_head = place(last, spec, _t(weights.lm_head) if weights else None, "lm_head")
+    lm_head = place(last, spec, _t(weights.lm_head) if weights else None, "lm_head", wdt)
     if config.tie_word_embeddings:
         table, embed_mesh = lm_head, last
     else:
         embed_mesh = vocab_meshes[-1] if vocab_meshes else meshes[0]
-        table = place(embed_mesh, spec, _t(weights.embed) if weights else None, "embed")
+        table = place(embed_mesh, spec, _t(weights.embed) if weights else None, "embed", wdt)
     norm = place(
         last, norm_spec(config, phase), weights.final_norm if weights else None, "final_norm"
     )
@@ -383,7 +425,8 @@ def _table_view(table: DistTensor, spec: TensorSpec) -> DistTensor:
     lay = table.layout
     assert lay.y_dim is not None and lay.x_dim is not None
     layout = Layout((v, d), y_dim=1 - lay.y_dim, x_dim=1 - lay.x_dim)
-    return DistTensor(table.data.transpose(-1, -2), layout, table.mesh, table.name, None)
+    data = table.data.transpose(-1, -2)
+    return DistTensor(data, layout, table.mesh, table.name, None, table.stored)
 
 
 __all__ = ["ModelPlan", "PhaseState", "Region", "build_phase", "plan_model"]

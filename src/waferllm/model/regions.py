@@ -27,6 +27,7 @@ class Region:
     index: int
     origin: tuple[int, int]  # (row, col) of its top-left core on the device
     layers: range
+    device: int = 0  # which of the linked devices holds it (multi-wafer `fit`, pipeline.py)
 
 
 @dataclasses.dataclass(frozen=True)

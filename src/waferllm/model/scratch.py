@@ -13,13 +13,15 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from waferllm.kernels.dequant import dequant_scratch_bytes
+from waferllm.mesh.storage import StoredDtype
 from waferllm.mesh.tiling import padded_k
 from waferllm.model.config import ModelConfig
-from waferllm.model.placement import Phase, heads_for, layer_specs, tile_bytes
+from waferllm.model.placement import Phase, heads_for, layer_specs, tile_bytes, vocab_spec
 
 
 class _Live:
-    """A running count of live elements per core and its peak (the walk's SRAM tracker)."""
+    """A running count of live bytes per core and its peak (the walk's SRAM tracker)."""
 
     def __init__(self, start: int = 0) -> None:
         self.now = start
@@ -54,56 +56,83 @@ class PrefillScratch:
 
 
 def prefill_scratch(
-    config: ModelConfig, rows: int, cols: int, storage_bytes: int, length: int, *, head_chunk: int
+    config: ModelConfig,
+    rows: int,
+    cols: int,
+    storage_bytes: int,
+    length: int,
+    *,
+    head_chunk: int,
+    stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> PrefillScratch:
     """The prefill walk's live buffers for a prompt of `length` tokens on rows x cols, with
-    attention run `head_chunk` query heads per kv head at a time (`attention_passes`)."""
+    attention run `head_chunk` query heads per kv head at a time (`attention_passes`), the
+    weights stored as `stored` (a compressed tile travels compressed and expands into a
+    float16 chunk per step, `kernels.gemm._b_buffers`)."""
     sb = storage_bytes
     heads = heads_for(config, cols)
     lt = math.ceil(length / rows)
     per_row, per_col = math.lcm(rows, cols) // rows, math.lcm(rows, cols) // cols
     lt_pad = -(-lt // per_row) * per_row  # a ring GEMM's token tile, whole logical blocks
     d_t = math.ceil(config.hidden_size / cols)
-    live = _Live(lt * d_t + 2 * lt * heads.head_slots)  # x, RoPE cos and sin
+    live = _Live((lt * d_t + 2 * lt * heads.head_slots) * sb)  # x, RoPE cos and sin
     specs = layer_specs(config, rows, cols, Phase.PREFILL)
-    b_tile = {k: tile_bytes(s, rows, cols, sb) // sb for k, s in specs.items()}
+    b_bytes = {k: _weight_buffers(spec, rows, cols, sb, stored) for k, spec in specs.items()}
 
     def operand(k: int) -> int:
         """`gemm_operand`: the normed input padded to K' and aligned; its tile stays."""
         width = padded_k(rows, cols, k) // cols
-        live.alloc(lt * width)
-        live.transient(lt_pad * width)  # the skew's double buffer
-        live.free(lt * width)
-        live.alloc(lt_pad * width)
+        live.alloc(lt * width * sb)
+        live.transient(lt_pad * width * sb)  # the skew's double buffer
+        live.free(lt * width * sb)
+        live.alloc(lt_pad * width * sb)
         return width
 
     def gemm(width: int, n: int, weight: str) -> None:
         """`meshgemm`: the output tile stays; receive buffers and C's block padding do not."""
         nt = math.ceil(n / cols)
         nt_pad = -(-nt // per_col) * per_col
-        live.alloc(lt * nt)
-        live.transient(lt_pad * width, b_tile[weight], lt_pad * nt_pad - lt * nt)
+        live.alloc(lt * nt * sb)
+        live.transient((lt_pad * width + lt_pad * nt_pad - lt * nt) * sb, b_bytes[weight])
 
     d, f = config.hidden_size, config.intermediate_size
     q_n, kv_n = cols * heads.q_width, cols * heads.kv_width
-    live.alloc(lt * d_t)  # attn_norm.out
+    live.alloc(lt * d_t * sb)  # attn_norm.out
     width = operand(d)
     for n, w in ((q_n, "wq"), (kv_n, "wk"), (kv_n, "wv")):
         gemm(width, n, w)
-    live.transient(_attention_numel(heads, rows, lt, head_chunk))
-    live.alloc(lt * heads.q_width)  # attention's output
+    live.transient(_attention_numel(heads, rows, lt, head_chunk) * sb)
+    live.alloc(lt * heads.q_width * sb)  # attention's output
     gemm(operand(q_n), d, "wo")
-    live.alloc(lt * d_t)  # mlp_norm.out
+    live.alloc(lt * d_t * sb)  # mlp_norm.out
     width = operand(d)
     gemm(width, f, "w_gate")
     gemm(width, f, "w_up")
     gemm(operand(f), d, "w_down")
+    chunk = _dequant_chunk(vocab_spec(config, Phase.PREFILL), rows, cols, sb, stored)
     return PrefillScratch(
-        layer=live.peak * sb,
-        head=_head_numel(config, rows, lt, d_t) * sb,
-        head_apart=_head_numel(config, rows, 1, d_t) * sb,
+        layer=live.peak,
+        head=_head_numel(config, rows, lt, d_t) * sb + chunk,
+        head_apart=_head_numel(config, rows, 1, d_t) * sb + chunk,
         kv=2 * lt * heads.kv_width * sb,
     )
+
+
+def _weight_buffers(spec, rows: int, cols: int, sb: int, stored: StoredDtype) -> int:
+    """A MeshGEMM weight's receive buffer per core (its tile as stored) and, compressed, the
+    float16 chunk it expands into (`kernels.gemm._b_buffers`)."""
+    return tile_bytes(spec, rows, cols, sb, stored) + _dequant_chunk(spec, rows, cols, sb, stored)
+
+
+def _dequant_chunk(spec, rows: int, cols: int, sb: int, stored: StoredDtype) -> int:
+    """The float16 chunk a compressed matrix expands into per use (0 uncompressed)."""
+    if not stored.compressed or len(spec.shape) != 2:
+        return 0
+    kt, nt = spec.layout().tile_shape(rows, cols)
+    if spec.gemm_b:
+        per_col = math.lcm(rows, cols) // cols
+        nt = -(-nt // per_col) * per_col
+    return dequant_scratch_bytes(stored, reduced=kt, other=nt, sb=sb)
 
 
 def attention_passes(config: ModelConfig, cols: int, head_chunk: int) -> int:
@@ -126,7 +155,8 @@ def _attention_numel(heads, rows: int, lt: int, head_chunk: int) -> int:
 
 def _head_numel(config: ModelConfig, rows: int, lt: int, d_t: int) -> int:
     """`_head_prefill`: the residual stream, then the last hidden state, its norm, the logits
-    (V split along Y) and the argmax, each freed once the next step has read it."""
+    (V split along Y) and the argmax, each freed once the next step has read it; a compressed
+    LM head adds its float16 chunk (`prefill_scratch`)."""
     v_r = math.ceil(config.vocab_size / rows)
     return max(lt * d_t + d_t, 2 * d_t, d_t + v_r, v_r + 1)  # lt = 1: the head's own region
 

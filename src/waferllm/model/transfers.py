@@ -13,6 +13,7 @@ from collections import Counter
 
 import numpy as np
 
+from waferllm.kernels.dequant import quantise_cycles
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.relayout import Move, hop_charge
@@ -41,13 +42,16 @@ def per_layer_hops(plan: ModelPlan, x: DistTensor, ledger: Ledger) -> None:
 
 
 # ---- the prefill -> decode hand-off ------------------------------------------------------------
-def _layer_groups(plan: ModelPlan) -> Counter[tuple[int, int]]:
-    """(prefill region, decode region) of every placed layer, counted."""
+def _layer_groups(plan: ModelPlan, on_device: int) -> Counter[tuple[int, int]]:
+    """(prefill region, decode region) of every placed layer on device `on_device`, counted
+    (a layer's two regions are on the same device: `pipeline.py`)."""
     # per-layer placement holds one layer that stands for all (`layer_multiplier`)
     layers = range(1 if plan.layer_multiplier > 1 else plan.config.num_hidden_layers)
     groups: Counter[tuple[int, int]] = Counter()
     for i in layers:
-        groups[(plan.prefill.region_of(i).index, plan.decode.region_of(i).index)] += 1
+        prefill, decode = plan.prefill.region_of(i), plan.decode.region_of(i)
+        if decode.device == on_device:
+            groups[(prefill.index, decode.index)] += 1
     return groups
 
 
@@ -72,9 +76,9 @@ def _blocks(size: int, parts: int) -> np.ndarray:
     return np.arange(size) // math.ceil(size / parts)
 
 
-def kv_moves(plan: ModelPlan, counts: RowCounts) -> list[Move]:
-    """K and V of every layer: prefill [L_y, kv_x] on its prefill region to the balanced rows
-    and the head columns of its decode region."""
+def kv_moves(plan: ModelPlan, counts: RowCounts, *, on_device: int = 0) -> list[Move]:
+    """K and V of every layer on device `on_device`: prefill [L_y, kv_x] on its prefill
+    region to the balanced rows and the head columns of its decode region."""
     (pr, pc), (dr, dc) = plan.prefill.grid, plan.decode.grid
     length = counts.total
     src_row = _blocks(length, pr)
@@ -82,7 +86,7 @@ def kv_moves(plan: ModelPlan, counts: RowCounts) -> list[Move]:
     src_col = _feature_columns(plan, pc, "kv")
     dst_col = _feature_columns(plan, dc, "kv")
     moves = []
-    for (p, d), n in _layer_groups(plan).items():
+    for (p, d), n in _layer_groups(plan, on_device).items():
         (py, px), (dy, dx) = plan.prefill.regions[p].origin, plan.decode.regions[d].origin
         moves.append(
             Move(
@@ -96,22 +100,41 @@ def kv_moves(plan: ModelPlan, counts: RowCounts) -> list[Move]:
     return moves
 
 
-def weight_moves(plan: ModelPlan) -> list[Move]:
-    """Every layer's matrices from the prefill plan ([K_y, N_x], MeshGEMM tiles) to the decode
-    plan (GEMV tiles: [K_y, N_x], or [K_x, N_y] for W_o and W_down), and the vocabulary table
-    from [V_y, D_x] to [V_x, D_y]. The prefill tiles' pre-alignment skew (a permutation
-    within each column) is not modelled; vectors (norms, biases: < 1% of the bytes) are not
-    charged."""
+def kv_quantise_cycles(plan: ModelPlan, counts: RowCounts) -> float:
+    """A compressed cache's hand-off quantises the prompt's k and v where prefill left them
+    (they travel compressed): every prefill core its ceil(L/R) tokens of G heads x H slots,
+    for each layer of the busiest region, K and V (`kernels.dequant.quantise_cycles`)."""
+    stored = plan.storage.kv
+    if not stored.compressed:
+        return 0.0
+    rows, cols = plan.prefill.grid
+    heads = heads_for(plan.config, cols)
+    tokens = -(-counts.total // rows)
+    layers = max(len(r.layers) for r in plan.prefill.regions) * plan.layer_multiplier
+    per_layer = quantise_cycles(
+        plan.device, stored, reduced=heads.head_slots, other=heads.kv_per_tile * tokens
+    )
+    return 2 * layers * per_layer
+
+
+def weight_moves(plan: ModelPlan, *, on_device: int = 0) -> list[Move]:
+    """Every layer's matrices on device `on_device` from the prefill plan ([K_y, N_x],
+    MeshGEMM tiles) to the decode plan (GEMV tiles: [K_y, N_x], or [K_x, N_y] for W_o and
+    W_down), and, on the last device, the vocabulary table from [V_y, D_x] to [V_x, D_y].
+    The prefill tiles' pre-alignment skew (a permutation within each column) is not modelled;
+    vectors (norms, biases: < 1% of the bytes) are not charged."""
     cfg = plan.config
     (pr, pc), (dr, dc) = plan.prefill.grid, plan.decode.grid
     specs = layer_specs(cfg, pr, pc, Phase.PREFILL)
     # the family's matmuls, those reducing along Y first, then the transposed ones
     tensors = sorted(matmuls(cfg), key=lambda t: t.decode_reduce is Axis.X)
     moves: list[Move] = []
-    for (p, dreg), n in _layer_groups(plan).items():
+    for (p, dreg), n in _layer_groups(plan, on_device).items():
         origins = (plan.prefill.regions[p].origin, plan.decode.regions[dreg].origin)
         count = n * plan.layer_multiplier
         moves.extend(_matmul_move(plan, t, specs[t.name].shape[0], origins, count) for t in tensors)
+    if on_device != plan.decode.regions[-1].device:
+        return moves
     (py, px), (dy, dx) = plan.prefill.regions[-1].origin, plan.decode.regions[-1].origin
     d, v = cfg.hidden_size, cfg.vocab_size
     moves.append(

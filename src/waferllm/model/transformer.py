@@ -14,6 +14,7 @@ Legend: L prompt tokens, D model dim, V vocab; R x C the grid of a phase.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,9 +24,12 @@ from waferllm.device import Device
 from waferllm.errors import NonFiniteError, SramOverflowError, WaferError
 from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
+from waferllm.mesh.compute import charge_inline_compute
 from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.relayout import hop, relayout_charge
+from waferllm.mesh.relayout import concurrent_relayout_charge, hop
+from waferllm.mesh.storage import bytes_per_element
+from waferllm.mesh.system_link import system_link_hop
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model import vocab
@@ -50,9 +54,11 @@ from waferllm.model.layers import (
     prefill_layer,
     rope_tables,
 )
+from waferllm.model.pipeline import device_count
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts, heads_for
 from waferllm.model.plan import ModelPlan, PhaseState, build_phase, plan_model
-from waferllm.model.transfers import kv_moves, per_layer_hops, weight_moves
+from waferllm.model.quant import UNCOMPRESSED, Storage, quantise_weights
+from waferllm.model.transfers import kv_moves, kv_quantise_cycles, per_layer_hops, weight_moves
 from waferllm.model.weights import ModelWeights
 
 
@@ -97,7 +103,11 @@ class MeshTransformer:
     one layer's plan, costs times the layer count). `kv_policy`: shift or concat.
     `resident_layouts`: `one` re-lays the weights per request (charged in `transition`),
     `both` keeps both plans' copies. `max_context_tokens`: size the KV cache for this many
-    tokens (default: as many as SRAM holds).
+    tokens (default: as many as SRAM holds). `storage`: weights and KV cache compressed or
+    not (`model.quant`); real weights are quantised here, once. `torch_device`: where
+    functional tiles live (`cpu`, or a GPU: `cuda`).
+    `num_devices`: `fit` over that many linked devices, a range of layers each (`pipeline.py`);
+    the residual stream crosses the inter-system link between them.
     """
 
     def __init__(
@@ -114,6 +124,9 @@ class MeshTransformer:
         f16_accumulate: bool = False,
         resident_layouts: ResidentLayouts = ResidentLayouts.ONE,
         max_context_tokens: int | None = None,
+        storage: Storage = UNCOMPRESSED,
+        torch_device: torch.device | str = "cpu",
+        num_devices: int = 1,
     ) -> None:
         self.config = config
         self.mode = Mode.FUNCTIONAL if weights is not None else Mode.ESTIMATE
@@ -131,11 +144,16 @@ class MeshTransformer:
             placement=PlacementMode(placement),
             resident=ResidentLayouts(resident_layouts),
             max_context_tokens=max_context_tokens,
+            storage=storage,
+            num_devices=num_devices,
         )
+        if weights is not None:
+            weights = quantise_weights(weights, storage.weights)
         mesh_args = {
             "mode": self.mode,
             "compute_dtype": compute_dtype,
             "f16_accumulate": f16_accumulate,
+            "torch_device": torch_device,
         }
         self.prefill_state: PhaseState = build_phase(self.plan, Phase.PREFILL, weights, mesh_args)
         self.decode_state: PhaseState = build_phase(self.plan, Phase.DECODE, weights, mesh_args)
@@ -220,7 +238,7 @@ class MeshTransformer:
         for r, region in enumerate(state.regions.regions):
             mesh = state.meshes[r]
             if r:
-                x = hop(self.device, x, mesh, ledger, op=f"hop{r}")
+                x = self._enter_region(state, r, x, ledger)
             heads = heads_for(self.config, mesh.cols)
             charge_rope_tables(mesh, heads, x.tile_shape[0], ledger)
             cos, sin = rope_tables(mesh, heads, self.inv_freq, torch.arange(length), per_token=True)
@@ -248,6 +266,14 @@ class MeshTransformer:
         per_layer_hops(self.plan, x, ledger)
         self._prompt_len = length
         return self._head_prefill(x, length, ledger)
+
+    def _enter_region(self, state: PhaseState, r: int, x: DistTensor, ledger: Ledger) -> DistTensor:
+        """The residual stream from region r-1 to region r: an on-wafer hop, or the
+        inter-system link where region r starts the next device."""
+        regions = state.regions.regions
+        if regions[r].device != regions[r - 1].device:
+            return system_link_hop(self.device, x, state.meshes[r], ledger, op=f"hop{r}")
+        return hop(self.device, x, state.meshes[r], ledger, op=f"hop{r}")
 
     def _head_prefill(self, x: DistTensor, length: int, ledger: Ledger) -> StepOutput:
         """Final norm, LM head and argmax for the last position (`[D_x, V_y]` placement)."""
@@ -303,6 +329,7 @@ class MeshTransformer:
                 heads_for(self.config, mesh.cols),
                 layers=region.layers,
                 slots=self.plan.kv_slots,
+                stored=self.plan.storage.kv,
             )
             for mesh, region in zip(dstate.meshes, dstate.regions.regions, strict=True)
         ]
@@ -312,13 +339,30 @@ class MeshTransformer:
             store.free()
         self._stores = []
 
+    @functools.cached_property
+    def _weights_relayout(self):  # the mesh's Charge (only mesh/ names the pricing types)
+        """The weights' re-layout between the plans, every device's at once (the slowest
+        counts): it depends on the plans only, so every request on this model shares it."""
+        weight_bytes = bytes_per_element(self.plan.storage.weights, self.device.storage_bytes)
+        devices = range(device_count(self.plan.decode))
+        moves = [weight_moves(self.plan, on_device=d) for d in devices]
+        return concurrent_relayout_charge(self.device, moves, bytes_per_element=weight_bytes)
+
     def charge_transition(self, counts: RowCounts, ledger: Ledger) -> None:
         """The re-layouts of `transition` for a cache holding `counts` (plans and counts only)."""
+        sb, storage = self.device.storage_bytes, self.plan.storage
+        # each device re-lays its own layers, all devices at once: the slowest one counts
+        devices = range(device_count(self.plan.decode))
         with ledger.scope("transition"):
-            ledger.charge("kv", relayout_charge(self.device, kv_moves(self.plan, counts)))
+            quantise = kv_quantise_cycles(self.plan, counts)
+            charge_inline_compute(ledger, "kv_quantise", cycles=quantise)
+            kv = [kv_moves(self.plan, counts, on_device=d) for d in devices]
+            kv_bytes = bytes_per_element(storage.kv, sb)
+            kv_charge = concurrent_relayout_charge(self.device, kv, bytes_per_element=kv_bytes)
+            ledger.charge("kv", kv_charge)
             if self.plan.resident is ResidentLayouts.ONE:
                 # the way back (readying the next request) is the mirror image: same cost
-                weights = relayout_charge(self.device, weight_moves(self.plan))
+                weights = self._weights_relayout
                 ledger.charge("weights_to_decode", weights)
                 ledger.charge("weights_to_prefill", weights)
 
@@ -414,7 +458,7 @@ class MeshTransformer:
         )
         for r in range(len(state.regions.regions)):
             if r:
-                x = hop(self.device, x, state.meshes[r], before, op=f"hop{r}")
+                x = self._enter_region(state, r, x, before)
             mesh = state.meshes[r]
             charge_rope_tables(mesh, heads_for(self.config, mesh.cols), 1, before)
             if walk_layers:

@@ -29,11 +29,11 @@ from waferllm.estimate.systems.common import (
     plan_cost,
 )
 from waferllm.kernels.t10 import t10_gemm, t10_gemv, t10_load_weights, t10_transpose
+from waferllm.mesh.blind_rings import fan_in_reduce
 from waferllm.mesh.comm import ReduceAlgorithm, allreduce, broadcast
 from waferllm.mesh.compute import matmul
 from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.remote import fan_in_reduce
 from waferllm.mesh.virtual import Mesh
 
 
