@@ -49,7 +49,9 @@ def test_a_two_wafer_report_counts_both_devices_and_shows_the_link_cost():
     cores = 2 * 480 * 480
     sram = 2 * device.sram_bytes_per_core * device.num_cores
     peak = m["peak_sram_bytes_per_core"]
-    assert report["sram_used_fraction"] == pytest.approx(peak * cores / sram)
+    # each region (one per wafer) at its own peak core's bytes: the peak core's region at
+    # least, both regions at that peak at most
+    assert peak * cores / 2 / sram < report["sram_used_fraction"] <= peak * cores / sram
 
 
 def test_one_device_reports_stay_as_they_were():
@@ -68,8 +70,9 @@ def test_auto_takes_the_fewest_devices_that_fit():
 
 
 def test_a_model_too_large_for_the_devices_given_says_how_many_it_needs():
+    # 7 since the prefill plan budgets the walk's actual peak (issue 9; was 8)
     with pytest.raises(
-        WaferError, match=r"llama3-70b does not fit 2 wse3s .* needs 8 linked wse3 wafers"
+        WaferError, match=r"llama3-70b does not fit 2 wse3s .* needs 7 linked wse3 wafers"
     ):
         estimate("llama3-70b", device="wse3", prompt_len=128, output_len=4, prefill_grid=514,
                  decode_grid=514, num_devices=2)  # fmt: skip

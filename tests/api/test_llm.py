@@ -17,6 +17,8 @@ from helpers.checkpoints import DEFAULT_NEW_TOKENS, DEFAULT_PROMPT_IDS, referenc
 from waferllm import LLM, RequestOutput, SamplingParams, tiny
 from waferllm.engine.tokenizer import load_tokenizer
 from waferllm.errors import GridError, SramOverflowError, WaferError
+from waferllm.estimate.capacity import whole_model_capacity
+from waferllm.estimate.cost import Setup
 from waferllm.estimate.search import DEFAULT_CONTEXT_TOKENS, default_grids
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.placement import PlacementMode, ResidentLayouts
@@ -150,11 +152,14 @@ def test_the_report_describes_the_request(llm):
     assert report["prefill_grid"] == report["decode_grid"] == [2, 3]
     assert report["token_ids"] == out.token_ids and report["text"] == out.text
     model = llm.model
-    assert report["kv_capacity_tokens"] == {
-        "shift": model.kv_capacity_tokens(KvPolicy.SHIFT, prompt_len=len(PROMPT)),
-        "concat": model.kv_capacity_tokens(KvPolicy.CONCAT, prompt_len=len(PROMPT)),
-    }
-    assert report["max_new_tokens"]["shift"] == model.max_new_tokens(len(PROMPT))
+    # the whole model over the best tiling of the whole device (SPEC.md §10.10): at least
+    # what this plan's own cache holds
+    setup = Setup(config=model.config, device=model.device)
+    capacity, room = whole_model_capacity(setup, (2, 3), (2, 3), len(PROMPT))
+    assert report["kv_capacity_tokens"] == {"shift": capacity.shift, "concat": capacity.concat}
+    assert report["max_new_tokens"]["shift"] == room.shift
+    assert capacity.shift >= model.kv_capacity_tokens(KvPolicy.SHIFT, prompt_len=len(PROMPT))
+    assert room.shift >= model.max_new_tokens(len(PROMPT))
     assert 0 < report["metrics"]["utilization"] < 1
     assert report["metrics"]["peak_sram_bytes_per_core"] <= tiny().sram_bytes_per_core
     assert report["metrics"]["routes_per_core"] <= tiny().routes_per_core
@@ -250,7 +255,7 @@ def test_prompts_longer_than_the_kv_cache_or_the_prefill_plan_are_refused(llama_
         llm.generate([[2] * (capacity + 1)])
     longest = llm.model.max_prompt_tokens
     with pytest.raises(WaferError, match=f"the prefill plan holds at most {longest}"):
-        llm.generate([[2] * (longest + 1)])
+        llm.generate([[2] * (longest + 1)], SamplingParams(max_tokens=1))
     assert len(llm.generate([[2] * capacity], SamplingParams(max_tokens=1))[0].token_ids) == 1
 
 

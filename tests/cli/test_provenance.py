@@ -51,10 +51,11 @@ def test_an_estimate_report_records_its_provenance_and_the_spec_keys(capsys):
     assert report["warnings"] == [] and err == ""
     assert (report["system"], report["batch_size"], report["num_devices"]) == ("waferllm", 1, 1)
     assert report["weight_dtype"] == report["kv_dtype"] == "float16"
-    # the peak core's bytes on the larger phase's cores (prefill: one 4x4 region)
+    # each phase's regions at their peak core's bytes, the larger phase: the decode region
+    # (3x4) holds the peak core, the prefill one (4x4) at most that on every core
     peak = report["metrics"]["peak_sram_bytes_per_core"]
-    fraction = peak * 16 / (tiny().sram_bytes_per_core * tiny().num_cores)
-    assert report["sram_used_fraction"] == pytest.approx(fraction)
+    total = tiny().sram_bytes_per_core * tiny().num_cores
+    assert peak * 12 / total <= report["sram_used_fraction"] <= peak * 16 / total
     assert "stack" not in report  # gpu only
 
 

@@ -15,6 +15,7 @@ import pytest
 from waferllm.device import tiny
 from waferllm.estimate.cost import DecodeWalks
 from waferllm.mesh.cost import Ledger
+from waferllm.model.budget import prefill_need_bytes
 from waferllm.model.config import load_config
 from waferllm.model.placement import (
     Phase,
@@ -25,12 +26,8 @@ from waferllm.model.placement import (
     tile_bytes,
     vocab_spec,
 )
-from waferllm.model.plan import (
-    decode_scratch_bytes,
-    plan_model,
-    prefill_need_bytes,
-    prefill_scratch_bytes,
-)
+from waferllm.model.plan import plan_model
+from waferllm.model.scratch import decode_scratch_bytes, prefill_scratch
 from waferllm.model.transformer import MeshTransformer
 
 SB = 2  # bytes per stored element
@@ -46,16 +43,35 @@ def test_decode_scratch_is_the_step_vectors_plus_one_score_per_head_and_slot():
     assert decode_scratch_bytes(CONFIG, 2, 4, SB) == (fixed * SB, per_slot * SB)
 
 
-def test_prefill_scratch_sums_the_layers_activations_and_its_largest_weight_tile():
-    # 4x4, a 10-token prompt: lt = 3 rows of tokens per core; padded_k rounds to multiples of 4
+def test_prefill_scratch_peaks_at_the_down_projection_with_every_tile_the_layer_keeps():
+    # 4x4, a 10-token prompt: lt = 3 rows of tokens per core, no logical padding (square).
+    # The walk keeps a layer's outputs until it ends, so the peak is w_down's step: x, RoPE
+    # cos/sin, the two norms' outputs, the three aligned GEMM inputs of width D and the down
+    # one of width F, q, k, v, attention's output, o, gate, up, down, and w_down's receive
+    # buffers (its [F/4, D/4] tile and the aligned input's)
     lt, d_x, f_x, q_x, kv_w, h = 3, 16, 44, 16, 8, 8
-    kc, gn = 2, 2  # ceil(R / 2 columns per kv group); G * n_rep
-    acts = lt * (8 * d_x + 4 * q_x + 3 * kv_w + 4 * f_x + 2 * h)
-    attn = gn * lt * (kc * lt + 2 * lt + h) + lt * kv_w
-    weight = 16 * 44  # w_gate/w_up [D/4, F/4] (w_down's [F/4, D/4] is the same size)
-    scratch, kv = prefill_scratch_bytes(CONFIG, 4, 4, SB, 10)
-    assert scratch == (acts + attn) * SB + 2 * weight * SB
-    assert kv == 2 * lt * kv_w * SB
+    kept = lt * (7 * d_x + 3 * q_x + 2 * kv_w + 3 * f_x) + 2 * lt * h
+    recv = lt * f_x + f_x * d_x
+    s = prefill_scratch(CONFIG, 4, 4, SB, 10, head_chunk=2)
+    assert s.layer == (kept + recv) * SB == 1808 * SB
+    assert s.kv == 2 * lt * kv_w * SB
+    # the head: the residual stream and the last hidden state, or that, its norm, the logits
+    # (V/4 = 64 per core) and the argmax
+    assert s.head == max(lt * d_x + d_x, d_x + 64) * SB
+
+
+def test_attention_in_passes_holds_one_pass_of_scores_and_the_whole_output():
+    # 2 query heads per kv head on 4 columns: G = 1, Kc = 2; lt = 64 for a 256-token prompt,
+    # long enough that attention is the layer's peak
+    lt, h, kc, q_w = 64, 8, 2, 16
+
+    def attention(n: int) -> int:  # scores, K ring, two partials, P@V acc, V ring, P block
+        return n * lt * kc * lt + h * lt + 2 * n * lt * lt + n * lt * h + lt * h + n * lt * lt
+
+    one, two = (prefill_scratch(CONFIG, 4, 4, SB, 256, head_chunk=c) for c in (1, 2))
+    before = lt * (4 * 16 + 2 * 8 + 2 * h)  # x, the norm, q_proj's input, q; k, v; RoPE
+    assert two.layer == (before + attention(2)) * SB
+    assert one.layer == (before + attention(1) + lt * q_w) * SB
 
 
 def test_decode_layer_bytes_are_the_tiles_of_every_family_row():
@@ -95,11 +111,16 @@ def test_max_prompt_tokens_is_the_longest_prompt_whose_prefill_need_fits():
     fp = plan.prefill_footprint
     longest = plan.max_prompt_tokens
     assert longest > 0
-    need = prefill_need_bytes(plan.prefill, fp, CONFIG, SB, longest)
-    assert need <= cap < prefill_need_bytes(plan.prefill, fp, CONFIG, SB, longest + 1)
-    # one region: both layers' weights and kept k/v, one layer's scratch, both vocab tables
-    scratch, kv = prefill_scratch_bytes(CONFIG, 4, 4, SB, longest)
-    assert need == 2 * (fp.layer + kv) + fp.reserve + scratch + fp.first + fp.last
+
+    def need(length: int) -> int:
+        return prefill_need_bytes(plan.prefill, fp, CONFIG, SB, length, head_chunk=1, apart=None)
+
+    assert need(longest) <= cap < need(longest + 1)
+    # one region: both layers' weights, the first layer's kept k/v and the second's walk, or
+    # both layers' k/v and the head; both vocab tables
+    s = prefill_scratch(CONFIG, 4, 4, SB, longest, head_chunk=1)
+    walk = max(s.kv + s.layer, 2 * s.kv + s.head)
+    assert need(longest) == 2 * fp.layer + fp.reserve + walk + fp.first + fp.last
     assert fp.first == 16 * 64 * SB and fp.last == fp.first + 16 * SB  # [D_x, V_y] tiles
 
 
@@ -127,14 +148,15 @@ def test_the_plans_sram_bounds_cover_the_peaks_the_estimate_walk_records(
     walked_decode = max(m.sram.peak_bytes for m in model.decode_state.meshes)
     rows, cols = decode
     fixed, score = decode_scratch_bytes(CONFIG, rows, cols, SB)
-    # measured: prefill bounds exceed the walk by 2768, 3868 and 6744 bytes, decode by
-    # 128, 68 and 56: the planner is an upper bound (the fidelity issue may tighten it)
     slots = math.ceil(context / rows)  # what max_context_tokens asks each row to hold
     assert model.plan.kv_slots == slots
     planned_decode = _decode_bound(model, slots, fixed, score)
     gaps = (planned_prefill - walked_prefill, planned_decode - walked_decode)
     print(f"{prefill}->{decode}: prefill plan-walk {gaps[0]} B, decode plan-walk {gaps[1]} B")
-    assert planned_prefill >= walked_prefill and planned_decode >= walked_decode
+    # the prefill bound is the walk's peak (the head's scratch may exceed it by the bytes
+    # the walk frees before the head runs); decode is a bound within a few vectors
+    assert 0 <= gaps[0] <= 0.02 * walked_prefill
+    assert 0 <= gaps[1] <= 0.05 * walked_decode
 
 
 def _decode_bound(model: MeshTransformer, slots: int, fixed: int, score: int) -> int:

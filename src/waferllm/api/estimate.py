@@ -263,19 +263,29 @@ def _baseline(
 
 def _stamped(result: _Result, caught: list[str], *, device: Device, config: ModelConfig) -> _Result:
     """The result (WaferLLM's or a baseline's) with its warnings, provenance and the share of
-    the device's SRAM in use (the peak core's bytes on every core the placement occupies: an
-    upper bound)."""
-    report = result.report
-    cores = max(_cores(p, result.extrapolated) for p in (result.prefill, result.decode))
-    peak = report.metrics.peak_sram_bytes_per_core or 0
-    sram_bytes = device.sram_bytes_per_core * device.num_cores * report.num_devices
+    the device's SRAM in use (`_sram_used_bytes`, over every device)."""
+    sram_bytes = device.sram_bytes_per_core * device.num_cores * result.report.num_devices
     report = dataclasses.replace(
-        report,
+        result.report,
         warnings=tuple(caught),
         provenance=make_provenance(device=device, config=config),
-        sram_used_fraction=peak * cores / sram_bytes,
+        sram_used_fraction=_sram_used_bytes(result) / sram_bytes,
     )
     return dataclasses.replace(result, report=report)
+
+
+def _sram_used_bytes(result: Estimate | BaselineEstimate) -> int:
+    """WaferLLM: the phase whose placement holds the most, each of its regions (the
+    vocabulary's own too in per-layer mode) at its peak core's bytes times its cores. A
+    baseline: the peak core's bytes on every core it occupies (an upper bound)."""
+    if isinstance(result, Estimate):
+        model = result.ledgers.model
+        return max(
+            sum(m.sram.peak_bytes * m.num_cores for m in state.all_meshes)
+            for state in (model.prefill_state, model.decode_state)
+        )
+    cores = max(_cores(p, result.extrapolated) for p in (result.prefill, result.decode))
+    return (result.report.metrics.peak_sram_bytes_per_core or 0) * cores
 
 
 # ---- inputs --------------------------------------------------------------------------------------

@@ -26,13 +26,15 @@ from waferllm.engine.metrics import Occupancy, breakdown, request_metrics
 from waferllm.engine.sampling import SamplingParams
 from waferllm.engine.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 from waferllm.errors import GridError, WaferError
+from waferllm.estimate.capacity import whole_model_capacity
+from waferllm.estimate.cost import Setup
 from waferllm.estimate.search import default_grids
 from waferllm.mesh.virtual import COMPUTE_DTYPES, GridLike, as_grid, resolve_torch_device
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.placement import PlacementMode, ResidentLayouts
 from waferllm.model.quant import Storage
-from waferllm.model.report import KvCapacity, RequestMetrics, RequestReport
+from waferllm.model.report import RequestMetrics, RequestReport
 from waferllm.model.transformer import MeshTransformer
 from waferllm.model.weights import ModelWeights, load_checkpoint
 
@@ -388,9 +390,16 @@ class LLM:
         metrics = request_metrics(
             trace, device=self.device, occupancy=occupancy, config=self.config
         )
-        policies = (KvPolicy.SHIFT, KvPolicy.CONCAT)
-        capacity = [model.kv_capacity_tokens(p, prompt_len=length) for p in policies]
-        room = [model.max_new_tokens(length, p) for p in policies]
+        # SPEC.md §10.10: the whole model resident over a tiling of the whole device (this
+        # plan's own cache may be smaller: it uses the fewest regions that hold the model)
+        setup = Setup(
+            config=self.config,
+            device=self.device,
+            resident=model.plan.resident,
+            storage=model.plan.storage,
+        )
+        grids = (model.plan.prefill.grid, model.plan.decode.grid)
+        capacity, room = whole_model_capacity(setup, *grids, length)
         return RequestReport(
             kind="generate",
             model=self.config.name,
@@ -401,8 +410,8 @@ class LLM:
             decode_grid=model.plan.decode.grid,
             placement=str(model.plan.placement),
             metrics=metrics,
-            kv_capacity_tokens=KvCapacity(shift=capacity[0], concat=capacity[1]),
-            max_new_tokens=KvCapacity(shift=room[0], concat=room[1]),
+            kv_capacity_tokens=capacity,
+            max_new_tokens=room,
             breakdown={
                 **breakdown(trace, device=self.device),
                 "dtype": self.dtype,

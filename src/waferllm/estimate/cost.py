@@ -206,7 +206,7 @@ def _phase_cost(model: MeshTransformer, phase: Phase, ledger: Ledger) -> PhaseLe
     state = model.prefill_state if phase is Phase.PREFILL else model.decode_state
     return PhaseLedger(
         ledger=ledger,
-        peak_sram_bytes_per_core=max(mesh.sram.peak_bytes for mesh in state.meshes),
+        peak_sram_bytes_per_core=max(mesh.sram.peak_bytes for mesh in state.all_meshes),
         routes_per_core=model.routes_per_core()[phase.value],
     )
 

@@ -2,14 +2,16 @@
 
 Objective: TTFT + transition + decode time of the request, every candidate run through the
 mesh transformer in estimate mode (SRAM and routes enforced: an infeasible grid is a point
-with its reason, not a crash). The space is square grids P x P, as the paper autotunes.
-Stage 1 walks each phase on its own: a coarse sweep of P from the smallest side that can hold
-one layer to the device's shorter side, then halving steps around the best side (a phase's
-time depends on its own grid only; the walks are cached per grid by `CostModel`); decode is
-ranked there by its first and last steps (see `_Search._decode_cycles`). Stage 2 prices pairs
-of the best sides exactly, transition included (it depends on both grids), in order of
-TTFT + decode time, stopping once that bound exceeds the best full objective. Functional runs
-without grids take `default_grids`: the smallest squares that hold the model, from byte counts.
+with its reason, not a crash). The space is square grids P x P, as the paper autotunes, and
+rectangular grids whose regions tile the whole device (`regions.device_tilings`). Stage 1 walks
+each phase on its own: a coarse sweep of P from the smallest side that can hold one layer to
+the device's shorter side, then halving steps around the best side (a phase's time depends on
+its own grid only; the walks are cached per grid by `CostModel`), then the tilings
+(`_PhaseSweep.run_tilings`); decode is ranked there by its first and last steps (see
+`_Search._decode_cycles`). Stage 2 prices pairs of the best grids exactly, transition
+included (it depends on both grids), in order of TTFT + decode time, stopping once that bound
+exceeds the best full objective. Functional runs without grids take `default_grids`: the
+smallest squares that hold the model, from byte counts.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ from waferllm.model.config import ModelConfig
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts
 from waferllm.model.plan import plan_model
 from waferllm.model.quant import UNCOMPRESSED, Storage
+from waferllm.model.regions import device_tilings
 from waferllm.model.transformer import MeshTransformer
 
 __all__ = ["GridPoint", "GridSearch", "default_grids", "search_grids"]
 
 COARSE_POINTS = 6  # sides in the first sweep
 FINEST_STEP = 16  # refinement halves the step while it exceeds this many cores of side
-PAIRS_PER_PHASE = 2  # stage 2 pairs the best few sides of each phase
+PAIRS_PER_PHASE = 2  # stage 2 pairs the best few grids of each phase
+TILINGS_FEASIBLE = 2  # where no square works, the rectangular tilings tried until this many work
 
 Progress = Callable[[int, int, str], None]
 
@@ -92,35 +96,48 @@ class GridSearch:
 
 
 class _PhaseSweep:
-    """Stage 1 for one phase: evaluate sides, remember every point."""
+    """Stage 1 for one phase: evaluate grids, remember every point."""
 
     def __init__(self, search: _Search, phase: Phase) -> None:
         self.search = search
         self.phase = phase
-        self.points: dict[int, GridPoint] = {}
+        self.points: dict[Grid, GridPoint] = {}
 
-    def evaluate(self, side: int) -> GridPoint:
-        if side not in self.points:
-            self.points[side] = self.search.phase_point(self.phase, side)
-        return self.points[side]
+    def evaluate(self, grid: Grid) -> GridPoint:
+        if grid not in self.points:
+            self.points[grid] = self.search.phase_point(self.phase, grid)
+        return self.points[grid]
 
     def run(self, sides: list[int]) -> None:
         for side in sides:
-            self.evaluate(side)
+            self.evaluate((side, side))
         step = sides[1] - sides[0] if len(sides) > 1 else 0
         while step > FINEST_STEP:
             step //= 2
-            best = self.best_sides(1)
+            best = [g for g in self.best_grids(1) if g[0] == g[1]]
             if not best:
                 return
-            centre = best[0]
+            centre = best[0][0]
             for side in (centre - step, centre + step):
                 if self.search.lo <= side <= self.search.hi:
-                    self.evaluate(side)
+                    self.evaluate((side, side))
 
-    def best_sides(self, count: int) -> list[int]:
-        feasible = [(p.seconds, s) for s, p in self.points.items() if p.seconds is not None]
-        return [s for _, s in sorted(feasible)[:count]]
+    def run_tilings(self, tilings: list[Grid]) -> None:
+        """Where no square works: rectangular grids tiling the whole device, fewest regions
+        first, until `TILINGS_FEASIBLE` work. (Where a square works, a rectangle pays the
+        lcm padding of its ring GEMMs and was not faster in the cases measured: skipped, to
+        keep the search fast.)"""
+        if self.best_grids(1):
+            return
+        found = 0
+        for grid in tilings:
+            found += self.evaluate(grid).seconds is not None
+            if found >= TILINGS_FEASIBLE:
+                return
+
+    def best_grids(self, count: int) -> list[Grid]:
+        feasible = [(p.seconds, g) for g, p in self.points.items() if p.seconds is not None]
+        return [g for _, g in sorted(feasible)[:count]]
 
 
 class _Search:
@@ -148,10 +165,9 @@ class _Search:
         if self.progress is not None:
             self.progress(self.done, max(self.total, self.done), what)
 
-    def phase_point(self, phase: Phase, side: int) -> GridPoint:
-        """One phase's time on side x side; the other phase on a grid known to work (or the
-        same side): with one resident layout a phase's plan ignores the other's grid."""
-        grid = (side, side)
+    def phase_point(self, phase: Phase, grid: Grid) -> GridPoint:
+        """One phase's time on `grid`; the other phase on a grid known to work (or the same
+        grid): with one resident layout a phase's plan ignores the other's grid."""
         other = Phase.DECODE if phase is Phase.PREFILL else Phase.PREFILL
         partner = self.partner.get(other, grid)
         pair = (grid, partner) if phase is Phase.PREFILL else (partner, grid)
@@ -167,7 +183,7 @@ class _Search:
             seconds = self.costs.setup.device.cycles_to_seconds(cycles)
             point = GridPoint(phase=phase, grid=grid, seconds=seconds)
             self.partner.setdefault(phase, grid)
-        self.tick(f"{phase.value} {side}x{side}")
+        self.tick(f"{phase.value} {grid[0]}x{grid[1]}")
         return point
 
     def _decode_cycles(self, model: MeshTransformer) -> float:
@@ -211,7 +227,7 @@ def search_grids(
     progress: Progress | None = None,
 ) -> GridSearch:
     """The fastest feasible pair; a phase whose grid is given keeps it. Raises a WaferError
-    naming what is needed when no square grid works for a phase."""
+    naming what is needed when no grid works for a phase."""
     start = time.perf_counter()
     phases = [p for p, g in ((Phase.PREFILL, prefill_grid), (Phase.DECODE, decode_grid)) if not g]
     estimate = len(phases) * (COARSE_POINTS + 2 * 3) + PAIRS_PER_PHASE**2
@@ -221,17 +237,21 @@ def search_grids(
             search.partner[phase] = grid
     sweeps = {phase: _PhaseSweep(search, phase) for phase in phases}
     sides = _coarse_sides(search.lo, search.hi)
-    for sweep in sweeps.values():
+    config, device = costs.setup.config, costs.setup.device
+    dims = (config.hidden_size, config.intermediate_size)
+    for phase, sweep in sweeps.items():
         sweep.run(sides)
+        ring = phase is Phase.PREFILL
+        sweep.run_tilings(device_tilings(device, ring=ring, dims=dims if ring else ()))
     choices: dict[Phase, list[Grid]] = {}
     for phase, grid in ((Phase.PREFILL, prefill_grid), (Phase.DECODE, decode_grid)):
         if grid is not None:
             choices[phase] = [grid]
             continue
-        best = sweeps[phase].best_sides(PAIRS_PER_PHASE)
+        best = sweeps[phase].best_grids(PAIRS_PER_PHASE)
         if not best:
             raise _nothing_fits(costs, phase, sweeps[phase])
-        choices[phase] = [(s, s) for s in best]
+        choices[phase] = best
     best_cost, pairs = _pairs(search, choices)
     points = tuple(p for sweep in sweeps.values() for p in sweep.points.values())
     return GridSearch(
@@ -239,7 +259,7 @@ def search_grids(
         points=points,
         pairs=pairs,
         host_wall_s=time.perf_counter() - start,
-        space=f"square grids {search.lo}..{search.hi}",
+        space=f"square grids {search.lo}..{search.hi} and rectangular tilings of the device",
     )
 
 
@@ -309,7 +329,38 @@ def _nothing_fits(costs: CostModel, phase: Phase, sweep: _PhaseSweep) -> WaferEr
                 f"device has {total_sram / 1e9:.1f} GB, so at least {wafers} wafers; use "
                 "--placement per-layer (the paper's extrapolation) or a device with more SRAM"
             )
-    return WaferError(f"no square grid works for {phase.value} on {device.name}: {last}")
+    if phase is Phase.PREFILL:
+        longest = _longest_prompt(costs, sweep)
+        if longest is not None:
+            tokens, grid = longest
+            last = (
+                f"the longest prompt any evaluated prefill grid holds is {tokens} tokens (on "
+                f"{grid[0]}x{grid[1]}); use a shorter prompt or --placement per-layer"
+            )
+    return WaferError(
+        f"no square grid or tiling of the device works for {phase.value} on {device.name}: {last}"
+    )
+
+
+def _longest_prompt(costs: CostModel, sweep: _PhaseSweep) -> tuple[int, Grid] | None:
+    """The longest prompt the prefill plans of the evaluated grids hold (byte counts only)."""
+    setup, best = costs.setup, None
+    for grid in sweep.points:
+        try:
+            plan = plan_model(
+                setup.config,
+                setup.device,
+                prefill_grid=grid,
+                decode_grid=grid,
+                placement=setup.placement,
+                resident=ResidentLayouts.ONE,
+                max_context_tokens=None,
+            )
+        except WaferError:
+            continue
+        if plan.max_prompt_tokens and (best is None or plan.max_prompt_tokens > best[0]):
+            best = (plan.max_prompt_tokens, grid)
+    return best
 
 
 # ---- functional runs: the smallest grids that hold the model ------------------------------------

@@ -26,7 +26,7 @@ from waferllm.kernels.rope import rope
 from waferllm.mesh.comm import ReduceAlgorithm
 from waferllm.mesh.compute import charge_compute, elementwise, vector_op_cycles
 from waferllm.mesh.cost import Ledger
-from waferllm.mesh.geometry import Axis
+from waferllm.mesh.geometry import Axis, split_sizes
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import Mesh, Mode
@@ -48,6 +48,7 @@ class LayerContext:
     cos: DistTensor  # prefill [L, C*H] (L_y), decode [B, C*H]; RoPE slots in the heads' order
     sin: DistTensor
     length: int  # prefill: prompt tokens; decode: the batch's sequences B
+    head_chunk: int  # prefill attention: query heads per kv head in one pass (`attention`)
 
 
 # ---- shared helpers ------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def prefill_layer(
     mesh: Mesh, w: PlacedLayer, x: DistTensor, ctx: LayerContext, ledger: Ledger
 ) -> tuple[DistTensor, DistTensor, DistTensor]:
     """x[L_y, D_x] -> (x + attn + mlp in x's buffer, this layer's k and v [L_y, kv_x])."""
-    cfg, heads = ctx.config, ctx.heads
+    cfg = ctx.config
     with mesh.sram.scope():
         h = rms_norm(
             mesh,
@@ -109,16 +110,7 @@ def prefill_layer(
         q = _rope(mesh, q, ctx, ledger, "q_rope", tokens_axis=Axis.Y)
         k = _rope(mesh, k, ctx, ledger, "k_rope", tokens_axis=Axis.Y)
         with ledger.scope("attn"):
-            o = prefill_attention(
-                mesh,
-                q=q,
-                k=k,
-                v=v,
-                heads=heads,
-                length=ctx.length,
-                sliding_window=cfg.sliding_window,
-                ledger=ledger,
-            )
+            o = attention(mesh, q, k, v, ctx, ledger)
         o = meshgemm(
             mesh, a=gemm_operand(mesh, o, ledger, "o"), b=w["wo"], ledger=ledger, op="o_proj"
         ).out
@@ -132,6 +124,53 @@ def prefill_layer(
         mesh.register(k_data, k.layout, "prefill.k"),
         mesh.register(v_data, v.layout, "prefill.v"),
     )
+
+
+def attention(
+    mesh: Mesh, q: DistTensor, k: DistTensor, v: DistTensor, ctx: LayerContext, ledger: Ledger
+) -> DistTensor:
+    """Prefill attention in passes of `ctx.head_chunk` query heads per kv head (sizes within
+    one), so that only one pass's scores are live (the public code's prefill is single-head:
+    one score block per core). Each pass circulates K and V again. The passes' outputs fill
+    one [L_y, q_x] buffer; estimate mode walks each distinct pass size once and repeats it."""
+    heads, cfg = ctx.heads, ctx.config
+    rows, cols = mesh.shape
+    sizes = split_sizes(heads.n_rep, -(-heads.n_rep // ctx.head_chunk))
+
+    def run(q_part: DistTensor, n: int, out_ledger: Ledger) -> DistTensor:
+        return prefill_attention(
+            mesh,
+            q=q_part,
+            k=k,
+            v=v,
+            heads=dataclasses.replace(heads, n_rep=n),
+            length=ctx.length,
+            sliding_window=cfg.sliding_window,
+            ledger=out_ledger,
+        )
+
+    if len(sizes) == 1:
+        return run(q, heads.n_rep, ledger)
+    lt, g, h = q.tile_shape[0], heads.kv_per_tile, heads.head_slots
+    q_heads = q.data.reshape(rows, cols, lt, g, heads.n_rep, h)
+    out = torch.zeros_like(q_heads)
+    key = mesh.sram.alloc("attn", lt * heads.q_width * mesh.device.storage_bytes)
+    walked: set[int] = set()
+    for start, n in zip(np.cumsum(sizes) - sizes, sizes, strict=True):
+        n = int(n)
+        if mesh.mode is Mode.ESTIMATE and n in walked:
+            continue
+        walked.add(n)
+        part = q_heads[..., start : start + n, :].reshape(rows, cols, lt, g * n * h)
+        layout = Layout((ctx.length, cols * g * n * h), y_dim=0, x_dim=1)
+        q_part = DistTensor(part, layout, mesh, "q_pass", None)
+        count = int((sizes == n).sum()) if mesh.mode is Mode.ESTIMATE else 1
+        with ledger.repeat(count):
+            o = run(q_part, n, ledger)
+        if mesh.mode is Mode.FUNCTIONAL:
+            out[..., start : start + n, :] = o.data.reshape(rows, cols, lt, g, n, h)
+        o.free()
+    return DistTensor(out.reshape(q.data.shape), q.layout, mesh, "attn", key)
 
 
 def _prefill_mlp(

@@ -9,7 +9,6 @@ SRAM trackers check every allocation again as it happens.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import torch
@@ -18,8 +17,15 @@ from waferllm.device import Device
 from waferllm.errors import SramOverflowError
 from waferllm.mesh.storage import StoredDtype
 from waferllm.mesh.tensor import DistTensor, Layout
-from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import Mesh
+from waferllm.model.budget import (
+    VocabApart,
+    kv_slots,
+    max_prompt_tokens,
+    prefill_need_bytes,
+    vocab_apart,
+    vocab_bytes,
+)
 from waferllm.model.config import ModelConfig
 from waferllm.model.pipeline import plan_pipeline_phase
 from waferllm.model.placement import (
@@ -29,10 +35,8 @@ from waferllm.model.placement import (
     ResidentLayouts,
     TensorSpec,
     dequant_chunk_bytes,
-    heads_for,
     kv_slot_bytes_per_core,
     layer_bytes_per_core,
-    layer_specs,
     norm_spec,
     place,
     place_layer,
@@ -41,6 +45,12 @@ from waferllm.model.placement import (
 )
 from waferllm.model.quant import UNCOMPRESSED, Storage
 from waferllm.model.regions import Footprint, PhaseRegions, Region, plan_phase
+from waferllm.model.scratch import (
+    PrefillScratch,
+    decode_logits_bytes,
+    decode_scratch_bytes,
+    prefill_scratch,
+)
 from waferllm.model.weights import ModelWeights
 
 
@@ -56,6 +66,7 @@ class ModelPlan:
     max_prompt_tokens: int  # the longest prompt the prefill plan's SRAM holds
     prefill_footprint: Footprint  # per-core bytes of the prefill plan without the prompt
     other_plan_bytes: dict[Phase, int]  # with `both`: the other plan's weights on each core
+    apart: dict[Phase, VocabApart] | None  # per-layer: the vocabulary regions' bytes per core
     storage: Storage  # how weights and the KV cache are stored (compressed or not)
 
     @property
@@ -65,112 +76,36 @@ class ModelPlan:
             return self.config.num_hidden_layers
         return 1
 
-    def prefill_need_bytes(self, length: int) -> int:
+    def prefill_need_bytes(self, length: int, head_chunk: int | None = None) -> int:
+        """The prefill walk's peak bytes per core for a `length`-token prompt, attention
+        `head_chunk` query heads per kv head at a time (default: `attention_chunk`)."""
         fp, sb = self.prefill_footprint, self.device.storage_bytes
-        return prefill_need_bytes(self.prefill, fp, self.config, sb, length, self.storage.weights)
+        chunk = self.attention_chunk(length) if head_chunk is None else head_chunk
+        apart = self.apart[Phase.PREFILL] if self.apart else None
+        return prefill_need_bytes(
+            self.prefill,
+            fp,
+            self.config,
+            sb,
+            length,
+            head_chunk=chunk,
+            apart=apart,
+            stored=self.storage.weights,
+        )
+
+    def attention_chunk(self, length: int) -> int:
+        """Query heads per kv head that prefill attention takes at a time for a prompt of
+        `length` tokens: all of them when SRAM allows (one pass), else the most that fit
+        (one when none does: the request is then refused by `max_prompt_tokens`)."""
+        n_rep = self.config.num_kv_groups
+        cap = self.device.sram_bytes_per_core
+        for chunk in range(n_rep, 1, -1):
+            if self.prefill_need_bytes(length, chunk) <= cap:
+                return chunk
+        return 1
 
     def grid(self, phase: Phase) -> tuple[int, int]:
         return (self.prefill if phase is Phase.PREFILL else self.decode).grid
-
-
-def _vocab_bytes(
-    config: ModelConfig, phase: Phase, rows: int, cols: int, sb: int, stored: StoredDtype
-) -> int:
-    return tile_bytes(vocab_spec(config, phase), rows, cols, sb, stored)
-
-
-def decode_scratch_bytes(config: ModelConfig, rows: int, cols: int, sb: int) -> tuple[int, int]:
-    """(fixed, per cached slot) bytes per core that one decode step holds at its peak: the
-    residual and normed vectors, q/k/v, RoPE tables, attention output, the FFN's gate and up,
-    this step's logits and the previous step's (kept on the mesh for `fetch_logits` until this
-    step selects); plus one score per (head, slot)."""
-    heads = heads_for(config, cols)
-    d_y = math.ceil(config.hidden_size / rows)
-    f_x = math.ceil(config.intermediate_size / cols)
-    v_x = math.ceil(config.vocab_size / cols)
-    fixed = 6 * d_y + 2 * heads.q_width + 2 * heads.kv_width + 2 * heads.head_slots
-    fixed += 2 * f_x + 2 * v_x + 2
-    return fixed * sb, heads.kv_per_tile * heads.n_rep * sb
-
-
-def prefill_scratch_bytes(
-    config: ModelConfig,
-    rows: int,
-    cols: int,
-    sb: int,
-    length: int,
-    stored: StoredDtype = StoredDtype.FLOAT16,
-) -> tuple[int, int]:
-    """(the peak scratch of one layer or of the LM head, one layer's k and v kept for the
-    cache) per core for a prompt of `length` tokens. A layer's is an upper bound summing its
-    activations (x, normed, the aligned GEMM operand and its receive buffer, q/k/v, RoPE
-    tables, scores and the attention loops' buffers, o, gate/up/act/down), the largest weight
-    tile's receive buffer and the GEMM padding (token tiles padded to whole logical blocks on
-    a non-square grid); the head's holds the last hidden state, its
-    norm, the logits (V split along Y) and the argmax, which outgrow a layer's when the
-    vocabulary is wide and the model narrow."""
-    heads = heads_for(config, cols)
-    lt = math.ceil(length / rows)
-    per_row = math.lcm(rows, cols) // rows
-    lt_gemm = -(-lt // per_row) * per_row  # a ring GEMM pads the token tile to whole blocks
-    d_x = padded_k(rows, cols, config.hidden_size) // cols
-    f_x = padded_k(rows, cols, config.intermediate_size) // cols
-    q_x = padded_k(rows, cols, cols * heads.q_width) // cols
-    kc = max(math.ceil(rows / min(heads.group_sizes)), 1)
-    gn = heads.kv_per_tile * heads.n_rep
-    acts = lt_gemm * (8 * d_x + 4 * q_x + 3 * heads.kv_width + 4 * f_x + 2 * heads.head_slots)
-    attn = gn * lt * (kc * lt + 2 * lt + heads.head_slots) + lt * heads.kv_width
-    specs = layer_specs(config, rows, cols, Phase.PREFILL)
-    weight = max(tile_bytes(spec, rows, cols, sb, stored) for spec in specs.values())
-    chunk = dequant_chunk_bytes(config, rows, cols, Phase.PREFILL, stored, sb)
-    kv = 2 * lt * heads.kv_width
-    head = 2 * d_x + math.ceil(config.vocab_size / rows) + 2
-    return max((acts + attn) * sb + 2 * weight, head * sb) + chunk, kv * sb
-
-
-def prefill_need_bytes(
-    regions: PhaseRegions,
-    fp: Footprint,
-    config: ModelConfig,
-    sb: int,
-    length: int,
-    stored: StoredDtype = StoredDtype.FLOAT16,
-) -> int:
-    """The most any core of the prefill plan needs for a prompt of `length` tokens: weights,
-    every layer's kept k/v, one layer's scratch, the vocabulary tables."""
-    rows, cols = regions.grid
-    scratch, kv = prefill_scratch_bytes(config, rows, cols, sb, length, stored)
-    last = len(regions.regions) - 1
-    need = 0
-    for i, region in enumerate(regions.regions):
-        used = len(region.layers) * (fp.layer + kv) + fp.reserve + scratch
-        used += (fp.first if i == 0 else 0) + (fp.last if i == last else 0)
-        need = max(need, used)
-    return need
-
-
-def max_prompt_tokens(
-    regions: PhaseRegions,
-    fp: Footprint,
-    config: ModelConfig,
-    cap: int,
-    sb: int,
-    stored: StoredDtype = StoredDtype.FLOAT16,
-) -> int:
-    """The longest prompt whose prefill fits every region (0 if none does)."""
-
-    def fits(length: int) -> bool:
-        return prefill_need_bytes(regions, fp, config, sb, length, stored) <= cap
-
-    if not fits(1):
-        return 0
-    low, high = 1, 2
-    while fits(high) and high < 1 << 24:
-        low, high = high, high * 2
-    while high - low > 1:
-        mid = (low + high) // 2
-        low, high = (mid, high) if fits(mid) else (low, mid)
-    return low
 
 
 def _footprint(
@@ -178,13 +113,17 @@ def _footprint(
     phase: Phase,
     grid: tuple[int, int],
     sb: int,
+    *,
     extra_layer: int,
     reserve: int,
+    apart: bool,
     stored: StoredDtype,
 ) -> Footprint:
+    """A phase's per-core bytes: a layer's tiles (and its KV), the vocabulary tables on the
+    first and last regions (none with `apart`: they have regions of their own), `reserve`."""
     rows, cols = grid
-    vocab = _vocab_bytes(config, phase, rows, cols, sb, stored)
-    norm = tile_bytes(norm_spec(config, phase), rows, cols, sb)
+    vocab = 0 if apart else vocab_bytes(config, phase, rows, cols, sb, stored)
+    norm = 0 if apart else tile_bytes(norm_spec(config, phase), rows, cols, sb)
     tied = config.tie_word_embeddings
     return Footprint(
         layer=layer_bytes_per_core(config, rows, cols, phase, sb, stored) + extra_layer,
@@ -198,12 +137,11 @@ def _footprint(
 class _Budget:
     """Per-core byte counts the planner needs beyond the weights (see `plan_model`)."""
 
-    decode_fixed: int  # one decode step's scratch
+    decode_fixed: int  # one decode step's scratch on a region of layers
     score_slot: int  # decode scratch per cached slot
     kv_slot: int  # one cached position, one layer (K and V)
     kv_want: int  # cache slots per row the caller asked for (1 when unspecified)
-    prefill_scratch: int  # one prefill layer's scratch for a 1-token prompt
-    prefill_kv: int  # one layer's kept k/v for a 1-token prompt
+    prefill: PrefillScratch  # the prefill walk for the planned prompt (1 token when unspecified)
 
 
 def _footprints(
@@ -212,28 +150,81 @@ def _footprints(
     sb: int,
     budget: _Budget,
     other: dict[Phase, int],
+    apart: bool,
     stored: StoredDtype,
 ) -> dict[Phase, Footprint]:
+    pre = budget.prefill
     return {
         Phase.PREFILL: _footprint(
             config,
             Phase.PREFILL,
             grids[Phase.PREFILL],
             sb,
-            budget.prefill_kv,
-            other[Phase.PREFILL] + budget.prefill_scratch,
-            stored,
+            extra_layer=pre.kv,
+            reserve=other[Phase.PREFILL] + (pre.layer if apart else pre.peak),
+            apart=apart,
+            stored=stored,
         ),
         Phase.DECODE: _footprint(
             config,
             Phase.DECODE,
             grids[Phase.DECODE],
             sb,
-            budget.kv_want * budget.kv_slot,
-            other[Phase.DECODE] + budget.decode_fixed + budget.kv_want * budget.score_slot,
-            stored,
+            extra_layer=budget.kv_want * budget.kv_slot,
+            reserve=other[Phase.DECODE] + budget.decode_fixed + budget.kv_want * budget.score_slot,
+            apart=apart,
+            stored=stored,
         ),
     }
+
+
+def _budget(
+    config: ModelConfig,
+    grids: dict[Phase, tuple[int, int]],
+    sb: int,
+    max_context_tokens: int | None,
+    apart: bool,
+    storage: Storage,
+) -> _Budget:
+    decode_grid = grids[Phase.DECODE]
+    fixed, score_slot = decode_scratch_bytes(config, *decode_grid, sb)
+    fixed += dequant_chunk_bytes(config, *decode_grid, Phase.DECODE, storage.weights, sb)
+    if apart:  # the logits live on the head's region
+        fixed -= decode_logits_bytes(config, decode_grid[1], sb)
+    # prefill is planned for a prompt of max_context_tokens (1 when unspecified)
+    length = max_context_tokens or 1
+    return _Budget(
+        decode_fixed=fixed,
+        score_slot=score_slot,
+        kv_slot=kv_slot_bytes_per_core(config, decode_grid[1], sb, storage.kv),
+        kv_want=1 if max_context_tokens is None else -(-max_context_tokens // decode_grid[0]),
+        prefill=prefill_scratch(
+            config, *grids[Phase.PREFILL], sb, length, head_chunk=1, stored=storage.weights
+        ),
+    )
+
+
+def _check_apart(
+    config: ModelConfig, grids: dict[Phase, tuple[int, int]], sb: int, cap: int, stored: StoredDtype
+) -> dict[Phase, VocabApart]:
+    """`per-layer`: the vocabulary regions' bytes, checked against SRAM (the head's region
+    holds its scratch: prefill's for a 1-token prompt, decode's step vectors and logits)."""
+    out = {phase: vocab_apart(config, phase, grid, sb, stored) for phase, grid in grids.items()}
+    pre = prefill_scratch(config, *grids[Phase.PREFILL], sb, 1, head_chunk=1, stored=stored)
+    dec, _ = decode_scratch_bytes(config, *grids[Phase.DECODE], sb)
+    for phase, scratch in ((Phase.PREFILL, pre.head_apart), (Phase.DECODE, dec)):
+        need = out[phase].head + scratch
+        if need > cap:
+            rows, cols = grids[phase]
+            raise SramOverflowError(
+                tensor=f"{phase.value} LM head region (per-layer)",
+                core=(0, 0),
+                needed_bytes=need,
+                available_bytes=cap,
+                hint=f"the vocabulary table alone takes {out[phase].head} bytes per core on "
+                f"{rows}x{cols}; use a larger grid or a device with more SRAM per core",
+            )
+    return out
 
 
 def plan_model(
@@ -253,30 +244,20 @@ def plan_model(
     layers each (`pipeline.plan_pipeline_phase`).
 
     Per-core bytes of a region: its layers' weights, each layer's KV cache (decode) or kept
-    k/v (prefill), one step's scratch, the vocabulary tables on the first and last regions,
-    and with `both` resident layouts the other plan's weights (a bound: the most any core of
-    the other plan holds). Matrices and cached positions count as `storage` stores them."""
+    k/v (prefill), one step's scratch, the vocabulary tables on the first and last regions
+    (`per-layer`: on notional regions of their own), and with `both` resident layouts the
+    other plan's weights (a bound: the most any core of the other plan holds). Matrices and
+    cached positions count as `storage` stores them."""
     sb, cap = device.storage_bytes, device.sram_bytes_per_core
-    wdt = storage.weights
     grids = {Phase.PREFILL: prefill_grid, Phase.DECODE: decode_grid}
-    fixed, score_slot = decode_scratch_bytes(config, *decode_grid, sb)
-    fixed += dequant_chunk_bytes(config, *decode_grid, Phase.DECODE, wdt, sb)
-    # prefill is planned for a prompt of max_context_tokens (1 when unspecified)
-    pre_scratch, pre_kv = prefill_scratch_bytes(
-        config, *prefill_grid, sb, max_context_tokens or 1, wdt
-    )
-    budget = _Budget(
-        decode_fixed=fixed,
-        score_slot=score_slot,
-        kv_slot=kv_slot_bytes_per_core(config, decode_grid[1], sb, storage.kv),
-        kv_want=1 if max_context_tokens is None else -(-max_context_tokens // decode_grid[0]),
-        prefill_scratch=pre_scratch,
-        prefill_kv=pre_kv,
-    )
+    per_layer = placement is PlacementMode.PER_LAYER
+    wdt = storage.weights
+    budget = _budget(config, grids, sb, max_context_tokens, per_layer, storage)
+    apart = _check_apart(config, grids, sb, cap, wdt) if per_layer else None
     other = {Phase.PREFILL: 0, Phase.DECODE: 0}
     plans: dict[Phase, PhaseRegions] = {}
     for _ in range(3 if resident is ResidentLayouts.BOTH else 1):
-        prints = _footprints(config, grids, sb, budget, other, wdt)
+        prints = _footprints(config, grids, sb, budget, other, per_layer, wdt)
         for phase, grid in grids.items():
             if num_devices > 1:
                 plans[phase] = plan_pipeline_phase(
@@ -303,7 +284,7 @@ def plan_model(
                 Phase.PREFILL: _peak(prints[Phase.DECODE], plans[Phase.DECODE]),
                 Phase.DECODE: _peak(prints[Phase.PREFILL], plans[Phase.PREFILL]),
             }
-    if placement is PlacementMode.PER_LAYER:  # one placed layer stands for all
+    if per_layer:  # one placed layer stands for all
         plans = {
             ph: dataclasses.replace(
                 p, regions=(dataclasses.replace(p.regions[0], layers=range(1)),)
@@ -311,20 +292,23 @@ def plan_model(
             for ph, p in plans.items()
         }
     dec = prints[Phase.DECODE]
-    slots = _kv_slots(
+    slots = kv_slots(
         plans[Phase.DECODE],
         dec,
         cap,
         weights_per_layer=dec.layer - budget.kv_want * budget.kv_slot,
         other=other[Phase.DECODE],
-        fixed=fixed,
+        fixed=budget.decode_fixed,
         kv_slot=budget.kv_slot,
-        score_slot=score_slot,
+        score_slot=budget.score_slot,
     )
     if max_context_tokens is not None:
         slots = min(slots, budget.kv_want)
     pre = prints[Phase.PREFILL]
-    pre = dataclasses.replace(pre, layer=pre.layer - pre_kv, reserve=other[Phase.PREFILL])
+    pre = dataclasses.replace(
+        pre, layer=pre.layer - budget.prefill.kv, reserve=other[Phase.PREFILL]
+    )
+    pre_apart = apart[Phase.PREFILL] if apart else None
     return ModelPlan(
         config=config,
         device=device,
@@ -333,9 +317,12 @@ def plan_model(
         prefill=plans[Phase.PREFILL],
         decode=plans[Phase.DECODE],
         kv_slots=slots,
-        max_prompt_tokens=max_prompt_tokens(plans[Phase.PREFILL], pre, config, cap, sb, wdt),
+        max_prompt_tokens=max_prompt_tokens(
+            plans[Phase.PREFILL], pre, config, cap, sb, pre_apart, wdt
+        ),
         prefill_footprint=pre,
         other_plan_bytes=other,
+        apart=apart,
         storage=storage,
     )
 
@@ -346,43 +333,12 @@ def _peak(fp: Footprint, plan: PhaseRegions) -> int:
     return worst + fp.first + fp.last
 
 
-def _kv_slots(
-    plan: PhaseRegions,
-    fp: Footprint,
-    cap: int,
-    *,
-    weights_per_layer: int,
-    other: int,
-    fixed: int,
-    kv_slot: int,
-    score_slot: int,
-) -> int:
-    """Slots per row that fit beside every region's weights and one step's scratch."""
-    best, worst_free, last = None, cap, len(plan.regions) - 1
-    for i, region in enumerate(plan.regions):
-        layers = len(region.layers)
-        used = layers * weights_per_layer + other + fixed
-        used += (fp.first if i == 0 else 0) + (fp.last if i == last else 0)
-        slots = (cap - used) // (layers * kv_slot + score_slot)
-        if best is None or slots < best:
-            best, worst_free = slots, cap - used
-    assert best is not None
-    if best < 1:
-        raise SramOverflowError(
-            tensor="kv cache",
-            core=(0, 0),
-            needed_bytes=cap - worst_free + kv_slot + score_slot,
-            available_bytes=cap,
-            hint="no room for one cached position per row beside the weights; use a larger "
-            "decode grid, fewer layers per region or more SRAM",
-        )
-    return int(best)
-
-
 # ---- placed tensors ------------------------------------------------------------------------------
 @dataclasses.dataclass(eq=False)
 class PhaseState:
-    """One phase's meshes (one per region) and the tensors placed on them."""
+    """One phase's meshes (one per region) and the tensors placed on them. `head_mesh` holds
+    the LM head and final norm (the last region's in `fit`); `per-layer` adds notional meshes
+    for the vocabulary tables (`vocab_meshes`), beside the layer's region."""
 
     phase: Phase
     regions: PhaseRegions
@@ -390,8 +346,14 @@ class PhaseState:
     layers: dict[int, PlacedLayer]
     embed_mesh: Mesh
     embed_view: DistTensor  # the vocab table seen as [V, D] for the lookup
+    head_mesh: Mesh
     lm_head: DistTensor  # [D, V] GEMV weight
     final_norm: DistTensor
+    vocab_meshes: list[Mesh]
+
+    @property
+    def all_meshes(self) -> list[Mesh]:
+        return [*self.meshes, *self.vocab_meshes]
 
 
 def build_phase(
@@ -412,14 +374,15 @@ def build_phase(
             layers[i] = place_layer(
                 mesh, config, phase, host, name=f"layer{i}", stored=plan.storage.weights
             )
+    vocab_meshes = _vocab_meshes(plan, regions, mesh_args) if plan.apart else []
     spec, wdt = vocab_spec(config, phase), plan.storage.weights
-    last = meshes[-1]
+    last = vocab_meshes[0] if vocab_meshes else meshes[-1]
     lm_head = place(last, spec, _t(weights.lm_head) if weights else None, "lm_head", wdt)
     if config.tie_word_embeddings:
         table, embed_mesh = lm_head, last
     else:
-        table = place(meshes[0], spec, _t(weights.embed) if weights else None, "embed", wdt)
-        embed_mesh = meshes[0]
+        embed_mesh = vocab_meshes[-1] if vocab_meshes else meshes[0]
+        table = place(embed_mesh, spec, _t(weights.embed) if weights else None, "embed", wdt)
     norm = place(
         last, norm_spec(config, phase), weights.final_norm if weights else None, "final_norm"
     )
@@ -430,9 +393,25 @@ def build_phase(
         layers=layers,
         embed_mesh=embed_mesh,
         embed_view=_table_view(table, spec),
+        head_mesh=last,
         lm_head=lm_head,
         final_norm=norm,
+        vocab_meshes=vocab_meshes,
     )
+
+
+def _vocab_meshes(plan: ModelPlan, regions: PhaseRegions, mesh_args: dict[str, Any]) -> list[Mesh]:
+    """`per-layer`: the LM head's region (and the embedding's when untied) east of the layer's,
+    where the next region of the paper's chain of layers would be. Like that chain they are
+    notional: priced on a device wide enough to hold them (`transfers.per_layer_hops`)."""
+    rows, cols = regions.grid
+    y, x = regions.regions[0].origin
+    east = x + cols
+    device = plan.device
+    if east + cols > device.mesh_cols:
+        device = dataclasses.replace(device, mesh_cols=east + cols)
+    count = 1 if plan.config.tie_word_embeddings else 2
+    return [Mesh(device, rows, cols, origin=(y, east), **mesh_args) for _ in range(count)]
 
 
 def _t(w: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,8 @@ import numpy as np
 
 from waferllm.device import Device
 from waferllm.errors import SramOverflowError, WaferError
-from waferllm.mesh.geometry import Axis, split_sizes
+from waferllm.mesh.geometry import Axis
+from waferllm.mesh.tiling import LCM_FACTOR
 from waferllm.model.placement import PlacementMode
 
 
@@ -78,11 +79,33 @@ class Footprint:
     reserve: int  # every region: activations, scratch, a minimal KV cache
 
 
-def _fits(footprint: Footprint, counts: np.ndarray, capacity: int) -> np.ndarray:
-    need = counts * footprint.layer + footprint.reserve
-    need[0] += footprint.first
-    need[-1] += footprint.last
-    return need <= capacity
+def free_bytes(footprint: Footprint, count: int, capacity: int) -> np.ndarray:
+    """(count,) per-core bytes each of `count` regions has for layers (the first region also
+    holds the embedding table, the last the LM head)."""
+    free = np.full(count, capacity - footprint.reserve, dtype=np.int64)
+    free[0] -= footprint.first
+    free[-1] -= footprint.last
+    return free
+
+
+def split_layers(num_layers: int, free: np.ndarray, layer_bytes: int) -> np.ndarray | None:
+    """Layers per region, contiguous and as even as the room allows: every region takes
+    min(room, t) for the smallest level t that places them all, and the surplus comes off the
+    regions with the fewest free bytes (those holding a vocabulary table first), so regions
+    that also hold the embedding or LM head take fewer layers. None if they do not fit."""
+    room = np.maximum(free, 0) // max(layer_bytes, 1)
+    if room.sum() < num_layers or (room < 1).any():
+        return None
+    level = -(-num_layers // len(room))
+    while np.minimum(room, level).sum() < num_layers:
+        level += 1
+    sizes = np.minimum(room, level)
+    surplus = int(sizes.sum()) - num_layers
+    for i in np.argsort(free, kind="stable"):
+        if surplus and sizes[i] == level and level > 1:
+            sizes[i] -= 1
+            surplus -= 1
+    return sizes
 
 
 def plan_phase(
@@ -95,19 +118,20 @@ def plan_phase(
     capacity_bytes: int,
     what: str,
 ) -> PhaseRegions:
-    """The fewest regions whose per-core bytes fit, layers split as evenly as possible."""
+    """The fewest regions whose per-core bytes fit, layers split as evenly as the room of
+    each allows (`split_layers`)."""
     available = region_count(device, grid)
     if not available:
         raise WaferError(f"{what} grid {grid[0]}x{grid[1]} is larger than the {device.name} mesh")
     if mode is PlacementMode.PER_LAYER:
-        one = np.array([1])
-        if not _fits(footprint, one, capacity_bytes)[0]:
+        if split_layers(1, free_bytes(footprint, 1, capacity_bytes), footprint.layer) is None:
             _overflow(what, footprint, 1, capacity_bytes, grid, "per-layer: one layer")
         origin = region_origins(device, grid, limit=1)[0]
         return PhaseRegions(grid, (Region(0, origin, range(num_layers)),))
     for count in range(1, num_layers + 1):
-        sizes = split_sizes(num_layers, count)
-        if _fits(footprint, sizes, capacity_bytes).all():
+        free = free_bytes(footprint, count, capacity_bytes)
+        sizes = split_layers(num_layers, free, footprint.layer)
+        if sizes is not None:
             break
     else:
         _overflow(what, footprint, 1, capacity_bytes, grid, "one layer per region")
@@ -118,6 +142,7 @@ def plan_phase(
             f"{grid[0]}x{grid[1]} cores and the device has {available} (about {wafers} "
             f"wafers); use a larger grid, placement per-layer, or a larger device"
         )
+    assert sizes is not None
     origins = region_origins(device, grid, limit=count)
     starts = np.cumsum(sizes) - sizes
     regions = tuple(
@@ -139,3 +164,48 @@ def _overflow(
         hint=f"one layer alone takes {fp.layer} bytes per core on {grid[0]}x{grid[1]}; "
         "use a larger grid or a device with more SRAM per core",
     )
+
+
+# ---- tilings of the whole device -------------------------------------------------------------
+TILING_SLACK = 48  # a ring grid may give up this many cores of side to keep lcm(R, C) small
+MAX_TILING_REGIONS = 8
+
+
+def device_tilings(
+    device: Device, *, ring: bool, dims: tuple[int, ...] = ()
+) -> list[tuple[int, int]]:
+    """Grids whose regions tile (nearly) the whole device, fewest regions first: for every
+    k_r x k_c regions (at most `MAX_TILING_REGIONS`), rows <= mesh_rows / k_r and cols <=
+    mesh_cols / k_c. A `ring` grid (prefill's MeshGEMMs) must have a small logical grid
+    (`tiling.grid_works`) and gives up to `TILING_SLACK` cores of side for it, choosing the
+    most cores times the share of each of `dims` (the model's inner GEMM dimensions) left
+    after padding to lcm(R, C); decode grids take the whole share."""
+    out: list[tuple[int, int, int]] = []
+    for k_r in range(1, MAX_TILING_REGIONS + 1):
+        for k_c in range(1, MAX_TILING_REGIONS // k_r + 1):
+            rows, cols = device.mesh_rows // k_r, device.mesh_cols // k_c
+            if rows < 1 or cols < 1:
+                continue
+            grid = _ring_tile(rows, cols, dims) if ring else (rows, cols)
+            if grid is not None:
+                out.append((k_r * k_c, *grid))
+    seen: set[tuple[int, int]] = set()
+    ordered = []
+    for _, r, c in sorted(out, key=lambda t: (t[0], -t[1] * t[2])):
+        if (r, c) not in seen:
+            seen.add((r, c))
+            ordered.append((r, c))
+    return ordered
+
+
+def _ring_tile(rows: int, cols: int, dims: tuple[int, ...]) -> tuple[int, int] | None:
+    r = np.arange(rows, max(rows - TILING_SLACK, 0), -1)[:, None]
+    c = np.arange(cols, max(cols - TILING_SLACK, 0), -1)[None, :]
+    size = np.lcm(r, c)
+    value = np.where(size <= LCM_FACTOR * np.maximum(r, c), r * c, 0).astype(np.float64)
+    for k in dims:
+        value *= k / (-(-k // size) * size)  # the share left after padding K to lcm(R, C)
+    if value.max() <= 0:
+        return None
+    i, j = np.unravel_index(int(np.argmax(value)), value.shape)
+    return int(r[i, 0]), int(c[0, j])

@@ -22,6 +22,7 @@ import torch
 
 from waferllm.device import Device
 from waferllm.errors import NonFiniteError, SramOverflowError, WaferError
+from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
 from waferllm.mesh.compute import charge_inline_compute
 from waferllm.mesh.cost import Ledger, UnpricedLedger
@@ -30,7 +31,7 @@ from waferllm.mesh.relayout import concurrent_relayout_charge, hop
 from waferllm.mesh.storage import bytes_per_element, stored_bytes
 from waferllm.mesh.system_link import system_link_hop
 from waferllm.mesh.tensor import DistTensor, Layout
-from waferllm.mesh.virtual import Mode
+from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model import vocab
 from waferllm.model.config import ModelConfig, rope_inv_freq
 from waferllm.model.kv_cache import (
@@ -340,13 +341,21 @@ class MeshTransformer:
             cos, sin = rope_tables(
                 mesh, heads, self.inv_freq, torch.arange(length), tokens_axis=Axis.Y
             )
-            ctx = LayerContext(config=self.config, heads=heads, cos=cos, sin=sin, length=length)
-            for j, i in enumerate(region.layers):
+            ctx = LayerContext(
+                config=self.config,
+                heads=heads,
+                cos=cos,
+                sin=sin,
+                length=length,
+                head_chunk=self.plan.attention_chunk(length),
+            )
+            walked = region.layers
+            if self.mode is Mode.ESTIMATE:  # walk one layer, after the others' kept k/v (the
+                walked = region.layers[-1:]  # region's SRAM peak); they cost the same
+                for i in region.layers[:-1]:
+                    self._prefill_kv[i] = _kept_kv(mesh, heads, length, i)
+            for j, i in enumerate(walked):
                 target = layer_ledger if (r, j) == (0, 0) else _Uncharged()
-                if j and self.mode is Mode.ESTIMATE:
-                    k, v = self._prefill_kv[region.layers[0]]
-                    self._prefill_kv[i] = (_like(k, f"prefill.k{i}"), _like(v, f"prefill.v{i}"))
-                    continue
                 with target.scope("layer"):
                     x, k, v = prefill_layer(mesh, state.layers[i], x, ctx, target)
                 self._prefill_kv[i] = (k, v)
@@ -551,10 +560,10 @@ class MeshTransformer:
         from the second step on (kept for `fetch_logits` until the next step selects)."""
         state = self.decode_state
         held = self._logits
-        if held is not None and held.mesh is state.meshes[-1] and held.layout.shape[0] == batch:
+        if held is not None and held.mesh is state.head_mesh and held.layout.shape[0] == batch:
             return
         self._drop_logits()
-        mesh, vocab = state.meshes[-1], self.config.vocab_size
+        mesh, vocab = state.head_mesh, self.config.vocab_size
         layout = Layout((batch, vocab), x_dim=1)  # the LM head's output: V split along X
         self._logits = mesh.register(
             torch.empty((*mesh.shape, *layout.tile_shape(*mesh.shape)), device="meta"),
@@ -654,7 +663,12 @@ class MeshTransformer:
         positions = torch.tensor([c.total for c in step.counts])
         cos, sin = rope_tables(mesh, heads, self.inv_freq, positions, tokens_axis=None)
         ctx = LayerContext(
-            config=self.config, heads=heads, cos=cos, sin=sin, length=len(step.counts)
+            config=self.config,
+            heads=heads,
+            cos=cos,
+            sin=sin,
+            length=len(step.counts),
+            head_chunk=heads.n_rep,
         )
         for j, i in enumerate(region.layers):
             if j and self.mode is Mode.ESTIMATE:
@@ -719,12 +733,12 @@ class MeshTransformer:
     def routes_per_core(self) -> dict[str, int]:
         """The largest route count configured on any core, per phase (after a call)."""
         return {
-            "prefill": max(m.routes.routes_per_core for m in self.prefill_state.meshes),
-            "decode": max(m.routes.routes_per_core for m in self.decode_state.meshes),
+            "prefill": max(m.routes.routes_per_core for m in self.prefill_state.all_meshes),
+            "decode": max(m.routes.routes_per_core for m in self.decode_state.all_meshes),
         }
 
     def peak_sram_bytes_per_core(self) -> int:
-        meshes = [*self.prefill_state.meshes, *self.decode_state.meshes]
+        meshes = [*self.prefill_state.all_meshes, *self.decode_state.all_meshes]
         return max(m.sram.peak_bytes for m in meshes)
 
 
@@ -748,6 +762,16 @@ def _check_finite(logits: DistTensor, labels: list[str]) -> None:
 def _like(t: DistTensor, name: str) -> DistTensor:
     """Another tensor with t's tiles and layout (estimate mode: meta, SRAM charged)."""
     return t.mesh.register(torch.empty_like(t.data), t.layout, name)
+
+
+def _kept_kv(mesh: Mesh, heads: HeadLayout, length: int, i: int) -> tuple[DistTensor, DistTensor]:
+    """Estimate mode: layer i's prefill k and v [L_y, kv_x] as meta tiles, SRAM charged."""
+    layout = Layout((length, heads.num_cols * heads.kv_width), y_dim=0, x_dim=1)
+    shape = (*mesh.shape, *layout.tile_shape(*mesh.shape))
+    return (
+        mesh.register(torch.empty(shape, device="meta"), layout, f"prefill.k{i}"),
+        mesh.register(torch.empty(shape, device="meta"), layout, f"prefill.v{i}"),
+    )
 
 
 def _logical(t: DistTensor, heads) -> torch.Tensor:

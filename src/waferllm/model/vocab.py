@@ -1,7 +1,8 @@
 """The vocabulary ends of the model: token embedding in, final norm and LM head out, argmax.
 
 The [D, V] table is placed by `placement.vocab_spec` (`[D_x, V_y]` in prefill, `[D_y, V_x]` in
-decode) on the first region (embedding) and the last (LM head), the same tensor when tied.
+decode) on the first region (embedding) and the last (LM head), the same tensor when tied; in
+`per-layer` on regions of their own (`plan.build_phase`).
 No decoder layers here (`layers.py`), no request state (`transformer.py`).
 Legend: L tokens, D model dim, V vocab.
 """
@@ -58,7 +59,10 @@ def lm_head(
 ) -> DistTensor:
     """Final norm and the LM head GEMV on the last hidden state `x` (freed). Decode reduces
     along Y with the K-tree like every decode GEMV; prefill reduces along X by the chain to
-    the middle column, whose routes its layers already hold (SPEC.md §10.7)."""
+    the middle column, whose routes its layers already hold (SPEC.md §10.7). `x` hops to the
+    head's region first when that is not the last layer's (`per-layer`)."""
+    if x.mesh is not state.head_mesh:
+        x = hop(state.head_mesh.device, x, state.head_mesh, ledger, op="to_head_region")
     mesh = x.mesh
     prefill = state.phase is Phase.PREFILL
     h = rms_norm(

@@ -1,0 +1,181 @@
+"""Per-core scratch of the walks, in closed form: what the planner budgets beside the weights.
+
+`prefill_scratch` replays the prefill walk's buffers (`layers.prefill_layer`, the kernels it
+calls, the head of `transformer._head_prefill`) as allocations and frees and returns their
+actual peak; a test checks it against the peak the estimate-mode walk records, both ways.
+`decode_scratch_bytes` bounds one decode step. Sizes only: no tensors, no costs, no regions.
+Legend: Lt tokens per row (Lt' padded to whole logical blocks), G kv heads per column, n query
+heads per kv head (n' per attention pass), H head-dim slots, Kc key blocks owned per column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from waferllm.kernels.dequant import dequant_scratch_bytes
+from waferllm.mesh.storage import StoredDtype
+from waferllm.mesh.tiling import padded_k
+from waferllm.model.config import ModelConfig
+from waferllm.model.placement import Phase, heads_for, layer_specs, tile_bytes, vocab_spec
+
+
+class _Live:
+    """A running count of live bytes per core and its peak (the walk's SRAM tracker)."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.now = start
+        self.peak = start
+
+    def alloc(self, *numels: int) -> None:
+        self.now += sum(numels)
+        self.peak = max(self.peak, self.now)
+
+    def free(self, *numels: int) -> None:
+        self.now -= sum(numels)
+
+    def transient(self, *numels: int) -> None:
+        """Buffers of one kernel's inner scope: live together, freed when it ends."""
+        self.alloc(*numels)
+        self.free(*numels)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrefillScratch:
+    """Per-core bytes of a prompt's prefill beyond the weights (storage dtype)."""
+
+    layer: int  # the peak of one layer's walk, with the residual stream and RoPE tables
+    head: int  # the peak of the final norm, LM head and argmax, with the residual stream
+    head_apart: int  # the same on a region of its own, where only the last hidden state arrives
+    kv: int  # one layer's k and v, kept for the cache
+
+    @property
+    def peak(self) -> int:
+        """A region that walks layers and holds the head: the larger of the two."""
+        return max(self.layer, self.head)
+
+
+def prefill_scratch(
+    config: ModelConfig,
+    rows: int,
+    cols: int,
+    storage_bytes: int,
+    length: int,
+    *,
+    head_chunk: int,
+    stored: StoredDtype = StoredDtype.FLOAT16,
+) -> PrefillScratch:
+    """The prefill walk's live buffers for a prompt of `length` tokens on rows x cols, with
+    attention run `head_chunk` query heads per kv head at a time (`attention_passes`), the
+    weights stored as `stored` (a compressed tile travels compressed and expands into a
+    float16 chunk per step, `kernels.gemm._b_buffers`)."""
+    sb = storage_bytes
+    heads = heads_for(config, cols)
+    lt = math.ceil(length / rows)
+    per_row, per_col = math.lcm(rows, cols) // rows, math.lcm(rows, cols) // cols
+    lt_pad = -(-lt // per_row) * per_row  # a ring GEMM's token tile, whole logical blocks
+    d_t = math.ceil(config.hidden_size / cols)
+    live = _Live((lt * d_t + 2 * lt * heads.head_slots) * sb)  # x, RoPE cos and sin
+    specs = layer_specs(config, rows, cols, Phase.PREFILL)
+    b_bytes = {k: _weight_buffers(spec, rows, cols, sb, stored) for k, spec in specs.items()}
+
+    def operand(k: int) -> int:
+        """`gemm_operand`: the normed input padded to K' and aligned; its tile stays."""
+        width = padded_k(rows, cols, k) // cols
+        live.alloc(lt * width * sb)
+        live.transient(lt_pad * width * sb)  # the skew's double buffer
+        live.free(lt * width * sb)
+        live.alloc(lt_pad * width * sb)
+        return width
+
+    def gemm(width: int, n: int, weight: str) -> None:
+        """`meshgemm`: the output tile stays; receive buffers and C's block padding do not."""
+        nt = math.ceil(n / cols)
+        nt_pad = -(-nt // per_col) * per_col
+        live.alloc(lt * nt * sb)
+        live.transient((lt_pad * width + lt_pad * nt_pad - lt * nt) * sb, b_bytes[weight])
+
+    d, f = config.hidden_size, config.intermediate_size
+    q_n, kv_n = cols * heads.q_width, cols * heads.kv_width
+    live.alloc(lt * d_t * sb)  # attn_norm.out
+    width = operand(d)
+    for n, w in ((q_n, "wq"), (kv_n, "wk"), (kv_n, "wv")):
+        gemm(width, n, w)
+    live.transient(_attention_numel(heads, rows, lt, head_chunk) * sb)
+    live.alloc(lt * heads.q_width * sb)  # attention's output
+    gemm(operand(q_n), d, "wo")
+    live.alloc(lt * d_t * sb)  # mlp_norm.out
+    width = operand(d)
+    gemm(width, f, "w_gate")
+    gemm(width, f, "w_up")
+    gemm(operand(f), d, "w_down")
+    chunk = _dequant_chunk(vocab_spec(config, Phase.PREFILL), rows, cols, sb, stored)
+    return PrefillScratch(
+        layer=live.peak,
+        head=_head_numel(config, rows, lt, d_t) * sb + chunk,
+        head_apart=_head_numel(config, rows, 1, d_t) * sb + chunk,
+        kv=2 * lt * heads.kv_width * sb,
+    )
+
+
+def _weight_buffers(spec, rows: int, cols: int, sb: int, stored: StoredDtype) -> int:
+    """A MeshGEMM weight's receive buffer per core (its tile as stored) and, compressed, the
+    float16 chunk it expands into (`kernels.gemm._b_buffers`)."""
+    return tile_bytes(spec, rows, cols, sb, stored) + _dequant_chunk(spec, rows, cols, sb, stored)
+
+
+def _dequant_chunk(spec, rows: int, cols: int, sb: int, stored: StoredDtype) -> int:
+    """The float16 chunk a compressed matrix expands into per use (0 uncompressed)."""
+    if not stored.compressed or len(spec.shape) != 2:
+        return 0
+    kt, nt = spec.layout().tile_shape(rows, cols)
+    if spec.gemm_b:
+        per_col = math.lcm(rows, cols) // cols
+        nt = -(-nt // per_col) * per_col
+    return dequant_scratch_bytes(stored, reduced=kt, other=nt, sb=sb)
+
+
+def attention_passes(config: ModelConfig, cols: int, head_chunk: int) -> int:
+    """How many passes prefill attention makes with `head_chunk` query heads per kv head."""
+    return -(-heads_for(config, cols).n_rep // head_chunk)
+
+
+def _attention_numel(heads, rows: int, lt: int, head_chunk: int) -> int:
+    """One pass of `kernels.attention.prefill_attention` over n' = `head_chunk` query heads
+    per kv head: scores [G, n', Lt, Kc*Lt], K's ring copy, the two partial blocks, P@V's
+    accumulator, V's ring copy, the multicast probability block; with several passes the
+    output of the passes so far [Lt, G*n*H] too."""
+    g, h = heads.kv_per_tile, heads.head_slots
+    n = min(head_chunk, heads.n_rep)
+    kc = max(math.ceil(rows / min(heads.group_sizes)), 1)
+    one = g * n * lt * kc * lt + g * h * lt + 2 * g * n * lt * lt
+    one += g * n * lt * h + g * lt * h + g * n * lt * lt
+    return one + (lt * heads.q_width if n < heads.n_rep else 0)
+
+
+def _head_numel(config: ModelConfig, rows: int, lt: int, d_t: int) -> int:
+    """`_head_prefill`: the residual stream, then the last hidden state, its norm, the logits
+    (V split along Y) and the argmax, each freed once the next step has read it; a compressed
+    LM head adds its float16 chunk (`prefill_scratch`)."""
+    v_r = math.ceil(config.vocab_size / rows)
+    return max(lt * d_t + d_t, 2 * d_t, d_t + v_r, v_r + 1)  # lt = 1: the head's own region
+
+
+def decode_scratch_bytes(config: ModelConfig, rows: int, cols: int, sb: int) -> tuple[int, int]:
+    """(fixed, per cached slot) bytes per core that one decode step holds at its peak: the
+    residual and normed vectors, q/k/v, RoPE tables, attention output, the FFN's gate and up,
+    this step's logits and the previous step's (kept on the mesh for `fetch_logits` until this
+    step selects); plus one score per (head, slot)."""
+    heads = heads_for(config, cols)
+    d_y = math.ceil(config.hidden_size / rows)
+    f_x = math.ceil(config.intermediate_size / cols)
+    v_x = math.ceil(config.vocab_size / cols)
+    fixed = 6 * d_y + 2 * heads.q_width + 2 * heads.kv_width + 2 * heads.head_slots
+    fixed += 2 * f_x + 2 * v_x + 2
+    return fixed * sb, heads.kv_per_tile * heads.n_rep * sb
+
+
+def decode_logits_bytes(config: ModelConfig, cols: int, sb: int) -> int:
+    """The part of `decode_scratch_bytes` that sits where the LM head is: this step's and the
+    previous step's logits (V split along X) and the selected id."""
+    return (2 * math.ceil(config.vocab_size / cols) + 2) * sb
