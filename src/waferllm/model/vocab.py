@@ -49,8 +49,8 @@ def embed(
             ledger=ledger,
             tokens_axis=tokens_axis,
         )
-        if mesh is not state.meshes[0]:
-            out = hop(device, out, state.meshes[0], ledger, op="to_first_region")
+        if mesh is not state.meshes[0]:  # the embedding's own region (device: the widest)
+            out = hop(mesh.device, out, state.meshes[0], ledger, op="to_first_region")
     return out
 
 
