@@ -115,4 +115,6 @@ def test_estimate_system_refuses_waferllm():
 
 
 def test_default_constants_are_the_fitted_ones():
-    assert t10_constants().busy_cores == 37 * 37 and ladder_constants().decode_span == 0.16
+    t10, ladder = t10_constants(), ladder_constants()
+    assert (t10.busy_cores, t10.per_partial_cycles) == (34 * 34, 15.5)
+    assert (ladder.prefill_span, ladder.decode_span) == (0.40, 0.18)

@@ -44,33 +44,37 @@ class FittedConstant:
     residuals: tuple[float, ...]
 
 
-_ROWS = "LLaMA3-8B, 4096-token prompt, reference/t10-ladder-baselines.md §4 (PAPER Tables 3, 4)"
+_ROWS = (
+    "LLaMA3-8B, 4096-token prompt, reference/t10-ladder-baselines.md §4 (PAPER Tables 3, 4); "
+    "refit 2026-12-07 at the recalibrated device constants "
+    "(benchmarks/results/baselines_t10_ladder_wse2_2026-12-07.json)"
+)
 
 T10_BUSY_CORES = FittedConstant(
-    value=1369,
-    meaning="cores T10's plans keep busy in prefill (a 37x37 sub-grid): its P failure",
+    value=1156,
+    meaning="cores T10's plans keep busy in prefill (a 34x34 sub-grid): its P failure",
     source=f"fitted on the T10 prefill rows at 480/600/720, {_ROWS}; every superstep ends "
     "with a barrier over the region (the platform's chained allreduce of one token)",
-    residuals=(0.0666, -0.0149, -0.0937),
+    residuals=(0.1092, 0.0440, -0.0867),
 )
 T10_PER_PARTIAL_CYCLES = FittedConstant(
     value=15.5,
     meaning="cycles the decode fan-in root spends per arriving partial (receive and add)",
     source=f"fitted on the T10 decode rows at 420/540/660, {_ROWS}",
-    residuals=(0.0424, 0.0326, -0.0475),
+    residuals=(0.0430, 0.0331, -0.0471),
 )
 LADDER_PREFILL_SPAN = FittedConstant(
-    value=0.35,
+    value=0.40,
     meaning="share of the region a prefill load collective streams through (relayed: every "
     "active core's collective crosses the same routers)",
     source=f"fitted on the Ladder prefill rows at 480/600/720, {_ROWS}",
-    residuals=(-0.0419, 0.0185, 0.0136),
+    residuals=(-0.0315, 0.0296, 0.0247),
 )
 LADDER_DECODE_SPAN = FittedConstant(
-    value=0.16,
+    value=0.18,
     meaning="share of a row a decode load collective streams through (relayed, as prefill)",
     source=f"fitted on the Ladder decode rows at 420/540/660, {_ROWS}",
-    residuals=(0.0297, 0.0179, -0.0403),
+    residuals=(0.0325, 0.0116, -0.0370),
 )
 
 
