@@ -265,8 +265,10 @@ _COMMON_SOURCES = {
     ),
     "scalar_cycles_per_element": (
         "calibrated on PAPER.md §3.3's LLaMA3-8B decode rows (420/540/660, per-layer, the layer "
-        "as the public code ran it: one head over the hidden size, estimate/measured.py; fit "
-        "residuals -5.0%, +0.7%, +6.1%; benchmarks/calibrate_llm.py), shared by WSE-2 and "
+        "as the public code ran it: one head over the hidden size, estimate/measured.py; "
+        "residuals -5.2%, +0.4%, +5.7% since per-layer plans put the vocabulary tables on "
+        "regions of their own (as fitted: -5.0, +0.7, +6.1 percent); benchmarks/calibrate_llm.py), "
+        "shared by WSE-2 and "
         "WSE-3 (same core ISA): one scalar instruction of the decode layer's per-element loops "
         "(code notes §3.4; issue 9's list: softmax's fast_exp (three per element) and its "
         "reciprocal per row, SiLU's divide per element, RMSNorm's divide, sqrt and reciprocal "

@@ -89,7 +89,7 @@ def test_the_llama3_decode_residuals_quoted_by_wse2_are_the_models():
 @pytest.mark.xfail(
     strict=True,
     reason="issue 9 (memplan): per-layer decode now hops to the vocabulary tables' own regions "
-    "(+0.3% per step); the constant was not refitted (the lead refits after the merges)",
+    "(+0.3% per step); the constant was not refitted in that stop (left to the next one)",
 )
 def test_the_scalar_cost_is_a_least_squares_optimum_of_the_decode_and_table6_rows():
     def loss(offset: float) -> float:

@@ -28,11 +28,11 @@ def test_a_sweep_file_and_axes_write_the_results_and_a_json_summary(tmp_path, ca
 
 
 def test_the_table_output_names_the_files_and_the_first_error(tmp_path, capsys):
-    argv = ["sweep", *TINY_AXES, *GRIDS, "--axis", "prompt_len=16", "--axis", "batch_size=4"]
+    argv = ["sweep", *TINY_AXES, *GRIDS, "--axis", "prompt_len=16", "--axis", "batch_size=100000"]
     assert main([*argv, "--out", str(tmp_path), "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "1 points" in out and "1 with an error" in out and "results.csv" in out
-    assert "batch_size=4 is not supported" in out
+    assert "the batch's KV cache does not fit: its 100000 sequences" in out and "99992 more" in out
 
 
 def _closed_port() -> int:

@@ -114,7 +114,7 @@ def admit(
     if not budget.fits(shares):
         raise KvCacheFullError(
             f"the batch's KV cache does not fit: its {len(shares)} sequences need "
-            f"{sum(shares)} slots per row ({', '.join(map(str, shares))}; up to "
+            f"{sum(shares)} slots per row ({_listed(shares)}; up to "
             f"{sum(context_tokens)} cached positions in all) and a step's scratch each, but the "
             f"{rows}-row cache has {budget.slots} ({rows * budget.slots} tokens, "
             f"{policy.value} policy) for one sequence's scratch; use fewer or shorter "
@@ -391,3 +391,9 @@ def _insert(data: torch.Tensor, new: torch.Tensor, append: Append, n: int) -> No
         data[target, ..., n] = incoming[0]
     else:
         data[target, ..., n] = new[target].to(data.dtype)
+
+
+def _listed(values: list[int], limit: int = 8) -> str:
+    """The first `limit` values, then how many more: an error message stays one short line."""
+    shown = ", ".join(map(str, values[:limit]))
+    return shown if len(values) <= limit else f"{shown}, ... {len(values) - limit} more"
