@@ -21,8 +21,9 @@ PINNED = {
 }
 
 
-def pinned_device() -> Device:
-    return with_overrides(tiny(), PINNED)
+def pinned_device(**overrides: float) -> Device:
+    """tiny with every constant of the closed forms pinned (as tests/mesh/spy.py)."""
+    return with_overrides(tiny(), {**PINNED, **overrides})
 
 
 def tiny_shapes() -> LayerShapes:

@@ -5,36 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.baselines import ALPHA, LINK
+from helpers.baselines import pinned_device as device
 
-from waferllm.device import Device, tiny, with_overrides
 from waferllm.kernels.ladder import gemm_tiles, ladder_gemm, ladder_gemv
 from waferllm.mesh import Layout, Ledger, Mesh
 from waferllm.mesh.compute import matmul_cycles
 
-PINNED = {
-    "hop_latency_cycles": 3,
-    "stage_latency_cycles": 7,
-    "link_bytes_per_cycle": 4,
-    "ramp_bytes_per_cycle": 4,
-    "flops_per_cycle_per_core": 8,
-    "sram_bytes_per_cycle": 12,
-    "vector_instr_floor_cycles": 10,
-    "step_overhead_cycles": 0,
-    "op_overhead_cycles": 0,
-}
-
-
-def device(**overrides: float) -> Device:
-    """tiny with every constant of the closed forms pinned (as tests/mesh/spy.py)."""
-    return with_overrides(tiny(), {**PINNED, **overrides})
-
-
-ALPHA, BETA, LINK = 3.0, 7.0, 4.0
 KB48 = 48 * 1024
 
 
 def small_sram(**overrides: float):
-    return with_overrides(device(**overrides), {"sram_bytes_per_core": KB48})
+    return device(**overrides, sram_bytes_per_core=KB48)
 
 
 def scatter(mesh: Mesh, host: torch.Tensor, name: str, **dims: int):

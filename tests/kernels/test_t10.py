@@ -6,32 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.baselines import ALPHA, BETA, LINK
+from helpers.baselines import pinned_device as device
 
-from waferllm.device import Device, tiny, with_overrides
 from waferllm.errors import WaferError
 from waferllm.kernels.t10 import t10_gemm, t10_gemv, t10_load_weights, t10_transpose
 from waferllm.mesh import Axis, Layout, Ledger, Mesh
 from waferllm.mesh.compute import matmul_cycles
-
-PINNED = {
-    "hop_latency_cycles": 3,
-    "stage_latency_cycles": 7,
-    "link_bytes_per_cycle": 4,
-    "ramp_bytes_per_cycle": 4,
-    "flops_per_cycle_per_core": 8,
-    "sram_bytes_per_cycle": 12,
-    "vector_instr_floor_cycles": 10,
-    "step_overhead_cycles": 0,
-    "op_overhead_cycles": 0,
-}
-
-
-def device(**overrides: float) -> Device:
-    """tiny with every constant of the closed forms pinned (as tests/mesh/spy.py)."""
-    return with_overrides(tiny(), {**PINNED, **overrides})
-
-
-ALPHA, BETA, LINK = 3.0, 7.0, 4.0
 
 
 def scatter(mesh: Mesh, host: torch.Tensor, name: str, **dims: int) -> object:
