@@ -187,7 +187,11 @@ def _totals(ledger: Any) -> dict[str, str]:
 
 def estimate_snapshot() -> dict[str, Any]:
     from waferllm import estimate
+    from waferllm.estimate.cost import clear_cache
 
+    # From cold caches: a cached model's per-region SRAM peaks are running maxima over every
+    # request it served, so sram_used_fraction can depend on earlier requests (a known defect).
+    clear_cache()
     out: dict[str, Any] = {}
     for name, kwargs in ESTIMATE_CASES:
         est = estimate(**kwargs)
