@@ -7,8 +7,11 @@ the bookkeeping (how many positions each row holds); `KvStore` the tiles of one 
 A new token's k and v arrive replicated along Y (the QKV allreduce's broadcast), so any row can
 take them. Shift: they enter the last row while rows r0+1..R-1 pass their oldest entry one hop
 north, keeping per-row counts non-increasing southwards and within one of each other. Concat:
-the last row takes every new token. The hand-off from prefill rebalances the rows. A sliding
-window is applied by the attention mask; the cache keeps older positions (no eviction).
+the last row takes every new token. The hand-off from prefill rebalances the rows. With a
+sliding window W the shift cache evicts: it keeps the last W positions (the next token attends
+W - 1 of them and itself), and once it holds W every append cascades one hop north through the
+filled rows while row 0 drops its oldest entry, so the counts stay put and capacity is bounded
+by the window, not by SRAM. The concat baseline keeps every position (the window is a mask).
 Legend: R rows, C columns, S slots per row, G kv heads per column, H head-dim slots per column.
 """
 
@@ -41,6 +44,12 @@ class KvCacheFullError(WaferError):
 
 
 # ---- capacity ----------------------------------------------------------------------------------
+def evicts(policy: KvPolicy, rows: int, slots: int, window: int | None) -> bool:
+    """Whether the cache evicts keys older than `window`: the shift policy with room for a
+    whole window. Such a cache never fills (its capacity is the model's context, not SRAM)."""
+    return window is not None and policy is KvPolicy.SHIFT and window <= rows * slots
+
+
 def kv_capacity_tokens(policy: KvPolicy, rows: int, slots: int, prompt_len: int) -> int:
     """Largest total context (prompt + tokens fed back) the cache holds after this prompt."""
     if policy is KvPolicy.SHIFT:
@@ -66,30 +75,60 @@ class Append:
     target: int
     senders: range
     counts_after: np.ndarray
+    evict: bool = False  # row 0 drops its oldest entry (the window is full): counts unchanged
 
 
 class RowCounts:
-    """Per-row position counts of a cache with `rows` rows of `slots` slots."""
+    """Per-row position counts of a cache with `rows` rows of `slots` slots; `window` the
+    sliding window when the cache evicts (`evicts`), `evicted` the positions dropped before
+    row 0's slot 0."""
 
-    def __init__(self, policy: KvPolicy, rows: int, slots: int, counts: np.ndarray) -> None:
+    def __init__(
+        self,
+        policy: KvPolicy,
+        rows: int,
+        slots: int,
+        counts: np.ndarray,
+        *,
+        window: int | None = None,
+        evicted: int = 0,
+    ) -> None:
         self.policy = policy
         self.rows = rows
         self.slots = slots
         self.counts = np.asarray(counts, dtype=np.int64).copy()
+        self.window = window if evicts(policy, rows, slots, window) else None
+        self.evicted = evicted
 
     @classmethod
-    def balanced(cls, policy: KvPolicy, rows: int, slots: int, total: int) -> RowCounts:
-        """`total` positions over the rows, the larger counts north (the hand-off's state)."""
-        if total > rows * slots:
+    def balanced(
+        cls, policy: KvPolicy, rows: int, slots: int, total: int, window: int | None = None
+    ) -> RowCounts:
+        """The state after `total` positions: the kept ones (the last `window` when the cache
+        evicts) over the rows, the larger counts north (the hand-off's state)."""
+        kept = (
+            min(total, window)
+            if window is not None and evicts(policy, rows, slots, window)
+            else total
+        )
+        if kept > rows * slots:
             raise KvCacheFullError(
                 f"{total} positions do not fit a KV cache of {rows} rows x {slots} slots "
                 f"({rows * slots} tokens); use a larger decode grid or a shorter prompt"
             )
-        return cls(policy, rows, slots, split_sizes(total, rows))
+        return cls(
+            policy, rows, slots, split_sizes(kept, rows), window=window, evicted=total - kept
+        )
 
     @property
     def total(self) -> int:
+        """Positions held."""
         return int(self.counts.sum())
+
+    @property
+    def end(self) -> int:
+        """Positions seen (held and evicted): the position of the next token."""
+        return self.evicted + self.total
 
     @property
     def starts(self) -> np.ndarray:
@@ -99,6 +138,13 @@ class RowCounts:
     def plan_append(self) -> Append:
         n = self.counts
         last = self.rows - 1
+        if self.window is not None and self.total >= self.window:
+            # every filled row passes its oldest entry north, row 0 drops its own, the
+            # southernmost filled row takes the new token (replicated along Y)
+            tail = int(np.flatnonzero(n)[-1])
+            return Append(
+                target=tail, senders=range(1, tail + 1), counts_after=n.copy(), evict=True
+            )
         if self.policy is KvPolicy.CONCAT:
             target, senders = last, range(0)
         else:
@@ -118,18 +164,28 @@ class RowCounts:
         return Append(target=target, senders=senders, counts_after=after)
 
     def copy(self) -> RowCounts:
-        return RowCounts(self.policy, self.rows, self.slots, self.counts)
+        return RowCounts(
+            self.policy,
+            self.rows,
+            self.slots,
+            self.counts,
+            window=self.window,
+            evicted=self.evicted,
+        )
 
     def commit(self, append: Append) -> None:
         self.counts = append.counts_after.copy()
+        self.evicted += int(append.evict)
 
     def slot_mask(self, counts: np.ndarray, width: int) -> np.ndarray:
         """(R, width): which of the first `width` slots of each row hold a position."""
         return np.arange(width)[None, :] < counts[:, None]
 
-    def slot_positions(self, counts: np.ndarray, width: int) -> np.ndarray:
-        """(R, width): the position held by each slot (meaningless where masked)."""
-        return (np.cumsum(counts) - counts)[:, None] + np.arange(width)[None, :]
+    def slot_positions(self, append: Append, width: int) -> np.ndarray:
+        """(R, width): the position each slot holds after `append` (meaningless where masked)."""
+        counts = append.counts_after
+        first = self.evicted + int(append.evict)
+        return first + (np.cumsum(counts) - counts)[:, None] + np.arange(width)[None, :]
 
 
 # ---- tiles -------------------------------------------------------------------------------------
@@ -204,7 +260,8 @@ class KvStore:
     def fill(
         self, layer: int, k_host: torch.Tensor, v_host: torch.Tensor, counts: RowCounts
     ) -> None:
-        """Place logical k, v [L, Hkv*hd] (position order) into the rows given by `counts`."""
+        """Place logical k, v [L, Hkv*hd] (position order) into the rows given by `counts`: its
+        last `counts.total` positions (the older ones are evicted under a sliding window)."""
         if self.mesh.mode is Mode.ESTIMATE:
             return
         rows, cols = self.mesh.shape
@@ -218,7 +275,8 @@ class KvStore:
         index = self.heads.kv_index()
         tiles = []
         for host in (k_host, v_host):
-            feats = gather_rows(host.T, index).T  # [L, C*G*H]
+            kept = host[host.shape[0] - counts.total :]
+            feats = gather_rows(kept.T, index).T  # [total, C*G*H]
             buf = feats.new_zeros(rows * s, cols * g * h)
             buf[torch.as_tensor(row * s + slot)] = feats
             tile = buf.reshape(rows, s, cols, g, h).to(
@@ -251,6 +309,11 @@ class KvStore:
                 op="kv_shift",
             )
         if self.mesh.mode is Mode.ESTIMATE:
+            return
+        if append.evict:
+            self._ensure(int(counts.counts.max()))
+            _evict_insert(self.k[layer], k_new, append, counts.counts)
+            _evict_insert(self.v[layer].transpose(-1, -2), v_new, append, counts.counts)
             return
         n = int(counts.counts[append.target])
         self._ensure(n + 1)
@@ -301,3 +364,16 @@ def _insert(data: torch.Tensor, new: torch.Tensor, append: Append, n: int) -> No
         data[target, ..., n] = incoming[0]
     else:
         data[target, ..., n] = new[target].to(data.dtype)
+
+
+def _evict_insert(
+    data: torch.Tensor, new: torch.Tensor, append: Append, counts: np.ndarray
+) -> None:
+    """In place on (R, C, G, H, S) tiles of a full window: rows 0..target drop their slot 0
+    (row 0's is evicted) and append at slot n_r - 1 what arrives from the south (the target
+    row: the new token). Counts are unchanged."""
+    tail = append.target
+    incoming = torch.cat([data[1 : tail + 1, ..., 0].clone(), new[tail : tail + 1].to(data.dtype)])
+    data[: tail + 1, ..., :-1] = data[: tail + 1, ..., 1:].clone()
+    rows = torch.arange(tail + 1)
+    data[rows, ..., torch.as_tensor(counts[: tail + 1] - 1)] = incoming

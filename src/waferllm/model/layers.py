@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -84,10 +84,21 @@ def gemm_operand(mesh: Mesh, x: DistTensor, ledger: Ledger, op: str) -> DistTens
 
 
 # ---- prefill (L_y E_x) -------------------------------------------------------------------------
+# attention of a prefill chunk against cached keys: (q, k, v, ledger) -> attn in q's layout
+Attend = Callable[[DistTensor, DistTensor, DistTensor, Ledger], DistTensor]
+
+
 def prefill_layer(
-    mesh: Mesh, w: PlacedLayer, x: DistTensor, ctx: LayerContext, ledger: Ledger
+    mesh: Mesh,
+    w: PlacedLayer,
+    x: DistTensor,
+    ctx: LayerContext,
+    ledger: Ledger,
+    *,
+    attend: Attend | None = None,
 ) -> tuple[DistTensor, DistTensor, DistTensor]:
-    """x[L_y, D_x] -> (x + attn + mlp in x's buffer, this layer's k and v [L_y, kv_x])."""
+    """x[L_y, D_x] -> (x + attn + mlp in x's buffer, this layer's k and v [L_y, kv_x]).
+    `attend` replaces the whole prompt's causal attention (a chunk against cached keys)."""
     cfg, heads = ctx.config, ctx.heads
     with mesh.sram.scope():
         h = rms_norm(
@@ -109,16 +120,19 @@ def prefill_layer(
         q = _rope(mesh, q, ctx, ledger, "q_rope", lead=(ctx.length,))
         k = _rope(mesh, k, ctx, ledger, "k_rope", lead=(ctx.length,))
         with ledger.scope("attn"):
-            o = prefill_attention(
-                mesh,
-                q=q,
-                k=k,
-                v=v,
-                heads=heads,
-                length=ctx.length,
-                sliding_window=cfg.sliding_window,
-                ledger=ledger,
-            )
+            if attend is not None:
+                o = attend(q, k, v, ledger)
+            else:
+                o = prefill_attention(
+                    mesh,
+                    q=q,
+                    k=k,
+                    v=v,
+                    heads=heads,
+                    length=ctx.length,
+                    sliding_window=cfg.sliding_window,
+                    ledger=ledger,
+                )
         o = meshgemm(
             mesh, a=gemm_operand(mesh, o, ledger, "o"), b=w["wo"], ledger=ledger, op="o_proj"
         ).out
@@ -297,7 +311,7 @@ def decode_attention_walk(
             "q",
         )
         k_cache, v_cache = store.window(store.layers[0], width)
-        mask = decode_slot_mask(mesh, counts, append, counts.total, config.sliding_window)
+        mask = decode_slot_mask(mesh, counts, append, counts.end, config.sliding_window)
         with attn.scope("layer"), attn.scope("attn"):
             store.charge_read(width, attn)
             decode_attention(
@@ -321,7 +335,7 @@ def decode_slot_mask(
         return torch.empty((mesh.rows, 1, 1, 1, width), dtype=torch.bool, device="meta")
     keep = counts.slot_mask(append.counts_after, width)
     if window is not None:
-        keep &= position - counts.slot_positions(append.counts_after, width) < window
+        keep &= position - counts.slot_positions(append, width) < window
     mask = torch.as_tensor(np.ascontiguousarray(keep), device=mesh.torch_device)
     return mask.reshape(mesh.rows, 1, 1, 1, width)
 

@@ -22,6 +22,7 @@ import torch
 
 from waferllm.device import Device
 from waferllm.errors import NonFiniteError, SramOverflowError, WaferError
+from waferllm.kernels.attention import KeyChunk
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
 from waferllm.mesh.compute import charge_inline_compute
 from waferllm.mesh.cost import Ledger, UnpricedLedger
@@ -32,6 +33,7 @@ from waferllm.mesh.system_link import system_link_hop
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
 from waferllm.model import vocab
+from waferllm.model.chunked import chunk_candidates, chunk_need_bytes, prefill_chunks
 from waferllm.model.config import ModelConfig, rope_inv_freq
 from waferllm.model.kv_cache import (
     Append,
@@ -39,6 +41,7 @@ from waferllm.model.kv_cache import (
     KvPolicy,
     KvStore,
     RowCounts,
+    evicts,
     kv_capacity_tokens,
     max_new_tokens,
 )
@@ -159,7 +162,8 @@ class MeshTransformer:
         self.inv_freq = rope_inv_freq(config)
         self._counts: RowCounts | None = None
         self._stores: list[KvStore] = []
-        self._prefill_kv: dict[int, tuple[DistTensor, DistTensor]] = {}
+        self._prefill_kv: dict[int, list[KeyChunk]] = {}  # every layer's k/v, per chunk
+        self._chunk_tokens: int | None = None  # the last prefill's chunk (None: one piece)
         self._prompt_len = 0
         self._logits: DistTensor | None = None
 
@@ -189,44 +193,56 @@ class MeshTransformer:
     def kv_slots_per_row(self) -> int:
         return self.plan.kv_slots
 
+    def evicts(self, policy: KvPolicy | None = None) -> bool:
+        """Whether the cache evicts keys older than the sliding window (and never fills)."""
+        policy = KvPolicy(policy or self.kv_policy)
+        rows = self.plan.decode.grid[0]
+        return evicts(policy, rows, self.plan.kv_slots, self.config.sliding_window)
+
     def kv_capacity_tokens(self, policy: KvPolicy | None = None, prompt_len: int = 0) -> int:
-        """Largest total context (prompt + tokens fed back) the cache holds (SPEC.md §10.4)."""
+        """Largest total context (prompt + tokens fed back) the cache holds (SPEC.md §10.4).
+        An evicting cache (sliding window) holds any context: the model's trained context
+        (max_position_embeddings) bounds it instead."""
         rows = self.plan.decode.grid[0]
         policy = KvPolicy(policy or self.kv_policy)
+        if self.evicts(policy):
+            return self.config.max_position_embeddings
         return kv_capacity_tokens(policy, rows, self.plan.kv_slots, prompt_len)
 
     def max_new_tokens(self, prompt_len: int, policy: KvPolicy | None = None) -> int:
-        """Tokens that can be generated after a prompt of `prompt_len` before SRAM runs out."""
+        """Tokens that can be generated after a prompt of `prompt_len` before SRAM runs out
+        (an evicting cache: before the trained context ends)."""
         rows = self.plan.decode.grid[0]
-        return max_new_tokens(
-            KvPolicy(policy or self.kv_policy), rows, self.plan.kv_slots, prompt_len
-        )
+        policy = KvPolicy(policy or self.kv_policy)
+        if self.evicts(policy):
+            return max(self.config.max_position_embeddings - prompt_len + 1, 0)
+        return max_new_tokens(policy, rows, self.plan.kv_slots, prompt_len)
 
     # ---- prefill -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, token_ids: Sequence[int], ledger: Ledger) -> StepOutput:
+    def prefill(
+        self, token_ids: Sequence[int], ledger: Ledger, *, chunk_tokens: int | None = None
+    ) -> StepOutput:
         """Run the prompt with the prefill plan; the first generated token is selected on the
-        mesh. Starts a new request (the previous one's cache is dropped)."""
+        mesh. Starts a new request (the previous one's cache is dropped). A prompt longer than
+        the plan holds at once runs in chunks (`chunked.py`) of `chunk_tokens` (default: the
+        fewest equal chunks that fit); `chunk_tokens` forces chunks on a shorter prompt."""
         ids = self._check_ids(token_ids)
         length = len(ids)
-        if length > self.kv_capacity_tokens():
+        if not self.evicts() and length > self.kv_capacity_tokens():
             raise KvCacheFullError(
                 f"the prompt has {length} tokens but the KV cache holds at most "
                 f"{self.kv_capacity_tokens()} ({self.kv_policy.value} policy); use a larger "
                 "decode grid, more SRAM or a shorter prompt"
             )
-        if length > self.plan.max_prompt_tokens:
-            raise SramOverflowError(
-                tensor="prefill activations",
-                core=self.prefill_state.meshes[0].origin,
-                needed_bytes=self.plan.prefill_need_bytes(length),
-                available_bytes=self.device.sram_bytes_per_core,
-                hint=f"a {length}-token prompt does not fit the prefill plan; at most "
-                f"{self.plan.max_prompt_tokens} tokens fit on {self.plan.prefill.grid[0]}x"
-                f"{self.plan.prefill.grid[1]} (use a larger prefill grid: --prefill-grid, "
-                "prefill_grid= in Python; or a shorter prompt)",
-            )
+        if chunk_tokens is None and length > self.plan.max_prompt_tokens:
+            chunk_tokens = self.default_chunk_tokens(length)
         self._reset()
+        if chunk_tokens is not None:
+            x, last, self._prefill_kv = prefill_chunks(self, ids, ledger, chunk_tokens)
+            self._chunk_tokens = chunk_tokens
+            self._prompt_len = length
+            return self._head_prefill(x, last.length, ledger, position=length)
         state = self.prefill_state
         first = state.meshes[0]
         first.charge_host_io(ledger, "host.prompt_in", length)
@@ -245,18 +261,24 @@ class MeshTransformer:
             for j, i in enumerate(region.layers):
                 target = layer_ledger if (r, j) == (0, 0) else _Uncharged()
                 if j and self.mode is Mode.ESTIMATE:
-                    k, v = self._prefill_kv[region.layers[0]]
-                    self._prefill_kv[i] = (_like(k, f"prefill.k{i}"), _like(v, f"prefill.v{i}"))
+                    (first_kv,) = self._prefill_kv[region.layers[0]]
+                    self._prefill_kv[i] = [
+                        dataclasses.replace(
+                            first_kv,
+                            k=_like(first_kv.k, f"prefill.k{i}"),
+                            v=_like(first_kv.v, f"prefill.v{i}"),
+                        )
+                    ]
                     continue
                 with target.scope("layer"):
                     x, k, v = prefill_layer(mesh, state.layers[i], x, ctx, target)
-                self._prefill_kv[i] = (k, v)
+                self._prefill_kv[i] = [KeyChunk(k=k, v=v, start=0, length=length)]
             cos.free()
             sin.free()
         ledger.extend(layer_ledger, count=self.config.num_hidden_layers)
         per_layer_hops(self.plan, x, ledger)
         self._prompt_len = length
-        return self._head_prefill(x, length, ledger)
+        return self._head_prefill(x, length, ledger, position=length)
 
     def _enter_region(self, state: PhaseState, r: int, x: DistTensor, ledger: Ledger) -> DistTensor:
         """The residual stream from region r-1 to region r: an on-wafer hop, or the
@@ -266,8 +288,28 @@ class MeshTransformer:
             return system_link_hop(self.device, x, state.meshes[r], ledger, op=f"hop{r}")
         return hop(self.device, x, state.meshes[r], ledger, op=f"hop{r}")
 
-    def _head_prefill(self, x: DistTensor, length: int, ledger: Ledger) -> StepOutput:
-        """Final norm, LM head and argmax for the last position (`[D_x, V_y]` placement)."""
+    def default_chunk_tokens(self, prompt_len: int) -> int:
+        """The chunk a too-long prompt runs in: the fewest equal chunks that fit the plan."""
+        candidates = chunk_candidates(self.plan, prompt_len)
+        if not candidates:
+            raise SramOverflowError(
+                tensor="prefill activations",
+                core=self.prefill_state.meshes[0].origin,
+                needed_bytes=chunk_need_bytes(self.plan, prompt_len, 1),
+                available_bytes=self.device.sram_bytes_per_core,
+                hint=f"a {prompt_len}-token prompt does not fit the prefill plan even in "
+                f"1-token chunks (its KV cache alone); at most {self.plan.max_prompt_tokens} "
+                f"tokens fit at once on {self.plan.prefill.grid[0]}x{self.plan.prefill.grid[1]} "
+                "(use a larger prefill grid: --prefill-grid, prefill_grid= in Python; or a "
+                "shorter prompt)",
+            )
+        return candidates[0]
+
+    def _head_prefill(
+        self, x: DistTensor, length: int, ledger: Ledger, *, position: int
+    ) -> StepOutput:
+        """Final norm, LM head and argmax for the last of x's `length` positions (`[D_x, V_y]`
+        placement); `position`: the prompt's length."""
         state = self.prefill_state
         mesh = x.mesh
         lt = x.tile_shape[0]
@@ -280,7 +322,7 @@ class MeshTransformer:
             )
             x.free()
             logits = vocab.lm_head(state, h, ledger, config=self.config, axis=Axis.X)
-        return self._select(logits, ledger, position=length, algorithm=ReduceAlgorithm.RING)
+        return self._select(logits, ledger, position=position, algorithm=ReduceAlgorithm.RING)
 
     # ---- the hand-off ------------------------------------------------------------------------
     @torch.inference_mode()
@@ -295,20 +337,19 @@ class MeshTransformer:
         pheads = heads_for(self.config, self.plan.prefill.grid[1])
         for store in self._stores:
             for i in store.layers:
-                k, v = self._prefill_kv[i]
+                chunks = self._prefill_kv[i]
                 if self.mode is Mode.FUNCTIONAL:
-                    store.fill(i, _logical(k, pheads), _logical(v, pheads), counts)
-        self.charge_transition(counts, ledger)
-        for k, v in self._prefill_kv.values():
-            k.free()
-            v.free()
-        self._prefill_kv = {}
+                    k = torch.cat([_logical(c.k, pheads) for c in chunks])
+                    v = torch.cat([_logical(c.v, pheads) for c in chunks])
+                    store.fill(i, k, v, counts)
+        self.charge_transition(counts, ledger, chunk_tokens=self._chunk_tokens)
+        self._free_prefill_kv()
         self._counts = counts
 
     def handoff_counts(self, prompt_len: int) -> RowCounts:
         """Cached positions per decode row after a prompt of `prompt_len` (rows balanced)."""
-        rows = self.plan.decode.grid[0]
-        return RowCounts.balanced(self.kv_policy, rows, self.plan.kv_slots, prompt_len)
+        rows, window = self.plan.decode.grid[0], self.config.sliding_window
+        return RowCounts.balanced(self.kv_policy, rows, self.plan.kv_slots, prompt_len, window)
 
     def _ensure_stores(self) -> None:
         if self._stores:
@@ -339,15 +380,18 @@ class MeshTransformer:
         moves = [weight_moves(self.plan, on_device=d) for d in devices]
         return concurrent_relayout_charge(self.device, moves, bytes_per_element=weight_bytes)
 
-    def charge_transition(self, counts: RowCounts, ledger: Ledger) -> None:
-        """The re-layouts of `transition` for a cache holding `counts` (plans and counts only)."""
+    def charge_transition(
+        self, counts: RowCounts, ledger: Ledger, *, chunk_tokens: int | None = None
+    ) -> None:
+        """The re-layouts of `transition` for a cache holding `counts` after a prefill in
+        chunks of `chunk_tokens` (None: one piece); plans and counts only."""
         sb, storage = self.device.storage_bytes, self.plan.storage
         # each device re-lays its own layers, all devices at once: the slowest one counts
         devices = range(device_count(self.plan.decode))
         with ledger.scope("transition"):
             quantise = kv_quantise_cycles(self.plan, counts)
             charge_inline_compute(ledger, "kv_quantise", cycles=quantise)
-            kv = [kv_moves(self.plan, counts, on_device=d) for d in devices]
+            kv = [kv_moves(self.plan, counts, on_device=d, chunk_tokens=chunk_tokens) for d in devices]
             kv_bytes = bytes_per_element(storage.kv, sb)
             kv_charge = concurrent_relayout_charge(self.device, kv, bytes_per_element=kv_bytes)
             ledger.charge("kv", kv_charge)
@@ -383,7 +427,7 @@ class MeshTransformer:
             kv=Ledger(),
             after=Ledger(),
         )
-        position = counts.total
+        position = counts.end
         x = self._decode_layers(0, counts, records, walk_layers=walk_layers)
         self._decode_head(x, position, records.after)
         return records
@@ -424,7 +468,7 @@ class MeshTransformer:
     # ---- one decode step -----------------------------------------------------------------------
     def _decode(self, token_id: int, counts: RowCounts, ledger: Ledger) -> StepOutput:
         """One decode step: the first layer walked and priced, its records times the layers."""
-        position = counts.total
+        position = counts.end
         layer, kv = Ledger(), Ledger()
         records = DecodeRecords(
             before=ledger, layer=LayerLedgers.single(layer), kv=kv, after=ledger
@@ -481,7 +525,7 @@ class MeshTransformer:
         its KV shift."""
         state = self.decode_state
         mesh, region = state.meshes[r], state.regions.regions[r]
-        position = counts.total
+        position = counts.end
         heads = heads_for(self.config, mesh.cols)
         cos, sin = rope_tables(
             mesh, heads, self.inv_freq, torch.tensor([position]), per_token=False
@@ -559,11 +603,16 @@ class MeshTransformer:
     def _reset(self) -> None:
         self._drop_logits()
         self._reset_stores()
-        for k, v in self._prefill_kv.values():
-            k.free()
-            v.free()
-        self._prefill_kv = {}
+        self._free_prefill_kv()
         self._counts = None
+
+    def _free_prefill_kv(self) -> None:
+        for chunks in self._prefill_kv.values():
+            for chunk in chunks:
+                chunk.k.free()
+                chunk.v.free()
+        self._prefill_kv = {}
+        self._chunk_tokens = None
 
     def routes_per_core(self) -> dict[str, int]:
         """The largest route count configured on any core, per phase (after a call)."""

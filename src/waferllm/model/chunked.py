@@ -1,0 +1,232 @@
+"""Chunked prefill: a prompt longer than the prefill plan holds at once runs in chunks.
+
+Each chunk of `chunk_tokens` positions goes through the prefill layers like a short prompt;
+its attention reads the k/v chunks of the earlier chunks, kept on the prefill grid ([T_y,
+kv_x] each, as the layer produced them), and its own causal block
+(`kernels.attention.cached_prefill_attention`). Under a sliding window a cached chunk that no
+later query can see is evicted (freed). Sizing a chunk from byte counts lives here too; the
+unchunked prefill, the head and the hand-off are in `transformer.py`.
+Legend: L prompt tokens, T chunk tokens, R x C the prefill grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from waferllm.kernels.attention import KeyChunk, cached_prefill_attention
+from waferllm.kernels.heads import HeadLayout
+from waferllm.mesh.cost import Ledger, UnpricedLedger
+from waferllm.mesh.geometry import Axis
+from waferllm.mesh.relayout import hop
+from waferllm.mesh.tensor import DistTensor
+from waferllm.mesh.virtual import Mesh, Mode
+from waferllm.model import vocab
+from waferllm.model.layers import LayerContext, charge_rope_tables, prefill_layer, rope_tables
+from waferllm.model.placement import heads_for
+from waferllm.model.plan import ModelPlan, prefill_scratch_bytes
+from waferllm.model.transfers import per_layer_hops
+
+if TYPE_CHECKING:
+    from waferllm.model.transformer import MeshTransformer
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Span:
+    """One chunk: positions start .. start + length - 1."""
+
+    start: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+def chunk_spans(length: int, chunk_tokens: int) -> list[Span]:
+    """The chunks of a `length`-token prompt, `chunk_tokens` each (the last one shorter)."""
+    return [
+        Span(start=s, length=min(chunk_tokens, length - s)) for s in range(0, length, chunk_tokens)
+    ]
+
+
+# ---- sizing ------------------------------------------------------------------------------------
+def kept_chunks(length: int, chunk_tokens: int, window: int | None) -> int:
+    """The most k/v chunks one layer holds at once: every chunk, or under a window W those
+    that a chunk's queries can still see (ceil((W - 1)/T) + 1 cached) and its own."""
+    count = math.ceil(length / chunk_tokens)
+    if window is None:
+        return count
+    return min(count, math.ceil((window - 1) / chunk_tokens) + 2)
+
+
+def chunk_need_bytes(plan: ModelPlan, length: int, chunk_tokens: int) -> int:
+    """The most any core of the prefill plan needs for a `length`-token prompt in chunks of
+    `chunk_tokens`: weights, every layer's kept k/v chunks, one chunk's layer scratch plus the
+    online softmax's state (G*n*Lt*(H + 2)), the vocabulary tables."""
+    config, regions, fp = plan.config, plan.prefill, plan.prefill_footprint
+    sb = plan.device.storage_bytes
+    rows, cols = regions.grid
+    scratch, kv_chunk = prefill_scratch_bytes(config, rows, cols, sb, chunk_tokens)
+    heads = heads_for(config, cols)
+    lt = math.ceil(chunk_tokens / rows)
+    scratch += heads.kv_per_tile * heads.n_rep * lt * (heads.head_slots + 2) * sb
+    kv = kept_chunks(length, chunk_tokens, config.sliding_window) * kv_chunk
+    last = len(regions.regions) - 1
+    need = 0
+    for i, region in enumerate(regions.regions):
+        used = len(region.layers) * (fp.layer + kv) + fp.reserve + scratch
+        used += (fp.first if i == 0 else 0) + (fp.last if i == last else 0)
+        need = max(need, used)
+    return need
+
+
+def max_chunk_tokens(plan: ModelPlan, length: int) -> int:
+    """The longest chunk with which a `length`-token prompt fits the prefill plan (0: none)."""
+    cap = plan.device.sram_bytes_per_core
+
+    def fits(tokens: int) -> bool:
+        return chunk_need_bytes(plan, length, tokens) <= cap
+
+    if not fits(1):
+        return 0
+    low, high = 1, min(2, length)
+    while high < length and fits(high):
+        low, high = high, min(2 * high, length)
+    if fits(high):
+        return high
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
+
+
+def chunk_candidates(plan: ModelPlan, length: int) -> list[int]:
+    """Chunk sizes worth pricing for a prompt the plan cannot hold at once: the fewest equal
+    chunks that fit (n = ceil(L / T_max)) and one more (n + 1: smaller, less padding),
+    rounded up to whole rows of the grid where that still fits; fewest chunks first."""
+    limit = max_chunk_tokens(plan, length)
+    if limit == 0:
+        return []
+    rows = plan.prefill.grid[0]
+    fewest = math.ceil(length / limit)
+    out: list[int] = []
+    for count in (fewest, fewest + 1):
+        tokens = math.ceil(length / count)
+        whole_rows = math.ceil(tokens / rows) * rows
+        tokens = whole_rows if whole_rows <= limit else tokens
+        if tokens not in out and tokens < length:
+            out.append(tokens)
+    return out
+
+
+# ---- the walk ----------------------------------------------------------------------------------
+def prefill_chunks(
+    model: MeshTransformer, ids: Sequence[int], ledger: Ledger, chunk_tokens: int
+) -> tuple[DistTensor, Span, dict[int, list[KeyChunk]]]:
+    """Run the prompt chunk by chunk: (the last chunk's hidden states, its span, every
+    layer's kept k/v chunks)."""
+    window = model.config.sliding_window
+    kv: dict[int, list[KeyChunk]] = {i: [] for i in range(model.config.num_hidden_layers)}
+    spans = chunk_spans(len(ids), chunk_tokens)
+    x: DistTensor | None = None
+    for n, span in enumerate(spans):
+        if x is not None:
+            x.free()
+        x = _chunk(model, ids[span.start : span.end], span, kv, ledger)
+        if window is not None and n + 1 < len(spans):
+            _evict(kv, oldest_seen=span.end - window + 1)
+    assert x is not None
+    return x, spans[-1], kv
+
+
+def _evict(kv: dict[int, list[KeyChunk]], *, oldest_seen: int) -> None:
+    """Free the chunks whose last position is older than any later query sees."""
+    for chunks in kv.values():
+        while chunks and chunks[0].start + chunks[0].length <= oldest_seen:
+            dead = chunks.pop(0)
+            dead.k.free()
+            dead.v.free()
+
+
+def _chunk(
+    model: MeshTransformer,
+    ids: Sequence[int],
+    span: Span,
+    kv: dict[int, list[KeyChunk]],
+    ledger: Ledger,
+) -> DistTensor:
+    """One chunk through every region: the first layer priced, its records times the layers
+    (estimate mode skips the other layers of a region, placing their k/v)."""
+    config, state = model.config, model.prefill_state
+    state.meshes[0].charge_host_io(ledger, "host.prompt_in", span.length)
+    x = vocab.embed(state, ids, ledger, config=config, device=model.device, tokens_axis=Axis.Y)
+    layer_ledger = Ledger()
+    positions = torch.arange(span.start, span.end)
+    for r, region in enumerate(state.regions.regions):
+        mesh = state.meshes[r]
+        if r:
+            x = hop(model.device, x, mesh, ledger, op=f"hop{r}")
+        heads = heads_for(config, mesh.cols)
+        charge_rope_tables(mesh, heads, x.tile_shape[0], ledger)
+        cos, sin = rope_tables(mesh, heads, model.inv_freq, positions, per_token=True)
+        ctx = LayerContext(config=config, heads=heads, cos=cos, sin=sin, length=span.length)
+        for j, i in enumerate(region.layers):
+            if j and model.mode is Mode.ESTIMATE:
+                first = kv[region.layers[0]][-1]
+                kv[i].append(
+                    dataclasses.replace(first, k=_like(first.k, f"k{i}"), v=_like(first.v, f"v{i}"))
+                )
+                continue
+            target = layer_ledger if (r, j) == (0, 0) else UnpricedLedger()
+            attend = functools.partial(
+                _attend,
+                mesh=mesh,
+                heads=heads,
+                span=span,
+                cached=tuple(kv[i]),
+                window=config.sliding_window,
+            )
+            with target.scope("layer"):
+                x, k, v = prefill_layer(mesh, state.layers[i], x, ctx, target, attend=attend)
+            kv[i].append(KeyChunk(k=k, v=v, start=span.start, length=span.length))
+        cos.free()
+        sin.free()
+    ledger.extend(layer_ledger, count=config.num_hidden_layers)
+    per_layer_hops(model.plan, x, ledger)
+    return x
+
+
+def _attend(
+    q: DistTensor,
+    k: DistTensor,
+    v: DistTensor,
+    ledger: Ledger,
+    *,
+    mesh: Mesh,
+    heads: HeadLayout,
+    span: Span,
+    cached: tuple[KeyChunk, ...],
+    window: int | None,
+) -> DistTensor:
+    own = KeyChunk(k=k, v=v, start=span.start, length=span.length)
+    return cached_prefill_attention(
+        mesh,
+        q=q,
+        query_start=span.start,
+        query_length=span.length,
+        keys=(*cached, own),
+        heads=heads,
+        sliding_window=window,
+        ledger=ledger,
+    )
+
+
+def _like(t: DistTensor, name: str) -> DistTensor:
+    """Another tensor with t's tiles and layout (estimate mode: meta, SRAM charged)."""
+    return t.mesh.register(torch.empty_like(t.data), t.layout, f"prefill.{name}")
