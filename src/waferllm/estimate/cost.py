@@ -20,6 +20,7 @@ from waferllm.errors import WaferError
 from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.geometry import split_sizes
 from waferllm.mesh.virtual import Mode
+from waferllm.model.chunked import chunk_candidates
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import Append, KvCacheFullError, KvPolicy, RowCounts
 from waferllm.model.layers import LayerLedgers
@@ -49,6 +50,7 @@ class RequestCost:
 
     prefill_grid: Grid
     decode_grid: Grid
+    prefill_chunk_tokens: int | None  # the prompt's chunks (None: prefilled in one piece)
     prefill: PhaseLedger  # TTFT: prefill, final norm, LM head, the first token's argmax
     transition: Ledger
     decode: PhaseLedger  # the O-1 decode steps, identical steps grouped by count
@@ -82,6 +84,7 @@ class CostModel:
         self._models: dict[tuple[Grid, Grid], MeshTransformer] = {}
         self._walks: dict[tuple[Grid, Grid], DecodeWalks] = {}
         self._phases: dict[tuple, PhaseLedger] = {}
+        self._chunks: dict[tuple, int | None] = {}
         self._transitions: dict[tuple, Ledger] = {}
 
     def model(self, prefill_grid: Grid, decode_grid: Grid) -> MeshTransformer:
@@ -117,25 +120,53 @@ class CostModel:
         return (phase, *grids, *request)
 
     def prefill(self, model: MeshTransformer, prompt_len: int) -> PhaseLedger:
-        """TTFT's ledger (prefill, final norm, LM head, the first token's argmax)."""
+        """TTFT's ledger (prefill, final norm, LM head, the first token's argmax); a prompt
+        the plan cannot hold at once: the fastest of the candidate chunk sizes."""
         key = self._key(model, Phase.PREFILL, prompt_len)
         if key not in self._phases:
-            ledger = Ledger()
-            model.prefill([0] * prompt_len, ledger)
-            self._phases[key] = _phase_cost(model, Phase.PREFILL, ledger)
+            if prompt_len <= model.max_prompt_tokens:
+                self._phases[key] = self._prefill_walk(model, prompt_len, None)
+                self._chunks[key] = None
+            else:
+                self._phases[key], self._chunks[key] = self._best_chunk(model, prompt_len)
         return self._phases[key]
+
+    def prefill_chunk(self, model: MeshTransformer, prompt_len: int) -> int | None:
+        """The chunk size `prefill` priced the prompt with (None: one piece)."""
+        self.prefill(model, prompt_len)
+        return self._chunks[self._key(model, Phase.PREFILL, prompt_len)]
+
+    def _best_chunk(self, model: MeshTransformer, prompt_len: int) -> tuple[PhaseLedger, int]:
+        """The fastest chunked prefill over the candidate chunk sizes (the grid search
+        considers them for every prefill grid); raises the plan's error when none fits."""
+        candidates = chunk_candidates(model.plan, prompt_len)
+        if not candidates:
+            model.default_chunk_tokens(prompt_len)  # raises, naming what is needed
+        priced = [(self._prefill_walk(model, prompt_len, c), c) for c in candidates]
+        return min(priced, key=lambda item: item[0].latency_cycles)
+
+    def _prefill_walk(
+        self, model: MeshTransformer, prompt_len: int, chunk_tokens: int | None
+    ) -> PhaseLedger:
+        ledger = Ledger()
+        model.prefill([0] * prompt_len, ledger, chunk_tokens=chunk_tokens)
+        return _phase_cost(model, Phase.PREFILL, ledger)
 
     def transition(self, model: MeshTransformer, prompt_len: int) -> Ledger:
         """The re-layouts between the plans after a prompt of `prompt_len` (both grids matter)."""
         key = (model.plan.prefill.grid, model.plan.decode.grid, prompt_len)
         if key not in self._transitions:
             ledger = Ledger()
-            model.charge_transition(model.handoff_counts(prompt_len), ledger)
+            chunk = self.prefill_chunk(model, prompt_len)
+            model.charge_transition(model.handoff_counts(prompt_len), ledger, chunk_tokens=chunk)
             self._transitions[key] = ledger
         return self._transitions[key]
 
     def check_room(self, model: MeshTransformer, prompt_len: int, output_len: int) -> None:
-        """Raise unless the KV cache holds the request (`prompt_len + output_len - 1`)."""
+        """Raise unless the KV cache holds the request (`prompt_len + output_len - 1`); a cache
+        that evicts beyond a sliding window holds any request."""
+        if model.evicts():
+            return
         room = model.max_new_tokens(prompt_len)
         if output_len > room:
             rows, cols = model.plan.decode.grid
@@ -169,6 +200,7 @@ class CostModel:
         return RequestCost(
             prefill_grid=prefill_grid,
             decode_grid=decode_grid,
+            prefill_chunk_tokens=self.prefill_chunk(model, prompt_len),
             prefill=self.prefill(model, prompt_len),
             transition=self.transition(model, prompt_len),
             decode=self.decode(model, prompt_len, output_len),

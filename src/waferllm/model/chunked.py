@@ -87,23 +87,22 @@ def chunk_need_bytes(plan: ModelPlan, length: int, chunk_tokens: int) -> int:
 
 
 def max_chunk_tokens(plan: ModelPlan, length: int) -> int:
-    """The longest chunk with which a `length`-token prompt fits the prefill plan (0: none)."""
-    cap = plan.device.sram_bytes_per_core
+    """The longest chunk, in whole rows of the grid (k*R tokens: a shorter chunk pads every
+    core's token tile, and its cached k/v with it), with which a `length`-token prompt fits
+    the prefill plan; 0 when none does."""
+    cap, rows = plan.device.sram_bytes_per_core, plan.prefill.grid[0]
 
-    def fits(tokens: int) -> bool:
-        return chunk_need_bytes(plan, length, tokens) <= cap
+    def fits(k: int) -> bool:
+        return chunk_need_bytes(plan, length, min(k * rows, length)) <= cap
 
+    most = math.ceil(length / rows)
     if not fits(1):
         return 0
-    low, high = 1, min(2, length)
-    while high < length and fits(high):
-        low, high = high, min(2 * high, length)
-    if fits(high):
-        return high
+    low, high = 1, most + 1  # fits(low); high: not tried or too big
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (mid, high) if fits(mid) else (low, mid)
-    return low
+    return min(low * rows, length)
 
 
 def chunk_candidates(plan: ModelPlan, length: int) -> list[int]:
