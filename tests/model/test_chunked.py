@@ -73,9 +73,7 @@ def test_estimate_mode_charges_the_chunked_prefill_like_the_functional_run(check
     path = checkpoint_factory("mistral", sliding_window=5, margin_new_tokens=NEW_TOKENS)
     functional = build(path, (2, 3), (2, 3))
     config = load_checkpoint(path).config
-    estimate = MeshTransformer(
-        config, None, device=tiny(), prefill_grid=(2, 3), decode_grid=(2, 3)
-    )
+    estimate = MeshTransformer(config, None, device=tiny(), prefill_grid=(2, 3), decode_grid=(2, 3))
     sequence = tuple(PROMPT) + (7,) * 8
     _, ours = run(functional, sequence, len(PROMPT), 2)
     _, theirs = run(estimate, sequence, len(PROMPT), 2)

@@ -7,9 +7,11 @@ cache's own (`model.kv_cache.kv_capacity_tokens`, `max_new_tokens`). No walks he
 
 from __future__ import annotations
 
+import warnings
+
 from waferllm.errors import WaferError
 from waferllm.estimate.cost import Grid, Setup
-from waferllm.model.kv_cache import KvPolicy, kv_capacity_tokens, max_new_tokens
+from waferllm.model.kv_cache import KvPolicy, evicts, kv_capacity_tokens, max_new_tokens
 from waferllm.model.placement import PlacementMode
 from waferllm.model.plan import plan_model
 from waferllm.model.report import KvCapacity
@@ -42,14 +44,24 @@ def whole_model_capacity(
         return none, none
     rows, slots = plan.decode.grid[0], plan.kv_slots
     shift, concat = KvPolicy.SHIFT, KvPolicy.CONCAT
+    config = setup.config
+    # a sliding window evicts older keys under the shift policy: never more than the window
+    limits = {"window": config.sliding_window, "max_positions": config.max_position_embeddings}
+    if evicts(shift, rows, slots, config.sliding_window):
+        warnings.warn(
+            f"{config.name}'s sliding window ({config.sliding_window} tokens) evicts older keys "
+            f"from the shift KV cache, which holds a whole window ({rows * slots} tokens fit): "
+            "its capacity is the trained context (max_position_embeddings), not SRAM",
+            stacklevel=2,
+        )
     return (
         KvCapacity(
-            shift=kv_capacity_tokens(shift, rows, slots, prompt_len),
-            concat=kv_capacity_tokens(concat, rows, slots, prompt_len),
+            shift=kv_capacity_tokens(shift, rows, slots, prompt_len, **limits),
+            concat=kv_capacity_tokens(concat, rows, slots, prompt_len, **limits),
         ),
         KvCapacity(
-            shift=max_new_tokens(shift, rows, slots, prompt_len),
-            concat=max_new_tokens(concat, rows, slots, prompt_len),
+            shift=max_new_tokens(shift, rows, slots, prompt_len, **limits),
+            concat=max_new_tokens(concat, rows, slots, prompt_len, **limits),
         ),
     )
 

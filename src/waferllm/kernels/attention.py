@@ -352,11 +352,11 @@ def cached_prefill_attention(
     lt = q.tile_shape[0]
     q_t = q.data.reshape(rows, cols, lt, g, n, h).permute(0, 1, 3, 4, 2, 5)  # [G, n, Lt, H]
     lead = (rows, cols, g, n, lt)
-    like = {"dtype": torch.float32, "device": q.data.device}
+    f32, device = torch.float32, q.data.device
     state = _Online(
-        m=torch.full((*lead, 1), -math.inf, **like),
-        total=torch.zeros((*lead, 1), **like),
-        acc=torch.zeros((*lead, h), **like),
+        m=torch.full((*lead, 1), -math.inf, dtype=f32, device=device),
+        total=torch.zeros((*lead, 1), dtype=f32, device=device),
+        acc=torch.zeros((*lead, h), dtype=f32, device=device),
     )
     with mesh.sram.scope():
         _scratch(mesh, "online.state", (g, n, lt, h + 2))  # acc, m and l per query row

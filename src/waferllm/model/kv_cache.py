@@ -50,20 +50,43 @@ def evicts(policy: KvPolicy, rows: int, slots: int, window: int | None) -> bool:
     return window is not None and policy is KvPolicy.SHIFT and window <= rows * slots
 
 
-def kv_capacity_tokens(policy: KvPolicy, rows: int, slots: int, prompt_len: int) -> int:
-    """Largest total context (prompt + tokens fed back) the cache holds after this prompt."""
+def kv_capacity_tokens(
+    policy: KvPolicy,
+    rows: int,
+    slots: int,
+    prompt_len: int,
+    *,
+    window: int | None = None,
+    max_positions: int | None = None,
+) -> int:
+    """Largest total context (prompt + tokens fed back) the cache holds after this prompt; a
+    cache that evicts beyond the sliding `window` never fills: the model's trained context
+    (`max_positions`) bounds it instead."""
+    if evicts(policy, rows, slots, window):
+        assert max_positions is not None, "an evicting cache is bounded by the trained context"
+        return max_positions
     if policy is KvPolicy.SHIFT:
         return rows * slots
     # concat: the hand-off balances the prompt; the last row holds floor(L / R) of it
     return prompt_len + slots - prompt_len // rows
 
 
-def max_new_tokens(policy: KvPolicy, rows: int, slots: int, prompt_len: int) -> int:
+def max_new_tokens(
+    policy: KvPolicy,
+    rows: int,
+    slots: int,
+    prompt_len: int,
+    *,
+    window: int | None = None,
+    max_positions: int | None = None,
+) -> int:
     """Tokens that can be generated after the prompt: the first needs no slot, every later one
     feeds its predecessor back into the cache. 0 when the prompt itself does not fit."""
-    if prompt_len > rows * slots:
+    limits = {"window": window, "max_positions": max_positions}
+    capacity = kv_capacity_tokens(policy, rows, slots, prompt_len, **limits)
+    if not evicts(policy, rows, slots, window) and prompt_len > rows * slots:
         return 0
-    return kv_capacity_tokens(policy, rows, slots, prompt_len) - prompt_len + 1
+    return max(capacity - prompt_len + 1, 0)
 
 
 # ---- bookkeeping -------------------------------------------------------------------------------
@@ -181,11 +204,15 @@ class RowCounts:
         """(R, width): which of the first `width` slots of each row hold a position."""
         return np.arange(width)[None, :] < counts[:, None]
 
-    def slot_positions(self, append: Append, width: int) -> np.ndarray:
-        """(R, width): the position each slot holds after `append` (meaningless where masked)."""
-        counts = append.counts_after
-        first = self.evicted + int(append.evict)
-        return first + (np.cumsum(counts) - counts)[:, None] + np.arange(width)[None, :]
+    def slot_positions(self, counts: np.ndarray, width: int) -> np.ndarray:
+        """(R, width): the position held by each slot of rows holding `counts` (meaningless
+        where masked)."""
+        return self.evicted + (np.cumsum(counts) - counts)[:, None] + np.arange(width)[None, :]
+
+    def positions_after(self, append: Append, width: int) -> np.ndarray:
+        """(R, width): `slot_positions` once `append` is committed (an eviction moves every
+        slot one position on)."""
+        return int(append.evict) + self.slot_positions(append.counts_after, width)
 
 
 # ---- tiles -------------------------------------------------------------------------------------

@@ -335,7 +335,7 @@ def decode_slot_mask(
         return torch.empty((mesh.rows, 1, 1, 1, width), dtype=torch.bool, device="meta")
     keep = counts.slot_mask(append.counts_after, width)
     if window is not None:
-        keep &= position - counts.slot_positions(append, width) < window
+        keep &= position - counts.positions_after(append, width) < window
     mask = torch.as_tensor(np.ascontiguousarray(keep), device=mesh.torch_device)
     return mask.reshape(mesh.rows, 1, 1, 1, width)
 

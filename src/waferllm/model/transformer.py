@@ -205,18 +205,27 @@ class MeshTransformer:
         (max_position_embeddings) bounds it instead."""
         rows = self.plan.decode.grid[0]
         policy = KvPolicy(policy or self.kv_policy)
-        if self.evicts(policy):
-            return self.config.max_position_embeddings
-        return kv_capacity_tokens(policy, rows, self.plan.kv_slots, prompt_len)
+        return kv_capacity_tokens(
+            policy, rows, self.plan.kv_slots, prompt_len, **self._window_limits()
+        )
 
     def max_new_tokens(self, prompt_len: int, policy: KvPolicy | None = None) -> int:
         """Tokens that can be generated after a prompt of `prompt_len` before SRAM runs out
         (an evicting cache: before the trained context ends)."""
         rows = self.plan.decode.grid[0]
         policy = KvPolicy(policy or self.kv_policy)
-        if self.evicts(policy):
-            return max(self.config.max_position_embeddings - prompt_len + 1, 0)
-        return max_new_tokens(policy, rows, self.plan.kv_slots, prompt_len)
+        return max_new_tokens(policy, rows, self.plan.kv_slots, prompt_len, **self._window_limits())
+
+    def _window_limits(self) -> dict[str, int | None]:
+        return {
+            "window": self.config.sliding_window,
+            "max_positions": self.config.max_position_embeddings,
+        }
+
+    def can_prefill(self, prompt_len: int) -> bool:
+        """Whether the prefill plan holds the prompt, at once or in chunks."""
+        fits = prompt_len <= self.plan.max_prompt_tokens
+        return fits or bool(chunk_candidates(self.plan, prompt_len))
 
     # ---- prefill -----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -292,16 +301,16 @@ class MeshTransformer:
         """The chunk a too-long prompt runs in: the fewest equal chunks that fit the plan."""
         candidates = chunk_candidates(self.plan, prompt_len)
         if not candidates:
+            grid, most = self.plan.prefill.grid, self.plan.max_prompt_tokens
             raise SramOverflowError(
                 tensor="prefill activations",
                 core=self.prefill_state.meshes[0].origin,
-                needed_bytes=chunk_need_bytes(self.plan, prompt_len, 1),
+                needed_bytes=chunk_need_bytes(self.plan, prompt_len, min(grid[0], prompt_len)),
                 available_bytes=self.device.sram_bytes_per_core,
-                hint=f"a {prompt_len}-token prompt does not fit the prefill plan even in "
-                f"1-token chunks (its KV cache alone); at most {self.plan.max_prompt_tokens} "
-                f"tokens fit at once on {self.plan.prefill.grid[0]}x{self.plan.prefill.grid[1]} "
-                "(use a larger prefill grid: --prefill-grid, prefill_grid= in Python; or a "
-                "shorter prompt)",
+                hint=f"a {prompt_len}-token prompt does not fit the prefill plan even in chunks "
+                f"of one token per row (its KV cache alone); at most {most} tokens fit at once "
+                f"on {grid[0]}x{grid[1]} (use a larger prefill grid: --prefill-grid, "
+                "prefill_grid= in Python; or a shorter prompt)",
             )
         return candidates[0]
 
