@@ -280,7 +280,8 @@ class DecodeWalks:
         rows, slots = model.plan.decode.grid[0], model.plan.kv_slots
         before = context_len - 1
         if model.kv_policy is KvPolicy.SHIFT or prompt_len is None:
-            counts = RowCounts.balanced(model.kv_policy, rows, slots, before)
+            window = model.config.sliding_window  # evicting: the last window held
+            counts = RowCounts.balanced(model.kv_policy, rows, slots, before, window)
         else:
             counts = RowCounts.balanced(model.kv_policy, rows, slots, prompt_len)
             counts.counts[-1] += before - prompt_len
