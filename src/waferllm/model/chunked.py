@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from waferllm.errors import SramOverflowError
 from waferllm.kernels.attention import KeyChunk, cached_prefill_attention
 from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.cost import Ledger, UnpricedLedger
@@ -122,6 +123,25 @@ def chunk_candidates(plan: ModelPlan, length: int) -> list[int]:
         if tokens not in out and tokens < length:
             out.append(tokens)
     return out
+
+
+def default_chunk_tokens(plan: ModelPlan, length: int) -> int:
+    """The chunk a prompt the plan cannot hold at once runs in: the fewest equal chunks that
+    fit. Raises when even one token per row does not (the prompt's KV cache alone)."""
+    candidates = chunk_candidates(plan, length)
+    if candidates:
+        return candidates[0]
+    grid, most = plan.prefill.grid, plan.max_prompt_tokens
+    raise SramOverflowError(
+        tensor="prefill activations",
+        core=plan.prefill.regions[0].origin,
+        needed_bytes=chunk_need_bytes(plan, length, min(grid[0], length)),
+        available_bytes=plan.device.sram_bytes_per_core,
+        hint=f"a {length}-token prompt does not fit the prefill plan even in chunks of one "
+        f"token per row (its KV cache alone); at most {most} tokens fit at once on "
+        f"{grid[0]}x{grid[1]} (use a larger prefill grid: --prefill-grid, prefill_grid= in "
+        "Python; or a shorter prompt)",
+    )
 
 
 # ---- the walk ----------------------------------------------------------------------------------

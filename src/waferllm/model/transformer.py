@@ -1,6 +1,7 @@
 """`MeshTransformer`: a Llama-family model resident on the virtual wafer (SPEC.md §5, §6).
 
-`prefill(token_ids, ledger)` runs the prompt with the prefill plan and selects the first token
+`prefill(token_ids, ledger)` runs the prompt with the prefill plan (in chunks against the cached
+keys when it is longer than the plan holds at once: `chunked.py`) and selects the first token
 on the mesh; `transition(ledger)` hands the KV cache (and, with one resident layout, the
 weights) to the decode plan; `decode_step(token_id, ledger)` feeds one token back. Each returns
 a `StepOutput`: the on-mesh argmax and a handle that gathers the logits to the host, charged
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from waferllm.device import Device
-from waferllm.errors import NonFiniteError, SramOverflowError, WaferError
+from waferllm.errors import NonFiniteError, WaferError
 from waferllm.kernels.attention import KeyChunk
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
 from waferllm.mesh.compute import charge_inline_compute
@@ -33,7 +34,7 @@ from waferllm.mesh.system_link import system_link_hop
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
 from waferllm.model import vocab
-from waferllm.model.chunked import chunk_candidates, chunk_need_bytes, prefill_chunks
+from waferllm.model.chunked import chunk_candidates, default_chunk_tokens, prefill_chunks
 from waferllm.model.config import ModelConfig, rope_inv_freq
 from waferllm.model.kv_cache import (
     Append,
@@ -186,7 +187,8 @@ class MeshTransformer:
 
     @property
     def max_prompt_tokens(self) -> int:
-        """The longest prompt the prefill plan's SRAM holds (an upper-bound estimate)."""
+        """The longest prompt the prefill plan's SRAM holds at once (an upper-bound estimate);
+        longer ones run in chunks (`model.chunked`)."""
         return self.plan.max_prompt_tokens
 
     @property
@@ -299,20 +301,7 @@ class MeshTransformer:
 
     def default_chunk_tokens(self, prompt_len: int) -> int:
         """The chunk a too-long prompt runs in: the fewest equal chunks that fit the plan."""
-        candidates = chunk_candidates(self.plan, prompt_len)
-        if not candidates:
-            grid, most = self.plan.prefill.grid, self.plan.max_prompt_tokens
-            raise SramOverflowError(
-                tensor="prefill activations",
-                core=self.prefill_state.meshes[0].origin,
-                needed_bytes=chunk_need_bytes(self.plan, prompt_len, min(grid[0], prompt_len)),
-                available_bytes=self.device.sram_bytes_per_core,
-                hint=f"a {prompt_len}-token prompt does not fit the prefill plan even in chunks "
-                f"of one token per row (its KV cache alone); at most {most} tokens fit at once "
-                f"on {grid[0]}x{grid[1]} (use a larger prefill grid: --prefill-grid, "
-                "prefill_grid= in Python; or a shorter prompt)",
-            )
-        return candidates[0]
+        return default_chunk_tokens(self.plan, prompt_len)
 
     def _head_prefill(
         self, x: DistTensor, length: int, ledger: Ledger, *, position: int
