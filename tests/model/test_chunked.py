@@ -8,6 +8,7 @@ ledgers as the functional run.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,28 @@ def test_estimate_mode_charges_the_chunked_prefill_like_the_functional_run(check
 def test_chunks_cover_the_prompt_with_a_shorter_last_one():
     spans = chunk_spans(9, 4)
     assert [(s.start, s.length) for s in spans] == [(0, 4), (4, 4), (8, 1)]
+
+
+def test_a_prompt_longer_than_the_plan_holds_is_chunked_by_itself_and_still_matches(
+    checkpoint_factory,
+):
+    # 10,752 B per core on 3x3: two regions, at most 6 prompt tokens at once
+    path = checkpoint_factory("llama", margin_new_tokens=NEW_TOKENS)
+    device = dataclasses.replace(tiny(), sram_bytes_per_core=10752)
+    ckpt = load_checkpoint(path)
+    grids = {"prefill_grid": (3, 3), "decode_grid": (3, 3)}
+    model = MeshTransformer(ckpt.config, ckpt.weights, device=device, **grids)
+    assert model.plan.max_prompt_tokens < len(PROMPT) and len(model.plan.prefill.regions) == 2
+    chunk = model.default_chunk_tokens(len(PROMPT))
+    assert chunk < len(PROMPT)
+    ref = reference_run(path, PROMPT, NEW_TOKENS)
+    ours, ledgers = run(model, ref.sequence_ids, len(PROMPT), chunk)
+    check_token_identity(ours, ref.logits[len(PROMPT) - 1 :])
+    auto = Ledger()
+    assert model.prefill(PROMPT, auto).token == ref.generated_ids[0]  # no chunk_tokens given
+    assert auto.expanded() == ledgers[0].expanded()
+    estimate = MeshTransformer(ckpt.config, None, device=device, **grids)
+    _, theirs = run(estimate, ref.sequence_ids, len(PROMPT), chunk)
+    for a, b in zip(ledgers, theirs, strict=True):
+        assert a.expanded() == b.expanded()
+    assert model.peak_sram_bytes_per_core() <= device.sram_bytes_per_core
