@@ -356,8 +356,9 @@ def _step_shapes(
 
 def _balanced_shift(counts: RowCounts, output_len: int) -> bool:
     """Whether `counts` is a shift-policy cache balanced as `RowCounts.balanced` leaves it
-    (the hand-off's state) and holds the request's O-1 steps without filling up."""
-    if counts.policy is not KvPolicy.SHIFT:
+    (the hand-off's state) and holds the request's O-1 steps without filling up; an evicting
+    cache (sliding window) steps instead: its appends stop growing once the window is full."""
+    if counts.policy is not KvPolicy.SHIFT or counts.window is not None:
         return False
     rows, total = counts.rows, counts.total
     if total + output_len - 1 > rows * counts.slots:
