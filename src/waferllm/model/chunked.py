@@ -24,7 +24,6 @@ from waferllm.kernels.attention import KeyChunk, cached_prefill_attention
 from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.cost import Ledger, UnpricedLedger
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.relayout import hop
 from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model import vocab
@@ -189,8 +188,8 @@ def _chunk(
     positions = torch.arange(span.start, span.end)
     for r, region in enumerate(state.regions.regions):
         mesh = state.meshes[r]
-        if r:
-            x = hop(model.device, x, mesh, ledger, op=f"hop{r}")
+        if r:  # an on-wafer hop, or the inter-system link to the next device
+            x = model._enter_region(state, r, x, ledger)
         heads = heads_for(config, mesh.cols)
         charge_rope_tables(mesh, heads, x.tile_shape[0], ledger)
         cos, sin = rope_tables(mesh, heads, model.inv_freq, positions, per_token=True)

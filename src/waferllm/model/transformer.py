@@ -389,7 +389,9 @@ class MeshTransformer:
         with ledger.scope("transition"):
             quantise = kv_quantise_cycles(self.plan, counts)
             charge_inline_compute(ledger, "kv_quantise", cycles=quantise)
-            kv = [kv_moves(self.plan, counts, on_device=d, chunk_tokens=chunk_tokens) for d in devices]
+            kv = [
+                kv_moves(self.plan, counts, on_device=d, chunk_tokens=chunk_tokens) for d in devices
+            ]
             kv_bytes = bytes_per_element(storage.kv, sb)
             kv_charge = concurrent_relayout_charge(self.device, kv, bytes_per_element=kv_bytes)
             ledger.charge("kv", kv_charge)
