@@ -395,8 +395,11 @@ def test_the_online_softmax_costs_its_closed_form_per_key_chunk(
             size = (2 if interior else 1) * count * S / W
             assert red.comm_cycles == pytest.approx(far * ALPHA + (far - 1) * BETA + size)
             assert red.bytes_injected == count * S * rows * sum(s - 1 for s in heads.group_sizes)
-    (divide,) = _records(ledger, "online.divide")  # out = acc / l, once
-    assert divide.compute_cycles == pytest.approx(_vector_cycles(count, h, DIVIDE))
+    # out = acc * (1 / l), once: a reciprocal per query row, a multiply per output entry
+    (reciprocal,) = _records(ledger, "online.reciprocal")
+    assert reciprocal.compute_cycles == pytest.approx(_vector_cycles(1, count, RECIPROCAL))
+    (normalise,) = _records(ledger, "online.normalise")
+    assert normalise.compute_cycles == pytest.approx(_vector_cycles(count, h, NORMALISE))
 
 
 @pytest.mark.parametrize(("rows", "cols", "kv", "n_rep", "hd", "cached", "own"), CHUNKED)

@@ -32,10 +32,11 @@ from waferllm.kernels.gemm_t import BlockOwners, block_at, block_owners, gemm_t_
 from waferllm.kernels.heads import HeadLayout
 from waferllm.kernels.softmax import causal_mask, softmax
 from waferllm.kernels.vector import (
-    DIVIDE,
     EXP_SUB,
     MASK_SELECT,
     MAX_ACC,
+    NORMALISE,
+    RECIPROCAL,
     SCALE,
     SUM_ACC,
     charge_vector,
@@ -345,7 +346,8 @@ def cached_prefill_attention(
     Cost per key chunk: prefill_attention's QK^T and PV loops at (Lt, Lk); scale, select, max,
     exp and sum over G*n*Lt rows of Kc*Lk and two allreduces of G*n*Lt values within the
     kv-group; G*n*Lt rows of {max, exp, multiply-add} of one element (the state update) and
-    of a multiply-add of H (the output's rescale). Once: a divide of G*n*Lt rows of H.
+    of a multiply-add of H (the output's rescale). Once: G*n*Lt reciprocals of l and a
+    multiply of G*n*Lt rows of H (softmax's normalisation).
     """
     rows, cols = mesh.shape
     g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
@@ -368,7 +370,9 @@ def cached_prefill_attention(
                 _online_block(
                     mesh, q_t=q_t, key=key, mask=mask, heads=heads, state=state, ledger=ledger
                 )
-        charge_vector(mesh, ledger, "online.divide", rows=g * n * lt, length=h, cost=DIVIDE)
+        # as softmax normalises: one reciprocal per query row, a multiply per output entry
+        charge_vector(mesh, ledger, "online.reciprocal", rows=1, length=g * n * lt, cost=RECIPROCAL)
+        charge_vector(mesh, ledger, "online.normalise", rows=g * n * lt, length=h, cost=NORMALISE)
         out = state.acc / torch.where(state.total > 0, state.total, 1.0)
     out = out.to(q.data.dtype).permute(0, 1, 4, 2, 3, 5).reshape(rows, cols, lt, g * n * h)
     return mesh.register(out.contiguous(), q.layout, "attn")
