@@ -245,7 +245,9 @@ def test_bad_requests_are_refused_before_any_runs(llm, prompt, params, message):
     assert llm.generate([PROMPT], good)[0].token_ids  # the model is still usable
 
 
-def test_prompts_longer_than_the_kv_cache_or_the_prefill_plan_are_refused(llama_checkpoint):
+def test_prompts_longer_than_the_kv_cache_are_refused_and_than_the_prefill_plan_chunked(
+    llama_checkpoint,
+):
     # small SRAM: a wide prefill grid holds more prompt than the narrow decode grid caches
     small = {"sram_bytes_per_core": 16384}
     llm = LLM(llama_checkpoint, prefill_grid=8, decode_grid=2, device_overrides=small)
@@ -253,10 +255,13 @@ def test_prompts_longer_than_the_kv_cache_or_the_prefill_plan_are_refused(llama_
     assert capacity < llm.model.max_prompt_tokens
     with pytest.raises(WaferError, match=f"more than the KV cache holds \\({capacity} tokens"):
         llm.generate([[2] * (capacity + 1)])
-    longest = llm.model.max_prompt_tokens
-    with pytest.raises(WaferError, match=f"the prefill plan holds at most {longest}"):
-        llm.generate([[2] * (longest + 1)], SamplingParams(max_tokens=1))
     assert len(llm.generate([[2] * capacity], SamplingParams(max_tokens=1))[0].token_ids) == 1
+    # the other way round: a prompt longer than the prefill plan holds at once runs in chunks
+    chunked = LLM(llama_checkpoint, prefill_grid=3, decode_grid=8, device_overrides=small)
+    longest = chunked.model.max_prompt_tokens
+    assert chunked.model.kv_capacity_tokens(prompt_len=0) > longest + 1
+    out = chunked.generate([[2] * (longest + 1)], SamplingParams(max_tokens=2))[0]
+    assert len(out.token_ids) == 2
 
 
 def test_text_prompts_need_a_tokenizer(checkpoint_factory):

@@ -58,6 +58,9 @@ class FakeModel:
     def kv_capacity_tokens(self, *, prompt_len: int) -> int:
         return self.capacity
 
+    def can_prefill(self, prompt_len: int) -> bool:  # no chunks
+        return prompt_len <= self.max_prompt_tokens
+
     def max_new_tokens(self, prompt_len: int) -> int:
         # the first token needs no slot and the last is never cached
         return max(self.capacity - prompt_len + 1, 0) if prompt_len <= self.capacity else 0

@@ -19,7 +19,13 @@ import pytest
 import torch
 
 from waferllm.device import tiny
-from waferllm.kernels.attention import decode_attention, prefill_attention
+from waferllm.kernels.attention import (
+    RESCALE_ADD,
+    KeyChunk,
+    cached_prefill_attention,
+    decode_attention,
+    prefill_attention,
+)
 from waferllm.kernels.heads import HeadLayout, head_layout
 from waferllm.kernels.vector import (
     EXP_SUB,
@@ -259,6 +265,192 @@ def test_prefill_attention_ledgers_agree_in_estimate_mode(rows, cols, kv, n_rep,
     functional = _prefill(rows, cols, heads, length).expanded()
     estimate = _prefill(rows, cols, heads, length, mode=Mode.ESTIMATE).expanded()
     assert functional == estimate
+
+
+# ---- chunked prefill: a chunk against a cached chunk and itself -----------------------------
+def _chunked(rows, cols, heads, cached: int, own: int, mode=Mode.FUNCTIONAL) -> Ledger:
+    """The chunk at positions cached .. cached + own - 1 against the cached chunk 0 .. cached
+    - 1 and itself."""
+    mesh = Mesh(DEVICE, rows, cols, mode=mode)
+    g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
+
+    def place(length: int, width: int, name: str):
+        host = torch.empty(length, width, device="meta") if mode is Mode.ESTIMATE else None
+        host = torch.randn(length, width) if host is None else host
+        return mesh.scatter(host, Layout((length, width), y_dim=0, x_dim=1), name)
+
+    chunks = [
+        KeyChunk(k=place(t, cols * g * h, "k"), v=place(t, cols * g * h, "v"), start=s, length=t)
+        for s, t in ((0, cached), (cached, own))
+    ]
+    ledger = Ledger()
+    cached_prefill_attention(
+        mesh,
+        q=place(own, cols * g * n * h, "q"),
+        query_start=cached,
+        query_length=own,
+        keys=chunks,
+        heads=heads,
+        sliding_window=None,
+        ledger=ledger,
+    )
+    return ledger
+
+
+def _vector_cycles(count: int, width: int, cost: tuple[int, int, int]) -> float:
+    flops, sram, scalar = cost
+    cycles = vector_op_cycles(
+        DEVICE,
+        num_instructions=count,
+        length=width,
+        flops_per_element=flops,
+        sram_elements_per_element=sram,
+    )
+    return cycles + count * width * scalar * DEVICE.scalar_cycles_per_element
+
+
+CHUNKED = [
+    # (rows, cols, kv heads, n_rep, head_dim, cached tokens, own tokens)
+    pytest.param(3, 4, 2, 2, 8, 6, 3, id="groups-of-2-cached-tile-2-own-tile-1"),
+    pytest.param(3, 7, 1, 3, 12, 9, 5, id="one-group-of-7-interior-owners"),
+    pytest.param(2, 2, 4, 1, 4, 4, 4, id="fewer-columns-than-kv-heads"),
+]
+
+
+@pytest.mark.parametrize(("rows", "cols", "kv", "n_rep", "hd", "cached", "own"), CHUNKED)
+def test_a_chunk_attends_each_key_chunk_with_the_prefill_loops_at_its_tile_sizes(
+    rows, cols, kv, n_rep, hd, cached, own
+):
+    heads = head_layout(kv, n_rep, hd, cols)
+    ledger = _chunked(rows, cols, heads, cached, own)
+    g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
+    lt = -(-own // rows)
+    shared = max(heads.group_sizes) > 1
+    owners = Owners.of(heads.group_sizes, rows)
+    ring_far, ring_sum = _ring_hops(rows)
+    steps_qk, steps_pv = _records(ledger, "qk.step"), _records(ledger, "pv.step")
+    assert len(steps_qk) == len(steps_pv) == 2 * rows  # R steps per key chunk
+    for chunk, length in enumerate((cached, own)):
+        lk = -(-length // rows)
+        k_bytes = g * h * lk * S  # the circulating K (and V) tile
+        p_bytes = g * n * lt * lk * S  # one block of scores [G, n, Lt, Lk]
+        qk, pv = steps_qk[chunk * rows], steps_pv[chunk * rows : (chunk + 1) * rows]
+        # Q K^T: Lk*H instructions of Lt per head, K shifted one ring position along Y
+        assert qk.compute_cycles == pytest.approx(g * n * matmul_cycles(DEVICE, m=lt, k=h, n=lk))
+        assert qk.comm_busy_cycles == pytest.approx(ring_far * ALPHA + k_bytes / W)
+        assert qk.bytes_injected == k_bytes * rows * cols
+        assert qk.link_byte_hops == k_bytes * cols * ring_sum
+        # P V: the unnormalised P block multicast within the group, V shifted along Y
+        hops = max(ring_far, owners.far if shared else 0)
+        ramp = k_bytes + (2 if owners.interior else 1) * p_bytes * shared
+        for rec in pv:
+            assert rec.compute_cycles == pytest.approx(
+                g * n * matmul_cycles(DEVICE, m=lt, k=lk, n=h)
+            )
+            assert rec.bytes_injected == k_bytes * rows * cols + (
+                p_bytes * owners.sides if shared else 0
+            )
+            assert (rec.critical_hops, rec.critical_stages) == (hops, 0)
+            assert rec.comm_busy_cycles == pytest.approx(hops * ALPHA + ramp / W)
+            assert rec.overhead_cycles == DEVICE.step_overhead_cycles
+
+
+@pytest.mark.parametrize(("rows", "cols", "kv", "n_rep", "hd", "cached", "own"), CHUNKED)
+def test_the_online_softmax_costs_its_closed_form_per_key_chunk(
+    rows, cols, kv, n_rep, hd, cached, own
+):
+    heads = head_layout(kv, n_rep, hd, cols)
+    ledger = _chunked(rows, cols, heads, cached, own)
+    g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
+    count = g * n * -(-own // rows)  # one query row per (kv head, query head, token)
+    kc = max(
+        -(-(j + 1) * rows // s) - -(-j * rows // s) for s in heads.group_sizes for j in range(s)
+    )
+    for chunk, length in enumerate((cached, own)):
+        width = kc * -(-length // rows)  # the owned keys of this key chunk
+        for op, cost, (num, wide) in (
+            ("scale", SCALE, (count, width)),
+            ("mask", MASK_SELECT, (count, width)),
+            ("max", MAX_ACC, (count, width)),
+            ("exp", EXP_SUB, (count, width)),
+            ("sum", SUM_ACC, (count, width)),
+            ("online.max", MAX_ACC, (count, 1)),  # m' = max(m, block max)
+            ("online.exp", EXP_SUB, (count, 1)),  # alpha = exp(m - m')
+            ("online.sum", RESCALE_ADD, (count, 1)),  # l = l*alpha + block sum
+            ("online.rescale", RESCALE_ADD, (count, h)),  # acc = acc*alpha + P V
+        ):
+            rec = _records(ledger, f"softmax.{op}")[chunk]
+            assert rec.compute_cycles == pytest.approx(_vector_cycles(num, wide, cost)), op
+            assert rec.flops == num * wide * cost[0] * rows * cols
+    # the state's max and sum: one value per query row, segmented within kv-groups
+    far = max(s // 2 for s in heads.group_sizes)
+    for name in ("allreduce_max", "allreduce_sum"):
+        reduce = _records(ledger, f"softmax.{name}.reduce")
+        if far == 0:
+            assert reduce == []
+            continue
+        assert len(reduce) == 2
+        interior = any(s >= 3 for s in heads.group_sizes)
+        for red in reduce:
+            size = (2 if interior else 1) * count * S / W
+            assert red.comm_cycles == pytest.approx(far * ALPHA + (far - 1) * BETA + size)
+            assert red.bytes_injected == count * S * rows * sum(s - 1 for s in heads.group_sizes)
+    # out = acc * (1 / l), once: a reciprocal per query row, a multiply per output entry
+    (reciprocal,) = _records(ledger, "online.reciprocal")
+    assert reciprocal.compute_cycles == pytest.approx(_vector_cycles(1, count, RECIPROCAL))
+    (normalise,) = _records(ledger, "online.normalise")
+    assert normalise.compute_cycles == pytest.approx(_vector_cycles(count, h, NORMALISE))
+
+
+@pytest.mark.parametrize(("rows", "cols", "kv", "n_rep", "hd", "cached", "own"), CHUNKED)
+def test_chunked_attention_ledgers_agree_in_estimate_mode(rows, cols, kv, n_rep, hd, cached, own):
+    heads = head_layout(kv, n_rep, hd, cols)
+    functional = _chunked(rows, cols, heads, cached, own).expanded()
+    estimate = _chunked(rows, cols, heads, cached, own, mode=Mode.ESTIMATE).expanded()
+    assert functional == estimate
+
+
+def test_chunked_attention_equals_the_whole_prompts_causal_attention():
+    """The dense oracle: chunk 1's output against chunks 0 and 1 equals the rows of the
+    unchunked prefill attention over the whole prompt."""
+    rows, cols, cached, own = 3, 4, 6, 5
+    heads = head_layout(2, 2, 8, cols)
+    g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
+    torch.manual_seed(0)
+    total = cached + own
+    host = {"q": torch.randn(total, cols * g * n * h), "k": torch.randn(total, cols * g * h)}
+    host["v"] = torch.randn(total, cols * g * h)
+    mesh = Mesh(DEVICE, rows, cols)
+
+    def place(name: str, lo: int, hi: int):
+        data = host[name][lo:hi]
+        return mesh.scatter(data, Layout(tuple(data.shape), y_dim=0, x_dim=1), name)
+
+    whole = prefill_attention(
+        mesh,
+        q=place("q", 0, total),
+        k=place("k", 0, total),
+        v=place("v", 0, total),
+        heads=heads,
+        length=total,
+        sliding_window=4,
+        ledger=Ledger(),
+    )
+    chunks = [
+        KeyChunk(k=place("k", lo, hi), v=place("v", lo, hi), start=lo, length=hi - lo)
+        for lo, hi in ((0, cached), (cached, total))
+    ]
+    part = cached_prefill_attention(
+        mesh,
+        q=place("q", cached, total),
+        query_start=cached,
+        query_length=own,
+        keys=chunks,
+        heads=heads,
+        sliding_window=4,
+        ledger=Ledger(),
+    )
+    torch.testing.assert_close(mesh.gather(part), mesh.gather(whole)[cached:], rtol=1e-5, atol=1e-5)
 
 
 # ---- decode --------------------------------------------------------------------------------

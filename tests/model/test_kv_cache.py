@@ -131,3 +131,63 @@ def test_the_store_charges_its_full_capacity_to_sram():
     assert store.mesh.sram.live_bytes_max == 2 * 2 * 8 * 2
     store.free()
     assert store.mesh.sram.live_bytes_max == 0
+
+
+# ---- sliding-window eviction -----------------------------------------------------------------
+@pytest.mark.parametrize(("rows", "window", "prompt"), [(3, 5, 4), (3, 5, 9), (2, 4, 4), (4, 6, 1)])
+def test_a_windowed_shift_cache_keeps_the_last_window_in_order_and_evicts_the_oldest(
+    rows, window, prompt
+):
+    store = _store(Mode.FUNCTIONAL, rows=rows)
+    k = torch.arange(prompt, dtype=torch.float32)[:, None].expand(prompt, 4)  # k = position
+    counts = RowCounts.balanced(KvPolicy.SHIFT, rows, 8, prompt, window)
+    assert counts.total == min(prompt, window) and counts.end == prompt
+    store.fill(0, k, k + 100, counts)
+    for position in range(prompt, prompt + 12):
+        append = counts.plan_append()
+        assert append.evict == (counts.total == window)
+        new = torch.full((rows, 2, 1, 2), float(position))
+        store.write(0, new, new + 100, append, counts, Ledger())
+        counts.commit(append)
+        assert counts.end == position + 1 and counts.total == min(position + 1, window)
+        assert counts.counts.max() - counts.counts.min() <= 1
+        assert np.all(np.diff(counts.counts) <= 0)  # never increasing southwards
+        width = int(counts.counts.max())
+        k_win, v_win = store.window(0, width)
+        filled = counts.slot_mask(counts.counts, width)
+        held = counts.slot_positions(counts.counts, width)[filled]
+        # the last min(position + 1, window) positions, oldest first along the rows
+        expected = np.arange(position + 1 - counts.total, position + 1)
+        assert np.array_equal(held, expected)
+        assert torch.equal(
+            k_win[:, 0, 0, 0][torch.as_tensor(filled)],
+            torch.as_tensor(expected, dtype=torch.float32),
+        )
+        assert torch.equal(
+            v_win[:, 1, 0, :, 1][torch.as_tensor(filled)],
+            torch.as_tensor(expected + 100, dtype=torch.float32),
+        )
+
+
+def test_an_eviction_shifts_every_row_but_the_first_one_hop_north():
+    store = _store(Mode.ESTIMATE, rows=4)
+    counts = RowCounts(KvPolicy.SHIFT, 4, 8, np.array([2, 2, 1, 1]), window=6, evicted=3)
+    append = counts.plan_append()
+    assert append.evict and list(append.senders) == [1, 2, 3]
+    ledger = Ledger()
+    tile = torch.empty((4, 2, 1, 2), device="meta")
+    store.write(0, tile, tile, append, counts, ledger)
+    (record,) = ledger.records
+    nbytes = 2 * 2 * tiny().storage_bytes  # k and v, 2 slots each
+    assert record.critical_hops == 1 and record.bytes_injected == 3 * 2 * nbytes
+    counts.commit(append)
+    assert list(counts.counts) == [2, 2, 1, 1] and counts.evicted == 4
+
+
+def test_a_window_bounds_the_shift_cache_by_the_trained_context_not_by_sram():
+    limits = {"window": 6, "max_positions": 100}
+    assert kv_capacity_tokens(KvPolicy.SHIFT, 2, 3, 40, **limits) == 100
+    assert max_new_tokens(KvPolicy.SHIFT, 2, 3, 40, **limits) == 61
+    # a window wider than the cache cannot evict before it is full; concat never evicts
+    assert kv_capacity_tokens(KvPolicy.SHIFT, 2, 2, 4, **limits) == 4
+    assert kv_capacity_tokens(KvPolicy.CONCAT, 2, 3, 4, **limits) == 5

@@ -12,6 +12,7 @@ it. This module only coerces arguments and assembles the report; the costing is 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -366,6 +367,7 @@ def _result(
     energy = event_energy(device, totals, total_s, num_devices=setup.num_devices)
     metrics = dataclasses.replace(metrics, energy_j=energy.total_j)
     capacity, room = whole_model_capacity(setup, cost.prefill_grid, cost.decode_grid, prompt_len)
+    _warn_chunks(cost, prompt_len)
     breakdown = {
         **_breakdown(setup, cost, placements, search, output_len),
         "energy": energy.to_dict(),
@@ -396,6 +398,21 @@ def _result(
         search=search,
         extrapolated=per_layer,
         ledgers=cost,
+    )
+
+
+def _warn_chunks(cost: RequestCost, prompt_len: int) -> None:
+    """Say when the prompt was prefilled in chunks (breakdown.prefill.chunk_tokens)."""
+    chunk = cost.prefill_chunk_tokens
+    if chunk is None:
+        return
+    rows, cols = cost.prefill_grid
+    warnings.warn(
+        f"the {prompt_len}-token prompt does not fit the {rows}x{cols} prefill plan at once "
+        f"(at most {cost.model.max_prompt_tokens} tokens): it is prefilled in "
+        f"{math.ceil(prompt_len / chunk)} chunks of {chunk} tokens, each attending to the "
+        "cached keys of the earlier ones (chunked prefill)",
+        stacklevel=2,
     )
 
 
@@ -435,6 +452,8 @@ def _breakdown(
         )
     # layer-level ops are named layer/<op>: group two levels deep to show them
     out["prefill"] = _phase_summary(device, cost.prefill.ledger, depth=2)
+    if cost.prefill_chunk_tokens is not None:  # a prompt longer than the plan holds at once
+        out["prefill"]["chunk_tokens"] = cost.prefill_chunk_tokens
     out["transition"] = _phase_summary(device, cost.transition, depth=2)
     out["decode"] = {
         **_phase_summary(device, cost.decode.ledger, depth=2),

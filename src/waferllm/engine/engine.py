@@ -57,6 +57,10 @@ class GenerativeModel(Protocol):
         """The longest prompt the prefill plan's SRAM holds."""
         ...
 
+    def can_prefill(self, prompt_len: int) -> bool:
+        """Whether the prefill plan holds such a prompt, at once or in chunks."""
+        ...
+
     @property
     def max_position_embeddings(self) -> int:
         """The longest sequence the model was trained for (its config's field)."""
@@ -207,11 +211,11 @@ class Engine:
                 f"{len(ids) + params.max_tokens - 1} positions, more than the model's "
                 f"max_position_embeddings={positions}; shorten the prompt or lower max_tokens"
             )
-        if len(ids) > self.model.max_prompt_tokens:
+        if not self.model.can_prefill(len(ids)):  # neither at once nor in chunks
             raise RequestError(
                 f"the prompt has {len(ids)} tokens but the prefill plan holds at most "
-                f"{self.model.max_prompt_tokens} in SRAM; use a larger prefill grid or a "
-                "shorter prompt"
+                f"{self.model.max_prompt_tokens} in SRAM at once and cannot hold its KV cache "
+                "in chunks; use a larger prefill grid or a shorter prompt"
             )
         room = self.model.max_new_tokens(len(ids))
         if room < 1:

@@ -10,6 +10,7 @@ bytes per core / (its layers' KV bytes per slot + one score per head). No walks 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from waferllm.errors import WaferError
 from waferllm.estimate.cost import Grid, Setup
 from waferllm.model.budget import vocab_bytes
 from waferllm.model.config import ModelConfig
-from waferllm.model.kv_cache import KvPolicy, kv_capacity_tokens, max_new_tokens
+from waferllm.model.kv_cache import KvPolicy, evicts, kv_capacity_tokens, max_new_tokens
 from waferllm.model.placement import (
     Phase,
     PlacementMode,
@@ -124,19 +125,7 @@ def whole_model_capacity(
         )
         none = KvCapacity(shift=None, concat=None, reason=reason)
         return none, none
-    best: dict[str, list[int]] = {"capacity": [], "room": []}
-    for policy in (KvPolicy.SHIFT, KvPolicy.CONCAT):
-        best["capacity"].append(
-            max(kv_capacity_tokens(policy, t.grid[0], t.slots, prompt_len) for t in tilings)
-        )
-        best["room"].append(
-            max(max_new_tokens(policy, t.grid[0], t.slots, prompt_len) for t in tilings)
-        )
-    capacity, room = best["capacity"], best["room"]
-    return (
-        KvCapacity(shift=capacity[0], concat=capacity[1]),
-        KvCapacity(shift=room[0], concat=room[1]),
-    )
+    return _capacities(setup.config, [(t.grid[0], t.slots) for t in tilings], prompt_len)
 
 
 def _fit_plan_capacity(
@@ -161,17 +150,38 @@ def _fit_plan_capacity(
         reason = f"the whole model does not fit {where} (fit): {exc}"
         none = KvCapacity(shift=None, concat=None, reason=reason)
         return none, none
-    rows, slots = plan.decode.grid[0], plan.kv_slots
+    return _capacities(setup.config, [(plan.decode.grid[0], plan.kv_slots)], prompt_len)
+
+
+def _capacities(
+    config: ModelConfig, caches: list[tuple[int, int]], prompt_len: int
+) -> tuple[KvCapacity, KvCapacity]:
+    """(kv_capacity_tokens, max_new_tokens) of both policies, the best of `caches` (rows,
+    slots per row). A sliding window evicts older keys under the shift policy: a cache that
+    holds a whole window is bounded by the trained context instead (warned)."""
+    limits = {"window": config.sliding_window, "max_positions": config.max_position_embeddings}
     shift, concat = KvPolicy.SHIFT, KvPolicy.CONCAT
+    evicting = [(r, s) for r, s in caches if evicts(shift, r, s, config.sliding_window)]
+    if evicting:
+        rows, slots = evicting[0]
+        warnings.warn(
+            f"{config.name}'s sliding window ({config.sliding_window} tokens) evicts older keys "
+            f"from the shift KV cache, which holds a whole window ({rows * slots} tokens fit): "
+            "its capacity is the trained context (max_position_embeddings), not SRAM",
+            stacklevel=3,
+        )
+    best: dict[str, list[int]] = {"capacity": [], "room": []}
+    for policy in (shift, concat):
+        best["capacity"].append(
+            max(kv_capacity_tokens(policy, r, s, prompt_len, **limits) for r, s in caches)
+        )
+        best["room"].append(
+            max(max_new_tokens(policy, r, s, prompt_len, **limits) for r, s in caches)
+        )
+    capacity, room = best["capacity"], best["room"]
     return (
-        KvCapacity(
-            shift=kv_capacity_tokens(shift, rows, slots, prompt_len),
-            concat=kv_capacity_tokens(concat, rows, slots, prompt_len),
-        ),
-        KvCapacity(
-            shift=max_new_tokens(shift, rows, slots, prompt_len),
-            concat=max_new_tokens(concat, rows, slots, prompt_len),
-        ),
+        KvCapacity(shift=capacity[0], concat=capacity[1]),
+        KvCapacity(shift=room[0], concat=room[1]),
     )
 
 

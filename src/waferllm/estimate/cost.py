@@ -21,6 +21,7 @@ from waferllm.errors import WaferError
 from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.geometry import split_sizes
 from waferllm.mesh.virtual import Mode
+from waferllm.model.chunked import chunk_candidates
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import Append, KvCacheFullError, KvPolicy, RowCounts, admit
 from waferllm.model.layers import LayerLedgers
@@ -52,6 +53,7 @@ class RequestCost:
 
     prefill_grid: Grid
     decode_grid: Grid
+    prefill_chunk_tokens: int | None  # the prompt's chunks (None: prefilled in one piece)
     prefill: PhaseLedger  # TTFT: prefill, final norm, LM head, the first token's argmax
     transition: Ledger
     decode: PhaseLedger  # the O-1 decode steps, identical steps grouped by count
@@ -86,6 +88,7 @@ class CostModel:
         self._models: dict[tuple[Grid, Grid, int], MeshTransformer] = {}
         self._walks: dict[tuple[Grid, Grid, int], DecodeWalks] = {}
         self._phases: dict[tuple, PhaseLedger] = {}
+        self._chunks: dict[tuple, int | None] = {}
         self._transitions: dict[tuple, Ledger] = {}
 
     def model(self, prefill_grid: Grid, decode_grid: Grid, batch: int = 1) -> MeshTransformer:
@@ -115,6 +118,10 @@ class CostModel:
             self._walks[key] = DecodeWalks(model, batch=batch)
         return self._walks[key]
 
+    @staticmethod
+    def _grids(model: MeshTransformer) -> tuple[Grid, Grid]:
+        return model.plan.prefill.grid, model.plan.decode.grid
+
     def _key(self, model: MeshTransformer, phase: Phase, *request: int) -> tuple:
         grids = (model.plan.prefill.grid, model.plan.decode.grid)
         if self.setup.resident is ResidentLayouts.ONE:
@@ -122,23 +129,48 @@ class CostModel:
         return (phase, *grids, *request)
 
     def prefill(self, model: MeshTransformer, prompt_len: int) -> PhaseLedger:
-        """TTFT's ledger (prefill, final norm, LM head, the first token's argmax)."""
+        """TTFT's ledger (prefill, final norm, LM head, the first token's argmax); a prompt
+        the plan cannot hold at once: the fastest of the candidate chunk sizes."""
         key = self._key(model, Phase.PREFILL, prompt_len)
         if key not in self._phases:
-            ledger = Ledger()
-            model.prefill([0] * prompt_len, ledger)
-            self._phases[key] = _phase_cost(model, Phase.PREFILL, ledger)
+            if prompt_len <= model.max_prompt_tokens:
+                self._phases[key] = self._prefill_walk(model, prompt_len, None)
+                self._chunks[key] = None
+            else:
+                self._phases[key], self._chunks[key] = self._best_chunk(model, prompt_len)
         return self._phases[key]
+
+    def prefill_chunk(self, model: MeshTransformer, prompt_len: int) -> int | None:
+        """The chunk size `prefill` priced the prompt with (None: one piece)."""
+        self.prefill(model, prompt_len)
+        return self._chunks[self._key(model, Phase.PREFILL, prompt_len)]
+
+    def _best_chunk(self, model: MeshTransformer, prompt_len: int) -> tuple[PhaseLedger, int]:
+        """The fastest chunked prefill over the candidate chunk sizes (the grid search
+        considers them for every prefill grid); raises the plan's error when none fits."""
+        candidates = chunk_candidates(model.plan, prompt_len)
+        if not candidates:
+            model.default_chunk_tokens(prompt_len)  # raises, naming what is needed
+        priced = [(self._prefill_walk(model, prompt_len, c), c) for c in candidates]
+        return min(priced, key=lambda item: item[0].latency_cycles)
+
+    def _prefill_walk(
+        self, model: MeshTransformer, prompt_len: int, chunk_tokens: int | None
+    ) -> PhaseLedger:
+        ledger = Ledger()
+        model.prefill([0] * prompt_len, ledger, chunk_tokens=chunk_tokens)
+        return _phase_cost(model, Phase.PREFILL, ledger)
 
     def transition(self, model: MeshTransformer, prompt_len: int, batch: int = 1) -> Ledger:
         """The re-layouts between the plans after `batch` prompts of `prompt_len` (both grids
-        matter): every sequence's KV cache, the weights once."""
+        matter): every sequence's KV cache (from its prefill chunks), the weights once."""
         key = (model.plan.prefill.grid, model.plan.decode.grid, prompt_len, batch)
         if key not in self._transitions:
             ledger = Ledger()
             share = model.kv_budget.equal_share(batch)
             counts = model.handoff_counts(prompt_len, slots=share)
-            model.charge_transition([counts] * batch, ledger)
+            chunk = self.prefill_chunk(self.model(*self._grids(model)), prompt_len)
+            model.charge_transition([counts] * batch, ledger, chunk_tokens=[chunk] * batch)
             self._transitions[key] = ledger
         return self._transitions[key]
 
@@ -146,10 +178,20 @@ class CostModel:
         self, model: MeshTransformer, prompt_len: int, output_len: int, batch: int = 1
     ) -> None:
         """Raise unless the KV cache holds the request (`prompt_len + output_len - 1`), for
-        each of `batch` sequences in an equal share of the slots (admission by KV capacity)."""
+        each of `batch` sequences in an equal share of the slots (admission by KV capacity);
+        a cache that evicts beyond a sliding window holds any request."""
         if batch > 1:
             context = prompt_len + output_len - 1
-            admit(model.kv_policy, model.kv_budget, [prompt_len] * batch, [context] * batch)
+            window = model.config.sliding_window
+            admit(
+                model.kv_policy,
+                model.kv_budget,
+                [prompt_len] * batch,
+                [context] * batch,
+                window=window,
+            )
+            return
+        if model.evicts():
             return
         room = model.max_new_tokens(prompt_len)
         if output_len > room:
@@ -191,10 +233,12 @@ class CostModel:
             )
         model = self.model(prefill_grid, decode_grid, batch)
         self.check_room(model, prompt_len, output_len, batch)
+        single = self.model(prefill_grid, decode_grid)  # prompts are prefilled one at a time
         return RequestCost(
             prefill_grid=prefill_grid,
             decode_grid=decode_grid,
-            prefill=self.prefill(self.model(prefill_grid, decode_grid), prompt_len),
+            prefill_chunk_tokens=self.prefill_chunk(single, prompt_len),
+            prefill=self.prefill(single, prompt_len),
             transition=self.transition(model, prompt_len, batch),
             decode=self.decode(model, prompt_len, output_len, batch),
             model=model,
@@ -281,7 +325,8 @@ class DecodeWalks:
         rows, slots = model.plan.decode.grid[0], self.share
         before = context_len - 1
         if model.kv_policy is KvPolicy.SHIFT or prompt_len is None:
-            counts = RowCounts.balanced(model.kv_policy, rows, slots, before)
+            window = model.config.sliding_window  # evicting: the last window held
+            counts = RowCounts.balanced(model.kv_policy, rows, slots, before, window)
         else:
             counts = RowCounts.balanced(model.kv_policy, rows, slots, prompt_len)
             counts.counts[-1] += before - prompt_len
@@ -357,8 +402,9 @@ def _step_shapes(
 
 def _balanced_shift(counts: RowCounts, output_len: int) -> bool:
     """Whether `counts` is a shift-policy cache balanced as `RowCounts.balanced` leaves it
-    (the hand-off's state) and holds the request's O-1 steps without filling up."""
-    if counts.policy is not KvPolicy.SHIFT:
+    (the hand-off's state) and holds the request's O-1 steps without filling up; an evicting
+    cache (sliding window) steps instead: its appends stop growing once the window is full."""
+    if counts.policy is not KvPolicy.SHIFT or counts.window is not None:
         return False
     rows, total = counts.rows, counts.total
     if total + output_len - 1 > rows * counts.slots:

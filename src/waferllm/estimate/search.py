@@ -10,8 +10,10 @@ its own grid only; the walks are cached per grid by `CostModel`), then the tilin
 (`_PhaseSweep.run_tilings`); decode is ranked there by its first and last steps (see
 `_Search._decode_cycles`). Stage 2 prices pairs of the best grids exactly, transition
 included (it depends on both grids), in order of TTFT + decode time, stopping once that bound
-exceeds the best full objective. Functional runs without grids take `default_grids`: the
-smallest squares that hold the model, from byte counts.
+exceeds the best full objective. A prompt longer than a prefill grid's plan holds at once is
+priced there in chunks, at the fastest of the candidate chunk sizes (`CostModel.prefill`), so
+the search weighs chunk sizes with grids. Functional runs without grids take `default_grids`:
+the smallest squares that hold the model, from byte counts.
 """
 
 from __future__ import annotations

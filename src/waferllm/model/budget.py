@@ -59,11 +59,15 @@ def prefill_need_bytes(
     head_chunk: int,
     apart: VocabApart | None,
     stored: StoredDtype = StoredDtype.FLOAT16,
+    kept: int = 1,
+    attention_extra_bytes: int = 0,
 ) -> int:
     """The most any core of the prefill plan holds for a prompt of `length` tokens (the walk's
     peak, `scratch.prefill_scratch`): a region's weights and the k/v its layers keep, plus the
     peak of its layers' walk (the layers before the walked one keep their k/v) or, on the last
-    region, of the head; the vocabulary tables where they live (`apart`: regions of their own)."""
+    region, of the head; the vocabulary tables where they live (`apart`: regions of their own).
+    A chunk of a chunked prefill (`chunked.py`): `length` is the chunk's, every layer keeps
+    `kept` k/v chunks (its own included) and attention adds `attention_extra_bytes`."""
     rows, cols = regions.grid
     s = prefill_scratch(config, rows, cols, sb, length, head_chunk=head_chunk, stored=stored)
     last = len(regions.regions) - 1
@@ -71,10 +75,10 @@ def prefill_need_bytes(
     for i, region in enumerate(regions.regions):
         n = len(region.layers)
         used = n * fp.layer + fp.reserve + (fp.first if i == 0 else 0)
-        peak = (n - 1) * s.kv + s.layer
+        peak = (n * kept - 1) * s.kv + s.layer + attention_extra_bytes
         if i == last and apart is None:
             used += fp.last
-            peak = max(peak, n * s.kv + s.head)
+            peak = max(peak, n * kept * s.kv + s.head)
         need = max(need, used + peak)
     if apart is not None:
         lt_d = math.ceil(length / rows) * math.ceil(config.hidden_size / cols)

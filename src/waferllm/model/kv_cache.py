@@ -9,8 +9,11 @@ slots (`slots_needed`, `admit`), its own tiles and its own shifts; the SRAM is o
 A new token's k and v arrive replicated along Y (the QKV allreduce's broadcast), so any row can
 take them. Shift: they enter the last row while rows r0+1..R-1 pass their oldest entry one hop
 north, keeping per-row counts non-increasing southwards and within one of each other. Concat:
-the last row takes every new token. The hand-off from prefill rebalances the rows. A sliding
-window is applied by the attention mask; the cache keeps older positions (no eviction).
+the last row takes every new token. The hand-off from prefill rebalances the rows. With a
+sliding window W the shift cache evicts: it keeps the last W positions (the next token attends
+W - 1 of them and itself), and once it holds W every append cascades one hop north through the
+filled rows while row 0 drops its oldest entry, so the counts stay put and capacity is bounded
+by the window, not by SRAM. The concat baseline keeps every position (the window is a mask).
 Legend: R rows, C columns, S slots per row, G kv heads per column, H head-dim slots per column.
 """
 
@@ -43,25 +46,65 @@ class KvCacheFullError(WaferError):
 
 
 # ---- capacity ----------------------------------------------------------------------------------
-def kv_capacity_tokens(policy: KvPolicy, rows: int, slots: int, prompt_len: int) -> int:
-    """Largest total context (prompt + tokens fed back) the cache holds after this prompt."""
+def evicts(policy: KvPolicy, rows: int, slots: int, window: int | None) -> bool:
+    """Whether the cache evicts keys older than `window`: the shift policy with room for a
+    whole window. Such a cache never fills (its capacity is the model's context, not SRAM)."""
+    return window is not None and policy is KvPolicy.SHIFT and window <= rows * slots
+
+
+def kv_capacity_tokens(
+    policy: KvPolicy,
+    rows: int,
+    slots: int,
+    prompt_len: int,
+    *,
+    window: int | None = None,
+    max_positions: int | None = None,
+) -> int:
+    """Largest total context (prompt + tokens fed back) the cache holds after this prompt; a
+    cache that evicts beyond the sliding `window` never fills: the model's trained context
+    (`max_positions`) bounds it instead."""
+    if evicts(policy, rows, slots, window):
+        assert max_positions is not None, "an evicting cache is bounded by the trained context"
+        return max_positions
     if policy is KvPolicy.SHIFT:
         return rows * slots
     # concat: the hand-off balances the prompt; the last row holds floor(L / R) of it
     return prompt_len + slots - prompt_len // rows
 
 
-def max_new_tokens(policy: KvPolicy, rows: int, slots: int, prompt_len: int) -> int:
+def max_new_tokens(
+    policy: KvPolicy,
+    rows: int,
+    slots: int,
+    prompt_len: int,
+    *,
+    window: int | None = None,
+    max_positions: int | None = None,
+) -> int:
     """Tokens that can be generated after the prompt: the first needs no slot, every later one
     feeds its predecessor back into the cache. 0 when the prompt itself does not fit."""
-    if prompt_len > rows * slots:
+    limits = {"window": window, "max_positions": max_positions}
+    capacity = kv_capacity_tokens(policy, rows, slots, prompt_len, **limits)
+    if not evicts(policy, rows, slots, window) and prompt_len > rows * slots:
         return 0
-    return kv_capacity_tokens(policy, rows, slots, prompt_len) - prompt_len + 1
+    return max(capacity - prompt_len + 1, 0)
 
 
-def slots_needed(policy: KvPolicy, rows: int, prompt_len: int, context_tokens: int) -> int:
+def slots_needed(
+    policy: KvPolicy,
+    rows: int,
+    prompt_len: int,
+    context_tokens: int,
+    *,
+    window: int | None = None,
+) -> int:
     """Fewest slots per row that hold a sequence whose prompt of `prompt_len` tokens grows to
-    `context_tokens` cached positions (the inverse of `kv_capacity_tokens`)."""
+    `context_tokens` cached positions (the inverse of `kv_capacity_tokens`). Under a sliding
+    `window` the shift cache keeps at most the last `window` positions (a share that holds a
+    whole window evicts, `evicts`)."""
+    if window is not None and policy is KvPolicy.SHIFT:
+        prompt_len, context_tokens = min(prompt_len, window), min(context_tokens, window)
     balanced = -(-prompt_len // rows)  # the hand-off's fullest row
     if policy is KvPolicy.SHIFT:
         return max(balanced, -(-context_tokens // rows), 1)
@@ -103,13 +146,20 @@ class KvBudget:
 
 
 def admit(
-    policy: KvPolicy, budget: KvBudget, prompt_lens: list[int], context_tokens: list[int]
+    policy: KvPolicy,
+    budget: KvBudget,
+    prompt_lens: list[int],
+    context_tokens: list[int],
+    *,
+    window: int | None = None,
 ) -> list[int]:
-    """Each sequence's share of the slots per row (its `slots_needed`); KvCacheFullError when
-    the batch does not fit together (admission by KV capacity, `KvBudget.fits`)."""
+    """Each sequence's share of the slots per row (its `slots_needed`, under a sliding
+    `window`); KvCacheFullError when the batch does not fit together (admission by KV
+    capacity, `KvBudget.fits`)."""
     rows = budget.rows
     shares = [
-        slots_needed(policy, rows, p, c) for p, c in zip(prompt_lens, context_tokens, strict=True)
+        slots_needed(policy, rows, p, c, window=window)
+        for p, c in zip(prompt_lens, context_tokens, strict=True)
     ]
     if not budget.fits(shares):
         raise KvCacheFullError(
@@ -132,30 +182,60 @@ class Append:
     target: int
     senders: range
     counts_after: np.ndarray
+    evict: bool = False  # row 0 drops its oldest entry (the window is full): counts unchanged
 
 
 class RowCounts:
-    """Per-row position counts of a cache with `rows` rows of `slots` slots."""
+    """Per-row position counts of a cache with `rows` rows of `slots` slots; `window` the
+    sliding window when the cache evicts (`evicts`), `evicted` the positions dropped before
+    row 0's slot 0."""
 
-    def __init__(self, policy: KvPolicy, rows: int, slots: int, counts: np.ndarray) -> None:
+    def __init__(
+        self,
+        policy: KvPolicy,
+        rows: int,
+        slots: int,
+        counts: np.ndarray,
+        *,
+        window: int | None = None,
+        evicted: int = 0,
+    ) -> None:
         self.policy = policy
         self.rows = rows
         self.slots = slots
         self.counts = np.asarray(counts, dtype=np.int64).copy()
+        self.window = window if evicts(policy, rows, slots, window) else None
+        self.evicted = evicted
 
     @classmethod
-    def balanced(cls, policy: KvPolicy, rows: int, slots: int, total: int) -> RowCounts:
-        """`total` positions over the rows, the larger counts north (the hand-off's state)."""
-        if total > rows * slots:
+    def balanced(
+        cls, policy: KvPolicy, rows: int, slots: int, total: int, window: int | None = None
+    ) -> RowCounts:
+        """The state after `total` positions: the kept ones (the last `window` when the cache
+        evicts) over the rows, the larger counts north (the hand-off's state)."""
+        kept = (
+            min(total, window)
+            if window is not None and evicts(policy, rows, slots, window)
+            else total
+        )
+        if kept > rows * slots:
             raise KvCacheFullError(
                 f"{total} positions do not fit a KV cache of {rows} rows x {slots} slots "
                 f"({rows * slots} tokens); use a larger decode grid or a shorter prompt"
             )
-        return cls(policy, rows, slots, split_sizes(total, rows))
+        return cls(
+            policy, rows, slots, split_sizes(kept, rows), window=window, evicted=total - kept
+        )
 
     @property
     def total(self) -> int:
+        """Positions held."""
         return int(self.counts.sum())
+
+    @property
+    def end(self) -> int:
+        """Positions seen (held and evicted): the position of the next token."""
+        return self.evicted + self.total
 
     @property
     def starts(self) -> np.ndarray:
@@ -165,6 +245,13 @@ class RowCounts:
     def plan_append(self) -> Append:
         n = self.counts
         last = self.rows - 1
+        if self.window is not None and self.total >= self.window:
+            # every filled row passes its oldest entry north, row 0 drops its own, the
+            # southernmost filled row takes the new token (replicated along Y)
+            tail = int(np.flatnonzero(n)[-1])
+            return Append(
+                target=tail, senders=range(1, tail + 1), counts_after=n.copy(), evict=True
+            )
         if self.policy is KvPolicy.CONCAT:
             target, senders = last, range(0)
         else:
@@ -184,18 +271,32 @@ class RowCounts:
         return Append(target=target, senders=senders, counts_after=after)
 
     def copy(self) -> RowCounts:
-        return RowCounts(self.policy, self.rows, self.slots, self.counts)
+        return RowCounts(
+            self.policy,
+            self.rows,
+            self.slots,
+            self.counts,
+            window=self.window,
+            evicted=self.evicted,
+        )
 
     def commit(self, append: Append) -> None:
         self.counts = append.counts_after.copy()
+        self.evicted += int(append.evict)
 
     def slot_mask(self, counts: np.ndarray, width: int) -> np.ndarray:
         """(R, width): which of the first `width` slots of each row hold a position."""
         return np.arange(width)[None, :] < counts[:, None]
 
     def slot_positions(self, counts: np.ndarray, width: int) -> np.ndarray:
-        """(R, width): the position held by each slot (meaningless where masked)."""
-        return (np.cumsum(counts) - counts)[:, None] + np.arange(width)[None, :]
+        """(R, width): the position held by each slot of rows holding `counts` (meaningless
+        where masked)."""
+        return self.evicted + (np.cumsum(counts) - counts)[:, None] + np.arange(width)[None, :]
+
+    def positions_after(self, append: Append, width: int) -> np.ndarray:
+        """(R, width): `slot_positions` once `append` is committed (an eviction moves every
+        slot one position on)."""
+        return int(append.evict) + self.slot_positions(append.counts_after, width)
 
 
 # ---- tiles -------------------------------------------------------------------------------------
@@ -286,7 +387,8 @@ class KvStore:
         *,
         seq: int = 0,
     ) -> None:
-        """Place logical k, v [L, Hkv*hd] (position order) into the rows given by `counts`."""
+        """Place logical k, v [L, Hkv*hd] (position order) into the rows given by `counts`: its
+        last `counts.total` positions (the older ones are evicted under a sliding window)."""
         if self.mesh.mode is Mode.ESTIMATE:
             return
         rows, cols = self.mesh.shape
@@ -300,7 +402,8 @@ class KvStore:
         index = self.heads.kv_index()
         tiles = []
         for host in (k_host, v_host):
-            feats = gather_rows(host.T, index).T  # [L, C*G*H]
+            kept = host[host.shape[0] - counts.total :]
+            feats = gather_rows(kept.T, index).T  # [total, C*G*H]
             buf = feats.new_zeros(rows * s, cols * g * h)
             buf[torch.as_tensor(row * s + slot)] = feats
             tile = buf.reshape(rows, s, cols, g, h).to(
@@ -336,9 +439,14 @@ class KvStore:
             )
         if self.mesh.mode is Mode.ESTIMATE:
             return
+        k_new, v_new = quantise_kv_tile(k_new, self.stored), quantise_kv_tile(v_new, self.stored)
+        if append.evict:
+            self._ensure(int(counts.counts.max()), seq)
+            _evict_insert(self.k[seq, layer], k_new, append, counts.counts)
+            _evict_insert(self.v[seq, layer].transpose(-1, -2), v_new, append, counts.counts)
+            return
         n = int(counts.counts[append.target])
         self._ensure(n + 1, seq)
-        k_new, v_new = quantise_kv_tile(k_new, self.stored), quantise_kv_tile(v_new, self.stored)
         _insert(self.k[seq, layer], k_new, append, n)
         _insert(self.v[seq, layer].transpose(-1, -2), v_new, append, n)
 
@@ -397,3 +505,16 @@ def _listed(values: list[int], limit: int = 8) -> str:
     """The first `limit` values, then how many more: an error message stays one short line."""
     shown = ", ".join(map(str, values[:limit]))
     return shown if len(values) <= limit else f"{shown}, ... {len(values) - limit} more"
+
+
+def _evict_insert(
+    data: torch.Tensor, new: torch.Tensor, append: Append, counts: np.ndarray
+) -> None:
+    """In place on (R, C, G, H, S) tiles of a full window: rows 0..target drop their slot 0
+    (row 0's is evicted) and append at slot n_r - 1 what arrives from the south (the target
+    row: the new token). Counts are unchanged."""
+    tail = append.target
+    incoming = torch.cat([data[1 : tail + 1, ..., 0].clone(), new[tail : tail + 1].to(data.dtype)])
+    data[: tail + 1, ..., :-1] = data[: tail + 1, ..., 1:].clone()
+    rows = torch.arange(tail + 1)
+    data[rows, ..., torch.as_tensor(counts[: tail + 1] - 1)] = incoming

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -85,10 +85,21 @@ def gemm_operand(mesh: Mesh, x: DistTensor, ledger: Ledger, op: str) -> DistTens
 
 
 # ---- prefill (L_y E_x) -------------------------------------------------------------------------
+# attention of a prefill chunk against cached keys: (q, k, v, ledger) -> attn in q's layout
+Attend = Callable[[DistTensor, DistTensor, DistTensor, Ledger], DistTensor]
+
+
 def prefill_layer(
-    mesh: Mesh, w: PlacedLayer, x: DistTensor, ctx: LayerContext, ledger: Ledger
+    mesh: Mesh,
+    w: PlacedLayer,
+    x: DistTensor,
+    ctx: LayerContext,
+    ledger: Ledger,
+    *,
+    attend: Attend | None = None,
 ) -> tuple[DistTensor, DistTensor, DistTensor]:
-    """x[L_y, D_x] -> (x + attn + mlp in x's buffer, this layer's k and v [L_y, kv_x])."""
+    """x[L_y, D_x] -> (x + attn + mlp in x's buffer, this layer's k and v [L_y, kv_x]).
+    `attend` replaces the whole prompt's causal attention (a chunk against cached keys)."""
     cfg = ctx.config
     with mesh.sram.scope():
         h = rms_norm(
@@ -110,7 +121,10 @@ def prefill_layer(
         q = _rope(mesh, q, ctx, ledger, "q_rope", tokens_axis=Axis.Y)
         k = _rope(mesh, k, ctx, ledger, "k_rope", tokens_axis=Axis.Y)
         with ledger.scope("attn"):
-            o = attention(mesh, q, k, v, ctx, ledger)
+            if attend is not None:
+                o = attend(q, k, v, ledger)
+            else:
+                o = attention(mesh, q, k, v, ctx, ledger)
         o = meshgemm(
             mesh, a=gemm_operand(mesh, o, ledger, "o"), b=w["wo"], ledger=ledger, op="o_proj"
         ).out
@@ -390,7 +404,7 @@ def decode_slot_mask(
     for b, (c, a) in enumerate(zip(counts, appends, strict=True)):
         rows = c.slot_mask(a.counts_after, width)
         if window is not None:
-            rows &= c.total - c.slot_positions(a.counts_after, width) < window
+            rows &= c.end - c.positions_after(a, width) < window
         keep[:, b] = rows
     mask = torch.as_tensor(keep, device=mesh.torch_device)
     return mask.reshape(mesh.rows, 1, batch, 1, 1, width)

@@ -76,12 +76,15 @@ def _blocks(size: int, parts: int) -> np.ndarray:
     return np.arange(size) // math.ceil(size / parts)
 
 
-def kv_moves(plan: ModelPlan, counts: RowCounts, *, on_device: int = 0) -> list[Move]:
+def kv_moves(
+    plan: ModelPlan, counts: RowCounts, *, on_device: int = 0, chunk_tokens: int | None = None
+) -> list[Move]:
     """K and V of every layer on device `on_device`: prefill [L_y, kv_x] on its prefill
-    region to the balanced rows and the head columns of its decode region."""
+    region (or one [T_y, kv_x] per chunk of a chunked prefill) to the balanced rows and the
+    head columns of its decode region; only the positions the cache keeps (the last ones
+    under a sliding window)."""
     (pr, pc), (dr, dc) = plan.prefill.grid, plan.decode.grid
-    length = counts.total
-    src_row = _blocks(length, pr)
+    src_row = _source_rows(counts, pr, chunk_tokens)
     dst_row = np.repeat(np.arange(dr), counts.counts)
     src_col = _feature_columns(plan, pc, "kv")
     dst_col = _feature_columns(plan, dc, "kv")
@@ -115,6 +118,18 @@ def kv_quantise_cycles(plan: ModelPlan, counts: RowCounts) -> float:
         plan.device, stored, reduced=heads.head_slots, other=heads.kv_per_tile * tokens
     )
     return 2 * layers * per_layer
+
+
+def _source_rows(counts: RowCounts, rows: int, chunk_tokens: int | None) -> np.ndarray:
+    """The prefill row of every kept position: its chunk's tokens split over the rows."""
+    end = counts.end
+    if chunk_tokens is None and counts.evicted == 0:
+        return _blocks(end, rows)
+    chunk = chunk_tokens or end
+    position = counts.evicted + np.arange(counts.total)
+    start = position // chunk * chunk
+    tile = -(-np.minimum(chunk, end - start) // rows)  # ceil(chunk length / R)
+    return (position - start) // tile
 
 
 def weight_moves(plan: ModelPlan, *, on_device: int = 0) -> list[Move]:

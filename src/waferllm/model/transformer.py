@@ -1,6 +1,7 @@
 """`MeshTransformer`: a Llama-family model resident on the virtual wafer (SPEC.md §5, §6).
 
-`prefill(token_ids, ledger)` runs the prompt with the prefill plan and selects the first token
+`prefill(token_ids, ledger)` runs the prompt with the prefill plan (in chunks against the cached
+keys when it is longer than the plan holds at once: `chunked.py`) and selects the first token
 on the mesh; `transition(ledger)` hands the KV cache (and, with one resident layout, the
 weights) to the decode plan; `decode_step(token_id, ledger)` feeds one token back. Each returns
 a `StepOutput`: the on-mesh argmax and a handle that gathers the logits to the host, charged
@@ -21,8 +22,8 @@ import numpy as np
 import torch
 
 from waferllm.device import Device
-from waferllm.errors import NonFiniteError, SramOverflowError, WaferError
-from waferllm.kernels.heads import HeadLayout
+from waferllm.errors import NonFiniteError, WaferError
+from waferllm.kernels.attention import KeyChunk
 from waferllm.mesh.comm import ReduceAlgorithm, broadcast
 from waferllm.mesh.compute import charge_inline_compute
 from waferllm.mesh.cost import Ledger, UnpricedLedger
@@ -31,8 +32,9 @@ from waferllm.mesh.relayout import concurrent_relayout_charge, hop
 from waferllm.mesh.storage import bytes_per_element, stored_bytes
 from waferllm.mesh.system_link import system_link_hop
 from waferllm.mesh.tensor import DistTensor, Layout
-from waferllm.mesh.virtual import Mesh, Mode
+from waferllm.mesh.virtual import Mode
 from waferllm.model import vocab
+from waferllm.model.chunked import chunk_candidates, default_chunk_tokens, kept_kv, prefill_chunks
 from waferllm.model.config import ModelConfig, rope_inv_freq
 from waferllm.model.kv_cache import (
     Append,
@@ -42,6 +44,7 @@ from waferllm.model.kv_cache import (
     KvStore,
     RowCounts,
     admit,
+    evicts,
     kv_capacity_tokens,
     max_new_tokens,
     slots_needed,
@@ -94,6 +97,7 @@ class _Seq:
 
     prompt_len: int
     slots: int
+    chunk_tokens: int | None = None  # its prompt's prefill chunks (None: one piece)
     counts: RowCounts | None = None
 
 
@@ -181,7 +185,7 @@ class MeshTransformer:
         self.inv_freq = rope_inv_freq(config)
         self._seqs: list[_Seq] = []  # the batch in flight
         self._stores: list[KvStore] = []  # per decode region, shared by the batch
-        self._prefill_kv: dict[int, tuple[DistTensor, DistTensor]] = {}  # the latest prompt's
+        self._prefill_kv: dict[int, list[KeyChunk]] = {}  # the latest prompt's, per chunk
         self._logits: DistTensor | None = None
 
     # ---- the engine's surface ----------------------------------------------------------------
@@ -203,33 +207,63 @@ class MeshTransformer:
 
     @property
     def max_prompt_tokens(self) -> int:
-        """The longest prompt the prefill plan's SRAM holds (an upper-bound estimate)."""
+        """The longest prompt the prefill plan's SRAM holds at once (an upper-bound estimate);
+        longer ones run in chunks (`model.chunked`)."""
         return self.plan.max_prompt_tokens
 
     @property
     def kv_slots_per_row(self) -> int:
         return self.plan.kv_slots
 
+    def evicts(self, policy: KvPolicy | None = None) -> bool:
+        """Whether the cache evicts keys older than the sliding window (and never fills)."""
+        policy = KvPolicy(policy or self.kv_policy)
+        rows = self.plan.decode.grid[0]
+        return evicts(policy, rows, self.plan.kv_slots, self.config.sliding_window)
+
     def kv_capacity_tokens(self, policy: KvPolicy | None = None, prompt_len: int = 0) -> int:
-        """Largest total context (prompt + tokens fed back) the cache holds (SPEC.md §10.4)."""
+        """Largest total context (prompt + tokens fed back) the cache holds (SPEC.md §10.4).
+        An evicting cache (sliding window) holds any context: the model's trained context
+        (max_position_embeddings) bounds it instead."""
         rows = self.plan.decode.grid[0]
         policy = KvPolicy(policy or self.kv_policy)
-        return kv_capacity_tokens(policy, rows, self.plan.kv_slots, prompt_len)
+        return kv_capacity_tokens(
+            policy, rows, self.plan.kv_slots, prompt_len, **self._window_limits()
+        )
 
     def max_new_tokens(self, prompt_len: int, policy: KvPolicy | None = None) -> int:
-        """Tokens that can be generated after a prompt of `prompt_len` before SRAM runs out."""
+        """Tokens that can be generated after a prompt of `prompt_len` before SRAM runs out
+        (an evicting cache: before the trained context ends)."""
         rows = self.plan.decode.grid[0]
-        return max_new_tokens(
-            KvPolicy(policy or self.kv_policy), rows, self.plan.kv_slots, prompt_len
-        )
+        policy = KvPolicy(policy or self.kv_policy)
+        return max_new_tokens(policy, rows, self.plan.kv_slots, prompt_len, **self._window_limits())
+
+    def _window_limits(self) -> dict[str, int | None]:
+        return {
+            "window": self.config.sliding_window,
+            "max_positions": self.config.max_position_embeddings,
+        }
+
+    def can_prefill(self, prompt_len: int) -> bool:
+        """Whether the prefill plan holds the prompt, at once or in chunks."""
+        fits = prompt_len <= self.plan.max_prompt_tokens
+        return fits or bool(chunk_candidates(self.plan, prompt_len))
+
+    def default_chunk_tokens(self, prompt_len: int) -> int:
+        """The chunk a too-long prompt runs in: the fewest equal chunks that fit the plan."""
+        return default_chunk_tokens(self.plan, prompt_len)
 
     # ---- prefill -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, token_ids: Sequence[int], ledger: Ledger) -> StepOutput:
+    def prefill(
+        self, token_ids: Sequence[int], ledger: Ledger, *, chunk_tokens: int | None = None
+    ) -> StepOutput:
         """Run the prompt with the prefill plan; the first generated token is selected on the
         mesh. Starts a new request (the previous one's cache is dropped); the sequence may use
-        the whole KV cache."""
-        return self.prefill_batch([token_ids], [ledger])[0]
+        the whole KV cache. A prompt longer than the plan holds at once runs in chunks
+        (`chunked.py`) of `chunk_tokens` (default: the fewest equal chunks that fit);
+        `chunk_tokens` forces chunks on a shorter prompt."""
+        return self.prefill_batch([token_ids], [ledger], chunk_tokens=[chunk_tokens])[0]
 
     @torch.inference_mode()
     def prefill_batch(
@@ -238,15 +272,19 @@ class MeshTransformer:
         ledgers: Sequence[Ledger],
         *,
         context_tokens: Sequence[int] | None = None,
+        chunk_tokens: Sequence[int | None] | None = None,
     ) -> list[StepOutput]:
         """Start a batch of B sequences: admit them by KV capacity (each takes its share of the
         slots for `context_tokens[b]` cached positions, prompt + fed-back tokens; default: an
         equal share each), then run each prompt through the prefill plan in turn, charged to
-        its own ledger (one prompt at a time: prefill is not batched). Each sequence's KV cache
-        moves to its decode rows before the next prompt runs (charged in `transition`)."""
+        its own ledger (one prompt at a time: prefill is not batched), in chunks of
+        `chunk_tokens[b]` where given or where the prompt is longer than the plan holds at
+        once (`prefill`). Each sequence's KV cache moves to its decode rows before the next
+        prompt runs (charged in `transition`)."""
         ids = [self._check_ids(p) for p in prompts]
         if len(ids) != len(ledgers):
             raise WaferError(f"{len(ids)} prompts but {len(ledgers)} ledgers")
+        chunks = self._chunk_sizes(ids, chunk_tokens)
         shares = self._admit([len(p) for p in ids], context_tokens)
         self._reset()
         self._ensure_stores(sum(shares))
@@ -254,9 +292,25 @@ class MeshTransformer:
         for b, (prompt, ledger) in enumerate(zip(ids, ledgers, strict=True)):
             if b:
                 self._park(b - 1)
-            outputs.append(self._prefill_one(prompt, ledger))
-            self._seqs.append(_Seq(prompt_len=len(prompt), slots=shares[b]))
+            outputs.append(self._prefill_one(prompt, ledger, chunks[b]))
+            self._seqs.append(_Seq(prompt_len=len(prompt), slots=shares[b], chunk_tokens=chunks[b]))
         return outputs
+
+    def _chunk_sizes(
+        self, ids: list[list[int]], chunk_tokens: Sequence[int | None] | None
+    ) -> list[int | None]:
+        """Each prompt's chunk (None: one piece); a prompt longer than the plan holds at once
+        takes `default_chunk_tokens` (which raises when even chunks do not fit)."""
+        given: list[int | None] = [None] * len(ids)
+        if chunk_tokens is not None:
+            given = list(chunk_tokens)
+        if len(given) != len(ids):
+            raise WaferError(f"{len(ids)} prompts but {len(given)} chunk sizes")
+        for b, prompt in enumerate(ids):
+            self._check_prompt(len(prompt))
+            if given[b] is None and len(prompt) > self.plan.max_prompt_tokens:
+                given[b] = self.default_chunk_tokens(len(prompt))
+        return given
 
     @property
     def kv_budget(self) -> KvBudget:
@@ -291,40 +345,36 @@ class MeshTransformer:
 
     def _admit(self, lengths: list[int], context_tokens: Sequence[int] | None) -> list[int]:
         """Each sequence's share of the slots per row (KvCacheFullError when the batch's KV
-        does not fit); prompts longer than the prefill plan holds raise SramOverflowError."""
-        for length in lengths:
-            self._check_prompt(length)
-        budget = self.kv_budget
-        rows = budget.rows
-        if context_tokens is None:  # an equal share each, as many positions as it holds
+        does not fit; under a sliding window a sequence needs at most the window)."""
+        budget, policy, window = self.kv_budget, self.kv_policy, self.config.sliding_window
+        if context_tokens is None:  # an equal share each, or what its prompt needs if more
             share = budget.equal_share(len(lengths))
-            context_tokens = [kv_capacity_tokens(self.kv_policy, rows, share, n) for n in lengths]
+            shares = [
+                max(share, slots_needed(policy, budget.rows, n, n, window=window)) for n in lengths
+            ]
+            if budget.fits(shares):
+                return shares
+            context_tokens = [budget.rows * s for s in shares]  # admit says what does not fit
         if len(context_tokens) != len(lengths):
             raise WaferError(f"{len(lengths)} prompts but {len(context_tokens)} context sizes")
-        return admit(self.kv_policy, budget, lengths, [int(c) for c in context_tokens])
+        contexts = [int(c) for c in context_tokens]
+        return admit(policy, budget, lengths, contexts, window=window)
 
     def _check_prompt(self, length: int) -> None:
-        if length > self.kv_capacity_tokens():
+        if not self.evicts() and length > self.kv_capacity_tokens():
             raise KvCacheFullError(
                 f"the prompt has {length} tokens but the KV cache holds at most "
                 f"{self.kv_capacity_tokens()} ({self.kv_policy.value} policy); use a larger "
                 "decode grid, more SRAM or a shorter prompt"
             )
-        if length > self.plan.max_prompt_tokens:
-            raise SramOverflowError(
-                tensor="prefill activations",
-                core=self.prefill_state.meshes[0].origin,
-                needed_bytes=self.plan.prefill_need_bytes(length),
-                available_bytes=self.device.sram_bytes_per_core,
-                hint=f"a {length}-token prompt does not fit the prefill plan; at most "
-                f"{self.plan.max_prompt_tokens} tokens fit on {self.plan.prefill.grid[0]}x"
-                f"{self.plan.prefill.grid[1]} (use a larger prefill grid: --prefill-grid, "
-                "prefill_grid= in Python; or a shorter prompt)",
-            )
 
-    def _prefill_one(self, ids: list[int], ledger: Ledger) -> StepOutput:
-        """One prompt through the prefill plan; its k and v stay on the prefill grid."""
+    def _prefill_one(self, ids: list[int], ledger: Ledger, chunk_tokens: int | None) -> StepOutput:
+        """One prompt through the prefill plan (in chunks of `chunk_tokens` when given); its
+        k and v stay on the prefill grid."""
         length = len(ids)
+        if chunk_tokens is not None:
+            x, last, self._prefill_kv = prefill_chunks(self, ids, ledger, chunk_tokens)
+            return self._head_prefill(x, last.length, ledger, position=length)
         state = self.prefill_state
         first = state.meshes[0]
         first.charge_host_io(ledger, "host.prompt_in", length)
@@ -353,17 +403,18 @@ class MeshTransformer:
             if self.mode is Mode.ESTIMATE:  # walk one layer, after the others' kept k/v (the
                 walked = region.layers[-1:]  # region's SRAM peak); they cost the same
                 for i in region.layers[:-1]:
-                    self._prefill_kv[i] = _kept_kv(mesh, heads, length, i)
+                    k, v = kept_kv(mesh, heads, length, i)
+                    self._prefill_kv[i] = [KeyChunk(k=k, v=v, start=0, length=length)]
             for j, i in enumerate(walked):
                 target = layer_ledger if (r, j) == (0, 0) else _Uncharged()
                 with target.scope("layer"):
                     x, k, v = prefill_layer(mesh, state.layers[i], x, ctx, target)
-                self._prefill_kv[i] = (k, v)
+                self._prefill_kv[i] = [KeyChunk(k=k, v=v, start=0, length=length)]
             cos.free()
             sin.free()
         ledger.extend(layer_ledger, count=self.config.num_hidden_layers)
         per_layer_hops(self.plan, x, ledger)
-        return self._head_prefill(x, length, ledger)
+        return self._head_prefill(x, length, ledger, position=length)
 
     def _enter_region(self, state: PhaseState, r: int, x: DistTensor, ledger: Ledger) -> DistTensor:
         """The residual stream from region r-1 to region r: an on-wafer hop, or the
@@ -373,8 +424,11 @@ class MeshTransformer:
             return system_link_hop(self.device, x, state.meshes[r], ledger, op=f"hop{r}")
         return hop(self.device, x, state.meshes[r], ledger, op=f"hop{r}")
 
-    def _head_prefill(self, x: DistTensor, length: int, ledger: Ledger) -> StepOutput:
-        """Final norm, LM head and argmax for the last position (`[D_x, V_y]` placement)."""
+    def _head_prefill(
+        self, x: DistTensor, length: int, ledger: Ledger, *, position: int
+    ) -> StepOutput:
+        """Final norm, LM head and argmax for the last of x's `length` positions (`[D_x, V_y]`
+        placement); `position`: the prompt's length."""
         state = self.prefill_state
         mesh = x.mesh
         lt = x.tile_shape[0]
@@ -390,7 +444,7 @@ class MeshTransformer:
         (out,) = self._select(
             logits,
             ledger,
-            positions=[length],
+            positions=[position],
             labels=["the prefill (generated token 1)"],
             algorithm=ReduceAlgorithm.RING,
         )
@@ -400,18 +454,16 @@ class MeshTransformer:
     def _park(self, b: int) -> None:
         """Sequence b's prompt KV (just prefilled) into its decode rows, rebalanced."""
         seq = self._seqs[b]
-        rows = self.plan.decode.grid[0]
-        counts = RowCounts.balanced(self.kv_policy, rows, seq.slots, seq.prompt_len)
+        counts = self.handoff_counts(seq.prompt_len, slots=seq.slots)
         pheads = heads_for(self.config, self.plan.prefill.grid[1])
         for store in self._stores:
             for i in store.layers:
-                k, v = self._prefill_kv[i]
                 if self.mode is Mode.FUNCTIONAL:
-                    store.fill(i, _logical(k, pheads), _logical(v, pheads), counts, seq=b)
-        for k, v in self._prefill_kv.values():
-            k.free()
-            v.free()
-        self._prefill_kv = {}
+                    chunks = self._prefill_kv[i]
+                    k = torch.cat([_logical(c.k, pheads) for c in chunks])
+                    v = torch.cat([_logical(c.v, pheads) for c in chunks])
+                    store.fill(i, k, v, counts, seq=b)
+        self._free_prefill_kv()
         seq.counts = counts
 
     @torch.inference_mode()
@@ -421,14 +473,17 @@ class MeshTransformer:
         if not self._prefill_kv:
             raise WaferError("transition() needs a prefill first")
         self._park(len(self._seqs) - 1)
-        self.charge_transition([seq.counts for seq in self._seqs if seq.counts], ledger)
+        seqs = [seq for seq in self._seqs if seq.counts]
+        chunks = [seq.chunk_tokens for seq in seqs]
+        self.charge_transition([s.counts for s in seqs], ledger, chunk_tokens=chunks)  # type: ignore[misc]
 
     def handoff_counts(self, prompt_len: int, *, slots: int | None = None) -> RowCounts:
         """Cached positions per decode row after a prompt of `prompt_len` (rows balanced), in
-        a share of `slots` per row (default: the whole cache)."""
-        rows = self.plan.decode.grid[0]
+        a share of `slots` per row (default: the whole cache); an evicting cache keeps the last
+        window."""
+        rows, window = self.plan.decode.grid[0], self.config.sliding_window
         share = self.plan.kv_slots if slots is None else slots
-        return RowCounts.balanced(self.kv_policy, rows, share, prompt_len)
+        return RowCounts.balanced(self.kv_policy, rows, share, prompt_len, window)
 
     def _ensure_stores(self, slots: int) -> None:
         """Every decode region's store, its SRAM sized for `slots` per row (the batch's)."""
@@ -461,18 +516,28 @@ class MeshTransformer:
         moves = [weight_moves(self.plan, on_device=d) for d in devices]
         return concurrent_relayout_charge(self.device, moves, bytes_per_element=weight_bytes)
 
-    def charge_transition(self, counts: Sequence[RowCounts], ledger: Ledger) -> None:
+    def charge_transition(
+        self,
+        counts: Sequence[RowCounts],
+        ledger: Ledger,
+        *,
+        chunk_tokens: Sequence[int | None] | None = None,
+    ) -> None:
         """The re-layouts of `transition` for sequences holding `counts` (plans and counts
-        only): each sequence's KV cache, and the weights once for the batch."""
+        only), each prefilled in chunks of `chunk_tokens[b]` (None: one piece): each
+        sequence's KV cache, and the weights once for the batch."""
         sb, storage = self.device.storage_bytes, self.plan.storage
+        chunks: list[int | None] = [None] * len(counts)
+        if chunk_tokens is not None:
+            chunks = list(chunk_tokens)
         # each device re-lays its own layers, all devices at once: the slowest one counts
         devices = range(device_count(self.plan.decode))
         with ledger.scope("transition"):
             kv_bytes = bytes_per_element(storage.kv, sb)
-            for c in counts:
+            for c, chunk in zip(counts, chunks, strict=True):
                 quantise = kv_quantise_cycles(self.plan, c)
                 charge_inline_compute(ledger, "kv_quantise", cycles=quantise)
-                kv = [kv_moves(self.plan, c, on_device=d) for d in devices]
+                kv = [kv_moves(self.plan, c, on_device=d, chunk_tokens=chunk) for d in devices]
                 kv_charge = concurrent_relayout_charge(self.device, kv, bytes_per_element=kv_bytes)
                 ledger.charge("kv", kv_charge)
             if self.plan.resident is ResidentLayouts.ONE:
@@ -529,7 +594,7 @@ class MeshTransformer:
             kv=Ledger(),
             after=Ledger(),
         )
-        positions = [c.total for c in counts]
+        positions = [c.end for c in counts]
         seqs = list(range(len(counts)))
         x = self._decode_layers([0] * len(counts), seqs, counts, records, walk_layers=walk_layers)
         self._decode_head(x, positions, records.after, [""] * len(counts))
@@ -576,7 +641,7 @@ class MeshTransformer:
         self, token_ids: list[int], seqs: list[int], counts: list[RowCounts], ledger: Ledger
     ) -> list[StepOutput]:
         """One decode step: the first layer walked and priced, its records times the layers."""
-        positions = [c.total for c in counts]
+        positions = [c.end for c in counts]
         layer, kv = Ledger(), Ledger()
         records = DecodeRecords(
             before=ledger, layer=LayerLedgers.single(layer), kv=kv, after=ledger
@@ -660,7 +725,7 @@ class MeshTransformer:
         state = self.decode_state
         mesh, region = state.meshes[r], state.regions.regions[r]
         heads = heads_for(self.config, mesh.cols)
-        positions = torch.tensor([c.total for c in step.counts])
+        positions = torch.tensor([c.end for c in step.counts])
         cos, sin = rope_tables(mesh, heads, self.inv_freq, positions, tokens_axis=None)
         ctx = LayerContext(
             config=self.config,
@@ -724,11 +789,15 @@ class MeshTransformer:
     def _reset(self) -> None:
         self._drop_logits()
         self._reset_stores()
-        for k, v in self._prefill_kv.values():
-            k.free()
-            v.free()
-        self._prefill_kv = {}
+        self._free_prefill_kv()
         self._seqs = []
+
+    def _free_prefill_kv(self) -> None:
+        for chunks in self._prefill_kv.values():
+            for chunk in chunks:
+                chunk.k.free()
+                chunk.v.free()
+        self._prefill_kv = {}
 
     def routes_per_core(self) -> dict[str, int]:
         """The largest route count configured on any core, per phase (after a call)."""
@@ -757,21 +826,6 @@ def _check_finite(logits: DistTensor, labels: list[str]) -> None:
         else "check the checkpoint's weights for NaN, inf or huge values"
     )
     raise NonFiniteError(f"the logits of {step} hold NaN or inf; {cause}")
-
-
-def _like(t: DistTensor, name: str) -> DistTensor:
-    """Another tensor with t's tiles and layout (estimate mode: meta, SRAM charged)."""
-    return t.mesh.register(torch.empty_like(t.data), t.layout, name)
-
-
-def _kept_kv(mesh: Mesh, heads: HeadLayout, length: int, i: int) -> tuple[DistTensor, DistTensor]:
-    """Estimate mode: layer i's prefill k and v [L_y, kv_x] as meta tiles, SRAM charged."""
-    layout = Layout((length, heads.num_cols * heads.kv_width), y_dim=0, x_dim=1)
-    shape = (*mesh.shape, *layout.tile_shape(*mesh.shape))
-    return (
-        mesh.register(torch.empty(shape, device="meta"), layout, f"prefill.k{i}"),
-        mesh.register(torch.empty(shape, device="meta"), layout, f"prefill.v{i}"),
-    )
 
 
 def _logical(t: DistTensor, heads) -> torch.Tensor:

@@ -1,0 +1,268 @@
+"""Chunked prefill: a prompt longer than the prefill plan holds at once runs in chunks.
+
+Each chunk of `chunk_tokens` positions goes through the prefill layers like a short prompt;
+its attention reads the k/v chunks of the earlier chunks, kept on the prefill grid ([T_y,
+kv_x] each, as the layer produced them), and its own causal block
+(`kernels.attention.cached_prefill_attention`). Under a sliding window a cached chunk that no
+later query can see is evicted (freed). Sizing a chunk from byte counts lives here too; the
+unchunked prefill, the head and the hand-off are in `transformer.py`.
+Legend: L prompt tokens, T chunk tokens, R x C the prefill grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from waferllm.errors import SramOverflowError
+from waferllm.kernels.attention import KeyChunk, cached_prefill_attention
+from waferllm.kernels.heads import HeadLayout
+from waferllm.mesh.cost import Ledger, UnpricedLedger
+from waferllm.mesh.geometry import Axis
+from waferllm.mesh.tensor import DistTensor, Layout
+from waferllm.mesh.virtual import Mesh, Mode
+from waferllm.model import vocab
+from waferllm.model.budget import prefill_need_bytes
+from waferllm.model.layers import LayerContext, charge_rope_tables, prefill_layer, rope_tables
+from waferllm.model.placement import Phase, heads_for
+from waferllm.model.plan import ModelPlan
+from waferllm.model.transfers import per_layer_hops
+
+if TYPE_CHECKING:
+    from waferllm.model.transformer import MeshTransformer
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Span:
+    """One chunk: positions start .. start + length - 1."""
+
+    start: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+def chunk_spans(length: int, chunk_tokens: int) -> list[Span]:
+    """The chunks of a `length`-token prompt, `chunk_tokens` each (the last one shorter)."""
+    return [
+        Span(start=s, length=min(chunk_tokens, length - s)) for s in range(0, length, chunk_tokens)
+    ]
+
+
+# ---- sizing ------------------------------------------------------------------------------------
+def kept_chunks(length: int, chunk_tokens: int, window: int | None) -> int:
+    """The most k/v chunks one layer holds at once: every chunk, or under a window W those
+    that a chunk's queries can still see (ceil((W - 1)/T) + 1 cached) and its own."""
+    count = math.ceil(length / chunk_tokens)
+    if window is None:
+        return count
+    return min(count, math.ceil((window - 1) / chunk_tokens) + 2)
+
+
+def chunk_need_bytes(plan: ModelPlan, length: int, chunk_tokens: int) -> int:
+    """The most any core of the prefill plan needs for a `length`-token prompt in chunks of
+    `chunk_tokens` (`budget.prefill_need_bytes` at one chunk): weights, every layer's kept k/v
+    chunks, one chunk's layer walk (all query heads at once) plus the online softmax's state
+    (G*n*Lt*(H + 2)), the head, the vocabulary tables."""
+    config, regions = plan.config, plan.prefill
+    sb = plan.device.storage_bytes
+    rows, cols = regions.grid
+    heads = heads_for(config, cols)
+    lt = math.ceil(chunk_tokens / rows)
+    online = heads.kv_per_tile * heads.n_rep * lt * (heads.head_slots + 2) * sb
+    return prefill_need_bytes(
+        regions,
+        plan.prefill_footprint,
+        config,
+        sb,
+        chunk_tokens,
+        head_chunk=heads.n_rep,
+        apart=plan.apart[Phase.PREFILL] if plan.apart else None,
+        stored=plan.storage.weights,
+        kept=kept_chunks(length, chunk_tokens, config.sliding_window),
+        attention_extra_bytes=online,
+    )
+
+
+def max_chunk_tokens(plan: ModelPlan, length: int) -> int:
+    """The longest chunk, in whole rows of the grid (k*R tokens: a shorter chunk pads every
+    core's token tile, and its cached k/v with it), with which a `length`-token prompt fits
+    the prefill plan; 0 when none does."""
+    cap, rows = plan.device.sram_bytes_per_core, plan.prefill.grid[0]
+
+    def fits(k: int) -> bool:
+        return chunk_need_bytes(plan, length, min(k * rows, length)) <= cap
+
+    most = math.ceil(length / rows)
+    if not fits(1):
+        return 0
+    low, high = 1, most + 1  # fits(low); high: not tried or too big
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return min(low * rows, length)
+
+
+def chunk_candidates(plan: ModelPlan, length: int) -> list[int]:
+    """Chunk sizes worth pricing for a prompt the plan cannot hold at once: the fewest equal
+    chunks that fit (n = ceil(L / T_max)) and one more (n + 1: smaller, less padding),
+    rounded up to whole rows of the grid where that still fits; fewest chunks first."""
+    limit = max_chunk_tokens(plan, length)
+    if limit == 0:
+        return []
+    rows = plan.prefill.grid[0]
+    fewest = math.ceil(length / limit)
+    out: list[int] = []
+    for count in (fewest, fewest + 1):
+        tokens = math.ceil(length / count)
+        whole_rows = math.ceil(tokens / rows) * rows
+        tokens = whole_rows if whole_rows <= limit else tokens
+        if tokens not in out and tokens < length:
+            out.append(tokens)
+    return out
+
+
+def default_chunk_tokens(plan: ModelPlan, length: int) -> int:
+    """The chunk a prompt the plan cannot hold at once runs in: the fewest equal chunks that
+    fit. Raises when even one token per row does not (the prompt's KV cache alone)."""
+    candidates = chunk_candidates(plan, length)
+    if candidates:
+        return candidates[0]
+    grid, most = plan.prefill.grid, plan.max_prompt_tokens
+    raise SramOverflowError(
+        tensor="prefill activations",
+        core=plan.prefill.regions[0].origin,
+        needed_bytes=chunk_need_bytes(plan, length, min(grid[0], length)),
+        available_bytes=plan.device.sram_bytes_per_core,
+        hint=f"a {length}-token prompt does not fit the prefill plan even in chunks of one "
+        f"token per row (its KV cache alone); at most {most} tokens fit at once on "
+        f"{grid[0]}x{grid[1]} (use a larger prefill grid: --prefill-grid, prefill_grid= in "
+        "Python; or a shorter prompt)",
+    )
+
+
+# ---- the walk ----------------------------------------------------------------------------------
+def prefill_chunks(
+    model: MeshTransformer, ids: Sequence[int], ledger: Ledger, chunk_tokens: int
+) -> tuple[DistTensor, Span, dict[int, list[KeyChunk]]]:
+    """Run the prompt chunk by chunk: (the last chunk's hidden states, its span, every
+    layer's kept k/v chunks)."""
+    window = model.config.sliding_window
+    kv: dict[int, list[KeyChunk]] = {i: [] for i in range(model.config.num_hidden_layers)}
+    spans = chunk_spans(len(ids), chunk_tokens)
+    x: DistTensor | None = None
+    for n, span in enumerate(spans):
+        if x is not None:
+            x.free()
+        x = _chunk(model, ids[span.start : span.end], span, kv, ledger)
+        if window is not None and n + 1 < len(spans):
+            _evict(kv, oldest_seen=span.end - window + 1)
+    assert x is not None
+    return x, spans[-1], kv
+
+
+def _evict(kv: dict[int, list[KeyChunk]], *, oldest_seen: int) -> None:
+    """Free the chunks whose last position is older than any later query sees."""
+    for chunks in kv.values():
+        while chunks and chunks[0].start + chunks[0].length <= oldest_seen:
+            dead = chunks.pop(0)
+            dead.k.free()
+            dead.v.free()
+
+
+def _chunk(
+    model: MeshTransformer,
+    ids: Sequence[int],
+    span: Span,
+    kv: dict[int, list[KeyChunk]],
+    ledger: Ledger,
+) -> DistTensor:
+    """One chunk through every region: the first layer priced, its records times the layers
+    (estimate mode walks each region's last layer only, after placing the others' k/v: the
+    region's SRAM peak; they cost the same)."""
+    config, state = model.config, model.prefill_state
+    state.meshes[0].charge_host_io(ledger, "host.prompt_in", span.length)
+    x = vocab.embed(state, ids, ledger, config=config, device=model.device, tokens_axis=Axis.Y)
+    layer_ledger = Ledger()
+    positions = torch.arange(span.start, span.end)
+    for r, region in enumerate(state.regions.regions):
+        mesh = state.meshes[r]
+        if r:  # an on-wafer hop, or the inter-system link to the next device
+            x = model._enter_region(state, r, x, ledger)
+        heads = heads_for(config, mesh.cols)
+        charge_rope_tables(mesh, heads, x.tile_shape[0], ledger)
+        cos, sin = rope_tables(mesh, heads, model.inv_freq, positions, tokens_axis=Axis.Y)
+        ctx = LayerContext(
+            config=config,
+            heads=heads,
+            cos=cos,
+            sin=sin,
+            length=span.length,
+            head_chunk=heads.n_rep,  # unused: the chunk's attention takes every head at once
+        )
+        walked = region.layers
+        if model.mode is Mode.ESTIMATE:
+            walked = region.layers[-1:]
+            for i in region.layers[:-1]:
+                k, v = kept_kv(mesh, heads, span.length, i)
+                kv[i].append(KeyChunk(k=k, v=v, start=span.start, length=span.length))
+        for j, i in enumerate(walked):
+            target = layer_ledger if (r, j) == (0, 0) else UnpricedLedger()
+            attend = functools.partial(
+                _attend,
+                mesh=mesh,
+                heads=heads,
+                span=span,
+                cached=tuple(kv[i]),
+                window=config.sliding_window,
+            )
+            with target.scope("layer"):
+                x, k, v = prefill_layer(mesh, state.layers[i], x, ctx, target, attend=attend)
+            kv[i].append(KeyChunk(k=k, v=v, start=span.start, length=span.length))
+        cos.free()
+        sin.free()
+    ledger.extend(layer_ledger, count=config.num_hidden_layers)
+    per_layer_hops(model.plan, x, ledger)
+    return x
+
+
+def _attend(
+    q: DistTensor,
+    k: DistTensor,
+    v: DistTensor,
+    ledger: Ledger,
+    *,
+    mesh: Mesh,
+    heads: HeadLayout,
+    span: Span,
+    cached: tuple[KeyChunk, ...],
+    window: int | None,
+) -> DistTensor:
+    own = KeyChunk(k=k, v=v, start=span.start, length=span.length)
+    return cached_prefill_attention(
+        mesh,
+        q=q,
+        query_start=span.start,
+        query_length=span.length,
+        keys=(*cached, own),
+        heads=heads,
+        sliding_window=window,
+        ledger=ledger,
+    )
+
+
+def kept_kv(mesh: Mesh, heads: HeadLayout, length: int, i: int) -> tuple[DistTensor, DistTensor]:
+    """Estimate mode: layer i's prefill k and v [L_y, kv_x] as meta tiles, SRAM charged."""
+    layout = Layout((length, heads.num_cols * heads.kv_width), y_dim=0, x_dim=1)
+    shape = (*mesh.shape, *layout.tile_shape(*mesh.shape))
+    return (
+        mesh.register(torch.empty(shape, device="meta"), layout, f"prefill.k{i}"),
+        mesh.register(torch.empty(shape, device="meta"), layout, f"prefill.v{i}"),
+    )
