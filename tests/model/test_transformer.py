@@ -208,7 +208,8 @@ def test_decode_walks_price_a_step_like_running_it():
 def test_every_layer_costs_what_the_one_priced_layer_costs(checkpoint_factory, monkeypatch):
     # functional runs compute every layer but price the first (the others' shapes are equal):
     # record the others' charges too and compare
-    import waferllm.model.transformer as transformer
+    import waferllm.model.decode as decode
+    import waferllm.model.prefill as prefill
 
     walked: list[Ledger] = []
 
@@ -217,7 +218,8 @@ def test_every_layer_costs_what_the_one_priced_layer_costs(checkpoint_factory, m
             super().__init__()
             walked.append(self)
 
-    monkeypatch.setattr(transformer, "_Uncharged", Recording)
+    for walk in (prefill, decode):  # the prefill and decode walks' unpriced layers
+        monkeypatch.setattr(walk, "Uncharged", Recording)
     path = checkpoint_factory("llama", margin_new_tokens=NEW_TOKENS)
     model = build(path, (2, 3), (3, 2))
     layers = model.config.num_hidden_layers

@@ -27,7 +27,8 @@ from waferllm.model.kv_cache import Append, KvCacheFullError, KvPolicy, RowCount
 from waferllm.model.layers import LayerLedgers
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts
 from waferllm.model.quant import UNCOMPRESSED, Storage
-from waferllm.model.transformer import DecodeRecords, MeshTransformer
+from waferllm.model.steps import DecodeRecords
+from waferllm.model.transformer import MeshTransformer
 
 Grid = tuple[int, int]
 

@@ -5,7 +5,7 @@ its attention reads the k/v chunks of the earlier chunks, kept on the prefill gr
 kv_x] each, as the layer produced them), and its own causal block
 (`kernels.attention.cached_prefill_attention`). Under a sliding window a cached chunk that no
 later query can see is evicted (freed). Sizing a chunk from byte counts lives here too; the
-unchunked prefill, the head and the hand-off are in `transformer.py`.
+unchunked prefill and the head are in `prefill.py`, the hand-off in `transformer.py`.
 Legend: L prompt tokens, T chunk tokens, R x C the prefill grid.
 """
 
@@ -22,15 +22,17 @@ import torch
 from waferllm.errors import SramOverflowError
 from waferllm.kernels.attention import KeyChunk, cached_prefill_attention
 from waferllm.kernels.heads import HeadLayout
-from waferllm.mesh.cost import Ledger, UnpricedLedger
+from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.tensor import DistTensor, Layout
+from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model import vocab
 from waferllm.model.budget import prefill_need_bytes
 from waferllm.model.layers import LayerContext, charge_rope_tables, prefill_layer, rope_tables
 from waferllm.model.placement import Phase, heads_for
 from waferllm.model.plan import ModelPlan
+from waferllm.model.prefill import enter_region, kept_kv
+from waferllm.model.steps import Uncharged
 from waferllm.model.transfers import per_layer_hops
 
 if TYPE_CHECKING:
@@ -195,7 +197,7 @@ def _chunk(
     for r, region in enumerate(state.regions.regions):
         mesh = state.meshes[r]
         if r:  # an on-wafer hop, or the inter-system link to the next device
-            x = model._enter_region(state, r, x, ledger)
+            x = enter_region(model.device, state, r, x, ledger)
         heads = heads_for(config, mesh.cols)
         charge_rope_tables(mesh, heads, x.tile_shape[0], ledger)
         cos, sin = rope_tables(mesh, heads, model.inv_freq, positions, tokens_axis=Axis.Y)
@@ -214,7 +216,7 @@ def _chunk(
                 k, v = kept_kv(mesh, heads, span.length, i)
                 kv[i].append(KeyChunk(k=k, v=v, start=span.start, length=span.length))
         for j, i in enumerate(walked):
-            target = layer_ledger if (r, j) == (0, 0) else UnpricedLedger()
+            target = layer_ledger if (r, j) == (0, 0) else Uncharged()
             attend = functools.partial(
                 _attend,
                 mesh=mesh,
@@ -255,14 +257,4 @@ def _attend(
         heads=heads,
         sliding_window=window,
         ledger=ledger,
-    )
-
-
-def kept_kv(mesh: Mesh, heads: HeadLayout, length: int, i: int) -> tuple[DistTensor, DistTensor]:
-    """Estimate mode: layer i's prefill k and v [L_y, kv_x] as meta tiles, SRAM charged."""
-    layout = Layout((length, heads.num_cols * heads.kv_width), y_dim=0, x_dim=1)
-    shape = (*mesh.shape, *layout.tile_shape(*mesh.shape))
-    return (
-        mesh.register(torch.empty(shape, device="meta"), layout, f"prefill.k{i}"),
-        mesh.register(torch.empty(shape, device="meta"), layout, f"prefill.v{i}"),
     )

@@ -1,7 +1,7 @@
 """Per-core scratch of the walks, in closed form: what the planner budgets beside the weights.
 
 `prefill_scratch` replays the prefill walk's buffers (`layers.prefill_layer`, the kernels it
-calls, the head of `transformer._head_prefill`) as allocations and frees and returns their
+calls, the head of `prefill.prefill_logits`) as allocations and frees and returns their
 actual peak; a test checks it against the peak the estimate-mode walk records, both ways.
 `decode_scratch_bytes` bounds one decode step. Sizes only: no tensors, no costs, no regions.
 Legend: Lt tokens per row (Lt' padded to whole logical blocks), G kv heads per column, n query
@@ -154,9 +154,9 @@ def _attention_numel(heads, rows: int, lt: int, head_chunk: int) -> int:
 
 
 def _head_numel(config: ModelConfig, rows: int, lt: int, d_t: int) -> int:
-    """`_head_prefill`: the residual stream, then the last hidden state, its norm, the logits
-    (V split along Y) and the argmax, each freed once the next step has read it; a compressed
-    LM head adds its float16 chunk (`prefill_scratch`)."""
+    """`prefill.prefill_logits` and the argmax: the residual stream, then the last hidden
+    state, its norm, the logits (V split along Y) and the argmax, each freed once the next
+    step has read it; a compressed LM head adds its float16 chunk (`prefill_scratch`)."""
     v_r = math.ceil(config.vocab_size / rows)
     return max(lt * d_t + d_t, 2 * d_t, d_t + v_r, v_r + 1)  # lt = 1: the head's own region
 

@@ -2,7 +2,8 @@
 
 `kv_moves` and `weight_moves` describe the prefill-to-decode hand-off of the KV cache and, with one
 resident layout, of the weights (SPEC.md §10.4 `transition_s`), element by element in absolute
-device coordinates, so the cost sees the real distances between the two plans' regions.
+device coordinates, so the cost sees the real distances between the two plans' regions;
+`charge_transition` prices a batch's hand-off with them.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from collections import Counter
 import numpy as np
 
 from waferllm.kernels.dequant import quantise_cycles
+from waferllm.mesh.compute import charge_inline_compute
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.relayout import Move, hop_charge
+from waferllm.mesh.relayout import Move, concurrent_relayout_charge, hop_charge
+from waferllm.mesh.storage import bytes_per_element
 from waferllm.mesh.tensor import DistTensor
 from waferllm.model.family import Dim, LayerTensor, matmuls
 from waferllm.model.kv_cache import RowCounts
-from waferllm.model.placement import Phase, PlacementMode, heads_for, layer_specs
+from waferllm.model.pipeline import device_count
+from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts, heads_for, layer_specs
 from waferllm.model.plan import ModelPlan
 
 
@@ -205,3 +209,38 @@ def _padded_rows(
     index = np.arange(k) if index is None else index
     position = (index // tile) * wide + index % tile
     return position // (padded // rows)
+
+
+def weights_relayout(plan: ModelPlan):  # the mesh's Charge (only mesh/ names the pricing types)
+    """The weights' re-layout between the plans, every device's at once (the slowest
+    counts): it depends on the plans only, so every request on a model shares it."""
+    weight_bytes = bytes_per_element(plan.storage.weights, plan.device.storage_bytes)
+    devices = range(device_count(plan.decode))
+    moves = [weight_moves(plan, on_device=d) for d in devices]
+    return concurrent_relayout_charge(plan.device, moves, bytes_per_element=weight_bytes)
+
+
+def charge_transition(
+    plan: ModelPlan,
+    counts: list[RowCounts],
+    chunk_tokens: list[int | None],
+    ledger: Ledger,
+    *,
+    weights,  # `weights_relayout(plan)`, computed once per model
+) -> None:
+    """The hand-off of sequences holding `counts`, each prefilled in chunks of
+    `chunk_tokens[b]` (None: one piece): each sequence's KV cache (quantised first when the
+    cache is compressed), and with one resident layout the weights to decode and back."""
+    kv_bytes = bytes_per_element(plan.storage.kv, plan.device.storage_bytes)
+    # each device re-lays its own layers, all devices at once: the slowest one counts
+    devices = range(device_count(plan.decode))
+    with ledger.scope("transition"):
+        for c, chunk in zip(counts, chunk_tokens, strict=True):
+            charge_inline_compute(ledger, "kv_quantise", cycles=kv_quantise_cycles(plan, c))
+            kv = [kv_moves(plan, c, on_device=d, chunk_tokens=chunk) for d in devices]
+            kv_charge = concurrent_relayout_charge(plan.device, kv, bytes_per_element=kv_bytes)
+            ledger.charge("kv", kv_charge)
+        if plan.resident is ResidentLayouts.ONE:
+            # the way back (readying the next request) is the mirror image: same cost
+            ledger.charge("weights_to_decode", weights)
+            ledger.charge("weights_to_prefill", weights)
