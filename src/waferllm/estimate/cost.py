@@ -297,10 +297,16 @@ class DecodeWalks:
 
     def shift(self, append: Append, counts: RowCounts) -> Ledger:
         """One layer's KV shift for `append` (which has senders): in estimate mode it depends on
-        the first shifting row only, so it is priced once per row for every request."""
+        the first shifting row only. The first one is walked (`kv_shift_records`); the others
+        follow from it in closed form (`_scaled_shift`), hundreds per request on a new grid."""
         first = append.senders[0]
         if first not in self._shifts:
-            self._shifts[first] = self.model.kv_shift_records(append, counts)
+            if self._shifts:
+                seen, walked = next(iter(self._shifts.items()))
+                rows = self.model.plan.decode.grid[0]
+                self._shifts[first] = _scaled_shift(walked, rows - seen, rows - first)
+            else:
+                self._shifts[first] = self.model.kv_shift_records(append, counts)
         return self._shifts[first]
 
     def records(self, counts: RowCounts) -> DecodeRecords:
@@ -377,6 +383,23 @@ class DecodeWalks:
         for append, start, seen in shifts.values():
             ledger.extend(self.shift(append, start), count=seen * layers * self.batch)
         return ledger
+
+
+def _scaled_shift(walked: Ledger, walked_senders: int, senders: int) -> Ledger:
+    """The KV shift of `senders` rows from a walked one of `walked_senders` rows (one record,
+    `patterns.tail_shift_traffic`): every sender moves its tile one hop at once, so the time
+    (alpha + bytes/W) is the same and the bytes injected and byte-hops are per sender (exact
+    integers; tests/estimate/test_cost_fast_paths.py checks every row against the walk)."""
+    (rec,) = walked.records
+    out = Ledger()
+    out.records.append(
+        dataclasses.replace(
+            rec,
+            bytes_injected=rec.bytes_injected // walked_senders * senders,
+            link_byte_hops=rec.link_byte_hops // walked_senders * senders,
+        )
+    )
+    return out
 
 
 def _step_shapes(
