@@ -7,6 +7,7 @@ the transition per (grid pair, prompt, batch). `DecodeWalks` prices decode steps
 B identical sequences without tokens: one walk per cache-window width, the attention re-walked
 alone at other widths. The grid search and
 `reproduce` evaluate many requests on few grids, so every walk happens once per process.
+Walks run under `mesh.meta.shape_only()` (fast output shapes of the meta tensors).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from waferllm.device import Device
 from waferllm.errors import WaferError
 from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.geometry import split_sizes
+from waferllm.mesh.meta import shape_only
 from waferllm.mesh.virtual import Mode
 from waferllm.model.chunked import chunk_candidates
 from waferllm.model.config import ModelConfig
@@ -92,6 +94,7 @@ class CostModel:
         self._chunks: dict[tuple, int | None] = {}
         self._transitions: dict[tuple, Ledger] = {}
 
+    @shape_only()
     def model(self, prefill_grid: Grid, decode_grid: Grid, batch: int = 1) -> MeshTransformer:
         """The placed model (weights on meta tensors; SRAM and routes checked); one per batch
         size, so that each batch's SRAM peak is its own."""
@@ -129,6 +132,7 @@ class CostModel:
             grids = (model.plan.grid(phase),)  # type: ignore[assignment]
         return (phase, *grids, *request)
 
+    @shape_only()
     def prefill(self, model: MeshTransformer, prompt_len: int) -> PhaseLedger:
         """TTFT's ledger (prefill, final norm, LM head, the first token's argmax); a prompt
         the plan cannot hold at once: the fastest of the candidate chunk sizes."""
@@ -162,6 +166,7 @@ class CostModel:
         model.prefill([0] * prompt_len, ledger, chunk_tokens=chunk_tokens)
         return _phase_cost(model, Phase.PREFILL, ledger)
 
+    @shape_only()
     def transition(self, model: MeshTransformer, prompt_len: int, batch: int = 1) -> Ledger:
         """The re-layouts between the plans after `batch` prompts of `prompt_len` (both grids
         matter): every sequence's KV cache (from its prefill chunks), the weights once."""
@@ -205,6 +210,7 @@ class CostModel:
                 "use a larger decode grid, placement per-layer, or a shorter request"
             )
 
+    @shape_only()
     def decode(
         self, model: MeshTransformer, prompt_len: int, output_len: int, batch: int = 1
     ) -> PhaseLedger:
@@ -295,6 +301,7 @@ class DecodeWalks:
         self._widths: dict[int, tuple[Ledger, Ledger]] = {}
         self._shifts: dict[int, Ledger] = {}
 
+    @shape_only()
     def shift(self, append: Append, counts: RowCounts) -> Ledger:
         """One layer's KV shift for `append` (which has senders): in estimate mode it depends on
         the first shifting row only. The first one is walked (`kv_shift_records`); the others
@@ -309,6 +316,7 @@ class DecodeWalks:
                 self._shifts[first] = self.model.kv_shift_records(append, counts)
         return self._shifts[first]
 
+    @shape_only()
     def records(self, counts: RowCounts) -> DecodeRecords:
         """The step after `counts` (committed), its layer walked once per cost shape."""
         append = counts.plan_append()
@@ -324,6 +332,7 @@ class DecodeWalks:
     def _batch(self, counts: RowCounts) -> list[RowCounts]:
         return [counts.copy() for _ in range(self.batch)]
 
+    @shape_only()
     def decode_step(self, context_len: int, prompt_len: int | None = None) -> Ledger:
         """The ledger of the decode step whose new token is position `context_len - 1` (the
         cache then holds `context_len` tokens). `prompt_len` matters for the concat policy
@@ -353,6 +362,7 @@ class DecodeWalks:
             ledger.extend(self.shift(append, counts), count=layers * self.batch)
         return ledger
 
+    @shape_only()
     def decode(self, prompt_len: int, output_len: int) -> Ledger:
         """The ledger of a request's O-1 decode steps after a `prompt_len`-token prompt.
 
