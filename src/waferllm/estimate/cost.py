@@ -403,8 +403,7 @@ def _scaled_shift(walked: Ledger, walked_senders: int, senders: int) -> Ledger:
     (rec,) = walked.records
     out = Ledger()
     out.records.append(
-        dataclasses.replace(
-            rec,
+        rec.with_fields(
             bytes_injected=rec.bytes_injected // walked_senders * senders,
             link_byte_hops=rec.link_byte_hops // walked_senders * senders,
         )

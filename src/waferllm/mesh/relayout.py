@@ -175,9 +175,9 @@ def _busiest(
     if r.size == 0 or c.size == 0:
         return 0.0
     if isinstance(home, tuple):
-        rows = np.unique(np.stack([per_row[r], home[0][r]]), axis=1)
-        cols = np.unique(np.stack([per_col[c], home[1][c]]), axis=1)
-        block = np.outer(rows[0], cols[0]) - np.outer(rows[1], cols[1])
+        rows, rows_home = _distinct_pairs(per_row[r], home[0][r])
+        cols, cols_home = _distinct_pairs(per_col[c], home[1][c])
+        block = np.outer(rows, cols) - np.outer(rows_home, cols_home)
         return float(block.max(initial=0.0))
     # cores where something stays, one by one; the others by (row count, column count) group
     staying = per_row[home.row] * per_col[home.col] - home.count
@@ -196,6 +196,14 @@ def _busiest(
     empty = taken < np.outer(row_sizes, col_sizes)  # groups with a core where nothing stays
     block = np.where(empty, np.outer(row_values, col_values), 0.0)
     return float(max(block.max(initial=0.0), staying.max(initial=0.0)))
+
+
+def _distinct_pairs(count: np.ndarray, home: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (count, home count) pairs of integer-valued float arrays (one sort of
+    int64 keys; home <= count < 2**31)."""
+    assert count.max(initial=0) < 2**31  # elements per row or column of one tensor
+    key = np.unique((count.astype(np.int64) << 31) | home.astype(np.int64))
+    return (key >> 31).astype(np.float64), (key & (2**31 - 1)).astype(np.float64)
 
 
 def _direct_cuts(src: np.ndarray, dst: np.ndarray, length: int) -> np.ndarray:
