@@ -36,6 +36,10 @@ def test_decode_steps_grouped_in_closed_form_equal_the_stepped_groups(monkeypatc
                 want_append.senders,
                 want_seen,
             )
+            # the append of the group's first step, in closed form
+            stepped = start.plan_append()
+            assert (append.target, append.senders) == (stepped.target, stepped.senders)
+            assert np.array_equal(append.counts_after, stepped.counts_after)
             assert np.array_equal(start.counts, want_start.counts)
     assert checked > 500
 

@@ -94,7 +94,6 @@ class CostModel:
         self._chunks: dict[tuple, int | None] = {}
         self._transitions: dict[tuple, Ledger] = {}
 
-    @shape_only()
     def model(self, prefill_grid: Grid, decode_grid: Grid, batch: int = 1) -> MeshTransformer:
         """The placed model (weights on meta tensors; SRAM and routes checked); one per batch
         size, so that each batch's SRAM peak is its own."""
@@ -468,7 +467,13 @@ def _balanced_step_shapes(
         values[order].tolist(), starts[order].tolist(), seen[order].tolist(), strict=True
     ):
         begin = RowCounts.balanced(policy, rows, slots, int(shifting[start]))
-        shifts[first] = (begin.plan_append(), begin, n)
+        after = begin.counts.copy()
+        after[first - 1] += 1  # the target: row t = first - 1, the first shorter one
+        shifts[first] = (
+            Append(target=first - 1, senders=range(first, rows), counts_after=after),
+            begin,
+            n,
+        )
     return widths, shifts
 
 
