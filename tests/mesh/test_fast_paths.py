@@ -336,3 +336,33 @@ def test_relayout_busiest_core_over_distinct_values_equals_the_dense_max():
         home = (relayout._counts(a_src[a_src == b_dst[0]], rows), per_col)
         dense = np.outer(per_row, per_col) - np.outer(*home)
         assert relayout._busiest(per_row, per_col, home) == dense.max(initial=0.0)
+
+
+def test_relayed_multicast_link_loads_in_closed_form_equal_the_segment_sums():
+    from waferllm.mesh import relay
+
+    dev = tiny()
+    for num, segment in ((2, 1), (3, 2), (7, 3), (12, 12), (12, 5)):
+        rootsets = [(r,) for r in range(num)] + [(0, num - 1), (1, 1, num // 2)]
+        for axis, shape in ((Axis.X, (4, num)), (Axis.Y, (num, 3))):
+            for roots in rootsets:
+                for nbytes in (0, 6):
+                    root = np.asarray(roots)
+                    got = relay.relayed_multicast_traffic.__wrapped__(
+                        dev, shape, axis, roots=roots, segment=segment, nbytes=nbytes
+                    )
+                    src = np.concatenate([root[root > 0], root[root < num - 1]])
+                    dst = np.concatenate(
+                        [
+                            np.zeros(int((root > 0).sum()), int),
+                            np.full(int((root < num - 1).sum()), num - 1),
+                        ]
+                    )
+                    want = line_traffic(
+                        dev, shape, axis, src=src, dst=dst, nbytes=nbytes,
+                        critical_hops=got.critical_hops, critical_stages=got.critical_stages,
+                    )  # fmt: skip
+                    assert got.links.keys() == want.links.keys()
+                    for key, load in want.links.items():
+                        assert np.array_equal(got.links[key], load)
+                    assert got.link_byte_hops == want.link_byte_hops
