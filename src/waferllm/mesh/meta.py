@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -212,18 +213,18 @@ class ShapeOnly(TorchDispatchMode):
 @contextlib.contextmanager
 def shape_only() -> Iterator[None]:
     """Run estimate-mode kernels with the fast output shapes (see the module docstring);
-    re-entrant (an inner call inside an active one does nothing more)."""
-    if _ACTIVE:
+    re-entrant (an inner call inside an active one, in the same thread, adds nothing)."""
+    if getattr(_STATE, "active", False):
         yield
         return
-    _ACTIVE.append(True)
+    _STATE.active = True
     try:
         with ShapeOnly():
             yield
     finally:
-        _ACTIVE.pop()
+        _STATE.active = False
 
 
-_ACTIVE: list[bool] = []
+_STATE = threading.local()  # torch's mode stack is per thread too
 
 __all__ = ["ShapeOnly", "shape_only"]
