@@ -21,7 +21,7 @@ With `--baseline-src`, the two trees run case by case, alternating, so load on a
 machine falls on both alike.
 
     PYTHONPATH=src python benchmarks/speed_estimate.py [--quick] [--baseline-src /work/main/src]
-        [--genz-python /work/venv-genz/bin/python]
+        [--genz-python /work/venv-genz/bin/python] [--cases llama3-8b,search]
 """
 
 from __future__ import annotations
@@ -180,8 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=GENZ_PYTHON,
         help=f"the interpreter with genz-llm installed (default {GENZ_PYTHON}; skipped if absent)",
     )
+    p.add_argument(
+        "--cases",
+        help="comma-separated subset of the cases (models, search, reproduce; default: all)",
+    )
     args = p.parse_args(argv)
     cases = ["llama3-8b"] if args.quick else [*MODELS, "search", "reproduce"]
+    if args.cases:
+        cases = [c for c in args.cases.split(",") if c in (*MODELS, "search", "reproduce")]
     count = 3 if args.quick else REQUESTS
     trees = {"after": args.src}
     if args.baseline_src:

@@ -36,5 +36,38 @@ def test_decode_steps_grouped_in_closed_form_equal_the_stepped_groups(monkeypatc
                 want_append.senders,
                 want_seen,
             )
+            # the append of the group's first step, in closed form
+            stepped = start.plan_append()
+            assert (append.target, append.senders) == (stepped.target, stepped.senders)
+            assert np.array_equal(append.counts_after, stepped.counts_after)
             assert np.array_equal(start.counts, want_start.counts)
     assert checked > 500
+
+
+def test_kv_shifts_scaled_from_one_walk_equal_a_walk_per_first_row():
+    from waferllm.device import tiny
+    from waferllm.mesh.cost import Ledger
+    from waferllm.model.config import load_config
+    from waferllm.model.quant import Storage
+    from waferllm.model.transformer import MeshTransformer
+
+    for grid, storage in (((9, 4), "float16"), ((7, 3), "int8")):
+        model = MeshTransformer(
+            load_config("tiny"),
+            None,
+            device=tiny(),
+            prefill_grid=(3, 3),
+            decode_grid=grid,
+            storage=Storage.of("float16", storage),
+        )
+        walks = cost.DecodeWalks(model)
+        rows = grid[0]
+        for first in (3, 1, *range(2, rows)):  # the walked template is not row 1
+            slots = model.kv_slots_per_row
+            counts = RowCounts.balanced(KvPolicy.SHIFT, rows, slots, rows + first - 1)
+            append = counts.plan_append()
+            assert append.senders[0] == first
+            scaled = walks.shift(append, counts)
+            walked = model.kv_shift_records(append, counts)
+            assert [repr(r) for r in scaled.records] == [repr(r) for r in walked.records]
+            assert isinstance(walked, Ledger) and len(walked.records) == 1

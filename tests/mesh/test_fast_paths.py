@@ -305,3 +305,64 @@ def test_multicast_loads_in_closed_form_equal_the_per_line_sums(seed, monkeypatc
     monkeypatch.setattr(patterns, "_run_loads", lambda *_: None)
     walked = multicast_traffic.__wrapped__(dev, (9, 9), Axis.X, owners, 24)
     _same_traffic(fast, walked)
+
+
+def test_relayout_busiest_core_over_distinct_values_equals_the_dense_max():
+    from waferllm.mesh import relayout
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        rows, cols = int(rng.integers(1, 12)), int(rng.integers(1, 12))
+        n_a, n_b = int(rng.integers(1, 30)), int(rng.integers(1, 30))
+        # a crossed move: element (a, b) from (a_src[a], b_src[b]) to (b_dst[b], a_dst[a])
+        a_src, a_dst = rng.integers(0, rows, n_a), rng.integers(0, cols, n_a)
+        b_src, b_dst = rng.integers(0, cols, n_b), rng.integers(0, rows, n_b)
+        if rng.random() < 0.5:  # many elements stay home
+            a_dst = np.where(rng.random(n_a) < 0.8, rng.choice(b_src, n_a), a_dst)
+            b_dst = np.where(rng.random(n_b) < 0.8, rng.choice(a_src, n_b), b_dst)
+        stay = np.zeros((rows, cols))
+        for a in range(n_a):
+            for b in range(n_b):
+                if a_src[a] == b_dst[b] and b_src[b] == a_dst[a]:
+                    stay[a_src[a], b_src[b]] += 1
+        cells = relayout._stay_cells(a_src, a_dst, b_dst, b_src, cols)
+        sparse = np.zeros((rows, cols))
+        np.add.at(sparse, (cells.row, cells.col), cells.count)
+        assert np.array_equal(sparse, stay)
+        per_row, per_col = relayout._counts(a_src, rows), relayout._counts(b_src, cols)
+        dense = np.outer(per_row, per_col) - stay
+        assert relayout._busiest(per_row, per_col, cells) == dense.max(initial=0.0)
+        # a direct move: what stays is an outer product of per-row and per-column counts
+        home = (relayout._counts(a_src[a_src == b_dst[0]], rows), per_col)
+        dense = np.outer(per_row, per_col) - np.outer(*home)
+        assert relayout._busiest(per_row, per_col, home) == dense.max(initial=0.0)
+
+
+def test_relayed_multicast_link_loads_in_closed_form_equal_the_segment_sums():
+    from waferllm.mesh import relay
+
+    dev = tiny()
+    for num, segment in ((2, 1), (3, 2), (7, 3), (12, 12), (12, 5)):
+        rootsets = [(r,) for r in range(num)] + [(0, num - 1), (1, 1, num // 2)]
+        for axis, shape in ((Axis.X, (4, num)), (Axis.Y, (num, 3))):
+            for roots in rootsets:
+                for nbytes in (0, 6):
+                    root = np.asarray(roots)
+                    got = relay.relayed_multicast_traffic.__wrapped__(
+                        dev, shape, axis, roots=roots, segment=segment, nbytes=nbytes
+                    )
+                    src = np.concatenate([root[root > 0], root[root < num - 1]])
+                    dst = np.concatenate(
+                        [
+                            np.zeros(int((root > 0).sum()), int),
+                            np.full(int((root < num - 1).sum()), num - 1),
+                        ]
+                    )
+                    want = line_traffic(
+                        dev, shape, axis, src=src, dst=dst, nbytes=nbytes,
+                        critical_hops=got.critical_hops, critical_stages=got.critical_stages,
+                    )  # fmt: skip
+                    assert got.links.keys() == want.links.keys()
+                    for key, load in want.links.items():
+                        assert np.array_equal(got.links[key], load)
+                    assert got.link_byte_hops == want.link_byte_hops

@@ -10,6 +10,7 @@ bytes per core / (its layers' KV bytes per slot + one score per head). No walks 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 
 import numpy as np
@@ -52,6 +53,7 @@ class TilingCapacity:
         return len(self.layers) * self.grid[0] * self.grid[1]
 
 
+@functools.lru_cache(maxsize=4096)  # the device's tilings, asked again by every request
 def tiling_capacity(
     config: ModelConfig, device: Device, grid: Grid, storage: Storage = UNCOMPRESSED
 ) -> TilingCapacity | None:

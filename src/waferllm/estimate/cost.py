@@ -7,6 +7,7 @@ the transition per (grid pair, prompt, batch). `DecodeWalks` prices decode steps
 B identical sequences without tokens: one walk per cache-window width, the attention re-walked
 alone at other widths. The grid search and
 `reproduce` evaluate many requests on few grids, so every walk happens once per process.
+Walks run under `mesh.meta.shape_only()` (fast output shapes of the meta tensors).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from waferllm.device import Device
 from waferllm.errors import WaferError
 from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.geometry import split_sizes
+from waferllm.mesh.meta import shape_only
 from waferllm.mesh.virtual import Mode
 from waferllm.model.chunked import chunk_candidates
 from waferllm.model.config import ModelConfig
@@ -129,6 +131,7 @@ class CostModel:
             grids = (model.plan.grid(phase),)  # type: ignore[assignment]
         return (phase, *grids, *request)
 
+    @shape_only()
     def prefill(self, model: MeshTransformer, prompt_len: int) -> PhaseLedger:
         """TTFT's ledger (prefill, final norm, LM head, the first token's argmax); a prompt
         the plan cannot hold at once: the fastest of the candidate chunk sizes."""
@@ -162,6 +165,7 @@ class CostModel:
         model.prefill([0] * prompt_len, ledger, chunk_tokens=chunk_tokens)
         return _phase_cost(model, Phase.PREFILL, ledger)
 
+    @shape_only()
     def transition(self, model: MeshTransformer, prompt_len: int, batch: int = 1) -> Ledger:
         """The re-layouts between the plans after `batch` prompts of `prompt_len` (both grids
         matter): every sequence's KV cache (from its prefill chunks), the weights once."""
@@ -205,6 +209,7 @@ class CostModel:
                 "use a larger decode grid, placement per-layer, or a shorter request"
             )
 
+    @shape_only()
     def decode(
         self, model: MeshTransformer, prompt_len: int, output_len: int, batch: int = 1
     ) -> PhaseLedger:
@@ -295,14 +300,22 @@ class DecodeWalks:
         self._widths: dict[int, tuple[Ledger, Ledger]] = {}
         self._shifts: dict[int, Ledger] = {}
 
+    @shape_only()
     def shift(self, append: Append, counts: RowCounts) -> Ledger:
         """One layer's KV shift for `append` (which has senders): in estimate mode it depends on
-        the first shifting row only, so it is priced once per row for every request."""
+        the first shifting row only. The first one is walked (`kv_shift_records`); the others
+        follow from it in closed form (`_scaled_shift`), hundreds per request on a new grid."""
         first = append.senders[0]
         if first not in self._shifts:
-            self._shifts[first] = self.model.kv_shift_records(append, counts)
+            if self._shifts:
+                seen, walked = next(iter(self._shifts.items()))
+                rows = self.model.plan.decode.grid[0]
+                self._shifts[first] = _scaled_shift(walked, rows - seen, rows - first)
+            else:
+                self._shifts[first] = self.model.kv_shift_records(append, counts)
         return self._shifts[first]
 
+    @shape_only()
     def records(self, counts: RowCounts) -> DecodeRecords:
         """The step after `counts` (committed), its layer walked once per cost shape."""
         append = counts.plan_append()
@@ -318,6 +331,7 @@ class DecodeWalks:
     def _batch(self, counts: RowCounts) -> list[RowCounts]:
         return [counts.copy() for _ in range(self.batch)]
 
+    @shape_only()
     def decode_step(self, context_len: int, prompt_len: int | None = None) -> Ledger:
         """The ledger of the decode step whose new token is position `context_len - 1` (the
         cache then holds `context_len` tokens). `prompt_len` matters for the concat policy
@@ -347,6 +361,7 @@ class DecodeWalks:
             ledger.extend(self.shift(append, counts), count=layers * self.batch)
         return ledger
 
+    @shape_only()
     def decode(self, prompt_len: int, output_len: int) -> Ledger:
         """The ledger of a request's O-1 decode steps after a `prompt_len`-token prompt.
 
@@ -377,6 +392,22 @@ class DecodeWalks:
         for append, start, seen in shifts.values():
             ledger.extend(self.shift(append, start), count=seen * layers * self.batch)
         return ledger
+
+
+def _scaled_shift(walked: Ledger, walked_senders: int, senders: int) -> Ledger:
+    """The KV shift of `senders` rows from a walked one of `walked_senders` rows (one record,
+    `patterns.tail_shift_traffic`): every sender moves its tile one hop at once, so the time
+    (alpha + bytes/W) is the same and the bytes injected and byte-hops are per sender (exact
+    integers; tests/estimate/test_cost_fast_paths.py checks every row against the walk)."""
+    (rec,) = walked.records
+    out = Ledger()
+    out.records.append(
+        rec.with_fields(
+            bytes_injected=rec.bytes_injected // walked_senders * senders,
+            link_byte_hops=rec.link_byte_hops // walked_senders * senders,
+        )
+    )
+    return out
 
 
 def _step_shapes(
@@ -436,7 +467,13 @@ def _balanced_step_shapes(
         values[order].tolist(), starts[order].tolist(), seen[order].tolist(), strict=True
     ):
         begin = RowCounts.balanced(policy, rows, slots, int(shifting[start]))
-        shifts[first] = (begin.plan_append(), begin, n)
+        after = begin.counts.copy()
+        after[first - 1] += 1  # the target: row t = first - 1, the first shorter one
+        shifts[first] = (
+            Append(target=first - 1, senders=range(first, rows), counts_after=after),
+            begin,
+            n,
+        )
     return widths, shifts
 
 

@@ -101,6 +101,13 @@ class Record:
     def expanded(self) -> list[Record]:
         return [dataclasses.replace(self, count=1)] * self.count
 
+    def with_fields(self, **fields: object) -> Record:
+        """This record with some fields replaced: a field-for-field copy of the frozen record
+        (dataclasses.replace re-runs the field introspection per call; ledgers copy thousands)."""
+        new = object.__new__(Record)
+        new.__dict__.update(self.__dict__, **fields)
+        return new
+
 
 _SUMMED = (
     "flops",
@@ -122,11 +129,8 @@ _summed_of = operator.attrgetter(*_SUMMED)
 
 
 def _relabelled(rec: Record, op: str, count: int) -> Record:
-    """`rec` under another op name and count. A field-for-field copy of the frozen record
-    (dataclasses.replace re-runs the field introspection per call; ledgers extend thousands)."""
-    new = object.__new__(Record)
-    new.__dict__.update(rec.__dict__, op=op, count=count)
-    return new
+    """`rec` under another op name and count (`Record.with_fields`)."""
+    return rec.with_fields(op=op, count=count)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

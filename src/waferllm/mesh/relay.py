@@ -115,7 +115,7 @@ def relayed_multicast_traffic(
     dst = np.concatenate(
         [np.zeros(int((root > 0).sum()), np.int64), np.full(int((root < num - 1).sum()), num - 1)]
     )
-    traffic = line_traffic(
+    return line_traffic(
         device,
         shape,
         axis,
@@ -125,9 +125,25 @@ def relayed_multicast_traffic(
         critical_hops=hops,
         critical_stages=stages,
         bytes_injected=len(root) * nbytes * shape[axis.other.tensor_dim],
+        loads=(_stream_links(axis, root, num, float(nbytes)), ramp_out[None, :], ramp_in[None, :]),
     )
-    oriented = (lambda a: a[None, :]) if axis is Axis.X else (lambda a: a[:, None])
-    return dataclasses.replace(traffic, ramp_in=oriented(ramp_in), ramp_out=oriented(ramp_out))
+
+
+def _stream_links(
+    axis: Axis, root: np.ndarray, num: int, nbytes: float
+) -> dict[tuple[Axis, int], np.ndarray]:
+    """Link loads of the streams from every root to both line ends (what `line_traffic`
+    sums segment by segment): link i carries one stream east per root <= i and one west per
+    root > i, each `nbytes`."""
+    link = np.arange(num - 1)
+    east = np.searchsorted(np.sort(root[root < num - 1]), link, side="right")
+    west = len(root[root > 0]) - np.searchsorted(np.sort(root[root > 0]), link, side="right")
+    links: dict[tuple[Axis, int], np.ndarray] = {}
+    if east.any() and nbytes > 0:
+        links[(axis, +1)] = (east * nbytes)[None, :]
+    if west.any() and nbytes > 0:
+        links[(axis, -1)] = (west * nbytes)[None, :]
+    return links
 
 
 def _both_axes(x: Traffic, y: Traffic) -> Traffic:

@@ -66,10 +66,10 @@ def relayout_charge(
             cut_y += m.count * _cross_cuts(src_r, dst_r, rows)
             cut_x += m.count * _cross_cuts(src_c, dst_c, cols)
             # element (a, b) stays home when a's (src row, dst col) equals b's (dst row, src col)
-            stay = _pairs(src_r, dst_c, rows, cols) * _pairs(dst_r, src_c, rows, cols)
+            stay = _stay_cells(src_r, dst_c, dst_r, src_c, cols)
             sent = _busiest(_counts(src_r, rows), _counts(src_c, cols), stay)
             received = _busiest(_counts(dst_r, rows), _counts(dst_c, cols), stay)
-            count = len(src_r) * len(src_c) - int(stay.sum())
+            count = len(src_r) * len(src_c) - int(stay.count.sum())
             dist = _pair_distance(src_r, dst_r, rows) + _pair_distance(src_c, dst_c, cols)
         else:
             cut_y += m.count * len(src_c) * _direct_cuts(src_r, dst_r, rows)
@@ -152,24 +152,58 @@ def _cut_traffic(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Cells:
+    """Elements per core, sparse: `count[i]` on core (row[i], col[i]), none elsewhere."""
+
+    row: np.ndarray
+    col: np.ndarray
+    count: np.ndarray
+
+
 def _busiest(
-    per_row: np.ndarray, per_col: np.ndarray, home: np.ndarray | tuple[np.ndarray, np.ndarray]
+    per_row: np.ndarray, per_col: np.ndarray, home: _Cells | tuple[np.ndarray, np.ndarray]
 ) -> float:
     """max over cores of outer(per_row, per_col) - home (elements that stay put).
 
-    `home` is a (rows, cols) histogram or a pair of vectors whose outer product it is; it never
-    exceeds the outer product, so cores outside the product's support hold 0 and only the
-    support (rows and columns with elements) is materialised.
+    `home` is sparse (`_Cells`) or a pair of vectors whose outer product it is; it never
+    exceeds the outer product, so cores outside the product's support hold 0. The counts are
+    integers (exact in float64), and the max is taken over the distinct values only: cores
+    grouped by (count, home count) per row and column, or by count where nothing stays.
     """
     r, c = np.flatnonzero(per_row), np.flatnonzero(per_col)
     if r.size == 0 or c.size == 0:
         return 0.0
-    block = np.outer(per_row[r], per_col[c])
     if isinstance(home, tuple):
-        block = block - np.outer(home[0][r], home[1][c])
-    else:
-        block = block - home[np.ix_(r, c)]
-    return float(block.max(initial=0.0))
+        rows, rows_home = _distinct_pairs(per_row[r], home[0][r])
+        cols, cols_home = _distinct_pairs(per_col[c], home[1][c])
+        block = np.outer(rows, cols) - np.outer(rows_home, cols_home)
+        return float(block.max(initial=0.0))
+    # cores where something stays, one by one; the others by (row count, column count) group
+    staying = per_row[home.row] * per_col[home.col] - home.count
+    row_values, row_group, row_sizes = np.unique(
+        per_row[r], return_inverse=True, return_counts=True
+    )
+    col_values, col_group, col_sizes = np.unique(
+        per_col[c], return_inverse=True, return_counts=True
+    )
+    group_of_row = np.zeros(len(per_row), dtype=np.int64)
+    group_of_row[r] = row_group
+    group_of_col = np.zeros(len(per_col), dtype=np.int64)
+    group_of_col[c] = col_group
+    taken = np.zeros((len(row_values), len(col_values)), dtype=np.int64)
+    np.add.at(taken, (group_of_row[home.row], group_of_col[home.col]), 1)
+    empty = taken < np.outer(row_sizes, col_sizes)  # groups with a core where nothing stays
+    block = np.where(empty, np.outer(row_values, col_values), 0.0)
+    return float(max(block.max(initial=0.0), staying.max(initial=0.0)))
+
+
+def _distinct_pairs(count: np.ndarray, home: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (count, home count) pairs of integer-valued float arrays (one sort of
+    int64 keys; home <= count < 2**31)."""
+    assert count.max(initial=0) < 2**31  # elements per row or column of one tensor
+    key = np.unique((count.astype(np.int64) << 31) | home.astype(np.int64))
+    return (key >> 31).astype(np.float64), (key & (2**31 - 1)).astype(np.float64)
 
 
 def _direct_cuts(src: np.ndarray, dst: np.ndarray, length: int) -> np.ndarray:
@@ -201,10 +235,16 @@ def _pair_distance(src: np.ndarray, dst: np.ndarray, length: int) -> float:
     return float((left_a * (b.sum() - left_b) + (a.sum() - left_a) * left_b).sum())
 
 
-def _pairs(rows_of: np.ndarray, cols_of: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """(rows, cols) histogram of the pairs (rows_of[i], cols_of[i])."""
-    flat = np.bincount(rows_of * cols + cols_of, minlength=rows * cols)
-    return flat.reshape(rows, cols).astype(np.float64)
+def _stay_cells(
+    src_r: np.ndarray, dst_c: np.ndarray, dst_r: np.ndarray, src_c: np.ndarray, cols: int
+) -> _Cells:
+    """Elements (a, b) of a crossed move that stay home, per core: a's (src row, dst col)
+    pairs times b's (dst row, src col) pairs on the same core."""
+    first, first_count = np.unique(src_r * cols + dst_c, return_counts=True)
+    second, second_count = np.unique(dst_r * cols + src_c, return_counts=True)
+    cores, i, j = np.intersect1d(first, second, assume_unique=True, return_indices=True)
+    count = first_count[i].astype(np.float64) * second_count[j].astype(np.float64)
+    return _Cells(row=cores // cols, col=cores % cols, count=count)
 
 
 def _counts(coords: np.ndarray, length: int) -> np.ndarray:

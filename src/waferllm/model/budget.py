@@ -8,6 +8,7 @@ from `regions.py`. `plan.py` decides with these; nothing here places a tensor.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 from waferllm.errors import SramOverflowError
@@ -86,6 +87,7 @@ def prefill_need_bytes(
     return need
 
 
+@functools.lru_cache(maxsize=4096)  # every model on a grid asks it again
 def max_prompt_tokens(
     regions: PhaseRegions,
     fp: Footprint,

@@ -11,6 +11,7 @@ heads per kv head (n' per attention pass), H head-dim slots, Kc key blocks owned
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 from waferllm.kernels.dequant import dequant_scratch_bytes
@@ -55,6 +56,7 @@ class PrefillScratch:
         return max(self.layer, self.head)
 
 
+@functools.lru_cache(maxsize=8192)  # plans bound the prompt by bisection, grid by grid
 def prefill_scratch(
     config: ModelConfig,
     rows: int,

@@ -1,0 +1,107 @@
+"""Shape-only execution: every fast output has the shape and dtype torch's meta kernels give,
+and an estimate under it neither imports torch._dynamo nor changes a number."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from waferllm.api.estimate import estimate
+from waferllm.estimate.cost import clear_cache
+from waferllm.mesh import meta
+
+
+class Checking(meta.ShapeOnly):
+    """The fast rules, each output compared with torch's own (outside the mode)."""
+
+    seen: set = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        rule = meta._RULES.get(func)
+        fast = rule(func, args, kwargs) if rule is not None else None
+        want = func(*args, **kwargs)
+        if fast is not None:
+            assert (tuple(fast.shape), fast.dtype, fast.device) == (
+                tuple(want.shape),
+                want.dtype,
+                want.device,
+            ), func
+            Checking.seen.add(func)
+        return want
+
+
+def meta_tensor(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+CASES = [
+    lambda: meta_tensor(4, 1, 3) * meta_tensor(5, 1),
+    lambda: meta_tensor(2, 3, dtype=torch.int32) * 2.5,
+    lambda: meta_tensor(2, 3, dtype=torch.int32) / 2,
+    lambda: meta_tensor(2, 3, dtype=torch.int64) // 2,
+    lambda: meta_tensor(2, 3, dtype=torch.float16) + meta_tensor(dtype=torch.float32),
+    lambda: torch.where(meta_tensor(3, 1, dtype=torch.bool), meta_tensor(3, 4), 0.0),
+    lambda: torch.where(meta_tensor(3, 4, dtype=torch.bool), 1, meta_tensor(4, dtype=torch.int8)),
+    lambda: meta_tensor(3, 4, dtype=torch.bool).sum(dim=-1),
+    lambda: meta_tensor(3, 4, 5).permute(2, 0, 1).sum(dim=(0, 2), keepdim=True),
+    lambda: meta_tensor(3, 4, dtype=torch.float16).amax(dim=1),
+    lambda: meta_tensor(3, 4).mean(dim=0),
+    lambda: torch.rsqrt(meta_tensor(3, dtype=torch.int64)),
+    lambda: torch.nan_to_num(meta_tensor(3, 4), nan=0.0),
+    lambda: meta_tensor(3, 4) ** 2,
+    lambda: torch.cat([meta_tensor(2, 3), meta_tensor(5, 3, dtype=torch.float16)]),
+    lambda: torch.stack([meta_tensor(2, 3), meta_tensor(2, 3)], dim=-1),
+    lambda: torch.roll(meta_tensor(2, 3).t(), 1, dims=0),
+    lambda: meta_tensor(7, 2, 3) @ meta_tensor(3, 5),
+    lambda: torch.bmm(meta_tensor(7, 2, 3), meta_tensor(7, 3, 5)),
+    lambda: torch.arange(11, device="meta") * 3,
+    lambda: torch.arange(1.0, 4.0, 0.5, device="meta"),
+    lambda: meta_tensor(3, 4).clone().add_(meta_tensor(4)),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_each_fast_rule_gives_torchs_shape_and_dtype(case, monkeypatch):
+    want = CASES[case]()
+    monkeypatch.setattr(meta, "ShapeOnly", Checking)
+    with meta.shape_only():
+        got = CASES[case]()
+    assert (tuple(got.shape), got.dtype) == (tuple(want.shape), want.dtype)
+
+
+def test_shapes_that_do_not_broadcast_raise_torchs_error():
+    with meta.shape_only(), pytest.raises(RuntimeError):
+        meta_tensor(3, 4) + meta_tensor(5)
+
+
+def test_an_estimate_gives_every_fast_output_torchs_shape_and_dtype(monkeypatch):
+    monkeypatch.setattr(meta, "ShapeOnly", Checking)
+    Checking.seen = set()
+    clear_cache()
+    for storage in ("float16", "int8"):
+        estimate(
+            "tiny",
+            device="tiny",
+            prompt_len=9,
+            output_len=5,
+            prefill_grid=4,
+            decode_grid=(3, 4),
+            kv_dtype=storage,
+        )
+    clear_cache()
+    assert len(Checking.seen) > 10  # the rules ran, not torch's fallback only
+
+
+def test_an_estimate_after_import_does_not_import_dynamo():
+    code = (
+        "import sys, waferllm\n"
+        "waferllm.estimate('llama3-8b', device='wse2', placement='per-layer', prompt_len=64,"
+        " output_len=4, prefill_grid=360, decode_grid=360)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
