@@ -20,7 +20,7 @@ from waferllm.estimate.search import GridSearch, search_grids
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.storage import bytes_per_element
 from waferllm.model.kv_cache import max_new_tokens
-from waferllm.model.pipeline import device_layer_ranges
+from waferllm.model.pipeline import check_device_count, layers_per_device
 from waferllm.model.placement import PlacementMode
 from waferllm.model.plan import ModelPlan, plan_model
 from waferllm.model.regions import PhaseRegions
@@ -213,8 +213,8 @@ def resolve_num_devices(
             f"num_devices={value!r} needs placement fit (per-layer extrapolates one layer on "
             "one device)"
         )
-    if count is not None and count > setup.config.num_hidden_layers:
-        device_layer_ranges(setup.config.num_hidden_layers, count)  # raises, naming the limit
+    if count is not None:
+        check_device_count(setup.config.num_hidden_layers, count)
     if count is None:
         count = devices_needed(
             setup, prompt_len=prompt_len, output_len=output_len, grids=grids, start=1
@@ -310,7 +310,7 @@ def pipeline_breakdown(
     """The devices' layer ranges and regions, the link's constants and what it cost per phase
     (time inside TTFT and the decode steps; in `decode`, summed over the O-1 steps)."""
     device = setup.device
-    ranges = device_layer_ranges(setup.config.num_hidden_layers, setup.num_devices)
+    ranges = layers_per_device(decode)  # prefill splits the layers alike
     pre, dec = _stages(prefill), _stages(decode)
     return {
         "num_devices": setup.num_devices,
