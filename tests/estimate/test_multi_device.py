@@ -9,9 +9,17 @@ import dataclasses
 import pytest
 import torch
 
-from waferllm.device import wse2, wse3
+from waferllm.device import tiny, wse2, wse3
 from waferllm.estimate.cost import CostModel, Setup
-from waferllm.estimate.multi_device import devices_needed, request_fits, weights_bound
+from waferllm.estimate.multi_device import (
+    FALLBACK_PAIRS,
+    devices_needed,
+    request_fits,
+    tiling_pairs,
+    weights_bound,
+    with_tilings,
+)
+from waferllm.estimate.search import search_grids
 from waferllm.mesh import Axis, Ledger, Mesh, Mode, broadcast
 from waferllm.mesh.system_link import system_link_charge
 from waferllm.model.config import load_config
@@ -108,3 +116,28 @@ def test_llama3_70b_needs_several_wse3s_and_fits_the_count_it_is_told():
     assert needed is not None and needed > 4
     assert request_fits(setup, needed, grids, PROMPT, OUTPUT)
     assert not request_fits(setup, needed - 1, grids, PROMPT, OUTPUT)
+
+
+# a 4 x 8-core device: one tiny layer overflows a 4 x 4 square, a 4 x 8 tiling holds one
+WIDE = dataclasses.replace(tiny(), name="wide", mesh_rows=4, mesh_cols=8, sram_bytes_per_core=8192)
+
+
+def test_whole_device_rectangular_tilings_hold_what_no_square_grid_does():
+    setup = Setup(config=load_config("tiny"), device=WIDE)
+    lengths = {"prompt_len": 12, "output_len": 4}
+    squares = ((4, 4), (4, 4))
+    assert devices_needed(setup, **lengths, grids=squares) is None
+    assert devices_needed(setup, **lengths, grids=(None, None)) == 2
+    assert request_fits(setup, 2, ((4, 8), (4, 8)), 12, 4)
+    assert ((4, 8), (4, 8)) in tiling_pairs(setup, (None, None))
+
+
+def test_over_several_devices_the_search_takes_a_whole_device_tiling_only_where_faster():
+    device = dataclasses.replace(WIDE, mesh_cols=6, sram_bytes_per_core=16384)
+    setup = Setup(config=load_config("tiny"), device=device, num_devices=2)
+    costs = CostModel(setup)
+    search = search_grids(costs, prompt_len=12, output_len=4)
+    best, _ = with_tilings(costs, search, prompt_len=12, output_len=4)
+    pairs = [p for p in tiling_pairs(setup, (None, None)) if request_fits(setup, 2, p, 12, 4)]
+    tilings = [costs.request(*p, 12, 4).objective_s for p in pairs[:FALLBACK_PAIRS]]
+    assert pairs and best.objective_s == min(search.best.objective_s, *tilings)

@@ -55,7 +55,9 @@ def test_with_room_to_spare_the_split_is_even_and_the_end_devices_give_up_the_su
 
 
 def test_a_model_larger_than_the_devices_rooms_is_an_error_naming_them():
-    with pytest.raises(WaferError, match=r"hold \[3, 4, 3\] layers per device and the model has 11"):
+    with pytest.raises(
+        WaferError, match=r"hold \[3, 4, 3\] layers per device and the model has 11"
+    ):
         _ranges(11, 4500)
     with pytest.raises(WaferError, match="more than the model's 4 layers"):
         check_device_count(4, 5)

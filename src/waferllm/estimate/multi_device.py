@@ -2,14 +2,15 @@
 
 `devices_needed` finds the fewest linked devices on which the model and the request fit, from
 the plans' byte counts alone (`model.pipeline`: a range of layers per device), on the given
-grids or on square grids across the device: `auto` takes it, and a model that does not fit is
-an error naming it. `request_over_devices` prices a request over N devices through the same
-`CostModel` walks and grid search as one device's; `pipeline_breakdown` reads the link's
-records out of its ledgers for the report.
+grids or on the whole-device rectangular tilings and square grids: `auto` takes it, and a
+model that does not fit is an error naming it. `request_over_devices` prices a request over N
+devices through the same `CostModel` walks and grid search as one device's (plus the tilings,
+`with_tilings`); `pipeline_breakdown` reads the link's records out of its ledgers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -21,12 +22,13 @@ from waferllm.mesh.cost import Ledger
 from waferllm.mesh.storage import bytes_per_element
 from waferllm.model.kv_cache import max_new_tokens
 from waferllm.model.pipeline import check_device_count, layers_per_device
-from waferllm.model.placement import PlacementMode
+from waferllm.model.placement import Phase, PlacementMode
 from waferllm.model.plan import ModelPlan, plan_model
-from waferllm.model.regions import PhaseRegions
+from waferllm.model.regions import PhaseRegions, device_tilings
 
 Progress = Callable[[int, int, str], None]
 
+TILINGS_PER_PHASE = 6  # whole-device tilings per phase paired in the device count and search
 MAX_DEVICES = 64  # `auto` and the error's count look no further (a 64-wafer pipeline)
 LINK_SUFFIX = ".system_link"  # the op suffix of a transfer between devices (mesh.system_link)
 
@@ -71,18 +73,31 @@ def request_fits(
     return room >= output_len
 
 
+def tiling_pairs(setup: Setup, grids: tuple[Grid | None, Grid | None]) -> list[tuple[Grid, Grid]]:
+    """Pairs of the rectangular grids whose regions tile the whole device
+    (`regions.device_tilings`, the first `TILINGS_PER_PHASE` of each phase: fewest regions
+    first; prefill's with small logical grids for its ring GEMMs), a given grid kept."""
+    device, config = setup.device, setup.config
+    dims = (config.hidden_size, config.intermediate_size)
+    pre = [grids[0]] if grids[0] else device_tilings(device, ring=True, dims=dims)
+    dec = [grids[1]] if grids[1] else device_tilings(device, ring=False)
+    return [(p, d) for p in pre[:TILINGS_PER_PHASE] for d in dec[:TILINGS_PER_PHASE]]
+
+
 def _candidate_grids(
     setup: Setup, grids: tuple[Grid | None, Grid | None]
 ) -> list[tuple[Grid, Grid]]:
-    """The given grids, or every square side from the smallest that holds one layer to the
-    device's shorter side (both phases on the same side when neither is given)."""
+    """The given grids, or the tilings' pairs (`tiling_pairs`) and every square side from the
+    smallest that holds one layer to the device's shorter side (both phases on the same side
+    when neither is given)."""
     if grids[0] is not None and grids[1] is not None:
         return [(grids[0], grids[1])]
     device, config = setup.device, setup.config
     hi = min(device.mesh_rows, device.mesh_cols)
     layer_bytes = config.layer_params * _weight_bytes_per_element(setup)
     lo = min(hi, max(1, math.ceil(math.sqrt(layer_bytes / device.sram_bytes_per_core))))
-    return [(grids[0] or (s, s), grids[1] or (s, s)) for s in range(lo, hi + 1)]
+    squares = [(grids[0] or (s, s), grids[1] or (s, s)) for s in range(lo, hi + 1)]
+    return list(dict.fromkeys([*tiling_pairs(setup, grids), *squares]))
 
 
 def feasible_grids(
@@ -264,13 +279,13 @@ def request_over_devices(
     request that does not fit says how many devices it needs."""
     setup, count = costs.setup, costs.setup.num_devices
     given = grids[0] is not None and grids[1] is not None
+    lengths = {"prompt_len": prompt_len, "output_len": output_len}
     try:
-        return grid_request(
-            costs, prompt_len=prompt_len, output_len=output_len, grids=grids, progress=progress
-        )
+        cost, search = grid_request(costs, **lengths, grids=grids, progress=progress)
     except WaferError as exc:
         error = exc
-    lengths = {"prompt_len": prompt_len, "output_len": output_len}
+    else:
+        return (cost, search) if search is None else with_tilings(costs, search, **lengths)
     needed = devices_needed(setup, **lengths, grids=grids, start=count)
     if needed is None or needed > count:
         raise not_enough_devices(setup, count, needed) from None
@@ -278,6 +293,40 @@ def request_over_devices(
         raise error
     pairs = feasible_grids(setup, count, **lengths, grids=grids)
     return fastest_feasible(costs, pairs, **lengths), None
+
+
+def with_tilings(
+    costs: CostModel, search: GridSearch, *, prompt_len: int, output_len: int
+) -> tuple[RequestCost, GridSearch]:
+    """The grid search's choice, or the fastest of the first `FALLBACK_PAIRS` byte-feasible
+    pairs of whole-device tilings (`tiling_pairs`) where that is faster: over several devices
+    a tiling that uses the whole mesh holds more layers per device (the search itself tries
+    tilings only where no square works)."""
+    lengths = {"prompt_len": prompt_len, "output_len": output_len}
+    searched = {p.phase for p in search.points}  # a phase given its grid keeps it
+    grids = (
+        None if Phase.PREFILL in searched else search.best.prefill_grid,
+        None if Phase.DECODE in searched else search.best.decode_grid,
+    )
+    count = costs.setup.num_devices
+    pairs = [
+        pair
+        for pair in tiling_pairs(costs.setup, grids)
+        if request_fits(costs.setup, count, pair, **lengths)
+    ]
+    try:
+        best = fastest_feasible(costs, pairs[:FALLBACK_PAIRS], **lengths) if pairs else None
+    except WaferError:
+        best = None
+    if best is None or best.objective_s >= search.best.objective_s:
+        return search.best, search
+    tried = (best.prefill_grid, best.decode_grid, best.objective_s)
+    return best, dataclasses.replace(
+        search,
+        best=best,
+        pairs=(*search.pairs, tried),
+        space=f"{search.space}; over {count} devices, pairs of whole-device tilings",
+    )
 
 
 # ---- the report ----------------------------------------------------------------------------------
@@ -345,5 +394,7 @@ __all__ = [
     "request_over_devices",
     "resolve_num_devices",
     "single_device_error",
+    "tiling_pairs",
     "weights_bound",
+    "with_tilings",
 ]

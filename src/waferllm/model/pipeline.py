@@ -81,7 +81,8 @@ def pipeline_layer_ranges(
     min(room_d, t) layers for the smallest level t that places them all (room_d: the fewest
     layers any phase's grid lets it hold, `device_rooms`), and the surplus comes off the
     devices with the least room, those holding a vocabulary table first (as
-    `regions.split_layers` does over one device's regions). Raises a WaferError when the devices' rooms do not add up to the model."""
+    `regions.split_layers` does over one device's regions). Raises a WaferError when the
+    devices' rooms do not add up to the model."""
     check_device_count(num_layers, num_devices)
     rooms = np.min(
         [
