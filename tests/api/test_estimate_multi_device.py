@@ -30,12 +30,16 @@ def test_a_two_wafer_report_counts_both_devices_and_shows_the_link_cost():
     prefill_bytes, token_bytes = 128 * 4096 * 2, 4096 * 2
     ttft_s = report["metrics"]["ttft_s"]
     link_s = 5e-6 + prefill_bytes / 150e9
+    legs = [r for r in est.ledgers.prefill.ledger.records if r.op in ("hop1.io_out", "hop1.io_in")]
+    legs_s = device.cycles_to_seconds(sum(r.latency_cycles for r in legs))
     assert link["prefill"] == {
         "transfers": 1,
         "bytes": prefill_bytes,
         "modelled_s": pytest.approx(link_s, rel=1e-12),
+        "io_legs_modelled_s": pytest.approx(legs_s, rel=1e-12),
         "mean_device_busy_fraction": pytest.approx((ttft_s - link_s) / (2 * ttft_s)),
     }
+    assert legs_s > 0 and link["decode"]["io_legs_modelled_s"] == 0.0  # decode leaves at column 0
     assert link["decode"]["transfers"] == 3 and link["decode"]["bytes"] == 3 * token_bytes
     assert link["decode"]["modelled_s"] == pytest.approx(3 * (5e-6 + token_bytes / 150e9))
     m = report["metrics"]

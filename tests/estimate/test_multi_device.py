@@ -1,6 +1,7 @@
 """Multi-wafer `fit` costs (SPEC.md §10.10): a pipeline over linked devices costs the one-device
 walk of the same regions with each device boundary's on-wafer hop replaced by exactly the
-modelled link transfer; how many devices a request needs."""
+modelled link transfer and its legs to and from the I/O edge; how many devices a request needs
+(on whole-device tilings too)."""
 
 from __future__ import annotations
 
@@ -58,23 +59,31 @@ def test_two_wafers_hold_the_one_wafer_regions_one_per_device(pair):
     assert two.model.plan.kv_slots == one.model.plan.kv_slots
 
 
-def test_prefill_equals_one_wafer_with_the_hop_replaced_by_one_link_transfer(pair):
+def test_prefill_equals_one_wafer_with_the_hop_replaced_by_the_link_and_its_two_legs(pair):
     one, two = pair
     device = wse2()
     a, b = one.prefill.ledger.records, two.prefill.ledger.records
     (index,) = [i for i, r in enumerate(a) if r.op == "hop1"]
-    link = b[index]
+    out, link, into = b[index : index + 3]
     nbytes = PROMPT * 4096 * 2  # L x hidden x 2 B
     assert (link.op, link.count, link.bytes_injected) == ("hop1.system_link", 1, nbytes)
     assert link.comm_cycles == system_link_charge(device, nbytes=nbytes).cycles
     assert link.comm_cycles == pytest.approx((5e-6 + nbytes / 150e9) * 1.1e9)
-    assert b[:index] + b[index + 1 :] == a[:index] + a[index + 1 :]
+    # the legs: each row's 479 other tiles [1, 9] gather at its edge core (column 0, where
+    # both regions sit) and spread again on the next wafer
+    moved = (GRID[1] - 1) * 9
+    size = moved * 2 / min(device.link_bytes_per_cycle, device.ramp_bytes_per_cycle)
+    leg = (GRID[1] - 1) * device.hop_latency_cycles + size + device.op_overhead_cycles
+    assert (out.op, into.op) == ("hop1.io_out", "hop1.io_in")
+    assert out.latency_cycles == pytest.approx(leg) and into.latency_cycles == pytest.approx(leg)
+    assert b[:index] + b[index + 3 :] == a[:index] + a[index + 1 :]
     ttft = two.prefill.latency_cycles - one.prefill.latency_cycles  # summation order aside
-    exact = link.latency_cycles - a[index].latency_cycles
-    assert ttft == pytest.approx(exact, abs=1e-12 * one.prefill.latency_cycles)
+    exact = link.latency_cycles + 2 * leg - a[index].latency_cycles
+    assert ttft == pytest.approx(exact, rel=1e-9)
 
 
 def test_each_decode_step_pays_one_link_transfer_of_the_hidden_vector_and_its_entry(pair):
+    # no legs: the vector leaves from column 0 (the I/O edge) and enters there
     one, two = pair
     device = wse2()
     a, b = one.decode.ledger.records, two.decode.ledger.records

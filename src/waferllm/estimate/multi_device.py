@@ -31,6 +31,7 @@ Progress = Callable[[int, int, str], None]
 TILINGS_PER_PHASE = 6  # whole-device tilings per phase paired in the device count and search
 MAX_DEVICES = 64  # `auto` and the error's count look no further (a 64-wafer pipeline)
 LINK_SUFFIX = ".system_link"  # the op suffix of a transfer between devices (mesh.system_link)
+LEG_SUFFIXES = (".io_out", ".io_in")  # its on-wafer legs to and from the I/O edge
 
 BUBBLE_NOTE = (
     "batch 1: the devices run one after another (a pipeline of one request has no overlap); "
@@ -331,17 +332,20 @@ def with_tilings(
 
 # ---- the report ----------------------------------------------------------------------------------
 def _link_totals(setup: Setup, ledger: Ledger) -> dict[str, Any]:
-    """The phase's link transfers, and the mean share of the phase each device works: with
-    one request the devices take turns and none works while the link carries the stream, so
-    (phase - link) / (N x phase)."""
+    """The phase's link transfers, their on-wafer legs to and from the I/O edge, and the mean
+    share of the phase each device works: with one request the devices take turns and none
+    works while the link carries the stream, so (phase - link) / (N x phase)."""
     records = [r for r in ledger.records if r.op.endswith(LINK_SUFFIX)]
+    legs = [r for r in ledger.records if r.op.endswith(LEG_SUFFIXES)]
     cycles = sum(r.latency_cycles * r.count for r in records)
     phase = ledger.totals().latency_cycles
     busy = (phase - cycles) / (setup.num_devices * phase) if phase > 0 else None
+    to_s = setup.device.cycles_to_seconds
     return {
         "transfers": sum(r.count for r in records),
         "bytes": sum(r.bytes_injected * r.count for r in records),
-        "modelled_s": setup.device.cycles_to_seconds(cycles),
+        "modelled_s": to_s(cycles),
+        "io_legs_modelled_s": to_s(sum(r.latency_cycles * r.count for r in legs)),
         "mean_device_busy_fraction": busy,
     }
 
