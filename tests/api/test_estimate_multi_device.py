@@ -98,3 +98,28 @@ def test_bad_device_counts_are_user_errors(extra, message):
     args = {**TINY, "device": tiny(), **extra}
     with pytest.raises(WaferError, match=message):
         estimate(**args)
+
+
+def test_a_batch_over_two_wafers_overlaps_its_sequences_and_reports_the_bubbles():
+    one = estimate(**LLAMA, num_devices=2).to_dict()
+    assert estimate(**LLAMA, num_devices=2, batch_size=1).to_dict()["metrics"] == one["metrics"]
+    est = estimate(**LLAMA, num_devices=2, batch_size=3)
+    report, device = est.to_dict(), wse2()
+    batch, m = report["breakdown"]["batch"], report["metrics"]
+    stages = [*batch["device_decode_s"], *batch["link_decode_s"]]
+    alone = one["breakdown"]["decode"]["modelled_s"]
+    assert sum(stages) == pytest.approx(alone, rel=1e-9)  # one sequence's decode, split
+    round_s = max(alone, 3 * max(stages)) / 3  # three decode steps
+    assert m["tpot_s"] == pytest.approx(round_s, rel=1e-9)
+    assert m["ttft_s"] == one["metrics"]["ttft_s"]  # one sequence's own prefill
+    busy = 3 * sum(batch["device_decode_s"]) / (2 * 3 * round_s)
+    assert batch["decode_bubble_fraction"] == pytest.approx(1 - busy, rel=1e-9)
+    assert batch["decode_tokens_per_s"] == pytest.approx(3 / round_s, rel=1e-9)
+    assert report["batch_size"] == 3 and device.name == report["device"]
+    assert "batch 3: the sequences overlap" in report["breakdown"]["pipeline"]["bubble"]
+
+
+def test_a_batch_whose_kv_caches_overflow_the_devices_is_an_error():
+    # four sequences need a step's scratch each: the 480-row cache of two wse2s holds three
+    with pytest.raises(WaferError, match="the batch's KV cache does not fit: its 4 sequences"):
+        estimate(**LLAMA, num_devices=2, batch_size=4)

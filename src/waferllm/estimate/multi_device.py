@@ -17,6 +17,7 @@ from typing import Any
 
 from waferllm.errors import WaferError
 from waferllm.estimate.cost import CostModel, Grid, RequestCost, Setup
+from waferllm.estimate.pipeline_schedule import PipelineSchedule, pipeline_schedule
 from waferllm.estimate.search import GridSearch, search_grids
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.storage import bytes_per_element
@@ -37,6 +38,10 @@ BUBBLE_NOTE = (
     "batch 1: the devices run one after another (a pipeline of one request has no overlap); "
     "while one device works the others wait, so each is busy only during its own layers "
     "(mean_device_busy_fraction per phase)"
+)
+BATCH_NOTE = (
+    "batch {batch}: the sequences overlap, one per device at a time (breakdown.batch: bubbles, "
+    "rounds and throughput); system_link and mean_device_busy_fraction are one sequence's"
 )
 
 
@@ -330,6 +335,27 @@ def with_tilings(
     )
 
 
+def batch_over_devices(
+    costs: CostModel, cost: RequestCost, *, prompt_len: int, output_len: int, batch: int
+) -> RequestCost:
+    """`batch` sequences over the devices of `cost` (one sequence's ledgers, kept): the KV
+    cache must hold them all (an equal share of the slots each), the transition re-lays all
+    their caches; `pipeline_schedule_of` overlaps them."""
+    costs.check_room(cost.model, prompt_len, output_len, batch)
+    transition = costs.transition(cost.model, prompt_len, batch)
+    return dataclasses.replace(cost, transition=transition, batch=batch)
+
+
+def pipeline_schedule_of(setup: Setup, cost: RequestCost) -> PipelineSchedule | None:
+    """The batched pipeline of a request over several devices with a batch, else None."""
+    if setup.num_devices == 1 or cost.batch == 1:
+        return None
+    plan = cost.model.plan
+    return pipeline_schedule(
+        cost.batch, cost.prefill.ledger, cost.decode.ledger, (plan.prefill, plan.decode)
+    )
+
+
 # ---- the report ----------------------------------------------------------------------------------
 def _link_totals(setup: Setup, ledger: Ledger) -> dict[str, Any]:
     """The phase's link transfers, their on-wafer legs to and from the I/O edge, and the mean
@@ -383,17 +409,19 @@ def pipeline_breakdown(
             "prefill": _link_totals(setup, cost.prefill.ledger),
             "decode": _link_totals(setup, cost.decode.ledger),
         },
-        "bubble": BUBBLE_NOTE,
+        "bubble": BUBBLE_NOTE if cost.batch == 1 else BATCH_NOTE.format(batch=cost.batch),
     }
 
 
 __all__ = [
+    "batch_over_devices",
     "devices_needed",
     "fastest_feasible",
     "grid_request",
     "feasible_grids",
     "not_enough_devices",
     "pipeline_breakdown",
+    "pipeline_schedule_of",
     "request_fits",
     "request_over_devices",
     "resolve_num_devices",
