@@ -16,6 +16,7 @@ from waferllm.estimate.multi_device import (
     FALLBACK_PAIRS,
     devices_needed,
     request_fits,
+    spread_by_prefill,
     tiling_pairs,
     weights_bound,
     with_tilings,
@@ -148,5 +149,6 @@ def test_over_several_devices_the_search_takes_a_whole_device_tiling_only_where_
     search = search_grids(costs, prompt_len=12, output_len=4)
     best, _ = with_tilings(costs, search, prompt_len=12, output_len=4)
     pairs = [p for p in tiling_pairs(setup, (None, None)) if request_fits(setup, 2, p, 12, 4)]
-    tilings = [costs.request(*p, 12, 4).objective_s for p in pairs[:FALLBACK_PAIRS]]
+    tried = spread_by_prefill(pairs)[:FALLBACK_PAIRS]
+    tilings = [costs.request(*p, 12, 4).objective_s for p in tried]
     assert pairs and best.objective_s == min(search.best.objective_s, *tilings)

@@ -301,13 +301,20 @@ def request_over_devices(
     return fastest_feasible(costs, pairs, **lengths), None
 
 
+def spread_by_prefill(pairs: list[tuple[Grid, Grid]]) -> list[tuple[Grid, Grid]]:
+    """`pairs` with the first pair of each prefill grid first (a ring GEMM's lcm padding
+    makes prefill times differ most between tilings), the others after, in order."""
+    firsts = list({p: (p, d) for p, d in reversed(pairs)}.values())[::-1]
+    return firsts + [pair for pair in pairs if pair not in firsts]
+
+
 def with_tilings(
     costs: CostModel, search: GridSearch, *, prompt_len: int, output_len: int
 ) -> tuple[RequestCost, GridSearch]:
-    """The grid search's choice, or the fastest of the first `FALLBACK_PAIRS` byte-feasible
-    pairs of whole-device tilings (`tiling_pairs`) where that is faster: over several devices
-    a tiling that uses the whole mesh holds more layers per device (the search itself tries
-    tilings only where no square works)."""
+    """The grid search's choice, or the fastest of `FALLBACK_PAIRS` byte-feasible pairs of
+    whole-device tilings (`tiling_pairs`, one per prefill grid first: `spread_by_prefill`)
+    where that is faster: over several devices a tiling that uses the whole mesh holds more
+    layers per device (the search itself tries tilings only where no square works)."""
     lengths = {"prompt_len": prompt_len, "output_len": output_len}
     searched = {p.phase for p in search.points}  # a phase given its grid keeps it
     grids = (
@@ -321,16 +328,17 @@ def with_tilings(
         if request_fits(costs.setup, count, pair, **lengths)
     ]
     try:
-        best = fastest_feasible(costs, pairs[:FALLBACK_PAIRS], **lengths) if pairs else None
+        tried = spread_by_prefill(pairs)[:FALLBACK_PAIRS]
+        best = fastest_feasible(costs, tried, **lengths) if pairs else None
     except WaferError:
         best = None
     if best is None or best.objective_s >= search.best.objective_s:
         return search.best, search
-    tried = (best.prefill_grid, best.decode_grid, best.objective_s)
+    chosen = (best.prefill_grid, best.decode_grid, best.objective_s)
     return best, dataclasses.replace(
         search,
         best=best,
-        pairs=(*search.pairs, tried),
+        pairs=(*search.pairs, chosen),
         space=f"{search.space}; over {count} devices, pairs of whole-device tilings",
     )
 
@@ -426,6 +434,7 @@ __all__ = [
     "request_over_devices",
     "resolve_num_devices",
     "single_device_error",
+    "spread_by_prefill",
     "tiling_pairs",
     "weights_bound",
     "with_tilings",
