@@ -60,11 +60,14 @@ def test_records_go_to_the_device_the_walk_is_on_and_layers_pro_rata():
             rec("head/lm_head.local", 32.0),
             rec("layer/qkv.local", 10.0, count=8),
             rec("kv_shift", 1.0, count=8),
+            rec("host.prompt_in", 64.0),  # a prompt's next chunk enters the first device
+            rec("rope.tables", 128.0),
         ]
     )
     stages = device_stages(ledger, regions)
-    # device 0: embed, hop1, the leg out, half of the 88 cycles of layers; device 1 the rest
-    assert stages.devices.tolist() == [1 + 2 + 4 + 44, 16 + 32 + 44]
+    # device 0: embed, hop1, the leg out, half of the 88 cycles of layers, the next chunk's
+    # entry; device 1 the rest
+    assert stages.devices.tolist() == [1 + 2 + 4 + 44 + 64 + 128, 16 + 32 + 44]
     assert stages.links.tolist() == [8.0]
 
 

@@ -21,6 +21,7 @@ from waferllm.model.pipeline import layers_per_device
 from waferllm.model.regions import PhaseRegions
 
 PER_LAYER_OPS = ("layer", "kv_shift")  # records charged once per layer (times the layers)
+ENTRY_OPS = ("host", "embed")  # a step (or a prompt's chunk) enters the first device
 LINK_SUFFIX = ".system_link"
 OUT_LEG_SUFFIX = ".io_out"  # the sender's leg to its I/O edge (mesh.system_link)
 
@@ -53,7 +54,8 @@ def device_stages(ledger: Ledger, regions: PhaseRegions) -> Stages:
     """Split a phase's records (in walk order) over the devices of `regions`: a record of the
     layers (`PER_LAYER_OPS`) pro rata to each device's layers; `hop<r>.system_link` to the link
     into region r's device, `hop<r>.io_out` to the device before it; every other record to the
-    device the walk is on (the embedding on the first, the LM head on the last)."""
+    device the walk is on (the embedding on the first, where every step or chunk of a prompt
+    enters: `ENTRY_OPS`; the LM head on the last)."""
     ranges = layers_per_device(regions)
     share = np.array([len(r) for r in ranges], dtype=np.float64) / sum(len(r) for r in ranges)
     devices = np.zeros(len(ranges))
@@ -61,8 +63,9 @@ def device_stages(ledger: Ledger, regions: PhaseRegions) -> Stages:
     current = 0
     for record in ledger.records:
         cycles = record.latency_cycles * record.count
-        hop = _hop_index(record.op)
-        if record.op.split("/")[0].split(".")[0] in PER_LAYER_OPS:
+        hop, head = _hop_index(record.op), record.op.split("/")[0].split(".")[0]
+        current = 0 if head in ENTRY_OPS else current
+        if head in PER_LAYER_OPS:
             devices += cycles * share
         elif hop is not None and record.op.endswith(LINK_SUFFIX):
             current = regions.regions[hop].device
