@@ -1,11 +1,14 @@
 """Multi-wafer `fit` (issue 13 item 1): LLaMA3-70B and Qwen2-72B over linked WSE-2s and WSE-3s.
 
 `--num-devices auto` for each model and device (the paper's 4096 + 4096 request, grids searched:
-square, as the paper autotunes), then LLaMA3-70B on 2..8 WSE-3s for a 2048 + 128 request, on
-searched square grids and on 1170x585 (half a WSE-3, which squares waste a third of). A
-pipeline of layer ranges joined by the inter-system link (`Device.system_link_*`: the CS-2's
-12 x 100 GbE, latency a placeholder). A count too small for the model is a row with the error
-naming how many devices it needs. Every time is modelled; host seconds labelled as measured.
+square grids as the paper autotunes and the whole-device rectangular tilings), then LLaMA3-70B
+on 2..8 WSE-3s for a 2048 + 128 request, on searched grids and on 1170x585 (half a WSE-3), then
+batches of B sequences overlapped in the pipeline of the fewest WSE-3s (bubbles, throughput).
+A pipeline of layer ranges (fewer layers on the devices holding vocabulary tables) joined by
+the inter-system link (`Device.system_link_*`: the CS-2's 12 x 100 GbE, latency a
+placeholder) and its on-wafer legs to the I/O edge. A count too small for the model is a row
+with the error naming how many devices it needs. Every time is modelled; host seconds
+labelled as measured.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ COUNT_REQUEST = {"prompt_len": 2048, "output_len": 128}  # a chat-like request
 COUNTS = ("llama3-70b", "wse3", range(2, 9))
 GRIDS = ({}, {"prefill_grid": "1170x585", "decode_grid": "1170x585"})  # searched; half a WSE-3
 QUICK = {"prompt_len": 128, "output_len": 4}
+BATCHES = ("llama3-70b", "wse3", 5, (1, 2, 5, 10))  # model, device, devices, batch sizes
 
 
 def point(model: str, device: str, num_devices: int | str, request: dict[str, Any]) -> dict:
@@ -49,6 +53,7 @@ def point(model: str, device: str, num_devices: int | str, request: dict[str, An
         "decode_s": decode_s,
         "kv_capacity_tokens": report["kv_capacity_tokens"],
         "pipeline": breakdown.get("pipeline"),
+        "batch": breakdown.get("batch"),
         "error": None,
         "host_wall_s": time.perf_counter() - start,
     }
@@ -75,6 +80,29 @@ def _cells(r: dict) -> list[Any]:
     ]
 
 
+def _batch_cells(r: dict) -> list[Any]:
+    if r["error"]:
+        return [r["batch_size"], r["requested"], _grids(r), "-", "-", "-", "-", "-",
+                r["error"][:120]]  # fmt: skip
+    m, b = r["metrics"], r["batch"]
+    bubbles = b["decode_bubble_fraction"] if b else r["pipeline"]["system_link"]["decode"][
+        "mean_device_busy_fraction"]  # fmt: skip
+    bubbles = bubbles if b else 1.0 - bubbles
+    tokens = b["decode_tokens_per_s"] if b else 1.0 / m["tpot_s"]
+    prefill = b["prefill_s"] if b else m["ttft_s"]
+    return [
+        r["batch_size"],
+        r["num_devices"],
+        _grids(r),
+        f"{m['ttft_s'] * 1e3:,.1f}",
+        f"{m['tpot_s'] * 1e3:,.3f}",
+        f"{tokens:,.0f}",
+        f"{bubbles:.1%}",
+        f"{prefill * 1e3:,.1f}",
+        f"{r['host_wall_s']:.0f} s",
+    ]
+
+
 def _grids(r: dict) -> str:
     """The grids used ([rows, cols] from the report), or as asked ("RxC"), or "searched"."""
     p, d = r.get("prefill_grid"), r.get("decode_grid")
@@ -93,6 +121,11 @@ def main() -> None:
     else:
         auto = [point(m, d, "auto", AUTO_REQUEST) for m, d in AUTO]
         fixed = [point(model, device, n, {**COUNT_REQUEST, **g}) for g in GRIDS for n in counts]
+    b_model, b_device, b_count, sizes = BATCHES
+    batches = [
+        point(b_model, b_device, b_count, {**COUNT_REQUEST, "batch_size": b})
+        for b in (sizes[:2] if args.quick else sizes)
+    ]
     out = common.console()
     columns = ["model", "device", "asked", "devices", "grids", "TTFT ms", "TPOT ms",
                "e2e TPR", "link in TTFT ms", "link share of decode",
@@ -101,7 +134,11 @@ def main() -> None:
         tokens = f"{rows[0]['prompt_len']} + {rows[0]['output_len']} tokens"
         title = f"Multi-wafer fit, {tokens} (modelled)"
         common.print_table(out, title, columns, [_cells(r) for r in rows])
-    payload = {"auto": auto, "counts": fixed}
+    batch_columns = ["batch", "devices", "grids", "TTFT ms", "round ms", "decode tok/s",
+                     "decode bubbles", "prefill all ms", "host (measured) / error"]  # fmt: skip
+    common.print_table(out, f"Batched pipeline, {b_model} on {b_count} {b_device}s (modelled)",
+                       batch_columns, [_batch_cells(r) for r in batches])  # fmt: skip
+    payload = {"auto": auto, "counts": fixed, "batches": batches}
     print(common.write_result(args.out_dir, "multi_wafer", "wse2-wse3", payload))
 
 

@@ -45,7 +45,7 @@ def test_a_batch_whose_kv_cache_does_not_fit_is_a_clear_error():
     [
         ({"batch_size": 0}, "batch_size=0 must be a positive integer"),
         ({"batch_size": True}, "must be a positive integer"),
-        ({"batch_size": 2, "system": "t10"}, "applies to system waferllm on one device"),
+        ({"batch_size": 2, "system": "t10"}, "batch_size=2 applies to system waferllm only"),
     ],
 )
 def test_bad_batch_sizes_are_refused(kwargs, message):

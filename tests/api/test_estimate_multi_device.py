@@ -30,12 +30,16 @@ def test_a_two_wafer_report_counts_both_devices_and_shows_the_link_cost():
     prefill_bytes, token_bytes = 128 * 4096 * 2, 4096 * 2
     ttft_s = report["metrics"]["ttft_s"]
     link_s = 5e-6 + prefill_bytes / 150e9
+    legs = [r for r in est.ledgers.prefill.ledger.records if r.op in ("hop1.io_out", "hop1.io_in")]
+    legs_s = device.cycles_to_seconds(sum(r.latency_cycles for r in legs))
     assert link["prefill"] == {
         "transfers": 1,
         "bytes": prefill_bytes,
         "modelled_s": pytest.approx(link_s, rel=1e-12),
+        "io_legs_modelled_s": pytest.approx(legs_s, rel=1e-12),
         "mean_device_busy_fraction": pytest.approx((ttft_s - link_s) / (2 * ttft_s)),
     }
+    assert legs_s > 0 and link["decode"]["io_legs_modelled_s"] == 0.0  # decode leaves at column 0
     assert link["decode"]["transfers"] == 3 and link["decode"]["bytes"] == 3 * token_bytes
     assert link["decode"]["modelled_s"] == pytest.approx(3 * (5e-6 + token_bytes / 150e9))
     m = report["metrics"]
@@ -70,9 +74,10 @@ def test_auto_takes_the_fewest_devices_that_fit():
 
 
 def test_a_model_too_large_for_the_devices_given_says_how_many_it_needs():
-    # 7 since the prefill plan budgets the walk's actual peak (issue 9; was 8)
+    # 6 since each device takes the layers its room allows, the end devices fewer (was 7
+    # with an even split; 8 before the prefill plan budgeted the walk's actual peak)
     with pytest.raises(
-        WaferError, match=r"llama3-70b does not fit 2 wse3s .* needs 7 linked wse3 wafers"
+        WaferError, match=r"llama3-70b does not fit 2 wse3s .* needs 6 linked wse3 wafers"
     ):
         estimate("llama3-70b", device="wse3", prompt_len=128, output_len=4, prefill_grid=514,
                  decode_grid=514, num_devices=2)  # fmt: skip
@@ -93,3 +98,28 @@ def test_bad_device_counts_are_user_errors(extra, message):
     args = {**TINY, "device": tiny(), **extra}
     with pytest.raises(WaferError, match=message):
         estimate(**args)
+
+
+def test_a_batch_over_two_wafers_overlaps_its_sequences_and_reports_the_bubbles():
+    one = estimate(**LLAMA, num_devices=2).to_dict()
+    assert estimate(**LLAMA, num_devices=2, batch_size=1).to_dict()["metrics"] == one["metrics"]
+    est = estimate(**LLAMA, num_devices=2, batch_size=3)
+    report, device = est.to_dict(), wse2()
+    batch, m = report["breakdown"]["batch"], report["metrics"]
+    stages = [*batch["device_decode_s"], *batch["link_decode_s"]]
+    alone = one["breakdown"]["decode"]["modelled_s"]
+    assert sum(stages) == pytest.approx(alone, rel=1e-9)  # one sequence's decode, split
+    round_s = max(alone, 3 * max(stages)) / 3  # three decode steps
+    assert m["tpot_s"] == pytest.approx(round_s, rel=1e-9)
+    assert m["ttft_s"] == one["metrics"]["ttft_s"]  # one sequence's own prefill
+    busy = 3 * sum(batch["device_decode_s"]) / (2 * 3 * round_s)
+    assert batch["decode_bubble_fraction"] == pytest.approx(1 - busy, rel=1e-9)
+    assert batch["decode_tokens_per_s"] == pytest.approx(3 / round_s, rel=1e-9)
+    assert report["batch_size"] == 3 and device.name == report["device"]
+    assert "batch 3: the sequences overlap" in report["breakdown"]["pipeline"]["bubble"]
+
+
+def test_a_batch_whose_kv_caches_overflow_the_devices_is_an_error():
+    # four sequences need a step's scratch each: the 480-row cache of two wse2s holds three
+    with pytest.raises(WaferError, match="the batch's KV cache does not fit: its 4 sequences"):
+        estimate(**LLAMA, num_devices=2, batch_size=4)

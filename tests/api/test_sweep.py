@@ -41,7 +41,7 @@ def test_axis_strings_are_typed_per_key():
             "decode_grid=2x3",
             "placement=fit,per-layer",
             "system=waferllm,t10",
-            "num_devices=1,2",
+            "num_devices=1,2,auto",
             "weight_dtype=float16,int4",
             "kv_dtype=int8",
             "device.sram_bytes_per_core=49152",
@@ -51,7 +51,7 @@ def test_axis_strings_are_typed_per_key():
     )
     axes = dict(spec.axes)
     assert axes["model"] == ("tiny", "llama3-8b")
-    assert axes["prompt_len"] == (16, 32) and axes["num_devices"] == (1, 2)
+    assert axes["prompt_len"] == (16, 32) and axes["num_devices"] == (1, 2, "auto")
     assert axes["prefill_grid"] == ((8, 8), (4, 8)) and axes["decode_grid"] == ((2, 3),)
     assert axes["placement"] == ("fit", "per-layer") and axes["kv_dtype"] == ("int8",)
     assert axes["device.sram_bytes_per_core"] == (49152,)
@@ -59,7 +59,7 @@ def test_axis_strings_are_typed_per_key():
     assert axes["device.stage_latency_cycles"] == (20.0, 34.3)
     assert type(axes["device.stage_latency_cycles"][0]) is float
     assert axes["device.storage_dtype"] == ("float32",)
-    assert spec.num_points == 2 * 2 * 2 * 2 * 2 * 2 * 2 * 2 * 2
+    assert spec.num_points == 2 * 2 * 2 * 2 * 2 * 2 * 3 * 2 * 2
 
 
 def test_a_toml_file_gives_scalars_lists_grids_and_device_tables(tmp_path):
@@ -282,3 +282,14 @@ def test_bad_ray_addresses_are_user_errors():
         check_ray_address(f"127.0.0.1:{port}", timeout_s=2.0)
     with pytest.raises(WaferError, match="needs ray=True"):
         sweep({**TINY, "prompt_len": 16}, out=Path("unused"), ray_address="127.0.0.1:1")
+
+
+def test_num_devices_auto_is_a_point_value_and_the_row_says_how_many_it_took(tmp_path):
+    # a 4 x 4-core device on which the 2-layer tiny model needs two devices (one layer each)
+    small = {"device.mesh_rows": 4, "device.mesh_cols": 4, "device.sram_bytes_per_core": 16384}
+    values = {**TINY, **small, "prompt_len": 12, "prefill_grid": 4, "decode_grid": 4}
+    result = sweep({**values, "num_devices": [1, "auto"]}, out=tmp_path, workers=1, plots=False)
+    one, auto = result.rows
+    assert (one["num_devices"], auto["num_devices"]) == ("1", "auto")
+    assert "needs 2 linked tiny wafers" in one["error"] and one["num_devices_used"] is None
+    assert auto["error"] is None and auto["num_devices_used"] == 2

@@ -64,4 +64,5 @@ def test_the_sweeps_num_devices_key_runs_the_pipeline(tmp_path):
     }
     one, two = sweep(axes, out=tmp_path, workers=1, plots=False, cache=False).rows
     assert "needs 2 linked tiny wafers" in one["error"]
-    assert two["error"] is None and two["num_devices"] == 2 and two["ttft_s"] > 0
+    assert two["error"] is None and two["num_devices"] == "2" and two["ttft_s"] > 0
+    assert two["num_devices_used"] == 2  # the input column is text: a count or "auto"

@@ -28,8 +28,10 @@ from waferllm.estimate.cost import Grid, RequestCost, Setup, clear_cache, cost_m
 from waferllm.estimate.energy import event_energy
 from waferllm.estimate.flops import model_flops
 from waferllm.estimate.multi_device import (
+    batch_over_devices,
     grid_request,
     pipeline_breakdown,
+    pipeline_schedule_of,
     request_over_devices,
     resolve_num_devices,
     single_device_error,
@@ -139,7 +141,8 @@ def estimate(
     B, B such requests decoded together (prompts prefilled one after another, each sequence
     in its own KV rows). The metrics are one sequence's (TTFT its own prefill, TPOT the
     batch's decode step); `breakdown["batch"]` has the batch's throughput. Grids not given
-    are searched for one sequence, then the batch is priced on them (one device only).
+    are searched for one sequence, then the batch is priced on them; over several devices
+    the sequences overlap in the pipeline (TPOT a round of B tokens, bubbles reported).
 
     `model`: a built-in name or a local checkpoint directory (only config.json is read).
     Grids not given are searched (the fastest feasible pair under SRAM and routes, minimising
@@ -164,8 +167,8 @@ def estimate(
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise WaferError(f"batch_size={batch_size!r} must be a positive integer")
-    if batch_size != 1 and (system != "waferllm" or num_devices != 1):
-        raise WaferError(f"batch_size={batch_size} applies to system waferllm on one device only")
+    if batch_size != 1 and system != "waferllm":
+        raise WaferError(f"batch_size={batch_size} applies to system waferllm only")
     config = model if isinstance(model, ModelConfig) else load_config(str(model))
     resolved = _device(device, device_overrides)
     if system != "waferllm":
@@ -227,6 +230,8 @@ def _estimate(
     costs = cost_model(setup)
     if count > 1:
         cost, search = request_over_devices(costs, **lengths, grids=grids, progress=progress)
+        if batch_size > 1:  # the sequences overlapped over the devices (pipeline_schedule_of)
+            cost = batch_over_devices(costs, cost, **lengths, batch=batch_size)
     else:
         try:
             cost, search = grid_request(costs, **lengths, grids=grids, progress=progress)
@@ -345,6 +350,9 @@ def _result(
     )
     ttft_s, transition_s, decode_s = cost.seconds()
     device = setup.device
+    schedule = pipeline_schedule_of(setup, cost)
+    if schedule is not None:  # a round of B sequences over the devices
+        decode_s = device.cycles_to_seconds(schedule.decode_cycles())
     cores = max(_cores(p, per_layer) for p in placements)
     total_s = ttft_s + transition_s + decode_s
     flops = model_flops(setup.config, prompt_len=prompt_len, output_len=output_len)
@@ -364,6 +372,7 @@ def _result(
     )
     ledgers = (cost.prefill.ledger, cost.transition, cost.decode.ledger)
     totals = [ledger.totals() for ledger in ledgers]
+    totals = totals if schedule is None else schedule.scaled_totals(totals)
     energy = event_energy(device, totals, total_s, num_devices=setup.num_devices)
     metrics = dataclasses.replace(metrics, energy_j=energy.total_j)
     capacity, room = whole_model_capacity(setup, cost.prefill_grid, cost.decode_grid, prompt_len)
@@ -459,7 +468,11 @@ def _breakdown(
         **_phase_summary(device, cost.decode.ledger, depth=2),
         "steps": max(output_len - 1, 0),
     }
-    if cost.batch > 1:
+    schedule = pipeline_schedule_of(setup, cost)
+    if schedule is not None:
+        steps, transition_s = max(output_len - 1, 0), cost.seconds()[1]
+        out["batch"] = schedule.to_dict(device, steps=steps, transition_s=transition_s)
+    elif cost.batch > 1:
         out["batch"] = _batch_summary(cost, output_len)
     return out
 

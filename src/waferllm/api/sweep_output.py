@@ -30,7 +30,7 @@ INPUT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("decode_grid", "str"),
     ("placement", "str"),
     ("system", "str"),
-    ("num_devices", "int"),
+    ("num_devices", "str"),  # a count, or "auto"
     ("weight_dtype", "str"),
     ("kv_dtype", "str"),
 )
@@ -61,6 +61,7 @@ OUTPUT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("max_new_tokens.shift", "int"),
     ("max_new_tokens.concat", "int"),
     ("sram_used_fraction", "float"),  # null while the estimate does not report it
+    ("num_devices_used", "int"),  # the devices the estimate placed the model on ("auto" too)
 )
 TAIL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("error", "str"),
@@ -84,6 +85,7 @@ def output_columns(report: dict[str, Any]) -> Row:
         for policy in ("shift", "concat"):
             out[f"{group}.{policy}"] = report[group].get(policy)
     out["sram_used_fraction"] = report.get("sram_used_fraction")
+    out["num_devices_used"] = report.get("num_devices", 1)
     return out
 
 

@@ -45,15 +45,17 @@ class SweepPoint:
     decode_grid: Grid | None = None
     placement: str = "fit"
     system: str = "waferllm"
-    num_devices: int = 1
+    num_devices: int | str = 1  # or "auto": the fewest devices that hold the point
     weight_dtype: str = "float16"
     kv_dtype: str = "float16"
 
     def to_dict(self) -> dict[str, Any]:
-        """The point's inputs as plain values (grids as "RxC"), the canonical form for keys
-        and rows; `device_overrides` as a mapping field -> value."""
+        """The point's inputs as plain values (grids as "RxC", num_devices as text: a count
+        or "auto"), the canonical form for keys and rows; `device_overrides` as a mapping
+        field -> value."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["device_overrides"] = dict(self.device_overrides)
+        out["num_devices"] = str(self.num_devices)
         for name in ("prefill_grid", "decode_grid"):
             grid = out[name]
             out[name] = None if grid is None else f"{grid[0]}x{grid[1]}"
@@ -183,7 +185,7 @@ def _parser(key: str) -> Parser:
         "prompt_len": _positive_int,
         "output_len": _positive_int,
         "batch_size": _positive_int,
-        "num_devices": _positive_int,
+        "num_devices": _num_devices,
         "prefill_grid": _grid,
         "decode_grid": _grid,
         "placement": _one_of(PLACEMENTS),
@@ -208,6 +210,13 @@ def _positive_int(key: str, value: Any) -> int:
     if number < 1:
         raise WaferError(f"sweep axis {key!r}: {value!r} must be a positive integer")
     return number
+
+
+def _num_devices(key: str, value: Any) -> int | str:
+    """A positive integer, or "auto" (SPEC.md §10.10: the fewest devices that fit)."""
+    if isinstance(value, str) and value.strip() == "auto":
+        return "auto"
+    return _positive_int(key, value)
 
 
 def _integer(key: str, value: Any) -> int:

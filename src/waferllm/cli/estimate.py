@@ -53,8 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=positive_int,
         default=1,
         metavar="B",
-        help="B such requests decoded together, each in its own KV rows (default 1); metrics "
-        "are one sequence's, the batch's throughput is in the breakdown",
+        help="B such requests decoded together, each in its own KV rows (default 1; over "
+        "several devices they overlap in the pipeline); metrics are one sequence's, the "
+        "batch's throughput is in the breakdown",
     )
     grids = parser.add_argument_group("grids (P for P x P, or RxC: R rows by C columns)")
     grids.add_argument("--prefill-grid", metavar="G", help="the prefill grid (default: searched)")
@@ -250,8 +251,9 @@ def _pipeline_table(pipeline: dict[str, Any]) -> Table:
     pre, dec = link["prefill"], link["decode"]
     table.caption = (
         f"system link (modelled): prefill {pre['transfers']} transfers, "
-        f"{units.duration(pre['modelled_s'])}; decode {dec['transfers']} transfers, "
-        f"{units.duration(dec['modelled_s'])}"
+        f"{units.duration(pre['modelled_s'])} (+{units.duration(pre['io_legs_modelled_s'])} "
+        f"on-wafer legs to the I/O edge); decode {dec['transfers']} transfers, "
+        f"{units.duration(dec['modelled_s'])} (+{units.duration(dec['io_legs_modelled_s'])})"
     )
     return table
 

@@ -22,7 +22,7 @@ from waferllm.cli.common import console, positive_int, print_json
 
 KEYS = (
     "model, device, device.<field>, prompt_len, output_len, batch_size, prefill_grid, "
-    "decode_grid, placement, system, num_devices, weight_dtype, kv_dtype"
+    "decode_grid, placement, system, num_devices (a count or auto), weight_dtype, kv_dtype"
 )
 
 

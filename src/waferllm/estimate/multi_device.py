@@ -2,38 +2,46 @@
 
 `devices_needed` finds the fewest linked devices on which the model and the request fit, from
 the plans' byte counts alone (`model.pipeline`: a range of layers per device), on the given
-grids or on square grids across the device: `auto` takes it, and a model that does not fit is
-an error naming it. `request_over_devices` prices a request over N devices through the same
-`CostModel` walks and grid search as one device's; `pipeline_breakdown` reads the link's
-records out of its ledgers for the report.
+grids or on the whole-device rectangular tilings and square grids: `auto` takes it, and a
+model that does not fit is an error naming it. `request_over_devices` prices a request over N
+devices through the same `CostModel` walks and grid search as one device's (plus the tilings,
+`with_tilings`); `pipeline_breakdown` reads the link's records out of its ledgers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
 
 from waferllm.errors import WaferError
 from waferllm.estimate.cost import CostModel, Grid, RequestCost, Setup
+from waferllm.estimate.pipeline_schedule import PipelineSchedule, pipeline_schedule
 from waferllm.estimate.search import GridSearch, search_grids
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.storage import bytes_per_element
 from waferllm.model.kv_cache import max_new_tokens
-from waferllm.model.pipeline import device_layer_ranges
-from waferllm.model.placement import PlacementMode
+from waferllm.model.pipeline import check_device_count, layers_per_device
+from waferllm.model.placement import Phase, PlacementMode
 from waferllm.model.plan import ModelPlan, plan_model
-from waferllm.model.regions import PhaseRegions
+from waferllm.model.regions import PhaseRegions, device_tilings
 
 Progress = Callable[[int, int, str], None]
 
+TILINGS_PER_PHASE = 6  # whole-device tilings per phase paired in the device count and search
 MAX_DEVICES = 64  # `auto` and the error's count look no further (a 64-wafer pipeline)
 LINK_SUFFIX = ".system_link"  # the op suffix of a transfer between devices (mesh.system_link)
+LEG_SUFFIXES = (".io_out", ".io_in")  # its on-wafer legs to and from the I/O edge
 
 BUBBLE_NOTE = (
     "batch 1: the devices run one after another (a pipeline of one request has no overlap); "
     "while one device works the others wait, so each is busy only during its own layers "
     "(mean_device_busy_fraction per phase)"
+)
+BATCH_NOTE = (
+    "batch {batch}: the sequences overlap, one per device at a time (breakdown.batch: bubbles, "
+    "rounds and throughput); system_link and mean_device_busy_fraction are one sequence's"
 )
 
 
@@ -71,18 +79,31 @@ def request_fits(
     return room >= output_len
 
 
+def tiling_pairs(setup: Setup, grids: tuple[Grid | None, Grid | None]) -> list[tuple[Grid, Grid]]:
+    """Pairs of the rectangular grids whose regions tile the whole device
+    (`regions.device_tilings`, the first `TILINGS_PER_PHASE` of each phase: fewest regions
+    first; prefill's with small logical grids for its ring GEMMs), a given grid kept."""
+    device, config = setup.device, setup.config
+    dims = (config.hidden_size, config.intermediate_size)
+    pre = [grids[0]] if grids[0] else device_tilings(device, ring=True, dims=dims)
+    dec = [grids[1]] if grids[1] else device_tilings(device, ring=False)
+    return [(p, d) for p in pre[:TILINGS_PER_PHASE] for d in dec[:TILINGS_PER_PHASE]]
+
+
 def _candidate_grids(
     setup: Setup, grids: tuple[Grid | None, Grid | None]
 ) -> list[tuple[Grid, Grid]]:
-    """The given grids, or every square side from the smallest that holds one layer to the
-    device's shorter side (both phases on the same side when neither is given)."""
+    """The given grids, or the tilings' pairs (`tiling_pairs`) and every square side from the
+    smallest that holds one layer to the device's shorter side (both phases on the same side
+    when neither is given)."""
     if grids[0] is not None and grids[1] is not None:
         return [(grids[0], grids[1])]
     device, config = setup.device, setup.config
     hi = min(device.mesh_rows, device.mesh_cols)
     layer_bytes = config.layer_params * _weight_bytes_per_element(setup)
     lo = min(hi, max(1, math.ceil(math.sqrt(layer_bytes / device.sram_bytes_per_core))))
-    return [(grids[0] or (s, s), grids[1] or (s, s)) for s in range(lo, hi + 1)]
+    squares = [(grids[0] or (s, s), grids[1] or (s, s)) for s in range(lo, hi + 1)]
+    return list(dict.fromkeys([*tiling_pairs(setup, grids), *squares]))
 
 
 def feasible_grids(
@@ -213,8 +234,8 @@ def resolve_num_devices(
             f"num_devices={value!r} needs placement fit (per-layer extrapolates one layer on "
             "one device)"
         )
-    if count is not None and count > setup.config.num_hidden_layers:
-        device_layer_ranges(setup.config.num_hidden_layers, count)  # raises, naming the limit
+    if count is not None:
+        check_device_count(setup.config.num_hidden_layers, count)
     if count is None:
         count = devices_needed(
             setup, prompt_len=prompt_len, output_len=output_len, grids=grids, start=1
@@ -264,13 +285,13 @@ def request_over_devices(
     request that does not fit says how many devices it needs."""
     setup, count = costs.setup, costs.setup.num_devices
     given = grids[0] is not None and grids[1] is not None
+    lengths = {"prompt_len": prompt_len, "output_len": output_len}
     try:
-        return grid_request(
-            costs, prompt_len=prompt_len, output_len=output_len, grids=grids, progress=progress
-        )
+        cost, search = grid_request(costs, **lengths, grids=grids, progress=progress)
     except WaferError as exc:
         error = exc
-    lengths = {"prompt_len": prompt_len, "output_len": output_len}
+    else:
+        return (cost, search) if search is None else with_tilings(costs, search, **lengths)
     needed = devices_needed(setup, **lengths, grids=grids, start=count)
     if needed is None or needed > count:
         raise not_enough_devices(setup, count, needed) from None
@@ -280,19 +301,85 @@ def request_over_devices(
     return fastest_feasible(costs, pairs, **lengths), None
 
 
+def spread_by_prefill(pairs: list[tuple[Grid, Grid]]) -> list[tuple[Grid, Grid]]:
+    """`pairs` with the first pair of each prefill grid first (a ring GEMM's lcm padding
+    makes prefill times differ most between tilings), the others after, in order."""
+    firsts = list({p: (p, d) for p, d in reversed(pairs)}.values())[::-1]
+    return firsts + [pair for pair in pairs if pair not in firsts]
+
+
+def with_tilings(
+    costs: CostModel, search: GridSearch, *, prompt_len: int, output_len: int
+) -> tuple[RequestCost, GridSearch]:
+    """The grid search's choice, or the fastest of `FALLBACK_PAIRS` byte-feasible pairs of
+    whole-device tilings (`tiling_pairs`, one per prefill grid first: `spread_by_prefill`)
+    where that is faster: over several devices a tiling that uses the whole mesh holds more
+    layers per device (the search itself tries tilings only where no square works)."""
+    lengths = {"prompt_len": prompt_len, "output_len": output_len}
+    searched = {p.phase for p in search.points}  # a phase given its grid keeps it
+    grids = (
+        None if Phase.PREFILL in searched else search.best.prefill_grid,
+        None if Phase.DECODE in searched else search.best.decode_grid,
+    )
+    count = costs.setup.num_devices
+    pairs = [
+        pair
+        for pair in tiling_pairs(costs.setup, grids)
+        if request_fits(costs.setup, count, pair, **lengths)
+    ]
+    try:
+        tried = spread_by_prefill(pairs)[:FALLBACK_PAIRS]
+        best = fastest_feasible(costs, tried, **lengths) if pairs else None
+    except WaferError:
+        best = None
+    if best is None or best.objective_s >= search.best.objective_s:
+        return search.best, search
+    chosen = (best.prefill_grid, best.decode_grid, best.objective_s)
+    return best, dataclasses.replace(
+        search,
+        best=best,
+        pairs=(*search.pairs, chosen),
+        space=f"{search.space}; over {count} devices, pairs of whole-device tilings",
+    )
+
+
+def batch_over_devices(
+    costs: CostModel, cost: RequestCost, *, prompt_len: int, output_len: int, batch: int
+) -> RequestCost:
+    """`batch` sequences over the devices of `cost` (one sequence's ledgers, kept): the KV
+    cache must hold them all (an equal share of the slots each), the transition re-lays all
+    their caches; `pipeline_schedule_of` overlaps them."""
+    costs.check_room(cost.model, prompt_len, output_len, batch)
+    transition = costs.transition(cost.model, prompt_len, batch)
+    return dataclasses.replace(cost, transition=transition, batch=batch)
+
+
+def pipeline_schedule_of(setup: Setup, cost: RequestCost) -> PipelineSchedule | None:
+    """The batched pipeline of a request over several devices with a batch, else None."""
+    if setup.num_devices == 1 or cost.batch == 1:
+        return None
+    plan = cost.model.plan
+    return pipeline_schedule(
+        cost.batch, cost.prefill.ledger, cost.decode.ledger, (plan.prefill, plan.decode)
+    )
+
+
 # ---- the report ----------------------------------------------------------------------------------
 def _link_totals(setup: Setup, ledger: Ledger) -> dict[str, Any]:
-    """The phase's link transfers, and the mean share of the phase each device works: with
-    one request the devices take turns and none works while the link carries the stream, so
-    (phase - link) / (N x phase)."""
+    """The phase's link transfers, their on-wafer legs to and from the I/O edge, and the mean
+    share of the phase each device works: with one request the devices take turns and none
+    works while the link carries the stream, so (phase - link) / (N x phase)."""
     records = [r for r in ledger.records if r.op.endswith(LINK_SUFFIX)]
+    legs = [r for r in ledger.records if r.op.endswith(LEG_SUFFIXES)]
     cycles = sum(r.latency_cycles * r.count for r in records)
     phase = ledger.totals().latency_cycles
     busy = (phase - cycles) / (setup.num_devices * phase) if phase > 0 else None
+    to_s = setup.device.cycles_to_seconds
     return {
         "transfers": sum(r.count for r in records),
         "bytes": sum(r.bytes_injected * r.count for r in records),
-        "modelled_s": setup.device.cycles_to_seconds(cycles),
+        "modelled_s": to_s(cycles),
+        "io_legs_modelled_s": to_s(sum(r.latency_cycles * r.count for r in legs)),
         "mean_device_busy_fraction": busy,
     }
 
@@ -310,7 +397,7 @@ def pipeline_breakdown(
     """The devices' layer ranges and regions, the link's constants and what it cost per phase
     (time inside TTFT and the decode steps; in `decode`, summed over the O-1 steps)."""
     device = setup.device
-    ranges = device_layer_ranges(setup.config.num_hidden_layers, setup.num_devices)
+    ranges = layers_per_device(decode)  # prefill splits the layers alike
     pre, dec = _stages(prefill), _stages(decode)
     return {
         "num_devices": setup.num_devices,
@@ -330,20 +417,25 @@ def pipeline_breakdown(
             "prefill": _link_totals(setup, cost.prefill.ledger),
             "decode": _link_totals(setup, cost.decode.ledger),
         },
-        "bubble": BUBBLE_NOTE,
+        "bubble": BUBBLE_NOTE if cost.batch == 1 else BATCH_NOTE.format(batch=cost.batch),
     }
 
 
 __all__ = [
+    "batch_over_devices",
     "devices_needed",
     "fastest_feasible",
     "grid_request",
     "feasible_grids",
     "not_enough_devices",
     "pipeline_breakdown",
+    "pipeline_schedule_of",
     "request_fits",
     "request_over_devices",
     "resolve_num_devices",
     "single_device_error",
+    "spread_by_prefill",
+    "tiling_pairs",
     "weights_bound",
+    "with_tilings",
 ]

@@ -27,7 +27,7 @@ from waferllm.model.budget import (
     vocab_bytes,
 )
 from waferllm.model.config import ModelConfig
-from waferllm.model.pipeline import plan_pipeline_phase
+from waferllm.model.pipeline import pipeline_layer_ranges, plan_pipeline_phase
 from waferllm.model.placement import (
     Phase,
     PlacedLayer,
@@ -241,7 +241,8 @@ def plan_model(
 ) -> ModelPlan:
     """Regions per phase (the fewest that fit), cache slots per row, the longest prompt.
     With `num_devices` > 1 (`fit` only) the regions span that many linked devices, a range of
-    layers each (`pipeline.plan_pipeline_phase`).
+    layers each (`pipeline.pipeline_layer_ranges`: fewer on the devices holding a vocabulary
+    table when the split is uneven).
 
     Per-core bytes of a region: its layers' weights, each layer's KV cache (decode) or kept
     k/v (prefill), one step's scratch, the vocabulary tables on the first and last regions
@@ -258,16 +259,18 @@ def plan_model(
     plans: dict[Phase, PhaseRegions] = {}
     for _ in range(3 if resident is ResidentLayouts.BOTH else 1):
         prints = _footprints(config, grids, sb, budget, other, per_layer, wdt)
+        if num_devices > 1:
+            ranges = pipeline_layer_ranges(
+                device,
+                [(grids[ph], prints[ph]) for ph in grids],
+                num_layers=config.num_hidden_layers,
+                num_devices=num_devices,
+                capacity_bytes=cap,
+            )
         for phase, grid in grids.items():
             if num_devices > 1:
                 plans[phase] = plan_pipeline_phase(
-                    device,
-                    grid,
-                    config.num_hidden_layers,
-                    prints[phase],
-                    num_devices=num_devices,
-                    capacity_bytes=cap,
-                    what=phase.value,
+                    device, grid, prints[phase], ranges=ranges, capacity_bytes=cap, what=phase.value
                 )
                 continue
             plans[phase] = plan_phase(
