@@ -398,6 +398,7 @@ class MeshTransformer:
                 sin=sin,
                 length=length,
                 head_chunk=self.plan.attention_chunk(length),
+                streamed=self.plan.attention_streamed(length),
             )
             walked = region.layers
             if self.mode is Mode.ESTIMATE:  # walk one layer, after the others' kept k/v (the
