@@ -133,14 +133,17 @@ class CostModel:
 
     def prefill(self, model: MeshTransformer, prompt_len: int) -> PhaseLedger:
         """TTFT's ledger (prefill, final norm, LM head, the first token's argmax); a prompt
-        the plan cannot hold at once: the fastest of the candidate chunk sizes."""
+        the plan cannot hold at once, or holds only with the lean schedule (streamed keys):
+        the fastest of the candidate chunk sizes and that lean walk."""
         key = self._key(model, Phase.PREFILL, prompt_len)
         if key not in self._phases:
-            if prompt_len <= model.max_prompt_tokens:
+            whole = prompt_len <= model.max_prompt_tokens
+            if whole and not model.plan.attention_streamed(prompt_len):
                 self._phases[key] = self._prefill_walk(model, prompt_len, None)
                 self._chunks[key] = None
             else:
-                self._phases[key], self._chunks[key] = self._best_chunk(model, prompt_len)
+                best = self._best_chunk(model, prompt_len, whole=whole)
+                self._phases[key], self._chunks[key] = best
         return self._phases[key]
 
     def prefill_chunk(self, model: MeshTransformer, prompt_len: int) -> int | None:
@@ -148,10 +151,14 @@ class CostModel:
         self.prefill(model, prompt_len)
         return self._chunks[self._key(model, Phase.PREFILL, prompt_len)]
 
-    def _best_chunk(self, model: MeshTransformer, prompt_len: int) -> tuple[PhaseLedger, int]:
-        """The fastest chunked prefill over the candidate chunk sizes (the grid search
-        considers them for every prefill grid); raises the plan's error when none fits."""
-        candidates = chunk_candidates(model.plan, prompt_len)
+    def _best_chunk(
+        self, model: MeshTransformer, prompt_len: int, *, whole: bool
+    ) -> tuple[PhaseLedger, int | None]:
+        """The fastest chunked prefill over the candidate chunk sizes, and with `whole` the
+        prompt in one piece (None) too (the grid search considers them for every prefill
+        grid); raises the plan's error when none fits."""
+        candidates: list[int | None] = [None] if whole else []
+        candidates += chunk_candidates(model.plan, prompt_len)
         if not candidates:
             model.default_chunk_tokens(prompt_len)  # raises, naming what is needed
         priced = [(self._prefill_walk(model, prompt_len, c), c) for c in candidates]
