@@ -142,6 +142,35 @@ def test_grouped_decode_costs_equal_the_sum_of_single_steps(kv_cache):
     assert _counter(est.ledgers.decode.ledger) == _counter(steps)
 
 
+def _report(prompt_len: int, output_len: int, placement: str) -> dict:
+    est = estimate(
+        "tiny",
+        device="tiny",
+        prompt_len=prompt_len,
+        output_len=output_len,
+        placement=placement,
+        prefill_grid=4,
+        decode_grid="3x4",
+    )
+    report = est.to_dict()
+    del report["host_wall_s"]
+    return report
+
+
+@pytest.mark.parametrize("placement", ["fit", "per-layer"])
+def test_a_report_depends_only_on_its_request_not_on_what_the_cached_model_served_before(
+    placement,
+):
+    requests = [(40, 60), (5, 2)]  # a long request then a short one: larger peaks first
+    clear_cache()
+    forward = [_report(*r, placement) for r in requests]
+    clear_cache()
+    backward = [_report(*r, placement) for r in reversed(requests)][::-1]
+    clear_cache()
+    assert forward == backward
+    assert forward[0]["sram_used_fraction"] > forward[1]["sram_used_fraction"]
+
+
 def test_per_layer_mode_says_so_and_reports_the_whole_model_capacity_or_why_not():
     small = estimate(
         "tiny",

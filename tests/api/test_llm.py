@@ -249,8 +249,9 @@ def test_prompts_longer_than_the_kv_cache_are_refused_and_than_the_prefill_plan_
     llama_checkpoint,
 ):
     # small SRAM: a wide prefill grid holds more prompt than the narrow decode grid caches
+    # (6x6: fewer than the model's 256 positions, so the prefill plan's limit is the one hit)
     small = {"sram_bytes_per_core": 16384}
-    llm = LLM(llama_checkpoint, prefill_grid=8, decode_grid=2, device_overrides=small)
+    llm = LLM(llama_checkpoint, prefill_grid=6, decode_grid=2, device_overrides=small)
     capacity = llm.model.kv_capacity_tokens(prompt_len=0)
     assert capacity < llm.model.max_prompt_tokens
     with pytest.raises(WaferError, match=f"more than the KV cache holds \\({capacity} tokens"):

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from waferllm.device import tiny
+from waferllm.device import get_device, tiny
 from waferllm.estimate.cost import DecodeWalks
 from waferllm.mesh.cost import Ledger
 from waferllm.model.budget import prefill_need_bytes
@@ -74,6 +74,21 @@ def test_attention_in_passes_holds_one_pass_of_scores_and_the_whole_output():
     assert one.layer == (before + attention(1) + lt * q_w) * SB
 
 
+def test_the_lean_walk_frees_temporaries_and_holds_one_score_block_and_running_statistics():
+    # as above, the lean walk: the norm and q's aligned input already freed; attention
+    # key-streamed: K and V ring copies, this step's and the reduced partial, the received
+    # probability block, the running max and sum per query row; the output first
+    lt, h, q_w = 64, 8, 16
+
+    def streamed(n: int) -> int:
+        return 2 * h * lt + 3 * n * lt * lt + 2 * n * lt
+
+    one, two = (prefill_scratch(CONFIG, 4, 4, SB, 256, head_chunk=c, streamed=True) for c in (1, 2))
+    before = lt * (2 * 16 + 2 * 8 + 2 * h) + lt * q_w  # x, q; k, v; RoPE; the output
+    assert two.layer == (before + streamed(2)) * SB
+    assert one.layer == (before + streamed(1) + lt * 8) * SB  # and the pass's own output
+
+
 def test_decode_layer_bytes_are_the_tiles_of_every_family_row():
     # 2x4: wq [64_y, 64_x] -> 32x16; wk, wv 32x8; wo [64_x, 64_y] -> 16x32; w_gate, w_up
     # 32x44; w_down [176_x, 64_y] -> 44x32; two norms of 32
@@ -112,13 +127,19 @@ def test_max_prompt_tokens_is_the_longest_prompt_whose_prefill_need_fits():
     longest = plan.max_prompt_tokens
     assert longest > 0
 
-    def need(length: int) -> int:
-        return prefill_need_bytes(plan.prefill, fp, CONFIG, SB, length, head_chunk=1, apart=None)
+    def need(length: int) -> int:  # one query head per pass, dense or key-streamed
+        return min(
+            prefill_need_bytes(
+                plan.prefill, fp, CONFIG, SB, length, head_chunk=1, streamed=s, apart=None
+            )
+            for s in (False, True)
+        )
 
     assert need(longest) <= cap < need(longest + 1)
     # one region: both layers' weights, the first layer's kept k/v and the second's walk, or
     # both layers' k/v and the head; both vocab tables
-    s = prefill_scratch(CONFIG, 4, 4, SB, longest, head_chunk=1)
+    s = prefill_scratch(CONFIG, 4, 4, SB, longest, head_chunk=1, streamed=True)
+    assert plan.attention_schedule(longest) == (1, True)  # the longest prompts stream keys
     walk = max(s.kv + s.layer, 2 * s.kv + s.head)
     assert need(longest) == 2 * fp.layer + fp.reserve + walk + fp.first + fp.last
     assert fp.first == 16 * 64 * SB and fp.last == fp.first + 16 * SB  # [D_x, V_y] tiles
@@ -168,3 +189,34 @@ def _decode_bound(model: MeshTransformer, slots: int, fixed: int, score: int) ->
     norm = math.ceil(CONFIG.hidden_size / rows) * SB
     layers = CONFIG.num_hidden_layers
     return layers * (weights + slots * kv_slot) + fixed + slots * score + 2 * vocab + norm
+
+
+def test_llama2_13b_holds_a_4096_token_prompt_on_one_wse2_by_streaming_the_keys():
+    # 40 kv heads on 738 columns: groups of 18-19 columns, Kc = 14 key blocks of Lt = 17;
+    # dense, one head per pass, needs ~56.6 KB per core; streamed fits the 48 KB
+    device = get_device("wse2")
+    plan = plan_model(
+        load_config("llama2-13b"),
+        device,
+        prefill_grid=(246, 738),
+        decode_grid=(331, 750),
+        placement=PlacementMode.FIT,
+        resident=ResidentLayouts.ONE,
+        max_context_tokens=None,
+    )
+    cap = device.sram_bytes_per_core
+    assert plan.max_prompt_tokens >= 4096
+    assert plan.attention_schedule(4096) == (1, True)
+    assert plan.prefill_need_bytes(4096, 1, streamed=False) > cap
+    assert plan.prefill_need_bytes(4096) <= cap
+
+
+def test_the_lean_walk_peaks_at_the_up_projection_with_only_the_tiles_still_read():
+    # as the down-projection test, each temporary freed after its last reader: w_up's step
+    # holds x, RoPE cos/sin, k and v (kept for the cache), the aligned input of width D,
+    # gate and up, and w_up's receive buffers (its [D/4, F/4] tile and the aligned input's)
+    lt, d_x, f_x, kv_w, h = 3, 16, 44, 8, 8
+    kept = lt * (2 * d_x + 2 * kv_w + 2 * f_x) + 2 * lt * h
+    recv = lt * d_x + d_x * f_x
+    s = prefill_scratch(CONFIG, 4, 4, SB, 10, head_chunk=2, streamed=True)
+    assert s.layer == (kept + recv) * SB == 1208 * SB

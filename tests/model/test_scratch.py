@@ -72,3 +72,30 @@ def test_attention_in_passes_gives_the_one_pass_logits():
     one = roomy.prefill(ids, Ledger()).fetch_logits(Ledger())
     passes = tight.prefill(ids, Ledger()).fetch_logits(Ledger())
     torch.testing.assert_close(passes, one, rtol=1e-5, atol=1e-5)
+
+
+def test_prompts_too_long_for_one_head_per_pass_stream_the_keys_and_give_the_same_logits():
+    weights = random_weights(CONFIG)
+    length = 256
+    roomy = MeshTransformer(CONFIG, weights, device=tiny(), prefill_grid=(4, 4), decode_grid=(4, 4))
+    streamed = roomy.plan.prefill_need_bytes(length, head_chunk=1, streamed=True)
+    assert streamed < roomy.plan.prefill_need_bytes(length, head_chunk=1, streamed=False)
+    tight_device = dataclasses.replace(tiny(), sram_bytes_per_core=streamed)
+    tight = MeshTransformer(
+        CONFIG,
+        weights,
+        device=tight_device,
+        prefill_grid=(4, 4),
+        decode_grid=(4, 4),
+        max_context_tokens=length,
+    )
+    assert roomy.plan.attention_schedule(length) == (2, False)
+    assert tight.plan.attention_schedule(length) == (1, True)
+    ids = [(7 * i) % CONFIG.vocab_size for i in range(length)]
+    one = roomy.prefill(ids, Ledger()).fetch_logits(Ledger())
+    ledger = Ledger()
+    keys = tight.prefill(ids, ledger).fetch_logits(Ledger())
+    torch.testing.assert_close(keys, one, rtol=1e-4, atol=1e-4)
+    assert any(r.op.endswith("attn.step") for r in ledger.expanded())
+    walked = max(m.sram.peak_bytes for m in tight.prefill_state.all_meshes)
+    assert walked == tight.plan.prefill_need_bytes(length) <= streamed

@@ -285,11 +285,8 @@ def _sram_used_bytes(result: Estimate | BaselineEstimate) -> int:
     vocabulary's own too in per-layer mode) at its peak core's bytes times its cores. A
     baseline: the peak core's bytes on every core it occupies (an upper bound)."""
     if isinstance(result, Estimate):
-        model = result.ledgers.model
-        return max(
-            sum(m.sram.peak_bytes * m.num_cores for m in state.all_meshes)
-            for state in (model.prefill_state, model.decode_state)
-        )
+        cost = result.ledgers
+        return max(cost.prefill.sram_used_bytes, cost.decode.sram_used_bytes)
     cores = max(_cores(p, result.extrapolated) for p in (result.prefill, result.decode))
     return (result.report.metrics.peak_sram_bytes_per_core or 0) * cores
 

@@ -12,17 +12,20 @@ Walks run under `mesh.meta.shape_only()` (fast output shapes of the meta tensors
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from waferllm.device import Device
 from waferllm.errors import WaferError
-from waferllm.mesh.cost import Ledger, PhaseLedger
+from waferllm.mesh.cost import Ledger, PhaseLedger, RegionPeak
 from waferllm.mesh.geometry import split_sizes
+from waferllm.mesh.memory import PeakWatch
 from waferllm.mesh.meta import shape_only
-from waferllm.mesh.virtual import Mode
+from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model.chunked import chunk_candidates
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import Append, KvCacheFullError, KvPolicy, RowCounts, admit
@@ -134,14 +137,17 @@ class CostModel:
     @shape_only()
     def prefill(self, model: MeshTransformer, prompt_len: int) -> PhaseLedger:
         """TTFT's ledger (prefill, final norm, LM head, the first token's argmax); a prompt
-        the plan cannot hold at once: the fastest of the candidate chunk sizes."""
+        the plan cannot hold at once, or holds only with the lean schedule (streamed keys):
+        the fastest of the candidate chunk sizes and that lean walk."""
         key = self._key(model, Phase.PREFILL, prompt_len)
         if key not in self._phases:
-            if prompt_len <= model.max_prompt_tokens:
+            whole = prompt_len <= model.max_prompt_tokens
+            if whole and not model.plan.attention_streamed(prompt_len):
                 self._phases[key] = self._prefill_walk(model, prompt_len, None)
                 self._chunks[key] = None
             else:
-                self._phases[key], self._chunks[key] = self._best_chunk(model, prompt_len)
+                best = self._best_chunk(model, prompt_len, whole=whole)
+                self._phases[key], self._chunks[key] = best
         return self._phases[key]
 
     def prefill_chunk(self, model: MeshTransformer, prompt_len: int) -> int | None:
@@ -149,10 +155,14 @@ class CostModel:
         self.prefill(model, prompt_len)
         return self._chunks[self._key(model, Phase.PREFILL, prompt_len)]
 
-    def _best_chunk(self, model: MeshTransformer, prompt_len: int) -> tuple[PhaseLedger, int]:
-        """The fastest chunked prefill over the candidate chunk sizes (the grid search
-        considers them for every prefill grid); raises the plan's error when none fits."""
-        candidates = chunk_candidates(model.plan, prompt_len)
+    def _best_chunk(
+        self, model: MeshTransformer, prompt_len: int, *, whole: bool
+    ) -> tuple[PhaseLedger, int | None]:
+        """The fastest chunked prefill over the candidate chunk sizes, and with `whole` the
+        prompt in one piece (None) too (the grid search considers them for every prefill
+        grid); raises the plan's error when none fits."""
+        candidates: list[int | None] = [None] if whole else []
+        candidates += chunk_candidates(model.plan, prompt_len)
         if not candidates:
             model.default_chunk_tokens(prompt_len)  # raises, naming what is needed
         priced = [(self._prefill_walk(model, prompt_len, c), c) for c in candidates]
@@ -162,8 +172,10 @@ class CostModel:
         self, model: MeshTransformer, prompt_len: int, chunk_tokens: int | None
     ) -> PhaseLedger:
         ledger = Ledger()
-        model.prefill([0] * prompt_len, ledger, chunk_tokens=chunk_tokens)
-        return _phase_cost(model, Phase.PREFILL, ledger)
+        with watching(model.prefill_state.all_meshes) as watches:
+            model.prefill([0] * prompt_len, ledger, chunk_tokens=chunk_tokens)
+        peaks = tuple(w.bytes_per_core for w in watches)
+        return _phase_cost(model, Phase.PREFILL, ledger, peaks)
 
     @shape_only()
     def transition(self, model: MeshTransformer, prompt_len: int, batch: int = 1) -> Ledger:
@@ -218,8 +230,7 @@ class CostModel:
         self.check_room(model, prompt_len, output_len, batch)
         key = self._key(model, Phase.DECODE, prompt_len, output_len, batch)
         if key not in self._phases:
-            ledger = self.walks(model, batch).decode(prompt_len, output_len)
-            self._phases[key] = _phase_cost(model, Phase.DECODE, ledger)
+            self._phases[key] = self.walks(model, batch).decode(prompt_len, output_len)
         return self._phases[key]
 
     def request(
@@ -252,13 +263,32 @@ class CostModel:
         )
 
 
-def _phase_cost(model: MeshTransformer, phase: Phase, ledger: Ledger) -> PhaseLedger:
+Peaks = tuple[int, ...]  # bytes per core, one per mesh of a phase's `all_meshes`
+
+
+def _phase_cost(model: MeshTransformer, phase: Phase, ledger: Ledger, peaks: Peaks) -> PhaseLedger:
+    """The phase's ledger with the request's own SRAM peak on each of its regions."""
     state = model.prefill_state if phase is Phase.PREFILL else model.decode_state
     return PhaseLedger(
         ledger=ledger,
-        peak_sram_bytes_per_core=max(mesh.sram.peak_bytes for mesh in state.all_meshes),
+        regions=tuple(
+            RegionPeak(bytes_per_core=peak, cores=mesh.num_cores)
+            for peak, mesh in zip(peaks, state.all_meshes, strict=True)
+        ),
         routes_per_core=model.routes_per_core()[phase.value],
     )
+
+
+@contextlib.contextmanager
+def watching(meshes: Sequence[Mesh]) -> Iterator[list[PeakWatch]]:
+    """Each mesh's own SRAM peak during the block (a walk's, not the running maximum over
+    every walk the cached model made): read after the block ends."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(m.sram.watch()) for m in meshes]
+
+
+def _highest(*peaks: Peaks) -> Peaks:
+    return tuple(max(p) for p in zip(*peaks, strict=True))
 
 
 @functools.lru_cache(maxsize=32)
@@ -296,7 +326,7 @@ class DecodeWalks:
         self.model = model
         self.batch = batch
         self.share = model.kv_budget.equal_share(batch)  # slots per row of each sequence
-        self._steps: dict[tuple[int, int], tuple[LayerLedgers, Ledger]] = {}
+        self._steps: dict[tuple[int, int, bool], tuple[LayerLedgers, Ledger, Peaks]] = {}
         self._widths: dict[int, tuple[Ledger, Ledger]] = {}
         self._shifts: dict[int, Ledger] = {}
 
@@ -316,17 +346,23 @@ class DecodeWalks:
         return self._shifts[first]
 
     @shape_only()
-    def records(self, counts: RowCounts) -> DecodeRecords:
-        """The step after `counts` (committed), its layer walked once per cost shape."""
+    def records(self, counts: RowCounts) -> tuple[DecodeRecords, Peaks]:
+        """The step after `counts` (committed), its layer walked once per cost shape (and
+        per held logits), with the step's SRAM peak on each region."""
         append = counts.plan_append()
-        key = (int(append.counts_after.max()), append.senders[0] if append.senders else -1)
-        if key in self._steps:
-            layer, kv = self._steps[key]
-            walked = self.model.decode_records(self._batch(counts), walk_layers=False)
-            return DecodeRecords(before=walked.before, layer=layer, kv=kv, after=walked.after)
-        walked = self.model.decode_records(self._batch(counts))
-        self._steps[key] = (walked.layer, walked.kv)
-        return walked
+        first = append.senders[0] if append.senders else -1
+        key = (int(append.counts_after.max()), first, self.model.holds_decode_logits)
+        meshes = self.model.decode_state.all_meshes
+        cached = key in self._steps
+        with watching(meshes) as watches:
+            walked = self.model.decode_records(self._batch(counts), walk_layers=not cached)
+        peaks = tuple(w.bytes_per_core for w in watches)
+        if not cached:
+            self._steps[key] = (walked.layer, walked.kv, peaks)
+            return walked, peaks
+        layer, kv, layer_peaks = self._steps[key]
+        records = DecodeRecords(before=walked.before, layer=layer, kv=kv, after=walked.after)
+        return records, _highest(peaks, layer_peaks)
 
     def _batch(self, counts: RowCounts) -> list[RowCounts]:
         return [counts.copy() for _ in range(self.batch)]
@@ -348,7 +384,7 @@ class DecodeWalks:
         append = counts.plan_append()
         width = int(append.counts_after.max())
         if width not in self._widths:  # walk the step once per cache window width
-            walked = self.records(counts.copy())
+            walked, _ = self.records(counts.copy())
             fixed = _joined(walked.before, walked.after)
             layer = walked.layer
             self._widths[width] = (fixed, _joined(layer.pre, layer.attn, layer.post))
@@ -362,8 +398,10 @@ class DecodeWalks:
         return ledger
 
     @shape_only()
-    def decode(self, prompt_len: int, output_len: int) -> Ledger:
-        """The ledger of a request's O-1 decode steps after a `prompt_len`-token prompt.
+    def decode(self, prompt_len: int, output_len: int) -> PhaseLedger:
+        """The ledger of a request's O-1 decode steps after a `prompt_len`-token prompt, and
+        the request's own SRAM peak on each region (its KV cache allocated; the logits of
+        the step before held from the second step on).
 
         Each width is walked once, widest first (the SRAM peak, checked on every region;
         narrower widths re-walk one layer's attention only) and counted for all its steps;
@@ -373,25 +411,39 @@ class DecodeWalks:
         model = self.model
         handoff = model.handoff_counts(prompt_len, slots=self.share)
         widths, shifts = _step_shapes(handoff, output_len)
-        layers = model.config.num_hidden_layers
+        slots, hold = self.share * self.batch, output_len > 2
+        model.ready_decode(slots=slots, batch=self.batch, hold_logits=hold)
+        with watching(model.decode_state.all_meshes) as watches:
+            ledger, walked = self._steps_ledger(widths, shifts, output_len)
+        peaks = _highest(tuple(w.bytes_per_core for w in watches), *walked)
+        return _phase_cost(model, Phase.DECODE, ledger, peaks)
+
+    def _steps_ledger(
+        self,
+        widths: dict[int, tuple[RowCounts, int]],
+        shifts: dict[int, tuple[Append, RowCounts, int]],
+        output_len: int,
+    ) -> tuple[Ledger, list[Peaks]]:
+        """`decode`'s ledger, and the peaks of the step walked in full (cached or not)."""
+        layers = self.model.config.num_hidden_layers
         ledger = Ledger()
         widest: LayerLedgers | None = None
+        peaks: list[Peaks] = []
         for width in sorted(widths, reverse=True):
             start, seen = widths[width]
             if widest is None:  # the whole step once: every region walked at the SRAM peak
-                if output_len > 2:
-                    model.hold_previous_logits(self.batch)
-                walked = self.records(start.copy())
+                walked, step_peaks = self.records(start.copy())
+                peaks.append(step_peaks)
                 widest = walked.layer
                 # embedding, hops, head: every step
                 ledger.extend(_joined(walked.before, walked.after), count=output_len - 1)
                 attn = widest.attn
             else:
-                attn = model.decode_attention_records(self._batch(start))
+                attn = self.model.decode_attention_records(self._batch(start))
             ledger.extend(_joined(widest.pre, attn, widest.post), count=seen * layers)
         for append, start, seen in shifts.values():
             ledger.extend(self.shift(append, start), count=seen * layers * self.batch)
-        return ledger
+        return ledger, peaks
 
 
 def _scaled_shift(walked: Ledger, walked_senders: int, senders: int) -> Ledger:

@@ -413,13 +413,30 @@ _NOTHING: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class RegionPeak:
+    """One region's SRAM peak in one phase's walk: its busiest core's bytes, and its cores."""
+
+    bytes_per_core: int
+    cores: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class PhaseLedger:
-    """One phase's ledger and the peaks its walk reached (SRAM and routes per core): what the
-    estimate layer and the baselines' plans return per phase."""
+    """One phase's ledger and the peaks its walk reached (SRAM per region, routes per core):
+    what the estimate layer and the baselines' plans return per phase."""
 
     ledger: Ledger
-    peak_sram_bytes_per_core: int
+    regions: tuple[RegionPeak, ...]
     routes_per_core: int
+
+    @property
+    def peak_sram_bytes_per_core(self) -> int:
+        return max(r.bytes_per_core for r in self.regions)
+
+    @property
+    def sram_used_bytes(self) -> int:
+        """Every region at its peak core's bytes times its cores."""
+        return sum(r.bytes_per_core * r.cores for r in self.regions)
 
     @property
     def latency_cycles(self) -> float:

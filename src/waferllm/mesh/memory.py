@@ -3,11 +3,13 @@
 Every live buffer (weights, KV cache, activations, double buffers, scratch) is registered by
 name with its bytes per core: an int when every core holds the same, or a (rows, cols) array.
 Exceeding a core's SRAM raises `SramOverflowError` naming the buffer, the core and the amounts.
+`peak_bytes` is the tracker's running maximum; `watch()` measures one walk's own peak.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -15,6 +17,14 @@ import numpy as np
 from waferllm.errors import SramOverflowError
 
 BytesPerCore = int | np.ndarray
+
+
+@dataclasses.dataclass
+class PeakWatch:
+    """The most any core held during one watched walk: the totals at its allocations and the
+    live bytes when it ended (not what earlier walks left and this one freed)."""
+
+    bytes_per_core: int = 0
 
 
 class SramTracker:
@@ -27,6 +37,7 @@ class SramTracker:
         self.peak_bytes = 0
         self.hint = ""
         self._scopes: list[list[str]] = []
+        self._watches: list[PeakWatch] = []
 
     @property
     def live_bytes_max(self) -> int:
@@ -57,6 +68,8 @@ class SramTracker:
         self.live[key] = bytes_per_core
         self._total = total
         self.peak_bytes = max(self.peak_bytes, worst)
+        for watch in self._watches:
+            watch.bytes_per_core = max(watch.bytes_per_core, worst)
         if self._scopes:
             self._scopes[-1].append(key)
         return key
@@ -74,3 +87,14 @@ class SramTracker:
             for key in self._scopes.pop():
                 if key in self.live:
                     self.free(key)
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[PeakWatch]:
+        """Measure the peak of the walk inside the block (read it after the block ends)."""
+        watch = PeakWatch()
+        self._watches.append(watch)
+        try:
+            yield watch
+        finally:
+            self._watches.remove(watch)
+            watch.bytes_per_core = max(watch.bytes_per_core, self.live_bytes_max)

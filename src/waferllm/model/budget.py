@@ -1,5 +1,6 @@
-"""The plan's per-core byte budgets: what a prompt's prefill needs on every region, the longest
-prompt that fits, the KV cache's slots per row, and the `per-layer` vocabulary regions.
+"""The plan's per-core byte budgets: the scratch it packs regions with (`plan_budget`), what a
+prompt's prefill needs on every region, the longest prompt that fits, the KV cache's slots per
+row, and the `per-layer` vocabulary regions.
 
 Sizes come from `placement.py` (tensors) and `scratch.py` (the walks' scratch); the regions
 from `regions.py`. `plan.py` decides with these; nothing here places a tensor.
@@ -14,9 +15,22 @@ import math
 from waferllm.errors import SramOverflowError
 from waferllm.mesh.storage import StoredDtype
 from waferllm.model.config import ModelConfig
-from waferllm.model.placement import Phase, norm_spec, tile_bytes, vocab_spec
+from waferllm.model.placement import (
+    Phase,
+    dequant_chunk_bytes,
+    kv_slot_bytes_per_core,
+    norm_spec,
+    tile_bytes,
+    vocab_spec,
+)
+from waferllm.model.quant import Storage
 from waferllm.model.regions import Footprint, PhaseRegions
-from waferllm.model.scratch import prefill_scratch
+from waferllm.model.scratch import (
+    PrefillScratch,
+    decode_logits_bytes,
+    decode_scratch_bytes,
+    prefill_scratch,
+)
 
 
 def vocab_bytes(
@@ -58,6 +72,7 @@ def prefill_need_bytes(
     length: int,
     *,
     head_chunk: int,
+    streamed: bool = False,
     apart: VocabApart | None,
     stored: StoredDtype = StoredDtype.FLOAT16,
     kept: int = 1,
@@ -70,7 +85,9 @@ def prefill_need_bytes(
     A chunk of a chunked prefill (`chunked.py`): `length` is the chunk's, every layer keeps
     `kept` k/v chunks (its own included) and attention adds `attention_extra_bytes`."""
     rows, cols = regions.grid
-    s = prefill_scratch(config, rows, cols, sb, length, head_chunk=head_chunk, stored=stored)
+    s = prefill_scratch(
+        config, rows, cols, sb, length, head_chunk=head_chunk, streamed=streamed, stored=stored
+    )
     last = len(regions.regions) - 1
     need = 0
     for i, region in enumerate(regions.regions):
@@ -98,11 +115,22 @@ def max_prompt_tokens(
     stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> int:
     """The longest prompt whose prefill fits every region, attention one query head per kv
-    head at a time (0 if none does)."""
+    head at a time or with the key blocks streamed (0 if none does)."""
 
     def fits(length: int) -> bool:
-        need = prefill_need_bytes(
-            regions, fp, config, sb, length, head_chunk=1, apart=apart, stored=stored
+        need = min(
+            prefill_need_bytes(
+                regions,
+                fp,
+                config,
+                sb,
+                length,
+                head_chunk=1,
+                streamed=s,
+                apart=apart,
+                stored=stored,
+            )
+            for s in (False, True)
         )
         return need <= cap
 
@@ -148,3 +176,71 @@ def kv_slots(
             "decode grid, fewer layers per region or more SRAM",
         )
     return int(best)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PlanBudget:
+    """Per-core byte counts the planner needs beyond the weights (see `plan_model`)."""
+
+    decode_fixed: int  # one decode step's scratch on a region of layers
+    score_slot: int  # decode scratch per cached slot
+    kv_slot: int  # one cached position, one layer (K and V)
+    kv_want: int  # cache slots per row the caller asked for (1 when unspecified)
+    prefill: PrefillScratch  # the prefill walk for the planned prompt (1 token when unspecified)
+
+
+def plan_budget(
+    config: ModelConfig,
+    grids: dict[Phase, tuple[int, int]],
+    sb: int,
+    max_context_tokens: int | None,
+    apart: bool,
+    storage: Storage,
+    *,
+    lean: bool,
+) -> PlanBudget:
+    decode_grid = grids[Phase.DECODE]
+    fixed, score_slot = decode_scratch_bytes(config, *decode_grid, sb)
+    fixed += dequant_chunk_bytes(config, *decode_grid, Phase.DECODE, storage.weights, sb)
+    if apart:  # the logits live on the head's region
+        fixed -= decode_logits_bytes(config, decode_grid[1], sb)
+    # prefill is planned for a prompt of max_context_tokens (1 when unspecified)
+    length = max_context_tokens or 1
+    return PlanBudget(
+        decode_fixed=fixed,
+        score_slot=score_slot,
+        kv_slot=kv_slot_bytes_per_core(config, decode_grid[1], sb, storage.kv),
+        kv_want=1 if max_context_tokens is None else -(-max_context_tokens // decode_grid[0]),
+        prefill=prefill_scratch(
+            config,
+            *grids[Phase.PREFILL],
+            sb,
+            length,
+            head_chunk=1,
+            streamed=lean,
+            stored=storage.weights,
+        ),
+    )
+
+
+def check_apart(
+    config: ModelConfig, grids: dict[Phase, tuple[int, int]], sb: int, cap: int, stored: StoredDtype
+) -> dict[Phase, VocabApart]:
+    """`per-layer`: the vocabulary regions' bytes, checked against SRAM (the head's region
+    holds its scratch: prefill's for a 1-token prompt, decode's step vectors and logits)."""
+    out = {phase: vocab_apart(config, phase, grid, sb, stored) for phase, grid in grids.items()}
+    pre = prefill_scratch(config, *grids[Phase.PREFILL], sb, 1, head_chunk=1, stored=stored)
+    dec, _ = decode_scratch_bytes(config, *grids[Phase.DECODE], sb)
+    for phase, scratch in ((Phase.PREFILL, pre.head_apart), (Phase.DECODE, dec)):
+        need = out[phase].head + scratch
+        if need > cap:
+            rows, cols = grids[phase]
+            raise SramOverflowError(
+                tensor=f"{phase.value} LM head region (per-layer)",
+                core=(0, 0),
+                needed_bytes=need,
+                available_bytes=cap,
+                hint=f"the vocabulary table alone takes {out[phase].head} bytes per core on "
+                f"{rows}x{cols}; use a larger grid or a device with more SRAM per core",
+            )
+    return out

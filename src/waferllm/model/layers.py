@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from waferllm.kernels.attention import decode_attention, prefill_attention
+from waferllm.kernels.attention import decode_attention
 from waferllm.kernels.elementwise import add, silu_mul
 from waferllm.kernels.gemm import align_a, meshgemm
 from waferllm.kernels.gemv import meshgemv
@@ -26,10 +26,11 @@ from waferllm.kernels.rope import rope
 from waferllm.mesh.comm import ReduceAlgorithm
 from waferllm.mesh.compute import charge_compute, elementwise, vector_op_cycles
 from waferllm.mesh.cost import Ledger
-from waferllm.mesh.geometry import Axis, split_sizes
+from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import Mesh, Mode
+from waferllm.model.attention import prefill_attention_passes
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import Append, KvStore, RowCounts
 from waferllm.model.placement import PlacedLayer
@@ -48,7 +49,8 @@ class LayerContext:
     cos: DistTensor  # prefill [L, C*H] (L_y), decode [B, C*H]; RoPE slots in the heads' order
     sin: DistTensor
     length: int  # prefill: prompt tokens; decode: the batch's sequences B
-    head_chunk: int  # prefill attention: query heads per kv head in one pass (`attention`)
+    head_chunk: int  # prefill attention: query heads per kv head in one pass
+    streamed: bool = False  # prefill attention: key blocks streamed, online softmax
 
 
 # ---- shared helpers ------------------------------------------------------------------------------
@@ -99,8 +101,11 @@ def prefill_layer(
     attend: Attend | None = None,
 ) -> tuple[DistTensor, DistTensor, DistTensor]:
     """x[L_y, D_x] -> (x + attn + mlp in x's buffer, this layer's k and v [L_y, kv_x]).
-    `attend` replaces the whole prompt's causal attention (a chunk against cached keys)."""
+    `attend` replaces the whole prompt's causal attention (a chunk against cached keys).
+    Temporaries live to the layer's end, or in the lean schedule (`ctx.streamed`) are freed
+    once their last reader is done (`scratch.prefill_scratch` replays the same buffers)."""
     cfg = ctx.config
+    done = _early_free if ctx.streamed else _kept
     with mesh.sram.scope():
         h = rms_norm(
             mesh,
@@ -112,9 +117,11 @@ def prefill_layer(
             algorithm=PREFILL_REDUCE,
         )
         a = gemm_operand(mesh, h, ledger, "qkv")
+        done(h)
         q = meshgemm(mesh, a=a, b=w["wq"], ledger=ledger, op="q_proj").out
         k = meshgemm(mesh, a=a, b=w["wk"], ledger=ledger, op="k_proj").out
         v = meshgemm(mesh, a=a, b=w["wv"], ledger=ledger, op="v_proj").out
+        done(a)
         q = add_bias(mesh, q, w.get("bq"), ledger, "q_bias")
         k = add_bias(mesh, k, w.get("bk"), ledger, "k_bias")
         v = add_bias(mesh, v, w.get("bv"), ledger, "v_bias")
@@ -124,13 +131,27 @@ def prefill_layer(
             if attend is not None:
                 o = attend(q, k, v, ledger)
             else:
-                o = attention(mesh, q, k, v, ctx, ledger)
-        o = meshgemm(
-            mesh, a=gemm_operand(mesh, o, ledger, "o"), b=w["wo"], ledger=ledger, op="o_proj"
-        ).out
+                o = prefill_attention_passes(
+                    mesh,
+                    q=q,
+                    k=k,
+                    v=v,
+                    heads=ctx.heads,
+                    length=ctx.length,
+                    sliding_window=cfg.sliding_window,
+                    head_chunk=ctx.head_chunk,
+                    streamed=ctx.streamed,
+                    ledger=ledger,
+                )
+        done(q)
+        a = gemm_operand(mesh, o, ledger, "o")
+        done(o)
+        o = meshgemm(mesh, a=a, b=w["wo"], ledger=ledger, op="o_proj").out
+        done(a)
         o = add_bias(mesh, o, w.get("bo"), ledger, "o_bias")
         x = add(mesh, x=x, y=o, ledger=ledger, op="attn_residual")
-        x = _prefill_mlp(mesh, w, x, cfg, ledger)
+        done(o)
+        x = _prefill_mlp(mesh, w, x, cfg, ledger, done)
         k_data, v_data = k.data, v.data
     # k and v outlive the layer's scratch: they are this layer's share of the KV cache
     return (
@@ -140,55 +161,21 @@ def prefill_layer(
     )
 
 
-def attention(
-    mesh: Mesh, q: DistTensor, k: DistTensor, v: DistTensor, ctx: LayerContext, ledger: Ledger
-) -> DistTensor:
-    """Prefill attention in passes of `ctx.head_chunk` query heads per kv head (sizes within
-    one), so that only one pass's scores are live (the public code's prefill is single-head:
-    one score block per core). Each pass circulates K and V again. The passes' outputs fill
-    one [L_y, q_x] buffer; estimate mode walks each distinct pass size once and repeats it."""
-    heads, cfg = ctx.heads, ctx.config
-    rows, cols = mesh.shape
-    sizes = split_sizes(heads.n_rep, -(-heads.n_rep // ctx.head_chunk))
+def _early_free(t: DistTensor) -> None:
+    t.free()
 
-    def run(q_part: DistTensor, n: int, out_ledger: Ledger) -> DistTensor:
-        return prefill_attention(
-            mesh,
-            q=q_part,
-            k=k,
-            v=v,
-            heads=dataclasses.replace(heads, n_rep=n),
-            length=ctx.length,
-            sliding_window=cfg.sliding_window,
-            ledger=out_ledger,
-        )
 
-    if len(sizes) == 1:
-        return run(q, heads.n_rep, ledger)
-    lt, g, h = q.tile_shape[0], heads.kv_per_tile, heads.head_slots
-    q_heads = q.data.reshape(rows, cols, lt, g, heads.n_rep, h)
-    out = torch.zeros_like(q_heads)
-    key = mesh.sram.alloc("attn", lt * heads.q_width * mesh.device.storage_bytes)
-    walked: set[int] = set()
-    for start, n in zip(np.cumsum(sizes) - sizes, sizes, strict=True):
-        n = int(n)
-        if mesh.mode is Mode.ESTIMATE and n in walked:
-            continue
-        walked.add(n)
-        part = q_heads[..., start : start + n, :].reshape(rows, cols, lt, g * n * h)
-        layout = Layout((ctx.length, cols * g * n * h), y_dim=0, x_dim=1)
-        q_part = DistTensor(part, layout, mesh, "q_pass", None)
-        count = int((sizes == n).sum()) if mesh.mode is Mode.ESTIMATE else 1
-        with ledger.repeat(count):
-            o = run(q_part, n, ledger)
-        if mesh.mode is Mode.FUNCTIONAL:
-            out[..., start : start + n, :] = o.data.reshape(rows, cols, lt, g, n, h)
-        o.free()
-    return DistTensor(out.reshape(q.data.shape), q.layout, mesh, "attn", key)
+def _kept(t: DistTensor) -> None:
+    """Freed by the layer's SRAM scope when it ends."""
 
 
 def _prefill_mlp(
-    mesh: Mesh, w: PlacedLayer, x: DistTensor, cfg: ModelConfig, ledger: Ledger
+    mesh: Mesh,
+    w: PlacedLayer,
+    x: DistTensor,
+    cfg: ModelConfig,
+    ledger: Ledger,
+    done: Callable[[DistTensor], None],
 ) -> DistTensor:
     h = rms_norm(
         mesh,
@@ -200,20 +187,22 @@ def _prefill_mlp(
         algorithm=PREFILL_REDUCE,
     )
     a = gemm_operand(mesh, h, ledger, "gate_up")
+    done(h)
     gate = meshgemm(mesh, a=a, b=w["w_gate"], ledger=ledger, op="gate_proj").out
     up = meshgemm(mesh, a=a, b=w["w_up"], ledger=ledger, op="up_proj").out
+    done(a)
     gate = add_bias(mesh, gate, w.get("b_gate"), ledger, "gate_bias")
     up = add_bias(mesh, up, w.get("b_up"), ledger, "up_bias")
-    act = silu_mul(mesh, gate=gate, up=up, ledger=ledger)
-    down = meshgemm(
-        mesh,
-        a=gemm_operand(mesh, act, ledger, "down"),
-        b=w["w_down"],
-        ledger=ledger,
-        op="down_proj",
-    ).out
+    act = silu_mul(mesh, gate=gate, up=up, ledger=ledger)  # in gate's buffer
+    done(up)
+    a = gemm_operand(mesh, act, ledger, "down")
+    done(act)
+    down = meshgemm(mesh, a=a, b=w["w_down"], ledger=ledger, op="down_proj").out
+    done(a)
     down = add_bias(mesh, down, w.get("b_down"), ledger, "down_bias")
-    return add(mesh, x=x, y=down, ledger=ledger, op="mlp_residual")
+    x = add(mesh, x=x, y=down, ledger=ledger, op="mlp_residual")
+    done(down)
+    return x
 
 
 def _rope(

@@ -9,6 +9,7 @@ SRAM trackers check every allocation again as it happens.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import torch
@@ -19,11 +20,13 @@ from waferllm.mesh.storage import StoredDtype
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh
 from waferllm.model.budget import (
+    PlanBudget,
     VocabApart,
+    check_apart,
     kv_slots,
     max_prompt_tokens,
+    plan_budget,
     prefill_need_bytes,
-    vocab_apart,
     vocab_bytes,
 )
 from waferllm.model.config import ModelConfig
@@ -34,8 +37,6 @@ from waferllm.model.placement import (
     PlacementMode,
     ResidentLayouts,
     TensorSpec,
-    dequant_chunk_bytes,
-    kv_slot_bytes_per_core,
     layer_bytes_per_core,
     norm_spec,
     place,
@@ -45,12 +46,7 @@ from waferllm.model.placement import (
 )
 from waferllm.model.quant import UNCOMPRESSED, Storage
 from waferllm.model.regions import Footprint, PhaseRegions, Region, plan_phase
-from waferllm.model.scratch import (
-    PrefillScratch,
-    decode_logits_bytes,
-    decode_scratch_bytes,
-    prefill_scratch,
-)
+from waferllm.model.scratch import decode_scratch_bytes  # re-exported for transformer.py
 from waferllm.model.weights import ModelWeights
 
 
@@ -76,11 +72,17 @@ class ModelPlan:
             return self.config.num_hidden_layers
         return 1
 
-    def prefill_need_bytes(self, length: int, head_chunk: int | None = None) -> int:
+    def prefill_need_bytes(
+        self, length: int, head_chunk: int | None = None, *, streamed: bool | None = None
+    ) -> int:
         """The prefill walk's peak bytes per core for a `length`-token prompt, attention
-        `head_chunk` query heads per kv head at a time (default: `attention_chunk`)."""
+        `head_chunk` query heads per kv head at a time or key-streamed (default: the plan's
+        choice, `attention_schedule`)."""
         fp, sb = self.prefill_footprint, self.device.storage_bytes
-        chunk = self.attention_chunk(length) if head_chunk is None else head_chunk
+        if head_chunk is None or streamed is None:
+            chosen, stream = self.attention_schedule(length)
+            head_chunk = chosen if head_chunk is None else head_chunk
+            streamed = stream if streamed is None else streamed
         apart = self.apart[Phase.PREFILL] if self.apart else None
         return prefill_need_bytes(
             self.prefill,
@@ -88,21 +90,34 @@ class ModelPlan:
             self.config,
             sb,
             length,
-            head_chunk=chunk,
+            head_chunk=head_chunk,
+            streamed=streamed,
             apart=apart,
             stored=self.storage.weights,
         )
 
+    def attention_streamed(self, length: int) -> bool:
+        """Whether prefill attention streams the key blocks (an online softmax, one score
+        block live per pass) for a prompt of `length` tokens (`attention_schedule`)."""
+        return self.attention_schedule(length)[1]
+
     def attention_chunk(self, length: int) -> int:
         """Query heads per kv head that prefill attention takes at a time for a prompt of
-        `length` tokens: all of them when SRAM allows (one pass), else the most that fit
-        (one when none does: the request is then refused by `max_prompt_tokens`)."""
-        n_rep = self.config.num_kv_groups
+        `length` tokens (`attention_schedule`)."""
+        return self.attention_schedule(length)[0]
+
+    def attention_schedule(self, length: int) -> tuple[int, bool]:
+        """(query heads per kv head per pass, keys streamed) for a prompt of `length` tokens:
+        the most heads per pass whose owned score blocks fit (one pass when SRAM allows), else
+        the most whose streamed pass fits, else the schedule that needs least (the request is
+        then refused by `max_prompt_tokens`)."""
         cap = self.device.sram_bytes_per_core
-        for chunk in range(n_rep, 1, -1):
-            if self.prefill_need_bytes(length, chunk) <= cap:
-                return chunk
-        return 1
+        options = [(c, s) for s in (False, True) for c in range(self.config.num_kv_groups, 0, -1)]
+        needs = [self.prefill_need_bytes(length, c, streamed=s) for c, s in options]
+        for option, need in zip(options, needs, strict=True):
+            if need <= cap:
+                return option
+        return options[needs.index(min(needs))]
 
     def grid(self, phase: Phase) -> tuple[int, int]:
         return (self.prefill if phase is Phase.PREFILL else self.decode).grid
@@ -133,22 +148,11 @@ def _footprint(
     )
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class _Budget:
-    """Per-core byte counts the planner needs beyond the weights (see `plan_model`)."""
-
-    decode_fixed: int  # one decode step's scratch on a region of layers
-    score_slot: int  # decode scratch per cached slot
-    kv_slot: int  # one cached position, one layer (K and V)
-    kv_want: int  # cache slots per row the caller asked for (1 when unspecified)
-    prefill: PrefillScratch  # the prefill walk for the planned prompt (1 token when unspecified)
-
-
 def _footprints(
     config: ModelConfig,
     grids: dict[Phase, tuple[int, int]],
     sb: int,
-    budget: _Budget,
+    budget: PlanBudget,
     other: dict[Phase, int],
     apart: bool,
     stored: StoredDtype,
@@ -178,55 +182,6 @@ def _footprints(
     }
 
 
-def _budget(
-    config: ModelConfig,
-    grids: dict[Phase, tuple[int, int]],
-    sb: int,
-    max_context_tokens: int | None,
-    apart: bool,
-    storage: Storage,
-) -> _Budget:
-    decode_grid = grids[Phase.DECODE]
-    fixed, score_slot = decode_scratch_bytes(config, *decode_grid, sb)
-    fixed += dequant_chunk_bytes(config, *decode_grid, Phase.DECODE, storage.weights, sb)
-    if apart:  # the logits live on the head's region
-        fixed -= decode_logits_bytes(config, decode_grid[1], sb)
-    # prefill is planned for a prompt of max_context_tokens (1 when unspecified)
-    length = max_context_tokens or 1
-    return _Budget(
-        decode_fixed=fixed,
-        score_slot=score_slot,
-        kv_slot=kv_slot_bytes_per_core(config, decode_grid[1], sb, storage.kv),
-        kv_want=1 if max_context_tokens is None else -(-max_context_tokens // decode_grid[0]),
-        prefill=prefill_scratch(
-            config, *grids[Phase.PREFILL], sb, length, head_chunk=1, stored=storage.weights
-        ),
-    )
-
-
-def _check_apart(
-    config: ModelConfig, grids: dict[Phase, tuple[int, int]], sb: int, cap: int, stored: StoredDtype
-) -> dict[Phase, VocabApart]:
-    """`per-layer`: the vocabulary regions' bytes, checked against SRAM (the head's region
-    holds its scratch: prefill's for a 1-token prompt, decode's step vectors and logits)."""
-    out = {phase: vocab_apart(config, phase, grid, sb, stored) for phase, grid in grids.items()}
-    pre = prefill_scratch(config, *grids[Phase.PREFILL], sb, 1, head_chunk=1, stored=stored)
-    dec, _ = decode_scratch_bytes(config, *grids[Phase.DECODE], sb)
-    for phase, scratch in ((Phase.PREFILL, pre.head_apart), (Phase.DECODE, dec)):
-        need = out[phase].head + scratch
-        if need > cap:
-            rows, cols = grids[phase]
-            raise SramOverflowError(
-                tensor=f"{phase.value} LM head region (per-layer)",
-                core=(0, 0),
-                needed_bytes=need,
-                available_bytes=cap,
-                hint=f"the vocabulary table alone takes {out[phase].head} bytes per core on "
-                f"{rows}x{cols}; use a larger grid or a device with more SRAM per core",
-            )
-    return out
-
-
 def plan_model(
     config: ModelConfig,
     device: Device,
@@ -248,13 +203,46 @@ def plan_model(
     k/v (prefill), one step's scratch, the vocabulary tables on the first and last regions
     (`per-layer`: on notional regions of their own), and with `both` resident layouts the
     other plan's weights (a bound: the most any core of the other plan holds). Matrices and
-    cached positions count as `storage` stores them."""
+    cached positions count as `storage` stores them. Prefill is packed for its usual walk
+    (temporaries kept to the layer's end, every owned score block live); only when that
+    does not place, for the lean one (`attention_schedule`'s streamed keys, early frees)."""
+    place = functools.partial(
+        _plan_model,
+        config,
+        device,
+        prefill_grid=prefill_grid,
+        decode_grid=decode_grid,
+        placement=placement,
+        resident=resident,
+        max_context_tokens=max_context_tokens,
+        storage=storage,
+        num_devices=num_devices,
+    )
+    try:
+        return place(lean=False)
+    except SramOverflowError:
+        return place(lean=True)
+
+
+def _plan_model(
+    config: ModelConfig,
+    device: Device,
+    *,
+    prefill_grid: tuple[int, int],
+    decode_grid: tuple[int, int],
+    placement: PlacementMode,
+    resident: ResidentLayouts,
+    max_context_tokens: int | None,
+    storage: Storage,
+    num_devices: int,
+    lean: bool,
+) -> ModelPlan:
     sb, cap = device.storage_bytes, device.sram_bytes_per_core
     grids = {Phase.PREFILL: prefill_grid, Phase.DECODE: decode_grid}
     per_layer = placement is PlacementMode.PER_LAYER
     wdt = storage.weights
-    budget = _budget(config, grids, sb, max_context_tokens, per_layer, storage)
-    apart = _check_apart(config, grids, sb, cap, wdt) if per_layer else None
+    budget = plan_budget(config, grids, sb, max_context_tokens, per_layer, storage, lean=lean)
+    apart = check_apart(config, grids, sb, cap, wdt) if per_layer else None
     other = {Phase.PREFILL: 0, Phase.DECODE: 0}
     plans: dict[Phase, PhaseRegions] = {}
     for _ in range(3 if resident is ResidentLayouts.BOTH else 1):
@@ -432,4 +420,11 @@ def _table_view(table: DistTensor, spec: TensorSpec) -> DistTensor:
     return DistTensor(data, layout, table.mesh, table.name, None, table.stored)
 
 
-__all__ = ["ModelPlan", "PhaseState", "Region", "build_phase", "plan_model"]
+__all__ = [
+    "ModelPlan",
+    "PhaseState",
+    "Region",
+    "build_phase",
+    "decode_scratch_bytes",
+    "plan_model",
+]

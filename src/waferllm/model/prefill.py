@@ -63,6 +63,7 @@ def prefill_walk(
             sin=sin,
             length=length,
             head_chunk=model.plan.attention_chunk(length),
+            streamed=model.plan.attention_streamed(length),
         )
         walked = region.layers
         if model.mode is Mode.ESTIMATE:

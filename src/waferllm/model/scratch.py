@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import math
 
+from waferllm.kernels.attention_stream import streamed_attention_numel
 from waferllm.kernels.dequant import dequant_scratch_bytes
 from waferllm.mesh.storage import StoredDtype
 from waferllm.mesh.tiling import padded_k
@@ -65,11 +66,14 @@ def prefill_scratch(
     length: int,
     *,
     head_chunk: int,
+    streamed: bool = False,
     stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> PrefillScratch:
     """The prefill walk's live buffers for a prompt of `length` tokens on rows x cols, with
-    attention run `head_chunk` query heads per kv head at a time (`attention_passes`), the
-    weights stored as `stored` (a compressed tile travels compressed and expands into a
+    attention run `head_chunk` query heads per kv head at a time (`attention_passes`), with
+    `streamed` the lean walk: key blocks streamed (one score block live,
+    `kernels.attention_stream`) and every temporary freed after its last reader,
+    the weights stored as `stored` (a compressed tile travels compressed and expands into a
     float16 chunk per step, `kernels.gemm._b_buffers`)."""
     sb = storage_bytes
     heads = heads_for(config, cols)
@@ -90,27 +94,46 @@ def prefill_scratch(
         live.alloc(lt_pad * width * sb)
         return width
 
-    def gemm(width: int, n: int, weight: str) -> None:
+    def gemm(width: int, n: int, weight: str) -> int:
         """`meshgemm`: the output tile stays; receive buffers and C's block padding do not."""
         nt = math.ceil(n / cols)
         nt_pad = -(-nt // per_col) * per_col
         live.alloc(lt * nt * sb)
         live.transient((lt_pad * width + lt_pad * nt_pad - lt * nt) * sb, b_bytes[weight])
+        return lt * nt * sb
 
     d, f = config.hidden_size, config.intermediate_size
     q_n, kv_n = cols * heads.q_width, cols * heads.kv_width
-    live.alloc(lt * d_t * sb)  # attn_norm.out
+    norm = lt * d_t * sb
+    free = live.free if streamed else _kept  # the lean walk frees after the last reader
+    live.alloc(norm)  # attn_norm.out
     width = operand(d)
-    for n, w in ((q_n, "wq"), (kv_n, "wk"), (kv_n, "wv")):
-        gemm(width, n, w)
-    live.transient(_attention_numel(heads, rows, lt, head_chunk) * sb)
-    live.alloc(lt * heads.q_width * sb)  # attention's output
-    gemm(operand(q_n), d, "wo")
-    live.alloc(lt * d_t * sb)  # mlp_norm.out
+    free(norm)
+    q = gemm(width, q_n, "wq")
+    gemm(width, kv_n, "wk")  # k and v stay: the layer's share of the KV cache
+    gemm(width, kv_n, "wv")
+    free(lt_pad * width * sb)
+    if streamed:  # the output (one pass: the online softmax's accumulator) comes first
+        live.alloc(lt * heads.q_width * sb)
+        live.transient(_streamed_numel(heads, lt, head_chunk) * sb)
+    else:
+        live.transient(_attention_numel(heads, rows, lt, head_chunk) * sb)
+        live.alloc(lt * heads.q_width * sb)  # attention's output
+    free(q)
+    width = operand(q_n)
+    free(lt * heads.q_width * sb)
+    o = gemm(width, d, "wo")
+    free(lt_pad * width * sb, o)  # o once added to the residual stream
+    live.alloc(norm)  # mlp_norm.out
     width = operand(d)
-    gemm(width, f, "w_gate")
-    gemm(width, f, "w_up")
-    gemm(operand(f), d, "w_down")
+    free(norm)
+    gate = gemm(width, f, "w_gate")
+    up = gemm(width, f, "w_up")
+    free(lt_pad * width * sb, up)  # SiLU(gate) * up lands in gate's buffer
+    width = operand(f)
+    free(gate)
+    down = gemm(width, d, "w_down")
+    free(lt_pad * width * sb, down)
     chunk = _dequant_chunk(vocab_spec(config, Phase.PREFILL), rows, cols, sb, stored)
     return PrefillScratch(
         layer=live.peak,
@@ -118,6 +141,10 @@ def prefill_scratch(
         head_apart=_head_numel(config, rows, 1, d_t) * sb + chunk,
         kv=2 * lt * heads.kv_width * sb,
     )
+
+
+def _kept(*numels: int) -> None:
+    """The usual walk: temporaries stay until the layer's SRAM scope ends."""
 
 
 def _weight_buffers(spec, rows: int, cols: int, sb: int, stored: StoredDtype) -> int:
@@ -153,6 +180,16 @@ def _attention_numel(heads, rows: int, lt: int, head_chunk: int) -> int:
     one = g * n * lt * kc * lt + g * h * lt + 2 * g * n * lt * lt
     one += g * n * lt * h + g * lt * h + g * n * lt * lt
     return one + (lt * heads.q_width if n < heads.n_rep else 0)
+
+
+def _streamed_numel(heads, lt: int, head_chunk: int) -> int:
+    """One pass of `kernels.attention_stream.prefill_attention_streamed` over n' query heads
+    per kv head beside the layer's attention output: its scratch, and with several passes the
+    pass's own output [Lt, G*n'*H]."""
+    n = min(head_chunk, heads.n_rep)
+    one = dataclasses.replace(heads, n_rep=n)
+    extra = lt * one.q_width if n < heads.n_rep else 0
+    return streamed_attention_numel(one, lt) + extra
 
 
 def _head_numel(config: ModelConfig, rows: int, lt: int, d_t: int) -> int:

@@ -335,14 +335,25 @@ class MeshTransformer(Admission):
             self._ensure_stores(counts.slots)
         return shift_records(self._stores[0], append, counts)
 
-    def hold_previous_logits(self, batch: int = 1) -> None:
-        """Estimate mode: put the previous decode step's logits [B, V] on the mesh, as they are
-        from the second step on (kept for `fetch_logits` until the next step selects)."""
+    def ready_decode(self, *, slots: int, batch: int, hold_logits: bool) -> None:
+        """Estimate mode: the decode regions as a request's steps find them, whatever earlier
+        requests left: the KV cache of `slots` per row, and the previous step's logits [B, V]
+        when `hold_logits` (from the second step on, kept for `fetch_logits` until the next
+        step selects)."""
+        self._ensure_stores(slots)
         held, mesh = self._logits, self.decode_state.head_mesh
-        if held is not None and held.mesh is mesh and held.layout.shape[0] == batch:
+        same = held is not None and held.mesh is mesh and held.layout.shape[0] == batch
+        if hold_logits and same:
             return
         self._drop_logits()
-        self._logits = held_logits(self.decode_state, self.config.vocab_size, batch)
+        if hold_logits:
+            self._logits = held_logits(self.decode_state, self.config.vocab_size, batch)
+
+    @property
+    def holds_decode_logits(self) -> bool:
+        """Whether a decode step's logits are on the decode head's mesh (they count in the
+        next step's SRAM)."""
+        return self._logits is not None and self._logits.mesh is self.decode_state.head_mesh
 
     # ---- one decode step -----------------------------------------------------------------------
     def _decode(

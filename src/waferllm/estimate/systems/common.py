@@ -13,7 +13,7 @@ import torch
 
 from waferllm.device import Device
 from waferllm.mesh.compute import elementwise
-from waferllm.mesh.cost import Ledger, PhaseLedger
+from waferllm.mesh.cost import Ledger, PhaseLedger, RegionPeak
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model.config import ModelConfig
@@ -106,6 +106,8 @@ def charge_elementwise(
 def plan_cost(ledger: Ledger, meshes: list[Mesh]) -> PhaseLedger:
     return PhaseLedger(
         ledger=ledger,
-        peak_sram_bytes_per_core=max(m.sram.peak_bytes for m in meshes),
+        regions=tuple(
+            RegionPeak(bytes_per_core=m.sram.peak_bytes, cores=m.num_cores) for m in meshes
+        ),
         routes_per_core=max(m.routes.routes_per_core for m in meshes),
     )
