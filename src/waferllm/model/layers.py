@@ -25,7 +25,7 @@ from waferllm.kernels.norm import rms_norm
 from waferllm.kernels.rope import rope
 from waferllm.mesh.comm import ReduceAlgorithm
 from waferllm.mesh.compute import charge_compute, elementwise, vector_op_cycles
-from waferllm.mesh.cost import Ledger
+from waferllm.mesh.cost import Charge, ChargeKind, Ledger
 from waferllm.mesh.geometry import Axis, split_sizes
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.tiling import padded_k
@@ -52,6 +52,15 @@ class LayerContext:
 
 
 # ---- shared helpers ------------------------------------------------------------------------------
+def charge_layer_fixed(mesh: Mesh, ledger: Ledger) -> None:
+    """The device's `layer_fixed_cycles`, once per decoder layer per pass (prefill or decode
+    step): what a layer costs whatever its widths and grid (its steps' control and
+    synchronisation; see the constant's source)."""
+    cycles = mesh.device.layer_fixed_cycles
+    if cycles and ledger.prices:
+        ledger.charge("layer_fixed", Charge(kind=ChargeKind.OVERHEAD, cycles=cycles))
+
+
 def view(t: DistTensor, layout: Layout) -> DistTensor:
     """The same tiles under another logical layout (a per-core reshape, no copy)."""
     rows, cols = t.mesh.shape
@@ -101,6 +110,7 @@ def prefill_layer(
     """x[L_y, D_x] -> (x + attn + mlp in x's buffer, this layer's k and v [L_y, kv_x]).
     `attend` replaces the whole prompt's causal attention (a chunk against cached keys)."""
     cfg = ctx.config
+    charge_layer_fixed(mesh, ledger)
     with mesh.sram.scope():
         h = rms_norm(
             mesh,
@@ -316,6 +326,7 @@ def decode_layer(
     each sequence's own rows."""
     cfg, heads = ctx.config, ctx.heads
     ledger = ledgers.pre
+    charge_layer_fixed(mesh, ledger)
     with mesh.sram.scope():
         h = rms_norm(
             mesh, x=x, weight=w["attn_norm"], ledger=ledger, eps=cfg.rms_norm_eps, op="attn_norm"
