@@ -238,7 +238,7 @@ _COMMON_SOURCES = {
         "derived: power_w less the events' mean power (~620 W) over the requests at PAPER.md "
         "§3.3's LLaMA3-8B operating points (4096-token prefill at 480/600/720, a decode step "
         "after a 4095-token prompt at 420/540/660, per-layer), so event energy agrees with "
-        "power_w x time there within -1.2% to +1.1% (benchmarks/fidelity.py): what the wafer "
+        "power_w x time there within -1.0% to +1.3% (benchmarks/fidelity.py): what the wafer "
         "draws whatever it computes (leakage, clock tree, idle cores, I/O, power delivery)"
     ),
     "vector_instr_floor_cycles": (

@@ -53,8 +53,9 @@ def test_prefill_tpr_rises_from_480_to_600_to_720(name):
 # heads on 8 kv heads) still gain from 420 to 540: at 420 a core's local GEMVs are ~4x
 # LLaMA3-8B's and its P@V is 80 floor-bound instructions of 3 head slots (8 query heads x 10
 # cache slots), and this work shrinks by more than the collectives grow (CodeLLaMA-34B: local
-# compute 4,417 -> 3,061 cycles per layer, communication 6,486 -> 7,626); both fall past 540. A prediction: PAPER.md has no rows for
-# these models. Strict: the test fails if the model changes its answer.
+# compute 4,417 -> 3,061 cycles per layer, communication 6,486 -> 7,626); both fall past 540.
+# A prediction: PAPER.md has no rows for these models. Strict: the test fails if the model
+# changes its answer.
 NEAR_540 = pytest.mark.xfail(
     strict=True,
     reason="hidden-8192 GQA models: local GEMVs and floor-bound P@V shrink faster than the "

@@ -24,8 +24,8 @@ from waferllm.kernels.heads import HeadLayout
 from waferllm.kernels.norm import rms_norm
 from waferllm.kernels.rope import rope
 from waferllm.mesh.comm import ReduceAlgorithm
-from waferllm.mesh.compute import charge_compute, elementwise, vector_op_cycles
-from waferllm.mesh.cost import Charge, ChargeKind, Ledger
+from waferllm.mesh.compute import charge_compute, charge_fixed, elementwise, vector_op_cycles
+from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis, split_sizes
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.tiling import padded_k
@@ -56,9 +56,7 @@ def charge_layer_fixed(mesh: Mesh, ledger: Ledger) -> None:
     """The device's `layer_fixed_cycles`, once per decoder layer per pass (prefill or decode
     step): what a layer costs whatever its widths and grid (its steps' control and
     synchronisation; see the constant's source)."""
-    cycles = mesh.device.layer_fixed_cycles
-    if cycles and ledger.prices:
-        ledger.charge("layer_fixed", Charge(kind=ChargeKind.OVERHEAD, cycles=cycles))
+    charge_fixed(ledger, "layer_fixed", cycles=mesh.device.layer_fixed_cycles)
 
 
 def view(t: DistTensor, layout: Layout) -> DistTensor:
