@@ -43,6 +43,7 @@ PINNED = {
     "step_overhead_cycles": 0,
     "op_overhead_cycles": 0,
     "scalar_cycles_per_element": 0,
+    "layer_fixed_cycles": 0,
 }
 
 

@@ -35,6 +35,7 @@ SHOWN = (
     ("step_overhead_cycles", "step overhead"),
     ("op_overhead_cycles", "op overhead"),
     ("scalar_cycles_per_element", "scalar instr"),
+    ("layer_fixed_cycles", "layer fixed"),
     # the inter-system link (multi-wafer `fit`, --num-devices)
     ("system_link_bytes_per_s", "system link B/s"),
     ("system_link_latency_s", "system link latency"),

@@ -94,6 +94,13 @@ def charge_inline_compute(ledger: Ledger, op: str, *, cycles: float) -> None:
         ledger.charge(op, Charge(kind=ChargeKind.COMPUTE, cycles=cycles))
 
 
+def charge_fixed(ledger: Ledger, op: str, *, cycles: float) -> None:
+    """A fixed cost on the critical path that is no operation's work (a decoder layer's
+    `layer_fixed_cycles`): an overhead record, no FLOPs, no start of its own."""
+    if cycles and ledger.prices:
+        ledger.charge(op, Charge(kind=ChargeKind.OVERHEAD, cycles=cycles))
+
+
 def matmul_values(mesh: Mesh, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-core a @ b exactly as `matmul` computes it, uncharged (for kernels that charge the
     multiply themselves, see `charge_matmul`)."""

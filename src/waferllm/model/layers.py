@@ -24,7 +24,7 @@ from waferllm.kernels.heads import HeadLayout
 from waferllm.kernels.norm import rms_norm
 from waferllm.kernels.rope import rope
 from waferllm.mesh.comm import ReduceAlgorithm
-from waferllm.mesh.compute import charge_compute, elementwise, vector_op_cycles
+from waferllm.mesh.compute import charge_compute, charge_fixed, elementwise, vector_op_cycles
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
@@ -54,6 +54,13 @@ class LayerContext:
 
 
 # ---- shared helpers ------------------------------------------------------------------------------
+def charge_layer_fixed(mesh: Mesh, ledger: Ledger) -> None:
+    """The device's `layer_fixed_cycles`, once per decoder layer per pass (prefill or decode
+    step): what a layer costs whatever its widths and grid (its steps' control and
+    synchronisation; see the constant's source)."""
+    charge_fixed(ledger, "layer_fixed", cycles=mesh.device.layer_fixed_cycles)
+
+
 def view(t: DistTensor, layout: Layout) -> DistTensor:
     """The same tiles under another logical layout (a per-core reshape, no copy)."""
     rows, cols = t.mesh.shape
@@ -106,6 +113,7 @@ def prefill_layer(
     once their last reader is done (`scratch.prefill_scratch` replays the same buffers)."""
     cfg = ctx.config
     done = _early_free if ctx.streamed else _kept
+    charge_layer_fixed(mesh, ledger)
     with mesh.sram.scope():
         h = rms_norm(
             mesh,
@@ -305,6 +313,7 @@ def decode_layer(
     each sequence's own rows."""
     cfg, heads = ctx.config, ctx.heads
     ledger = ledgers.pre
+    charge_layer_fixed(mesh, ledger)
     with mesh.sram.scope():
         h = rms_norm(
             mesh, x=x, weight=w["attn_norm"], ledger=ledger, eps=cfg.rms_norm_eps, op="attn_norm"
