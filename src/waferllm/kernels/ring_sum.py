@@ -8,13 +8,16 @@ accumulator. Where torch multiplies a tile with its small-matrix loop (fewer tha
 `ring_products_sum` forms the products of many steps in one batched multiply and adds them
 step by step in the loop's order; larger tiles go to BLAS, whose rounding can depend on where
 the output lands, so they are multiplied step by step in the loop's own layout. Either way
-the sum is bit-identical to the loop. Costs are not charged here.
+the sum is bit-identical to the loop. `pv_all_steps` does the same for prefill attention's
+P V loop (dist-GEMM-T's QK^T loop has its own in `gemm_t`). Costs are not charged here.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +28,9 @@ from waferllm.mesh.geometry import RingKind
 from waferllm.mesh.tiling import LogicalGrid, to_blocks
 from waferllm.mesh.virtual import Mesh
 
+if TYPE_CHECKING:
+    from waferllm.kernels.gemm_t import BlockOwners
+
 # Host memory the gathered operands of one batch of steps may take (bytes): bounds the
 # batch of steps, not the result.
 STEP_BATCH_BYTES = 64 * 2**20
@@ -34,10 +40,23 @@ SMALL_TILE_MACS = 400
 
 
 @lru_cache(maxsize=64)
-def _homes(size: int, kind: RingKind, device: str) -> torch.Tensor:
+def homes(size: int, kind: RingKind, device: str) -> torch.Tensor:
     """homes[s, i]: the ring position whose block sits at position i after s ring steps."""
     table = np.stack([rings.ring_successor(size, kind, -s) for s in range(size)])
     return torch.tensor(table, dtype=torch.int64, device=device)
+
+
+def small_tiles(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether every per-core a @ b has one rounding whatever its layout: torch's small-matrix
+    loop on the CPU (p*q*n below `SMALL_TILE_MACS`); on a GPU bit-identity is not promised."""
+    return a.device.type != "cpu" or a.shape[-2] * a.shape[-1] * b.shape[-1] < SMALL_TILE_MACS
+
+
+def step_batches(size: int, per_step_numel: int, element_size: int) -> Iterator[slice]:
+    """Consecutive ranges of the `size` steps whose operands fit `STEP_BATCH_BYTES`."""
+    batch = max(1, min(size, STEP_BATCH_BYTES // max(1, per_step_numel * element_size)))
+    for start in range(0, size, batch):
+        yield slice(start, min(size, start + batch))
 
 
 def active_rows(a_l: torch.Tensor) -> int:
@@ -64,8 +83,7 @@ def ring_products_sum(
     """
     if a_l.is_meta:
         return acc
-    p, q, n = a_l.shape[-2], a_l.shape[-1], b_l.shape[-1]
-    if a_l.device.type == "cpu" and p * q * n >= SMALL_TILE_MACS:
+    if not small_tiles(a_l, b_l):
         return _stepwise(mesh, grid, a_l, b_l, acc, kind)
     return _batched(mesh, a_l, b_l, acc, kind)
 
@@ -78,13 +96,12 @@ def _batched(
     rows = active_rows(a_l)
     if rows == 0:
         return acc
-    homes = _homes(size, kind, a_l.device.type)
+    table = homes(size, kind, a_l.device.type)
     a_rows = a_l[:rows]
     per_step = rows * size * (math.prod(a_l.shape[2:]) + math.prod(b_l.shape[2:]))
     per_step += math.prod(acc.shape[1:]) * rows
-    batch = max(1, min(size, STEP_BATCH_BYTES // (per_step * a_l.element_size())))
-    for start in range(0, size, batch):
-        idx = homes[start : start + batch]
+    for batch in step_batches(size, per_step, a_l.element_size()):
+        idx = table[batch]
         steps = idx.shape[0]
         a_all = a_rows.index_select(1, idx.reshape(-1))
         a_all = a_all.reshape(rows, steps, *a_l.shape[1:]).transpose(0, 1).contiguous()
@@ -118,3 +135,31 @@ def _stepwise(
         products = matmul_values(mesh, a_moved.index_select(0, holder), b_moved)
         acc_blocks.add_(to_blocks(products.index_select(0, home), grid))
     return acc
+
+
+def pv_all_steps(
+    mesh: Mesh, out: torch.Tensor, p_blocks: torch.Tensor, v_t: torch.Tensor, owners: BlockOwners
+) -> None:
+    """out += every step's P block @ V, a few steps per batched multiply, added in step order;
+    only the rows up to the last one holding a nonzero probability (the others add zeros)."""
+    rows = out.shape[0]
+    active = active_rows(p_blocks)
+    if active == 0:
+        return
+    on = out.device
+    table = homes(rows, RingKind.INTERLEAVED, on.type)[:, :active]  # block_at
+    column = torch.as_tensor(owners.column, device=on)
+    slot = torch.as_tensor(owners.slot, device=on)
+    group_of = torch.as_tensor(owners.group_of, device=on)
+    y = torch.arange(active, device=on)[None, :, None]
+    per_step = active * (math.prod(v_t.shape[1:]) + 2 * math.prod(out.shape[1:]))
+    target = out[:active]
+    for batch in step_batches(rows, per_step, v_t.element_size()):
+        idx = table[batch]  # (S, active): the key block each row holds at each step
+        steps = idx.shape[0]
+        cols, slots = column[:, idx].permute(1, 2, 0), slot[:, idx].permute(1, 2, 0)
+        blocks = p_blocks[y, cols, :, :, :, slots, :][:, :, group_of]  # (S, active, C, ...)
+        v_all = v_t.index_select(0, idx.reshape(-1)).reshape(steps, active, *v_t.shape[1:])
+        products = matmul_values(mesh, blocks, v_all)
+        for s in range(steps):
+            target.add_(products[s])
