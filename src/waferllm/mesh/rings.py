@@ -5,7 +5,8 @@ plain) and charges the physical traffic that causes; `skew_round` is one round o
 initial skew written in ring positions. Data moves in one vectorised index operation per call
 (index tensors cached per source map); traffic is priced once per shape and cached, and not at
 all for a ledger that does not price (`Ledger.prices`), so nothing here loops over cores.
-`charge_ring_step` and `ring_index` let a kernel move large blocks by index instead of copying.
+`charge_ring_step`, `charge_skew_round`, `skew_moved` and `ring_index` let a kernel charge
+every step but move data by index, or all at once (the schedule does not depend on the data).
 Legend: L logical cores along the axis (tiling.LogicalGrid), P physical cores along it,
 per = L / P; a "line" is one row (axis X) or one column (axis Y).
 """
