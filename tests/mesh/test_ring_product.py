@@ -140,12 +140,14 @@ def test_charging_a_ring_step_without_moving_prices_and_routes_like_moving():
     assert charged_mesh.routes.sets == moving_mesh.routes.sets
 
 
-@pytest.mark.parametrize(("rows", "cols"), [(2, 3), (3, 3)])
-def test_large_tiles_are_multiplied_in_the_loops_own_layout(rows, cols):
+@pytest.mark.parametrize(("rows", "cols"), [(2, 3), (3, 3), (4, 4)])
+@pytest.mark.parametrize("zero_rows", [0, 2])
+def test_large_tiles_are_multiplied_in_the_loops_own_layout(rows, cols, zero_rows):
     """BLAS tiles (p*q*n >= SMALL_TILE_MACS): products in B's row order, as the loop that moves
     B by index forms them (its rounding may depend on where each output lands)."""
     mesh, grid, kind = Mesh(tiny(), rows, cols), LogicalGrid(rows, cols), RingKind.INTERLEAVED
     a_l = blocks(grid, 1, 48, seed=1, dtype=torch.float32)
+    a_l[grid.size - zero_rows :] = 0.0
     b_l = blocks(grid, 48, 22, seed=2, dtype=torch.float32)
     assert ring_sum.SMALL_TILE_MACS <= 48 * 22
     ledger = UnpricedLedger()

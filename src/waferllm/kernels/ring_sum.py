@@ -124,6 +124,8 @@ def _stepwise(
 ) -> torch.Tensor:
     """The loop's own multiplies: step 0 in blocks form, later steps in B's row order (the
     order a copied B would have), every product in a buffer laid out as the loop's."""
+    if _plain_float32(grid, a_l, b_l):
+        return _stepwise_rows(grid, a_l, b_l, acc, kind)
     acc_blocks = to_blocks(acc, grid)
     acc_blocks.add_(matmul_values(mesh, to_blocks(a_l, grid), to_blocks(b_l, grid)))
     b_moved = b_l.contiguous()
@@ -134,6 +136,36 @@ def _stepwise(
         a_moved = a_l.index_select(1, home)  # A after `step` ring steps along X
         products = matmul_values(mesh, a_moved.index_select(0, holder), b_moved)
         acc_blocks.add_(to_blocks(products.index_select(0, home), grid))
+    return acc
+
+
+def _plain_float32(grid: LogicalGrid, a_l: torch.Tensor, b_l: torch.Tensor) -> bool:
+    """A square grid, float32 and no batch dims: the loop's products are plain bmm's."""
+    square = grid.per_row == grid.per_col == 1
+    return square and a_l.dim() == b_l.dim() == 4 and a_l.dtype == b_l.dtype == torch.float32
+
+
+def _stepwise_rows(
+    grid: LogicalGrid, a_l: torch.Tensor, b_l: torch.Tensor, acc: torch.Tensor, kind: RingKind
+) -> torch.Tensor:
+    """`_stepwise` for A's rows up to its last nonzero one only, each product written where
+    the loop's buffer holds it (BLAS may round by the output's alignment)."""
+    size, rows = grid.size, active_rows(a_l)
+    if rows == 0:
+        return acc
+    target = acc[:rows]
+    target.add_(a_l[:rows] @ b_l[:rows])  # step 0: a prefix of the loop's buffer
+    b_moved = b_l.contiguous()
+    device = a_l.device.type
+    shape = (size, size, a_l.shape[-2], b_l.shape[-1])
+    for step in range(1, size):
+        holder = rings.ring_index(size, kind, step, device)
+        home = rings.ring_index(size, kind, -step, device)
+        picked = a_l.index_select(1, home).index_select(0, holder)
+        products = torch.empty(shape, dtype=acc.dtype, device=a_l.device)
+        for r in rings.ring_successor(size, kind, -step)[:rows].tolist():
+            torch.bmm(picked[r], b_moved[r], out=products[r])
+        target.add_(products.index_select(0, home[:rows]))
     return acc
 
 
