@@ -1,5 +1,6 @@
-"""The ring GEMMs move B's blocks by index (`gemm._ring_product`): every step must multiply, bit
-for bit, the tiles that copying B around the ring would give each core, and charge the same."""
+"""The ring GEMMs form the loop's products in batched ops (`kernels.ring_sum`): the sum must
+equal, bit for bit, multiplying the tiles that moving A and B around the ring gives each core
+and adding them step by step; the ring moves and their charges are what the loop would do."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from waferllm.device import tiny
-from waferllm.kernels.gemm import _ring_product
+from waferllm.kernels import ring_sum
+from waferllm.kernels.ring_sum import active_rows, ring_products_sum
 from waferllm.mesh import Axis, Ledger, Mesh, RingKind, UnpricedLedger, matmul, rings
 from waferllm.mesh.tiling import LogicalGrid, to_blocks
 
@@ -26,32 +28,84 @@ def blocks(grid: LogicalGrid, *tile: int, seed: int, dtype: torch.dtype) -> torc
     return torch.randn(grid.size, grid.size, *tile, generator=gen).to(dtype)
 
 
+def looped(mesh: Mesh, grid: LogicalGrid, a_l, b_l, kind: RingKind, acc_dtype) -> torch.Tensor:
+    """The loop as the hardware runs it: multiply, add, move A and B one ring step."""
+    acc = None
+    for _ in range(grid.size):
+        product = matmul(
+            mesh, a=to_blocks(a_l, grid), b=to_blocks(b_l, grid), ledger=UnpricedLedger(), op="m"
+        )
+        acc = torch.zeros(product.shape, dtype=acc_dtype) if acc is None else acc
+        acc.add_(product)
+        for axis in (Axis.X, Axis.Y):
+            moved = rings.ring_step(
+                mesh,
+                grid,
+                a_l if axis is Axis.X else b_l,
+                axis=axis,
+                kind=kind,
+                ledger=UnpricedLedger(),
+                op="s",
+            )
+            a_l, b_l = (moved, b_l) if axis is Axis.X else (a_l, moved)
+    assert acc is not None
+    return acc
+
+
 @pytest.mark.parametrize(("rows", "cols", "dtype", "f16_accumulate"), CASES)
 @pytest.mark.parametrize("kind", [RingKind.INTERLEAVED, RingKind.PLAIN])
-def test_every_step_multiplies_exactly_the_tiles_a_moving_b_would_bring(
-    rows, cols, dtype, f16_accumulate, kind
+@pytest.mark.parametrize("zero_rows", [0, 2])
+def test_the_batched_ring_sum_equals_the_step_by_step_loop_bit_for_bit(
+    rows, cols, dtype, f16_accumulate, kind, zero_rows, monkeypatch
 ):
+    monkeypatch.setattr(ring_sum, "STEP_BATCH_BYTES", 1)  # one step per batch as well
     mesh = Mesh(tiny(), rows, cols, compute_dtype=dtype, f16_accumulate=f16_accumulate)
     grid = LogicalGrid(rows, cols)
     a_l = blocks(grid, 2, 3, 5, seed=1, dtype=dtype)  # batch 2, [p, k] = [3, 5]
     b_l = blocks(grid, 1, 5, 4, seed=2, dtype=dtype)  # batch broadcast, [k, q] = [5, 4]
-    moved = b_l
-    for step in range(grid.size + 1):
-        want_ledger, got_ledger = Ledger(), Ledger()
-        want = matmul(
-            mesh, a=to_blocks(a_l, grid), b=to_blocks(moved, grid), ledger=want_ledger, op="mac"
+    if zero_rows:
+        a_l[grid.size - zero_rows :] = 0  # a short M's zero padding
+    acc_dtype = torch.float16 if f16_accumulate else torch.float32
+    want = looped(mesh, grid, a_l, b_l, kind, acc_dtype)
+    for batch_bytes in (1, 2**30):
+        monkeypatch.setattr(ring_sum, "STEP_BATCH_BYTES", batch_bytes)
+        acc = torch.zeros(grid.size, grid.size, 2, 3, 4, dtype=acc_dtype)
+        got = to_blocks(
+            ring_products_sum(mesh, grid=grid, a_l=a_l, b_l=b_l, acc=acc, kind=kind), grid
         )
-        got = _ring_product(mesh, grid, a_l, b_l, b_l.contiguous(), step, kind, got_ledger)
-        assert got.shape == want.shape and got.dtype == want.dtype
-        assert torch.equal(got, want), step
-        assert got_ledger.records == want_ledger.records
-        moved = rings.ring_step(
-            mesh, grid, moved, axis=Axis.Y, kind=kind, ledger=UnpricedLedger(), op="shift_b"
-        )
-        # A moves for real between steps; the pairing must follow it as well
-        a_l = rings.ring_step(
-            mesh, grid, a_l, axis=Axis.X, kind=kind, ledger=UnpricedLedger(), op="shift_a"
-        )
+        assert got.dtype == want.dtype
+        assert torch.equal(got, want)
+        assert got.view(torch.int16 if acc_dtype is torch.float16 else torch.int32).equal(
+            want.view(torch.int16 if acc_dtype is torch.float16 else torch.int32)
+        )  # signed zeros included
+
+
+def test_active_rows_end_at_the_last_row_holding_a_nonzero():
+    data = torch.zeros(5, 5, 2, 2)
+    assert active_rows(data) == 0
+    data[2, 4, 1, 0] = -1.0
+    assert active_rows(data) == 3
+
+
+def test_the_skew_moved_at_once_equals_its_rounds_one_by_one():
+    for kind in (RingKind.INTERLEAVED, RingKind.PLAIN):
+        for p in (1, 2, 5, 6):
+            mesh, grid = Mesh(tiny(), p, p), LogicalGrid(p, p)
+            data = torch.randn(p, p, 2, 3)
+            for axis in (Axis.X, Axis.Y):
+                moved = data
+                for i in range(rings.skew_rounds(p, kind)):
+                    moved = rings.skew_round(
+                        mesh,
+                        grid,
+                        moved,
+                        axis=axis,
+                        kind=kind,
+                        round_index=i,
+                        ledger=UnpricedLedger(),
+                        op="s",
+                    )
+                assert torch.equal(rings.skew_moved(data, axis=axis, kind=kind), moved)
 
 
 @pytest.mark.parametrize("steps", [0, 1, 2, 5, 7])
@@ -84,3 +138,28 @@ def test_charging_a_ring_step_without_moving_prices_and_routes_like_moving():
     )
     assert charged.records == moving.records and charged.records
     assert charged_mesh.routes.sets == moving_mesh.routes.sets
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(2, 3), (3, 3), (4, 4)])
+@pytest.mark.parametrize("zero_rows", [0, 2])
+def test_large_tiles_are_multiplied_in_the_loops_own_layout(rows, cols, zero_rows):
+    """BLAS tiles (p*q*n >= SMALL_TILE_MACS): products in B's row order, as the loop that moves
+    B by index forms them (its rounding may depend on where each output lands)."""
+    mesh, grid, kind = Mesh(tiny(), rows, cols), LogicalGrid(rows, cols), RingKind.INTERLEAVED
+    a_l = blocks(grid, 1, 48, seed=1, dtype=torch.float32)
+    a_l[grid.size - zero_rows :] = 0.0
+    b_l = blocks(grid, 48, 22, seed=2, dtype=torch.float32)
+    assert ring_sum.SMALL_TILE_MACS <= 48 * 22
+    ledger = UnpricedLedger()
+    want = matmul(mesh, a=to_blocks(a_l, grid), b=to_blocks(b_l, grid), ledger=ledger, op="m")
+    moved_a = a_l
+    for step in range(1, grid.size):
+        moved_a = rings.ring_step(
+            mesh, grid, moved_a, axis=Axis.X, kind=kind, ledger=ledger, op="s"
+        )
+        holder, home = (rings.ring_index(grid.size, kind, s, "cpu") for s in (step, -step))
+        product = torch.matmul(moved_a.index_select(0, holder), b_l.contiguous())
+        want.add_(to_blocks(product.index_select(0, home), grid))
+    acc = torch.zeros(grid.size, grid.size, 1, 22)
+    got = to_blocks(ring_products_sum(mesh, grid=grid, a_l=a_l, b_l=b_l, acc=acc, kind=kind), grid)
+    assert got.view(torch.int32).equal(want.view(torch.int32))

@@ -30,6 +30,7 @@ import torch
 
 from waferllm.kernels.gemm_t import BlockOwners, block_at, block_owners, gemm_t_steps, owner_map
 from waferllm.kernels.heads import HeadLayout
+from waferllm.kernels.ring_sum import pv_all_steps, small_tiles
 from waferllm.kernels.softmax import causal_mask, softmax
 from waferllm.kernels.vector import (
     EXP_SUB,
@@ -48,10 +49,11 @@ from waferllm.mesh.comm import (
     ReduceOp,
     allreduce,
     bytes_per_core,
+    charge_ring_shift,
     ring_shift,
     segmented_allreduce,
 )
-from waferllm.mesh.compute import matmul
+from waferllm.mesh.compute import charge_matmul, matmul
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
@@ -225,9 +227,20 @@ def prefill_attention(
             scale=1.0 / math.sqrt(heads.head_dim),
             group_sizes=heads.group_sizes,
         )
-        out = _pv_steps(mesh, probs.data, v_t, owners, ledger)  # (R, C, G, n, Lt, H)
+        out = _pv_steps(mesh, _real_rows_only(probs.data, length), v_t, owners, ledger)
     out = out.permute(0, 1, 4, 2, 3, 5).reshape(rows, cols, lt, g * n * h)
     return mesh.register(out.contiguous(), q.layout, "attn")
+
+
+def _real_rows_only(probs: torch.Tensor, length: int) -> torch.Tensor:
+    """Probabilities with the padded query rows' set to zero (R, C, G, n, Lt, Kc*Lt): their
+    outputs are never used, and zero rows stay zero through the layer, so the kernels that
+    follow multiply only the prompt's rows (`ring_sum.active_rows`)."""
+    if probs.is_meta:
+        return probs
+    rows, lt = probs.shape[0], probs.shape[-2]
+    real = torch.arange(rows * lt, device=probs.device) < length
+    return probs.masked_fill(~real.reshape(rows, 1, 1, 1, lt, 1), 0.0)
 
 
 def _scratch(mesh: Mesh, name: str, tile: tuple[int, ...] | torch.Size) -> str:
@@ -249,6 +262,10 @@ def _pv_steps(
     _scratch(mesh, "p_block", block_shape[2:])
     nbytes = int(np.prod(block_shape[2:])) * mesh.device.storage_bytes
     owner0 = owner_map(owners, rows, 0)  # every step's multicast costs the same
+    # small tiles: every step's numbers at once (`ring_sum.pv_all_steps`), the loop only charges
+    batched = mesh.mode is Mode.ESTIMATE or small_tiles(p_blocks[..., 0, :], v_t)
+    if batched and mesh.mode is Mode.FUNCTIONAL:
+        pv_all_steps(mesh, out, p_blocks, v_t, owners)
     v_cur = v_t
     for step in mesh.steps(rows, ledger):
         with ledger.overlap("pv.step", step_overhead_cycles=mesh.device.step_overhead_cycles):
@@ -256,11 +273,11 @@ def _pv_steps(
                 charge_multicast(
                     mesh, axis=Axis.X, owner=owner0, nbytes=nbytes, ledger=ledger, op="pv.bcast"
                 )
-            block = (
-                _gather_blocks(p_blocks, owners, step)
-                if mesh.mode is Mode.FUNCTIONAL
-                else (torch.empty(block_shape, dtype=probs.dtype, device="meta"))
-            )
+            if batched:
+                charge_matmul(mesh, ledger, "pv.local", a_shape=block_shape, n=v_t.shape[-1])
+                charge_ring_shift(mesh, v_cur, axis=Axis.Y, ledger=ledger, op="pv.shift")
+                continue
+            block = _gather_blocks(p_blocks, owners, step)
             out = matmul(mesh, a=block, b=v_cur, ledger=ledger, op="pv.local", accumulate=out)
             v_cur = ring_shift(mesh, v_cur, axis=Axis.Y, ledger=ledger, op="pv.shift")
     return out

@@ -31,8 +31,9 @@ from waferllm.kernels.operands import (
     tile_numel,
 )
 from waferllm.kernels.result import Charged, KernelResult
+from waferllm.kernels.ring_sum import ring_products_sum
 from waferllm.mesh import rings
-from waferllm.mesh.compute import charge_matmul, matmul, matmul_values
+from waferllm.mesh.compute import charge_matmul
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis, RingKind
 from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
@@ -121,30 +122,15 @@ def _skew(
     if a is None and b is None:
         return a, b
     with ledger.tag("align"):
-        for i in mesh.steps(rings.skew_rounds(grid.size, kind), ledger):
+        for _ in mesh.steps(rings.skew_rounds(grid.size, kind), ledger):
             with ledger.overlap("align", step_overhead_cycles=mesh.device.step_overhead_cycles):
-                if a is not None:
-                    a = rings.skew_round(
-                        mesh,
-                        grid,
-                        a,
-                        axis=Axis.X,
-                        kind=kind,
-                        round_index=i,
-                        ledger=ledger,
-                        op="align_a",
-                    )
-                if b is not None:
-                    b = rings.skew_round(
-                        mesh,
-                        grid,
-                        b,
-                        axis=Axis.Y,
-                        kind=kind,
-                        round_index=i,
-                        ledger=ledger,
-                        op="align_b",
-                    )
+                for data, axis, name in ((a, Axis.X, "align_a"), (b, Axis.Y, "align_b")):
+                    if data is not None:
+                        rings.charge_skew_round(
+                            mesh, grid, data, axis=axis, kind=kind, ledger=ledger, op=name
+                        )
+    a = None if a is None else rings.skew_moved(a, axis=Axis.X, kind=kind)
+    b = None if b is None else rings.skew_moved(b, axis=Axis.Y, kind=kind)
     return a, b
 
 
@@ -197,27 +183,32 @@ def _ring_gemm(
             b_l = to_logical(b_pad, grid) if b_l is None else b_l
             a_blocks, b_blocks = to_blocks(a_l, grid), to_blocks(b_l, grid)
             lead = np.broadcast_shapes(a_blocks.shape[:-2], b_blocks.shape[:-2])
-            c_blocks = accumulator(mesh, (*lead, a_blocks.shape[-2], b_blocks.shape[-1]))
-            pad_bytes(mesh, f"{op}.c_pad", tile_numel(c_blocks), math.prod((*batch, mt, nt)))
-            b_moved = b_l.contiguous()  # the layout B's blocks have once a ring step copied them
-            for step in mesh.steps(grid.size, ledger):
+            c_shape = (*lead, a_blocks.shape[-2], b_blocks.shape[-1])
+            pad_bytes(mesh, f"{op}.c_pad", math.prod(c_shape[2:]), math.prod((*batch, mt, nt)))
+            # the loop's numbers in a few batched ops (ring_sum); the loop below charges it
+            c_l = accumulator(mesh, (grid.size, grid.size, *lead[4:], *c_shape[-2:]))
+            c_blocks = to_blocks(
+                ring_products_sum(mesh, grid=grid, a_l=a_l, b_l=b_l, acc=c_l, kind=kind), grid
+            )
+            b_kt, b_nt = b_pad.shape[-2:]
+            for _ in mesh.steps(grid.size, ledger):
                 with ledger.overlap("step", step_overhead_cycles=mesh.device.step_overhead_cycles):
-                    c_blocks.add_(_ring_product(mesh, grid, a_l, b_l, b_moved, step, kind, ledger))
-                    b_kt, b_nt = b_pad.shape[-2:]
+                    charge_matmul(mesh, ledger, "mac", a_shape=a_blocks.shape, n=b_l.shape[-1])
                     charge_dequant(mesh, ledger, "dequant_b", b.stored, reduced=b_kt, other=b_nt)
-                    a_l = rings.ring_step(
-                        mesh, grid, a_l, axis=Axis.X, kind=kind, ledger=ledger, op="shift_a"
-                    )
-                    rings.charge_ring_step(
-                        mesh,
-                        grid,
-                        b_l,
-                        axis=Axis.Y,
-                        kind=kind,
-                        ledger=ledger,
-                        op="shift_b",
-                        stored=b.stored,
-                    )
+                    for data, axis, name, stored in (
+                        (a_l, Axis.X, "shift_a", StoredDtype.FLOAT16),
+                        (b_l, Axis.Y, "shift_b", b.stored),
+                    ):
+                        rings.charge_ring_step(
+                            mesh,
+                            grid,
+                            data,
+                            axis=axis,
+                            kind=kind,
+                            ledger=ledger,
+                            op=name,
+                            stored=stored,
+                        )
     c = from_blocks(c_blocks, grid)[..., :mt, :nt]
     return KernelResult(
         out=finish(mesh, c, out_layout, f"{op}.c", out_key), records=charged.records
@@ -240,36 +231,6 @@ def _b_buffers(mesh: Mesh, b: DistTensor, b_pad: torch.Tensor, op: str) -> None:
     mesh.sram.alloc(
         f"{op}.dequant_chunk", dequant_scratch_bytes(b.stored, reduced=kt, other=nt, sb=sb)
     )
-
-
-def _ring_product(
-    mesh: Mesh,
-    grid: LogicalGrid,
-    a_l: torch.Tensor,
-    b_l: torch.Tensor,
-    b_moved: torch.Tensor,
-    step: int,
-    kind: RingKind,
-    ledger: Ledger,
-) -> torch.Tensor:
-    """Step `step`'s per-core products a @ b in blocks form (R, C, a, b, *t, p, q).
-
-    B's blocks (the weights, the largest tiles) move by index, not by copy: after `step` ring
-    steps along Y, logical row i holds B's row home[i] = ring_index(-step)[i]. The products
-    are formed in B's own row order, row r with the A blocks of the row that holds it then
-    (ring_index(step)[r]), and put back in row order: every core multiplies exactly the
-    tiles the moved B would give it, charged as the blocks-form multiply. `b_moved` is `b_l`
-    laid out as a copied B (contiguous), for the steps after the first.
-    """
-    if step == 0:  # nothing has moved yet
-        return matmul(mesh, a=to_blocks(a_l, grid), b=to_blocks(b_l, grid), ledger=ledger, op="mac")
-    device = a_l.device.type
-    holder = rings.ring_index(grid.size, kind, step, device)
-    home = rings.ring_index(grid.size, kind, -step, device)
-    products = matmul_values(mesh, a_l.index_select(0, holder), b_moved)  # B's row order
-    blocks_shape = (grid.rows, grid.cols, grid.per_row, grid.per_col, *a_l.shape[2:])
-    charge_matmul(mesh, ledger, "mac", a_shape=blocks_shape, n=b_l.shape[-1])
-    return to_blocks(products.index_select(0, home), grid)
 
 
 def meshgemm(

@@ -24,11 +24,12 @@ import torch
 from waferllm.errors import WaferError
 from waferllm.kernels.operands import batch_shape, batch_tiles, check_operand
 from waferllm.kernels.result import Charged, KernelResult
+from waferllm.kernels.ring_sum import active_rows, homes, small_tiles, step_batches
 from waferllm.mesh.charges import charge_reduce_to_owners
-from waferllm.mesh.comm import ring_shift
-from waferllm.mesh.compute import matmul
+from waferllm.mesh.comm import charge_ring_shift, ring_shift
+from waferllm.mesh.compute import charge_matmul, matmul, matmul_values
 from waferllm.mesh.cost import Ledger
-from waferllm.mesh.geometry import Axis, ring_order, ring_position
+from waferllm.mesh.geometry import Axis, RingKind, ring_order, ring_position
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
 
@@ -181,8 +182,12 @@ def gemm_t_steps(
     owner0 = owner_map(owners, rows, 0)
     nbytes = block_numel * mesh.device.storage_bytes
     overhead = mesh.device.step_overhead_cycles
+    # small tiles: every step's numbers at once (`_all_steps`), the loop only charges
+    batched = mesh.mode is Mode.ESTIMATE or small_tiles(a_t, b_t)
+    if batched and mesh.mode is Mode.FUNCTIONAL:
+        _all_steps(mesh, c, a_t, b_t, owners)
 
-    def reduce(part: torch.Tensor, step: int, *, follows: bool) -> None:
+    def reduce(part: torch.Tensor | None, step: int, *, follows: bool) -> None:
         if owners.shared:
             charge_reduce_to_owners(
                 mesh,
@@ -193,23 +198,54 @@ def gemm_t_steps(
                 op=f"{op}.reduce",
                 follows_stream=follows,
             )
-        if mesh.mode is Mode.FUNCTIONAL:
+        if part is not None:
             _place_blocks(c, part, owners, step)
 
-    def step(t: int, b_cur: torch.Tensor, prev: torch.Tensor | None):
+    def step(t: int, b_cur: torch.Tensor, prev: torch.Tensor | None, first: bool):
         with ledger.overlap(f"{op}.step", step_overhead_cycles=overhead):
-            part = matmul(mesh, a=a_t, b=b_cur, ledger=ledger, op=f"{op}.local")  # [*, Mt, Nt]
-            b_cur = ring_shift(mesh, b_cur, axis=Axis.Y, ledger=ledger, op=f"{op}.shift")
-            if prev is not None:
+            if batched:
+                charge_matmul(mesh, ledger, f"{op}.local", a_shape=a_t.shape, n=b_t.shape[-1])
+                charge_ring_shift(mesh, b_cur, axis=Axis.Y, ledger=ledger, op=f"{op}.shift")
+                part = None
+            else:
+                part = matmul(mesh, a=a_t, b=b_cur, ledger=ledger, op=f"{op}.local")
+                b_cur = ring_shift(mesh, b_cur, axis=Axis.Y, ledger=ledger, op=f"{op}.shift")
+            if not first:
                 reduce(prev, t - 1, follows=True)
         return b_cur, part
 
-    b_cur, part = step(0, b_t, None)
+    b_cur, part = step(0, b_t, None, True)
     for i in mesh.steps(rows - 1, ledger):
-        b_cur, part = step(i + 1, b_cur, part)
+        b_cur, part = step(i + 1, b_cur, part, False)
     with ledger.overlap(f"{op}.reduce_last") if owners.shared else contextlib.nullcontext():
         reduce(part, rows - 1, follows=False)
     return c.flatten(-2)
+
+
+def _all_steps(
+    mesh: Mesh, c: torch.Tensor, a_t: torch.Tensor, b_t: torch.Tensor, owners: BlockOwners
+) -> None:
+    """Every step's group-summed blocks placed in c, a few steps per batched multiply: only
+    the rows of A up to its last nonzero one (the others place zeros, which c holds)."""
+    rows = c.shape[0]
+    active = active_rows(a_t)
+    if active == 0:
+        return
+    table = homes(rows, RingKind.INTERLEAVED, a_t.device.type)[:, :active]  # block_at
+    group_of = torch.as_tensor(owners.group_of, device=c.device)
+    column = torch.as_tensor(owners.column, device=c.device)
+    slot = torch.as_tensor(owners.slot, device=c.device)
+    y = torch.arange(active, device=c.device)[None, :, None]
+    per_step = active * (math.prod(b_t.shape[1:]) + 2 * math.prod(c.shape[1:]))
+    for batch in step_batches(rows, per_step, a_t.element_size()):
+        idx = table[batch]  # (S, active): the block each row holds at each step
+        steps = idx.shape[0]
+        b_all = b_t.index_select(0, idx.reshape(-1)).reshape(steps, active, *b_t.shape[1:])
+        part = matmul_values(mesh, a_t[:active], b_all)  # (S, active, C, *, Mt, Nt)
+        summed = part.new_zeros((steps, active, column.shape[0], *part.shape[3:]))
+        summed.index_add_(2, group_of, part)
+        cols, slots = column[:, idx].permute(1, 2, 0), slot[:, idx].permute(1, 2, 0)
+        c[y, cols, ..., slots, :] = summed
 
 
 def _scratch(mesh: Mesh, name: str, numel: int) -> None:

@@ -85,10 +85,28 @@ def shift(
 
     One communication step: critical path max |dst - src| hops, no stages (routes are direct).
     """
-    check_data(mesh, data)
-    dst = permutation(mesh, axis, dst)
+    dst = _charge_shift(
+        mesh, data, axis=axis, dst=dst, ledger=ledger, op=op, routes=routes, phase=phase
+    )
     src_of = np.empty_like(dst)
     np.put_along_axis(src_of, dst, np.broadcast_to(np.arange(dst.shape[-1]), dst.shape), axis=-1)
+    return line_index(mesh, axis, src_of, data)
+
+
+def _charge_shift(
+    mesh: Mesh,
+    data: torch.Tensor,
+    *,
+    axis: Axis,
+    dst: np.ndarray,
+    ledger: Ledger,
+    op: str,
+    routes: tuple[str, int] | None,
+    phase: int,
+) -> np.ndarray:
+    """Check, configure and charge `shift`; the checked destinations."""
+    check_data(mesh, data)
+    dst = permutation(mesh, axis, dst)
     if routes is not None:
         mesh.routes.require(*routes)
     if ledger.prices:
@@ -96,7 +114,7 @@ def shift(
             mesh.device, mesh.shape, axis, key(dst), bytes_per_core(mesh, data)
         )
         ledger.charge(op, Charge.comm(traffic), phase=phase)
-    return line_index(mesh, axis, src_of, data)
+    return dst
 
 
 def ring_shift(
@@ -114,7 +132,6 @@ def ring_shift(
     """Advance every tile `steps` positions along its line's ring (one step's worth of routes)."""
     num, kind = mesh.size(axis), _enum(RingKind, kind)
     dst = ring_successor(num, kind, steps)
-    name = route_name or f"{axis.value}_ring_{kind.value}_{'fwd' if steps > 0 else 'rev'}"
     return shift(
         mesh,
         data,
@@ -122,9 +139,24 @@ def ring_shift(
         dst=dst,
         ledger=ledger,
         op=op,
-        routes=(name, RING_ROUTES),
+        routes=_ring_routes(axis, kind, steps, route_name),
         phase=phase,
     )
+
+
+def charge_ring_shift(
+    mesh: Mesh, data: torch.Tensor, *, axis: Axis, ledger: Ledger, op: str, phase: int = 0
+) -> None:
+    """Configure and charge a one-step interleaved `ring_shift` of `data` without moving it:
+    for kernels that track where the ring has taken the tiles by index."""
+    dst = ring_successor(mesh.size(axis), RingKind.INTERLEAVED, 1)
+    routes = _ring_routes(axis, RingKind.INTERLEAVED, 1, None)
+    _charge_shift(mesh, data, axis=axis, dst=dst, ledger=ledger, op=op, routes=routes, phase=phase)
+
+
+def _ring_routes(axis: Axis, kind: RingKind, steps: int, name: str | None) -> tuple[str, int]:
+    name = name or f"{axis.value}_ring_{kind.value}_{'fwd' if steps > 0 else 'rev'}"
+    return name, RING_ROUTES
 
 
 # ---- broadcast ---------------------------------------------------------------------------------

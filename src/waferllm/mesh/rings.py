@@ -5,7 +5,8 @@ plain) and charges the physical traffic that causes; `skew_round` is one round o
 initial skew written in ring positions. Data moves in one vectorised index operation per call
 (index tensors cached per source map); traffic is priced once per shape and cached, and not at
 all for a ledger that does not price (`Ledger.prices`), so nothing here loops over cores.
-`charge_ring_step` and `ring_index` let a kernel move large blocks by index instead of copying.
+`charge_ring_step`, `charge_skew_round`, `skew_moved` and `ring_index` let a kernel charge
+every step but move data by index, or all at once (the schedule does not depend on the data).
 Legend: L logical cores along the axis (tiling.LogicalGrid), P physical cores along it,
 per = L / P; a "line" is one row (axis X) or one column (axis Y).
 """
@@ -262,6 +263,33 @@ def skew_rounds(size: int, kind: RingKind) -> int:
     return int(np.abs(skew_offsets(size, kind)).max(initial=0))
 
 
+def charge_skew_round(
+    mesh: Mesh,
+    grid: LogicalGrid,
+    data: torch.Tensor,
+    *,
+    axis: Axis,
+    kind: RingKind,
+    ledger: Ledger,
+    op: str,
+    phase: int = 0,
+) -> None:
+    """Configure and charge one round of the skew along `axis` (data: (L, L, *block)).
+
+    Logical line j (a row of blocks for axis X) moves one position in the direction of its
+    offset while the round index < |offset_j|. As in the public code (code notes §1.5) every
+    line keeps its collective going for all floor(L/2) rounds, finished lines re-sending a
+    stale buffer, so every round is charged alike: the critical path is the same as stopping
+    early (the longest line needs floor(L/2) rounds either way), and identical rounds are
+    one ledger record with a count in estimate mode. `skew_moved` moves the data of all
+    rounds at once.
+    """
+    forward = skew_offsets(grid.size, kind) > 0
+    _charge(
+        mesh, grid, data, axis=axis, kind=kind, forward=forward, ledger=ledger, op=op, phase=phase
+    )
+
+
 def skew_round(
     mesh: Mesh,
     grid: LogicalGrid,
@@ -272,22 +300,28 @@ def skew_round(
     round_index: int,
     ledger: Ledger,
     op: str,
-    phase: int = 0,
 ) -> torch.Tensor:
-    """Round `round_index` of the skew along `axis` (data: (L, L, *block)).
-
-    Logical line j (a row of blocks for axis X) moves one position in the direction of its
-    offset while round_index < |offset_j|. As in the public code (code notes §1.5) every line
-    keeps its collective going for all floor(L/2) rounds, finished lines re-sending a stale
-    buffer, so every round is charged alike: the critical path is the same as stopping
-    early (the longest line needs floor(L/2) rounds either way), and identical rounds are
-    one ledger record with a count in estimate mode.
-    """
-    forward = skew_offsets(grid.size, kind) > 0
-    _charge(
-        mesh, grid, data, axis=axis, kind=kind, forward=forward, ledger=ledger, op=op, phase=phase
-    )
+    """Round `round_index` of the skew along `axis`, charged and moved (`charge_skew_round`)."""
+    charge_skew_round(mesh, grid, data, axis=axis, kind=kind, ledger=ledger, op=op)
     return _gather_lines(data, axis, _skew_round_sources(grid.size, kind, round_index))
+
+
+def skew_moved(data: torch.Tensor, *, axis: Axis, kind: RingKind) -> torch.Tensor:
+    """The blocks after every round of the skew along `axis`, in one gather (uncharged)."""
+    size = data.shape[axis.tensor_dim]
+    return _gather_lines(data, axis, _all_rounds_sources(size, kind))
+
+
+@lru_cache(maxsize=64)
+def _all_rounds_sources(size: int, kind: RingKind) -> np.ndarray:
+    """src_of[j, i] of the rounds applied one after the other: round r reads position
+    src_r[j, i] of what round r - 1 left, so the composition is src_0[src_1[... src_last]]."""
+    src_of = np.broadcast_to(np.arange(size), (size, size))
+    for round_index in range(skew_rounds(size, kind)):
+        src_of = np.take_along_axis(src_of, _skew_round_sources(size, kind, round_index), axis=1)
+    src_of = np.ascontiguousarray(src_of)
+    src_of.setflags(write=False)
+    return src_of
 
 
 @lru_cache(maxsize=1024)
