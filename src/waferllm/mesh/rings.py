@@ -307,21 +307,10 @@ def skew_round(
 
 
 def skew_moved(data: torch.Tensor, *, axis: Axis, kind: RingKind) -> torch.Tensor:
-    """The blocks after every round of the skew along `axis`, in one gather (uncharged)."""
-    size = data.shape[axis.tensor_dim]
-    return _gather_lines(data, axis, _all_rounds_sources(size, kind))
-
-
-@lru_cache(maxsize=64)
-def _all_rounds_sources(size: int, kind: RingKind) -> np.ndarray:
-    """src_of[j, i] of the rounds applied one after the other: round r reads position
-    src_r[j, i] of what round r - 1 left, so the composition is src_0[src_1[... src_last]]."""
-    src_of = np.broadcast_to(np.arange(size), (size, size))
-    for round_index in range(skew_rounds(size, kind)):
-        src_of = np.take_along_axis(src_of, _skew_round_sources(size, kind, round_index), axis=1)
-    src_of = np.ascontiguousarray(src_of)
-    src_of.setflags(write=False)
-    return src_of
+    """The blocks after every round of the skew along `axis`, in one gather (uncharged): the
+    rounds applied one after the other are the complete skew (`skew_sources`; a test composes
+    the rounds for every size up to 80)."""
+    return _gather_lines(data, axis, skew_sources(data.shape[axis.tensor_dim], kind))
 
 
 @lru_cache(maxsize=1024)
