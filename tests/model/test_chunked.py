@@ -157,19 +157,16 @@ def test_a_batch_mixing_chunked_and_whole_prompts_matches_transformers_per_seque
         assert all(seq.counts.evicted > 0 for seq in model._seqs if seq.prompt_len > window)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the lean prefill schedule (streamed keys, early frees) holds the 9-token prompt "
-    "whole at 9,792 B per core (18 tokens fit); a smaller SRAM that forces chunks leaves no "
-    "room for the batch's KV cache: the test needs a new setting",
-)
 def test_a_batch_chunks_only_the_prompts_longer_than_the_plan_holds(checkpoint_factory):
-    # 9,792 B per core on 3x3: at most 6 prompt tokens at once; the 4-token prompt runs whole
+    # 8,304 B per core: the 4x4 prefill plan holds at most 8 prompt tokens at once (lean
+    # schedule included), so the 9-token prompt runs in chunks and the 4-token one whole; the
+    # 5x5 decode plan holds both sequences' KV caches
     path = checkpoint_factory("llama", margin_new_tokens=BATCH_NEW_TOKENS)
-    device = dataclasses.replace(tiny(), sram_bytes_per_core=9792)
+    device = dataclasses.replace(tiny(), sram_bytes_per_core=8304)
     ckpt = load_checkpoint(path)
-    grids = {"prefill_grid": (3, 3), "decode_grid": (3, 3)}
+    grids = {"prefill_grid": (4, 4), "decode_grid": (5, 5)}
     model = MeshTransformer(ckpt.config, ckpt.weights, device=device, **grids)
+    assert 4 <= model.max_prompt_tokens < 9
     prompts = MIXED[:2]
     refs = [reference_run(path, p, BATCH_NEW_TOKENS) for p in prompts]
     ours = batch_teacher_forced(model, refs, chunks=None)
