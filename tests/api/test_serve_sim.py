@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 import waferllm
@@ -10,6 +12,7 @@ from waferllm.api.serve_costs import GpuStepCost
 from waferllm.api.serve_plots import plot_serving
 from waferllm.errors import WaferError
 from waferllm.estimate.requests import Request
+from waferllm.model.config import load_config
 
 REPORT_KEYS = {
     "schema_version", "kind", "modelled", "model", "device", "mode", "num_requests",
@@ -24,6 +27,7 @@ class Flat:
     """A constant-cost StepCost (any object with these members will do)."""
 
     kv_capacity_tokens = 100
+    kv_window_tokens = None
 
     def prefill_s(self, prompt_lens):
         return 1.0
@@ -164,6 +168,7 @@ def test_plots_are_written_as_latency_cdfs_and_a_timeline(tmp_path):
 def test_the_gpu_adapter_passes_each_sequence_its_attended_positions():
     class Spy:
         kv_capacity_tokens = 1000
+        kv_window_tokens = None
         asked: list = []
 
         def prefill_seconds(self, prompt_lens):
@@ -177,3 +182,17 @@ def test_the_gpu_adapter_passes_each_sequence_its_attended_positions():
     assert cost.decode_step_s([16, 20]) == 0.002 and Spy.asked == [[17, 21]]
     assert cost.prefill_s([4, 4]) == 0.02
     assert cost.to_decode_s([4]) == cost.to_prefill_s() == 0.0
+
+
+def test_a_windowed_model_shares_the_sram_pool_and_each_sequence_holds_its_window():
+    """The estimate reports an evicting cache's capacity as the trained context (512 here);
+    serving counts the SRAM pool the plain model has and at most the window per sequence, so
+    three requests of 399 positions (1,197 > 512) run together, holding 3 x 24 at the peak."""
+    plain = load_config("tiny")
+    windowed = dataclasses.replace(plain, sliding_window=24, name="tiny-w24")
+    pool = waferllm.estimate(plain, prompt_len=16, output_len=8, **TINY).report
+    trace = [one(300, 100)] * 3
+    with pytest.warns(UserWarning, match="sliding window"):
+        sim = waferllm.serve_sim(windowed, requests=trace, **TINY)
+    assert sim.schedule.kv_capacity_tokens == pool.kv_capacity_tokens.shift > 512
+    assert sim.schedule.kv_peak_tokens == 3 * 24 and sim.schedule.preemptions == 0

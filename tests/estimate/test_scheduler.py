@@ -30,6 +30,7 @@ class Toy:
     to_decode: float = 0.0
     to_prefill: float = 0.0
     kv_capacity_tokens: int = 1000
+    kv_window_tokens: int | None = None
     prefill_calls: list = dataclasses.field(default_factory=list)
     decode_calls: list = dataclasses.field(default_factory=list)
 
@@ -261,6 +262,26 @@ def test_binned_cost_is_exact_at_edges_and_linear_between_them():
     assert all(len(set(call)) == 1 for call in inner.decode_calls)  # asked at bin edges only
 
 
+def test_a_sliding_window_caps_each_sequences_kv_so_nothing_is_preempted():
+    """Capacity 10, two requests of 4 + 5 tokens: without a window the second decode step
+    needs 12 tokens and the newest request is preempted (as above); with a window of 5 each
+    sequence holds at most 5 cached tokens, so both decode to the end together."""
+    trace = [req(0.0, 4, 5), req(0.0, 4, 5)]
+    plain = simulate(trace, Toy(kv_capacity_tokens=10), max_batch=8)
+    assert plain.preemptions == 1
+    windowed = simulate(trace, Toy(kv_capacity_tokens=10, kv_window_tokens=5), max_batch=8)
+    assert windowed.preemptions == 0 and windowed.kv_peak_tokens == 10
+    assert_timeline(windowed, [("prefill", 0, 1, 2), ("decode", 1, 1.4, 2, 4)])
+
+
+def test_a_request_longer_than_the_cache_is_accepted_when_its_window_fits():
+    long = [req(0.0, 30, 10)]  # 39 cached positions, 6 of them held under a window of 6
+    with pytest.raises(WaferError, match="needs 39 KV tokens"):
+        simulate(long, Toy(kv_capacity_tokens=10))
+    s = simulate(long, Toy(kv_capacity_tokens=10, kv_window_tokens=6))
+    assert s.kv_peak_tokens == 6 and s.records[0].output_len == 10
+
+
 def test_bin_edges_grow_by_a_quarter_octave_and_end_at_the_cap():
     edges = context_bin_edges(100)
     assert edges[:5] == [1, 2, 3, 4, 5] and edges[-1] == 100
@@ -282,15 +303,17 @@ def test_bin_edges_grow_by_a_quarter_octave_and_end_at_the_cap():
     max_batch=st.integers(1, 6),
     mode=st.sampled_from(list(Mode)),
     policy=st.sampled_from(list(Preemption)),
+    window=st.one_of(st.none(), st.integers(2, 12)),
 )
 def test_every_token_is_produced_once_and_the_kv_cache_never_overflows(
-    trace, capacity, max_batch, mode, policy
+    trace, capacity, max_batch, mode, policy, window
 ):
     """Each prefill emits one token per request and each decode step one per running
-    request; with preemptions (recompute) nothing generated is lost or produced twice."""
+    request; with preemptions (recompute) nothing generated is lost or produced twice; with a
+    sliding window too (each sequence holding at most its window)."""
     requests = [req(*r) for r in trace]
     toy = Toy(prefill=0.5, decode=0.125, to_decode=0.0625, to_prefill=0.25)
-    toy.kv_capacity_tokens = capacity
+    toy.kv_capacity_tokens, toy.kv_window_tokens = capacity, window
     s = simulate(requests, toy, mode=mode, max_batch=max_batch, preemption=policy)
     produced = sum(
         it.batch_size * (it.num_steps if it.phase == "decode" else 1)

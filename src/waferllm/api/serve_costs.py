@@ -11,6 +11,7 @@ the batched GPU baseline's step costs. Nothing here schedules.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from waferllm.api.estimate import Estimate, estimate
 from waferllm.api.gpu import GpuStepCosts
 from waferllm.device import Device
 from waferllm.errors import WaferError
+from waferllm.estimate.capacity import whole_model_capacity
 from waferllm.estimate.cost import Setup, cost_model
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import slots_needed
@@ -65,7 +67,9 @@ class WaferStepCost:
     weights); `"both"` the disaggregated one (both plans resident; SramOverflowError when they
     do not fit). The KV capacity is the estimate's whole-model `kv_capacity_tokens` under the
     shift policy, shared token for token by every resident sequence (the scheduler's
-    admission); decode steps are the model's batched steps (`num_split_batches` counts those
+    admission). Under a sliding window that evicts, the pool is what the SRAM holds (not the
+    trained context the estimate reports) and each sequence holds at most its window of it
+    (`kv_window_tokens`); decode steps are the model's batched steps (`num_split_batches` counts those
     run as sub-batches).
     """
 
@@ -87,6 +91,9 @@ class WaferStepCost:
         if capacity.shift is None:
             raise WaferError(f"no KV capacity for serving: {capacity.reason}")
         self.kv_capacity_tokens = capacity.shift
+        self.kv_window_tokens = config.sliding_window
+        if config.sliding_window is not None:
+            self.kv_capacity_tokens = _sram_pool_tokens(probe, config, device, resident_layouts)
         self._to_prefill_s = self._points[probe.report.prompt_len].to_prefill_s
         self._costs = cost_model(
             Setup(config=config, device=device, resident=ResidentLayouts(resident_layouts))
@@ -130,7 +137,8 @@ class WaferStepCost:
         """The most sequences of `context` tokens (at most `batch`) one step holds (>= 1)."""
         model = self._costs.model(*self.grids)
         budget = model.kv_budget
-        need = slots_needed(model.kv_policy, budget.rows, context, context)
+        window = self.config.sliding_window
+        need = slots_needed(model.kv_policy, budget.rows, context, context, window=window)
         while batch > 1 and budget.equal_share(batch) < need:
             batch -= 1
         return batch
@@ -152,6 +160,26 @@ class WaferStepCost:
         return self._to_prefill_s
 
 
+def _sram_pool_tokens(
+    probe: Estimate, config: ModelConfig, device: Device, resident_layouts: str
+) -> int:
+    """The shift cache's tokens on the probe's grids as SRAM bounds them, eviction aside (a
+    windowed model's reported capacity is its trained context)."""
+    report = probe.report
+    assert report.prefill_grid is not None and report.decode_grid is not None  # a wafer estimate
+    setup = Setup(
+        config=dataclasses.replace(config, sliding_window=None),
+        device=device,
+        resident=ResidentLayouts(resident_layouts),
+    )
+    capacity, _ = whole_model_capacity(
+        setup, report.prefill_grid, report.decode_grid, report.prompt_len
+    )
+    if capacity.shift is None:
+        raise WaferError(f"no KV capacity for serving: {capacity.reason}")
+    return capacity.shift
+
+
 class GpuStepCost:
     """`StepCost` of GPUs from the batched GPU baseline (`waferllm.gpu_step_costs`): the
     weights stay in HBM for both phases, so switching phase costs nothing. The baseline's
@@ -160,6 +188,7 @@ class GpuStepCost:
     def __init__(self, costs: GpuStepCosts) -> None:
         self.costs = costs
         self.kv_capacity_tokens = costs.kv_capacity_tokens
+        self.kv_window_tokens = costs.kv_window_tokens
 
     def prefill_s(self, prompt_lens: Sequence[int]) -> float:
         return self.costs.prefill_seconds(prompt_lens)

@@ -33,6 +33,12 @@ class GpuStepCosts:
     stack: ServingStack
     kv_capacity_tokens: int
 
+    @property
+    def kv_window_tokens(self) -> int | None:
+        """The most tokens one sequence keeps cached: a sliding window's (its paged blocks
+        beyond the window are freed, as vLLM's block manager does), or None."""
+        return self.config.sliding_window
+
     def prefill_seconds(self, prompt_lens: Sequence[int]) -> float:
         """One prefill step over these prompts (their tokens in one forward pass), including
         each prompt's LM head and first token."""

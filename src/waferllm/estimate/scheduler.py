@@ -122,7 +122,7 @@ class _Sim:
         self, requests: Sequence[Request], cost: StepCost, *, max_batch: int, policy: Preemption
     ) -> None:
         self.cost, self.max_batch, self.policy = cost, max_batch, policy
-        self.capacity = cost.kv_capacity_tokens
+        self.capacity, self.window = cost.kv_capacity_tokens, cost.kv_window_tokens
         order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_s)
         self.pending = deque(_Seq(i, requests[i]) for i in order)
         self.waiting: deque[_Seq] = deque()
@@ -131,6 +131,16 @@ class _Sim:
         self.kv_used = self.kv_peak = self.preemptions = 0
         self.timeline: list[Iteration] = []
         self.records: dict[int, RequestRecord] = {}
+
+    def held(self, tokens: int) -> int:
+        """KV tokens one sequence of `tokens` cached positions holds (at most the window)."""
+        return tokens if self.window is None else min(tokens, self.window)
+
+    def growth(self, running: Sequence[_Seq], steps: int) -> int:
+        """KV tokens `steps` more decode steps of `running` allocate (recompute policy)."""
+        if self.window is None:
+            return len(running) * steps
+        return sum(self.held(seq.kv + steps) - self.held(seq.kv) for seq in running)
 
     def arrive(self, now_s: float) -> None:
         while self.pending and self.pending[0].req.arrival_s <= now_s:
@@ -143,9 +153,9 @@ class _Sim:
         free = self.capacity - (headroom if self.policy is Preemption.RECOMPUTE else 0)
         while self.waiting and self.in_flight < self.max_batch:
             seq = self.waiting[0]
-            need = seq.prefill_len
+            need = self.held(seq.prefill_len)
             if self.policy is Preemption.RESERVE:
-                need = seq.req.max_context_tokens
+                need = self.held(seq.req.max_context_tokens)
             if self.kv_used + need > free:
                 break
             self.waiting.popleft()
@@ -199,7 +209,7 @@ class _Sim:
         cache one more token."""
         if self.policy is Preemption.RESERVE:
             return
-        while self.running and self.kv_used + len(self.running) > self.capacity:
+        while self.running and self.kv_used + self.growth(self.running, 1) > self.capacity:
             seq = self.running.pop()
             self.kv_used -= seq.allocated
             seq.kv = seq.allocated = 0
@@ -218,7 +228,7 @@ class _Sim:
         batch = len(running)
         steps = min(seq.req.output_len - seq.generated for seq in running)
         if self.policy is Preemption.RECOMPUTE:
-            steps = min(steps, (self.capacity - self.kv_used) // batch)
+            steps = self._steps_that_fit(steps)
         assert steps >= 1, "make_room leaves every running request room for one step"
         contexts = [seq.kv for seq in running]
         end_s, done = start_s + self.cost.decode_step_s(contexts), 1
@@ -226,18 +236,30 @@ class _Sim:
             end_s += self.cost.decode_step_s([c + done for c in contexts])
             done += 1
         if self.policy is Preemption.RECOMPUTE:
-            self._allocate(batch * done)
+            self._allocate(self.growth(running, done))
         return end_s, self.record("decode", start_s, end_s, batch, num_steps=done)
+
+    def _steps_that_fit(self, steps: int) -> int:
+        """The most decode steps (at most `steps`) whose new KV tokens fit the free cache."""
+        free = self.capacity - self.kv_used
+        if self.window is None:
+            return min(steps, free // len(self.running))
+        low, high = 0, steps  # growth is monotone in the steps: bisect the largest that fits
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if self.growth(self.running, mid) <= free else (low, mid - 1)
+        return low
 
     def end_decode(self, end_s: float, iteration: int) -> None:
         """Every running request emits the run's tokens; the finished ones leave the batch."""
         steps = self.timeline[iteration].num_steps
-        grows = steps if self.policy is Preemption.RECOMPUTE else 0
+        recompute = self.policy is Preemption.RECOMPUTE
         still = []
         for seq in self.running:
             seq.kv += steps
             seq.generated += steps
-            seq.allocated += grows
+            if recompute:
+                seq.allocated = self.held(seq.kv)
             if seq.generated == seq.req.output_len:
                 self.finish(seq, end_s, iteration)
             else:
@@ -283,7 +305,7 @@ def simulate(
         raise WaferError("no requests to simulate")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise WaferError(f"max_batch={max_batch!r} must be a positive integer")
-    _check_capacity(requests, cost.kv_capacity_tokens)
+    _check_capacity(requests, cost.kv_capacity_tokens, cost.kv_window_tokens)
     sim = _Sim(requests, cost, max_batch=max_batch, policy=Preemption(preemption))
     if Mode(mode) is Mode.TIME_MULTIPLEXED:
         _time_multiplexed(sim)
@@ -299,13 +321,15 @@ def simulate(
     )
 
 
-def _check_capacity(requests: Sequence[Request], capacity: int) -> None:
+def _check_capacity(requests: Sequence[Request], capacity: int, window: int | None) -> None:
     for number, req in enumerate(requests, start=1):
-        if req.max_context_tokens > capacity:
+        held = req.max_context_tokens if window is None else min(req.max_context_tokens, window)
+        if held > capacity:
+            capped = "" if window is None else f", at most the window of {window}"
             raise WaferError(
-                f"request {number} needs {req.max_context_tokens} KV tokens (prompt_len "
-                f"{req.prompt_len} + output_len {req.output_len} - 1) but the KV cache holds "
-                f"{capacity}; shorten it or use a device with more memory"
+                f"request {number} needs {held} KV tokens (prompt_len {req.prompt_len} + "
+                f"output_len {req.output_len} - 1{capped}) but the KV cache holds {capacity}; "
+                "shorten it or use a device with more memory"
             )
 
 

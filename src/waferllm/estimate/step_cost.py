@@ -29,11 +29,15 @@ class StepCost(Protocol):
     the prefill-to-decode re-layout after prefilling these prompts (the KV cache moves; with one
     resident layout, the weights too). `to_prefill_s()`: the decode-to-prefill weight re-layout
     (zero when both layouts are resident). `kv_capacity_tokens`: tokens the KV cache holds,
-    summed over every resident sequence.
+    summed over every resident sequence. `kv_window_tokens`: the most tokens one sequence
+    keeps cached (a sliding window whose cache evicts older keys), or None (its whole context).
     """
 
     @property
     def kv_capacity_tokens(self) -> int: ...
+
+    @property
+    def kv_window_tokens(self) -> int | None: ...
 
     def prefill_s(self, prompt_lens: Sequence[int]) -> float: ...
 
@@ -65,6 +69,7 @@ class BinnedStepCost:
         self.inner = inner
         self.edges = context_bin_edges(max_tokens)
         self.kv_capacity_tokens = inner.kv_capacity_tokens
+        self.kv_window_tokens = inner.kv_window_tokens
         self._to_prefill_s = inner.to_prefill_s()
         self._cache: dict[tuple[str, int, int], float] = {}
         self.num_inner_calls = 0
