@@ -69,8 +69,8 @@ class WaferStepCost:
     shift policy, shared token for token by every resident sequence (the scheduler's
     admission). Under a sliding window that evicts, the pool is what the SRAM holds (not the
     trained context the estimate reports) and each sequence holds at most its window of it
-    (`kv_window_tokens`); decode steps are the model's batched steps (`num_split_batches` counts those
-    run as sub-batches).
+    (`kv_window_tokens`); decode steps are the model's batched steps (`num_split_batches`
+    counts those run as sub-batches).
     """
 
     def __init__(
