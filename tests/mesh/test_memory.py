@@ -27,3 +27,14 @@ def test_a_watch_without_allocations_is_what_stays_resident():
     with sram.watch() as watch:
         pass
     assert watch.bytes_per_core == 100
+
+
+def test_two_watches_on_one_tracker_end_in_any_order_each_with_its_own_peak():
+    # a mesh listed twice (a region shared by two devices' lists) is watched twice at once;
+    # equal peaks once made the inner watch remove the outer one (ValueError at the end)
+    sram = _tracker()
+    with sram.watch() as outer:
+        with sram.watch() as inner:
+            sram.alloc("a", 100)
+        sram.alloc("b", 300)
+    assert (inner.bytes_per_core, outer.bytes_per_core) == (100, 400)

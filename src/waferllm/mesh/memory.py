@@ -19,7 +19,7 @@ from waferllm.errors import SramOverflowError
 BytesPerCore = int | np.ndarray
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # each watch is its own: removed by identity
 class PeakWatch:
     """The most any core held during one watched walk: the totals at its allocations and the
     live bytes when it ended (not what earlier walks left and this one freed)."""
