@@ -167,19 +167,36 @@ def _checks_8k(reports: Mapping[Key, KernelReport]) -> list[Check]:
                 frac is not None and frac < 0.5,
             )
         )
-    summa = reports[(8192, 720, "summa")]
-    if summa.fits and summa.latency_cycles:
-        saved = 1 - mesh.latency_cycles / summa.latency_cycles
-        out.append(
-            Check(
-                "8K at 720x720: cycles MeshGEMM saves vs SUMMA",
-                "about 17%",
-                f"{saved:.0%}",
-                "10% <= x <= 25%",
-                0.10 <= saved <= 0.25,
+    # PAPER.md §3.1 names neither the baseline nor the grid of "about 17%": both readings
+    for algo in ("summa", "cannon"):
+        other = reports[(8192, 720, algo)]
+        if other.fits and other.latency_cycles:
+            saved = 1 - mesh.latency_cycles / other.latency_cycles
+            out.append(
+                Check(
+                    f"8K at 720x720: cycles MeshGEMM saves vs {algo}",
+                    "about 17% (baseline not named)",
+                    f"{saved:.0%}",
+                    "10% <= x <= 25%",
+                    0.10 <= saved <= 0.25,
+                )
             )
-        )
     return out
+
+
+def gap_note(reports: Mapping[Key, KernelReport]) -> str | None:
+    """Where MeshGEMM and SUMMA differ at 8K on 720x720: both pay the same multiplies and one
+    step overhead per panel or step; MeshGEMM also pays A's timed alignment (code notes §1.10,
+    §7 item 16), SUMMA the part of its relayed broadcasts its panel multiplies do not hide."""
+    mesh, summa = reports.get((8192, 720, "meshgemm")), reports.get((8192, 720, "summa"))
+    if mesh is None or summa is None or not (mesh.fits and summa.fits):
+        return None
+    return (
+        f"8K on 720x720: MeshGEMM's timed alignment of A {cycles(mesh.align_cycles)} cycles vs "
+        f"SUMMA's exposed broadcasts {cycles(summa.comm_cycles)} (same multiplies "
+        f"{cycles(mesh.compute_cycles)}; step overheads {cycles(mesh.overhead_cycles)} with the "
+        f"alignment rounds' vs {cycles(summa.overhead_cycles)})"
+    )
 
 
 def _route_checks(reports: Mapping[Key, KernelReport]) -> list[Check]:
@@ -259,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not r.fits:
             out.print(f"{r.m // 1024}K on {r.grid[0]}x{r.grid[1]}, {r.algo}: {r.message}")
     found = checks(reports)
+    note = gap_note(reports)
+    if note:
+        out.print(note)
     if found:
         print_checks(out, "PAPER.md §3.1 GEMM claims vs the model (predictions)", found)
     payload = {
@@ -270,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for r in reports.values()
         ],
         "checks": [c.to_dict() for c in found],
+        "notes": [note] if note else [],
     }
     path = write_result(args.out_dir, NAME, device, payload)
     png = save_plot(args, NAME, device, _draw(reports, sizes))

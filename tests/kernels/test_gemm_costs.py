@@ -119,6 +119,33 @@ def test_summa_ledger_equals_the_docstring_closed_form_with_direct_routes():
         assert step.critical_stages == 0
 
 
+def test_summa_ledger_equals_the_docstring_closed_form_with_relayed_broadcasts():
+    """P = 20 on a 32-route device: 2P direct routes do not fit, so each axis gets 16 routes:
+    segments of 14 cores plus 2 neighbour routes, a relay at every segment boundary a
+    stream crosses (beta each); the step pays the slower of the two ways to a line end."""
+    p, mt, kt, nt, segment = 20, 2, 3, 2, 14
+    mesh, ledger = _square("summa", p, mt, kt, nt)
+    assert mesh.routes.routes_per_core == 2 * (segment + 2)
+    alpha, beta = DEVICE.hop_latency_cycles, DEVICE.stage_latency_cycles
+
+    def latency(root: int) -> float:
+        east = sum(1 for q in range(root + 1, p - 1) if q % segment == 0)  # segment starts
+        west = sum(1 for q in range(1, root) if (q + 1) % segment == 0)  # segment ends
+        return max((p - 1 - root) * alpha + east * beta, root * alpha + west * beta)
+
+    size = _size((mt * kt + kt * nt) * S)  # one A and one B panel through every core's ramp
+    prologue, *steps = ledger.records
+    assert prologue.comm_cycles == latency(0) + size
+    assert max(r.critical_stages for r in ledger.records) == 1
+    for s, step in enumerate(steps):
+        comm = latency(s + 1) + size if s + 1 < p else 0.0
+        assert step.comm_busy_cycles == pytest.approx(comm, rel=1e-12)
+        assert step.compute_cycles == _mac(mt, kt, nt)
+        assert step.latency_cycles == pytest.approx(
+            max(comm, _mac(mt, kt, nt)) + DEVICE.step_overhead_cycles, rel=1e-12
+        )
+
+
 def test_allgather_ledger_equals_the_docstring_closed_form():
     p, mt, kt, nt = 4, 3, 4, 5
     _, ledger = _square("allgather", p, mt, kt, nt)
@@ -254,6 +281,16 @@ def test_sram_counts_every_live_buffer(algo, tiles):
 def test_allgather_holds_whole_operand_strips():
     mesh, _ = _square("allgather", 4, 4, 4, 4)
     assert mesh.sram.peak_bytes == (3 * 16 + 2 * 4 * 16) * S
+
+
+def test_a_2k_allgather_fits_48_kb_per_core_from_450x450_and_is_refused_at_360x360():
+    """2K GEMMs: 5-wide tiles on 450x450 (2250 padded), 6-wide on 360x360 (2160). Per core:
+    a, b, c and the two strips [t, P*t] and [P*t, t], 2 bytes per f16."""
+    s, sram = wse2().storage_bytes, wse2().sram_bytes_per_core
+    mesh, _ = _square("allgather", 450, 5, 5, 5, device=wse2(), mode=Mode.ESTIMATE)
+    assert mesh.sram.peak_bytes == (3 * 25 + 2 * 5 * 450 * 5) * s == 45_150 <= sram
+    with pytest.raises(SramOverflowError, match=str((3 * 36 + 2 * 6 * 360 * 6) * s)):
+        _square("allgather", 360, 6, 6, 6, device=wse2(), mode=Mode.ESTIMATE)
 
 
 def test_a_gemm_that_does_not_fit_names_the_buffer():
