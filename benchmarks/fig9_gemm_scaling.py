@@ -240,8 +240,8 @@ def _draw(reports: Mapping[Key, KernelReport], sizes: Sequence[int]) -> Callable
                 if not pts:
                     continue
                 grid = [p for p, _ in pts]
-                line = top.plot(grid, [r.latency_cycles for _, r in pts], "o-", label=algo)
-                colour = line[0].get_color()
+                colour = f"C{ALGOS.index(algo)}"  # one colour per algorithm in every panel
+                top.plot(grid, [r.latency_cycles for _, r in pts], "o-", color=colour, label=algo)
                 bottom.plot(grid, [r.compute_cycles for _, r in pts], "o-", color=colour)
                 bottom.plot(grid, [r.comm_cycles for _, r in pts], "x--", color=colour)
             top.set(
