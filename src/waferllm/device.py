@@ -215,7 +215,13 @@ _COMMON_SOURCES = {
     "clock_hz": "PAPER.md §2.1 clock row (1.1 GHz; the public code converts at 1.1 GHz)",
     "sram_bytes_per_core": "PAPER.md §2.1 SRAM per core (48 KB; 8 banks x 6 KiB per code notes §6)",
     "storage_dtype": "PAPER.md §2.1 data type row (f16 everywhere)",
-    "sram_bytes_per_cycle": "PAPER.md §2.1 core datapath (two 32-bit reads + one 32-bit write)",
+    "sram_bytes_per_cycle": (
+        "PAPER.md §2.1 core datapath (two 32-bit reads + one 32-bit write; code notes §6): two "
+        "f16 MACs per cycle in a GEMV. Checked, never fitted, by Table 6's 16K -> 32K slope at "
+        "720x720 (1.74 added MACs per added cycle published, 1.84 modelled; "
+        "benchmarks/fidelity.py); the vendor's 20 PB/s (about 21 B per core-cycle) would give "
+        "3.6 and is not used"
+    ),
     "link_bytes_per_cycle": "PAPER.md §2.1 link row (one 32-bit wavelet per neighbour per cycle)",
     "ramp_bytes_per_cycle": "placeholder: assumed equal to one link (no published figure)",
     "hop_latency_cycles": "PAPER.md §2.1 per-hop latency (~1 cycle; code corrects by px+py)",
@@ -258,7 +264,10 @@ _COMMON_SOURCES = {
         "K = 2 tree (fit residuals +3.1%, -0.4%; jointly with §3.3's decode rows, "
         "benchmarks/calibrate_llm.py); shared by WSE-3 (same NoC, SPEC.md §8), where §4's "
         "never-fitted group_num sweep at P=80 (597/469/417 cycles for G=2/4/8) independently "
-        "implies 10-13 cycles per forward-add stage"
+        "implies 10-13 cycles per forward-add stage. Beta 7.5 with every constant refitted "
+        "(benchmarks/refit_all.py --beta 7.5 8.5) lowers the fitted rows' squared error by 5 "
+        "percent but raises the leave-one-grid-out error by 12 percent and the unexplained "
+        "layer cost by 169 cycles: 8.5 kept"
     ),
     "op_overhead_cycles": (
         "calibrated on PAPER.md §4 WSE-3 MeshGEMV points (M=N=8P, group_num 8; each a local "
@@ -278,16 +287,19 @@ _COMMON_SOURCES = {
     "layer_fixed_cycles": (
         "calibrated on PAPER.md §3.3's LLaMA3-8B decode rows (420/540/660, per-layer, the layer "
         "as the public code ran it: one head over the hidden size, estimate/measured.py; "
-        "residuals -1.0%, -0.6%, +1.9%; benchmarks/calibrate_llm.py, at the shipped beta; "
-        "the joint scan's optimum is beta 7.5 with 3,307 cycles, Table 6 +1.2%/-1.5%, not "
-        "adopted: it moves WSE-3's per-hop fit and the T10/Ladder refits), shared by WSE-2 and "
-        "WSE-3 (same core and runtime): what one decoder layer costs per pass whatever its "
-        "widths and grid. At physical constants the modelled layer is a uniform 0.80x of the "
-        "published one (420/540/660 within 1%), and no named mechanism of the code notes "
-        "supplies the difference: per-collective terms are pinned by Table 6's MeshGEMV, "
-        "per-element work would shrink with the grid; the layer runs its 13 steps and 10 "
-        "collectives one after the other (decode_struct, code notes §0.4, §3.3), so this is "
-        "taken as its control and synchronisation. Mechanism not identified (see README)"
+        "residuals -1.0%, -0.6%, +1.9%, leave-one-grid-out -1.7%, -1.0%, +2.6%; "
+        "benchmarks/calibrate_llm.py at the shipped beta), shared by WSE-2 and WSE-3 (same core "
+        "and runtime): what one decoder layer costs per pass whatever its widths and grid. "
+        "Without it the modelled layer is 0.77-0.78x of each published one. Mechanism not "
+        "identified; benchmarks/layer_fixed_hypotheses.py rules out, with numbers: a slower "
+        "clock behind the 1.1 GHz conversion (Table 6 would then be too slow even at beta = "
+        "alpha), a set-up per collective or slower decode stages (Table 6's lone collective "
+        "misses by 17-29%), local GEMVs at one MAC per cycle (Table 6), per-element scalar work "
+        "(its least-squares cost is negative), per-layer route reconfiguration (WSE-2 routes "
+        "are static, code notes §3.5), hand-off, weight loads and per-token work (outside the "
+        "timed layer, code notes §3.8, §7). A published layer time taken over 40 layers instead "
+        "of 32 would match within 5% without it, but no source supports that (every llama8B "
+        "config has layer_num 32, code notes §3.1)"
     ),
 }
 
