@@ -187,7 +187,7 @@ def _wse_common() -> dict[str, Any]:
         step_overhead_cycles=88.0,
         op_overhead_cycles=30.5,
         scalar_cycles_per_element=4.0,
-        layer_fixed_cycles=3089.0,
+        layer_fixed_cycles=2832.0,
         host_io_bytes_per_s=1.2e12,
         **_system_link(),
     )
@@ -265,9 +265,9 @@ _COMMON_SOURCES = {
         "benchmarks/calibrate_llm.py); shared by WSE-3 (same NoC, SPEC.md §8), where §4's "
         "never-fitted group_num sweep at P=80 (597/469/417 cycles for G=2/4/8) independently "
         "implies 10-13 cycles per forward-add stage. Beta 7.5 with every constant refitted "
-        "(benchmarks/refit_all.py --beta 7.5 8.5) lowers the fitted rows' squared error by 5 "
-        "percent but raises the leave-one-grid-out error by 12 percent and the unexplained "
-        "layer cost by 169 cycles: 8.5 kept"
+        "(benchmarks/refit_all.py --beta 7.5 8.5) lowers the fitted rows' squared error by 6 "
+        "percent but raises the leave-one-grid-out error by 13 percent and the unexplained "
+        "layer cost by 171 cycles: 8.5 kept"
     ),
     "op_overhead_cycles": (
         "calibrated on PAPER.md §4 WSE-3 MeshGEMV points (M=N=8P, group_num 8; each a local "
@@ -286,20 +286,20 @@ _COMMON_SOURCES = {
     ),
     "layer_fixed_cycles": (
         "calibrated on PAPER.md §3.3's LLaMA3-8B decode rows (420/540/660, per-layer, the layer "
-        "as the public code ran it: one head over the hidden size, estimate/measured.py; "
-        "residuals -1.0%, -0.6%, +1.9%, leave-one-grid-out -1.7%, -1.0%, +2.6%; "
-        "benchmarks/calibrate_llm.py at the shipped beta), shared by WSE-2 and WSE-3 (same core "
-        "and runtime): what one decoder layer costs per pass whatever its widths and grid. "
-        "Without it the modelled layer is 0.77-0.78x of each published one. Mechanism not "
-        "identified; benchmarks/layer_fixed_hypotheses.py rules out, with numbers: a slower "
-        "clock behind the 1.1 GHz conversion (Table 6 would then be too slow even at beta = "
-        "alpha), a set-up per collective or slower decode stages (Table 6's lone collective "
-        "misses by 17-29%), local GEMVs at one MAC per cycle (Table 6), per-element scalar work "
-        "(its least-squares cost is negative), per-layer route reconfiguration (WSE-2 routes "
-        "are static, code notes §3.5), hand-off, weight loads and per-token work (outside the "
-        "timed layer, code notes §3.8, §7). A published layer time taken over 40 layers instead "
-        "of 32 would match within 5% without it, but no source supports that (every llama8B "
-        "config has layer_num 32, code notes §3.1)"
+        "as the public code ran it: one head over the hidden size and each config's group_num "
+        "tree, estimate/measured.py; residuals -0.6%, -0.7%, +1.4%, leave-one-grid-out -1.0%, "
+        "-1.0%, +2.0%; benchmarks/calibrate_llm.py at the shipped beta), shared by WSE-2 and "
+        "WSE-3 (same core and runtime): what one decoder layer costs per pass whatever its "
+        "widths and grid. Without it the modelled layer is 0.78-0.80x of each published one. "
+        "Mechanism not identified; benchmarks/layer_fixed_hypotheses.py rules out, with "
+        "numbers: a slower clock behind the 1.1 GHz conversion (Table 6 would then need beta "
+        "<= alpha), a set-up per collective or slower decode stages (Table 6's lone "
+        "collective misses by 15-30%), local GEMVs at one MAC per cycle (Table 6), per-element "
+        "scalar work (its least-squares cost is negative), per-layer route reconfiguration "
+        "(WSE-2 routes are static, code notes §3.5), hand-off, weight loads and per-token work "
+        "(outside the timed layer, code notes §3.8, §7). A published layer time taken over 40 "
+        "layers instead of 32 would match within 2.1% without it, but no source supports that "
+        "(every llama8B config has layer_num 32, code notes §3.1)"
     ),
 }
 

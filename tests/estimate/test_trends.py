@@ -49,7 +49,7 @@ def test_prefill_tpr_rises_from_480_to_600_to_720(name):
 
 # Decode predictions of the real models at the constants calibrated on the layer the paper
 # measured (single head). LLaMA3-8B and LLaMA2-13B fall. CodeLLaMA-34B and Qwen2-72B (hidden
-# 8192, 64 query heads on 8 kv heads) gain 1.3% and 2.9% from 420 to 540, then fall: at 420 a
+# 8192, 64 query heads on 8 kv heads) gain 1.4% and 2.9% from 420 to 540, then fall: at 420 a
 # core's local work is large (CodeLLaMA-34B 4,442 cycles per layer: gate/up 1,060, P@V 777
 # = 80 floor-bound instructions of 3 head slots, q/k/v 708, down 530) and shrinks by more than
 # the ten allreduces grow (compute 4,442 -> 3,081, communication 6,572 -> 7,728;
