@@ -188,13 +188,14 @@ def test_every_allreduce_leaves_the_sum_or_max_on_every_core(case):
 
 
 @pytest.mark.parametrize("algorithm", list(ReduceAlgorithm))
-def test_an_allreduce_result_is_a_fresh_writable_tensor(algorithm):
+def test_an_allreduce_result_is_one_tile_per_line_apart_from_its_input(algorithm):
     mesh = Mesh(tiny(), 2, 5)
     data = tiles(2, 5, 4)
     out = allreduce(mesh, data, axis=Axis.X, ledger=Ledger(), op="a", algorithm=algorithm)
-    before = data.clone()
-    out += 1.0  # would fail on an expanded (stride-0) view
-    assert torch.equal(data, before)
+    expected = out.clone()
+    assert out.stride(Axis.X.tensor_dim) == 0  # every core of a row reads the row's one tile
+    data += 1.0  # the input's buffer is not the result's
+    assert torch.equal(out, expected)
 
 
 def test_allreduce_on_an_axis_of_one_core_is_a_free_no_op():

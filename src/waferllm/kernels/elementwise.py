@@ -29,6 +29,7 @@ from waferllm.kernels.vector import (
 )
 from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp, broadcast
 from waferllm.mesh.cost import Ledger
+from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
@@ -50,7 +51,9 @@ def silu_mul(
     (v / (1 + fast_exp(-v)): the divide is the one per-element scalar instruction).
     """
     _check_same_layout(gate, up, op)
-    data = torch.nn.functional.silu(gate.data) * up.data
+    # SiLU's vector and scalar code paths round differently: it runs over the full contiguous
+    # tiles, so that every core's entries take the path they always took (not `on_replicas`)
+    data = torch.nn.functional.silu(gate.data.contiguous()) * up.data
     charge_vector(
         mesh,
         ledger,
@@ -68,7 +71,7 @@ def add(mesh: Mesh, *, x: DistTensor, y: DistTensor, ledger: Ledger, op: str = "
     Cost: R instructions of the last tile dim: R*max(floor, L/F, 3L*s/S)."""
     _check_same_layout(x, y, op)
     charge_vector(mesh, ledger, op, rows=lead_count(x.data, -1), length=x.tile_shape[-1], cost=ADD)
-    return x.replace(x.data + y.data)
+    return x.replace(on_replicas(torch.add, x.data, y.data))
 
 
 def embed(
@@ -110,7 +113,7 @@ def embed(
             picked = table.data[owner, :, local, :].permute(1, 0, 2).unsqueeze(0)
         else:  # [rows, T, Dt] -> [rows, cols, T, Dt]
             picked = table.data[:, owner, local, :].unsqueeze(1)
-        rows_data = picked.expand(*mesh.shape, num_tokens, dt).contiguous()
+        rows_data = picked.expand(*mesh.shape, num_tokens, dt)  # held once per line
     else:
         rows_data = torch.empty(
             (*mesh.shape, num_tokens, dt), dtype=table.data.dtype, device="meta"
@@ -156,12 +159,19 @@ def argmax(
     v_dim = len(logits.layout.shape) - 1
     axis = axis_of(logits.layout, v_dim)
     vt = logits.tile_shape[-1]
-    values = as_dtype(logits.data, torch.float32)
     valid = valid_mask(logits, v_dim)
-    if valid is not None:
-        values = torch.where(valid, values, -math.inf)
-    charge_vector(mesh, ledger, f"{op}.local", rows=lead_count(values, -1), length=vt, cost=MAX_ACC)
-    best, local = values.max(dim=-1, keepdim=True)
+
+    def local_max(data: torch.Tensor, *keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        values = as_dtype(data, torch.float32)
+        if keep:
+            values = torch.where(keep[0], values, -math.inf)
+        best, local = values.max(dim=-1, keepdim=True)
+        return best, local
+
+    rows = lead_count(logits.data, -1)
+    charge_vector(mesh, ledger, f"{op}.local", rows=rows, length=vt, cost=MAX_ACC)
+    inputs = (logits.data,) if valid is None else (logits.data, valid)
+    best, local = on_replicas(local_max, *inputs)
     if axis is not None:
         offset = torch.arange(mesh.size(axis), device=local.device) * vt
         shape = [1] * local.dim()
@@ -177,7 +187,7 @@ def argmax(
             algorithm=algorithm,
         )
         lowest = torch.iinfo(torch.int64).min
-        offer = torch.where(best == top, -index, lowest)
+        offer = on_replicas(lambda b, t, i: torch.where(b == t, -i, lowest), best, top, index)
         # a 32-bit index travels as two 16-bit words
         offer = offer.expand(*offer.shape[:-1], 2)
         index = -small_allreduce(
@@ -197,4 +207,5 @@ def argmax(
         y_dim=lead.y_dim if lead.y_dim != v_dim else None,
         x_dim=lead.x_dim if lead.x_dim != v_dim else None,
     )
-    return mesh.register(index.squeeze(-1).contiguous(), out_layout, f"{op}.out")
+    ids = on_replicas(lambda i: i.squeeze(-1).contiguous(), index)
+    return mesh.register(ids, out_layout, f"{op}.out")

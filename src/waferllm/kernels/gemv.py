@@ -24,6 +24,7 @@ from waferllm.kernels.result import Charged, KernelResult
 from waferllm.mesh.comm import ReduceAlgorithm, allreduce, reduce
 from waferllm.mesh.compute import matmul
 from waferllm.mesh.cost import Ledger
+from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.ktree import allreduce_latency_cycles, best_fanouts
 from waferllm.mesh.tensor import DistTensor, Layout
@@ -218,14 +219,17 @@ def _outputs(
     total = total.reshape(rows, cols, *lead, total.shape[-1])
     if len(ws) == 1:
         layout = _out_layout(lead, ws[0].layout.shape[1], reduce_axis, root)
-        data = total if total.is_contiguous() else total.contiguous()
-        return (mesh.register(data, layout, f"{op}.out"),)
+        return (mesh.register(on_replicas(_dense, total), layout, f"{op}.out"),)
     parts = total.split_with_sizes([wi.data.shape[-1] for wi in ws], dim=-1)
     outs = []
     for i, (wi, part) in enumerate(zip(ws, parts, strict=True)):
         layout = _out_layout(lead, wi.layout.shape[1], reduce_axis, root)
-        outs.append(mesh.register(part.contiguous(), layout, f"{op}.out{i}"))
+        outs.append(mesh.register(on_replicas(_dense, part), layout, f"{op}.out{i}"))
     return tuple(outs)
+
+
+def _dense(data: torch.Tensor) -> torch.Tensor:
+    return data if data.is_contiguous() else data.contiguous()
 
 
 @lru_cache(maxsize=1024)

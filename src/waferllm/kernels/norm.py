@@ -22,6 +22,7 @@ from waferllm.kernels.vector import (
 )
 from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp
 from waferllm.mesh.cost import Ledger
+from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh
 
@@ -55,12 +56,18 @@ def rms_norm(
             f"hidden dim of '{x.name}' ({x.layout})"
         )
     dtype = x.data.dtype
-    xf = as_dtype(x.data, torch.float32)
     valid = valid_mask(x, d_dim)
-    if valid is not None:
-        xf = torch.where(valid, xf, 0.0)
+
+    def masked(data: torch.Tensor, *keep: torch.Tensor) -> torch.Tensor:
+        xf = as_dtype(data, torch.float32)
+        return torch.where(keep[0], xf, 0.0) if keep else xf
+
+    inputs = (x.data,) if valid is None else (x.data, valid)
+    xf = on_replicas(masked, *inputs)
     rows, dt = lead_count(x.data, d_dim), x.data.shape[-1]
     charge_vector(mesh, ledger, f"{op}.sum_squares", rows=rows, length=dt, cost=SQUARE_ACC)
+    # the squares over every core's tiles, as one contiguous tensor: a sum's rounding follows
+    # its tensor's shape, so this one runs exactly as it always did
     sum_sq = (xf * xf).sum(dim=-1, keepdim=True)
     if axis is not None:
         sum_sq = small_allreduce(
@@ -73,10 +80,14 @@ def rms_norm(
             algorithm=algorithm,
         )
     charge_vector(mesh, ledger, f"{op}.rsqrt", rows=rows, length=1, cost=RSQRT)
-    scale = torch.rsqrt(sum_sq / d_true + eps)
     w = weight.data  # [Dt] tiles, aligned with x's last dim
     if x.data.dim() > 3:
         w = w.reshape(*mesh.shape, *([1] * (x.data.dim() - 3)), dt)
     charge_vector(mesh, ledger, f"{op}.scale", rows=rows, length=dt, cost=SCALE_MUL)
-    out = w * as_dtype(xf * scale, dtype)
-    return mesh.register(as_dtype(out, dtype), x.layout, f"{op}.out")
+
+    def scaled(xf: torch.Tensor, sum_sq: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        scale = torch.rsqrt(sum_sq / d_true + eps)
+        return as_dtype(w * as_dtype(xf * scale, dtype), dtype)
+
+    out = on_replicas(scaled, xf, sum_sq, w)
+    return mesh.register(out, x.layout, f"{op}.out")

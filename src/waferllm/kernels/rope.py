@@ -20,6 +20,7 @@ from waferllm.kernels.vector import (
     lead_count,
 )
 from waferllm.mesh.cost import Ledger
+from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh
 
@@ -55,11 +56,15 @@ def rope(
         return as_dtype(t.data.reshape(*t.data.shape[:-1], *([1] * extra), size), x.data.dtype)
 
     data = x.data
-    # rotate_half(x) * sin = [x2, x1] * ([-1, 1] * sin): (-a)*b and a*(-b) are the same float
-    swapped = data.roll(size // 2, dims=-1)
-    sin_signed = aligned(sin) * _rotation_signs(size, data.dtype, data.device.type)
+    signs = _rotation_signs(size, data.dtype, data.device.type)
+
+    def rotated(data: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # rotate_half(x) * sin = [x2, x1] * ([-1, 1] * sin): (-a)*b and a*(-b) are the same
+        swapped = data.roll(size // 2, dims=-1)
+        return data * cos + swapped * (sin * signs)
+
     charge_vector(mesh, ledger, op, rows=lead_count(data, -1), length=size, cost=ROTATE)
-    return x.replace(data * aligned(cos) + swapped * sin_signed)
+    return x.replace(on_replicas(rotated, data, aligned(cos), aligned(sin)))
 
 
 @lru_cache(maxsize=64)

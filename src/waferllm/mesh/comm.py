@@ -25,6 +25,7 @@ from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis, RingKind, ring_successor
 from waferllm.mesh.ktree import TreePlan, resolve_fanouts, tree_plan
 from waferllm.mesh.lines import check_data, from_line, line_index, line_roots, permutation
+from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.patterns import (
     Owners,
     chain_traffic,
@@ -35,7 +36,7 @@ from waferllm.mesh.patterns import (
     tree_traffic,
 )
 from waferllm.mesh.traffic import Traffic
-from waferllm.mesh.virtual import Mesh, Mode
+from waferllm.mesh.virtual import Mesh
 
 
 class ReduceAlgorithm(enum.StrEnum):
@@ -212,9 +213,12 @@ _BCAST_ROUTES = {axis: f"{axis.value}_bcast" for axis in Axis}
 
 # ---- reduce and allreduce ---------------------------------------------------------------------
 def _combine(data: torch.Tensor, dim: int, reduce_op: ReduceOp) -> torch.Tensor:
+    """Every line's tiles combined along mesh dim `dim` (keepdim). A maximum is computed once
+    per line of the other mesh dim where `data` holds one tile there (`mesh.replicas`); a
+    sum's rounding follows its tensor's shape, so it runs on every core's tiles, contiguous."""
     if reduce_op is ReduceOp.SUM:
-        return data.sum(dim=dim, keepdim=True)
-    return data.amax(dim=dim, keepdim=True)
+        return data.contiguous().sum(dim=dim, keepdim=True)
+    return on_replicas(lambda t: t.amax(dim=dim, keepdim=True), data, across=dim)
 
 
 def _reduce_plan(
@@ -343,7 +347,7 @@ def allreduce(
         if not broadcast_result:
             return line
         mesh.routes.require(_BCAST_ROUTES[axis], BROADCAST_ROUTES)
-        return line.expand_as(data).contiguous()
+        return line.expand_as(data)
     line, top = reduce(
         mesh,
         data,
@@ -359,7 +363,7 @@ def allreduce(
         return line
     # the root's line result multicast to its line: every core ends with a copy of `line`
     _charge_broadcast(mesh, axis, top, data, ledger, f"{op}.bcast", 1)
-    return line.expand_as(data).contiguous()
+    return line.expand_as(data)
 
 
 def _ring_allreduce(
@@ -384,8 +388,7 @@ def _ring_allreduce(
     for name, count, stages in steps if ledger.prices else ():
         traffic = ring_step_traffic(mesh.device, mesh.shape, axis, chunk, stages)
         phase = _charge_steps(ledger, f"{op}.{name}", Charge.comm(traffic), count, phase)
-    out = _combine(data, axis.tensor_dim, reduce_op).expand_as(data)
-    return out.contiguous() if mesh.mode is Mode.FUNCTIONAL else out
+    return _combine(data, axis.tensor_dim, reduce_op).expand_as(data)
 
 
 def _charge_steps(ledger: Ledger, op: str, charge: Charge, count: int, phase: int) -> int:

@@ -15,6 +15,7 @@ import torch
 
 from waferllm.device import Device
 from waferllm.mesh.cost import Charge, ChargeKind, Ledger
+from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.virtual import Mesh, Mode
 
 MAC_FLOPS = 2
@@ -160,11 +161,13 @@ def elementwise(
     flops_per_element: float = 1.0,
     num_elements: int | None = None,
 ) -> torch.Tensor:
-    """Apply `fn` on every core; priced as one vector instruction per input-tile pass.
+    """Apply `fn` on every core (once per line where the inputs are held once, `replicas`:
+    `fn` must round alike whatever the tensor's size, e.g. add, mul; not exp); priced as one
+    vector instruction per input-tile pass.
 
     SRAM traffic: every input element read once, every output element written once.
     """
-    out = fn(*inputs)
+    out = on_replicas(fn, *inputs)
     if not ledger.prices:
         return out
     n = num_elements if num_elements is not None else math.prod(out.shape[2:])

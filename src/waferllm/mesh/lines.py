@@ -38,8 +38,9 @@ def line_index(mesh: Mesh, axis: Axis, src_of: np.ndarray, data: torch.Tensor) -
 
 
 def from_line(data: torch.Tensor, axis: Axis, source: int) -> torch.Tensor:
-    """Every position of every line receives line position `source`'s tile (a new tensor)."""
-    return data.narrow(axis.tensor_dim, source, 1).expand_as(data).contiguous()
+    """Every position of every line receives line position `source`'s tile: a copy of that
+    tile held once for the line (a stride-0 view along `axis`, `mesh.replicas`)."""
+    return data.narrow(axis.tensor_dim, source, 1).clone().expand_as(data)
 
 
 def check_data(mesh: Mesh, data: torch.Tensor) -> None:

@@ -101,7 +101,8 @@ class DistTensor:
 
 
 def split_host(host: torch.Tensor, layout: Layout, rows: int, cols: int) -> torch.Tensor:
-    """Host tensor (logical shape) -> (rows, cols, *tile), padding split dims with zeros."""
+    """Host tensor (logical shape) -> (rows, cols, *tile), padding split dims with zeros; an
+    axis without a split dim holds one copy (a stride-0 view along it)."""
     if tuple(host.shape) != layout.shape:
         raise WaferError(
             f"tensor of shape {tuple(host.shape)} does not match layout {layout.shape}"
@@ -128,12 +129,13 @@ def split_host(host: torch.Tensor, layout: Layout, rows: int, cols: int) -> torc
     rest = [i for i in range(len(view)) if i not in parts_pos.values()]
     order = [parts_pos.get("y"), parts_pos.get("x")]
     present = [i for i in order if i is not None]
-    x = x.permute(*present, *rest)
+    x = x.permute(*present, *rest).clone(memory_format=torch.contiguous_format)
+    # replicas are one tile held for the line: stride-0 views (`mesh.replicas`)
     if layout.y_dim is None:
         x = x.unsqueeze(0).expand(rows, *x.shape)
     if layout.x_dim is None:
         x = x.unsqueeze(1).expand(x.shape[0], cols, *x.shape[1:])
-    return x.contiguous()
+    return x
 
 
 def join_tiles(data: torch.Tensor, layout: Layout) -> torch.Tensor:
