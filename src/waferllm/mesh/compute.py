@@ -108,15 +108,47 @@ def matmul_values(mesh: Mesh, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _accumulating_matmul(mesh, a, b)
 
 
+# torch's CPU batched matmul multiplies matrices of fewer than this many multiply-accumulates
+# in a plain loop (per output: sum over k in order, one rounding per product and per add)
+NAIVE_BMM_MACS = 400
+# ... which `_looped_products` reproduces with k whole-mesh multiplies and adds: faster when
+# there are many small matrices (one per core) and k is short
+LOOPED_MAX_K = 8
+LOOPED_MIN_MATRICES = 4096
+
+
 def _accumulating_matmul(mesh: Mesh, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b in the compute dtype; float16 accumulates in float32 unless f16_accumulate."""
-    if mesh.mode is Mode.ESTIMATE or a.dtype != torch.float16:
+    if mesh.mode is Mode.ESTIMATE:
+        return a @ b
+    if a.dtype == torch.float32:
+        return _looped_products(a, b) if _loops(a, b) else a @ b
+    if a.dtype != torch.float16:
         return a @ b
     if not mesh.f16_accumulate:
         return (a.float() @ b.float()).to(torch.float16)
     # the hardware's order: one rank-1 update per k, rounded to f16 each time
     acc = torch.zeros((*a.shape[:-1], b.shape[-1]), dtype=torch.float16, device=a.device)
     for k in range(a.shape[-1]):
+        acc = acc + a[..., k : k + 1] * b[..., k : k + 1, :]
+    return acc
+
+
+def _loops(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether torch would multiply a @ b as many small matrices in its plain loop (CPU,
+    batched operands of one rank) with a short k: `_looped_products` gives its numbers."""
+    if a.device.type != "cpu" or b.dtype != a.dtype or a.dim() != b.dim() or a.dim() < 3:
+        return False
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    matrices = math.prod(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    return k <= LOOPED_MAX_K and m * k * n < NAIVE_BMM_MACS and matrices >= LOOPED_MIN_MATRICES
+
+
+def _looped_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched a @ b as torch's plain loop computes it, every matrix at once: the k products
+    added in order, each rounded (bitwise its result, `tests/mesh/test_compute.py`)."""
+    acc = a[..., 0:1] * b[..., 0:1, :]
+    for k in range(1, a.shape[-1]):
         acc = acc + a[..., k : k + 1] * b[..., k : k + 1, :]
     return acc
 
