@@ -96,3 +96,32 @@ def test_estimate_mode_prices_a_matmul_without_numbers():
         assert out.shape == (2, 2, 4, 3)
         ledgers.append(ledger.records)
     assert ledgers[0] == ledgers[1]
+
+
+def test_many_small_products_are_bitwise_torchs_batched_matmul():
+    """Below 400 multiply-accumulates per matrix torch's CPU bmm runs a plain loop; the mesh
+    computes it as k whole-mesh multiplies and adds, with the same roundings."""
+    from waferllm.mesh.compute import _loops
+
+    gen = torch.Generator().manual_seed(3)
+    mesh = Mesh(tiny(), 64, 64)
+    for lead, m, k, n in [((), 1, 3, 6), ((), 4, 8, 12), ((2, 1), 1, 2, 7), ((1, 3), 3, 1, 5)]:
+        a = torch.randn(64, 1, *lead, m, k, generator=gen).expand(64, 64, *lead, m, k)
+        b = torch.randn(64, 64, *lead, k, n, generator=gen)
+        assert _loops(a, b)
+        out = matmul(mesh, a=a, b=b, ledger=Ledger(), op="mm")
+        assert torch.equal(out, torch.bmm(*_batched(a.contiguous(), b)).reshape(out.shape))
+
+
+def _batched(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a, b = a.expand(*shape, *a.shape[-2:]), b.expand(*shape, *b.shape[-2:])
+    return a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+
+
+def test_products_of_long_k_or_few_cores_use_torchs_matmul():
+    from waferllm.mesh.compute import _loops
+
+    assert not _loops(torch.ones(64, 64, 1, 9), torch.ones(64, 64, 9, 2))  # k > 8
+    assert not _loops(torch.ones(64, 64, 1, 3), torch.ones(64, 64, 3, 205))  # 615 MACs
+    assert not _loops(torch.ones(8, 8, 1, 3), torch.ones(8, 8, 3, 6))  # 64 matrices
