@@ -29,8 +29,8 @@ from waferllm.kernels.vector import (
 )
 from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp, broadcast
 from waferllm.mesh.cost import Ledger
-from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
 

@@ -24,9 +24,9 @@ from waferllm.kernels.result import Charged, KernelResult
 from waferllm.mesh.comm import ReduceAlgorithm, allreduce, reduce
 from waferllm.mesh.compute import matmul
 from waferllm.mesh.cost import Ledger
-from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.ktree import allreduce_latency_cycles, best_fanouts
+from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh
 

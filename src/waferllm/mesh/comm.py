@@ -25,7 +25,6 @@ from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis, RingKind, ring_successor
 from waferllm.mesh.ktree import TreePlan, resolve_fanouts, tree_plan
 from waferllm.mesh.lines import check_data, from_line, line_index, line_roots, permutation
-from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.patterns import (
     Owners,
     chain_traffic,
@@ -35,6 +34,7 @@ from waferllm.mesh.patterns import (
     ring_step_traffic,
     tree_traffic,
 )
+from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.traffic import Traffic
 from waferllm.mesh.virtual import Mesh
 

@@ -40,9 +40,7 @@ def spread(data: torch.Tensor, sizes: dict[int, int]) -> torch.Tensor:
     return data.expand(shape)
 
 
-def on_replicas(
-    fn: Callable[..., Any], *inputs: torch.Tensor, across: int | None = None
-) -> Any:
+def on_replicas(fn: Callable[..., Any], *inputs: torch.Tensor, across: int | None = None) -> Any:
     """`fn(*inputs)` computed once per line along every mesh dim on which all `inputs` (each
     (rows or 1, cols or 1, ...)) hold one tile, its result (a tensor or a tuple of tensors)
     expanded back over that dim. `fn` treats the mesh dims elementwise, except mesh dim
