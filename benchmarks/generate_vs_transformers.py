@@ -8,7 +8,8 @@ embeddings), written to a temporary directory (or `--checkpoint DIR`, kept for r
 both with WSE-2's clock, links and latencies), versus transformers' `generate` (float32, eager
 attention, KV cache) on the same CPU with the same thread count. Host wall-clock seconds:
 load and place, prefill (to the first token), per decode step, their ratio to transformers
-(tokens/s ours over theirs; targets >= 0.5 at 16x16 and >= 0.25 at 120x120), the decode step
+(tokens/s ours over theirs; targets >= 0.5 at 16x16 and >= 0.25 at 120x120) and per phase
+(prefill, decode step: their seconds over ours), the decode step
 over the smallest grid's (target at 240x240: <= 3), and whether the tokens are identical.
 `--torch-device cuda` puts the virtual wafer's tensors on a GPU. Writes
 benchmarks/results/generate_vs_transformers_<date>.json atomically.
@@ -162,6 +163,7 @@ def _table(rows: dict[int, dict[str, Any]], ref: dict[str, Any], smallest: int) 
         "prefill",
         "decode ms/step",
         "ratio to transformers",
+        "prefill / decode ratio",
         f"decode / {smallest}x{smallest}'s",
         "tokens identical",
     ):
@@ -174,6 +176,7 @@ def _table(rows: dict[int, dict[str, Any]], ref: dict[str, Any], smallest: int) 
             f"{run['prefill_s']:.3f}",
             f"{run['decode_s_per_token'] * 1e3:.1f}",
             f"{run['speed_ratio']:.3f}",
+            f"{run['prefill_ratio']:.3f} / {run['decode_ratio']:.3f}",
             f"{run['decode_over_smallest']:.2f}",
             f"{run['tokens_agreeing']}/{NEW_TOKENS}",
         )
@@ -184,6 +187,7 @@ def _table(rows: dict[int, dict[str, Any]], ref: dict[str, Any], smallest: int) 
         f"{ref['prefill_s']:.3f}",
         f"{ref['decode_s_per_token'] * 1e3:.1f}",
         "1",
+        "1 / 1",
         "",
         "",
     )
@@ -220,6 +224,8 @@ def main() -> int:
     smallest = rows[grids[0]]["decode_s_per_token"]
     for run in rows.values():
         run["speed_ratio"] = ref["median_s"] / run["median_s"]  # ours tokens/s over theirs
+        run["prefill_ratio"] = ref["prefill_s"] / run["prefill_s"]  # theirs over ours, per phase
+        run["decode_ratio"] = ref["decode_s_per_token"] / run["decode_s_per_token"]
         run["decode_over_smallest"] = run["decode_s_per_token"] / smallest
         run["tokens_agreeing"] = _agreeing(run["token_ids"], ref["token_ids"])
     out = Console(width=140)

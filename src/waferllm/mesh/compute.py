@@ -140,7 +140,7 @@ def _loops(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.device.type != "cpu" or b.dtype != a.dtype or a.dim() != b.dim() or a.dim() < 3:
         return False
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
-    matrices = math.prod(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    matrices = math.prod(max(x, y) for x, y in zip(a.shape[:-2], b.shape[:-2], strict=True))
     return k <= LOOPED_MAX_K and m * k * n < NAIVE_BMM_MACS and matrices >= LOOPED_MIN_MATRICES
 
 
