@@ -213,9 +213,8 @@ _BCAST_ROUTES = {axis: f"{axis.value}_bcast" for axis in Axis}
 
 # ---- reduce and allreduce ---------------------------------------------------------------------
 def _combine(data: torch.Tensor, dim: int, reduce_op: ReduceOp) -> torch.Tensor:
-    """Every line's tiles combined along mesh dim `dim` (keepdim). A maximum is computed once
-    per line of the other mesh dim where `data` holds one tile there (`mesh.replicas`); a
-    sum's rounding follows its tensor's shape, so it runs on every core's tiles, contiguous."""
+    """Lines combined along mesh dim `dim` (keepdim): a max once per held tile (`replicas`),
+    a sum over every core's contiguous tiles (its rounding follows the tensor's shape)."""
     if reduce_op is ReduceOp.SUM:
         return data.contiguous().sum(dim=dim, keepdim=True)
     return on_replicas(lambda t: t.amax(dim=dim, keepdim=True), data, across=dim)
