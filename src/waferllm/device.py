@@ -265,7 +265,7 @@ _COMMON_SOURCES = {
         "benchmarks/calibrate_llm.py); shared by WSE-3 (same NoC, SPEC.md §8), where §4's "
         "never-fitted group_num sweep at P=80 (597/469/417 cycles for G=2/4/8) independently "
         "implies 10-13 cycles per forward-add stage. Beta 7.5 with every constant refitted "
-        "(benchmarks/refit_all.py --beta 7.5 8.5) lowers the fitted rows' squared error by 6 "
+        "(benchmarks/refit_all.py at beta 7.5 and 8.5) lowers the fitted rows' squared error by 6 "
         "percent but raises the leave-one-grid-out error by 13 percent and the unexplained "
         "layer cost by 171 cycles: 8.5 kept"
     ),
