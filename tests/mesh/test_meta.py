@@ -61,6 +61,7 @@ CASES = [
     lambda: torch.arange(11, device="meta") * 3,
     lambda: torch.arange(1.0, 4.0, 0.5, device="meta"),
     lambda: meta_tensor(3, 4).clone().add_(meta_tensor(4)),
+    lambda: torch.isfinite(meta_tensor(3, 4, dtype=torch.float16)),
 ]
 
 
@@ -96,11 +97,22 @@ def test_an_estimate_gives_every_fast_output_torchs_shape_and_dtype(monkeypatch)
     assert len(Checking.seen) > 10  # the rules ran, not torch's fallback only
 
 
-def test_an_estimate_after_import_does_not_import_dynamo():
+@pytest.mark.parametrize(
+    "request_args",
+    [
+        "'llama3-8b', device='wse2', placement='per-layer', prompt_len=64, output_len=4,"
+        " prefill_grid=360, decode_grid=360",
+        # a prompt in chunks: the cached keys' online softmax (torch.isfinite)
+        "'tiny', device=dataclasses.replace(tiny(), sram_bytes_per_core=32768), prompt_len=400,"
+        " output_len=3, prefill_grid=4, decode_grid=4",
+    ],
+)
+def test_an_estimate_after_import_does_not_import_dynamo(request_args):
     code = (
-        "import sys, waferllm\n"
-        "waferllm.estimate('llama3-8b', device='wse2', placement='per-layer', prompt_len=64,"
-        " output_len=4, prefill_grid=360, decode_grid=360)\n"
+        "import dataclasses, sys, warnings, waferllm\n"
+        "from waferllm.device import tiny\n"
+        "warnings.simplefilter('ignore')\n"
+        f"waferllm.estimate({request_args})\n"
         "print('torch._dynamo' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

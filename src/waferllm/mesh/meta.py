@@ -55,6 +55,7 @@ _POINTWISE = (
     aten.logical_and.default,
     aten.logical_or.default,
     aten.logical_not.default,
+    aten.isfinite.default,
 )
 _REDUCTIONS = (aten.sum.dim_IntList, aten.amax.default, aten.amin.default, aten.mean.dim)
 
