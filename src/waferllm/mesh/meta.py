@@ -126,6 +126,18 @@ def _same(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
     return torch.empty(x.shape, dtype=x.dtype, device="meta")
 
 
+def _like(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """zeros_like of a meta tensor on the meta device (torch's Python kernel imports sympy,
+    ~0.5 s): its shape, in the asked dtype or its own."""
+    x = args[0]
+    plain = {"dtype": None, "pin_memory": False, "layout": torch.strided, "device": x.device}
+    if x.device.type != "meta" or len(args) > 1 or kwargs.keys() - plain.keys():
+        return None
+    if any(kwargs.get(k) not in (None, plain[k]) for k in ("pin_memory", "layout", "device")):
+        return None
+    return torch.empty(x.shape, dtype=kwargs.get("dtype") or x.dtype, device="meta")
+
+
 def _in_place(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """An in-place pointwise op: the operand itself when the others broadcast to it."""
     out = _pointwise(func, args, kwargs)
@@ -184,6 +196,7 @@ _RULES: dict[Any, Callable[[Callable, tuple, dict], torch.Tensor | None]] = {
     **{op: _reduction for op in _REDUCTIONS},
     aten.clone.default: _same,
     aten.roll.default: _same,
+    aten.zeros_like.default: _like,
     aten.add_.Tensor: _in_place,
     aten.mul_.Tensor: _in_place,
     aten.cat.default: _joined,
