@@ -64,6 +64,10 @@ CASES = [
     lambda: torch.isfinite(meta_tensor(3, 4, dtype=torch.float16)),
     lambda: torch.zeros_like(meta_tensor(3, 4, dtype=torch.float16)),
     lambda: torch.zeros_like(meta_tensor(2, 1, 5).expand(2, 3, 5), dtype=torch.int32),
+    lambda: torch.gather(
+        meta_tensor(4, 3, 2, dtype=torch.float16), 0, meta_tensor(6, 3, 1, dtype=torch.int64)
+    ),
+    lambda: torch.gather(meta_tensor(4, 3), -1, meta_tensor(2, 7, dtype=torch.int64)),
 ]
 
 
@@ -99,25 +103,47 @@ def test_an_estimate_gives_every_fast_output_torchs_shape_and_dtype(monkeypatch)
     assert len(Checking.seen) > 10  # the rules ran, not torch's fallback only
 
 
+ESTIMATE = "waferllm.estimate({})"
+IN_SHAPE_ONLY = "with shape_only():\n    {}"
+
+
 @pytest.mark.parametrize(
-    "request_args",
+    "work",
     [
-        "'llama3-8b', device='wse2', placement='per-layer', prompt_len=64, output_len=4,"
-        " prefill_grid=360, decode_grid=360",
+        ESTIMATE.format(
+            "'llama3-8b', device='wse2', placement='per-layer', prompt_len=64, output_len=4,"
+            " prefill_grid=360, decode_grid=360"
+        ),
         # a prompt in chunks: the cached keys' online softmax (torch.isfinite)
-        "'tiny', device=dataclasses.replace(tiny(), sram_bytes_per_core=32768), prompt_len=400,"
-        " output_len=3, prefill_grid=4, decode_grid=4",
+        ESTIMATE.format(
+            "'tiny', device=dataclasses.replace(tiny(), sram_bytes_per_core=32768),"
+            " prompt_len=400, output_len=3, prefill_grid=4, decode_grid=4"
+        ),
         # attention in passes of fewer query heads (torch.zeros_like)
-        "'codellama-34b', device='wse2', placement='per-layer', prompt_len=4096, output_len=2,"
-        " prefill_grid=284, decode_grid=420",
+        ESTIMATE.format(
+            "'codellama-34b', device='wse2', placement='per-layer', prompt_len=4096,"
+            " output_len=2, prefill_grid=284, decode_grid=420"
+        ),
+        # reproduce's baselines (T10's weights skewed by torch.gather) and kernel benches
+        IN_SHAPE_ONLY.format(
+            "estimate_system('t10', config=load_config('llama3-8b'), device=get_device('wse2'),"
+            " prefill_grid=(480, 480), decode_grid=(420, 420), prompt_len=4096, output_len=2)"
+        ),
+        IN_SHAPE_ONLY.format(
+            "bench_gemv(algo='meshgemv', grid=(360, 360), m=4096, n=4096, device='wse2')"
+        ),
     ],
 )
-def test_an_estimate_after_import_imports_neither_dynamo_nor_sympy(request_args):
+def test_work_on_meta_tensors_after_import_imports_neither_dynamo_nor_sympy(work):
     code = (
         "import dataclasses, sys, warnings, waferllm\n"
-        "from waferllm.device import tiny\n"
+        "from waferllm.api.bench import bench_gemv\n"
+        "from waferllm.device import get_device, tiny\n"
+        "from waferllm.estimate.systems import estimate_system\n"
+        "from waferllm.mesh.meta import shape_only\n"
+        "from waferllm.model.config import load_config\n"
         "warnings.simplefilter('ignore')\n"
-        f"waferllm.estimate({request_args})\n"
+        f"{work}\n"
         "print('torch._dynamo' in sys.modules or 'sympy' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
