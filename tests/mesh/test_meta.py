@@ -9,9 +9,13 @@ import sys
 import pytest
 import torch
 
+from waferllm.api.bench import bench_gemv
 from waferllm.api.estimate import estimate
+from waferllm.device import tiny
 from waferllm.estimate.cost import clear_cache
+from waferllm.estimate.systems import estimate_system
 from waferllm.mesh import meta
+from waferllm.model.config import load_config
 
 
 class Checking(meta.ShapeOnly):
@@ -101,6 +105,27 @@ def test_an_estimate_gives_every_fast_output_torchs_shape_and_dtype(monkeypatch)
         )
     clear_cache()
     assert len(Checking.seen) > 10  # the rules ran, not torch's fallback only
+
+
+def test_reproduces_baselines_and_benches_give_every_fast_output_torchs_shape_and_dtype(
+    monkeypatch,
+):
+    """`reproduce` runs T10's and Ladder's plans and the kernel benches under shape_only."""
+    monkeypatch.setattr(meta, "ShapeOnly", Checking)
+    Checking.seen = set()
+    with meta.shape_only():
+        for system in ("t10", "ladder"):
+            estimate_system(
+                system,
+                config=load_config("tiny"),
+                device=tiny(),
+                prefill_grid=(4, 4),
+                decode_grid=(3, 3),
+                prompt_len=9,
+                output_len=3,
+            )
+        bench_gemv(algo="meshgemv", grid=(4, 4), m=64, n=48, device="tiny")
+    assert torch.ops.aten.gather.default in Checking.seen  # T10's skewed weights
 
 
 ESTIMATE = "waferllm.estimate({})"
