@@ -9,9 +9,13 @@ import sys
 import pytest
 import torch
 
+from waferllm.api.bench import bench_gemv
 from waferllm.api.estimate import estimate
+from waferllm.device import tiny
 from waferllm.estimate.cost import clear_cache
+from waferllm.estimate.systems import estimate_system
 from waferllm.mesh import meta
+from waferllm.model.config import load_config
 
 
 class Checking(meta.ShapeOnly):
@@ -61,6 +65,13 @@ CASES = [
     lambda: torch.arange(11, device="meta") * 3,
     lambda: torch.arange(1.0, 4.0, 0.5, device="meta"),
     lambda: meta_tensor(3, 4).clone().add_(meta_tensor(4)),
+    lambda: torch.isfinite(meta_tensor(3, 4, dtype=torch.float16)),
+    lambda: torch.zeros_like(meta_tensor(3, 4, dtype=torch.float16)),
+    lambda: torch.zeros_like(meta_tensor(2, 1, 5).expand(2, 3, 5), dtype=torch.int32),
+    lambda: torch.gather(
+        meta_tensor(4, 3, 2, dtype=torch.float16), 0, meta_tensor(6, 3, 1, dtype=torch.int64)
+    ),
+    lambda: torch.gather(meta_tensor(4, 3), -1, meta_tensor(2, 7, dtype=torch.int64)),
 ]
 
 
@@ -96,12 +107,69 @@ def test_an_estimate_gives_every_fast_output_torchs_shape_and_dtype(monkeypatch)
     assert len(Checking.seen) > 10  # the rules ran, not torch's fallback only
 
 
-def test_an_estimate_after_import_does_not_import_dynamo():
+def test_reproduces_baselines_and_benches_give_every_fast_output_torchs_shape_and_dtype(
+    monkeypatch,
+):
+    """`reproduce` runs T10's and Ladder's plans and the kernel benches under shape_only."""
+    monkeypatch.setattr(meta, "ShapeOnly", Checking)
+    Checking.seen = set()
+    with meta.shape_only():
+        for system in ("t10", "ladder"):
+            estimate_system(
+                system,
+                config=load_config("tiny"),
+                device=tiny(),
+                prefill_grid=(4, 4),
+                decode_grid=(3, 3),
+                prompt_len=9,
+                output_len=3,
+            )
+        bench_gemv(algo="meshgemv", grid=(4, 4), m=64, n=48, device="tiny")
+    assert torch.ops.aten.gather.default in Checking.seen  # T10's skewed weights
+
+
+ESTIMATE = "waferllm.estimate({})"
+IN_SHAPE_ONLY = "with shape_only():\n    {}"
+
+
+@pytest.mark.parametrize(
+    "work",
+    [
+        ESTIMATE.format(
+            "'llama3-8b', device='wse2', placement='per-layer', prompt_len=64, output_len=4,"
+            " prefill_grid=360, decode_grid=360"
+        ),
+        # a prompt in chunks: the cached keys' online softmax (torch.isfinite)
+        ESTIMATE.format(
+            "'tiny', device=dataclasses.replace(tiny(), sram_bytes_per_core=32768),"
+            " prompt_len=400, output_len=3, prefill_grid=4, decode_grid=4"
+        ),
+        # attention in passes of fewer query heads (torch.zeros_like)
+        ESTIMATE.format(
+            "'codellama-34b', device='wse2', placement='per-layer', prompt_len=4096,"
+            " output_len=2, prefill_grid=284, decode_grid=420"
+        ),
+        # reproduce's baselines (T10's weights skewed by torch.gather) and kernel benches
+        IN_SHAPE_ONLY.format(
+            "estimate_system('t10', config=load_config('llama3-8b'), device=get_device('wse2'),"
+            " prefill_grid=(480, 480), decode_grid=(420, 420), prompt_len=4096, output_len=2)"
+        ),
+        IN_SHAPE_ONLY.format(
+            "bench_gemv(algo='meshgemv', grid=(360, 360), m=4096, n=4096, device='wse2')"
+        ),
+    ],
+)
+def test_work_on_meta_tensors_after_import_imports_neither_dynamo_nor_sympy(work):
     code = (
-        "import sys, waferllm\n"
-        "waferllm.estimate('llama3-8b', device='wse2', placement='per-layer', prompt_len=64,"
-        " output_len=4, prefill_grid=360, decode_grid=360)\n"
-        "print('torch._dynamo' in sys.modules)\n"
+        "import dataclasses, sys, warnings, waferllm\n"
+        "from waferllm.api.bench import bench_gemv\n"
+        "from waferllm.device import get_device, tiny\n"
+        "from waferllm.estimate.systems import estimate_system\n"
+        "from waferllm.mesh.meta import shape_only\n"
+        "from waferllm.model.config import load_config\n"
+        "warnings.simplefilter('ignore')\n"
+        f"{work}\n"
+        "print('torch._dynamo' in sys.modules or 'sympy' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"

@@ -28,6 +28,7 @@ from waferllm.device import Device, get_device
 from waferllm.errors import WaferError
 from waferllm.estimate.capacity import whole_model_capacity
 from waferllm.estimate.cost import Setup, cost_model
+from waferllm.mesh.meta import shape_only
 from waferllm.model.config import load_config
 from waferllm.model.placement import PlacementMode
 from waferllm.model.report import Provenance
@@ -83,6 +84,7 @@ def reproduce(*, device: str | Device = "wse2", progress: Progress | None = None
     )
 
 
+@shape_only()  # the kernel benches and the baselines' plans run on meta tensors too
 def _reproduce(dev: Device, progress: Progress | None) -> Reproduction:
     start = time.perf_counter()
     models = paper.PAPER_MODELS

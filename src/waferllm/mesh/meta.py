@@ -1,9 +1,10 @@
 """Shape-only execution of estimate mode's torch ops, without torch's Python meta kernels.
 
 Torch computes a meta op's output in Python (~0.5 ms an op; the first imports torch._dynamo,
-seconds). Inside `shape_only()` common pointwise ops, reductions, cat/stack, matmul and arange
-on meta tensors get the shape torch gives (contiguous: estimate mode reads no strides) in the
-dtype of the same op on one-element CPU tensors; other ops run as usual. No numbers change.
+seconds; some import sympy). Inside `shape_only()` common pointwise ops, reductions, cat/stack,
+matmul, gather, zeros_like and arange on meta tensors get the shape torch gives (contiguous:
+estimate mode reads no strides) in the dtype of the same op on one-element CPU tensors; other
+ops run as usual. No numbers change.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ _POINTWISE = (
     aten.logical_and.default,
     aten.logical_or.default,
     aten.logical_not.default,
+    aten.isfinite.default,
 )
 _REDUCTIONS = (aten.sum.dim_IntList, aten.amax.default, aten.amin.default, aten.mean.dim)
 
@@ -125,6 +127,32 @@ def _same(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
     return torch.empty(x.shape, dtype=x.dtype, device="meta")
 
 
+def _like(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """zeros_like of a meta tensor on the meta device (torch's Python kernel imports sympy,
+    ~0.5 s): its shape, in the asked dtype or its own."""
+    x = args[0]
+    plain = {"dtype": None, "pin_memory": False, "layout": torch.strided, "device": x.device}
+    if x.device.type != "meta" or len(args) > 1 or kwargs.keys() - plain.keys():
+        return None
+    if any(kwargs.get(k) not in (None, plain[k]) for k in ("pin_memory", "layout", "device")):
+        return None
+    return torch.empty(x.shape, dtype=kwargs.get("dtype") or x.dtype, device="meta")
+
+
+def _gather(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """gather of meta tensors: the index's shape in the input's dtype (where torch accepts
+    the index: same rank, no larger than the input off `dim`)."""
+    x, dim, index = args[:3]
+    if kwargs or args[3:] not in ((), (False,)):
+        return None
+    if x.device.type != "meta" or index.device.type != "meta" or index.dim() != x.dim():
+        return None
+    d = dim % max(x.dim(), 1)
+    if any(i > n for j, (i, n) in enumerate(zip(index.shape, x.shape, strict=True)) if j != d):
+        return None
+    return torch.empty(index.shape, dtype=x.dtype, device="meta")
+
+
 def _in_place(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """An in-place pointwise op: the operand itself when the others broadcast to it."""
     out = _pointwise(func, args, kwargs)
@@ -183,6 +211,8 @@ _RULES: dict[Any, Callable[[Callable, tuple, dict], torch.Tensor | None]] = {
     **{op: _reduction for op in _REDUCTIONS},
     aten.clone.default: _same,
     aten.roll.default: _same,
+    aten.zeros_like.default: _like,
+    aten.gather.default: _gather,
     aten.add_.Tensor: _in_place,
     aten.mul_.Tensor: _in_place,
     aten.cat.default: _joined,

@@ -205,6 +205,21 @@ def place_layer(
     return PlacedLayer(tensors)
 
 
+def repeat_layer(mesh: Mesh, placed: PlacedLayer, *, name: str) -> PlacedLayer:
+    """Estimate mode: another layer on `mesh` like `placed` (a layer placed there by
+    `place_layer`), without placing it again: its meta tiles (shapes only, no values) shared,
+    each tensor registered under the new layer's name with the bytes `place_layer` charges
+    (an identical layer's tiles have the same shapes). A fit plan places every layer of a
+    region this way after its first (tests/model/test_placement_repeat.py compares)."""
+    assert mesh.mode is Mode.ESTIMATE, "functional layers hold their own weights"
+    return PlacedLayer(
+        {
+            k: mesh.register(t.data, t.layout, f"{name}.{k}", stored=t.stored)
+            for k, t in placed.tensors.items()
+        }
+    )
+
+
 def tile_bytes(
     spec: TensorSpec,
     rows: int,
