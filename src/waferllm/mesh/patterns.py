@@ -17,7 +17,7 @@ import numpy as np
 from waferllm.device import Device
 from waferllm.mesh.geometry import Axis, ring_successor
 from waferllm.mesh.ktree import TreePlan
-from waferllm.mesh.traffic import Loads, Traffic, line_traffic
+from waferllm.mesh.traffic import Loads, Traffic, line_traffic, orient
 
 ArrayKey = tuple[tuple[int, ...], bytes]
 
@@ -94,6 +94,8 @@ def chain_traffic(
     owner = owners.array()
     pos = np.broadcast_to(np.arange(owner.shape[-1]), owner.shape)
     far = int(np.abs(owner - pos).max(initial=0))
+    if nbytes > 0 and owner.shape[-1] >= 2:
+        return _chain_closed_form(device, shape, axis, owner, pos, far, nbytes)
     return line_traffic(
         device,
         shape,
@@ -103,6 +105,47 @@ def chain_traffic(
         nbytes=nbytes,
         critical_hops=far,
         critical_stages=max(far - 1, 0),
+    )
+
+
+def _chain_closed_form(
+    device: Device,
+    shape: tuple[int, int],
+    axis: Axis,
+    owner: np.ndarray,
+    pos: np.ndarray,
+    far: int,
+    nbytes: int,
+) -> Traffic:
+    """`chain_traffic` without `line_traffic`'s segment arrays (what it computes for one-hop
+    chains, `traffic._one_hop_loads`, from two comparisons): link i carries core i's partial
+    forward when its owner lies beyond it and core i+1's backward when its owner lies before;
+    a core's ramp sends its partial unless it is the owner and takes in its neighbours'. Every
+    segment is one hop, so the byte-hops are the bytes (exact integers)."""
+    size = float(nbytes)
+    forward = np.where(owner > pos, size, 0.0)
+    back = np.where(owner < pos, size, 0.0)
+    links: dict[tuple[Axis, int], np.ndarray] = {}
+    if forward.any():
+        links[(axis, +1)] = forward[:, :-1]
+    if back.any():
+        links[(axis, -1)] = back[:, 1:]
+    ramp_in = np.zeros(owner.shape)
+    ramp_in[:, 1:] += forward[:, :-1]
+    ramp_in[:, :-1] += back[:, 1:]
+    lines = owner.shape[0]
+    scale = shape[axis.other.tensor_dim] if lines == 1 else 1
+    injected = int(np.count_nonzero(owner != pos)) * nbytes * scale
+    return Traffic(
+        device=device,
+        shape=shape,
+        critical_hops=far,
+        critical_stages=max(far - 1, 0),
+        bytes_injected=injected,
+        link_byte_hops=injected,
+        links=links,
+        ramp_in=orient(axis, ramp_in),
+        ramp_out=orient(axis, forward + back),
     )
 
 
@@ -117,23 +160,42 @@ def multicast_traffic(
     num = owner.shape[-1]
     pos = np.broadcast_to(np.arange(num), owner.shape)
     dist = np.abs(owner - pos)
-    last = np.concatenate([owner[:, 1:] != owner[:, :-1], np.ones_like(owner[:, :1], bool)], 1)
-    first = np.concatenate([np.ones_like(owner[:, :1], bool), owner[:, 1:] != owner[:, :-1]], 1)
+    changes = owner[:, 1:] != owner[:, :-1]
+    last = np.concatenate([changes, np.ones_like(owner[:, :1], bool)], 1)
+    first = np.concatenate([np.ones_like(owner[:, :1], bool), changes], 1)
     is_end = (dist > 0) & np.where(pos > owner, last, first)
     hops = int(dist.max(initial=0))
-    src = np.where(is_end, owner, pos)
+    slack = device.hop_latency_cycles * float((hops - dist).mean())
+    loads = _run_loads(axis, owner, pos, is_end, float(nbytes))
+    if loads is not None:  # what `line_traffic` makes of these loads, without its arrays
+        links, ramp_out, _ = loads
+        lines = owner.shape[0]
+        scale = shape[axis.other.tensor_dim] if lines == 1 else 1
+        return Traffic(
+            device=device,
+            shape=shape,
+            critical_hops=hops,
+            critical_stages=0,
+            # each run's end receives a segment of dist hops; every core past an owner
+            # takes the stream in (the run's end as the segment's end, the others passed)
+            bytes_injected=int(np.count_nonzero(is_end)) * nbytes * scale,
+            link_byte_hops=int(dist.sum(where=is_end)) * nbytes * scale,
+            links=links,
+            ramp_in=orient(axis, np.where(dist > 0, float(nbytes), 0.0)),
+            ramp_out=orient(axis, ramp_out),
+            mean_slack_cycles=slack,
+        )
     return line_traffic(
         device,
         shape,
         axis,
-        src=src,
+        src=np.where(is_end, owner, pos),
         dst=pos,
         nbytes=nbytes,
         critical_hops=hops,
         critical_stages=0,
         ramp_in_extra=np.where((dist > 0) & ~is_end, float(nbytes), 0.0),
-        mean_slack_cycles=device.hop_latency_cycles * float((hops - dist).mean()),
-        loads=_run_loads(axis, owner, pos, is_end, float(nbytes)),
+        mean_slack_cycles=slack,
     )
 
 
@@ -152,8 +214,8 @@ def _run_loads(
     # a core past its owner follows a core with the same owner, or the owner itself
     prev_ok = (owner[:, 1:] == owner[:, :-1]) | (owner[:, 1:] == pos[:, :-1])
     next_ok = (owner[:, :-1] == owner[:, 1:]) | (owner[:, :-1] == pos[:, 1:])
-    if (right[:, 0].any() or left[:, -1].any() or not prev_ok[right[:, 1:]].all()
-            or not next_ok[left[:, :-1]].all()):  # fmt: skip
+    if (right[:, 0].any() or left[:, -1].any() or (right[:, 1:] & ~prev_ok).any()
+            or (left[:, :-1] & ~next_ok).any()):  # fmt: skip
         return None
     links: dict[tuple[Axis, int], np.ndarray] = {}
     if right.any():

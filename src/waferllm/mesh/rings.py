@@ -91,21 +91,24 @@ def _ring_traffic(
     nbytes: int,
 ) -> Traffic:
     """Every physical line carries counts[0] logical lines moving forward and counts[1]
-    moving backward (counts: (2, lines)); their loads add up. Uniform counts keep (1, P)
-    arrays, so a whole-mesh step costs O(P) to price, not O(P^2)."""
+    moving backward (counts: (2, lines)); their loads add up. Loads are computed once per
+    distinct (forward, backward) pair, (U, P) arrays, and gathered onto the lines: uniform
+    counts keep (1, P) arrays, so a whole-mesh step costs O(P) to price, not O(P^2), and a
+    skew round's few distinct pairs cost one gather per array."""
     lines = shape[axis.other.tensor_dim]
     counts = np.frombuffer(counts_key, dtype=np.int64).reshape(2, lines)
     uniform = bool((counts == counts[:, :1]).all())
+    pairs, line_pair = np.unique(counts, axis=1, return_inverse=True)  # (2, U), (lines,)
     links: dict[tuple[Axis, int], np.ndarray] = {}
     ramp_in = np.zeros((1, 1))
     ramp_out = np.zeros((1, 1))
     injected = byte_hops = hops = 0
-    for steps, weights in ((1, counts[0]), (-1, counts[1])):
+    for steps, weights, distinct in ((1, counts[0], pairs[0]), (-1, counts[1], pairs[1])):
         unit = _unit_traffic(device, shape, axis, size, kind, steps, nbytes)
         if not weights.any() or unit.bytes_injected == 0:
             continue
         hops = max(hops, unit.critical_hops)
-        w = (weights[:1] if uniform else weights).astype(np.float64)
+        w = distinct.astype(np.float64)
         for key, load in unit.links.items():
             links[key] = links.get(key, 0.0) + w[:, None] * load
         # ramp arrays are oriented (rows, cols): lines are rows on X, columns on Y
@@ -114,6 +117,12 @@ def _ring_traffic(
         ramp_out = ramp_out + w_ramp * unit.ramp_out
         injected += unit.bytes_injected // lines * int(weights.sum())
         byte_hops += unit.link_byte_hops // lines * int(weights.sum())
+    if not uniform:  # each line takes its pair's loads (the same sums, computed once)
+        index = line_pair.reshape(-1)
+        links = {k: np.take(v, index, axis=0) for k, v in links.items()}
+        across = 0 if axis is Axis.X else 1
+        ramp_in = np.take(ramp_in, index, axis=across) if ramp_in.shape[across] > 1 else ramp_in
+        ramp_out = np.take(ramp_out, index, axis=across) if ramp_out.shape[across] > 1 else ramp_out
     return Traffic(
         device=device,
         shape=shape,

@@ -92,7 +92,7 @@ class Traffic:
 Loads = tuple[dict[tuple[Axis, int], np.ndarray], np.ndarray, np.ndarray]
 
 
-def _orient(axis: Axis, line_major: np.ndarray) -> np.ndarray:
+def orient(axis: Axis, line_major: np.ndarray) -> np.ndarray:
     """(L, P) per-line array -> (rows, cols)-broadcastable array."""
     return line_major if axis is Axis.X else line_major.T
 
@@ -152,8 +152,8 @@ def line_traffic(
         bytes_injected=int(size.sum() * scale) if bytes_injected is None else bytes_injected,
         link_byte_hops=int((size * hops).sum() * scale),
         links=links,
-        ramp_in=_orient(axis, ramp_in),
-        ramp_out=_orient(axis, ramp_out),
+        ramp_in=orient(axis, ramp_in),
+        ramp_out=orient(axis, ramp_out),
         mean_slack_cycles=mean_slack_cycles,
     )
 

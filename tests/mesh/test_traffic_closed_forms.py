@@ -1,0 +1,128 @@
+"""Closed-form traffic of the patterns an estimate prices on every new grid (one-hop chains,
+multicasts to owner maps, ring steps with per-line counts) equals what the segment walk
+(`line_traffic`) or the dense per-line sum computes: every field, every array, the cycles."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from waferllm.device import tiny
+from waferllm.mesh import Axis, patterns, rings
+from waferllm.mesh.geometry import RingKind
+from waferllm.mesh.patterns import Owners, chain_traffic, multicast_traffic
+from waferllm.mesh.traffic import Traffic, line_traffic
+
+
+def _same_traffic(a: Traffic, b: Traffic) -> None:
+    for field in dataclasses.fields(a):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if isinstance(x, dict):
+            assert x.keys() == y.keys()
+            for k in x:
+                assert x[k].shape == y[k].shape
+                np.testing.assert_array_equal(x[k], y[k])
+        elif isinstance(x, np.ndarray):
+            assert x.shape == y.shape, field.name
+            np.testing.assert_array_equal(x, y)
+        else:
+            assert x == y, field.name
+    assert a.cycles == b.cycles
+
+
+def _owner_map(rng: np.random.Generator, lines: int, num: int, *, far: bool) -> np.ndarray:
+    """Groups of consecutive cores rooted inside, or with `far` anywhere on the line."""
+    out = np.empty((lines, num), dtype=np.int64)
+    for line in range(lines):
+        start = 0
+        while start < num:
+            group = np.arange(start, min(start + int(rng.integers(1, 6)), num))
+            roots = [*group, int(rng.integers(0, num))] if far else list(group)
+            out[line, group] = rng.choice(roots)
+            start += len(group)
+    return out
+
+
+def _shape(axis: Axis, num: int, other: int) -> tuple[int, int]:
+    return (other, num) if axis is Axis.X else (num, other)
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("axis", [Axis.X, Axis.Y])
+def test_closed_form_chains_equal_the_one_hop_segment_walk(seed, axis):
+    rng = np.random.default_rng(seed)
+    num, other = int(rng.integers(2, 11)), int(rng.integers(1, 6))
+    lines = (1, other)[seed % 2]
+    owner = _owner_map(rng, lines, num, far=seed >= 8)
+    nbytes = int(rng.integers(1, 5000))
+    shape, dev = _shape(axis, num, other), tiny()
+    got = chain_traffic.__wrapped__(dev, shape, axis, Owners.of_map(owner), nbytes)
+    pos = np.broadcast_to(np.arange(num), owner.shape)
+    far = int(np.abs(owner - pos).max())
+    walked = line_traffic(
+        dev, shape, axis, src=pos, dst=pos + np.sign(owner - pos), nbytes=nbytes,
+        critical_hops=far, critical_stages=max(far - 1, 0),
+    )  # fmt: skip
+    _same_traffic(got, walked)
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("axis", [Axis.X, Axis.Y])
+def test_closed_form_multicasts_equal_the_segment_walk(seed, axis, monkeypatch):
+    rng = np.random.default_rng(seed)
+    num, other = int(rng.integers(2, 11)), int(rng.integers(1, 6))
+    lines = (1, other)[seed % 2]
+    owners = Owners.of_map(_owner_map(rng, lines, num, far=seed >= 9))
+    nbytes = int(rng.integers(1, 5000))
+    shape, dev = _shape(axis, num, other), tiny()
+    got = multicast_traffic.__wrapped__(dev, shape, axis, owners, nbytes)
+    monkeypatch.setattr(patterns, "_run_loads", lambda *_: None)
+    _same_traffic(got, multicast_traffic.__wrapped__(dev, shape, axis, owners, nbytes))
+
+
+def _dense_ring_traffic(dev, shape, axis, size, kind, counts, nbytes) -> Traffic:
+    """Every line's loads summed on its own: counts[0][j] forward and counts[1][j] backward
+    logical lines on physical line j."""
+    lines = shape[axis.other.tensor_dim]
+    uniform = bool((counts == counts[:, :1]).all())
+    links: dict = {}
+    ramp_in, ramp_out = np.zeros((1, 1)), np.zeros((1, 1))
+    injected = byte_hops = hops = 0
+    for steps, weights in ((1, counts[0]), (-1, counts[1])):
+        unit = rings._unit_traffic.__wrapped__(dev, shape, axis, size, kind, steps, nbytes)
+        if not weights.any() or unit.bytes_injected == 0:
+            continue
+        hops = max(hops, unit.critical_hops)
+        w = (weights[:1] if uniform else weights).astype(np.float64)
+        for key, load in unit.links.items():
+            links[key] = links.get(key, 0.0) + w[:, None] * load
+        w_ramp = w[:, None] if axis is Axis.X else w[None, :]
+        ramp_in = ramp_in + w_ramp * unit.ramp_in
+        ramp_out = ramp_out + w_ramp * unit.ramp_out
+        injected += unit.bytes_injected // lines * int(weights.sum())
+        byte_hops += unit.link_byte_hops // lines * int(weights.sum())
+    return Traffic(
+        device=dev, shape=shape, critical_hops=hops, bytes_injected=injected,
+        link_byte_hops=byte_hops, links=links, ramp_in=ramp_in, ramp_out=ramp_out,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(16))
+@pytest.mark.parametrize("axis", [Axis.X, Axis.Y])
+def test_ring_steps_priced_per_distinct_count_pair_equal_the_dense_sum(seed, axis):
+    rng = np.random.default_rng(seed)
+    num, lines = int(rng.integers(1, 9)), int(rng.integers(1, 7))
+    per = int(rng.integers(1, 4))
+    kind = (RingKind.INTERLEAVED, RingKind.PLAIN)[seed % 2]
+    across = int(rng.integers(1, 4))
+    fwd = rng.integers(0, across + 1, lines) if seed % 4 else np.full(lines, across)
+    if seed % 3 == 0:
+        fwd = np.full(lines, int(rng.integers(0, across + 1)))
+    back = across - fwd if seed % 5 else rng.integers(0, across + 1, lines)  # any pairs
+    counts = np.stack([fwd, back]).astype(np.int64)
+    shape, dev = _shape(axis, num, lines), tiny()
+    args = (dev, shape, axis, num * per, kind)
+    got = rings._ring_traffic.__wrapped__(*args, counts.tobytes(), 24)
+    _same_traffic(got, _dense_ring_traffic(*args, counts, 24))
