@@ -126,3 +126,54 @@ def test_ring_steps_priced_per_distinct_count_pair_equal_the_dense_sum(seed, axi
     args = (dev, shape, axis, num * per, kind)
     got = rings._ring_traffic.__wrapped__(*args, counts.tobytes(), 24)
     _same_traffic(got, _dense_ring_traffic(*args, counts, 24))
+
+
+def _dense(t: Traffic) -> Traffic:
+    """`t` with its ramps as plain (rows, cols) arrays."""
+    full = np.zeros(t.shape)
+    return dataclasses.replace(
+        t, ramp_in=full + np.asarray(t.ramp_in), ramp_out=full + np.asarray(t.ramp_out)
+    )
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_concurrent_steps_along_both_axes_price_as_the_summed_ramps(seed):
+    from waferllm.mesh.traffic import OuterRamp
+
+    rng = np.random.default_rng(seed)
+    rows, cols, dev = int(rng.integers(2, 9)), int(rng.integers(2, 9)), tiny()
+    shape = (rows, cols)
+
+    def step(axis: Axis, nbytes: int, full: bool) -> Traffic:
+        num = shape[axis.tensor_dim]
+        lines = shape[axis.other.tensor_dim] if full else 1
+        owner = _owner_map(rng, lines, num, far=False)
+        return chain_traffic.__wrapped__(dev, shape, axis, Owners.of_map(owner), nbytes)
+
+    x, y = (
+        step(Axis.X, int(rng.integers(1, 999)), False),
+        step(Axis.Y, int(rng.integers(1, 999)), False),
+    )
+    merged = x.merged(y)
+    assert isinstance(merged.ramp_in, OuterRamp)
+    dense = dataclasses.replace(x, ramp_in=x.ramp_in + y.ramp_in, ramp_out=x.ramp_out + y.ramp_out)
+    dense = dataclasses.replace(dense, links={**x.links, **y.links}, **{
+        f: getattr(merged, f) for f in ("critical_hops", "critical_stages", "bytes_injected",
+                                        "link_byte_hops", "mean_slack_cycles")})  # fmt: skip
+    _same_traffic(_dense(merged), dense)
+    assert merged.cycles == dense.cycles
+    for other in (step(Axis.X, 7, False), step(Axis.Y, 5, False), step(Axis.X, 3, True), merged):
+        again, plain = merged.merged(other), dense.merged(_dense(other))
+        np.testing.assert_array_equal(np.zeros(shape) + np.asarray(again.ramp_in), plain.ramp_in)
+        assert again.cycles == plain.cycles
+
+
+def test_fractional_ramp_loads_are_summed_not_kept_apart():
+    from waferllm.mesh.traffic import OuterRamp, add_ramps
+
+    row, col = np.array([[0.5, 1.0, 2.0]]), np.array([[1.0], [3.0]])
+    assert not isinstance(add_ramps(row, col), OuterRamp)
+    np.testing.assert_array_equal(add_ramps(row, col), row + col)
+    whole = add_ramps(row * 2, col)
+    assert isinstance(whole, OuterRamp) and whole.max() == 7.0 and whole.shape == (2, 3)
+    np.testing.assert_array_equal(add_ramps(whole, row), row * 2 + col + row)
