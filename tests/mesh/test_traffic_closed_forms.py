@@ -12,21 +12,25 @@ import pytest
 from waferllm.device import tiny
 from waferllm.mesh import Axis, patterns, rings
 from waferllm.mesh.geometry import RingKind
+from waferllm.mesh.loads import LineRows, OuterRamp
 from waferllm.mesh.patterns import Owners, chain_traffic, multicast_traffic
 from waferllm.mesh.traffic import Traffic, line_traffic
 
 
 def _same_traffic(a: Traffic, b: Traffic) -> None:
+    """Every field equal; loads compared as the full arrays they stand for."""
     for field in dataclasses.fields(a):
         x, y = getattr(a, field.name), getattr(b, field.name)
         if isinstance(x, dict):
             assert x.keys() == y.keys()
             for k in x:
                 assert x[k].shape == y[k].shape
-                np.testing.assert_array_equal(x[k], y[k])
-        elif isinstance(x, np.ndarray):
+                np.testing.assert_array_equal(np.asarray(x[k]), np.asarray(y[k]))
+                assert x[k].max(initial=0.0) == y[k].max(initial=0.0)
+        elif isinstance(x, (np.ndarray, LineRows, OuterRamp)):
             assert x.shape == y.shape, field.name
-            np.testing.assert_array_equal(x, y)
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+            assert x.max(initial=0.0) == y.max(initial=0.0)
         else:
             assert x == y, field.name
     assert a.cycles == b.cycles
@@ -45,6 +49,12 @@ def _owner_map(rng: np.random.Generator, lines: int, num: int, *, far: bool) -> 
     return out
 
 
+def _repeated_rows(rng: np.random.Generator, lines: int, num: int, *, far: bool) -> np.ndarray:
+    """An owner map whose lines repeat a few distinct rows (dist-GEMM-T's kv-group roots)."""
+    base = _owner_map(rng, int(rng.integers(1, 4)), num, far=far)
+    return base[rng.integers(0, len(base), lines)]
+
+
 def _shape(axis: Axis, num: int, other: int) -> tuple[int, int]:
     return (other, num) if axis is Axis.X else (num, other)
 
@@ -55,7 +65,7 @@ def test_closed_form_chains_equal_the_one_hop_segment_walk(seed, axis):
     rng = np.random.default_rng(seed)
     num, other = int(rng.integers(2, 11)), int(rng.integers(1, 6))
     lines = (1, other)[seed % 2]
-    owner = _owner_map(rng, lines, num, far=seed >= 8)
+    owner = (_owner_map, _repeated_rows)[seed % 3 != 1](rng, lines, num, far=seed >= 8)
     nbytes = int(rng.integers(1, 5000))
     shape, dev = _shape(axis, num, other), tiny()
     got = chain_traffic.__wrapped__(dev, shape, axis, Owners.of_map(owner), nbytes)
@@ -74,12 +84,27 @@ def test_closed_form_multicasts_equal_the_segment_walk(seed, axis, monkeypatch):
     rng = np.random.default_rng(seed)
     num, other = int(rng.integers(2, 11)), int(rng.integers(1, 6))
     lines = (1, other)[seed % 2]
-    owners = Owners.of_map(_owner_map(rng, lines, num, far=seed >= 9))
+    owner = (_owner_map, _repeated_rows)[seed % 3 != 1](rng, lines, num, far=seed >= 9)
+    owners = Owners.of_map(owner)
     nbytes = int(rng.integers(1, 5000))
     shape, dev = _shape(axis, num, other), tiny()
     got = multicast_traffic.__wrapped__(dev, shape, axis, owners, nbytes)
     monkeypatch.setattr(patterns, "_run_loads", lambda *_: None)
     _same_traffic(got, multicast_traffic.__wrapped__(dev, shape, axis, owners, nbytes))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_an_owner_map_is_kept_as_its_distinct_rows_in_order_of_appearance(seed):
+    from waferllm.mesh.patterns import distinct_rows
+
+    rng = np.random.default_rng(seed)
+    lines, num = int(rng.integers(1, 30)), int(rng.integers(1, 40))
+    owner = _repeated_rows(rng, lines, num, far=True)
+    table, index = distinct_rows(owner)
+    np.testing.assert_array_equal(table[index], owner)
+    assert len({row.tobytes() for row in table}) == len(table)  # distinct
+    assert list(index[np.sort(np.unique(index, return_index=True)[1])]) == list(range(len(table)))
+    np.testing.assert_array_equal(Owners.of_map(owner).array(), owner)
 
 
 def _dense_ring_traffic(dev, shape, axis, size, kind, counts, nbytes) -> Traffic:
@@ -138,8 +163,6 @@ def _dense(t: Traffic) -> Traffic:
 
 @pytest.mark.parametrize("seed", range(10))
 def test_concurrent_steps_along_both_axes_price_as_the_summed_ramps(seed):
-    from waferllm.mesh.traffic import OuterRamp
-
     rng = np.random.default_rng(seed)
     rows, cols, dev = int(rng.integers(2, 9)), int(rng.integers(2, 9)), tiny()
     shape = (rows, cols)
@@ -169,7 +192,7 @@ def test_concurrent_steps_along_both_axes_price_as_the_summed_ramps(seed):
 
 
 def test_fractional_ramp_loads_are_summed_not_kept_apart():
-    from waferllm.mesh.traffic import OuterRamp, add_ramps
+    from waferllm.mesh.loads import add_loads as add_ramps
 
     row, col = np.array([[0.5, 1.0, 2.0]]), np.array([[1.0], [3.0]])
     assert not isinstance(add_ramps(row, col), OuterRamp)
@@ -177,3 +200,24 @@ def test_fractional_ramp_loads_are_summed_not_kept_apart():
     whole = add_ramps(row * 2, col)
     assert isinstance(whole, OuterRamp) and whole.max() == 7.0 and whole.shape == (2, 3)
     np.testing.assert_array_equal(add_ramps(whole, row), row * 2 + col + row)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_line_rows_behave_as_the_gathered_array(axis):
+    from waferllm.mesh.loads import line_rows
+
+    rng = np.random.default_rng(axis)
+    rows = rng.integers(0, 50, (3, 6)).astype(float)
+    rows = rows if axis == 0 else rows.T
+    index = np.array([2, 0, 0, 1, 2, 2, 1])
+    lazy, full = line_rows(rows, index, axis), np.take(rows, index, axis=axis)
+    assert isinstance(lazy, LineRows) and lazy.shape == full.shape
+    np.testing.assert_array_equal(np.asarray(lazy), full)
+    np.testing.assert_array_equal(np.asarray(lazy.T), full.T)
+    assert lazy.max(initial=0.0) == full.max() and lazy.T.max() == full.max()
+    np.testing.assert_array_equal(np.asarray(lazy + lazy), full + full)
+    other = rng.integers(0, 9, full.shape).astype(float)
+    np.testing.assert_array_equal(lazy + other, full + other)
+    np.testing.assert_array_equal(other + lazy, other + full)
+    assert line_rows(rows, np.arange(rows.shape[axis]), axis) is rows  # every line its own
+    assert LineRows(np.zeros((2, 0)), index, 0).max(initial=0.0) == 0.0

@@ -28,6 +28,7 @@ from waferllm.mesh.geometry import (
     ring_successor,
     shorter_way,
 )
+from waferllm.mesh.loads import line_rows
 from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 from waferllm.mesh.tiling import LogicalGrid
 from waferllm.mesh.traffic import Traffic, line_traffic
@@ -110,28 +111,35 @@ def _ring_traffic(
         hops = max(hops, unit.critical_hops)
         w = distinct.astype(np.float64)
         for key, load in unit.links.items():
-            links[key] = links.get(key, 0.0) + w[:, None] * load
+            links[key] = links.get(key, 0.0) + w[:, None] * np.asarray(load)
         # ramp arrays are oriented (rows, cols): lines are rows on X, columns on Y
         w_ramp = w[:, None] if axis is Axis.X else w[None, :]
-        ramp_in = ramp_in + w_ramp * unit.ramp_in
-        ramp_out = ramp_out + w_ramp * unit.ramp_out
+        ramp_in = ramp_in + w_ramp * np.asarray(unit.ramp_in)
+        ramp_out = ramp_out + w_ramp * np.asarray(unit.ramp_out)
         injected += unit.bytes_injected // lines * int(weights.sum())
         byte_hops += unit.link_byte_hops // lines * int(weights.sum())
-    if not uniform:  # each line takes its pair's loads (the same sums, computed once)
-        index = line_pair.reshape(-1)
-        links = {k: np.take(v, index, axis=0) for k, v in links.items()}
-        across = 0 if axis is Axis.X else 1
-        ramp_in = np.take(ramp_in, index, axis=across) if ramp_in.shape[across] > 1 else ramp_in
-        ramp_out = np.take(ramp_out, index, axis=across) if ramp_out.shape[across] > 1 else ramp_out
+    if uniform:
+        return Traffic(
+            device=device,
+            shape=shape,
+            critical_hops=hops,
+            bytes_injected=injected,
+            link_byte_hops=byte_hops,
+            links=dict(links),
+            ramp_in=ramp_in,
+            ramp_out=ramp_out,
+        )
+    index = line_pair.reshape(-1)  # each line takes its pair's loads (computed once)
+    across = 0 if axis is Axis.X else 1
     return Traffic(
         device=device,
         shape=shape,
         critical_hops=hops,
         bytes_injected=injected,
         link_byte_hops=byte_hops,
-        links=links,
-        ramp_in=ramp_in,
-        ramp_out=ramp_out,
+        links={k: line_rows(v, index) for k, v in links.items()},
+        ramp_in=line_rows(ramp_in, index, across) if ramp_in.shape[across] > 1 else ramp_in,
+        ramp_out=line_rows(ramp_out, index, across) if ramp_out.shape[across] > 1 else ramp_out,
     )
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 
 import numpy as np
 
 from waferllm.device import Device
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.loads import LineRows, Load, add_loads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,9 +34,9 @@ class Traffic:
     critical_stages: int = 0
     bytes_injected: int = 0
     link_byte_hops: int = 0
-    links: dict[tuple[Axis, int], np.ndarray] = dataclasses.field(default_factory=dict)
-    ramp_in: Ramp = dataclasses.field(default_factory=lambda: np.zeros((1, 1)))
-    ramp_out: Ramp = dataclasses.field(default_factory=lambda: np.zeros((1, 1)))
+    links: Mapping[tuple[Axis, int], Load] = dataclasses.field(default_factory=dict)
+    ramp_in: Load = dataclasses.field(default_factory=lambda: np.zeros((1, 1)))
+    ramp_out: Load = dataclasses.field(default_factory=lambda: np.zeros((1, 1)))
     mean_slack_cycles: float = 0.0
 
     @property
@@ -73,7 +75,7 @@ class Traffic:
         slow = self if mine else other
         links = dict(self.links)
         for key, load in other.links.items():
-            links[key] = links[key] + load if key in links else load
+            links[key] = add_loads(links[key], load) if key in links else load
         return Traffic(
             device=self.device,
             shape=self.shape,
@@ -82,73 +84,17 @@ class Traffic:
             bytes_injected=self.bytes_injected + other.bytes_injected,
             link_byte_hops=self.link_byte_hops + other.link_byte_hops,
             links=links,
-            ramp_in=add_ramps(self.ramp_in, other.ramp_in),
-            ramp_out=add_ramps(self.ramp_out, other.ramp_out),
+            ramp_in=add_loads(self.ramp_in, other.ramp_in),
+            ramp_out=add_loads(self.ramp_out, other.ramp_out),
             mean_slack_cycles=min(self.mean_slack_cycles, other.mean_slack_cycles),
         )
-
-
-class OuterRamp:
-    """A ramp load that is a row vector plus a column vector, (1, C) + (R, 1), kept unsummed:
-    two concurrent steps along different axes (a Cannon step's A and B shifts), merged many
-    times per new grid. Its max is the two maxima added, exact because loads are whole bytes
-    (checked when one is made) and float sums of integers below 2**53 are exact; the (R, C)
-    array is made only when asked for (`np.asarray`)."""
-
-    __array_ufunc__ = None  # ndarray + OuterRamp comes here (`__radd__`), not to numpy
-
-    def __init__(self, row: np.ndarray, col: np.ndarray) -> None:
-        self.row, self.col = row, col  # (1, C), (R, 1)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.col.shape[0], self.row.shape[1])
-
-    def max(self, initial: float = -np.inf) -> float:
-        return max(initial, float(self.row.max()) + float(self.col.max()))
-
-    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
-        summed = self.row + self.col
-        return summed if dtype is None else summed.astype(dtype)
-
-    def __add__(self, other: object) -> Ramp:
-        if isinstance(other, OuterRamp):
-            return OuterRamp(self.row + other.row, self.col + other.col)
-        assert isinstance(other, np.ndarray)
-        if other.shape[0] == 1 and _whole(other):
-            return OuterRamp(self.row + other, self.col)
-        if other.shape[1] == 1 and _whole(other):
-            return OuterRamp(self.row, self.col + other)
-        return np.asarray(self) + other
-
-    __radd__ = __add__  # sums of whole numbers: the order does not matter
-
-
-Ramp = np.ndarray | OuterRamp  # a ramp load, (rows, cols)-broadcastable
-
-
-def _whole(load: np.ndarray) -> bool:
-    """Whether every load is a whole number of bytes below 2**53 (float sums exact)."""
-    return bool(np.all(np.floor(load) == load) and np.all(np.abs(load) < 2.0**53))
-
-
-def add_ramps(a: Ramp, b: Ramp) -> Ramp:
-    """Ramp loads of two concurrent steps added: a row and a column vector (steps along
-    different axes, every line alike) stay an `OuterRamp`; anything else is summed."""
-    if isinstance(a, OuterRamp) or isinstance(b, OuterRamp):
-        return a + b
-    for row, col in ((a, b), (b, a)):
-        vectors = row.shape[0] == 1 < row.shape[1] and col.shape[1] == 1 < col.shape[0]
-        if vectors and _whole(row) and _whole(col):
-            return OuterRamp(row, col)
-    return a + b
 
 
 # (links, ramp out, ramp in) of a set of segments, per line: what `line_traffic` prices
 Loads = tuple[dict[tuple[Axis, int], np.ndarray], np.ndarray, np.ndarray]
 
 
-def orient(axis: Axis, line_major: np.ndarray) -> np.ndarray:
+def orient(axis: Axis, line_major: np.ndarray | LineRows) -> np.ndarray | LineRows:
     """(L, P) per-line array -> (rows, cols)-broadcastable array."""
     return line_major if axis is Axis.X else line_major.T
 
