@@ -219,5 +219,13 @@ def test_line_rows_behave_as_the_gathered_array(axis):
     other = rng.integers(0, 9, full.shape).astype(float)
     np.testing.assert_array_equal(lazy + other, full + other)
     np.testing.assert_array_equal(other + lazy, other + full)
+    per_line = rng.integers(0, 3, len(index)).astype(float)  # a step along the other axis
+    per_line = per_line[:, None] if axis == 0 else per_line[None, :]
+    across = rng.integers(0, 9, (1, 6) if axis == 0 else (6, 1)).astype(float)
+    for vector in (per_line, across):
+        summed = lazy + vector
+        assert isinstance(summed, LineRows) and summed.max() == (full + vector).max()
+        np.testing.assert_array_equal(np.asarray(summed), full + vector)
+        np.testing.assert_array_equal(np.asarray(vector + lazy), vector + full)
     assert line_rows(rows, np.arange(rows.shape[axis]), axis) is rows  # every line its own
     assert LineRows(np.zeros((2, 0)), index, 0).max(initial=0.0) == 0.0

@@ -43,7 +43,22 @@ class LineRows:
     def __add__(self, other: object) -> Load:
         if isinstance(other, LineRows) and other.axis == self.axis and other.index is self.index:
             return LineRows(self.rows + other.rows, self.index, self.axis)
+        if isinstance(other, np.ndarray) and other.ndim == 2:
+            lines = len(self.index)
+            if other.shape[self.axis] == 1:  # the same along the lines: add to every row
+                return LineRows(self.rows + other, self.index, self.axis)
+            if other.shape == ((lines, 1) if self.axis == 0 else (1, lines)):
+                return self._plus_per_line(other.reshape(-1))
         return np.asarray(self) + np.asarray(other)
+
+    def _plus_per_line(self, values: np.ndarray) -> LineRows:
+        """Plus one value per line (a step along the other axis, every line alike): the
+        distinct rows become the distinct (row, value) pairs."""
+        pairs = np.stack([self.index.astype(np.float64), values])
+        distinct, index = np.unique(pairs, axis=1, return_inverse=True)
+        rows = np.take(self.rows, distinct[0].astype(np.int64), axis=self.axis)
+        add = distinct[1][:, None] if self.axis == 0 else distinct[1][None, :]
+        return LineRows(rows + add, index.reshape(-1), self.axis)
 
     __radd__ = __add__  # elementwise float addition commutes
 
