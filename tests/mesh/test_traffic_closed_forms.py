@@ -229,3 +229,33 @@ def test_line_rows_behave_as_the_gathered_array(axis):
         np.testing.assert_array_equal(np.asarray(vector + lazy), vector + full)
     assert line_rows(rows, np.arange(rows.shape[axis]), axis) is rows  # every line its own
     assert LineRows(np.zeros((2, 0)), index, 0).max(initial=0.0) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_direct_move_cuts_count_every_element_crossing_each_cut(seed):
+    from waferllm.mesh.relayout import _direct_cuts
+
+    rng = np.random.default_rng(seed)
+    length = int(rng.integers(1, 12))
+    src, dst = rng.integers(0, length, (2, int(rng.integers(0, 20))))
+    want = np.zeros((2, max(length - 1, 0)))
+    for s, d in zip(src, dst, strict=True):
+        for cut in range(min(s, d), max(s, d)):  # cut i joins cores i and i + 1
+            want[0 if d > s else 1, cut] += 1
+    got = _direct_cuts(src, dst, length)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_read_only_owner_map_is_grouped_once_and_a_writable_one_every_time():
+    from waferllm.mesh.charges import owners_of
+
+    owner = np.array([[0, 0, 2, 2], [0, 0, 2, 2], [1, 1, 1, 3]])
+    assert owners_of(owner) == Owners.of_map(owner)
+    owner[2, 3] = 1  # a writable map may change between charges
+    np.testing.assert_array_equal(owners_of(owner).array(), owner)
+    owner.setflags(write=False)
+    first = owners_of(owner)
+    assert owners_of(owner) is first
+    np.testing.assert_array_equal(first.array(), owner)
+    assert owners_of(owner.copy()) == first  # the same map under another array

@@ -99,7 +99,10 @@ def _ring_traffic(
     lines = shape[axis.other.tensor_dim]
     counts = np.frombuffer(counts_key, dtype=np.int64).reshape(2, lines)
     uniform = bool((counts == counts[:, :1]).all())
-    pairs, line_pair = np.unique(counts, axis=1, return_inverse=True)  # (2, U), (lines,)
+    # the distinct (forward, backward) pairs (2, U) and each line's: one 1-D key per pair
+    span = int(counts[1].max(initial=0)) + 1
+    keys, line_pair = np.unique(counts[0] * span + counts[1], return_inverse=True)
+    pairs = np.stack([keys // span, keys % span])
     links: dict[tuple[Axis, int], np.ndarray] = {}
     ramp_in = np.zeros((1, 1))
     ramp_out = np.zeros((1, 1))
