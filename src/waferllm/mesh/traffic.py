@@ -26,6 +26,7 @@ class Traffic:
 
     `links` maps (axis, +1 | -1) to loads of shape (L, P-1): link i joins cores i and i+1 of a
     line, +1 is the direction of growing index. Ramp loads are (rows, cols)-broadcastable.
+    Loads are numpy arrays or the factored forms of `loads` (the same max, sums and arrays).
     """
 
     device: Device
