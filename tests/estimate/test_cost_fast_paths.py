@@ -29,8 +29,9 @@ def test_decode_steps_grouped_in_closed_form_equal_the_stepped_groups(monkeypatc
             assert seen == want_widths[width][1]
             assert np.array_equal(start.counts, want_widths[width][0].counts)
         assert list(shifts) == list(want_shifts)  # same order: records sum alike
-        for first, (append, start, seen) in shifts.items():
-            want_append, want_start, want_seen = want_shifts[first]
+        for first, (begin, seen) in shifts.items():
+            (want_append, want_start), want_seen = want_shifts[first][0](), want_shifts[first][1]
+            append, start = begin()
             assert (append.target, append.senders, seen) == (
                 want_append.target,
                 want_append.senders,

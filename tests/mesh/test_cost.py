@@ -192,3 +192,18 @@ def test_an_unpriced_ledger_records_no_overhead():
     charge_compute(mesh, ledger, "mm", cycles=100.0, flops_per_core=1.0)
     shift_step(ledger, mesh)
     assert ledger.records == [] and ledger.totals().latency_cycles == 0.0
+
+
+def test_totals_asked_again_after_more_records_include_them():
+    from waferllm.mesh.cost import Charge, ChargeKind, Ledger
+
+    ledger = Ledger()
+    ledger.charge("a", Charge(kind=ChargeKind.COMPUTE, cycles=5.0, flops=3))
+    first = ledger.totals()
+    assert ledger.totals() is first  # remembered while no record is added
+    ledger.charge("b", Charge(kind=ChargeKind.COMPUTE, cycles=2.0, flops=4))
+    assert ledger.totals().flops == 7 and ledger.totals(prefix="b").flops == 4
+    other = Ledger()
+    other.extend(ledger, count=2)
+    ledger.extend(other)
+    assert ledger.totals().flops == 21 and ledger.totals().compute_cycles == 21.0

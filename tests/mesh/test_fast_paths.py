@@ -29,6 +29,7 @@ from waferllm.mesh import (
     segmented_allreduce,
     shift,
 )
+from waferllm.mesh.loads import LineRows, OuterRamp
 from waferllm.mesh.patterns import Owners, multicast_traffic, tail_shift_traffic
 from waferllm.mesh.traffic import line_traffic
 
@@ -240,9 +241,9 @@ def _same_traffic(a, b) -> None:
         if isinstance(x, dict):
             assert x.keys() == y.keys()
             for k in x:
-                np.testing.assert_array_equal(x[k], y[k])
-        elif isinstance(x, np.ndarray):
-            np.testing.assert_array_equal(np.broadcast_to(x, y.shape), y)
+                np.testing.assert_array_equal(np.asarray(x[k]), np.asarray(y[k]))
+        elif isinstance(x, (np.ndarray, LineRows, OuterRamp)):
+            np.testing.assert_array_equal(np.broadcast_to(np.asarray(x), y.shape), np.asarray(y))
             assert x.shape == y.shape
         else:
             assert x == y, field.name

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from waferllm.model.steps import DecodeRecords
 from waferllm.model.transformer import MeshTransformer
 
 Grid = tuple[int, int]
+ShiftStart = Callable[[], tuple[Append, RowCounts]]  # a shift group's first append and counts
+ShiftGroups = dict[int, tuple[ShiftStart, int]]  # first shifting row -> (its start, steps)
+Widths = dict[int, tuple[RowCounts, int]]  # window width -> (counts before its first step, steps)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -330,19 +333,24 @@ class DecodeWalks:
         self._widths: dict[int, tuple[Ledger, Ledger]] = {}
         self._shifts: dict[int, Ledger] = {}
 
-    @shape_only()
     def shift(self, append: Append, counts: RowCounts) -> Ledger:
         """One layer's KV shift for `append` (which has senders): in estimate mode it depends on
         the first shifting row only. The first one is walked (`kv_shift_records`); the others
         follow from it in closed form (`_scaled_shift`), hundreds per request on a new grid."""
-        first = append.senders[0]
+        return self._shift(append.senders[0], lambda: (append, counts))
+
+    def _shift(self, first: int, start: ShiftStart) -> Ledger:
+        """`shift` for the steps whose first shifting row is `first`; `start()` gives their
+        append and counts, asked for only when a walk needs them."""
         if first not in self._shifts:
             if self._shifts:
                 seen, walked = next(iter(self._shifts.items()))
                 rows = self.model.plan.decode.grid[0]
                 self._shifts[first] = _scaled_shift(walked, rows - seen, rows - first)
             else:
-                self._shifts[first] = self.model.kv_shift_records(append, counts)
+                append, counts = start()
+                with shape_only():
+                    self._shifts[first] = self.model.kv_shift_records(append, counts)
         return self._shifts[first]
 
     @shape_only()
@@ -420,8 +428,8 @@ class DecodeWalks:
 
     def _steps_ledger(
         self,
-        widths: dict[int, tuple[RowCounts, int]],
-        shifts: dict[int, tuple[Append, RowCounts, int]],
+        widths: Widths,
+        shifts: ShiftGroups,
         output_len: int,
     ) -> tuple[Ledger, list[Peaks]]:
         """`decode`'s ledger, and the peaks of the step walked in full (cached or not)."""
@@ -441,8 +449,8 @@ class DecodeWalks:
             else:
                 attn = self.model.decode_attention_records(self._batch(start))
             ledger.extend(_joined(widest.pre, attn, widest.post), count=seen * layers)
-        for append, start, seen in shifts.values():
-            ledger.extend(self.shift(append, start), count=seen * layers * self.batch)
+        for first, (begin, steps) in shifts.items():
+            ledger.extend(self._shift(first, begin), count=steps * layers * self.batch)
         return ledger, peaks
 
 
@@ -462,15 +470,14 @@ def _scaled_shift(walked: Ledger, walked_senders: int, senders: int) -> Ledger:
     return out
 
 
-def _step_shapes(
-    counts: RowCounts, output_len: int
-) -> tuple[dict[int, tuple[RowCounts, int]], dict[int, tuple[Append, RowCounts, int]]]:
+def _step_shapes(counts: RowCounts, output_len: int) -> tuple[Widths, ShiftGroups]:
     """The O-1 steps grouped: per window width (counts before its first step, steps), per
-    first shifting row (the append, counts before it, steps). Raises KvCacheFullError."""
+    first shifting row (its append and counts, steps). Raises KvCacheFullError."""
     if _balanced_shift(counts, output_len):
         return _balanced_step_shapes(counts, output_len)
-    widths: dict[int, tuple[RowCounts, int]] = {}
-    shifts: dict[int, tuple[Append, RowCounts, int]] = {}
+    widths: Widths = {}
+    shifts: ShiftGroups = {}
+    begins: dict[int, RowCounts] = {}  # counts before each group's first step
     for _ in range(output_len - 1):
         append = counts.plan_append()  # raises KvCacheFullError when the cache is full
         width = int(append.counts_after.max())
@@ -478,10 +485,15 @@ def _step_shapes(
         widths[width] = (start or counts.copy(), seen + 1)
         if append.senders:
             first = append.senders[0]
-            _, begin, count = shifts.get(first, (append, counts.copy(), 0))
-            shifts[first] = (append, begin, count + 1)
+            begin = begins.setdefault(first, counts.copy())
+            _, count = shifts.get(first, (None, 0))
+            shifts[first] = (functools.partial(_given, append, begin), count + 1)
         counts.commit(append)
     return widths, shifts
+
+
+def _given(append: Append, counts: RowCounts) -> tuple[Append, RowCounts]:
+    return append, counts
 
 
 def _balanced_shift(counts: RowCounts, output_len: int) -> bool:
@@ -496,37 +508,41 @@ def _balanced_shift(counts: RowCounts, output_len: int) -> bool:
     return bool(np.array_equal(counts.counts, split_sizes(total, rows)))
 
 
-def _balanced_step_shapes(
-    counts: RowCounts, output_len: int
-) -> tuple[dict[int, tuple[RowCounts, int]], dict[int, tuple[Append, RowCounts, int]]]:
+def _balanced_step_shapes(counts: RowCounts, output_len: int) -> tuple[Widths, ShiftGroups]:
     """`_step_shapes` in closed form for a balanced shift-policy cache: a shift append keeps
     it balanced, so after n positions the next token goes to row t = n mod R (the first
     row of the shorter ones), rows t+1..R-1 shifting once n >= R, and the window it reads
-    is ceil((n+1)/R) wide. Groups are built from these formulas without stepping."""
+    is ceil((n+1)/R) wide. Groups are built from these formulas without stepping; a shift
+    group's append and counts only when asked for (one walk prices every first row)."""
     rows, slots, policy = counts.rows, counts.slots, counts.policy
     totals = counts.total + np.arange(output_len - 1)
-    widths: dict[int, tuple[RowCounts, int]] = {}
+    widths: Widths = {}
     width_of = -(-(totals + 1) // rows)
     values, starts, seen = np.unique(width_of, return_index=True, return_counts=True)
     for width, start, n in zip(values.tolist(), starts.tolist(), seen.tolist(), strict=True):
         widths[width] = (RowCounts.balanced(policy, rows, slots, int(totals[start])), n)
-    shifts: dict[int, tuple[Append, RowCounts, int]] = {}
     shifting = totals[(totals >= rows) & (totals % rows + 1 < rows)]
     firsts = shifting % rows + 1
     values, starts, seen = np.unique(firsts, return_index=True, return_counts=True)
     order = np.argsort(starts)  # in order of first occurrence, as stepping finds them
-    for first, start, n in zip(
-        values[order].tolist(), starts[order].tolist(), seen[order].tolist(), strict=True
-    ):
-        begin = RowCounts.balanced(policy, rows, slots, int(shifting[start]))
-        after = begin.counts.copy()
-        after[first - 1] += 1  # the target: row t = first - 1, the first shorter one
-        shifts[first] = (
-            Append(target=first - 1, senders=range(first, rows), counts_after=after),
-            begin,
-            n,
+    cache = (policy, rows, slots)
+    return widths, {
+        first: (functools.partial(_balanced_append, *cache, int(shifting[start]), first), n)
+        for first, start, n in zip(
+            values[order].tolist(), starts[order].tolist(), seen[order].tolist(), strict=True
         )
-    return widths, shifts
+    }
+
+
+def _balanced_append(
+    policy: KvPolicy, rows: int, slots: int, total: int, first: int
+) -> tuple[Append, RowCounts]:
+    """The append of a balanced cache after `total` positions, whose first shifting row is
+    `first` (the target: row first - 1, the first shorter one), and the counts before it."""
+    begin = RowCounts.balanced(policy, rows, slots, total)
+    after = begin.counts.copy()
+    after[first - 1] += 1
+    return Append(target=first - 1, senders=range(first, rows), counts_after=after), begin
 
 
 __all__ = [

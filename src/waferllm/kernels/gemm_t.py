@@ -83,10 +83,14 @@ def block_at(rows: int, step: int) -> np.ndarray:
     return ring_order(rows)[(ring_position(rows) - step) % rows]
 
 
+@lru_cache(maxsize=256)
 def owner_map(owners: BlockOwners, rows: int, step: int) -> np.ndarray:
-    """(R, C): each core's root in step `step` (the owner column of its row's block)."""
+    """(R, C): each core's root in step `step` (the owner column of its row's block); read
+    only, cached: every step of a kernel charges the same map (`mesh.charges`)."""
     block = block_at(rows, step)  # (R,)
-    return owners.column[owners.group_of[None, :], block[:, None]]
+    owner = owners.column[owners.group_of[None, :], block[:, None]]
+    owner.setflags(write=False)
+    return owner
 
 
 # ---- the kernel ----------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def charge_reduce_to_owners(
     mesh.routes.require(f"{axis.value}_chain", CHAIN_ROUTES)
     if not ledger.prices:
         return
-    traffic = chain_traffic(mesh.device, mesh.shape, axis, Owners.of_map(owner), nbytes)
+    traffic = chain_traffic(mesh.device, mesh.shape, axis, owners_of(owner), nbytes)
     if follows_stream:
         traffic = traffic.streamed()
     ledger.charge(op, Charge.comm(traffic))
@@ -52,8 +52,24 @@ def charge_multicast(
     broadcast colours."""
     mesh.routes.require(f"{axis.value}_bcast", BROADCAST_ROUTES)
     if ledger.prices:
-        traffic = multicast_traffic(mesh.device, mesh.shape, axis, Owners.of_map(owner), nbytes)
+        traffic = multicast_traffic(mesh.device, mesh.shape, axis, owners_of(owner), nbytes)
         ledger.charge(op, Charge.comm(traffic))
+
+
+_SEEN: dict[int, tuple[np.ndarray, Owners]] = {}  # id -> (the read-only map, its Owners)
+
+
+def owners_of(owner: np.ndarray) -> Owners:
+    """`Owners.of_map(owner)`, remembered for a read-only map (a kernel charges the same map
+    every step; the entry holds the array, so its id is not reused while remembered)."""
+    if owner.flags.writeable:
+        return Owners.of_map(owner)
+    seen = _SEEN.get(id(owner))
+    if seen is None or seen[0] is not owner:
+        if len(_SEEN) >= 64:
+            _SEEN.pop(next(iter(_SEEN)))
+        seen = _SEEN[id(owner)] = (owner, Owners.of_map(owner))
+    return seen[1]
 
 
 def charge_tail_shift(

@@ -199,6 +199,7 @@ class Ledger:
         self._tags: list[str] = []
         self._repeat = 1
         self._block: _Block | None = None
+        self._totals: dict[str, tuple[int, Totals]] = {}  # prefix -> (records summed, sums)
 
     # ---- context helpers -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -353,6 +354,17 @@ class Ledger:
         return [r for rec in self.records for r in rec.expanded()]
 
     def totals(self, *, prefix: str = "") -> Totals:
+        """Sums over the records (with `prefix`, those whose op starts with it); remembered
+        until a record is added (records are only ever appended), as a report asks each
+        phase's totals several times."""
+        seen = self._totals.get(prefix)
+        if seen is not None and seen[0] == len(self.records):
+            return seen[1]
+        totals = self._summed(prefix)
+        self._totals[prefix] = (len(self.records), totals)
+        return totals
+
+    def _summed(self, prefix: str) -> Totals:
         sums = [0.0] * len(_SUMMED)
         align = 0.0
         for rec in self.records:

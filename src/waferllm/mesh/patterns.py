@@ -17,7 +17,8 @@ import numpy as np
 from waferllm.device import Device
 from waferllm.mesh.geometry import Axis, ring_successor
 from waferllm.mesh.ktree import TreePlan
-from waferllm.mesh.traffic import Loads, Traffic, line_traffic
+from waferllm.mesh.loads import Load, line_rows
+from waferllm.mesh.traffic import Loads, Traffic, line_traffic, orient
 
 ArrayKey = tuple[tuple[int, ...], bytes]
 
@@ -41,7 +42,8 @@ class Owners:
     num: int
     roots: ArrayKey | None = None
     group_sizes: tuple[int, ...] | None = None
-    owner_map: ArrayKey | None = None  # (L, P): any owner per core (segments with moving roots)
+    owner_map: ArrayKey | None = None  # (U, P): the distinct rows of any owner map
+    row_of_line: ArrayKey | None = None  # (L,): each line's row of owner_map
 
     @classmethod
     def of_roots(cls, num: int, roots: np.ndarray) -> Owners:
@@ -54,14 +56,22 @@ class Owners:
     @classmethod
     def of_map(cls, owner: np.ndarray) -> Owners:
         """Each core's owner given directly, (L, P) or (P,): e.g. consecutive groups whose
-        root differs per line (dist-GEMM-T's reduce within kv-groups of columns)."""
-        owner = np.atleast_2d(owner)
-        return cls(owner.shape[-1], owner_map=key(owner))
+        root differs per line (dist-GEMM-T's reduce within kv-groups of columns). Kept as
+        its distinct rows: patterns price those and give each line its row's loads."""
+        table, row_of_line = distinct_rows(np.atleast_2d(owner))
+        return cls(table.shape[-1], owner_map=key(table), row_of_line=key(row_of_line))
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(U, P) distinct owner rows and the (L,) row of every line."""
+        if self.owner_map is not None and self.row_of_line is not None:
+            return unkey(self.owner_map), unkey(self.row_of_line)
+        full = self.array()
+        return full, np.arange(full.shape[0])
 
     def array(self) -> np.ndarray:
         """(L, P): the owner of every core."""
-        if self.owner_map is not None:
-            return unkey(self.owner_map)
+        if self.owner_map is not None and self.row_of_line is not None:
+            return unkey(self.owner_map)[unkey(self.row_of_line)]
         if self.roots is not None:
             roots = unkey(self.roots)
             return np.broadcast_to(roots[:, None], (len(roots), self.num))
@@ -69,6 +79,22 @@ class Owners:
         sizes = np.asarray(self.group_sizes, dtype=np.int64)
         starts = np.cumsum(sizes) - sizes
         return np.repeat(starts + sizes // 2, sizes)[None, :]
+
+
+def distinct_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct rows of a 2-D int array in order of first appearance, each row's index
+    among them): rows grouped by a hash (a dot product with fixed random weights), the grouping
+    then checked against the array (on a collision, every row is its own)."""
+    lines, num = array.shape
+    weights = np.random.default_rng(num).integers(1, 1 << 31, num)
+    _, first, inverse = np.unique(array @ weights, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[order] = np.arange(len(first))
+    table, index = array[first[order]], rank[inverse.reshape(-1)]
+    if len(first) < lines and not np.array_equal(table[index], array):
+        return array, np.arange(lines)
+    return table, index
 
 
 # Per-line patterns hold (L, P) arrays, tens of MB at wafer scale: hence the small caches.
@@ -91,9 +117,13 @@ def chain_traffic(
 ) -> Traffic:
     """Forward-while-adding chains: every core sends one hop towards its owner (pipeline reduce,
     segmented reduce). Critical path: the farthest core's d hops and d - 1 stages."""
+    table, index = owners.rows()
+    num = table.shape[-1]
+    far = int(np.abs(table - np.arange(num)).max(initial=0))
+    if nbytes > 0 and num >= 2:
+        return _chain_closed_form(device, shape, axis, table, index, far, nbytes)
     owner = owners.array()
-    pos = np.broadcast_to(np.arange(owner.shape[-1]), owner.shape)
-    far = int(np.abs(owner - pos).max(initial=0))
+    pos = np.broadcast_to(np.arange(num), owner.shape)
     return line_traffic(
         device,
         shape,
@@ -106,6 +136,48 @@ def chain_traffic(
     )
 
 
+def _chain_closed_form(
+    device: Device,
+    shape: tuple[int, int],
+    axis: Axis,
+    table: np.ndarray,
+    index: np.ndarray,
+    far: int,
+    nbytes: int,
+) -> Traffic:
+    """`chain_traffic` without `line_traffic`'s segment arrays (what it computes for one-hop
+    chains, `traffic._one_hop_loads`, from two comparisons), per distinct owner row: link i
+    carries core i's partial forward when its owner lies beyond it and core i+1's backward
+    when its owner lies before; a core's ramp sends its partial unless it is the owner and
+    takes in its neighbours'. Every segment is one hop: the byte-hops are the bytes."""
+    size, pos = float(nbytes), np.arange(table.shape[-1])
+    forward = np.where(table > pos, size, 0.0)
+    back = np.where(table < pos, size, 0.0)
+    links: dict[tuple[Axis, int], Load] = {}
+    if forward.any():
+        links[(axis, +1)] = line_rows(forward[:, :-1], index)
+    if back.any():
+        links[(axis, -1)] = line_rows(back[:, 1:], index)
+    ramp_in = np.zeros(table.shape)
+    ramp_in[:, 1:] += forward[:, :-1]
+    ramp_in[:, :-1] += back[:, 1:]
+    lines = len(index)
+    scale = shape[axis.other.tensor_dim] if lines == 1 else 1
+    senders = int(np.count_nonzero(table != pos, axis=1)[index].sum())
+    injected = senders * nbytes * scale
+    return Traffic(
+        device=device,
+        shape=shape,
+        critical_hops=far,
+        critical_stages=max(far - 1, 0),
+        bytes_injected=injected,
+        link_byte_hops=injected,
+        links=links,
+        ramp_in=orient(axis, line_rows(ramp_in, index)),
+        ramp_out=orient(axis, line_rows(forward + back, index)),
+    )
+
+
 @lru_cache(maxsize=128)
 def multicast_traffic(
     device: Device, shape: tuple[int, int], axis: Axis, owners: Owners, nbytes: int
@@ -113,28 +185,60 @@ def multicast_traffic(
     """Every owner sends one multicast stream to each side of the cores it owns (the two sends
     share its ramp, one after the other); every core the stream passes takes it in through its
     ramp (tx = {RAMP, next}). Critical path: the farthest core's hops, no stages."""
-    owner = owners.array()
-    num = owner.shape[-1]
-    pos = np.broadcast_to(np.arange(num), owner.shape)
-    dist = np.abs(owner - pos)
-    last = np.concatenate([owner[:, 1:] != owner[:, :-1], np.ones_like(owner[:, :1], bool)], 1)
-    first = np.concatenate([np.ones_like(owner[:, :1], bool), owner[:, 1:] != owner[:, :-1]], 1)
-    is_end = (dist > 0) & np.where(pos > owner, last, first)
+    table, index = owners.rows()
+    pos = np.broadcast_to(np.arange(table.shape[-1]), table.shape)
+    dist, is_end = _multicast_ends(table, pos)
     hops = int(dist.max(initial=0))
-    src = np.where(is_end, owner, pos)
-    return line_traffic(
-        device,
-        shape,
-        axis,
-        src=src,
-        dst=pos,
-        nbytes=nbytes,
+    lines = len(index)
+    # the mean over every core of the lines (whole numbers: the sum is exact)
+    behind = int(((hops - dist).sum(axis=1))[index].sum())
+    slack = device.hop_latency_cycles * float(behind / (lines * table.shape[-1]))
+    loads = _run_loads(axis, table, pos, is_end, float(nbytes))
+    if loads is None:  # some run cut off from its owner: every line's segments summed
+        owner = owners.array()
+        pos = np.broadcast_to(np.arange(owner.shape[-1]), owner.shape)
+        dist, is_end = _multicast_ends(owner, pos)
+        return line_traffic(
+            device,
+            shape,
+            axis,
+            src=np.where(is_end, owner, pos),
+            dst=pos,
+            nbytes=nbytes,
+            critical_hops=hops,
+            critical_stages=0,
+            ramp_in_extra=np.where((dist > 0) & ~is_end, float(nbytes), 0.0),
+            mean_slack_cycles=slack,
+        )
+    # what `line_traffic` makes of these loads, without its arrays: each run's end receives a
+    # segment of dist hops; every core past an owner takes the stream in (the run's end as
+    # the segment's end, the others passed)
+    links, ramp_out, _ = loads
+    scale = shape[axis.other.tensor_dim] if lines == 1 else 1
+    ends = int(np.count_nonzero(is_end, axis=1)[index].sum())
+    end_hops = int(dist.sum(axis=1, where=is_end)[index].sum())
+    return Traffic(
+        device=device,
+        shape=shape,
         critical_hops=hops,
         critical_stages=0,
-        ramp_in_extra=np.where((dist > 0) & ~is_end, float(nbytes), 0.0),
-        mean_slack_cycles=device.hop_latency_cycles * float((hops - dist).mean()),
-        loads=_run_loads(axis, owner, pos, is_end, float(nbytes)),
+        bytes_injected=ends * nbytes * scale,
+        link_byte_hops=end_hops * nbytes * scale,
+        links={k: line_rows(v, index) for k, v in links.items()},
+        ramp_in=orient(axis, line_rows(np.where(dist > 0, float(nbytes), 0.0), index)),
+        ramp_out=orient(axis, line_rows(ramp_out, index)),
+        mean_slack_cycles=slack,
     )
+
+
+def _multicast_ends(owner: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each core's distance to its owner, whether it ends its run: the core farthest from
+    the owner on its side, where the multicast segment stops)."""
+    dist = np.abs(owner - pos)
+    changes = owner[:, 1:] != owner[:, :-1]
+    last = np.concatenate([changes, np.ones_like(owner[:, :1], bool)], 1)
+    first = np.concatenate([np.ones_like(owner[:, :1], bool), changes], 1)
+    return dist, (dist > 0) & np.where(pos > owner, last, first)
 
 
 def _run_loads(
@@ -152,8 +256,8 @@ def _run_loads(
     # a core past its owner follows a core with the same owner, or the owner itself
     prev_ok = (owner[:, 1:] == owner[:, :-1]) | (owner[:, 1:] == pos[:, :-1])
     next_ok = (owner[:, :-1] == owner[:, 1:]) | (owner[:, :-1] == pos[:, 1:])
-    if (right[:, 0].any() or left[:, -1].any() or not prev_ok[right[:, 1:]].all()
-            or not next_ok[left[:, :-1]].all()):  # fmt: skip
+    if (right[:, 0].any() or left[:, -1].any() or (right[:, 1:] & ~prev_ok).any()
+            or (left[:, :-1] & ~next_ok).any()):  # fmt: skip
         return None
     links: dict[tuple[Axis, int], np.ndarray] = {}
     if right.any():

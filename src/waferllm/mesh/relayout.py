@@ -208,13 +208,16 @@ def _distinct_pairs(count: np.ndarray, home: np.ndarray) -> tuple[np.ndarray, np
 
 def _direct_cuts(src: np.ndarray, dst: np.ndarray, length: int) -> np.ndarray:
     """(2, length-1): elements crossing each cut i|i+1 towards + and towards -."""
-    diff = np.zeros((2, length + 1))
     up, down = dst > src, dst < src
-    np.add.at(diff[0], src[up], 1)
-    np.add.at(diff[0], dst[up], -1)
-    np.add.at(diff[1], dst[down], 1)
-    np.add.at(diff[1], src[down], -1)
-    return np.cumsum(diff, axis=1)[:, : length - 1]
+    # +1 where a run of crossed cuts starts, -1 where it ends, then a running sum (integers)
+    diff = np.stack(
+        [
+            np.bincount(src[up], minlength=length + 1) - np.bincount(dst[up], minlength=length + 1),
+            np.bincount(dst[down], minlength=length + 1)
+            - np.bincount(src[down], minlength=length + 1),
+        ]
+    )
+    return np.cumsum(diff, axis=1)[:, : length - 1].astype(np.float64)
 
 
 def _cross_cuts(src: np.ndarray, dst: np.ndarray, length: int) -> np.ndarray:

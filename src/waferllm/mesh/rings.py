@@ -28,6 +28,7 @@ from waferllm.mesh.geometry import (
     ring_successor,
     shorter_way,
 )
+from waferllm.mesh.loads import line_rows
 from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 from waferllm.mesh.tiling import LogicalGrid
 from waferllm.mesh.traffic import Traffic, line_traffic
@@ -91,38 +92,57 @@ def _ring_traffic(
     nbytes: int,
 ) -> Traffic:
     """Every physical line carries counts[0] logical lines moving forward and counts[1]
-    moving backward (counts: (2, lines)); their loads add up. Uniform counts keep (1, P)
-    arrays, so a whole-mesh step costs O(P) to price, not O(P^2)."""
+    moving backward (counts: (2, lines)); their loads add up. Loads are computed once per
+    distinct (forward, backward) pair, (U, P) arrays, and gathered onto the lines: uniform
+    counts keep (1, P) arrays, so a whole-mesh step costs O(P) to price, not O(P^2), and a
+    skew round's few distinct pairs cost one gather per array."""
     lines = shape[axis.other.tensor_dim]
     counts = np.frombuffer(counts_key, dtype=np.int64).reshape(2, lines)
     uniform = bool((counts == counts[:, :1]).all())
+    # the distinct (forward, backward) pairs (2, U) and each line's: one 1-D key per pair
+    span = int(counts[1].max(initial=0)) + 1
+    keys, line_pair = np.unique(counts[0] * span + counts[1], return_inverse=True)
+    pairs = np.stack([keys // span, keys % span])
     links: dict[tuple[Axis, int], np.ndarray] = {}
     ramp_in = np.zeros((1, 1))
     ramp_out = np.zeros((1, 1))
     injected = byte_hops = hops = 0
-    for steps, weights in ((1, counts[0]), (-1, counts[1])):
+    for steps, weights, distinct in ((1, counts[0], pairs[0]), (-1, counts[1], pairs[1])):
         unit = _unit_traffic(device, shape, axis, size, kind, steps, nbytes)
         if not weights.any() or unit.bytes_injected == 0:
             continue
         hops = max(hops, unit.critical_hops)
-        w = (weights[:1] if uniform else weights).astype(np.float64)
+        w = distinct.astype(np.float64)
         for key, load in unit.links.items():
-            links[key] = links.get(key, 0.0) + w[:, None] * load
+            links[key] = links.get(key, 0.0) + w[:, None] * np.asarray(load)
         # ramp arrays are oriented (rows, cols): lines are rows on X, columns on Y
         w_ramp = w[:, None] if axis is Axis.X else w[None, :]
-        ramp_in = ramp_in + w_ramp * unit.ramp_in
-        ramp_out = ramp_out + w_ramp * unit.ramp_out
+        ramp_in = ramp_in + w_ramp * np.asarray(unit.ramp_in)
+        ramp_out = ramp_out + w_ramp * np.asarray(unit.ramp_out)
         injected += unit.bytes_injected // lines * int(weights.sum())
         byte_hops += unit.link_byte_hops // lines * int(weights.sum())
+    if uniform:
+        return Traffic(
+            device=device,
+            shape=shape,
+            critical_hops=hops,
+            bytes_injected=injected,
+            link_byte_hops=byte_hops,
+            links=dict(links),
+            ramp_in=ramp_in,
+            ramp_out=ramp_out,
+        )
+    index = line_pair.reshape(-1)  # each line takes its pair's loads (computed once)
+    across = 0 if axis is Axis.X else 1
     return Traffic(
         device=device,
         shape=shape,
         critical_hops=hops,
         bytes_injected=injected,
         link_byte_hops=byte_hops,
-        links=links,
-        ramp_in=ramp_in,
-        ramp_out=ramp_out,
+        links={k: line_rows(v, index) for k, v in links.items()},
+        ramp_in=line_rows(ramp_in, index, across) if ramp_in.shape[across] > 1 else ramp_in,
+        ramp_out=line_rows(ramp_out, index, across) if ramp_out.shape[across] > 1 else ramp_out,
     )
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 
 import numpy as np
 
 from waferllm.device import Device
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.loads import LineRows, Load, add_loads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +26,7 @@ class Traffic:
 
     `links` maps (axis, +1 | -1) to loads of shape (L, P-1): link i joins cores i and i+1 of a
     line, +1 is the direction of growing index. Ramp loads are (rows, cols)-broadcastable.
+    Loads are numpy arrays or the factored forms of `loads` (the same max, sums and arrays).
     """
 
     device: Device
@@ -32,9 +35,9 @@ class Traffic:
     critical_stages: int = 0
     bytes_injected: int = 0
     link_byte_hops: int = 0
-    links: dict[tuple[Axis, int], np.ndarray] = dataclasses.field(default_factory=dict)
-    ramp_in: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((1, 1)))
-    ramp_out: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((1, 1)))
+    links: Mapping[tuple[Axis, int], Load] = dataclasses.field(default_factory=dict)
+    ramp_in: Load = dataclasses.field(default_factory=lambda: np.zeros((1, 1)))
+    ramp_out: Load = dataclasses.field(default_factory=lambda: np.zeros((1, 1)))
     mean_slack_cycles: float = 0.0
 
     @property
@@ -73,7 +76,7 @@ class Traffic:
         slow = self if mine else other
         links = dict(self.links)
         for key, load in other.links.items():
-            links[key] = links[key] + load if key in links else load
+            links[key] = add_loads(links[key], load) if key in links else load
         return Traffic(
             device=self.device,
             shape=self.shape,
@@ -82,8 +85,8 @@ class Traffic:
             bytes_injected=self.bytes_injected + other.bytes_injected,
             link_byte_hops=self.link_byte_hops + other.link_byte_hops,
             links=links,
-            ramp_in=self.ramp_in + other.ramp_in,
-            ramp_out=self.ramp_out + other.ramp_out,
+            ramp_in=add_loads(self.ramp_in, other.ramp_in),
+            ramp_out=add_loads(self.ramp_out, other.ramp_out),
             mean_slack_cycles=min(self.mean_slack_cycles, other.mean_slack_cycles),
         )
 
@@ -92,7 +95,7 @@ class Traffic:
 Loads = tuple[dict[tuple[Axis, int], np.ndarray], np.ndarray, np.ndarray]
 
 
-def _orient(axis: Axis, line_major: np.ndarray) -> np.ndarray:
+def orient(axis: Axis, line_major: np.ndarray | LineRows) -> np.ndarray | LineRows:
     """(L, P) per-line array -> (rows, cols)-broadcastable array."""
     return line_major if axis is Axis.X else line_major.T
 
@@ -152,8 +155,8 @@ def line_traffic(
         bytes_injected=int(size.sum() * scale) if bytes_injected is None else bytes_injected,
         link_byte_hops=int((size * hops).sum() * scale),
         links=links,
-        ramp_in=_orient(axis, ramp_in),
-        ramp_out=_orient(axis, ramp_out),
+        ramp_in=orient(axis, ramp_in),
+        ramp_out=orient(axis, ramp_out),
         mean_slack_cycles=mean_slack_cycles,
     )
 

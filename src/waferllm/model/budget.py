@@ -117,14 +117,20 @@ def max_prompt_tokens(
     """The longest prompt whose prefill fits every region, attention one query head per kv
     head at a time or with the key blocks streamed (0 if none does)."""
 
-    def fits(length: int) -> bool:
+    rows = regions.grid[0]
+
+    def fits(length: int) -> bool:  # the need depends on the token tile ceil(length / R) only
+        return fits_tiles(-(-length // rows))
+
+    @functools.cache
+    def fits_tiles(tokens_per_row: int) -> bool:
         need = min(
             prefill_need_bytes(
                 regions,
                 fp,
                 config,
                 sb,
-                length,
+                tokens_per_row * rows,
                 head_chunk=1,
                 streamed=s,
                 apart=apart,

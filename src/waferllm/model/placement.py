@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
+import types
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -72,18 +75,23 @@ class TensorSpec:
         return Layout(self.shape, y_dim=self.dims.get("y_dim"), x_dim=self.dims.get("x_dim"))
 
 
-def layer_specs(config: ModelConfig, rows: int, cols: int, phase: Phase) -> dict[str, TensorSpec]:
+@functools.lru_cache(maxsize=1024)  # a plan, its SRAM bounds and its transfers ask per grid
+def layer_specs(
+    config: ModelConfig, rows: int, cols: int, phase: Phase
+) -> Mapping[str, TensorSpec]:
     """Every tensor of one decoder layer (its family table's rows) for `phase` on a rows x
     cols grid. Host matrices are `[in, out]`; q and kv features are in the heads' padded
     order. Prefill matrices are MeshGEMM right operands whose K is padded for the grid
     (`pad_k_rows`); decode matrices are GEMV weights placed by their reduce axis. A bias is
-    split like its matmul's output, a norm like the residual stream."""
+    split like its matmul's output, a norm like the residual stream. Read only (cached)."""
     heads = heads_for(config, cols)
     prefill = phase is Phase.PREFILL
-    return {
-        t.name: _spec(t, _placed_size(t.out, config, heads), config, heads, rows, cols, prefill)
-        for t in family_of(config).tensors(config)
-    }
+    return types.MappingProxyType(
+        {
+            t.name: _spec(t, _placed_size(t.out, config, heads), config, heads, rows, cols, prefill)
+            for t in family_of(config).tensors(config)
+        }
+    )
 
 
 def _placed_size(dim: Dim, config: ModelConfig, heads: HeadLayout) -> int:

@@ -1,0 +1,125 @@
+"""Byte loads of links and ramps kept in a factored form until someone needs the full array.
+
+A step's price needs only the largest load (`traffic.Traffic.size_term_cycles`), and a new
+grid prices hundreds of whole-mesh steps: `LineRows` keeps per-line loads as their distinct
+rows and each line's row (a ring step whose lines carry a few distinct counts, an owner map
+whose lines repeat a few rows), `OuterRamp` a row plus a column vector (two concurrent steps
+along different axes). Both give the same max, sums and `np.asarray` as the full arrays.
+Loads are whole bytes (checked where a sum is kept apart): float sums of them are exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class LineRows:
+    """Per-line loads given by `rows` (distinct rows, stacked along `axis`) and `index` (each
+    line's row): what `np.take(rows, index, axis)` is, made only when asked for. Every row is
+    some line's, so the max is the rows' max."""
+
+    __array_ufunc__ = None  # ndarray + LineRows comes here (`__radd__`), not to numpy
+
+    def __init__(self, rows: np.ndarray, index: np.ndarray, axis: int) -> None:
+        self.rows, self.index, self.axis = rows, index, axis
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = list(self.rows.shape)
+        shape[self.axis] = len(self.index)
+        return tuple(shape)
+
+    @property
+    def T(self) -> LineRows:  # noqa: N802 (numpy's name)
+        return LineRows(self.rows.T, self.index, 1 - self.axis)
+
+    def max(self, initial: float = -np.inf) -> float:
+        return float(self.rows.max(initial=initial))
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        full = np.take(self.rows, self.index, axis=self.axis)
+        return full if dtype is None else full.astype(dtype)
+
+    def __add__(self, other: object) -> Load:
+        if isinstance(other, LineRows) and other.axis == self.axis and other.index is self.index:
+            return LineRows(self.rows + other.rows, self.index, self.axis)
+        if isinstance(other, np.ndarray) and other.ndim == 2:
+            lines = len(self.index)
+            if other.shape[self.axis] == 1:  # the same along the lines: add to every row
+                return LineRows(self.rows + other, self.index, self.axis)
+            if other.shape == ((lines, 1) if self.axis == 0 else (1, lines)):
+                return self._plus_per_line(other.reshape(-1))
+        return np.asarray(self) + np.asarray(other)
+
+    def _plus_per_line(self, values: np.ndarray) -> LineRows:
+        """Plus one value per line (a step along the other axis, every line alike): the
+        distinct rows become the distinct (row, value) pairs."""
+        pairs = np.stack([self.index.astype(np.float64), values])
+        distinct, index = np.unique(pairs, axis=1, return_inverse=True)
+        rows = np.take(self.rows, distinct[0].astype(np.int64), axis=self.axis)
+        add = distinct[1][:, None] if self.axis == 0 else distinct[1][None, :]
+        return LineRows(rows + add, index.reshape(-1), self.axis)
+
+    __radd__ = __add__  # elementwise float addition commutes
+
+
+class OuterRamp:
+    """A load that is a row vector plus a column vector, (1, C) + (R, 1), kept unsummed: its
+    max is the two maxima added (exact: whole bytes), the (R, C) array made when asked for."""
+
+    __array_ufunc__ = None  # ndarray + OuterRamp comes here (`__radd__`), not to numpy
+
+    def __init__(self, row: np.ndarray, col: np.ndarray) -> None:
+        self.row, self.col = row, col  # (1, C), (R, 1)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.col.shape[0], self.row.shape[1])
+
+    def max(self, initial: float = -np.inf) -> float:
+        return max(initial, float(self.row.max()) + float(self.col.max()))
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        summed = self.row + self.col
+        return summed if dtype is None else summed.astype(dtype)
+
+    def __add__(self, other: object) -> Load:
+        if isinstance(other, OuterRamp):
+            return OuterRamp(self.row + other.row, self.col + other.col)
+        if isinstance(other, np.ndarray) and other.ndim == 2 and _whole(other):
+            if other.shape[0] == 1:
+                return OuterRamp(self.row + other, self.col)
+            if other.shape[1] == 1:
+                return OuterRamp(self.row, self.col + other)
+        return np.asarray(self) + np.asarray(other)
+
+    __radd__ = __add__  # sums of whole numbers: the order does not matter
+
+
+Load = np.ndarray | LineRows | OuterRamp  # (rows, cols)-broadcastable, or (L, P-1) for links
+
+
+def line_rows(rows: np.ndarray, index: np.ndarray, axis: int = 0) -> np.ndarray | LineRows:
+    """Per-line loads from distinct rows (all used) and each line's row; the rows themselves
+    when every line has its own row in order."""
+    if len(index) == rows.shape[axis] and np.array_equal(index, np.arange(len(index))):
+        return rows
+    return LineRows(rows, index, axis)
+
+
+def _whole(load: np.ndarray) -> bool:
+    """Whether every load is a whole number of bytes below 2**53 (float sums exact)."""
+    return bool(np.all(np.floor(load) == load) and np.all(np.abs(load) < 2.0**53))
+
+
+def add_loads(a: Load, b: Load) -> Load:
+    """The loads of two concurrent steps added: a row and a column vector (steps along
+    different axes, every line alike) stay an `OuterRamp`; factored loads add as such where
+    they can; anything else is summed."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        for row, col in ((a, b), (b, a)):
+            vectors = row.shape[0] == 1 < row.shape[1] and col.shape[1] == 1 < col.shape[0]
+            if vectors and _whole(row) and _whole(col):
+                return OuterRamp(row, col)
+        return a + b
+    return a + b
