@@ -19,13 +19,8 @@ import pytest
 import torch
 
 from waferllm.device import tiny
-from waferllm.kernels.attention import (
-    RESCALE_ADD,
-    KeyChunk,
-    cached_prefill_attention,
-    decode_attention,
-    prefill_attention,
-)
+from waferllm.kernels.attention import decode_attention, prefill_attention
+from waferllm.kernels.attention_chunked import RESCALE_ADD, KeyChunk, cached_prefill_attention
 from waferllm.kernels.heads import HeadLayout, head_layout
 from waferllm.kernels.vector import (
     EXP_SUB,
@@ -39,7 +34,8 @@ from waferllm.kernels.vector import (
 from waferllm.mesh import Layout, Ledger, Mesh, Mode, Record
 from waferllm.mesh.compute import matmul_cycles, vector_op_cycles
 from waferllm.mesh.geometry import ring_successor
-from waferllm.model.kv_cache import KvPolicy, KvStore, RowCounts
+from waferllm.model.kv_cache import KvPolicy, RowCounts
+from waferllm.model.kv_store import KvStore
 
 DEVICE = dataclasses.replace(
     tiny(), step_overhead_cycles=5.0, op_overhead_cycles=7.0, scalar_cycles_per_element=2.0
@@ -63,7 +59,8 @@ def _prefill(rows: int, cols: int, heads: HeadLayout, length: int, mode=Mode.FUN
         host = torch.randn(length, width) if host is None else host
         return mesh.scatter(host, Layout((length, width), y_dim=0, x_dim=1), name)
 
-    q, k, v = place(cols * g * n * h, "q"), place(cols * g * h, "k"), place(cols * g * h, "v")
+    q, k = place(cols * g * n * h, "q"), place(cols * g * h, "k")
+    v = place(cols * g * heads.value_slots, "v")  # v in its own value slots
     ledger = Ledger()
     prefill_attention(
         mesh, q=q, k=k, v=v, heads=heads, length=length, sliding_window=None, ledger=ledger
@@ -237,12 +234,12 @@ def test_prefill_pv_steps_multicast_each_p_block_within_its_group(
 ):
     heads = head_layout(kv, n_rep, hd, cols)
     ledger = _prefill(rows, cols, heads, length)
-    g, n, h, lt = heads.kv_per_tile, heads.n_rep, heads.head_slots, -(-length // rows)
+    g, n, hv, lt = heads.kv_per_tile, heads.n_rep, heads.value_slots, -(-length // rows)
     shared = max(heads.group_sizes) > 1
     own = Owners.of(heads.group_sizes, rows)
-    v_bytes, p_bytes = g * h * lt * S, g * n * lt * lt * S
+    v_bytes, p_bytes = g * hv * lt * S, g * n * lt * lt * S
     ring_far, ring_sum = _ring_hops(rows)
-    mac = g * n * matmul_cycles(DEVICE, m=lt, k=lt, n=h)
+    mac = g * n * matmul_cycles(DEVICE, m=lt, k=lt, n=hv)
     # the owner sends one stream to each side of its group; every other column takes it in
     bcast_bytes = p_bytes * own.sides if shared else 0
     bcast_byte_hops = p_bytes * rows * sum(s - 1 for s in heads.group_sizes)
@@ -272,7 +269,7 @@ def _chunked(rows, cols, heads, cached: int, own: int, mode=Mode.FUNCTIONAL) -> 
     """The chunk at positions cached .. cached + own - 1 against the cached chunk 0 .. cached
     - 1 and itself."""
     mesh = Mesh(DEVICE, rows, cols, mode=mode)
-    g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
+    g, n, h, hv = heads.kv_per_tile, heads.n_rep, heads.head_slots, heads.value_slots
 
     def place(length: int, width: int, name: str):
         host = torch.empty(length, width, device="meta") if mode is Mode.ESTIMATE else None
@@ -280,7 +277,7 @@ def _chunked(rows, cols, heads, cached: int, own: int, mode=Mode.FUNCTIONAL) -> 
         return mesh.scatter(host, Layout((length, width), y_dim=0, x_dim=1), name)
 
     chunks = [
-        KeyChunk(k=place(t, cols * g * h, "k"), v=place(t, cols * g * h, "v"), start=s, length=t)
+        KeyChunk(k=place(t, cols * g * h, "k"), v=place(t, cols * g * hv, "v"), start=s, length=t)
         for s, t in ((0, cached), (cached, own))
     ]
     ledger = Ledger()
@@ -323,7 +320,7 @@ def test_a_chunk_attends_each_key_chunk_with_the_prefill_loops_at_its_tile_sizes
 ):
     heads = head_layout(kv, n_rep, hd, cols)
     ledger = _chunked(rows, cols, heads, cached, own)
-    g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
+    g, n, h, hv = heads.kv_per_tile, heads.n_rep, heads.head_slots, heads.value_slots
     lt = -(-own // rows)
     shared = max(heads.group_sizes) > 1
     owners = Owners.of(heads.group_sizes, rows)
@@ -332,7 +329,7 @@ def test_a_chunk_attends_each_key_chunk_with_the_prefill_loops_at_its_tile_sizes
     assert len(steps_qk) == len(steps_pv) == 2 * rows  # R steps per key chunk
     for chunk, length in enumerate((cached, own)):
         lk = -(-length // rows)
-        k_bytes = g * h * lk * S  # the circulating K (and V) tile
+        k_bytes, v_bytes = g * h * lk * S, g * hv * lk * S  # the circulating K and V tiles
         p_bytes = g * n * lt * lk * S  # one block of scores [G, n, Lt, Lk]
         qk, pv = steps_qk[chunk * rows], steps_pv[chunk * rows : (chunk + 1) * rows]
         # Q K^T: Lk*H instructions of Lt per head, K shifted one ring position along Y
@@ -342,12 +339,12 @@ def test_a_chunk_attends_each_key_chunk_with_the_prefill_loops_at_its_tile_sizes
         assert qk.link_byte_hops == k_bytes * cols * ring_sum
         # P V: the unnormalised P block multicast within the group, V shifted along Y
         hops = max(ring_far, owners.far if shared else 0)
-        ramp = k_bytes + (2 if owners.interior else 1) * p_bytes * shared
+        ramp = v_bytes + (2 if owners.interior else 1) * p_bytes * shared
         for rec in pv:
             assert rec.compute_cycles == pytest.approx(
-                g * n * matmul_cycles(DEVICE, m=lt, k=lk, n=h)
+                g * n * matmul_cycles(DEVICE, m=lt, k=lk, n=hv)
             )
-            assert rec.bytes_injected == k_bytes * rows * cols + (
+            assert rec.bytes_injected == v_bytes * rows * cols + (
                 p_bytes * owners.sides if shared else 0
             )
             assert (rec.critical_hops, rec.critical_stages) == (hops, 0)
@@ -361,7 +358,7 @@ def test_the_online_softmax_costs_its_closed_form_per_key_chunk(
 ):
     heads = head_layout(kv, n_rep, hd, cols)
     ledger = _chunked(rows, cols, heads, cached, own)
-    g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
+    g, n, hv = heads.kv_per_tile, heads.n_rep, heads.value_slots
     count = g * n * -(-own // rows)  # one query row per (kv head, query head, token)
     kc = max(
         -(-(j + 1) * rows // s) - -(-j * rows // s) for s in heads.group_sizes for j in range(s)
@@ -377,7 +374,7 @@ def test_the_online_softmax_costs_its_closed_form_per_key_chunk(
             ("online.max", MAX_ACC, (count, 1)),  # m' = max(m, block max)
             ("online.exp", EXP_SUB, (count, 1)),  # alpha = exp(m - m')
             ("online.sum", RESCALE_ADD, (count, 1)),  # l = l*alpha + block sum
-            ("online.rescale", RESCALE_ADD, (count, h)),  # acc = acc*alpha + P V
+            ("online.rescale", RESCALE_ADD, (count, hv)),  # acc = acc*alpha + P V
         ):
             rec = _records(ledger, f"softmax.{op}")[chunk]
             assert rec.compute_cycles == pytest.approx(_vector_cycles(num, wide, cost)), op
@@ -399,7 +396,7 @@ def test_the_online_softmax_costs_its_closed_form_per_key_chunk(
     (reciprocal,) = _records(ledger, "online.reciprocal")
     assert reciprocal.compute_cycles == pytest.approx(_vector_cycles(1, count, RECIPROCAL))
     (normalise,) = _records(ledger, "online.normalise")
-    assert normalise.compute_cycles == pytest.approx(_vector_cycles(count, h, NORMALISE))
+    assert normalise.compute_cycles == pytest.approx(_vector_cycles(count, hv, NORMALISE))
 
 
 @pytest.mark.parametrize(("rows", "cols", "kv", "n_rep", "hd", "cached", "own"), CHUNKED)
@@ -419,7 +416,7 @@ def test_chunked_attention_equals_the_whole_prompts_causal_attention():
     torch.manual_seed(0)
     total = cached + own
     host = {"q": torch.randn(total, cols * g * n * h), "k": torch.randn(total, cols * g * h)}
-    host["v"] = torch.randn(total, cols * g * h)
+    host["v"] = torch.randn(total, cols * heads.v_width)
     mesh = Mesh(DEVICE, rows, cols)
 
     def place(name: str, lo: int, hi: int):
@@ -462,25 +459,25 @@ def test_decode_attention_costs_its_closed_form(cols, kv, n_rep, batch):
     # B sequences: every instruction count and message size times B, one message each
     rows, hd, width = 2, 8, 3
     heads = head_layout(kv, n_rep, hd, cols)
-    g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
+    g, n, h, hv = heads.kv_per_tile, heads.n_rep, heads.head_slots, heads.value_slots
     mesh = Mesh(DEVICE, rows, cols)
     features = cols * g * n * h
     q = mesh.scatter(torch.randn(batch, features), Layout((batch, features), x_dim=1), "q")
     k_cache = torch.randn(rows, cols, batch, g, h, width)
-    v_cache = torch.randn(rows, cols, batch, g, width, h)
+    v_cache = torch.randn(rows, cols, batch, g, width, hv)
     mask = torch.ones(rows, 1, batch, 1, 1, width, dtype=torch.bool)
     ledger = Ledger()
     decode_attention(
         mesh, q=q, k_cache=k_cache, v_cache=v_cache, slot_mask=mask, heads=heads, ledger=ledger
     )
-    # scores: B*G*n*H instructions of w; P@V: B*G*n*w instructions of H (vector along n)
+    # scores: B*G*n*H instructions of w; P@V: B*G*n*w instructions of Hv (vector along n)
     (scores,) = _records(ledger, "scores")
     assert scores.compute_cycles == pytest.approx(
         batch * g * n * matmul_cycles(DEVICE, m=1, k=h, n=width, vector="n")
     )
     (pv,) = _records(ledger, "pv")
     assert pv.compute_cycles == pytest.approx(
-        batch * g * n * matmul_cycles(DEVICE, m=1, k=width, n=h, vector="n")
+        batch * g * n * matmul_cycles(DEVICE, m=1, k=width, n=hv, vector="n")
     )
     # the scores' segmented reduce onto each kv-group's root: B*G*n*w values per core
     sizes = heads.group_sizes
@@ -532,12 +529,12 @@ def test_decode_attention_costs_its_closed_form(cols, kv, n_rep, batch):
         (bc,) = bcast
         assert (bc.critical_hops, bc.critical_stages) == (far, 0)
         assert bc.comm_cycles == pytest.approx(far * ALPHA + (2 if interior else 1) * nbytes / W)
-    # along Y (2 rows): the softmax's two allreduces of G*n values and P@V's of G*n*H, each
+    # along Y (2 rows): the softmax's two allreduces of G*n values and P@V's of G*n*Hv, each
     # one hop up and a one-hop broadcast back
     for op, values in (
         ("softmax.allreduce_max", batch * g * n),
         ("softmax.allreduce_sum", batch * g * n),
-        ("pv.allreduce", batch * g * n * h),
+        ("pv.allreduce", batch * g * n * hv),
     ):
         for part in ("reduce", "bcast"):
             (rec,) = _records(ledger, f"{op}.{part}")
@@ -561,7 +558,7 @@ def test_decode_attention_costs_its_closed_form(cols, kv, n_rep, batch):
 def test_the_kv_shift_sends_one_hop_north_from_the_rows_south_of_r0(counts, first):
     rows, cols = len(counts), 3
     heads = head_layout(2, 2, 8, cols)
-    g, h = heads.kv_per_tile, heads.head_slots
+    g, h, hv = heads.kv_per_tile, heads.head_slots, heads.value_slots
     mesh = Mesh(DEVICE, rows, cols)
     cache = RowCounts(KvPolicy.SHIFT, rows, 10, np.array(counts))
     store = KvStore(mesh, heads, layers=range(1), slots=10)
@@ -571,14 +568,16 @@ def test_the_kv_shift_sends_one_hop_north_from_the_rows_south_of_r0(counts, firs
     append = cache.plan_append()
     assert list(append.senders) == ([] if first is None else list(range(first, rows)))
     ledger = Ledger()
-    new = torch.full((rows, cols, g, h), float(total))
-    store.write(0, new, new, append, cache, ledger)
+    new_k = torch.full((rows, cols, g, h), float(total))
+    new_v = torch.full((rows, cols, g, hv), float(total))
+    store.write(0, new_k, new_v, append, cache, ledger)
     shifts = _records(ledger, "kv_shift")
     if first is None:
         assert shifts == []
     else:
-        # k and v tiles [G, H] from every column of rows first..R-1, one hop each
-        nbytes = 2 * g * h * S
+        # k and v of the widest column (its real slots: k's RoPE pairs, v's value dims) from
+        # every column of rows first..R-1, one hop each
+        nbytes = int(max(g * (2 * heads.num_pairs + heads.num_vdims))) * S
         (rec,) = shifts
         assert (rec.critical_hops, rec.critical_stages) == (1, 0)
         assert rec.bytes_injected == rec.link_byte_hops == nbytes * (rows - first) * cols

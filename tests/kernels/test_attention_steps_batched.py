@@ -53,7 +53,7 @@ def test_pv_steps_batched_equal_the_loop_bit_for_bit(monkeypatch, groups, zero_r
     v_t = _random(4, 4, 1, 1, 1, 8, seed=4, zero_rows=0)
 
     def run(mesh, ledger):
-        return attention._pv_steps(mesh, probs, v_t, owners, ledger)
+        return attention.pv_steps(mesh, probs, v_t, owners, ledger)
 
     (got, got_records), (want, want_records) = _both(monkeypatch, attention, run)
     assert got.view(torch.int32).equal(want.view(torch.int32))

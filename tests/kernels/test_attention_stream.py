@@ -55,7 +55,7 @@ def _run(kernel, rows, cols, kv, n_rep, hd, length, window, *, mode=Mode.FUNCTIO
         return mesh.scatter(padded, Layout((length, width), y_dim=0, x_dim=1), name)
 
     q = place(hosts[0], heads.q_index(), "q")
-    k, v = (place(t, heads.kv_index(), name) for t, name in zip(hosts[1:], "kv", strict=True))
+    k, v = place(hosts[1], heads.kv_index(), "k"), place(hosts[2], heads.v_index(), "v")
     ledger = Ledger()
     out = kernel(
         mesh, q=q, k=k, v=v, heads=heads, length=length, sliding_window=window, ledger=ledger
@@ -86,7 +86,7 @@ def test_streamed_attention_equals_the_dense_kernel_and_the_dense_reference(
     other, dense, _, _ = _run(prefill_attention, *args)
     got = mesh.gather(streamed)
     torch.testing.assert_close(got, other.gather(dense), rtol=1e-5, atol=1e-5)
-    index = head_layout(kv, n_rep, hd, cols).q_index()
+    index = head_layout(kv, n_rep, hd, cols).o_index()  # the output is in the value slots
     real = index >= 0
     on_host = torch.zeros(length, kv * n_rep * hd)
     on_host[:, index[real]] = got[:, torch.as_tensor(real)]
@@ -101,9 +101,9 @@ def test_streamed_attention_keeps_one_score_block_per_core(
     mesh, _, _, _ = _run(prefill_attention_streamed, rows, cols, kv, n_rep, hd, length, window)
     heads = head_layout(kv, n_rep, hd, cols)
     lt = -(-length // rows)
-    q_tile = lt * heads.q_width
-    inputs = q_tile + 2 * lt * heads.kv_width
-    extra = q_tile + streamed_attention_numel(heads, lt)
+    q_tile, out_tile = lt * heads.q_width, lt * heads.o_width
+    inputs = q_tile + lt * (heads.kv_width + heads.v_width)
+    extra = out_tile + streamed_attention_numel(heads, lt)
     assert mesh.sram.peak_bytes == (inputs + extra) * DEVICE.storage_bytes
 
 
@@ -129,20 +129,21 @@ def test_streamed_attention_charges_each_key_block_in_closed_form(
     assert ledger.expanded() == functional.expanded()
     heads = head_layout(kv, n_rep, hd, cols)
     g, n, h, lt = heads.kv_per_tile, heads.n_rep, heads.head_slots, -(-length // rows)
+    hv = heads.value_slots
     r = g * n * lt  # query rows per core
     s = DEVICE.storage_bytes
     shared = max(heads.group_sizes) > 1
     senders = sum(size - 1 for size in heads.group_sizes)
     # per block: Q K^T and P V MACs, the owner's softmax of the block, the online update
     compute = (
-        g * n * (matmul_cycles(DEVICE, m=lt, k=h, n=lt) + matmul_cycles(DEVICE, m=lt, k=lt, n=h))
+        g * n * (matmul_cycles(DEVICE, m=lt, k=h, n=lt) + matmul_cycles(DEVICE, m=lt, k=lt, n=hv))
     )
     for cost in (SCALE, MASK_SELECT, MAX_ACC, EXP_SUB, SUM_ACC):
         compute += _vector(cost, count=r, length=lt)
     for cost in (MAX_ACC, EXP_SUB, SUM_ACC):
         compute += _vector(cost, count=1, length=r)
-    compute += _vector(SCALE, count=r, length=h)
-    ring = 2 * g * h * lt * s * rows * cols  # K and V one ring position
+    compute += _vector(SCALE, count=r, length=hv)
+    ring = g * (h + hv) * lt * s * rows * cols  # K and V one ring position
     reduce = r * lt * s * rows * senders if shared else 0  # every sender's partial, one hop
     steps = [rec for rec in ledger.expanded() if rec.op == "attn.step"]
     assert len(steps) == rows
@@ -169,7 +170,7 @@ def test_streamed_attention_charges_each_key_block_in_closed_form(
         _vector(RECIPROCAL, count=1, length=r)
     )
     assert tail["attn.normalise"].compute_cycles == pytest.approx(
-        _vector(NORMALISE, count=r, length=h)
+        _vector(NORMALISE, count=r, length=hv)
     )
 
 

@@ -26,7 +26,7 @@ from waferllm.mesh.storage import (
     stored_bytes,
 )
 from waferllm.model.config import load_config
-from waferllm.model.kv_cache import KvStore
+from waferllm.model.kv_store import KvStore
 from waferllm.model.placement import (
     Phase,
     heads_for,

@@ -61,7 +61,14 @@ def weight_elements_per_gpu(config: ModelConfig, part: Shard) -> int:
     """Parameters one GPU stores: every row of the family table with its head and ffn dims
     split G ways (biases follow their matmul's output), the hidden dim and the norms in full."""
     d = config.hidden_size
-    sizes = {Dim.HIDDEN: d, Dim.FFN: part.ffn, Dim.Q: part.q_dim, Dim.KV: part.kv_dim}
+    sizes = {
+        Dim.HIDDEN: d,
+        Dim.FFN: part.ffn,
+        Dim.Q: part.q_dim,
+        Dim.KV: part.kv_dim,
+        Dim.V: part.kv_dim,
+        Dim.O: part.q_dim,
+    }
     layer = sum(
         math.prod(sizes[dim] for dim in (t.out, t.in_) if dim is not None)
         for t in family_of(config).tensors(config)

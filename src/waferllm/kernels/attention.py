@@ -11,18 +11,17 @@ transposed dual of dist-GEMM-T). Both prefill loops take R steps; the R-th shift
 home for the KV cache. Every step's traffic has the same cost whatever its roots (each step's per-
 row roots are a permutation of the key blocks), so estimate mode records one step. Every block is
 computed and then masked: causal blocks above the diagonal are not skipped.
-Chunked prefill (`cached_prefill_attention`): a chunk's queries against the cached key chunks
-and its own, one key chunk at a time with an online softmax (running max and sum per query
-row, the output rescaled as the max grows), so its scratch is one key chunk's scores.
+Chunked prefill against cached keys lives in `attention_chunked.py`.
+The output is in the value slots (`HeadLayout.o_width`: [G, n, Hv] per column), W_o's rows.
 Legend: R rows, C columns, Lt tokens per row, G kv heads per column, n query heads per kv head,
-H head-dim slots per column, Kc key blocks owned per column, w cache slots read per row.
+H q/k head-dim slots, Hv v slots per column, Kc key blocks owned per column, w cache slots read
+per row.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -32,21 +31,8 @@ from waferllm.kernels.gemm_t import BlockOwners, block_at, block_owners, gemm_t_
 from waferllm.kernels.heads import HeadLayout
 from waferllm.kernels.ring_sum import pv_all_steps, small_tiles
 from waferllm.kernels.softmax import causal_mask, softmax
-from waferllm.kernels.vector import (
-    EXP_SUB,
-    MASK_SELECT,
-    MAX_ACC,
-    NORMALISE,
-    RECIPROCAL,
-    SCALE,
-    SUM_ACC,
-    charge_vector,
-    small_allreduce,
-)
 from waferllm.mesh.charges import charge_multicast, charge_reduce_to_owners
 from waferllm.mesh.comm import (
-    ReduceAlgorithm,
-    ReduceOp,
     allreduce,
     bytes_per_core,
     charge_ring_shift,
@@ -74,9 +60,10 @@ def decode_attention(
     """softmax(q K^T / sqrt(hd)) V for each of B sequences' new token against its own cache.
 
     Layout: q[B, C*G*n*H] split along X, replicated along Y (tile [B, G, n, H]); k_cache (R, C,
-    B, G, H, w) and v_cache (R, C, B, G, w, H) per core, positions along Y, each sequence's own
+    B, G, H, w) and v_cache (R, C, B, G, w, Hv) per core, positions along Y, each sequence's own
     rows, w the batch's widest window; slot_mask (R, 1, B, 1, 1, w) the slots each token
-    attends (filled, in the window). -> attn[B, C*G*n*H] in q's layout. Below, for B = 1; a
+    attends (filled, in the window). -> attn[B, C*G*n*Hv] split along X (the value slots,
+    `attention_output_layout`). Below, for B = 1; a
     batch multiplies every instruction count and message size by B and shares every
     collective (one message carries all B sequences' values).
     Cost: G*n*H instructions of w (scores), a segmented reduce of G*n*w per core along X onto
@@ -84,7 +71,7 @@ def decode_attention(
     rows the group's columns nearest the root share (`_head_spread`: ceil(G*n / group width)
     rows each, not every column the whole group's); a chain of the probabilities to the root
     over those columns and the root's multicast of G*n*w to the group; G*n*w instructions of
-    H (P@V) and an allreduce of G*n*H per core along Y. Groups of one column (C < Hkv) skip
+    Hv (P@V) and an allreduce of G*n*Hv per core along Y. Groups of one column (C < Hkv) skip
     the spread, the gather and the multicast; one group spanning the row (one kv head) sums
     its scores with the row's K-tree allreduce instead (the public code's single head).
     """
@@ -124,7 +111,15 @@ def decode_attention(
             )
         out = matmul(mesh, a=probs.data, b=v_cache, ledger=ledger, op="pv", vector="n")
         out = allreduce(mesh, out, axis=Axis.Y, ledger=ledger, op="pv.allreduce")
-    return mesh.register(out.reshape(rows, cols, batch, g * n * h), q.layout, "attn")
+    layout = attention_output_layout(q.layout, heads)
+    return mesh.register(out.reshape(rows, cols, batch, heads.o_width), layout, "attn")
+
+
+def attention_output_layout(q_layout: Layout, heads: HeadLayout) -> Layout:
+    """q's layout with its head features replaced by the value slots of every query head
+    ([..., C*G*n*Hv], split along X as q is)."""
+    shape = (*q_layout.shape[:-1], heads.num_cols * heads.o_width)
+    return Layout(shape, y_dim=q_layout.y_dim, x_dim=q_layout.x_dim)
 
 
 def _score_sums(
@@ -195,14 +190,15 @@ def prefill_attention(
 ) -> DistTensor:
     """Causal softmax(Q K^T / sqrt(hd)) V over a prompt of `length` tokens.
 
-    Layout: q[L_y, (C*G*n*H)_x], k and v [L_y, (C*G*H)_x] (tiles [Lt, G*n*H], [Lt, G*H]) ->
-    out in q's layout. Scores live on their key block's owner column: tile [G, n, Lt, Kc*Lt].
+    Layout: q[L_y, (C*G*n*H)_x], k [L_y, (C*G*H)_x], v [L_y, (C*G*Hv)_x] (tiles [Lt, G*n*H],
+    [Lt, G*H], [Lt, G*Hv]) -> out [L_y, (C*G*n*Hv)_x] (`attention_output_layout`). Scores
+    live on their key block's owner column: tile [G, n, Lt, Kc*Lt].
     Schedule: R steps of {local Q K^T block (H*Lt MACs of length Lt per head), shift K one
     ring position along Y, the previous block's chain reduce within the kv-group to its owner
     column}, overlapped; the reduce streams follow each other, so the chains' latency (d hops,
     d-1 stages, d the farthest column from its owner) is paid once, after the last step.
     Softmax along X within groups. R steps of {the owner multicasts the P block within the
-    group (d hops + block/link), local P V (Lt*Lt MACs of length H per head), shift V along
+    group (d hops + block/link), local P V (Lt*Lt MACs of length Hv per head), shift V along
     Y}, overlapped. Per step: max(compute, 2 hops + tile/link, comm of the group) + overhead.
     """
     rows, cols = mesh.shape
@@ -212,10 +208,11 @@ def prefill_attention(
     kc = owners.per_col
     q_t = q.data.reshape(rows, cols, lt, g, n, h).permute(0, 1, 3, 4, 2, 5)  # [G, n, Lt, H]
     k_t = k.data.reshape(rows, cols, lt, g, h).permute(0, 1, 3, 4, 2).unsqueeze(3)  # [G,1,H,Lt]
-    v_t = v.data.reshape(rows, cols, lt, g, h).permute(0, 1, 3, 2, 4).unsqueeze(3)  # [G,1,Lt,H]
+    hv = heads.value_slots
+    v_t = v.data.reshape(rows, cols, lt, g, hv).permute(0, 1, 3, 2, 4).unsqueeze(3)  # [G,1,Lt,Hv]
     with mesh.sram.scope():
         layout = Layout((cols * g, n, rows * lt, kc * lt), y_dim=2, x_dim=0, tag="owned_keys")
-        key = _scratch(mesh, "scores", layout.tile_shape(rows, cols))
+        key = scratch_buffer(mesh, "scores", layout.tile_shape(rows, cols))
         data = gemm_t_steps(mesh, a_t=q_t, b_t=k_t, owners=owners, ledger=ledger, op="qk")
         probs = softmax(
             mesh,
@@ -227,9 +224,9 @@ def prefill_attention(
             scale=1.0 / math.sqrt(heads.head_dim),
             group_sizes=heads.group_sizes,
         )
-        out = _pv_steps(mesh, _real_rows_only(probs.data, length), v_t, owners, ledger)
-    out = out.permute(0, 1, 4, 2, 3, 5).reshape(rows, cols, lt, g * n * h)
-    return mesh.register(out.contiguous(), q.layout, "attn")
+        out = pv_steps(mesh, _real_rows_only(probs.data, length), v_t, owners, ledger)
+    out = out.permute(0, 1, 4, 2, 3, 5).reshape(rows, cols, lt, heads.o_width)
+    return mesh.register(out.contiguous(), attention_output_layout(q.layout, heads), "attn")
 
 
 def _real_rows_only(probs: torch.Tensor, length: int) -> torch.Tensor:
@@ -243,12 +240,12 @@ def _real_rows_only(probs: torch.Tensor, length: int) -> torch.Tensor:
     return probs.masked_fill(~real.reshape(rows, 1, 1, 1, lt, 1), 0.0)
 
 
-def _scratch(mesh: Mesh, name: str, tile: tuple[int, ...] | torch.Size) -> str:
+def scratch_buffer(mesh: Mesh, name: str, tile: tuple[int, ...] | torch.Size) -> str:
     """Charge a per-core buffer to SRAM (freed by the enclosing `mesh.sram.scope()`)."""
     return mesh.sram.alloc(name, int(np.prod(tuple(tile))) * mesh.device.storage_bytes)
 
 
-def _pv_steps(
+def pv_steps(
     mesh: Mesh, probs: torch.Tensor, v_t: torch.Tensor, owners: BlockOwners, ledger: Ledger
 ) -> torch.Tensor:
     rows, cols = mesh.shape
@@ -256,10 +253,10 @@ def _pv_steps(
     p_blocks = probs.reshape(*probs.shape[:-1], owners.per_col, lt)  # (R, C, G, n, Lt, Kc, Lt)
     out_shape = (*probs.shape[:-1], v_t.shape[-1])  # (R, C, G, n, Lt, H)
     out = torch.zeros(out_shape, dtype=probs.dtype, device=probs.device)
-    _scratch(mesh, "pv.acc", out_shape[2:])
-    _scratch(mesh, "v_ring", v_t.shape[2:])
+    scratch_buffer(mesh, "pv.acc", out_shape[2:])
+    scratch_buffer(mesh, "v_ring", v_t.shape[2:])
     block_shape = (*probs.shape[:-1], lt)
-    _scratch(mesh, "p_block", block_shape[2:])
+    scratch_buffer(mesh, "p_block", block_shape[2:])
     nbytes = int(np.prod(block_shape[2:])) * mesh.device.storage_bytes
     owner0 = owner_map(owners, rows, 0)  # every step's multicast costs the same
     # small tiles: every step's numbers at once (`ring_sum.pv_all_steps`), the loop only charges
@@ -315,184 +312,4 @@ def _prefill_mask(
     key_ok = (owned[:, :, None].expand(-1, -1, lt).reshape(1, cols, 1, -1)) & (key < length)
     real = causal_mask(query_positions=query, key_positions=key, sliding_window=sliding_window)
     keep = torch.where(query < length, real & key_ok, key_ok & (key == 0))
-    return keep.reshape(rows, cols, 1, 1, lt, -1).to(mesh.torch_device)
-
-
-# ---- chunked prefill: a chunk against the cached key chunks --------------------------------------
-RESCALE_ADD = (2, 3, 0)  # acc = acc * alpha + x: read acc, x; write acc (per element)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
-class KeyChunk:
-    """One prefill chunk's k and v [T_y, kv_x] (tiles [Tt, G*H]) and the positions they hold:
-    `start` .. `start + length - 1`."""
-
-    k: DistTensor
-    v: DistTensor
-    start: int
-    length: int
-
-
-@dataclasses.dataclass(kw_only=True, eq=False)
-class _Online:
-    """Online softmax state per query row (R, C, G, n, Lt, .): running max, sum, output."""
-
-    m: torch.Tensor
-    total: torch.Tensor
-    acc: torch.Tensor
-
-
-def cached_prefill_attention(
-    mesh: Mesh,
-    *,
-    q: DistTensor,
-    query_start: int,
-    query_length: int,
-    keys: Sequence[KeyChunk],
-    heads: HeadLayout,
-    sliding_window: int | None,
-    ledger: Ledger,
-) -> DistTensor:
-    """Causal softmax(Q K^T / sqrt(hd)) V of one prefill chunk against `keys` (the cached
-    chunks and its own), one key chunk at a time with an online softmax.
-
-    Layout: q[T_y, (C*G*n*H)_x] (tile [Lt, G*n*H]) for positions query_start ..; each key
-    chunk [Tk_y, (C*G*H)_x] (tile [Lk, G*H]) -> out in q's layout. Per key chunk, exactly the
-    loops of `prefill_attention`: R dist-GEMM-T steps (scores [G, n, Lt, Kc*Lk] on the key
-    blocks' owner columns), the masked scores' max and sum allreduced within the kv-group, R
-    steps of {multicast of the unnormalised P block, local P V, V shift}. Online state per
-    query row (m, l) and its output accumulator [G, n, Lt, H]: m' = max(m, max_j), alpha =
-    exp(m - m'), l = l*alpha + sum_j, acc = acc*alpha + P_j V_j; finally out = acc / l.
-    Cost per key chunk: prefill_attention's QK^T and PV loops at (Lt, Lk); scale, select, max,
-    exp and sum over G*n*Lt rows of Kc*Lk and two allreduces of G*n*Lt values within the
-    kv-group; G*n*Lt rows of {max, exp, multiply-add} of one element (the state update) and
-    of a multiply-add of H (the output's rescale). Once: G*n*Lt reciprocals of l and a
-    multiply of G*n*Lt rows of H (softmax's normalisation). The charges depend on the shapes
-    only: estimate mode walks each distinct key tile shape once and replays its records.
-    """
-    rows, cols = mesh.shape
-    g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
-    lt = q.tile_shape[0]
-    q_t = q.data.reshape(rows, cols, lt, g, n, h).permute(0, 1, 3, 4, 2, 5)  # [G, n, Lt, H]
-    lead = (rows, cols, g, n, lt)
-    f32, device = torch.float32, q.data.device
-    state = _Online(
-        m=torch.full((*lead, 1), -math.inf, dtype=f32, device=device),
-        total=torch.zeros((*lead, 1), dtype=f32, device=device),
-        acc=torch.zeros((*lead, h), dtype=f32, device=device),
-    )
-    walked: dict[tuple[int, ...], tuple[int, int]] = {}  # estimate mode: key tile -> records
-    with mesh.sram.scope():
-        _scratch(mesh, "online.state", (g, n, lt, h + 2))  # acc, m and l per query row
-        for key in keys:
-            shape = tuple(key.k.data.shape)
-            if mesh.mode is Mode.ESTIMATE and shape in walked:
-                ledger.replay(*walked[shape])  # a block's charges depend on its shapes only
-                continue
-            start = ledger.mark()
-            with mesh.sram.scope():
-                mask = _chunk_mask(
-                    mesh, heads, lt, (query_start, query_length), key, sliding_window
-                )
-                _online_block(
-                    mesh, q_t=q_t, key=key, mask=mask, heads=heads, state=state, ledger=ledger
-                )
-            walked[shape] = (start, ledger.mark())
-        # as softmax normalises: one reciprocal per query row, a multiply per output entry
-        charge_vector(mesh, ledger, "online.reciprocal", rows=1, length=g * n * lt, cost=RECIPROCAL)
-        charge_vector(mesh, ledger, "online.normalise", rows=g * n * lt, length=h, cost=NORMALISE)
-        out = state.acc / torch.where(state.total > 0, state.total, 1.0)
-    out = out.to(q.data.dtype).permute(0, 1, 4, 2, 3, 5).reshape(rows, cols, lt, g * n * h)
-    return mesh.register(out.contiguous(), q.layout, "attn")
-
-
-def _online_block(
-    mesh: Mesh,
-    *,
-    q_t: torch.Tensor,
-    key: KeyChunk,
-    mask: torch.Tensor,
-    heads: HeadLayout,
-    state: _Online,
-    ledger: Ledger,
-) -> None:
-    """One key chunk's scores, online softmax update and P V into `state` (in place)."""
-    rows, cols = mesh.shape
-    g, h = heads.kv_per_tile, heads.head_slots
-    lt, lk = q_t.shape[-2], key.k.tile_shape[0]
-    owners = block_owners(heads.group_sizes, rows)
-    k_t = key.k.data.reshape(rows, cols, lk, g, h).permute(0, 1, 3, 4, 2).unsqueeze(3)
-    v_t = key.v.data.reshape(rows, cols, lk, g, h).permute(0, 1, 3, 2, 4).unsqueeze(3)
-    _scratch(mesh, "scores", (g, heads.n_rep, lt, owners.per_col * lk))
-    scores = gemm_t_steps(mesh, a_t=q_t, b_t=k_t, owners=owners, ledger=ledger, op="qk")
-    lines, length = g * heads.n_rep * lt, owners.per_col * lk
-
-    def vector(op: str, cost: tuple[int, int, int], width: int = length, count: int = lines):
-        charge_vector(mesh, ledger, f"softmax.{op}", rows=count, length=width, cost=cost)
-
-    def reduce(local: torch.Tensor, reduce_op: ReduceOp, name: str) -> torch.Tensor:
-        return small_allreduce(
-            mesh,
-            local,
-            axis=Axis.X,
-            ledger=ledger,
-            op=f"softmax.{name}",
-            reduce_op=reduce_op,
-            algorithm=ReduceAlgorithm.KTREE,
-            group_sizes=heads.group_sizes,
-        )
-
-    vector("scale", SCALE)
-    vector("mask", MASK_SELECT)
-    scale = 1.0 / math.sqrt(heads.head_dim)
-    s = torch.where(mask, scores.to(torch.float32) * scale, -math.inf)
-    vector("max", MAX_ACC)
-    block_max = reduce(s.amax(dim=-1, keepdim=True), ReduceOp.MAX, "allreduce_max")
-    vector("online.max", MAX_ACC, width=1)
-    m_new = torch.maximum(state.m, block_max)
-    m_safe = torch.where(torch.isfinite(m_new), m_new, 0.0)  # no key kept yet: 0
-    vector("exp", EXP_SUB)
-    e = torch.exp(s - m_safe)
-    vector("sum", SUM_ACC)
-    block_sum = reduce(e.sum(dim=-1, keepdim=True), ReduceOp.SUM, "allreduce_sum")
-    vector("online.exp", EXP_SUB, width=1)
-    alpha = torch.exp(state.m - m_safe)
-    vector("online.sum", RESCALE_ADD, width=1)
-    state.total = state.total * alpha + block_sum
-    pv = _pv_steps(mesh, e.to(q_t.dtype), v_t, owners, ledger)  # (R, C, G, n, Lt, H)
-    vector("online.rescale", RESCALE_ADD, width=h)
-    state.acc = state.acc * alpha + pv.to(torch.float32)
-    state.m = m_new
-
-
-def _chunk_mask(
-    mesh: Mesh,
-    heads: HeadLayout,
-    lt: int,
-    query: tuple[int, int],
-    key: KeyChunk,
-    sliding_window: int | None,
-) -> torch.Tensor:
-    """(R, C, 1, 1, Lt, Kc*Lk): which owned keys of `key` each query of the chunk (start,
-    length) attends: causal, in the window, neither padding."""
-    rows, cols = mesh.shape
-    owners = block_owners(heads.group_sizes, rows)
-    lk = key.k.tile_shape[0]
-    if mesh.mode is Mode.ESTIMATE:
-        return torch.empty(
-            (rows, cols, 1, 1, lt, owners.per_col * lk), dtype=torch.bool, device="meta"
-        )
-    start, length = query
-    local_q = torch.arange(rows * lt).reshape(rows, 1, lt, 1)
-    kk = torch.arange(owners.per_col)
-    block = torch.as_tensor(owners.first_block)[:, None] + kk[None, :]  # (C, Kc)
-    owned = kk[None, :] < torch.as_tensor(owners.num_blocks)[:, None]
-    local_k = (block[:, :, None] * lk + torch.arange(lk)).reshape(1, cols, 1, -1)
-    key_ok = owned[:, :, None].expand(-1, -1, lk).reshape(1, cols, 1, -1) & (local_k < key.length)
-    real = causal_mask(
-        query_positions=start + local_q,
-        key_positions=key.start + local_k,
-        sliding_window=sliding_window,
-    )
-    keep = real & key_ok & (local_q < length)
     return keep.reshape(rows, cols, 1, 1, lt, -1).to(mesh.torch_device)

@@ -6,7 +6,7 @@ weights: each step's Q K^T block is reduced to its owner column, which takes its
 max and exp (flash-attention style), and multicasts the probability block with the new max and
 its row sums to the group; every column rescales its P V accumulator and adds the block.
 Legend as in `attention.py`: R rows, C columns, Lt tokens per row, G kv heads per column, n
-query heads per kv head, H head-dim slots per column.
+query heads per kv head, H q/k head-dim slots, Hv v slots per column.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from waferllm.kernels.attention import attention_output_layout
 from waferllm.kernels.gemm_t import BlockOwners, block_at, block_owners, owner_map
 from waferllm.kernels.heads import HeadLayout
 from waferllm.kernels.softmax import causal_mask
@@ -38,11 +39,12 @@ from waferllm.mesh.virtual import Mesh, Mode
 
 
 def streamed_attention_numel(heads: HeadLayout, lt: int) -> int:
-    """Per-core scratch of `prefill_attention_streamed` beside its output [Lt, G*n*H]: K's
+    """Per-core scratch of `prefill_attention_streamed` beside its output [Lt, G*n*Hv]: K's
     and V's ring copies, two partial blocks (this step's and the one being reduced), the
     received probability block, the running max and sum per query row."""
-    g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
-    return 2 * g * h * lt + 3 * g * n * lt * lt + 2 * g * n * lt
+    g, n = heads.kv_per_tile, heads.n_rep
+    ring = g * (heads.head_slots + heads.value_slots) * lt
+    return ring + 3 * g * n * lt * lt + 2 * g * n * lt
 
 
 def prefill_attention_streamed(
@@ -58,8 +60,8 @@ def prefill_attention_streamed(
 ) -> DistTensor:
     """Causal softmax(Q K^T / sqrt(hd)) V over a prompt of `length` tokens, keys streamed.
 
-    Layout: as `prefill_attention`: q[L_y, (C*G*n*H)_x], k and v [L_y, (C*G*H)_x] -> out in
-    q's layout (the P V accumulator, normalised in place).
+    Layout: as `prefill_attention`: q[L_y, (C*G*n*H)_x], k [L_y, (C*G*H)_x], v [L_y,
+    (C*G*Hv)_x] -> out [L_y, (C*G*n*Hv)_x] (the P V accumulator, normalised in place).
     Schedule: R steps of {local Q K^T block (G*n*H*Lt instructions of length Lt); shift
     K and V one ring position along Y; the block chain-reduced within the kv-group to its owner
     column (streamed behind the previous one; the last step pays the chains' latency); on the
@@ -67,22 +69,23 @@ def prefill_attention_streamed(
     (G*n*Lt instructions of Lt each); the multicast of the block with the new max and sums
     (G*n*Lt*(Lt+2) values) within the group; on every column, the correction exp(m_old -
     m_new) and the sum update (one instruction of G*n*Lt each) and the accumulator's rescale
-    (G*n*Lt instructions of H); the local P V (Lt*Lt MACs of length H per head)}, each step
+    (G*n*Lt instructions of Hv); the local P V (Lt*Lt MACs of length Hv per head)}, each step
     one overlapped block + step overhead. Then one reciprocal per row (one instruction of
-    G*n*Lt) and the normalise (G*n*Lt instructions of H). Masks and padding as in
+    G*n*Lt) and the normalise (G*n*Lt instructions of Hv). Masks and padding as in
     `prefill_attention`; a padded query row gives zeros.
     SRAM: the output, then `streamed_attention_numel` in scratch.
     """
     rows, cols = mesh.shape
     g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
+    hv = heads.value_slots
     lt = q.tile_shape[0]
     owners = block_owners(heads.group_sizes, rows)
-    out_key = mesh.sram.alloc("attn", lt * g * n * h * mesh.device.storage_bytes)
+    out_key = mesh.sram.alloc("attn", lt * heads.o_width * mesh.device.storage_bytes)
     q_t = q.data.reshape(rows, cols, lt, g, n, h).permute(0, 1, 3, 4, 2, 5)  # [G, n, Lt, H]
     k_t = k.data.reshape(rows, cols, lt, g, h).permute(0, 1, 3, 4, 2).unsqueeze(3)  # [G,1,H,Lt]
-    v_t = v.data.reshape(rows, cols, lt, g, h).permute(0, 1, 3, 2, 4).unsqueeze(3)  # [G,1,Lt,H]
+    v_t = v.data.reshape(rows, cols, lt, g, hv).permute(0, 1, 3, 2, 4).unsqueeze(3)  # [G,1,Lt,Hv]
     functional = mesh.mode is Mode.FUNCTIONAL
-    state = _Online(q_t, h)  # meta tensors in estimate mode: shapes only
+    state = _Online(q_t, hv)  # meta tensors in estimate mode: shapes only
     with mesh.sram.scope():
         sb = mesh.device.storage_bytes
         mesh.sram.alloc("attn.stream", streamed_attention_numel(heads, lt) * sb)
@@ -111,10 +114,13 @@ def prefill_attention_streamed(
         charge_vector(
             mesh, ledger, "attn.reciprocal", rows=1, length=rows_per_core, cost=RECIPROCAL
         )
-        charge_vector(mesh, ledger, "attn.normalise", rows=rows_per_core, length=h, cost=NORMALISE)
+        charge_vector(
+            mesh, ledger, "attn.normalise", rows=rows_per_core, length=hv, cost=NORMALISE
+        )
         out = state.result(q.data.dtype)
-    out = out.permute(0, 1, 4, 2, 3, 5).reshape(rows, cols, lt, g * n * h)
-    return DistTensor(out.contiguous(), q.layout, mesh, "attn", out_key)
+    out = out.permute(0, 1, 4, 2, 3, 5).reshape(rows, cols, lt, heads.o_width)
+    layout = attention_output_layout(q.layout, heads)
+    return DistTensor(out.contiguous(), layout, mesh, "attn", out_key)
 
 
 class _Online:
@@ -122,13 +128,13 @@ class _Online:
     block: m' = max(m, rowmax(s)); p = exp(s - m'); l' = l exp(m - m') + rowsum(p); acc' = acc
     exp(m - m') + p V. Rows with nothing kept yet hold m = -inf and contribute zeros."""
 
-    def __init__(self, q_t: torch.Tensor, h: int) -> None:
+    def __init__(self, q_t: torch.Tensor, hv: int) -> None:
         rows_shape = (*q_t.shape[:-1], 1)  # (R, C, G, n, Lt, 1)
         on, f32 = q_t.device, torch.float32
         self.dtype = q_t.dtype
         self.m = torch.full(rows_shape, -math.inf, dtype=f32, device=on)
         self.l = torch.zeros(rows_shape, dtype=f32, device=on)
-        self.acc = torch.zeros((*q_t.shape[:-1], h), dtype=f32, device=on)
+        self.acc = torch.zeros((*q_t.shape[:-1], hv), dtype=f32, device=on)
         self.correction = torch.ones(rows_shape, dtype=f32, device=on)
 
     def update(self, block: torch.Tensor, keep: torch.Tensor | None, scale: float) -> torch.Tensor:
@@ -148,7 +154,7 @@ class _Online:
         self.acc = self.acc * self.correction + pv.to(torch.float32)
 
     def result(self, dtype: torch.dtype) -> torch.Tensor:
-        """acc / l (R, C, G, n, Lt, H); zeros for a row that attends nothing (padding)."""
+        """acc / l (R, C, G, n, Lt, Hv); zeros for a row that attends nothing (padding)."""
         kept = self.l > 0
         return torch.where(kept, self.acc / torch.where(kept, self.l, 1.0), 0.0).to(dtype)
 
@@ -158,7 +164,7 @@ def _charge_block(
 ) -> None:
     """One block's reduce, online softmax and multicast (`prefill_attention_streamed`)."""
     rows = mesh.rows
-    g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
+    g, n, hv = heads.kv_per_tile, heads.n_rep, heads.value_slots
     sb = mesh.device.storage_bytes
     r = g * n * lt  # query rows per core
     owner0 = owner_map(owners, rows, 0)  # every step's roots are a permutation: same cost
@@ -183,7 +189,7 @@ def _charge_block(
     charge_vector(mesh, ledger, "online.max", rows=1, length=r, cost=MAX_ACC)
     charge_vector(mesh, ledger, "online.correction", rows=1, length=r, cost=EXP_SUB)
     charge_vector(mesh, ledger, "online.sum", rows=1, length=r, cost=SUM_ACC)
-    charge_vector(mesh, ledger, "online.rescale", rows=r, length=h, cost=SCALE)
+    charge_vector(mesh, ledger, "online.rescale", rows=r, length=hv, cost=SCALE)
 
 
 def _reduced(part: torch.Tensor, owners: BlockOwners) -> torch.Tensor:

@@ -1,10 +1,13 @@
 """Heads along X (SPEC.md §10.8): which kv heads and head-dim slots every column holds.
 
-`HeadLayout` is the one RoPE layout of the code base: a column's head-dim slots hold whole
+`HeadLayout` is the one RoPE layout of the code base: a column's q and k slots hold whole
 (i, i + head_dim/2) pairs, first halves then second halves, so rotating a slice needs no
-communication. `gather_rows` applies its permutation (with zero padding) to host tensors.
-Which model tensors use it is the model's business (`model/placement.py`).
-Legend: C columns, G kv heads per column, n query heads per kv head, H head-dim slots.
+communication; v (never rotated) and the attention output take each column's remaining share of
+the cache's per-position budget, so K and V together are padded only to the widest column.
+`gather_rows` applies its permutations (with zero padding) to host tensors. Which model tensors
+use them is the model's business (`model/placement.py`).
+Legend: C columns, G kv heads per column, n query heads per kv head, H q/k head-dim slots, Hv
+v head-dim slots.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 from waferllm.mesh.geometry import split_sizes
+from waferllm.mesh.storage import StoredDtype, stored_bytes
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -24,8 +28,13 @@ class HeadLayout:
 
     With C >= Hkv columns, kv head g owns a contiguous group of columns (sizes within one) and
     splits its hd/2 RoPE pairs over them; with C < Hkv, each column holds whole kv groups. A
-    column's q tile is [G, n_rep, H] and its k/v tile [G, H]; slot e < H/2 holds dim i of a pair,
-    slot e + H/2 its partner i + hd/2. Unused slots are zero padding.
+    column's q tile is [G, n_rep, H] and its k tile [G, H]; slot e < H/2 holds dim i of a pair,
+    slot e + H/2 its partner i + hd/2. Its v tile [G, Hv] holds the contiguous dims
+    first_vdim .. + num_vdims of its heads, and the attention output [G, n_rep, Hv] the same
+    dims of every query head: a kv-group's columns split the hd value dims so that each
+    column's k and v slots together stay within the group's per-position budget
+    (`_value_dims`), the cache's K and V sharing one buffer per core (`cache_bytes`). Unused
+    slots are zero padding.
     """
 
     num_cols: int
@@ -38,10 +47,38 @@ class HeadLayout:
     first_pair: np.ndarray  # (C,) first RoPE pair on each column
     num_pairs: np.ndarray  # (C,) RoPE pairs on each column
     group_sizes: tuple[int, ...]  # consecutive columns that reduce scores together
+    first_vdim: np.ndarray  # (C,) first value dim on each column
+    num_vdims: np.ndarray  # (C,) value dims on each column
 
     @property
     def head_slots(self) -> int:
         return 2 * self.pairs_per_tile
+
+    @property
+    def value_slots(self) -> int:
+        """Hv: the v (and attention output) slots of a column's tile, the widest column's."""
+        return int(self.num_vdims.max())
+
+    @property
+    def v_width(self) -> int:
+        return self.kv_per_tile * self.value_slots
+
+    @property
+    def o_width(self) -> int:
+        """The attention output's slots per column: G x n_rep query heads x Hv."""
+        return self.kv_per_tile * self.n_rep * self.value_slots
+
+    def cache_bytes(self, stored: StoredDtype, storage_bytes: int) -> int:
+        """Bytes one cached position (its k and v) takes on the widest column: the column's
+        real k and v slots of its kv heads, as stored (`mesh.storage`)."""
+        widest = 0
+        for pairs, vdims, kv in set(zip(self.num_pairs, self.num_vdims, self.num_kv, strict=True)):
+            k, v = (
+                stored_bytes(stored, reduced=int(r), other=int(kv), storage_bytes=storage_bytes)
+                for r in (2 * pairs, vdims)
+            )
+            widest = max(widest, k + v)
+        return widest
 
     @property
     def q_width(self) -> int:
@@ -78,6 +115,27 @@ class HeadLayout:
         index = q_head[..., None] * self.head_dim + dim[:, None, None, :]
         return np.where(real_g & ok[:, None, None, :], index, -1).reshape(-1)
 
+    def v_index(self) -> np.ndarray:
+        """(C * G * Hv,): the original v feature of every padded slot, -1 for padding."""
+        return self._value_index(1)
+
+    def o_index(self) -> np.ndarray:
+        """(C * G * n_rep * Hv,): the original attention-output feature (query head x value
+        dim) of every padded slot, -1 for padding."""
+        return self._value_index(self.n_rep)
+
+    def _value_index(self, per_kv: int) -> np.ndarray:
+        e = np.arange(self.value_slots)
+        g = np.arange(self.kv_per_tile)
+        r = np.arange(per_kv)
+        head = (self.first_kv[:, None] + g[None, :])[:, :, None] * per_kv + r  # (C, G, per_kv)
+        dim = self.first_vdim[:, None] + e[None, :]  # (C, Hv)
+        real = (g[None, :] < self.num_kv[:, None])[:, :, None, None] & (
+            e[None, :] < self.num_vdims[:, None]
+        )[:, None, None, :]
+        index = head[..., None] * self.head_dim + dim[:, None, None, :]
+        return np.where(real, index, -1).reshape(-1)
+
     def rope_pairs(self) -> np.ndarray:
         """(C, H): the RoPE frequency index of every slot (padding reads pair 0: it holds 0)."""
         dim, ok = self._dims()
@@ -93,6 +151,9 @@ def head_layout(num_kv_heads: int, n_rep: int, head_dim: int, num_cols: int) -> 
         splits = [split_sizes(pairs, int(s)) for s in sizes]
         num_pairs = np.concatenate(splits)
         first_pair = np.concatenate([np.cumsum(s) - s for s in splits])
+        vsplits = [_value_dims(p, head_dim) for p in splits]
+        num_vdims = np.concatenate(vsplits)
+        first_vdim = np.concatenate([np.cumsum(v) - v for v in vsplits])
         return HeadLayout(
             num_cols=num_cols,
             n_rep=n_rep,
@@ -104,6 +165,8 @@ def head_layout(num_kv_heads: int, n_rep: int, head_dim: int, num_cols: int) -> 
             first_pair=first_pair,
             num_pairs=num_pairs,
             group_sizes=tuple(int(s) for s in sizes),
+            first_vdim=first_vdim,
+            num_vdims=num_vdims,
         )
     num_kv = split_sizes(num_kv_heads, num_cols)
     return HeadLayout(
@@ -117,7 +180,24 @@ def head_layout(num_kv_heads: int, n_rep: int, head_dim: int, num_cols: int) -> 
         first_pair=np.zeros(num_cols, dtype=np.int64),
         num_pairs=np.full(num_cols, pairs),
         group_sizes=(1,) * num_cols,
+        first_vdim=np.zeros(num_cols, dtype=np.int64),
+        num_vdims=np.full(num_cols, head_dim),
     )
+
+
+def _value_dims(num_pairs: np.ndarray, head_dim: int) -> np.ndarray:
+    """(s,) value dims of each column of one kv-group whose columns hold `num_pairs` RoPE
+    pairs of k: each column fills its k slots up to the group's per-position budget T (k and v
+    slots together: at least ceil(2 hd / s), at least the widest column's k), then the surplus
+    T*s - 2 hd is taken one dim at a time from the columns holding the most v, so Hv stays as
+    small as the budget allows. Together the columns hold the hd value dims exactly."""
+    k = 2 * np.asarray(num_pairs, dtype=np.int64)
+    budget = max(-(-2 * head_dim // len(k)), int(k.max()))
+    v = budget - k
+    for _ in range(int(v.sum()) - head_dim):
+        v[int(np.argmax(v))] -= 1
+    assert v.sum() == head_dim and v.min() >= 0
+    return v
 
 
 def gather_rows(w: torch.Tensor, index: np.ndarray) -> torch.Tensor:

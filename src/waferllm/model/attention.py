@@ -10,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import torch
 
-from waferllm.kernels.attention import prefill_attention
+from waferllm.kernels.attention import attention_output_layout, prefill_attention
 from waferllm.kernels.attention_stream import prefill_attention_streamed
 from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.cost import Ledger
@@ -37,7 +36,7 @@ def prefill_attention_passes(
     """Prefill attention in passes of `head_chunk` query heads per kv head (sizes within
     one), so that only one pass's scores are live (the public code's prefill is single-head:
     one score block per core). Each pass circulates K and V again. The passes' outputs fill
-    one [L_y, q_x] buffer; estimate mode walks each distinct pass size once and repeats it.
+    one [L_y, o_x] buffer; estimate mode walks each distinct pass size once and repeats it.
     With `streamed` (the plan's choice when no pass size fits), each pass streams the key
     blocks through an online softmax (`prefill_attention_streamed`)."""
     rows, cols = mesh.shape
@@ -58,10 +57,10 @@ def prefill_attention_passes(
 
     if len(sizes) == 1:
         return run(q, heads.n_rep, ledger)
-    lt, g, h = q.tile_shape[0], heads.kv_per_tile, heads.head_slots
+    lt, g, h, hv = q.tile_shape[0], heads.kv_per_tile, heads.head_slots, heads.value_slots
     q_heads = q.data.reshape(rows, cols, lt, g, heads.n_rep, h)
-    out = torch.zeros_like(q_heads)
-    key = mesh.sram.alloc("attn", lt * heads.q_width * mesh.device.storage_bytes)
+    out = q.data.new_zeros((rows, cols, lt, g, heads.n_rep, hv))
+    key = mesh.sram.alloc("attn", lt * heads.o_width * mesh.device.storage_bytes)
     walked: set[int] = set()
     for start, n in zip(np.cumsum(sizes) - sizes, sizes, strict=True):
         n = int(n)
@@ -75,6 +74,7 @@ def prefill_attention_passes(
         with ledger.repeat(count):
             o = run(q_part, n, ledger)
         if mesh.mode is Mode.FUNCTIONAL:
-            out[..., start : start + n, :] = o.data.reshape(rows, cols, lt, g, n, h)
+            out[..., start : start + n, :] = o.data.reshape(rows, cols, lt, g, n, hv)
         o.free()
-    return DistTensor(out.reshape(q.data.shape), q.layout, mesh, "attn", key)
+    layout = attention_output_layout(q.layout, heads)
+    return DistTensor(out.reshape(rows, cols, lt, heads.o_width), layout, mesh, "attn", key)

@@ -2,9 +2,9 @@
 
 Each chunk of `chunk_tokens` positions goes through the prefill layers like a short prompt;
 its attention reads the k/v chunks of the earlier chunks, kept on the prefill grid ([T_y,
-kv_x] each, as the layer produced them), and its own causal block
-(`kernels.attention.cached_prefill_attention`). Under a sliding window a cached chunk that no
-later query can see is evicted (freed). Sizing a chunk from byte counts lives here too; the
+kv_x] and [T_y, v_x] each, as the layer produced them), and its own causal block
+(`kernels.attention_chunked.cached_prefill_attention`). Under a sliding window a cached chunk
+that no later query can see is evicted (freed). Sizing a chunk from byte counts lives here too; the
 unchunked prefill and the head are in `prefill.py`, the hand-off in `transformer.py`.
 Legend: L prompt tokens, T chunk tokens, R x C the prefill grid.
 """
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from waferllm.errors import SramOverflowError
-from waferllm.kernels.attention import KeyChunk, cached_prefill_attention
+from waferllm.kernels.attention_chunked import KeyChunk, cached_prefill_attention
 from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
@@ -72,13 +72,13 @@ def chunk_need_bytes(plan: ModelPlan, length: int, chunk_tokens: int) -> int:
     """The most any core of the prefill plan needs for a `length`-token prompt in chunks of
     `chunk_tokens` (`budget.prefill_need_bytes` at one chunk): weights, every layer's kept k/v
     chunks, one chunk's layer walk (all query heads at once) plus the online softmax's state
-    (G*n*Lt*(H + 2)), the head, the vocabulary tables."""
+    (G*n*Lt*(Hv + 2)), the head, the vocabulary tables."""
     config, regions = plan.config, plan.prefill
     sb = plan.device.storage_bytes
     rows, cols = regions.grid
     heads = heads_for(config, cols)
     lt = math.ceil(chunk_tokens / rows)
-    online = heads.kv_per_tile * heads.n_rep * lt * (heads.head_slots + 2) * sb
+    online = heads.kv_per_tile * heads.n_rep * lt * (heads.value_slots + 2) * sb
     return prefill_need_bytes(
         regions,
         plan.prefill_footprint,

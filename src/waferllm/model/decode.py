@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from waferllm.kernels.attention import KeyChunk
+from waferllm.kernels.attention_chunked import KeyChunk
 from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.storage import stored_bytes
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
 from waferllm.model import vocab
-from waferllm.model.kv_cache import Append, KvBudget, KvStore, RowCounts
+from waferllm.model.kv_cache import Append, KvBudget, RowCounts
+from waferllm.model.kv_store import KvStore
 from waferllm.model.layers import (
     CacheStep,
     LayerContext,
@@ -36,7 +36,7 @@ from waferllm.model.layers import (
     decode_slot_mask,
     rope_tables,
 )
-from waferllm.model.placement import heads_for
+from waferllm.model.placement import heads_for, kv_slot_bytes_per_core
 from waferllm.model.plan import ModelPlan, PhaseState, decode_scratch_bytes
 from waferllm.model.prefill import enter_region, logical_kv
 from waferllm.model.steps import DecodeRecords, Uncharged
@@ -151,10 +151,10 @@ def attention_records(store: KvStore, counts: Sequence[RowCounts], window: int |
 def shift_records(store: KvStore, append: Append, counts: RowCounts) -> Ledger:
     """One layer's one-hop KV shift for `append` after `counts` (no data)."""
     shift = Ledger()
-    tile = torch.empty(
-        (*store.mesh.shape, store.heads.kv_per_tile, store.heads.head_slots), device="meta"
-    )
-    store.write(store.layers[0], tile, tile, append, counts, shift)
+    heads = store.heads
+    k = torch.empty((*store.mesh.shape, heads.kv_per_tile, heads.head_slots), device="meta")
+    v = torch.empty((*store.mesh.shape, heads.kv_per_tile, heads.value_slots), device="meta")
+    store.write(store.layers[0], k, v, append, counts, shift)
     return shift
 
 
@@ -164,11 +164,7 @@ def kv_budget(plan: ModelPlan) -> KvBudget:
     rows, cols = plan.decode.grid
     sb = device.storage_bytes
     step_bytes, score_bytes = decode_scratch_bytes(config, rows, cols, sb)
-    heads = heads_for(config, cols)
-    token_bytes = stored_bytes(
-        plan.storage.kv, reduced=heads.head_slots, other=heads.kv_per_tile, storage_bytes=sb
-    )
-    slot_bytes = 2 * token_bytes  # K and V of one layer, as stored
+    slot_bytes = kv_slot_bytes_per_core(config, cols, sb, plan.storage.kv)  # one layer's K, V
     return KvBudget(
         rows=rows,
         slots=plan.kv_slots,
@@ -204,10 +200,11 @@ def park_prompt(
     """Functional mode: sequence `seq`'s prefill k/v chunks (joined in position order) into
     its decode rows as `counts` says (the last window kept under a sliding window)."""
     for store in stores:
+        k_index, v_index = prefill_heads.kv_index(), prefill_heads.v_index()
         for i in store.layers:
             chunks = prefill_kv[i]
-            k = torch.cat([logical_kv(c.k, prefill_heads) for c in chunks])
-            v = torch.cat([logical_kv(c.v, prefill_heads) for c in chunks])
+            k = torch.cat([logical_kv(c.k, k_index) for c in chunks])
+            v = torch.cat([logical_kv(c.v, v_index) for c in chunks])
             store.fill(i, k, v, counts, seq=seq)
 
 

@@ -3,7 +3,7 @@
 A `LayerTensor` row names a tensor (its key in `LayerWeights` and `PlacedLayer`), its Hugging
 Face name, its role (matmul weight, bias, norm), its shape in dims of the config, and, for a
 matmul and its bias, the axis its decode GEMV reduces along (Y: `[in_y, out_x]`; X: the
-transposed placement `[in_x, out_y]`). Q and KV dims are the ones the heads layout permutes.
+transposed placement `[in_x, out_y]`). Q, KV, V and O dims are the ones the heads layout permutes.
 Loading (`weights.py`), placement and byte counts (`placement.py`, `plan.py`), the weight
 re-layout (`transfers.py`), parameter counts (`config.py`) and FLOPs (`estimate.flops`) read
 these rows; a family may fuse rows into one checkpoint tensor (`Fused`), split at load.
@@ -21,7 +21,8 @@ from waferllm.mesh.geometry import Axis
 if TYPE_CHECKING:
     from waferllm.model.config import ModelConfig
 
-# Legend: D model dim, F ffn dim, Q query heads x head_dim, KV kv heads x head_dim.
+# Legend: D model dim, F ffn dim, Q query heads x head_dim, KV kv heads x head_dim (k's RoPE
+# layout), V kv heads x head_dim (v's layout), O query heads x head_dim (attention output).
 
 
 class Dim(enum.StrEnum):
@@ -29,6 +30,8 @@ class Dim(enum.StrEnum):
     FFN = "F"
     Q = "Q"
     KV = "KV"
+    V = "V"
+    O = "O"
 
     def size(self, config: ModelConfig) -> int:
         return {
@@ -36,12 +39,14 @@ class Dim(enum.StrEnum):
             Dim.FFN: config.intermediate_size,
             Dim.Q: config.q_size,
             Dim.KV: config.kv_size,
+            Dim.V: config.kv_size,
+            Dim.O: config.q_size,
         }[self]
 
     @property
     def is_heads(self) -> bool:
         """Features in heads order, permuted and padded into the grid's `HeadLayout`."""
-        return self in (Dim.Q, Dim.KV)
+        return self in (Dim.Q, Dim.KV, Dim.V, Dim.O)
 
 
 class Role(enum.StrEnum):
@@ -114,15 +119,16 @@ def _bias(name: str, hf: str, out: Dim, reduce: Axis, when: str) -> LayerTensor:
     )
 
 
-D, F, Q, KV, X, Y = Dim.HIDDEN, Dim.FFN, Dim.Q, Dim.KV, Axis.X, Axis.Y
+D, F, Q, KV, V, O = Dim.HIDDEN, Dim.FFN, Dim.Q, Dim.KV, Dim.V, Dim.O
+X, Y = Axis.X, Axis.Y
 # The Llama decoder layer (Mistral and Qwen2 too: they differ in config fields only). Decode
 # GEMVs alternate their reduce axis (SPEC.md §5): W_q/k/v and W_gate/up along Y, W_o and
 # W_down along X. Row order is placement order.
 LLAMA_LAYER = (
     _matmul("wq", "self_attn.q_proj.weight", Q, D, Y),
     _matmul("wk", "self_attn.k_proj.weight", KV, D, Y),
-    _matmul("wv", "self_attn.v_proj.weight", KV, D, Y),
-    _matmul("wo", "self_attn.o_proj.weight", D, Q, X),
+    _matmul("wv", "self_attn.v_proj.weight", V, D, Y),
+    _matmul("wo", "self_attn.o_proj.weight", D, O, X),
     _matmul("w_gate", "mlp.gate_proj.weight", F, D, Y),
     _matmul("w_up", "mlp.up_proj.weight", F, D, Y),
     _matmul("w_down", "mlp.down_proj.weight", D, F, X),
@@ -130,7 +136,7 @@ LLAMA_LAYER = (
     LayerTensor(name="mlp_norm", hf_name="post_attention_layernorm.weight", role=Role.NORM, out=D),
     _bias("bq", "self_attn.q_proj.bias", Q, Y, "qkv_bias"),
     _bias("bk", "self_attn.k_proj.bias", KV, Y, "qkv_bias"),
-    _bias("bv", "self_attn.v_proj.bias", KV, Y, "qkv_bias"),
+    _bias("bv", "self_attn.v_proj.bias", V, Y, "qkv_bias"),
     _bias("bo", "self_attn.o_proj.bias", D, X, "o_bias"),
     _bias("b_gate", "mlp.gate_proj.bias", F, Y, "mlp_bias"),
     _bias("b_up", "mlp.up_proj.bias", F, Y, "mlp_bias"),

@@ -3,7 +3,8 @@
 Positions run along Y: row 0 holds the oldest consecutive positions, each row keeps its
 entries in slots [0, count) oldest first; head-dim slots run along X (`HeadLayout`), K stored
 transposed ([G, H, S] per core) so scores need no transpose, V as [G, S, H]. `RowCounts` is
-the bookkeeping (how many positions each row holds); `KvStore` the tiles of one region's layers.
+the bookkeeping (how many positions each row holds); the tiles of one region's layers are
+`kv_store.KvStore`.
 A batch's sequences share a region's store: each has its own counts over its own share of the
 slots (`slots_needed`, `admit`), its own tiles and its own shifts; the SRAM is one allocation.
 A new token's k and v arrive replicated along Y (the QKV allreduce's broadcast), so any row can
@@ -23,17 +24,9 @@ import dataclasses
 import enum
 
 import numpy as np
-import torch
 
 from waferllm.errors import WaferError
-from waferllm.kernels.dequant import charge_dequant, charge_quantise
-from waferllm.kernels.heads import HeadLayout, gather_rows
-from waferllm.mesh.charges import charge_tail_shift
-from waferllm.mesh.cost import Ledger
-from waferllm.mesh.geometry import Axis, split_sizes
-from waferllm.mesh.storage import StoredDtype, stored_bytes
-from waferllm.mesh.virtual import Mesh, Mode
-from waferllm.model.quant import quantise_kv_tile
+from waferllm.mesh.geometry import split_sizes
 
 
 class KvPolicy(enum.StrEnum):
@@ -299,222 +292,7 @@ class RowCounts:
         return int(append.evict) + self.slot_positions(append.counts_after, width)
 
 
-# ---- tiles -------------------------------------------------------------------------------------
-class KvStore:
-    """K and V tiles of the layers of one region (one decode mesh), for every sequence of a batch.
-
-    SRAM is charged once for the full `slots` per row (a static allocation the sequences share,
-    each within its own share of the slots, which its `RowCounts` enforces); the host tensors
-    of a sequence (`seq`, 0 for batch 1) grow as positions arrive, so a large SRAM capacity
-    costs no host memory until it is used. K is (R, C, G, H, s) and V (R, C, G, s, H) in the
-    compute dtype. With a compressed `stored` dtype every written token is quantised per kv
-    head along H (`model.quant`): SRAM, the shift's bytes and the hand-off count codes and
-    scales; reads pay the dequantisation, writes the quantisation (`kernels.dequant`).
-    """
-
-    def __init__(
-        self,
-        mesh: Mesh,
-        heads: HeadLayout,
-        *,
-        layers: range,
-        slots: int,
-        name: str = "kv",
-        stored: StoredDtype = StoredDtype.FLOAT16,
-    ) -> None:
-        self.mesh = mesh
-        self.heads = heads
-        self.layers = layers
-        self.slots = slots
-        self.stored = stored
-        bytes_per_layer = 2 * self.token_bytes * slots
-        self._keys = [mesh.sram.alloc(f"{name}.layer{i}", bytes_per_layer) for i in layers]
-        self._widths: dict[int, int] = {}
-        self.k: dict[tuple[int, int], torch.Tensor] = {}  # (seq, layer) -> tiles
-        self.v: dict[tuple[int, int], torch.Tensor] = {}
-
-    @property
-    def token_bytes(self) -> int:
-        """Bytes of one cached position's k (or v) on a core: G heads x H slots as stored."""
-        return stored_bytes(
-            self.stored,
-            reduced=self.heads.head_slots,
-            other=self.heads.kv_per_tile,
-            storage_bytes=self.mesh.device.storage_bytes,
-        )
-
-    def free(self) -> None:
-        for key in self._keys:
-            self.mesh.sram.free(key)
-        self._keys = []
-        self.k.clear()
-        self.v.clear()
-        self._widths.clear()
-
-    def drop(self, seq: int) -> None:
-        """Forget sequence `seq`'s tiles (it finished; its slots are free again)."""
-        for i in self.layers:
-            self.k.pop((seq, i), None)
-            self.v.pop((seq, i), None)
-        self._widths.pop(seq, None)
-
-    def _ensure(self, width: int, seq: int) -> None:
-        """Grow `seq`'s host tensors to hold at least `width` slots (doubling, up to `slots`)."""
-        have = self._widths.get(seq, 0)
-        if width <= have or self.mesh.mode is Mode.ESTIMATE:
-            return
-        new = min(self.slots, max(width, 2 * have, 16))
-        rows, cols = self.mesh.shape
-        g, h = self.heads.kv_per_tile, self.heads.head_slots
-        dtype = self.mesh.compute_dtype
-        on = self.mesh.torch_device
-        for i in self.layers:
-            k = torch.zeros((rows, cols, g, h, new), dtype=dtype, device=on)
-            v = torch.zeros((rows, cols, g, new, h), dtype=dtype, device=on)
-            if (seq, i) in self.k:
-                k[..., :have] = self.k[seq, i]
-                v[..., :have, :] = self.v[seq, i]
-            self.k[seq, i], self.v[seq, i] = k, v
-        self._widths[seq] = new
-
-    # ---- the hand-off ------------------------------------------------------------------------
-    def fill(
-        self,
-        layer: int,
-        k_host: torch.Tensor,
-        v_host: torch.Tensor,
-        counts: RowCounts,
-        *,
-        seq: int = 0,
-    ) -> None:
-        """Place logical k, v [L, Hkv*hd] (position order) into the rows given by `counts`: its
-        last `counts.total` positions (the older ones are evicted under a sliding window)."""
-        if self.mesh.mode is Mode.ESTIMATE:
-            return
-        rows, cols = self.mesh.shape
-        width = int(counts.counts.max(initial=0))
-        self._ensure(max(width, 1), seq)
-        s = self._widths[seq]
-        g, h = self.heads.kv_per_tile, self.heads.head_slots
-        pos = np.arange(counts.total)
-        row = np.repeat(np.arange(rows), counts.counts)
-        slot = pos - counts.starts[row]
-        index = self.heads.kv_index()
-        tiles = []
-        for host in (k_host, v_host):
-            kept = host[host.shape[0] - counts.total :]
-            feats = gather_rows(kept.T, index).T  # [total, C*G*H]
-            buf = feats.new_zeros(rows * s, cols * g * h)
-            buf[torch.as_tensor(row * s + slot)] = feats
-            tile = buf.reshape(rows, s, cols, g, h).to(
-                device=self.mesh.torch_device, dtype=self.mesh.compute_dtype
-            )
-            tiles.append(quantise_kv_tile(tile, self.stored))
-        self.k[seq, layer] = tiles[0].permute(0, 2, 3, 4, 1).contiguous()  # (R, C, G, H, S)
-        self.v[seq, layer] = tiles[1].permute(0, 2, 3, 1, 4).contiguous()  # (R, C, G, S, H)
-
-    # ---- one decode step ---------------------------------------------------------------------
-    def write(
-        self,
-        layer: int,
-        k_new: torch.Tensor,
-        v_new: torch.Tensor,
-        append: Append,
-        counts: RowCounts,
-        ledger: Ledger,
-        *,
-        seq: int = 0,
-    ) -> None:
-        """Insert this step's k, v tiles (R, C, G, H) (replicated along Y) as `append` says,
-        quantised first when the cache is compressed (priced by `charge_write`)."""
-        if append.senders:
-            nbytes = 2 * self.token_bytes
-            charge_tail_shift(
-                self.mesh,
-                axis=Axis.Y,
-                first=append.senders[0],
-                nbytes=nbytes,
-                ledger=ledger,
-                op="kv_shift",
-            )
-        if self.mesh.mode is Mode.ESTIMATE:
-            return
-        k_new, v_new = quantise_kv_tile(k_new, self.stored), quantise_kv_tile(v_new, self.stored)
-        if append.evict:
-            self._ensure(int(counts.counts.max()), seq)
-            _evict_insert(self.k[seq, layer], k_new, append, counts.counts)
-            _evict_insert(self.v[seq, layer].transpose(-1, -2), v_new, append, counts.counts)
-            return
-        n = int(counts.counts[append.target])
-        self._ensure(n + 1, seq)
-        _insert(self.k[seq, layer], k_new, append, n)
-        _insert(self.v[seq, layer].transpose(-1, -2), v_new, append, n)
-
-    def charge_write(self, ledger: Ledger) -> None:
-        """A compressed cache quantises each written token's k and v (G heads x H slots)."""
-        g, h = self.heads.kv_per_tile, self.heads.head_slots
-        for what in ("k", "v"):
-            charge_quantise(
-                self.mesh, ledger, f"kv_quantise_{what}", self.stored, reduced=h, other=g
-            )
-
-    def charge_read(self, width: int, ledger: Ledger) -> None:
-        """A compressed cache's window of `width` slots expanded for one layer's attention:
-        K and V, each G x width positions of H slots (groups along H)."""
-        g, h = self.heads.kv_per_tile, self.heads.head_slots
-        for what in ("k", "v"):
-            charge_dequant(
-                self.mesh, ledger, f"kv_dequant_{what}", self.stored, reduced=h, other=g * width
-            )
-
-    def window(self, layer: int, width: int, *, seq: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first `width` slots of every row: K (R, C, G, H, w), V (R, C, G, w, H); slots
-        beyond the sequence's tiles read as zeros (a batch pads to its widest window)."""
-        if self.mesh.mode is Mode.ESTIMATE:
-            rows, cols = self.mesh.shape
-            g, h = self.heads.kv_per_tile, self.heads.head_slots
-            dtype = self.mesh.compute_dtype
-            return (
-                torch.empty((rows, cols, g, h, width), dtype=dtype, device="meta"),
-                torch.empty((rows, cols, g, width, h), dtype=dtype, device="meta"),
-            )
-        k, v = self.k[seq, layer][..., :width], self.v[seq, layer][..., :width, :]
-        short = width - k.shape[-1]
-        if short > 0:
-            k = torch.nn.functional.pad(k, (0, short))
-            v = torch.nn.functional.pad(v, (0, 0, 0, short))
-        return k, v
-
-
-def _insert(data: torch.Tensor, new: torch.Tensor, append: Append, n: int) -> None:
-    """In place on (R, C, G, H, S) tiles: the senders drop slot 0 and append what arrives from
-    the south (the last row: the new token); the target appends at slot n what it receives."""
-    target = append.target
-    if append.senders:
-        first = append.senders[0]
-        oldest = data[first:, ..., 0].clone()  # (R - first, C, G, H): each sender's oldest
-        incoming = torch.cat([oldest, new[-1:].to(data.dtype)], dim=0)  # row r gets r + 1's
-        data[first:, ..., : n - 1] = data[first:, ..., 1:n].clone()
-        data[first:, ..., n - 1] = incoming[1:]
-        data[target, ..., n] = incoming[0]
-    else:
-        data[target, ..., n] = new[target].to(data.dtype)
-
-
 def _listed(values: list[int], limit: int = 8) -> str:
     """The first `limit` values, then how many more: an error message stays one short line."""
     shown = ", ".join(map(str, values[:limit]))
     return shown if len(values) <= limit else f"{shown}, ... {len(values) - limit} more"
-
-
-def _evict_insert(
-    data: torch.Tensor, new: torch.Tensor, append: Append, counts: np.ndarray
-) -> None:
-    """In place on (R, C, G, H, S) tiles of a full window: rows 0..target drop their slot 0
-    (row 0's is evicted) and append at slot n_r - 1 what arrives from the south (the target
-    row: the new token). Counts are unchanged."""
-    tail = append.target
-    incoming = torch.cat([data[1 : tail + 1, ..., 0].clone(), new[tail : tail + 1].to(data.dtype)])
-    data[: tail + 1, ..., :-1] = data[: tail + 1, ..., 1:].clone()
-    rows = torch.arange(tail + 1)
-    data[rows, ..., torch.as_tensor(counts[: tail + 1] - 1)] = incoming

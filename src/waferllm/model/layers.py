@@ -4,7 +4,7 @@ Each function reads like a single-device transformer layer; the layouts come fro
 `placement.py`, the kernels from `waferllm.kernels`, attention from `attention.py`, the cache
 from `kv_cache.py`. Temporaries live in an SRAM scope; the residual stream `x` (allocated by the
 caller) is updated in place, and prefill's k and v outlive the layer (they become the cache).
-Legend: L tokens, D model dim, F ffn dim, q/kv the padded head features of `HeadLayout`.
+Legend: L tokens, D model dim, F ffn dim, q/kv/v/o the padded head features of `HeadLayout`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model.attention import prefill_attention_passes
 from waferllm.model.config import ModelConfig
-from waferllm.model.kv_cache import Append, KvStore, RowCounts
+from waferllm.model.kv_cache import Append, RowCounts
+from waferllm.model.kv_store import KvStore
 from waferllm.model.placement import PlacedLayer
 
 # Prefill's reductions along X chain to the middle column and broadcast back (SPEC.md §10.7's
@@ -107,7 +108,8 @@ def prefill_layer(
     *,
     attend: Attend | None = None,
 ) -> tuple[DistTensor, DistTensor, DistTensor]:
-    """x[L_y, D_x] -> (x + attn + mlp in x's buffer, this layer's k and v [L_y, kv_x]).
+    """x[L_y, D_x] -> (x + attn + mlp in x's buffer, this layer's k [L_y, kv_x] and v [L_y,
+    v_x]).
     `attend` replaces the whole prompt's causal attention (a chunk against cached keys).
     Temporaries live to the layer's end, or in the lean schedule (`ctx.streamed`) are freed
     once their last reader is done (`scratch.prefill_scratch` replays the same buffers)."""
@@ -250,8 +252,9 @@ class CacheStep:
         """Each sequence's k, v [B, kv_x] into its own rows (its own shift; a compressed
         cache's quantisation charged to `ledger`)."""
         heads, (rows, cols) = self.store.heads, self.store.mesh.shape
-        shape = (rows, cols, len(self.seqs), heads.kv_per_tile, heads.head_slots)
-        k_tiles, v_tiles = k.data.reshape(shape), v.data.reshape(shape)
+        shape = (rows, cols, len(self.seqs), heads.kv_per_tile)
+        k_tiles = k.data.reshape(*shape, heads.head_slots)
+        v_tiles = v.data.reshape(*shape, heads.value_slots)
         for b, seq in enumerate(self.seqs):
             self.store.charge_write(ledger)
             self.store.write(
@@ -270,7 +273,7 @@ class CacheStep:
             self.store.charge_read(self.width, ledger)
 
     def window(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K (R, C, B, G, H, w) and V (R, C, B, G, w, H): every sequence's first w slots."""
+        """K (R, C, B, G, H, w) and V (R, C, B, G, w, Hv): every sequence's first w slots."""
         width = self.width
         pairs = [self.store.window(layer, width, seq=seq) for seq in self.seqs]
         return torch.stack([k for k, _ in pairs], dim=2), torch.stack([v for _, v in pairs], dim=2)

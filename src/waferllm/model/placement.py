@@ -5,11 +5,13 @@ projection is a MeshGEMM right operand `W[in_y, out_x]`, pre-aligned at load. De
 (`E_y L^x`): W_q/k/v and W_up/gate are GEMV weights `[in_y, out_x]` that reduce along Y; W_o and
 W_down sit in the transposed placement `[in_x, out_y]` and reduce along X. Attention heads run
 along X in contiguous kv-groups of columns (`HeadLayout`); the rows of W_q/W_k/W_v (and the
-columns of W_o) are permuted into that order at load, padded with zeros where a split is ragged.
+columns of W_o) are permuted into that order at load, padded with zeros where a split is ragged
+(q and k in RoPE pairs, v and the attention output W_o reads in their own value slots).
 The vocabulary tensors use the GEMV placements: `[D_x, V_y]` in prefill, `[D_y, V_x]` in decode.
 No math here (`transformer.py`), no regions (`regions.py`), no cache policy (`kv_cache.py`).
 Legend: D model dim, F ffn dim, V vocab, Hq/Hkv query/kv heads, hd head dim, n_rep = Hq/Hkv;
-per column: G kv heads, H = 2 * pairs head-dim slots (RoPE pairs (i, i + hd/2) kept together).
+per column: G kv heads, H = 2 * pairs head-dim slots (RoPE pairs (i, i + hd/2) kept together),
+Hv value slots.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from waferllm.kernels.dequant import dequant_scratch_bytes
 from waferllm.kernels.gemm import prealign_b
 from waferllm.kernels.heads import HeadLayout, gather_rows, head_layout
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.storage import StoredDtype, stored_bytes, tile_stored_bytes
+from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import Mesh, Mode
@@ -95,12 +97,31 @@ def layer_specs(
 
 
 def _placed_size(dim: Dim, config: ModelConfig, heads: HeadLayout) -> int:
-    """A dim's size on the mesh: q and kv features padded to whole column tiles of heads."""
-    if dim is Dim.Q:
-        return heads.num_cols * heads.q_width
-    if dim is Dim.KV:
-        return heads.num_cols * heads.kv_width
+    """A dim's size on the mesh: head features padded to whole column tiles of heads."""
+    if dim.is_heads:
+        return heads.num_cols * head_slots_per_column(heads, dim)
     return dim.size(config)
+
+
+def head_slots_per_column(heads: HeadLayout, dim: Dim) -> int:
+    """A head dim's slots per column (`HeadLayout`): q, k (RoPE pairs), v, attention output."""
+    return {
+        Dim.Q: heads.q_width,
+        Dim.KV: heads.kv_width,
+        Dim.V: heads.v_width,
+        Dim.O: heads.o_width,
+    }[dim]
+
+
+def head_slot_index(heads: HeadLayout, dim: Dim) -> np.ndarray:
+    """A head dim's original feature of every padded slot, -1 for padding (`HeadLayout`)."""
+    index = {
+        Dim.Q: heads.q_index,
+        Dim.KV: heads.kv_index,
+        Dim.V: heads.v_index,
+        Dim.O: heads.o_index,
+    }
+    return index[dim]()
 
 
 def _spec(
@@ -128,8 +149,8 @@ def layer_host_tensors(
     config: ModelConfig, w: LayerWeights, heads: HeadLayout
 ) -> dict[str, torch.Tensor]:
     """The host tensors of `layer_specs` (phase independent: only the layouts differ):
-    matmuls transposed to `[in, out]`, q and kv features gathered into the heads' order."""
-    index = {Dim.Q: heads.q_index(), Dim.KV: heads.kv_index()}
+    matmuls transposed to `[in, out]`, head features gathered into the heads' order."""
+    index = {dim: head_slot_index(heads, dim) for dim in (Dim.Q, Dim.KV, Dim.V, Dim.O)}
     host = {}
     for t in family_of(config).tensors(config):
         tensor = w[t.name]
@@ -298,10 +319,7 @@ def norm_spec(config: ModelConfig, phase: Phase) -> TensorSpec:
 def kv_slot_bytes_per_core(
     config: ModelConfig, cols: int, dtype_bytes: int, stored: StoredDtype = StoredDtype.FLOAT16
 ) -> int:
-    """Bytes one cached position adds to a core of its row, per layer (K and V): G kv heads
-    of H head-dim slots each, compressed in groups along H (`mesh.storage`)."""
-    heads = heads_for(config, cols)
-    one = stored_bytes(
-        stored, reduced=heads.head_slots, other=heads.kv_per_tile, storage_bytes=dtype_bytes
-    )
-    return 2 * one
+    """Bytes one cached position adds to a core of its row, per layer (K and V): the widest
+    column's k and v slots of its kv heads, compressed in groups along the slots
+    (`HeadLayout.cache_bytes`)."""
+    return heads_for(config, cols).cache_bytes(stored, dtype_bytes)

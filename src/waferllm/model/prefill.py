@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from waferllm.device import Device
-from waferllm.kernels.attention import KeyChunk
+from waferllm.kernels.attention_chunked import KeyChunk
 from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.comm import broadcast
 from waferllm.mesh.cost import Ledger
@@ -111,19 +111,20 @@ def prefill_logits(
 
 
 def kept_kv(mesh: Mesh, heads: HeadLayout, length: int, i: int) -> tuple[DistTensor, DistTensor]:
-    """Estimate mode: layer i's prefill k and v [L_y, kv_x] as meta tiles, SRAM charged."""
-    layout = Layout((length, heads.num_cols * heads.kv_width), y_dim=0, x_dim=1)
-    shape = (*mesh.shape, *layout.tile_shape(*mesh.shape))
-    return (
-        mesh.register(torch.empty(shape, device="meta"), layout, f"prefill.k{i}"),
-        mesh.register(torch.empty(shape, device="meta"), layout, f"prefill.v{i}"),
-    )
+    """Estimate mode: layer i's prefill k [L_y, kv_x] and v [L_y, v_x] as meta tiles, SRAM
+    charged."""
+    kept = []
+    for name, width in (("k", heads.kv_width), ("v", heads.v_width)):
+        layout = Layout((length, heads.num_cols * width), y_dim=0, x_dim=1)
+        shape = (*mesh.shape, *layout.tile_shape(*mesh.shape))
+        kept.append(mesh.register(torch.empty(shape, device="meta"), layout, f"prefill.{name}{i}"))
+    return kept[0], kept[1]
 
 
-def logical_kv(t: DistTensor, heads: HeadLayout) -> torch.Tensor:
-    """Prefill k or v [L_y, (C*G*H)_x] -> [L, Hkv*hd] in the checkpoint's feature order."""
+def logical_kv(t: DistTensor, index: np.ndarray) -> torch.Tensor:
+    """Prefill k [L_y, (C*G*H)_x] or v [L_y, (C*G*Hv)_x] -> [L, Hkv*hd] in the checkpoint's
+    feature order; `index` its slots' features (`HeadLayout.kv_index`, `v_index`)."""
     joined = t.mesh.gather(t)  # [L, C*G*H] in the heads' slot order
-    index = heads.kv_index()
     out = joined.new_zeros(joined.shape[0], int(index.max()) + 1)
     real = np.flatnonzero(index >= 0)
     out[:, torch.as_tensor(index[real])] = joined[:, torch.as_tensor(real)]

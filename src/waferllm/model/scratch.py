@@ -103,7 +103,8 @@ def prefill_scratch(
         return lt * nt * sb
 
     d, f = config.hidden_size, config.intermediate_size
-    q_n, kv_n = cols * heads.q_width, cols * heads.kv_width
+    q_n, kv_n, v_n = cols * heads.q_width, cols * heads.kv_width, cols * heads.v_width
+    o_n = cols * heads.o_width  # the attention output: W_o's input
     norm = lt * d_t * sb
     free = live.free if streamed else _kept  # the lean walk frees after the last reader
     live.alloc(norm)  # attn_norm.out
@@ -111,17 +112,17 @@ def prefill_scratch(
     free(norm)
     q = gemm(width, q_n, "wq")
     gemm(width, kv_n, "wk")  # k and v stay: the layer's share of the KV cache
-    gemm(width, kv_n, "wv")
+    gemm(width, v_n, "wv")
     free(lt_pad * width * sb)
     if streamed:  # the output (one pass: the online softmax's accumulator) comes first
-        live.alloc(lt * heads.q_width * sb)
+        live.alloc(lt * heads.o_width * sb)
         live.transient(_streamed_numel(heads, lt, head_chunk) * sb)
     else:
         live.transient(_attention_numel(heads, rows, lt, head_chunk) * sb)
-        live.alloc(lt * heads.q_width * sb)  # attention's output
+        live.alloc(lt * heads.o_width * sb)  # attention's output
     free(q)
-    width = operand(q_n)
-    free(lt * heads.q_width * sb)
+    width = operand(o_n)
+    free(lt * heads.o_width * sb)
     o = gemm(width, d, "wo")
     free(lt_pad * width * sb, o)  # o once added to the residual stream
     live.alloc(norm)  # mlp_norm.out
@@ -139,7 +140,7 @@ def prefill_scratch(
         layer=live.peak,
         head=_head_numel(config, rows, lt, d_t) * sb + chunk,
         head_apart=_head_numel(config, rows, 1, d_t) * sb + chunk,
-        kv=2 * lt * heads.kv_width * sb,
+        kv=lt * (heads.kv_width + heads.v_width) * sb,
     )
 
 
@@ -173,22 +174,22 @@ def _attention_numel(heads, rows: int, lt: int, head_chunk: int) -> int:
     """One pass of `kernels.attention.prefill_attention` over n' = `head_chunk` query heads
     per kv head: scores [G, n', Lt, Kc*Lt], K's ring copy, the two partial blocks, P@V's
     accumulator, V's ring copy, the multicast probability block; with several passes the
-    output of the passes so far [Lt, G*n*H] too."""
-    g, h = heads.kv_per_tile, heads.head_slots
+    output of the passes so far [Lt, G*n*Hv] too."""
+    g, h, hv = heads.kv_per_tile, heads.head_slots, heads.value_slots
     n = min(head_chunk, heads.n_rep)
     kc = max(math.ceil(rows / min(heads.group_sizes)), 1)
     one = g * n * lt * kc * lt + g * h * lt + 2 * g * n * lt * lt
-    one += g * n * lt * h + g * lt * h + g * n * lt * lt
-    return one + (lt * heads.q_width if n < heads.n_rep else 0)
+    one += g * n * lt * hv + g * lt * hv + g * n * lt * lt
+    return one + (lt * heads.o_width if n < heads.n_rep else 0)
 
 
 def _streamed_numel(heads, lt: int, head_chunk: int) -> int:
     """One pass of `kernels.attention_stream.prefill_attention_streamed` over n' query heads
     per kv head beside the layer's attention output: its scratch, and with several passes the
-    pass's own output [Lt, G*n'*H]."""
+    pass's own output [Lt, G*n'*Hv]."""
     n = min(head_chunk, heads.n_rep)
     one = dataclasses.replace(heads, n_rep=n)
-    extra = lt * one.q_width if n < heads.n_rep else 0
+    extra = lt * one.o_width if n < heads.n_rep else 0
     return streamed_attention_numel(one, lt) + extra
 
 
@@ -209,7 +210,8 @@ def decode_scratch_bytes(config: ModelConfig, rows: int, cols: int, sb: int) -> 
     d_y = math.ceil(config.hidden_size / rows)
     f_x = math.ceil(config.intermediate_size / cols)
     v_x = math.ceil(config.vocab_size / cols)
-    fixed = 6 * d_y + 2 * heads.q_width + 2 * heads.kv_width + 2 * heads.head_slots
+    fixed = 6 * d_y + heads.q_width + heads.o_width + heads.kv_width + heads.v_width
+    fixed += 2 * heads.head_slots
     fixed += 2 * f_x + 2 * v_x + 2
     return fixed * sb, heads.kv_per_tile * heads.n_rep * sb
 

@@ -24,7 +24,15 @@ from waferllm.mesh.tensor import DistTensor
 from waferllm.model.family import Dim, LayerTensor, matmuls
 from waferllm.model.kv_cache import RowCounts
 from waferllm.model.pipeline import device_count
-from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts, heads_for, layer_specs
+from waferllm.model.placement import (
+    Phase,
+    PlacementMode,
+    ResidentLayouts,
+    head_slot_index,
+    head_slots_per_column,
+    heads_for,
+    layer_specs,
+)
 from waferllm.model.plan import ModelPlan
 
 
@@ -59,20 +67,19 @@ def _layer_groups(plan: ModelPlan, on_device: int) -> Counter[tuple[int, int]]:
     return groups
 
 
-def _feature_slots(plan: ModelPlan, cols: int, kind: str) -> tuple[np.ndarray, int]:
-    """(slot of each real q or kv feature in checkpoint order, slots per column) on a grid
-    of `cols` columns (`HeadLayout`)."""
+def _feature_slots(plan: ModelPlan, cols: int, dim: Dim) -> tuple[np.ndarray, int]:
+    """(slot of each real feature of head dim `dim` in checkpoint order, slots per column)
+    on a grid of `cols` columns (`HeadLayout`)."""
     heads = heads_for(plan.config, cols)
-    index = heads.q_index() if kind == "q" else heads.kv_index()
-    width = heads.q_width if kind == "q" else heads.kv_width
+    index = head_slot_index(heads, dim)
     real = index >= 0
     out = np.empty(int(index.max()) + 1, dtype=np.int64)
     out[index[real]] = np.flatnonzero(real)
-    return out, width
+    return out, head_slots_per_column(heads, dim)
 
 
-def _feature_columns(plan: ModelPlan, cols: int, kind: str) -> np.ndarray:
-    slots, width = _feature_slots(plan, cols, kind)
+def _feature_columns(plan: ModelPlan, cols: int, dim: Dim) -> np.ndarray:
+    slots, width = _feature_slots(plan, cols, dim)
     return slots // width
 
 
@@ -90,27 +97,26 @@ def kv_moves(
     (pr, pc), (dr, dc) = plan.prefill.grid, plan.decode.grid
     src_row = _source_rows(counts, pr, chunk_tokens)
     dst_row = np.repeat(np.arange(dr), counts.counts)
-    src_col = _feature_columns(plan, pc, "kv")
-    dst_col = _feature_columns(plan, dc, "kv")
     moves = []
     for (p, d), n in _layer_groups(plan, on_device).items():
         (py, px), (dy, dx) = plan.prefill.regions[p].origin, plan.decode.regions[d].origin
-        moves.append(
+        moves.extend(
             Move(
                 a_src=py + src_row,
                 a_dst=dy + dst_row,
-                b_src=px + src_col,
-                b_dst=dx + dst_col,
-                count=2 * n * plan.layer_multiplier,
+                b_src=px + _feature_columns(plan, pc, dim),
+                b_dst=dx + _feature_columns(plan, dc, dim),
+                count=n * plan.layer_multiplier,
             )
+            for dim in (Dim.KV, Dim.V)  # k in RoPE pairs, v in its value slots
         )
     return moves
 
 
 def kv_quantise_cycles(plan: ModelPlan, counts: RowCounts) -> float:
     """A compressed cache's hand-off quantises the prompt's k and v where prefill left them
-    (they travel compressed): every prefill core its ceil(L/R) tokens of G heads x H slots,
-    for each layer of the busiest region, K and V (`kernels.dequant.quantise_cycles`)."""
+    (they travel compressed): every prefill core its ceil(L/R) tokens of G heads x H (k) and
+    x Hv (v) slots, for each layer of the busiest region (`kernels.dequant.quantise_cycles`)."""
     stored = plan.storage.kv
     if not stored.compressed:
         return 0.0
@@ -118,10 +124,11 @@ def kv_quantise_cycles(plan: ModelPlan, counts: RowCounts) -> float:
     heads = heads_for(plan.config, cols)
     tokens = -(-counts.total // rows)
     layers = max(len(r.layers) for r in plan.prefill.regions) * plan.layer_multiplier
-    per_layer = quantise_cycles(
-        plan.device, stored, reduced=heads.head_slots, other=heads.kv_per_tile * tokens
+    per_layer = sum(
+        quantise_cycles(plan.device, stored, reduced=slots, other=heads.kv_per_tile * tokens)
+        for slots in (heads.head_slots, heads.value_slots)
     )
-    return 2 * layers * per_layer
+    return layers * per_layer
 
 
 def _source_rows(counts: RowCounts, rows: int, chunk_tokens: int | None) -> np.ndarray:
@@ -171,7 +178,7 @@ def weight_moves(plan: ModelPlan, *, on_device: int = 0) -> list[Move]:
 def _columns(plan: ModelPlan, dim: Dim, cols: int) -> np.ndarray:
     """The column (or row) of each feature of `dim` split over `cols` (heads: `HeadLayout`)."""
     if dim.is_heads:
-        return _feature_columns(plan, cols, "q" if dim is Dim.Q else "kv")
+        return _feature_columns(plan, cols, dim)
     return _blocks(dim.size(plan.config), cols)
 
 
@@ -187,8 +194,8 @@ def _matmul_move(
     assert t.in_ is not None
     (pr, pc), (dr, dc) = plan.prefill.grid, plan.decode.grid
     (py, px), (dy, dx) = origins
-    if t.in_ is Dim.Q:  # K = the prefill plan's q slots (heads layout, padded)
-        slots, width = _feature_slots(plan, pc, "q")
+    if t.in_.is_heads:  # K = the prefill plan's head slots (heads layout, padded)
+        slots, width = _feature_slots(plan, pc, t.in_)
         k_src = py + _padded_rows(width * pc, pr, pc, padded, slots)
     else:
         k_src = py + _padded_rows(t.in_.size(plan.config), pr, pc, padded)

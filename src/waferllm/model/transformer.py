@@ -23,7 +23,7 @@ import torch
 
 from waferllm.device import Device
 from waferllm.errors import WaferError
-from waferllm.kernels.attention import KeyChunk
+from waferllm.kernels.attention_chunked import KeyChunk
 from waferllm.mesh.comm import ReduceAlgorithm
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.tensor import DistTensor
@@ -41,12 +41,8 @@ from waferllm.model.decode import (
     park_prompt,
     shift_records,
 )
-from waferllm.model.kv_cache import (
-    Append,
-    KvPolicy,
-    KvStore,
-    RowCounts,
-)
+from waferllm.model.kv_cache import Append, KvPolicy, RowCounts
+from waferllm.model.kv_store import KvStore
 from waferllm.model.layers import LayerLedgers
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts, heads_for
 from waferllm.model.plan import ModelPlan, PhaseState, build_phase, plan_model
