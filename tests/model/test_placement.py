@@ -15,6 +15,7 @@ from waferllm.device import tiny, wse2
 from waferllm.errors import SramOverflowError, WaferError
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.relayout import Move, relayout_charge
+from waferllm.mesh.storage import StoredDtype
 from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model.config import load_config
@@ -55,6 +56,42 @@ def test_heads_are_a_permutation_with_rope_pairs_in_one_tile(kv_heads, n_rep, ha
     owner = np.where(tiles >= 0, tiles // hd, -1).max(axis=(1, 2))
     assert (np.diff(owner[owner >= 0]) >= 0).all()
     assert sum(heads.group_sizes) == cols
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kv_heads=st.integers(1, 6),
+    n_rep=st.integers(1, 4),
+    half=st.integers(1, 9),
+    cols=st.integers(1, 40),
+)
+def test_v_and_the_output_fill_each_columns_share_of_the_groups_cache_budget(
+    kv_heads, n_rep, half, cols
+):
+    hd = 2 * half
+    heads = head_layout(kv_heads, n_rep, hd, cols)
+    v, o = heads.v_index(), heads.o_index()
+    assert sorted(v[v >= 0].tolist()) == list(range(kv_heads * hd))
+    assert sorted(o[o >= 0].tolist()) == list(range(kv_heads * n_rep * hd))
+    # a column's v holds dims of the kv heads its k holds; its outputs the same dims of their
+    # query heads
+    kv_tiles = heads.kv_index().reshape(cols, heads.kv_per_tile, 1, heads.head_slots)
+    v_tiles = v.reshape(cols, heads.kv_per_tile, 1, heads.value_slots)
+    o_tiles = o.reshape(cols, heads.kv_per_tile, n_rep, heads.value_slots)
+    k_head = np.where(kv_tiles >= 0, kv_tiles // hd, -1).max(axis=(2, 3))
+    v_head = np.where(v_tiles >= 0, v_tiles // hd, -1).max(axis=(2, 3))
+    assert ((v_head == k_head) | (v_head < 0) | (k_head < 0)).all()
+    real = o_tiles >= 0
+    assert ((o_tiles // hd) // n_rep == np.broadcast_to(v_tiles // hd, o_tiles.shape))[real].all()
+    assert ((o_tiles % hd) == np.broadcast_to(v_tiles % hd, o_tiles.shape))[real].all()
+    # the cache's slots per position: a group of s columns needs 2*hd slots over s columns
+    # and k keeps whole RoPE pairs, so its widest column holds max(ceil(2 hd / s),
+    # 2 ceil(hd/2 / s)) slots, never more than k and v each padded to whole pairs (2 H)
+    if cols >= kv_heads:
+        widest = max(max(-(-2 * hd // s), 2 * -(-half // s)) for s in heads.group_sizes)
+    else:
+        widest = 2 * hd * heads.kv_per_tile
+    assert heads.cache_bytes(StoredDtype.FLOAT16, 2) == 2 * widest <= 2 * 2 * heads.kv_width
 
 
 def test_query_heads_sit_with_their_kv_head():
