@@ -153,13 +153,23 @@ def test_kv_bytes_per_token_are_codes_plus_a_scale_per_32_head_dim_slots(dtype):
     config = load_config("llama3-8b")  # 8 kv heads of 128
     for cols in (4, 8, 64, 420):
         heads = heads_for(config, cols)
-        g, h = heads.kv_per_tile, heads.head_slots
-        if dtype == "float16":
-            one = 2 * g * h
-        else:
+        g = heads.kv_per_tile
+
+        def one(h: int) -> int:  # G heads x h real slots, as stored
+            if dtype == "float16":
+                return 2 * g * h
             bits = {"int8": 8, "int4": 4}[dtype]
-            one = math.ceil(g * h * bits / 8) + 2 * math.ceil(h / 32) * g
-        assert kv_slot_bytes_per_core(config, cols, 2, StoredDtype(dtype)) == 2 * one
+            return math.ceil(g * h * bits / 8) + 2 * math.ceil(h / 32) * g
+
+        # the widest column's k (its RoPE pairs) and v (its value dims)
+        widest = max(
+            one(2 * int(p)) + one(int(v))
+            for p, v in zip(heads.num_pairs, heads.num_vdims, strict=True)
+        )
+        assert kv_slot_bytes_per_core(config, cols, 2, StoredDtype(dtype)) == widest
+    # 420 columns, groups of 52-53: k 2 pairs and v 1 dim, or k 1 pair and v 2-3 dims (5 slots,
+    # 10 bytes; k and v each padded to 2 pairs took 16)
+    assert kv_slot_bytes_per_core(config, 420, 2) == 10
     # 4 columns: two whole kv heads per column, 1 KiB per position per layer in float16
     assert kv_slot_bytes_per_core(config, 4, 2) == 2 * 2 * 2 * 128
     assert kv_slot_bytes_per_core(config, 4, 2, StoredDtype.INT4) == 2 * (128 + 2 * 4 * 2)
