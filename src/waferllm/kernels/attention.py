@@ -39,7 +39,7 @@ from waferllm.mesh.comm import (
     ring_shift,
     segmented_allreduce,
 )
-from waferllm.mesh.compute import charge_matmul, matmul
+from waferllm.mesh.compute import charge_matmul, matmul, matmul_cycles
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
@@ -66,14 +66,29 @@ def decode_attention(
     `attention_output_layout`). Below, for B = 1; a
     batch multiplies every instruction count and message size by B and shares every
     collective (one message carries all B sequences' values).
-    Cost: G*n*H instructions of w (scores), a segmented reduce of G*n*w per core along X onto
-    each kv-group's root column; the softmax along Y (two allreduces of G*n values), whose G*n
-    rows the group's columns nearest the root share (`_head_spread`: ceil(G*n / group width)
-    rows each, not every column the whole group's); a chain of the probabilities to the root
-    over those columns and the root's multicast of G*n*w to the group; G*n*w instructions of
-    Hv (P@V) and an allreduce of G*n*Hv per core along Y. Groups of one column (C < Hkv) skip
-    the spread, the gather and the multicast; one group spanning the row (one kv head) sums
-    its scores with the row's K-tree allreduce instead (the public code's single head).
+    Cost: the scores, per kv head a local [n, H] @ [H, w], in the cheaper loop order
+    (`_loop_order`: n*H instructions of w, or H*w of n); a segmented reduce of G*n*w per core
+    along X onto each kv-group's root column; the softmax along Y (two allreduces of G*n
+    values), whose G*n rows the group's columns nearest the root share (`_head_spread`:
+    ceil(G*n / group width) rows each, not every column the whole group's); a chain of the
+    probabilities to the root over those columns and the root's multicast of G*n*w to the
+    group; P@V, per kv head a local [n, w] @ [w, Hv] in the cheaper order (n*w instructions of
+    Hv, or w*Hv of n), and an allreduce of G*n*Hv per core along Y. Groups of one column (C <
+    Hkv) skip the spread, the gather and the multicast; one group spanning the row (one kv
+    head) sums its scores with the row's K-tree allreduce instead (the public code's single
+    head).
+    GQA against MHA at one grid: a kv head's hd dims spread over about C/Hkv columns, so few kv
+    heads mean wide kv-groups (LLaMA3-8B at 420 columns: 8 groups of 52-53; LLaMA2-13B: 40 of
+    10-11). The score sum is then a chain of about C/(2 Hkv) stages (26 against 5) and the
+    probabilities' gather and multicast cross the same width, while the local products stay
+    short (H = 4, Hv = 3 slots). These latencies, not FLOPs or KV bytes, are why a GQA layer
+    can cost more than an MHA layer of more heads on the same grid. A two-level tree inside
+    each group would cut the chain to about 2 sqrt(C/Hkv) stages, but it needs its own phase-1
+    and phase-2 colours along X with roots relative to each group (the row-wide X K-tree routes
+    towards one global root, and WSE-2's static decode already uses 20 of its 21 user colours,
+    code notes §5.2), so it is not modelled. Merging the n query heads of a kv head into one
+    instruction needs no 2D descriptor: the other loop order runs along the heads with strided
+    1D DSDs, which `_loop_order` takes where it is cheaper.
     """
     rows, cols = mesh.shape
     g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
@@ -81,7 +96,8 @@ def decode_attention(
     q_tile = q.data.reshape(rows, cols, batch, g, n, h)
     spread = _head_spread(heads)
     with mesh.sram.scope():
-        partial = matmul(mesh, a=q_tile, b=k_cache, ledger=ledger, op="scores", vector="n")
+        order = _loop_order(mesh, m=n, k=h, n=width)
+        partial = matmul(mesh, a=q_tile, b=k_cache, ledger=ledger, op="scores", vector=order)
         full = _score_sums(mesh, partial, heads, ledger, broadcast=spread is None)
         layout = Layout((batch, cols * g, n, rows * width), y_dim=3, x_dim=1, tag="cache_slots")
         scores = mesh.register(full, layout, "scores")
@@ -109,10 +125,23 @@ def decode_attention(
             charge_multicast(
                 mesh, axis=Axis.X, owner=spread.root, nbytes=nbytes, ledger=ledger, op="probs.bcast"
             )
-        out = matmul(mesh, a=probs.data, b=v_cache, ledger=ledger, op="pv", vector="n")
+        order = _loop_order(mesh, m=n, k=width, n=heads.value_slots)
+        out = matmul(mesh, a=probs.data, b=v_cache, ledger=ledger, op="pv", vector=order)
         out = allreduce(mesh, out, axis=Axis.Y, ledger=ledger, op="pv.allreduce")
     layout = attention_output_layout(q.layout, heads)
     return mesh.register(out.reshape(rows, cols, batch, heads.o_width), layout, "attn")
+
+
+def _loop_order(mesh: Mesh, *, m: int, k: int, n: int) -> str:
+    """The cheaper loop order of one core's [m, k] @ [k, n] (`mesh.compute.matmul_cycles`):
+    "n", m*k axpy instructions along the output's rows (the public decode's form: out[0:Nt] +=
+    in[m] * W[m, 0:Nt], code notes §3.3), or "m", k*n instructions along its m rows (for
+    attention the query heads of a kv head, read and written with a stride: 1D memory DSDs
+    with a stride, code notes §6 "f16 SIMD"). Short vectors pay the instruction floor either
+    way, so the order with fewer instructions wins; a tie keeps "n"."""
+    by_rows = matmul_cycles(mesh.device, m=m, k=k, n=n, vector="n")
+    by_heads = matmul_cycles(mesh.device, m=m, k=k, n=n, vector="m")
+    return "m" if by_heads < by_rows else "n"
 
 
 def attention_output_layout(q_layout: Layout, heads: HeadLayout) -> Layout:
