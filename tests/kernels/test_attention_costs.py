@@ -470,6 +470,7 @@ def test_decode_attention_costs_its_closed_form(cols, kv, n_rep, batch):
     decode_attention(
         mesh, q=q, k_cache=k_cache, v_cache=v_cache, slot_mask=mask, heads=heads, ledger=ledger
     )
+
     # per kv head of each sequence, scores [n, H] @ [H, w] and P@V [n, w] @ [w, Hv], each in
     # the loop order with fewer cycles: along the output rows (n*k instructions of the row)
     # or along the n query heads (k*row instructions of n)

@@ -84,13 +84,21 @@ def test_v_and_the_output_fill_each_columns_share_of_the_groups_cache_budget(
     real = o_tiles >= 0
     assert ((o_tiles // hd) // n_rep == np.broadcast_to(v_tiles // hd, o_tiles.shape))[real].all()
     assert ((o_tiles % hd) == np.broadcast_to(v_tiles % hd, o_tiles.shape))[real].all()
-    # the cache's slots per position: a group of s columns needs 2*hd slots over s columns
-    # and k keeps whole RoPE pairs, so its widest column holds max(ceil(2 hd / s),
-    # 2 ceil(hd/2 / s)) slots, never more than k and v each padded to whole pairs (2 H)
+    # the cache's slots per position: a group of s columns needs 2*hd slots over its columns,
+    # k keeps whole RoPE pairs and v's tile is no wider than k's (H); its widest column holds
+    # the fewest slots that allow this, never more than k and v each padded to H
+    assert heads.value_slots <= heads.head_slots
+    k_slots = 2 * heads.num_pairs
+    total = k_slots + heads.num_vdims
     if cols >= kv_heads:
-        widest = max(max(-(-2 * hd // s), 2 * -(-half // s)) for s in heads.group_sizes)
-    else:
-        widest = 2 * hd * heads.kv_per_tile
+        start = 0
+        for size in heads.group_sizes:
+            k, widest = k_slots[start : start + size], int(total[start : start + size].max())
+            start += size
+            assert widest >= max(-(-2 * hd // size), int(k.max()))
+            fewer = np.minimum(np.maximum(widest - 1 - k, 0), heads.head_slots).sum()
+            assert widest == max(-(-2 * hd // size), int(k.max())) or fewer < hd
+    widest = int((heads.num_kv * total).max())
     assert heads.cache_bytes(StoredDtype.FLOAT16, 2) == 2 * widest <= 2 * 2 * heads.kv_width
 
 

@@ -155,7 +155,7 @@ def test_kv_bytes_per_token_are_codes_plus_a_scale_per_32_head_dim_slots(dtype):
         heads = heads_for(config, cols)
         g = heads.kv_per_tile
 
-        def one(h: int) -> int:  # G heads x h real slots, as stored
+        def one(h: int, g: int = g) -> int:  # G heads x h real slots, as stored
             if dtype == "float16":
                 return 2 * g * h
             bits = {"int8": 8, "int4": 4}[dtype]

@@ -120,9 +120,7 @@ def cached_prefill_attention(
             walked[shape] = (start, ledger.mark())
         # as softmax normalises: one reciprocal per query row, a multiply per output entry
         charge_vector(mesh, ledger, "online.reciprocal", rows=1, length=g * n * lt, cost=RECIPROCAL)
-        charge_vector(
-            mesh, ledger, "online.normalise", rows=g * n * lt, length=hv, cost=NORMALISE
-        )
+        charge_vector(mesh, ledger, "online.normalise", rows=g * n * lt, length=hv, cost=NORMALISE)
         out = state.acc / torch.where(state.total > 0, state.total, 1.0)
     out = out.to(q.data.dtype).permute(0, 1, 4, 2, 3, 5).reshape(rows, cols, lt, heads.o_width)
     return mesh.register(out.contiguous(), attention_output_layout(q.layout, heads), "attn")

@@ -114,9 +114,7 @@ def prefill_attention_streamed(
         charge_vector(
             mesh, ledger, "attn.reciprocal", rows=1, length=rows_per_core, cost=RECIPROCAL
         )
-        charge_vector(
-            mesh, ledger, "attn.normalise", rows=rows_per_core, length=hv, cost=NORMALISE
-        )
+        charge_vector(mesh, ledger, "attn.normalise", rows=rows_per_core, length=hv, cost=NORMALISE)
         out = state.result(q.data.dtype)
     out = out.permute(0, 1, 4, 2, 3, 5).reshape(rows, cols, lt, heads.o_width)
     layout = attention_output_layout(q.layout, heads)

@@ -32,9 +32,9 @@ class HeadLayout:
     slot e + H/2 its partner i + hd/2. Its v tile [G, Hv] holds the contiguous dims
     first_vdim .. + num_vdims of its heads, and the attention output [G, n_rep, Hv] the same
     dims of every query head: a kv-group's columns split the hd value dims so that each
-    column's k and v slots together stay within the group's per-position budget
-    (`_value_dims`), the cache's K and V sharing one buffer per core (`cache_bytes`). Unused
-    slots are zero padding.
+    column's k and v slots together stay within the group's per-position budget, v's tile no
+    wider than k's (`_value_dims`), the cache's K and V sharing one buffer per core
+    (`cache_bytes`). Unused slots are zero padding.
     """
 
     num_cols: int
@@ -151,7 +151,8 @@ def head_layout(num_kv_heads: int, n_rep: int, head_dim: int, num_cols: int) -> 
         splits = [split_sizes(pairs, int(s)) for s in sizes]
         num_pairs = np.concatenate(splits)
         first_pair = np.concatenate([np.cumsum(s) - s for s in splits])
-        vsplits = [_value_dims(p, head_dim) for p in splits]
+        k_slots = 2 * int(num_pairs.max())
+        vsplits = [_value_dims(p, head_dim, k_slots) for p in splits]
         num_vdims = np.concatenate(vsplits)
         first_vdim = np.concatenate([np.cumsum(v) - v for v in vsplits])
         return HeadLayout(
@@ -185,18 +186,21 @@ def head_layout(num_kv_heads: int, n_rep: int, head_dim: int, num_cols: int) -> 
     )
 
 
-def _value_dims(num_pairs: np.ndarray, head_dim: int) -> np.ndarray:
+def _value_dims(num_pairs: np.ndarray, head_dim: int, k_slots: int) -> np.ndarray:
     """(s,) value dims of each column of one kv-group whose columns hold `num_pairs` RoPE
     pairs of k: each column fills its k slots up to the group's per-position budget T (k and v
-    slots together: at least ceil(2 hd / s), at least the widest column's k), then the surplus
-    T*s - 2 hd is taken one dim at a time from the columns holding the most v, so Hv stays as
-    small as the budget allows. Together the columns hold the hd value dims exactly."""
+    slots together), v never wider than k's tile (`k_slots`, so the attention's instruction
+    counts never exceed those of v padded like k); T the smallest budget, at least ceil(2 hd /
+    s) and the widest column's k, whose columns hold hd value dims. The surplus is taken one
+    dim at a time from the fullest columns (most k and v slots, then most v)."""
     k = 2 * np.asarray(num_pairs, dtype=np.int64)
     budget = max(-(-2 * head_dim // len(k)), int(k.max()))
-    v = budget - k
+    while np.minimum(budget - k, k_slots).sum() < head_dim:
+        budget += 1
+    v = np.minimum(budget - k, k_slots)
     for _ in range(int(v.sum()) - head_dim):
-        v[int(np.argmax(v))] -= 1
-    assert v.sum() == head_dim and v.min() >= 0
+        fullest = np.where(v > 0, (k + v) * (k_slots + 1) + v, -1)
+        v[int(np.argmax(fullest))] -= 1
     return v
 
 

@@ -97,7 +97,7 @@ def kv_moves(
     (pr, pc), (dr, dc) = plan.prefill.grid, plan.decode.grid
     src_row = _source_rows(counts, pr, chunk_tokens)
     dst_row = np.repeat(np.arange(dr), counts.counts)
-    moves = []
+    moves: list[Move] = []
     for (p, d), n in _layer_groups(plan, on_device).items():
         (py, px), (dy, dx) = plan.prefill.regions[p].origin, plan.decode.regions[d].origin
         moves.extend(
