@@ -120,6 +120,8 @@ def test_a_batch_over_two_wafers_overlaps_its_sequences_and_reports_the_bubbles(
 
 
 def test_a_batch_whose_kv_caches_overflow_the_devices_is_an_error():
-    # four sequences need a step's scratch each: the 480-row cache of two wse2s holds three
-    with pytest.raises(WaferError, match="the batch's KV cache does not fit: its 4 sequences"):
-        estimate(**LLAMA, num_devices=2, batch_size=4)
+    # five sequences need a step's scratch each: the 480-row cache of two wse2s holds four
+    # (k and v take 10 bytes per position per layer at 480 columns, 16 when both were padded to
+    # whole RoPE pairs: it held three)
+    with pytest.raises(WaferError, match="the batch's KV cache does not fit: its 5 sequences"):
+        estimate(**LLAMA, num_devices=2, batch_size=5)

@@ -1,10 +1,9 @@
 """The decode KV cache on the mesh: shift-based (SPEC.md §10.9) and the concatenation baseline.
 
 Positions run along Y: row 0 holds the oldest consecutive positions, each row keeps its
-entries in slots [0, count) oldest first; head-dim slots run along X (`HeadLayout`), K stored
-transposed ([G, H, S] per core) so scores need no transpose, V as [G, S, H]. `RowCounts` is
-the bookkeeping (how many positions each row holds); the tiles of one region's layers are
-`kv_store.KvStore`.
+entries in slots [0, count) oldest first; head-dim slots run along X (`HeadLayout`). This
+module is the policy and the bookkeeping (`RowCounts`: how many positions each row holds) and
+the capacity arithmetic; the tiles of one region's layers are `kv_store.KvStore`.
 A batch's sequences share a region's store: each has its own counts over its own share of the
 slots (`slots_needed`, `admit`), its own tiles and its own shifts; the SRAM is one allocation.
 A new token's k and v arrive replicated along Y (the QKV allreduce's broadcast), so any row can
@@ -15,7 +14,7 @@ sliding window W the shift cache evicts: it keeps the last W positions (the next
 W - 1 of them and itself), and once it holds W every append cascades one hop north through the
 filled rows while row 0 drops its oldest entry, so the counts stay put and capacity is bounded
 by the window, not by SRAM. The concat baseline keeps every position (the window is a mask).
-Legend: R rows, C columns, S slots per row, G kv heads per column, H head-dim slots per column.
+Legend: R rows, S slots per row.
 """
 
 from __future__ import annotations
