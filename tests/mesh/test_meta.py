@@ -68,6 +68,8 @@ CASES = [
     lambda: torch.isfinite(meta_tensor(3, 4, dtype=torch.float16)),
     lambda: torch.zeros_like(meta_tensor(3, 4, dtype=torch.float16)),
     lambda: torch.zeros_like(meta_tensor(2, 1, 5).expand(2, 3, 5), dtype=torch.int32),
+    lambda: torch.nn.functional.pad(meta_tensor(3, 4, 5, dtype=torch.float16), (0, 0, 0, 3)),
+    lambda: torch.nn.functional.pad(meta_tensor(3, 4), (1, 2, -1, 2)),
     lambda: torch.gather(
         meta_tensor(4, 3, 2, dtype=torch.float16), 0, meta_tensor(6, 3, 1, dtype=torch.int64)
     ),

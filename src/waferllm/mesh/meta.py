@@ -2,9 +2,9 @@
 
 Torch computes a meta op's output in Python (~0.5 ms an op; the first imports torch._dynamo,
 seconds; some import sympy). Inside `shape_only()` common pointwise ops, reductions, cat/stack,
-matmul, gather, zeros_like and arange on meta tensors get the shape torch gives (contiguous:
-estimate mode reads no strides) in the dtype of the same op on one-element CPU tensors; other
-ops run as usual. No numbers change.
+matmul, gather, zeros_like, constant padding and arange on meta tensors get the shape torch
+gives (contiguous: estimate mode reads no strides) in the dtype of the same op on one-element
+CPU tensors; other ops run as usual. No numbers change.
 """
 
 from __future__ import annotations
@@ -206,6 +206,21 @@ def _factory(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
     return torch.empty(probe.shape, dtype=probe.dtype, device="meta")
 
 
+def _padded(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """Constant padding (F.pad: aten.pad, constant_pad_nd) of a meta tensor: each trailing dim
+    grows by its two pads (torch's Python kernel imports sympy through empty_like)."""
+    x, pad = args[0], args[1]
+    mode = kwargs.get("mode", args[2] if len(args) > 2 and func is aten.pad.default else "constant")
+    if x.device.type != "meta" or mode != "constant" or len(pad) % 2 or len(pad) // 2 > x.dim():
+        return None
+    shape = list(x.shape)
+    for i in range(len(pad) // 2):
+        shape[x.dim() - 1 - i] += pad[2 * i] + pad[2 * i + 1]
+    if min(shape, default=0) < 0:
+        return None
+    return torch.empty(shape, dtype=x.dtype, device="meta")
+
+
 _RULES: dict[Any, Callable[[Callable, tuple, dict], torch.Tensor | None]] = {
     **{op: _pointwise for op in _POINTWISE},
     **{op: _reduction for op in _REDUCTIONS},
@@ -213,6 +228,8 @@ _RULES: dict[Any, Callable[[Callable, tuple, dict], torch.Tensor | None]] = {
     aten.roll.default: _same,
     aten.zeros_like.default: _like,
     aten.gather.default: _gather,
+    aten.constant_pad_nd.default: _padded,
+    aten.pad.default: _padded,
     aten.add_.Tensor: _in_place,
     aten.mul_.Tensor: _in_place,
     aten.cat.default: _joined,
