@@ -13,7 +13,7 @@ from waferllm.api.llm import LLM
 from waferllm.device import tiny
 from waferllm.engine.sampling import SamplingParams
 from waferllm.errors import GridError, WaferError
-from waferllm.estimate.cost import DecodeWalks
+from waferllm.estimate.decode_walks import DecodeWalks
 from waferllm.mesh.cost import Ledger
 from waferllm.model.weights import load_checkpoint
 

@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from waferllm.estimate import cost
+from waferllm.estimate import decode_walks as cost
 from waferllm.model.kv_cache import KvPolicy, RowCounts
 
 

@@ -23,7 +23,7 @@ from test_transformer import build, greedy
 
 from waferllm.device import tiny
 from waferllm.errors import WaferError
-from waferllm.estimate.cost import DecodeWalks
+from waferllm.estimate.decode_walks import DecodeWalks
 from waferllm.mesh.cost import Ledger
 from waferllm.model.config import load_config
 from waferllm.model.kv_cache import KvCacheFullError, KvPolicy, RowCounts

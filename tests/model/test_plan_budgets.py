@@ -13,7 +13,7 @@ import math
 import pytest
 
 from waferllm.device import get_device, tiny
-from waferllm.estimate.cost import DecodeWalks
+from waferllm.estimate.decode_walks import DecodeWalks
 from waferllm.mesh.cost import Ledger
 from waferllm.model.budget import prefill_need_bytes
 from waferllm.model.config import load_config

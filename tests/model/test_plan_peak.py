@@ -17,7 +17,7 @@ from waferllm.device import Device, tiny
 from waferllm.engine.engine import Engine
 from waferllm.engine.sampling import SamplingParams
 from waferllm.errors import WaferError
-from waferllm.estimate.cost import DecodeWalks
+from waferllm.estimate.decode_walks import DecodeWalks
 from waferllm.model.config import ModelConfig, from_hf_dict
 from waferllm.model.placement import PlacementMode, ResidentLayouts
 from waferllm.model.plan import plan_model

@@ -15,7 +15,7 @@ import torch
 from helpers.checkpoints import DEFAULT_PROMPT_IDS, check_token_identity, reference_run
 
 from waferllm.device import tiny
-from waferllm.estimate.cost import DecodeWalks
+from waferllm.estimate.decode_walks import DecodeWalks
 from waferllm.mesh.cost import Ledger
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.transformer import MeshTransformer

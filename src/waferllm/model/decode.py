@@ -3,7 +3,7 @@
 `decode_layers` takes the batch's tokens through every region (each sequence attending to its
 own KV rows in the regions' `KvStore`s) and commits their counts; `decode_logits` is the LM
 head. `attention_records` and `shift_records` price one layer's attention or KV shift
-without walking the step (`waferllm.estimate.cost`); `kv_budget` is what the decode regions'
+without walking the step (`waferllm.estimate.decode_walks`); `kv_budget` is what the decode regions'
 SRAM holds for a batch's KV cache, `decode_stores` those caches, `park_prompt` a prompt's k/v
 into them at the hand-off. Selecting tokens and the batch's bookkeeping are `transformer.py`'s.
 Legend: B sequences, D model dim, V vocab; R x C the decode grid.

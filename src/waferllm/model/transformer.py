@@ -7,7 +7,7 @@ weights) to the decode plan; `decode_step(token_id, ledger)` feeds one token bac
 a `StepOutput`: the on-mesh argmax and a handle that gathers the logits to the host, charged
 as host I/O. With `weights=None` the same code runs in estimate mode on meta tensors. Identical
 layers are walked once and their ledger extended by the layer count; the estimate layer prices
-decode steps without tokens through the `decode_records` hooks (`waferllm.estimate.cost`).
+decode steps without tokens through the `decode_records` hooks (`waferllm.estimate.decode_walks`).
 This class keeps the batch in flight (admission, KV stores, hand-off) and selects tokens; the
 walks are in `prefill.py`, `chunked.py` and `decode.py`, the result types in `steps.py`, the
 generation loop in `engine`, the vocabulary ends in `vocab.py`.
@@ -295,7 +295,7 @@ class MeshTransformer(Admission):
         for store in self._stores:
             store.drop(b)
 
-    # ---- hooks of the estimate layer (estimate mode; `waferllm.estimate.cost`) ---------------
+    # ---- hooks of the estimate layer (estimate mode; `waferllm.estimate.decode_walks`) -------
     def decode_records(
         self, counts: Sequence[RowCounts], *, walk_layers: bool = True
     ) -> DecodeRecords:

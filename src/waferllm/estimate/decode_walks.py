@@ -1,0 +1,302 @@
+"""Decode steps priced without tokens (`DecodeWalks`), and each phase's SRAM peaks.
+
+`DecodeWalks` prices the decode steps of a batch of B identical sequences on one estimate-mode
+model: one walk per cache-window width, the attention re-walked alone at other widths, KV
+shifts scaled from one walked shift in closed form. `watching` measures a walk's own SRAM peak
+per mesh; `phase_cost` pairs a phase's ledger with those peaks. The caches of whole requests
+live in `cost.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from waferllm.errors import WaferError
+from waferllm.mesh.cost import Ledger, PhaseLedger, RegionPeak
+from waferllm.mesh.geometry import split_sizes
+from waferllm.mesh.memory import PeakWatch
+from waferllm.mesh.meta import shape_only
+from waferllm.mesh.virtual import Mesh, Mode
+from waferllm.model.kv_cache import Append, KvPolicy, RowCounts
+from waferllm.model.layers import LayerLedgers
+from waferllm.model.placement import Phase
+from waferllm.model.steps import DecodeRecords
+from waferllm.model.transformer import MeshTransformer
+
+ShiftStart = Callable[[], tuple[Append, RowCounts]]  # a shift group's first append and counts
+ShiftGroups = dict[int, tuple[ShiftStart, int]]  # first shifting row -> (its start, steps)
+Widths = dict[int, tuple[RowCounts, int]]  # window width -> (counts before its first step, steps)
+
+
+Peaks = tuple[int, ...]  # bytes per core, one per mesh of a phase's `all_meshes`
+
+
+def phase_cost(model: MeshTransformer, phase: Phase, ledger: Ledger, peaks: Peaks) -> PhaseLedger:
+    """The phase's ledger with the request's own SRAM peak on each of its regions."""
+    state = model.prefill_state if phase is Phase.PREFILL else model.decode_state
+    return PhaseLedger(
+        ledger=ledger,
+        regions=tuple(
+            RegionPeak(bytes_per_core=peak, cores=mesh.num_cores)
+            for peak, mesh in zip(peaks, state.all_meshes, strict=True)
+        ),
+        routes_per_core=model.routes_per_core()[phase.value],
+    )
+
+
+@contextlib.contextmanager
+def watching(meshes: Sequence[Mesh]) -> Iterator[list[PeakWatch]]:
+    """Each mesh's own SRAM peak during the block (a walk's, not the running maximum over
+    every walk the cached model made): read after the block ends."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(m.sram.watch()) for m in meshes]
+
+
+def highest(*peaks: Peaks) -> Peaks:
+    return tuple(max(p) for p in zip(*peaks, strict=True))
+
+
+def _joined(*ledgers: Ledger) -> Ledger:
+    out = Ledger()
+    for ledger in ledgers:
+        out.extend(ledger)
+    return out
+
+
+class DecodeWalks:
+    """Decode steps of one estimate-mode model priced without tokens, walks cached, for a
+    batch of `batch` identical sequences (each in an equal share of the KV slots).
+
+    A step's cost depends on the width of the cache window it reads (under the shift policy
+    it grows once every R tokens) and on its one-hop KV shifts (whose bytes depend on which
+    rows shift; one per sequence); steps with the same (width, first shifting row) share one
+    walk.
+    """
+
+    def __init__(self, model: MeshTransformer, *, batch: int = 1) -> None:
+        if model.mode is not Mode.ESTIMATE:
+            raise WaferError("decode costs need an estimate-mode model (weights=None)")
+        self.model = model
+        self.batch = batch
+        self.share = model.kv_budget.equal_share(batch)  # slots per row of each sequence
+        self._steps: dict[tuple[int, int, bool], tuple[LayerLedgers, Ledger, Peaks]] = {}
+        self._widths: dict[int, tuple[Ledger, Ledger]] = {}
+        self._shifts: dict[int, Ledger] = {}
+
+    def shift(self, append: Append, counts: RowCounts) -> Ledger:
+        """One layer's KV shift for `append` (which has senders): in estimate mode it depends on
+        the first shifting row only. The first one is walked (`kv_shift_records`); the others
+        follow from it in closed form (`_scaled_shift`), hundreds per request on a new grid."""
+        return self._shift(append.senders[0], lambda: (append, counts))
+
+    def _shift(self, first: int, start: ShiftStart) -> Ledger:
+        """`shift` for the steps whose first shifting row is `first`; `start()` gives their
+        append and counts, asked for only when a walk needs them."""
+        if first not in self._shifts:
+            if self._shifts:
+                seen, walked = next(iter(self._shifts.items()))
+                rows = self.model.plan.decode.grid[0]
+                self._shifts[first] = _scaled_shift(walked, rows - seen, rows - first)
+            else:
+                append, counts = start()
+                with shape_only():
+                    self._shifts[first] = self.model.kv_shift_records(append, counts)
+        return self._shifts[first]
+
+    @shape_only()
+    def records(self, counts: RowCounts) -> tuple[DecodeRecords, Peaks]:
+        """The step after `counts` (committed), its layer walked once per cost shape (and
+        per held logits), with the step's SRAM peak on each region."""
+        append = counts.plan_append()
+        first = append.senders[0] if append.senders else -1
+        key = (int(append.counts_after.max()), first, self.model.holds_decode_logits)
+        meshes = self.model.decode_state.all_meshes
+        cached = key in self._steps
+        with watching(meshes) as watches:
+            walked = self.model.decode_records(self._batch(counts), walk_layers=not cached)
+        peaks = tuple(w.bytes_per_core for w in watches)
+        if not cached:
+            self._steps[key] = (walked.layer, walked.kv, peaks)
+            return walked, peaks
+        layer, kv, layer_peaks = self._steps[key]
+        records = DecodeRecords(before=walked.before, layer=layer, kv=kv, after=walked.after)
+        return records, highest(peaks, layer_peaks)
+
+    def _batch(self, counts: RowCounts) -> list[RowCounts]:
+        return [counts.copy() for _ in range(self.batch)]
+
+    @shape_only()
+    def decode_step(self, context_len: int, prompt_len: int | None = None) -> Ledger:
+        """The ledger of the decode step whose new token is position `context_len - 1` (the
+        cache then holds `context_len` tokens). `prompt_len` matters for the concat policy
+        (the prompt is balanced, the rest piles on the last row)."""
+        model = self.model
+        rows, slots = model.plan.decode.grid[0], self.share
+        before = context_len - 1
+        if model.kv_policy is KvPolicy.SHIFT or prompt_len is None:
+            window = model.config.sliding_window  # evicting: the last window held
+            counts = RowCounts.balanced(model.kv_policy, rows, slots, before, window)
+        else:
+            counts = RowCounts.balanced(model.kv_policy, rows, slots, prompt_len)
+            counts.counts[-1] += before - prompt_len
+        append = counts.plan_append()
+        width = int(append.counts_after.max())
+        if width not in self._widths:  # walk the step once per cache window width
+            walked, _ = self.records(counts.copy())
+            fixed = _joined(walked.before, walked.after)
+            layer = walked.layer
+            self._widths[width] = (fixed, _joined(layer.pre, layer.attn, layer.post))
+        fixed, layer_ledger = self._widths[width]
+        layers = model.config.num_hidden_layers
+        ledger = Ledger()
+        ledger.extend(fixed)
+        ledger.extend(layer_ledger, count=layers)
+        if append.senders:
+            ledger.extend(self.shift(append, counts), count=layers * self.batch)
+        return ledger
+
+    @shape_only()
+    def decode(self, prompt_len: int, output_len: int) -> PhaseLedger:
+        """The ledger of a request's O-1 decode steps after a `prompt_len`-token prompt, and
+        the request's own SRAM peak on each region (its KV cache allocated; the logits of
+        the step before held from the second step on).
+
+        Each width is walked once, widest first (the SRAM peak, checked on every region;
+        narrower widths re-walk one layer's attention only) and counted for all its steps;
+        each shift is priced once per set of shifting rows. The records equal those of the O-1
+        `decode_step` ledgers after expanding counts, in another order.
+        """
+        model = self.model
+        handoff = model.handoff_counts(prompt_len, slots=self.share)
+        widths, shifts = _step_shapes(handoff, output_len)
+        slots, hold = self.share * self.batch, output_len > 2
+        model.ready_decode(slots=slots, batch=self.batch, hold_logits=hold)
+        with watching(model.decode_state.all_meshes) as watches:
+            ledger, walked = self._steps_ledger(widths, shifts, output_len)
+        peaks = highest(tuple(w.bytes_per_core for w in watches), *walked)
+        return phase_cost(model, Phase.DECODE, ledger, peaks)
+
+    def _steps_ledger(
+        self,
+        widths: Widths,
+        shifts: ShiftGroups,
+        output_len: int,
+    ) -> tuple[Ledger, list[Peaks]]:
+        """`decode`'s ledger, and the peaks of the step walked in full (cached or not)."""
+        layers = self.model.config.num_hidden_layers
+        ledger = Ledger()
+        widest: LayerLedgers | None = None
+        peaks: list[Peaks] = []
+        for width in sorted(widths, reverse=True):
+            start, seen = widths[width]
+            if widest is None:  # the whole step once: every region walked at the SRAM peak
+                walked, step_peaks = self.records(start.copy())
+                peaks.append(step_peaks)
+                widest = walked.layer
+                # embedding, hops, head: every step
+                ledger.extend(_joined(walked.before, walked.after), count=output_len - 1)
+                attn = widest.attn
+            else:
+                attn = self.model.decode_attention_records(self._batch(start))
+            ledger.extend(_joined(widest.pre, attn, widest.post), count=seen * layers)
+        for first, (begin, steps) in shifts.items():
+            ledger.extend(self._shift(first, begin), count=steps * layers * self.batch)
+        return ledger, peaks
+
+
+def _scaled_shift(walked: Ledger, walked_senders: int, senders: int) -> Ledger:
+    """The KV shift of `senders` rows from a walked one of `walked_senders` rows (one record,
+    `patterns.tail_shift_traffic`): every sender moves its tile one hop at once, so the time
+    (alpha + bytes/W) is the same and the bytes injected and byte-hops are per sender (exact
+    integers; tests/estimate/test_cost_fast_paths.py checks every row against the walk)."""
+    (rec,) = walked.records
+    out = Ledger()
+    out.records.append(
+        rec.with_fields(
+            bytes_injected=rec.bytes_injected // walked_senders * senders,
+            link_byte_hops=rec.link_byte_hops // walked_senders * senders,
+        )
+    )
+    return out
+
+
+def _step_shapes(counts: RowCounts, output_len: int) -> tuple[Widths, ShiftGroups]:
+    """The O-1 steps grouped: per window width (counts before its first step, steps), per
+    first shifting row (its append and counts, steps). Raises KvCacheFullError."""
+    if _balanced_shift(counts, output_len):
+        return _balanced_step_shapes(counts, output_len)
+    widths: Widths = {}
+    shifts: ShiftGroups = {}
+    begins: dict[int, RowCounts] = {}  # counts before each group's first step
+    for _ in range(output_len - 1):
+        append = counts.plan_append()  # raises KvCacheFullError when the cache is full
+        width = int(append.counts_after.max())
+        start, seen = widths.get(width, (None, 0))
+        widths[width] = (start or counts.copy(), seen + 1)
+        if append.senders:
+            first = append.senders[0]
+            begin = begins.setdefault(first, counts.copy())
+            _, count = shifts.get(first, (None, 0))
+            shifts[first] = (functools.partial(_given, append, begin), count + 1)
+        counts.commit(append)
+    return widths, shifts
+
+
+def _given(append: Append, counts: RowCounts) -> tuple[Append, RowCounts]:
+    return append, counts
+
+
+def _balanced_shift(counts: RowCounts, output_len: int) -> bool:
+    """Whether `counts` is a shift-policy cache balanced as `RowCounts.balanced` leaves it
+    (the hand-off's state) and holds the request's O-1 steps without filling up; an evicting
+    cache (sliding window) steps instead: its appends stop growing once the window is full."""
+    if counts.policy is not KvPolicy.SHIFT or counts.window is not None:
+        return False
+    rows, total = counts.rows, counts.total
+    if total + output_len - 1 > rows * counts.slots:
+        return False
+    return bool(np.array_equal(counts.counts, split_sizes(total, rows)))
+
+
+def _balanced_step_shapes(counts: RowCounts, output_len: int) -> tuple[Widths, ShiftGroups]:
+    """`_step_shapes` in closed form for a balanced shift-policy cache: a shift append keeps
+    it balanced, so after n positions the next token goes to row t = n mod R (the first
+    row of the shorter ones), rows t+1..R-1 shifting once n >= R, and the window it reads
+    is ceil((n+1)/R) wide. Groups are built from these formulas without stepping; a shift
+    group's append and counts only when asked for (one walk prices every first row)."""
+    rows, slots, policy = counts.rows, counts.slots, counts.policy
+    totals = counts.total + np.arange(output_len - 1)
+    widths: Widths = {}
+    width_of = -(-(totals + 1) // rows)
+    values, starts, seen = np.unique(width_of, return_index=True, return_counts=True)
+    for width, start, n in zip(values.tolist(), starts.tolist(), seen.tolist(), strict=True):
+        widths[width] = (RowCounts.balanced(policy, rows, slots, int(totals[start])), n)
+    shifting = totals[(totals >= rows) & (totals % rows + 1 < rows)]
+    firsts = shifting % rows + 1
+    values, starts, seen = np.unique(firsts, return_index=True, return_counts=True)
+    order = np.argsort(starts)  # in order of first occurrence, as stepping finds them
+    cache = (policy, rows, slots)
+    return widths, {
+        first: (functools.partial(_balanced_append, *cache, int(shifting[start]), first), n)
+        for first, start, n in zip(
+            values[order].tolist(), starts[order].tolist(), seen[order].tolist(), strict=True
+        )
+    }
+
+
+def _balanced_append(
+    policy: KvPolicy, rows: int, slots: int, total: int, first: int
+) -> tuple[Append, RowCounts]:
+    """The append of a balanced cache after `total` positions, whose first shifting row is
+    `first` (the target: row first - 1, the first shorter one), and the counts before it."""
+    begin = RowCounts.balanced(policy, rows, slots, total)
+    after = begin.counts.copy()
+    after[first - 1] += 1
+    return Append(target=first - 1, senders=range(first, rows), counts_after=after), begin
+
+
+__all__ = ["DecodeWalks", "Peaks", "highest", "phase_cost", "watching"]
