@@ -258,6 +258,12 @@ def _draw(reports: Mapping[Key, KernelReport], sizes: Sequence[int]) -> Callable
     return draw
 
 
+def _without_provenance(point: dict) -> dict:
+    """A point's report less its per-call provenance (the record carries date, commit and
+    machine once; 96 copies made the JSON ~0.7 MB)."""
+    return {k: v for k, v in point.items() if k != "provenance"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--device", default="wse2", help="device preset or JSON file (default wse2)")
@@ -286,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "grids": list(grids),
         "algos": list(ALGOS),
         "points": [
-            {**r.to_dict(), "direct_routes_needed": direct_routes_needed(r)}
+            {**_without_provenance(r.to_dict()), "direct_routes_needed": direct_routes_needed(r)}
             for r in reports.values()
         ],
         "checks": [c.to_dict() for c in found],
