@@ -26,7 +26,7 @@ from waferllm.errors import WaferError
 from waferllm.estimate.systems import estimate_system, ladder_constants, t10_constants
 from waferllm.estimate.systems.ladder import LadderConstants
 from waferllm.estimate.systems.t10 import T10Constants
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 NAME = "baselines_t10_ladder"
 MODELS = ("llama3-8b", "llama2-13b", "codellama-34b", "qwen2-72b")

@@ -32,7 +32,7 @@ from waferllm import Device, bench_gemm, bench_gemv, estimate, wse2
 from waferllm.api import paper_figures as paper
 from waferllm.device import with_overrides
 from waferllm.estimate.measured import as_run_decode_cycles, single_head
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 NAME = "calibrate_llm"
 FLOOR, LAYER, BETA = (

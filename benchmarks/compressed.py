@@ -23,7 +23,7 @@ from waferllm.api.estimate import estimate
 from waferllm.device import get_device
 from waferllm.errors import WaferError
 from waferllm.mesh.storage import StoredDtype, bytes_per_element
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 NAME = "compressed"
 DTYPES = ("float16", "int8", "int4")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from waferllm.baselines.gpu import decode_cost, gemv_time_s, prefill_cost
 from waferllm.baselines.gpu_specs import h100
 from waferllm.baselines.gpu_stack import ideal_stack, paper_stack
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 BF16 = torch.bfloat16
 

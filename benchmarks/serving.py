@@ -26,7 +26,7 @@ from waferllm.estimate.requests import poisson_requests
 from waferllm.estimate.scheduler import simulate
 from waferllm.estimate.serving_metrics import serving_metrics
 from waferllm.estimate.step_cost import BinnedStepCost
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 MODELS = ("llama3-8b", "llama2-13b")
 TARGETS = {

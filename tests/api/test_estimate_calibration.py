@@ -15,7 +15,7 @@ from waferllm import Device, bench_gemv, estimate, wse2
 from waferllm.api import paper_figures as paper
 from waferllm.device import with_overrides
 from waferllm.estimate.measured import as_run_decode_cycles, single_head
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 MEASURED = single_head(load_config("llama3-8b"))  # the layer PAPER.md §3.3's rows timed
 

@@ -12,7 +12,7 @@ import waferllm
 from waferllm.api.bench import bench_gemm, bench_gemv
 from waferllm.cli import main
 from waferllm.errors import WaferError
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 
 @pytest.mark.parametrize("system", ["t10", "ladder"])

@@ -8,7 +8,7 @@ import waferllm
 import waferllm.api.gpu
 from waferllm.baselines.gpu import decode_cost, prefill_cost
 from waferllm.baselines.gpu_specs import a100, h100
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 
 def test_gpu_estimate_is_exported_and_fills_the_request_report():

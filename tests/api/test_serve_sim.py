@@ -12,7 +12,7 @@ from waferllm.api.serve_costs import GpuStepCost
 from waferllm.api.serve_plots import plot_serving
 from waferllm.errors import WaferError
 from waferllm.estimate.requests import Request
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 REPORT_KEYS = {
     "schema_version", "kind", "modelled", "model", "device", "mode", "num_requests",

@@ -16,7 +16,8 @@ from waferllm.baselines.gpu_memory import (
 from waferllm.baselines.gpu_request import estimate_gpu
 from waferllm.baselines.gpu_specs import a100, h100
 from waferllm.baselines.gpu_stack import paper_stack
-from waferllm.model.config import from_hf_dict, hf_config_dict, load_config
+from waferllm.model.config import from_hf_dict
+from waferllm.model.config_sources import hf_config_dict, load_config
 
 STACK = paper_stack()
 

@@ -24,7 +24,7 @@ from waferllm.baselines.gpu import (
 from waferllm.baselines.gpu_comm import allreduce_seconds, ring_bytes_per_gpu
 from waferllm.baselines.gpu_specs import GPU_PRESETS, GpuSpec, a100, get_gpu, h100, h200
 from waferllm.baselines.gpu_stack import ideal_stack, paper_stack
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 IDEAL, PAPER = ideal_stack(), paper_stack()
 CONTEXT_4K = [4096.0]

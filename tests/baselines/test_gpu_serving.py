@@ -9,7 +9,7 @@ from waferllm.baselines.gpu_memory import memory_plan
 from waferllm.baselines.gpu_serving import PREFILL_ACTIVATION_TOKENS, step_costs
 from waferllm.baselines.gpu_specs import a100, h100
 from waferllm.baselines.gpu_stack import ideal_stack, paper_stack
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 from waferllm.api.provenance import config_sha256, package_commit
 from waferllm.cli import main
 from waferllm.device import tiny
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 ESTIMATE = ["estimate", "--model", "tiny", "--device", "tiny", "--prompt-len", "12"]

@@ -13,7 +13,7 @@ from waferllm.device import tiny, wse2
 from waferllm.errors import WaferError
 from waferllm.estimate.capacity import tiling_capacity, whole_device_tilings, whole_model_capacity
 from waferllm.estimate.cost import Setup
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 from waferllm.model.kv_cache import KvPolicy, kv_capacity_tokens, max_new_tokens
 from waferllm.model.placement import (
     Phase,

@@ -17,7 +17,7 @@ from waferllm.device import tiny
 from waferllm.estimate.cost import Setup, cost_model
 from waferllm.mesh.cost import Ledger
 from waferllm.model.chunked import chunk_candidates
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 SMALL = dataclasses.replace(tiny(), sram_bytes_per_core=32768)
 GRID = (4, 4)

@@ -48,7 +48,7 @@ def test_decode_steps_grouped_in_closed_form_equal_the_stepped_groups(monkeypatc
 def test_kv_shifts_scaled_from_one_walk_equal_a_walk_per_first_row():
     from waferllm.device import tiny
     from waferllm.mesh.cost import Ledger
-    from waferllm.model.config import load_config
+    from waferllm.model.config_sources import load_config
     from waferllm.model.quant import Storage
     from waferllm.model.transformer import MeshTransformer
 

@@ -15,7 +15,7 @@ from waferllm.estimate.measured import (
 from waferllm.kernels.gemv import best_ktree_fanouts
 from waferllm.mesh.cost import Ledger, Record
 from waferllm.mesh.ktree import allreduce_latency_cycles, tree_plan
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 
 @pytest.mark.parametrize(("side", "root"), [(420, 220), (540, 283), (660, 345), (720, 375)])

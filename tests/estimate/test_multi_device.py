@@ -24,7 +24,7 @@ from waferllm.estimate.multi_device import (
 from waferllm.estimate.search import search_grids
 from waferllm.mesh import Axis, Ledger, Mesh, Mode, broadcast
 from waferllm.mesh.system_link import system_link_charge
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 PROMPT, OUTPUT = 128, 4
 GRID = (480, 480)  # llama3-8b: one wse2 holds two regions of 16 layers (stacked along Y)

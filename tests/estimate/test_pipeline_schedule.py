@@ -11,7 +11,7 @@ from waferllm.device import wse2
 from waferllm.estimate.cost import CostModel, Setup
 from waferllm.estimate.pipeline_schedule import PipelineSchedule, Stages, device_stages
 from waferllm.mesh.cost import Ledger, Record
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 from waferllm.model.regions import PhaseRegions, Region
 
 GRID = (300, 300)  # llama3-8b on two wse2s: three regions each (5, 5, 6 and 5, 6, 5 layers)

@@ -12,7 +12,7 @@ from waferllm.device import tiny
 from waferllm.errors import WaferError
 from waferllm.estimate.cost import CostModel, Setup
 from waferllm.estimate.search import COARSE_POINTS
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 # A 6x6 device: every side 1..6 is a coarse candidate, so stage 1 is exhaustive.
 SIX = dataclasses.replace(tiny(), mesh_rows=COARSE_POINTS, mesh_cols=COARSE_POINTS)

@@ -13,7 +13,7 @@ from waferllm.api import paper_figures as paper
 from waferllm.device import wse2
 from waferllm.estimate.cost import Setup, cost_model
 from waferllm.estimate.measured import single_head
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 from waferllm.model.placement import PlacementMode
 
 PROMPT_LEN = paper.PREFILL_PROMPT_LEN

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from waferllm.device import Device, tiny, with_overrides
 from waferllm.estimate.systems.common import LayerShapes
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 ALPHA, BETA, LINK = 3.0, 7.0, 4.0
 PINNED = {

@@ -15,7 +15,7 @@ from waferllm.device import tiny
 from waferllm.estimate.cost import clear_cache
 from waferllm.estimate.systems import estimate_system
 from waferllm.mesh import meta
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 
 class Checking(meta.ShapeOnly):
@@ -168,7 +168,7 @@ def test_work_on_meta_tensors_after_import_imports_neither_dynamo_nor_sympy(work
         "from waferllm.device import get_device, tiny\n"
         "from waferllm.estimate.systems import estimate_system\n"
         "from waferllm.mesh.meta import shape_only\n"
-        "from waferllm.model.config import load_config\n"
+        "from waferllm.model.config_sources import load_config\n"
         "warnings.simplefilter('ignore')\n"
         f"{work}\n"
         "print('torch._dynamo' in sys.modules or 'sympy' in sys.modules)\n"

@@ -25,7 +25,7 @@ from waferllm.device import tiny
 from waferllm.errors import WaferError
 from waferllm.estimate.decode_walks import DecodeWalks
 from waferllm.mesh.cost import Ledger
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 from waferllm.model.kv_cache import KvCacheFullError, KvPolicy, RowCounts
 from waferllm.model.transformer import MeshTransformer
 

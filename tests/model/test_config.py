@@ -14,16 +14,13 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from waferllm.errors import WaferError
 from waferllm.model.config import (
-    PRESETS,
     ModelConfig,
     ModelConfigError,
     RopeScaling,
-    checkpoint_name,
     from_hf_dict,
-    hf_config_dict,
-    load_config,
     rope_inv_freq,
 )
+from waferllm.model.config_sources import PRESETS, checkpoint_name, hf_config_dict, load_config
 
 SMALL = {
     "hidden_size": 40,

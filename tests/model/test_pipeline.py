@@ -8,7 +8,7 @@ import pytest
 
 from waferllm.device import tiny, wse3
 from waferllm.errors import WaferError
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 from waferllm.model.pipeline import (
     check_device_count,
     device_count,

@@ -18,7 +18,7 @@ from waferllm.mesh.relayout import Move, relayout_charge
 from waferllm.mesh.storage import StoredDtype
 from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import Mesh, Mode
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 from waferllm.model.placement import (
     Phase,
     PlacementMode,

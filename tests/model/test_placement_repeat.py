@@ -11,7 +11,7 @@ import pytest
 from waferllm.device import get_device
 from waferllm.mesh.storage import StoredDtype
 from waferllm.mesh.virtual import Mesh, Mode
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts, place_layer
 from waferllm.model.plan import build_phase, plan_model
 from waferllm.model.quant import Storage

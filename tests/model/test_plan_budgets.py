@@ -16,7 +16,7 @@ from waferllm.device import get_device, tiny
 from waferllm.estimate.decode_walks import DecodeWalks
 from waferllm.mesh.cost import Ledger
 from waferllm.model.budget import prefill_need_bytes
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 from waferllm.model.placement import (
     Phase,
     PlacementMode,

@@ -25,7 +25,7 @@ from waferllm.mesh.storage import (
     parse_stored_dtype,
     stored_bytes,
 )
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 from waferllm.model.kv_store import KvStore
 from waferllm.model.placement import (
     Phase,

@@ -15,7 +15,7 @@ from helpers.weights import random_weights
 
 from waferllm.device import tiny
 from waferllm.mesh.cost import Ledger
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 from waferllm.model.placement import PlacementMode
 from waferllm.model.transformer import MeshTransformer
 

@@ -190,7 +190,7 @@ def test_sram_overflow_and_a_prompt_longer_than_the_cache_are_clear_errors(check
 
 
 def test_decode_walks_price_a_step_like_running_it():
-    from waferllm.model.config import load_config
+    from waferllm.model.config_sources import load_config
 
     config = load_config("tiny")
     kwargs = {"device": tiny(), "prefill_grid": (3, 3), "decode_grid": (2, 4)}

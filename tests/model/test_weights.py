@@ -12,7 +12,8 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from waferllm.errors import WaferError
-from waferllm.model.config import ModelConfigError, config_from_checkpoint, load_config
+from waferllm.model.config import ModelConfigError
+from waferllm.model.config_sources import config_from_checkpoint, load_config
 from waferllm.model.family import LLAMA
 from waferllm.model.weights import (
     CheckpointError,

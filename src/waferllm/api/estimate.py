@@ -39,7 +39,8 @@ from waferllm.estimate.multi_device import (
 from waferllm.estimate.search import GridSearch
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.virtual import GridLike, as_grid
-from waferllm.model.config import ModelConfig, load_config
+from waferllm.model.config import ModelConfig
+from waferllm.model.config_sources import load_config
 from waferllm.model.kv_cache import KvPolicy
 from waferllm.model.placement import PlacementMode, ResidentLayouts
 from waferllm.model.quant import UNCOMPRESSED, Storage

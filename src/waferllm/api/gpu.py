@@ -17,7 +17,8 @@ from waferllm.baselines.gpu_request import GpuEstimate, estimate_gpu
 from waferllm.baselines.gpu_serving import GpuStepCosts, step_costs
 from waferllm.baselines.gpu_specs import GPU_PRESETS, get_gpu
 from waferllm.baselines.gpu_stack import ServingStack, Stack, get_stack
-from waferllm.model.config import ModelConfig, load_config
+from waferllm.model.config import ModelConfig
+from waferllm.model.config_sources import load_config
 
 __all__ = [
     "GPU_PRESETS",

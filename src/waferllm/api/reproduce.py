@@ -29,7 +29,7 @@ from waferllm.errors import WaferError
 from waferllm.estimate.capacity import whole_model_capacity
 from waferllm.estimate.cost import Setup, cost_model
 from waferllm.mesh.meta import shape_only
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 from waferllm.model.placement import PlacementMode
 from waferllm.model.report import Provenance
 

@@ -16,7 +16,7 @@ from waferllm.api.tables import Column, Section
 from waferllm.device import Device
 from waferllm.errors import WaferError
 from waferllm.estimate.systems import estimate_system
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 SYSTEMS = ("t10", "ladder")
 BASELINE_TICKS = len(paper.PAPER_MODELS) * (2 + len(paper.E2E_REQUESTS))

@@ -29,7 +29,8 @@ from waferllm.estimate.scheduler import Mode, Preemption, Schedule, simulate
 from waferllm.estimate.serving_metrics import ServingMetrics, serving_metrics
 from waferllm.estimate.step_cost import BinnedStepCost, StepCost
 from waferllm.mesh.virtual import GridLike, as_grid
-from waferllm.model.config import ModelConfig, load_config
+from waferllm.model.config import ModelConfig
+from waferllm.model.config_sources import load_config
 
 __all__ = ["DEFAULT_MAX_BATCH", "ServeSim", "serve_sim"]
 

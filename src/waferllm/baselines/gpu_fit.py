@@ -25,7 +25,8 @@ from waferllm.baselines.gpu_stack import (
     ideal_stack,
     paper_stack,
 )
-from waferllm.model.config import ModelConfig, load_config
+from waferllm.model.config import ModelConfig
+from waferllm.model.config_sources import load_config
 
 CALIBRATION_MODEL = "llama3-8b"
 CALIBRATION_PROMPT_LEN = 4096

@@ -18,7 +18,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from waferllm.errors import WaferError
-from waferllm.model.config import ModelConfig, config_from_checkpoint
+from waferllm.model.config import ModelConfig
+from waferllm.model.config_sources import config_from_checkpoint
 from waferllm.model.family import Family, Fused, LayerTensor, family_of
 
 # Legend: D hidden size, F intermediate size, V vocab, Q heads * head_dim, K kv_heads * head_dim.

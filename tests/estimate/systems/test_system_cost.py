@@ -10,7 +10,7 @@ from helpers.baselines import pinned_device
 from waferllm.api import paper_baselines as paper
 from waferllm.device import wse2
 from waferllm.estimate.systems import System, estimate_system, ladder_constants, t10_constants
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 
 def device():

@@ -11,7 +11,7 @@ from waferllm.device import wse2
 from waferllm.estimate.systems import t10_constants
 from waferllm.estimate.systems.common import LayerShapes
 from waferllm.estimate.systems.t10 import T10Constants, t10_decode, t10_pace, t10_prefill
-from waferllm.model.config import load_config
+from waferllm.model.config_sources import load_config
 
 SHAPES = tiny_shapes()
 
