@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from waferllm.mesh.segments import StepLoads
+
 
 class LineRows:
     """Per-line loads given by `rows` (distinct rows, stacked along `axis`) and `index` (each
@@ -96,7 +98,8 @@ class OuterRamp:
     __radd__ = __add__  # sums of whole numbers: the order does not matter
 
 
-Load = np.ndarray | LineRows | OuterRamp  # (rows, cols)-broadcastable, or (L, P-1) for links
+# (rows, cols)-broadcastable, or (L, P-1) for links
+Load = np.ndarray | LineRows | OuterRamp | StepLoads
 
 
 def line_rows(rows: np.ndarray, index: np.ndarray, axis: int = 0) -> np.ndarray | LineRows:

@@ -11,6 +11,7 @@ Legend: d hops of the longest flow; lambda streams on the busiest link.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Hashable
 from functools import lru_cache
 
@@ -20,6 +21,7 @@ from waferllm.device import Device
 from waferllm.mesh.blind_rings import SEND_RECEIVE_ROUTES, RelayPlan, free_routes, relay_plan
 from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.segments import StepLoads, step_at, steps
 from waferllm.mesh.traffic import Traffic
 from waferllm.mesh.virtual import Mesh
 
@@ -67,12 +69,30 @@ def _leg_links(
     return np.cumsum(diff.reshape(lines, width), axis=1)[:, : num - 1]
 
 
-def xy_traffic(device: Device, shape: tuple[int, int], f: Flows, *, stages: int) -> Traffic:
+class Walk(enum.Enum):
+    """How XY flows are priced: per core (per-line sums over the whole mesh, the reference) or
+    per flow (`segments`: step functions, for flows much fewer than the cores)."""
+
+    PER_CORE = "per_core"
+    PER_FLOW = "per_flow"
+
+
+FLOWS_PER_CORE_PER_FLOW_WALK = 1 / 8  # below this many flows per core, the per-flow walk is faster
+
+
+def walk_for(shape: tuple[int, int], f: Flows) -> Walk:
+    few = len(f.nbytes) <= FLOWS_PER_CORE_PER_FLOW_WALK * shape[0] * shape[1]
+    return Walk.PER_FLOW if few else Walk.PER_CORE
+
+
+def xy_traffic(
+    device: Device, shape: tuple[int, int], f: Flows, *, stages: int, walk: Walk
+) -> Traffic:
     """The traffic of `f` at the same time: per-link and per-ramp loads summed, the longest
-    flow's hops and `stages` relays on the critical path."""
+    flow's hops and `stages` relays on the critical path (the same under either walk)."""
     rows, cols = shape
     size = np.where(f.hops > 0, f.nbytes, 0.0)
-    links: dict[tuple[Axis, int], np.ndarray] = {}
+    links: dict[tuple[Axis, int], np.ndarray | StepLoads] = {}
     legs = (
         (Axis.X, f.src_y, f.src_x, f.dst_x, rows, cols),
         (Axis.Y, f.dst_x, f.src_y, f.dst_y, cols, rows),
@@ -84,9 +104,20 @@ def xy_traffic(device: Device, shape: tuple[int, int], f: Flows, *, stages: int)
             moving = np.where((b - a) * direction > 0, size, 0.0)
             if moving.any():
                 lo, hi = (a, b) if direction > 0 else (b, a)
-                links[(axis, direction)] = _leg_links(line, lo, hi, moving, lines, num)
-    ramp_out = np.bincount(f.src_y * cols + f.src_x, size, minlength=rows * cols)
-    ramp_in = np.bincount(f.dst_y * cols + f.dst_x, size, minlength=rows * cols)
+                if walk is Walk.PER_FLOW:
+                    links[(axis, direction)] = _leg_steps(line, lo, hi, moving, lines, num)
+                else:
+                    links[(axis, direction)] = _leg_links(line, lo, hi, moving, lines, num)
+    ends = ((f.src_y, f.src_x), (f.dst_y, f.dst_x))
+    ramp_out: np.ndarray | StepLoads
+    ramp_in: np.ndarray | StepLoads
+    if walk is Walk.PER_FLOW:
+        ramp_out, ramp_in = (_ramp_steps(shape, y, x, size) for y, x in ends)
+    else:
+        ramp_out, ramp_in = (
+            np.bincount(y * cols + x, size, minlength=rows * cols).reshape(rows, cols)
+            for y, x in ends
+        )
     return Traffic(
         device=device,
         shape=shape,
@@ -95,9 +126,27 @@ def xy_traffic(device: Device, shape: tuple[int, int], f: Flows, *, stages: int)
         bytes_injected=int(size.sum()),
         link_byte_hops=int((size * f.hops).sum()),
         links=links,
-        ramp_in=ramp_in.reshape(rows, cols),
-        ramp_out=ramp_out.reshape(rows, cols),
+        ramp_in=ramp_in,
+        ramp_out=ramp_out,
     )
+
+
+def _leg_steps(
+    line: np.ndarray, lo: np.ndarray, hi: np.ndarray, size: np.ndarray, lines: int, num: int
+) -> StepLoads:
+    """`_leg_links` as a step function: only the flows' ends are touched."""
+    keep = size != 0
+    return StepLoads.of_segments(
+        (lines, num - 1), line=line[keep], lo=lo[keep], hi=hi[keep], size=size[keep]
+    )
+
+
+def _ramp_steps(
+    shape: tuple[int, int], y: np.ndarray, x: np.ndarray, size: np.ndarray
+) -> StepLoads:
+    """Bytes through each core's ramp (a one-core segment per flow) as a step function."""
+    keep = size != 0
+    return StepLoads.of_segments(shape, line=y[keep], lo=x[keep], hi=x[keep] + 1, size=size[keep])
 
 
 def xy_transit_per_core(shape: tuple[int, int], f: Flows) -> np.ndarray:
@@ -112,6 +161,29 @@ def xy_transit_per_core(shape: tuple[int, int], f: Flows) -> np.ndarray:
         rows, cols
     )
     return along_x + along_y + corner
+
+
+def xy_transit_max(shape: tuple[int, int], f: Flows) -> int:
+    """`xy_transit_per_core(shape, f).max()` from the flows: the Y legs' counts are a step
+    function down each column; only the rows where an X leg passes or a flow turns add to it,
+    and those few rows are summed in full."""
+    rows, cols = shape
+    lo, hi = np.minimum(f.src_y, f.dst_y), np.maximum(f.src_y, f.dst_y)
+    inner = hi - lo > 1
+    col = f.dst_x[inner]
+    keys, values = steps(col * rows + lo[inner] + 1, col * rows + hi[inner], np.ones(len(col)))
+    best = float(values.max(initial=0.0))
+    passes = np.abs(f.dst_x - f.src_x) > 1
+    turns = (f.src_x != f.dst_x) & (f.src_y != f.dst_y)
+    busy = np.unique(f.src_y[passes | turns])  # the other rows carry Y legs only
+    if len(busy):
+        at = np.searchsorted(busy, f.src_y)  # the busy row of every flow that passes or turns
+        along_x = _passing(at, f.src_x, f.dst_x, len(busy), cols)
+        corner = np.bincount(at[turns] * cols + f.dst_x[turns], minlength=len(busy) * cols)
+        along_y = step_at(keys, values, np.arange(cols)[None, :] * rows + busy[:, None])
+        total = along_x + corner.reshape(len(busy), cols) + along_y
+        best = max(best, float(total.max()))
+    return int(best)
 
 
 def _passing(line: np.ndarray, a: np.ndarray, b: np.ndarray, lines: int, num: int) -> np.ndarray:
@@ -151,7 +223,8 @@ def point_to_point(
     mesh.routes.require(route_name, plan.routes_per_core)
     if ledger.prices and len(f.nbytes):
         if cache_key is None:
-            traffic = xy_traffic(mesh.device, mesh.shape, f, stages=plan.stages)
+            walk = walk_for(mesh.shape, f)
+            traffic = xy_traffic(mesh.device, mesh.shape, f, stages=plan.stages, walk=walk)
         else:
             traffic = _cached_traffic(cache_key, mesh.device, mesh.shape, plan.stages, f)
         ledger.charge(op, Charge.comm(traffic), phase=phase)
@@ -193,7 +266,7 @@ def _plan_of(
 def _traffic_of(
     cache_key: Hashable, device: Device, shape: tuple[int, int], stages: int, f: _Unkeyed
 ) -> Traffic:
-    return xy_traffic(device, shape, f.value, stages=stages)
+    return xy_traffic(device, shape, f.value, stages=stages, walk=walk_for(shape, f.value))
 
 
 def _xy_plan(mesh: Mesh, f: Flows, name: str) -> RelayPlan:
@@ -203,7 +276,11 @@ def _xy_plan(mesh: Mesh, f: Flows, name: str) -> RelayPlan:
 def xy_relay_plan(shape: tuple[int, int], f: Flows, *, free: int, name: str) -> RelayPlan:
     """How XY-routed flows `f` are routed with `free` routes per core (transit + 2 each)."""
     hops = int(f.hops.max(initial=0))
-    needed = int(xy_transit_per_core(shape, f).max(initial=0)) + SEND_RECEIVE_ROUTES
+    if walk_for(shape, f) is Walk.PER_FLOW:
+        transit = xy_transit_max(shape, f)
+    else:
+        transit = int(xy_transit_per_core(shape, f).max(initial=0))
+    needed = transit + SEND_RECEIVE_ROUTES
     return relay_plan(hops=hops, routes_needed=needed, free_routes=free, name=name)
 
 
@@ -224,8 +301,10 @@ def remote_load(
     mesh.routes.require(route_name, plan.routes_per_core)
     if not ledger.prices or not len(f.nbytes):
         return
-    request = xy_traffic(mesh.device, mesh.shape, f.reversed(REQUEST_BYTES), stages=plan.stages)
-    reply = xy_traffic(mesh.device, mesh.shape, f, stages=plan.stages)
+    walk = walk_for(mesh.shape, f)
+    back = f.reversed(REQUEST_BYTES)
+    request = xy_traffic(mesh.device, mesh.shape, back, stages=plan.stages, walk=walk)
+    reply = xy_traffic(mesh.device, mesh.shape, f, stages=plan.stages, walk=walk)
     ledger.charge(f"{op}.request", Charge.comm(request), phase=phase)
     ledger.charge(f"{op}.reply", Charge.comm(reply), phase=phase + 1)
 
