@@ -62,12 +62,19 @@ class StepLoads:
     __radd__ = __add__  # sums of whole numbers: the order does not matter
 
 
-def steps(start: np.ndarray, stop: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def steps(
+    start: np.ndarray, stop: np.ndarray, size: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The step function of segments start .. stop - 1 on flat positions: the sorted positions
-    where it changes and its value from each (the running sum of the changes there)."""
-    keys, where = np.unique(np.concatenate([start, stop]), return_inverse=True)
-    change = np.bincount(where, np.concatenate([size, -size]), minlength=len(keys))
-    return keys, np.cumsum(change)
+    where it changes and its value from each (the running sum of the changes, read after the
+    last change at each position)."""
+    where = np.concatenate([start, stop])
+    order = np.argsort(where)
+    where = where[order]
+    running = np.cumsum(np.concatenate([size, -size])[order])
+    last = np.ones(len(where), dtype=bool)  # the last change at each position
+    last[:-1] = where[1:] != where[:-1]
+    return where[last], running[last]
 
 
 def step_at(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
