@@ -22,7 +22,7 @@ import torch
 from waferllm.device import Device
 from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.traffic import Traffic, line_traffic
+from waferllm.mesh.traffic import Traffic, line_traffic, orient
 from waferllm.mesh.virtual import Mesh
 
 NEIGHBOUR_SEGMENT_ROUTES = 2  # receive from the segment on each side
@@ -129,6 +129,57 @@ def relayed_multicast_traffic(
     )
 
 
+@lru_cache(maxsize=4)  # (P, P) arrays per entry; SUMMA asks for one X and one Y at a time
+def one_root_multicasts(
+    device: Device, shape: tuple[int, int], axis: Axis, *, segment: int, nbytes: int
+) -> tuple[Traffic, ...]:
+    """`relayed_multicast_traffic` of `roots=(r,)` for every r of the line at once (SUMMA's
+    steps, one root each), element r. One root: every other core takes its tile in, the root
+    and the relays it crosses send one out, link i carries it east for r <= i and west for
+    r > i; the critical stream is the longer one (hops * alpha + relays * beta)."""
+    num, other = shape[axis.tensor_dim], shape[axis.other.tensor_dim]
+    root, pos = np.arange(num), np.arange(num)
+    relays_east = (pos % segment == 0) & (pos < num - 1)  # segment starts a stream enters
+    relays_west = ((pos + 1) % segment == 0) & (pos > 0)
+    east_relays = np.concatenate([[0], np.cumsum(relays_east)])
+    west_relays = np.concatenate([[0], np.cumsum(relays_west)])
+    stages_east, stages_west = east_relays[num] - east_relays[root + 1], west_relays[root]
+    d = device
+    latency_east = (num - 1 - root) * d.hop_latency_cycles + stages_east * d.stage_latency_cycles
+    latency_west = root * d.hop_latency_cycles + stages_west * d.stage_latency_cycles
+    east_wins = latency_east >= latency_west
+    hops = np.where(east_wins, num - 1 - root, root)
+    stages = np.where(east_wins, stages_east, stages_west)
+    west_of, east_of = root[:, None] < pos, root[:, None] > pos  # [r, p]: r west of p
+    size = float(nbytes)
+    ramp_in = (west_of.astype(np.int64) + east_of) * size
+    ramp_out = ((root[:, None] == pos) + relays_east * west_of + relays_west * east_of) * size
+    link = np.arange(num - 1)
+    east_links = (link >= root[:, None]) * size  # [r, i]
+    west_links = (link < root[:, None]) * size
+    out = []
+    for r in range(num):
+        links: dict[tuple[Axis, int], np.ndarray] = {}
+        if r < num - 1 and size > 0:
+            links[(axis, +1)] = east_links[r][None, :]
+        if r > 0 and size > 0:
+            links[(axis, -1)] = west_links[r][None, :]
+        out.append(
+            Traffic(
+                device=device,
+                shape=shape,
+                critical_hops=int(hops[r]),
+                critical_stages=int(stages[r]),
+                bytes_injected=nbytes * other,
+                link_byte_hops=nbytes * ((r if r > 0 else 0) + (num - 1 - r)) * other,
+                links=links,
+                ramp_in=orient(axis, ramp_in[r][None, :]),
+                ramp_out=orient(axis, ramp_out[r][None, :]),
+            )
+        )
+    return tuple(out)
+
+
 def _stream_links(
     axis: Axis, root: np.ndarray, num: int, nbytes: float
 ) -> dict[tuple[Axis, int], np.ndarray]:
@@ -186,11 +237,10 @@ def cross_multicast(
         if plan.num == 1:
             parts.append(empty)
             continue
-        parts.append(
-            relayed_multicast_traffic(
-                mesh.device, mesh.shape, axis, roots=(root,), segment=plan.segment, nbytes=nbytes
-            )
+        steps = one_root_multicasts(
+            mesh.device, mesh.shape, axis, segment=plan.segment, nbytes=nbytes
         )
+        parts.append(steps[root])
     ledger.charge(op, Charge.comm(_both_axes(*parts)), phase=phase)
     a_out = a_data.narrow(Axis.X.tensor_dim, roots[0], 1).expand_as(a_data)
     b_out = b_data.narrow(Axis.Y.tensor_dim, roots[1], 1).expand_as(b_data)
