@@ -34,11 +34,13 @@ def _same_traffic(got: Traffic, want: Traffic) -> None:
 @pytest.mark.parametrize("axis", [Axis.X, Axis.Y])
 @pytest.mark.parametrize(
     ("num", "segment", "nbytes"),
-    [(2, 1, 6), (3, 2, 6), (7, 3, 6), (12, 12, 6), (12, 5, 0), (13, 1, 10), (40, 7, 3)],
+    [(2, 1, 6), (3, 2, 6), (7, 3, 6), (7, 5, 6), (9, 6, 2), (12, 12, 6), (12, 5, 0), (40, 7, 3)],
 )
 def test_every_single_root_prices_as_its_own_relayed_multicast(axis, num, segment, nbytes):
     shape = (3, num) if axis is Axis.X else (num, 4)
-    for dev in (tiny(), wse2()):
+    # beta = 2 alpha: roots whose two streams tie with different hops and relays (7/5, 9/6)
+    tie = dataclasses.replace(tiny(), stage_latency_cycles=2 * tiny().hop_latency_cycles)
+    for dev in (tiny(), wse2(), tie):
         every = one_root_multicasts.__wrapped__(dev, shape, axis, segment=segment, nbytes=nbytes)
         assert len(every) == num
         for r in range(num):
