@@ -69,7 +69,7 @@ def steps(
     where it changes and its value from each (the running sum of the changes, read after the
     last change at each position)."""
     where = np.concatenate([start, stop])
-    order = np.argsort(where)
+    order = np.argsort(where, kind="stable")  # timsort: flows come in runs of sorted ends
     where = where[order]
     running = np.cumsum(np.concatenate([size, -size])[order])
     last = np.ones(len(where), dtype=bool)  # the last change at each position
