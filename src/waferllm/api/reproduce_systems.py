@@ -15,7 +15,7 @@ from waferllm.api import paper_figures as paper
 from waferllm.api.tables import Column, Section
 from waferllm.device import Device
 from waferllm.errors import WaferError
-from waferllm.estimate.systems import estimate_system
+from waferllm.estimate.systems import estimate_system, phase_seconds
 from waferllm.model.config_sources import load_config
 
 SYSTEMS = ("t10", "ladder")
@@ -50,19 +50,18 @@ def _tpr(device: Device, system: str, phase: str, model: str, side: int) -> floa
         (paper.PREFILL_PROMPT_LEN, 1) if phase == "prefill" else (paper.DECODE_CONTEXT - 1, 2)
     )
     try:
-        cost = estimate_system(
+        seconds = phase_seconds(
             system,
+            phase,
             config=load_config(model),
             device=device,
-            prefill_grid=(side, side),
-            decode_grid=(side, side),
+            grid=(side, side),
             prompt_len=prompt,
             output_len=out,
         )
     except WaferError:
         return None
-    ttft, decode = cost.seconds(device)
-    return prompt / ttft if phase == "prefill" else 1.0 / decode
+    return prompt / seconds if phase == "prefill" else 1.0 / seconds
 
 
 def _phase_rows(

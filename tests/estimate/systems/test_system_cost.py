@@ -9,7 +9,13 @@ from helpers.baselines import pinned_device
 
 from waferllm.api import paper_baselines as paper
 from waferllm.device import wse2
-from waferllm.estimate.systems import System, estimate_system, ladder_constants, t10_constants
+from waferllm.estimate.systems import (
+    System,
+    estimate_system,
+    ladder_constants,
+    phase_seconds,
+    t10_constants,
+)
 from waferllm.model.config_sources import load_config
 
 
@@ -118,3 +124,33 @@ def test_default_constants_are_the_fitted_ones():
     t10, ladder = t10_constants(), ladder_constants()
     assert (t10.busy_cores, t10.per_partial_cycles) == (34 * 34, 15.5)
     assert (ladder.prefill_span, ladder.decode_span) == (0.40, 0.18)
+
+
+@pytest.mark.parametrize("system", ["t10", "ladder"])
+@pytest.mark.parametrize(("prompt_len", "output_len"), [(16, 1), (15, 2), (12, 9)])
+def test_one_phase_alone_costs_what_the_whole_request_reports_for_it(
+    system, prompt_len, output_len
+):
+    """`phase_seconds` (reproduce's phase tables) equals `estimate_system(...).seconds`."""
+    config, dev = load_config("tiny"), wse2()
+    cost = estimate_system(
+        system,
+        config=config,
+        device=dev,
+        prefill_grid=(8, 8),
+        decode_grid=(8, 8),
+        prompt_len=prompt_len,
+        output_len=output_len,
+    )
+    ttft, decode = cost.seconds(dev)
+    for phase, want in (("prefill", ttft), ("decode", decode)):
+        got = phase_seconds(
+            system,
+            phase,
+            config=config,
+            device=dev,
+            grid=(8, 8),
+            prompt_len=prompt_len,
+            output_len=output_len,
+        )
+        assert got == want and (want > 0) == (phase == "prefill" or output_len > 1)

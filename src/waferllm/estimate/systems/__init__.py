@@ -14,6 +14,7 @@ from waferllm.estimate.systems.cost import (
     SystemCost,
     estimate_system,
     ladder_constants,
+    phase_seconds,
     t10_constants,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "SystemCost",
     "estimate_system",
     "ladder_constants",
+    "phase_seconds",
     "t10_constants",
 ]

@@ -128,37 +128,10 @@ def estimate_system(
     every step. Ladder's striped cache grows; a step's cost is linear in the context, so the
     steps are priced at the mean context (prompt + (O - 1)/2).
     """
-    system = System(system)
-    if system is System.WAFERLLM:
-        raise WaferError("WaferLLM's own estimate is waferllm.estimate; this models baselines")
-    consts = constants or (t10_constants() if system is System.T10 else ladder_constants())
-    return _cached(
-        system, config, device, prefill_grid, decode_grid, prompt_len, output_len, consts
-    )
-
-
-def _cached(
-    system: System,
-    config: ModelConfig,
-    device: Device,
-    prefill_grid: tuple[int, int],
-    decode_grid: tuple[int, int],
-    prompt_len: int,
-    output_len: int,
-    consts: Constants,
-) -> SystemCost:
-    """One request from per-phase parts cached apart: `reproduce` asks for many requests that
-    share a phase's (grid, length) and the LM heads per grid."""
+    system, consts = _system(system, constants)
     shapes = LayerShapes.of(config)
-    layer_p = _layer(device, prefill_grid, shapes, "prefill", prompt_len, consts)
-    if system is System.T10:
-        context = prompt_len + output_len
-    else:
-        context = prompt_len + max(output_len - 1, 0) // 2
-    layer_d = _layer(device, decode_grid, shapes, "decode", context, consts)
-    prefill = _whole(layer_p, shapes, _lm_head(system, device, prefill_grid, shapes, consts), 1)
-    head = _lm_head(system, device, decode_grid, shapes, consts)
-    decode = _whole(layer_d, shapes, head, max(output_len - 1, 0))
+    layer_p, prefill = _prefill(system, device, prefill_grid, shapes, prompt_len, consts)
+    layer_d, decode = _decode(system, device, decode_grid, shapes, prompt_len, output_len, consts)
     return SystemCost(
         system=system,
         prefill_grid=prefill_grid,
@@ -168,6 +141,69 @@ def _cached(
         layer_prefill=layer_p,
         layer_decode=layer_d,
     )
+
+
+def phase_seconds(
+    system: System | str,
+    phase: str,
+    *,
+    config: ModelConfig,
+    device: Device,
+    grid: tuple[int, int],
+    prompt_len: int,
+    output_len: int,
+    constants: Constants | None = None,
+) -> float:
+    """TTFT (`phase` "prefill") or the decode time ("decode") of `estimate_system` with both
+    grids `grid`, modelled, pricing only that phase (a table of one phase needs no other)."""
+    system, consts = _system(system, constants)
+    shapes = LayerShapes.of(config)
+    if phase == "prefill":
+        _, ledger = _prefill(system, device, grid, shapes, prompt_len, consts)
+    else:
+        _, ledger = _decode(system, device, grid, shapes, prompt_len, output_len, consts)
+    return device.cycles_to_seconds(ledger.latency_cycles)
+
+
+def _system(system: System | str, constants: Constants | None) -> tuple[System, Constants]:
+    system = System(system)
+    if system is System.WAFERLLM:
+        raise WaferError("WaferLLM's own estimate is waferllm.estimate; this models baselines")
+    consts = constants or (t10_constants() if system is System.T10 else ladder_constants())
+    return system, consts
+
+
+def _prefill(
+    system: System,
+    device: Device,
+    grid: tuple[int, int],
+    shapes: LayerShapes,
+    prompt_len: int,
+    consts: Constants,
+) -> tuple[PhaseLedger, PhaseLedger]:
+    """One layer's prefill and TTFT's ledger; parts cached apart: `reproduce` asks for many
+    requests that share a phase's (grid, length) and the LM heads per grid."""
+    layer = _layer(device, grid, shapes, "prefill", prompt_len, consts)
+    return layer, _whole(layer, shapes, _lm_head(system, device, grid, shapes, consts), 1)
+
+
+def _decode(
+    system: System,
+    device: Device,
+    grid: tuple[int, int],
+    shapes: LayerShapes,
+    prompt_len: int,
+    output_len: int,
+    consts: Constants,
+) -> tuple[PhaseLedger, PhaseLedger]:
+    """One decode step's layer and the O-1 steps' ledger."""
+    if system is System.T10:
+        context = prompt_len + output_len
+    else:
+        context = prompt_len + max(output_len - 1, 0) // 2
+    layer = _layer(device, grid, shapes, "decode", context, consts)
+    head = _lm_head(system, device, grid, shapes, consts)
+    return layer, _whole(layer, shapes, head, max(output_len - 1, 0))
 
 
 @functools.lru_cache(maxsize=512)
@@ -233,5 +269,6 @@ __all__ = [
     "SystemCost",
     "estimate_system",
     "ladder_constants",
+    "phase_seconds",
     "t10_constants",
 ]
