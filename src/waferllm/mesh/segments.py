@@ -62,9 +62,7 @@ class StepLoads:
     __radd__ = __add__  # sums of whole numbers: the order does not matter
 
 
-def steps(
-    start: np.ndarray, stop: np.ndarray, size: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def steps(start: np.ndarray, stop: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The step function of segments start .. stop - 1 on flat positions: the sorted positions
     where it changes and its value from each (the running sum of the changes, read after the
     last change at each position)."""
