@@ -4,7 +4,9 @@ and reply, per-link and per-ramp contention, relays when routes run out), and a 
 stream (the snake chain). Position-blind rings and the fan-in live in `blind_rings.py`.
 
 Costs follow the message model of SPEC.md §10.6; routes follow §10.7 with the rule of
-`blind_rings`: one colour per transiting flow plus 2, relays every g = F - 2 hops.
+`blind_rings`: one colour per transiting flow plus 2, relays every g = F - 2 hops. Flows much
+fewer than the cores (Ladder's tile stores) are priced per flow (`segments.py`), the same
+numbers as the per-core walk.
 Legend: d hops of the longest flow; lambda streams on the busiest link.
 """
 
