@@ -87,7 +87,8 @@ class CostModel:
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
         self._models: dict[tuple[Grid, Grid, int], MeshTransformer] = {}
-        self._walks: dict[tuple[Grid, Grid, int], DecodeWalks] = {}
+        self._scouts: dict[tuple[Grid, Grid], MeshTransformer] = {}
+        self._walks: dict[tuple[Grid, Grid, int, bool], DecodeWalks] = {}
         self._phases: dict[tuple, PhaseLedger] = {}
         self._chunks: dict[tuple, int | None] = {}
         self._transitions: dict[tuple, Ledger] = {}
@@ -97,24 +98,48 @@ class CostModel:
         size, so that each batch's SRAM peak is its own."""
         key = (prefill_grid, decode_grid, batch)
         if key not in self._models:
-            s = self.setup
-            self._models[key] = MeshTransformer(
-                s.config,
-                None,
-                device=s.device,
-                prefill_grid=prefill_grid,
-                decode_grid=decode_grid,
-                placement=s.placement,
-                kv_policy=s.kv_policy,
-                resident_layouts=s.resident,
-                storage=s.storage,
-                num_devices=s.num_devices,
-            )
+            self._models[key] = self._build(prefill_grid, decode_grid, walk_every_region=True)
         return self._models[key]
+
+    def scout(self, prefill_grid: Grid, decode_grid: Grid) -> MeshTransformer:
+        """The model of `model()` (batch 1) for callers that ask only the time (the grid
+        search): its walks skip the later regions' unpriced layers, so its ledgers are the
+        placed model's but its SRAM peaks and routes are not (`MeshTransformer`'s
+        `walk_every_region`). With one region per phase that changes nothing: it is the
+        placed model, and shares its cached walks."""
+        key = (prefill_grid, decode_grid)
+        if key in self._scouts:
+            return self._scouts[key]
+        placed = self._models.get((*key, 1))
+        if placed is None:
+            placed = self._build(prefill_grid, decode_grid, walk_every_region=False)
+            if not any(_scouted(placed, phase) for phase in Phase):
+                placed.walk_every_region = True  # one region per phase: no region is skipped
+                self._models[(*key, 1)] = placed
+        self._scouts[key] = placed
+        return placed
+
+    def _build(
+        self, prefill_grid: Grid, decode_grid: Grid, *, walk_every_region: bool
+    ) -> MeshTransformer:
+        s = self.setup
+        return MeshTransformer(
+            s.config,
+            None,
+            device=s.device,
+            prefill_grid=prefill_grid,
+            decode_grid=decode_grid,
+            placement=s.placement,
+            kv_policy=s.kv_policy,
+            resident_layouts=s.resident,
+            storage=s.storage,
+            num_devices=s.num_devices,
+            walk_every_region=walk_every_region,
+        )
 
     def walks(self, model: MeshTransformer, batch: int = 1) -> DecodeWalks:
         """The decode walks of a model built by `model()` at batch `batch`, cached with it."""
-        key = (model.plan.prefill.grid, model.plan.decode.grid, batch)
+        key = (model.plan.prefill.grid, model.plan.decode.grid, batch, _scouted(model, Phase.DECODE))
         if key not in self._walks:
             self._walks[key] = DecodeWalks(model, batch=batch)
         return self._walks[key]
@@ -127,7 +152,7 @@ class CostModel:
         grids = (model.plan.prefill.grid, model.plan.decode.grid)
         if self.setup.resident is ResidentLayouts.ONE:
             grids = (model.plan.grid(phase),)  # type: ignore[assignment]
-        return (phase, *grids, *request)
+        return (phase, *grids, *request, _scouted(model, phase))
 
     @shape_only()
     def prefill(self, model: MeshTransformer, prompt_len: int) -> PhaseLedger:
@@ -181,7 +206,9 @@ class CostModel:
             ledger = Ledger()
             share = model.kv_budget.equal_share(batch)
             counts = model.handoff_counts(prompt_len, slots=share)
-            chunk = self.prefill_chunk(self.model(*self._grids(model)), prompt_len)
+            single = self._grids(model)
+            single_model = self.model(*single) if model.walk_every_region else self.scout(*single)
+            chunk = self.prefill_chunk(single_model, prompt_len)
             model.charge_transition([counts] * batch, ledger, chunk_tokens=[chunk] * batch)
             self._transitions[key] = ledger
         return self._transitions[key]
@@ -235,17 +262,25 @@ class CostModel:
         prompt_len: int,
         output_len: int,
         batch: int = 1,
+        *,
+        scout: bool = False,
     ) -> RequestCost:
         """All three ledgers of one request (of `batch` identical ones decoded together);
-        raises the model's errors (SRAM, routes, KV)."""
+        raises the model's errors (SRAM, routes, KV). `scout`: priced on `scout()` (batch 1;
+        the time only: the regions' SRAM peaks and routes are not the request's)."""
         if prompt_len < 1 or output_len < 1 or batch < 1:
             raise WaferError(
                 f"prompt_len={prompt_len}, output_len={output_len} and batch={batch} must "
                 "all be >= 1"
             )
-        model = self.model(prefill_grid, decode_grid, batch)
+        if scout and batch > 1:
+            raise WaferError("a scout prices one sequence (batch 1)")
+        if scout:
+            model = single = self.scout(prefill_grid, decode_grid)
+        else:
+            model = self.model(prefill_grid, decode_grid, batch)
+            single = self.model(prefill_grid, decode_grid)  # prompts are prefilled one at a time
         self.check_room(model, prompt_len, output_len, batch)
-        single = self.model(prefill_grid, decode_grid)  # prompts are prefilled one at a time
         return RequestCost(
             prefill_grid=prefill_grid,
             decode_grid=decode_grid,
@@ -256,6 +291,12 @@ class CostModel:
             model=model,
             batch=batch,
         )
+
+
+def _scouted(model: MeshTransformer, phase: Phase) -> bool:
+    """Whether `model`'s walks of `phase` skip regions (a `CostModel.scout` of several)."""
+    state = model.prefill_state if phase is Phase.PREFILL else model.decode_state
+    return not model.walk_every_region and len(state.regions.regions) > 1
 
 
 @functools.lru_cache(maxsize=32)

@@ -174,7 +174,7 @@ class _Search:
         partner = self.partner.get(other, grid)
         pair = (grid, partner) if phase is Phase.PREFILL else (partner, grid)
         try:
-            model = self.costs.model(*pair)
+            model = self.costs.scout(*pair)
             if phase is Phase.PREFILL:
                 cycles = self.costs.prefill(model, self.prompt_len).latency_cycles
             else:
@@ -279,7 +279,7 @@ def _pairs(
         if best is not None and low >= best.objective_s:
             break
         try:
-            cost = search.costs.request(p, d, search.prompt_len, search.output_len)
+            cost = search.costs.request(p, d, search.prompt_len, search.output_len, scout=True)
         except WaferError as exc:
             tried.append((p, d, None))
             errors.append(str(exc))
@@ -291,7 +291,10 @@ def _pairs(
             best = cost
     if best is None:
         raise WaferError(f"no feasible grid pair for this request: {errors[0]}")
-    return best, tuple(tried)
+    placed = search.costs.request(
+        best.prefill_grid, best.decode_grid, search.prompt_len, search.output_len
+    )  # the winner's ledgers with every region's SRAM peak and routes
+    return placed, tuple(tried)
 
 
 def _bound(search: _Search, prefill: Grid, decode: Grid) -> float:
@@ -299,7 +302,7 @@ def _bound(search: _Search, prefill: Grid, decode: Grid) -> float:
     total = 0.0
     for phase, grid in ((Phase.PREFILL, prefill), (Phase.DECODE, decode)):
         try:
-            model = search.costs.model(
+            model = search.costs.scout(
                 *((grid, decode) if phase is Phase.PREFILL else (prefill, grid))
             )
             if phase is Phase.PREFILL:

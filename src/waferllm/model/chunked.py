@@ -211,8 +211,8 @@ def _chunk(
         )
         walked = region.layers
         if model.mode is Mode.ESTIMATE:
-            walked = region.layers[-1:]
-            for i in region.layers[:-1]:
+            walked = region.layers[-1:] if model.walks_region(r) else region.layers[:0]
+            for i in region.layers[: len(region.layers) - len(walked)]:
                 k, v = kept_kv(mesh, heads, span.length, i)
                 kv[i].append(KeyChunk(k=k, v=v, start=span.start, length=span.length))
         for j, i in enumerate(walked):

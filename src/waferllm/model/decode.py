@@ -69,7 +69,7 @@ def decode_layers(
             x = enter_region(model.device, state, r, x, before)
         mesh = state.meshes[r]
         charge_rope_tables(mesh, heads_for(config, mesh.cols), len(seqs), before)
-        if walk_layers:
+        if walk_layers and model.walks_region(r):
             if r == 0:
                 walk, kv = records.layer, records.kv
             else:

@@ -67,8 +67,8 @@ def prefill_walk(
         )
         walked = region.layers
         if model.mode is Mode.ESTIMATE:
-            walked = region.layers[-1:]
-            for i in region.layers[:-1]:
+            walked = region.layers[-1:] if model.walks_region(r) else region.layers[:0]
+            for i in region.layers[: len(region.layers) - len(walked)]:
                 k, v = kept_kv(mesh, heads, length, i)
                 kv[i] = [KeyChunk(k=k, v=v, start=0, length=length)]
         for j, i in enumerate(walked):

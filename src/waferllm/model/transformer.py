@@ -66,6 +66,9 @@ class MeshTransformer(Admission):
     functional tiles live (`cpu`, or a GPU: `cuda`).
     `num_devices`: `fit` over that many linked devices, a range of layers each (`pipeline.py`);
     the residual stream crosses the inter-system link between them.
+    `walk_every_region=False` (estimate mode): walk only the first region's priced layer, not
+    the later regions' unpriced ones (which are walked for their SRAM peaks and routes): the
+    same ledgers, for callers that ask only the time (the grid search's candidates).
     """
 
     def __init__(
@@ -85,9 +88,13 @@ class MeshTransformer(Admission):
         storage: Storage = UNCOMPRESSED,
         torch_device: torch.device | str = "cpu",
         num_devices: int = 1,
+        walk_every_region: bool = True,
     ) -> None:
         self.config = config
         self.mode = Mode.FUNCTIONAL if weights is not None else Mode.ESTIMATE
+        if not walk_every_region and self.mode is Mode.FUNCTIONAL:
+            raise WaferError("walk_every_region=False is for estimate-mode models (weights=None)")
+        self.walk_every_region = walk_every_region
         if placement is PlacementMode.PER_LAYER and self.mode is Mode.FUNCTIONAL:
             raise WaferError(
                 "placement per-layer is an estimate-only extrapolation (one layer's plan times "
@@ -120,6 +127,10 @@ class MeshTransformer(Admission):
         self._stores: list[KvStore] = []  # per decode region, shared by the batch
         self._prefill_kv: dict[int, list[KeyChunk]] = {}  # the latest prompt's, per chunk
         self._logits: DistTensor | None = None
+
+    def walks_region(self, r: int) -> bool:
+        """Whether a walk takes its layers through region r (see `walk_every_region`)."""
+        return r == 0 or self.walk_every_region
 
     # ---- the engine's surface ----------------------------------------------------------------
     @property
