@@ -11,7 +11,7 @@ from waferllm import estimate
 from waferllm.device import tiny
 from waferllm.errors import WaferError
 from waferllm.estimate.cost import CostModel, Setup
-from waferllm.estimate.search import COARSE_POINTS
+from waferllm.estimate.search import COARSE_POINTS, search_grids
 from waferllm.model.config_sources import load_config
 
 # A 6x6 device: every side 1..6 is a coarse candidate, so stage 1 is exhaustive.
@@ -62,3 +62,31 @@ def test_infeasible_sides_are_points_with_their_reason():
     failed = [p for p in points if p["seconds"] is None]
     assert failed and all("SRAM" in p["reason"] or "fit" in p["reason"] for p in failed)
     assert est.report.decode_grid[0] > min(p["grid"][0] for p in failed)
+
+
+def test_candidates_priced_on_scouts_give_the_search_every_walk_gives(monkeypatch):
+    # 5 layers on 16,000 B cores: a 5x5 prefill grid spans two regions (3 + 2 layers; a
+    # 20-token prompt runs in chunks), a 4x4 decode grid three; the scouts skip the later
+    # regions' walks, and the winner (on 5x5) is priced again with every region walked
+    config = dataclasses.replace(load_config("tiny"), num_hidden_layers=5)
+    device = dataclasses.replace(SIX, mesh_rows=10, mesh_cols=10, sram_bytes_per_core=16_000)
+
+    def search():
+        costs = CostModel(Setup(config=config, device=device))
+        return search_grids(costs, prompt_len=20, output_len=12, prefill_grid=(5, 5))
+
+    fast = search()
+    with monkeypatch.context() as patch:  # every candidate on the placed model
+        patch.setattr(CostModel, "scout", lambda self, p, d: self.model(p, d))
+        slow = search()
+    assert fast.best.model.walk_every_region
+    assert len(fast.best.model.prefill_state.regions.regions) == 2
+    assert fast.best.prefill_chunk_tokens is not None
+    want, got = slow.to_dict(), fast.to_dict()
+    del want["host_wall_s"], got["host_wall_s"]
+    assert got == want
+    assert [4, 4] in [p["grid"] for p in got["decode_points"] if p["seconds"] is not None]
+    for phase in ("prefill", "decode"):
+        ours, theirs = getattr(fast.best, phase), getattr(slow.best, phase)
+        assert ours.ledger.expanded() == theirs.ledger.expanded()
+        assert (ours.regions, ours.routes_per_core) == (theirs.regions, theirs.routes_per_core)

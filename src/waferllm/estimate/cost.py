@@ -139,7 +139,12 @@ class CostModel:
 
     def walks(self, model: MeshTransformer, batch: int = 1) -> DecodeWalks:
         """The decode walks of a model built by `model()` at batch `batch`, cached with it."""
-        key = (model.plan.prefill.grid, model.plan.decode.grid, batch, _scouted(model, Phase.DECODE))
+        key = (
+            model.plan.prefill.grid,
+            model.plan.decode.grid,
+            batch,
+            _scouted(model, Phase.DECODE),
+        )
         if key not in self._walks:
             self._walks[key] = DecodeWalks(model, batch=batch)
         return self._walks[key]
