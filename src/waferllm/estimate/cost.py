@@ -211,9 +211,7 @@ class CostModel:
             ledger = Ledger()
             share = model.kv_budget.equal_share(batch)
             counts = model.handoff_counts(prompt_len, slots=share)
-            single = self._grids(model)
-            single_model = self.model(*single) if model.walk_every_region else self.scout(*single)
-            chunk = self.prefill_chunk(single_model, prompt_len)
+            chunk = self.prefill_chunk(self.model(*self._grids(model)), prompt_len)
             model.charge_transition([counts] * batch, ledger, chunk_tokens=[chunk] * batch)
             self._transitions[key] = ledger
         return self._transitions[key]
@@ -267,25 +265,17 @@ class CostModel:
         prompt_len: int,
         output_len: int,
         batch: int = 1,
-        *,
-        scout: bool = False,
     ) -> RequestCost:
         """All three ledgers of one request (of `batch` identical ones decoded together);
-        raises the model's errors (SRAM, routes, KV). `scout`: priced on `scout()` (batch 1;
-        the time only: the regions' SRAM peaks and routes are not the request's)."""
+        raises the model's errors (SRAM, routes, KV)."""
         if prompt_len < 1 or output_len < 1 or batch < 1:
             raise WaferError(
                 f"prompt_len={prompt_len}, output_len={output_len} and batch={batch} must "
                 "all be >= 1"
             )
-        if scout and batch > 1:
-            raise WaferError("a scout prices one sequence (batch 1)")
-        if scout:
-            model = single = self.scout(prefill_grid, decode_grid)
-        else:
-            model = self.model(prefill_grid, decode_grid, batch)
-            single = self.model(prefill_grid, decode_grid)  # prompts are prefilled one at a time
+        model = self.model(prefill_grid, decode_grid, batch)
         self.check_room(model, prompt_len, output_len, batch)
+        single = self.model(prefill_grid, decode_grid)  # prompts are prefilled one at a time
         return RequestCost(
             prefill_grid=prefill_grid,
             decode_grid=decode_grid,

@@ -161,6 +161,7 @@ class _Search:
         self.hi = min(device.mesh_rows, device.mesh_cols)
         self.lo = min(self.hi, _smallest_side(costs))
         self.partner: dict[Phase, Grid] = {}  # a grid known to work for each phase
+        self.priced: dict[tuple[Phase, Grid], MeshTransformer] = {}  # each point's model
 
     def tick(self, what: str) -> None:
         self.done += 1
@@ -174,7 +175,7 @@ class _Search:
         partner = self.partner.get(other, grid)
         pair = (grid, partner) if phase is Phase.PREFILL else (partner, grid)
         try:
-            model = self.costs.scout(*pair)
+            model = self.costs.scout(*pair)  # the time only: skips the later regions' walks
             if phase is Phase.PREFILL:
                 cycles = self.costs.prefill(model, self.prompt_len).latency_cycles
             else:
@@ -185,6 +186,7 @@ class _Search:
             seconds = self.costs.setup.device.cycles_to_seconds(cycles)
             point = GridPoint(phase=phase, grid=grid, seconds=seconds)
             self.partner.setdefault(phase, grid)
+            self.priced[phase, grid] = model
         self.tick(f"{phase.value} {grid[0]}x{grid[1]}")
         return point
 
@@ -279,7 +281,7 @@ def _pairs(
         if best is not None and low >= best.objective_s:
             break
         try:
-            cost = search.costs.request(p, d, search.prompt_len, search.output_len, scout=True)
+            cost = search.costs.request(p, d, search.prompt_len, search.output_len)
         except WaferError as exc:
             tried.append((p, d, None))
             errors.append(str(exc))
@@ -291,20 +293,21 @@ def _pairs(
             best = cost
     if best is None:
         raise WaferError(f"no feasible grid pair for this request: {errors[0]}")
-    placed = search.costs.request(
-        best.prefill_grid, best.decode_grid, search.prompt_len, search.output_len
-    )  # the winner's ledgers with every region's SRAM peak and routes
-    return placed, tuple(tried)
+    return best, tuple(tried)
 
 
 def _bound(search: _Search, prefill: Grid, decode: Grid) -> float:
-    """TTFT + decode time from stage 1's cached walks (0 for a given, unswept grid)."""
+    """TTFT + decode time: TTFT from stage 1's walk (on a given grid, a scout's), decode on
+    the pair's placed model (a request's decode walks one step on every region, then the
+    narrower windows' attention on one layer: a scout would save little, and the winner's
+    decode is then cached)."""
     total = 0.0
     for phase, grid in ((Phase.PREFILL, prefill), (Phase.DECODE, decode)):
         try:
-            model = search.costs.scout(
-                *((grid, decode) if phase is Phase.PREFILL else (prefill, grid))
-            )
+            if phase is Phase.PREFILL:
+                model = search.priced.get((phase, grid)) or search.costs.scout(grid, decode)
+            else:
+                model = search.costs.model(prefill, grid)
             if phase is Phase.PREFILL:
                 cost = search.costs.prefill(model, search.prompt_len)
             else:
