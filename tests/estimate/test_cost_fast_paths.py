@@ -72,3 +72,21 @@ def test_kv_shifts_scaled_from_one_walk_equal_a_walk_per_first_row():
             walked = model.kv_shift_records(append, counts)
             assert [repr(r) for r in scaled.records] == [repr(r) for r in walked.records]
             assert isinstance(walked, Ledger) and len(walked.records) == 1
+
+
+def test_a_step_under_a_narrower_window_than_one_walked_equals_its_own_full_walk():
+    from waferllm.device import tiny
+    from waferllm.model.config import load_config
+    from waferllm.model.transformer import MeshTransformer
+
+    def model(policy: KvPolicy) -> MeshTransformer:
+        kwargs = {"device": tiny(), "prefill_grid": (3, 3), "decode_grid": (3, 4)}
+        return MeshTransformer(load_config("tiny"), None, kv_policy=policy, **kwargs)
+
+    for policy in KvPolicy:
+        walks = cost.DecodeWalks(model(policy))
+        for context in (40, 30, 21, 22, 5, 41, 13):  # narrower windows re-walk attention alone
+            reused = walks.decode_step(context, prompt_len=4)
+            walked = cost.DecodeWalks(model(policy)).decode_step(context, prompt_len=4)
+            assert [repr(r) for r in reused.records] == [repr(r) for r in walked.records]
+        assert len(walks._widths) >= len(walks._walked) + 3  # widths priced without a walk

@@ -85,6 +85,8 @@ class DecodeWalks:
         self.share = model.kv_budget.equal_share(batch)  # slots per row of each sequence
         self._steps: dict[tuple[int, int, bool], tuple[LayerLedgers, Ledger, Peaks]] = {}
         self._widths: dict[int, tuple[Ledger, Ledger]] = {}
+        # per (width, held logits) walked in full: the step's fixed part, the layer's pre/post
+        self._walked: dict[tuple[int, bool], tuple[Ledger, Ledger, Ledger]] = {}
         self._shifts: dict[int, Ledger] = {}
 
     def shift(self, append: Append, counts: RowCounts) -> Ledger:
@@ -146,10 +148,7 @@ class DecodeWalks:
         append = counts.plan_append()
         width = int(append.counts_after.max())
         if width not in self._widths:  # walk the step once per cache window width
-            walked, _ = self.records(counts.copy())
-            fixed = _joined(walked.before, walked.after)
-            layer = walked.layer
-            self._widths[width] = (fixed, _joined(layer.pre, layer.attn, layer.post))
+            self._widths[width] = self._width_ledgers(counts, width)
         fixed, layer_ledger = self._widths[width]
         layers = model.config.num_hidden_layers
         ledger = Ledger()
@@ -158,6 +157,22 @@ class DecodeWalks:
         if append.senders:
             ledger.extend(self.shift(append, counts), count=layers * self.batch)
         return ledger
+
+    def _width_ledgers(self, counts: RowCounts, width: int) -> tuple[Ledger, Ledger]:
+        """(embedding, hops and head; one layer) of the step after `counts`: walked in full,
+        or, where a wider window was walked in full with the same held logits (SRAM checked
+        there), its fixed part and layer pre/post with this window's attention walked alone,
+        as `decode` prices narrower windows (only attention reads the window)."""
+        held = self.model.holds_decode_logits
+        wider = [w for w, h in self._walked if w > width and h == held]
+        if wider:
+            fixed, pre, post = self._walked[min(wider), held]
+            attn = self.model.decode_attention_records(self._batch(counts))
+            return fixed, _joined(pre, attn, post)
+        walked, _ = self.records(counts.copy())
+        fixed, layer = _joined(walked.before, walked.after), walked.layer
+        self._walked[width, held] = (fixed, layer.pre, layer.post)
+        return fixed, _joined(layer.pre, layer.attn, layer.post)
 
     @shape_only()
     def decode(self, prompt_len: int, output_len: int) -> PhaseLedger:

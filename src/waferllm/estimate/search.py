@@ -201,6 +201,8 @@ class _Search:
         first = self.prompt_len + 1  # the cache holds the prompt and the first fed-back token
         contexts = sorted({first, self.prompt_len + steps})  # the widest window last
         walks = self.costs.walks(model)
+        for context in reversed(contexts):  # the widest walked in full, the first re-walks
+            walks.decode_step(context, self.prompt_len)  # its attention only (cached)
         cycles = [walks.decode_step(c, self.prompt_len).totals().latency_cycles for c in contexts]
         return steps * sum(cycles) / len(cycles)
 
