@@ -76,7 +76,7 @@ def test_kv_shifts_scaled_from_one_walk_equal_a_walk_per_first_row():
 
 def test_a_step_under_a_narrower_window_than_one_walked_equals_its_own_full_walk():
     from waferllm.device import tiny
-    from waferllm.model.config import load_config
+    from waferllm.model.config_sources import load_config
     from waferllm.model.transformer import MeshTransformer
 
     def model(policy: KvPolicy) -> MeshTransformer:
