@@ -307,12 +307,12 @@ def _bound(search: _Search, prefill: Grid, decode: Grid) -> float:
     for phase, grid in ((Phase.PREFILL, prefill), (Phase.DECODE, decode)):
         try:
             if phase is Phase.PREFILL:
-                model = search.priced.get((phase, grid)) or search.costs.scout(grid, decode)
-            else:
-                model = search.costs.model(prefill, grid)
-            if phase is Phase.PREFILL:
+                model = search.priced.get((phase, grid))
+                if model is None:
+                    model = search.costs.scout(grid, decode)
                 cost = search.costs.prefill(model, search.prompt_len)
             else:
+                model = search.costs.model(prefill, grid)
                 cost = search.costs.decode(model, search.prompt_len, search.output_len)
         except WaferError:
             return math.inf

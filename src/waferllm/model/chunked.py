@@ -188,7 +188,7 @@ def _chunk(
 ) -> DistTensor:
     """One chunk through every region: the first layer priced, its records times the layers
     (estimate mode walks each region's last layer only, after placing the others' k/v: the
-    region's SRAM peak; they cost the same)."""
+    region's SRAM peak; they cost the same; without `walk_every_region`, the first region's)."""
     config, state = model.config, model.prefill_state
     state.meshes[0].charge_host_io(ledger, "host.prompt_in", span.length)
     x = vocab.embed(state, ids, ledger, config=config, device=model.device, tokens_axis=Axis.Y)
@@ -211,7 +211,7 @@ def _chunk(
         )
         walked = region.layers
         if model.mode is Mode.ESTIMATE:
-            walked = region.layers[-1:] if model.walks_region(r) else region.layers[:0]
+            walked = region.layers[-1:] if r == 0 or model.walk_every_region else region.layers[:0]
             for i in region.layers[: len(region.layers) - len(walked)]:
                 k, v = kept_kv(mesh, heads, span.length, i)
                 kv[i].append(KeyChunk(k=k, v=v, start=span.start, length=span.length))

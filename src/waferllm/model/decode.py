@@ -58,7 +58,8 @@ def decode_layers(
 ) -> DistTensor:
     """The batch's tokens (sequences `seqs` of the stores) through every region (commits
     `counts`); `records.before` gets what precedes the layers, `records.layer`/`records.kv`
-    the first layer's records. Without `walk_layers` the layers are not walked."""
+    the first layer's records. Without `walk_layers` the layers are not walked (without the
+    model's `walk_every_region`, only the first region's)."""
     state, config = model.decode_state, model.config
     appends = [c.plan_append() for c in counts]
     before = records.before
@@ -69,7 +70,7 @@ def decode_layers(
             x = enter_region(model.device, state, r, x, before)
         mesh = state.meshes[r]
         charge_rope_tables(mesh, heads_for(config, mesh.cols), len(seqs), before)
-        if walk_layers and model.walks_region(r):
+        if walk_layers and (r == 0 or model.walk_every_region):
             if r == 0:
                 walk, kv = records.layer, records.kv
             else:

@@ -41,7 +41,7 @@ def prefill_walk(
     """The prompt through every region: (hidden states [L_y, D_x], every layer's k/v as one
     chunk). The first layer is priced and its records extended by the layer count; estimate
     mode walks each region's last layer only, after placing the others' k/v (the region's
-    SRAM peak): they cost the same."""
+    SRAM peak): they cost the same; without `walk_every_region`, the first region's only."""
     length, config, state = len(ids), model.config, model.prefill_state
     state.meshes[0].charge_host_io(ledger, "host.prompt_in", length)
     x = vocab.embed(state, ids, ledger, config=config, device=model.device, tokens_axis=Axis.Y)
@@ -67,7 +67,7 @@ def prefill_walk(
         )
         walked = region.layers
         if model.mode is Mode.ESTIMATE:
-            walked = region.layers[-1:] if model.walks_region(r) else region.layers[:0]
+            walked = region.layers[-1:] if r == 0 or model.walk_every_region else region.layers[:0]
             for i in region.layers[: len(region.layers) - len(walked)]:
                 k, v = kept_kv(mesh, heads, length, i)
                 kv[i] = [KeyChunk(k=k, v=v, start=0, length=length)]

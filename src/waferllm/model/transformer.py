@@ -128,10 +128,6 @@ class MeshTransformer(Admission):
         self._prefill_kv: dict[int, list[KeyChunk]] = {}  # the latest prompt's, per chunk
         self._logits: DistTensor | None = None
 
-    def walks_region(self, r: int) -> bool:
-        """Whether a walk takes its layers through region r (see `walk_every_region`)."""
-        return r == 0 or self.walk_every_region
-
     # ---- the engine's surface ----------------------------------------------------------------
     @property
     def device(self) -> Device:
