@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from waferllm.api.provenance import make_provenance
 from waferllm.device import Device, get_device, with_overrides
 from waferllm.engine.chat import ChatTemplate, load_chat_template
@@ -154,7 +156,12 @@ class LLM:
         if device_overrides:
             self.device = with_overrides(self.device, device_overrides)
         self.path = Path(model)
-        checkpoint = load_checkpoint(self.path)
+        storage = Storage.of(weight_dtype, kv_dtype)
+        # float32 compute of uncompressed weights: each tensor as stored (a float16/bfloat16
+        # checkpoint stays half the size, on the host and in the tiles: `mesh.virtual.held_dtype`);
+        # else float32, which quantisation and the other compute dtypes start from
+        exact = dtype == "float32" and not storage.weights.compressed
+        checkpoint = load_checkpoint(self.path, dtype=None if exact else torch.float32)
         self.config: ModelConfig = checkpoint.config
         self.tokenizer: Tokenizer | None = (
             load_tokenizer(self.path) if (self.path / TOKENIZER_FILE).is_file() else None
@@ -170,7 +177,7 @@ class LLM:
             kv_policy=_choice(kv_cache, KvPolicy, "kv_cache"),
             placement=_choice(placement, PlacementMode, "placement"),
             resident_layouts=_choice(resident_layouts, ResidentLayouts, "resident_layouts"),
-            storage=Storage.of(weight_dtype, kv_dtype),
+            storage=storage,
         )
         prefill = self._grid(grid, "grid") or self._grid(prefill_grid, "prefill_grid")
         decode = self._grid(grid, "grid") or self._grid(decode_grid, "decode_grid")

@@ -113,6 +113,7 @@ def embed(
             picked = table.data[owner, :, local, :].permute(1, 0, 2).unsqueeze(0)
         else:  # [rows, T, Dt] -> [rows, cols, T, Dt]
             picked = table.data[:, owner, local, :].unsqueeze(1)
+        picked = picked.to(mesh.compute_dtype)  # a narrower held table: `DistTensor.values`
         rows_data = picked.expand(*mesh.shape, num_tokens, dt)  # held once per line
     else:
         rows_data = torch.empty(

@@ -55,6 +55,7 @@ def prealign_b(
     name: str = "b",
     kind: RingKind = RingKind.INTERLEAVED,
     stored: StoredDtype = StoredDtype.FLOAT16,
+    dtype: torch.dtype | None = None,
 ) -> DistTensor:
     """Store weights B[K, N] pre-skewed for MeshGEMM (or Cannon with `kind=PLAIN`), untimed.
 
@@ -62,14 +63,15 @@ def prealign_b(
     kappa = ringinv((r(x) + r(y)) mod P): column x rotated back by r(x) ring positions, what
     the public code does on the host when it loads weights (code notes §1.6). In estimate mode
     `host_b` may be a meta tensor: only its shape is used. `stored`: how the tiles are kept
-    (compressed weights: codes and scales, `mesh.storage`).
+    (compressed weights: codes and scales, `mesh.storage`); `dtype`: the functional tiles'
+    dtype (`Mesh.scatter`).
     """
     grid = ring_grid(mesh, RING_ALGO[kind])
     nd = host_b.dim()
     if nd < 2:
         raise WaferError(f"prealign_b: B must have at least two dims, got shape {host_b.shape}")
     layout = Layout(tuple(host_b.shape), y_dim=nd - 2, x_dim=nd - 1)
-    plain = mesh.scatter(host_b, layout, name, stored=stored)
+    plain = mesh.scatter(host_b, layout, name, stored=stored, dtype=dtype)
     logical = to_logical(pad_last2(plain.data, 1, grid.per_col), grid)
     aligned = rings.skewed(logical, axis=Axis.Y, kind=kind)
     plain.free()

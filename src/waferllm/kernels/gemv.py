@@ -138,7 +138,7 @@ def _gemv(
     with Charged(ledger) as charged:
         _dequantise_weights(mesh, ws, ledger, op)
         partials = [
-            matmul(mesh, a=x_tile, b=wi.data, ledger=ledger, op=f"{op}.local", vector="n")
+            matmul(mesh, a=x_tile, b=wi.values(), ledger=ledger, op=f"{op}.local", vector="n")
             for wi in ws
         ]
         # one fused allreduce of the concatenated partials: [T, sum_i Nt_i]

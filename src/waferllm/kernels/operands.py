@@ -48,10 +48,11 @@ def batch_shape(op: str, a: DistTensor, b: DistTensor) -> tuple[int, ...]:
 
 
 def batch_tiles(t: DistTensor, num_batch: int) -> torch.Tensor:
-    """t's per-core tiles with size-1 batch dims inserted after the mesh dims, so that batch
-    dims broadcast against the other operand's and never against the mesh dims."""
+    """t's per-core tiles (in the compute dtype: `DistTensor.values`) with size-1 batch dims
+    inserted after the mesh dims, so that batch dims broadcast against the other operand's
+    and never against the mesh dims."""
     rows, cols, *tile = t.data.shape
-    return t.data.reshape(rows, cols, *([1] * (num_batch + 2 - len(tile))), *tile)
+    return t.values().reshape(rows, cols, *([1] * (num_batch + 2 - len(tile))), *tile)
 
 
 def ring_grid(mesh: Mesh, op: str) -> LogicalGrid:

@@ -289,7 +289,7 @@ def t10_gemv(
     rows, cols = mesh.shape
     with Charged(ledger) as charged:
         x_tile = x.data.reshape(rows, cols, math.prod(lead), x.data.shape[-1])
-        partial = matmul(mesh, a=x_tile, b=w.data, ledger=ledger, op=f"{op}.local", vector="n")
+        partial = matmul(mesh, a=x_tile, b=w.values(), ledger=ledger, op=f"{op}.local", vector="n")
         line = fan_in_reduce(
             mesh,
             partial,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from typing import TYPE_CHECKING
 
 import torch
@@ -88,6 +89,14 @@ class DistTensor:
         scales: `mesh.storage`)."""
         return tile_stored_bytes(self.stored, self.tile_shape, self.mesh.device.storage_bytes)
 
+    def values(self) -> torch.Tensor:
+        """The tiles in the mesh's compute dtype, what kernels compute with: weights may be
+        held narrower where that is exact (`Mesh.scatter`'s `dtype`), widened here per use.
+        A no-op for everything else; a widened weight is valid until the next one is widened
+        (a kernel computes with one weight at a time)."""
+        dtype = self.mesh.compute_dtype
+        return self.data if self.data.dtype == dtype else _widened(self.data, dtype)
+
     def free(self) -> None:
         if self.sram_key is not None:
             self.mesh.sram.free(self.sram_key)
@@ -98,6 +107,23 @@ class DistTensor:
         assert data.shape[:2] == self.data.shape[:2]
         layout = layout or self.layout
         return DistTensor(data, layout, self.mesh, self.name, self.sram_key, self.stored)
+
+
+_WORKSPACE = threading.local()  # per thread: the CPU buffer weights are widened into
+
+
+def _widened(data: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`data` as `dtype`. On the CPU into one reused buffer: a fresh allocation of a weight's
+    size costs more in page faults than the conversion itself (4-6x, measured); a GPU's
+    caching allocator reuses its blocks anyway."""
+    if data.device.type != "cpu":
+        return data.to(dtype)
+    buffer = getattr(_WORKSPACE, "buffer", None)
+    if buffer is None or buffer.dtype != dtype or buffer.numel() < data.numel():
+        _WORKSPACE.buffer = buffer = None  # free the old one before allocating
+        buffer = torch.empty(data.numel(), dtype=dtype)
+        _WORKSPACE.buffer = buffer
+    return buffer[: data.numel()].view(data.shape).copy_(data)
 
 
 def split_host(host: torch.Tensor, layout: Layout, rows: int, cols: int) -> torch.Tensor:

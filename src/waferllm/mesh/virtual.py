@@ -46,6 +46,18 @@ def parse_grid(text: str) -> tuple[int, int]:
     return rows, cols
 
 
+# Host dtypes whose values a float32 tile holds exactly, so tiles may keep them (half the
+# memory) and widen per use (`DistTensor.values`): checkpoints stored in float16 or bfloat16.
+EXACT_IN_FLOAT32 = (torch.float16, torch.bfloat16)
+
+
+def held_dtype(host: torch.dtype, compute: torch.dtype) -> torch.dtype:
+    """The dtype functional tiles of a weight read as `host` are held in: `host` itself when
+    the compute dtype is float32 and holds it exactly (widening is exact, so every number
+    computed is the same), else the compute dtype."""
+    return host if compute == torch.float32 and host in EXACT_IN_FLOAT32 else compute
+
+
 TORCH_DEVICES = ("cpu", "cuda")  # where functional tiles can live (`--torch-device`)
 
 
@@ -201,8 +213,11 @@ class Mesh:
         *,
         ledger: Ledger | None = None,
         stored: StoredDtype = StoredDtype.FLOAT16,
+        dtype: torch.dtype | None = None,
     ) -> DistTensor:
         """Host -> mesh. Charged as host I/O when a ledger is given (weights load uncharged).
+        Functional tiles are held as `dtype` (default: the compute dtype; weights pass
+        `held_dtype`, read back through `DistTensor.values`).
 
         In estimate mode `host` may be a meta tensor; only its shape is used.
         """
@@ -217,7 +232,7 @@ class Mesh:
                 (self.rows, self.cols, *tile), dtype=self.compute_dtype, device="meta"
             )
         else:
-            host = host.to(device=self.torch_device, dtype=self.compute_dtype)
+            host = host.to(device=self.torch_device, dtype=dtype or self.compute_dtype)
             data = split_host(host, layout, self.rows, self.cols)
         if ledger is not None:
             self.charge_host_io(ledger, f"scatter.{name}", math.prod(layout.shape))

@@ -33,7 +33,7 @@ from waferllm.mesh.geometry import Axis
 from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.tiling import padded_k
-from waferllm.mesh.virtual import Mesh, Mode
+from waferllm.mesh.virtual import Mesh, Mode, held_dtype
 from waferllm.model.config import ModelConfig
 from waferllm.model.family import Dim, LayerTensor, Role, family_of
 from waferllm.model.weights import LayerWeights
@@ -184,17 +184,22 @@ def place(
     stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> DistTensor:
     """Put one tensor on the mesh (uncharged: weights load before any request). A matrix is
-    stored as `stored` (`spec_stored`); vectors (norms, biases) in the storage dtype."""
+    stored as `stored` (`spec_stored`); vectors (norms, biases) in the storage dtype. A
+    matrix's functional tiles keep a float16/bfloat16 host's dtype under float32 compute
+    (`held_dtype`: exact, half the memory); vectors take the compute dtype."""
     stored = spec_stored(spec, stored)
+    dtype = None
     if host is None:
         assert mesh.mode is Mode.ESTIMATE, f"functional mode needs the host tensor of {name}"
         host = torch.empty(spec.shape, device="meta")
-    elif spec.gemm_b:
-        host = pad_k_rows(host, mesh.rows, mesh.cols)
+    else:
+        dtype = held_dtype(host.dtype, mesh.compute_dtype) if len(spec.shape) == 2 else None
+        if spec.gemm_b:
+            host = pad_k_rows(host, mesh.rows, mesh.cols)
     assert tuple(host.shape) == spec.shape, (name, tuple(host.shape), spec.shape)
     if spec.gemm_b:
-        return prealign_b(mesh, host.contiguous(), name=name, stored=stored)
-    return mesh.scatter(host.contiguous(), spec.layout(), name, stored=stored)
+        return prealign_b(mesh, host.contiguous(), name=name, stored=stored, dtype=dtype)
+    return mesh.scatter(host.contiguous(), spec.layout(), name, stored=stored, dtype=dtype)
 
 
 def spec_stored(spec: TensorSpec, weights: StoredDtype) -> StoredDtype:

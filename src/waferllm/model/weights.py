@@ -182,17 +182,19 @@ def _check_tensors(path: Path, config: ModelConfig, handles: dict[str, Any]) -> 
 
 
 def load_weights(
-    path: str | Path, config: ModelConfig, dtype: torch.dtype = torch.float32
+    path: str | Path, config: ModelConfig, dtype: torch.dtype | None = torch.float32
 ) -> ModelWeights:
-    """Read every weight of `config` from the safetensors files in `path`, cast to `dtype`."""
-    if dtype not in _FLOAT_DTYPES:
+    """Read every weight of `config` from the safetensors files in `path`, cast to `dtype`
+    (None: each tensor in the dtype its file stores)."""
+    if dtype is not None and dtype not in _FLOAT_DTYPES:
         raise CheckpointError(f"dtype {dtype} is not a floating dtype; use one of {_FLOAT_DTYPES}")
     path = Path(path)
     handles = _open_all(safetensors_files(path))
     _check_tensors(path, config, handles)
 
     def read(name: str) -> torch.Tensor:
-        return handles[name].get_tensor(name).to(dtype)
+        tensor = handles[name].get_tensor(name)
+        return tensor if dtype is None else tensor.to(dtype)
 
     family = family_of(config)
     layers = []
@@ -226,8 +228,9 @@ def _split(
     return dict(zip(fused.parts, torch.split(tensor, sizes), strict=True))
 
 
-def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpoint:
-    """config.json and the weights of a local checkpoint directory (no config.json: an error)."""
+def load_checkpoint(path: str | Path, dtype: torch.dtype | None = torch.float32) -> Checkpoint:
+    """config.json and the weights of a local checkpoint directory (no config.json: an error);
+    `dtype` as in `load_weights`."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
