@@ -107,11 +107,25 @@ def _placed_bytes(model: MeshTransformer) -> int:
 
 def test_placed_matrices_take_about_the_checkpoints_bytes_per_phase(tmp_path):
     path = _narrowed(make_checkpoint(tmp_path, "llama", hidden=48, intermediate=96), torch.float16)
-    stored = sum(
-        t.numel() * t.element_size() for f in path.glob("*.safetensors")
-        for t in load_file(str(f)).values() if t.dim() == 2
-    )  # fmt: skip
+    tensors = {k: v for f in path.glob("*.safetensors") for k, v in load_file(str(f)).items()}
+    stored = {k: v.numel() * v.element_size() for k, v in tensors.items() if v.dim() == 2}
+    vocab = sum(n for k, n in stored.items() if "layers." not in k)
+    layers = sum(stored.values()) - vocab
     held = LLM(path, device="tiny", grid=6).model
-    # two layouts (prefill, decode) of float16 tiles; padding (heads' slots, ragged tiles)
-    # adds under 10% here (1.007x). Float32 tiles, or a buffer kept behind a view, would be 2x
-    assert 2 * stored <= _placed_bytes(held) <= 2 * 1.1 * stored
+    # float16 tiles: each layer matrix in two layouts (prefill, decode), the vocabulary tables
+    # once (a square grid's prefill table views the decode one); padding (heads' slots, ragged
+    # tiles) adds under 10% here. Float32 tiles, or a buffer kept behind a view, would be 2x
+    need = 2 * layers + vocab
+    assert need <= _placed_bytes(held) <= 1.1 * need
+
+
+@pytest.mark.parametrize(("grid", "shared"), [(6, True), ("4x6", False)])
+def test_a_square_grids_prefill_vocab_tables_view_the_decode_ones(narrow_checkpoint, grid, shared):
+    model = LLM(narrow_checkpoint, device="tiny", grid=grid).model
+    pre, dec = model.prefill_state, model.decode_state
+    for ours, theirs in ((pre.lm_head, dec.lm_head), (pre.embed_table, dec.embed_table)):
+        same = ours.data.untyped_storage().data_ptr() == theirs.data.untyped_storage().data_ptr()
+        assert same is shared
+        if shared:
+            assert torch.equal(ours.data, theirs.data.transpose(0, 1))
+        assert ours.sram_key is not None  # charged on its own mesh all the same

@@ -42,6 +42,7 @@ from waferllm.model.placement import (
     place,
     place_layer,
     repeat_layer,
+    spec_stored,
     tile_bytes,
     vocab_spec,
 )
@@ -337,6 +338,7 @@ class PhaseState:
     meshes: list[Mesh]
     layers: dict[int, PlacedLayer]
     embed_mesh: Mesh
+    embed_table: DistTensor  # [D, V], `lm_head` itself when tied
     embed_view: DistTensor  # the vocab table seen as [V, D] for the lookup
     head_mesh: Mesh
     lm_head: DistTensor  # [D, V] GEMV weight
@@ -349,8 +351,15 @@ class PhaseState:
 
 
 def build_phase(
-    plan: ModelPlan, phase: Phase, weights: ModelWeights | None, mesh_args: dict[str, Any]
+    plan: ModelPlan,
+    phase: Phase,
+    weights: ModelWeights | None,
+    mesh_args: dict[str, Any],
+    *,
+    twin: PhaseState | None = None,
 ) -> PhaseState:
+    """Place `phase`'s tensors on its regions. `twin`, the other phase already placed: its
+    vocabulary tables' tiles are shared where the grids allow (`_table`)."""
     config = plan.config
     regions = plan.prefill if phase is Phase.PREFILL else plan.decode
     rows, cols = regions.grid
@@ -374,12 +383,14 @@ def build_phase(
     vocab_meshes = _vocab_meshes(plan, regions, mesh_args) if plan.apart else []
     spec, wdt = vocab_spec(config, phase), plan.storage.weights
     last = vocab_meshes[0] if vocab_meshes else meshes[-1]
-    lm_head = place(last, spec, _t(weights.lm_head) if weights else None, "lm_head", wdt)
+    head_host, embed_host = (weights.lm_head, weights.embed) if weights else (None, None)
+    lm_head = _table(last, spec, head_host, "lm_head", wdt, twin.lm_head if twin else None)
     if config.tie_word_embeddings:
         table, embed_mesh = lm_head, last
     else:
         embed_mesh = vocab_meshes[-1] if vocab_meshes else meshes[0]
-        table = place(embed_mesh, spec, _t(weights.embed) if weights else None, "embed", wdt)
+        twin_table = twin.embed_table if twin else None
+        table = _table(embed_mesh, spec, embed_host, "embed", wdt, twin_table)
     norm = place(
         last, norm_spec(config, phase), weights.final_norm if weights else None, "final_norm"
     )
@@ -389,6 +400,7 @@ def build_phase(
         meshes=meshes,
         layers=layers,
         embed_mesh=embed_mesh,
+        embed_table=table,
         embed_view=_table_view(table, spec),
         head_mesh=last,
         lm_head=lm_head,
@@ -411,8 +423,31 @@ def _vocab_meshes(plan: ModelPlan, regions: PhaseRegions, mesh_args: dict[str, A
     return [Mesh(device, rows, cols, origin=(y, east), **mesh_args) for _ in range(count)]
 
 
-def _t(w: torch.Tensor) -> torch.Tensor:
-    return w.T.contiguous()
+def _table(
+    mesh: Mesh,
+    spec: TensorSpec,
+    host: torch.Tensor | None,
+    name: str,
+    stored: StoredDtype,
+    twin: DistTensor | None,
+) -> DistTensor:
+    """A vocabulary table ([V, D] on the host) placed as `spec`'s [D, V] on `mesh`. On a square
+    grid the other phase's copy `twin` ([D_y, V_x] for [D_x, V_y], or back) holds the same
+    tiles with the core axes swapped: its tiles are viewed, not copied (host memory only:
+    the device holds and is charged for both, registered here as `place` would)."""
+    layout = spec.layout()
+    swapped = Layout(spec.shape, y_dim=layout.x_dim, x_dim=layout.y_dim)
+    if (
+        host is not None
+        and twin is not None
+        and twin.layout == swapped
+        and mesh.shape == twin.mesh.shape
+        and mesh.rows == mesh.cols
+    ):
+        data = twin.data.transpose(0, 1)
+        assert tuple(data.shape[2:]) == layout.tile_shape(mesh.rows, mesh.cols), (name, data.shape)
+        return mesh.register(data, layout, name, stored=spec_stored(spec, stored))
+    return place(mesh, spec, host.T.contiguous() if host is not None else None, name, stored)
 
 
 def _table_view(table: DistTensor, spec: TensorSpec) -> DistTensor:

@@ -120,8 +120,10 @@ class MeshTransformer(Admission):
             "f16_accumulate": f16_accumulate,
             "torch_device": torch_device,
         }
-        self.prefill_state: PhaseState = build_phase(self.plan, Phase.PREFILL, weights, mesh_args)
         self.decode_state: PhaseState = build_phase(self.plan, Phase.DECODE, weights, mesh_args)
+        self.prefill_state: PhaseState = build_phase(
+            self.plan, Phase.PREFILL, weights, mesh_args, twin=self.decode_state
+        )
         self.inv_freq = rope_inv_freq(config)
         self._seqs: list[SeqState] = []  # the batch in flight
         self._stores: list[KvStore] = []  # per decode region, shared by the batch
