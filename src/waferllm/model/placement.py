@@ -186,7 +186,8 @@ def place(
     """Put one tensor on the mesh (uncharged: weights load before any request). A matrix is
     stored as `stored` (`spec_stored`); vectors (norms, biases) in the storage dtype. A
     matrix's functional tiles keep a float16/bfloat16 host's dtype under float32 compute
-    (`held_dtype`: exact, half the memory); vectors take the compute dtype."""
+    (`held_dtype`: exact, half the memory); vectors take the compute dtype. `host` may be a
+    view (a transposed table): it is made contiguous on the tiles' torch device."""
     stored = spec_stored(spec, stored)
     dtype = None
     if host is None:
@@ -194,6 +195,7 @@ def place(
         host = torch.empty(spec.shape, device="meta")
     else:
         dtype = held_dtype(host.dtype, mesh.compute_dtype) if len(spec.shape) == 2 else None
+        host = host.to(mesh.torch_device)  # permuted and padded where the tiles will live
         if spec.gemm_b:
             host = pad_k_rows(host, mesh.rows, mesh.cols)
     assert tuple(host.shape) == spec.shape, (name, tuple(host.shape), spec.shape)

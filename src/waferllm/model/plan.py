@@ -447,7 +447,7 @@ def _table(
         data = twin.data.transpose(0, 1)
         assert tuple(data.shape[2:]) == layout.tile_shape(mesh.rows, mesh.cols), (name, data.shape)
         return mesh.register(data, layout, name, stored=spec_stored(spec, stored))
-    return place(mesh, spec, host.T.contiguous() if host is not None else None, name, stored)
+    return place(mesh, spec, host.T if host is not None else None, name, stored)
 
 
 def _table_view(table: DistTensor, spec: TensorSpec) -> DistTensor:
