@@ -7,7 +7,8 @@ W_down sit in the transposed placement `[in_x, out_y]` and reduce along X. Atten
 along X in contiguous kv-groups of columns (`HeadLayout`); the rows of W_q/W_k/W_v (and the
 columns of W_o) are permuted into that order at load, padded with zeros where a split is ragged
 (q and k in RoPE pairs, v and the attention output W_o reads in their own value slots).
-The vocabulary tensors use the GEMV placements: `[D_x, V_y]` in prefill, `[D_y, V_x]` in decode.
+The vocabulary tensors use the GEMV placements: `[D_x, V_y]` in prefill, `[D_y, V_x]` in decode
+(functional tiles shared by the two on a square grid: `place_table`).
 No math here (`transformer.py`), no regions (`regions.py`), no cache policy (`kv_cache.py`).
 Legend: D model dim, F ffn dim, V vocab, Hq/Hkv query/kv heads, hd head dim, n_rep = Hq/Hkv;
 per column: G kv heads, H = 2 * pairs head-dim slots (RoPE pairs (i, i + hd/2) kept together),
@@ -313,6 +314,44 @@ def vocab_spec(config: ModelConfig, phase: Phase) -> TensorSpec:
     decode (reduces along Y). The embedding lookup reads the same table."""
     shape = (config.hidden_size, config.vocab_size)
     return TensorSpec(shape=shape, dims=_GEMV_X if phase is Phase.PREFILL else _GEMV_Y)
+
+
+def place_table(
+    mesh: Mesh,
+    spec: TensorSpec,
+    host: torch.Tensor | None,
+    name: str,
+    stored: StoredDtype,
+    twin: DistTensor | None,
+) -> DistTensor:
+    """A vocabulary table ([V, D] on the host) placed as `spec`'s [D, V] on `mesh`. On a square
+    grid the other phase's copy `twin` ([D_y, V_x] for [D_x, V_y], or back) holds the same
+    tiles with the core axes swapped: its tiles are viewed, not copied (host memory only:
+    the device holds and is charged for both, registered here as `place` would)."""
+    layout = spec.layout()
+    swapped = Layout(spec.shape, y_dim=layout.x_dim, x_dim=layout.y_dim)
+    if (
+        host is not None
+        and twin is not None
+        and twin.layout == swapped
+        and mesh.shape == twin.mesh.shape
+        and mesh.rows == mesh.cols
+    ):
+        data = twin.data.transpose(0, 1)
+        assert tuple(data.shape[2:]) == layout.tile_shape(mesh.rows, mesh.cols), (name, data.shape)
+        return mesh.register(data, layout, name, stored=spec_stored(spec, stored))
+    return place(mesh, spec, host.T if host is not None else None, name, stored)
+
+
+def table_view(table: DistTensor, spec: TensorSpec) -> DistTensor:
+    """The [D, V] table as the [V, D] one the embedding lookup reads: tiles transposed in
+    place (a per-core view of the same SRAM, not a copy)."""
+    d, v = spec.shape
+    lay = table.layout
+    assert lay.y_dim is not None and lay.x_dim is not None
+    layout = Layout((v, d), y_dim=1 - lay.y_dim, x_dim=1 - lay.x_dim)
+    data = table.data.transpose(-1, -2)
+    return DistTensor(data, layout, table.mesh, table.name, None, table.stored)
 
 
 def norm_spec(config: ModelConfig, phase: Phase) -> TensorSpec:

@@ -12,12 +12,10 @@ import dataclasses
 import functools
 from typing import Any
 
-import torch
-
 from waferllm.device import Device
 from waferllm.errors import SramOverflowError
 from waferllm.mesh.storage import StoredDtype
-from waferllm.mesh.tensor import DistTensor, Layout
+from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh
 from waferllm.model.budget import (
     PlanBudget,
@@ -36,13 +34,13 @@ from waferllm.model.placement import (
     PlacedLayer,
     PlacementMode,
     ResidentLayouts,
-    TensorSpec,
     layer_bytes_per_core,
     norm_spec,
     place,
     place_layer,
+    place_table,
     repeat_layer,
-    spec_stored,
+    table_view,
     tile_bytes,
     vocab_spec,
 )
@@ -384,13 +382,13 @@ def build_phase(
     spec, wdt = vocab_spec(config, phase), plan.storage.weights
     last = vocab_meshes[0] if vocab_meshes else meshes[-1]
     head_host, embed_host = (weights.lm_head, weights.embed) if weights else (None, None)
-    lm_head = _table(last, spec, head_host, "lm_head", wdt, twin.lm_head if twin else None)
+    lm_head = place_table(last, spec, head_host, "lm_head", wdt, twin.lm_head if twin else None)
     if config.tie_word_embeddings:
         table, embed_mesh = lm_head, last
     else:
         embed_mesh = vocab_meshes[-1] if vocab_meshes else meshes[0]
         twin_table = twin.embed_table if twin else None
-        table = _table(embed_mesh, spec, embed_host, "embed", wdt, twin_table)
+        table = place_table(embed_mesh, spec, embed_host, "embed", wdt, twin_table)
     norm = place(
         last, norm_spec(config, phase), weights.final_norm if weights else None, "final_norm"
     )
@@ -401,7 +399,7 @@ def build_phase(
         layers=layers,
         embed_mesh=embed_mesh,
         embed_table=table,
-        embed_view=_table_view(table, spec),
+        embed_view=table_view(table, spec),
         head_mesh=last,
         lm_head=lm_head,
         final_norm=norm,
@@ -421,44 +419,6 @@ def _vocab_meshes(plan: ModelPlan, regions: PhaseRegions, mesh_args: dict[str, A
         device = dataclasses.replace(device, mesh_cols=east + cols)
     count = 1 if plan.config.tie_word_embeddings else 2
     return [Mesh(device, rows, cols, origin=(y, east), **mesh_args) for _ in range(count)]
-
-
-def _table(
-    mesh: Mesh,
-    spec: TensorSpec,
-    host: torch.Tensor | None,
-    name: str,
-    stored: StoredDtype,
-    twin: DistTensor | None,
-) -> DistTensor:
-    """A vocabulary table ([V, D] on the host) placed as `spec`'s [D, V] on `mesh`. On a square
-    grid the other phase's copy `twin` ([D_y, V_x] for [D_x, V_y], or back) holds the same
-    tiles with the core axes swapped: its tiles are viewed, not copied (host memory only:
-    the device holds and is charged for both, registered here as `place` would)."""
-    layout = spec.layout()
-    swapped = Layout(spec.shape, y_dim=layout.x_dim, x_dim=layout.y_dim)
-    if (
-        host is not None
-        and twin is not None
-        and twin.layout == swapped
-        and mesh.shape == twin.mesh.shape
-        and mesh.rows == mesh.cols
-    ):
-        data = twin.data.transpose(0, 1)
-        assert tuple(data.shape[2:]) == layout.tile_shape(mesh.rows, mesh.cols), (name, data.shape)
-        return mesh.register(data, layout, name, stored=spec_stored(spec, stored))
-    return place(mesh, spec, host.T if host is not None else None, name, stored)
-
-
-def _table_view(table: DistTensor, spec: TensorSpec) -> DistTensor:
-    """The [D, V] table as the [V, D] one the embedding lookup reads: tiles transposed in
-    place (a per-core view of the same SRAM, not a copy)."""
-    d, v = spec.shape
-    lay = table.layout
-    assert lay.y_dim is not None and lay.x_dim is not None
-    layout = Layout((v, d), y_dim=1 - lay.y_dim, x_dim=1 - lay.x_dim)
-    data = table.data.transpose(-1, -2)
-    return DistTensor(data, layout, table.mesh, table.name, None, table.stored)
 
 
 __all__ = [
