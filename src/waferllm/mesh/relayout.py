@@ -222,9 +222,8 @@ def _direct_cuts(src: np.ndarray, dst: np.ndarray, length: int) -> np.ndarray:
 
 def _cross_cuts(src: np.ndarray, dst: np.ndarray, length: int) -> np.ndarray:
     """Like `_direct_cuts` for every pair (i, j) moving from src[i] to dst[j]."""
-    at = np.arange(length - 1)
-    src_before = np.searchsorted(np.sort(src), at, side="right")  # src <= cut
-    dst_before = np.searchsorted(np.sort(dst), at, side="right")
+    src_before = np.cumsum(np.bincount(src, minlength=length))[: length - 1]  # src <= cut
+    dst_before = np.cumsum(np.bincount(dst, minlength=length))[: length - 1]
     forward = src_before * (len(dst) - dst_before)
     backward = (len(src) - src_before) * dst_before
     return np.stack([forward, backward]).astype(np.float64)
@@ -243,11 +242,20 @@ def _stay_cells(
 ) -> _Cells:
     """Elements (a, b) of a crossed move that stay home, per core: a's (src row, dst col)
     pairs times b's (dst row, src col) pairs on the same core."""
-    first, first_count = np.unique(src_r * cols + dst_c, return_counts=True)
-    second, second_count = np.unique(dst_r * cols + src_c, return_counts=True)
+    first, first_count = _distinct_counts(src_r * cols + dst_c)
+    second, second_count = _distinct_counts(dst_r * cols + src_c)
     cores, i, j = np.intersect1d(first, second, assume_unique=True, return_indices=True)
     count = first_count[i].astype(np.float64) * second_count[j].astype(np.float64)
     return _Cells(row=cores // cols, col=cores % cols, count=count)
+
+
+def _distinct_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(keys, return_counts=True) without its sort when `keys` is already in order
+    (a block-split feature axis on both plans: the vocabulary table's 128K rows)."""
+    if keys.size and bool((keys[1:] >= keys[:-1]).all()):
+        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+        return keys[starts], np.diff(np.append(starts, keys.size))
+    return np.unique(keys, return_counts=True)
 
 
 def _counts(coords: np.ndarray, length: int) -> np.ndarray:

@@ -1,0 +1,42 @@
+"""Re-layout pricing's sort-free paths compute exactly what the plain definitions compute:
+cut crossings of every (source, destination) pair, distinct keys with their counts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from waferllm.mesh import relayout
+
+
+def _pair_crossings(src: np.ndarray, dst: np.ndarray, length: int) -> np.ndarray:
+    """(2, length-1): for each cut i|i+1, the pairs (s, d) crossing it towards + and -."""
+    out = np.zeros((2, length - 1))
+    for s in src:
+        for d in dst:
+            out[0, s:d] += 1  # s <= cut < d
+            out[1, d:s] += 1  # d <= cut < s
+    return out
+
+
+def test_cross_cuts_count_every_pair_crossing_each_cut():
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        length = int(rng.integers(1, 14))
+        src = rng.integers(0, length, int(rng.integers(0, 9)))
+        dst = rng.integers(0, length, int(rng.integers(0, 9)))
+        got = relayout._cross_cuts(src, dst, length)
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, _pair_crossings(src, dst, length))
+
+
+def test_distinct_counts_equal_numpy_unique_for_ordered_and_unordered_keys():
+    rng = np.random.default_rng(6)
+    for trial in range(400):
+        keys = rng.integers(0, int(rng.integers(1, 40)), int(rng.integers(0, 60)))
+        if trial % 2:
+            keys = np.sort(keys)  # the ordered path (block-split axes)
+        got_keys, got_counts = relayout._distinct_counts(keys)
+        want_keys, want_counts = np.unique(keys, return_counts=True)
+        np.testing.assert_array_equal(got_keys, want_keys)
+        np.testing.assert_array_equal(got_counts, want_counts)
+        assert got_keys.dtype == want_keys.dtype and got_counts.dtype == want_counts.dtype
