@@ -86,6 +86,33 @@ def test_each_fast_rule_gives_torchs_shape_and_dtype(case, monkeypatch):
     assert (tuple(got.shape), got.dtype) == (tuple(want.shape), want.dtype)
 
 
+MIXED = [  # one op, operands of one rank: only dtypes and Python number types tell them apart
+    lambda: meta_tensor(2, 3, dtype=torch.int32) * 2,
+    lambda: meta_tensor(2, 3, dtype=torch.int32) * 2.5,
+    lambda: meta_tensor(2, 3, dtype=torch.int32) * True,
+    lambda: meta_tensor(2, 3, dtype=torch.float16) * 2.5,
+    lambda: meta_tensor(2, 3, dtype=torch.int64) ** 2,
+    lambda: meta_tensor(2, 3, dtype=torch.int64) ** 0.5,
+    lambda: meta_tensor(2, 3, dtype=torch.bool).sum(dim=-1),
+    lambda: meta_tensor(2, 3, dtype=torch.bool).sum(dim=-1, dtype=torch.float16),
+    lambda: torch.cat([meta_tensor(2, 3), meta_tensor(2, 3)]),
+    lambda: torch.cat([meta_tensor(2, 3), meta_tensor(2, 3, dtype=torch.float64)]),
+]
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_remembered_output_dtypes_follow_every_operand_dtype_and_number_type(order):
+    """The rules remember each op's output dtype per argument signature: ops that differ only
+    in an operand's dtype or a Python number's type, run one after another from a cold
+    memory in both orders, each get torch's own dtype."""
+    meta._DTYPES.clear()
+    cases = MIXED[::order]
+    with meta.shape_only():
+        got = [case().dtype for case in cases]
+    assert got == [case().dtype for case in cases]
+    assert meta._DTYPES  # the memory was used
+
+
 def test_shapes_that_do_not_broadcast_raise_torchs_error():
     with meta.shape_only(), pytest.raises(RuntimeError):
         meta_tensor(3, 4) + meta_tensor(5)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import torch
@@ -79,17 +79,58 @@ def _stand_in(arg: Any) -> Any:
     return None
 
 
+def _signature(arg: Any) -> Hashable:
+    """What the output dtype of an op on `arg` can depend on: a meta tensor's dtype and rank,
+    anything else itself (a Python number by type and value, dims as a tuple); raises
+    TypeError for what is not a key (a CPU scalar tensor: a wrapped Python number promotes
+    unlike a plain one of the same dtype, and nothing here tells them apart)."""
+    if isinstance(arg, torch.Tensor):
+        if arg.device.type != "meta":
+            raise TypeError("only meta tensors have a signature")
+        return (arg.dtype, arg.dim())
+    if isinstance(arg, list | tuple):
+        return (type(arg), *map(_signature, arg))
+    hash(arg)
+    return (type(arg), arg)
+
+
+def _probed_dtype(func: Callable, args: tuple, kwargs: dict) -> torch.dtype:
+    """The dtype of `func` on one-element CPU probes standing for the meta operands."""
+    if func in (aten.cat.default, aten.stack.default):
+        args = ([_stand_in(t) for t in args[0]], *args[1:])
+    return func(*[_stand_in(a) for a in args], **kwargs).dtype
+
+
+_DTYPES: dict[Hashable, torch.dtype] = {}  # (op, argument signatures) -> output dtype
+_DTYPES_MAX = 4096  # a few hundred distinct signatures in a whole `reproduce`
+
+
+def _dtype(func: Callable, args: tuple, kwargs: dict) -> torch.dtype:
+    """`_probed_dtype`, remembered per op and argument signature: torch's type promotion
+    reads dtypes and Python number types only (the key holds the numbers' values too, so
+    nothing is assumed about them); the probe op costs more than the rest of a rule."""
+    try:
+        key: Hashable = (func, tuple(map(_signature, args)), _signature(sorted(kwargs.items())))
+    except TypeError:  # an unhashable argument: computed every time
+        return _probed_dtype(func, args, kwargs)
+    dtype = _DTYPES.get(key)
+    if dtype is None:
+        dtype = _probed_dtype(func, args, kwargs)
+        if len(_DTYPES) >= _DTYPES_MAX:
+            _DTYPES.clear()
+        _DTYPES[key] = dtype
+    return dtype
+
+
 def _pointwise(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
     if any(isinstance(v, torch.Tensor) for v in kwargs.values()):
         return None
-    probes = [_stand_in(a) for a in args]
-    if any(p is None for p in probes):
+    if any(_stand_in(a) is None for a in args):
         return None
     shape = _broadcast([tuple(a.shape) for a in args if isinstance(a, torch.Tensor)])
     if shape is None:
         return None
-    dtype = func(*probes, **kwargs).dtype
-    return torch.empty(shape, dtype=dtype, device="meta")
+    return torch.empty(shape, dtype=_dtype(func, args, kwargs), device="meta")
 
 
 def _broadcast(shapes: list[tuple[int, ...]]) -> tuple[int, ...] | None:
@@ -115,8 +156,7 @@ def _reduction(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None
         return None
     reduced = {d % max(x.dim(), 1) for d in dims}
     shape = [1 if i in reduced else n for i, n in enumerate(x.shape) if keepdim or i not in reduced]
-    dtype = func(probe, *rest, **kwargs).dtype
-    return torch.empty(shape, dtype=dtype, device="meta")
+    return torch.empty(shape, dtype=_dtype(func, args, kwargs), device="meta")
 
 
 def _same(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -168,7 +208,6 @@ def _joined(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
     ndim = tensors[0].dim()
     if any(t.device.type != "meta" or t.dim() != ndim or t.numel() == 0 for t in tensors):
         return None
-    probes = [_stand_in(t) for t in tensors]
     shape = list(tensors[0].shape)
     if func is aten.stack.default:
         shape.insert(dim % (ndim + 1), len(tensors))
@@ -179,8 +218,7 @@ def _joined(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
         others = [tuple(t.shape[:d]) + tuple(t.shape[d + 1 :]) for t in tensors]
     if len(set(others)) != 1:
         return None
-    dtype = func(probes, *rest, **kwargs).dtype
-    return torch.empty(shape, dtype=dtype, device="meta")
+    return torch.empty(shape, dtype=_dtype(func, args, kwargs), device="meta")
 
 
 def _batched_matmul(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
