@@ -17,6 +17,7 @@ from waferllm.mesh import (
     Axis,
     Ledger,
     Mesh,
+    Mode,
     ReduceAlgorithm,
     ReduceOp,
     RingKind,
@@ -235,6 +236,35 @@ def test_segmented_allreduce_equals_the_per_group_sums_or_maxima(case):
         got = out.narrow(axis.tensor_dim, start, size)
         assert torch.allclose(got, dense(part, axis, reduce_op), atol=1e-5)
         start += size
+
+
+@settings(max_examples=40, deadline=None)
+@given(segment_cases(), st.sampled_from([torch.float32, torch.float16, torch.int32, torch.bool]))
+def test_segmented_allreduce_on_meta_tensors_gives_the_functional_shape_dtype_and_ledger(
+    case, dtype
+):
+    """Estimate mode's shortcut (one output instead of the per-group ops) against the same
+    call on real tiles: shape, dtype (a sum promotes integers) and every record."""
+    rows, cols, axis, sizes, reduce_op = case
+    outs, ledgers = [], []
+    for mode, device in ((Mode.FUNCTIONAL, "cpu"), (Mode.ESTIMATE, "meta")):
+        mesh, ledger = Mesh(tiny(), rows, cols, mode=mode), Ledger()
+        data = torch.ones(rows, cols, 2, 3, dtype=dtype, device=device)
+        outs.append(
+            segmented_allreduce(
+                mesh,
+                data,
+                axis=axis,
+                group_sizes=sizes,
+                ledger=ledger,
+                op="g",
+                reduce_op=reduce_op,
+            )
+        )
+        ledgers.append(ledger.records)
+    (want, got), (want_records, got_records) = outs, ledgers
+    assert (got.device.type, tuple(got.shape), got.dtype) == ("meta", tuple(want.shape), want.dtype)
+    assert got_records == want_records
 
 
 def test_segmented_allreduce_rejects_groups_that_do_not_cover_the_axis():

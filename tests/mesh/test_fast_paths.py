@@ -17,6 +17,7 @@ from waferllm.mesh import (
     Charge,
     ChargeKind,
     Ledger,
+    Totals,
     Mesh,
     Mode,
     UnpricedLedger,
@@ -207,6 +208,62 @@ def test_totals_are_the_count_weighted_sums_in_record_order():
             if rec.op.startswith(prefix) and rec.tag == "align":
                 align += rec.latency_cycles * rec.count
         assert got.align_cycles == align > 0
+
+
+def _loop_totals(records: list) -> dict[str, str]:
+    """The plain per-field loop (`total += value * count` from 0.0), as reprs (-0.0 shows)."""
+    out = {}
+    for field in dataclasses.fields(Totals):
+        total = 0.0
+        for rec in records:
+            if field.name == "align_cycles":
+                if rec.tag == "align":
+                    total += rec.latency_cycles * rec.count
+            else:
+                total += getattr(rec, field.name) * rec.count
+        out[field.name] = repr(total)
+    return out
+
+
+def _reprs(totals: Totals) -> dict[str, str]:
+    return {f.name: repr(getattr(totals, f.name)) for f in dataclasses.fields(totals)}
+
+
+@pytest.mark.parametrize("huge", [False, True])
+def test_totals_and_op_groups_of_many_records_equal_the_plain_loop_bit_for_bit(huge):
+    """Hundreds of records of mixed magnitudes (where any other summation order rounds
+    differently), negative zeros, and with `huge` integers beyond float precision."""
+    rng = np.random.default_rng(9)
+    ledger = Ledger()
+    kinds = list(ChargeKind)
+    for i in range(700):
+        charge = Charge(
+            kind=kinds[i % len(kinds)],
+            cycles=-0.0 if i % 50 == 7 else float(rng.random() * 10.0 ** rng.integers(-3, 9)),
+            flops=int(rng.integers(10**12)),
+            link_byte_hops=int(rng.integers(10**9)),
+        )
+        with ledger.tag("align" if i % 4 == 0 else ""), ledger.repeat(int(rng.integers(1, 3000))):
+            ledger.charge(f"g{i % 3}/s{i % 5}/op", charge)
+    if huge:  # (2**53 + 1) * 3 rounds to 3 * 2**53 + 4; rounding 2**53 + 1 first gives 3 * 2**53
+        with ledger.repeat(3):
+            ledger.charge(
+                "g0/big", Charge(kind=ChargeKind.HOST_IO, cycles=1.0, host_bytes=2**53 + 1)
+            )
+    zeros = Ledger()
+    with zeros.repeat(3):
+        zeros.charge("z", Charge(kind=ChargeKind.COMPUTE, cycles=-0.0))
+    for led in (ledger, zeros):
+        assert _reprs(led.totals()) == _loop_totals(led.records)
+    assert _reprs(ledger.totals(prefix="g1")) == _loop_totals(
+        [r for r in ledger.records if r.op.startswith("g1")]
+    )
+    for depth in (1, 2):
+        groups = ledger.by_op(depth=depth)
+        assert len(groups) == (3 if depth == 1 else 15 + huge)
+        for key, totals in groups.items():
+            members = [r for r in ledger.records if "/".join(r.op.split("/")[:depth]) == key]
+            assert _reprs(totals) == _loop_totals(members), key
 
 
 def test_extend_relabels_and_multiplies_counts_and_leaves_the_source_alone():

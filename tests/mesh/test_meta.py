@@ -3,6 +3,7 @@ and an estimate under it neither imports torch._dynamo nor changes a number."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -111,6 +112,40 @@ def test_remembered_output_dtypes_follow_every_operand_dtype_and_number_type(ord
         got = [case().dtype for case in cases]
     assert got == [case().dtype for case in cases]
     assert meta._DTYPES  # the memory was used
+
+
+MATMULS = [  # (a shape, b shape, a dtype, b dtype)
+    ((7, 2, 3), (3, 5), torch.float32, torch.float32),
+    ((4, 1, 2, 3), (6, 3, 5), torch.float16, torch.float16),
+    ((2, 3), (3, 4), torch.float32, torch.float32),
+    ((5, 3), (3,), torch.float32, torch.float32),  # a vector: torch's own matmul
+    ((3,), (2, 3, 4), torch.float32, torch.float32),
+    ((2, 3), (3, 5), torch.float32, torch.float16),  # mixed dtypes: torch's own matmul
+]
+
+
+@pytest.mark.parametrize("case", range(len(MATMULS)))
+def test_meta_matmul_gives_the_shape_and_dtype_of_a_matmul(case):
+    a_shape, b_shape, a_dtype, b_dtype = MATMULS[case]
+    a, b = meta_tensor(*a_shape, dtype=a_dtype), meta_tensor(*b_shape, dtype=b_dtype)
+    want = a @ b
+    for active in (False, True):
+        with meta.shape_only() if active else contextlib.nullcontext():
+            got = meta.meta_matmul(a, b)
+        assert (got.device.type, tuple(got.shape), got.dtype) == (
+            "meta",
+            tuple(want.shape),
+            want.dtype,
+        )
+
+
+def test_meta_matmul_raises_torchs_error_on_operands_that_do_not_multiply():
+    for a, b in (
+        (meta_tensor(2, 3), meta_tensor(4, 5)),
+        (meta_tensor(2, 2, 3), meta_tensor(3, 3, 5)),
+    ):
+        with pytest.raises(RuntimeError):
+            meta.meta_matmul(a, b)
 
 
 def test_shapes_that_do_not_broadcast_raise_torchs_error():

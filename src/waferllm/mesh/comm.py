@@ -404,6 +404,19 @@ def _charge_steps(ledger: Ledger, op: str, charge: Charge, count: int, phase: in
     return phase + count
 
 
+def _group_results(
+    data: torch.Tensor, sizes: tuple[int, ...], dim: int, reduce_op: ReduceOp
+) -> torch.Tensor:
+    """Every core's group combined along mesh dim `dim` (groups of `sizes` consecutive cores).
+    Meta tensors (estimate mode, shapes only) skip the per-group ops: the result has `data`'s
+    shape and the combined dtype, which the first group's combine gives."""
+    parts = torch.split(data, list(sizes), dim=dim)
+    if data.device.type == "meta":
+        dtype = _combine(parts[0], dim, reduce_op).dtype
+        return torch.empty(data.shape, dtype=dtype, device="meta")
+    return torch.cat([_combine(p, dim, reduce_op).expand_as(p) for p in parts], dim=dim)
+
+
 # ---- segmented reduce --------------------------------------------------------------------------
 def segmented_allreduce(
     mesh: Mesh,
@@ -431,9 +444,7 @@ def segmented_allreduce(
             f"group sizes {group_sizes} must be positive and cover the {num} cores of axis "
             f"{axis.value}"
         )
-    dim = axis.tensor_dim
-    parts = torch.split(data, list(sizes), dim=dim)
-    result = torch.cat([_combine(p, dim, reduce_op).expand_as(p) for p in parts], dim=dim)
+    result = _group_results(data, sizes, axis.tensor_dim, reduce_op)
     if max(sizes) == 1:
         return result
     mesh.routes.require(f"{axis.value}_chain", CHAIN_ROUTES)

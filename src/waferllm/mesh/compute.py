@@ -15,6 +15,7 @@ import torch
 
 from waferllm.device import Device
 from waferllm.mesh.cost import Charge, ChargeKind, Ledger
+from waferllm.mesh.meta import meta_matmul
 from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.virtual import Mesh, Mode
 
@@ -120,7 +121,7 @@ LOOPED_MIN_MATRICES = 4096
 def _accumulating_matmul(mesh: Mesh, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b in the compute dtype; float16 accumulates in float32 unless f16_accumulate."""
     if mesh.mode is Mode.ESTIMATE:
-        return a @ b
+        return meta_matmul(a, b)
     if a.dtype == torch.float32:
         return _looped_products(a, b) if _loops(a, b) else a @ b
     if a.dtype != torch.float16:

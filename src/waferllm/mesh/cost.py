@@ -16,9 +16,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import itertools
 import operator
 from collections.abc import Iterator
 from typing import ClassVar
+
+import numpy as np
 
 from waferllm.mesh.traffic import Traffic, merge_all
 
@@ -365,30 +368,64 @@ class Ledger:
         return totals
 
     def _summed(self, prefix: str) -> Totals:
-        sums = [0.0] * len(_SUMMED)
-        align = 0.0
-        for rec in self.records:
-            if prefix and not rec.op.startswith(prefix):
-                continue
-            count = rec.count
-            values = _summed_of(rec)
-            sums = [total + value * count for total, value in zip(sums, values, strict=True)]
-            if rec.tag == "align":
-                align += rec.latency_cycles * count
-        return Totals(**dict(zip(_SUMMED, sums, strict=True)), align_cycles=align)
+        records = self.records
+        if prefix:
+            records = [rec for rec in records if rec.op.startswith(prefix)]
+        return _sum_records(records, _weighted(records))
 
     def by_op(self, *, depth: int = 1) -> dict[str, Totals]:
         """Totals grouped by the first `depth` components of the op name."""
-        groups: dict[str, Ledger] = {}
-        for rec in self.records:
-            key = "/".join(rec.op.split("/")[:depth])
-            groups.setdefault(key, Ledger()).records.append(rec)
-        return {key: sub.totals() for key, sub in groups.items()}
+        groups: dict[str, list[int]] = {}
+        for i, rec in enumerate(self.records):
+            groups.setdefault("/".join(rec.op.split("/")[:depth]), []).append(i)
+        weighted = _weighted(self.records)
+        return {
+            key: _sum_records(
+                [self.records[i] for i in rows], None if weighted is None else weighted[rows]
+            )
+            for key, rows in groups.items()
+        }
 
     def mean_core_cycles(self) -> float:
         """Mean over cores of each core's span: the critical path less the last step's slack."""
         latency = self.totals().latency_cycles
         return latency - (self.records[-1].mean_slack_cycles if self.records else 0.0)
+
+
+_EXACT_FLOAT_INT = 2.0**53  # every integer below it is a float64, exactly
+
+
+def _weighted(records: list[Record]) -> np.ndarray | None:
+    """(records, summed fields): each value times its record's count, each product rounded
+    once from exact operands as `value * count` is; None when a value or count is too large
+    to be an exact float."""
+    if not records:
+        return None
+    flat = itertools.chain.from_iterable(map(_summed_of, records))
+    values = np.fromiter(flat, dtype=np.float64, count=len(records) * len(_SUMMED))
+    counts = np.fromiter((rec.count for rec in records), dtype=np.float64, count=len(records))
+    if np.abs(values).max() >= _EXACT_FLOAT_INT or counts.max() >= _EXACT_FLOAT_INT:
+        return None
+    return values.reshape(len(records), len(_SUMMED)) * counts[:, None]
+
+
+def _sum_records(records: list[Record], weighted: np.ndarray | None) -> Totals:
+    """Sums over `records` with their counts: each field's `total += value * count` in record
+    order from 0.0. `weighted` (`_weighted(records)`) is summed by one sequential numpy
+    accumulate (the same roundings: accumulate adds in order, never pairwise; adding 0.0 at
+    the end turns a -0.0 into the loop's 0.0); without it, the loop itself."""
+    if weighted is not None:
+        sums = (np.add.accumulate(weighted, axis=0)[-1] + 0.0).tolist()
+    else:
+        sums = [0.0] * len(_SUMMED)
+        for rec in records:
+            count = rec.count
+            sums = [t + v * count for t, v in zip(sums, _summed_of(rec), strict=True)]
+    align = 0.0
+    for rec in records:
+        if rec.tag == "align":
+            align += rec.latency_cycles * rec.count
+    return Totals(**dict(zip(_SUMMED, sums, strict=True)), align_cycles=align)
 
 
 class UnpricedLedger(Ledger):

@@ -236,6 +236,14 @@ def _batched_matmul(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor |
     return torch.empty((*batch, a.shape[-2], b.shape[-1]), dtype=a.dtype, device="meta")
 
 
+def meta_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b of meta operands as one op: torch decomposes matmul (expand, reshape, bmm, view)
+    before a dispatch mode sees it; `_batched_matmul`'s shape and dtype where it applies
+    (ranks >= 2, one dtype, broadcastable batches), a @ b otherwise."""
+    out = _batched_matmul(aten.matmul.default, (a, b), {})
+    return a @ b if out is None else out
+
+
 def _factory(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """arange on the meta device: the same call on the CPU gives the length and dtype."""
     if kwargs.get("device") != torch.device("meta"):
@@ -312,4 +320,4 @@ def shape_only() -> Iterator[None]:
 
 _STATE = threading.local()  # torch's mode stack is per thread too
 
-__all__ = ["ShapeOnly", "shape_only"]
+__all__ = ["ShapeOnly", "meta_matmul", "shape_only"]
