@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from waferllm.errors import WaferError
-from waferllm.mesh.cost import Ledger, PhaseLedger, RegionPeak
+from waferllm.mesh.cost import Ledger, PhaseLedger, Record, RegionPeak
 from waferllm.mesh.geometry import split_sizes
 from waferllm.mesh.memory import PeakWatch
 from waferllm.mesh.meta import shape_only
@@ -87,17 +87,19 @@ class DecodeWalks:
         self._widths: dict[int, tuple[Ledger, Ledger]] = {}
         # per (width, held logits) walked in full: the step's fixed part, the layer's pre/post
         self._walked: dict[tuple[int, bool], tuple[Ledger, Ledger, Ledger]] = {}
-        self._shifts: dict[int, Ledger] = {}
+        self._shifts: dict[int, Record] = {}
 
     def shift(self, append: Append, counts: RowCounts) -> Ledger:
         """One layer's KV shift for `append` (which has senders): in estimate mode it depends on
         the first shifting row only. The first one is walked (`kv_shift_records`); the others
         follow from it in closed form (`_scaled_shift`), hundreds per request on a new grid."""
-        return self._shift(append.senders[0], lambda: (append, counts))
+        ledger = Ledger()
+        ledger.records.append(self._shift(append.senders[0], lambda: (append, counts)))
+        return ledger
 
-    def _shift(self, first: int, start: ShiftStart) -> Ledger:
-        """`shift` for the steps whose first shifting row is `first`; `start()` gives their
-        append and counts, asked for only when a walk needs them."""
+    def _shift(self, first: int, start: ShiftStart) -> Record:
+        """`shift`'s one record for the steps whose first shifting row is `first`; `start()`
+        gives their append and counts, asked for only when a walk needs them."""
         if first not in self._shifts:
             if self._shifts:
                 seen, walked = next(iter(self._shifts.items()))
@@ -106,7 +108,7 @@ class DecodeWalks:
             else:
                 append, counts = start()
                 with shape_only():
-                    self._shifts[first] = self.model.kv_shift_records(append, counts)
+                    (self._shifts[first],) = self.model.kv_shift_records(append, counts).records
         return self._shifts[first]
 
     @shape_only()
@@ -218,25 +220,21 @@ class DecodeWalks:
             else:
                 attn = self.model.decode_attention_records(self._batch(start))
             ledger.extend(_joined(widest.pre, attn, widest.post), count=seen * layers)
-        for first, (begin, steps) in shifts.items():
-            ledger.extend(self._shift(first, begin), count=steps * layers * self.batch)
+        for first, (begin, steps) in shifts.items():  # Ledger.extend of one record, inlined
+            rec = self._shift(first, begin)
+            ledger.records.append(rec.with_fields(count=rec.count * steps * layers * self.batch))
         return ledger, peaks
 
 
-def _scaled_shift(walked: Ledger, walked_senders: int, senders: int) -> Ledger:
+def _scaled_shift(rec: Record, walked_senders: int, senders: int) -> Record:
     """The KV shift of `senders` rows from a walked one of `walked_senders` rows (one record,
     `patterns.tail_shift_traffic`): every sender moves its tile one hop at once, so the time
     (alpha + bytes/W) is the same and the bytes injected and byte-hops are per sender (exact
     integers; tests/estimate/test_cost_fast_paths.py checks every row against the walk)."""
-    (rec,) = walked.records
-    out = Ledger()
-    out.records.append(
-        rec.with_fields(
-            bytes_injected=rec.bytes_injected // walked_senders * senders,
-            link_byte_hops=rec.link_byte_hops // walked_senders * senders,
-        )
+    return rec.with_fields(
+        bytes_injected=rec.bytes_injected // walked_senders * senders,
+        link_byte_hops=rec.link_byte_hops // walked_senders * senders,
     )
-    return out
 
 
 def _step_shapes(counts: RowCounts, output_len: int) -> tuple[Widths, ShiftGroups]:
