@@ -259,3 +259,30 @@ def test_a_read_only_owner_map_is_grouped_once_and_a_writable_one_every_time():
     assert owners_of(owner) is first
     np.testing.assert_array_equal(first.array(), owner)
     assert owners_of(owner.copy()) == first  # the same map under another array
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("axis", [Axis.X, Axis.Y])
+def test_patterns_priced_per_byte_and_scaled_equal_the_pattern_priced_at_each_size(seed, axis):
+    """`patterns.per_byte`: chains, multicasts (runs reaching their owners or cut off from
+    them, one line or many) and K-tree reduces, each at several sizes after its 1-byte
+    pricing is cached, against the plain pattern at that size: every field and array."""
+    from waferllm.mesh.ktree import best_fanouts, tree_plan
+    from waferllm.mesh.patterns import tree_traffic
+
+    rng = np.random.default_rng(100 + seed)
+    num, other = int(rng.integers(2, 11)), int(rng.integers(1, 6))
+    lines = (1, other)[seed % 2]
+    owner = (_owner_map, _repeated_rows)[seed % 3 != 1](rng, lines, num, far=seed >= 6)
+    shape, dev = _shape(axis, num, other), tiny()
+    plan = tree_plan(num, best_fanouts(num, 1.0, 30.0), 1.0, 30.0)
+    cases = [
+        (chain_traffic, Owners.of_map(owner)),
+        (multicast_traffic, Owners.of_map(owner)),
+        (multicast_traffic, Owners.of_roots(num, rng.integers(0, num, lines))),
+        (tree_traffic, plan),
+    ]
+    for pattern, what in cases:
+        for nbytes in (1, int(rng.integers(2, 5000)), 0, 2**20 + 3):
+            got = pattern(dev, shape, axis, what, nbytes)
+            _same_traffic(got, pattern.__wrapped__(dev, shape, axis, what, nbytes))

@@ -10,7 +10,10 @@ Legend: P cores along the axis, L lines (1 when every line is alike).
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -97,6 +100,37 @@ def distinct_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return table, index
 
 
+Pattern = Callable[[Device, tuple[int, int], Axis, Any, int], Traffic]
+
+
+def per_byte(maxsize: int) -> Callable[[Pattern], Pattern]:
+    """Cache a pattern `f(device, shape, axis, what, nbytes)` per call and, below that, per
+    byte: a call with `nbytes` > 0 scales the pattern priced once at 1 byte
+    (`Traffic.scaled`). Exact: every load, byte count and byte-hop is a whole multiple of
+    the message size, the paths taken are those of any positive size, and the hops do not
+    depend on it (tests/mesh/test_traffic_closed_forms.py compares every pattern at many
+    sizes). The same pattern at another size (an attention re-walked at another cache
+    width, a block of another length) then costs a scaling, not a pricing.
+    `__wrapped__` is the plain pattern (no cache, no scaling)."""
+
+    def wrap(pattern: Pattern) -> Pattern:
+        unit = lru_cache(maxsize=maxsize)(pattern)
+
+        @lru_cache(maxsize=maxsize)
+        def priced(
+            device: Device, shape: tuple[int, int], axis: Axis, what: Any, nbytes: int
+        ) -> Traffic:
+            if nbytes <= 0 or nbytes == 1:
+                return unit(device, shape, axis, what, nbytes)
+            return unit(device, shape, axis, what, 1).scaled(nbytes)
+
+        functools.update_wrapper(priced, pattern)
+        priced.__wrapped__ = pattern  # type: ignore[attr-defined]
+        return priced  # type: ignore[return-value]
+
+    return wrap
+
+
 # Per-line patterns hold (L, P) arrays, tens of MB at wafer scale: hence the small caches.
 @lru_cache(maxsize=128)
 def permutation_traffic(
@@ -111,7 +145,7 @@ def permutation_traffic(
     )
 
 
-@lru_cache(maxsize=128)
+@per_byte(maxsize=128)
 def chain_traffic(
     device: Device, shape: tuple[int, int], axis: Axis, owners: Owners, nbytes: int
 ) -> Traffic:
@@ -178,7 +212,7 @@ def _chain_closed_form(
     )
 
 
-@lru_cache(maxsize=128)
+@per_byte(maxsize=128)
 def multicast_traffic(
     device: Device, shape: tuple[int, int], axis: Axis, owners: Owners, nbytes: int
 ) -> Traffic:
@@ -313,7 +347,7 @@ def tail_shift_traffic(
     )
 
 
-@lru_cache(maxsize=4096)
+@per_byte(maxsize=4096)
 def tree_traffic(
     device: Device, shape: tuple[int, int], axis: Axis, plan: TreePlan, nbytes: int
 ) -> Traffic:

@@ -17,7 +17,7 @@ import numpy as np
 
 from waferllm.device import Device
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.loads import LineRows, Load, add_loads
+from waferllm.mesh.loads import LineRows, Load, add_loads, scale_load
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +68,23 @@ class Traffic:
         chains' latency is being paid by the stream ahead, only the size term is exposed
         (consecutive reduces of a systolic loop, `comm.reduce(follows_stream=True)`)."""
         return dataclasses.replace(self, critical_hops=0, critical_stages=0)
+
+    def scaled(self, factor: int) -> Traffic:
+        """This step with every message `factor` times as large: loads, bytes injected and
+        byte-hops times `factor` (whole bytes: exact), the critical message and the slack as
+        they are (a pattern's hops do not depend on its sizes)."""
+        return Traffic(
+            device=self.device,
+            shape=self.shape,
+            critical_hops=self.critical_hops,
+            critical_stages=self.critical_stages,
+            bytes_injected=self.bytes_injected * factor,
+            link_byte_hops=self.link_byte_hops * factor,
+            links={key: scale_load(load, factor) for key, load in self.links.items()},
+            ramp_in=scale_load(self.ramp_in, factor),
+            ramp_out=scale_load(self.ramp_out, factor),
+            mean_slack_cycles=self.mean_slack_cycles,
+        )
 
     def merged(self, other: Traffic) -> Traffic:
         """Two steps at the same time: the slower critical message, loads added."""
