@@ -286,3 +286,25 @@ def test_patterns_priced_per_byte_and_scaled_equal_the_pattern_priced_at_each_si
         for nbytes in (1, int(rng.integers(2, 5000)), 0, 2**20 + 3):
             got = pattern(dev, shape, axis, what, nbytes)
             _same_traffic(got, pattern.__wrapped__(dev, shape, axis, what, nbytes))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_per_line_additions_keep_the_distinct_row_value_pairs_in_numpys_order(seed):
+    """`LineRows._plus_per_line` finds the distinct (row, value) pairs from a 1-D key: the
+    same rows, in the same order, and the same line index as np.unique over the pairs."""
+    rng = np.random.default_rng(seed)
+    axis = seed % 2
+    distinct = int(rng.integers(1, 5))
+    rows = rng.integers(0, 50, (distinct, 7)).astype(float)
+    rows = rows if axis == 0 else rows.T
+    lines = int(rng.integers(1, 30))
+    index = rng.integers(0, distinct, lines)
+    values = rng.integers(0, 4, lines).astype(float) * 16.0
+    got = LineRows(rows, index, axis)._plus_per_line(values)
+    pairs = np.stack([index.astype(np.float64), values])
+    want_pairs, want_index = np.unique(pairs, axis=1, return_inverse=True)
+    want = np.take(rows, want_pairs[0].astype(np.int64), axis=axis)
+    want = want + (want_pairs[1][:, None] if axis == 0 else want_pairs[1][None, :])
+    np.testing.assert_array_equal(got.rows, want)
+    np.testing.assert_array_equal(got.index, want_index.reshape(-1))
+    assert got.axis == axis

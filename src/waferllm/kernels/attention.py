@@ -202,6 +202,8 @@ def _head_spread(heads: HeadLayout) -> HeadSpread | None:
     col = np.arange(len(root))
     first = root - cores // 2
     gather = np.where((col >= first) & (col < first + cores), root, col)
+    for owner in (gather, root):  # read only: charges remember a read-only map's Owners
+        owner.setflags(write=False)
     return HeadSpread(rows_per_core=per_core, cores=cores, gather_owner=gather, root=root)
 
 

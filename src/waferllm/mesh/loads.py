@@ -56,10 +56,16 @@ class LineRows:
     def _plus_per_line(self, values: np.ndarray) -> LineRows:
         """Plus one value per line (a step along the other axis, every line alike): the
         distinct rows become the distinct (row, value) pairs."""
-        pairs = np.stack([self.index.astype(np.float64), values])
-        distinct, index = np.unique(pairs, axis=1, return_inverse=True)
-        rows = np.take(self.rows, distinct[0].astype(np.int64), axis=self.axis)
-        add = distinct[1][:, None] if self.axis == 0 else distinct[1][None, :]
+        # the distinct (row, value) pairs in lexicographic order, as np.unique(axis=1) gives
+        # them, from one 1-D key: the row times the number of distinct values plus the
+        # value's rank among them (ranks keep the values' order)
+        levels, rank = np.unique(values, return_inverse=True)
+        keys, index = np.unique(
+            self.index.astype(np.int64) * len(levels) + rank.reshape(-1), return_inverse=True
+        )
+        rows = np.take(self.rows, keys // len(levels), axis=self.axis)
+        added = levels[keys % len(levels)]
+        add = added[:, None] if self.axis == 0 else added[None, :]
         return LineRows(rows + add, index.reshape(-1), self.axis)
 
     __radd__ = __add__  # elementwise float addition commutes
