@@ -24,7 +24,8 @@ def test_cross_cuts_count_every_pair_crossing_each_cut():
         length = int(rng.integers(1, 14))
         src = rng.integers(0, length, int(rng.integers(0, 9)))
         dst = rng.integers(0, length, int(rng.integers(0, 9)))
-        got = relayout._cross_cuts(src, dst, length)
+        counts = (relayout._counts(src, length), relayout._counts(dst, length))
+        got = relayout._cross_cuts(*counts)
         assert got.dtype == np.float64
         np.testing.assert_array_equal(got, _pair_crossings(src, dst, length))
 

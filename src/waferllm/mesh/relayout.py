@@ -63,14 +63,17 @@ def relayout_charge(
         lo_c, hi_c = min(lo_c, src_c.min(), dst_c.min()), max(hi_c, src_c.max(), dst_c.max())
         if m.crossed:
             # rows: source follows a, destination follows b; columns the other way round
-            cut_y += m.count * _cross_cuts(src_r, dst_r, rows)
-            cut_x += m.count * _cross_cuts(src_c, dst_c, cols)
+            # elements per row and column at each end, counted once
+            n_src_r, n_dst_r = _counts(src_r, rows), _counts(dst_r, rows)
+            n_src_c, n_dst_c = _counts(src_c, cols), _counts(dst_c, cols)
+            cut_y += m.count * _cross_cuts(n_src_r, n_dst_r)
+            cut_x += m.count * _cross_cuts(n_src_c, n_dst_c)
             # element (a, b) stays home when a's (src row, dst col) equals b's (dst row, src col)
             stay = _stay_cells(src_r, dst_c, dst_r, src_c, cols)
-            sent = _busiest(_counts(src_r, rows), _counts(src_c, cols), stay)
-            received = _busiest(_counts(dst_r, rows), _counts(dst_c, cols), stay)
+            sent = _busiest(n_src_r, n_src_c, stay)
+            received = _busiest(n_dst_r, n_dst_c, stay)
             count = len(src_r) * len(src_c) - int(stay.count.sum())
-            dist = _pair_distance(src_r, dst_r, rows) + _pair_distance(src_c, dst_c, cols)
+            dist = _pair_distance(n_src_r, n_dst_r) + _pair_distance(n_src_c, n_dst_c)
         else:
             cut_y += m.count * len(src_c) * _direct_cuts(src_r, dst_r, rows)
             cut_x += m.count * len(src_r) * _direct_cuts(src_c, dst_c, cols)
@@ -220,18 +223,18 @@ def _direct_cuts(src: np.ndarray, dst: np.ndarray, length: int) -> np.ndarray:
     return np.cumsum(diff, axis=1)[:, : length - 1].astype(np.float64)
 
 
-def _cross_cuts(src: np.ndarray, dst: np.ndarray, length: int) -> np.ndarray:
-    """Like `_direct_cuts` for every pair (i, j) moving from src[i] to dst[j]."""
-    src_before = np.cumsum(np.bincount(src, minlength=length))[: length - 1]  # src <= cut
-    dst_before = np.cumsum(np.bincount(dst, minlength=length))[: length - 1]
-    forward = src_before * (len(dst) - dst_before)
-    backward = (len(src) - src_before) * dst_before
-    return np.stack([forward, backward]).astype(np.float64)
+def _cross_cuts(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Like `_direct_cuts` for every pair (i, j) moving from a source to a destination, given
+    the elements per position at each end (`_counts`; whole numbers, the products exact):
+    (2, length-1) pairs crossing each cut towards + and towards -."""
+    src_before, dst_before = np.cumsum(src)[:-1], np.cumsum(dst)[:-1]  # at or before the cut
+    forward = src_before * (dst.sum() - dst_before)
+    backward = (src.sum() - src_before) * dst_before
+    return np.stack([forward, backward])
 
 
-def _pair_distance(src: np.ndarray, dst: np.ndarray, length: int) -> float:
-    """Sum over all pairs (i, j) of |src[i] - dst[j]|."""
-    a, b = _counts(src, length), _counts(dst, length)
+def _pair_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Sum over all pairs (i, j) of |p_i - q_j|, given the elements per position (`_counts`)."""
     # sum_i sum_j |p_i - q_j| = sum over cuts of (left of a * right of b + right of a * left of b)
     left_a, left_b = np.cumsum(a)[:-1], np.cumsum(b)[:-1]
     return float((left_a * (b.sum() - left_b) + (a.sum() - left_a) * left_b).sum())

@@ -153,11 +153,16 @@ def _index_tensor(shape: tuple[int, ...], raw: bytes, transpose: bool, device: s
     return torch.tensor(src_of.T if transpose else src_of, device=device)
 
 
+def _permuted_meta(data: torch.Tensor) -> torch.Tensor:
+    """A permutation of meta `data` (estimate mode): its shape and dtype, no data (torch.empty,
+    not empty_like: its stride logic costs 10x, thousands per placement)."""
+    return torch.empty(data.shape, dtype=data.dtype, device="meta")
+
+
 def _gather_lines(data: torch.Tensor, axis: Axis, src_of: np.ndarray) -> torch.Tensor:
     """Position i of every line receives from src_of[i] ((L,)) or src_of[line, i] ((L, L))."""
     if data.is_meta:  # estimate mode: a permutation keeps the shape and there is no data
-        # (torch.empty, not empty_like: its stride logic costs 10x, thousands per placement)
-        return torch.empty(data.shape, dtype=data.dtype, device="meta")
+        return _permuted_meta(data)
     dim = axis.tensor_dim
     src_of = np.ascontiguousarray(src_of, dtype=np.int64)
     transpose = src_of.ndim == 2 and axis is not Axis.X
@@ -323,6 +328,8 @@ def skew_round(
 ) -> torch.Tensor:
     """Round `round_index` of the skew along `axis`, charged and moved (`charge_skew_round`)."""
     charge_skew_round(mesh, grid, data, axis=axis, kind=kind, ledger=ledger, op=op)
+    if data.is_meta:  # estimate mode: no source map needed (`_gather_lines`)
+        return _permuted_meta(data)
     return _gather_lines(data, axis, _skew_round_sources(grid.size, kind, round_index))
 
 
@@ -330,6 +337,8 @@ def skew_moved(data: torch.Tensor, *, axis: Axis, kind: RingKind) -> torch.Tenso
     """The blocks after every round of the skew along `axis`, in one gather (uncharged): the
     rounds applied one after the other are the complete skew (`skew_sources`; a test composes
     the rounds for every size up to 80)."""
+    if data.is_meta:  # estimate mode: no source map needed (`_gather_lines`)
+        return _permuted_meta(data)
     return _gather_lines(data, axis, skew_sources(data.shape[axis.tensor_dim], kind))
 
 
@@ -364,5 +373,8 @@ def skew_sources(size: int, kind: RingKind) -> np.ndarray:
 
 
 def skewed(data: torch.Tensor, *, axis: Axis, kind: RingKind) -> torch.Tensor:
-    """The complete skew along `axis` in one step, uncharged: for weights skewed on the host."""
+    """The complete skew along `axis` in one step, uncharged: for weights skewed on the host
+    (meta weights, estimate mode: their shape, without the source map)."""
+    if data.is_meta:
+        return _permuted_meta(data)
     return _gather_lines(data, axis, skew_sources(data.shape[axis.tensor_dim], kind))
