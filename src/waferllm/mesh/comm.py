@@ -404,19 +404,6 @@ def _charge_steps(ledger: Ledger, op: str, charge: Charge, count: int, phase: in
     return phase + count
 
 
-def _group_results(
-    data: torch.Tensor, sizes: tuple[int, ...], dim: int, reduce_op: ReduceOp
-) -> torch.Tensor:
-    """Every core's group combined along mesh dim `dim` (groups of `sizes` consecutive cores).
-    Meta tensors (estimate mode, shapes only) skip the per-group ops: the result has `data`'s
-    shape and the combined dtype, which the first group's combine gives."""
-    parts = torch.split(data, list(sizes), dim=dim)
-    if data.device.type == "meta":
-        dtype = _combine(parts[0], dim, reduce_op).dtype
-        return torch.empty(data.shape, dtype=dtype, device="meta")
-    return torch.cat([_combine(p, dim, reduce_op).expand_as(p) for p in parts], dim=dim)
-
-
 # ---- segmented reduce --------------------------------------------------------------------------
 def segmented_allreduce(
     mesh: Mesh,
@@ -444,7 +431,13 @@ def segmented_allreduce(
             f"group sizes {group_sizes} must be positive and cover the {num} cores of axis "
             f"{axis.value}"
         )
-    result = _group_results(data, sizes, axis.tensor_dim, reduce_op)
+    dim = axis.tensor_dim
+    parts = torch.split(data, list(sizes), dim=dim)
+    if data.is_meta:  # estimate mode, shapes only: one output in the combined dtype
+        dtype = _combine(parts[0], dim, reduce_op).dtype
+        result = torch.empty(data.shape, dtype=dtype, device="meta")
+    else:
+        result = torch.cat([_combine(p, dim, reduce_op).expand_as(p) for p in parts], dim=dim)
     if max(sizes) == 1:
         return result
     mesh.routes.require(f"{axis.value}_chain", CHAIN_ROUTES)

@@ -16,13 +16,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import itertools
-import operator
 from collections.abc import Iterator
 from typing import ClassVar
 
-import numpy as np
-
+from waferllm.mesh.totals import Totals, sum_records, weighted
 from waferllm.mesh.traffic import Traffic, merge_all
 
 
@@ -112,56 +109,9 @@ class Record:
         return new
 
 
-_SUMMED = (
-    "flops",
-    "sram_bytes",
-    "bytes_injected",
-    "link_byte_hops",
-    "critical_hops",
-    "critical_stages",
-    "host_bytes",
-    "compute_cycles",
-    "comm_cycles",
-    "overhead_cycles",
-    "host_io_cycles",
-    "comm_busy_cycles",
-)
-
-
-_summed_of = operator.attrgetter(*_SUMMED)
-
-
 def _relabelled(rec: Record, op: str, count: int) -> Record:
     """`rec` under another op name and count (`Record.with_fields`)."""
     return rec.with_fields(op=op, count=count)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Totals:
-    """Sums over records with their counts; `latency_cycles` is the critical path."""
-
-    flops: float = 0
-    sram_bytes: float = 0
-    bytes_injected: float = 0
-    link_byte_hops: float = 0
-    critical_hops: float = 0
-    critical_stages: float = 0
-    host_bytes: float = 0
-    compute_cycles: float = 0.0
-    comm_cycles: float = 0.0
-    overhead_cycles: float = 0.0
-    host_io_cycles: float = 0.0
-    comm_busy_cycles: float = 0.0
-    align_cycles: float = 0.0
-
-    @property
-    def latency_cycles(self) -> float:
-        return self.compute_cycles + self.comm_cycles + self.overhead_cycles
-
-    @property
-    def compute_fraction(self) -> float:
-        latency = self.latency_cycles
-        return self.compute_cycles / latency if latency > 0 else 0.0
 
 
 @dataclasses.dataclass
@@ -371,17 +321,17 @@ class Ledger:
         records = self.records
         if prefix:
             records = [rec for rec in records if rec.op.startswith(prefix)]
-        return _sum_records(records, _weighted(records))
+        return sum_records(records, weighted(records))
 
     def by_op(self, *, depth: int = 1) -> dict[str, Totals]:
         """Totals grouped by the first `depth` components of the op name."""
         groups: dict[str, list[int]] = {}
         for i, rec in enumerate(self.records):
             groups.setdefault("/".join(rec.op.split("/")[:depth]), []).append(i)
-        weighted = _weighted(self.records)
+        products = weighted(self.records)
         return {
-            key: _sum_records(
-                [self.records[i] for i in rows], None if weighted is None else weighted[rows]
+            key: sum_records(
+                [self.records[i] for i in rows], None if products is None else products[rows]
             )
             for key, rows in groups.items()
         }
@@ -390,42 +340,6 @@ class Ledger:
         """Mean over cores of each core's span: the critical path less the last step's slack."""
         latency = self.totals().latency_cycles
         return latency - (self.records[-1].mean_slack_cycles if self.records else 0.0)
-
-
-_EXACT_FLOAT_INT = 2.0**53  # every integer below it is a float64, exactly
-
-
-def _weighted(records: list[Record]) -> np.ndarray | None:
-    """(records, summed fields): each value times its record's count, each product rounded
-    once from exact operands as `value * count` is; None when a value or count is too large
-    to be an exact float."""
-    if not records:
-        return None
-    flat = itertools.chain.from_iterable(map(_summed_of, records))
-    values = np.fromiter(flat, dtype=np.float64, count=len(records) * len(_SUMMED))
-    counts = np.fromiter((rec.count for rec in records), dtype=np.float64, count=len(records))
-    if np.abs(values).max() >= _EXACT_FLOAT_INT or counts.max() >= _EXACT_FLOAT_INT:
-        return None
-    return values.reshape(len(records), len(_SUMMED)) * counts[:, None]
-
-
-def _sum_records(records: list[Record], weighted: np.ndarray | None) -> Totals:
-    """Sums over `records` with their counts: each field's `total += value * count` in record
-    order from 0.0. `weighted` (`_weighted(records)`) is summed by one sequential numpy
-    accumulate (the same roundings: accumulate adds in order, never pairwise; adding 0.0 at
-    the end turns a -0.0 into the loop's 0.0); without it, the loop itself."""
-    if weighted is not None:
-        sums = (np.add.accumulate(weighted, axis=0)[-1] + 0.0).tolist()
-    else:
-        sums = [0.0] * len(_SUMMED)
-        for rec in records:
-            count = rec.count
-            sums = [t + v * count for t, v in zip(sums, _summed_of(rec), strict=True)]
-    align = 0.0
-    for rec in records:
-        if rec.tag == "align":
-            align += rec.latency_cycles * rec.count
-    return Totals(**dict(zip(_SUMMED, sums, strict=True)), align_cycles=align)
 
 
 class UnpricedLedger(Ledger):

@@ -1,0 +1,99 @@
+"""Totals of ledger records: each summed field times its record's count, added in record
+order (`cost.Ledger.totals`, `by_op`). No composition of charges here (`cost`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import operator
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from waferllm.mesh.cost import Record
+
+_SUMMED = (
+    "flops",
+    "sram_bytes",
+    "bytes_injected",
+    "link_byte_hops",
+    "critical_hops",
+    "critical_stages",
+    "host_bytes",
+    "compute_cycles",
+    "comm_cycles",
+    "overhead_cycles",
+    "host_io_cycles",
+    "comm_busy_cycles",
+)
+
+summed_of = operator.attrgetter(*_SUMMED)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Totals:
+    """Sums over records with their counts; `latency_cycles` is the critical path."""
+
+    flops: float = 0
+    sram_bytes: float = 0
+    bytes_injected: float = 0
+    link_byte_hops: float = 0
+    critical_hops: float = 0
+    critical_stages: float = 0
+    host_bytes: float = 0
+    compute_cycles: float = 0.0
+    comm_cycles: float = 0.0
+    overhead_cycles: float = 0.0
+    host_io_cycles: float = 0.0
+    comm_busy_cycles: float = 0.0
+    align_cycles: float = 0.0
+
+    @property
+    def latency_cycles(self) -> float:
+        return self.compute_cycles + self.comm_cycles + self.overhead_cycles
+
+    @property
+    def compute_fraction(self) -> float:
+        latency = self.latency_cycles
+        return self.compute_cycles / latency if latency > 0 else 0.0
+
+
+_EXACT_FLOAT_INT = 2.0**53  # every integer below it is a float64, exactly
+
+
+def weighted(records: Sequence[Record]) -> np.ndarray | None:
+    """(records, summed fields): each value times its record's count, each product rounded
+    once from exact operands as `value * count` is; None when a value or count is too large
+    to be an exact float."""
+    if not records:
+        return None
+    flat = itertools.chain.from_iterable(map(summed_of, records))
+    values = np.fromiter(flat, dtype=np.float64, count=len(records) * len(_SUMMED))
+    counts = np.fromiter((rec.count for rec in records), dtype=np.float64, count=len(records))
+    if np.abs(values).max() >= _EXACT_FLOAT_INT or counts.max() >= _EXACT_FLOAT_INT:
+        return None
+    return values.reshape(len(records), len(_SUMMED)) * counts[:, None]
+
+
+def sum_records(records: Sequence[Record], products: np.ndarray | None) -> Totals:
+    """Sums over `records` with their counts: each field's `total += value * count` in record
+    order from 0.0. `products` (`weighted(records)`) are summed by one sequential numpy
+    accumulate (the same roundings: accumulate adds in order, never pairwise; adding 0.0 at
+    the end turns a -0.0 into the loop's 0.0); without it, the loop itself."""
+    if products is not None:
+        sums = (np.add.accumulate(products, axis=0)[-1] + 0.0).tolist()
+    else:
+        sums = [0.0] * len(_SUMMED)
+        for rec in records:
+            count = rec.count
+            sums = [t + v * count for t, v in zip(sums, summed_of(rec), strict=True)]
+    align = 0.0
+    for rec in records:
+        if rec.tag == "align":
+            align += rec.latency_cycles * rec.count
+    return Totals(**dict(zip(_SUMMED, sums, strict=True)), align_cycles=align)
+
+
+__all__ = ["Totals", "sum_records", "summed_of", "weighted"]
