@@ -123,7 +123,11 @@ def scale_load(load: Load, factor: int) -> Load:
         return LineRows(load.rows * float(factor), load.index, load.axis)
     if isinstance(load, OuterRamp):
         return OuterRamp(load.row * float(factor), load.col * float(factor))
-    return load * float(factor)
+    if isinstance(load, np.ndarray):
+        return load * float(factor)
+    raise TypeError(
+        f"{type(load).__name__} loads are not scaled (no pattern cached per byte has them)"
+    )
 
 
 def _whole(load: np.ndarray) -> bool:
