@@ -51,9 +51,7 @@ def silu_mul(
     (v / (1 + fast_exp(-v)): the divide is the one per-element scalar instruction).
     """
     _check_same_layout(gate, up, op)
-    # SiLU's vector and scalar code paths round differently: it runs over the full contiguous
-    # tiles, so that every core's entries take the path they always took (not `on_replicas`)
-    data = torch.nn.functional.silu(gate.data.contiguous()) * up.data
+    data = on_replicas(_silu_mul, gate.data, up.data)
     charge_vector(
         mesh,
         ledger,
@@ -64,6 +62,10 @@ def silu_mul(
         passes=SILU_PASSES,
     )
     return gate.replace(data)
+
+
+def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.silu(gate.contiguous()) * up
 
 
 def add(mesh: Mesh, *, x: DistTensor, y: DistTensor, ledger: Ledger, op: str = "add") -> DistTensor:

@@ -66,9 +66,7 @@ def rms_norm(
     xf = on_replicas(masked, *inputs)
     rows, dt = lead_count(x.data, d_dim), x.data.shape[-1]
     charge_vector(mesh, ledger, f"{op}.sum_squares", rows=rows, length=dt, cost=SQUARE_ACC)
-    # the squares over every core's tiles, as one contiguous tensor: a sum's rounding follows
-    # its tensor's shape, so this one runs exactly as it always did
-    sum_sq = (xf * xf).sum(dim=-1, keepdim=True)
+    sum_sq = on_replicas(_sum_squares, xf)
     if axis is not None:
         sum_sq = small_allreduce(
             mesh,
@@ -91,3 +89,7 @@ def rms_norm(
 
     out = on_replicas(scaled, xf, sum_sq, w)
     return mesh.register(out, x.layout, f"{op}.out")
+
+
+def _sum_squares(xf: torch.Tensor) -> torch.Tensor:
+    return (xf * xf).sum(dim=-1, keepdim=True)

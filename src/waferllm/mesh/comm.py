@@ -213,10 +213,10 @@ _BCAST_ROUTES = {axis: f"{axis.value}_bcast" for axis in Axis}
 
 # ---- reduce and allreduce ---------------------------------------------------------------------
 def _combine(data: torch.Tensor, dim: int, reduce_op: ReduceOp) -> torch.Tensor:
-    """Lines combined along mesh dim `dim` (keepdim): a max once per held tile (`replicas`),
-    a sum over every core's contiguous tiles (its rounding follows the tensor's shape)."""
+    """Lines combined along mesh dim `dim` (keepdim), once per held tile (`replicas`); a sum
+    over the contiguous tiles (its rounding follows the tensor's shape)."""
     if reduce_op is ReduceOp.SUM:
-        return data.contiguous().sum(dim=dim, keepdim=True)
+        return on_replicas(lambda t: t.contiguous().sum(dim=dim, keepdim=True), data, across=dim)
     return on_replicas(lambda t: t.amax(dim=dim, keepdim=True), data, across=dim)
 
 

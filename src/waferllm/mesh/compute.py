@@ -16,7 +16,7 @@ import torch
 from waferllm.device import Device
 from waferllm.mesh.cost import Charge, ChargeKind, Ledger
 from waferllm.mesh.meta import meta_matmul
-from waferllm.mesh.replicas import on_replicas
+from waferllm.mesh.replicas import held_once, on_replicas, once
 from waferllm.mesh.virtual import Mesh, Mode
 
 MAC_FLOPS = 2
@@ -123,6 +123,9 @@ def _accumulating_matmul(mesh: Mesh, a: torch.Tensor, b: torch.Tensor) -> torch.
     if mesh.mode is Mode.ESTIMATE:
         return meta_matmul(a, b)
     if a.dtype == torch.float32:
+        per_line = _line_products(a, b)
+        if per_line is not None:
+            return per_line
         return _looped_products(a, b) if _loops(a, b) else a @ b
     if a.dtype != torch.float16:
         return a @ b
@@ -133,6 +136,28 @@ def _accumulating_matmul(mesh: Mesh, a: torch.Tensor, b: torch.Tensor) -> torch.
     for k in range(a.shape[-1]):
         acc = acc + a[..., k : k + 1] * b[..., k : k + 1, :]
     return acc
+
+
+def _line_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
+    """Per-core a @ b as one product per line of cores, (m, k) @ (k, cores x n), where every
+    core of a line holds the same `a` tile (held once along the other mesh dim: a GEMV's
+    replicated input) and `b`'s tiles lie k-major along the line (a matrix scattered from the
+    host, `tensor.split_host`). Each output is still one core's k products summed; only the
+    summation order inside the library's product may differ in the last bit from a product per
+    core. None where the operands are not so arranged."""
+    if a.dim() != 4 or b.dim() != 4:
+        return None
+    for line, other in ((0, 1), (1, 0)):
+        if not held_once(a, other):
+            continue
+        by_line = b.permute(line, 2, other, 3)  # (lines, k, cores of a line, n)
+        if not by_line.is_contiguous():
+            continue
+        lines, k, across, n = by_line.shape
+        a_line = once(a, (other,)).squeeze(other)  # (lines or 1, m, k)
+        out = (a_line @ by_line.reshape(lines, k, across * n)).reshape(lines, -1, across, n)
+        return out.permute(0, 2, 1, 3) if line == 0 else out.permute(2, 0, 1, 3)
+    return None
 
 
 def _loops(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -155,7 +155,13 @@ def split_host(host: torch.Tensor, layout: Layout, rows: int, cols: int) -> torc
     rest = [i for i in range(len(view)) if i not in parts_pos.values()]
     order = [parts_pos.get("y"), parts_pos.get("x")]
     present = [i for i in order if i is not None]
-    x = x.permute(*present, *rest).clone(memory_format=torch.contiguous_format)
+    x = x.permute(*present, *rest)
+    if len(tile) == 2 and len(present) == 2:
+        # a matrix split both ways keeps its host order, each line's tiles side by side and
+        # k-major along the line: what one product per line reads (`compute`)
+        x = x if x.data_ptr() != host.data_ptr() else x.clone()
+    else:
+        x = x.clone(memory_format=torch.contiguous_format)
     # replicas are one tile held for the line: stride-0 views (`mesh.replicas`)
     if layout.y_dim is None:
         x = x.unsqueeze(0).expand(rows, *x.shape)
