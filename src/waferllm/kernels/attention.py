@@ -39,7 +39,7 @@ from waferllm.mesh.comm import (
     ring_shift,
     segmented_allreduce,
 )
-from waferllm.mesh.compute import charge_matmul, matmul, matmul_cycles
+from waferllm.mesh.compute import charge_matmul, matmul, matmul_cycles, matmul_values
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
@@ -96,8 +96,11 @@ def decode_attention(
     q_tile = q.data.reshape(rows, cols, batch, g, n, h)
     spread = _head_spread(heads)
     with mesh.sram.scope():
+        attended = _attended_rows(mesh, slot_mask)
         order = _loop_order(mesh, m=n, k=h, n=width)
-        partial = matmul(mesh, a=q_tile, b=k_cache, ledger=ledger, op="scores", vector=order)
+        partial = _on_rows(
+            mesh, q_tile, k_cache, attended, ledger=ledger, op="scores", vector=order
+        )
         full = _score_sums(mesh, partial, heads, ledger, broadcast=spread is None)
         layout = Layout((batch, cols * g, n, rows * width), y_dim=3, x_dim=1, tag="cache_slots")
         scores = mesh.register(full, layout, "scores")
@@ -126,10 +129,40 @@ def decode_attention(
                 mesh, axis=Axis.X, owner=spread.root, nbytes=nbytes, ledger=ledger, op="probs.bcast"
             )
         order = _loop_order(mesh, m=n, k=width, n=heads.value_slots)
-        out = matmul(mesh, a=probs.data, b=v_cache, ledger=ledger, op="pv", vector=order)
+        out = _on_rows(mesh, probs.data, v_cache, attended, ledger=ledger, op="pv", vector=order)
         out = allreduce(mesh, out, axis=Axis.Y, ledger=ledger, op="pv.allreduce")
     layout = attention_output_layout(q.layout, heads)
     return mesh.register(out.reshape(rows, cols, batch, heads.o_width), layout, "attn")
+
+
+def _attended_rows(mesh: Mesh, slot_mask: torch.Tensor) -> torch.Tensor | None:
+    """The mesh rows holding a slot some token attends (None: every row, or estimate mode)."""
+    if mesh.mode is Mode.ESTIMATE:
+        return None
+    held = slot_mask.reshape(slot_mask.shape[0], -1).any(dim=1)
+    return None if bool(held.all()) else torch.nonzero(held).reshape(-1)
+
+
+def _on_rows(
+    mesh: Mesh,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    rows: torch.Tensor | None,
+    *,
+    ledger: Ledger,
+    op: str,
+    vector: str,
+) -> torch.Tensor:
+    """Per-core a @ b (`matmul`, charged on every core), computed on the mesh rows `rows` only:
+    the others hold no attended slot, so their score partials are masked by the softmax and
+    their P@V partials multiply zero probabilities; they are left as zeros."""
+    if rows is None:
+        return matmul(mesh, a=a, b=b, ledger=ledger, op=op, vector=vector)
+    charge_matmul(mesh, ledger, op, a_shape=a.shape, n=b.shape[-1], vector=vector)
+    part = matmul_values(mesh, a.index_select(0, rows), b.index_select(0, rows))
+    lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    out = part.new_zeros((*lead, a.shape[-2], b.shape[-1]))
+    return out.index_copy_(0, rows, part)
 
 
 def _loop_order(mesh: Mesh, *, m: int, k: int, n: int) -> str:

@@ -276,6 +276,8 @@ class CacheStep:
         """K (R, C, B, G, H, w) and V (R, C, B, G, w, Hv): every sequence's first w slots."""
         width = self.width
         pairs = [self.store.window(layer, width, seq=seq) for seq in self.seqs]
+        if len(pairs) == 1:  # one sequence: its window as it is (a view)
+            return pairs[0][0].unsqueeze(2), pairs[0][1].unsqueeze(2)
         return torch.stack([k for k, _ in pairs], dim=2), torch.stack([v for _, v in pairs], dim=2)
 
 
