@@ -3,13 +3,16 @@
 A ring GEMM's schedule does not depend on the data: at step s logical cell (i, j) multiplies
 A's block from ring position home_s[j] of its row by B's block from position home_s[i] of
 its column (home_s = `rings.ring_index(L, kind, -s)`), and adds the product into its
-accumulator. Where torch multiplies a tile with its small-matrix loop (fewer than
+accumulator. On a square grid in float32 (`_by_k`) every pair that meets shares one K block,
+so the products are one multiply per K block, added step by step in the loop's order (the
+library's multiply may round a product's k-sum differently in the last bit from a multiply
+per core). Otherwise, where torch multiplies a tile with its small-matrix loop (fewer than
 `SMALL_TILE_MACS` multiply-adds: one fixed order, whatever the memory layout),
 `ring_products_sum` forms the products of many steps in one batched multiply and adds them
-step by step in the loop's order; larger tiles go to BLAS, whose rounding can depend on where
-the output lands, so they are multiplied step by step in the loop's own layout. Either way
-the sum is bit-identical to the loop. `pv_all_steps` does the same for prefill attention's
-P V loop (dist-GEMM-T's QK^T loop has its own in `gemm_t`). Costs are not charged here.
+step by step in the loop's order; larger tiles are multiplied step by step in the loop's own
+layout (BLAS may round by where the output lands), bit-identical to the loop. `pv_all_steps`
+does the same for prefill attention's P V loop (dist-GEMM-T's QK^T loop has its own in
+`gemm_t`). Costs are not charged here.
 """
 
 from __future__ import annotations
@@ -83,9 +86,59 @@ def ring_products_sum(
     """
     if a_l.is_meta:
         return acc
+    if _plain_float32(grid, a_l, b_l):
+        return _by_k(a_l, b_l, acc, kind)
     if not small_tiles(a_l, b_l):
         return _stepwise(mesh, grid, a_l, b_l, acc, kind)
     return _batched(mesh, a_l, b_l, acc, kind)
+
+
+@lru_cache(maxsize=64)
+def _k_indices(
+    size: int, kind: RingKind, rows: int, p: int, q: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row indices for `_by_k`. homes[s] is the ring's shift P applied s times, so with
+    r(i) the place of i along the ring's cycle (P^r(i)(0) = i) the pair that meets at cell
+    (i, j) at step s shares the K block k = r(i) + r(j) + s (mod L) (the skew makes one such
+    labelling the true K index). Into A as runs of q, the block of K index k of each row, in
+    (k, i, p) order; into B as (q, L, L, n) in runs of n, the block of K index k of each
+    column, in (k, q, j) order; into the products (k, i, p, j, n), each step's in (s, i, j, p)
+    order."""
+    table = homes(size, kind, "cpu")
+    at_place = table[:, 0]  # at_place[r]: the position r shifts along the cycle from 0
+    place = torch.argsort(at_place)  # place[i] = r(i)
+    k = torch.arange(size)
+    i = torch.arange(rows)
+    a_x = at_place[(k[:, None] - place[None, :rows]) % size]  # (k, i): A's position
+    a_rows = (i[None, :, None] * size + a_x[:, :, None]) * p + torch.arange(p)  # (k, i, p)
+    b_y = at_place[(k[:, None] - place[None, :]) % size]  # (k, j): B's position
+    b_rows = (torch.arange(q)[None, :, None] * size + b_y[:, None, :]) * size + k  # (k, q, j)
+    step_k = (place[None, :rows, None] + place[None, None, :] + k[:, None, None]) % size
+    out_rows = (step_k[..., None] * rows + i[None, :, None, None]) * p + torch.arange(p)
+    out_rows = out_rows * size + k[None, None, :, None]  # (s, i, j, p)
+    return tuple(t.reshape(-1).to(device) for t in (a_rows, b_rows, out_rows))
+
+
+def _by_k(a_l: torch.Tensor, b_l: torch.Tensor, acc: torch.Tensor, kind: RingKind) -> torch.Tensor:
+    """The plain float32 loop with one multiply per K block: over the L steps every pair that
+    meets shares a K block, so the products are (rows*p, q) @ (q, L*n) per K block (A's
+    blocks of that K in every row against B's in every column), then added in step order
+    (only A's rows up to its last nonzero one). Each product's k-sum runs inside the library's
+    multiply, whose order may differ in the last bit from a multiply per core."""
+    size, rows = a_l.shape[0], active_rows(a_l)
+    if rows == 0:
+        return acc
+    p, q, n = a_l.shape[-2], a_l.shape[-1], b_l.shape[-1]
+    a_index, b_index, step_index = _k_indices(size, kind, rows, p, q, a_l.device.type)
+    a_by_k = a_l.reshape(-1, q).index_select(0, a_index).reshape(size, rows * p, q)
+    b_rows = b_l.permute(2, 0, 1, 3).reshape(-1, n)  # (q, L, L, n) as runs of n
+    b_by_k = b_rows.index_select(0, b_index).reshape(size, q, size * n)
+    products = (a_by_k @ b_by_k).reshape(-1, n)  # (k, i, p, j, n)
+    at_step = products.index_select(0, step_index).reshape(size, rows, size, p, n)
+    target = acc[:rows]
+    for s in range(size):
+        target.add_(at_step[s])
+    return acc
 
 
 def _batched(
@@ -124,8 +177,6 @@ def _stepwise(
 ) -> torch.Tensor:
     """The loop's own multiplies: step 0 in blocks form, later steps in B's row order (the
     order a copied B would have), every product in a buffer laid out as the loop's."""
-    if _plain_float32(grid, a_l, b_l):
-        return _stepwise_rows(grid, a_l, b_l, acc, kind)
     acc_blocks = to_blocks(acc, grid)
     acc_blocks.add_(matmul_values(mesh, to_blocks(a_l, grid), to_blocks(b_l, grid)))
     b_moved = b_l.contiguous()
@@ -143,30 +194,6 @@ def _plain_float32(grid: LogicalGrid, a_l: torch.Tensor, b_l: torch.Tensor) -> b
     """A square grid, float32 and no batch dims: the loop's products are plain bmm's."""
     square = grid.per_row == grid.per_col == 1
     return square and a_l.dim() == b_l.dim() == 4 and a_l.dtype == b_l.dtype == torch.float32
-
-
-def _stepwise_rows(
-    grid: LogicalGrid, a_l: torch.Tensor, b_l: torch.Tensor, acc: torch.Tensor, kind: RingKind
-) -> torch.Tensor:
-    """`_stepwise` for A's rows up to its last nonzero one only, each product written where
-    the loop's buffer holds it (BLAS may round by the output's alignment)."""
-    size, rows = grid.size, active_rows(a_l)
-    if rows == 0:
-        return acc
-    target = acc[:rows]
-    target.add_(a_l[:rows] @ b_l[:rows])  # step 0: a prefix of the loop's buffer
-    b_moved = b_l.contiguous()
-    device = a_l.device.type
-    shape = (size, size, a_l.shape[-2], b_l.shape[-1])
-    for step in range(1, size):
-        holder = rings.ring_index(size, kind, step, device)
-        home = rings.ring_index(size, kind, -step, device)
-        picked = a_l.index_select(1, home).index_select(0, holder)
-        products = torch.empty(shape, dtype=acc.dtype, device=a_l.device)
-        for r in rings.ring_successor(size, kind, -step)[:rows].tolist():
-            torch.bmm(picked[r], b_moved[r], out=products[r])
-        target.add_(products.index_select(0, home[:rows]))
-    return acc
 
 
 def pv_all_steps(
