@@ -606,3 +606,36 @@ def test_the_kv_shift_sends_one_hop_north_from_the_rows_south_of_r0(counts, firs
         k[y, 0, 0, 0, : cache.counts[y]].tolist() for y in range(rows)
     ]  # column 0 holds kv head 0's first slot
     assert sum(positions, []) == [float(p) for p in range(total + 1)]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_decode_attention_multiplies_only_the_rows_holding_an_attended_slot(batch, monkeypatch):
+    """Rows with no attended slot add nothing (their scores are masked, their probabilities
+    zero): multiplying only the others gives the same output and the same ledger."""
+    from waferllm.kernels import attention
+
+    rows, cols, hd, width = 5, 4, 8, 3
+    heads = head_layout(2, 2, hd, cols)
+    g, n, h, hv = heads.kv_per_tile, heads.n_rep, heads.head_slots, heads.value_slots
+    gen = torch.Generator().manual_seed(5)
+    features = cols * g * n * h
+    q_host = torch.randn(batch, features, generator=gen)
+    k_cache = torch.randn(rows, cols, batch, g, h, width, generator=gen)
+    v_cache = torch.randn(rows, cols, batch, g, width, hv, generator=gen)
+    mask = torch.zeros(rows, 1, batch, 1, 1, width, dtype=torch.bool)
+    mask[1, ..., :2] = True
+    mask[3, ..., -1] = True
+    assert attention._attended_rows(Mesh(DEVICE, rows, cols), mask).tolist() == [1, 3]
+    outs, ledgers = [], []
+    for skip in (True, False):
+        if not skip:
+            monkeypatch.setattr(attention, "_attended_rows", lambda mesh, slot_mask: None)
+        mesh, ledger = Mesh(DEVICE, rows, cols), Ledger()
+        q = mesh.scatter(q_host, Layout((batch, features), x_dim=1), "q")
+        out = decode_attention(
+            mesh, q=q, k_cache=k_cache, v_cache=v_cache, slot_mask=mask, heads=heads, ledger=ledger
+        )
+        outs.append(mesh.gather(out))
+        ledgers.append(ledger.records)
+    assert torch.equal(outs[0], outs[1])
+    assert ledgers[0] == ledgers[1]

@@ -125,3 +125,42 @@ def test_products_of_long_k_or_few_cores_use_torchs_matmul():
     assert not _loops(torch.ones(64, 64, 1, 9), torch.ones(64, 64, 9, 2))  # k > 8
     assert not _loops(torch.ones(64, 64, 1, 3), torch.ones(64, 64, 3, 205))  # 615 MACs
     assert not _loops(torch.ones(8, 8, 1, 3), torch.ones(8, 8, 3, 6))  # 64 matrices
+
+
+@pytest.mark.parametrize("line_dim", [0, 1])
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 3, 7), (1, 36, 96), (2, 5, 13)])
+def test_a_gemv_input_held_once_along_a_line_is_multiplied_once_per_line(line_dim, m, k, n):
+    """GEMV weights scattered from the host keep its order (each line's tiles side by side,
+    k-major): with the input held once along the other mesh dim every core's product comes
+    out of one multiply per line, equal to the per-core products up to summation order."""
+    from waferllm.mesh.compute import _line_products
+    from waferllm.mesh.tensor import Layout, split_host
+
+    gen = torch.Generator().manual_seed(4)
+    rows, cols = 3, 5
+    lines = rows if line_dim == 0 else cols
+    w = torch.randn(lines * k, (cols if line_dim == 0 else rows) * n, generator=gen)
+    layout = (
+        Layout(tuple(w.shape), y_dim=0, x_dim=1)
+        if line_dim == 0
+        else Layout(tuple(w.shape), y_dim=1, x_dim=0)
+    )
+    b = split_host(w, layout, rows, cols)
+    assert b.shape == (rows, cols, k, n) and not b.is_contiguous()
+    x = torch.randn(lines, m, k, generator=gen)
+    a = x[:, None] if line_dim == 0 else x[None]
+    a = a.expand(rows, cols, m, k)
+    got = _line_products(a, b)
+    assert got is not None
+    want = torch.einsum("yxmk,yxkn->yxmn", a.double(), b.double())
+    assert torch.allclose(got.double(), want, rtol=1e-6, atol=1e-5)
+    assert torch.equal(got, matmul(Mesh(tiny(), rows, cols), a=a, b=b, ledger=Ledger(), op="v"))
+
+
+def test_inputs_that_differ_per_core_or_weights_stored_per_core_take_per_core_products():
+    from waferllm.mesh.compute import _line_products
+
+    a = torch.randn(3, 5, 1, 4)
+    b = torch.randn(3, 5, 4, 6)
+    assert _line_products(a, b) is None  # every core's own input
+    assert _line_products(a[:, :1].expand(3, 5, 1, 4), b) is None  # b tile by tile

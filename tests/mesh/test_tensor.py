@@ -99,3 +99,17 @@ def test_scatter_and_gather_charge_host_io_for_the_logical_bytes_only():
         )
         assert record.latency_cycles == 0  # host I/O is never on the modelled critical path
     assert [r.op for r in ledger.records] == ["scatter.x", "gather.x"]
+
+
+@pytest.mark.parametrize(("k", "n"), [(6, 10), (5, 9)])  # dividing the 3x5 grid, padded
+def test_a_matrix_keeps_its_host_order_in_a_copy_of_its_own(k, n):
+    """Split both ways, a matrix's tiles are views of one (padded) host-ordered copy: each
+    row's tiles side by side, k-major (what a GEMV's one product per line reads); writing the
+    tiles never writes the caller's tensor."""
+    host = torch.randn(k, n)
+    data = split_host(host, Layout((k, n), y_dim=0, x_dim=1), 3, 5)
+    assert data.permute(0, 2, 1, 3).is_contiguous()
+    assert torch.equal(join_tiles(data, Layout((k, n), y_dim=0, x_dim=1)), host)
+    before = host.clone()
+    data.add_(1.0)
+    assert torch.equal(host, before)
