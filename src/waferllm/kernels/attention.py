@@ -135,12 +135,20 @@ def decode_attention(
     return mesh.register(out.reshape(rows, cols, batch, heads.o_width), layout, "attn")
 
 
+# selecting the attended rows pays where the cores are many and at most half the rows hold a
+# slot (a short context on a large grid); elsewhere it costs more host time than it saves
+ROW_SKIP_MIN_CORES = 4096
+
+
 def _attended_rows(mesh: Mesh, slot_mask: torch.Tensor) -> torch.Tensor | None:
-    """The mesh rows holding a slot some token attends (None: every row, or estimate mode)."""
-    if mesh.mode is Mode.ESTIMATE:
+    """The mesh rows holding a slot some token attends, where few (None: every row, a small
+    mesh or estimate mode)."""
+    if mesh.mode is Mode.ESTIMATE or mesh.num_cores < ROW_SKIP_MIN_CORES:
         return None
     held = slot_mask.reshape(slot_mask.shape[0], -1).any(dim=1)
-    return None if bool(held.all()) else torch.nonzero(held).reshape(-1)
+    if 2 * int(held.sum()) > held.numel():
+        return None
+    return torch.nonzero(held).reshape(-1)
 
 
 def _on_rows(
