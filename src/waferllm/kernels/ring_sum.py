@@ -116,7 +116,8 @@ def _k_indices(
     step_k = (place[None, :rows, None] + place[None, None, :] + k[:, None, None]) % size
     out_rows = (step_k[..., None] * rows + i[None, :, None, None]) * p + torch.arange(p)
     out_rows = out_rows * size + k[None, None, :, None]  # (s, i, j, p)
-    return tuple(t.reshape(-1).to(device) for t in (a_rows, b_rows, out_rows))
+    a_index, b_index, step_index = (t.reshape(-1).to(device) for t in (a_rows, b_rows, out_rows))
+    return a_index, b_index, step_index
 
 
 def _by_k(a_l: torch.Tensor, b_l: torch.Tensor, acc: torch.Tensor, kind: RingKind) -> torch.Tensor:
