@@ -168,8 +168,7 @@ def _on_rows(
         return matmul(mesh, a=a, b=b, ledger=ledger, op=op, vector=vector)
     charge_matmul(mesh, ledger, op, a_shape=a.shape, n=b.shape[-1], vector=vector)
     part = matmul_values(mesh, a.index_select(0, rows), b.index_select(0, rows))
-    lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    out = part.new_zeros((*lead, a.shape[-2], b.shape[-1]))
+    out = part.new_zeros((mesh.rows, *part.shape[1:]))
     return out.index_copy_(0, rows, part)
 
 
