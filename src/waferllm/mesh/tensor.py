@@ -123,7 +123,23 @@ def _widened(data: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         _WORKSPACE.buffer = buffer = None  # free the old one before allocating
         buffer = torch.empty(data.numel(), dtype=dtype)
         _WORKSPACE.buffer = buffer
-    return buffer[: data.numel()].view(data.shape).copy_(data)
+    flat = buffer[: data.numel()]
+    if data.is_contiguous():
+        return flat.view(data.shape).copy_(data)
+    # a matrix held in its host order (`split_host`): widened in the same order
+    strides = data.stride()
+    order = sorted(range(data.dim()), key=lambda d: -strides[d])
+    dense = data.permute(order)
+    if not dense.is_contiguous():  # not one dense block (a stride-0 view): a copy of its own
+        return data.to(dtype)
+    return flat.view(dense.shape).copy_(dense).permute(_inverse(order))
+
+
+def _inverse(order: list[int]) -> list[int]:
+    inverse = [0] * len(order)
+    for position, dim in enumerate(order):
+        inverse[dim] = position
+    return inverse
 
 
 def split_host(host: torch.Tensor, layout: Layout, rows: int, cols: int) -> torch.Tensor:
