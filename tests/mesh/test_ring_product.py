@@ -201,3 +201,32 @@ def test_a_square_float32_ring_multiplies_once_per_k_block_and_adds_in_step_orde
     assert torch.allclose(got64, want, rtol=1e-12, atol=1e-12)
     got32, _ = sums[torch.float32]
     assert torch.allclose(got32, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", [RingKind.INTERLEAVED, RingKind.PLAIN])
+def test_a_square_ring_whose_products_pass_the_byte_bound_takes_the_per_step_loop(
+    kind, monkeypatch
+):
+    """`_by_k` holds all L steps' products at once (L^3 p n elements): past
+    `STEP_BATCH_BYTES` the ring takes the step batches instead, the loop's sum bit for bit
+    (small tiles); within the bound it takes `_by_k`."""
+    size, p, q, n = 6, 1, 3, 4
+    mesh, grid = Mesh(tiny(), size, size), LogicalGrid(size, size)
+    a_l = blocks(grid, p, q, seed=3, dtype=torch.float32)
+    b_l = blocks(grid, q, n, seed=4, dtype=torch.float32)
+    want = looped(mesh, grid, a_l, b_l, kind, torch.float32)
+    by_k_calls = []
+    real_by_k = ring_sum._by_k
+    monkeypatch.setattr(ring_sum, "_by_k", lambda *args: by_k_calls.append(1) or real_by_k(*args))
+    product_bytes = size**3 * p * n * 4
+    for bound, takes_by_k in ((product_bytes - 1, False), (product_bytes, True)):
+        monkeypatch.setattr(ring_sum, "STEP_BATCH_BYTES", bound)
+        by_k_calls.clear()
+        acc = torch.zeros(size, size, p, n)
+        got = to_blocks(
+            ring_products_sum(mesh, grid=grid, a_l=a_l, b_l=b_l, acc=acc, kind=kind), grid
+        )
+        assert bool(by_k_calls) == takes_by_k
+        if not takes_by_k:
+            assert got.view(torch.int32).equal(want.view(torch.int32))
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
