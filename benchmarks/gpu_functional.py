@@ -11,7 +11,7 @@ Host wall-clock seconds and host/GPU memory, never modelled; two cases (`--cases
 Runs wherever CUDA is present (`--torch-device cpu` runs the same work on the CPU, e.g. as a
 smoke test with `--layers 1 --grid-8b 64`). Checkpoints are written under `--workdir` (a
 temporary directory by default; the 8B one takes ~16 GB of disk) and reused when present.
-Writes benchmarks/results/gpu_functional_<torch device>_<date>.json atomically.
+Writes benchmarks/results/gpu_functional_<torch device>_<date>.json (common.write_result).
 
     python benchmarks/gpu_functional.py [--cases 135m,8b] [--torch-device cuda]
         [--layers 32] [--grid-8b 360] [--skip-cpu] [--workdir DIR]
@@ -20,9 +20,7 @@ Writes benchmarks/results/gpu_functional_<torch device>_<date>.json atomically.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import resource
 import tempfile
 import time
@@ -30,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import write_result
 from generate_vs_transformers import (
     NEW_TOKENS,
     PROMPT_LEN,
     SHAPE,
     _agreeing,
-    _commit,
     _our_generate,
     time_transformers,
     write_checkpoint,
@@ -44,7 +42,6 @@ from rich.console import Console
 from safetensors.torch import save_file
 
 from waferllm import LLM
-from waferllm.cli.common import write_atomic
 from waferllm.model.config_sources import hf_config_dict
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -219,21 +216,10 @@ def main() -> int:
         if "8b" in cases:
             results["8b"] = case_8b(workdir, args.torch_device, args.layers, args.grid_8b)
             _print(out, "8b", results["8b"])
-    date = datetime.date.today().isoformat()
     gpu = torch.cuda.get_device_name() if args.torch_device == "cuda" else "none"
-    record = {
-        "benchmark": "gpu_functional",
-        "date": date,
-        "commit": _commit(),
-        "machine": f"{platform.node()} ({platform.machine()}, GPU {gpu}, Python "
-        f"{platform.python_version()}, torch {torch.__version__})",
-        "host_wall_clock": "seconds and bytes measured on this machine, not modelled",
-        "torch_device": args.torch_device,
-        "cases": results,
-    }
-    name = f"gpu_functional_{args.torch_device}_{date}.json"
-    write_atomic(RESULTS / name, json.dumps(record, indent=2) + "\n")
-    out.print(f"wrote {RESULTS / name}")
+    payload = {"gpu": gpu, "torch_device": args.torch_device, "cases": results}
+    path = write_result(RESULTS, "gpu_functional", args.torch_device, payload, modelled=False)
+    out.print(f"wrote {path}")
     return 0
 
 
