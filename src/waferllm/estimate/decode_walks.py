@@ -1,10 +1,10 @@
 """Decode steps priced without tokens (`DecodeWalks`), and each phase's SRAM peaks.
 
 `DecodeWalks` prices the decode steps of a batch of B identical sequences on one estimate-mode
-model: one walk per cache-window width, the attention re-walked alone at other widths, KV
-shifts scaled from one walked shift in closed form. `watching` measures a walk's own SRAM peak
-per mesh; `phase_cost` pairs a phase's ledger with those peaks. The caches of whole requests
-live in `cost.py`.
+model: one walk per cache-window width, the attention in closed form at other widths
+(`kernels.attention_cost`), KV shifts scaled from one walked shift in closed form. `watching`
+measures a walk's own SRAM peak per mesh; `phase_cost` pairs a phase's ledger with those peaks.
+The caches of whole requests live in `cost.py`.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ class DecodeWalks:
     def _width_ledgers(self, counts: RowCounts, width: int) -> tuple[Ledger, Ledger]:
         """(embedding, hops and head; one layer) of the step after `counts`: walked in full,
         or, where a wider window was walked in full with the same held logits (SRAM checked
-        there), its fixed part and layer pre/post with this window's attention walked alone,
+        there), its fixed part and layer pre/post with this window's attention in closed form,
         as `decode` prices narrower windows (only attention reads the window)."""
         held = self.model.holds_decode_logits
         wider = [w for w, h in self._walked if w > width and h == held]
@@ -183,7 +183,7 @@ class DecodeWalks:
         the step before held from the second step on).
 
         Each width is walked once, widest first (the SRAM peak, checked on every region;
-        narrower widths re-walk one layer's attention only) and counted for all its steps;
+        narrower widths price one layer's attention in closed form) and counted for all its steps;
         each shift is priced once per set of shifting rows. The records equal those of the O-1
         `decode_step` ledgers after expanding counts, in another order.
         """

@@ -37,8 +37,8 @@ from waferllm.mesh.comm import (
     bytes_per_core,
     charge_ring_shift,
     ring_shift,
-    segmented_allreduce,
 )
+from waferllm.mesh.comm_groups import segmented_allreduce
 from waferllm.mesh.compute import charge_matmul, matmul, matmul_cycles, matmul_values
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
@@ -67,9 +67,9 @@ def decode_attention(
     batch multiplies every instruction count and message size by B and shares every
     collective (one message carries all B sequences' values).
     Cost: the scores, per kv head a local [n, H] @ [H, w], in the cheaper loop order
-    (`_loop_order`: n*H instructions of w, or H*w of n); a segmented reduce of G*n*w per core
+    (`loop_order`: n*H instructions of w, or H*w of n); a segmented reduce of G*n*w per core
     along X onto each kv-group's root column; the softmax along Y (two allreduces of G*n
-    values), whose G*n rows the group's columns nearest the root share (`_head_spread`:
+    values), whose G*n rows the group's columns nearest the root share (`head_spread`:
     ceil(G*n / group width) rows each, not every column the whole group's); a chain of the
     probabilities to the root over those columns and the root's multicast of G*n*w to the
     group; P@V, per kv head a local [n, w] @ [w, Hv] in the cheaper order (n*w instructions of
@@ -88,16 +88,16 @@ def decode_attention(
     towards one global root, and WSE-2's static decode already uses 20 of its 21 user colours,
     code notes §5.2), so it is not modelled. Merging the n query heads of a kv head into one
     instruction needs no 2D descriptor: the other loop order runs along the heads with strided
-    1D DSDs, which `_loop_order` takes where it is cheaper.
+    1D DSDs, which `loop_order` takes where it is cheaper.
     """
     rows, cols = mesh.shape
     g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
     batch, width = k_cache.shape[2], k_cache.shape[-1]
     q_tile = q.data.reshape(rows, cols, batch, g, n, h)
-    spread = _head_spread(heads)
+    spread = head_spread(heads)
     with mesh.sram.scope():
         attended = _attended_rows(mesh, slot_mask)
-        order = _loop_order(mesh, m=n, k=h, n=width)
+        order = loop_order(mesh, m=n, k=h, n=width)
         partial = _on_rows(
             mesh, q_tile, k_cache, attended, ledger=ledger, op="scores", vector=order
         )
@@ -128,7 +128,7 @@ def decode_attention(
             charge_multicast(
                 mesh, axis=Axis.X, owner=spread.root, nbytes=nbytes, ledger=ledger, op="probs.bcast"
             )
-        order = _loop_order(mesh, m=n, k=width, n=heads.value_slots)
+        order = loop_order(mesh, m=n, k=width, n=heads.value_slots)
         out = _on_rows(mesh, probs.data, v_cache, attended, ledger=ledger, op="pv", vector=order)
         out = allreduce(mesh, out, axis=Axis.Y, ledger=ledger, op="pv.allreduce")
     layout = attention_output_layout(q.layout, heads)
@@ -172,7 +172,7 @@ def _on_rows(
     return out.index_copy_(0, rows, part)
 
 
-def _loop_order(mesh: Mesh, *, m: int, k: int, n: int) -> str:
+def loop_order(mesh: Mesh, *, m: int, k: int, n: int) -> str:
     """The cheaper loop order of one core's [m, k] @ [k, n] (`mesh.compute.matmul_cycles`):
     "n", m*k axpy instructions along the output's rows (the public decode's form: out[0:Nt] +=
     in[m] * W[m, 0:Nt], code notes §3.3), or "m", k*n instructions along its m rows (for
@@ -226,7 +226,7 @@ class HeadSpread:
 
 
 @lru_cache(maxsize=256)
-def _head_spread(heads: HeadLayout) -> HeadSpread | None:
+def head_spread(heads: HeadLayout) -> HeadSpread | None:
     """The spread for kv-groups wider than one column (None: every column computes its own
     whole kv heads, or one group spans the row and its K-tree broadcasts the scores). The
     reduce ends at the group root; the `cores` columns nearest it each take ceil(G*n /

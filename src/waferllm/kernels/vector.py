@@ -15,7 +15,8 @@ import torch
 
 from waferllm.errors import WaferError
 from waferllm.kernels.gemv import best_ktree_fanouts
-from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp, allreduce, segmented_allreduce
+from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp, allreduce
+from waferllm.mesh.comm_groups import segmented_allreduce
 from waferllm.mesh.compute import charge_compute, vector_op_cycles
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis

@@ -15,9 +15,9 @@ from waferllm.mesh.comm import (
     broadcast,
     reduce,
     ring_shift,
-    segmented_allreduce,
     shift,
 )
+from waferllm.mesh.comm_groups import segmented_allreduce
 from waferllm.mesh.compute import elementwise, matmul, vector_op_cycles
 from waferllm.mesh.cost import Charge, ChargeKind, Ledger, Record, Totals, UnpricedLedger
 from waferllm.mesh.geometry import (

@@ -65,7 +65,7 @@ def bytes_per_core(mesh: Mesh, data: torch.Tensor) -> int:
 _E = TypeVar("_E", bound=enum.StrEnum)
 
 
-def _enum(cls: type[_E], value: object) -> _E:
+def as_enum(cls: type[_E], value: object) -> _E:
     """`cls(value)` without the enum machinery when `value` already is a member."""
     return value if type(value) is cls else cls(value)  # type: ignore[return-value,arg-type]
 
@@ -131,7 +131,7 @@ def ring_shift(
     phase: int = 0,
 ) -> torch.Tensor:
     """Advance every tile `steps` positions along its line's ring (one step's worth of routes)."""
-    num, kind = mesh.size(axis), _enum(RingKind, kind)
+    num, kind = mesh.size(axis), as_enum(RingKind, kind)
     dst = ring_successor(num, kind, steps)
     return shift(
         mesh,
@@ -182,7 +182,7 @@ def broadcast(
     num = mesh.size(axis)
     if num == 1:
         return data.clone()
-    _charge_broadcast(mesh, axis, roots, data, ledger, op, phase)
+    _charge_broadcast(mesh, axis, roots, bytes_per_core(mesh, data), ledger, op, phase)
     if len(roots) == 1:
         return from_line(data, axis, int(roots[0]))
     return line_index(mesh, axis, Owners.of_roots(num, roots).array(), data)
@@ -192,19 +192,17 @@ def _charge_broadcast(
     mesh: Mesh,
     axis: Axis,
     root: int | np.ndarray,
-    data: torch.Tensor,
+    nbytes: int,
     ledger: Ledger,
     op: str,
     phase: int,
 ) -> None:
-    """Configure the routes of a broadcast of `data`'s tiles from a valid `root` (on an axis
+    """Configure the routes of a broadcast of `nbytes` tiles from a valid `root` (on an axis
     of 2+ cores) and charge its multicast."""
     mesh.routes.require(_BCAST_ROUTES[axis], BROADCAST_ROUTES)
     if ledger.prices:
         owners = Owners.of_roots(mesh.size(axis), line_roots(mesh, axis, root))
-        traffic = multicast_traffic(
-            mesh.device, mesh.shape, axis, owners, bytes_per_core(mesh, data)
-        )
+        traffic = multicast_traffic(mesh.device, mesh.shape, axis, owners, nbytes)
         ledger.charge(op, Charge.comm(traffic), phase=phase)
 
 
@@ -212,7 +210,7 @@ _BCAST_ROUTES = {axis: f"{axis.value}_bcast" for axis in Axis}
 
 
 # ---- reduce and allreduce ---------------------------------------------------------------------
-def _combine(data: torch.Tensor, dim: int, reduce_op: ReduceOp) -> torch.Tensor:
+def combine_lines(data: torch.Tensor, dim: int, reduce_op: ReduceOp) -> torch.Tensor:
     """Lines combined along mesh dim `dim` (keepdim), once per held tile (`replicas`); a sum
     over the contiguous tiles (its rounding follows the tensor's shape)."""
     if reduce_op is ReduceOp.SUM:
@@ -294,12 +292,12 @@ def reduce(
     `fanouts=None` picks the K = 2 tree of least modelled latency.
     """
     check_data(mesh, data)
-    algorithm = _enum(ReduceAlgorithm, algorithm)
-    reduce_op = _enum(ReduceOp, reduce_op)
+    algorithm = as_enum(ReduceAlgorithm, algorithm)
+    reduce_op = as_enum(ReduceOp, reduce_op)
     if algorithm is ReduceAlgorithm.RING:
         raise WaferError("the ring algorithm is an allreduce; use allreduce(...)")
     roots = line_roots(mesh, axis, root)
-    result = _combine(data, axis.tensor_dim, reduce_op)
+    result = combine_lines(data, axis.tensor_dim, reduce_op)
     if mesh.size(axis) == 1:
         return result, (0 if algorithm is ReduceAlgorithm.KTREE else root)
     plan = _reduce_plan(mesh, axis, algorithm, fanouts)
@@ -328,55 +326,73 @@ def allreduce(
 
     Pipeline: chain to `root` (default the far end, 0) then a multicast broadcast: 2(P-1) hops
     and P-2 stages with the root at an end, plus two size terms. K-tree: SPEC.md §10.5, the
-    broadcast from the tree's root. Ring: `_ring_allreduce`. An axis of one core costs nothing.
+    broadcast from the tree's root. Ring: `_charge_ring_allreduce`. An axis of one core costs
+    nothing.
     """
-    num = mesh.size(axis)
-    algorithm = _enum(ReduceAlgorithm, algorithm)
-    reduce_op = _enum(ReduceOp, reduce_op)
-    if num == 1:
-        check_data(mesh, data)
-        return _combine(data, axis.tensor_dim, reduce_op)
-    if algorithm is ReduceAlgorithm.RING:
-        return _ring_allreduce(mesh, data, axis=axis, ledger=ledger, op=op, reduce_op=reduce_op)
-    if not ledger.prices:  # the same checks, routes and data as below, nothing to price
-        check_data(mesh, data)
-        line_roots(mesh, axis, 0 if root is None else root)
-        _reduce_plan(mesh, axis, algorithm, fanouts)
-        line = _combine(data, axis.tensor_dim, reduce_op)
-        if not broadcast_result:
-            return line
-        mesh.routes.require(_BCAST_ROUTES[axis], BROADCAST_ROUTES)
-        return line.expand_as(data)
-    line, top = reduce(
+    algorithm = as_enum(ReduceAlgorithm, algorithm)
+    reduce_op = as_enum(ReduceOp, reduce_op)
+    check_data(mesh, data)
+    if mesh.size(axis) == 1:
+        return combine_lines(data, axis.tensor_dim, reduce_op)
+    charge_allreduce(
         mesh,
-        data,
         axis=axis,
+        numel=math.prod(data.shape[2:]),
         ledger=ledger,
-        op=f"{op}.reduce",
+        op=op,
         algorithm=algorithm,
-        root=0 if root is None else root,
+        root=root,
         fanouts=fanouts,
-        reduce_op=reduce_op,
+        broadcast_result=broadcast_result,
     )
-    if not broadcast_result:
-        return line
-    # the root's line result multicast to its line: every core ends with a copy of `line`
-    _charge_broadcast(mesh, axis, top, data, ledger, f"{op}.bcast", 1)
-    return line.expand_as(data)
+    line = combine_lines(data, axis.tensor_dim, reduce_op)
+    if algorithm is ReduceAlgorithm.RING or broadcast_result:
+        return line.expand_as(data)
+    return line
 
 
-def _ring_allreduce(
-    mesh: Mesh, data: torch.Tensor, *, axis: Axis, ledger: Ledger, op: str, reduce_op: ReduceOp
-) -> torch.Tensor:
+def charge_allreduce(
+    mesh: Mesh,
+    *,
+    axis: Axis,
+    numel: int,
+    ledger: Ledger,
+    op: str,
+    algorithm: ReduceAlgorithm = ReduceAlgorithm.KTREE,
+    root: int | np.ndarray | None = None,
+    fanouts: tuple[int, ...] | None = None,
+    broadcast_result: bool = True,
+) -> None:
+    """What `allreduce` of tiles of `numel` elements configures (routes) and charges, without
+    data: `allreduce` charges through it, and an estimate that knows only the sizes calls it
+    (`kernels.attention_cost`). An axis of one core costs nothing."""
+    if mesh.size(axis) == 1:
+        return
+    algorithm = as_enum(ReduceAlgorithm, algorithm)
+    if algorithm is ReduceAlgorithm.RING:
+        _charge_ring_allreduce(mesh, axis=axis, numel=numel, ledger=ledger, op=op)
+        return
+    root = 0 if root is None else root
+    roots = line_roots(mesh, axis, root)
+    plan = _reduce_plan(mesh, axis, algorithm, fanouts)
+    nbytes = numel * mesh.device.storage_bytes
+    if ledger.prices:
+        traffic = _reduce_traffic(mesh, axis, plan, roots, nbytes)
+        ledger.charge(f"{op}.reduce", Charge.comm(traffic))
+    if broadcast_result:
+        # the root's line result multicast to its line: every core ends with a copy of it
+        top = root if plan is None else plan.root
+        _charge_broadcast(mesh, axis, top, nbytes, ledger, f"{op}.bcast", 1)
+
+
+def _charge_ring_allreduce(mesh: Mesh, *, axis: Axis, numel: int, ledger: Ledger, op: str) -> None:
     """Reduce-scatter then allgather on the interleaved ring, in chunks of ceil(n/P) elements.
 
     2(P-1) steps of at most 2 hops and one chunk each. Every step's receiver processes (adds or
     stores) and re-sends in the next step, except after the last: 2P-3 stages in all.
     """
-    check_data(mesh, data)
     num = mesh.size(axis)
     mesh.routes.require(f"{axis.value}_ring_interleaved_fwd", RING_ROUTES)
-    numel = math.prod(data.shape[2:])
     chunk = -(-numel // num) * mesh.device.storage_bytes
     steps = [
         ("reduce_scatter", num - 1, 1),
@@ -387,7 +403,6 @@ def _ring_allreduce(
     for name, count, stages in steps if ledger.prices else ():
         traffic = ring_step_traffic(mesh.device, mesh.shape, axis, chunk, stages)
         phase = _charge_steps(ledger, f"{op}.{name}", Charge.comm(traffic), count, phase)
-    return _combine(data, axis.tensor_dim, reduce_op).expand_as(data)
 
 
 def _charge_steps(ledger: Ledger, op: str, charge: Charge, count: int, phase: int) -> int:
@@ -402,54 +417,3 @@ def _charge_steps(ledger: Ledger, op: str, charge: Charge, count: int, phase: in
         with ledger.repeat(count):
             ledger.charge(op, charge)
     return phase + count
-
-
-# ---- segmented reduce --------------------------------------------------------------------------
-def segmented_allreduce(
-    mesh: Mesh,
-    data: torch.Tensor,
-    *,
-    axis: Axis,
-    group_sizes: tuple[int, ...],
-    ledger: Ledger,
-    op: str,
-    reduce_op: ReduceOp = ReduceOp.SUM,
-    broadcast_result: bool = True,
-) -> torch.Tensor:
-    """Reduce over consecutive groups of cores of every line (sizes `group_sizes`, summing to
-    P), each onto its group root at offset g // 2, then multicast back within the group.
-
-    Uses the axis's chain colours (static routes serve any root). Critical path: the longest
-    group side d: d hops and d-1 stages, plus the broadcast's d hops. With
-    `broadcast_result=False` the result is meaningful at the group roots only.
-    """
-    check_data(mesh, data)
-    num, reduce_op = mesh.size(axis), _enum(ReduceOp, reduce_op)
-    sizes = tuple(int(g) for g in group_sizes)
-    if any(g < 1 for g in sizes) or sum(sizes) != num:
-        raise WaferError(
-            f"group sizes {group_sizes} must be positive and cover the {num} cores of axis "
-            f"{axis.value}"
-        )
-    dim = axis.tensor_dim
-    parts = torch.split(data, list(sizes), dim=dim)
-    if data.is_meta:  # estimate mode, shapes only: one output in the combined dtype
-        dtype = _combine(parts[0], dim, reduce_op).dtype
-        result = torch.empty(data.shape, dtype=dtype, device="meta")
-    else:
-        result = torch.cat([_combine(p, dim, reduce_op).expand_as(p) for p in parts], dim=dim)
-    if max(sizes) == 1:
-        return result
-    mesh.routes.require(f"{axis.value}_chain", CHAIN_ROUTES)
-    if broadcast_result:
-        mesh.routes.require(f"{axis.value}_bcast", BROADCAST_ROUTES)
-    if not ledger.prices:
-        return result
-    owners, nbytes = Owners.of_groups(sizes), bytes_per_core(mesh, data)
-    ledger.charge(
-        f"{op}.reduce", Charge.comm(chain_traffic(mesh.device, mesh.shape, axis, owners, nbytes))
-    )
-    if broadcast_result:
-        bcast = multicast_traffic(mesh.device, mesh.shape, axis, owners, nbytes)
-        ledger.charge(f"{op}.bcast", Charge.comm(bcast), phase=1)
-    return result

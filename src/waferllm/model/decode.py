@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from waferllm.kernels.attention_chunked import KeyChunk
+from waferllm.kernels.attention_cost import decode_attention_cost
 from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
@@ -147,6 +148,23 @@ def attention_records(store: KvStore, counts: Sequence[RowCounts], window: int |
     appends = [c.plan_append() for c in counts]
     step = cache_step(store, list(range(len(counts))), counts, appends, Ledger(), window)
     return decode_attention_walk(store.mesh, step)
+
+
+def attention_cost(store: KvStore, counts: Sequence[RowCounts]) -> Ledger:
+    """`attention_records` from the sizes alone (`kernels.attention_cost`): the records of the
+    widest window the batch reads, without a walk."""
+    width = max(int(c.plan_append().counts_after.max()) for c in counts)
+    ledger = Ledger()
+    with ledger.scope("layer"), ledger.scope("attn"):
+        decode_attention_cost(
+            store.mesh,
+            heads=store.heads,
+            batch=len(counts),
+            width=width,
+            stored=store.stored,
+            ledger=ledger,
+        )
+    return ledger
 
 
 def shift_records(store: KvStore, append: Append, counts: RowCounts) -> Ledger:

@@ -33,6 +33,7 @@ from waferllm.model.admission import Admission
 from waferllm.model.chunked import prefill_chunks
 from waferllm.model.config import ModelConfig, rope_inv_freq
 from waferllm.model.decode import (
+    attention_cost,
     attention_records,
     decode_layers,
     decode_logits,
@@ -328,11 +329,15 @@ class MeshTransformer(Admission):
         self._decode_head(x, positions, records.after, [""] * len(counts))
         return records
 
-    def decode_attention_records(self, counts: Sequence[RowCounts]) -> Ledger:
-        """Estimate mode: one layer's attention at `counts`' next step (the windows it reads),
-        as `decode_layer` charges it. SRAM was checked at the widest window by a full walk."""
+    def decode_attention_records(
+        self, counts: Sequence[RowCounts], *, walk: bool = False
+    ) -> Ledger:
+        """Estimate mode: one layer's attention at `counts`' next step, in closed form or walked
+        (`walk`) as `decode_layer` charges it; SRAM was checked at the widest window's walk."""
         self._ensure_stores(sum(c.slots for c in counts))
-        return attention_records(self._stores[0], counts, self.config.sliding_window)
+        if walk:
+            return attention_records(self._stores[0], counts, self.config.sliding_window)
+        return attention_cost(self._stores[0], counts)
 
     def kv_shift_records(self, append: Append, counts: RowCounts) -> Ledger:
         """Estimate mode: one layer's one-hop KV shift for `append` after `counts` (no data)."""
