@@ -87,7 +87,7 @@ class DecodeWalks:
         self._widths: dict[int, tuple[Ledger, Ledger]] = {}
         # per (width, held logits) walked in full: the step's fixed part, the layer's pre/post
         self._walked: dict[tuple[int, bool], tuple[Ledger, Ledger, Ledger]] = {}
-        self._shifts: dict[int, Record] = {}
+        self._walked_shift: tuple[Record, int] | None = None  # (its record, first row)
 
     def shift(self, append: Append, counts: RowCounts) -> Ledger:
         """One layer's KV shift for `append` (which has senders): in estimate mode it depends on
@@ -97,19 +97,20 @@ class DecodeWalks:
         ledger.records.append(self._shift(append.senders[0], lambda: (append, counts)))
         return ledger
 
-    def _shift(self, first: int, start: ShiftStart) -> Record:
-        """`shift`'s one record for the steps whose first shifting row is `first`; `start()`
-        gives their append and counts, asked for only when a walk needs them."""
-        if first not in self._shifts:
-            if self._shifts:
-                seen, walked = next(iter(self._shifts.items()))
-                rows = self.model.plan.decode.grid[0]
-                self._shifts[first] = _scaled_shift(walked, rows - seen, rows - first)
-            else:
-                append, counts = start()
-                with shape_only():
-                    (self._shifts[first],) = self.model.kv_shift_records(append, counts).records
-        return self._shifts[first]
+    def _shift(self, first: int, start: ShiftStart, times: int = 1) -> Record:
+        """`shift`'s one record for the steps whose first shifting row is `first`, counted
+        `times` more; `start()` gives their append and counts, asked for only when a walk
+        needs them (the first shift asked for is walked, the others scaled from it)."""
+        if self._walked_shift is None:
+            append, counts = start()
+            with shape_only():
+                (walked,) = self.model.kv_shift_records(append, counts).records
+            self._walked_shift = (walked, first)
+        walked, seen = self._walked_shift
+        if first == seen:
+            return walked if times == 1 else walked.with_fields(count=walked.count * times)
+        rows = self.model.plan.decode.grid[0]
+        return _scaled_shift(walked, rows - seen, rows - first, times)
 
     @shape_only()
     def records(self, counts: RowCounts) -> tuple[DecodeRecords, Peaks]:
@@ -221,17 +222,18 @@ class DecodeWalks:
                 attn = self.model.decode_attention_records(self._batch(start))
             ledger.extend(_joined(widest.pre, attn, widest.post), count=seen * layers)
         for first, (begin, steps) in shifts.items():  # Ledger.extend of one record, inlined
-            rec = self._shift(first, begin)
-            ledger.records.append(rec.with_fields(count=rec.count * steps * layers * self.batch))
+            ledger.records.append(self._shift(first, begin, steps * layers * self.batch))
         return ledger, peaks
 
 
-def _scaled_shift(rec: Record, walked_senders: int, senders: int) -> Record:
+def _scaled_shift(rec: Record, walked_senders: int, senders: int, times: int) -> Record:
     """The KV shift of `senders` rows from a walked one of `walked_senders` rows (one record,
-    `patterns.tail_shift_traffic`): every sender moves its tile one hop at once, so the time
-    (alpha + bytes/W) is the same and the bytes injected and byte-hops are per sender (exact
-    integers; tests/estimate/test_cost_fast_paths.py checks every row against the walk)."""
+    `patterns.tail_shift_traffic`), counted `times` more: every sender moves its tile one hop
+    at once, so the time (alpha + bytes/W) is the same and the bytes injected and byte-hops
+    are per sender (exact integers; tests/estimate/test_cost_fast_paths.py checks every row
+    against the walk)."""
     return rec.with_fields(
+        count=rec.count * times,
         bytes_injected=rec.bytes_injected // walked_senders * senders,
         link_byte_hops=rec.link_byte_hops // walked_senders * senders,
     )

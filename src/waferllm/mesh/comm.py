@@ -212,7 +212,13 @@ _BCAST_ROUTES = {axis: f"{axis.value}_bcast" for axis in Axis}
 # ---- reduce and allreduce ---------------------------------------------------------------------
 def combine_lines(data: torch.Tensor, dim: int, reduce_op: ReduceOp) -> torch.Tensor:
     """Lines combined along mesh dim `dim` (keepdim), once per held tile (`replicas`); a sum
-    over the contiguous tiles (its rounding follows the tensor's shape)."""
+    over the contiguous tiles (its rounding follows the tensor's shape). Meta tiles (estimate
+    mode): the shape and dtype torch gives (a sum of integers or booleans in int64), no op."""
+    if data.is_meta:
+        shape = list(data.shape)
+        shape[dim] = 1
+        floating = reduce_op is ReduceOp.MAX or data.dtype.is_floating_point
+        return torch.empty(shape, dtype=data.dtype if floating else torch.int64, device="meta")
     if reduce_op is ReduceOp.SUM:
         return on_replicas(lambda t: t.contiguous().sum(dim=dim, keepdim=True), data, across=dim)
     return on_replicas(lambda t: t.amax(dim=dim, keepdim=True), data, across=dim)

@@ -9,12 +9,14 @@ device coordinates, so the cost sees the real distances between the two plans' r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections import Counter
 
 import numpy as np
 
 from waferllm.kernels.dequant import quantise_cycles
+from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.compute import charge_inline_compute
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
@@ -70,17 +72,29 @@ def _layer_groups(plan: ModelPlan, on_device: int) -> Counter[tuple[int, int]]:
 def _feature_slots(plan: ModelPlan, cols: int, dim: Dim) -> tuple[np.ndarray, int]:
     """(slot of each real feature of head dim `dim` in checkpoint order, slots per column)
     on a grid of `cols` columns (`HeadLayout`)."""
-    heads = heads_for(plan.config, cols)
+    return _slots(heads_for(plan.config, cols), dim)
+
+
+@functools.lru_cache(maxsize=512)  # per head layout: a grid side recurs across plans
+def _slots(heads: HeadLayout, dim: Dim) -> tuple[np.ndarray, int]:
     index = head_slot_index(heads, dim)
     real = index >= 0
     out = np.empty(int(index.max()) + 1, dtype=np.int64)
     out[index[real]] = np.flatnonzero(real)
+    out.setflags(write=False)
     return out, head_slots_per_column(heads, dim)
 
 
 def _feature_columns(plan: ModelPlan, cols: int, dim: Dim) -> np.ndarray:
-    slots, width = _feature_slots(plan, cols, dim)
-    return slots // width
+    return _columns_of(heads_for(plan.config, cols), dim)
+
+
+@functools.lru_cache(maxsize=512)
+def _columns_of(heads: HeadLayout, dim: Dim) -> np.ndarray:
+    slots, width = _slots(heads, dim)
+    columns = slots // width
+    columns.setflags(write=False)
+    return columns
 
 
 def _blocks(size: int, parts: int) -> np.ndarray:
