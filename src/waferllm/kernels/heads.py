@@ -71,14 +71,7 @@ class HeadLayout:
     def cache_bytes(self, stored: StoredDtype, storage_bytes: int) -> int:
         """Bytes one cached position (its k and v) takes on the widest column: the column's
         real k and v slots of its kv heads, as stored (`mesh.storage`)."""
-        widest = 0
-        for pairs, vdims, kv in set(zip(self.num_pairs, self.num_vdims, self.num_kv, strict=True)):
-            k, v = (
-                stored_bytes(stored, reduced=int(r), other=int(kv), storage_bytes=storage_bytes)
-                for r in (2 * pairs, vdims)
-            )
-            widest = max(widest, k + v)
-        return widest
+        return _cache_bytes(self, stored, storage_bytes)
 
     @property
     def q_width(self) -> int:
@@ -184,6 +177,21 @@ def head_layout(num_kv_heads: int, n_rep: int, head_dim: int, num_cols: int) -> 
         first_vdim=np.zeros(num_cols, dtype=np.int64),
         num_vdims=np.full(num_cols, head_dim),
     )
+
+
+@lru_cache(maxsize=1024)  # per layout (cached by `head_layout`): asked on every walk
+def _cache_bytes(heads: HeadLayout, stored: StoredDtype, storage_bytes: int) -> int:
+    columns = zip(
+        heads.num_pairs.tolist(), heads.num_vdims.tolist(), heads.num_kv.tolist(), strict=True
+    )
+    widest = 0
+    for pairs, vdims, kv in set(columns):
+        k, v = (
+            stored_bytes(stored, reduced=r, other=kv, storage_bytes=storage_bytes)
+            for r in (2 * pairs, vdims)
+        )
+        widest = max(widest, k + v)
+    return widest
 
 
 def _value_dims(num_pairs: np.ndarray, head_dim: int, k_slots: int) -> np.ndarray:

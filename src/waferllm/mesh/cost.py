@@ -298,6 +298,9 @@ class Ledger:
         """Append another ledger's records `count` times (reuse of identical layers/steps)."""
         prefix = f"{scope}/" if scope else ""
         times = count * self._repeat
+        if not prefix and times == 1:  # the same records (frozen): no copies
+            self.records.extend(other.records)
+            return
         for rec in other.records:
             self.records.append(_relabelled(rec, prefix + rec.op, rec.count * times))
 
