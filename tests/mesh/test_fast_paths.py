@@ -424,3 +424,30 @@ def test_relayed_multicast_link_loads_in_closed_form_equal_the_segment_sums():
                     for key, load in want.links.items():
                         assert np.array_equal(got.links[key], load)
                     assert got.link_byte_hops == want.link_byte_hops
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bool, torch.int32])
+@pytest.mark.parametrize("reduce_op", ["sum", "max"])
+def test_lines_combined_on_meta_tiles_have_the_shape_and_dtype_torch_gives(dtype, reduce_op):
+    from waferllm.mesh.comm import ReduceOp, combine_lines
+
+    op = ReduceOp(reduce_op)
+    for shape, dim in (((3, 4, 2, 5), 0), ((3, 4, 2, 5), 1), ((1, 4, 7), 1)):
+        real = torch.zeros(shape, dtype=dtype)
+        if reduce_op == "max" and dtype is torch.bool:
+            continue  # amax of booleans is not a reduce the kernels use
+        want = combine_lines(real, dim, op)
+        got = combine_lines(torch.empty(shape, dtype=dtype, device="meta"), dim, op)
+        assert (got.shape, got.dtype) == (want.shape, want.dtype)
+
+
+def test_extending_a_ledger_once_without_a_scope_appends_the_same_records():
+    ledger, other = Ledger(), Ledger()
+    other.charge("a", Charge(kind=ChargeKind.COMPUTE, cycles=3.0))
+    with other.repeat(4):
+        other.charge("b", Charge(kind=ChargeKind.COMPUTE, cycles=5.0))
+    ledger.extend(other)
+    assert ledger.records == other.records
+    with ledger.repeat(2):
+        ledger.extend(other)  # counted: copies with the counts scaled
+    assert [r.count for r in ledger.records] == [1, 4, 2, 8]
