@@ -21,6 +21,7 @@ from waferllm.mesh import (
     ring_shift,
     segmented_allreduce,
 )
+from waferllm.mesh.comm import charge_ring_shift
 
 
 def program(mesh: Mesh, ledger: Ledger) -> list[torch.Tensor]:
@@ -109,3 +110,29 @@ def test_the_functional_program_computes_the_dense_product():
         w = ring_shift(mesh, w, axis=Axis.Y, ledger=ledger, op="sb", kind="plain", steps=-1)
     out = mesh.gather(mesh.register(acc, Layout((6, 6), y_dim=0, x_dim=1), "c"))
     assert torch.allclose(out, a @ b, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", [Mode.FUNCTIONAL, Mode.ESTIMATE])
+def test_charged_steps_run_the_body_once_and_record_what_charging_every_step_records(mode):
+    """Steps whose body only charges (their numbers batched elsewhere): the body runs once;
+    functional mode appends exactly the records a loop over the steps appends, estimate mode
+    the same records with a count; routes are configured either way."""
+
+    def charge(mesh: Mesh, ledger: Ledger) -> None:
+        with ledger.overlap("step", step_overhead_cycles=2.0):
+            charge_ring_shift(mesh, torch.empty(3, 4, 2, 5), axis=Axis.Y, ledger=ledger, op="s")
+
+    looped_mesh, looped = Mesh(tiny(), 3, 4, mode=mode), Ledger()
+    with looped.scope("k"):
+        for _ in looped_mesh.steps(5, looped):
+            charge(looped_mesh, looped)
+    charged_mesh, charged, bodies = Mesh(tiny(), 3, 4, mode=mode), Ledger(), []
+    with charged.scope("k"):
+        for step in charged_mesh.charged_steps(5, charged):
+            bodies.append(step)
+            charge(charged_mesh, charged)
+    assert bodies == [0]
+    assert charged.records == looped.records
+    assert [r.count for r in charged.records] == ([1] * 5 if mode is Mode.FUNCTIONAL else [5])
+    assert charged_mesh.routes.sets == looped_mesh.routes.sets
+    assert list(charged_mesh.charged_steps(0, charged)) == []

@@ -4,6 +4,8 @@ and adding them step by step; the ring moves and their charges are what the loop
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -180,53 +182,45 @@ def test_large_tiles_are_multiplied_in_the_loops_own_layout(rows, cols, zero_row
 
 
 @pytest.mark.parametrize("kind", [RingKind.INTERLEAVED, RingKind.PLAIN])
-@pytest.mark.parametrize(("size", "p", "q", "n", "zero_rows"), [(4, 1, 48, 22, 2), (7, 2, 3, 5, 0)])
+@pytest.mark.parametrize(
+    ("size", "p", "q", "n", "zero_rows"),
+    [(4, 1, 48, 22, 2), (7, 2, 3, 5, 0), (6, 1, 3, 40, 1), (5, 3, 4, 6, 0)],
+)
+@pytest.mark.parametrize("batch_bytes", [1, 2**30])
 def test_a_square_float32_ring_multiplies_once_per_k_block_and_adds_in_step_order(
-    kind, size, p, q, n, zero_rows
+    kind, size, p, q, n, zero_rows, batch_bytes, monkeypatch
 ):
     """Every pair that meets on a square grid shares one K block: the products are one
-    multiply per K block, added in the loop's step order. In float64 (exact to rounding) the
-    sum is the loop's; in float32 only the products' k-sums may round differently."""
+    multiply per K block, added in the loop's step order, one column of cells at a time past
+    `STEP_BATCH_BYTES`. In float64 (exact to rounding) the sum is the loop's; in float32 only
+    the products' k-sums may round differently."""
+    monkeypatch.setattr(ring_sum, "STEP_BATCH_BYTES", batch_bytes)
     mesh, grid = Mesh(tiny(), size, size), LogicalGrid(size, size)
-    sums = {}
-    for dtype in (torch.float64, torch.float32):
-        a_l = blocks(grid, p, q, seed=1, dtype=torch.float64)
-        a_l[grid.size - zero_rows :] = 0.0
-        b_l = blocks(grid, q, n, seed=2, dtype=torch.float64)
-        want = looped(mesh, grid, a_l, b_l, kind, torch.float64)
-        acc = torch.zeros(size, size, p, n, dtype=dtype)
-        got = ring_sum._by_k(a_l.to(dtype), b_l.to(dtype), acc, kind)
-        sums[dtype] = (to_blocks(got, grid).double(), want)
-    got64, want = sums[torch.float64]
-    assert torch.allclose(got64, want, rtol=1e-12, atol=1e-12)
-    got32, _ = sums[torch.float32]
-    assert torch.allclose(got32, want, rtol=1e-5, atol=1e-4)
+    a_l = blocks(grid, p, q, seed=1, dtype=torch.float64)
+    a_l[grid.size - zero_rows :] = 0.0
+    b_l = blocks(grid, q, n, seed=2, dtype=torch.float64)
+    want = looped(mesh, grid, a_l, b_l, kind, torch.float64)
+    got64 = ring_sum._by_k(a_l, b_l, torch.zeros(size, size, p, n, dtype=a_l.dtype), kind)
+    assert torch.allclose(to_blocks(got64, grid), want, rtol=1e-12, atol=1e-12)
+    acc = torch.zeros(size, size, p, n)
+    got32 = ring_products_sum(mesh, grid=grid, a_l=a_l.float(), b_l=b_l.float(), acc=acc, kind=kind)
+    assert torch.allclose(to_blocks(got32, grid).double(), want, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", [RingKind.INTERLEAVED, RingKind.PLAIN])
-def test_a_square_ring_whose_products_pass_the_byte_bound_takes_the_per_step_loop(
-    kind, monkeypatch
-):
-    """`_by_k` holds all L steps' products at once (L^3 p n elements): past
-    `STEP_BATCH_BYTES` the ring takes the step batches instead, the loop's sum bit for bit
-    (small tiles); within the bound it takes `_by_k`."""
+def test_a_square_ring_gathers_each_operand_once_from_the_tiles_as_they_lie(monkeypatch):
+    """B is gathered by K block straight from its tiles (one `index_select` of B's elements,
+    no transposed copy first), A once, the products once into step order."""
     size, p, q, n = 6, 1, 3, 4
-    mesh, grid = Mesh(tiny(), size, size), LogicalGrid(size, size)
+    grid = LogicalGrid(size, size)
     a_l = blocks(grid, p, q, seed=3, dtype=torch.float32)
     b_l = blocks(grid, q, n, seed=4, dtype=torch.float32)
-    want = looped(mesh, grid, a_l, b_l, kind, torch.float32)
-    by_k_calls = []
-    real_by_k = ring_sum._by_k
-    monkeypatch.setattr(ring_sum, "_by_k", lambda *args: by_k_calls.append(1) or real_by_k(*args))
-    product_bytes = size**3 * p * n * 4
-    for bound, takes_by_k in ((product_bytes - 1, False), (product_bytes, True)):
-        monkeypatch.setattr(ring_sum, "STEP_BATCH_BYTES", bound)
-        by_k_calls.clear()
-        acc = torch.zeros(size, size, p, n)
-        got = to_blocks(
-            ring_products_sum(mesh, grid=grid, a_l=a_l, b_l=b_l, acc=acc, kind=kind), grid
-        )
-        assert bool(by_k_calls) == takes_by_k
-        if not takes_by_k:
-            assert got.view(torch.int32).equal(want.view(torch.int32))
-        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    gathered = []
+    real = torch.Tensor.index_select
+
+    def counting(self, dim, index):
+        gathered.append(int(index.numel()) * math.prod(self.shape[1:]))
+        return real(self, dim, index)
+
+    monkeypatch.setattr(torch.Tensor, "index_select", counting)
+    ring_sum._by_k(a_l, b_l, torch.zeros(size, size, p, n), RingKind.INTERLEAVED)
+    assert gathered == [a_l.numel(), b_l.numel(), size * size * size * p * n]

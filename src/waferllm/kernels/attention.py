@@ -335,7 +335,7 @@ def pv_steps(
     if batched and mesh.mode is Mode.FUNCTIONAL:
         pv_all_steps(mesh, out, p_blocks, v_t, owners)
     v_cur = v_t
-    for step in mesh.steps(rows, ledger):
+    for step in (mesh.charged_steps if batched else mesh.steps)(rows, ledger):
         with ledger.overlap("pv.step", step_overhead_cycles=mesh.device.step_overhead_cycles):
             if owners.shared:
                 charge_multicast(

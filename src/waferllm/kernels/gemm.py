@@ -124,7 +124,7 @@ def _skew(
     if a is None and b is None:
         return a, b
     with ledger.tag("align"):
-        for _ in mesh.steps(rings.skew_rounds(grid.size, kind), ledger):
+        for _ in mesh.charged_steps(rings.skew_rounds(grid.size, kind), ledger):
             with ledger.overlap("align", step_overhead_cycles=mesh.device.step_overhead_cycles):
                 for data, axis, name in ((a, Axis.X, "align_a"), (b, Axis.Y, "align_b")):
                     if data is not None:
@@ -193,7 +193,7 @@ def _ring_gemm(
                 ring_products_sum(mesh, grid=grid, a_l=a_l, b_l=b_l, acc=c_l, kind=kind), grid
             )
             b_kt, b_nt = b_pad.shape[-2:]
-            for _ in mesh.steps(grid.size, ledger):
+            for _ in mesh.charged_steps(grid.size, ledger):
                 with ledger.overlap("step", step_overhead_cycles=mesh.device.step_overhead_cycles):
                     charge_matmul(mesh, ledger, "mac", a_shape=a_blocks.shape, n=b_l.shape[-1])
                     charge_dequant(mesh, ledger, "dequant_b", b.stored, reduced=b_kt, other=b_nt)

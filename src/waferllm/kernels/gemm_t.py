@@ -219,7 +219,9 @@ def gemm_t_steps(
         return b_cur, part
 
     b_cur, part = step(0, b_t, None, True)
-    for i in mesh.steps(rows - 1, ledger):
+    # batched, the steps only charge: run one, count it (`charged_steps`)
+    loop = mesh.charged_steps if batched else mesh.steps
+    for i in loop(rows - 1, ledger):
         b_cur, part = step(i + 1, b_cur, part, False)
     with ledger.overlap(f"{op}.reduce_last") if owners.shared else contextlib.nullcontext():
         reduce(part, rows - 1, follows=False)

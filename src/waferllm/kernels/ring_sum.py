@@ -86,60 +86,75 @@ def ring_products_sum(
     """
     if a_l.is_meta:
         return acc
-    if _plain_float32(grid, a_l, b_l) and _by_k_fits(a_l, b_l):
+    if _plain_float32(grid, a_l, b_l):
         return _by_k(a_l, b_l, acc, kind)
     if not small_tiles(a_l, b_l):
         return _stepwise(mesh, grid, a_l, b_l, acc, kind)
     return _batched(mesh, a_l, b_l, acc, kind)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def _k_indices(
-    size: int, kind: RingKind, rows: int, p: int, q: int, device: str
+    size: int, kind: RingKind, rows: int, p: int, q: int, cols: tuple[int, int], device: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row indices for `_by_k`. homes[s] is the ring's shift P applied s times, so with
-    r(i) the place of i along the ring's cycle (P^r(i)(0) = i) the pair that meets at cell
-    (i, j) at step s shares the K block k = r(i) + r(j) + s (mod L) (the skew makes one such
-    labelling the true K index). Into A as runs of q, the block of K index k of each row, in
-    (k, i, p) order; into B as (q, L, L, n) in runs of n, the block of K index k of each
-    column, in (k, q, j) order; into the products (k, i, p, j, n), each step's in (s, i, j, p)
-    order."""
-    table = homes(size, kind, "cpu")
-    at_place = table[:, 0]  # at_place[r]: the position r shifts along the cycle from 0
+    """Row indices for `_k_products` of the columns cols[0]..cols[1]-1 (w of them). homes[s]
+    is the ring's shift applied s times, so with r(i) the place of i along the ring's cycle
+    (at_place[r(i)] = i) the pair that meets at cell (i, j) at step s shares the K block
+    k = r(i) + r(j) + s (mod L) (the skew makes one such labelling the true K index). Into A
+    (L, L, p, q) as runs of q, the block of K index k of each row in (k, i, p) order; into B
+    (L, L, q, n) as runs of n, the block of K index k of each column in (k, q, x) order; into
+    the products (k, i, p, x, n) as runs of n, each step's in (s, i, x, p) order."""
+    at_place = homes(size, kind, "cpu")[:, 0]  # at_place[r]: r steps along the cycle from 0
     place = torch.argsort(at_place)  # place[i] = r(i)
-    k = torch.arange(size)
-    i = torch.arange(rows)
+    x = torch.arange(*cols)
+    k, i, w = torch.arange(size), torch.arange(rows), len(x)
     a_x = at_place[(k[:, None] - place[None, :rows]) % size]  # (k, i): A's position
-    a_rows = (i[None, :, None] * size + a_x[:, :, None]) * p + torch.arange(p)  # (k, i, p)
-    b_y = at_place[(k[:, None] - place[None, :]) % size]  # (k, j): B's position
-    b_rows = (torch.arange(q)[None, :, None] * size + b_y[:, None, :]) * size + k  # (k, q, j)
-    step_k = (place[None, :rows, None] + place[None, None, :] + k[:, None, None]) % size
-    out_rows = (step_k[..., None] * rows + i[None, :, None, None]) * p + torch.arange(p)
-    out_rows = out_rows * size + k[None, None, :, None]  # (s, i, j, p)
+    a_rows = (i[None, :, None] * size + a_x[:, :, None]) * p + torch.arange(p)
+    b_y = at_place[(k[:, None] - place[None, x]) % size]  # (k, x): B's position
+    b_rows = (b_y[:, None, :] * size + x) * q + torch.arange(q)[None, :, None]
+    step_k = (place[None, :rows, None] + place[None, None, x] + k[:, None, None]) % size
+    out_rows = (step_k * rows + i[None, :, None]) * p  # (s, i, x): the block's first row
+    out_rows = (out_rows[..., None] + torch.arange(p)) * w + torch.arange(w)[:, None]
     a_index, b_index, step_index = (t.reshape(-1).to(device) for t in (a_rows, b_rows, out_rows))
     return a_index, b_index, step_index
 
 
 def _by_k(a_l: torch.Tensor, b_l: torch.Tensor, acc: torch.Tensor, kind: RingKind) -> torch.Tensor:
-    """The plain float32 loop with one multiply per K block: over the L steps every pair that
-    meets shares a K block, so the products are (rows*p, q) @ (q, L*n) per K block (A's
-    blocks of that K in every row against B's in every column), then added in step order
-    (only A's rows up to its last nonzero one). Each product's k-sum runs inside the library's
-    multiply, whose order may differ in the last bit from a multiply per core."""
+    """The plain float32 loop with one multiply per K block (`_k_products`), then each output's
+    products added in its step order (only A's rows up to its last nonzero one), a few
+    columns of cells at a time within `STEP_BATCH_BYTES` (B's blocks by K and the products
+    twice). Each product's k-sum runs inside the library's multiply, whose order may differ
+    in the last bit from a multiply per core."""
     size, rows = a_l.shape[0], active_rows(a_l)
     if rows == 0:
         return acc
     p, q, n = a_l.shape[-2], a_l.shape[-1], b_l.shape[-1]
-    a_index, b_index, step_index = _k_indices(size, kind, rows, p, q, a_l.device.type)
-    a_by_k = a_l.reshape(-1, q).index_select(0, a_index).reshape(size, rows * p, q)
-    b_rows = b_l.permute(2, 0, 1, 3).reshape(-1, n)  # (q, L, L, n) as runs of n
-    b_by_k = b_rows.index_select(0, b_index).reshape(size, q, size * n)
-    products = (a_by_k @ b_by_k).reshape(-1, n)  # (k, i, p, j, n)
-    at_step = products.index_select(0, step_index).reshape(size, rows, size, p, n)
+    per_column = size * (q * n + 2 * rows * p * n) * a_l.element_size()
+    width = max(1, min(size, STEP_BATCH_BYTES // per_column))
     target = acc[:rows]
-    for s in range(size):
-        target.add_(at_step[s])
+    for start in range(0, size, width):
+        cols = slice(start, min(size, start + width))
+        at_step = _k_products(a_l[:rows], b_l, kind, cols)
+        columns = target[:, cols]
+        for s in range(size):  # the loop's order: step 0's product first
+            columns.add_(at_step[s])
     return acc
+
+
+def _k_products(a_rows: torch.Tensor, b_l: torch.Tensor, kind: RingKind, cols: slice):
+    """The products of the columns `cols` (w of them) in step order (s, i, x, p, n): every
+    pair that meets shares a K block, so they are one (rows*p, q) @ (q, w*n) multiply per K
+    block (A's blocks of that K in every row against B's in every column), each operand
+    gathered once from the tiles as they lie."""
+    size, rows, p, q = b_l.shape[0], a_rows.shape[0], a_rows.shape[-2], a_rows.shape[-1]
+    n, w = b_l.shape[-1], cols.stop - cols.start
+    a_index, b_index, step_index = _k_indices(
+        size, kind, rows, p, q, (cols.start, cols.stop), a_rows.device.type
+    )
+    a_by_k = a_rows.reshape(-1, q).index_select(0, a_index).reshape(size, rows * p, q)
+    b_by_k = b_l.reshape(-1, n).index_select(0, b_index).reshape(size, q, w * n)
+    products = (a_by_k @ b_by_k).reshape(-1, n)  # (k, i, p, x, n)
+    return products.index_select(0, step_index).reshape(size, rows, w, p, n)
 
 
 def _batched(
@@ -189,15 +204,6 @@ def _stepwise(
         products = matmul_values(mesh, a_moved.index_select(0, holder), b_moved)
         acc_blocks.add_(to_blocks(products.index_select(0, home), grid))
     return acc
-
-
-def _by_k_fits(a_l: torch.Tensor, b_l: torch.Tensor) -> bool:
-    """Whether `_by_k`'s products of all L steps, L^3 p n elements (and their copy in step
-    order), stay within `STEP_BATCH_BYTES`: past it their allocation and copies cost more host
-    time than the per-step multiplies save (135M shape, 5-token prefill: faster at 120x120,
-    34 MB; slower at 240x240, 166 MB)."""
-    size, p, n = a_l.shape[0], a_l.shape[-2], b_l.shape[-1]
-    return size**3 * p * n * a_l.element_size() <= STEP_BATCH_BYTES
 
 
 def _plain_float32(grid: LogicalGrid, a_l: torch.Tensor, b_l: torch.Tensor) -> bool:

@@ -288,11 +288,12 @@ class Ledger:
         assert self._block is None, "mark() inside an overlap block"
         return len(self.records)
 
-    def replay(self, start: int, end: int) -> None:
-        """Append records[start:end] again, in order: a walk identical to one already charged
-        (estimate mode skips its tensors; the records are exactly those it would append)."""
+    def replay(self, start: int, end: int, *, times: int = 1) -> None:
+        """Append records[start:end] again `times` times, in order: a walk identical to one
+        already charged (estimate mode skips its tensors; the records are exactly those it
+        would append)."""
         assert self._block is None, "replay() inside an overlap block"
-        self.records.extend(self.records[start:end])
+        self.records.extend(self.records[start:end] * times)
 
     def extend(self, other: Ledger, *, count: int = 1, scope: str = "") -> None:
         """Append another ledger's records `count` times (reuse of identical layers/steps)."""

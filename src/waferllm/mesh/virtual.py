@@ -266,3 +266,17 @@ class Mesh:
             return
         with ledger.repeat(count):
             yield 0
+
+    def charged_steps(self, count: int, ledger: Ledger) -> Iterator[int]:
+        """`count` identical steps whose body only charges (their numbers are computed apart,
+        a few batched ops for all of them): the body runs once, estimate mode records it
+        `count` times over (`steps`) and functional mode appends its records `count` times,
+        exactly what running it every step would append (routes are configured once)."""
+        if count <= 0:
+            return
+        if self.mode is Mode.ESTIMATE:
+            yield from self.steps(count, ledger)
+            return
+        start = ledger.mark()
+        yield 0
+        ledger.replay(start, ledger.mark(), times=count - 1)
