@@ -4,15 +4,16 @@ A ring GEMM's schedule does not depend on the data: at step s logical cell (i, j
 A's block from ring position home_s[j] of its row by B's block from position home_s[i] of
 its column (home_s = `rings.ring_index(L, kind, -s)`), and adds the product into its
 accumulator. On a square grid in float32 (`_by_k`) every pair that meets shares one K block,
-so the products are one multiply per K block, added step by step in the loop's order (the
-library's multiply may round a product's k-sum differently in the last bit from a multiply
-per core). Otherwise, where torch multiplies a tile with its small-matrix loop (fewer than
-`SMALL_TILE_MACS` multiply-adds: one fixed order, whatever the memory layout),
-`ring_products_sum` forms the products of many steps in one batched multiply and adds them
-step by step in the loop's order; larger tiles are multiplied step by step in the loop's own
-layout (BLAS may round by where the output lands), bit-identical to the loop. `pv_all_steps`
-does the same for prefill attention's P V loop (dist-GEMM-T's QK^T loop has its own in
-`gemm_t`). Costs are not charged here.
+so the products are one multiply per K block (A and B gathered by K block once, straight
+from their tiles), added step by step in the loop's order (the library's multiply may round
+a product's k-sum differently in the last bit from a multiply per core). Otherwise, where
+torch multiplies a tile with its small-matrix loop (fewer than `SMALL_TILE_MACS` multiply-
+adds: one fixed order, whatever the memory layout), `ring_products_sum` forms the products
+of many steps in one batched multiply and adds them step by step in the loop's order; larger
+tiles are multiplied step by step in the loop's own layout (BLAS may round by where the
+output lands), bit-identical to the loop. `pv_all_steps` does the same for prefill
+attention's P V loop (dist-GEMM-T's QK^T loop has its own in `gemm_t`). Costs are not
+charged here.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from waferllm.mesh.virtual import Mesh
 if TYPE_CHECKING:
     from waferllm.kernels.gemm_t import BlockOwners
 
-# Host memory the gathered operands of one batch of steps may take (bytes): bounds the
-# batch of steps, not the result.
+# Host memory the gathered operands of one batch of steps (or, in `_by_k`, of one batch of
+# columns of cells) may take (bytes): bounds the batch, not the result.
 STEP_BATCH_BYTES = 64 * 2**20
 # torch's CPU batched multiply runs tiles of fewer multiply-adds (p*q*n) than this with a
 # plain loop over k (ATen's baddbmm small-matrix kernel, LinearAlgebra.cpp), above it BLAS.
