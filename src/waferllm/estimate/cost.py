@@ -11,14 +11,16 @@ Walks run under `mesh.meta.shape_only()` (fast output shapes of the meta tensors
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 
 from waferllm.device import Device
 from waferllm.errors import WaferError
 from waferllm.estimate.decode_walks import DecodeWalks, phase_cost, watching
-from waferllm.mesh.cost import Ledger, PhaseLedger
+from waferllm.mesh.cost import BudgetLedger, Ledger, OverBudget, PhaseLedger
 from waferllm.mesh.meta import shape_only
 from waferllm.model.chunked import chunk_candidates
 from waferllm.model.config import ModelConfig
@@ -190,17 +192,42 @@ class CostModel:
         candidates += chunk_candidates(model.plan, prompt_len)
         if not candidates:
             model.default_chunk_tokens(prompt_len)  # raises, naming what is needed
-        priced = [(self._prefill_walk(model, prompt_len, c), c) for c in candidates]
-        return min(priced, key=lambda item: item[0].latency_cycles)
+        best: tuple[PhaseLedger, int | None] | None = None
+        for chunk in candidates:  # the first of the fastest, as min() over all of them
+            if best is None:
+                best = (self._prefill_walk(model, prompt_len, chunk), chunk)
+                continue
+            budget = best[0].latency_cycles
+            try:
+                cost = self._prefill_walk(model, prompt_len, chunk, budget_cycles=budget)
+            except OverBudget:  # slower than `best` before its last chunk: it cannot win
+                continue
+            if cost.latency_cycles < budget:
+                best = (cost, chunk)
+        assert best is not None
+        return best
 
     def _prefill_walk(
-        self, model: MeshTransformer, prompt_len: int, chunk_tokens: int | None
+        self,
+        model: MeshTransformer,
+        prompt_len: int,
+        chunk_tokens: int | None,
+        *,
+        budget_cycles: float = math.inf,
     ) -> PhaseLedger:
-        ledger = Ledger()
-        with watching(model.prefill_state.all_meshes) as watches:
+        """One prefill walk, its routes kept apart (a cached model's walks must not see each
+        other's: the walk order, and which walks a pruned search skips, change nothing).
+        Raises `OverBudget` once a chunked walk's latency passes `budget_cycles`."""
+        ledger = BudgetLedger(budget_cycles=budget_cycles)
+        meshes = model.prefill_state.all_meshes
+        with watching(meshes) as watches, contextlib.ExitStack() as apart:
+            for mesh in meshes:
+                apart.enter_context(mesh.routes.kept_apart())
             model.prefill([0] * prompt_len, ledger, chunk_tokens=chunk_tokens)
+            routes = max(mesh.routes.routes_per_core for mesh in meshes)
         peaks = tuple(w.bytes_per_core for w in watches)
-        return phase_cost(model, Phase.PREFILL, ledger, peaks)
+        cost = phase_cost(model, Phase.PREFILL, ledger, peaks)
+        return dataclasses.replace(cost, routes_per_core=routes)
 
     @shape_only()
     def transition(self, model: MeshTransformer, prompt_len: int, batch: int = 1) -> Ledger:

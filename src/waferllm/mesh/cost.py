@@ -7,7 +7,7 @@ record and pays its own start overhead (`Charge.overhead_cycles`: the device's
 communication overlap and cost `max(compute, comm) + step_overhead`, the block's overhead
 covering its charges'. `repeat(n)` marks a run of identical steps as one record with a count.
 `UnpricedLedger` keeps nothing and tells primitives not to price at all (work whose cost an
-identical walk already recorded). Cycles only: seconds are the device's business
+identical walk already recorded); a walk charging a `BudgetLedger` may give up (`OverBudget`). Cycles only: seconds are the device's business
 (`Device.cycles_to_seconds`).
 """
 
@@ -340,10 +340,33 @@ class Ledger:
             for key, rows in groups.items()
         }
 
+    def over_budget(self) -> bool:
+        """Whether the walk charging this ledger may stop (`BudgetLedger`): never here."""
+        return False
+
     def mean_core_cycles(self) -> float:
         """Mean over cores of each core's span: the critical path less the last step's slack."""
         latency = self.totals().latency_cycles
         return latency - (self.records[-1].mean_slack_cycles if self.records else 0.0)
+
+
+class OverBudget(Exception):
+    """Raised by a walk that gave up because its `BudgetLedger` ran past the budget (it cannot
+    beat a walk already priced): control flow of the estimate layer's exact pruning, never a
+    user error."""
+
+
+class BudgetLedger(Ledger):
+    """A ledger whose walk may stop once the latency of its records exceeds `budget_cycles`:
+    every record's latency is >= 0 and `totals` adds in record order, so no later record can
+    bring it back under (the walk's full latency is at least any prefix's)."""
+
+    def __init__(self, *, budget_cycles: float) -> None:
+        super().__init__()
+        self.budget_cycles = budget_cycles
+
+    def over_budget(self) -> bool:
+        return self.totals().latency_cycles > self.budget_cycles
 
 
 class UnpricedLedger(Ledger):

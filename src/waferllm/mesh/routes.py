@@ -3,10 +3,15 @@
 A phase's program configures named route sets; the same name configured twice counts once (the
 union over one program). Counts per core are an int or a (rows, cols) array. Going over the
 device's `routes_per_core` raises `RouteOverflowError`, unless the caller asks first with
-`fits()` and charges relaying instead (SUMMA's and allgather's broadcasts).
+`fits()` and charges relaying instead (SUMMA's and allgather's broadcasts). `kept_apart()` lets
+a walk configure routes without leaving them to the next walk (estimates price many walks on one
+cached model; each must see the routes a fresh model has, whatever was walked before).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -30,6 +35,15 @@ class RouteBudget:
     def routes_per_core(self) -> int:
         """The maximum over cores of configured routes."""
         return int(np.max(self._total()))
+
+    @contextlib.contextmanager
+    def kept_apart(self) -> Iterator[None]:
+        """The route sets configured inside the block are forgotten when it ends."""
+        saved = dict(self.sets)
+        try:
+            yield
+        finally:
+            self.sets = saved
 
     def fits(self, name: str, per_core: int | np.ndarray) -> bool:
         if name in self.sets:

@@ -22,7 +22,7 @@ import torch
 from waferllm.errors import SramOverflowError
 from waferllm.kernels.attention_chunked import KeyChunk, cached_prefill_attention
 from waferllm.kernels.heads import HeadLayout
-from waferllm.mesh.cost import Ledger
+from waferllm.mesh.cost import Ledger, OverBudget
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh, Mode
@@ -155,7 +155,8 @@ def prefill_chunks(
     model: MeshTransformer, ids: Sequence[int], ledger: Ledger, chunk_tokens: int
 ) -> tuple[DistTensor, Span, dict[int, list[KeyChunk]]]:
     """Run the prompt chunk by chunk: (the last chunk's hidden states, its span, every
-    layer's kept k/v chunks)."""
+    layer's kept k/v chunks). Raises `OverBudget`, every chunk freed, when `ledger` says the
+    walk may stop (`mesh.cost.BudgetLedger`: the estimate layer's pruning of chunk sizes)."""
     window = model.config.sliding_window
     kv: dict[int, list[KeyChunk]] = {i: [] for i in range(model.config.num_hidden_layers)}
     spans = chunk_spans(len(ids), chunk_tokens)
@@ -164,6 +165,10 @@ def prefill_chunks(
         if x is not None:
             x.free()
         x = _chunk(model, ids[span.start : span.end], span, kv, ledger)
+        if n + 1 < len(spans) and ledger.over_budget():  # a BudgetLedger: give up, tidily
+            x.free()
+            _evict(kv, oldest_seen=len(ids))
+            raise OverBudget(f"chunked prefill given up after {n + 1} of {len(spans)} chunks")
         if window is not None and n + 1 < len(spans):
             _evict(kv, oldest_seen=span.end - window + 1)
     assert x is not None
