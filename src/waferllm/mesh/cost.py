@@ -7,8 +7,8 @@ record and pays its own start overhead (`Charge.overhead_cycles`: the device's
 communication overlap and cost `max(compute, comm) + step_overhead`, the block's overhead
 covering its charges'. `repeat(n)` marks a run of identical steps as one record with a count.
 `UnpricedLedger` keeps nothing and tells primitives not to price at all (work whose cost an
-identical walk already recorded); a walk charging a `BudgetLedger` may give up (`OverBudget`). Cycles only: seconds are the device's business
-(`Device.cycles_to_seconds`).
+identical walk already recorded); a walk charging a `BudgetLedger` may give up (`OverBudget`).
+Cycles only: seconds are the device's business (`Device.cycles_to_seconds`).
 """
 
 from __future__ import annotations
