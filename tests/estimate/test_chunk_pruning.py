@@ -1,19 +1,21 @@
-"""Exact pruning of chunk sizes: a chunked prefill walk gives up once its ledger passes the
-fastest walk so far (`BudgetLedger`), and each prefill walk's routes are kept apart, so the
-pruned search returns exactly what walking every candidate returns."""
+"""Exact pruning of chunk sizes: a chunked prefill walk gives up once its ledger (within a
+layer's walk: the ledger plus the layer count times the layer's records) passes the fastest
+walk so far (`BudgetLedger`), frees what it held, and each prefill walk's routes are kept
+apart, so the pruned search returns exactly what walking every candidate returns."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
+from helpers.pruning import unpruned
 
 from waferllm.device import tiny
 from waferllm.estimate.cost import CostModel, Setup
 from waferllm.estimate.search import search_grids
-from waferllm.mesh.cost import BudgetLedger, Ledger, OverBudget
+from waferllm.mesh.cost import Ledger, OverBudget
+from waferllm.mesh.memory import SramTracker
 from waferllm.mesh.routes import RouteBudget
-from waferllm.model import chunked
 from waferllm.model.chunked import chunk_candidates
 from waferllm.model.config_sources import load_config
 
@@ -42,18 +44,23 @@ def _search(setup: tuple):
 
 
 def test_the_pruned_search_returns_exactly_the_search_that_walks_every_chunk_size(monkeypatch):
-    given_up: list[str] = []
-    real = chunked.OverBudget
+    given_up: list[int | None] = []
+    walk = CostModel._prefill_walk
 
-    def counted(message: str) -> OverBudget:
-        given_up.append(message)
-        return real(message)
+    def counted(self, model, prompt_len, chunk_tokens, **budget):
+        try:
+            return walk(self, model, prompt_len, chunk_tokens, **budget)
+        except OverBudget:
+            given_up.append(chunk_tokens)
+            raise
 
-    monkeypatch.setattr(chunked, "OverBudget", counted)
+    monkeypatch.setattr(CostModel, "_prefill_walk", counted)
     pruned = [_search(s) for s in SETUPS]
     assert given_up  # the setups exercise the pruning
-    monkeypatch.setattr(BudgetLedger, "over_budget", lambda self: False)
+    given = len(given_up)
+    unpruned(monkeypatch)
     full = [_search(s) for s in SETUPS]
+    assert len(given_up) == given  # nothing given up: every chunk size walked in full
     kinds = set()
     for fast, slow in zip(pruned, full, strict=True):
         got, want = fast.to_dict(), slow.to_dict()
@@ -104,8 +111,15 @@ def test_a_walk_gives_up_only_past_its_budget_and_its_prefixes_never_exceed_the_
         again = costs._prefill_walk(model, prompt, tokens, budget_cycles=full.latency_cycles)
         assert again.ledger.expanded() == full.ledger.expanded()
         assert again.routes_per_core == full.routes_per_core
-        with pytest.raises(OverBudget):
-            costs._prefill_walk(model, prompt, tokens, budget_cycles=0.0)
+        live = [dict(m.sram.live) for m in model.prefill_state.all_meshes]
+        for budget in (0.0, full.latency_cycles / 2):  # in the first layer walk; later
+            with pytest.raises(OverBudget):
+                costs._prefill_walk(model, prompt, tokens, budget_cycles=budget)
+        # a walk given up leaves no buffer behind: the next walk is the first one again
+        after = costs._prefill_walk(model, prompt, tokens)
+        assert after.ledger.expanded() == full.ledger.expanded()
+        assert (after.regions, after.routes_per_core) == (full.regions, full.routes_per_core)
+        assert [dict(m.sram.live) for m in model.prefill_state.all_meshes] == live
 
 
 def test_walk_order_changes_no_prefill_cost_nor_its_routes():
@@ -117,6 +131,21 @@ def test_walk_order_changes_no_prefill_cost_nor_its_routes():
     for c, cost in first.items():
         assert cost.ledger.expanded() == last[c].ledger.expanded()
         assert (cost.regions, cost.routes_per_core) == (last[c].regions, last[c].routes_per_core)
+
+
+def test_buffers_allocated_in_a_walk_that_raises_the_named_error_are_freed():
+    sram = SramTracker(rows=2, cols=2, capacity_bytes=100, origin=(0, 0))
+    sram.alloc("weights", 10)
+    with pytest.raises(OverBudget), sram.freed_if(OverBudget):
+        sram.alloc("kv", 20)
+        with sram.scope():
+            sram.alloc("scratch", 30)
+        raise OverBudget("given up")
+    assert sram.live == {"weights": 10} and sram.live_bytes_max == 10
+    with pytest.raises(ValueError), sram.freed_if(OverBudget):
+        sram.alloc("kv", 20)
+        raise ValueError("another error leaves what it found")
+    assert sram.live == {"weights": 10, "kv": 20}
 
 
 def test_route_sets_configured_while_kept_apart_are_forgotten():

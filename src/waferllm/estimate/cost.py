@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 from collections.abc import Callable
 
 from waferllm.device import Device
@@ -215,16 +214,17 @@ class CostModel:
         prompt_len: int,
         chunk_tokens: int | None,
         *,
-        budget_cycles: float = math.inf,
+        budget_cycles: float | None = None,
     ) -> PhaseLedger:
         """One prefill walk, its routes kept apart (a cached model's walks must not see each
         other's: the walk order, and which walks a pruned search skips, change nothing).
-        Raises `OverBudget` once a chunked walk's latency passes `budget_cycles`."""
-        ledger = BudgetLedger(budget_cycles=budget_cycles)
+        Raises `OverBudget` once a chunked walk's latency passes `budget_cycles` (given)."""
+        ledger = Ledger() if budget_cycles is None else BudgetLedger(budget_cycles=budget_cycles)
         meshes = model.prefill_state.all_meshes
         with watching(meshes) as watches, contextlib.ExitStack() as apart:
             for mesh in meshes:
                 apart.enter_context(mesh.routes.kept_apart())
+                apart.enter_context(mesh.sram.freed_if(OverBudget))
             model.prefill([0] * prompt_len, ledger, chunk_tokens=chunk_tokens)
             routes = max(mesh.routes.routes_per_core for mesh in meshes)
         peaks = tuple(w.bytes_per_core for w in watches)

@@ -344,6 +344,11 @@ class Ledger:
         """Whether the walk charging this ledger may stop (`BudgetLedger`): never here."""
         return False
 
+    def per_layer(self, count: int) -> Ledger:
+        """A new ledger for one layer's records, which the walk extends into this one `count`
+        times (`BudgetLedger`'s stops the walk early)."""
+        return Ledger()
+
     def mean_core_cycles(self) -> float:
         """Mean over cores of each core's span: the critical path less the last step's slack."""
         latency = self.totals().latency_cycles
@@ -359,7 +364,12 @@ class OverBudget(Exception):
 class BudgetLedger(Ledger):
     """A ledger whose walk may stop once the latency of its records exceeds `budget_cycles`:
     every record's latency is >= 0 and `totals` adds in record order, so no later record can
-    bring it back under (the walk's full latency is at least any prefix's)."""
+    bring it back under (the walk's full latency is at least any prefix's). A layer ledger
+    made by `per_layer` (its records later extended `count` times) stops the walk as soon as
+    this ledger plus `count` times its records pass the budget by more than `SLACK` (float
+    sums of the same non-negative terms in another grouping differ by far less)."""
+
+    SLACK: ClassVar[float] = 1e-9
 
     def __init__(self, *, budget_cycles: float) -> None:
         super().__init__()
@@ -367,6 +377,44 @@ class BudgetLedger(Ledger):
 
     def over_budget(self) -> bool:
         return self.totals().latency_cycles > self.budget_cycles
+
+    def per_layer(self, count: int) -> Ledger:
+        return _LayerBudget(self, count)
+
+
+class _LayerBudget(Ledger):
+    """`BudgetLedger.per_layer`: raises `OverBudget` from the record that passes the budget."""
+
+    def __init__(self, parent: BudgetLedger, count: int) -> None:
+        super().__init__()
+        self._parent, self._count = parent, count
+        self._added, self._latency = 0, 0.0  # records added up so far, their latency
+
+    def _check(self) -> None:
+        for rec in self.records[self._added :]:
+            self._latency += rec.latency_cycles * rec.count
+        self._added = len(self.records)
+        parent = self._parent
+        bound = parent.totals().latency_cycles + self._count * self._latency
+        if bound > parent.budget_cycles * (1.0 + BudgetLedger.SLACK):
+            raise OverBudget(f"a layer's walk passed the budget at {len(self.records)} records")
+
+    def charge(self, op: str, charge: Charge, *, phase: int = 0) -> None:
+        super().charge(op, charge, phase=phase)
+        if self._block is None:
+            self._check()
+
+    def _append(self, op: str, charges: list[Charge], fields: dict[str, float]) -> None:
+        super()._append(op, charges, fields)
+        self._check()
+
+    def replay(self, start: int, end: int) -> None:
+        super().replay(start, end)
+        self._check()
+
+    def extend(self, other: Ledger, *, count: int = 1, scope: str = "") -> None:
+        super().extend(other, count=count, scope=scope)
+        self._check()
 
 
 class UnpricedLedger(Ledger):

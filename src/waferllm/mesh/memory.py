@@ -89,6 +89,22 @@ class SramTracker:
                     self.free(key)
 
     @contextlib.contextmanager
+    def freed_if(self, raised: type[BaseException]) -> Iterator[None]:
+        """Free what was allocated inside (outside inner scopes) and is still live if the
+        block raises `raised`: a walk given up midway leaves no buffer behind."""
+        keys: list[str] = []
+        self._scopes.append(keys)
+        try:
+            yield
+        except raised:
+            for key in keys:
+                if key in self.live:
+                    self.free(key)
+            raise
+        finally:
+            self._scopes.pop()
+
+    @contextlib.contextmanager
     def watch(self) -> Iterator[PeakWatch]:
         """Measure the peak of the walk inside the block (read it after the block ends)."""
         watch = PeakWatch()

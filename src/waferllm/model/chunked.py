@@ -197,7 +197,7 @@ def _chunk(
     config, state = model.config, model.prefill_state
     state.meshes[0].charge_host_io(ledger, "host.prompt_in", span.length)
     x = vocab.embed(state, ids, ledger, config=config, device=model.device, tokens_axis=Axis.Y)
-    layer_ledger = Ledger()
+    layer_ledger = ledger.per_layer(config.num_hidden_layers)
     positions = torch.arange(span.start, span.end)
     for r, region in enumerate(state.regions.regions):
         mesh = state.meshes[r]
