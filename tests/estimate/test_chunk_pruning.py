@@ -13,7 +13,8 @@ from helpers.pruning import unpruned
 from waferllm.device import tiny
 from waferllm.estimate.cost import CostModel, Setup
 from waferllm.estimate.search import search_grids
-from waferllm.mesh.cost import Ledger, OverBudget
+from waferllm.mesh.budget import OverBudget
+from waferllm.mesh.cost import Ledger
 from waferllm.mesh.memory import SramTracker
 from waferllm.mesh.routes import RouteBudget
 from waferllm.model.chunked import chunk_candidates

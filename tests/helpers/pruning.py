@@ -1,11 +1,12 @@
-"""Turn off the estimate layer's exact pruning of chunk sizes (`mesh.cost.BudgetLedger`), for
+"""Turn off the estimate layer's exact pruning of chunk sizes (`mesh.budget.BudgetLedger`), for
 tests that count walks or compare a pruned search with one that walks every candidate."""
 
 from __future__ import annotations
 
 import pytest
 
-from waferllm.mesh.cost import BudgetLedger, Ledger
+from waferllm.mesh.budget import BudgetLedger
+from waferllm.mesh.cost import Ledger
 
 
 def unpruned(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,7 @@ prefill ledger per (prefill grid, prompt), the decode ledger per (decode grid, r
 the transition per (grid pair, prompt, batch); decode steps are priced without tokens by
 `decode_walks.DecodeWalks`. The grid search and `reproduce` evaluate many requests on few
 grids, so every walk happens once per process. A chunk size's walk gives up once its ledger
-passes the fastest one priced (exact: `mesh.cost.BudgetLedger`), and each prefill walk keeps
+passes the fastest one priced (exact: `mesh.budget.BudgetLedger`), and each prefill walk keeps
 its routes apart, so no walk depends on which walks came before it.
 Walks run under `mesh.meta.shape_only()` (fast output shapes of the meta tensors).
 """
@@ -21,7 +21,8 @@ from collections.abc import Callable
 from waferllm.device import Device
 from waferllm.errors import WaferError
 from waferllm.estimate.decode_walks import DecodeWalks, phase_cost, watching
-from waferllm.mesh.cost import BudgetLedger, Ledger, OverBudget, PhaseLedger
+from waferllm.mesh.budget import BudgetLedger, OverBudget
+from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.meta import shape_only
 from waferllm.model.chunked import chunk_candidates
 from waferllm.model.config import ModelConfig

@@ -22,7 +22,8 @@ import torch
 from waferllm.errors import SramOverflowError
 from waferllm.kernels.attention_chunked import KeyChunk, cached_prefill_attention
 from waferllm.kernels.heads import HeadLayout
-from waferllm.mesh.cost import Ledger, OverBudget
+from waferllm.mesh.budget import OverBudget
+from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh, Mode
@@ -156,7 +157,7 @@ def prefill_chunks(
 ) -> tuple[DistTensor, Span, dict[int, list[KeyChunk]]]:
     """Run the prompt chunk by chunk: (the last chunk's hidden states, its span, every
     layer's kept k/v chunks). Raises `OverBudget`, every chunk freed, when `ledger` says the
-    walk may stop (`mesh.cost.BudgetLedger`: the estimate layer's pruning of chunk sizes)."""
+    walk may stop (`mesh.budget.BudgetLedger`: the estimate layer's pruning of chunk sizes)."""
     window = model.config.sliding_window
     kv: dict[int, list[KeyChunk]] = {i: [] for i in range(model.config.num_hidden_layers)}
     spans = chunk_spans(len(ids), chunk_tokens)
