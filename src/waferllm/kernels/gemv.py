@@ -21,14 +21,14 @@ from waferllm.device import Device
 from waferllm.errors import WaferError
 from waferllm.kernels.dequant import charge_dequant, dequant_scratch_bytes
 from waferllm.kernels.result import Charged, KernelResult
-from waferllm.mesh.comm import ReduceAlgorithm, allreduce, reduce
-from waferllm.mesh.compute import matmul
+from waferllm.mesh.comm import ReduceAlgorithm, allreduce, charge_allreduce, reduce
+from waferllm.mesh.compute import charge_matmul, matmul
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.ktree import allreduce_latency_cycles, best_fanouts
-from waferllm.mesh.replicas import on_replicas
+from waferllm.mesh.replicas import held_once, on_replicas, once, spread
 from waferllm.mesh.tensor import DistTensor, Layout
-from waferllm.mesh.virtual import Mesh
+from waferllm.mesh.virtual import Mesh, Mode
 
 
 # ---- the K-tree's default shape -----------------------------------------------------------------
@@ -135,19 +135,20 @@ def _gemv(
     kt = x.data.shape[-1]
     # x_tile: [T, Kt]; w_tile: [Kt, Nt_i]
     x_tile = x.data.reshape(rows, cols, math.prod(lead), kt)
+    summed = _summed_products(mesh, x_tile, ws, reduce_axis) if broadcast else None
     with Charged(ledger) as charged:
         _dequantise_weights(mesh, ws, ledger, op)
-        partials = [
-            matmul(mesh, a=x_tile, b=wi.values(), ledger=ledger, op=f"{op}.local", vector="n")
-            for wi in ws
-        ]
-        # one fused allreduce of the concatenated partials: [T, sum_i Nt_i]
-        fused = torch.cat(partials, dim=-1) if len(partials) > 1 else partials[0]
-        root: int | None = None
-        if broadcast:
-            total = allreduce(
+        if summed is None:
+            outs, root = _partial_sums(
+                mesh, x_tile, ws, ledger, reduce_axis, algorithm, tree, op, broadcast
+            )
+        else:  # the sums are known: the partials' shapes price the products and the allreduce
+            for wi in ws:
+                n = wi.data.shape[-1]
+                charge_matmul(mesh, ledger, f"{op}.local", a_shape=x_tile.shape, n=n, vector="n")
+            charge_allreduce(
                 mesh,
-                fused,
+                numel=x_tile.shape[-2] * sum(wi.data.shape[-1] for wi in ws),
                 axis=reduce_axis,
                 ledger=ledger,
                 op=f"{op}.allreduce",
@@ -155,10 +156,93 @@ def _gemv(
                 root=0 if algorithm is ReduceAlgorithm.PIPELINE else None,
                 fanouts=tree,
             )
-        else:
-            total, root = _reduce_to_root(mesh, fused, reduce_axis, ledger, op, algorithm, tree)
-    outs = _outputs(mesh, total, ws, lead, reduce_axis, op, root)
-    return KernelResult(out=outs[0], outs=outs, records=charged.records, root=root)
+            outs, root = summed, None
+    results = _outputs(mesh, outs, ws, lead, reduce_axis, op, root)
+    return KernelResult(out=results[0], outs=results, records=charged.records, root=root)
+
+
+def _partial_sums(
+    mesh: Mesh,
+    x_tile: torch.Tensor,
+    ws: Sequence[DistTensor],
+    ledger: Ledger,
+    reduce_axis: Axis,
+    algorithm: ReduceAlgorithm,
+    tree: tuple[int, ...] | None,
+    op: str,
+    broadcast: bool,
+) -> tuple[list[torch.Tensor], int | None]:
+    """Every core's partial products, their one fused allreduce (or reduce to a root line):
+    per weight (R, C, T, Nt_i), and the root without broadcast."""
+    partials = [
+        matmul(mesh, a=x_tile, b=wi.values(), ledger=ledger, op=f"{op}.local", vector="n")
+        for wi in ws
+    ]
+    # one fused allreduce of the concatenated partials: [T, sum_i Nt_i]
+    fused = torch.cat(partials, dim=-1) if len(partials) > 1 else partials[0]
+    root: int | None = None
+    if broadcast:
+        total = allreduce(
+            mesh,
+            fused,
+            axis=reduce_axis,
+            ledger=ledger,
+            op=f"{op}.allreduce",
+            algorithm=algorithm,
+            root=0 if algorithm is ReduceAlgorithm.PIPELINE else None,
+            fanouts=tree,
+        )
+    else:
+        total, root = _reduce_to_root(mesh, fused, reduce_axis, ledger, op, algorithm, tree)
+    if len(ws) == 1:
+        return [total], root
+    return list(total.split_with_sizes([wi.data.shape[-1] for wi in ws], dim=-1)), root
+
+
+def _summed_products(
+    mesh: Mesh, x_tile: torch.Tensor, ws: Sequence[DistTensor], reduce_axis: Axis
+) -> list[torch.Tensor] | None:
+    """Functional float32 GEMVs whose allreduced result is one product per weight: where x is
+    held once along the other axis (`replicas`) and every weight's tiles lie in its host order
+    (`tensor.split_host`), the sum over the reduce axis of the cores' partials x_p @ W_p is
+    x[T, P*Kt] @ W[P*Kt, Q*Nt], the whole (padded) matrix in one library product: no per-core
+    partials, no allreduce sum. Each output is still the K products summed; only their order
+    differs (in the last bit) from the partials' sum. Per weight (R, C, T, Nt_i), held once
+    along the reduce axis; None where the operands are not so arranged."""
+    line, other = reduce_axis.tensor_dim, reduce_axis.other.tensor_dim
+    if mesh.mode is not Mode.FUNCTIONAL or mesh.compute_dtype != torch.float32:
+        return None
+    if x_tile.dtype != torch.float32 or not held_once(x_tile, other):
+        return None
+    if not all(_host_matrix(wi.data, line, other) is not None for wi in ws):
+        return None
+    x_line = once(x_tile, (other,)).squeeze(other)  # (P, T, Kt)
+    t = x_line.shape[1]
+    x_host = x_line.transpose(0, 1).reshape(t, -1)  # [T, P*Kt]
+    sizes = {line: mesh.size(reduce_axis)}
+    outs = []
+    for wi in ws:
+        w_host = _host_matrix(wi.values(), line, other)  # [P*Kt, Q*Nt] (a view)
+        assert w_host is not None, "a widened weight keeps its tiles' memory order"
+        y = (x_host @ w_host).reshape(t, mesh.size(reduce_axis.other), -1)  # (T, Q, Nt)
+        tile = y.transpose(0, 1).contiguous().unsqueeze(line)  # (1, Q, T, Nt) or (Q, 1, T, Nt)
+        outs.append(spread(tile, sizes))
+    return outs
+
+
+def _host_matrix(w: torch.Tensor, line: int, other: int) -> torch.Tensor | None:
+    """Tiles (R, C, Kt, Nt) whose reduce-axis lines hold consecutive Kt rows and whose other
+    axis consecutive Nt columns of one strided matrix, as that matrix [P*Kt, Q*Nt] (a view);
+    None otherwise."""
+    if w.dim() != 4:
+        return None
+    by_line = w.permute(line, 2, other, 3)  # (P, Kt, Q, Nt)
+    p, kt, q, nt = by_line.shape
+    sp, sk, sq, sn = by_line.stride()
+    row, col = sk if kt > 1 else sp, sn if nt > 1 else sq  # a size-1 dim's stride is free
+    if (p > 1 and sp != kt * row) or (q > 1 and sq != nt * col):
+        return None
+    return by_line.as_strided((p * kt, q * nt), (row, col))
 
 
 def _dequantise_weights(mesh: Mesh, ws: Sequence[DistTensor], ledger: Ledger, op: str) -> None:
@@ -206,25 +290,23 @@ def _reduce_to_root(
 
 def _outputs(
     mesh: Mesh,
-    total: torch.Tensor,
+    totals: Sequence[torch.Tensor],
     ws: Sequence[DistTensor],
     lead: tuple[int, ...],
     reduce_axis: Axis,
     op: str,
     root: int | None,
 ) -> tuple[DistTensor, ...]:
-    """Split the fused result back into one output per weight: [*lead, N_i], N_i split along the
-    other axis, replicated along the reduce axis (or, without broadcast, only on line `root`)."""
+    """One output per weight from its reduced tiles (R, C, T, N_i): [*lead, N_i], N_i split
+    along the other axis, replicated along the reduce axis (or, without broadcast, only on line
+    `root`)."""
     rows, cols = mesh.shape
-    total = total.reshape(rows, cols, *lead, total.shape[-1])
-    if len(ws) == 1:
-        layout = _out_layout(lead, ws[0].layout.shape[1], reduce_axis, root)
-        return (mesh.register(on_replicas(_dense, total), layout, f"{op}.out"),)
-    parts = total.split_with_sizes([wi.data.shape[-1] for wi in ws], dim=-1)
     outs = []
-    for i, (wi, part) in enumerate(zip(ws, parts, strict=True)):
+    for i, (wi, part) in enumerate(zip(ws, totals, strict=True)):
         layout = _out_layout(lead, wi.layout.shape[1], reduce_axis, root)
-        outs.append(mesh.register(on_replicas(_dense, part), layout, f"{op}.out{i}"))
+        data = on_replicas(_dense, part.reshape(rows, cols, *lead, part.shape[-1]))
+        name = f"{op}.out" if len(ws) == 1 else f"{op}.out{i}"
+        outs.append(mesh.register(data, layout, name))
     return tuple(outs)
 
 

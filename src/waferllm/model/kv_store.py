@@ -22,6 +22,10 @@ from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model.kv_cache import Append, RowCounts
 from waferllm.model.quant import quantise_kv_tile
 
+# a sequence's host tensors start this wide and double (reallocations stay rare, and a large
+# grid's rows, each holding a few positions, do not zero-fill unused slots at the hand-off)
+HOST_MIN_SLOTS = 4
+
 
 class KvStore:
     """K and V tiles of the layers of one region (one decode mesh), for every sequence of a batch.
@@ -84,19 +88,28 @@ class KvStore:
         have = self._widths.get(seq, 0)
         if width <= have or self.mesh.mode is Mode.ESTIMATE:
             return
-        new = min(self.slots, max(width, 2 * have, 16))
-        rows, cols = self.mesh.shape
-        g, h, hv = self.heads.kv_per_tile, self.heads.head_slots, self.heads.value_slots
-        dtype = self.mesh.compute_dtype
-        on = self.mesh.torch_device
+        new = self._grown(width, have)
         for i in self.layers:
-            k = torch.zeros((rows, cols, g, h, new), dtype=dtype, device=on)
-            v = torch.zeros((rows, cols, g, new, hv), dtype=dtype, device=on)
+            k, v = self._zeros(new)
             if (seq, i) in self.k:
                 k[..., :have] = self.k[seq, i]
                 v[..., :have, :] = self.v[seq, i]
             self.k[seq, i], self.v[seq, i] = k, v
         self._widths[seq] = new
+
+    def _grown(self, width: int, have: int) -> int:
+        """Slots of a host tensor that must hold `width` (doubling from `have`, at least
+        HOST_MIN_SLOTS, at most `slots`)."""
+        return min(self.slots, max(width, 2 * have, HOST_MIN_SLOTS))
+
+    def _zeros(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Empty K (R, C, G, H, width) and V (R, C, G, width, Hv) host tensors."""
+        rows, cols = self.mesh.shape
+        g, h, hv = self.heads.kv_per_tile, self.heads.head_slots, self.heads.value_slots
+        like = {"dtype": self.mesh.compute_dtype, "device": self.mesh.torch_device}
+        return torch.zeros((rows, cols, g, h, width), **like), torch.zeros(
+            (rows, cols, g, width, hv), **like
+        )
 
     # ---- the hand-off ------------------------------------------------------------------------
     def fill(
@@ -110,17 +123,20 @@ class KvStore:
     ) -> None:
         """Place logical k, v [L, Hkv*hd] (position order) into the rows given by `counts` (k in
         the RoPE slots, v in the value slots): its
-        last `counts.total` positions (the older ones are evicted under a sliding window)."""
+        last `counts.total` positions (the older ones are evicted under a sliding window).
+        Every layer of the store is filled at the hand-off; this one's tensors are built
+        here at the sequence's width (its other layers' when it already has tiles)."""
         if self.mesh.mode is Mode.ESTIMATE:
             return
-        rows, cols = self.mesh.shape
-        width = int(counts.counts.max(initial=0))
-        self._ensure(max(width, 1), seq)
-        s = self._widths[seq]
-        g, heads = self.heads.kv_per_tile, self.heads
-        pos = np.arange(counts.total)
-        row = np.repeat(np.arange(rows), counts.counts)
-        slot = pos - counts.starts[row]
+        cols, heads = self.mesh.cols, self.heads
+        width = max(int(counts.counts.max(initial=0)), 1)
+        if seq in self._widths:
+            self._ensure(width, seq)
+        else:
+            self._widths[seq] = self._grown(width, 0)
+        k, v = self._zeros(self._widths[seq])
+        row = np.repeat(np.arange(self.mesh.rows), counts.counts)
+        at = torch.as_tensor(row), torch.as_tensor(np.arange(counts.total) - counts.starts[row])
         tiles = []
         for host, index, h in (
             (k_host, heads.kv_index(), heads.head_slots),
@@ -128,14 +144,13 @@ class KvStore:
         ):
             kept = host[host.shape[0] - counts.total :]
             feats = gather_rows(kept.T, index).T  # [total, C*G*H] (v: C*G*Hv)
-            buf = feats.new_zeros(rows * s, cols * g * h)
-            buf[torch.as_tensor(row * s + slot)] = feats
-            tile = buf.reshape(rows, s, cols, g, h).to(
+            tile = feats.reshape(counts.total, cols, heads.kv_per_tile, h).to(
                 device=self.mesh.torch_device, dtype=self.mesh.compute_dtype
             )
-            tiles.append(quantise_kv_tile(tile, self.stored))
-        self.k[seq, layer] = tiles[0].permute(0, 2, 3, 4, 1).contiguous()  # (R, C, G, H, S)
-        self.v[seq, layer] = tiles[1].permute(0, 2, 3, 1, 4).contiguous()  # (R, C, G, S, Hv)
+            tiles.append(quantise_kv_tile(tile, self.stored))  # per token, as `write`'s
+        k[at[0], :, :, :, at[1]] = tiles[0]  # (R, C, G, H, S)
+        v[at[0], :, :, at[1], :] = tiles[1]  # (R, C, G, S, Hv)
+        self.k[seq, layer], self.v[seq, layer] = k, v
 
     # ---- one decode step ---------------------------------------------------------------------
     def write(
