@@ -106,10 +106,9 @@ class KvStore:
         """Empty K (R, C, G, H, width) and V (R, C, G, width, Hv) host tensors."""
         rows, cols = self.mesh.shape
         g, h, hv = self.heads.kv_per_tile, self.heads.head_slots, self.heads.value_slots
-        like = {"dtype": self.mesh.compute_dtype, "device": self.mesh.torch_device}
-        return torch.zeros((rows, cols, g, h, width), **like), torch.zeros(
-            (rows, cols, g, width, hv), **like
-        )
+        dtype, on = self.mesh.compute_dtype, self.mesh.torch_device
+        k = torch.zeros((rows, cols, g, h, width), dtype=dtype, device=on)
+        return k, torch.zeros((rows, cols, g, width, hv), dtype=dtype, device=on)
 
     # ---- the hand-off ------------------------------------------------------------------------
     def fill(
