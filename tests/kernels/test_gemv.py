@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from waferllm.device import tiny, with_overrides
 from waferllm.errors import WaferError
 from waferllm.kernels.gemv import (
+    _summed_products,
     best_ktree_fanouts,
     ktree_latency_cycles,
     meshgemv,
@@ -133,6 +134,45 @@ def test_estimate_and_functional_ledgers_are_identical(algo, axis):
         ledgers.append((ledger.expanded(), mesh.routes.routes_per_core, mesh.sram.peak_bytes))
         ledgers[-1] += (shapes,)
     assert ledgers[0] == ledgers[1]
+
+
+@pytest.mark.parametrize("algo", sorted(GEMV_KERNELS))
+@pytest.mark.parametrize("axis", [Axis.Y, Axis.X])
+@pytest.mark.parametrize("grid", [(1, 1), (1, 4), (4, 1), (3, 5), (6, 6)])
+def test_one_product_per_weight_gives_the_per_core_sums_and_their_exact_records(algo, axis, grid):
+    """Host-ordered weights and an input held once take one product per weight
+    (`_summed_products`); the same weights tile by tile take every core's partial and the
+    allreduce. Same numbers to rounding, same records, routes and SRAM."""
+    gen = torch.Generator().manual_seed(11)
+    x, ws = torch.randn(3, 23, generator=gen), [torch.randn(23, 17), torch.randn(23, 9)]
+    seen = []
+    for host_order in (True, False):
+        mesh = _mesh(*grid)
+        xd, wds = _place(mesh, x, ws, axis)
+        if not host_order:  # every tile a block of its own: no matrix view, per-core partials
+            wds = [w.replace(w.data.contiguous()) for w in wds]
+        x_tile = xd.data.reshape(*grid, 3, -1)
+        fast = _summed_products(mesh, x_tile, wds, axis)
+        # one line across: a tile-by-tile matrix is in host order too
+        assert (fast is not None) == (host_order or mesh.size(axis.other) == 1)
+        ledger = Ledger()
+        outs = GEMV_KERNELS[algo](mesh, x=xd, w=wds, ledger=ledger, reduce_axis=axis).outs
+        seen.append(
+            ([mesh.gather(o) for o in outs], ledger.expanded(), mesh.routes.routes_per_core)
+        )
+        seen[-1] += (mesh.sram.peak_bytes,)
+    (fast_outs, *fast_rest), (slow_outs, *slow_rest) = seen
+    assert fast_rest == slow_rest
+    for got, want, w in zip(fast_outs, slow_outs, ws, strict=True):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert _error(got, x.double() @ w.double()) <= 1e-5
+
+
+def test_one_product_per_weight_keeps_each_output_held_once_along_the_reduce_axis():
+    mesh = _mesh(4, 3)
+    xd, (wd,) = _place(mesh, torch.randn(2, 10), [torch.randn(10, 7)], Axis.Y)
+    out = meshgemv(mesh, x=xd, w=wd, ledger=Ledger(), reduce_axis=Axis.Y).out
+    assert out.data.stride(0) == 0 and out.data[0].is_contiguous()
 
 
 def test_local_compute_is_kt_instructions_of_nt_on_the_padded_tiles():

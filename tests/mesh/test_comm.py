@@ -30,6 +30,7 @@ from waferllm.mesh import (
     segmented_allreduce,
     shift,
 )
+from waferllm.mesh.comm import charge_allreduce
 
 FEW = settings(max_examples=20, deadline=None)
 grids = st.tuples(st.integers(1, 7), st.integers(1, 7))
@@ -197,6 +198,26 @@ def test_an_allreduce_result_is_one_tile_per_line_apart_from_its_input(algorithm
     assert out.stride(Axis.X.tensor_dim) == 0  # every core of a row reads the row's one tile
     data += 1.0  # the input's buffer is not the result's
     assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("algorithm", list(ReduceAlgorithm))
+@pytest.mark.parametrize("broadcast_result", [True, False])
+@pytest.mark.parametrize(("rows", "cols", "axis"), [(3, 7, Axis.X), (6, 2, Axis.Y), (2, 1, Axis.X)])
+def test_charge_allreduce_charges_and_routes_what_allreduce_does_without_data(
+    algorithm, broadcast_result, rows, cols, axis
+):
+    seen = []
+    for charge_only in (False, True):
+        mesh = Mesh(tiny(), rows, cols)
+        ledger = Ledger()
+        kw = {"axis": axis, "ledger": ledger, "op": "a", "algorithm": algorithm}
+        kw |= {"broadcast_result": broadcast_result}
+        if charge_only:
+            charge_allreduce(mesh, tile_numel=2 * 5, **kw)
+        else:
+            allreduce(mesh, tiles(rows, cols, 2, 5), **kw)
+        seen.append((ledger.expanded(), mesh.routes.routes_per_core))
+    assert seen[0] == seen[1]
 
 
 def test_allreduce_on_an_axis_of_one_core_is_a_free_no_op():
