@@ -213,7 +213,7 @@ def test_charge_allreduce_charges_and_routes_what_allreduce_does_without_data(
         kw = {"axis": axis, "ledger": ledger, "op": "a", "algorithm": algorithm}
         kw |= {"broadcast_result": broadcast_result}
         if charge_only:
-            charge_allreduce(mesh, tile_numel=2 * 5, **kw)
+            charge_allreduce(mesh, numel=2 * 5, **kw)
         else:
             allreduce(mesh, tiles(rows, cols, 2, 5), **kw)
         seen.append((ledger.expanded(), mesh.routes.routes_per_core))
