@@ -13,8 +13,8 @@ from helpers.pruning import unpruned
 from waferllm.device import tiny
 from waferllm.estimate.cost import CostModel, Setup
 from waferllm.estimate.search import search_grids
-from waferllm.mesh.budget import OverBudget
-from waferllm.mesh.cost import Ledger
+from waferllm.mesh.budget import BudgetLedger, OverBudget
+from waferllm.mesh.cost import Charge, ChargeKind, Ledger
 from waferllm.mesh.memory import SramTracker
 from waferllm.mesh.routes import RouteBudget
 from waferllm.model.chunked import chunk_candidates
@@ -156,3 +156,16 @@ def test_route_sets_configured_while_kept_apart_are_forgotten():
         routes.require("bcast", 5)
         assert routes.routes_per_core == 7
     assert routes.routes_per_core == 2 and set(routes.sets) == {"ring"}
+
+
+def test_a_layer_walk_replaying_records_counts_every_replay_against_the_budget():
+    def ledger(budget: float) -> Ledger:
+        layer = BudgetLedger(budget_cycles=budget).per_layer(1)
+        layer.charge("step", Charge(kind=ChargeKind.COMPUTE, cycles=10.0))
+        return layer
+
+    fits = ledger(40.0)
+    fits.replay(0, 1, times=3)  # 4 x 10 cycles: at the budget, not past it
+    assert len(fits.records) == 4
+    with pytest.raises(OverBudget):
+        ledger(35.0).replay(0, 1, times=3)

@@ -65,8 +65,8 @@ class _LayerBudget(Ledger):
         super()._append(op, charges, fields)
         self._check()
 
-    def replay(self, start: int, end: int) -> None:
-        super().replay(start, end)
+    def replay(self, start: int, end: int, *, times: int = 1) -> None:
+        super().replay(start, end, times=times)
         self._check()
 
     def extend(self, other: Ledger, *, count: int = 1, scope: str = "") -> None:
