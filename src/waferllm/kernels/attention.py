@@ -115,18 +115,8 @@ def decode_attention(
             rows_per_core=None if spread is None else batch * spread.rows_per_core,
         )
         if spread is not None:
-            nbytes = bytes_per_core(mesh, probs.data)
-            if spread.cores > 1:
-                charge_reduce_to_owners(
-                    mesh,
-                    axis=Axis.X,
-                    owner=spread.gather_owner,
-                    nbytes=nbytes,
-                    ledger=ledger,
-                    op="probs.gather",
-                )
-            charge_multicast(
-                mesh, axis=Axis.X, owner=spread.root, nbytes=nbytes, ledger=ledger, op="probs.bcast"
+            charge_probs_spread(
+                mesh, spread, nbytes=bytes_per_core(mesh, probs.data), ledger=ledger
             )
         order = loop_order(mesh, m=n, k=width, n=heads.value_slots)
         out = _on_rows(mesh, probs.data, v_cache, attended, ledger=ledger, op="pv", vector=order)
@@ -223,6 +213,24 @@ class HeadSpread:
     cores: int
     gather_owner: np.ndarray
     root: np.ndarray
+
+
+def charge_probs_spread(mesh: Mesh, spread: HeadSpread, *, nbytes: int, ledger: Ledger) -> None:
+    """Charge a head-spread softmax's probabilities back to every column of their kv group:
+    reduced to the gather owner across the spread's cores (when more than one), then multicast
+    from its root along X (`nbytes` per core)."""
+    if spread.cores > 1:
+        charge_reduce_to_owners(
+            mesh,
+            axis=Axis.X,
+            owner=spread.gather_owner,
+            nbytes=nbytes,
+            ledger=ledger,
+            op="probs.gather",
+        )
+    charge_multicast(
+        mesh, axis=Axis.X, owner=spread.root, nbytes=nbytes, ledger=ledger, op="probs.bcast"
+    )
 
 
 @lru_cache(maxsize=256)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from waferllm.kernels.attention import head_spread, loop_order
+from waferllm.kernels.attention import charge_probs_spread, head_spread, loop_order
 from waferllm.kernels.dequant import charge_dequant
 from waferllm.kernels.gemv import best_ktree_fanouts
 from waferllm.kernels.heads import HeadLayout
@@ -25,7 +25,6 @@ from waferllm.kernels.vector import (
     SUM_ACC,
     charge_vector,
 )
-from waferllm.mesh.charges import charge_multicast, charge_reduce_to_owners
 from waferllm.mesh.comm import charge_allreduce
 from waferllm.mesh.comm_groups import charge_segmented_allreduce
 from waferllm.mesh.compute import charge_matmul
@@ -92,19 +91,7 @@ def decode_attention_cost(
         numel=batch * g * n,
     )
     if spread is not None:
-        nbytes = scores * mesh.device.storage_bytes
-        if spread.cores > 1:
-            charge_reduce_to_owners(
-                mesh,
-                axis=Axis.X,
-                owner=spread.gather_owner,
-                nbytes=nbytes,
-                ledger=ledger,
-                op="probs.gather",
-            )
-        charge_multicast(
-            mesh, axis=Axis.X, owner=spread.root, nbytes=nbytes, ledger=ledger, op="probs.bcast"
-        )
+        charge_probs_spread(mesh, spread, nbytes=scores * mesh.device.storage_bytes, ledger=ledger)
     order = loop_order(mesh, m=n, k=width, n=hv)
     charge_matmul(mesh, ledger, "pv", a_shape=(*tile, width), n=hv, vector=order)
     charge_allreduce(
