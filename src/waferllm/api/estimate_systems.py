@@ -11,7 +11,8 @@ import dataclasses
 import time
 from typing import Any
 
-from waferllm.api.estimate import PER_LAYER_NOTE, PhasePlacement, _phase_summary, estimate
+from waferllm.api.estimate import estimate
+from waferllm.api.estimate_report import PER_LAYER_NOTE, PhasePlacement, phase_summary
 from waferllm.device import Device
 from waferllm.engine.metrics import model_flops
 from waferllm.estimate.energy import event_energy
@@ -135,10 +136,10 @@ def estimate_baseline(
             "decode": placements[1].to_dict(),
         },
         "search": None,
-        "prefill": _phase_summary(device, cost.prefill.ledger, depth=3),
-        "transition": _phase_summary(device, Ledger(), depth=1),
+        "prefill": phase_summary(device, cost.prefill.ledger, depth=3),
+        "transition": phase_summary(device, Ledger(), depth=1),
         "decode": {
-            **_phase_summary(device, cost.decode.ledger, depth=3),
+            **phase_summary(device, cost.decode.ledger, depth=3),
             "steps": max(output_len - 1, 0),
         },
         "energy": energy.to_dict(),
