@@ -162,6 +162,11 @@ class _Search:
         self.lo = min(self.hi, _smallest_side(costs))
         self.partner: dict[Phase, Grid] = {}  # a grid known to work for each phase
         self.priced: dict[tuple[Phase, Grid], MeshTransformer] = {}  # each point's model
+        # with one resident layout on one device a phase's plan and walks depend on its own
+        # grid only: a point reuses any model built with its grid (`_scout`)
+        setup = costs.setup
+        self.apart = setup.resident is ResidentLayouts.ONE and setup.num_devices == 1
+        self.built: dict[tuple[Phase, Grid], MeshTransformer] = {}
 
     def tick(self, what: str) -> None:
         self.done += 1
@@ -171,11 +176,8 @@ class _Search:
     def phase_point(self, phase: Phase, grid: Grid) -> GridPoint:
         """One phase's time on `grid`; the other phase on a grid known to work (or the same
         grid): with one resident layout a phase's plan ignores the other's grid."""
-        other = Phase.DECODE if phase is Phase.PREFILL else Phase.PREFILL
-        partner = self.partner.get(other, grid)
-        pair = (grid, partner) if phase is Phase.PREFILL else (partner, grid)
         try:
-            model = self.costs.scout(*pair)  # the time only: skips the later regions' walks
+            model = self._scout(phase, grid)
             if phase is Phase.PREFILL:
                 cycles = self.costs.prefill(model, self.prompt_len).latency_cycles
             else:
@@ -189,6 +191,31 @@ class _Search:
             self.priced[phase, grid] = model
         self.tick(f"{phase.value} {grid[0]}x{grid[1]}")
         return point
+
+    def _scout(self, phase: Phase, grid: Grid) -> MeshTransformer:
+        """The model a point on `grid` is priced on, for the time only (a `CostModel.scout`:
+        skips the later regions' walks): with phases apart, one already built with `grid`
+        for `phase` (the prefill sweep's squares serve the decode sweep's), else built with
+        the other phase on a grid known to work (or the same grid). The cheapest known to
+        work is the one with the fewest regions (a region's layer is placed at every build)."""
+        if self.apart and (phase, grid) in self.built:
+            return self.built[phase, grid]
+        other = Phase.DECODE if phase is Phase.PREFILL else Phase.PREFILL
+        partner = self.partner.get(other, grid)
+        if self.apart and phase is Phase.DECODE:
+            known = [g for (p, g) in self.priced if p is other] or [partner]
+            partner = min(known, key=lambda g: self._regions(other, g))
+        pair = (grid, partner) if phase is Phase.PREFILL else (partner, grid)
+        model = self.costs.scout(*pair)
+        for each, on in zip(Phase, (model.plan.prefill.grid, model.plan.decode.grid)):
+            self.built.setdefault((each, on), model)
+        return model
+
+    def _regions(self, phase: Phase, grid: Grid) -> int:
+        model = self.priced.get((phase, grid))
+        if model is None:  # a given grid: the only one known
+            return 0
+        return len((model.plan.prefill if phase is Phase.PREFILL else model.plan.decode).regions)
 
     def _decode_cycles(self, model: MeshTransformer) -> float:
         """Stage 1's decode time: the O-1 steps priced by the mean of the first and the last
