@@ -300,8 +300,11 @@ def _pairs(
     search: _Search, choices: dict[Phase, list[Grid]]
 ) -> tuple[RequestCost, tuple[tuple[Grid, Grid, float | None], ...]]:
     """Stage 2: full requests in order of the lower bound TTFT + decode (transition >= 0)."""
+    first = choices[Phase.PREFILL][0]
     bound = {
-        (p, d): _bound(search, p, d) for p in choices[Phase.PREFILL] for d in choices[Phase.DECODE]
+        (p, d): _bound(search, p, d, first if search.apart else p)
+        for p in choices[Phase.PREFILL]
+        for d in choices[Phase.DECODE]
     }
     best: RequestCost | None = None
     tried: list[tuple[Grid, Grid, float | None]] = []
@@ -325,11 +328,13 @@ def _pairs(
     return best, tuple(tried)
 
 
-def _bound(search: _Search, prefill: Grid, decode: Grid) -> float:
+def _bound(search: _Search, prefill: Grid, decode: Grid, placed: Grid) -> float:
     """TTFT + decode time: TTFT from stage 1's walk (on a given grid, a scout's), decode on
-    the pair's placed model (a request's decode walks one step on every region, then the
-    narrower windows' attention on one layer: a scout would save little, and the winner's
-    decode is then cached)."""
+    the placed model of (`placed`, `decode`) (a request's decode walks one step on every
+    region, then the narrower windows' attention on one layer: a scout would save little,
+    and the winner's decode is then cached); with phases apart `placed` is the first prefill
+    choice for every pair (the decode is cached per decode grid: one model per decode grid
+    is built, and a pair's own when it is priced), else the pair's prefill grid."""
     total = 0.0
     for phase, grid in ((Phase.PREFILL, prefill), (Phase.DECODE, decode)):
         try:
@@ -339,7 +344,7 @@ def _bound(search: _Search, prefill: Grid, decode: Grid) -> float:
                     model = search.costs.scout(grid, decode)
                 cost = search.costs.prefill(model, search.prompt_len)
             else:
-                model = search.costs.model(prefill, grid)
+                model = search.costs.model(placed, grid)
                 cost = search.costs.decode(model, search.prompt_len, search.output_len)
         except WaferError:
             return math.inf
