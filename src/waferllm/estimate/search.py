@@ -6,7 +6,8 @@ with its reason, not a crash). The space is square grids P x P, as the paper aut
 rectangular grids whose regions tile the whole device (`regions.device_tilings`). Stage 1 walks
 each phase on its own: a coarse sweep of P from the smallest side that can hold one layer to
 the device's shorter side, then halving steps around the best side (a phase's time depends on
-its own grid only; the walks are cached per grid by `CostModel`), then the tilings
+its own grid only; the walks are cached per grid by `CostModel`, and with `phases_apart` a
+decode point reuses a model built for a prefill point, or the cheapest one), then the tilings
 (`_PhaseSweep.run_tilings`); decode is ranked there by its first and last steps (see
 `_Search._decode_cycles`). Stage 2 prices pairs of the best grids exactly, transition
 included (it depends on both grids), in order of TTFT + decode time, stopping once that bound
@@ -26,7 +27,8 @@ from typing import Any
 
 from waferllm.device import Device
 from waferllm.errors import WaferError
-from waferllm.estimate.cost import CostModel, Grid, RequestCost
+from waferllm.estimate.cost import CostModel, Grid, RequestCost, Setup
+from waferllm.estimate.search_errors import nothing_fits
 from waferllm.mesh.storage import bytes_per_element
 from waferllm.model.config import ModelConfig
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts
@@ -162,11 +164,7 @@ class _Search:
         self.lo = min(self.hi, _smallest_side(costs))
         self.partner: dict[Phase, Grid] = {}  # a grid known to work for each phase
         self.priced: dict[tuple[Phase, Grid], MeshTransformer] = {}  # each point's model
-        # with one resident layout on one device a phase's plan and walks depend on its own
-        # grid only: a point reuses any model built with its grid (`_scout`)
-        setup = costs.setup
-        self.apart = setup.resident is ResidentLayouts.ONE and setup.num_devices == 1
-        self.built: dict[tuple[Phase, Grid], MeshTransformer] = {}
+        self.apart = phases_apart(costs.setup)
 
     def tick(self, what: str) -> None:
         self.done += 1
@@ -194,28 +192,25 @@ class _Search:
 
     def _scout(self, phase: Phase, grid: Grid) -> MeshTransformer:
         """The model a point on `grid` is priced on, for the time only (a `CostModel.scout`:
-        skips the later regions' walks): with phases apart, one already built with `grid`
-        for `phase` (the prefill sweep's squares serve the decode sweep's), else built with
-        the other phase on a grid known to work (or the same grid). The cheapest known to
-        work is the one with the fewest regions (a region's layer is placed at every build)."""
-        if self.apart and (phase, grid) in self.built:
-            return self.built[phase, grid]
+        skips the later regions' walks): the other phase on a grid known to work (or the
+        same grid). With `phases_apart`, a decode point takes the model a prefill point on
+        `grid` was priced on (the prefill sweep's squares serve the decode sweep's), else
+        the feasible prefill grid with the fewest regions (the cheapest build: each
+        region's layers are placed)."""
         other = Phase.DECODE if phase is Phase.PREFILL else Phase.PREFILL
         partner = self.partner.get(other, grid)
         if self.apart and phase is Phase.DECODE:
-            known = [g for (p, g) in self.priced if p is other] or [partner]
-            partner = min(known, key=lambda g: self._regions(other, g))
+            built = self.priced.get((other, grid))  # (grid, grid): no decode grid given
+            if built is not None:
+                return built
+            known = [g for p, g in self.priced if p is other] or [partner]
+            partner = min(known, key=self._prefill_regions)
         pair = (grid, partner) if phase is Phase.PREFILL else (partner, grid)
-        model = self.costs.scout(*pair)
-        for each, on in zip(Phase, (model.plan.prefill.grid, model.plan.decode.grid)):
-            self.built.setdefault((each, on), model)
-        return model
+        return self.costs.scout(*pair)
 
-    def _regions(self, phase: Phase, grid: Grid) -> int:
-        model = self.priced.get((phase, grid))
-        if model is None:  # a given grid: the only one known
-            return 0
-        return len((model.plan.prefill if phase is Phase.PREFILL else model.plan.decode).regions)
+    def _prefill_regions(self, grid: Grid) -> int:
+        model = self.priced.get((Phase.PREFILL, grid))
+        return 0 if model is None else len(model.plan.prefill.regions)  # None: a given grid
 
     def _decode_cycles(self, model: MeshTransformer) -> float:
         """Stage 1's decode time: the O-1 steps priced by the mean of the first and the last
@@ -232,6 +227,13 @@ class _Search:
             walks.decode_step(context, self.prompt_len)  # its attention only (cached)
         cycles = [walks.decode_step(c, self.prompt_len).totals().latency_cycles for c in contexts]
         return steps * sum(cycles) / len(cycles)
+
+
+def phases_apart(setup: Setup) -> bool:
+    """Whether a phase's plan and walks depend on its own grid only: one resident layout
+    (with both, each phase's SRAM holds the other plan's weights) on one device (over
+    several, both phases' layers are split over the devices together)."""
+    return setup.resident is ResidentLayouts.ONE and setup.num_devices == 1
 
 
 def _smallest_side(costs: CostModel) -> int:
@@ -283,7 +285,9 @@ def search_grids(
             continue
         best = sweeps[phase].best_grids(PAIRS_PER_PHASE)
         if not best:
-            raise _nothing_fits(costs, phase, sweeps[phase])
+            tried = sweeps[phase].points
+            reasons = [p.reason for p in tried.values() if p.reason]
+            raise nothing_fits(costs, phase, grids=list(tried), reasons=reasons)
         choices[phase] = best
     best_cost, pairs = _pairs(search, choices)
     points = tuple(p for sweep in sweeps.values() for p in sweep.points.values())
@@ -350,59 +354,6 @@ def _bound(search: _Search, prefill: Grid, decode: Grid, placed: Grid) -> float:
             return math.inf
         total += search.costs.setup.device.cycles_to_seconds(cost.latency_cycles)
     return total
-
-
-def _nothing_fits(costs: CostModel, phase: Phase, sweep: _PhaseSweep) -> WaferError:
-    """No side worked: in `fit` mode say how much SRAM (how many wafers) the model needs."""
-    setup = costs.setup
-    device, config = setup.device, setup.config
-    reasons = [p.reason for p in sweep.points.values() if p.reason]
-    last = reasons[-1] if reasons else "no candidate grid"
-    if setup.placement is PlacementMode.FIT:
-        stored = setup.storage.weights
-        weight_bytes = config.num_params * bytes_per_element(stored, device.storage_bytes)
-        total_sram = device.num_cores * device.sram_bytes_per_core
-        wafers = math.ceil(weight_bytes / total_sram)
-        dtype = stored.value if stored.compressed else device.storage_dtype
-        if wafers > 1:
-            return WaferError(
-                f"{config.name} does not fit one {device.name} (placement fit): its weights "
-                f"alone need {weight_bytes / 1e9:.1f} GB of SRAM in {dtype}, the "
-                f"device has {total_sram / 1e9:.1f} GB, so at least {wafers} wafers; use "
-                "--placement per-layer (the paper's extrapolation) or a device with more SRAM"
-            )
-    if phase is Phase.PREFILL:
-        longest = _longest_prompt(costs, sweep)
-        if longest is not None:
-            tokens, grid = longest
-            last = (
-                f"the longest prompt any evaluated prefill grid holds is {tokens} tokens (on "
-                f"{grid[0]}x{grid[1]}); use a shorter prompt or --placement per-layer"
-            )
-    return WaferError(
-        f"no square grid or tiling of the device works for {phase.value} on {device.name}: {last}"
-    )
-
-
-def _longest_prompt(costs: CostModel, sweep: _PhaseSweep) -> tuple[int, Grid] | None:
-    """The longest prompt the prefill plans of the evaluated grids hold (byte counts only)."""
-    setup, best = costs.setup, None
-    for grid in sweep.points:
-        try:
-            plan = plan_model(
-                setup.config,
-                setup.device,
-                prefill_grid=grid,
-                decode_grid=grid,
-                placement=setup.placement,
-                resident=ResidentLayouts.ONE,
-                max_context_tokens=None,
-            )
-        except WaferError:
-            continue
-        if plan.max_prompt_tokens and (best is None or plan.max_prompt_tokens > best[0]):
-            best = (plan.max_prompt_tokens, grid)
-    return best
 
 
 # ---- functional runs: the smallest grids that hold the model ------------------------------------
