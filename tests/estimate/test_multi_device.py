@@ -152,3 +152,16 @@ def test_over_several_devices_the_search_takes_a_whole_device_tiling_only_where_
     tried = spread_by_prefill(pairs)[:FALLBACK_PAIRS]
     tilings = [costs.request(*p, 12, 4).objective_s for p in tried]
     assert pairs and best.objective_s == min(search.best.objective_s, *tilings)
+
+
+def test_over_several_devices_a_phase_cached_on_one_pair_is_not_reused_for_another():
+    """Both phases' layers are split over the devices together, so a prefill walk on the same
+    prefill grid beside another decode grid is another split: 70B on 6 wse2s puts 4/4/4 and
+    4/4/5 layers in the first prefill regions beside 750x750 and 994x750 decode grids."""
+    setup = Setup(config=load_config("llama3-70b"), device=wse2(), num_devices=6)
+    cached = CostModel(setup)
+    cached.request((992, 248), (750, 750), PROMPT, OUTPUT)
+    reused = cached.request((992, 248), (994, 750), PROMPT, OUTPUT)
+    fresh = CostModel(setup).request((992, 248), (994, 750), PROMPT, OUTPUT)
+    assert reused.prefill.regions == fresh.prefill.regions
+    assert reused.prefill.ledger.expanded() == fresh.prefill.ledger.expanded()

@@ -1,4 +1,4 @@
-"""With one resident layout on one device (`search.phases_apart`) the grid search prices a
+"""With one resident layout on one device (`Setup.phases_apart`) the grid search prices a
 decode point on a model a prefill point was built on, or beside the cheapest feasible prefill
 grid, and stage 2 bounds every pair of a decode grid on one placed model: fewer and cheaper
 builds, and exactly the search (every point, pair, the best and its ledgers) that building
@@ -71,7 +71,7 @@ def test_a_search_with_phases_apart_reports_exactly_what_each_points_own_model_g
     fast = _search(setup, shared)
     own: list[tuple] = []
     with monkeypatch.context() as patch:
-        patch.setattr(search, "phases_apart", lambda setup: False)
+        patch.setattr(Setup, "phases_apart", property(lambda setup: False))
         slow = _search(setup, own)
     _same(fast, slow)
     assert len(shared) <= len(own)
@@ -90,16 +90,16 @@ def test_the_decode_sweep_reuses_the_prefill_sweeps_models_and_builds_fewer():
         assert not [p for p, d in scouts if d == grid and p != grid]
     own: list[tuple] = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(search, "phases_apart", lambda setup: False)
+        patch.setattr(Setup, "phases_apart", property(lambda setup: False))
         _search(SETUPS[0], own)
     assert len(shared) < len(own)
 
 
 def test_nothing_is_shared_with_both_layouts_resident_or_over_several_devices():
     config, device = load_config("tiny"), tiny()
-    assert search.phases_apart(Setup(config=config, device=device))
+    assert Setup(config=config, device=device).phases_apart
     for options in ({"resident": search.ResidentLayouts.BOTH}, {"num_devices": 2}):
-        assert not search.phases_apart(Setup(config=config, device=device, **options))
+        assert not Setup(config=config, device=device, **options).phases_apart
 
 
 def test_stage_twos_bound_on_the_first_prefill_choices_model_is_each_pairs_own(monkeypatch):
@@ -113,7 +113,7 @@ def test_stage_twos_bound_on_the_first_prefill_choices_model_is_each_pairs_own(m
                 return seen[apart][prefill, decode]
 
             patch.setattr(search, "_bound", recorded)
-            patch.setattr(search, "phases_apart", lambda setup, apart=apart: apart)
+            patch.setattr(Setup, "phases_apart", property(lambda setup, apart=apart: apart))
             _search(SETUPS[0], [])
     assert len({p for p, _ in seen[True]}) == len({d for _, d in seen[True]}) == 2
     assert seen[True] == seen[False]

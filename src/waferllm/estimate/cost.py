@@ -49,6 +49,13 @@ class Setup:
     storage: Storage = UNCOMPRESSED  # weights and KV cache compressed or not
     num_devices: int = 1  # linked identical devices, a range of layers each (multi-wafer fit)
 
+    @property
+    def phases_apart(self) -> bool:
+        """Whether a phase's plan and walks depend on its own grid only: one resident layout
+        (with both, each phase's SRAM holds the other plan's weights) on one device (over
+        several, both phases' layers are split over the devices together)."""
+        return self.resident is ResidentLayouts.ONE and self.num_devices == 1
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RequestCost:
@@ -159,7 +166,7 @@ class CostModel:
 
     def _key(self, model: MeshTransformer, phase: Phase, *request: int) -> tuple:
         grids = (model.plan.prefill.grid, model.plan.decode.grid)
-        if self.setup.resident is ResidentLayouts.ONE:
+        if self.setup.phases_apart:
             grids = (model.plan.grid(phase),)  # type: ignore[assignment]
         return (phase, *grids, *request, _scouted(model, phase))
 

@@ -6,7 +6,7 @@ with its reason, not a crash). The space is square grids P x P, as the paper aut
 rectangular grids whose regions tile the whole device (`regions.device_tilings`). Stage 1 walks
 each phase on its own: a coarse sweep of P from the smallest side that can hold one layer to
 the device's shorter side, then halving steps around the best side (a phase's time depends on
-its own grid only; the walks are cached per grid by `CostModel`, and with `phases_apart` a
+its own grid only; the walks are cached per grid by `CostModel`, and with `Setup.phases_apart` a
 decode point reuses a model built for a prefill point, or the cheapest one), then the tilings
 (`_PhaseSweep.run_tilings`); decode is ranked there by its first and last steps (see
 `_Search._decode_cycles`). Stage 2 prices pairs of the best grids exactly, transition
@@ -27,7 +27,7 @@ from typing import Any
 
 from waferllm.device import Device
 from waferllm.errors import WaferError
-from waferllm.estimate.cost import CostModel, Grid, RequestCost, Setup
+from waferllm.estimate.cost import CostModel, Grid, RequestCost
 from waferllm.estimate.search_errors import nothing_fits
 from waferllm.mesh.storage import bytes_per_element
 from waferllm.model.config import ModelConfig
@@ -164,7 +164,7 @@ class _Search:
         self.lo = min(self.hi, _smallest_side(costs))
         self.partner: dict[Phase, Grid] = {}  # a grid known to work for each phase
         self.priced: dict[tuple[Phase, Grid], MeshTransformer] = {}  # each point's model
-        self.apart = phases_apart(costs.setup)
+        self.apart = costs.setup.phases_apart
 
     def tick(self, what: str) -> None:
         self.done += 1
@@ -227,13 +227,6 @@ class _Search:
             walks.decode_step(context, self.prompt_len)  # its attention only (cached)
         cycles = [walks.decode_step(c, self.prompt_len).totals().latency_cycles for c in contexts]
         return steps * sum(cycles) / len(cycles)
-
-
-def phases_apart(setup: Setup) -> bool:
-    """Whether a phase's plan and walks depend on its own grid only: one resident layout
-    (with both, each phase's SRAM holds the other plan's weights) on one device (over
-    several, both phases' layers are split over the devices together)."""
-    return setup.resident is ResidentLayouts.ONE and setup.num_devices == 1
 
 
 def _smallest_side(costs: CostModel) -> int:
