@@ -27,7 +27,13 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from waferllm.kernels.gemm_t import BlockOwners, block_at, block_owners, gemm_t_steps, owner_map
+from waferllm.kernels.gemm_t import (
+    BlockOwners,
+    block_at,
+    block_owners,
+    gemm_t_steps,
+    step_owners,
+)
 from waferllm.kernels.heads import HeadLayout
 from waferllm.kernels.ring_sum import pv_all_steps, small_tiles
 from waferllm.kernels.softmax import causal_mask, softmax
@@ -337,7 +343,7 @@ def pv_steps(
     block_shape = (*probs.shape[:-1], lt)
     scratch_buffer(mesh, "p_block", block_shape[2:])
     nbytes = int(np.prod(block_shape[2:])) * mesh.device.storage_bytes
-    owner0 = owner_map(owners, rows, 0)  # every step's multicast costs the same
+    owner0 = step_owners(owners, rows, 0)  # every step's multicast costs the same
     # small tiles: every step's numbers at once (`ring_sum.pv_all_steps`), the loop only charges
     batched = mesh.mode is Mode.ESTIMATE or small_tiles(p_blocks[..., 0, :], v_t)
     if batched and mesh.mode is Mode.FUNCTIONAL:

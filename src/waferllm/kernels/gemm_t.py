@@ -25,7 +25,7 @@ from waferllm.errors import WaferError
 from waferllm.kernels.operands import batch_shape, batch_tiles, check_operand
 from waferllm.kernels.result import Charged, KernelResult
 from waferllm.kernels.ring_sum import active_rows, homes, small_tiles, step_batches
-from waferllm.mesh.charges import charge_reduce_to_owners
+from waferllm.mesh.charges import Owners, charge_reduce_to_owners
 from waferllm.mesh.comm import charge_ring_shift, ring_shift
 from waferllm.mesh.compute import charge_matmul, matmul, matmul_values
 from waferllm.mesh.cost import Ledger
@@ -91,6 +91,23 @@ def owner_map(owners: BlockOwners, rows: int, step: int) -> np.ndarray:
     owner = owners.column[owners.group_of[None, :], block[:, None]]
     owner.setflags(write=False)
     return owner
+
+
+@lru_cache(maxsize=256)
+def step_owners(owners: BlockOwners, rows: int, step: int) -> Owners:
+    """`Owners.of_map(owner_map(owners, rows, step))` without the (R, C) map: row y's owners
+    are its block's owner column in each group (`owners.column[:, block]`, (Ng,)), spread
+    over the group's columns, so two rows have the same owners exactly when their blocks
+    have the same owner column in every group; the distinct rows in order of first
+    appearance and each row's index among them come from the (R, Ng) owner columns
+    (tests/kernels/test_gemm_t.py compares it with the map's for many grids and steps)."""
+    per_row = owners.column[:, block_at(rows, step)].T  # (R, Ng)
+    _, first, inverse = np.unique(per_row, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[order] = np.arange(len(first))
+    table = per_row[first[order]][:, owners.group_of]
+    return Owners.of_rows(table, rank[inverse.reshape(-1)])
 
 
 # ---- the kernel ----------------------------------------------------------------------------------
@@ -183,7 +200,7 @@ def gemm_t_steps(
     _scratch(mesh, f"{op}.b_ring", math.prod(b_t.shape[2:]))  # b stays for the caller
     _scratch(mesh, f"{op}.partial", 2 * block_numel)  # this step's block and the last one's
     # every step's roots cost the same (a permutation of the blocks): price step 0's
-    owner0 = owner_map(owners, rows, 0)
+    owner0 = step_owners(owners, rows, 0)
     nbytes = block_numel * mesh.device.storage_bytes
     overhead = mesh.device.step_overhead_cycles
     # small tiles: every step's numbers at once (`_all_steps`), the loop only charges

@@ -22,7 +22,7 @@ def charge_reduce_to_owners(
     mesh: Mesh,
     *,
     axis: Axis,
-    owner: np.ndarray,
+    owner: np.ndarray | Owners,
     nbytes: int,
     ledger: Ledger,
     op: str,
@@ -44,7 +44,7 @@ def charge_reduce_to_owners(
 
 
 def charge_multicast(
-    mesh: Mesh, *, axis: Axis, owner: np.ndarray, nbytes: int, ledger: Ledger, op: str
+    mesh: Mesh, *, axis: Axis, owner: np.ndarray | Owners, nbytes: int, ledger: Ledger, op: str
 ) -> None:
     """Every owner multicasts `nbytes` to the consecutive cores that name it in `owner`
     ((L, P) or (P,)), as `broadcast` with a root per group: the farthest core's hops, no
@@ -59,9 +59,12 @@ def charge_multicast(
 _SEEN: dict[int, tuple[np.ndarray, Owners]] = {}  # id -> (the read-only map, its Owners)
 
 
-def owners_of(owner: np.ndarray) -> Owners:
+def owners_of(owner: np.ndarray | Owners) -> Owners:
     """`Owners.of_map(owner)`, remembered for a read-only map (a kernel charges the same map
-    every step; the entry holds the array, so its id is not reused while remembered)."""
+    every step; the entry holds the array, so its id is not reused while remembered); an
+    `Owners` as it is (a kernel that built it in closed form)."""
+    if isinstance(owner, Owners):
+        return owner
     if owner.flags.writeable:
         return Owners.of_map(owner)
     seen = _SEEN.get(id(owner))

@@ -61,7 +61,12 @@ class Owners:
         """Each core's owner given directly, (L, P) or (P,): e.g. consecutive groups whose
         root differs per line (dist-GEMM-T's reduce within kv-groups of columns). Kept as
         its distinct rows: patterns price those and give each line its row's loads."""
-        table, row_of_line = distinct_rows(np.atleast_2d(owner))
+        return cls.of_rows(*distinct_rows(np.atleast_2d(owner)))
+
+    @classmethod
+    def of_rows(cls, table: np.ndarray, row_of_line: np.ndarray) -> Owners:
+        """The owner map given as its distinct rows (U, P) and each line's row (L,), as
+        `of_map` keeps it (a kernel that knows them in closed form skips the (L, P) map)."""
         return cls(table.shape[-1], owner_map=key(table), row_of_line=key(row_of_line))
 
     def rows(self) -> tuple[np.ndarray, np.ndarray]:
