@@ -12,7 +12,7 @@ import pytest
 from waferllm.device import tiny
 from waferllm.mesh import Axis, patterns, rings
 from waferllm.mesh.geometry import RingKind
-from waferllm.mesh.loads import LineRows, OuterRamp
+from waferllm.mesh.loads import LinePlus, LineRows, OuterRamp
 from waferllm.mesh.patterns import Owners, chain_traffic, multicast_traffic
 from waferllm.mesh.traffic import Traffic, line_traffic
 
@@ -222,9 +222,10 @@ def test_line_rows_behave_as_the_gathered_array(axis):
     per_line = rng.integers(0, 3, len(index)).astype(float)  # a step along the other axis
     per_line = per_line[:, None] if axis == 0 else per_line[None, :]
     across = rng.integers(0, 9, (1, 6) if axis == 0 else (6, 1)).astype(float)
-    for vector in (per_line, across):
+    for vector, kind in ((per_line, LinePlus), (across, LineRows)):
         summed = lazy + vector
-        assert isinstance(summed, LineRows) and summed.max() == (full + vector).max()
+        assert isinstance(summed, kind) and summed.max() == (full + vector).max()
+        assert summed.shape == full.shape
         np.testing.assert_array_equal(np.asarray(summed), full + vector)
         np.testing.assert_array_equal(np.asarray(vector + lazy), vector + full)
     assert line_rows(rows, np.arange(rows.shape[axis]), axis) is rows  # every line its own
@@ -308,3 +309,28 @@ def test_per_line_additions_keep_the_distinct_row_value_pairs_in_numpys_order(se
     np.testing.assert_array_equal(got.rows, want)
     np.testing.assert_array_equal(got.index, want_index.reshape(-1))
     assert got.axis == axis
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_per_line_addition_kept_apart_has_the_max_and_sums_of_the_added_rows(seed):
+    """`LinePlus` (a `LineRows` plus one value per line) answers its max from the rows'
+    maxima, the same float as the max of the added rows even for fractional loads, and
+    anything else through those rows."""
+    rng = np.random.default_rng(seed)
+    axis = seed % 2
+    rows = rng.random((int(rng.integers(1, 5)), 7)) * 10.0 ** int(rng.integers(0, 12))
+    rows = rows if axis == 0 else rows.T
+    lines = int(rng.integers(1, 30))
+    index = rng.integers(0, rows.shape[axis], lines)
+    values = rng.random(lines) * 10.0 ** int(rng.integers(0, 12))
+    lazy = LinePlus(LineRows(rows, index, axis), values)
+    eager = LineRows(rows, index, axis)._plus_per_line(values)
+    full = np.take(rows, index, axis=axis) + (values[:, None] if axis == 0 else values[None, :])
+    assert lazy.max() == eager.max() == full.max()
+    assert lazy.max(initial=float(full.max()) + 1.0) == float(full.max()) + 1.0
+    np.testing.assert_array_equal(np.asarray(lazy), full)
+    np.testing.assert_array_equal(np.asarray(lazy.T), full.T)
+    other = rng.random(full.shape)
+    np.testing.assert_array_equal(np.asarray(lazy + other), full + other)
+    np.testing.assert_array_equal(np.asarray(other + lazy), other + full)
+    assert LinePlus(LineRows(np.zeros((2, 0)), index % 2, 0), values).max(initial=0.0) == 0.0

@@ -3,12 +3,15 @@
 A step's price needs only the largest load (`traffic.Traffic.size_term_cycles`), and a new
 grid prices hundreds of whole-mesh steps: `LineRows` keeps per-line loads as their distinct
 rows and each line's row (a ring step whose lines carry a few distinct counts, an owner map
-whose lines repeat a few rows), `OuterRamp` a row plus a column vector (two concurrent steps
-along different axes). Both give the same max, sums and `np.asarray` as the full arrays.
+whose lines repeat a few rows), `LinePlus` those plus one value per line, `OuterRamp` a row
+plus a column vector (two concurrent steps along different axes). All give the same max, sums
+and `np.asarray` as the full arrays.
 Loads are whole bytes (checked where a sum is kept apart): float sums of them are exact.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -50,7 +53,7 @@ class LineRows:
             if other.shape[self.axis] == 1:  # the same along the lines: add to every row
                 return LineRows(self.rows + other, self.index, self.axis)
             if other.shape == ((lines, 1) if self.axis == 0 else (1, lines)):
-                return self._plus_per_line(other.reshape(-1))
+                return LinePlus(self, other.reshape(-1))
         return np.asarray(self) + np.asarray(other)
 
     def _plus_per_line(self, values: np.ndarray) -> LineRows:
@@ -67,6 +70,46 @@ class LineRows:
         added = levels[keys % len(levels)]
         add = added[:, None] if self.axis == 0 else added[None, :]
         return LineRows(rows + add, index.reshape(-1), self.axis)
+
+    __radd__ = __add__  # elementwise float addition commutes
+
+
+class LinePlus:
+    """A `LineRows` plus one value per line (a step along the other axis, every line alike),
+    kept unsummed until something other than its max is asked: the max is each line's row
+    max plus its value, exact (adding a number to floats keeps their order, so the largest
+    sum is the largest load's), and everything else goes through the sum that
+    `LineRows._plus_per_line` makes (the same arrays as adding at once)."""
+
+    __array_ufunc__ = None  # ndarray + LinePlus comes here (`__radd__`), not to numpy
+
+    def __init__(self, rows: LineRows, values: np.ndarray) -> None:
+        self.rows, self.values = rows, values  # values: (L,), one per line
+
+    @functools.cached_property
+    def summed(self) -> LineRows:
+        return self.rows._plus_per_line(self.values)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.rows.shape
+
+    @property
+    def T(self) -> LineRows:  # noqa: N802 (numpy's name)
+        return self.summed.T
+
+    def max(self, initial: float = -np.inf) -> float:
+        rows = self.rows
+        if rows.rows.size == 0:
+            return self.summed.max(initial=initial)
+        line_peaks = rows.rows.max(axis=1 - rows.axis)[rows.index] + self.values
+        return float(line_peaks.max(initial=initial))
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        return self.summed.__array__(dtype)
+
+    def __add__(self, other: object) -> Load:
+        return self.summed + other
 
     __radd__ = __add__  # elementwise float addition commutes
 
@@ -105,7 +148,7 @@ class OuterRamp:
 
 
 # (rows, cols)-broadcastable, or (L, P-1) for links
-Load = np.ndarray | LineRows | OuterRamp | StepLoads
+Load = np.ndarray | LineRows | LinePlus | OuterRamp | StepLoads
 
 
 def line_rows(rows: np.ndarray, index: np.ndarray, axis: int = 0) -> np.ndarray | LineRows:
