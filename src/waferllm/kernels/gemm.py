@@ -13,6 +13,7 @@ alpha per hop, beta per stage; mesh axes X (columns), Y (rows).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from waferllm.mesh.geometry import Axis, RingKind
 from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.tiling import LogicalGrid, from_blocks, pad_last2, to_blocks, to_logical
-from waferllm.mesh.virtual import Mesh
+from waferllm.mesh.virtual import Mesh, Mode
 
 # Layout tags of operands already skewed for a ring kernel (Layout.tag).
 A_ALIGNED = {RingKind.INTERLEAVED: "meshgemm_a_aligned", RingKind.PLAIN: "cannon_a_aligned"}
@@ -86,10 +87,13 @@ def align_a(
     ledger: Ledger,
     kind: RingKind = RingKind.INTERLEAVED,
     op: str = "align_a",
+    walk: bool = False,
 ) -> KernelResult:
     """Skew activations A[M_y, K_x] on the device once, so several MeshGEMMs can reuse them
     (Q, K and V from one normed input): a ring GEMM returns A to its skewed place after its
-    P steps. Costs floor(P/2) rounds of (2*alpha + Mt*Kt*s/W + step_overhead), tag "align"."""
+    P steps. Costs floor(P/2) rounds of (2*alpha + Mt*Kt*s/W + step_overhead), tag "align".
+    Estimate mode charges it from the tile shapes alone unless `walk` (the oracle: the same
+    records and SRAM, tests/kernels/test_gemm_closed_form.py)."""
     check_operand(mesh, a, op=op, role="A", dims="A[M_y, K_x]", tags={""})
     grid = ring_grid(mesh, RING_ALGO[kind])
     if a.data.shape[-1] % grid.per_col:
@@ -97,12 +101,21 @@ def align_a(
             f"{op}: on a {mesh.rows}x{mesh.cols} mesh K must be padded to a multiple of "
             f"{grid.size} (tiling.padded_k); A's K tiles hold {a.data.shape[-1]}"
         )
+    closed = mesh.mode is Mode.ESTIMATE and not walk
     with Charged(ledger) as charged, ledger.scope(op), mesh.sram.scope():
-        padded = pad_last2(a.data, grid.per_row, 1)
-        scratch(mesh, f"{op}.a_recv", padded)  # the skew's double buffer
-        logical, _ = _skew(mesh, grid, kind, ledger, a=to_logical(padded, grid), b=None)
-    assert logical is not None
-    data = from_blocks(to_blocks(logical, grid), grid)
+        if closed:  # the walk's shapes without its tensors (estimate mode)
+            rows, cols, *tile = a.data.shape
+            tile[-2] = -(-tile[-2] // grid.per_row) * grid.per_row
+            scratch(mesh, f"{op}.a_recv", tuple(tile))  # the skew's double buffer
+            _charge_skew(mesh, grid, kind, ledger, a=_logical_shape(tile, grid), b=None)
+            data = torch.empty((rows, cols, *tile), dtype=a.data.dtype, device="meta")
+        else:
+            padded = pad_last2(a.data, grid.per_row, 1)
+            scratch(mesh, f"{op}.a_recv", padded)  # the skew's double buffer
+            logical, _ = _skew(mesh, grid, kind, ledger, a=to_logical(padded, grid), b=None)
+    if not closed:
+        assert logical is not None
+        data = from_blocks(to_blocks(logical, grid), grid)
     layout = a.layout.with_tag(A_ALIGNED[kind])
     if data.shape == a.data.shape:
         return KernelResult(out=a.replace(data, layout), records=charged.records)
@@ -123,6 +136,24 @@ def _skew(
     along Y (whichever is given), concurrently, floor(L/2) identical rounds."""
     if a is None and b is None:
         return a, b
+    _charge_skew(mesh, grid, kind, ledger, a=a, b=b)
+    a = None if a is None else rings.skew_moved(a, axis=Axis.X, kind=kind)
+    b = None if b is None else rings.skew_moved(b, axis=Axis.Y, kind=kind)
+    return a, b
+
+
+def _charge_skew(
+    mesh: Mesh,
+    grid: LogicalGrid,
+    kind: RingKind,
+    ledger: Ledger,
+    *,
+    a: torch.Tensor | torch.Size | None,
+    b: torch.Tensor | torch.Size | None,
+) -> None:
+    """`_skew`'s charges, from the logical blocks (L, L, *block) or their shape."""
+    if a is None and b is None:
+        return
     with ledger.tag("align"):
         for _ in mesh.charged_steps(rings.skew_rounds(grid.size, kind), ledger):
             with ledger.overlap("align", step_overhead_cycles=mesh.device.step_overhead_cycles):
@@ -131,9 +162,12 @@ def _skew(
                         rings.charge_skew_round(
                             mesh, grid, data, axis=axis, kind=kind, ledger=ledger, op=name
                         )
-    a = None if a is None else rings.skew_moved(a, axis=Axis.X, kind=kind)
-    b = None if b is None else rings.skew_moved(b, axis=Axis.Y, kind=kind)
-    return a, b
+
+
+def _logical_shape(tile: Sequence[int], grid: LogicalGrid) -> torch.Size:
+    """`to_logical`'s shape for physical tiles `tile` (*t, a*p, b*q): (L, L, *t, p, q)."""
+    *batch, ap, bq = tile
+    return torch.Size((grid.size, grid.size, *batch, ap // grid.per_row, bq // grid.per_col))
 
 
 # ---- Cannon on a ring: MeshGEMM and the Cannon baseline ---------------------------------------
@@ -154,15 +188,27 @@ def _check_ring_operands(
 
 
 def _ring_gemm(
-    mesh: Mesh, *, a: DistTensor, b: DistTensor, ledger: Ledger, op: str, kind: RingKind
+    mesh: Mesh,
+    *,
+    a: DistTensor,
+    b: DistTensor,
+    ledger: Ledger,
+    op: str,
+    kind: RingKind,
+    walk: bool = False,
 ) -> KernelResult:
-    """Cannon's compute-shift loop on the `kind` ring of the (logical) grid."""
+    """Cannon's compute-shift loop on the `kind` ring of the (logical) grid; in estimate mode
+    charged from the tile shapes alone (`_ring_gemm_closed`) unless `walk`."""
     grid = ring_grid(mesh, op)
     _check_ring_operands(mesh, grid, a, b, op=op, kind=kind)
     batch = batch_shape(op, a, b)
     m, n = a.layout.shape[-2], b.layout.shape[-1]
     mt, nt = -(-m // mesh.rows), -(-n // mesh.cols)
     out_layout = Layout((*batch, m, n), y_dim=len(batch), x_dim=len(batch) + 1)
+    if mesh.mode is Mode.ESTIMATE and not walk:
+        return _ring_gemm_closed(
+            mesh, grid, a=a, b=b, ledger=ledger, op=op, kind=kind, out_layout=out_layout
+        )
     with Charged(ledger) as charged, ledger.scope(op):
         out_key = mesh.sram.alloc(
             f"{op}.c", math.prod((*batch, mt, nt)) * mesh.device.storage_bytes
@@ -172,7 +218,7 @@ def _ring_gemm(
             b_pad = pad_last2(batch_tiles(b, len(batch)), 1, grid.per_col)  # b_tile: [Kt', b*nL]
             pad_bytes(mesh, f"{op}.a_pad", tile_numel(a_pad), tile_numel(a.data))
             scratch(mesh, f"{op}.a_recv", a_pad)  # double buffers: shifts land here
-            _b_buffers(mesh, b, b_pad, op)
+            _b_buffers(mesh, b, tuple(b_pad.shape[2:]), op)
             a_l, b_l = _skew(
                 mesh,
                 grid,
@@ -193,43 +239,135 @@ def _ring_gemm(
                 ring_products_sum(mesh, grid=grid, a_l=a_l, b_l=b_l, acc=c_l, kind=kind), grid
             )
             b_kt, b_nt = b_pad.shape[-2:]
-            for _ in mesh.charged_steps(grid.size, ledger):
-                with ledger.overlap("step", step_overhead_cycles=mesh.device.step_overhead_cycles):
-                    charge_matmul(mesh, ledger, "mac", a_shape=a_blocks.shape, n=b_l.shape[-1])
-                    charge_dequant(mesh, ledger, "dequant_b", b.stored, reduced=b_kt, other=b_nt)
-                    for data, axis, name, stored in (
-                        (a_l, Axis.X, "shift_a", StoredDtype.FLOAT16),
-                        (b_l, Axis.Y, "shift_b", b.stored),
-                    ):
-                        rings.charge_ring_step(
-                            mesh,
-                            grid,
-                            data,
-                            axis=axis,
-                            kind=kind,
-                            ledger=ledger,
-                            op=name,
-                            stored=stored,
-                        )
+            _charge_ring_steps(
+                mesh,
+                grid,
+                kind,
+                ledger,
+                a_l=a_l,
+                b_l=b_l,
+                b=b,
+                a_blocks=a_blocks.shape,
+                b_kt=b_kt,
+                b_nt=b_nt,
+            )
     c = from_blocks(c_blocks, grid)[..., :mt, :nt]
     return KernelResult(
         out=finish(mesh, c, out_layout, f"{op}.c", out_key), records=charged.records
     )
 
 
-def _b_buffers(mesh: Mesh, b: DistTensor, b_pad: torch.Tensor, op: str) -> None:
-    """B's local padding and receive buffer in its stored format (compressed weights travel
-    as codes and scales), and the float16 chunk a compressed B expands into each step."""
+def _ring_gemm_closed(
+    mesh: Mesh,
+    grid: LogicalGrid,
+    *,
+    a: DistTensor,
+    b: DistTensor,
+    ledger: Ledger,
+    op: str,
+    kind: RingKind,
+    out_layout: Layout,
+) -> KernelResult:
+    """`_ring_gemm` in estimate mode without its tensors: the same SRAM buffers and charges
+    in the same order, from the tiles' shapes (batch dims as `batch_tiles` inserts them, the
+    padding of `pad_last2`, the logical blocks of `to_logical` and `to_blocks`), and a meta
+    output of the walk's shape. tests/kernels/test_gemm_closed_form.py compares it with the
+    walk record for record."""
+    nb = len(out_layout.shape) - 2
+    rows, cols = mesh.shape
+    mt, nt = out_layout.shape[-2], out_layout.shape[-1]
+    mt, nt = -(-mt // rows), -(-nt // cols)
+    a_tile, b_tile = [_batch_tile(t, nb) for t in (a, b)]
+    a_pad = (*a_tile[:-2], -(-a_tile[-2] // grid.per_row) * grid.per_row, a_tile[-1])
+    b_pad = (*b_tile[:-1], -(-b_tile[-1] // grid.per_col) * grid.per_col)
+    a_l, b_l = _logical_shape(a_pad, grid), _logical_shape(b_pad, grid)
+    blocks = (rows, cols, grid.per_row, grid.per_col)
+    lead = np.broadcast_shapes((*blocks, *a_l[2:-2]), (*blocks, *b_l[2:-2]))
+    sb = mesh.device.storage_bytes
+    with Charged(ledger) as charged, ledger.scope(op):
+        out_key = mesh.sram.alloc(f"{op}.c", math.prod(out_layout.shape[:-2]) * mt * nt * sb)
+        with mesh.sram.scope():
+            pad_bytes(mesh, f"{op}.a_pad", math.prod(a_pad), tile_numel(a.data))
+            scratch(mesh, f"{op}.a_recv", a_pad)  # double buffers: shifts land here
+            _b_buffers(mesh, b, b_pad, op)
+            _charge_skew(
+                mesh,
+                grid,
+                kind,
+                ledger,
+                a=None if a.layout.tag else a_l,
+                b=None if b.layout.tag else b_l,
+            )
+            c_block = math.prod((*lead[2:], a_l[-2], b_l[-1]))
+            pad_bytes(mesh, f"{op}.c_pad", c_block, math.prod(out_layout.shape[:-2]) * mt * nt)
+            a_blocks = torch.Size((*blocks, *a_l[2:]))
+            _charge_ring_steps(
+                mesh,
+                grid,
+                kind,
+                ledger,
+                a_l=a_l,
+                b_l=b_l,
+                b=b,
+                a_blocks=a_blocks,
+                b_kt=b_pad[-2],
+                b_nt=b_pad[-1],
+            )
+    c = torch.empty((rows, cols, *lead[4:], mt, nt), dtype=mesh.compute_dtype, device="meta")
+    return KernelResult(
+        out=finish(mesh, c, out_layout, f"{op}.c", out_key), records=charged.records
+    )
+
+
+def _batch_tile(t: DistTensor, num_batch: int) -> tuple[int, ...]:
+    """`batch_tiles(t, num_batch)`'s tile shape: size-1 batch dims before t's tile."""
+    tile = tuple(t.data.shape[2:])
+    return (*([1] * (num_batch + 2 - len(tile))), *tile)
+
+
+def _charge_ring_steps(
+    mesh: Mesh,
+    grid: LogicalGrid,
+    kind: RingKind,
+    ledger: Ledger,
+    *,
+    a_l: torch.Tensor | torch.Size,
+    b_l: torch.Tensor | torch.Size,
+    b: DistTensor,
+    a_blocks: torch.Size,
+    b_kt: int,
+    b_nt: int,
+) -> None:
+    """The P compute-shift steps' charges, from the logical blocks (or their shapes), each
+    core's blocks of A (`a_blocks`) and B's padded tile (b_kt, b_nt)."""
+    for _ in mesh.charged_steps(grid.size, ledger):
+        with ledger.overlap("step", step_overhead_cycles=mesh.device.step_overhead_cycles):
+            n = (b_l if isinstance(b_l, torch.Size) else b_l.shape)[-1]
+            charge_matmul(mesh, ledger, "mac", a_shape=a_blocks, n=n)
+            charge_dequant(mesh, ledger, "dequant_b", b.stored, reduced=b_kt, other=b_nt)
+            for data, axis, name, stored in (
+                (a_l, Axis.X, "shift_a", StoredDtype.FLOAT16),
+                (b_l, Axis.Y, "shift_b", b.stored),
+            ):
+                rings.charge_ring_step(
+                    mesh, grid, data, axis=axis, kind=kind, ledger=ledger, op=name, stored=stored
+                )
+
+
+def _b_buffers(mesh: Mesh, b: DistTensor, b_pad: tuple[int, ...], op: str) -> None:
+    """B's local padding and receive buffer (`b_pad`: its padded tile) in its stored format
+    (compressed weights travel as codes and scales), and the float16 chunk a compressed B
+    expands into each step."""
     if not b.stored.compressed:
-        pad_bytes(mesh, f"{op}.b_pad", tile_numel(b_pad), tile_numel(b.data))
+        pad_bytes(mesh, f"{op}.b_pad", math.prod(b_pad), tile_numel(b.data))
         scratch(mesh, f"{op}.b_recv", b_pad)
         return
     sb = mesh.device.storage_bytes
-    padded = tile_stored_bytes(b.stored, tuple(b_pad.shape[2:]), sb)
+    padded = tile_stored_bytes(b.stored, b_pad, sb)
     if padded > b.tile_bytes:
         mesh.sram.alloc(f"{op}.b_pad", padded - b.tile_bytes)
     mesh.sram.alloc(f"{op}.b_recv", padded)
-    kt, nt = b_pad.shape[-2:]
+    kt, nt = b_pad[-2:]
     mesh.sram.alloc(
         f"{op}.dequant_chunk", dequant_scratch_bytes(b.stored, reduced=kt, other=nt, sb=sb)
     )

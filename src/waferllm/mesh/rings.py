@@ -186,7 +186,7 @@ def _directions(forward_key: bytes, lines: int, across: int) -> tuple[tuple[int,
 def _charge(
     mesh: Mesh,
     grid: LogicalGrid,
-    data: torch.Tensor,
+    data: torch.Tensor | torch.Size,
     *,
     axis: Axis,
     kind: RingKind,
@@ -203,7 +203,8 @@ def _charge(
         _require_routes(mesh, grid, axis, kind, steps)
     if not ledger.prices:
         return
-    nbytes = tile_stored_bytes(stored, tuple(data.shape[2:]), mesh.device.storage_bytes)
+    shape = data if isinstance(data, torch.Size) else data.shape
+    nbytes = tile_stored_bytes(stored, tuple(shape[2:]), mesh.device.storage_bytes)
     traffic = _ring_traffic(mesh.device, mesh.shape, axis, grid.size, kind, counts_key, nbytes)
     ledger.charge(op, Charge.comm(traffic), phase=phase)
 
@@ -242,7 +243,7 @@ def ring_step(
 def charge_ring_step(
     mesh: Mesh,
     grid: LogicalGrid,
-    data: torch.Tensor,
+    data: torch.Tensor | torch.Size,
     *,
     axis: Axis,
     kind: RingKind,
@@ -252,7 +253,8 @@ def charge_ring_step(
     stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> None:
     """Configure and charge `ring_step` of `data` without moving it: for a kernel that tracks
-    where the ring has taken the blocks by index (`ring_index`) instead of copying them."""
+    where the ring has taken the blocks by index (`ring_index`) instead of copying them, or
+    that knows only their shape (`data` a torch.Size: a closed form)."""
     forward = _all_forward(grid.size)
     _charge(
         mesh,
@@ -291,7 +293,7 @@ def skew_rounds(size: int, kind: RingKind) -> int:
 def charge_skew_round(
     mesh: Mesh,
     grid: LogicalGrid,
-    data: torch.Tensor,
+    data: torch.Tensor | torch.Size,
     *,
     axis: Axis,
     kind: RingKind,
@@ -299,7 +301,8 @@ def charge_skew_round(
     op: str,
     phase: int = 0,
 ) -> None:
-    """Configure and charge one round of the skew along `axis` (data: (L, L, *block)).
+    """Configure and charge one round of the skew along `axis` (data: (L, L, *block), or
+    its shape).
 
     Logical line j (a row of blocks for axis X) moves one position in the direction of its
     offset while the round index < |offset_j|. As in the public code (code notes §1.5) every
