@@ -283,8 +283,11 @@ def test_patterns_priced_per_byte_and_scaled_equal_the_pattern_priced_at_each_si
         (multicast_traffic, Owners.of_roots(num, rng.integers(0, num, lines))),
         (tree_traffic, plan),
     ]
+    sizes = [1, int(rng.integers(2, 5000)), 0, 2**20 + 3, int(rng.integers(2, 5000))]
+    if seed % 2:  # another order: a size first (priced as it is), then others (scaled)
+        sizes = sizes[1:] + sizes[:1]
     for pattern, what in cases:
-        for nbytes in (1, int(rng.integers(2, 5000)), 0, 2**20 + 3):
+        for nbytes in sizes:
             got = pattern(dev, shape, axis, what, nbytes)
             _same_traffic(got, pattern.__wrapped__(dev, shape, axis, what, nbytes))
 

@@ -115,11 +115,14 @@ def per_byte(maxsize: int) -> Callable[[Pattern], Pattern]:
     the message size, the paths taken are those of any positive size, and the hops do not
     depend on it (tests/mesh/test_traffic_closed_forms.py compares every pattern at many
     sizes). The same pattern at another size (an attention re-walked at another cache
-    width, a block of another length) then costs a scaling, not a pricing.
-    `__wrapped__` is the plain pattern (no cache, no scaling)."""
+    width, a block of another length) then costs a scaling, not a pricing. The first size
+    asked of a pattern is priced as it is (the same arrays, by the same exactness, without
+    the scaling pass: a new grid's walk asks most patterns at one size only); the sizes
+    after it scale the unit. `__wrapped__` is the plain pattern (no cache, no scaling)."""
 
     def wrap(pattern: Pattern) -> Pattern:
         unit = lru_cache(maxsize=maxsize)(pattern)
+        first: dict[tuple[Device, tuple[int, int], Axis, Any], int] = {}  # at most maxsize
 
         @lru_cache(maxsize=maxsize)
         def priced(
@@ -127,6 +130,10 @@ def per_byte(maxsize: int) -> Callable[[Pattern], Pattern]:
         ) -> Traffic:
             if nbytes <= 0 or nbytes == 1:
                 return unit(device, shape, axis, what, nbytes)
+            if first.setdefault((device, shape, axis, what), nbytes) == nbytes:
+                if len(first) > maxsize:
+                    first.pop(next(iter(first)))
+                return pattern(device, shape, axis, what, nbytes)
             return unit(device, shape, axis, what, 1).scaled(nbytes)
 
         functools.update_wrapper(priced, pattern)
