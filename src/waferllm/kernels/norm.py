@@ -22,9 +22,10 @@ from waferllm.kernels.vector import (
 )
 from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp
 from waferllm.mesh.cost import Ledger
+from waferllm.mesh.geometry import Axis
 from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.tensor import DistTensor
-from waferllm.mesh.virtual import Mesh
+from waferllm.mesh.virtual import Mesh, Mode
 
 
 def rms_norm(
@@ -36,6 +37,7 @@ def rms_norm(
     eps: float,
     op: str = "rmsnorm",
     algorithm: ReduceAlgorithm = ReduceAlgorithm.KTREE,
+    walk: bool = False,
 ) -> DistTensor:
     """RMSNorm over the last (hidden) dim D, exactly as transformers' LlamaRMSNorm.
 
@@ -46,6 +48,8 @@ def rms_norm(
     Padded entries are masked out of the sum; the divisor is the true D.
     Cost: T*[max(floor, 2Dt/F, Dt*s/S) + floor + 3c + max(floor, 2Dt/F, 3Dt*s/S)] + allreduce(T*s),
     c the scalar instruction (`scalar_cycles_per_element`; the rsqrt's divide, sqrt, reciprocal).
+    Estimate mode charges it from x's tile shape alone unless `walk` (the oracle: the same
+    records, SRAM and output, tests/kernels/test_norm_softmax_closed_form.py).
     """
     d_dim = len(x.layout.shape) - 1
     axis = axis_of(x.layout, d_dim)
@@ -56,6 +60,8 @@ def rms_norm(
             f"hidden dim of '{x.name}' ({x.layout})"
         )
     dtype = x.data.dtype
+    if mesh.mode is Mode.ESTIMATE and not walk:
+        return _rms_norm_closed(mesh, x=x, ledger=ledger, op=op, axis=axis, algorithm=algorithm)
     valid = valid_mask(x, d_dim)
 
     def masked(data: torch.Tensor, *keep: torch.Tensor) -> torch.Tensor:
@@ -88,6 +94,36 @@ def rms_norm(
         return as_dtype(w * as_dtype(xf * scale, dtype), dtype)
 
     out = on_replicas(scaled, xf, sum_sq, w)
+    return mesh.register(out, x.layout, f"{op}.out")
+
+
+def _rms_norm_closed(
+    mesh: Mesh,
+    *,
+    x: DistTensor,
+    ledger: Ledger,
+    op: str,
+    axis: Axis | None,
+    algorithm: ReduceAlgorithm,
+) -> DistTensor:
+    """`rms_norm`'s charges in estimate mode from x's tiles' shape: the allreduce of one
+    float32 sum per token (meta), and the output registered like the walk's."""
+    shape = x.data.shape
+    rows, dt = lead_count(x.data, len(x.layout.shape) - 1), shape[-1]
+    charge_vector(mesh, ledger, f"{op}.sum_squares", rows=rows, length=dt, cost=SQUARE_ACC)
+    if axis is not None:
+        small_allreduce(
+            mesh,
+            torch.empty((*shape[:-1], 1), dtype=torch.float32, device="meta"),
+            axis=axis,
+            ledger=ledger,
+            op=f"{op}.allreduce",
+            reduce_op=ReduceOp.SUM,
+            algorithm=algorithm,
+        )
+    charge_vector(mesh, ledger, f"{op}.rsqrt", rows=rows, length=1, cost=RSQRT)
+    charge_vector(mesh, ledger, f"{op}.scale", rows=rows, length=dt, cost=SCALE_MUL)
+    out = torch.empty(shape, dtype=x.data.dtype, device="meta")
     return mesh.register(out, x.layout, f"{op}.out")
 
 

@@ -9,7 +9,7 @@ Legend: R softmax rows per core, St the tile of the softmax dim.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -34,7 +34,7 @@ from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor
-from waferllm.mesh.virtual import Mesh
+from waferllm.mesh.virtual import Mesh, Mode
 
 
 def softmax(
@@ -50,6 +50,7 @@ def softmax(
     op: str = "softmax",
     algorithm: ReduceAlgorithm = ReduceAlgorithm.KTREE,
     rows_per_core: int | None = None,
+    walk: bool = False,
 ) -> DistTensor:
     """Softmax over logical `dim` of `scores`, in place (the output reuses the scores' buffer).
 
@@ -66,25 +67,17 @@ def softmax(
     R*[max-acc + exp + sum-acc + normalise (+ scale, + select)] + one instruction of R
     reciprocals + 2 allreduces of R*s bytes; scalar instructions: 3*R*St (fast_exp) + R (one
     reciprocal per row; code notes §3.3 multiplies by 1/sum).
+    Estimate mode charges it from the scores' tile shape alone unless `walk` (the oracle: the
+    same records, tests/kernels/test_norm_softmax_closed_form.py).
     """
     ndim = len(scores.layout.shape)
     dim = dim % ndim
     if axis is None:
         axis = axis_of(scores.layout, dim)
     tile_dim = 2 + dim
-    s = as_dtype(scores.data, torch.float32)
     rows, length = lead_count(scores.data, dim), scores.tile_shape[dim]
     if rows_per_core is not None:
         rows = min(rows, rows_per_core)
-    if scale is not None:
-        charge_vector(mesh, ledger, f"{op}.scale", rows=rows, length=length, cost=SCALE)
-        s = s * scale
-    keep = valid_mask(scores, dim)
-    if mask is not None:
-        charge_vector(mesh, ledger, f"{op}.mask", rows=rows, length=length, cost=MASK_SELECT)
-        keep = mask if keep is None else keep & mask
-    if keep is not None:
-        s = torch.where(keep, s, -math.inf)
 
     def reduce_line(local: torch.Tensor, reduce_op: ReduceOp, name: str) -> torch.Tensor:
         if axis is None:
@@ -100,6 +93,25 @@ def softmax(
             group_sizes=group_sizes,
         )
 
+    closed = mesh.mode is Mode.ESTIMATE and not walk  # from the tile shape alone
+    if scale is not None:
+        charge_vector(mesh, ledger, f"{op}.scale", rows=rows, length=length, cost=SCALE)
+    if mask is not None:
+        charge_vector(mesh, ledger, f"{op}.mask", rows=rows, length=length, cost=MASK_SELECT)
+    if closed:
+        local = list(scores.data.shape)
+        local[tile_dim] = 1  # one float32 per softmax row
+        _closed_rest(mesh, ledger, op, rows, length, reduce_line, tuple(local))
+        return scores.replace(scores.data)
+    s = as_dtype(scores.data, torch.float32)
+    if scale is not None:
+        s = s * scale
+    keep = valid_mask(scores, dim)
+    if mask is not None:
+        keep = mask if keep is None else keep & mask
+    if keep is not None:
+        s = torch.where(keep, s, -math.inf)
+
     charge_vector(mesh, ledger, f"{op}.max", rows=rows, length=length, cost=MAX_ACC)
     row_max = reduce_line(s.amax(dim=tile_dim, keepdim=True), ReduceOp.MAX, "allreduce_max")
     row_max = torch.nan_to_num(row_max, nan=0.0, posinf=0.0, neginf=0.0)  # no finite max: 0
@@ -111,6 +123,26 @@ def softmax(
     charge_vector(mesh, ledger, f"{op}.normalise", rows=rows, length=length, cost=NORMALISE)
     p = e / torch.where(total > 0, total, 1.0)
     return scores.replace(as_dtype(p, scores.data.dtype))
+
+
+def _closed_rest(
+    mesh: Mesh,
+    ledger: Ledger,
+    op: str,
+    rows: int,
+    length: int,
+    reduce_line: Callable[[torch.Tensor, ReduceOp, str], torch.Tensor],
+    local: tuple[int, ...],
+) -> None:
+    """`softmax`'s charges after the scale and the mask, in its order, each allreduce given a
+    meta float32 row vector of `local`'s shape (what the walk's reductions hold)."""
+    charge_vector(mesh, ledger, f"{op}.max", rows=rows, length=length, cost=MAX_ACC)
+    reduce_line(torch.empty(local, device="meta"), ReduceOp.MAX, "allreduce_max")
+    charge_vector(mesh, ledger, f"{op}.exp", rows=rows, length=length, cost=EXP_SUB)
+    charge_vector(mesh, ledger, f"{op}.sum", rows=rows, length=length, cost=SUM_ACC)
+    reduce_line(torch.empty(local, device="meta"), ReduceOp.SUM, "allreduce_sum")
+    charge_vector(mesh, ledger, f"{op}.reciprocal", rows=1, length=rows, cost=RECIPROCAL)
+    charge_vector(mesh, ledger, f"{op}.normalise", rows=rows, length=length, cost=NORMALISE)
 
 
 # ---- attention masks ----------------------------------------------------------------------------
