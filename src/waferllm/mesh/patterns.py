@@ -21,7 +21,7 @@ from waferllm.device import Device
 from waferllm.mesh.geometry import Axis, ring_successor
 from waferllm.mesh.ktree import TreePlan
 from waferllm.mesh.loads import Load, line_rows
-from waferllm.mesh.traffic import Loads, Traffic, line_traffic, orient
+from waferllm.mesh.traffic import Traffic, line_traffic, orient
 
 ArrayKey = tuple[tuple[int, ...], bytes]
 
@@ -165,9 +165,10 @@ def chain_traffic(
     segmented reduce). Critical path: the farthest core's d hops and d - 1 stages."""
     table, index = owners.rows()
     num = table.shape[-1]
-    far = int(np.abs(table - np.arange(num)).max(initial=0))
+    small = _narrow(table)
+    far = int(np.abs(small - np.arange(num, dtype=small.dtype)).max(initial=0))
     if nbytes > 0 and num >= 2:
-        return _chain_closed_form(device, shape, axis, table, index, far, nbytes)
+        return _chain_closed_form(device, shape, axis, small, index, far, nbytes)
     owner = owners.array()
     pos = np.broadcast_to(np.arange(num), owner.shape)
     return line_traffic(
@@ -196,20 +197,21 @@ def _chain_closed_form(
     carries core i's partial forward when its owner lies beyond it and core i+1's backward
     when its owner lies before; a core's ramp sends its partial unless it is the owner and
     takes in its neighbours'. Every segment is one hop: the byte-hops are the bytes."""
-    size, pos = float(nbytes), np.arange(table.shape[-1])
-    forward = np.where(table > pos, size, 0.0)
-    back = np.where(table < pos, size, 0.0)
+    size, pos = float(nbytes), np.arange(table.shape[-1], dtype=table.dtype)
+    beyond, before = table > pos, table < pos
+    forward = np.where(beyond, size, 0.0)
+    back = np.where(before, size, 0.0)
     links: dict[tuple[Axis, int], Load] = {}
-    if forward.any():
+    if beyond.any():
         links[(axis, +1)] = line_rows(forward[:, :-1], index)
-    if back.any():
+    if before.any():
         links[(axis, -1)] = line_rows(back[:, 1:], index)
     ramp_in = np.zeros(table.shape)
     ramp_in[:, 1:] += forward[:, :-1]
     ramp_in[:, :-1] += back[:, 1:]
     lines = len(index)
     scale = shape[axis.other.tensor_dim] if lines == 1 else 1
-    senders = int(np.count_nonzero(table != pos, axis=1)[index].sum())
+    senders = int(np.count_nonzero(beyond | before, axis=1)[index].sum())
     injected = senders * nbytes * scale
     return Traffic(
         device=device,
@@ -232,14 +234,16 @@ def multicast_traffic(
     share its ramp, one after the other); every core the stream passes takes it in through its
     ramp (tx = {RAMP, next}). Critical path: the farthest core's hops, no stages."""
     table, index = owners.rows()
-    pos = np.broadcast_to(np.arange(table.shape[-1]), table.shape)
-    dist, is_end = _multicast_ends(table, pos)
+    num = table.shape[-1]
+    small = _narrow(table)
+    pos = np.arange(num, dtype=small.dtype)
+    dist, is_end = _multicast_ends(small, pos)
     hops = int(dist.max(initial=0))
     lines = len(index)
-    # the mean over every core of the lines (whole numbers: the sum is exact)
-    behind = int(((hops - dist).sum(axis=1))[index].sum())
-    slack = device.hop_latency_cycles * float(behind / (lines * table.shape[-1]))
-    loads = _run_loads(axis, table, pos, is_end, float(nbytes))
+    # the mean over every core of the lines (whole numbers: the sums are exact, in int64)
+    behind = int((hops * num - dist.sum(axis=1, dtype=np.int64))[index].sum())
+    slack = device.hop_latency_cycles * float(behind / (lines * num))
+    loads = _run_loads(axis, small, pos, is_end, float(nbytes))
     if loads is None:  # some run cut off from its owner: every line's segments summed
         owner = owners.array()
         pos = np.broadcast_to(np.arange(owner.shape[-1]), owner.shape)
@@ -259,10 +263,10 @@ def multicast_traffic(
     # what `line_traffic` makes of these loads, without its arrays: each run's end receives a
     # segment of dist hops; every core past an owner takes the stream in (the run's end as
     # the segment's end, the others passed)
-    links, ramp_out, _ = loads
+    links, ramp_out = loads
     scale = shape[axis.other.tensor_dim] if lines == 1 else 1
     ends = int(np.count_nonzero(is_end, axis=1)[index].sum())
-    end_hops = int(dist.sum(axis=1, where=is_end)[index].sum())
+    end_hops = int(dist.sum(axis=1, where=is_end, dtype=np.int64)[index].sum())
     return Traffic(
         device=device,
         shape=shape,
@@ -277,9 +281,15 @@ def multicast_traffic(
     )
 
 
+def _narrow(table: np.ndarray) -> np.ndarray:
+    """An owner table (core indices along a line of P) as int16 when P allows (the same
+    comparisons and differences on a quarter of the bytes; sums are taken in int64)."""
+    return table.astype(np.int16) if table.shape[-1] < 2**14 else table
+
+
 def _multicast_ends(owner: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(each core's distance to its owner, whether it ends its run: the core farthest from
-    the owner on its side, where the multicast segment stops)."""
+    the owner on its side, where the multicast segment stops); `pos` (P,) or like `owner`."""
     dist = np.abs(owner - pos)
     changes = owner[:, 1:] != owner[:, :-1]
     last = np.concatenate([changes, np.ones_like(owner[:, :1], bool)], 1)
@@ -289,19 +299,20 @@ def _multicast_ends(owner: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.
 
 def _run_loads(
     axis: Axis, owner: np.ndarray, pos: np.ndarray, is_end: np.ndarray, nbytes: float
-) -> Loads | None:
+) -> tuple[dict[tuple[Axis, int], np.ndarray], np.ndarray] | None:
     """A multicast's loads in closed form when every run of cores sharing an owner reaches
     it (the owner inside or next to its run): the stream from owner o to the run's far end
     crosses every link between, so link i carries a forward stream exactly when core i+1
     lies past its owner (o < i+1) and a backward one when core i lies before it; the owner
-    sends one stream per side it has cores on, and each run's end takes one in. None when
-    some run is cut off from its owner (`line_traffic` sums per line then)."""
+    sends one stream per side it has cores on: (links, ramp out). None when some run is cut
+    off from its owner (`line_traffic` sums per line then)."""
     if nbytes <= 0:
         return None
     right, left = owner < pos, owner > pos
     # a core past its owner follows a core with the same owner, or the owner itself
-    prev_ok = (owner[:, 1:] == owner[:, :-1]) | (owner[:, 1:] == pos[:, :-1])
-    next_ok = (owner[:, :-1] == owner[:, 1:]) | (owner[:, :-1] == pos[:, 1:])
+    same = owner[:, 1:] == owner[:, :-1]
+    after_owner, before_owner = owner[:, 1:] == pos[..., :-1], owner[:, :-1] == pos[..., 1:]
+    prev_ok, next_ok = same | after_owner, same | before_owner
     if (right[:, 0].any() or left[:, -1].any() or (right[:, 1:] & ~prev_ok).any()
             or (left[:, :-1] & ~next_ok).any()):  # fmt: skip
         return None
@@ -311,9 +322,9 @@ def _run_loads(
     if left.any():
         links[(axis, -1)] = np.where(left[:, :-1], nbytes, 0.0)
     sends = np.zeros(owner.shape)
-    sends[:, :-1] += owner[:, 1:] == pos[:, :-1]  # the owner of the run on its right
-    sends[:, 1:] += owner[:, :-1] == pos[:, 1:]  # ... on its left
-    return links, sends * nbytes, np.where(is_end, nbytes, 0.0)
+    sends[:, :-1] += after_owner  # the owner of the run on its right
+    sends[:, 1:] += before_owner  # ... on its left
+    return links, sends * nbytes
 
 
 @lru_cache(maxsize=1024)
