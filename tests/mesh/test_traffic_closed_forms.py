@@ -151,6 +151,9 @@ def test_ring_steps_priced_per_distinct_count_pair_equal_the_dense_sum(seed, axi
     args = (dev, shape, axis, num * per, kind)
     got = rings._ring_traffic.__wrapped__(*args, counts.tobytes(), 24)
     _same_traffic(got, _dense_ring_traffic(*args, counts, 24))
+    for nbytes in (24, 1, 0, int(rng.integers(2, 5000)), 2**20 + 3):  # scaled from 1 byte
+        got = rings._ring_step_traffic(*args, counts.tobytes(), nbytes)
+        _same_traffic(got, _dense_ring_traffic(*args, counts, nbytes))
 
 
 def _dense(t: Traffic) -> Traffic:

@@ -147,6 +147,25 @@ def _ring_traffic(
 
 
 @lru_cache(maxsize=1024)
+def _ring_step_traffic(
+    device: Device,
+    shape: tuple[int, int],
+    axis: Axis,
+    size: int,
+    kind: RingKind,
+    counts_key: bytes,
+    nbytes: int,
+) -> Traffic:
+    """`_ring_traffic` at `nbytes` from its pricing at 1 byte, scaled (`Traffic.scaled`):
+    exact, as every load, byte count and byte-hop is a whole multiple of the block's bytes
+    and the hops do not depend on them; a new grid's GEMMs shift blocks of many sizes along
+    a few ring patterns, each then priced once."""
+    if nbytes <= 1:
+        return _ring_traffic(device, shape, axis, size, kind, counts_key, nbytes)
+    return _ring_traffic(device, shape, axis, size, kind, counts_key, 1).scaled(nbytes)
+
+
+@lru_cache(maxsize=1024)
 def _index_tensor(shape: tuple[int, ...], raw: bytes, transpose: bool, device: str) -> torch.Tensor:
     """The int64 index tensor of a source map given as (shape, bytes); callers only read it."""
     src_of = np.frombuffer(raw, dtype=np.int64).reshape(shape)
@@ -205,7 +224,7 @@ def _charge(
         return
     shape = data if isinstance(data, torch.Size) else data.shape
     nbytes = tile_stored_bytes(stored, tuple(shape[2:]), mesh.device.storage_bytes)
-    traffic = _ring_traffic(mesh.device, mesh.shape, axis, grid.size, kind, counts_key, nbytes)
+    traffic = _ring_step_traffic(mesh.device, mesh.shape, axis, grid.size, kind, counts_key, nbytes)
     ledger.charge(op, Charge.comm(traffic), phase=phase)
 
 
