@@ -145,7 +145,7 @@ def head_layout(num_kv_heads: int, n_rep: int, head_dim: int, num_cols: int) -> 
         num_pairs = np.concatenate(splits)
         first_pair = np.concatenate([np.cumsum(s) - s for s in splits])
         k_slots = 2 * int(num_pairs.max())
-        vsplits = [_value_dims(p, head_dim, k_slots) for p in splits]
+        vsplits = [_value_dims(tuple(int(x) for x in p), head_dim, k_slots) for p in splits]
         num_vdims = np.concatenate(vsplits)
         first_vdim = np.concatenate([np.cumsum(v) - v for v in vsplits])
         return HeadLayout(
@@ -194,13 +194,15 @@ def _cache_bytes(heads: HeadLayout, stored: StoredDtype, storage_bytes: int) -> 
     return widest
 
 
-def _value_dims(num_pairs: np.ndarray, head_dim: int, k_slots: int) -> np.ndarray:
+@lru_cache(maxsize=1024)  # a layout's groups split the pairs in at most two ways
+def _value_dims(num_pairs: tuple[int, ...], head_dim: int, k_slots: int) -> np.ndarray:
     """(s,) value dims of each column of one kv-group whose columns hold `num_pairs` RoPE
     pairs of k: each column fills its k slots up to the group's per-position budget T (k and v
     slots together), v never wider than k's tile (`k_slots`, so the attention's instruction
     counts never exceed those of v padded like k); T the smallest budget, at least ceil(2 hd /
     s) and the widest column's k, whose columns hold hd value dims. The surplus is taken one
-    dim at a time from the fullest columns (most k and v slots, then most v)."""
+    dim at a time from the fullest columns (most k and v slots, then most v). Cached: pure
+    in its arguments (read only; callers concatenate it)."""
     k = 2 * np.asarray(num_pairs, dtype=np.int64)
     budget = max(-(-2 * head_dim // len(k)), int(k.max()))
     while np.minimum(budget - k, k_slots).sum() < head_dim:
@@ -209,6 +211,7 @@ def _value_dims(num_pairs: np.ndarray, head_dim: int, k_slots: int) -> np.ndarra
     for _ in range(int(v.sum()) - head_dim):
         fullest = np.where(v > 0, (k + v) * (k_slots + 1) + v, -1)
         v[int(np.argmax(fullest))] -= 1
+    v.setflags(write=False)
     return v
 
 
