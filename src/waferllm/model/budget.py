@@ -123,8 +123,8 @@ def max_prompt_tokens(
         return fits_tiles(-(-length // rows))
 
     @functools.cache
-    def fits_tiles(tokens_per_row: int) -> bool:
-        need = min(
+    def fits_tiles(tokens_per_row: int) -> bool:  # the usual walk, else the lean one
+        return any(
             prefill_need_bytes(
                 regions,
                 fp,
@@ -136,9 +136,9 @@ def max_prompt_tokens(
                 apart=apart,
                 stored=stored,
             )
+            <= cap
             for s in (False, True)
         )
-        return need <= cap
 
     if not fits(1):
         return 0

@@ -267,8 +267,27 @@ def tile_bytes(
     """Per-core bytes of one placed tensor, matrices stored as `stored` (`spec_stored`). A
     MeshGEMM weight on a non-square grid keeps its N tile padded to whole logical blocks
     (`kernels.gemm.prealign_b`)."""
+    dims = spec.dims
+    y, x = dims.get("y_dim"), dims.get("x_dim")
+    return _tile_bytes(spec.shape, y, x, spec.gemm_b, rows, cols, dtype_bytes, stored)
+
+
+@functools.lru_cache(maxsize=8192)  # the planner's budgets ask it for every prompt it tries
+def _tile_bytes(
+    shape: tuple[int, ...],
+    y_dim: int | None,
+    x_dim: int | None,
+    gemm_b: bool,
+    rows: int,
+    cols: int,
+    dtype_bytes: int,
+    stored: StoredDtype,
+) -> int:
+    """`tile_bytes` of the spec (shape, y_dim, x_dim, gemm_b): the key is everything the
+    spec's layout, its padding and its storage read."""
+    spec = TensorSpec(shape=shape, dims={"y_dim": y_dim, "x_dim": x_dim}, gemm_b=gemm_b)
     tile = list(spec.layout().tile_shape(rows, cols))
-    if spec.gemm_b:
+    if gemm_b:
         per_col = math.lcm(rows, cols) // cols
         tile[-1] = -(-tile[-1] // per_col) * per_col
     return tile_stored_bytes(spec_stored(spec, stored), tuple(tile), dtype_bytes)

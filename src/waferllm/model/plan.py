@@ -64,6 +64,10 @@ class ModelPlan:
     other_plan_bytes: dict[Phase, int]  # with `both`: the other plan's weights on each core
     apart: dict[Phase, VocabApart] | None  # per-layer: the vocabulary regions' bytes per core
     storage: Storage  # how weights and the KV cache are stored (compressed or not)
+    # `attention_schedule` per prompt length, kept with the plan (it reads the plan only)
+    _schedules: dict[int, tuple[int, bool]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @property
     def layer_multiplier(self) -> int:
@@ -111,12 +115,20 @@ class ModelPlan:
         the most heads per pass whose owned score blocks fit (one pass when SRAM allows), else
         the most whose streamed pass fits, else the schedule that needs least (the request is
         then refused by `max_prompt_tokens`)."""
+        known = self._schedules.get(length)
+        if known is None:
+            known = self._schedules[length] = self._schedule(length)
+        return known
+
+    def _schedule(self, length: int) -> tuple[int, bool]:
+        """`attention_schedule`, the options' needs computed in order until one fits."""
         cap = self.device.sram_bytes_per_core
         options = [(c, s) for s in (False, True) for c in range(self.config.num_kv_groups, 0, -1)]
-        needs = [self.prefill_need_bytes(length, c, streamed=s) for c, s in options]
-        for option, need in zip(options, needs, strict=True):
-            if need <= cap:
-                return option
+        needs = []
+        for c, s in options:
+            needs.append(self.prefill_need_bytes(length, c, streamed=s))
+            if needs[-1] <= cap:
+                return c, s
         return options[needs.index(min(needs))]
 
     def grid(self, phase: Phase) -> tuple[int, int]:
