@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from waferllm.estimate.flops import model_flops
+from waferllm.estimate.flops import _keys_seen, model_flops
 from waferllm.model.config import from_hf_dict
 
 VOCAB = 11
@@ -34,6 +34,13 @@ def test_model_flops_match_a_direct_count_of_the_layers_matmuls():
     windowed = dataclasses.replace(SHAPE, sliding_window=2)
     expected_w = layers * (5 * per_token + 4 * q * (1 + 2 + 2 + 2 + 2)) + 3 * 2 * d * vocab
     assert model_flops(windowed, prompt_len=3, output_len=3) == expected_w
+
+
+def test_keys_seen_in_closed_form_equal_the_sum_over_positions():
+    for positions in range(0, 70):
+        for window in (None, 0, 1, 2, 3, 7, 64, 69, 70, 500):
+            direct = sum(min(p + 1, window) if window else p + 1 for p in range(positions))
+            assert _keys_seen(positions, window) == direct, (positions, window)
 
 
 def test_model_flops_agree_with_torchs_flop_counter_on_a_transformers_llama():

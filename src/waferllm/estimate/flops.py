@@ -23,13 +23,20 @@ def model_flops(config: ModelConfig, *, prompt_len: int, output_len: int) -> int
     positions = prompt_len + max(output_len - 1, 0)
     window = config.sliding_window
     # position p attends to min(p + 1, window) keys: q.k and p.v are 2 FLOPs per element each
-    keys = sum(min(p + 1, window) if window else p + 1 for p in range(positions))
+    keys = _keys_seen(positions, window)
     attention = 4 * q_size * keys
     lm_head_calls = 1 + max(output_len - 1, 0)
     return (
         config.num_hidden_layers * (projections * positions + attention)
         + 2 * d * config.vocab_size * lm_head_calls
     )
+
+
+def _keys_seen(positions: int, window: int | None) -> int:
+    """sum over p < positions of min(p + 1, window) (p + 1 without a window), in closed form:
+    1 + 2 + ... up to the window, then `window` keys for every later position."""
+    ramp = min(positions, window) if window else positions
+    return ramp * (ramp + 1) // 2 + (positions - ramp) * (window or 0)
 
 
 __all__ = ["model_flops"]
