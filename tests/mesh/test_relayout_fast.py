@@ -41,3 +41,26 @@ def test_distinct_counts_equal_numpy_unique_for_ordered_and_unordered_keys():
         np.testing.assert_array_equal(got_keys, want_keys)
         np.testing.assert_array_equal(got_counts, want_counts)
         assert got_keys.dtype == want_keys.dtype and got_counts.dtype == want_counts.dtype
+
+
+def _busiest_by_core(per_row, per_col, home_row, home_col) -> float:
+    """max over the cores holding elements of (elements - those that stay), core by core."""
+    held = np.outer(per_row, per_col)
+    left = held - np.outer(home_row, home_col)
+    return float(left[held > 0].max(initial=0.0))
+
+
+def test_busiest_core_with_or_without_elements_staying_equals_the_core_by_core_max():
+    rng = np.random.default_rng(7)
+    for trial in range(600):
+        rows, cols = int(rng.integers(1, 12)), int(rng.integers(1, 12))
+        per_row = rng.integers(0, 9, rows).astype(np.float64) * int(rng.integers(1, 10**6))
+        per_col = rng.integers(0, 9, cols).astype(np.float64)
+        home_row = np.floor(per_row * rng.random(rows))
+        home_col = np.floor(per_col * rng.random(cols))
+        if trial % 3 == 0:
+            home_row[:] = 0  # nothing stays on any row: the product of the largest counts
+        elif trial % 3 == 1:
+            home_col[:] = 0
+        got = relayout._busiest(per_row, per_col, (home_row, home_col))
+        assert got == _busiest_by_core(per_row, per_col, home_row, home_col)

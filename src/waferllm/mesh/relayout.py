@@ -178,6 +178,8 @@ def _busiest(
     if r.size == 0 or c.size == 0:
         return 0.0
     if isinstance(home, tuple):
+        if not (home[0].any() and home[1].any()):  # nothing stays: the largest product
+            return float(per_row.max() * per_col.max())
         rows, rows_home = _distinct_pairs(per_row[r], home[0][r])
         cols, cols_home = _distinct_pairs(per_col[c], home[1][c])
         block = np.outer(rows, cols) - np.outer(rows_home, cols_home)
