@@ -220,3 +220,38 @@ def test_the_lean_walk_peaks_at_the_up_projection_with_only_the_tiles_still_read
     recv = lt * d_x + d_x * f_x
     s = prefill_scratch(CONFIG, 4, 4, SB, 10, head_chunk=2, streamed=True)
     assert s.layer == (kept + recv) * SB == 1208 * SB
+
+
+def _schedule_by_definition(plan, length: int) -> tuple[int, bool]:
+    """Every option's need first, then the first that fits, else the first least needy."""
+    cap = plan.device.sram_bytes_per_core
+    options = [(c, s) for s in (False, True) for c in range(plan.config.num_kv_groups, 0, -1)]
+    needs = [plan.prefill_need_bytes(length, c, streamed=s) for c, s in options]
+    fitting = [o for o, need in zip(options, needs, strict=True) if need <= cap]
+    return fitting[0] if fitting else options[needs.index(min(needs))]
+
+
+@pytest.mark.parametrize(
+    ("model", "prefill", "decode"),
+    [("llama3-8b", (600, 600), (480, 480)), ("llama2-13b", (456, 456), (420, 420))],
+)
+def test_the_attention_schedule_kept_with_the_plan_is_the_definitions_at_every_length(
+    model, prefill, decode
+):
+    config, device = load_config(model), get_device("wse2")
+    plan = plan_model(
+        config,
+        device,
+        prefill_grid=prefill,
+        decode_grid=decode,
+        placement=PlacementMode.PER_LAYER,
+        resident=ResidentLayouts.ONE,
+        max_context_tokens=None,
+    )
+    lengths = [1, 64, 1000, 4096, 9000, plan.max_prompt_tokens, plan.max_prompt_tokens + 1]
+    lengths += [2 * plan.max_prompt_tokens, 40000]
+    chosen = {length: plan.attention_schedule(length) for length in lengths}
+    for length in lengths:  # asked again: the kept answer
+        want = _schedule_by_definition(plan, length)
+        assert chosen[length] == plan.attention_schedule(length) == want, length
+    assert len(set(chosen.values())) > 1  # the lengths reach several schedules
