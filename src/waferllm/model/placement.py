@@ -285,7 +285,8 @@ def _tile_bytes(
 ) -> int:
     """`tile_bytes` of the spec (shape, y_dim, x_dim, gemm_b): the key is everything the
     spec's layout, its padding and its storage read."""
-    spec = TensorSpec(shape=shape, dims={"y_dim": y_dim, "x_dim": x_dim}, gemm_b=gemm_b)
+    dims = {k: v for k, v in (("y_dim", y_dim), ("x_dim", x_dim)) if v is not None}
+    spec = TensorSpec(shape=shape, dims=dims, gemm_b=gemm_b)
     tile = list(spec.layout().tile_shape(rows, cols))
     if gemm_b:
         per_col = math.lcm(rows, cols) // cols
