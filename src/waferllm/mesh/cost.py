@@ -19,7 +19,7 @@ import enum
 from collections.abc import Iterator
 from typing import ClassVar
 
-from waferllm.mesh.totals import Totals, sum_records, weighted
+from waferllm.mesh.totals import Totals, sum_groups, sum_records, weighted
 from waferllm.mesh.traffic import Traffic, merge_all
 
 
@@ -329,16 +329,13 @@ class Ledger:
 
     def by_op(self, *, depth: int = 1) -> dict[str, Totals]:
         """Totals grouped by the first `depth` components of the op name."""
-        groups: dict[str, list[int]] = {}
-        for i, rec in enumerate(self.records):
-            groups.setdefault("/".join(rec.op.split("/")[:depth]), []).append(i)
-        products = weighted(self.records)
-        return {
-            key: sum_records(
-                [self.records[i] for i in rows], None if products is None else products[rows]
-            )
-            for key, rows in groups.items()
-        }
+        groups: dict[str, int] = {}
+        group = [
+            groups.setdefault("/".join(rec.op.split("/")[:depth]), len(groups))
+            for rec in self.records
+        ]
+        totals = sum_groups(self.records, group, len(groups), weighted(self.records))
+        return dict(zip(groups, totals, strict=True))
 
     def over_budget(self) -> bool:
         """Whether the walk charging this ledger may stop (`budget.BudgetLedger`): never here."""

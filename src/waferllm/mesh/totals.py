@@ -96,4 +96,28 @@ def sum_records(records: Sequence[Record], products: np.ndarray | None) -> Total
     return Totals(**dict(zip(_SUMMED, sums, strict=True)), align_cycles=align)
 
 
-__all__ = ["Totals", "sum_records", "summed_of", "weighted"]
+def sum_groups(
+    records: Sequence[Record], group: Sequence[int], count: int, products: np.ndarray | None
+) -> list[Totals]:
+    """`sum_records` of each of `count` groups of `records` (`group[i]`: record i's), at once:
+    `np.add.at` adds each product row to its group's sums in record order from 0.0 (the
+    sequential roundings of the per-group accumulate: 0.0 + p is p, and the final + 0.0
+    turns a -0.0 into 0.0 in both); without products, group by group."""
+    if products is None:
+        members: list[list[Record]] = [[] for _ in range(count)]
+        for rec, g in zip(records, group, strict=True):
+            members[g].append(rec)
+        return [sum_records(m, None) for m in members]
+    sums = np.zeros((count, len(_SUMMED)))
+    np.add.at(sums, np.asarray(group, dtype=np.intp), products)
+    align = [0.0] * count
+    for rec, g in zip(records, group, strict=True):
+        if rec.tag == "align":
+            align[g] += rec.latency_cycles * rec.count
+    return [
+        Totals(**dict(zip(_SUMMED, row, strict=True)), align_cycles=a)
+        for row, a in zip((sums + 0.0).tolist(), align, strict=True)
+    ]
+
+
+__all__ = ["Totals", "sum_groups", "sum_records", "summed_of", "weighted"]
