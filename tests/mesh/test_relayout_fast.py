@@ -64,3 +64,27 @@ def test_busiest_core_with_or_without_elements_staying_equals_the_core_by_core_m
             home_col[:] = 0
         got = relayout._busiest(per_row, per_col, (home_row, home_col))
         assert got == _busiest_by_core(per_row, per_col, home_row, home_col)
+
+
+def test_busiest_core_with_sparse_stays_equals_the_core_by_core_max():
+    rng = np.random.default_rng(8)
+    for trial in range(600):
+        rows, cols = int(rng.integers(1, 10)), int(rng.integers(1, 10))
+        per_row = rng.integers(0, 4, rows).astype(np.float64) * int(rng.integers(1, 10**6))
+        per_col = rng.integers(0, 4, cols).astype(np.float64)
+        held = np.outer(per_row, per_col)
+        cores = np.flatnonzero(held > 0)
+        if trial % 2:  # stays on every core of the largest product (the grouped path)
+            cores = np.union1d(
+                cores[rng.random(cores.size) < 0.3], np.flatnonzero(held == held.max())
+            )
+        else:
+            cores = cores[rng.random(cores.size) < 0.3]
+        cores = cores[held.reshape(-1)[cores] > 0]
+        row, col = cores // cols, cores % cols
+        count = np.floor(held[row, col] * rng.random(cores.size)) + 1
+        home = relayout._Cells(row=row, col=col, count=count)
+        stays = np.zeros_like(held)
+        stays[row, col] = count
+        want = float((held - stays)[held > 0].max(initial=0.0))
+        assert relayout._busiest(per_row, per_col, home) == want

@@ -173,13 +173,17 @@ def _busiest(
     exceeds the outer product, so cores outside the product's support hold 0. The counts are
     integers (exact in float64), and the max is taken over the distinct values only: cores
     grouped by (count, home count) per row and column, or by count where nothing stays.
+    First, without grouping: where a core of the largest row count and the largest column
+    count keeps nothing home, the max is their product (counts and home counts are
+    nonnegative and rounding is monotone: no core's value exceeds it, the same float).
     """
     r, c = np.flatnonzero(per_row), np.flatnonzero(per_col)
     if r.size == 0 or c.size == 0:
         return 0.0
+    top = _top_product(per_row, per_col, home)
+    if top is not None:
+        return top
     if isinstance(home, tuple):
-        if not (home[0].any() and home[1].any()):  # nothing stays: the largest product
-            return float(per_row.max() * per_col.max())
         rows, rows_home = _distinct_pairs(per_row[r], home[0][r])
         cols, cols_home = _distinct_pairs(per_col[c], home[1][c])
         block = np.outer(rows, cols) - np.outer(rows_home, cols_home)
@@ -201,6 +205,21 @@ def _busiest(
     empty = taken < np.outer(row_sizes, col_sizes)  # groups with a core where nothing stays
     block = np.where(empty, np.outer(row_values, col_values), 0.0)
     return float(max(block.max(initial=0.0), staying.max(initial=0.0)))
+
+
+def _top_product(
+    per_row: np.ndarray, per_col: np.ndarray, home: _Cells | tuple[np.ndarray, np.ndarray]
+) -> float | None:
+    """The product of the largest row and column counts if a core holding both keeps no
+    element home (then it is `_busiest`'s max), else None."""
+    most_row, most_col = per_row.max(), per_col.max()
+    top_r, top_c = per_row == most_row, per_col == most_col
+    if isinstance(home, tuple):
+        free = not (home[0][top_r].all() and home[1][top_c].all())
+    else:  # distinct cores: fewer of them among the top cores than top cores
+        tops = int(np.count_nonzero(top_r)) * int(np.count_nonzero(top_c))
+        free = int(np.count_nonzero(top_r[home.row] & top_c[home.col])) < tops
+    return float(most_row * most_col) if free else None
 
 
 def _distinct_pairs(count: np.ndarray, home: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
