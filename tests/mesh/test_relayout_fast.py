@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from waferllm.mesh import relayout
+from waferllm.mesh import relayout, relayout_elements
 
 
 def _pair_crossings(src: np.ndarray, dst: np.ndarray, length: int) -> np.ndarray:
@@ -24,7 +24,7 @@ def test_cross_cuts_count_every_pair_crossing_each_cut():
         length = int(rng.integers(1, 14))
         src = rng.integers(0, length, int(rng.integers(0, 9)))
         dst = rng.integers(0, length, int(rng.integers(0, 9)))
-        counts = (relayout._counts(src, length), relayout._counts(dst, length))
+        counts = (relayout_elements._counts(src, length), relayout_elements._counts(dst, length))
         got = relayout._cross_cuts(*counts)
         assert got.dtype == np.float64
         np.testing.assert_array_equal(got, _pair_crossings(src, dst, length))
@@ -36,7 +36,7 @@ def test_distinct_counts_equal_numpy_unique_for_ordered_and_unordered_keys():
         keys = rng.integers(0, int(rng.integers(1, 40)), int(rng.integers(0, 60)))
         if trial % 2:
             keys = np.sort(keys)  # the ordered path (block-split axes)
-        got_keys, got_counts = relayout._distinct_counts(keys)
+        got_keys, got_counts = relayout_elements._distinct_counts(keys)
         want_keys, want_counts = np.unique(keys, return_counts=True)
         np.testing.assert_array_equal(got_keys, want_keys)
         np.testing.assert_array_equal(got_counts, want_counts)

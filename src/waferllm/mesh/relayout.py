@@ -5,7 +5,9 @@ prefill-to-decode hand-off of the KV cache and weights, a region-to-region hop).
 structured patterns of `patterns` (every message's route known), a bulk re-layout is a
 redistribution whose streams the program spreads over every link crossing a cut: its `Traffic`
 loads each link with its cut's bytes divided by the links that cross it (the bisection term),
-and each ramp with the busiest core's bytes. The same message model (SPEC.md §10.6) prices it.
+and each ramp with the busiest core's bytes. The same message model (SPEC.md §10.6) prices it,
+from each axis's runs of elements that move alike (`runs.py`; the element-by-element pricing,
+its oracle, is `relayout_elements.py`).
 Which tensors move where is the model's business (`model/transfers.py`).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -20,6 +23,7 @@ from waferllm.device import Device
 from waferllm.mesh.comm import broadcast
 from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.runs import Runs
 from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.traffic import Traffic
 from waferllm.mesh.virtual import Mesh
@@ -39,8 +43,40 @@ class Move:
     count: int = 1
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunMove:
+    """A `Move` with each axis run-length coded (`runs.Runs`): `a.length[i] * b.length[j]`
+    elements go from core (a.src[i], b.src[j]) to (a.dst[i], b.dst[j]), or with `crossed` to
+    (b.dst[j], a.dst[i]). What `relayout_charge` prices: its cost reads lines, not elements."""
+
+    a: Runs
+    b: Runs
+    crossed: bool = False
+    count: int = 1
+
+
+def run_move(move: Move | RunMove) -> RunMove:
+    """A move's runs (`Runs.of` its element arrays)."""
+    if isinstance(move, RunMove):
+        return move
+    a, b = Runs.of(move.a_src, move.a_dst), Runs.of(move.b_src, move.b_dst)
+    return RunMove(a=a, b=b, crossed=move.crossed, count=move.count)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Terms:
+    """One move's share of a re-layout (`relayout_charge`), once."""
+
+    cut_y: np.ndarray
+    cut_x: np.ndarray
+    ramp: float  # the busiest core's elements sent or received
+    moved: int  # elements that change core
+    dist: float  # element hops
+    hops: int  # the farthest element's hops
+
+
 def relayout_charge(
-    device: Device, moves: list[Move], *, bytes_per_element: float | None = None
+    device: Device, moves: Sequence[Move | RunMove], *, bytes_per_element: float | None = None
 ) -> Charge:
     """One communication step moving every element of `moves` at once.
 
@@ -49,6 +85,8 @@ def relayout_charge(
     the cores involved), and (b) a core's ramp, sending or receiving its bytes. Elements whose
     core does not change cost nothing. Sizes in the storage dtype, or `bytes_per_element`
     for compressed data (`mesh.storage.bytes_per_element`: codes and their scales' share).
+    Priced from each axis's runs: every count is a sum of run lengths, the same integers (and
+    floats) as element by element (`relayout_elements.relayout_charge_elements`, the oracle).
     """
     rows, cols = device.mesh_rows, device.mesh_cols
     cut_y = np.zeros((2, max(rows - 1, 0)))
@@ -56,45 +94,21 @@ def relayout_charge(
     ramp = moved = byte_hops = 0.0
     hops = 0
     lo_r, hi_r, lo_c, hi_c = rows, 0, cols, 0
-    for m in moves:
-        dst_r, dst_c = (m.b_dst, m.a_dst) if m.crossed else (m.a_dst, m.b_dst)
-        src_r, src_c = m.a_src, m.b_src
+    for move in moves:
+        m = run_move(move)
+        src_r, dst_r = m.a.src, (m.b.dst if m.crossed else m.a.dst)
+        src_c, dst_c = m.b.src, (m.a.dst if m.crossed else m.b.dst)
         lo_r, hi_r = min(lo_r, src_r.min(), dst_r.min()), max(hi_r, src_r.max(), dst_r.max())
         lo_c, hi_c = min(lo_c, src_c.min(), dst_c.min()), max(hi_c, src_c.max(), dst_c.max())
-        if m.crossed:
-            # rows: source follows a, destination follows b; columns the other way round
-            # elements per row and column at each end, counted once
-            n_src_r, n_dst_r = _counts(src_r, rows), _counts(dst_r, rows)
-            n_src_c, n_dst_c = _counts(src_c, cols), _counts(dst_c, cols)
-            cut_y += m.count * _cross_cuts(n_src_r, n_dst_r)
-            cut_x += m.count * _cross_cuts(n_src_c, n_dst_c)
-            # element (a, b) stays home when a's (src row, dst col) equals b's (dst row, src col)
-            stay = _stay_cells(src_r, dst_c, dst_r, src_c, cols)
-            sent = _busiest(n_src_r, n_src_c, stay)
-            received = _busiest(n_dst_r, n_dst_c, stay)
-            count = len(src_r) * len(src_c) - int(stay.count.sum())
-            dist = _pair_distance(n_src_r, n_dst_r) + _pair_distance(n_src_c, n_dst_c)
-        else:
-            cut_y += m.count * len(src_c) * _direct_cuts(src_r, dst_r, rows)
-            cut_x += m.count * len(src_r) * _direct_cuts(src_c, dst_c, cols)
-            stay_r, stay_c = src_r == dst_r, src_c == dst_c
-            home = (_counts(src_r[stay_r], rows), _counts(src_c[stay_c], cols))
-            sent = _busiest(_counts(src_r, rows), _counts(src_c, cols), home)
-            home = (_counts(dst_r[stay_r], rows), _counts(dst_c[stay_c], cols))
-            received = _busiest(_counts(dst_r, rows), _counts(dst_c, cols), home)
-            count = len(src_r) * len(src_c) - int(stay_r.sum()) * int(stay_c.sum())
-            dist = (
-                len(src_c) * np.abs(src_r - dst_r).sum() + len(src_r) * np.abs(src_c - dst_c).sum()
-            )
-        if count == 0:
+        terms = _crossed_terms(m, rows, cols) if m.crossed else _direct_terms(m, rows, cols)
+        cut_y += terms.cut_y
+        cut_x += terms.cut_x
+        if terms.moved == 0:
             continue
-        ramp = max(ramp, m.count * max(sent, received))
-        moved += m.count * count
-        byte_hops += m.count * float(dist)
-        if m.crossed:
-            hops = max(hops, _span(src_r, dst_r) + _span(src_c, dst_c))
-        else:
-            hops = max(hops, int(np.abs(src_r - dst_r).max()) + int(np.abs(src_c - dst_c).max()))
+        ramp = max(ramp, m.count * terms.ramp)
+        moved += m.count * terms.moved
+        byte_hops += m.count * terms.dist
+        hops = max(hops, terms.hops)
     if moved == 0:
         return Charge.comm(Traffic(device=device, shape=(rows, cols)))
     return Charge.comm(
@@ -111,8 +125,90 @@ def relayout_charge(
     )
 
 
+def _direct_terms(m: RunMove, rows: int, cols: int) -> _Terms:
+    """A move that keeps its axes (a along Y, b along X): each axis's cuts, counts per line
+    and the lines where its elements stay."""
+    a, b = m.a, m.b
+    len_a, len_b = a.total, b.total
+    stay_a, stay_b = a.src == a.dst, b.src == b.dst
+    home = (
+        _weighted(a.src[stay_a], a.length[stay_a], rows),
+        _weighted(b.src[stay_b], b.length[stay_b], cols),
+    )
+    sent = _busiest(_weighted(a.src, a.length, rows), _weighted(b.src, b.length, cols), home)
+    received = _busiest(_weighted(a.dst, a.length, rows), _weighted(b.dst, b.length, cols), home)
+    stayed = int(a.length[stay_a].sum()) * int(b.length[stay_b].sum())
+    dist_a = int((a.length * np.abs(a.src - a.dst)).sum())
+    dist_b = int((b.length * np.abs(b.src - b.dst)).sum())
+    return _Terms(
+        cut_y=m.count * len_b * _run_cuts(a, rows),
+        cut_x=m.count * len_a * _run_cuts(b, cols),
+        ramp=max(sent, received),
+        moved=len_a * len_b - stayed,
+        dist=float(len_b * dist_a + len_a * dist_b),
+        hops=int(np.abs(a.src - a.dst).max()) + int(np.abs(b.src - b.dst).max()),
+    )
+
+
+def _crossed_terms(m: RunMove, rows: int, cols: int) -> _Terms:
+    """A transposed move: rows follow a at the source and b at the destination, columns the
+    other way round; every (a, b) pair's lines, from the elements per line at each end."""
+    a, b = m.a, m.b
+    n_src_r, n_dst_r = _weighted(a.src, a.length, rows), _weighted(b.dst, b.length, rows)
+    n_src_c, n_dst_c = _weighted(b.src, b.length, cols), _weighted(a.dst, a.length, cols)
+    # element (a, b) stays home when a's (src row, dst col) equals b's (dst row, src col)
+    stay = _run_stay_cells(a, b, cols)
+    return _Terms(
+        cut_y=m.count * _cross_cuts(n_src_r, n_dst_r),
+        cut_x=m.count * _cross_cuts(n_src_c, n_dst_c),
+        ramp=max(_busiest(n_src_r, n_src_c, stay), _busiest(n_dst_r, n_dst_c, stay)),
+        moved=a.total * b.total - int(stay.count.sum()),
+        dist=float(_pair_distance(n_src_r, n_dst_r) + _pair_distance(n_src_c, n_dst_c)),
+        hops=_span(a.src, b.dst) + _span(b.src, a.dst),
+    )
+
+
+def _weighted(lines: np.ndarray, length: np.ndarray, size: int) -> np.ndarray:
+    """Elements per line (float64, whole numbers) of runs on `lines` of `length` each."""
+    return np.bincount(lines, weights=length, minlength=size)
+
+
+def _run_cuts(runs: Runs, size: int) -> np.ndarray:
+    """(2, size-1): elements of `runs` crossing each cut i|i+1 towards + and towards -."""
+    src, dst, length = runs.src, runs.dst, runs.length
+    up, down = dst > src, dst < src
+    # +length where a run of crossed cuts starts, -length where it ends, then a running sum
+    # (whole numbers below 2**53: exact in float64)
+    diff = np.stack(
+        [
+            _weighted(src[up], length[up], size + 1) - _weighted(dst[up], length[up], size + 1),
+            _weighted(dst[down], length[down], size + 1)
+            - _weighted(src[down], length[down], size + 1),
+        ]
+    )
+    return np.cumsum(diff, axis=1)[:, : size - 1]
+
+
+def _run_stay_cells(a: Runs, b: Runs, cols: int) -> _Cells:
+    """Elements (a, b) of a crossed move that stay home, per core: a's (src row, dst col)
+    pairs times b's (dst row, src col) pairs on the same core."""
+    first, first_count = _summed(a.src * cols + a.dst, a.length)
+    second, second_count = _summed(b.dst * cols + b.src, b.length)
+    cores, i, j = np.intersect1d(first, second, assume_unique=True, return_indices=True)
+    return _Cells(row=cores // cols, col=cores % cols, count=first_count[i] * second_count[j])
+
+
+def _summed(keys: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct keys (sorted) and the elements of each (float64, whole numbers)."""
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    return distinct, np.bincount(inverse, weights=length, minlength=distinct.size)
+
+
 def concurrent_relayout_charge(
-    device: Device, moves_per_device: list[list[Move]], *, bytes_per_element: float | None = None
+    device: Device,
+    moves_per_device: Sequence[Sequence[Move | RunMove]],
+    *,
+    bytes_per_element: float | None = None,
 ) -> Charge:
     """Re-layouts on separate identical devices at the same time (multi-wafer `fit`): each
     device's moves priced by `relayout_charge` on its own mesh; the slowest is the cost."""
@@ -230,23 +326,9 @@ def _distinct_pairs(count: np.ndarray, home: np.ndarray) -> tuple[np.ndarray, np
     return (key >> 31).astype(np.float64), (key & (2**31 - 1)).astype(np.float64)
 
 
-def _direct_cuts(src: np.ndarray, dst: np.ndarray, length: int) -> np.ndarray:
-    """(2, length-1): elements crossing each cut i|i+1 towards + and towards -."""
-    up, down = dst > src, dst < src
-    # +1 where a run of crossed cuts starts, -1 where it ends, then a running sum (integers)
-    diff = np.stack(
-        [
-            np.bincount(src[up], minlength=length + 1) - np.bincount(dst[up], minlength=length + 1),
-            np.bincount(dst[down], minlength=length + 1)
-            - np.bincount(src[down], minlength=length + 1),
-        ]
-    )
-    return np.cumsum(diff, axis=1)[:, : length - 1].astype(np.float64)
-
-
 def _cross_cuts(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Like `_direct_cuts` for every pair (i, j) moving from a source to a destination, given
-    the elements per position at each end (`_counts`; whole numbers, the products exact):
+    the elements per position at each end (whole numbers, the products exact):
     (2, length-1) pairs crossing each cut towards + and towards -."""
     src_before, dst_before = np.cumsum(src)[:-1], np.cumsum(dst)[:-1]  # at or before the cut
     forward = src_before * (dst.sum() - dst_before)
@@ -255,35 +337,10 @@ def _cross_cuts(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def _pair_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Sum over all pairs (i, j) of |p_i - q_j|, given the elements per position (`_counts`)."""
+    """Sum over all pairs (i, j) of |p_i - q_j|, given the elements per position."""
     # sum_i sum_j |p_i - q_j| = sum over cuts of (left of a * right of b + right of a * left of b)
     left_a, left_b = np.cumsum(a)[:-1], np.cumsum(b)[:-1]
     return float((left_a * (b.sum() - left_b) + (a.sum() - left_a) * left_b).sum())
-
-
-def _stay_cells(
-    src_r: np.ndarray, dst_c: np.ndarray, dst_r: np.ndarray, src_c: np.ndarray, cols: int
-) -> _Cells:
-    """Elements (a, b) of a crossed move that stay home, per core: a's (src row, dst col)
-    pairs times b's (dst row, src col) pairs on the same core."""
-    first, first_count = _distinct_counts(src_r * cols + dst_c)
-    second, second_count = _distinct_counts(dst_r * cols + src_c)
-    cores, i, j = np.intersect1d(first, second, assume_unique=True, return_indices=True)
-    count = first_count[i].astype(np.float64) * second_count[j].astype(np.float64)
-    return _Cells(row=cores // cols, col=cores % cols, count=count)
-
-
-def _distinct_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """np.unique(keys, return_counts=True) without its sort when `keys` is already in order
-    (a block-split feature axis on both plans: the vocabulary table's 128K rows)."""
-    if keys.size and bool((keys[1:] >= keys[:-1]).all()):
-        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-        return keys[starts], np.diff(np.append(starts, keys.size))
-    return np.unique(keys, return_counts=True)
-
-
-def _counts(coords: np.ndarray, length: int) -> np.ndarray:
-    return np.bincount(coords, minlength=length).astype(np.float64)
 
 
 def _span(src: np.ndarray, dst: np.ndarray) -> int:
@@ -310,18 +367,18 @@ def hop_charge(device: Device, x: DistTensor, dst_origin: tuple[int, int]) -> Ch
     a tensor replicated along X hopping along X sends one copy per row from the edge column."""
     (y0, x0), (y1, x1) = x.mesh.origin, dst_origin
     rows, cols = x.mesh.shape
-    b_src, b_dst = x0 + np.arange(cols), x1 + np.arange(cols)
+    b = _shift(cols, x0, x1)
     if _replicated_along_x(x) and y0 == y1:
         src, dst = _entry_columns(x, dst_origin)
-        b_src, b_dst = np.array([x0 + src]), np.array([x1 + dst])
-    move = Move(
-        a_src=y0 + np.arange(rows),
-        a_dst=y1 + np.arange(rows),
-        b_src=b_src,
-        b_dst=b_dst,
-        count=math.prod(x.tile_shape),
-    )
+        b = Runs(np.array([x0 + src]), np.array([x1 + dst]), np.ones(1, dtype=np.int64))
+    move = RunMove(a=_shift(rows, y0, y1), b=b, count=math.prod(x.tile_shape))
     return relayout_charge(device, [move])
+
+
+def _shift(lines: int, src: int, dst: int) -> Runs:
+    """`lines` consecutive lines from `src` on to as many from `dst` on, one element each."""
+    line = np.arange(lines)
+    return Runs(src + line, dst + line, np.ones(lines, dtype=np.int64))
 
 
 def hop(device: Device, x: DistTensor, dst: Mesh, ledger: Ledger, *, op: str) -> DistTensor:

@@ -20,7 +20,8 @@ from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.compute import charge_inline_compute
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.relayout import Move, concurrent_relayout_charge, hop_charge
+from waferllm.mesh.relayout import Move, RunMove, concurrent_relayout_charge, hop_charge
+from waferllm.mesh.runs import Steps, block_steps, joint, steps_of
 from waferllm.mesh.storage import bytes_per_element
 from waferllm.mesh.tensor import DistTensor
 from waferllm.model.family import Dim, LayerTensor, matmuls
@@ -69,12 +70,6 @@ def _layer_groups(plan: ModelPlan, on_device: int) -> Counter[tuple[int, int]]:
     return groups
 
 
-def _feature_slots(plan: ModelPlan, cols: int, dim: Dim) -> tuple[np.ndarray, int]:
-    """(slot of each real feature of head dim `dim` in checkpoint order, slots per column)
-    on a grid of `cols` columns (`HeadLayout`)."""
-    return _slots(heads_for(plan.config, cols), dim)
-
-
 @functools.lru_cache(maxsize=512)  # per head layout: a grid side recurs across plans
 def _slots(heads: HeadLayout, dim: Dim) -> tuple[np.ndarray, int]:
     index = head_slot_index(heads, dim)
@@ -85,42 +80,66 @@ def _slots(heads: HeadLayout, dim: Dim) -> tuple[np.ndarray, int]:
     return out, head_slots_per_column(heads, dim)
 
 
-def _feature_columns(plan: ModelPlan, cols: int, dim: Dim) -> np.ndarray:
+def _feature_columns(plan: ModelPlan, cols: int, dim: Dim) -> Steps:
     return _columns_of(heads_for(plan.config, cols), dim)
 
 
 @functools.lru_cache(maxsize=512)
-def _columns_of(heads: HeadLayout, dim: Dim) -> np.ndarray:
+def _columns_of(heads: HeadLayout, dim: Dim) -> Steps:
+    """The column of each real feature of head dim `dim` in checkpoint order, as steps (the
+    features of a head's RoPE pair halves interleave columns: no block split)."""
     slots, width = _slots(heads, dim)
-    columns = slots // width
-    columns.setflags(write=False)
-    return columns
+    return steps_of(slots // width)
 
 
-def _blocks(size: int, parts: int) -> np.ndarray:
-    return np.arange(size) // math.ceil(size / parts)
+_Axis = tuple[Steps, Steps, int, int]  # one axis of a move: its source and destination
+# lines (steps within the regions) and the regions' origins along it
+
+
+def _move(
+    a: _Axis, b: _Axis, *, crossed: bool = False, count: int = 1, elements: bool = False
+) -> Move | RunMove:
+    """A move from each axis's (source, destination) lines: its runs (what the pricing
+    reads), or with `elements` every element's lines (the oracle's input: `relayout_elements`)."""
+    if elements:
+        a_src, a_dst, b_src, b_dst = (
+            steps.expand(by)
+            for src, dst, at_src, at_dst in (a, b)
+            for steps, by in ((src, at_src), (dst, at_dst))
+        )
+        return Move(
+            a_src=a_src, a_dst=a_dst, b_src=b_src, b_dst=b_dst, crossed=crossed, count=count
+        )
+    a_runs, b_runs = (
+        joint(src, dst).shifted(at_src, at_dst) for src, dst, at_src, at_dst in (a, b)
+    )
+    return RunMove(a=a_runs, b=b_runs, crossed=crossed, count=count)
 
 
 def kv_moves(
-    plan: ModelPlan, counts: RowCounts, *, on_device: int = 0, chunk_tokens: int | None = None
-) -> list[Move]:
+    plan: ModelPlan,
+    counts: RowCounts,
+    *,
+    on_device: int = 0,
+    chunk_tokens: int | None = None,
+    elements: bool = False,
+) -> list[Move | RunMove]:
     """K and V of every layer on device `on_device`: prefill [L_y, kv_x] on its prefill
     region (or one [T_y, kv_x] per chunk of a chunked prefill) to the balanced rows and the
     head columns of its decode region; only the positions the cache keeps (the last ones
-    under a sliding window)."""
+    under a sliding window). `elements`: see `_move`."""
     (pr, pc), (dr, dc) = plan.prefill.grid, plan.decode.grid
     src_row = _source_rows(counts, pr, chunk_tokens)
-    dst_row = np.repeat(np.arange(dr), counts.counts)
-    moves: list[Move] = []
+    dst_row = steps_of(np.repeat(np.arange(dr), counts.counts))
+    moves: list[Move | RunMove] = []
     for (p, d), n in _layer_groups(plan, on_device).items():
         (py, px), (dy, dx) = plan.prefill.regions[p].origin, plan.decode.regions[d].origin
         moves.extend(
-            Move(
-                a_src=py + src_row,
-                a_dst=dy + dst_row,
-                b_src=px + _feature_columns(plan, pc, dim),
-                b_dst=dx + _feature_columns(plan, dc, dim),
+            _move(
+                (src_row, dst_row, py, dy),
+                (_feature_columns(plan, pc, dim), _feature_columns(plan, dc, dim), px, dx),
                 count=n * plan.layer_multiplier,
+                elements=elements,
             )
             for dim in (Dim.KV, Dim.V)  # k in RoPE pairs, v in its value slots
         )
@@ -145,55 +164,54 @@ def kv_quantise_cycles(plan: ModelPlan, counts: RowCounts) -> float:
     return layers * per_layer
 
 
-def _source_rows(counts: RowCounts, rows: int, chunk_tokens: int | None) -> np.ndarray:
+def _source_rows(counts: RowCounts, rows: int, chunk_tokens: int | None) -> Steps:
     """The prefill row of every kept position: its chunk's tokens split over the rows."""
     end = counts.end
     if chunk_tokens is None and counts.evicted == 0:
-        return _blocks(end, rows)
+        return block_steps(end, rows)
     chunk = chunk_tokens or end
     position = counts.evicted + np.arange(counts.total)
     start = position // chunk * chunk
     tile = -(-np.minimum(chunk, end - start) // rows)  # ceil(chunk length / R)
-    return (position - start) // tile
+    return steps_of((position - start) // tile)
 
 
-def weight_moves(plan: ModelPlan, *, on_device: int = 0) -> list[Move]:
+def weight_moves(
+    plan: ModelPlan, *, on_device: int = 0, elements: bool = False
+) -> list[Move | RunMove]:
     """Every layer's matrices on device `on_device` from the prefill plan ([K_y, N_x],
     MeshGEMM tiles) to the decode plan (GEMV tiles: [K_y, N_x], or [K_x, N_y] for W_o and
     W_down), and, on the last device, the vocabulary table from [V_y, D_x] to [V_x, D_y].
     The prefill tiles' pre-alignment skew (a permutation within each column) is not modelled;
-    vectors (norms, biases: < 1% of the bytes) are not charged."""
+    vectors (norms, biases: < 1% of the bytes) are not charged. `elements`: see `_move`."""
     cfg = plan.config
     (pr, pc), (dr, dc) = plan.prefill.grid, plan.decode.grid
     specs = layer_specs(cfg, pr, pc, Phase.PREFILL)
     # the family's matmuls, those reducing along Y first, then the transposed ones
     tensors = sorted(matmuls(cfg), key=lambda t: t.decode_reduce is Axis.X)
-    moves: list[Move] = []
+    moves: list[Move | RunMove] = []
     for (p, dreg), n in _layer_groups(plan, on_device).items():
         origins = (plan.prefill.regions[p].origin, plan.decode.regions[dreg].origin)
         count = n * plan.layer_multiplier
-        moves.extend(_matmul_move(plan, t, specs[t.name].shape[0], origins, count) for t in tensors)
+        moves.extend(
+            _matmul_move(plan, t, specs[t.name].shape[0], origins, count, elements=elements)
+            for t in tensors
+        )
     if on_device != plan.decode.regions[-1].device:
         return moves
     (py, px), (dy, dx) = plan.prefill.regions[-1].origin, plan.decode.regions[-1].origin
     d, v = cfg.hidden_size, cfg.vocab_size
-    moves.append(
-        Move(
-            a_src=py + _blocks(v, pr),
-            a_dst=dx + _blocks(v, dc),
-            b_src=px + _blocks(d, pc),
-            b_dst=dy + _blocks(d, dr),
-            crossed=True,
-        )
-    )
+    vocab = (block_steps(v, pr), block_steps(v, dc), py, dx)
+    hidden = (block_steps(d, pc), block_steps(d, dr), px, dy)
+    moves.append(_move(vocab, hidden, crossed=True, elements=elements))
     return moves
 
 
-def _columns(plan: ModelPlan, dim: Dim, cols: int) -> np.ndarray:
+def _columns(plan: ModelPlan, dim: Dim, cols: int) -> Steps:
     """The column (or row) of each feature of `dim` split over `cols` (heads: `HeadLayout`)."""
     if dim.is_heads:
         return _feature_columns(plan, cols, dim)
-    return _blocks(dim.size(plan.config), cols)
+    return block_steps(dim.size(plan.config), cols)
 
 
 def _matmul_move(
@@ -202,23 +220,42 @@ def _matmul_move(
     padded: int,
     origins: tuple[tuple[int, int], tuple[int, int]],
     count: int,
-) -> Move:
+    *,
+    elements: bool,
+) -> Move | RunMove:
     """One matmul W[in, out] from its prefill MeshGEMM tiles ([K_y, N_x], K padded to
     `padded`) to its decode GEMV tiles ([K_y, N_x], or [K_x, N_y] when it reduces along X)."""
     assert t.in_ is not None
-    (pr, pc), (dr, dc) = plan.prefill.grid, plan.decode.grid
+    pc, (dr, dc) = plan.prefill.grid[1], plan.decode.grid
     (py, px), (dy, dx) = origins
-    if t.in_.is_heads:  # K = the prefill plan's head slots (heads layout, padded)
-        slots, width = _feature_slots(plan, pc, t.in_)
-        k_src = py + _padded_rows(width * pc, pr, pc, padded, slots)
-    else:
-        k_src = py + _padded_rows(t.in_.size(plan.config), pr, pc, padded)
-    n_src = px + _columns(plan, t.out, pc)
+    k_src = _k_rows(plan, t.in_, padded)
+    n_src = _columns(plan, t.out, pc)
     if t.decode_reduce is Axis.X:  # decode: K along X, N along Y (crossed)
-        k_dst, n_dst = dx + _columns(plan, t.in_, dc), dy + _columns(plan, t.out, dr)
-        return Move(a_src=k_src, a_dst=k_dst, b_src=n_src, b_dst=n_dst, crossed=True, count=count)
-    k_dst, n_dst = dy + _columns(plan, t.in_, dr), dx + _columns(plan, t.out, dc)
-    return Move(a_src=k_src, a_dst=k_dst, b_src=n_src, b_dst=n_dst, count=count)
+        k = (k_src, _columns(plan, t.in_, dc), py, dx)
+        n = (n_src, _columns(plan, t.out, dr), px, dy)
+        return _move(k, n, crossed=True, count=count, elements=elements)
+    k = (k_src, _columns(plan, t.in_, dr), py, dy)
+    n = (n_src, _columns(plan, t.out, dc), px, dx)
+    return _move(k, n, count=count, elements=elements)
+
+
+def _k_rows(plan: ModelPlan, dim: Dim, padded: int) -> Steps:
+    """The prefill row of each feature of a matmul's K = `dim` (`_padded_rows`)."""
+    pr, pc = plan.prefill.grid
+    if dim.is_heads:  # K = the prefill plan's head slots (heads layout, padded)
+        return _head_k_rows(heads_for(plan.config, pc), dim, pr, padded)
+    return _plain_k_rows(dim.size(plan.config), pr, pc, padded)
+
+
+@functools.lru_cache(maxsize=1024)  # per grid: every matmul reading the hidden state asks
+def _plain_k_rows(k: int, rows: int, cols: int, padded: int) -> Steps:
+    return steps_of(_padded_rows(k, rows, cols, padded))
+
+
+@functools.lru_cache(maxsize=512)
+def _head_k_rows(heads: HeadLayout, dim: Dim, rows: int, padded: int) -> Steps:
+    slots, width = _slots(heads, dim)
+    return steps_of(_padded_rows(width * heads.num_cols, rows, heads.num_cols, padded, slots))
 
 
 def _padded_rows(

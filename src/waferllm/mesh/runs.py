@@ -1,0 +1,97 @@
+"""Run-length coded axes of a re-layout: the line each element of one axis of a tensor sits on
+before and after, as runs of consecutive elements that move alike (`relayout.RunMove`).
+
+A block split makes a few runs per line whatever the tensor's size, so a re-layout priced by
+its runs costs the lines, not the elements (the vocabulary table's 128K rows). Index
+arithmetic only: no costs (`relayout.py`), no tensors (`model/transfers.py` builds the axes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Steps:
+    """A step function over the elements 0..size-1 of one axis: element i sits on line
+    `values[k]` for `starts[k] <= i < starts[k + 1]` (starts increasing from 0, the values in
+    any order: a heads layout interleaves its columns). Immutable (read-only arrays), equal
+    by identity: `joint` remembers the runs of the pairs it was asked."""
+
+    starts: np.ndarray
+    values: np.ndarray
+    size: int
+
+    def __post_init__(self) -> None:
+        self.starts.setflags(write=False)
+        self.values.setflags(write=False)
+
+    def expand(self, by: int = 0) -> np.ndarray:
+        """The line of every element, `by` lines further (`relayout.Move`'s arrays)."""
+        return np.repeat(self.values + by, np.diff(np.append(self.starts, self.size)))
+
+
+def steps_of(lines: np.ndarray) -> Steps:
+    """The steps of `lines` (the line of every element), equal neighbours merged."""
+    lines = np.asarray(lines, dtype=np.int64)
+    if not lines.size:
+        return Steps(_EMPTY, _EMPTY, 0)
+    starts = np.concatenate(([0], np.flatnonzero(lines[1:] != lines[:-1]) + 1))
+    return Steps(starts, lines[starts], lines.size)
+
+
+@functools.lru_cache(maxsize=1024)  # a grid side's splits recur in every move and plan
+def block_steps(size: int, parts: int) -> Steps:
+    """`size` elements split over `parts` lines in blocks of ceil(size / parts), the last one
+    shorter (lines past the end hold none): element i on line i // ceil(size / parts)."""
+    tile = -(-size // parts)
+    starts = np.arange(0, size, tile, dtype=np.int64)
+    return Steps(starts, np.arange(starts.size, dtype=np.int64), size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Runs:
+    """One axis of a move: `length[k]` elements going from line `src[k]` to line `dst[k]`
+    (runs of one or more elements; neighbouring runs may share lines)."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    length: np.ndarray
+
+    @property
+    def total(self) -> int:
+        """Elements on this axis."""
+        return int(self.length.sum())
+
+    @classmethod
+    def of(cls, src: np.ndarray, dst: np.ndarray) -> Runs:
+        """The runs of element arrays (`relayout.Move`'s): neighbours with equal lines merged."""
+        return joint(steps_of(src), steps_of(dst))
+
+    def shifted(self, src_by: int, dst_by: int) -> Runs:
+        """The same runs between lines `src_by` and `dst_by` further (regions' origins)."""
+        return Runs(self.src + src_by, self.dst + dst_by, self.length)
+
+
+@functools.lru_cache(maxsize=1024)  # the same axis in several moves (every matmul's K = D)
+def joint(src: Steps, dst: Steps) -> Runs:
+    """The runs on which both step functions of one axis are constant (read only: cached by
+    the steps' identity, and steps never change)."""
+    assert src.size == dst.size, (src.size, dst.size)
+    if src.size == 0:
+        return Runs(_EMPTY, _EMPTY, _EMPTY)
+    both = np.concatenate((src.starts, dst.starts))
+    both.sort()
+    starts = both[np.concatenate(([True], both[1:] != both[:-1]))]
+    at_src = np.searchsorted(src.starts, starts, side="right") - 1
+    at_dst = np.searchsorted(dst.starts, starts, side="right") - 1
+    length = np.diff(np.append(starts, src.size))
+    return Runs(src.values[at_src], dst.values[at_dst], length)
+
+
+__all__ = ["Runs", "Steps", "block_steps", "joint", "steps_of"]

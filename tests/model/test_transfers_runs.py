@@ -1,0 +1,158 @@
+"""The hand-off priced from run-length coded axes equals the element-by-element pricing.
+
+`relayout.relayout_charge` reads each axis's runs (`mesh/runs.py`); its oracle,
+`relayout_elements.relayout_charge_elements`, every element's lines. Charge for charge (every
+field of the charge and of its traffic, arrays included): the weights' and the KV cache's
+moves of LLaMA3-8B per-layer plans (square, rectangular, coprime and equal grids) and of
+`tiny` fit plans over several regions (float16 and int8), one move at a time and all at
+once; a region-to-region hop; the steps' expansions against their definitions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from waferllm.device import get_device, tiny
+from waferllm.mesh import relayout
+from waferllm.mesh.cost import Charge
+from waferllm.mesh.relayout import Move, relayout_charge
+from waferllm.mesh.relayout_elements import relayout_charge_elements
+from waferllm.mesh.runs import Runs, block_steps, steps_of
+from waferllm.model.config_sources import load_config
+from waferllm.model.placement import PlacementMode
+from waferllm.model.quant import Storage
+from waferllm.model.transfers import kv_moves, weight_moves
+from waferllm.model.transformer import MeshTransformer
+
+
+def assert_same_charge(got: Charge, want: Charge) -> None:
+    for field in dataclasses.fields(want):
+        a, b = getattr(got, field.name), getattr(want, field.name)
+        if field.name != "traffic":
+            assert a == b and type(a) is type(b), (field.name, a, b)
+            continue
+        for part in dataclasses.fields(b):
+            x, y = getattr(a, part.name), getattr(b, part.name)
+            if isinstance(y, dict):
+                assert x.keys() == y.keys(), part.name
+                for key in y:
+                    np.testing.assert_array_equal(x[key], y[key])
+                    assert x[key].dtype == y[key].dtype
+            elif isinstance(y, np.ndarray):
+                np.testing.assert_array_equal(x, y)
+                assert x.dtype == y.dtype, part.name
+            else:
+                assert x == y and type(x) is type(y), (part.name, x, y)
+
+
+def assert_same_pricing(device, runs: list, elements: list, nbytes: float | None = None) -> None:
+    for r, e in zip(runs, elements, strict=True):
+        assert_same_charge(
+            relayout_charge(device, [r], bytes_per_element=nbytes),
+            relayout_charge_elements(device, [e], bytes_per_element=nbytes),
+        )
+    assert_same_charge(
+        relayout_charge(device, runs, bytes_per_element=nbytes),
+        relayout_charge_elements(device, elements, bytes_per_element=nbytes),
+    )
+
+
+LLAMA_GRIDS = [
+    ((600, 600), (480, 480)),  # square
+    ((480, 600), (420, 540)),  # rectangular
+    ((528, 396), (463, 389)),  # a coprime decode grid
+    ((432, 432), (432, 432)),  # equal grids: much stays home
+]
+
+
+@pytest.mark.parametrize(("prefill", "decode"), LLAMA_GRIDS)
+def test_llama3_8b_per_layer_hand_off_priced_by_runs_equals_the_element_pricing(prefill, decode):
+    config, device = load_config("llama3-8b"), get_device("wse2")
+    model = MeshTransformer(
+        config,
+        None,
+        device=device,
+        prefill_grid=prefill,
+        decode_grid=decode,
+        placement=PlacementMode.PER_LAYER,
+    )
+    plan = model.plan
+    assert_same_pricing(device, weight_moves(plan), weight_moves(plan, elements=True))
+    for prompt_len, chunk in ((1, None), (777, None), (4096, None), (5000, 1024)):
+        counts = model.handoff_counts(prompt_len)
+        runs = kv_moves(plan, counts, chunk_tokens=chunk)
+        elements = kv_moves(plan, counts, chunk_tokens=chunk, elements=True)
+        assert_same_pricing(device, runs, elements)
+
+
+@pytest.mark.parametrize(
+    ("prefill", "decode", "dtype", "sram_bytes"),
+    [
+        ((4, 4), (4, 4), "float16", 16000),
+        ((3, 4), (4, 6), "float16", 16000),
+        ((4, 6), (5, 2), "float16", 16000),
+        ((3, 4), (4, 6), "int8", 12000),
+        ((4, 6), (5, 2), "int8", 12000),
+    ],
+)
+def test_tiny_fit_hand_off_over_several_regions_priced_by_runs_equals_the_element_pricing(
+    prefill, decode, dtype, sram_bytes
+):
+    device = dataclasses.replace(tiny(), sram_bytes_per_core=sram_bytes)
+    model = MeshTransformer(
+        load_config("tiny"),
+        None,
+        device=device,
+        prefill_grid=prefill,
+        decode_grid=decode,
+        storage=Storage.of(dtype, dtype),
+    )
+    plan = model.plan
+    assert len(plan.prefill.regions) > 1 or len(plan.decode.regions) > 1
+    nbytes = 1.0625 if dtype == "int8" else None
+    assert_same_pricing(device, weight_moves(plan), weight_moves(plan, elements=True), nbytes)
+    most = plan.kv_slots * plan.decode.grid[0]  # positions the cache holds
+    for prompt_len, chunk in ((1, None), (min(9, most), None), (min(23, most), 5)):
+        counts = model.handoff_counts(prompt_len)
+        runs = kv_moves(plan, counts, chunk_tokens=chunk)
+        elements = kv_moves(plan, counts, chunk_tokens=chunk, elements=True)
+        assert_same_pricing(device, runs, elements, nbytes)
+
+
+def test_a_hop_priced_by_runs_equals_the_element_pricing():
+    device = dataclasses.replace(get_device("wse2"), mesh_cols=1400)
+    for (y0, x0), (y1, x1), (rows, cols) in [
+        ((0, 0), (0, 600), (600, 600)),
+        ((3, 10), (40, 10), (20, 7)),
+        ((5, 9), (5, 2), (1, 1)),
+    ]:
+        runs = relayout.RunMove(
+            a=relayout._shift(rows, y0, y1), b=relayout._shift(cols, x0, x1), count=4096
+        )
+        line_r, line_c = np.arange(rows), np.arange(cols)
+        elements = Move(
+            a_src=y0 + line_r, a_dst=y1 + line_r, b_src=x0 + line_c, b_dst=x1 + line_c, count=4096
+        )
+        assert_same_pricing(device, [runs], [elements])
+
+
+def test_steps_expand_to_their_definitions_and_runs_cover_every_element():
+    for size, parts in [(128256, 600), (4096, 7), (10, 3), (5, 9), (1, 1)]:
+        tile = math.ceil(size / parts)
+        np.testing.assert_array_equal(block_steps(size, parts).expand(), np.arange(size) // tile)
+        np.testing.assert_array_equal(
+            block_steps(size, parts).expand(3), 3 + np.arange(size) // tile
+        )
+    rng = np.random.default_rng(9)
+    for _ in range(200):
+        n = int(rng.integers(1, 40))
+        src, dst = rng.integers(0, 4, n), np.sort(rng.integers(0, 5, n))
+        np.testing.assert_array_equal(steps_of(src).expand(), src)
+        runs = Runs.of(src, dst)
+        np.testing.assert_array_equal(np.repeat(runs.src, runs.length), src)
+        np.testing.assert_array_equal(np.repeat(runs.dst, runs.length), dst)
+        assert runs.total == n
