@@ -366,7 +366,7 @@ def test_multicast_loads_in_closed_form_equal_the_per_line_sums(seed, monkeypatc
 
 
 def test_relayout_busiest_core_over_distinct_values_equals_the_dense_max():
-    from waferllm.mesh import relayout
+    from waferllm.mesh import relayout, relayout_elements
 
     rng = np.random.default_rng(3)
     for _ in range(200):
@@ -383,15 +383,18 @@ def test_relayout_busiest_core_over_distinct_values_equals_the_dense_max():
             for b in range(n_b):
                 if a_src[a] == b_dst[b] and b_src[b] == a_dst[a]:
                     stay[a_src[a], b_src[b]] += 1
-        cells = relayout._stay_cells(a_src, a_dst, b_dst, b_src, cols)
+        cells = relayout_elements._stay_cells(a_src, a_dst, b_dst, b_src, cols)
         sparse = np.zeros((rows, cols))
         np.add.at(sparse, (cells.row, cells.col), cells.count)
         assert np.array_equal(sparse, stay)
-        per_row, per_col = relayout._counts(a_src, rows), relayout._counts(b_src, cols)
+        per_row, per_col = (
+            relayout_elements._counts(a_src, rows),
+            relayout_elements._counts(b_src, cols),
+        )
         dense = np.outer(per_row, per_col) - stay
         assert relayout._busiest(per_row, per_col, cells) == dense.max(initial=0.0)
         # a direct move: what stays is an outer product of per-row and per-column counts
-        home = (relayout._counts(a_src[a_src == b_dst[0]], rows), per_col)
+        home = (relayout_elements._counts(a_src[a_src == b_dst[0]], rows), per_col)
         dense = np.outer(per_row, per_col) - np.outer(*home)
         assert relayout._busiest(per_row, per_col, home) == dense.max(initial=0.0)
 
