@@ -237,7 +237,9 @@ def test_line_rows_behave_as_the_gathered_array(axis):
 
 @pytest.mark.parametrize("seed", range(10))
 def test_direct_move_cuts_count_every_element_crossing_each_cut(seed):
-    from waferllm.mesh.relayout import _direct_cuts
+    from waferllm.mesh.relayout import _run_cuts
+    from waferllm.mesh.relayout_elements import _direct_cuts
+    from waferllm.mesh.runs import Runs
 
     rng = np.random.default_rng(seed)
     length = int(rng.integers(1, 12))
@@ -249,6 +251,9 @@ def test_direct_move_cuts_count_every_element_crossing_each_cut(seed):
     got = _direct_cuts(src, dst, length)
     assert got.dtype == np.float64
     np.testing.assert_array_equal(got, want)
+    by_runs = _run_cuts(Runs.of(src, dst), length)  # the same cuts from the move's runs
+    assert by_runs.dtype == np.float64
+    np.testing.assert_array_equal(by_runs, want)
 
 
 def test_a_read_only_owner_map_is_grouped_once_and_a_writable_one_every_time():
