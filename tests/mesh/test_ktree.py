@@ -126,3 +126,24 @@ def test_the_default_tree_is_two_levels_no_slower_than_any_nearby_group_count(nu
         if abs(groups - math.sqrt(num)) <= math.sqrt(num) / 2:
             assert chosen <= allreduce_latency_cycles(num, other, alpha, beta)
     assert resolve_fanouts(num, None, alpha=alpha, beta=beta) == fanouts
+
+
+@pytest.mark.parametrize("num", [4, 17, 100, 361, 600, 661])
+@pytest.mark.parametrize("constants", [(1.0, 8.5), (1.0, 30.0), (2.5, 4.0), (0.3, 0.7)])
+def test_the_default_tree_is_the_first_least_latency_candidate_of_the_full_plans(num, constants):
+    """best_fanouts prices each group count once (the tree depends on G only) on the critical
+    path alone: the same choice as pricing every candidate's full plan."""
+    alpha, beta = constants
+    root_p = math.sqrt(num)
+    low = max(2, math.floor(root_p / 2))
+    high = max(low, min(math.ceil(num / 2), math.ceil(2 * root_p)))
+
+    def latency(fanouts: tuple[int, ...]) -> float:
+        plan = tree_plan(num, fanouts, alpha, beta)
+        return plan.latency_cycles(alpha, beta) + max(plan.root, num - 1 - plan.root) * alpha
+
+    candidates = [(b1, -(-num // b1)) for b1 in range(low, high + 1)]
+    for fanouts in candidates:
+        assert allreduce_latency_cycles(num, fanouts, alpha, beta) == latency(fanouts)
+    best = min(candidates, key=lambda f: (latency(f), abs(f[1] - root_p), f[0]))
+    assert best_fanouts(num, alpha, beta) == best

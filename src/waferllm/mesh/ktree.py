@@ -40,24 +40,37 @@ class TreePlan:
 
 @dataclasses.dataclass
 class _Members:
-    """The cores taking part in one level, with their partial's completion time and path."""
+    """The cores taking part in one level, with their partial's completion time and path
+    (plain lists: the join walks them member by member)."""
 
-    index: np.ndarray  # physical core index along the line
-    ready: np.ndarray  # cycles when the member's partial is complete
-    hops: np.ndarray  # hops of the critical path ending there
-    stages: np.ndarray  # stages of that path
-    received: np.ndarray  # the member received a stream (so re-sending it is a stage)
+    index: list[int]  # physical core index along the line
+    ready: list[float]  # cycles when the member's partial is complete
+    hops: list[int]  # hops of the critical path ending there
+    stages: list[int]  # stages of that path
+    received: list[bool]  # the member received a stream (so re-sending it is a stage)
+
+    def picked(self, chosen: list[int]) -> _Members:
+        return _Members(
+            [self.index[i] for i in chosen],
+            [self.ready[i] for i in chosen],
+            [self.hops[i] for i in chosen],
+            [self.stages[i] for i in chosen],
+            [self.received[i] for i in chosen],
+        )
 
 
-def _first_level(num: int, fanout: int, alpha: float, beta: float) -> tuple[_Members, np.ndarray]:
+def _first_level(num: int, fanout: int, alpha: float, beta: float) -> _Members:
     """Level 1 in closed form: a side of d cores reaches its root after d hops, d - 1 stages."""
     starts, sizes = group_bounds(num, -(-num // fanout))
-    roots = starts + sizes // 2
     far = np.maximum(sizes // 2, sizes - 1 - sizes // 2)
     stages = np.maximum(far - 1, 0)
-    members = _Members(roots, far * alpha + stages * beta, far, stages, far > 0)
-    owner = np.repeat(roots, sizes)
-    return members, owner
+    return _Members(
+        (starts + sizes // 2).tolist(),
+        (far * alpha + stages * beta).tolist(),
+        far.tolist(),
+        stages.tolist(),
+        (far > 0).tolist(),
+    )
 
 
 def _chain_segments(owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,78 +83,97 @@ def _chain_segments(owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _upper_level(level: _Members, fanout: int, alpha: float, beta: float) -> _Members:
     """Group the members and chain each group into its middle member: the next level."""
     starts, sizes = group_bounds(len(level.index), -(-len(level.index) // fanout))
-    picked = starts + sizes // 2
-    nxt = _Members(
-        level.index[picked].copy(),
-        level.ready[picked].copy(),
-        level.hops[picked].copy(),
-        level.stages[picked].copy(),
-        level.received[picked].copy(),
-    )
-    for g, (start, size) in enumerate(zip(starts.tolist(), sizes.tolist(), strict=True)):
+    bounds = list(zip(starts.tolist(), sizes.tolist(), strict=True))
+    nxt = level.picked([start + size // 2 for start, size in bounds])
+    for g, (start, size) in enumerate(bounds):
         r = size // 2
         for side in (range(start, start + r), range(start + size - 1, start + r, -1)):
-            _join_side(level, list(side), start + r, nxt, g, alpha, beta)
+            _join_side(level, side, start + r, nxt, g, alpha, beta)
     return nxt
 
 
 def _join_side(
-    level: _Members, side: list[int], root: int, nxt: _Members, g: int, alpha: float, beta: float
+    level: _Members, side: range, root: int, nxt: _Members, g: int, alpha: float, beta: float
 ) -> None:
     """Walk one side's chain from its far end to the root and keep the later arrival."""
     if not side:
         return
+    index, ready = level.index, level.ready
     first = side[0]
-    t = level.ready[first] + (beta if level.received[first] else 0.0)
-    h = int(level.hops[first])
-    s = int(level.stages[first]) + int(level.received[first])
-    for prev, m in zip(side, side[1:], strict=False):
-        arrive = t + abs(int(level.index[m]) - int(level.index[prev])) * alpha
-        if level.ready[m] > arrive:  # the member's own partial is the later one
-            t, h, s = level.ready[m], int(level.hops[m]), int(level.stages[m])
+    t = ready[first] + (beta if level.received[first] else 0.0)
+    h = level.hops[first]
+    s = level.stages[first] + int(level.received[first])
+    prev = first
+    for m in side[1:]:
+        arrive = t + abs(index[m] - index[prev]) * alpha
+        if ready[m] > arrive:  # the member's own partial is the later one
+            t, h, s = ready[m], level.hops[m], level.stages[m]
         else:
-            t, h = arrive, h + abs(int(level.index[m]) - int(level.index[prev]))
+            t, h = arrive, h + abs(index[m] - index[prev])
         t, s = t + beta, s + 1
-    hop = abs(int(level.index[root]) - int(level.index[side[-1]]))
+        prev = m
+    hop = abs(index[root] - index[side[-1]])
     arrival = (t + hop * alpha, h + hop, s)
     # ties (alpha = beta = 0 included) keep the longer path, so hops stay structural
-    if arrival > (nxt.ready[g], int(nxt.hops[g]), int(nxt.stages[g])):
+    if arrival > (nxt.ready[g], nxt.hops[g], nxt.stages[g]):
         nxt.ready[g], nxt.hops[g], nxt.stages[g] = arrival
     nxt.received[g] = True
 
 
-@lru_cache(maxsize=4096)
-def tree_plan(num: int, fanouts: tuple[int, ...], alpha: float, beta: float) -> TreePlan:
-    """The K-tree over `num` cores with fan-outs `fanouts` (bottom level first).
+@dataclasses.dataclass(frozen=True)
+class _Critical:
+    """The tree's root and its reduce's critical message (no segments)."""
 
-    The critical message is found level by level: a member departs at max(its own ready time,
-    the upstream arrival) + beta, and a chain end pays beta if it had received a stream.
-    """
-    if num == 1:
-        empty = np.zeros(0, dtype=np.int64)
-        return TreePlan(empty, empty, 0, 0, 0, 0)
-    level, owner = _first_level(num, fanouts[0], alpha, beta)
-    srcs, dsts = _chain_segments(owner)
-    src_parts, dst_parts = [srcs], [dsts]
-    levels = int(len(srcs) > 0)
+    root: int
+    hops: int
+    stages: int
+
+
+@lru_cache(maxsize=4096)
+def _critical(num: int, fanouts: tuple[int, ...], alpha: float, beta: float) -> _Critical:
+    """The critical message of the K-tree over `num` (>= 2) cores with fan-outs `fanouts`,
+    found level by level: a member departs at max(its own ready time, the upstream arrival)
+    + beta, and a chain end pays beta if it had received a stream. Pure in its key (the
+    plan reads nothing else); `tree_plan` and `allreduce_latency_cycles` share it."""
+    level = _first_level(num, fanouts[0], alpha, beta)
     for fanout in fanouts[1:]:
         if len(level.index) == 1:
             break
-        nxt = _upper_level(level, fanout, alpha, beta)
-        s, d = _upper_segments(level.index, fanout)
-        src_parts.append(s)
-        dst_parts.append(d)
-        levels += int(len(s) > 0)
-        level = nxt
+        level = _upper_level(level, fanout, alpha, beta)
     if len(level.index) != 1:
         raise WaferError(
             f"fan-outs {','.join(map(str, fanouts))} leave {len(level.index)} roots on an axis "
             f"of {num} cores: their product must be at least {num}"
         )
+    return _Critical(level.index[0], level.hops[0], level.stages[0])
+
+
+@lru_cache(maxsize=4096)
+def tree_plan(num: int, fanouts: tuple[int, ...], alpha: float, beta: float) -> TreePlan:
+    """The K-tree over `num` cores with fan-outs `fanouts` (bottom level first): its segments
+    level by level and its critical message (`_critical`)."""
+    if num == 1:
+        empty = np.zeros(0, dtype=np.int64)
+        return TreePlan(empty, empty, 0, 0, 0, 0)
+    critical = _critical(num, fanouts, alpha, beta)
+    starts, sizes = group_bounds(num, -(-num // fanouts[0]))
+    srcs, dsts = _chain_segments(np.repeat(starts + sizes // 2, sizes))
+    src_parts, dst_parts = [srcs], [dsts]
+    levels = int(len(srcs) > 0)
+    index = starts + sizes // 2
+    for fanout in fanouts[1:]:
+        if len(index) == 1:
+            break
+        s, d = _upper_segments(index, fanout)
+        src_parts.append(s)
+        dst_parts.append(d)
+        levels += int(len(s) > 0)
+        starts, sizes = group_bounds(len(index), -(-len(index) // fanout))
+        index = index[starts + sizes // 2]
     src, dst = np.concatenate(src_parts), np.concatenate(dst_parts)
     src.setflags(write=False)
     dst.setflags(write=False)
-    return TreePlan(src, dst, int(level.index[0]), int(level.hops[0]), int(level.stages[0]), levels)
+    return TreePlan(src, dst, critical.root, critical.hops, critical.stages, levels)
 
 
 def _upper_segments(index: np.ndarray, fanout: int) -> tuple[np.ndarray, np.ndarray]:
@@ -188,22 +220,28 @@ def allreduce_latency_cycles(
 ) -> float:
     """Latency term of a K-tree allreduce: the reduce's critical message plus the broadcast's
     farthest hop from the root."""
-    plan = tree_plan(num, fanouts, alpha, beta)
-    return plan.latency_cycles(alpha, beta) + max(plan.root, num - 1 - plan.root) * alpha
+    if num == 1:
+        return tree_plan(num, fanouts, alpha, beta).latency_cycles(alpha, beta)
+    plan = _critical(num, fanouts, alpha, beta)
+    latency = plan.hops * alpha + plan.stages * beta  # as TreePlan.latency_cycles
+    return latency + max(plan.root, num - 1 - plan.root) * alpha
 
 
 @lru_cache(maxsize=4096)
 def best_fanouts(num: int, alpha: float, beta: float) -> tuple[int, ...]:
     """K = 2 fan-outs (b1, G = ceil(P/b1)), b1 from sqrt(P)/2 to 2 sqrt(P), minimising
     `allreduce_latency_cycles` (the size terms hardly depend on the tree); ties go to G nearest
-    sqrt(P), then the smaller b1. The same rule as `kernels.gemv.best_ktree_fanouts`."""
+    sqrt(P), then the smaller b1. The same rule as `kernels.gemv.best_ktree_fanouts`.
+    The tree of (b1, G) depends on G only (level 1 cuts the axis into ceil(P/b1) = G groups,
+    level 2 joins them all), so each G's latency is computed once."""
     if num <= 3:
         return (num,)
     root_p = math.sqrt(num)
     low = max(2, math.floor(root_p / 2))
     high = max(low, min(math.ceil(num / 2), math.ceil(2 * root_p)))
     candidates = {(b1, -(-num // b1)) for b1 in range(low, high + 1)}
-    return min(
-        candidates,
-        key=lambda f: (allreduce_latency_cycles(num, f, alpha, beta), abs(f[1] - root_p), f[0]),
-    )
+    latency = {
+        groups: allreduce_latency_cycles(num, (b1, groups), alpha, beta)
+        for b1, groups in sorted(candidates)
+    }
+    return min(candidates, key=lambda f: (latency[f[1]], abs(f[1] - root_p), f[0]))
