@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 
 import numpy as np
@@ -28,7 +29,8 @@ def test_decode_steps_grouped_in_closed_form_equal_the_stepped_groups(monkeypatc
         for width, (start, seen) in widths.items():
             assert seen == want_widths[width][1]
             assert np.array_equal(start.counts, want_widths[width][0].counts)
-        assert list(shifts) == list(want_shifts)  # same order: records sum alike
+        assert shifts.firsts == want_shifts.firsts  # same order: records sum alike
+        want_shifts = dict(want_shifts.items())
         for first, (begin, seen) in shifts.items():
             (want_append, want_start), want_seen = want_shifts[first][0](), want_shifts[first][1]
             append, start = begin()
@@ -90,3 +92,39 @@ def test_a_step_under_a_narrower_window_than_one_walked_equals_its_own_full_walk
             walked = cost.DecodeWalks(model(policy)).decode_step(context, prompt_len=4)
             assert [repr(r) for r in reused.records] == [repr(r) for r in walked.records]
         assert len(walks._widths) >= len(walks._walked) + 3  # widths priced without a walk
+
+
+def test_a_requests_kv_shifts_built_in_one_pass_equal_a_walk_per_shift_group():
+    from waferllm.device import tiny
+    from waferllm.model.config_sources import load_config
+    from waferllm.model.quant import Storage
+    from waferllm.model.transformer import MeshTransformer
+
+    checked = 0
+    for grid, storage, batch in (
+        ((9, 4), "float16", 1),
+        ((7, 3), "int8", 2),
+        ((12, 5), "float16", 3),
+    ):
+        model = MeshTransformer(
+            load_config("tiny"),
+            None,
+            device=tiny(),
+            prefill_grid=(3, 3),
+            decode_grid=grid,
+            storage=Storage.of("float16", storage),
+        )
+        walks = cost.DecodeWalks(model, batch=batch)
+        for prompt_len, output_len in ((3, 2 * grid[0] + 5), (grid[0] + 2, 3 * grid[0])):
+            handoff = model.handoff_counts(prompt_len, slots=walks.share)
+            for balanced in (True, False):  # the closed-form groups and the stepped ones
+                shapes = cost._balanced_step_shapes if balanced else cost._step_shapes
+                _, shifts = shapes(handoff.copy(), output_len)
+                times = [7 * n for n in shifts.steps]
+                begin = functools.partial(shifts.start, shifts.firsts[0])
+                built = walks._shifts(shifts.firsts, times, begin)
+                for rec, row, t in zip(built, shifts.firsts, times, strict=True):
+                    (want,) = model.kv_shift_records(*shifts.start(row)).records
+                    assert repr(rec) == repr(want.with_fields(count=want.count * t))
+                    checked += 1
+    assert checked > 40

@@ -10,6 +10,7 @@ The caches of whole requests live in `cost.py`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Sequence
 
@@ -28,11 +29,26 @@ from waferllm.model.steps import DecodeRecords
 from waferllm.model.transformer import MeshTransformer
 
 ShiftStart = Callable[[], tuple[Append, RowCounts]]  # a shift group's first append and counts
-ShiftGroups = dict[int, tuple[ShiftStart, int]]  # first shifting row -> (its start, steps)
 Widths = dict[int, tuple[RowCounts, int]]  # window width -> (counts before its first step, steps)
 
 
 Peaks = tuple[int, ...]  # bytes per core, one per mesh of a phase's `all_meshes`
+
+
+@dataclasses.dataclass(frozen=True)
+class ShiftGroups:
+    """A request's steps that shift KV rows, grouped by their first shifting row: the rows in
+    order of first occurrence, each group's steps, and `start(first)`: the group's first
+    append and the counts before it (asked for only when a walk needs them)."""
+
+    firsts: list[int]
+    steps: list[int]
+    start: Callable[[int], tuple[Append, RowCounts]]
+
+    def items(self) -> Iterator[tuple[int, tuple[ShiftStart, int]]]:
+        """(first row, (its start, steps)) per group, in order."""
+        for first, steps in zip(self.firsts, self.steps, strict=True):
+            yield first, (functools.partial(self.start, first), steps)
 
 
 def phase_cost(model: MeshTransformer, phase: Phase, ledger: Ledger, peaks: Peaks) -> PhaseLedger:
@@ -101,16 +117,19 @@ class DecodeWalks:
         """`shift`'s one record for the steps whose first shifting row is `first`, counted
         `times` more; `start()` gives their append and counts, asked for only when a walk
         needs them (the first shift asked for is walked, the others scaled from it)."""
+        return self._shifts([first], [times], start)[0]
+
+    def _shifts(self, firsts: list[int], times: list[int], start: ShiftStart) -> list[Record]:
+        """The records of `_shift` for each of `firsts` (counted `times` more each), built in
+        one pass; `start()` is the first one's append and counts, walked when no shift was."""
         if self._walked_shift is None:
             append, counts = start()
             with shape_only():
                 (walked,) = self.model.kv_shift_records(append, counts).records
-            self._walked_shift = (walked, first)
+            self._walked_shift = (walked, firsts[0])
         walked, seen = self._walked_shift
-        if first == seen:
-            return walked if times == 1 else walked.with_fields(count=walked.count * times)
         rows = self.model.plan.decode.grid[0]
-        return _scaled_shift(walked, rows - seen, rows - first, times)
+        return _scaled_shifts(walked, rows - seen, [rows - f for f in firsts], times)
 
     @shape_only()
     def records(self, counts: RowCounts) -> tuple[DecodeRecords, Peaks]:
@@ -221,22 +240,40 @@ class DecodeWalks:
             else:
                 attn = self.model.decode_attention_records(self._batch(start))
             ledger.extend(_joined(widest.pre, attn, widest.post), count=seen * layers)
-        for first, (begin, steps) in shifts.items():  # Ledger.extend of one record, inlined
-            ledger.records.append(self._shift(first, begin, steps * layers * self.batch))
+        if shifts.firsts:  # Ledger.extend of one record per group, inlined
+            first = shifts.firsts[0]
+            times = [steps * layers * self.batch for steps in shifts.steps]
+            begin = functools.partial(shifts.start, first)
+            ledger.records.extend(self._shifts(shifts.firsts, times, begin))
         return ledger, peaks
 
 
-def _scaled_shift(rec: Record, walked_senders: int, senders: int, times: int) -> Record:
-    """The KV shift of `senders` rows from a walked one of `walked_senders` rows (one record,
-    `patterns.tail_shift_traffic`), counted `times` more: every sender moves its tile one hop
-    at once, so the time (alpha + bytes/W) is the same and the bytes injected and byte-hops
-    are per sender (exact integers; tests/estimate/test_cost_fast_paths.py checks every row
-    against the walk)."""
-    return rec.with_fields(
-        count=rec.count * times,
-        bytes_injected=rec.bytes_injected // walked_senders * senders,
-        link_byte_hops=rec.link_byte_hops // walked_senders * senders,
-    )
+def _scaled_shifts(
+    rec: Record, walked_senders: int, senders: list[int], times: list[int]
+) -> list[Record]:
+    """The KV shifts of `senders[i]` rows from a walked one of `walked_senders` rows (one
+    record, `patterns.tail_shift_traffic`), counted `times[i]` more: every sender moves its
+    tile one hop at once, so the time (alpha + bytes/W) is the same and the bytes injected and
+    byte-hops are per sender (exact integers; tests/estimate/test_cost_fast_paths.py checks
+    every row against the walk). Built field for field (`Record.with_fields`), hundreds per
+    request on a new grid."""
+    fields = rec.__dict__
+    injected = rec.bytes_injected // walked_senders
+    byte_hops = rec.link_byte_hops // walked_senders
+    out = []
+    for n, t in zip(senders, times, strict=True):
+        new = object.__new__(Record)
+        if n == walked_senders:  # the walked rows themselves
+            new.__dict__.update(fields, count=rec.count * t)
+        else:
+            new.__dict__.update(
+                fields,
+                count=rec.count * t,
+                bytes_injected=injected * n,
+                link_byte_hops=byte_hops * n,
+            )
+        out.append(new)
+    return out
 
 
 def _step_shapes(counts: RowCounts, output_len: int) -> tuple[Widths, ShiftGroups]:
@@ -245,8 +282,8 @@ def _step_shapes(counts: RowCounts, output_len: int) -> tuple[Widths, ShiftGroup
     if _balanced_shift(counts, output_len):
         return _balanced_step_shapes(counts, output_len)
     widths: Widths = {}
-    shifts: ShiftGroups = {}
-    begins: dict[int, RowCounts] = {}  # counts before each group's first step
+    shifts: dict[int, int] = {}  # first shifting row -> steps
+    begins: dict[int, tuple[Append, RowCounts]] = {}  # each group's last append, first counts
     for _ in range(output_len - 1):
         append = counts.plan_append()  # raises KvCacheFullError when the cache is full
         width = int(append.counts_after.max())
@@ -254,15 +291,11 @@ def _step_shapes(counts: RowCounts, output_len: int) -> tuple[Widths, ShiftGroup
         widths[width] = (start or counts.copy(), seen + 1)
         if append.senders:
             first = append.senders[0]
-            begin = begins.setdefault(first, counts.copy())
-            _, count = shifts.get(first, (None, 0))
-            shifts[first] = (functools.partial(_given, append, begin), count + 1)
+            begin = begins[first][1] if first in begins else counts.copy()
+            begins[first] = (append, begin)
+            shifts[first] = shifts.get(first, 0) + 1
         counts.commit(append)
-    return widths, shifts
-
-
-def _given(append: Append, counts: RowCounts) -> tuple[Append, RowCounts]:
-    return append, counts
+    return widths, ShiftGroups(list(shifts), list(shifts.values()), begins.__getitem__)
 
 
 def _balanced_shift(counts: RowCounts, output_len: int) -> bool:
@@ -294,21 +327,19 @@ def _balanced_step_shapes(counts: RowCounts, output_len: int) -> tuple[Widths, S
     firsts = shifting % rows + 1
     values, starts, seen = np.unique(firsts, return_index=True, return_counts=True)
     order = np.argsort(starts)  # in order of first occurrence, as stepping finds them
-    cache = (policy, rows, slots)
-    return widths, {
-        first: (functools.partial(_balanced_append, *cache, int(shifting[start]), first), n)
-        for first, start, n in zip(
-            values[order].tolist(), starts[order].tolist(), seen[order].tolist(), strict=True
-        )
-    }
+    firsts = values[order].tolist()
+    totals_at = dict(zip(firsts, shifting[starts[order]].tolist(), strict=True))
+    start = functools.partial(_balanced_append, policy, rows, slots, totals_at)
+    return widths, ShiftGroups(firsts, seen[order].tolist(), start)
 
 
 def _balanced_append(
-    policy: KvPolicy, rows: int, slots: int, total: int, first: int
+    policy: KvPolicy, rows: int, slots: int, totals: dict[int, int], first: int
 ) -> tuple[Append, RowCounts]:
-    """The append of a balanced cache after `total` positions, whose first shifting row is
-    `first` (the target: row first - 1, the first shorter one), and the counts before it."""
-    begin = RowCounts.balanced(policy, rows, slots, total)
+    """The append of a balanced cache whose first shifting row is `first` (the target: row
+    first - 1, the first shorter one) after its `totals[first]` positions, and the counts
+    before it."""
+    begin = RowCounts.balanced(policy, rows, slots, totals[first])
     after = begin.counts.copy()
     after[first - 1] += 1
     return Append(target=first - 1, senders=range(first, rows), counts_after=after), begin

@@ -60,17 +60,20 @@ class _Members:
 
 
 def _first_level(num: int, fanout: int, alpha: float, beta: float) -> _Members:
-    """Level 1 in closed form: a side of d cores reaches its root after d hops, d - 1 stages."""
-    starts, sizes = group_bounds(num, -(-num // fanout))
-    far = np.maximum(sizes // 2, sizes - 1 - sizes // 2)
-    stages = np.maximum(far - 1, 0)
-    return _Members(
-        (starts + sizes // 2).tolist(),
-        (far * alpha + stages * beta).tolist(),
-        far.tolist(),
-        stages.tolist(),
-        (far > 0).tolist(),
-    )
+    """Level 1 in closed form: a side of d cores reaches its root after d hops, d - 1 stages.
+    The groups (`geometry.group_bounds`: the first num mod G one core longer) have two sizes."""
+    groups = -(-num // fanout)
+    base, extra = divmod(num, groups)
+    members = _Members([], [], [], [], [])
+    for size, count, first in ((base + 1, extra, 0), (base, groups - extra, extra * (base + 1))):
+        far = max(size // 2, size - 1 - size // 2)
+        stages = max(far - 1, 0)
+        members.index += range(first + size // 2, first + count * size, size)
+        members.ready += [far * alpha + stages * beta] * count
+        members.hops += [far] * count
+        members.stages += [stages] * count
+        members.received += [far > 0] * count
+    return members
 
 
 def _chain_segments(owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +86,7 @@ def _chain_segments(owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _upper_level(level: _Members, fanout: int, alpha: float, beta: float) -> _Members:
     """Group the members and chain each group into its middle member: the next level."""
     starts, sizes = group_bounds(len(level.index), -(-len(level.index) // fanout))
-    bounds = list(zip(starts.tolist(), sizes.tolist(), strict=True))
+    bounds = list(zip(starts.tolist(), sizes.tolist(), strict=True))  # a few groups
     nxt = level.picked([start + size // 2 for start, size in bounds])
     for g, (start, size) in enumerate(bounds):
         r = size // 2
