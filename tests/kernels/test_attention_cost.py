@@ -76,3 +76,71 @@ def test_decode_attention_in_closed_form_equals_the_walk_at_wafer_scale(name, gr
     rows, slots = grid[0], model.kv_slots_per_row
     for total in (0, rows + 7, 9 * rows + 400, rows * slots - 1):
         assert _compare(model, [RowCounts.balanced(KvPolicy.SHIFT, rows, slots, total)]) > 10
+
+
+def _traced(attend, trace: list):
+    """`attend` recording, per call, every SRAM buffer it allocates (name, bytes per core),
+    what it leaves live, and its output's shape, dtype and layout."""
+
+    def run(mesh, q, cache, index, heads, ledger):
+        tracker, before = mesh.sram, mesh.sram.live_bytes_max
+        alloc = tracker.alloc
+
+        def recorded(name, nbytes, **kwargs):
+            trace.append((name, nbytes))
+            return alloc(name, nbytes, **kwargs)
+
+        tracker.alloc = recorded
+        try:
+            out = attend(mesh, q, cache, index, heads, ledger)
+        finally:
+            del tracker.alloc
+        trace.append((tracker.live_bytes_max - before, out.data.shape, out.data.dtype))
+        trace.append((out.layout, out.name))
+        return out
+
+    return run
+
+
+def _step(model: MeshTransformer, counts: list[RowCounts]) -> tuple[list[str], tuple, dict]:
+    """The estimate-mode decode step after `counts`: every record, each region's own SRAM
+    peak during it, the routes per core."""
+    from waferllm.estimate.decode_walks import watching
+
+    meshes = model.decode_state.all_meshes
+    with shape_only(), watching(meshes) as watches:
+        step = model.decode_records([c.copy() for c in counts])
+    ledgers = (step.before, step.layer.pre, step.layer.attn, step.layer.post, step.kv, step.after)
+    records = [repr(r) for ledger in ledgers for r in ledger.records]
+    return records, tuple(w.bytes_per_core for w in watches), model.routes_per_core()
+
+
+@pytest.mark.parametrize(("config", "grid", "kv"), CASES)
+def test_a_decode_step_with_its_attention_estimated_equals_the_step_with_it_walked(
+    config, grid, kv, monkeypatch
+):
+    """The estimate-mode layer's attention from the sizes (records, its SRAM buffers, routes)
+    against `decode_attention` on meta tensors, at several widths and batches (each step on
+    fresh models: the peaks and routes are the step's own)."""
+    from waferllm.mesh.virtual import Mode
+    from waferllm.model import decode_attention as layers
+
+    walked_attention = layers.ATTEND[Mode.FUNCTIONAL]
+    estimated_attention = layers.ATTEND[Mode.ESTIMATE]
+    rows = grid[0]
+    compared = 0
+    for batch in (1, 3):
+        for total in (0, rows + 1, 2 * rows + 3):
+            estimated, walked = (_model(config, tiny(), grid, kv) for _ in range(2))
+            share = estimated.kv_slots_per_row // batch
+            counts = [RowCounts.balanced(KvPolicy.SHIFT, rows, share, total)] * batch
+            traces: tuple[list, list] = ([], [])
+            with monkeypatch.context() as patch:
+                patch.setitem(layers.ATTEND, Mode.ESTIMATE, _traced(estimated_attention, traces[0]))
+                got = _step(estimated, counts)
+                patch.setitem(layers.ATTEND, Mode.ESTIMATE, _traced(walked_attention, traces[1]))
+                want = _step(walked, counts)
+            assert got == want
+            assert traces[0] == traces[1] and traces[0]
+            compared += len(want[0])
+    assert compared > 100

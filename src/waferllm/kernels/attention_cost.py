@@ -4,14 +4,22 @@ The estimate layer prices a request's narrower cache windows with it instead of 
 attention (`estimate.decode_walks`): the same charges, in the same order, through the same
 primitives as `attention.decode_attention` (preceded by the compressed cache's window read,
 `KvStore.charge_read`); routes and SRAM are those of the widest window's full walk.
-tests/kernels/test_attention_cost.py compares it record for record with the walk.
+`estimated_decode_attention` is the estimate-mode layer's attention: those records and the
+kernel's own SRAM buffers. tests/kernels/test_attention_cost.py compares both with the walk.
 """
 
 from __future__ import annotations
 
 import math
 
-from waferllm.kernels.attention import charge_probs_spread, head_spread, loop_order
+import torch
+
+from waferllm.kernels.attention import (
+    attention_output_layout,
+    charge_probs_spread,
+    head_spread,
+    loop_order,
+)
 from waferllm.kernels.dequant import charge_dequant
 from waferllm.kernels.gemv import best_ktree_fanouts
 from waferllm.kernels.heads import HeadLayout
@@ -31,6 +39,7 @@ from waferllm.mesh.compute import charge_matmul
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.storage import StoredDtype
+from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh
 
 
@@ -99,6 +108,31 @@ def decode_attention_cost(
     )
 
 
+def estimated_decode_attention(
+    mesh: Mesh,
+    *,
+    q: DistTensor,
+    heads: HeadLayout,
+    batch: int,
+    width: int,
+    stored: StoredDtype,
+    ledger: Ledger,
+) -> DistTensor:
+    """`attention.decode_attention` (after `KvStore.charge_read`) in estimate mode without its
+    tensors: its records (`decode_attention_cost`, whose charges configure the same routes),
+    its scores buffer [B, G, n, w] per core held for the kernel (the softmax works in it),
+    and its output attn[B, C*G*n*Hv] (meta, q's dtype) registered as the walk registers it."""
+    decode_attention_cost(mesh, heads=heads, batch=batch, width=width, stored=stored, ledger=ledger)
+    rows, cols = mesh.shape
+    g, n = heads.kv_per_tile, heads.n_rep
+    with mesh.sram.scope():
+        layout = Layout((batch, cols * g, n, rows * width), y_dim=3, x_dim=1, tag="cache_slots")
+        scores = torch.empty((rows, cols, batch, g, n, width), dtype=q.data.dtype, device="meta")
+        mesh.register(scores, layout, "scores")
+    out = torch.empty((rows, cols, batch, heads.o_width), dtype=q.data.dtype, device="meta")
+    return mesh.register(out, attention_output_layout(q.layout, heads), "attn")
+
+
 def _softmax_cost(mesh: Mesh, ledger: Ledger, *, rows: int, length: int, numel: int) -> None:
     """`softmax.softmax`'s charges along Y with a scale and a mask and no padding: `rows`
     instructions of `length` per pass, K-tree allreduces of `numel` values per core."""
@@ -117,4 +151,4 @@ def _softmax_cost(mesh: Mesh, ledger: Ledger, *, rows: int, length: int, numel: 
     charge_vector(mesh, ledger, "softmax.normalise", rows=rows, length=length, cost=NORMALISE)
 
 
-__all__ = ["decode_attention_cost"]
+__all__ = ["decode_attention_cost", "estimated_decode_attention"]

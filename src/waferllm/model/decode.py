@@ -25,6 +25,7 @@ from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mode
 from waferllm.model import vocab
+from waferllm.model.decode_attention import decode_attention_walk
 from waferllm.model.kv_cache import Append, KvBudget, RowCounts
 from waferllm.model.kv_store import KvStore
 from waferllm.model.layers import (
@@ -32,7 +33,6 @@ from waferllm.model.layers import (
     LayerContext,
     LayerLedgers,
     charge_rope_tables,
-    decode_attention_walk,
     decode_layer,
     decode_slot_mask,
     rope_tables,

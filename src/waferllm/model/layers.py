@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from waferllm.kernels.attention import decode_attention
 from waferllm.kernels.elementwise import add, silu_mul
 from waferllm.kernels.gemm import align_a, meshgemm
 from waferllm.kernels.gemv import meshgemv
@@ -32,6 +31,7 @@ from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model.attention import prefill_attention_passes
 from waferllm.model.config import ModelConfig
+from waferllm.model.decode_attention import ATTEND
 from waferllm.model.kv_cache import Append, RowCounts
 from waferllm.model.kv_store import KvStore
 from waferllm.model.placement import PlacedLayer
@@ -332,18 +332,8 @@ def decode_layer(
         q = _rope(mesh, q, ctx, ledger, "q_rope", tokens_axis=None)
         k = _rope(mesh, k, ctx, ledger, "k_rope", tokens_axis=None)
         cache.write(index, k, v, ledger)
-        k_cache, v_cache = cache.window(index)
         with ledgers.attn.scope("attn"):
-            cache.charge_read(ledgers.attn)
-            attn = decode_attention(
-                mesh,
-                q=q,
-                k_cache=k_cache,
-                v_cache=v_cache,
-                slot_mask=cache.slot_mask,
-                heads=heads,
-                ledger=ledgers.attn,
-            )
+            attn = ATTEND[mesh.mode](mesh, q, cache, index, heads, ledgers.attn)
         ledger = ledgers.post
         o = meshgemv(mesh, x=attn, w=w["wo"], ledger=ledger, reduce_axis=Axis.X, op="o_proj").out
         o = add_bias(mesh, o, w.get("bo"), ledger, "o_bias")
@@ -362,33 +352,6 @@ def decode_layer(
         ).out
         down = add_bias(mesh, down, w.get("b_down"), ledger, "down_bias")
         return add(mesh, x=x, y=down, ledger=ledger, op="mlp_residual")
-
-
-def decode_attention_walk(mesh: Mesh, cache: CacheStep) -> Ledger:
-    """One layer's decode attention at `cache`'s step (the windows it reads), charged as
-    `decode_layer` charges it, for the estimate layer; q is a placeholder of the real q's tile
-    (SRAM was checked at the widest window by a full walk)."""
-    heads, batch = cache.store.heads, len(cache.seqs)
-    attn = Ledger()
-    with mesh.sram.scope():
-        q = mesh.register(
-            torch.empty((*mesh.shape, batch, heads.q_width), device="meta"),
-            Layout((batch, mesh.cols * heads.q_width), x_dim=1),
-            "q",
-        )
-        k_cache, v_cache = cache.window(cache.store.layers[0])
-        with attn.scope("layer"), attn.scope("attn"):
-            cache.charge_read(attn)
-            decode_attention(
-                mesh,
-                q=q,
-                k_cache=k_cache,
-                v_cache=v_cache,
-                slot_mask=cache.slot_mask,
-                heads=heads,
-                ledger=attn,
-            )
-    return attn
 
 
 def decode_slot_mask(
