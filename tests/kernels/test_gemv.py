@@ -357,3 +357,51 @@ def test_gemv_matches_the_reference_for_any_grid_and_size(rows, cols, k, n, toke
     out = GEMV_KERNELS[algo](mesh, x=xd, w=wd, ledger=Ledger(), reduce_axis=axis).out
     want = x.double() @ w.double()
     assert (mesh.gather(out).double() - want).abs().max() <= 1e-4 * max(1.0, want.abs().max())
+
+
+@pytest.mark.parametrize("algo", sorted(GEMV_KERNELS))
+@pytest.mark.parametrize("axis", [Axis.Y, Axis.X])
+@pytest.mark.parametrize("grid", [(1, 1), (1, 4), (4, 1), (3, 5), (6, 6)])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_estimate_mode_outputs_without_partials_equal_the_partials_walk(
+    algo, axis, grid, dtype, monkeypatch
+):
+    """Estimate mode builds the allreduced outputs' meta tiles directly (`_estimated_sums`):
+    the same records, routes, SRAM buffers and peak, and outputs (shape, dtype, strides,
+    layout, name) as the walk of every core's partials and the allreduce."""
+    import waferllm.kernels.gemv as gemv
+
+    seen = []
+    for direct in (True, False):
+        with monkeypatch.context() as patch:
+            if not direct:
+                patch.setattr(gemv, "_estimated_sums", lambda *_: None)
+            for lead, widths in (((3,), (17, 9)), ((2, 2), (11,)), ((), (5, 4, 4))):
+                mesh = _mesh(*grid, mode=Mode.ESTIMATE, compute_dtype=getattr(torch, dtype))
+                x = torch.empty(*lead, 23, device="meta")
+                xd, wds = _place(mesh, x, [torch.empty(23, n, device="meta") for n in widths], axis)
+                allocs: list[tuple] = []
+                patch.setattr(mesh.sram, "alloc", _recording(mesh.sram.alloc, allocs))
+                ledger = Ledger()
+                result = GEMV_KERNELS[algo](mesh, x=xd, w=wds, ledger=ledger, reduce_axis=axis)
+                outs = [
+                    (o.data.shape, o.data.dtype, _strides(o.data), o.layout, o.name)
+                    for o in result.outs
+                ]
+                seen.append((ledger.expanded(), mesh.routes.routes_per_core, mesh.sram.peak_bytes))
+                seen[-1] += (allocs, outs, result.root)
+    half = len(seen) // 2
+    assert seen[:half] == seen[half:]
+
+
+def _recording(alloc, allocs: list):
+    def recorded(*args, **kwargs):
+        allocs.append(args)
+        return alloc(*args, **kwargs)
+
+    return recorded
+
+
+def _strides(data: torch.Tensor) -> tuple[int, ...]:
+    """The strides that mean something: a dim of size 1 has none."""
+    return tuple(st if n > 1 else 0 for n, st in zip(data.shape, data.stride(), strict=True))

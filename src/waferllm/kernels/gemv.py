@@ -135,7 +135,10 @@ def _gemv(
     kt = x.data.shape[-1]
     # x_tile: [T, Kt]; w_tile: [Kt, Nt_i]
     x_tile = x.data.reshape(rows, cols, math.prod(lead), kt)
-    summed = _summed_products(mesh, x_tile, ws, reduce_axis) if broadcast else None
+    summed = None
+    if broadcast:
+        sums = _estimated_sums if mesh.mode is Mode.ESTIMATE else _summed_products
+        summed = sums(mesh, x_tile, ws, reduce_axis)
     with Charged(ledger) as charged:
         _dequantise_weights(mesh, ws, ledger, op)
         if summed is None:
@@ -228,6 +231,24 @@ def _summed_products(
         tile = y.transpose(0, 1).contiguous().unsqueeze(line)  # (1, Q, T, Nt) or (Q, 1, T, Nt)
         outs.append(spread(tile, sizes))
     return outs
+
+
+def _estimated_sums(
+    mesh: Mesh, x_tile: torch.Tensor, ws: Sequence[DistTensor], reduce_axis: Axis
+) -> list[torch.Tensor] | None:
+    """Estimate mode: the allreduced outputs' meta tiles without the partials, per weight (R,
+    C, T, Nt_i) held once along the reduce axis as `allreduce` leaves them (priced as for
+    `_summed_products`); None unless x is in the weights' compute dtype (`values`)."""
+    if x_tile.dtype != mesh.compute_dtype:
+        return None
+    line = reduce_axis.tensor_dim
+    sizes = {line: mesh.size(reduce_axis)}
+    tile = [mesh.rows, mesh.cols, x_tile.shape[-2]]
+    tile[line] = 1
+    return [
+        spread(torch.empty((*tile, wi.data.shape[-1]), dtype=x_tile.dtype, device="meta"), sizes)
+        for wi in ws
+    ]
 
 
 def _host_matrix(w: torch.Tensor, line: int, other: int) -> torch.Tensor | None:
