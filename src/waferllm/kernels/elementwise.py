@@ -84,6 +84,7 @@ def embed(
     ledger: Ledger,
     tokens_axis: Axis | None = None,
     op: str = "embed",
+    walk: bool = False,
 ) -> DistTensor:
     """Embedding lookup on the mesh: the line owning each token's row extracts it and multicasts
     it along the vocab axis A.
@@ -94,6 +95,8 @@ def embed(
     Cost (independent of the ids, so estimate mode charges the same): T row copies of Dt on the
     owners, then T pipelined multicasts charged from the end of the line, the worst case:
     T*max(floor, 2Dt*s/S) + (P_A-1)*alpha + T*Dt*s/link.
+    Estimate mode charges it from the table's tile shape alone unless `walk` (the oracle: the
+    same records, SRAM, routes and output, tests/kernels/test_vocab_closed_form.py).
     """
     if len(table.layout.shape) != 2 or axis_of(table.layout, 0) is None:
         raise WaferError(
@@ -103,9 +106,13 @@ def embed(
     assert axis is not None
     if tokens_axis is not None and tokens_axis is not axis:
         raise WaferError(f"tokens can only be split along the vocab axis {axis.value}")
-    vocab, hidden = table.layout.shape
+    vocab = table.layout.shape[0]
     num_tokens = int(ids.shape[0])
     vt, dt = table.tile_shape
+    if mesh.mode is Mode.ESTIMATE and not walk:
+        return _embed_closed(
+            mesh, table=table, ledger=ledger, num_tokens=num_tokens, tokens_axis=tokens_axis, op=op
+        )
     if mesh.mode is Mode.FUNCTIONAL:
         if ids.dim() != 1 or ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
             raise WaferError(f"token ids must be a 1-D tensor of values in [0, {vocab})")
@@ -121,13 +128,8 @@ def embed(
         rows_data = torch.empty(
             (*mesh.shape, num_tokens, dt), dtype=table.data.dtype, device="meta"
         )
-    charge_vector(mesh, ledger, f"{op}.extract", rows=num_tokens, length=dt, cost=COPY)
-    # a compressed table's rows are expanded by their owner (groups along D), sent as float16
-    charge_dequant(mesh, ledger, f"{op}.dequant", table.stored, reduced=dt, other=num_tokens)
-    # every line holds the same rows now; the multicast is priced from the worst-case root
-    rows_data = broadcast(mesh, rows_data, axis=axis, root=0, ledger=ledger, op=f"{op}.bcast")
-    placement = {axis_of(table.layout, 1): 1, tokens_axis: 0}
-    layout = plain_layout((num_tokens, hidden), placement)
+    rows_data = _charge_embed(mesh, ledger, table, rows_data, op)
+    layout = _embed_layout(table, num_tokens, tokens_axis)
     if tokens_axis is None:
         return mesh.register(rows_data, layout, f"{op}.out")
     tt = layout.tile_shape(*mesh.shape)[0]
@@ -142,6 +144,50 @@ def embed(
     return mesh.register(mine.contiguous(), layout, f"{op}.out")
 
 
+def _charge_embed(
+    mesh: Mesh, ledger: Ledger, table: DistTensor, rows_data: torch.Tensor, op: str
+) -> torch.Tensor:
+    """`embed`'s charges, in order, for the picked rows `rows_data` [rows, cols, T, Dt]:
+    returns them multicast along the vocab axis."""
+    num_tokens, dt = rows_data.shape[2:]
+    axis = axis_of(table.layout, 0)
+    assert axis is not None
+    charge_vector(mesh, ledger, f"{op}.extract", rows=num_tokens, length=dt, cost=COPY)
+    # a compressed table's rows are expanded by their owner (groups along D), sent as float16
+    charge_dequant(mesh, ledger, f"{op}.dequant", table.stored, reduced=dt, other=num_tokens)
+    # every line holds the same rows now; the multicast is priced from the worst-case root
+    return broadcast(mesh, rows_data, axis=axis, root=0, ledger=ledger, op=f"{op}.bcast")
+
+
+def _embed_layout(table: DistTensor, num_tokens: int, tokens_axis: Axis | None) -> Layout:
+    """The lookup's output [T, D]: D split like the table's, T along `tokens_axis` if any."""
+    placement = {axis_of(table.layout, 1): 1, tokens_axis: 0}
+    return plain_layout((num_tokens, table.layout.shape[1]), placement)
+
+
+def _embed_closed(
+    mesh: Mesh,
+    *,
+    table: DistTensor,
+    ledger: Ledger,
+    num_tokens: int,
+    tokens_axis: Axis | None,
+    op: str,
+) -> DistTensor:
+    """`embed`'s charges in estimate mode from the table's tile shape: the multicast given the
+    meta rows the walk holds, the output registered in the walk's shape (T or its tile)."""
+    dt = table.tile_shape[1]
+    dtype = table.data.dtype
+    rows = torch.empty((*mesh.shape, num_tokens, dt), dtype=dtype, device="meta")
+    _charge_embed(mesh, ledger, table, rows, op)
+    layout = _embed_layout(table, num_tokens, tokens_axis)
+    if tokens_axis is not None:
+        rows = torch.empty(
+            (*mesh.shape, layout.tile_shape(*mesh.shape)[0], dt), dtype=dtype, device="meta"
+        )
+    return mesh.register(rows, layout, f"{op}.out")
+
+
 def argmax(
     mesh: Mesh,
     *,
@@ -149,6 +195,7 @@ def argmax(
     ledger: Ledger,
     op: str = "argmax",
     algorithm: ReduceAlgorithm = ReduceAlgorithm.KTREE,
+    walk: bool = False,
 ) -> DistTensor:
     """Greedy token selection on the mesh: torch.argmax over the last (vocab) dim, ties to the
     lowest index, padded vocab entries -inf.
@@ -158,10 +205,20 @@ def argmax(
     Vt); allreduce-max of the values (one per token); each core offers its global index where
     its value equals the maximum; allreduce-max of the negated index (32-bit: two words).
     Cost: R*max(floor, Vt/F, Vt*s/S) + allreduce(R*s) + allreduce(2R*s).
+    Estimate mode charges it from the logits' tile shape alone unless `walk` (the oracle: the
+    same records, SRAM, routes and output, tests/kernels/test_vocab_closed_form.py).
     """
     v_dim = len(logits.layout.shape) - 1
     axis = axis_of(logits.layout, v_dim)
     vt = logits.tile_shape[-1]
+    rows = lead_count(logits.data, -1)
+    out_layout = _argmax_layout(logits.layout)
+    if mesh.mode is Mode.ESTIMATE and not walk:
+        charge_vector(mesh, ledger, f"{op}.local", rows=rows, length=vt, cost=MAX_ACC)
+        if axis is not None:
+            _argmax_allreduces_closed(mesh, logits, ledger, op, axis, algorithm)
+        ids = torch.empty(logits.data.shape[:-1], dtype=torch.int64, device="meta")
+        return mesh.register(ids, out_layout, f"{op}.out")
     valid = valid_mask(logits, v_dim)
 
     def local_max(data: torch.Tensor, *keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,7 +228,6 @@ def argmax(
         best, local = values.max(dim=-1, keepdim=True)
         return best, local
 
-    rows = lead_count(logits.data, -1)
     charge_vector(mesh, ledger, f"{op}.local", rows=rows, length=vt, cost=MAX_ACC)
     inputs = (logits.data,) if valid is None else (logits.data, valid)
     best, local = on_replicas(local_max, *inputs)
@@ -204,11 +260,38 @@ def argmax(
         )[..., :1]
     else:
         index = local
-    lead = logits.layout
-    out_layout = Layout(
-        lead.shape[:-1],
-        y_dim=lead.y_dim if lead.y_dim != v_dim else None,
-        x_dim=lead.x_dim if lead.x_dim != v_dim else None,
-    )
     ids = on_replicas(lambda i: i.squeeze(-1).contiguous(), index)
     return mesh.register(ids, out_layout, f"{op}.out")
+
+
+def _argmax_allreduces_closed(
+    mesh: Mesh,
+    logits: DistTensor,
+    ledger: Ledger,
+    op: str,
+    axis: Axis,
+    algorithm: ReduceAlgorithm,
+) -> None:
+    """`argmax`'s two allreduces in estimate mode, each given a meta tensor of the walk's
+    shape: one value per token, then the index as two 16-bit words per token."""
+    lead = logits.data.shape[:-1]
+    for name, words in (("allreduce_max", 1), ("allreduce_index", 2)):
+        small_allreduce(
+            mesh,
+            torch.empty((*lead, words), device="meta"),
+            axis=axis,
+            ledger=ledger,
+            op=f"{op}.{name}",
+            reduce_op=ReduceOp.MAX,
+            algorithm=algorithm,
+        )
+
+
+def _argmax_layout(logits: Layout) -> Layout:
+    """The ids [*T] of logits [*T, V]: T keeps its split, the vocab axis is gone."""
+    v_dim = len(logits.shape) - 1
+    return Layout(
+        logits.shape[:-1],
+        y_dim=logits.y_dim if logits.y_dim != v_dim else None,
+        x_dim=logits.x_dim if logits.x_dim != v_dim else None,
+    )

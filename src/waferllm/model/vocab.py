@@ -41,10 +41,14 @@ def embed(
 ) -> DistTensor:
     """Token ids -> hidden states on the first region (prefill [L_y, D_x], decode [B, D_y])."""
     mesh, table = state.embed_mesh, state.embed_view
+    if mesh.mode is Mode.FUNCTIONAL:
+        held = torch.tensor(list(ids), dtype=torch.int64)
+    else:  # estimate mode reads only how many ids there are
+        held = torch.empty((len(ids),), dtype=torch.int64, device="meta")
     with ledger.scope("embed"):
         out = elementwise.embed(
             mesh,
-            ids=torch.tensor(list(ids), dtype=torch.int64),
+            ids=held,
             table=table,
             ledger=ledger,
             tokens_axis=tokens_axis,
@@ -88,8 +92,12 @@ def argmax_tokens(logits: DistTensor, ledger: Ledger, *, algorithm: ReduceAlgori
     keeping the prefill program within its route budget."""
     mesh = logits.mesh
     ids = elementwise.argmax(mesh, logits=logits, ledger=ledger, algorithm=algorithm)
-    token = mesh.gather(ids, ledger=ledger)
-    ids.free()
+    count = math.prod(ids.layout.shape)
     if mesh.mode is Mode.FUNCTIONAL:
+        token = mesh.gather(ids, ledger=ledger)
+        ids.free()
         return [int(t) for t in token.reshape(-1)]
-    return [0] * math.prod(logits.layout.shape[:-1])
+    # estimate mode: the gather's host I/O charge alone (its meta tiles are never read)
+    mesh.charge_host_io(ledger, f"gather.{ids.name}", count)
+    ids.free()
+    return [0] * count
