@@ -171,3 +171,21 @@ def test_the_models_vocabulary_ends_charge_what_their_walks_charge(
     assert [repr(r) for r in closed.records] == [repr(r) for r in walked.records]
     assert closed_meshes == walked_meshes
     assert closed_ids == walked_ids
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_argmax_tokens_in_estimate_mode_charges_the_gather_it_skips(grid):
+    ledgers = []
+    for skip in (False, True):
+        mesh = Mesh(DEVICE, *grid, mode=Mode.ESTIMATE)
+        logits = _tensor(mesh, (3, 37), Layout((3, 37), x_dim=1), "logits")
+        ledger = Ledger()
+        if skip:
+            tokens = vocab.argmax_tokens(logits, ledger, algorithm=ReduceAlgorithm.KTREE)
+            assert tokens == [0, 0, 0]
+        else:
+            ids = elementwise.argmax(mesh, logits=logits, ledger=ledger)
+            assert mesh.gather(ids, ledger=ledger).shape == (3,)
+        ledgers.append([repr(r) for r in ledger.records])
+    assert ledgers[0] == ledgers[1]
+    assert any("gather.argmax.out" in r for r in ledgers[0])
