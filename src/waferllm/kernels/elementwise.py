@@ -27,9 +27,11 @@ from waferllm.kernels.vector import (
     small_allreduce,
     valid_mask,
 )
-from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp, broadcast
-from waferllm.mesh.cost import Ledger
+from waferllm.mesh.comm import BROADCAST_ROUTES, ReduceAlgorithm, ReduceOp, broadcast
+from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.lines import line_roots
+from waferllm.mesh.patterns import Owners, multicast_traffic
 from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
@@ -128,7 +130,9 @@ def embed(
         rows_data = torch.empty(
             (*mesh.shape, num_tokens, dt), dtype=table.data.dtype, device="meta"
         )
-    rows_data = _charge_embed(mesh, ledger, table, rows_data, op)
+    _charge_pick(mesh, ledger, table, num_tokens, op)
+    # every line holds the same rows now; the multicast is priced from the worst-case root
+    rows_data = broadcast(mesh, rows_data, axis=axis, root=0, ledger=ledger, op=f"{op}.bcast")
     layout = _embed_layout(table, num_tokens, tokens_axis)
     if tokens_axis is None:
         return mesh.register(rows_data, layout, f"{op}.out")
@@ -144,19 +148,25 @@ def embed(
     return mesh.register(mine.contiguous(), layout, f"{op}.out")
 
 
-def _charge_embed(
-    mesh: Mesh, ledger: Ledger, table: DistTensor, rows_data: torch.Tensor, op: str
-) -> torch.Tensor:
-    """`embed`'s charges, in order, for the picked rows `rows_data` [rows, cols, T, Dt]:
-    returns them multicast along the vocab axis."""
-    num_tokens, dt = rows_data.shape[2:]
-    axis = axis_of(table.layout, 0)
-    assert axis is not None
+def _charge_pick(mesh: Mesh, ledger: Ledger, table: DistTensor, num_tokens: int, op: str) -> None:
+    """`embed`'s charges before the multicast: the owners' row copies and dequantisation."""
+    dt = table.tile_shape[1]
     charge_vector(mesh, ledger, f"{op}.extract", rows=num_tokens, length=dt, cost=COPY)
     # a compressed table's rows are expanded by their owner (groups along D), sent as float16
     charge_dequant(mesh, ledger, f"{op}.dequant", table.stored, reduced=dt, other=num_tokens)
-    # every line holds the same rows now; the multicast is priced from the worst-case root
-    return broadcast(mesh, rows_data, axis=axis, root=0, ledger=ledger, op=f"{op}.bcast")
+
+
+def _charge_multicast(mesh: Mesh, axis: Axis, nbytes: int, ledger: Ledger, op: str) -> None:
+    """What `comm.broadcast` from root 0 along `axis` of tiles of `nbytes` configures and
+    charges, without data (its `_charge_broadcast`; nothing on an axis of one core)."""
+    num = mesh.size(axis)
+    if num == 1:
+        return
+    mesh.routes.require(f"{axis.value}_bcast", BROADCAST_ROUTES)
+    if ledger.prices:
+        owners = Owners.of_roots(num, line_roots(mesh, axis, 0))
+        traffic = multicast_traffic(mesh.device, mesh.shape, axis, owners, nbytes)
+        ledger.charge(op, Charge.comm(traffic), phase=0)
 
 
 def _embed_layout(table: DistTensor, num_tokens: int, tokens_axis: Axis | None) -> Layout:
@@ -174,17 +184,17 @@ def _embed_closed(
     tokens_axis: Axis | None,
     op: str,
 ) -> DistTensor:
-    """`embed`'s charges in estimate mode from the table's tile shape: the multicast given the
-    meta rows the walk holds, the output registered in the walk's shape (T or its tile)."""
+    """`embed`'s charges in estimate mode from the table's tile shape (the multicast of T rows
+    of Dt, without data), the output registered in the walk's shape (T or its tile)."""
+    axis = axis_of(table.layout, 0)
+    assert axis is not None
     dt = table.tile_shape[1]
-    dtype = table.data.dtype
-    rows = torch.empty((*mesh.shape, num_tokens, dt), dtype=dtype, device="meta")
-    _charge_embed(mesh, ledger, table, rows, op)
+    _charge_pick(mesh, ledger, table, num_tokens, op)
+    nbytes = num_tokens * dt * mesh.device.storage_bytes  # `comm.bytes_per_core` of the rows
+    _charge_multicast(mesh, axis, nbytes, ledger, f"{op}.bcast")
     layout = _embed_layout(table, num_tokens, tokens_axis)
-    if tokens_axis is not None:
-        rows = torch.empty(
-            (*mesh.shape, layout.tile_shape(*mesh.shape)[0], dt), dtype=dtype, device="meta"
-        )
+    tokens = num_tokens if tokens_axis is None else layout.tile_shape(*mesh.shape)[0]
+    rows = torch.empty((*mesh.shape, tokens, dt), dtype=table.data.dtype, device="meta")
     return mesh.register(rows, layout, f"{op}.out")
 
 
