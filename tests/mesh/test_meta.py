@@ -154,6 +154,9 @@ def test_shapes_that_do_not_broadcast_raise_torchs_error():
 
 
 def test_an_estimate_gives_every_fast_output_torchs_shape_and_dtype(monkeypatch):
+    """The ops an estimate still dispatches on meta tiles (the kernels priced from their tile
+    shapes alone, norms, softmax, MeshGEMM, attention, GEMV, embedding, argmax, dispatch none;
+    every rule is also checked on its own in CASES)."""
     monkeypatch.setattr(meta, "ShapeOnly", Checking)
     Checking.seen = set()
     clear_cache()
@@ -168,7 +171,8 @@ def test_an_estimate_gives_every_fast_output_torchs_shape_and_dtype(monkeypatch)
             kv_dtype=storage,
         )
     clear_cache()
-    assert len(Checking.seen) > 10  # the rules ran, not torch's fallback only
+    pointwise = {torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor, torch.ops.aten.silu.default}
+    assert pointwise <= Checking.seen  # the rules ran, not torch's fallback only
 
 
 def test_reproduces_baselines_and_benches_give_every_fast_output_torchs_shape_and_dtype(

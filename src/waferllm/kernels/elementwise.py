@@ -27,11 +27,9 @@ from waferllm.kernels.vector import (
     small_allreduce,
     valid_mask,
 )
-from waferllm.mesh.comm import BROADCAST_ROUTES, ReduceAlgorithm, ReduceOp, broadcast
-from waferllm.mesh.cost import Charge, Ledger
+from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp, broadcast, charge_broadcast
+from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.lines import line_roots
-from waferllm.mesh.patterns import Owners, multicast_traffic
 from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
@@ -156,19 +154,6 @@ def _charge_pick(mesh: Mesh, ledger: Ledger, table: DistTensor, num_tokens: int,
     charge_dequant(mesh, ledger, f"{op}.dequant", table.stored, reduced=dt, other=num_tokens)
 
 
-def _charge_multicast(mesh: Mesh, axis: Axis, nbytes: int, ledger: Ledger, op: str) -> None:
-    """What `comm.broadcast` from root 0 along `axis` of tiles of `nbytes` configures and
-    charges, without data (its `_charge_broadcast`; nothing on an axis of one core)."""
-    num = mesh.size(axis)
-    if num == 1:
-        return
-    mesh.routes.require(f"{axis.value}_bcast", BROADCAST_ROUTES)
-    if ledger.prices:
-        owners = Owners.of_roots(num, line_roots(mesh, axis, 0))
-        traffic = multicast_traffic(mesh.device, mesh.shape, axis, owners, nbytes)
-        ledger.charge(op, Charge.comm(traffic), phase=0)
-
-
 def _embed_layout(table: DistTensor, num_tokens: int, tokens_axis: Axis | None) -> Layout:
     """The lookup's output [T, D]: D split like the table's, T along `tokens_axis` if any."""
     placement = {axis_of(table.layout, 1): 1, tokens_axis: 0}
@@ -191,7 +176,7 @@ def _embed_closed(
     dt = table.tile_shape[1]
     _charge_pick(mesh, ledger, table, num_tokens, op)
     nbytes = num_tokens * dt * mesh.device.storage_bytes  # `comm.bytes_per_core` of the rows
-    _charge_multicast(mesh, axis, nbytes, ledger, f"{op}.bcast")
+    charge_broadcast(mesh, axis=axis, root=0, nbytes=nbytes, ledger=ledger, op=f"{op}.bcast")
     layout = _embed_layout(table, num_tokens, tokens_axis)
     tokens = num_tokens if tokens_axis is None else layout.tile_shape(*mesh.shape)[0]
     rows = torch.empty((*mesh.shape, tokens, dt), dtype=table.data.dtype, device="meta")

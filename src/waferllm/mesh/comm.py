@@ -206,6 +206,15 @@ def _charge_broadcast(
         ledger.charge(op, Charge.comm(traffic), phase=phase)
 
 
+def charge_broadcast(
+    mesh: Mesh, *, axis: Axis, root: int, nbytes: int, ledger: Ledger, op: str, phase: int = 0
+) -> None:
+    """What `broadcast` of `nbytes` tiles from `root` along `axis` configures and charges,
+    without data (estimate-mode closed forms); nothing on an axis of one core."""
+    if mesh.size(axis) > 1:
+        _charge_broadcast(mesh, axis, root, nbytes, ledger, op, phase)
+
+
 _BCAST_ROUTES = {axis: f"{axis.value}_bcast" for axis in Axis}
 
 
