@@ -109,19 +109,15 @@ def relayout_charge(
         moved += m.count * terms.moved
         byte_hops += m.count * terms.dist
         hops = max(hops, terms.hops)
-    if moved == 0:
-        return Charge.comm(Traffic(device=device, shape=(rows, cols)))
-    return Charge.comm(
-        _cut_traffic(
-            device,
-            moved=moved,
-            byte_hops=byte_hops,
-            hops=hops,
-            ramp=ramp,
-            cut_y=cut_y / (hi_c - lo_c + 1),
-            cut_x=cut_x / (hi_r - lo_r + 1),
-            nbytes=float(device.storage_bytes) if bytes_per_element is None else bytes_per_element,
-        )
+    return _cut_charge(
+        device,
+        moved=moved,
+        byte_hops=byte_hops,
+        hops=hops,
+        ramp=ramp,
+        cut_y=cut_y / (hi_c - lo_c + 1),
+        cut_x=cut_x / (hi_r - lo_r + 1),
+        bytes_per_element=bytes_per_element,
     )
 
 
@@ -218,7 +214,7 @@ def concurrent_relayout_charge(
     return max(charges, key=lambda c: c.cycles)
 
 
-def _cut_traffic(
+def _cut_charge(
     device: Device,
     *,
     moved: float,
@@ -227,27 +223,32 @@ def _cut_traffic(
     ramp: float,
     cut_y: np.ndarray,
     cut_x: np.ndarray,
-    nbytes: float,
-) -> Traffic:
+    bytes_per_element: float | None,
+) -> Charge:
     """The re-layout as one step of the message model (elements in, bytes out): each cut's
     elements spread evenly over the links that cross it (`cut_*` already divided by their
     number), every line alike; the busiest ramp sends or receives `ramp` elements of
-    `nbytes` each."""
+    `bytes_per_element` each (the storage dtype's size when None). Nothing moved: free."""
+    if moved == 0:
+        return Charge.comm(Traffic(device=device, shape=(device.mesh_rows, device.mesh_cols)))
+    nbytes = float(device.storage_bytes) if bytes_per_element is None else bytes_per_element
     links = {
         (axis, direction): (cut[i] * nbytes)[None, :]
         for axis, cut in ((Axis.Y, cut_y), (Axis.X, cut_x))
         for i, direction in enumerate((+1, -1))
     }
     ramp_bytes = np.array([[ramp * nbytes]])
-    return Traffic(
-        device=device,
-        shape=(device.mesh_rows, device.mesh_cols),
-        critical_hops=int(hops),
-        bytes_injected=int(moved * nbytes),
-        link_byte_hops=int(byte_hops * nbytes),
-        links=links,
-        ramp_in=ramp_bytes,
-        ramp_out=ramp_bytes,
+    return Charge.comm(
+        Traffic(
+            device=device,
+            shape=(device.mesh_rows, device.mesh_cols),
+            critical_hops=int(hops),
+            bytes_injected=int(moved * nbytes),
+            link_byte_hops=int(byte_hops * nbytes),
+            links=links,
+            ramp_in=ramp_bytes,
+            ramp_out=ramp_bytes,
+        )
     )
 
 

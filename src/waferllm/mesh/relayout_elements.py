@@ -17,11 +17,10 @@ from waferllm.mesh.relayout import (
     _busiest,
     _Cells,
     _cross_cuts,
-    _cut_traffic,
+    _cut_charge,
     _pair_distance,
     _span,
 )
-from waferllm.mesh.traffic import Traffic
 
 
 def relayout_charge_elements(
@@ -74,19 +73,15 @@ def relayout_charge_elements(
             hops = max(hops, _span(src_r, dst_r) + _span(src_c, dst_c))
         else:
             hops = max(hops, int(np.abs(src_r - dst_r).max()) + int(np.abs(src_c - dst_c).max()))
-    if moved == 0:
-        return Charge.comm(Traffic(device=device, shape=(rows, cols)))
-    return Charge.comm(
-        _cut_traffic(
-            device,
-            moved=moved,
-            byte_hops=byte_hops,
-            hops=hops,
-            ramp=ramp,
-            cut_y=cut_y / (hi_c - lo_c + 1),
-            cut_x=cut_x / (hi_r - lo_r + 1),
-            nbytes=float(device.storage_bytes) if bytes_per_element is None else bytes_per_element,
-        )
+    return _cut_charge(
+        device,
+        moved=moved,
+        byte_hops=byte_hops,
+        hops=hops,
+        ramp=ramp,
+        cut_y=cut_y / (hi_c - lo_c + 1),
+        cut_x=cut_x / (hi_r - lo_r + 1),
+        bytes_per_element=bytes_per_element,
     )
 
 
