@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from helpers.closed_forms import assert_same_runs
 
 from waferllm.device import tiny
 from waferllm.kernels.norm import rms_norm
@@ -21,17 +22,6 @@ GRIDS = [(4, 4), (3, 5), (1, 4), (4, 1), (6, 2)]
 
 def _tensor(mesh: Mesh, shape, layout: Layout, name: str, dtype=torch.float32):
     return mesh.scatter(torch.empty(shape, dtype=dtype, device="meta"), layout, name)
-
-
-def _same(runs) -> int:
-    (walked, w_mesh, w_out), (closed, c_mesh, c_out) = runs
-    assert [repr(r) for r in closed.records] == [repr(r) for r in walked.records]
-    assert c_mesh.sram.peak_bytes == w_mesh.sram.peak_bytes
-    assert c_mesh.sram.live_bytes_max == w_mesh.sram.live_bytes_max
-    assert c_mesh.routes.routes_per_core == w_mesh.routes.routes_per_core
-    assert (c_out.data.shape, c_out.data.dtype) == (w_out.data.shape, w_out.data.dtype)
-    assert (c_out.layout, c_out.name, c_out.sram_key) == (w_out.layout, w_out.name, w_out.sram_key)
-    return len(walked.records)
 
 
 NORMS = [  # (x shape, x layout kwargs, weight layout kwargs, algorithm)
@@ -58,7 +48,7 @@ def test_rms_norm_in_closed_form_charges_what_the_walk_charges(grid, dtype):
                 mesh, x=x, weight=w, ledger=ledger, eps=1e-5, algorithm=algorithm, walk=walk
             )
             runs.append((ledger, mesh, out))
-        compared += _same(runs)
+        compared += assert_same_runs(runs)
     assert compared >= 3 * len(NORMS)
 
 
@@ -99,5 +89,5 @@ def test_softmax_in_closed_form_charges_what_the_walk_charges(grid, algorithm):
                 walk=walk,
             )
             runs.append((ledger, mesh, out))
-        compared += _same(runs)
+        compared += assert_same_runs(runs)
     assert compared >= 4 * len(SOFTMAXES)

@@ -10,6 +10,7 @@ import functools
 
 import pytest
 import torch
+from helpers.closed_forms import assert_same_runs
 
 from waferllm.device import get_device, tiny
 from waferllm.kernels import elementwise
@@ -29,17 +30,6 @@ GRIDS = [(4, 4), (3, 5), (1, 4), (4, 1), (6, 2)]
 
 def _tensor(mesh: Mesh, shape, layout: Layout, name: str, **kwargs):
     return mesh.scatter(torch.empty(shape, device="meta"), layout, name, **kwargs)
-
-
-def _same(runs) -> int:
-    (walked, w_mesh, w_out), (closed, c_mesh, c_out) = runs
-    assert [repr(r) for r in closed.records] == [repr(r) for r in walked.records]
-    assert c_mesh.sram.peak_bytes == w_mesh.sram.peak_bytes
-    assert c_mesh.sram.live_bytes_max == w_mesh.sram.live_bytes_max
-    assert c_mesh.routes.routes_per_core == w_mesh.routes.routes_per_core
-    assert (c_out.data.shape, c_out.data.dtype) == (w_out.data.shape, w_out.data.dtype)
-    assert (c_out.layout, c_out.name, c_out.sram_key) == (w_out.layout, w_out.name, w_out.sram_key)
-    return len(walked.records)
 
 
 EMBEDS = [  # (table [V, D] layout kwargs, tokens split along the vocab axis)
@@ -73,7 +63,7 @@ def test_embed_in_closed_form_charges_what_the_walk_charges(grid, stored, num_to
                 walk=walk,
             )
             runs.append((ledger, mesh, out))
-        compared += _same(runs)
+        compared += assert_same_runs(runs)
     assert compared > len(EMBEDS)  # the extracts and at least one multicast
 
 
@@ -102,7 +92,7 @@ def test_argmax_in_closed_form_charges_what_the_walk_charges(grid, algorithm, dt
                 mesh, logits=logits, ledger=ledger, algorithm=algorithm, walk=walk
             )
             runs.append((ledger, mesh, out))
-        compared += _same(runs)
+        compared += assert_same_runs(runs)
     assert compared >= len(ARGMAXES)
 
 
