@@ -24,7 +24,7 @@ from waferllm.estimate.decode_walks import DecodeWalks, phase_cost, watching
 from waferllm.mesh.budget import BudgetLedger, OverBudget
 from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.meta import shape_only
-from waferllm.model.chunked import chunk_candidates
+from waferllm.model.chunked import chunk_candidates, chunk_spans
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import Append, KvCacheFullError, KvPolicy, RowCounts, admit
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts
@@ -226,8 +226,13 @@ class CostModel:
     ) -> PhaseLedger:
         """One prefill walk, its routes kept apart (a cached model's walks must not see each
         other's: the walk order, and which walks a pruned search skips, change nothing).
-        Raises `OverBudget` once a chunked walk's latency passes `budget_cycles` (given)."""
-        ledger = Ledger() if budget_cycles is None else BudgetLedger(budget_cycles=budget_cycles)
+        Raises `OverBudget` once a chunked walk's latency, with the floor of its chunks still to
+        come (`BudgetLedger`), passes `budget_cycles` (given)."""
+        ledger: Ledger = Ledger()
+        if budget_cycles is not None:
+            spans = chunk_spans(prompt_len, chunk_tokens) if chunk_tokens is not None else []
+            lengths = [span.length for span in spans]
+            ledger = BudgetLedger(budget_cycles=budget_cycles, chunk_lengths=lengths)
         meshes = model.prefill_state.all_meshes
         with watching(meshes) as watches, contextlib.ExitStack() as apart:
             for mesh in meshes:

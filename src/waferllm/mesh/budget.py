@@ -2,11 +2,14 @@
 
 `BudgetLedger` stops a walk (`OverBudget`) as soon as its records' latency, or during a layer's
 walk its records plus the layer count times the layer's records, pass a budget: every record's
-latency is >= 0, so no later record brings it back under. The ledger itself is in `cost.py`.
+latency is >= 0, so no later record brings it back under; a chunked walk's bound also counts
+each later chunk as long as the first at no less than the first chunk's cycles. The ledger
+itself is in `cost.py`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from waferllm.mesh.cost import Charge, Ledger
@@ -24,16 +27,49 @@ class BudgetLedger(Ledger):
     bring it back under (the walk's full latency is at least any prefix's). A layer ledger
     made by `per_layer` (its records later extended `count` times) stops the walk as soon as
     this ledger plus `count` times its records pass the budget by more than `SLACK` (float
-    sums of the same non-negative terms in another grouping differ by far less)."""
+    sums of the same non-negative terms in another grouping differ by far less).
+
+    A chunked prefill (`chunk_lengths`: its chunks' lengths, the first the longest) asks
+    `over_budget` after every chunk but the last: the first such call closes the first chunk
+    (the ledger starts empty). Every later chunk as long as the first walks the same layers on
+    the same shapes and attends to the same causal block of its own plus earlier chunks' keys:
+    its records include the first chunk's, so it costs at least the first chunk's cycles (a
+    shorter one, the last, is counted at 0). The bound adds that floor for the chunks still to
+    come; while the first chunk is walked, its own bound so far stands for it
+    (tests/estimate/test_chunk_floor.py checks the floor chunk by chunk, and that the search
+    is unchanged)."""
 
     SLACK: ClassVar[float] = 1e-9
 
-    def __init__(self, *, budget_cycles: float) -> None:
+    def __init__(self, *, budget_cycles: float, chunk_lengths: Sequence[int] = ()) -> None:
         super().__init__()
         self.budget_cycles = budget_cycles
+        self._lengths = tuple(chunk_lengths)
+        self._closed = 0  # chunks walked to their end (over_budget calls)
+        self._first_cycles = 0.0  # the first chunk's latency, once closed
+
+    def _alike_after(self, chunk: int) -> int:
+        """The chunks after the `chunk`-th (1-based) as long as the first."""
+        return sum(1 for n in self._lengths[chunk:] if n == self._lengths[0])
+
+    def _past(self, bound_cycles: float) -> bool:
+        return bound_cycles > self.budget_cycles * (1.0 + self.SLACK)
 
     def over_budget(self) -> bool:
-        return self.totals().latency_cycles > self.budget_cycles
+        latency = self.totals().latency_cycles
+        self._closed += 1
+        if self._closed == 1:
+            self._first_cycles = latency
+        floor = self._alike_after(self._closed) * self._first_cycles
+        return latency > self.budget_cycles or self._past(latency + floor)
+
+    def bound(self, walked_cycles: float) -> float:
+        """A lower bound of the whole walk's latency, `walked_cycles` a lower bound of the
+        chunk being walked's records so far (with the ledger's own)."""
+        chunk = self._closed + 1
+        if chunk == 1:  # the chunk walked so far stands for the first chunk's cycles
+            return walked_cycles * (1 + self._alike_after(1))
+        return walked_cycles + self._alike_after(chunk) * self._first_cycles
 
     def per_layer(self, count: int) -> Ledger:
         return _LayerBudget(self, count)
@@ -52,8 +88,8 @@ class _LayerBudget(Ledger):
             self._latency += rec.latency_cycles * rec.count
         self._added = len(self.records)
         parent = self._parent
-        bound = parent.totals().latency_cycles + self._count * self._latency
-        if bound > parent.budget_cycles * (1.0 + BudgetLedger.SLACK):
+        bound = parent.bound(parent.totals().latency_cycles + self._count * self._latency)
+        if parent._past(bound):
             raise OverBudget(f"a layer's walk passed the budget at {len(self.records)} records")
 
     def charge(self, op: str, charge: Charge, *, phase: int = 0) -> None:
