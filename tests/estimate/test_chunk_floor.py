@@ -1,0 +1,161 @@
+"""The chunk floor of the chunk-size pruning (`BudgetLedger` with `chunk_lengths`): every
+later chunk as long as the first costs at least the first chunk's cycles, so a walk's bound
+adds that floor for the chunks still to come (the last, shorter chunk at 0); a walk still
+never gives up at or under its own cost, gives up earlier than without the floor, and the
+search is unchanged."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import pytest
+
+from waferllm.device import tiny
+from waferllm.estimate.cost import CostModel, Setup
+from waferllm.estimate.search import search_grids
+from waferllm.mesh.budget import BudgetLedger, OverBudget
+from waferllm.mesh.cost import Ledger
+from waferllm.mesh.meta import shape_only
+from waferllm.mesh.storage import StoredDtype
+from waferllm.model.chunked import chunk_candidates, chunk_spans, max_chunk_tokens
+from waferllm.model.config_sources import load_config
+from waferllm.model.quant import Storage
+
+# (layers, mesh rows, mesh cols, SRAM bytes per core, grid, options, config changes):
+# one and several regions, rectangular grids, a sliding window shorter than the prompt,
+# int8 weights and KV cache
+MODELS = (
+    (2, 4, 4, 32768, (4, 4), {}, {}),
+    (8, 12, 12, 12000, (6, 6), {}, {}),
+    (4, 6, 16, 12000, (6, 8), {}, {}),
+    (2, 4, 4, 32768, (4, 4), {}, {"sliding_window": 20}),
+    (3, 8, 8, 20000, (4, 4), {"storage": Storage(weights=StoredDtype.INT8, kv=StoredDtype.INT8)}, {}),
+)
+
+
+def _costs(layers: int, rows: int, cols: int, sram: int, options: dict, changes: dict):
+    config = dataclasses.replace(load_config("tiny"), num_hidden_layers=layers, **changes)
+    device = dataclasses.replace(tiny(), mesh_rows=rows, mesh_cols=cols, sram_bytes_per_core=sram)
+    return CostModel(Setup(config=config, device=device, **options))
+
+
+class _ChunkEnds(Ledger):
+    """A ledger that remembers its latency at the end of every chunk but the last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends: list[float] = []
+
+    def over_budget(self) -> bool:
+        self.ends.append(self.totals().latency_cycles)
+        return False
+
+
+def _walks(setup: tuple):
+    """(model, prompt, chunk size) for every candidate of two prompts per model, and the
+    longest chunk that fits a 150-token prompt: 2-19 chunks, the last shorter than the others
+    (under a sliding window cheaper than the first) or not."""
+    layers, rows, cols, sram, grid, options, changes = setup
+    costs = _costs(layers, rows, cols, sram, options, changes)
+    model = costs.model(grid, grid)
+    most, room = model.max_prompt_tokens, model.kv_capacity_tokens()
+    for prompt in (min(2 * most + 1, room), min(3 * most + grid[0] // 2 + 1, room)):
+        for tokens in chunk_candidates(model.plan, prompt):
+            yield costs, model, prompt, tokens
+    prompt = min(150, room)
+    longest = max_chunk_tokens(model.plan, prompt)
+    if 0 < longest < prompt:
+        yield costs, model, prompt, longest
+
+
+def _chunk_cycles(model, prompt: int, tokens: int) -> list[float]:
+    """Each chunk's latency but the last's (its records run into the head's)."""
+    ledger = _ChunkEnds()
+    meshes = model.prefill_state.all_meshes
+    with shape_only(), contextlib.ExitStack() as apart:
+        for mesh in meshes:
+            apart.enter_context(mesh.routes.kept_apart())
+        model.prefill([0] * prompt, ledger, chunk_tokens=tokens)
+    return [b - a for a, b in zip([0.0, *ledger.ends], ledger.ends, strict=False)]
+
+
+@pytest.mark.parametrize("setup", MODELS)
+def test_every_later_chunk_as_long_as_the_first_costs_at_least_the_first_chunk(setup):
+    seen = 0
+    for _, model, prompt, tokens in _walks(setup):
+        lengths = [span.length for span in chunk_spans(prompt, tokens)]
+        cycles = _chunk_cycles(model, prompt, tokens)
+        assert len(cycles) == len(lengths) - 1
+        for length, chunk in zip(lengths[1:], cycles[1:], strict=False):
+            if length == lengths[0]:
+                assert chunk >= cycles[0]
+                seen += 1
+    assert seen  # the setups have later full chunks
+
+
+@pytest.mark.parametrize("setup", MODELS)
+def test_a_walk_never_gives_up_at_its_own_cost_and_with_the_floor_gives_up_sooner(setup):
+    sooner = 0
+    for costs, model, prompt, tokens in _walks(setup):
+        full = costs._prefill_walk(model, prompt, tokens)
+        again = costs._prefill_walk(model, prompt, tokens, budget_cycles=full.latency_cycles)
+        assert again.ledger.expanded() == full.ledger.expanded()
+        assert again.routes_per_core == full.routes_per_core
+        lengths = [span.length for span in chunk_spans(prompt, tokens)]
+        budget = full.latency_cycles * 0.6  # past it somewhere: where does each walk stop?
+        stops = []
+        for floor in (lengths, []):
+            ledger = BudgetLedger(budget_cycles=budget, chunk_lengths=floor)
+            with shape_only(), pytest.raises(OverBudget):
+                with contextlib.ExitStack() as apart:
+                    for mesh in model.prefill_state.all_meshes:
+                        apart.enter_context(mesh.routes.kept_apart())
+                        apart.enter_context(mesh.sram.freed_if(OverBudget))
+                    model.prefill([0] * prompt, ledger, chunk_tokens=tokens)
+            stops.append(len(ledger.records))
+        assert stops[0] <= stops[1]
+        sooner += stops[0] < stops[1]
+    assert sooner  # the floor stops some walks before the plain budget does
+
+
+# (layers, mesh rows, mesh cols, SRAM bytes per core, prompt, output): chunked prompts on
+# several grids of the sweep, with one and several regions
+SEARCHES = (
+    (4, 12, 12, 16000, 90, 6),
+    (4, 12, 12, 12000, 90, 6),
+    (6, 16, 16, 12000, 200, 20),
+    (4, 10, 10, 10000, 120, 8),
+    (4, 6, 16, 8000, 60, 3),
+)
+
+
+def test_the_search_with_the_chunk_floor_is_the_search_without_it(monkeypatch):
+    def search(setup: tuple):
+        layers, rows, cols, sram, prompt, output = setup
+        costs = _costs(layers, rows, cols, sram, {}, {})
+        return search_grids(costs, prompt_len=prompt, output_len=output)
+
+    given_up: list[int] = []
+    init = BudgetLedger.__init__
+
+    def recorded(self, *, budget_cycles, chunk_lengths=()):
+        init(self, budget_cycles=budget_cycles, chunk_lengths=chunk_lengths)
+        given_up.append(len(chunk_lengths))
+
+    monkeypatch.setattr(BudgetLedger, "__init__", recorded)
+    floored = [search(s) for s in SEARCHES]
+    assert any(n >= 3 for n in given_up)  # candidates with later full chunks were budgeted
+    monkeypatch.setattr(
+        BudgetLedger,
+        "__init__",
+        lambda self, *, budget_cycles, chunk_lengths=(): init(self, budget_cycles=budget_cycles),
+    )
+    plain = [search(s) for s in SEARCHES]
+    for fast, slow in zip(floored, plain, strict=True):
+        got, want = fast.to_dict(), slow.to_dict()
+        del got["host_wall_s"], want["host_wall_s"]
+        assert got == want
+        assert fast.best.prefill_chunk_tokens == slow.best.prefill_chunk_tokens
+        assert fast.best.prefill.ledger.expanded() == slow.best.prefill.ledger.expanded()
+        assert fast.best.prefill.regions == slow.best.prefill.regions
