@@ -365,6 +365,12 @@ class MeshTransformer(Admission):
         next step's SRAM)."""
         return self._logits is not None and self._logits.mesh is self.decode_state.head_mesh
 
+    @property
+    def held_logits_bytes(self) -> int:
+        """The bytes per core of the decode logits held on the head's mesh (0: none held)."""
+        held = self._logits if self.holds_decode_logits else None
+        return 0 if held is None else held.tile_bytes
+
     # ---- one decode step -----------------------------------------------------------------------
     def _decode(
         self, token_ids: list[int], seqs: list[int], counts: list[RowCounts], ledger: Ledger
