@@ -101,8 +101,9 @@ class DecodeWalks:
         self.share = model.kv_budget.equal_share(batch)  # slots per row of each sequence
         self._steps: dict[tuple[int, int, bool], tuple[LayerLedgers, Ledger, Peaks]] = {}
         self._widths: dict[int, tuple[Ledger, Ledger]] = {}
-        # per (width, held logits) walked in full: the step's fixed part, the layer's pre/post
-        self._walked: dict[tuple[int, bool], tuple[Ledger, Ledger, Ledger]] = {}
+        # per (width, held logits) walked in full: the step's fixed part, the layer's pre/post,
+        # the walk's SRAM peak on each region
+        self._walked: dict[tuple[int, bool], tuple[Ledger, Ledger, Ledger, Peaks]] = {}
         self._walked_shift: tuple[Record, int] | None = None  # (its record, first row)
 
     def shift(self, append: Append, counts: RowCounts) -> Ledger:
@@ -182,19 +183,37 @@ class DecodeWalks:
 
     def _width_ledgers(self, counts: RowCounts, width: int) -> tuple[Ledger, Ledger]:
         """(embedding, hops and head; one layer) of the step after `counts`: walked in full,
-        or, where a wider window was walked in full with the same held logits (SRAM checked
-        there), its fixed part and layer pre/post with this window's attention in closed form,
-        as `decode` prices narrower windows (only attention reads the window)."""
+        or, where a wider window's full walk checked this one's SRAM (`_covers`), its fixed
+        part and layer pre/post with this window's attention in closed form, as `decode`
+        prices narrower windows (only attention reads the window; the held logits charge
+        nothing)."""
         held = self.model.holds_decode_logits
-        wider = [w for w, h in self._walked if w > width and h == held]
+        wider = [(w, h) for w, h in self._walked if w > width and self._covers(w, h, held)]
         if wider:
-            fixed, pre, post = self._walked[min(wider), held]
+            fixed, pre, post, _ = self._walked[min(wider)]
             attn = self.model.decode_attention_records(self._batch(counts))
             return fixed, _joined(pre, attn, post)
-        walked, _ = self.records(counts.copy())
+        walked, peaks = self.records(counts.copy())
         fixed, layer = _joined(walked.before, walked.after), walked.layer
-        self._walked[width, held] = (fixed, layer.pre, layer.post)
+        self._walked[width, held] = (fixed, layer.pre, layer.post, peaks)
         return fixed, _joined(layer.pre, layer.attn, layer.post)
+
+    def _covers(self, width: int, held_then: bool, held: bool) -> bool:
+        """Whether the full walk of the wider window `width`, made with the decode logits held
+        (`held_then`) or not, checked the SRAM of a narrower window's step with them held now
+        (`held`) or not. The steps allocate the same buffers but attention's scores, narrower
+        here, and the held logits (from the step's start until its argmax frees them): a walk
+        that held them covers a step without; one that did not covers a step holding them
+        when its peak plus their bytes fits every region (the same walk otherwise)."""
+        if held_then or not held:
+            return True
+        peaks = self._walked[width, held_then][3]
+        extra, head = self.model.held_logits_bytes, self.model.decode_state.head_mesh
+        meshes = self.model.decode_state.all_meshes
+        return all(
+            peak + (extra if mesh is head else 0) <= mesh.sram.capacity_bytes
+            for peak, mesh in zip(peaks, meshes, strict=True)
+        )
 
     @shape_only()
     def decode(self, prompt_len: int, output_len: int) -> PhaseLedger:
