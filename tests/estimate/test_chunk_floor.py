@@ -22,6 +22,7 @@ from waferllm.model.chunked import chunk_candidates, chunk_spans, max_chunk_toke
 from waferllm.model.config_sources import load_config
 from waferllm.model.quant import Storage
 
+INT8 = Storage(weights=StoredDtype.INT8, kv=StoredDtype.INT8)
 # (layers, mesh rows, mesh cols, SRAM bytes per core, grid, options, config changes):
 # one and several regions, rectangular grids, a sliding window shorter than the prompt,
 # int8 weights and KV cache
@@ -30,7 +31,7 @@ MODELS = (
     (8, 12, 12, 12000, (6, 6), {}, {}),
     (4, 6, 16, 12000, (6, 8), {}, {}),
     (2, 4, 4, 32768, (4, 4), {}, {"sliding_window": 20}),
-    (3, 8, 8, 20000, (4, 4), {"storage": Storage(weights=StoredDtype.INT8, kv=StoredDtype.INT8)}, {}),
+    (3, 8, 8, 20000, (4, 4), {"storage": INT8}, {}),
 )
 
 
@@ -107,12 +108,11 @@ def test_a_walk_never_gives_up_at_its_own_cost_and_with_the_floor_gives_up_soone
         stops = []
         for floor in (lengths, []):
             ledger = BudgetLedger(budget_cycles=budget, chunk_lengths=floor)
-            with shape_only(), pytest.raises(OverBudget):
-                with contextlib.ExitStack() as apart:
-                    for mesh in model.prefill_state.all_meshes:
-                        apart.enter_context(mesh.routes.kept_apart())
-                        apart.enter_context(mesh.sram.freed_if(OverBudget))
-                    model.prefill([0] * prompt, ledger, chunk_tokens=tokens)
+            with shape_only(), pytest.raises(OverBudget), contextlib.ExitStack() as apart:
+                for mesh in model.prefill_state.all_meshes:
+                    apart.enter_context(mesh.routes.kept_apart())
+                    apart.enter_context(mesh.sram.freed_if(OverBudget))
+                model.prefill([0] * prompt, ledger, chunk_tokens=tokens)
             stops.append(len(ledger.records))
         assert stops[0] <= stops[1]
         sooner += stops[0] < stops[1]
