@@ -5,9 +5,10 @@ cache policy, resident layouts) and caches what they charge: one model per grid 
 prefill ledger per (prefill grid, prompt), the decode ledger per (decode grid, request, batch),
 the transition per (grid pair, prompt, batch); decode steps are priced without tokens by
 `decode_walks.DecodeWalks`. The grid search and `reproduce` evaluate many requests on few
-grids, so every walk happens once per process. A chunk size's walk gives up once its ledger
-passes the fastest one priced (exact: `mesh.budget.BudgetLedger`), and each prefill walk keeps
-its routes apart, so no walk depends on which walks came before it.
+grids, so every walk happens once per process. A chunk size's walk gives up once its ledger,
+with its later full chunks at no less than its first, passes the fastest one priced (exact:
+`mesh.budget.BudgetLedger`), and each prefill walk keeps its routes apart, so no walk depends
+on which walks came before it.
 Walks run under `mesh.meta.shape_only()` (fast output shapes of the meta tensors).
 """
 
