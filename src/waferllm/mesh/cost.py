@@ -16,8 +16,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterator, Mapping
 from typing import ClassVar
+
+import numpy as np
 
 from waferllm.mesh.totals import Totals, sum_groups, sum_records, weighted
 from waferllm.mesh.traffic import Traffic, merge_all
@@ -109,6 +112,18 @@ class Record:
         return new
 
 
+_RECORD_DEFAULTS = Record(op="").__dict__.copy()
+
+
+def _new_record(fields: Mapping[str, object]) -> Record:
+    """`Record(**fields)` without the frozen dataclass's per-field `object.__setattr__`
+    (every charge makes one): the defaults, then `fields`, set at once. `__init__` converts
+    nothing, so the record is the one it would make."""
+    new = object.__new__(Record)
+    new.__dict__.update(_RECORD_DEFAULTS, **fields)
+    return new
+
+
 def _relabelled(rec: Record, op: str, count: int) -> Record:
     """`rec` under another op name and count (`Record.with_fields`)."""
     return rec.with_fields(op=op, count=count)
@@ -125,15 +140,42 @@ class _Block:
 def _phase(charges: list[Charge]) -> tuple[float, int, int]:
     """(cycles, critical hops, critical stages) of concurrent communication."""
     traffics = [c.traffic for c in charges if c.traffic is not None]
-    if traffics:
-        merged = merge_all(traffics)
-        best = (merged.cycles, merged.critical_hops, merged.critical_stages)
+    if len(traffics) > 1:
+        best = _merged(tuple(map(_Same, traffics)))
+    elif traffics:  # merge_all of one traffic is itself
+        best = (traffics[0].cycles, traffics[0].critical_hops, traffics[0].critical_stages)
     else:
         best = (0.0, 0, 0)
     for c in charges:
         if c.traffic is None and c.cycles > best[0]:
             best = (c.cycles, c.critical_hops, c.critical_stages)
     return best
+
+
+class _Same:
+    """A traffic as a cache key: equal only to itself (`Traffic` hashes its fields, loads
+    included, which arrays cannot). The key holds the traffic, so no other object can take
+    its id while the key is cached."""
+
+    __slots__ = ("traffic",)
+
+    def __init__(self, traffic: Traffic) -> None:
+        self.traffic = traffic
+
+    def __hash__(self) -> int:
+        return id(self.traffic)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.traffic is self.traffic
+
+
+@functools.lru_cache(maxsize=256)  # a search's steps repeat their phases grid after grid
+def _merged(traffics: tuple[_Same, ...]) -> tuple[float, int, int]:
+    """(cycles, critical hops, critical stages) of the traffics merged in this order: a
+    function of these objects only (a Traffic is never changed after construction, its
+    `cycles` a cached property), so the key, their identities in order, is complete."""
+    merged = merge_all([t.traffic for t in traffics])
+    return merged.cycles, merged.critical_hops, merged.critical_stages
 
 
 class Ledger:
@@ -153,6 +195,7 @@ class Ledger:
         self._repeat = 1
         self._block: _Block | None = None
         self._totals: dict[str, tuple[int, Totals]] = {}  # prefix -> (records summed, sums)
+        self._weighted: tuple[int, np.ndarray | None] = (0, None)  # `_products`
 
     # ---- context helpers -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -220,24 +263,27 @@ class Ledger:
         overhead = charge.overhead_cycles if cycles > 0 else 0.0
         if kind is ChargeKind.OVERHEAD:
             overhead += cycles
+        comm = cycles if kind is ChargeKind.COMM else 0.0
         self.records.append(
-            Record(
-                op=self._name(op),
-                count=self._repeat,
-                tag=self._tags[-1] if self._tags else "",
-                flops=charge.flops,
-                sram_bytes=charge.sram_bytes,
-                bytes_injected=charge.bytes_injected,
-                link_byte_hops=charge.link_byte_hops,
-                critical_hops=charge.critical_hops,
-                critical_stages=charge.critical_stages,
-                host_bytes=charge.host_bytes,
-                compute_cycles=cycles if kind is ChargeKind.COMPUTE else 0.0,
-                comm_cycles=cycles if kind is ChargeKind.COMM else 0.0,
-                overhead_cycles=overhead,
-                host_io_cycles=cycles if kind is ChargeKind.HOST_IO else 0.0,
-                comm_busy_cycles=cycles if kind is ChargeKind.COMM else 0.0,
-                mean_slack_cycles=charge.mean_slack_cycles,
+            _new_record(
+                {
+                    "op": "/".join([*self._scopes, op]),
+                    "count": self._repeat,
+                    "tag": self._tags[-1] if self._tags else "",
+                    "flops": charge.flops,
+                    "sram_bytes": charge.sram_bytes,
+                    "bytes_injected": charge.bytes_injected,
+                    "link_byte_hops": charge.link_byte_hops,
+                    "critical_hops": charge.critical_hops,
+                    "critical_stages": charge.critical_stages,
+                    "host_bytes": charge.host_bytes,
+                    "compute_cycles": cycles if kind is ChargeKind.COMPUTE else 0.0,
+                    "comm_cycles": comm,
+                    "overhead_cycles": overhead,
+                    "host_io_cycles": cycles if kind is ChargeKind.HOST_IO else 0.0,
+                    "comm_busy_cycles": comm,
+                    "mean_slack_cycles": charge.mean_slack_cycles,
+                }
             )
         )
 
@@ -261,7 +307,7 @@ class Ledger:
         self._append(block.op, block.charges, fields)
 
     def _append(self, op: str, charges: list[Charge], fields: dict[str, float]) -> None:
-        summed: dict[str, float] = {
+        summed: dict[str, object] = {
             key: sum(getattr(c, key) for c in charges)
             for key in (
                 "flops",
@@ -275,13 +321,8 @@ class Ledger:
         }
         summed["mean_slack_cycles"] = charges[-1].mean_slack_cycles if charges else 0.0
         summed.update(fields)
-        record = Record(
-            op=op,
-            count=self._repeat,
-            tag=self._tags[-1] if self._tags else "",
-            **summed,  # type: ignore[arg-type]
-        )
-        self.records.append(record)
+        summed.update(op=op, count=self._repeat, tag=self._tags[-1] if self._tags else "")
+        self.records.append(_new_record(summed))
 
     def mark(self) -> int:
         """Where the next record goes (`replay` appends the records from a mark again)."""
@@ -322,19 +363,43 @@ class Ledger:
         return totals
 
     def _summed(self, prefix: str) -> Totals:
-        records = self.records
+        records, products = self.records, self._products()
         if prefix:
-            records = [rec for rec in records if rec.op.startswith(prefix)]
-        return sum_records(records, weighted(records))
+            keep = [i for i, rec in enumerate(records) if rec.op.startswith(prefix)]
+            records = [records[i] for i in keep]
+            # a subset of exact rows is exact: `weighted(records)` is None only if the whole is
+            products = products[keep] if products is not None and keep else weighted(records)
+        return sum_records(records, products)
+
+    def _products(self) -> np.ndarray | None:
+        """`weighted(self.records)`, kept and extended as records are appended: each row is
+        one record's (its values times its count), so the rows of the records already
+        weighted stay, and the whole is None as soon as one part is."""
+        done, products = self._weighted
+        records = self.records
+        if done == len(records):
+            return products
+        if done == 0:
+            products = weighted(records)
+        elif products is not None:
+            more = weighted(records[done:])
+            products = None if more is None else np.concatenate((products, more))
+        self._weighted = (len(records), products)
+        return products
 
     def by_op(self, *, depth: int = 1) -> dict[str, Totals]:
         """Totals grouped by the first `depth` components of the op name."""
         groups: dict[str, int] = {}
-        group = [
-            groups.setdefault("/".join(rec.op.split("/")[:depth]), len(groups))
-            for rec in self.records
-        ]
-        totals = sum_groups(self.records, group, len(groups), weighted(self.records))
+        names: dict[str, int] = {}  # op -> its group (ops recur: layers, steps)
+        group = []
+        for rec in self.records:
+            g = names.get(rec.op)
+            if g is None:
+                g = names[rec.op] = groups.setdefault(
+                    "/".join(rec.op.split("/", depth)[:depth]), len(groups)
+                )
+            group.append(g)
+        totals = sum_groups(self.records, group, len(groups), self._products())
         return dict(zip(groups, totals, strict=True))
 
     def over_budget(self) -> bool:
