@@ -13,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Mapping
 
 from waferllm.kernels.attention_stream import streamed_attention_numel
 from waferllm.kernels.dequant import dequant_scratch_bytes
+from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.storage import StoredDtype
 from waferllm.mesh.tiling import padded_k
 from waferllm.model.config import ModelConfig
@@ -57,6 +59,79 @@ class PrefillScratch:
         return max(self.layer, self.head)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Grid:
+    """What `prefill_scratch` reads of the grid whatever the prompt (widths per core)."""
+
+    heads: HeadLayout
+    widths: _Widths  # the heads' tile widths, read out once
+    per_row: int  # logical blocks per row and per column of a ring GEMM
+    per_col: int
+    d_t: int  # the hidden state's columns per core
+    width: Mapping[int, int]  # `gemm_operand`'s K' per column, by K
+    nt: Mapping[int, tuple[int, int]]  # a GEMM output's N tile and its padded block, by N
+    b_bytes: Mapping[str, int]  # each weight's receive buffers (`_weight_buffers`)
+    vocab_chunk: int  # the LM head's float16 chunk, compressed (`_dequant_chunk`)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Widths:
+    """A `HeadLayout`'s per-column widths as plain numbers (its properties reduce arrays)."""
+
+    g: int  # G: kv heads per column
+    n_rep: int
+    h: int  # H: head-dim slots
+    hv: int  # Hv: value slots
+    q: int  # q_width
+    kv: int  # kv_width
+    v: int  # v_width
+    o: int  # o_width
+    smallest_group: int
+
+    @classmethod
+    def of(cls, heads: HeadLayout) -> _Widths:
+        return cls(
+            g=heads.kv_per_tile,
+            n_rep=heads.n_rep,
+            h=heads.head_slots,
+            hv=heads.value_slots,
+            q=heads.q_width,
+            kv=heads.kv_width,
+            v=heads.v_width,
+            o=heads.o_width,
+            smallest_group=min(heads.group_sizes),
+        )
+
+
+@functools.lru_cache(maxsize=256)  # a plan bisects the prompt on a few grids
+def _grid(config: ModelConfig, rows: int, cols: int, sb: int, stored: StoredDtype) -> _Grid:
+    """The length-free part of `prefill_scratch`: a function of these arguments only (the
+    config, the grid, the storage bytes and dtype), which its cache key holds."""
+    heads = heads_for(config, cols)
+    w = _Widths.of(heads)
+    d, f = config.hidden_size, config.intermediate_size
+    q_n, kv_n, v_n = cols * w.q, cols * w.kv, cols * w.v
+    o_n = cols * w.o  # the attention output: W_o's input
+    lcm = math.lcm(rows, cols)
+    per_col = lcm // cols
+    nt = {}
+    for n in (q_n, kv_n, v_n, d, f):
+        tile = math.ceil(n / cols)
+        nt[n] = (tile, -(-tile // per_col) * per_col)
+    specs = layer_specs(config, rows, cols, Phase.PREFILL)
+    return _Grid(
+        heads=heads,
+        widths=w,
+        per_row=lcm // rows,
+        per_col=per_col,
+        d_t=math.ceil(d / cols),
+        width={k: padded_k(rows, cols, k) // cols for k in (d, o_n, f)},
+        nt=nt,
+        b_bytes={k: _weight_buffers(spec, rows, cols, sb, stored) for k, spec in specs.items()},
+        vocab_chunk=_dequant_chunk(vocab_spec(config, Phase.PREFILL), rows, cols, sb, stored),
+    )
+
+
 @functools.lru_cache(maxsize=8192)  # plans bound the prompt by bisection, grid by grid
 def prefill_scratch(
     config: ModelConfig,
@@ -76,18 +151,15 @@ def prefill_scratch(
     the weights stored as `stored` (a compressed tile travels compressed and expands into a
     float16 chunk per step, `kernels.gemm._b_buffers`)."""
     sb = storage_bytes
-    heads = heads_for(config, cols)
+    grid = _grid(config, rows, cols, sb, stored)
+    w, d_t = grid.widths, grid.d_t
     lt = math.ceil(length / rows)
-    per_row, per_col = math.lcm(rows, cols) // rows, math.lcm(rows, cols) // cols
-    lt_pad = -(-lt // per_row) * per_row  # a ring GEMM's token tile, whole logical blocks
-    d_t = math.ceil(config.hidden_size / cols)
-    live = _Live((lt * d_t + 2 * lt * heads.head_slots) * sb)  # x, RoPE cos and sin
-    specs = layer_specs(config, rows, cols, Phase.PREFILL)
-    b_bytes = {k: _weight_buffers(spec, rows, cols, sb, stored) for k, spec in specs.items()}
+    lt_pad = -(-lt // grid.per_row) * grid.per_row  # a ring GEMM's token tile, whole blocks
+    live = _Live((lt * d_t + 2 * lt * w.h) * sb)  # x, RoPE cos and sin
 
     def operand(k: int) -> int:
         """`gemm_operand`: the normed input padded to K' and aligned; its tile stays."""
-        width = padded_k(rows, cols, k) // cols
+        width = grid.width[k]
         live.alloc(lt * width * sb)
         live.transient(lt_pad * width * sb)  # the skew's double buffer
         live.free(lt * width * sb)
@@ -96,15 +168,13 @@ def prefill_scratch(
 
     def gemm(width: int, n: int, weight: str) -> int:
         """`meshgemm`: the output tile stays; receive buffers and C's block padding do not."""
-        nt = math.ceil(n / cols)
-        nt_pad = -(-nt // per_col) * per_col
+        nt, nt_pad = grid.nt[n]
         live.alloc(lt * nt * sb)
-        live.transient((lt_pad * width + lt_pad * nt_pad - lt * nt) * sb, b_bytes[weight])
+        live.transient((lt_pad * width + lt_pad * nt_pad - lt * nt) * sb, grid.b_bytes[weight])
         return lt * nt * sb
 
     d, f = config.hidden_size, config.intermediate_size
-    q_n, kv_n, v_n = cols * heads.q_width, cols * heads.kv_width, cols * heads.v_width
-    o_n = cols * heads.o_width  # the attention output: W_o's input
+    q_n, kv_n, v_n, o_n = cols * w.q, cols * w.kv, cols * w.v, cols * w.o
     norm = lt * d_t * sb
     free = live.free if streamed else _kept  # the lean walk frees after the last reader
     live.alloc(norm)  # attn_norm.out
@@ -115,14 +185,14 @@ def prefill_scratch(
     gemm(width, v_n, "wv")
     free(lt_pad * width * sb)
     if streamed:  # the output (one pass: the online softmax's accumulator) comes first
-        live.alloc(lt * heads.o_width * sb)
-        live.transient(_streamed_numel(heads, lt, head_chunk) * sb)
+        live.alloc(lt * w.o * sb)
+        live.transient(_streamed_numel(grid.heads, lt, head_chunk) * sb)
     else:
-        live.transient(_attention_numel(heads, rows, lt, head_chunk) * sb)
-        live.alloc(lt * heads.o_width * sb)  # attention's output
+        live.transient(_attention_numel(w, rows, lt, head_chunk) * sb)
+        live.alloc(lt * w.o * sb)  # attention's output
     free(q)
     width = operand(o_n)
-    free(lt * heads.o_width * sb)
+    free(lt * w.o * sb)
     o = gemm(width, d, "wo")
     free(lt_pad * width * sb, o)  # o once added to the residual stream
     live.alloc(norm)  # mlp_norm.out
@@ -135,12 +205,11 @@ def prefill_scratch(
     free(gate)
     down = gemm(width, d, "w_down")
     free(lt_pad * width * sb, down)
-    chunk = _dequant_chunk(vocab_spec(config, Phase.PREFILL), rows, cols, sb, stored)
     return PrefillScratch(
         layer=live.peak,
-        head=_head_numel(config, rows, lt, d_t) * sb + chunk,
-        head_apart=_head_numel(config, rows, 1, d_t) * sb + chunk,
-        kv=lt * (heads.kv_width + heads.v_width) * sb,
+        head=_head_numel(config, rows, lt, d_t) * sb + grid.vocab_chunk,
+        head_apart=_head_numel(config, rows, 1, d_t) * sb + grid.vocab_chunk,
+        kv=lt * (w.kv + w.v) * sb,
     )
 
 
@@ -170,17 +239,17 @@ def attention_passes(config: ModelConfig, cols: int, head_chunk: int) -> int:
     return -(-heads_for(config, cols).n_rep // head_chunk)
 
 
-def _attention_numel(heads, rows: int, lt: int, head_chunk: int) -> int:
+def _attention_numel(heads: _Widths, rows: int, lt: int, head_chunk: int) -> int:
     """One pass of `kernels.attention.prefill_attention` over n' = `head_chunk` query heads
     per kv head: scores [G, n', Lt, Kc*Lt], K's ring copy, the two partial blocks, P@V's
     accumulator, V's ring copy, the multicast probability block; with several passes the
     output of the passes so far [Lt, G*n*Hv] too."""
-    g, h, hv = heads.kv_per_tile, heads.head_slots, heads.value_slots
+    g, h, hv = heads.g, heads.h, heads.hv
     n = min(head_chunk, heads.n_rep)
-    kc = max(math.ceil(rows / min(heads.group_sizes)), 1)
+    kc = max(math.ceil(rows / heads.smallest_group), 1)
     one = g * n * lt * kc * lt + g * h * lt + 2 * g * n * lt * lt
     one += g * n * lt * hv + g * lt * hv + g * n * lt * lt
-    return one + (lt * heads.o_width if n < heads.n_rep else 0)
+    return one + (lt * heads.o if n < heads.n_rep else 0)
 
 
 def _streamed_numel(heads, lt: int, head_chunk: int) -> int:
@@ -188,9 +257,15 @@ def _streamed_numel(heads, lt: int, head_chunk: int) -> int:
     per kv head beside the layer's attention output: its scratch, and with several passes the
     pass's own output [Lt, G*n'*Hv]."""
     n = min(head_chunk, heads.n_rep)
-    one = dataclasses.replace(heads, n_rep=n)
+    one = _one_pass(heads, n)
     extra = lt * one.o_width if n < heads.n_rep else 0
     return streamed_attention_numel(one, lt) + extra
+
+
+@functools.lru_cache(maxsize=64)
+def _one_pass(heads: HeadLayout, n: int) -> HeadLayout:
+    """`heads` with `n` query heads per kv head (one attention pass's)."""
+    return dataclasses.replace(heads, n_rep=n)
 
 
 def _head_numel(config: ModelConfig, rows: int, lt: int, d_t: int) -> int:
