@@ -15,13 +15,15 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from waferllm.device import get_device, tiny
-from waferllm.mesh import relayout
+from waferllm.mesh import Layout, Mesh, relayout
 from waferllm.mesh.cost import Charge
 from waferllm.mesh.relayout import Move, relayout_charge
 from waferllm.mesh.relayout_elements import relayout_charge_elements
 from waferllm.mesh.runs import Runs, block_steps, steps_of
+from waferllm.mesh.virtual import Mode
 from waferllm.model.config_sources import load_config
 from waferllm.model.placement import PlacementMode
 from waferllm.model.quant import Storage
@@ -156,3 +158,37 @@ def test_steps_expand_to_their_definitions_and_runs_cover_every_element():
         np.testing.assert_array_equal(np.repeat(runs.src, runs.length), src)
         np.testing.assert_array_equal(np.repeat(runs.dst, runs.length), dst)
         assert runs.total == n
+
+
+def test_a_tensors_hop_is_the_move_of_its_region_priced_afresh_and_remembered():
+    """`hop_charge` (remembered per region, destination, edge and tile size) against the
+    region's move built and priced afresh, every column or, replicated along X and hopping
+    along X, one copy per row from the edge column; again from the cache; a wider tile
+    (another key) is priced anew."""
+    device = dataclasses.replace(get_device("wse2"), mesh_cols=1400)
+    for origin, dst, shape, x_dim in [
+        ((0, 0), (0, 600), (600, 600), 1),
+        ((0, 0), (0, 600), (600, 600), None),  # replicated along X: the edge column sends
+        ((0, 700), (0, 100), (300, 500), None),  # westwards: the west edge
+        ((3, 10), (40, 10), (20, 7), None),  # along Y: every column
+        ((5, 9), (5, 2), (1, 1), 1),
+    ]:
+        mesh = Mesh(device, *shape, origin=origin, mode=Mode.ESTIMATE)
+        for tile in (64, 4096):
+            width = tile * shape[1] if x_dim else tile
+            layout = Layout((2 * shape[0], width), y_dim=0, x_dim=x_dim)
+            data = torch.empty((*shape, *layout.tile_shape(*shape)), device="meta")
+            x = mesh.register(data, layout, "x")
+            (y0, x0), (y1, x1) = origin, dst
+            b = relayout._shift(shape[1], x0, x1)
+            if x_dim is None and y0 == y1 and shape[1] > 1:
+                src, entry = (shape[1] - 1, 0) if x1 > x0 else (0, shape[1] - 1)
+                b = Runs(np.array([x0 + src]), np.array([x1 + entry]), np.ones(1, dtype=np.int64))
+            move = relayout.RunMove(
+                a=relayout._shift(shape[0], y0, y1), b=b, count=math.prod(x.tile_shape)
+            )
+            want = relayout_charge(device, [move])
+            first = relayout.hop_charge(device, x, dst)
+            assert_same_charge(first, want)
+            assert relayout.hop_charge(device, x, dst) is first  # remembered
+            x.free()

@@ -14,6 +14,7 @@ Which tensors move where is the model's business (`model/transfers.py`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -366,14 +367,33 @@ def _entry_columns(x: DistTensor, dst_origin: tuple[int, int]) -> tuple[int, int
 def hop_charge(device: Device, x: DistTensor, dst_origin: tuple[int, int]) -> Charge:
     """Every core's tile of `x` to the core at the same offset of a region at `dst_origin`;
     a tensor replicated along X hopping along X sends one copy per row from the edge column."""
-    (y0, x0), (y1, x1) = x.mesh.origin, dst_origin
-    rows, cols = x.mesh.shape
+    edge = None
+    if _replicated_along_x(x) and x.mesh.origin[0] == dst_origin[0]:
+        edge = _entry_columns(x, dst_origin)
+    return _hop_charge(
+        device, x.mesh.origin, dst_origin, x.mesh.shape, edge, math.prod(x.tile_shape)
+    )
+
+
+@functools.lru_cache(maxsize=512)  # a walk hops the same regions request after request
+def _hop_charge(
+    device: Device,
+    src_origin: tuple[int, int],
+    dst_origin: tuple[int, int],
+    shape: tuple[int, int],
+    edge: tuple[int, int] | None,
+    count: int,
+) -> Charge:
+    """`hop_charge` of a rows x cols region from `src_origin` to `dst_origin`, `count`
+    elements per core, from the `edge` column (sending, entered) or every column: the move
+    reads nothing else of the tensor, so the key is complete (the Charge is immutable)."""
+    (y0, x0), (y1, x1) = src_origin, dst_origin
+    rows, cols = shape
     b = _shift(cols, x0, x1)
-    if _replicated_along_x(x) and y0 == y1:
-        src, dst = _entry_columns(x, dst_origin)
+    if edge is not None:
+        src, dst = edge
         b = Runs(np.array([x0 + src]), np.array([x1 + dst]), np.ones(1, dtype=np.int64))
-    move = RunMove(a=_shift(rows, y0, y1), b=b, count=math.prod(x.tile_shape))
-    return relayout_charge(device, [move])
+    return relayout_charge(device, [RunMove(a=_shift(rows, y0, y1), b=b, count=count)])
 
 
 def _shift(lines: int, src: int, dst: int) -> Runs:
