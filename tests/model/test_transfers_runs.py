@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from waferllm.device import get_device, tiny
-from waferllm.mesh import Layout, Mesh, relayout
+from waferllm.mesh import Layout, Mesh, relayout, run_terms
 from waferllm.mesh.cost import Charge
 from waferllm.mesh.relayout import Move, relayout_charge
 from waferllm.mesh.relayout_elements import relayout_charge_elements
@@ -192,3 +192,33 @@ def test_a_tensors_hop_is_the_move_of_its_region_priced_afresh_and_remembered():
             assert_same_charge(first, want)
             assert relayout.hop_charge(device, x, dst) is first  # remembered
             x.free()
+
+
+def _cold(device, moves: list) -> Charge:
+    """`relayout_charge` with every remembered axis and pair forgotten first."""
+    for cached in (relayout._pair_terms, run_terms.axis_terms, run_terms.run_ends):
+        cached.cache_clear()
+    return relayout_charge(device, moves, bytes_per_element=1.0625)
+
+
+def test_moves_priced_again_on_another_mesh_or_with_another_count_equal_cold_pricing():
+    """The axes and pairs the pricing remembers (`run_terms`, `relayout._pair_terms`) are
+    keyed by the runs and the mesh's sides: the hand-off's moves priced on wse2, on a larger
+    mesh, on wse2 again, with other counts and all at once, each equal to pricing them from
+    cold caches."""
+    config, device = load_config("llama3-8b"), get_device("wse2")
+    larger = dataclasses.replace(device, mesh_rows=device.mesh_rows + 37, mesh_cols=1400)
+    model = MeshTransformer(
+        config,
+        None,
+        device=device,
+        prefill_grid=(480, 600),
+        decode_grid=(420, 540),
+        placement=PlacementMode.PER_LAYER,
+    )
+    moves = weight_moves(model.plan) + kv_moves(model.plan, model.handoff_counts(3000))
+    recounted = [dataclasses.replace(m, count=m.count * 3 + 1) for m in moves]
+    for dev in (device, larger, device):
+        for group in [[m] for m in moves] + [[m] for m in recounted] + [moves, recounted]:
+            warm = relayout_charge(dev, group, bytes_per_element=1.0625)
+            assert_same_charge(warm, _cold(dev, group))

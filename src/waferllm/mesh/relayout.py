@@ -24,6 +24,7 @@ from waferllm.device import Device
 from waferllm.mesh.comm import broadcast
 from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.run_terms import axis_terms, line_counts, run_ends
 from waferllm.mesh.runs import Runs
 from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.traffic import Traffic
@@ -97,10 +98,14 @@ def relayout_charge(
     lo_r, hi_r, lo_c, hi_c = rows, 0, cols, 0
     for move in moves:
         m = run_move(move)
-        src_r, dst_r = m.a.src, (m.b.dst if m.crossed else m.a.dst)
-        src_c, dst_c = m.b.src, (m.a.dst if m.crossed else m.b.dst)
-        lo_r, hi_r = min(lo_r, src_r.min(), dst_r.min()), max(hi_r, src_r.max(), dst_r.max())
-        lo_c, hi_c = min(lo_c, src_c.min(), dst_c.min()), max(hi_c, src_c.max(), dst_c.max())
+        (a_lo, a_hi, a_to_lo, a_to_hi), (b_lo, b_hi, b_to_lo, b_to_hi) = (
+            run_ends(m.a),
+            run_ends(m.b),
+        )
+        if m.crossed:  # rows: a's sources, b's destinations; columns the other way round
+            a_to_lo, a_to_hi, b_to_lo, b_to_hi = b_to_lo, b_to_hi, a_to_lo, a_to_hi
+        lo_r, hi_r = min(lo_r, a_lo, a_to_lo), max(hi_r, a_hi, a_to_hi)
+        lo_c, hi_c = min(lo_c, b_lo, b_to_lo), max(hi_c, b_hi, b_to_hi)
         terms = _crossed_terms(m, rows, cols) if m.crossed else _direct_terms(m, rows, cols)
         cut_y += terms.cut_y
         cut_x += terms.cut_x
@@ -123,36 +128,42 @@ def relayout_charge(
 
 
 def _direct_terms(m: RunMove, rows: int, cols: int) -> _Terms:
-    """A move that keeps its axes (a along Y, b along X): each axis's cuts, counts per line
-    and the lines where its elements stay."""
-    a, b = m.a, m.b
-    len_a, len_b = a.total, b.total
-    stay_a, stay_b = a.src == a.dst, b.src == b.dst
-    home = (
-        _weighted(a.src[stay_a], a.length[stay_a], rows),
-        _weighted(b.src[stay_b], b.length[stay_b], cols),
+    """A move that keeps its axes (a along Y, b along X): `_pair_terms` with the count."""
+    terms, scale_y, scale_x = _pair_terms(m.a, m.b, rows, cols)
+    return dataclasses.replace(
+        terms, cut_y=m.count * scale_y * terms.cut_y, cut_x=m.count * scale_x * terms.cut_x
     )
-    sent = _busiest(_weighted(a.src, a.length, rows), _weighted(b.src, b.length, cols), home)
-    received = _busiest(_weighted(a.dst, a.length, rows), _weighted(b.dst, b.length, cols), home)
-    stayed = int(a.length[stay_a].sum()) * int(b.length[stay_b].sum())
-    dist_a = int((a.length * np.abs(a.src - a.dst)).sum())
-    dist_b = int((b.length * np.abs(b.src - b.dst)).sum())
-    return _Terms(
-        cut_y=m.count * len_b * _run_cuts(a, rows),
-        cut_x=m.count * len_a * _run_cuts(b, cols),
+
+
+@functools.lru_cache(maxsize=128)  # moves repeat axes (every matmul's K) and pairs (gate, up)
+def _pair_terms(a: Runs, b: Runs, rows: int, cols: int) -> tuple[_Terms, int, int]:
+    """A direct move's terms of one copy, each axis's cuts unscaled, and their scales (the
+    other axis's elements): each axis's cuts, counts per line and the lines where its
+    elements stay. Reads only the two axes (immutable, keyed by identity) and the mesh's
+    sides: the key is complete."""
+    ya, xb = axis_terms(a, rows), axis_terms(b, cols)
+    len_a, len_b = ya.total, xb.total
+    home = (ya.home, xb.home)
+    sent = _busiest(ya.per_src, xb.per_src, home)
+    received = _busiest(ya.per_dst, xb.per_dst, home)
+    stayed = ya.stayed * xb.stayed
+    terms = _Terms(
+        cut_y=ya.cuts,
+        cut_x=xb.cuts,
         ramp=max(sent, received),
         moved=len_a * len_b - stayed,
-        dist=float(len_b * dist_a + len_a * dist_b),
-        hops=int(np.abs(a.src - a.dst).max()) + int(np.abs(b.src - b.dst).max()),
+        dist=float(len_b * ya.dist + len_a * xb.dist),
+        hops=ya.hops + xb.hops,
     )
+    return terms, len_b, len_a
 
 
 def _crossed_terms(m: RunMove, rows: int, cols: int) -> _Terms:
     """A transposed move: rows follow a at the source and b at the destination, columns the
     other way round; every (a, b) pair's lines, from the elements per line at each end."""
     a, b = m.a, m.b
-    n_src_r, n_dst_r = _weighted(a.src, a.length, rows), _weighted(b.dst, b.length, rows)
-    n_src_c, n_dst_c = _weighted(b.src, b.length, cols), _weighted(a.dst, a.length, cols)
+    n_src_r, n_dst_r = line_counts(a.src, a.length, rows), line_counts(b.dst, b.length, rows)
+    n_src_c, n_dst_c = line_counts(b.src, b.length, cols), line_counts(a.dst, a.length, cols)
     # element (a, b) stays home when a's (src row, dst col) equals b's (dst row, src col)
     stay = _run_stay_cells(a, b, cols)
     return _Terms(
@@ -163,27 +174,6 @@ def _crossed_terms(m: RunMove, rows: int, cols: int) -> _Terms:
         dist=float(_pair_distance(n_src_r, n_dst_r) + _pair_distance(n_src_c, n_dst_c)),
         hops=_span(a.src, b.dst) + _span(b.src, a.dst),
     )
-
-
-def _weighted(lines: np.ndarray, length: np.ndarray, size: int) -> np.ndarray:
-    """Elements per line (float64, whole numbers) of runs on `lines` of `length` each."""
-    return np.bincount(lines, weights=length, minlength=size)
-
-
-def _run_cuts(runs: Runs, size: int) -> np.ndarray:
-    """(2, size-1): elements of `runs` crossing each cut i|i+1 towards + and towards -."""
-    src, dst, length = runs.src, runs.dst, runs.length
-    up, down = dst > src, dst < src
-    # +length where a run of crossed cuts starts, -length where it ends, then a running sum
-    # (whole numbers below 2**53: exact in float64)
-    diff = np.stack(
-        [
-            _weighted(src[up], length[up], size + 1) - _weighted(dst[up], length[up], size + 1),
-            _weighted(dst[down], length[down], size + 1)
-            - _weighted(src[down], length[down], size + 1),
-        ]
-    )
-    return np.cumsum(diff, axis=1)[:, : size - 1]
 
 
 def _run_stay_cells(a: Runs, b: Runs, cols: int) -> _Cells:

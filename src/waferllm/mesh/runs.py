@@ -54,14 +54,20 @@ def block_steps(size: int, parts: int) -> Steps:
     return Steps(starts, np.arange(starts.size, dtype=np.int64), size)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Runs:
     """One axis of a move: `length[k]` elements going from line `src[k]` to line `dst[k]`
-    (runs of one or more elements; neighbouring runs may share lines)."""
+    (runs of one or more elements; neighbouring runs may share lines). Immutable (read-only
+    arrays), equal by identity: the pricing remembers what it read of an axis
+    (`run_terms.axis_terms`)."""
 
     src: np.ndarray
     dst: np.ndarray
     length: np.ndarray
+
+    def __post_init__(self) -> None:
+        for array in (self.src, self.dst, self.length):
+            array.setflags(write=False)
 
     @property
     def total(self) -> int:
@@ -76,6 +82,14 @@ class Runs:
     def shifted(self, src_by: int, dst_by: int) -> Runs:
         """The same runs between lines `src_by` and `dst_by` further (regions' origins)."""
         return Runs(self.src + src_by, self.dst + dst_by, self.length)
+
+
+@functools.lru_cache(maxsize=1024)  # the same axis in several moves (every matmul's K = D)
+def placed(src: Steps, dst: Steps, src_by: int, dst_by: int) -> Runs:
+    """`joint(src, dst)` between lines `src_by` and `dst_by` further (the regions' origins):
+    one object per axis and origins, so the pricing reads a shared axis once (the steps are
+    immutable and keyed by identity, as in `joint`)."""
+    return joint(src, dst).shifted(src_by, dst_by)
 
 
 @functools.lru_cache(maxsize=1024)  # the same axis in several moves (every matmul's K = D)
@@ -94,4 +108,4 @@ def joint(src: Steps, dst: Steps) -> Runs:
     return Runs(src.values[at_src], dst.values[at_dst], length)
 
 
-__all__ = ["Runs", "Steps", "block_steps", "joint", "steps_of"]
+__all__ = ["Runs", "Steps", "block_steps", "joint", "placed", "steps_of"]

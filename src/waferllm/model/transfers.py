@@ -21,7 +21,7 @@ from waferllm.mesh.compute import charge_inline_compute
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.relayout import Move, RunMove, concurrent_relayout_charge, hop_charge
-from waferllm.mesh.runs import Steps, block_steps, joint, steps_of
+from waferllm.mesh.runs import Steps, block_steps, placed, steps_of
 from waferllm.mesh.storage import bytes_per_element
 from waferllm.mesh.tensor import DistTensor
 from waferllm.model.family import Dim, LayerTensor, matmuls
@@ -110,9 +110,7 @@ def _move(
         return Move(
             a_src=a_src, a_dst=a_dst, b_src=b_src, b_dst=b_dst, crossed=crossed, count=count
         )
-    a_runs, b_runs = (
-        joint(src, dst).shifted(at_src, at_dst) for src, dst, at_src, at_dst in (a, b)
-    )
+    a_runs, b_runs = (placed(*axis) for axis in (a, b))
     return RunMove(a=a_runs, b=b_runs, crossed=crossed, count=count)
 
 
