@@ -237,8 +237,8 @@ def test_line_rows_behave_as_the_gathered_array(axis):
 
 @pytest.mark.parametrize("seed", range(10))
 def test_direct_move_cuts_count_every_element_crossing_each_cut(seed):
-    from waferllm.mesh.relayout import _run_cuts
     from waferllm.mesh.relayout_elements import _direct_cuts
+    from waferllm.mesh.run_terms import run_cuts as _run_cuts
     from waferllm.mesh.runs import Runs
 
     rng = np.random.default_rng(seed)
