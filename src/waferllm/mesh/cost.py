@@ -62,9 +62,12 @@ class Charge:
 
     @classmethod
     def comm(cls, traffic: Traffic) -> Charge:
-        """A communication step priced by the message model (it starts like any operation)."""
-        return cls(
-            kind=ChargeKind.COMM,
+        """A communication step priced by the message model (it starts like any operation).
+        Made without the frozen dataclass's per-field `object.__setattr__` (`__init__`
+        converts nothing: the same charge), as every priced step makes one."""
+        new = object.__new__(cls)
+        new.__dict__.update(
+            _COMM_DEFAULTS,
             cycles=traffic.cycles,
             bytes_injected=traffic.bytes_injected,
             link_byte_hops=traffic.link_byte_hops,
@@ -74,6 +77,10 @@ class Charge:
             traffic=traffic,
             overhead_cycles=traffic.device.op_overhead_cycles,
         )
+        return new
+
+
+_COMM_DEFAULTS = Charge(kind=ChargeKind.COMM, cycles=0.0).__dict__.copy()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
