@@ -379,15 +379,14 @@ def _hop_charge(
     reads nothing else of the tensor, so the key is complete (the Charge is immutable)."""
     (y0, x0), (y1, x1) = src_origin, dst_origin
     rows, cols = shape
-    b = _shift(cols, x0, x1)
-    if edge is not None:
-        src, dst = edge
-        b = Runs(np.array([x0 + src]), np.array([x1 + dst]), np.ones(1, dtype=np.int64))
+    b = _shift(cols, x0, x1) if edge is None else _shift(1, x0 + edge[0], x1 + edge[1])
     return relayout_charge(device, [RunMove(a=_shift(rows, y0, y1), b=b, count=count)])
 
 
+@functools.lru_cache(maxsize=256)  # hops share axes: one object each, its terms read once
 def _shift(lines: int, src: int, dst: int) -> Runs:
-    """`lines` consecutive lines from `src` on to as many from `dst` on, one element each."""
+    """`lines` consecutive lines from `src` on to as many from `dst` on, one element each
+    (immutable runs: a function of the three numbers)."""
     line = np.arange(lines)
     return Runs(src + line, dst + line, np.ones(lines, dtype=np.int64))
 
