@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -73,6 +73,35 @@ class SramTracker:
         if self._scopes:
             self._scopes[-1].append(key)
         return key
+
+    def alloc_all(self, names: Sequence[str], sizes: Sequence[int]) -> list[str]:
+        """`alloc` of each buffer in turn, whole bytes the same on every core: the keys and
+        peaks `alloc` gives. When they fit together on whole-number totals the capacity is
+        checked once (sizes >= 0: the running total only grows, its last value the largest);
+        otherwise one by one, to fail on the same buffer (a layer's many weights at once)."""
+        total = self._total
+        if not sizes:
+            return []
+        if not isinstance(total, int) or not all(type(b) is int and b >= 0 for b in sizes):
+            return [self.alloc(n, b) for n, b in zip(names, sizes, strict=True)]
+        worst = total + sum(sizes)
+        if worst > self.capacity_bytes:
+            return [self.alloc(n, b) for n, b in zip(names, sizes, strict=True)]
+        keys = []
+        for name, nbytes in zip(names, sizes, strict=True):
+            key, n = name, 1
+            while key in self.live:
+                n += 1
+                key = f"{name}#{n}"
+            self.live[key] = nbytes
+            keys.append(key)
+        self._total = worst
+        self.peak_bytes = max(self.peak_bytes, worst)
+        for watch in self._watches:
+            watch.bytes_per_core = max(watch.bytes_per_core, worst)
+        if self._scopes:
+            self._scopes[-1].extend(keys)
+        return keys
 
     def free(self, key: str) -> None:
         self._total = self._total - self.live.pop(key)

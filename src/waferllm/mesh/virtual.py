@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -197,6 +197,25 @@ class Mesh:
         nbytes = tile_stored_bytes(stored, tuple(shape[2:]), self.device.storage_bytes)
         key = self.sram.alloc(name, nbytes)
         return DistTensor(data, layout, self, name, key, stored)
+
+    def register_like(
+        self, tensors: Sequence[DistTensor], names: Sequence[str]
+    ) -> list[DistTensor]:
+        """`register` of each tensor's tiles (shared), layout and storage under `names`, in
+        turn: the same tensors, keys and SRAM peaks, allocated at once
+        (`SramTracker.alloc_all`: an estimate-mode region repeats a layer's weights)."""
+        storage_bytes = self.device.storage_bytes
+        for t in tensors:
+            shape = t.data.shape
+            assert shape[0] == self.rows and shape[1] == self.cols, (shape, self.shape)
+        sizes = [
+            tile_stored_bytes(t.stored, tuple(t.data.shape[2:]), storage_bytes) for t in tensors
+        ]
+        keys = self.sram.alloc_all(names, sizes)
+        return [
+            DistTensor(t.data, t.layout, self, name, key, t.stored)
+            for t, name, key in zip(tensors, names, keys, strict=True)
+        ]
 
     def empty(self, layout: Layout, name: str, *, fill: float = 0.0) -> DistTensor:
         tile = layout.tile_shape(self.rows, self.cols)

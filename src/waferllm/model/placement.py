@@ -249,12 +249,9 @@ def repeat_layer(mesh: Mesh, placed: PlacedLayer, *, name: str) -> PlacedLayer:
     (an identical layer's tiles have the same shapes). A fit plan places every layer of a
     region this way after its first (tests/model/test_placement_repeat.py compares)."""
     assert mesh.mode is Mode.ESTIMATE, "functional layers hold their own weights"
-    return PlacedLayer(
-        {
-            k: mesh.register(t.data, t.layout, f"{name}.{k}", stored=t.stored)
-            for k, t in placed.tensors.items()
-        }
-    )
+    tensors = placed.tensors
+    again = mesh.register_like(list(tensors.values()), [f"{name}.{k}" for k in tensors])
+    return PlacedLayer(dict(zip(tensors, again, strict=True)))
 
 
 def tile_bytes(
