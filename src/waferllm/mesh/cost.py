@@ -176,7 +176,10 @@ class _Same:
         return isinstance(other, _Same) and other.traffic is self.traffic
 
 
-@functools.lru_cache(maxsize=256)  # a search's steps repeat their phases grid after grid
+# A walk repeats a phase soon after (a chunked prefill's steps: a grid search hits 115 of 249
+# with 16 as with 256 kept); a few kept, as each holds its traffics' whole-mesh loads alive
+# (256 made a new request's walk slower than none).
+@functools.lru_cache(maxsize=16)
 def _merged(traffics: tuple[_Same, ...]) -> tuple[float, int, int]:
     """(cycles, critical hops, critical stages) of the traffics merged in this order: a
     function of these objects only (a Traffic is never changed after construction, its
