@@ -84,7 +84,7 @@ class Runs:
         return Runs(self.src + src_by, self.dst + dst_by, self.length)
 
 
-@functools.lru_cache(maxsize=1024)  # the same axis in several moves (every matmul's K = D)
+@functools.lru_cache(maxsize=256)  # the same axis in several moves (every matmul's K = D)
 def placed(src: Steps, dst: Steps, src_by: int, dst_by: int) -> Runs:
     """`joint(src, dst)` between lines `src_by` and `dst_by` further (the regions' origins):
     one object per axis and origins, so the pricing reads a shared axis once (the steps are
