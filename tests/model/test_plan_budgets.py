@@ -21,8 +21,10 @@ from waferllm.model.placement import (
     Phase,
     PlacementMode,
     ResidentLayouts,
+    heads_for,
     kv_slot_bytes_per_core,
     layer_bytes_per_core,
+    layer_specs,
     tile_bytes,
     vocab_spec,
 )
@@ -255,3 +257,50 @@ def test_the_attention_schedule_kept_with_the_plan_is_the_definitions_at_every_l
         want = _schedule_by_definition(plan, length)
         assert chosen[length] == plan.attention_schedule(length) == want, length
     assert len(set(chosen.values())) > 1  # the lengths reach several schedules
+
+
+def test_the_grid_part_prefill_scratch_remembers_is_its_definitions():
+    """`scratch._grid` (remembered per config, grid, storage bytes and dtype) against each
+    number read afresh from its definition: the heads' widths, `padded_k`'s operand widths,
+    the GEMM outputs' N tiles and padded blocks, each weight's buffers, the vocabulary chunk;
+    models, square and rectangular grids, float16 and compressed weights."""
+    from waferllm.mesh.storage import StoredDtype
+    from waferllm.mesh.tiling import padded_k
+    from waferllm.model import scratch
+
+    compressed = next(s for s in StoredDtype if s.compressed)
+    for name in ("llama3-8b", "tiny", "qwen2-72b"):
+        config = load_config(name)
+        for rows, cols in ((420, 600), (600, 420), (7, 2), (4, 4)):
+            heads = heads_for(config, cols)
+            for stored in (StoredDtype.FLOAT16, compressed):
+                grid = scratch._grid(config, rows, cols, SB, stored)
+                w = grid.widths
+                assert (w.g, w.n_rep, w.h, w.hv) == (
+                    heads.kv_per_tile,
+                    heads.n_rep,
+                    heads.head_slots,
+                    heads.value_slots,
+                )
+                assert (w.q, w.kv, w.v, w.o) == (
+                    heads.q_width,
+                    heads.kv_width,
+                    heads.v_width,
+                    heads.o_width,
+                )
+                assert w.smallest_group == min(heads.group_sizes)
+                lcm = math.lcm(rows, cols)
+                assert (grid.per_row, grid.per_col) == (lcm // rows, lcm // cols)
+                assert grid.d_t == math.ceil(config.hidden_size / cols)
+                for k, width in grid.width.items():
+                    assert width == padded_k(rows, cols, k) // cols
+                for n, (nt, nt_pad) in grid.nt.items():
+                    assert nt == math.ceil(n / cols)
+                    assert nt_pad == -(-nt // (lcm // cols)) * (lcm // cols)
+                specs = layer_specs(config, rows, cols, Phase.PREFILL)
+                assert grid.b_bytes == {
+                    k: scratch._weight_buffers(spec, rows, cols, SB, stored)
+                    for k, spec in specs.items()
+                }
+                vocab = vocab_spec(config, Phase.PREFILL)
+                assert grid.vocab_chunk == scratch._dequant_chunk(vocab, rows, cols, SB, stored)
