@@ -2,7 +2,7 @@
 
 `Ledger.totals`, `totals(prefix=...)` and `by_op` read products (`totals.weighted`) that the
 ledger keeps and extends as records are appended; an overlap block's phases are merged once
-per distinct list of traffics (`cost._merged`). Oracles: `sum_records` / `sum_groups` of
+per distinct list of traffics (`phases._merged`). Oracles: `sum_records` / `sum_groups` of
 `weighted(records)` made afresh at each question, and `merge_all` of the traffics.
 """
 
@@ -13,7 +13,7 @@ import random
 import torch
 
 from waferllm.mesh import Axis, Charge, ChargeKind, Ledger, Mesh, ring_shift
-from waferllm.mesh.cost import _phase
+from waferllm.mesh.phases import phase_cost
 from waferllm.mesh.totals import sum_groups, sum_records, weighted
 from waferllm.mesh.traffic import merge_all
 
@@ -103,7 +103,8 @@ def test_a_phase_of_several_traffics_is_their_merge_however_often_it_recurs():
             block = ledger.records[-1]
             charges = _last_charges(mesh, axes, data)
             merged = merge_all([c.traffic for c in charges])
-            assert _phase(charges) == (merged.cycles, merged.critical_hops, merged.critical_stages)
+            want = (merged.cycles, merged.critical_hops, merged.critical_stages)
+            assert phase_cost(charges) == want
             assert block.comm_busy_cycles == merged.cycles
             assert block.critical_hops == merged.critical_hops
 
