@@ -21,6 +21,7 @@ import torch
 
 from waferllm.errors import SramOverflowError
 from waferllm.kernels.attention_chunked import KeyChunk, cached_prefill_attention
+from waferllm.kernels.attention_chunked_cost import BlockRecords
 from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.budget import OverBudget
 from waferllm.mesh.cost import Ledger
@@ -157,15 +158,17 @@ def prefill_chunks(
 ) -> tuple[DistTensor, Span, dict[int, list[KeyChunk]]]:
     """Run the prompt chunk by chunk: (the last chunk's hidden states, its span, every
     layer's kept k/v chunks). Raises `OverBudget`, every chunk freed, when `ledger` says the
-    walk may stop (`mesh.budget.BudgetLedger`: the estimate layer's pruning of chunk sizes)."""
+    walk may stop (`mesh.budget.BudgetLedger`: the estimate layer's pruning of chunk sizes).
+    Estimate mode prices each size of key block once per walk (`BlockRecords`)."""
     window = model.config.sliding_window
     kv: dict[int, list[KeyChunk]] = {i: [] for i in range(model.config.num_hidden_layers)}
     spans = chunk_spans(len(ids), chunk_tokens)
+    blocks = BlockRecords()
     x: DistTensor | None = None
     for n, span in enumerate(spans):
         if x is not None:
             x.free()
-        x = _chunk(model, ids[span.start : span.end], span, kv, ledger)
+        x = _chunk(model, ids[span.start : span.end], span, kv, ledger, blocks)
         if n + 1 < len(spans) and ledger.over_budget():  # a BudgetLedger: give up, tidily
             x.free()
             _evict(kv, oldest_seen=len(ids))
@@ -191,6 +194,7 @@ def _chunk(
     span: Span,
     kv: dict[int, list[KeyChunk]],
     ledger: Ledger,
+    blocks: BlockRecords,
 ) -> DistTensor:
     """One chunk through every region: the first layer priced, its records times the layers
     (estimate mode walks each region's last layer only, after placing the others' k/v: the
@@ -230,6 +234,7 @@ def _chunk(
                 span=span,
                 cached=tuple(kv[i]),
                 window=config.sliding_window,
+                blocks=blocks,
             )
             with target.scope("layer"):
                 x, k, v = prefill_layer(mesh, state.layers[i], x, ctx, target, attend=attend)
@@ -252,6 +257,7 @@ def _attend(
     span: Span,
     cached: tuple[KeyChunk, ...],
     window: int | None,
+    blocks: BlockRecords,
 ) -> DistTensor:
     own = KeyChunk(k=k, v=v, start=span.start, length=span.length)
     return cached_prefill_attention(
@@ -263,4 +269,5 @@ def _attend(
         heads=heads,
         sliding_window=window,
         ledger=ledger,
+        blocks=blocks,
     )
