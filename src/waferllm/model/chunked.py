@@ -222,9 +222,10 @@ def _chunk(
         walked = region.layers
         if model.mode is Mode.ESTIMATE:
             walked = region.layers[-1:] if r == 0 or model.walk_every_region else region.layers[:0]
-            for i in region.layers[: len(region.layers) - len(walked)]:
-                k, v = kept_kv(mesh, heads, span.length, i)
-                kv[i].append(KeyChunk(k=k, v=v, start=span.start, length=span.length))
+            placed = region.layers[: len(region.layers) - len(walked)]
+            kept = kept_kv(mesh, heads, start=span.start, length=span.length, layers=placed)
+            for i, chunk in zip(placed, kept, strict=True):
+                kv[i].append(chunk)
         for j, i in enumerate(walked):
             target = layer_ledger if (r, j) == (0, 0) else Uncharged()
             attend = functools.partial(
