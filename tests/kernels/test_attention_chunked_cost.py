@@ -80,7 +80,7 @@ def test_cached_prefill_attention_in_closed_form_charges_what_the_walk_charges(
     for count in range(1, -(-length // chunk) + 1):  # every chunk's attention in turn
         runs = []
         for walk in (True, False):
-            mesh = Mesh(DEVICE, rows, cols, mode=Mode.ESTIMATE)
+            mesh = Mesh(DEVICE, rows, cols, mode=Mode.ESTIMATE, compute_dtype=dtype)
             keys = _chunks(mesh, heads, chunk, length, dtype)[:count]
             ledger = Ledger()
             runs.append((ledger, mesh, _attend(mesh, heads, keys, ledger, dtype, walk=walk)))
@@ -95,7 +95,9 @@ def test_key_blocks_reused_across_chunks_append_the_records_the_walk_charges(
     """Every chunk's attention after the first, on one mesh, each into a fresh ledger: with
     the walk's `BlockRecords` against the walk (SRAM peaks and routes of the whole walk)."""
     heads = head_layout(kv, n_rep, hd, cols)
-    meshes = [Mesh(DEVICE, rows, cols, mode=Mode.ESTIMATE) for _ in range(2)]
+    meshes = [
+        Mesh(DEVICE, rows, cols, mode=Mode.ESTIMATE, compute_dtype=torch.float16) for _ in range(2)
+    ]
     blocks = BlockRecords()
     compared = 0
     for count in range(1, -(-length // chunk) + 1):

@@ -52,7 +52,7 @@ def test_streamed_attention_in_closed_form_charges_what_the_walk_charges(
     for length in sorted({1, rows, 2 * rows + 1, 5 * rows - 2}):
         runs = []
         for walk in (True, False):
-            mesh = Mesh(DEVICE, rows, cols, mode=Mode.ESTIMATE)
+            mesh = Mesh(DEVICE, rows, cols, mode=Mode.ESTIMATE, compute_dtype=dtype)
             q, k, v = _placed(mesh, heads, length, dtype)
             ledger = Ledger()
             out = prefill_attention_streamed(
@@ -80,7 +80,7 @@ def test_streamed_attention_in_passes_of_query_heads_equals_the_walked_passes(
     runs = []
     for kernel in (walked, prefill_attention_streamed):
         monkeypatch.setattr(attention, "prefill_attention_streamed", kernel)
-        mesh = Mesh(DEVICE, rows, cols, mode=Mode.ESTIMATE)
+        mesh = Mesh(DEVICE, rows, cols, mode=Mode.ESTIMATE, compute_dtype=torch.float16)
         length = 3 * rows + 1
         q, k, v = _placed(mesh, heads, length, torch.float16)
         ledger = Ledger()
