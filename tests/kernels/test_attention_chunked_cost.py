@@ -18,7 +18,8 @@ from waferllm.kernels.heads import head_layout
 from waferllm.mesh import Layout, Ledger, Mesh, Mode
 from waferllm.mesh.budget import BudgetLedger, OverBudget
 from waferllm.mesh.meta import shape_only
-from waferllm.model import chunked
+from waferllm.model import transformer
+from waferllm.model.chunked import prefill_chunks
 from waferllm.model.config_sources import load_config
 from waferllm.model.quant import Storage
 from waferllm.model.transformer import MeshTransformer
@@ -147,12 +148,8 @@ MODEL_CASES = [  # (config, device, prefill grid, prompt tokens, chunk tokens, s
 def _prefill(model: MeshTransformer, prompts: list[int], chunk: int, walk: bool, patch):
     """The estimate-mode chunked prefill of `prompts` (lengths): every record, each prefill
     mesh's SRAM peak and live maximum, its routes."""
-    if walk:
-        patch.setattr(
-            chunked,
-            "cached_prefill_attention",
-            functools.partial(cached_prefill_attention, walk=True),
-        )
+    if walk:  # every chunk's layer walked, its attention on meta tensors
+        patch.setattr(transformer, "prefill_chunks", functools.partial(prefill_chunks, walk=True))
     ledgers = [Ledger() for _ in prompts]
     with shape_only():
         model.prefill_batch(

@@ -144,13 +144,13 @@ def _block(
     if known is None:
         _charge_scores(mesh, heads=heads, owners=owners, lt=lt, lk=lk, ledger=ledger)
     else:
-        _append(ledger, known.scores)
+        append_records(ledger, known.scores)
     middle = ledger.mark()
     scratch_buffer(mesh, "pv.acc", (g, n, lt, hv))
     scratch_buffer(mesh, "v_ring", (g, 1, lk, hv))
     scratch_buffer(mesh, "p_block", (g, n, lt, lk))
     if known is not None:
-        _append(ledger, known.pv)
+        append_records(ledger, known.pv)
         return
     _charge_pv(mesh, heads=heads, owners=owners, lt=lt, lk=lk, ledger=ledger)
     if blocks is not None and key is not None:
@@ -158,8 +158,9 @@ def _block(
         blocks.put(key, _Block(scores=tuple(priced[start:middle]), pv=tuple(priced[middle:])))
 
 
-def _append(ledger: Ledger, records: tuple[Record, ...]) -> None:
-    """Append records priced in another chunk's layer ledger (the same scopes, count 1)."""
+def append_records(ledger: Ledger, records: Sequence[Record]) -> None:
+    """Append records priced in another chunk's layer ledger of the same walk (under the same
+    scopes, count 1) as they are (`Ledger.extend`: a budget ledger checks them)."""
     held = Ledger()
     held.records = list(records)
     ledger.extend(held)
@@ -268,4 +269,4 @@ def _charge_pv(
     )
 
 
-__all__ = ["RESCALE_ADD", "BlockRecords", "estimated_cached_prefill_attention"]
+__all__ = ["RESCALE_ADD", "BlockRecords", "append_records", "estimated_cached_prefill_attention"]

@@ -30,6 +30,7 @@ from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model import vocab
 from waferllm.model.budget import prefill_need_bytes
+from waferllm.model.chunked_layers import LayerRecords
 from waferllm.model.layers import LayerContext, charge_rope_tables, prefill_layer, rope_tables
 from waferllm.model.placement import Phase, heads_for
 from waferllm.model.plan import ModelPlan
@@ -153,22 +154,37 @@ def default_chunk_tokens(plan: ModelPlan, length: int) -> int:
 
 
 # ---- the walk ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Reuse:
+    """What one estimate-mode chunked walk prices once and reuses across its chunks."""
+
+    blocks: BlockRecords
+    layers: LayerRecords
+
+
 def prefill_chunks(
-    model: MeshTransformer, ids: Sequence[int], ledger: Ledger, chunk_tokens: int
+    model: MeshTransformer,
+    ids: Sequence[int],
+    ledger: Ledger,
+    chunk_tokens: int,
+    *,
+    walk: bool = False,
 ) -> tuple[DistTensor, Span, dict[int, list[KeyChunk]]]:
     """Run the prompt chunk by chunk: (the last chunk's hidden states, its span, every
     layer's kept k/v chunks). Raises `OverBudget`, every chunk freed, when `ledger` says the
     walk may stop (`mesh.budget.BudgetLedger`: the estimate layer's pruning of chunk sizes).
-    Estimate mode prices each size of key block once per walk (`BlockRecords`)."""
+    Estimate mode prices each size of key block once per walk (`BlockRecords`) and walks the
+    priced layer once per chunk size (`LayerRecords`), unless `walk` (the oracle: every
+    chunk's layer walked, its attention on meta tensors)."""
     window = model.config.sliding_window
     kv: dict[int, list[KeyChunk]] = {i: [] for i in range(model.config.num_hidden_layers)}
     spans = chunk_spans(len(ids), chunk_tokens)
-    blocks = BlockRecords()
+    reuse = None if walk else _Reuse(blocks=BlockRecords(), layers=LayerRecords())
     x: DistTensor | None = None
     for n, span in enumerate(spans):
         if x is not None:
             x.free()
-        x = _chunk(model, ids[span.start : span.end], span, kv, ledger, blocks)
+        x = _chunk(model, ids[span.start : span.end], span, kv, ledger, reuse)
         if n + 1 < len(spans) and ledger.over_budget():  # a BudgetLedger: give up, tidily
             x.free()
             _evict(kv, oldest_seen=len(ids))
@@ -194,11 +210,12 @@ def _chunk(
     span: Span,
     kv: dict[int, list[KeyChunk]],
     ledger: Ledger,
-    blocks: BlockRecords,
+    reuse: _Reuse | None,
 ) -> DistTensor:
     """One chunk through every region: the first layer priced, its records times the layers
     (estimate mode walks each region's last layer only, after placing the others' k/v: the
-    region's SRAM peak; they cost the same; without `walk_every_region`, the first region's)."""
+    region's SRAM peak; they cost the same; without `walk_every_region`, the first region's;
+    the priced layer through `reuse.layers`)."""
     config, state = model.config, model.prefill_state
     state.meshes[0].charge_host_io(ledger, "host.prompt_in", span.length)
     x = vocab.embed(state, ids, ledger, config=config, device=model.device, tokens_axis=Axis.Y)
@@ -235,10 +252,24 @@ def _chunk(
                 span=span,
                 cached=tuple(kv[i]),
                 window=config.sliding_window,
-                blocks=blocks,
+                reuse=reuse,
             )
-            with target.scope("layer"):
-                x, k, v = prefill_layer(mesh, state.layers[i], x, ctx, target, attend=attend)
+            walk = functools.partial(prefill_layer, mesh, state.layers[i], x, ctx, target)
+            if reuse is not None and model.mode is Mode.ESTIMATE and (r, j) == (0, 0):
+                x, k, v = reuse.layers.layer(
+                    mesh,
+                    x=x,
+                    tokens=span.length,
+                    cached_rows=[c.k.tile_shape[0] for c in kv[i]],
+                    heads=heads,
+                    ledger=target,
+                    blocks=reuse.blocks,
+                    attend=attend,
+                    walk=walk,
+                )
+            else:
+                with target.scope("layer"):
+                    x, k, v = walk(attend=attend)
             kv[i].append(KeyChunk(k=k, v=v, start=span.start, length=span.length))
         cos.free()
         sin.free()
@@ -258,7 +289,7 @@ def _attend(
     span: Span,
     cached: tuple[KeyChunk, ...],
     window: int | None,
-    blocks: BlockRecords,
+    reuse: _Reuse | None,
 ) -> DistTensor:
     own = KeyChunk(k=k, v=v, start=span.start, length=span.length)
     return cached_prefill_attention(
@@ -270,5 +301,6 @@ def _attend(
         heads=heads,
         sliding_window=window,
         ledger=ledger,
-        blocks=blocks,
+        walk=reuse is None,
+        blocks=None if reuse is None else reuse.blocks,
     )
