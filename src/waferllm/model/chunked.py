@@ -174,7 +174,7 @@ def prefill_chunks(
     layer's kept k/v chunks). Raises `OverBudget`, every chunk freed, when `ledger` says the
     walk may stop (`mesh.budget.BudgetLedger`: the estimate layer's pruning of chunk sizes).
     Estimate mode prices each size of key block once per walk (`BlockRecords`) and walks the
-    priced layer once per chunk size (`LayerRecords`), unless `walk` (the oracle: every
+    walked layers once per chunk size (`LayerRecords`), unless `walk` (the oracle: every
     chunk's layer walked, its attention on meta tensors)."""
     window = model.config.sliding_window
     kv: dict[int, list[KeyChunk]] = {i: [] for i in range(model.config.num_hidden_layers)}
@@ -215,7 +215,7 @@ def _chunk(
     """One chunk through every region: the first layer priced, its records times the layers
     (estimate mode walks each region's last layer only, after placing the others' k/v: the
     region's SRAM peak; they cost the same; without `walk_every_region`, the first region's;
-    the priced layer through `reuse.layers`)."""
+    each walked layer through `reuse.layers`)."""
     config, state = model.config, model.prefill_state
     state.meshes[0].charge_host_io(ledger, "host.prompt_in", span.length)
     x = vocab.embed(state, ids, ledger, config=config, device=model.device, tokens_axis=Axis.Y)
@@ -255,7 +255,7 @@ def _chunk(
                 reuse=reuse,
             )
             walk = functools.partial(prefill_layer, mesh, state.layers[i], x, ctx, target)
-            if reuse is not None and model.mode is Mode.ESTIMATE and (r, j) == (0, 0):
+            if reuse is not None and model.mode is Mode.ESTIMATE:
                 x, k, v = reuse.layers.layer(
                     mesh,
                     x=x,

@@ -1,5 +1,5 @@
-"""Estimate mode: a chunked prefill's priced layer walked once per chunk size and walk, the
-later chunks of that size replayed from its records.
+"""Estimate mode: a chunked prefill's walked layer (each region's) walked once per chunk size
+and walk, the later chunks of that size replayed from its records.
 
 Every full chunk of a chunked prefill runs the same layer on the same shapes; only its
 attention sees more cached keys. `LayerRecords` keeps, per (mesh, chunk tokens, cached key
@@ -43,7 +43,7 @@ class _Walked:
 
 
 class LayerRecords:
-    """The priced layer of one chunked walk, by (mesh, chunk tokens, the distinct key sizes
+    """The walked layers of one chunked walk, by (mesh, chunk tokens, the distinct key sizes
     its attention reads, its own included). The key is complete within the walk: the layer's
     weights, plan and scopes are the walk's; its shapes follow from the chunk's tokens; its
     SRAM profile above what was live before it from those and the distinct key block sizes
