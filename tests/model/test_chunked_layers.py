@@ -4,9 +4,12 @@ compares the records, SRAM peaks and routes with every chunk walked."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from waferllm.device import tiny
+from waferllm.errors import SramOverflowError
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.meta import shape_only
 from waferllm.model import chunked
@@ -32,3 +35,22 @@ def test_a_chunk_of_a_size_already_walked_is_replayed(length, chunk, walks, monk
         with shape_only():
             chunked.prefill_chunks(model, [0] * length, Ledger(), chunk, walk=walk)
         assert len(walked) == want
+
+
+def test_a_replay_that_would_pass_the_sram_walks_the_chunk_and_raises_what_the_walk_raises():
+    """The SRAM that holds two chunks of 6 tokens: the third chunk overflows it."""
+    config = load_config("tiny")
+
+    def model(device):
+        return MeshTransformer(config, None, device=device, prefill_grid=(3, 4), decode_grid=(3, 4))
+
+    roomy = model(tiny())
+    with shape_only():
+        chunked.prefill_chunks(roomy, [0] * 12, Ledger(), 6, walk=True)
+    device = dataclasses.replace(tiny(), sram_bytes_per_core=roomy.peak_sram_bytes_per_core())
+    errors = []
+    for walk in (True, False):
+        with pytest.raises(SramOverflowError) as raised, shape_only():
+            chunked.prefill_chunks(model(device), [0] * 18, Ledger(), 6, walk=walk)
+        errors.append(str(raised.value))
+    assert errors[0] == errors[1]

@@ -173,9 +173,9 @@ def prefill_chunks(
     """Run the prompt chunk by chunk: (the last chunk's hidden states, its span, every
     layer's kept k/v chunks). Raises `OverBudget`, every chunk freed, when `ledger` says the
     walk may stop (`mesh.budget.BudgetLedger`: the estimate layer's pruning of chunk sizes).
-    Estimate mode prices each size of key block once per walk (`BlockRecords`) and walks the
-    walked layers once per chunk size (`LayerRecords`), unless `walk` (the oracle: every
-    chunk's layer walked, its attention on meta tensors)."""
+    Estimate mode prices each size of key block once per walk (`BlockRecords`) and walks
+    each region's layer once per chunk size (`LayerRecords`), unless `walk` (the oracle:
+    every chunk's layer walked, its attention on meta tensors)."""
     window = model.config.sliding_window
     kv: dict[int, list[KeyChunk]] = {i: [] for i in range(model.config.num_hidden_layers)}
     spans = chunk_spans(len(ids), chunk_tokens)
