@@ -30,7 +30,7 @@ from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model import vocab
 from waferllm.model.budget import prefill_need_bytes
-from waferllm.model.chunked_layers import LayerRecords
+from waferllm.model.chunked_layers import LAYER_SCOPE, LayerRecords
 from waferllm.model.layers import LayerContext, charge_rope_tables, prefill_layer, rope_tables
 from waferllm.model.placement import Phase, heads_for
 from waferllm.model.plan import ModelPlan
@@ -245,36 +245,54 @@ def _chunk(
                 kv[i].append(chunk)
         for j, i in enumerate(walked):
             target = layer_ledger if (r, j) == (0, 0) else Uncharged()
-            attend = functools.partial(
-                _attend,
-                mesh=mesh,
-                heads=heads,
-                span=span,
-                cached=tuple(kv[i]),
-                window=config.sliding_window,
-                reuse=reuse,
-            )
-            walk = functools.partial(prefill_layer, mesh, state.layers[i], x, ctx, target)
-            if reuse is not None and model.mode is Mode.ESTIMATE:
-                x, k, v = reuse.layers.layer(
-                    mesh,
-                    x=x,
-                    tokens=span.length,
-                    cached_rows=[c.k.tile_shape[0] for c in kv[i]],
-                    heads=heads,
-                    ledger=target,
-                    blocks=reuse.blocks,
-                    attend=attend,
-                    walk=walk,
-                )
-            else:
-                with target.scope("layer"):
-                    x, k, v = walk(attend=attend)
-            kv[i].append(KeyChunk(k=k, v=v, start=span.start, length=span.length))
+            x = _layer(model, mesh, i, x, ctx, target, span=span, kv=kv, reuse=reuse)
         cos.free()
         sin.free()
     ledger.extend(layer_ledger, count=config.num_hidden_layers)
     per_layer_hops(model.plan, x, ledger)
+    return x
+
+
+def _layer(
+    model: MeshTransformer,
+    mesh: Mesh,
+    i: int,
+    x: DistTensor,
+    ctx: LayerContext,
+    ledger: Ledger,
+    *,
+    span: Span,
+    kv: dict[int, list[KeyChunk]],
+    reuse: _Reuse | None,
+) -> DistTensor:
+    """Layer i of the chunk on `mesh` (its attention against layer i's cached chunks): walked,
+    or in estimate mode through `reuse.layers`; its k/v appended to layer i's chunks."""
+    attend = functools.partial(
+        _attend,
+        mesh=mesh,
+        heads=ctx.heads,
+        span=span,
+        cached=tuple(kv[i]),
+        window=model.config.sliding_window,
+        reuse=reuse,
+    )
+    walk = functools.partial(prefill_layer, mesh, model.prefill_state.layers[i], x, ctx, ledger)
+    if reuse is not None and model.mode is Mode.ESTIMATE:
+        x, k, v = reuse.layers.layer(
+            mesh,
+            x=x,
+            tokens=span.length,
+            cached_rows=[c.k.tile_shape[0] for c in kv[i]],
+            heads=ctx.heads,
+            ledger=ledger,
+            blocks=reuse.blocks,
+            attend=attend,
+            walk=walk,
+        )
+    else:
+        with ledger.scope(LAYER_SCOPE):
+            x, k, v = walk(attend=attend)
+    kv[i].append(KeyChunk(k=k, v=v, start=span.start, length=span.length))
     return x
 
 
