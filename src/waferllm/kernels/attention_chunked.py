@@ -16,6 +16,11 @@ from collections.abc import Sequence
 import torch
 
 from waferllm.kernels.attention import attention_output_layout, pv_steps, scratch_buffer
+from waferllm.kernels.attention_chunked_cost import (
+    RESCALE_ADD,
+    BlockRecords,
+    estimated_cached_prefill_attention,
+)
 from waferllm.kernels.gemm_t import block_owners, gemm_t_steps
 from waferllm.kernels.heads import HeadLayout
 from waferllm.kernels.softmax import causal_mask
@@ -35,8 +40,6 @@ from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh, Mode
-
-RESCALE_ADD = (2, 3, 0)  # acc = acc * alpha + x: read acc, x; write acc (per element)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -70,6 +73,8 @@ def cached_prefill_attention(
     heads: HeadLayout,
     sliding_window: int | None,
     ledger: Ledger,
+    walk: bool = False,
+    blocks: BlockRecords | None = None,
 ) -> DistTensor:
     """Causal softmax(Q K^T / sqrt(hd)) V of one prefill chunk against `keys` (the cached
     chunks and its own), one key chunk at a time with an online softmax.
@@ -87,8 +92,20 @@ def cached_prefill_attention(
     kv-group; G*n*Lt rows of {max, exp, multiply-add} of one element (the state update) and
     of a multiply-add of Hv (the output's rescale). Once: G*n*Lt reciprocals of l and a
     multiply of G*n*Lt rows of Hv (softmax's normalisation). The charges depend on the shapes
-    only: estimate mode walks each distinct key tile shape once and replays its records.
+    only: estimate mode charges them from the sizes (`attention_chunked_cost`; the key blocks
+    of sizes in `blocks`, priced earlier in the same chunked walk, append their records)
+    unless `walk` (the oracle on meta tensors: each distinct key tile shape walked once, its
+    records replayed).
     """
+    if mesh.mode is Mode.ESTIMATE and not walk:
+        return estimated_cached_prefill_attention(
+            mesh,
+            q=q,
+            key_rows=[key.k.tile_shape[0] for key in keys],
+            heads=heads,
+            ledger=ledger,
+            blocks=blocks,
+        )
     rows, cols = mesh.shape
     g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
     hv = heads.value_slots

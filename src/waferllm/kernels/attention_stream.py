@@ -16,35 +16,25 @@ import math
 import torch
 
 from waferllm.kernels.attention import attention_output_layout
-from waferllm.kernels.gemm_t import BlockOwners, block_at, block_owners, owner_map
+from waferllm.kernels.attention_stream_cost import (
+    charge_block,
+    estimated_streamed_attention,
+    streamed_attention_numel,
+)
+from waferllm.kernels.gemm_t import BlockOwners, block_at, block_owners
 from waferllm.kernels.heads import HeadLayout
 from waferllm.kernels.softmax import causal_mask
 from waferllm.kernels.vector import (
-    EXP_SUB,
-    MASK_SELECT,
-    MAX_ACC,
     NORMALISE,
     RECIPROCAL,
-    SCALE,
-    SUM_ACC,
     charge_vector,
 )
-from waferllm.mesh.charges import charge_multicast, charge_reduce_to_owners
 from waferllm.mesh.comm import ring_shift
 from waferllm.mesh.compute import matmul
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh, Mode
-
-
-def streamed_attention_numel(heads: HeadLayout, lt: int) -> int:
-    """Per-core scratch of `prefill_attention_streamed` beside its output [Lt, G*n*Hv]: K's
-    and V's ring copies, two partial blocks (this step's and the one being reduced), the
-    received probability block, the running max and sum per query row."""
-    g, n = heads.kv_per_tile, heads.n_rep
-    ring = g * (heads.head_slots + heads.value_slots) * lt
-    return ring + 3 * g * n * lt * lt + 2 * g * n * lt
 
 
 def prefill_attention_streamed(
@@ -57,6 +47,7 @@ def prefill_attention_streamed(
     length: int,
     sliding_window: int | None,
     ledger: Ledger,
+    walk: bool = False,
 ) -> DistTensor:
     """Causal softmax(Q K^T / sqrt(hd)) V over a prompt of `length` tokens, keys streamed.
 
@@ -74,7 +65,11 @@ def prefill_attention_streamed(
     G*n*Lt) and the normalise (G*n*Lt instructions of Hv). Masks and padding as in
     `prefill_attention`; a padded query row gives zeros.
     SRAM: the output, then `streamed_attention_numel` in scratch.
+    Estimate mode charges it from the sizes (`attention_stream_cost`) unless `walk` (the
+    oracle, on meta tensors).
     """
+    if mesh.mode is Mode.ESTIMATE and not walk:
+        return estimated_streamed_attention(mesh, q=q, heads=heads, ledger=ledger)
     rows, cols = mesh.shape
     g, n, h = heads.kv_per_tile, heads.n_rep, heads.head_slots
     hv = heads.value_slots
@@ -99,7 +94,7 @@ def prefill_attention_streamed(
             with ledger.overlap("attn.step", step_overhead_cycles=overhead):
                 part = matmul(mesh, a=q_t, b=k_cur, ledger=ledger, op="qk.local")
                 k_next = ring_shift(mesh, k_cur, axis=Axis.Y, ledger=ledger, op="qk.shift")
-                _charge_block(mesh, owners, heads, lt, ledger, last=last)
+                charge_block(mesh, owners, heads, lt, ledger, last=last)
                 block = _reduced(part, owners) if functional else part
                 p = state.update(block, _mask(mesh, lt, length, sliding_window, t), scale)
                 pv = matmul(mesh, a=p, b=v_cur, ledger=ledger, op="pv.local")
@@ -155,39 +150,6 @@ class _Online:
         """acc / l (R, C, G, n, Lt, Hv); zeros for a row that attends nothing (padding)."""
         kept = self.l > 0
         return torch.where(kept, self.acc / torch.where(kept, self.l, 1.0), 0.0).to(dtype)
-
-
-def _charge_block(
-    mesh: Mesh, owners: BlockOwners, heads: HeadLayout, lt: int, ledger: Ledger, *, last: bool
-) -> None:
-    """One block's reduce, online softmax and multicast (`prefill_attention_streamed`)."""
-    rows = mesh.rows
-    g, n, hv = heads.kv_per_tile, heads.n_rep, heads.value_slots
-    sb = mesh.device.storage_bytes
-    r = g * n * lt  # query rows per core
-    owner0 = owner_map(owners, rows, 0)  # every step's roots are a permutation: same cost
-    if owners.shared:
-        charge_reduce_to_owners(
-            mesh,
-            axis=Axis.X,
-            owner=owner0,
-            nbytes=r * lt * sb,
-            ledger=ledger,
-            op="qk.reduce",
-            follows_stream=not last,
-        )
-    for op, cost in (("scale", SCALE), ("mask", MASK_SELECT), ("max", MAX_ACC)):
-        charge_vector(mesh, ledger, f"softmax.{op}", rows=r, length=lt, cost=cost)
-    charge_vector(mesh, ledger, "softmax.exp", rows=r, length=lt, cost=EXP_SUB)
-    charge_vector(mesh, ledger, "softmax.sum", rows=r, length=lt, cost=SUM_ACC)
-    if owners.shared:
-        charge_multicast(
-            mesh, axis=Axis.X, owner=owner0, nbytes=r * (lt + 2) * sb, ledger=ledger, op="pv.bcast"
-        )
-    charge_vector(mesh, ledger, "online.max", rows=1, length=r, cost=MAX_ACC)
-    charge_vector(mesh, ledger, "online.correction", rows=1, length=r, cost=EXP_SUB)
-    charge_vector(mesh, ledger, "online.sum", rows=1, length=r, cost=SUM_ACC)
-    charge_vector(mesh, ledger, "online.rescale", rows=r, length=hv, cost=SCALE)
 
 
 def _reduced(part: torch.Tensor, owners: BlockOwners) -> torch.Tensor:

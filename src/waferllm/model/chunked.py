@@ -21,6 +21,7 @@ import torch
 
 from waferllm.errors import SramOverflowError
 from waferllm.kernels.attention_chunked import KeyChunk, cached_prefill_attention
+from waferllm.kernels.attention_chunked_cost import BlockRecords
 from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.budget import OverBudget
 from waferllm.mesh.cost import Ledger
@@ -29,6 +30,7 @@ from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model import vocab
 from waferllm.model.budget import prefill_need_bytes
+from waferllm.model.chunked_layers import LAYER_SCOPE, LayerRecords
 from waferllm.model.layers import LayerContext, charge_rope_tables, prefill_layer, rope_tables
 from waferllm.model.placement import Phase, heads_for
 from waferllm.model.plan import ModelPlan
@@ -152,20 +154,37 @@ def default_chunk_tokens(plan: ModelPlan, length: int) -> int:
 
 
 # ---- the walk ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Reuse:
+    """What one estimate-mode chunked walk prices once and reuses across its chunks."""
+
+    blocks: BlockRecords
+    layers: LayerRecords
+
+
 def prefill_chunks(
-    model: MeshTransformer, ids: Sequence[int], ledger: Ledger, chunk_tokens: int
+    model: MeshTransformer,
+    ids: Sequence[int],
+    ledger: Ledger,
+    chunk_tokens: int,
+    *,
+    walk: bool = False,
 ) -> tuple[DistTensor, Span, dict[int, list[KeyChunk]]]:
     """Run the prompt chunk by chunk: (the last chunk's hidden states, its span, every
     layer's kept k/v chunks). Raises `OverBudget`, every chunk freed, when `ledger` says the
-    walk may stop (`mesh.budget.BudgetLedger`: the estimate layer's pruning of chunk sizes)."""
+    walk may stop (`mesh.budget.BudgetLedger`: the estimate layer's pruning of chunk sizes).
+    Estimate mode prices each size of key block once per walk (`BlockRecords`) and walks
+    each region's layer once per chunk size (`LayerRecords`), unless `walk` (the oracle:
+    every chunk's layer walked, its attention on meta tensors)."""
     window = model.config.sliding_window
     kv: dict[int, list[KeyChunk]] = {i: [] for i in range(model.config.num_hidden_layers)}
     spans = chunk_spans(len(ids), chunk_tokens)
+    reuse = None if walk else _Reuse(blocks=BlockRecords(), layers=LayerRecords())
     x: DistTensor | None = None
     for n, span in enumerate(spans):
         if x is not None:
             x.free()
-        x = _chunk(model, ids[span.start : span.end], span, kv, ledger)
+        x = _chunk(model, ids[span.start : span.end], span, kv, ledger, reuse)
         if n + 1 < len(spans) and ledger.over_budget():  # a BudgetLedger: give up, tidily
             x.free()
             _evict(kv, oldest_seen=len(ids))
@@ -191,10 +210,12 @@ def _chunk(
     span: Span,
     kv: dict[int, list[KeyChunk]],
     ledger: Ledger,
+    reuse: _Reuse | None,
 ) -> DistTensor:
     """One chunk through every region: the first layer priced, its records times the layers
     (estimate mode walks each region's last layer only, after placing the others' k/v: the
-    region's SRAM peak; they cost the same; without `walk_every_region`, the first region's)."""
+    region's SRAM peak; they cost the same; without `walk_every_region`, the first region's;
+    each walked layer through `reuse.layers`)."""
     config, state = model.config, model.prefill_state
     state.meshes[0].charge_host_io(ledger, "host.prompt_in", span.length)
     x = vocab.embed(state, ids, ledger, config=config, device=model.device, tokens_axis=Axis.Y)
@@ -218,26 +239,60 @@ def _chunk(
         walked = region.layers
         if model.mode is Mode.ESTIMATE:
             walked = region.layers[-1:] if r == 0 or model.walk_every_region else region.layers[:0]
-            for i in region.layers[: len(region.layers) - len(walked)]:
-                k, v = kept_kv(mesh, heads, span.length, i)
-                kv[i].append(KeyChunk(k=k, v=v, start=span.start, length=span.length))
+            placed = region.layers[: len(region.layers) - len(walked)]
+            kept = kept_kv(mesh, heads, start=span.start, length=span.length, layers=placed)
+            for i, chunk in zip(placed, kept, strict=True):
+                kv[i].append(chunk)
         for j, i in enumerate(walked):
             target = layer_ledger if (r, j) == (0, 0) else Uncharged()
-            attend = functools.partial(
-                _attend,
-                mesh=mesh,
-                heads=heads,
-                span=span,
-                cached=tuple(kv[i]),
-                window=config.sliding_window,
-            )
-            with target.scope("layer"):
-                x, k, v = prefill_layer(mesh, state.layers[i], x, ctx, target, attend=attend)
-            kv[i].append(KeyChunk(k=k, v=v, start=span.start, length=span.length))
+            x = _layer(model, mesh, i, x, ctx, target, span=span, kv=kv, reuse=reuse)
         cos.free()
         sin.free()
     ledger.extend(layer_ledger, count=config.num_hidden_layers)
     per_layer_hops(model.plan, x, ledger)
+    return x
+
+
+def _layer(
+    model: MeshTransformer,
+    mesh: Mesh,
+    i: int,
+    x: DistTensor,
+    ctx: LayerContext,
+    ledger: Ledger,
+    *,
+    span: Span,
+    kv: dict[int, list[KeyChunk]],
+    reuse: _Reuse | None,
+) -> DistTensor:
+    """Layer i of the chunk on `mesh` (its attention against layer i's cached chunks): walked,
+    or in estimate mode through `reuse.layers`; its k/v appended to layer i's chunks."""
+    attend = functools.partial(
+        _attend,
+        mesh=mesh,
+        heads=ctx.heads,
+        span=span,
+        cached=tuple(kv[i]),
+        window=model.config.sliding_window,
+        reuse=reuse,
+    )
+    walk = functools.partial(prefill_layer, mesh, model.prefill_state.layers[i], x, ctx, ledger)
+    if reuse is not None and model.mode is Mode.ESTIMATE:
+        x, k, v = reuse.layers.layer(
+            mesh,
+            x=x,
+            tokens=span.length,
+            cached_rows=[c.k.tile_shape[0] for c in kv[i]],
+            heads=ctx.heads,
+            ledger=ledger,
+            blocks=reuse.blocks,
+            attend=attend,
+            walk=walk,
+        )
+    else:
+        with ledger.scope(LAYER_SCOPE):
+            x, k, v = walk(attend=attend)
+    kv[i].append(KeyChunk(k=k, v=v, start=span.start, length=span.length))
     return x
 
 
@@ -252,6 +307,7 @@ def _attend(
     span: Span,
     cached: tuple[KeyChunk, ...],
     window: int | None,
+    reuse: _Reuse | None,
 ) -> DistTensor:
     own = KeyChunk(k=k, v=v, start=span.start, length=span.length)
     return cached_prefill_attention(
@@ -263,4 +319,6 @@ def _attend(
         heads=heads,
         sliding_window=window,
         ledger=ledger,
+        walk=reuse is None,
+        blocks=None if reuse is None else reuse.blocks,
     )

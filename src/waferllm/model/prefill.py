@@ -9,6 +9,7 @@ Legend: L prompt tokens, D model dim, V vocab; R x C the prefill grid.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -68,9 +69,10 @@ def prefill_walk(
         walked = region.layers
         if model.mode is Mode.ESTIMATE:
             walked = region.layers[-1:] if r == 0 or model.walk_every_region else region.layers[:0]
-            for i in region.layers[: len(region.layers) - len(walked)]:
-                k, v = kept_kv(mesh, heads, length, i)
-                kv[i] = [KeyChunk(k=k, v=v, start=0, length=length)]
+            placed = region.layers[: len(region.layers) - len(walked)]
+            kept = kept_kv(mesh, heads, start=0, length=length, layers=placed)
+            for i, chunk in zip(placed, kept, strict=True):
+                kv[i] = [chunk]
         for j, i in enumerate(walked):
             target = layer_ledger if (r, j) == (0, 0) else Uncharged()
             with target.scope("layer"):
@@ -110,15 +112,28 @@ def prefill_logits(
         return vocab.lm_head(model.prefill_state, h, ledger, config=config, axis=Axis.X)
 
 
-def kept_kv(mesh: Mesh, heads: HeadLayout, length: int, i: int) -> tuple[DistTensor, DistTensor]:
-    """Estimate mode: layer i's prefill k [L_y, kv_x] and v [L_y, v_x] as meta tiles, SRAM
-    charged."""
-    kept = []
-    for name, width in (("k", heads.kv_width), ("v", heads.v_width)):
+def kept_kv(
+    mesh: Mesh, heads: HeadLayout, *, start: int, length: int, layers: Sequence[int]
+) -> list[KeyChunk]:
+    """Estimate mode: each of `layers`' prefill k [L_y, kv_x] and v [L_y, v_x] for positions
+    start .. start + length - 1 (named `prefill.k{i}`, `prefill.v{i}`), SRAM charged in layer
+    order. Their tiles are meta tensors: one k and one v tile shared by every layer (only
+    their shapes are ever read)."""
+    tiles = []
+    for width in (heads.kv_width, heads.v_width):
         layout = Layout((length, heads.num_cols * width), y_dim=0, x_dim=1)
         shape = (*mesh.shape, *layout.tile_shape(*mesh.shape))
-        kept.append(mesh.register(torch.empty(shape, device="meta"), layout, f"prefill.{name}{i}"))
-    return kept[0], kept[1]
+        tiles.append((layout, torch.empty(shape, device="meta")))
+    (k_layout, k_tile), (v_layout, v_tile) = tiles
+    return [
+        KeyChunk(
+            k=mesh.register(k_tile, k_layout, f"prefill.k{i}"),
+            v=mesh.register(v_tile, v_layout, f"prefill.v{i}"),
+            start=start,
+            length=length,
+        )
+        for i in layers
+    ]
 
 
 def logical_kv(t: DistTensor, index: np.ndarray) -> torch.Tensor:
