@@ -8,6 +8,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from helpers.closed_forms import assert_same_traffic as _same_traffic
 
 from waferllm.device import tiny
 from waferllm.mesh import Axis, patterns, rings
@@ -15,25 +16,6 @@ from waferllm.mesh.geometry import RingKind
 from waferllm.mesh.loads import LinePlus, LineRows, OuterRamp
 from waferllm.mesh.patterns import Owners, chain_traffic, multicast_traffic
 from waferllm.mesh.traffic import Traffic, line_traffic
-
-
-def _same_traffic(a: Traffic, b: Traffic) -> None:
-    """Every field equal; loads compared as the full arrays they stand for."""
-    for field in dataclasses.fields(a):
-        x, y = getattr(a, field.name), getattr(b, field.name)
-        if isinstance(x, dict):
-            assert x.keys() == y.keys()
-            for k in x:
-                assert x[k].shape == y[k].shape
-                np.testing.assert_array_equal(np.asarray(x[k]), np.asarray(y[k]))
-                assert x[k].max(initial=0.0) == y[k].max(initial=0.0)
-        elif isinstance(x, (np.ndarray, LineRows, OuterRamp)):
-            assert x.shape == y.shape, field.name
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-            assert x.max(initial=0.0) == y.max(initial=0.0)
-        else:
-            assert x == y, field.name
-    assert a.cycles == b.cycles
 
 
 def _owner_map(rng: np.random.Generator, lines: int, num: int, *, far: bool) -> np.ndarray:

@@ -21,7 +21,7 @@ from waferllm.device import Device
 from waferllm.mesh.geometry import Axis, ring_successor
 from waferllm.mesh.ktree import TreePlan
 from waferllm.mesh.loads import Load, line_rows
-from waferllm.mesh.traffic import Traffic, line_traffic, orient
+from waferllm.mesh.traffic import Traffic, line_traffic, on_grid, one_line, orient
 
 ArrayKey = tuple[tuple[int, ...], bytes]
 
@@ -108,13 +108,47 @@ def distinct_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 Pattern = Callable[[Device, tuple[int, int], Axis, Any, int], Traffic]
 
 
-def per_byte(maxsize: int) -> Callable[[Pattern], Pattern]:
-    """Cache a pattern `f(device, shape, axis, what, nbytes)` per call and, below that, per
-    byte: a call with `nbytes` > 0 scales the pattern priced once at 1 byte
-    (`Traffic.scaled`). Exact: every load, byte count and byte-hop is a whole multiple of
-    the message size, the paths taken are those of any positive size, and the hops do not
-    depend on it (tests/mesh/test_traffic_closed_forms.py compares every pattern at many
-    sizes). The same pattern at another size (an attention re-walked at another cache
+def per_line(maxsize: int, alike: Callable[[Any], bool]) -> Callable[[Pattern], Pattern]:
+    """Cache a pattern `f(device, shape, axis, what, nbytes)` per call and, when `alike(what)`
+    (every line the same: one root, a K-tree, groups, one owner row), per line: priced once
+    on `traffic.one_line(P)` and put on any grid with a side of P along either axis by
+    `traffic.on_grid` (exact: the line's arrays do not depend on the other side, its sums
+    scale with it). A square grid's X and Y patterns are then one pricing, and a new grid
+    sharing a side with a grid already priced (a decode side seen as a prefill side) reuses
+    it. The line cache's key (device, P, what, nbytes) is all the pattern reads of a line.
+    `__wrapped__` is the plain pattern (no cache)."""
+
+    def wrap(pattern: Pattern) -> Pattern:
+        line = lru_cache(maxsize=maxsize)(_on_one_line(pattern))
+
+        @lru_cache(maxsize=maxsize)
+        def priced(
+            device: Device, shape: tuple[int, int], axis: Axis, what: Any, nbytes: int
+        ) -> Traffic:
+            if alike(what):
+                return on_grid(line(device, shape[axis.tensor_dim], what, nbytes), shape, axis)
+            return pattern(device, shape, axis, what, nbytes)
+
+        functools.update_wrapper(priced, pattern)
+        priced.__wrapped__ = pattern  # type: ignore[attr-defined]
+        return priced  # type: ignore[return-value]
+
+    return wrap
+
+
+def _on_one_line(pattern: Pattern) -> Callable[[Device, int, Any, int], Traffic]:
+    def line(device: Device, num: int, what: Any, nbytes: int) -> Traffic:
+        return pattern(device, one_line(num), Axis.X, what, nbytes)
+
+    return line
+
+
+def per_byte(maxsize: int, alike: Callable[[Any], bool]) -> Callable[[Pattern], Pattern]:
+    """`per_line`, and below it per byte: a call with `nbytes` > 0 scales the pattern priced
+    once at 1 byte (`Traffic.scaled`). Exact: every load, byte count and byte-hop is a whole
+    multiple of the message size, the paths taken are those of any positive size, and the
+    hops do not depend on it (tests/mesh/test_traffic_closed_forms.py compares every pattern
+    at many sizes). The same pattern at another size (an attention re-walked at another cache
     width, a block of another length) then costs a scaling, not a pricing. The first size
     asked of a pattern is priced as it is (the same arrays, by the same exactness, without
     the scaling pass: a new grid's walk asks most patterns at one size only); the sizes
@@ -124,8 +158,7 @@ def per_byte(maxsize: int) -> Callable[[Pattern], Pattern]:
         unit = lru_cache(maxsize=maxsize)(pattern)
         first: dict[tuple[Device, tuple[int, int], Axis, Any], int] = {}  # at most maxsize
 
-        @lru_cache(maxsize=maxsize)
-        def priced(
+        def sized(
             device: Device, shape: tuple[int, int], axis: Axis, what: Any, nbytes: int
         ) -> Traffic:
             if nbytes <= 0 or nbytes == 1:
@@ -136,15 +169,29 @@ def per_byte(maxsize: int) -> Callable[[Pattern], Pattern]:
                 return pattern(device, shape, axis, what, nbytes)
             return unit(device, shape, axis, what, 1).scaled(nbytes)
 
+        priced = per_line(maxsize, alike)(sized)
         functools.update_wrapper(priced, pattern)
         priced.__wrapped__ = pattern  # type: ignore[attr-defined]
-        return priced  # type: ignore[return-value]
+        return priced
 
     return wrap
 
 
+def _one_owner_row(owners: Owners) -> bool:
+    """Whether every line has the same owners (one root, groups, or a one-row map)."""
+    if owners.roots is not None:
+        return owners.roots[0] == (1,)
+    if owners.row_of_line is not None:
+        return owners.row_of_line[0] == (1,)
+    return owners.group_sizes is not None
+
+
+def _always(_: Any) -> bool:
+    return True
+
+
 # Per-line patterns hold (L, P) arrays, tens of MB at wafer scale: hence the small caches.
-@lru_cache(maxsize=128)
+@per_line(maxsize=128, alike=lambda dst_key: len(dst_key[0]) == 1)
 def permutation_traffic(
     device: Device, shape: tuple[int, int], axis: Axis, dst_key: ArrayKey, nbytes: int
 ) -> Traffic:
@@ -157,7 +204,7 @@ def permutation_traffic(
     )
 
 
-@per_byte(maxsize=128)
+@per_byte(maxsize=128, alike=_one_owner_row)
 def chain_traffic(
     device: Device, shape: tuple[int, int], axis: Axis, owners: Owners, nbytes: int
 ) -> Traffic:
@@ -226,7 +273,7 @@ def _chain_closed_form(
     )
 
 
-@per_byte(maxsize=128)
+@per_byte(maxsize=128, alike=_one_owner_row)
 def multicast_traffic(
     device: Device, shape: tuple[int, int], axis: Axis, owners: Owners, nbytes: int
 ) -> Traffic:
@@ -370,7 +417,7 @@ def tail_shift_traffic(
     )
 
 
-@per_byte(maxsize=4096)
+@per_byte(maxsize=4096, alike=_always)
 def tree_traffic(
     device: Device, shape: tuple[int, int], axis: Axis, plan: TreePlan, nbytes: int
 ) -> Traffic:

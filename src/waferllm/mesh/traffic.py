@@ -117,6 +117,38 @@ def orient(axis: Axis, line_major: np.ndarray | LineRows) -> np.ndarray | LineRo
     return line_major if axis is Axis.X else line_major.T
 
 
+def one_line(num: int) -> tuple[int, int]:
+    """The grid of a single line of `num` cores along X: where a pattern whose lines are all
+    alike is priced once for every grid with a side of `num`, along either axis (`on_grid`)."""
+    return (1, num)
+
+
+def on_grid(line: Traffic, shape: tuple[int, int], axis: Axis) -> Traffic:
+    """`line`, a step priced on `one_line(P)` along X with every line alike ((1, P) loads), as
+    the same step on every line of a `shape` grid along `axis` (P = shape[axis]): the same
+    arrays (transposed along Y, as `orient` does), each line's bytes and byte-hops times the
+    lines, the same critical message and slack. Exact: a pattern whose lines are alike takes
+    its arrays from the line alone and multiplies its sums (whole bytes below 2**53) by the
+    other side, as `line_traffic` and the closed forms do (tests/mesh/test_line_parts.py
+    compares every pattern so built with the pattern priced on the grid). The step's cycles
+    are the line's: the same loads, hops and stages (no byte, no time: lines >= 1)."""
+    lines = shape[axis.other.tensor_dim]
+    grid = Traffic(
+        device=line.device,
+        shape=shape,
+        critical_hops=line.critical_hops,
+        critical_stages=line.critical_stages,
+        bytes_injected=line.bytes_injected * lines,
+        link_byte_hops=line.link_byte_hops * lines,
+        links={(axis, direction): load for (_, direction), load in line.links.items()},
+        ramp_in=orient(axis, line.ramp_in),
+        ramp_out=orient(axis, line.ramp_out),
+        mean_slack_cycles=line.mean_slack_cycles,
+    )
+    grid.__dict__["cycles"] = line.cycles  # the cached property, already known
+    return grid
+
+
 def line_traffic(
     device: Device,
     shape: tuple[int, int],
