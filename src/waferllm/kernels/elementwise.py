@@ -21,6 +21,7 @@ from waferllm.kernels.vector import (
     SILU_PASSES,
     as_dtype,
     axis_of,
+    charge_small_allreduce,
     charge_vector,
     lead_count,
     plain_layout,
@@ -267,17 +268,16 @@ def _argmax_allreduces_closed(
     axis: Axis,
     algorithm: ReduceAlgorithm,
 ) -> None:
-    """`argmax`'s two allreduces in estimate mode, each given a meta tensor of the walk's
-    shape: one value per token, then the index as two 16-bit words per token."""
-    lead = logits.data.shape[:-1]
+    """`argmax`'s two allreduces in estimate mode, each of the walk's element count: one
+    value per token, then the index as two 16-bit words per token."""
+    tokens = math.prod(logits.data.shape[2:-1])
     for name, words in (("allreduce_max", 1), ("allreduce_index", 2)):
-        small_allreduce(
+        charge_small_allreduce(
             mesh,
-            torch.empty((*lead, words), device="meta"),
             axis=axis,
+            numel=tokens * words,
             ledger=ledger,
             op=f"{op}.{name}",
-            reduce_op=ReduceOp.MAX,
             algorithm=algorithm,
         )
 

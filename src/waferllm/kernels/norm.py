@@ -6,6 +6,8 @@ Legend: T tokens, D hidden, Dt its tile; s storage bytes, F flops/cycle, S SRAM 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from waferllm.errors import WaferError
@@ -15,6 +17,7 @@ from waferllm.kernels.vector import (
     SQUARE_ACC,
     as_dtype,
     axis_of,
+    charge_small_allreduce,
     charge_vector,
     lead_count,
     small_allreduce,
@@ -107,18 +110,17 @@ def _rms_norm_closed(
     algorithm: ReduceAlgorithm,
 ) -> DistTensor:
     """`rms_norm`'s charges in estimate mode from x's tiles' shape: the allreduce of one
-    float32 sum per token (meta), and the output registered like the walk's."""
+    float32 sum per token (its element count), and the output registered like the walk's."""
     shape = x.data.shape
     rows, dt = lead_count(x.data, len(x.layout.shape) - 1), shape[-1]
     charge_vector(mesh, ledger, f"{op}.sum_squares", rows=rows, length=dt, cost=SQUARE_ACC)
     if axis is not None:
-        small_allreduce(
+        charge_small_allreduce(  # one float32 sum per token
             mesh,
-            torch.empty((*shape[:-1], 1), dtype=torch.float32, device="meta"),
             axis=axis,
+            numel=math.prod(shape[2:-1]),
             ledger=ledger,
             op=f"{op}.allreduce",
-            reduce_op=ReduceOp.SUM,
             algorithm=algorithm,
         )
     charge_vector(mesh, ledger, f"{op}.rsqrt", rows=rows, length=1, cost=RSQRT)

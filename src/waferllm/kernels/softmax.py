@@ -24,6 +24,7 @@ from waferllm.kernels.vector import (
     SUM_ACC,
     as_dtype,
     axis_of,
+    charge_small_allreduce,
     charge_vector,
     lead_count,
     small_allreduce,
@@ -93,15 +94,27 @@ def softmax(
             group_sizes=group_sizes,
         )
 
+    def charge_line(numel: int, name: str) -> None:
+        if axis is not None:
+            charge_small_allreduce(
+                mesh,
+                axis=axis,
+                numel=numel,
+                ledger=ledger,
+                op=f"{op}.{name}",
+                algorithm=algorithm,
+                group_sizes=group_sizes,
+            )
+
     closed = mesh.mode is Mode.ESTIMATE and not walk  # from the tile shape alone
     if scale is not None:
         charge_vector(mesh, ledger, f"{op}.scale", rows=rows, length=length, cost=SCALE)
     if mask is not None:
         charge_vector(mesh, ledger, f"{op}.mask", rows=rows, length=length, cost=MASK_SELECT)
     if closed:
-        local = list(scores.data.shape)
-        local[tile_dim] = 1  # one float32 per softmax row
-        _closed_rest(mesh, ledger, op, rows, length, reduce_line, tuple(local))
+        # one float32 per softmax row: the tile's elements over its length along `dim`
+        numel = math.prod(scores.data.shape[2:]) // scores.data.shape[tile_dim]
+        _closed_rest(mesh, ledger, op, rows, length, numel, charge_line)
         return scores.replace(scores.data)
     s = as_dtype(scores.data, torch.float32)
     if scale is not None:
@@ -131,16 +144,16 @@ def _closed_rest(
     op: str,
     rows: int,
     length: int,
-    reduce_line: Callable[[torch.Tensor, ReduceOp, str], torch.Tensor],
-    local: tuple[int, ...],
+    numel: int,
+    charge_line: Callable[[int, str], None],
 ) -> None:
-    """`softmax`'s charges after the scale and the mask, in its order, each allreduce given a
-    meta float32 row vector of `local`'s shape (what the walk's reductions hold)."""
+    """`softmax`'s charges after the scale and the mask, in its order, each allreduce of
+    `numel` elements (the float32 row values the walk's reductions hold)."""
     charge_vector(mesh, ledger, f"{op}.max", rows=rows, length=length, cost=MAX_ACC)
-    reduce_line(torch.empty(local, device="meta"), ReduceOp.MAX, "allreduce_max")
+    charge_line(numel, "allreduce_max")
     charge_vector(mesh, ledger, f"{op}.exp", rows=rows, length=length, cost=EXP_SUB)
     charge_vector(mesh, ledger, f"{op}.sum", rows=rows, length=length, cost=SUM_ACC)
-    reduce_line(torch.empty(local, device="meta"), ReduceOp.SUM, "allreduce_sum")
+    charge_line(numel, "allreduce_sum")
     charge_vector(mesh, ledger, f"{op}.reciprocal", rows=1, length=rows, cost=RECIPROCAL)
     charge_vector(mesh, ledger, f"{op}.normalise", rows=rows, length=length, cost=NORMALISE)
 

@@ -15,8 +15,8 @@ import torch
 
 from waferllm.errors import WaferError
 from waferllm.kernels.gemv import best_ktree_fanouts
-from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp, allreduce
-from waferllm.mesh.comm_groups import segmented_allreduce
+from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp, allreduce, charge_allreduce
+from waferllm.mesh.comm_groups import charge_segmented_allreduce, segmented_allreduce
 from waferllm.mesh.compute import charge_compute, vector_op_cycles
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
@@ -122,8 +122,7 @@ def small_allreduce(
             op=op,
             reduce_op=reduce_op,
         )
-    num = mesh.size(axis)
-    fanouts = best_ktree_fanouts(mesh.device, num) if algorithm is ReduceAlgorithm.KTREE else None
+    root, fanouts = _allreduce_plan(mesh, axis, algorithm)
     return allreduce(
         mesh,
         data,
@@ -131,10 +130,52 @@ def small_allreduce(
         ledger=ledger,
         op=op,
         algorithm=algorithm,
-        root=num // 2 if algorithm is ReduceAlgorithm.PIPELINE else None,
+        root=root,
         fanouts=fanouts,
         reduce_op=reduce_op,
     )
+
+
+def charge_small_allreduce(
+    mesh: Mesh,
+    *,
+    axis: Axis,
+    numel: int,
+    ledger: Ledger,
+    op: str,
+    algorithm: ReduceAlgorithm,
+    group_sizes: Sequence[int] | None = None,
+) -> None:
+    """What `small_allreduce` of tiles of `numel` elements configures (routes) and charges,
+    without data: the estimate-mode closed forms of rms_norm, softmax and argmax build no
+    meta tensor (`comm.charge_allreduce`, `comm_groups.charge_segmented_allreduce`; whatever
+    is reduced, only the tile's element count is priced)."""
+    if group_sizes is not None:
+        sizes = tuple(int(g) for g in group_sizes)
+        charge_segmented_allreduce(
+            mesh, axis=axis, group_sizes=sizes, numel=numel, ledger=ledger, op=op
+        )
+        return
+    root, fanouts = _allreduce_plan(mesh, axis, algorithm)
+    charge_allreduce(
+        mesh,
+        axis=axis,
+        numel=numel,
+        ledger=ledger,
+        op=op,
+        algorithm=algorithm,
+        root=root,
+        fanouts=fanouts,
+    )
+
+
+def _allreduce_plan(
+    mesh: Mesh, axis: Axis, algorithm: ReduceAlgorithm
+) -> tuple[int | None, tuple[int, ...] | None]:
+    """(root, fan-outs) of a small allreduce: the pipeline's middle core, the K-tree's fan-outs."""
+    num = mesh.size(axis)
+    fanouts = best_ktree_fanouts(mesh.device, num) if algorithm is ReduceAlgorithm.KTREE else None
+    return (num // 2 if algorithm is ReduceAlgorithm.PIPELINE else None), fanouts
 
 
 def tile_positions(
