@@ -95,19 +95,25 @@ def owner_map(owners: BlockOwners, rows: int, step: int) -> np.ndarray:
 
 @lru_cache(maxsize=256)
 def step_owners(owners: BlockOwners, rows: int, step: int) -> Owners:
-    """`Owners.of_map(owner_map(owners, rows, step))` without the (R, C) map: row y's owners
-    are its block's owner column in each group (`owners.column[:, block]`, (Ng,)), spread
-    over the group's columns, so two rows have the same owners exactly when their blocks
-    have the same owner column in every group; the distinct rows in order of first
-    appearance and each row's index among them come from the (R, Ng) owner columns
-    (tests/kernels/test_gemm_t.py compares it with the map's for many grids and steps)."""
-    per_row = owners.column[:, block_at(rows, step)].T  # (R, Ng)
-    _, first, inverse = np.unique(per_row, axis=0, return_index=True, return_inverse=True)
+    """The owners of `owner_map(owners, rows, step)` as group rows (`Owners.of_group_rows`),
+    without the (R, C) map: row y's owners are its block's owner column in each group
+    (`owners.column[:, block]`), so two rows have the same owners exactly when their blocks
+    do. A group's owner column grows with the block (floor(j*s/R)), so the blocks of one
+    owner row are a run of consecutive blocks: the runs are numbered along the blocks, each
+    row takes its block's run, and the distinct rows in order of first appearance come from
+    those (R,) numbers (tests/kernels/test_gemm_t_owners.py compares with the map's rows)."""
+    column = owners.column  # (Ng, R), non-decreasing along the blocks
+    new_run = np.concatenate([[True], (column[:, 1:] != column[:, :-1]).any(axis=0)])
+    run_of_block = np.cumsum(new_run) - 1
+    run_starts = np.flatnonzero(new_run)
+    run = run_of_block[block_at(rows, step)]  # (R,): each row's run
+    _, first, inverse = np.unique(run, return_index=True, return_inverse=True)
     order = np.argsort(first)
     rank = np.empty(len(first), dtype=np.int64)
     rank[order] = np.arange(len(first))
-    table = per_row[first[order]][:, owners.group_of]
-    return Owners.of_rows(table, rank[inverse.reshape(-1)])
+    starts = np.cumsum(owners.group_sizes) - np.asarray(owners.group_sizes)
+    offsets = column[:, run_starts[run[first[order]]]].T - starts[None, :]  # (U, Ng)
+    return Owners.of_group_rows(owners.group_sizes, offsets, rank[inverse.reshape(-1)])
 
 
 # ---- the kernel ----------------------------------------------------------------------------------

@@ -41,6 +41,14 @@ class LineRows:
     def max(self, initial: float = -np.inf) -> float:
         return float(self.rows.max(initial=initial))
 
+    def row_peaks(self) -> np.ndarray:
+        """Each distinct row's max."""
+        return self.rows.max(axis=1 - self.axis)
+
+    def scaled(self, factor: int) -> LineRows:
+        """Every load times `factor` (`scale_load`)."""
+        return LineRows(self.rows * float(factor), self.index, self.axis)
+
     def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
         full = np.take(self.rows, self.index, axis=self.axis)
         return full if dtype is None else full.astype(dtype)
@@ -100,9 +108,9 @@ class LinePlus:
 
     def max(self, initial: float = -np.inf) -> float:
         rows = self.rows
-        if rows.rows.size == 0:
+        if 0 in rows.shape:
             return self.summed.max(initial=initial)
-        line_peaks = rows.rows.max(axis=1 - rows.axis)[rows.index] + self.values
+        line_peaks = rows.row_peaks()[rows.index] + self.values
         return float(line_peaks.max(initial=initial))
 
     def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
@@ -163,7 +171,7 @@ def scale_load(load: Load, factor: int) -> Load:
     """`load` with every message `factor` times as large, in the same form (whole bytes below
     2**53 times a whole factor: the products are exact)."""
     if isinstance(load, LineRows):
-        return LineRows(load.rows * float(factor), load.index, load.axis)
+        return load.scaled(factor)
     if isinstance(load, OuterRamp):
         return OuterRamp(load.row * float(factor), load.col * float(factor))
     if isinstance(load, np.ndarray):

@@ -19,6 +19,7 @@ import numpy as np
 
 from waferllm.device import Device
 from waferllm.mesh.geometry import Axis, ring_successor
+from waferllm.mesh.group_patterns import GroupRows, group_chain, group_multicast
 from waferllm.mesh.ktree import TreePlan
 from waferllm.mesh.loads import Load, line_rows
 from waferllm.mesh.traffic import Traffic, line_traffic, on_grid, one_line, orient
@@ -46,7 +47,8 @@ class Owners:
     roots: ArrayKey | None = None
     group_sizes: tuple[int, ...] | None = None
     owner_map: ArrayKey | None = None  # (U, P): the distinct rows of any owner map
-    row_of_line: ArrayKey | None = None  # (L,): each line's row of owner_map
+    row_of_line: ArrayKey | None = None  # (L,): each line's row of owner_map (or offsets)
+    group_offsets: ArrayKey | None = None  # (U, G): each row's owner offset in every group
 
     @classmethod
     def of_roots(cls, num: int, roots: np.ndarray) -> Owners:
@@ -69,17 +71,41 @@ class Owners:
         `of_map` keeps it (a kernel that knows them in closed form skips the (L, P) map)."""
         return cls(table.shape[-1], owner_map=key(table), row_of_line=key(row_of_line))
 
+    @classmethod
+    def of_group_rows(
+        cls, sizes: tuple[int, ...], offsets: np.ndarray, row_of_line: np.ndarray
+    ) -> Owners:
+        """Consecutive groups of `sizes` whose owner differs per row: each distinct row's
+        owner offset inside every group (U, G), distinct rows, and each line's row (L,)
+        (dist-GEMM-T's owner columns: `group_patterns` prices them in closed form)."""
+        return cls(
+            sum(sizes), group_sizes=sizes, group_offsets=key(offsets), row_of_line=key(row_of_line)
+        )
+
+    def group_rows(self) -> GroupRows | None:
+        """The groups and their owner offsets, when given so (`of_group_rows`)."""
+        if self.group_offsets is None or self.group_sizes is None or self.row_of_line is None:
+            return None
+        sizes = np.asarray(self.group_sizes, dtype=np.int64)
+        return GroupRows(sizes, unkey(self.group_offsets), unkey(self.row_of_line))
+
     def rows(self) -> tuple[np.ndarray, np.ndarray]:
         """(U, P) distinct owner rows and the (L,) row of every line."""
         if self.owner_map is not None and self.row_of_line is not None:
             return unkey(self.owner_map), unkey(self.row_of_line)
+        groups = self.group_rows()
+        if groups is not None:
+            starts = np.cumsum(groups.sizes) - groups.sizes
+            table = np.repeat(starts[None, :] + groups.offsets, groups.sizes, axis=1)
+            return table, groups.index
         full = self.array()
         return full, np.arange(full.shape[0])
 
     def array(self) -> np.ndarray:
         """(L, P): the owner of every core."""
-        if self.owner_map is not None and self.row_of_line is not None:
-            return unkey(self.owner_map)[unkey(self.row_of_line)]
+        if self.row_of_line is not None:
+            table, index = self.rows()
+            return table[index]
         if self.roots is not None:
             roots = unkey(self.roots)
             return np.broadcast_to(roots[:, None], (len(roots), self.num))
@@ -210,6 +236,9 @@ def chain_traffic(
 ) -> Traffic:
     """Forward-while-adding chains: every core sends one hop towards its owner (pipeline reduce,
     segmented reduce). Critical path: the farthest core's d hops and d - 1 stages."""
+    groups = owners.group_rows()
+    if groups is not None and nbytes > 0 and owners.num >= 2:
+        return group_chain(device, shape, axis, groups, nbytes)
     table, index = owners.rows()
     num = table.shape[-1]
     small = _narrow(table)
@@ -280,6 +309,9 @@ def multicast_traffic(
     """Every owner sends one multicast stream to each side of the cores it owns (the two sends
     share its ramp, one after the other); every core the stream passes takes it in through its
     ramp (tx = {RAMP, next}). Critical path: the farthest core's hops, no stages."""
+    groups = owners.group_rows()
+    if groups is not None and nbytes > 0:
+        return group_multicast(device, shape, axis, groups, nbytes)
     table, index = owners.rows()
     num = table.shape[-1]
     small = _narrow(table)

@@ -1,0 +1,210 @@
+"""Chains and multicasts within consecutive groups of cores whose owner sits inside the group,
+in closed form: the loads of `patterns.chain_traffic` and `patterns.multicast_traffic` for an
+owner map given as group sizes and each distinct row's owner offsets (dist-GEMM-T's reduces
+and prefill attention's probability multicasts, `Owners.of_group_rows`).
+
+Every load of a core depends only on its group's size s, its owner's offset o and its own
+offset j: the arrays are gathered from small (s, o, j) tables, the sums are per-group sums.
+The patterns' generic paths stay the oracle (tests/mesh/test_group_patterns.py).
+Legend: U distinct rows, L lines, G groups, C cores along the axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import numpy as np
+
+from waferllm.device import Device
+from waferllm.mesh.geometry import Axis
+from waferllm.mesh.loads import LineRows, Load
+from waferllm.mesh.traffic import Traffic, orient
+
+Table = Callable[[np.ndarray, np.ndarray, int], np.ndarray]  # value(o, j, s): (s, s)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GroupRows:
+    """Group sizes (G,), each distinct row's owner offsets in every group (U, G), each line's
+    row (L,); every offset lies inside its group."""
+
+    sizes: np.ndarray
+    offsets: np.ndarray
+    index: np.ndarray
+
+    @functools.cached_property
+    def distinct(self) -> list[int]:
+        return [int(s) for s in np.unique(self.sizes)]
+
+    @functools.cached_property
+    def place(self) -> np.ndarray:
+        """(U, C): every core's place in the flattened (s, o, j) tables of `distinct`, s*s
+        entries each, in order: table s's entry o*s + j."""
+        sizes = self.sizes
+        base = np.cumsum([0] + [s * s for s in self.distinct])[:-1]
+        group_of = np.repeat(np.arange(len(sizes)), sizes)
+        size_of = sizes[group_of]
+        local = np.arange(len(group_of)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        base_of = base[np.searchsorted(self.distinct, size_of)]
+        return (base_of + local)[None, :] + self.offsets[:, group_of] * size_of[None, :]
+
+    @functools.cached_property
+    def peak_place(self) -> np.ndarray:
+        """(U, G): each row's owner offset in every group as a place among the (s, o) rows
+        of the tables of `distinct`, stacked in order."""
+        base = np.cumsum([0] + self.distinct)[:-1]
+        return base[np.searchsorted(self.distinct, self.sizes)][None, :] + self.offsets
+
+    def tables(self, value: Table) -> tuple[np.ndarray, ...]:
+        """`value(o, j, s)` as a float64 (s, s) table for each distinct size s."""
+        out = []
+        for s in self.distinct:
+            o, j = np.arange(s)[:, None], np.arange(s)[None, :]
+            out.append(np.broadcast_to(value(o, j, s), (s, s)).astype(np.float64))
+        return tuple(out)
+
+    def loads(self, value: Table, cut: slice = slice(None)) -> np.ndarray | TableRows:
+        """Every line's loads, `value(o, j, s)` at each core (the columns `cut`): the (U, C)
+        rows themselves when every line has its own row in order (as `loads.line_rows`),
+        else kept as tables (`TableRows`)."""
+        tables = self.tables(value)
+        assert all((t >= 0).all() for t in tables)  # loads: `TableRows.row_peaks` relies on it
+        cores = range(int(self.sizes.sum()))
+        for group, j in ((0, 0), (-1, -1)):  # a link array's first or last core carries 0
+            if cores[j] not in cores[cut]:
+                assert not tables[self.distinct.index(int(self.sizes[group]))][:, j].any()
+        rows = TableRows(self, tables, cut, 0)
+        if len(self.index) == len(self.offsets) and np.array_equal(
+            self.index, np.arange(len(self.index))
+        ):
+            return rows.rows
+        return rows
+
+    def per_row(self, values: np.ndarray) -> int:
+        """The sum over every line of a per-(row, group) count (U, G)."""
+        return int(values.sum(axis=1, dtype=np.int64)[self.index].sum())
+
+    @property
+    def far(self) -> int:
+        """The farthest core from its owner: max(o, s - 1 - o) over rows and groups."""
+        return int(np.maximum(self.offsets, self.sizes - 1 - self.offsets).max(initial=0))
+
+
+class TableRows(LineRows):
+    """`LineRows` whose distinct rows are gathered from per-group-size tables (the (s, s)
+    loads of a core by its owner's offset o and its own offset j; `cut` keeps some columns:
+    a link array drops the first or the last core). The max and each row's max come from
+    the tables (a max of the same floats: exact), so a step priced alone or beside a step
+    along the other axis (`LinePlus`) never gathers the (U, C) rows; anything else does."""
+
+    def __init__(
+        self, groups: GroupRows, tables: tuple[np.ndarray, ...], cut: slice, axis: int
+    ) -> None:
+        self.groups, self.tables, self.cut = groups, tables, cut
+        self.index, self.axis = groups.index, axis
+
+    @functools.cached_property
+    def rows(self) -> np.ndarray:  # type: ignore[override]
+        flat = np.concatenate([t.ravel() for t in self.tables])
+        full = np.ascontiguousarray(flat[self.groups.place[:, self.cut]])
+        return full if self.axis == 0 else full.T
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        width = len(range(int(self.groups.sizes.sum()))[self.cut])
+        lines = len(self.index)
+        return (lines, width) if self.axis == 0 else (width, lines)
+
+    @property
+    def T(self) -> TableRows:  # noqa: N802 (numpy's name)
+        return TableRows(self.groups, self.tables, self.cut, 1 - self.axis)
+
+    def row_peaks(self) -> np.ndarray:
+        """(U,): each distinct row's max, the largest of its groups' table row maxima (a cut
+        core's load is 0 and every load >= 0: `GroupRows.loads` checks, so the whole tables'
+        maxima are the kept columns')."""
+        peaks = np.concatenate([t.max(axis=1) for t in self.tables])
+        return peaks[self.groups.peak_place].max(axis=1)
+
+    def max(self, initial: float = -np.inf) -> float:
+        return float(self.row_peaks().max(initial=initial))
+
+    def scaled(self, factor: int) -> TableRows:
+        return TableRows(
+            self.groups, tuple(t * float(factor) for t in self.tables), self.cut, self.axis
+        )
+
+
+def group_multicast(
+    device: Device, shape: tuple[int, int], axis: Axis, rows: GroupRows, nbytes: int
+) -> Traffic:
+    """`multicast_traffic` of these owners (nbytes > 0): each owner streams to both ends of
+    its group; a core past its owner loads the link behind it, one before it the link ahead;
+    every core but the owner takes the stream in; the owner sends one stream per side it has
+    cores on. Run ends: the group's first core when o > 0, its last when o < s - 1, each
+    d hops away (d = o, s - 1 - o: s - 1 byte-hops per group). Slack: the mean over every
+    core of the farthest hops minus its own, sum(d) per group = o(o+1)/2 + (s-1-o)(s-o)/2."""
+    size, sizes, offs = float(nbytes), rows.sizes, rows.offsets
+    hops, lines, num = rows.far, len(rows.index), int(sizes.sum())
+    left_hops, right_hops = offs, sizes - 1 - offs
+    dist_sum = left_hops * (left_hops + 1) // 2 + right_hops * (right_hops + 1) // 2
+    behind = hops * num * lines - rows.per_row(dist_sum)
+    ends = rows.per_row((left_hops > 0).astype(np.int64) + (right_hops > 0))
+    end_hops = rows.per_row(np.broadcast_to(sizes - 1, offs.shape))
+    scale = shape[axis.other.tensor_dim] if lines == 1 else 1
+    links: dict[tuple[Axis, int], Load] = {}
+    if (right_hops > 0).any():  # some core past its owner: link i carries core i+1's
+        links[(axis, +1)] = rows.loads(lambda o, j, s: np.where(j > o, size, 0.0), slice(1, None))
+    if (left_hops > 0).any():
+        links[(axis, -1)] = rows.loads(lambda o, j, s: np.where(j < o, size, 0.0), slice(-1))
+    ramp_in = rows.loads(lambda o, j, s: np.where(j != o, size, 0.0))
+    sends = rows.loads(lambda o, j, s: (j == o) * ((o > 0) * 1.0 + (o < s - 1)) * nbytes)
+    return Traffic(
+        device=device,
+        shape=shape,
+        critical_hops=hops,
+        critical_stages=0,
+        bytes_injected=ends * nbytes * scale,
+        link_byte_hops=end_hops * nbytes * scale,
+        links=links,
+        ramp_in=orient(axis, ramp_in),
+        ramp_out=orient(axis, sends),
+        mean_slack_cycles=device.hop_latency_cycles * float(behind / (lines * num)),
+    )
+
+
+def group_chain(
+    device: Device, shape: tuple[int, int], axis: Axis, rows: GroupRows, nbytes: int
+) -> Traffic:
+    """`chain_traffic` of these owners (nbytes > 0, 2+ cores): every core but the owner sends
+    its partial one hop towards it (forward before it, backward past it); a core takes in its
+    neighbours' partials that move towards it: the one before it when that lies before its
+    owner, the one past it likewise. d hops and d - 1 stages for the farthest core."""
+    size, far = float(nbytes), rows.far
+    sizes, offs, lines = rows.sizes, rows.offsets, len(rows.index)
+    links: dict[tuple[Axis, int], Load] = {}
+    if (offs > 0).any():  # some core before its owner: link i carries core i's forward
+        links[(axis, +1)] = rows.loads(lambda o, j, s: np.where(j < o, size, 0.0), slice(-1))
+    if (offs < sizes - 1).any():
+        links[(axis, -1)] = rows.loads(lambda o, j, s: np.where(j > o, size, 0.0), slice(1, None))
+    # core j takes in j-1's forward (j-1 < o) and j+1's backward (j+1 > o), within the group
+    ramp_in = rows.loads(
+        lambda o, j, s: ((j >= 1) & (j - 1 < o)) * size + ((j <= s - 2) & (j + 1 > o)) * size
+    )
+    senders = rows.per_row(np.broadcast_to(sizes - 1, offs.shape))
+    scale = shape[axis.other.tensor_dim] if lines == 1 else 1
+    injected = senders * nbytes * scale
+    ramp_out = rows.loads(lambda o, j, s: np.where(j != o, size, 0.0))
+    return Traffic(
+        device=device,
+        shape=shape,
+        critical_hops=far,
+        critical_stages=max(far - 1, 0),
+        bytes_injected=injected,
+        link_byte_hops=injected,
+        links=links,
+        ramp_in=orient(axis, ramp_in),
+        ramp_out=orient(axis, ramp_out),
+    )

@@ -1,0 +1,80 @@
+"""Chains and multicasts to owners given as group offsets (`group_patterns`) equal the
+patterns' generic pricing of the same owner map (its distinct rows and each line's row):
+every field, every array, the cycles, for dist-GEMM-T's owners on square and rectangular
+grids, along either axis, at several sizes, and for random offsets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from helpers.closed_forms import assert_same_traffic
+
+from waferllm.device import tiny, wse2
+from waferllm.kernels.gemm_t import block_owners, step_owners
+from waferllm.mesh import Axis
+from waferllm.mesh.loads import LineRows
+from waferllm.mesh.patterns import Owners, chain_traffic, multicast_traffic
+
+GRIDS = [  # (rows, group sizes along the columns)
+    (4, (4,)),
+    (7, (1, 1, 1, 1)),
+    (5, (3, 3)),
+    (11, (2, 3, 2, 3)),
+    (36, (5, 4, 5, 4, 5, 4, 5, 4)),
+    (60, (8,) * 8),
+    (72, (9, 8) * 4),
+    (97, (13, 12, 12, 13)),
+    (2, (1,) * 6),
+]
+
+
+def _same_as_generic(owners: Owners, shape, axis, nbytes, dev) -> None:  # type: ignore[no-untyped-def]
+    generic = Owners.of_rows(*owners.rows())
+    for pattern in (chain_traffic, multicast_traffic):
+        got = pattern.__wrapped__(dev, shape, axis, owners, nbytes)
+        want = pattern.__wrapped__(dev, shape, axis, generic, nbytes)
+        assert_same_traffic(got, want)
+        assert list(got.links) == list(want.links)
+        for name in ("ramp_in", "ramp_out"):
+            mine, theirs = getattr(got, name), getattr(want, name)
+            assert isinstance(mine, LineRows) == isinstance(theirs, LineRows)
+            # beside a step along the other axis (one value per line), scaled, transposed
+            per_line = np.arange(mine.shape[1 - axis.tensor_dim], dtype=float) * 7.0
+            per_line = per_line[:, None] if axis is Axis.X else per_line[None, :]
+            assert (mine + per_line).max(initial=0.0) == (theirs + per_line).max(initial=0.0)
+            np.testing.assert_array_equal(np.asarray(mine + per_line), theirs + per_line)
+            np.testing.assert_array_equal(np.asarray(mine.T), np.asarray(theirs).T)
+        assert_same_traffic(got.scaled(3), want.scaled(3))
+
+
+@pytest.mark.parametrize(("rows", "sizes"), GRIDS)
+@pytest.mark.parametrize("storage", ["float16", "float32"])
+def test_dist_gemm_t_owners_price_as_their_owner_map(rows, sizes, storage):
+    dev = dataclasses.replace(wse2(), storage_dtype=storage)
+    owners = block_owners(sizes, rows)
+    cols = sum(sizes)
+    for step in sorted({0, 1, rows // 2}):
+        group = step_owners(owners, rows, step)
+        for nbytes in (1, 96 * dev.storage_bytes, 4099):
+            _same_as_generic(group, (rows, cols), Axis.X, nbytes, dev)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_group_offsets_price_as_their_owner_map(seed):
+    rng = np.random.default_rng(seed)
+    sizes = tuple(int(s) for s in rng.integers(1, 7, int(rng.integers(1, 6))))
+    distinct = int(rng.integers(1, 5))
+    offsets = np.stack([rng.integers(0, sizes) for _ in range(distinct)])
+    other = int(rng.integers(1, 9))
+    lines = (1, other)[seed % 2]
+    index = np.concatenate([np.arange(distinct), rng.integers(0, distinct, 40)])[:lines]
+    if lines < distinct:  # every distinct row is some line's
+        offsets, index = offsets[:lines], np.arange(lines)
+    owners = Owners.of_group_rows(sizes, offsets, index)
+    for axis in (Axis.X, Axis.Y):
+        num = sum(sizes)
+        shape = (other, num) if axis is Axis.X else (num, other)
+        for nbytes in (1, int(rng.integers(2, 5000))):
+            _same_as_generic(owners, shape, axis, nbytes, tiny())
