@@ -39,30 +39,43 @@ class GroupRows:
         return [int(s) for s in np.unique(self.sizes)]
 
     @functools.cached_property
+    def _used(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """(for each distinct size, the owner offsets its groups use, sorted; (U, G): each
+        row's offset in every group as its rank among its size's)."""
+        used, rank = [], np.empty(self.offsets.shape, dtype=np.int64)
+        for s in self.distinct:
+            mine = self.sizes == s
+            used.append(np.unique(self.offsets[:, mine]))
+            rank[:, mine] = np.searchsorted(used[-1], self.offsets[:, mine])
+        return used, rank
+
+    @functools.cached_property
     def place(self) -> np.ndarray:
-        """(U, C): every core's place in the flattened (s, o, j) tables of `distinct`, s*s
-        entries each, in order: table s's entry o*s + j."""
-        sizes = self.sizes
-        base = np.cumsum([0] + [s * s for s in self.distinct])[:-1]
+        """(U, C): every core's place in the flattened tables of `tables`, one (n, s) table
+        per distinct size s (its n used offsets by its s cores), in order."""
+        sizes, (used, rank) = self.sizes, self._used
+        base = np.cumsum([0] + [len(u) * s for u, s in zip(used, self.distinct, strict=True)])
         group_of = np.repeat(np.arange(len(sizes)), sizes)
         size_of = sizes[group_of]
         local = np.arange(len(group_of)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        base_of = base[np.searchsorted(self.distinct, size_of)]
-        return (base_of + local)[None, :] + self.offsets[:, group_of] * size_of[None, :]
+        base_of = base[:-1][np.searchsorted(self.distinct, size_of)]
+        return (base_of + local)[None, :] + rank[:, group_of] * size_of[None, :]
 
     @functools.cached_property
     def peak_place(self) -> np.ndarray:
-        """(U, G): each row's owner offset in every group as a place among the (s, o) rows
-        of the tables of `distinct`, stacked in order."""
-        base = np.cumsum([0] + self.distinct)[:-1]
-        return base[np.searchsorted(self.distinct, self.sizes)][None, :] + self.offsets
+        """(U, G): each row's owner offset in every group as a place among the tables' rows,
+        stacked in order."""
+        used, rank = self._used
+        base = np.cumsum([0] + [len(u) for u in used])[:-1]
+        return base[np.searchsorted(self.distinct, self.sizes)][None, :] + rank
 
     def tables(self, value: Table) -> tuple[np.ndarray, ...]:
-        """`value(o, j, s)` as a float64 (s, s) table for each distinct size s."""
+        """`value(o, j, s)` as a float64 (n, s) table for each distinct size s, over the n
+        owner offsets o its groups use and every core offset j."""
         out = []
-        for s in self.distinct:
-            o, j = np.arange(s)[:, None], np.arange(s)[None, :]
-            out.append(np.broadcast_to(value(o, j, s), (s, s)).astype(np.float64))
+        for s, used in zip(self.distinct, self._used[0], strict=True):
+            o, j = used[:, None], np.arange(s)[None, :]
+            out.append(np.broadcast_to(value(o, j, s), (len(used), s)).astype(np.float64))
         return tuple(out)
 
     def loads(self, value: Table, cut: slice = slice(None)) -> np.ndarray | TableRows:
