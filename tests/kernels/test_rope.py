@@ -95,3 +95,42 @@ def test_rope_rejects_tables_that_do_not_match_the_slices():
     qd = mesh.scatter(torch.randn(2, 6), Layout((2, 6), x_dim=1), "q")
     with pytest.raises(WaferError, match="even slice"):
         rope(mesh, x=qd, cos=cd, sin=cd, ledger=Ledger())
+
+
+ROPES = [  # (tokens, kv heads per core, query heads per kv head or None, slots, prefill)
+    (13, 2, 3, 4, True),
+    (13, 2, None, 4, True),
+    (2, 2, 3, 4, False),
+    (3, 1, None, 6, False),
+]
+
+
+@pytest.mark.parametrize("grid", [(4, 4), (3, 2), (1, 4), (4, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rope_in_estimate_mode_charges_and_gives_what_its_walk_does(grid, dtype):
+    """The estimate's RoPE without the rotation's meta ops: the same records, SRAM, routes
+    and output tensor (shape, dtype, layout) as the walk on meta tiles."""
+    from helpers.closed_forms import assert_same_runs
+
+    from waferllm.mesh import Mode
+
+    compared = 0
+    for tokens, kv, n_rep, slots, prefill in ROPES:
+        cols = grid[1]
+        x_shape = (tokens, cols * kv, *((n_rep,) if n_rep else ()), slots)
+        t_shape = (tokens, cols * slots)
+        dims = dict(y_dim=0, x_dim=1) if prefill else dict(x_dim=1)
+        runs = []
+        for walk in (True, False):
+            mesh = _mesh(*grid, mode=Mode.ESTIMATE)
+            x = mesh.scatter(torch.empty(x_shape, device="meta"), Layout(x_shape, **dims), "x")
+            x = x.replace(x.data.to(dtype))  # tiles in this dtype (scatter gives float32)
+            tables = [
+                mesh.scatter(torch.empty(t_shape, device="meta"), Layout(t_shape, **dims), name)
+                for name in ("cos", "sin")
+            ]
+            ledger = Ledger()
+            out = rope(mesh, x=x, cos=tables[0], sin=tables[1], ledger=ledger, walk=walk)
+            runs.append((ledger, mesh, out))
+        compared += assert_same_runs(runs)
+    assert compared == len(ROPES)

@@ -22,7 +22,7 @@ from waferllm.kernels.vector import (
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.tensor import DistTensor
-from waferllm.mesh.virtual import Mesh
+from waferllm.mesh.virtual import Mesh, Mode
 
 
 def rope(
@@ -33,6 +33,7 @@ def rope(
     sin: DistTensor,
     ledger: Ledger,
     op: str = "rope",
+    walk: bool = False,
 ) -> DistTensor:
     """Rotate q or k in place: x*cos + rotate_half(x)*sin on every core's slice, in x's dtype.
 
@@ -40,6 +41,8 @@ def rope(
     second halves: `heads.HeadLayout`), e.g. [T, n_rep, S]; cos/sin tiles [*T, S] in the
     same order, broadcast over x's extra (head) dims. No communication.
     Cost: R instructions of S, R = x's other tile entries: R*max(floor, 3S/F, 4S*s/S_bw).
+    Estimate mode gives the rotated tiles' shape and dtype without the rotation's ops unless
+    `walk` (the oracle: the same records and output, tests/kernels/test_rope.py).
     """
     size = x.tile_shape[-1]
     for table in (cos, sin):
@@ -59,9 +62,14 @@ def rope(
     signs = _rotation_signs(size, data.dtype, data.device.type)
 
     def rotated(data: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        if closed:  # what the ops below give meta tiles: the broadcast shape, x's dtype
+            shape = torch.broadcast_shapes(data.shape, cos.shape, sin.shape)
+            return torch.empty(shape, dtype=data.dtype, device="meta")
         # rotate_half(x) * sin = [x2, x1] * ([-1, 1] * sin): (-a)*b and a*(-b) are the same
         swapped = data.roll(size // 2, dims=-1)
         return data * cos + swapped * (sin * signs)
+
+    closed = mesh.mode is Mode.ESTIMATE and not walk
 
     charge_vector(mesh, ledger, op, rows=lead_count(data, -1), length=size, cost=ROTATE)
     return x.replace(on_replicas(rotated, data, aligned(cos), aligned(sin)))
