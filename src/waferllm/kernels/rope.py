@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from waferllm.errors import WaferError
@@ -63,7 +64,7 @@ def rope(
 
     def rotated(data: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         if closed:  # what the ops below give meta tiles: the broadcast shape, x's dtype
-            shape = torch.broadcast_shapes(data.shape, cos.shape, sin.shape)
+            shape = np.broadcast_shapes(data.shape, cos.shape, sin.shape)  # not torch: sympy
             return torch.empty(shape, dtype=data.dtype, device="meta")
         # rotate_half(x) * sin = [x2, x1] * ([-1, 1] * sin): (-a)*b and a*(-b) are the same
         swapped = data.roll(size // 2, dims=-1)
