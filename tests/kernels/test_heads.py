@@ -30,3 +30,34 @@ def test_a_layout_of_groups_of_two_sizes_holds_every_value_dim_once_per_group():
         np.testing.assert_array_equal(
             heads.first_vdim[start : start + size], np.cumsum(dims) - dims
         )
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_surplus_taken_at_once_equals_taking_it_one_dim_at_a_time(seed):
+    """`_surplus_taken` (a merge of every column's decreasing fullness) against the walk that
+    gives one dim at a time from the fullest column, on random groups and on the layouts'
+    own splits (ties included: equal columns)."""
+    from waferllm.kernels.heads import _surplus_taken, _surplus_taken_walk
+
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(1, 90))
+    k_slots = int(rng.integers(1, 20))
+    k = rng.integers(0, k_slots + 1, size) if seed % 3 else np.full(size, k_slots)
+    v = rng.integers(0, k_slots + 1, size)
+    surplus = int(rng.integers(0, int(v.sum()) + 1))
+    want = _surplus_taken_walk(k, v, k_slots, surplus)
+    np.testing.assert_array_equal(_surplus_taken(k, v, k_slots, surplus), want)
+    assert int(want.sum()) == surplus
+    for cols in (size, size + 1):
+        head_dim = 2 * int(rng.integers(8, 80))
+        split = tuple(int(x) for x in split_sizes(head_dim // 2, cols))
+        k2 = 2 * np.asarray(split)
+        budget = max(-(-2 * head_dim // cols), int(k2.max()))
+        slots = int(k2.max())
+        while np.minimum(budget - k2, slots).sum() < head_dim:
+            budget += 1
+        v2 = np.minimum(budget - k2, slots)
+        extra = int(v2.sum()) - head_dim
+        np.testing.assert_array_equal(
+            _surplus_taken(k2, v2, slots, extra), _surplus_taken_walk(k2, v2, slots, extra)
+        )

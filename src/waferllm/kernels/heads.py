@@ -13,6 +13,7 @@ v head-dim slots.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from functools import lru_cache
 
 import numpy as np
@@ -54,9 +55,10 @@ class HeadLayout:
     def head_slots(self) -> int:
         return 2 * self.pairs_per_tile
 
-    @property
+    @functools.cached_property
     def value_slots(self) -> int:
-        """Hv: the v (and attention output) slots of a column's tile, the widest column's."""
+        """Hv: the v (and attention output) slots of a column's tile, the widest column's
+        (computed once: walks ask it thousands of times; the layout is never changed)."""
         return int(self.num_vdims.max())
 
     @property
@@ -201,18 +203,39 @@ def _value_dims(num_pairs: tuple[int, ...], head_dim: int, k_slots: int) -> np.n
     slots together), v never wider than k's tile (`k_slots`, so the attention's instruction
     counts never exceed those of v padded like k); T the smallest budget, at least ceil(2 hd /
     s) and the widest column's k, whose columns hold hd value dims. The surplus is taken one
-    dim at a time from the fullest columns (most k and v slots, then most v). Cached: pure
-    in its arguments (read only; callers concatenate it)."""
+    dim at a time from the fullest columns (most k and v slots, then most v; the first on a
+    tie): `_surplus_taken` finds those takes at once. Cached: pure in its arguments (read
+    only; callers concatenate it)."""
     k = 2 * np.asarray(num_pairs, dtype=np.int64)
     budget = max(-(-2 * head_dim // len(k)), int(k.max()))
     while np.minimum(budget - k, k_slots).sum() < head_dim:
         budget += 1
     v = np.minimum(budget - k, k_slots)
-    for _ in range(int(v.sum()) - head_dim):
-        fullest = np.where(v > 0, (k + v) * (k_slots + 1) + v, -1)
-        v[int(np.argmax(fullest))] -= 1
+    v = v - _surplus_taken(k, v, k_slots, int(v.sum()) - head_dim)
     v.setflags(write=False)
     return v
+
+
+def _surplus_taken(k: np.ndarray, v: np.ndarray, k_slots: int, surplus: int) -> np.ndarray:
+    """How many dims each column gives up when, `surplus` times, the column of v > 0 with the
+    largest fullness (k + v)(k_slots + 1) + v (the first on a tie) gives one: a column's
+    fullness drops by k_slots + 2 with each dim it gives, so the takes are the `surplus`
+    largest of every column's successive fullnesses, ties to the first column (a merge of
+    decreasing runs: the one-at-a-time walk, `_surplus_taken_walk`, is its test oracle)."""
+    column = np.repeat(np.arange(len(v)), v)
+    step = np.arange(len(column)) - np.repeat(np.cumsum(v) - v, v)  # dims given before
+    fullness = ((k + v) * (k_slots + 1) + v)[column] - step * (k_slots + 2)
+    order = np.lexsort((column, -fullness))[:surplus]
+    return np.bincount(column[order], minlength=len(v))
+
+
+def _surplus_taken_walk(k: np.ndarray, v: np.ndarray, k_slots: int, surplus: int) -> np.ndarray:
+    """`_surplus_taken` one dim at a time (its oracle)."""
+    left = v.copy()
+    for _ in range(surplus):
+        fullest = np.where(left > 0, (k + left) * (k_slots + 1) + left, -1)
+        left[int(np.argmax(fullest))] -= 1
+    return v - left
 
 
 def gather_rows(w: torch.Tensor, index: np.ndarray) -> torch.Tensor:
