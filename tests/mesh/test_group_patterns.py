@@ -78,3 +78,23 @@ def test_random_group_offsets_price_as_their_owner_map(seed):
         shape = (other, num) if axis is Axis.X else (num, other)
         for nbytes in (1, int(rng.integers(2, 5000))):
             _same_as_generic(owners, shape, axis, nbytes, tiny())
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_multicast_from_one_root_on_every_line_prices_as_its_owner_map(seed):
+    rng = np.random.default_rng(200 + seed)
+    num, other = int(rng.integers(1, 30)), int(rng.integers(1, 7))
+    roots = sorted({0, num - 1, num // 2, int(rng.integers(0, num))})
+    for root in roots:
+        owners = Owners.of_roots(num, np.array([root]))
+        for axis in (Axis.X, Axis.Y):
+            shape = (other, num) if axis is Axis.X else (num, other)
+            for nbytes in (1, int(rng.integers(2, 5000))):
+                dev = (tiny(), wse2())[seed % 2]
+                got = multicast_traffic.__wrapped__(dev, shape, axis, owners, nbytes)
+                generic = Owners.of_rows(*owners.rows())
+                want = multicast_traffic.__wrapped__(dev, shape, axis, generic, nbytes)
+                assert_same_traffic(got, want)
+                assert list(got.links) == list(want.links)
+                for name in ("ramp_in", "ramp_out"):
+                    assert type(getattr(got, name)) is type(getattr(want, name))

@@ -221,3 +221,36 @@ def group_chain(
         ramp_in=orient(axis, ramp_in),
         ramp_out=orient(axis, ramp_out),
     )
+
+
+def root_multicast(
+    device: Device, shape: tuple[int, int], axis: Axis, root: int, nbytes: int
+) -> Traffic:
+    """`multicast_traffic` from one `root` on every line (nbytes > 0): `group_multicast` of
+    one group of the whole line, written for that one row ((1, P) loads, a few array ops: a
+    new grid's broadcasts and allreduces price many)."""
+    num, size = shape[axis.tensor_dim], float(nbytes)
+    left, right = root, num - 1 - root
+    pos = np.arange(num)
+    hops = max(left, right)
+    behind = hops * num - (left * (left + 1) // 2 + right * (right + 1) // 2)
+    lines = shape[axis.other.tensor_dim]
+    links: dict[tuple[Axis, int], Load] = {}
+    if right > 0:  # link i carries the stream to core i+1 past the root
+        links[(axis, +1)] = np.where(pos[None, 1:] > root, size, 0.0)
+    if left > 0:
+        links[(axis, -1)] = np.where(pos[None, :-1] < root, size, 0.0)
+    sends = np.zeros((1, num))
+    sends[0, root] = float((left > 0) + (right > 0))
+    return Traffic(
+        device=device,
+        shape=shape,
+        critical_hops=hops,
+        critical_stages=0,
+        bytes_injected=((left > 0) + (right > 0)) * nbytes * lines,
+        link_byte_hops=(left + right) * nbytes * lines,
+        links=links,
+        ramp_in=orient(axis, np.where(pos[None, :] != root, size, 0.0)),
+        ramp_out=orient(axis, sends * size),
+        mean_slack_cycles=device.hop_latency_cycles * float(behind / num),
+    )

@@ -19,7 +19,7 @@ import numpy as np
 
 from waferllm.device import Device
 from waferllm.mesh.geometry import Axis, ring_successor
-from waferllm.mesh.group_patterns import GroupRows, group_chain, group_multicast
+from waferllm.mesh.group_patterns import GroupRows, group_chain, group_multicast, root_multicast
 from waferllm.mesh.ktree import TreePlan
 from waferllm.mesh.loads import Load, line_rows
 from waferllm.mesh.traffic import Traffic, line_traffic, on_grid, one_line, orient
@@ -309,6 +309,8 @@ def multicast_traffic(
     """Every owner sends one multicast stream to each side of the cores it owns (the two sends
     share its ramp, one after the other); every core the stream passes takes it in through its
     ramp (tx = {RAMP, next}). Critical path: the farthest core's hops, no stages."""
+    if owners.roots is not None and owners.roots[0] == (1,) and nbytes > 0:
+        return root_multicast(device, shape, axis, int(unkey(owners.roots)[0]), nbytes)
     groups = owners.group_rows()
     if groups is not None and nbytes > 0:
         return group_multicast(device, shape, axis, groups, nbytes)
