@@ -133,6 +133,8 @@ def on_grid(line: Traffic, shape: tuple[int, int], axis: Axis) -> Traffic:
     compares every pattern so built with the pattern priced on the grid). The step's cycles
     are the line's: the same loads, hops and stages (no byte, no time: lines >= 1)."""
     lines = shape[axis.other.tensor_dim]
+    ramp_in, ramp_out = line.ramp_in, line.ramp_out
+    assert isinstance(ramp_in, np.ndarray) and isinstance(ramp_out, np.ndarray)  # one line
     grid = Traffic(
         device=line.device,
         shape=shape,
@@ -141,8 +143,8 @@ def on_grid(line: Traffic, shape: tuple[int, int], axis: Axis) -> Traffic:
         bytes_injected=line.bytes_injected * lines,
         link_byte_hops=line.link_byte_hops * lines,
         links={(axis, direction): load for (_, direction), load in line.links.items()},
-        ramp_in=orient(axis, line.ramp_in),
-        ramp_out=orient(axis, line.ramp_out),
+        ramp_in=orient(axis, ramp_in),
+        ramp_out=orient(axis, ramp_out),
         mean_slack_cycles=line.mean_slack_cycles,
     )
     grid.__dict__["cycles"] = line.cycles  # the cached property, already known
