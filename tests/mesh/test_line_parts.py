@@ -1,4 +1,4 @@
-"""Patterns whose lines are all alike are priced once per line length (`patterns.per_line`)
+"""Patterns whose lines are all alike are priced once per line length (`pattern_cache.per_line`)
 and put on each grid by `traffic.on_grid`: the same Traffic, field for field and array for
 array, as the pattern priced on that grid, along both axes of square and rectangular grids,
 whatever grid the line was first priced on."""

@@ -255,7 +255,7 @@ def test_a_read_only_owner_map_is_grouped_once_and_a_writable_one_every_time():
 @pytest.mark.parametrize("seed", range(10))
 @pytest.mark.parametrize("axis", [Axis.X, Axis.Y])
 def test_patterns_priced_per_byte_and_scaled_equal_the_pattern_priced_at_each_size(seed, axis):
-    """`patterns.per_byte`: chains, multicasts (runs reaching their owners or cut off from
+    """`pattern_cache.per_byte`: chains, multicasts (runs reaching their owners or cut off from
     them, one line or many) and K-tree reduces, each at several sizes after its 1-byte
     pricing is cached, against the plain pattern at that size: every field and array."""
     from waferllm.mesh.ktree import best_fanouts, tree_plan

@@ -1,7 +1,9 @@
 """The traffic of each communication pattern along one axis: who sends how many bytes to whom.
 
-Patterns depend only on shapes, so they are cached and cost the same in functional and estimate
-mode; `comm` moves the data and charges them, `traffic` prices them (SPEC.md §10.6). Arrays come
+Patterns depend only on shapes, so they are cached (`pattern_cache`: per line length, per byte)
+and cost the same in functional and estimate mode; `comm` moves the data and charges them,
+`traffic` prices them (SPEC.md §10.6), `group_patterns` has closed forms for owners inside
+consecutive groups. Arrays come
 as hashable keys (`key`/`unkey`). `Owners` says, for every core, the core its line's data
 converges to or comes from (a root per line, or the middle of each group of consecutive cores).
 Legend: P cores along the axis, L lines (1 when every line is alike).
@@ -10,8 +12,6 @@ Legend: P cores along the axis, L lines (1 when every line is alike).
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -22,7 +22,8 @@ from waferllm.mesh.geometry import Axis, ring_successor
 from waferllm.mesh.group_patterns import GroupRows, group_chain, group_multicast, root_multicast
 from waferllm.mesh.ktree import TreePlan
 from waferllm.mesh.loads import Load, line_rows
-from waferllm.mesh.traffic import Traffic, line_traffic, on_grid, one_line, orient
+from waferllm.mesh.pattern_cache import per_byte, per_line
+from waferllm.mesh.traffic import Traffic, line_traffic, orient
 
 ArrayKey = tuple[tuple[int, ...], bytes]
 
@@ -129,78 +130,6 @@ def distinct_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(first) < lines and not np.array_equal(table[index], array):
         return array, np.arange(lines)
     return table, index
-
-
-Pattern = Callable[[Device, tuple[int, int], Axis, Any, int], Traffic]
-
-
-def per_line(maxsize: int, alike: Callable[[Any], bool]) -> Callable[[Pattern], Pattern]:
-    """Cache a pattern `f(device, shape, axis, what, nbytes)` per call and, when `alike(what)`
-    (every line the same: one root, a K-tree, groups, one owner row), per line: priced once
-    on `traffic.one_line(P)` and put on any grid with a side of P along either axis by
-    `traffic.on_grid` (exact: the line's arrays do not depend on the other side, its sums
-    scale with it). A square grid's X and Y patterns are then one pricing, and a new grid
-    sharing a side with a grid already priced (a decode side seen as a prefill side) reuses
-    it. The line cache's key (device, P, what, nbytes) is all the pattern reads of a line.
-    `__wrapped__` is the plain pattern (no cache)."""
-
-    def wrap(pattern: Pattern) -> Pattern:
-        line = lru_cache(maxsize=maxsize)(_on_one_line(pattern))
-
-        @lru_cache(maxsize=maxsize)
-        def priced(
-            device: Device, shape: tuple[int, int], axis: Axis, what: Any, nbytes: int
-        ) -> Traffic:
-            if alike(what):
-                return on_grid(line(device, shape[axis.tensor_dim], what, nbytes), shape, axis)
-            return pattern(device, shape, axis, what, nbytes)
-
-        functools.update_wrapper(priced, pattern)
-        priced.__wrapped__ = pattern  # type: ignore[attr-defined]
-        return priced  # type: ignore[return-value]
-
-    return wrap
-
-
-def _on_one_line(pattern: Pattern) -> Callable[[Device, int, Any, int], Traffic]:
-    def line(device: Device, num: int, what: Any, nbytes: int) -> Traffic:
-        return pattern(device, one_line(num), Axis.X, what, nbytes)
-
-    return line
-
-
-def per_byte(maxsize: int, alike: Callable[[Any], bool]) -> Callable[[Pattern], Pattern]:
-    """`per_line`, and below it per byte: a call with `nbytes` > 0 scales the pattern priced
-    once at 1 byte (`Traffic.scaled`). Exact: every load, byte count and byte-hop is a whole
-    multiple of the message size, the paths taken are those of any positive size, and the
-    hops do not depend on it (tests/mesh/test_traffic_closed_forms.py compares every pattern
-    at many sizes). The same pattern at another size (an attention re-walked at another cache
-    width, a block of another length) then costs a scaling, not a pricing. The first size
-    asked of a pattern is priced as it is (the same arrays, by the same exactness, without
-    the scaling pass: a new grid's walk asks most patterns at one size only); the sizes
-    after it scale the unit. `__wrapped__` is the plain pattern (no cache, no scaling)."""
-
-    def wrap(pattern: Pattern) -> Pattern:
-        unit = lru_cache(maxsize=maxsize)(pattern)
-        first: dict[tuple[Device, tuple[int, int], Axis, Any], int] = {}  # at most maxsize
-
-        def sized(
-            device: Device, shape: tuple[int, int], axis: Axis, what: Any, nbytes: int
-        ) -> Traffic:
-            if nbytes <= 0 or nbytes == 1:
-                return unit(device, shape, axis, what, nbytes)
-            if first.setdefault((device, shape, axis, what), nbytes) == nbytes:
-                if len(first) > maxsize:
-                    first.pop(next(iter(first)))
-                return pattern(device, shape, axis, what, nbytes)
-            return unit(device, shape, axis, what, 1).scaled(nbytes)
-
-        priced = per_line(maxsize, alike)(sized)
-        functools.update_wrapper(priced, pattern)
-        priced.__wrapped__ = pattern  # type: ignore[attr-defined]
-        return priced
-
-    return wrap
 
 
 def _one_owner_row(owners: Owners) -> bool:
