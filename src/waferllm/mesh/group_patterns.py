@@ -210,6 +210,21 @@ def group_chain(
     scale = shape[axis.other.tensor_dim] if lines == 1 else 1
     injected = senders * nbytes * scale
     ramp_out = rows.loads(lambda o, j, s: np.where(j != o, size, 0.0))
+    return one_hop_chains(device, shape, axis, far, injected, links, ramp_in, ramp_out)
+
+
+def one_hop_chains(
+    device: Device,
+    shape: tuple[int, int],
+    axis: Axis,
+    far: int,
+    injected: int,
+    links: dict[tuple[Axis, int], Load],
+    ramp_in: np.ndarray | LineRows,
+    ramp_out: np.ndarray | LineRows,
+) -> Traffic:
+    """A chain pattern's Traffic from its per-line loads: every segment is one hop (the
+    byte-hops are the bytes injected); the farthest core's `far` hops and far - 1 stages."""
     return Traffic(
         device=device,
         shape=shape,

@@ -19,7 +19,13 @@ import numpy as np
 
 from waferllm.device import Device
 from waferllm.mesh.geometry import Axis, ring_successor
-from waferllm.mesh.group_patterns import GroupRows, group_chain, group_multicast, root_multicast
+from waferllm.mesh.group_patterns import (
+    GroupRows,
+    group_chain,
+    group_multicast,
+    one_hop_chains,
+    root_multicast,
+)
 from waferllm.mesh.ktree import TreePlan
 from waferllm.mesh.loads import Load, line_rows
 from waferllm.mesh.pattern_cache import per_byte, per_line
@@ -218,16 +224,9 @@ def _chain_closed_form(
     scale = shape[axis.other.tensor_dim] if lines == 1 else 1
     senders = int(np.count_nonzero(beyond | before, axis=1)[index].sum())
     injected = senders * nbytes * scale
-    return Traffic(
-        device=device,
-        shape=shape,
-        critical_hops=far,
-        critical_stages=max(far - 1, 0),
-        bytes_injected=injected,
-        link_byte_hops=injected,
-        links=links,
-        ramp_in=orient(axis, line_rows(ramp_in, index)),
-        ramp_out=orient(axis, line_rows(forward + back, index)),
+    ramp_out = line_rows(forward + back, index)
+    return one_hop_chains(
+        device, shape, axis, far, injected, links, line_rows(ramp_in, index), ramp_out
     )
 
 
