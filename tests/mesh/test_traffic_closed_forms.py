@@ -217,6 +217,37 @@ def test_line_rows_behave_as_the_gathered_array(axis):
     assert LineRows(np.zeros((2, 0)), index, 0).max(initial=0.0) == 0.0
 
 
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("seed", range(4))
+def test_steps_of_one_owner_map_and_per_line_values_add_factored_as_the_full_sum(axis, seed):
+    # an overlap block of two steps along one axis whose lines share an owner map (equal
+    # index arrays, not the same object) and two steps along the other (one value per line):
+    # the sum stays factored, whatever the order, with the full sum's arrays and max
+    rng = np.random.default_rng(seed)
+    lines, width = 9, 7
+    index = rng.integers(0, 3, lines)
+    index[:3] = [0, 1, 2]  # every row is some line's
+    first, second = (rng.integers(0, 50, (3, width)).astype(float) for _ in range(2))
+    if axis == 1:
+        first, second = first.T, second.T
+    a, b = LineRows(first, index, axis), LineRows(second, index.copy(), axis)
+    shape = (lines, 1) if axis == 0 else (1, lines)
+    near, far = (rng.integers(0, 9, shape).astype(float) for _ in range(2))
+    full = np.asarray(a)
+    terms = [near, a, b, far]
+    want = ((near + full) + np.asarray(b)) + far
+    for order in ([0, 1, 2, 3], [1, 2, 0, 3], [0, 1, 3, 2], [3, 2, 1, 0]):
+        got = terms[order[0]]
+        for k in order[1:]:
+            got = got + terms[k]
+        assert isinstance(got, LinePlus)  # never gathered
+        assert got.max() == want.max()
+        np.testing.assert_array_equal(np.asarray(got), want)
+    assert isinstance(a + b, LineRows)
+    other_lines = LineRows(first, index[::-1].copy(), axis)  # other lines: summed in full
+    np.testing.assert_array_equal(a + other_lines, full + np.asarray(other_lines))
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_direct_move_cuts_count_every_element_crossing_each_cut(seed):
     from waferllm.mesh.relayout_elements import _direct_cuts

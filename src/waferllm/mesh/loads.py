@@ -12,6 +12,7 @@ Loads are whole bytes (checked where a sum is kept apart): float sums of them ar
 from __future__ import annotations
 
 import functools
+from typing import TypeGuard
 
 import numpy as np
 
@@ -54,15 +55,24 @@ class LineRows:
         return full if dtype is None else full.astype(dtype)
 
     def __add__(self, other: object) -> Load:
-        if isinstance(other, LineRows) and other.axis == self.axis and other.index is self.index:
+        if self._alike(other):
             return LineRows(self.rows + other.rows, self.index, self.axis)
         if isinstance(other, np.ndarray) and other.ndim == 2:
-            lines = len(self.index)
             if other.shape[self.axis] == 1:  # the same along the lines: add to every row
                 return LineRows(self.rows + other, self.index, self.axis)
-            if other.shape == ((lines, 1) if self.axis == 0 else (1, lines)):
+            if other.shape == _per_line_shape(self):
                 return LinePlus(self, other.reshape(-1))
         return np.asarray(self) + np.asarray(other)
+
+    def _alike(self, other: object) -> TypeGuard[LineRows]:
+        """Whether `other` is a `LineRows` with the same lines: each line the same row of
+        rows of the same shape (two steps of one owner map: their rows add as rows)."""
+        if not isinstance(other, LineRows) or other.axis != self.axis:
+            return False
+        if other.index is self.index:
+            return True
+        same_rows = other.rows.shape == self.rows.shape
+        return same_rows and np.array_equal(other.index, self.index)
 
     def _plus_per_line(self, values: np.ndarray) -> LineRows:
         """Plus one value per line (a step along the other axis, every line alike): the
@@ -117,9 +127,19 @@ class LinePlus:
         return self.summed.__array__(dtype)
 
     def __add__(self, other: object) -> Load:
+        """Another step with the same lines' rows (`LineRows._alike`), or one more value per
+        line: kept apart, in another order than adding at once (exact: whole bytes)."""
+        rows = self.rows
+        whole = _whole(self.values) and _whole(rows.rows)
+        if rows._alike(other) and whole and _whole(other.rows):
+            return LinePlus(LineRows(rows.rows + other.rows, rows.index, rows.axis), self.values)
+        if isinstance(other, np.ndarray) and other.shape == _per_line_shape(rows):
+            values = other.reshape(-1)
+            if whole and _whole(values):
+                return LinePlus(rows, self.values + values)
         return self.summed + other
 
-    __radd__ = __add__  # elementwise float addition commutes
+    __radd__ = __add__  # sums of whole numbers: the order does not matter
 
 
 class OuterRamp:
@@ -179,6 +199,12 @@ def scale_load(load: Load, factor: int) -> Load:
     raise TypeError(
         f"{type(load).__name__} loads are not scaled (no pattern cached per byte has them)"
     )
+
+
+def _per_line_shape(rows: LineRows) -> tuple[int, int]:
+    """The shape of an array holding one value per line of `rows`."""
+    lines = len(rows.index)
+    return (lines, 1) if rows.axis == 0 else (1, lines)
 
 
 def _whole(load: np.ndarray) -> bool:
