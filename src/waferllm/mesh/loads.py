@@ -64,6 +64,12 @@ class LineRows:
                 return LinePlus(self, other.reshape(-1))
         return np.asarray(self) + np.asarray(other)
 
+    @functools.cached_property
+    def whole(self) -> bool:
+        """Whether every load is a whole number of bytes below 2**53 (checked once: a
+        cached step's loads are added to many others')."""
+        return _whole(self.rows)
+
     def _alike(self, other: object) -> TypeGuard[LineRows]:
         """Whether `other` is a `LineRows` with the same lines: each line the same row of
         rows of the same shape (two steps of one owner map: their rows add as rows)."""
@@ -130,12 +136,11 @@ class LinePlus:
         """Another step with the same lines' rows (`LineRows._alike`), or one more value per
         line: kept apart, in another order than adding at once (exact: whole bytes)."""
         rows = self.rows
-        whole = _whole(self.values) and _whole(rows.rows)
-        if rows._alike(other) and whole and _whole(other.rows):
+        if rows._alike(other) and other.whole and rows.whole and _whole(self.values):
             return LinePlus(LineRows(rows.rows + other.rows, rows.index, rows.axis), self.values)
         if isinstance(other, np.ndarray) and other.shape == _per_line_shape(rows):
             values = other.reshape(-1)
-            if whole and _whole(values):
+            if rows.whole and _whole(values) and _whole(self.values):
                 return LinePlus(rows, self.values + values)
         return self.summed + other
 
