@@ -154,12 +154,66 @@ def default_chunk_tokens(plan: ModelPlan, length: int) -> int:
 
 
 # ---- the walk ----------------------------------------------------------------------------------
+class ChunkBuffers:
+    """The RoPE tables and the placed layers' k/v that a chunk registers on each mesh, kept
+    per (mesh, chunk tokens) by one estimate-mode chunked walk: a later chunk of that length
+    registers the same tensors again (`Mesh.register_like`: the same names, keys, SRAM peaks
+    and failures as registering them one by one) instead of building their meta tiles. The
+    key is complete within the walk: the tables' and k/v tiles and layouts follow from the
+    mesh (its heads, its columns), the model and the chunk's tokens (only their number: the
+    tiles are meta tensors, read for their shapes), the placed layers from the mesh's region
+    (one region per mesh). It holds its meshes, so their ids are not reused."""
+
+    def __init__(self) -> None:
+        self._tables: dict[tuple[int, int], tuple[DistTensor, DistTensor]] = {}
+        self._kept: dict[tuple[int, int], list[KeyChunk]] = {}
+        self._meshes: list[Mesh] = []
+
+    def _key(self, mesh: Mesh, span: Span) -> tuple[int, int]:
+        if not any(m is mesh for m in self._meshes):
+            self._meshes.append(mesh)
+        return (id(mesh), span.length)
+
+    def tables(
+        self, model: MeshTransformer, mesh: Mesh, heads: HeadLayout, span: Span
+    ) -> tuple[DistTensor, DistTensor]:
+        """`rope_tables` of the span's positions on `mesh`."""
+        key = self._key(mesh, span)
+        known = self._tables.get(key)
+        if known is None:
+            positions = torch.arange(span.start, span.end)
+            known = rope_tables(mesh, heads, model.inv_freq, positions, tokens_axis=Axis.Y)
+            self._tables[key] = known
+            return known
+        cos, sin = mesh.register_like(known, ["rope.cos", "rope.sin"])
+        return cos, sin
+
+    def kept(
+        self, mesh: Mesh, heads: HeadLayout, span: Span, layers: Sequence[int]
+    ) -> list[KeyChunk]:
+        """`prefill.kept_kv` of `layers` for the span on `mesh`."""
+        key = self._key(mesh, span)
+        known = self._kept.get(key)
+        if known is None:
+            known = kept_kv(mesh, heads, start=span.start, length=span.length, layers=layers)
+            self._kept[key] = known
+            return known
+        assert len(known) == len(layers)
+        names = [f"prefill.{kv}{i}" for i in layers for kv in "kv"]
+        again = mesh.register_like([t for c in known for t in (c.k, c.v)], names)
+        return [
+            KeyChunk(k=k, v=v, start=span.start, length=span.length)
+            for k, v in zip(again[::2], again[1::2], strict=True)
+        ]
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _Reuse:
     """What one estimate-mode chunked walk prices once and reuses across its chunks."""
 
     blocks: BlockRecords
     layers: LayerRecords
+    buffers: ChunkBuffers
 
 
 def prefill_chunks(
@@ -179,7 +233,9 @@ def prefill_chunks(
     window = model.config.sliding_window
     kv: dict[int, list[KeyChunk]] = {i: [] for i in range(model.config.num_hidden_layers)}
     spans = chunk_spans(len(ids), chunk_tokens)
-    reuse = None if walk else _Reuse(blocks=BlockRecords(), layers=LayerRecords())
+    reuse = None
+    if not walk:
+        reuse = _Reuse(blocks=BlockRecords(), layers=LayerRecords(), buffers=ChunkBuffers())
     x: DistTensor | None = None
     for n, span in enumerate(spans):
         if x is not None:
@@ -220,14 +276,15 @@ def _chunk(
     state.meshes[0].charge_host_io(ledger, "host.prompt_in", span.length)
     x = vocab.embed(state, ids, ledger, config=config, device=model.device, tokens_axis=Axis.Y)
     layer_ledger = ledger.per_layer(config.num_hidden_layers)
-    positions = torch.arange(span.start, span.end)
+    estimate = model.mode is Mode.ESTIMATE
+    buffers = reuse.buffers if reuse is not None and estimate else ChunkBuffers()
     for r, region in enumerate(state.regions.regions):
         mesh = state.meshes[r]
         if r:  # an on-wafer hop, or the inter-system link to the next device
             x = enter_region(model.device, state, r, x, ledger)
         heads = heads_for(config, mesh.cols)
         charge_rope_tables(mesh, heads, x.tile_shape[0], ledger)
-        cos, sin = rope_tables(mesh, heads, model.inv_freq, positions, tokens_axis=Axis.Y)
+        cos, sin = buffers.tables(model, mesh, heads, span)
         ctx = LayerContext(
             config=config,
             heads=heads,
@@ -237,10 +294,10 @@ def _chunk(
             head_chunk=heads.n_rep,  # unused: the chunk's attention takes every head at once
         )
         walked = region.layers
-        if model.mode is Mode.ESTIMATE:
+        if estimate:
             walked = region.layers[-1:] if r == 0 or model.walk_every_region else region.layers[:0]
             placed = region.layers[: len(region.layers) - len(walked)]
-            kept = kept_kv(mesh, heads, start=span.start, length=span.length, layers=placed)
+            kept = buffers.kept(mesh, heads, span, placed)
             for i, chunk in zip(placed, kept, strict=True):
                 kv[i].append(chunk)
         for j, i in enumerate(walked):
