@@ -151,6 +151,51 @@ def _critical(num: int, fanouts: tuple[int, ...], alpha: float, beta: float) -> 
     return _Critical(level.index[0], level.hops[0], level.stages[0])
 
 
+def _two_level_critical(num: int, groups: int, alpha: float, beta: float) -> _Critical:
+    """`_critical(num, (b1, groups))` of a tree whose level 1 cuts the axis into `groups`
+    (>= 2) groups and whose level 2 joins them all (b1 = any fan-out with ceil(num/b1) =
+    groups): the same members, the same comparisons on the same floats in the same order
+    (`_first_level`, then `_join_side` on both sides of the middle group root), without the
+    member lists. `best_fanouts` prices dozens of these per new axis size.
+    tests/mesh/test_ktree_closed.py compares it with `_critical` member for member."""
+    base, extra = divmod(num, groups)
+    kinds = []  # (ready, hops, stages, received) of a level-1 root of each group size
+    for size in (base + 1, base):
+        far = max(size // 2, size - 1 - size // 2)
+        stages = max(far - 1, 0)
+        kinds.append((far * alpha + stages * beta, far, stages, far > 0))
+    big, small = kinds
+    tail = extra * (base + 1) + base // 2
+    index = [m * (base + 1) + (base + 1) // 2 for m in range(extra)]
+    index += range(tail, tail + (groups - extra) * base, base)
+    kind = [big] * extra + [small] * (groups - extra)
+    r = groups // 2
+    best = kind[r][:3]
+    for side in (range(0, r), range(groups - 1, r, -1)):
+        if not side:
+            continue
+        first = side[0]
+        t, h, s, received = kind[first]
+        t += beta if received else 0.0
+        s += int(received)
+        prev = index[first]
+        for m in side[1:]:
+            hop = abs(index[m] - prev)
+            arrive = t + hop * alpha
+            ready, hops, stages, _ = kind[m]
+            if ready > arrive:
+                t, h, s = ready, hops, stages
+            else:
+                t, h = arrive, h + hop
+            t, s = t + beta, s + 1
+            prev = index[m]
+        hop = abs(index[r] - prev)
+        arrival = (t + hop * alpha, h + hop, s)
+        if arrival > best:
+            best = arrival
+    return _Critical(index[r], best[1], best[2])
+
+
 @lru_cache(maxsize=4096)
 def tree_plan(num: int, fanouts: tuple[int, ...], alpha: float, beta: float) -> TreePlan:
     """The K-tree over `num` cores with fan-outs `fanouts` (bottom level first): its segments
@@ -230,6 +275,14 @@ def allreduce_latency_cycles(
     return latency + max(plan.root, num - 1 - plan.root) * alpha
 
 
+def _pair_latency(num: int, groups: int, alpha: float, beta: float) -> float:
+    """`allreduce_latency_cycles(num, (b1, groups))` for a `best_fanouts` candidate (level 2
+    joins all `groups`), from `_two_level_critical`: the same floats."""
+    plan = _two_level_critical(num, groups, alpha, beta)
+    latency = plan.hops * alpha + plan.stages * beta  # as TreePlan.latency_cycles
+    return latency + max(plan.root, num - 1 - plan.root) * alpha
+
+
 @lru_cache(maxsize=4096)
 def best_fanouts(num: int, alpha: float, beta: float) -> tuple[int, ...]:
     """K = 2 fan-outs (b1, G = ceil(P/b1)), b1 from sqrt(P)/2 to 2 sqrt(P), minimising
@@ -243,8 +296,5 @@ def best_fanouts(num: int, alpha: float, beta: float) -> tuple[int, ...]:
     low = max(2, math.floor(root_p / 2))
     high = max(low, min(math.ceil(num / 2), math.ceil(2 * root_p)))
     candidates = {(b1, -(-num // b1)) for b1 in range(low, high + 1)}
-    latency = {
-        groups: allreduce_latency_cycles(num, (b1, groups), alpha, beta)
-        for b1, groups in sorted(candidates)
-    }
+    latency = {groups: _pair_latency(num, groups, alpha, beta) for _, groups in candidates}
     return min(candidates, key=lambda f: (latency[f[1]], abs(f[1] - root_p), f[0]))
