@@ -296,5 +296,7 @@ def best_fanouts(num: int, alpha: float, beta: float) -> tuple[int, ...]:
     low = max(2, math.floor(root_p / 2))
     high = max(low, min(math.ceil(num / 2), math.ceil(2 * root_p)))
     candidates = {(b1, -(-num // b1)) for b1 in range(low, high + 1)}
-    latency = {groups: _pair_latency(num, groups, alpha, beta) for _, groups in candidates}
+    latency = {
+        groups: _pair_latency(num, groups, alpha, beta) for groups in {g for _, g in candidates}
+    }
     return min(candidates, key=lambda f: (latency[f[1]], abs(f[1] - root_p), f[0]))
