@@ -274,23 +274,21 @@ def _scaled_shifts(
     record, `patterns.tail_shift_traffic`), counted `times[i]` more: every sender moves its
     tile one hop at once, so the time (alpha + bytes/W) is the same and the bytes injected and
     byte-hops are per sender (exact integers; tests/estimate/test_cost_fast_paths.py checks
-    every row against the walk). Built field for field (`Record.with_fields`), hundreds per
-    request on a new grid."""
-    fields = rec.__dict__
+    every row against the walk). Built field for field (`Record.with_fields`: a copy of the
+    walked record's fields, three of them replaced, set as the new record's `__dict__`),
+    hundreds per request on a new grid."""
     injected = rec.bytes_injected // walked_senders
     byte_hops = rec.link_byte_hops // walked_senders
+    copy, make, place = rec.__dict__.copy, object.__new__, object.__setattr__
     out = []
     for n, t in zip(senders, times, strict=True):
-        new = object.__new__(Record)
-        if n == walked_senders:  # the walked rows themselves
-            new.__dict__.update(fields, count=rec.count * t)
-        else:
-            new.__dict__.update(
-                fields,
-                count=rec.count * t,
-                bytes_injected=injected * n,
-                link_byte_hops=byte_hops * n,
-            )
+        fields = copy()
+        fields["count"] = rec.count * t
+        if n != walked_senders:  # the walked rows keep their own bytes
+            fields["bytes_injected"] = injected * n
+            fields["link_byte_hops"] = byte_hops * n
+        new = make(Record)
+        place(new, "__dict__", fields)
         out.append(new)
     return out
 
