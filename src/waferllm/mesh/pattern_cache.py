@@ -12,6 +12,8 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+
 from waferllm.device import Device
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.traffic import Traffic, on_grid, one_line
@@ -63,22 +65,37 @@ def per_byte(maxsize: int, alike: Callable[[Any], bool]) -> Callable[[Pattern], 
     width, a block of another length) then costs a scaling, not a pricing. The first size
     asked of a pattern is priced as it is (the same arrays, by the same exactness, without
     the scaling pass: a new grid's walk asks most patterns at one size only); the sizes
-    after it scale the unit. `__wrapped__` is the plain pattern (no cache, no scaling)."""
+    after it scale the unit, which on one line (`per_line`'s pricing) is the first size's
+    pricing divided by its size (`_unit_of`), not priced again. `__wrapped__` is the plain
+    pattern (no cache, no scaling)."""
 
     def wrap(pattern: Pattern) -> Pattern:
         unit = lru_cache(maxsize=maxsize)(pattern)
-        first: dict[tuple[Device, tuple[int, int], Axis, Any], int] = {}  # at most maxsize
+        Key = tuple[Device, tuple[int, int], Axis, Any]
+        first: dict[Key, tuple[int, Traffic | None]] = {}  # at most maxsize
+
+        @lru_cache(maxsize=maxsize)
+        def unit_of(device: Device, shape: tuple[int, int], axis: Axis, what: Any) -> Traffic:
+            """The pattern at 1 byte, from its first size's line pricing when there is one."""
+            nbytes, traffic = first.get((device, shape, axis, what), (1, None))
+            divided = None if traffic is None else _unit_of(traffic, nbytes)
+            return divided or unit(device, shape, axis, what, 1)
 
         def sized(
             device: Device, shape: tuple[int, int], axis: Axis, what: Any, nbytes: int
         ) -> Traffic:
             if nbytes <= 0 or nbytes == 1:
                 return unit(device, shape, axis, what, nbytes)
-            if first.setdefault((device, shape, axis, what), nbytes) == nbytes:
-                if len(first) > maxsize:
-                    first.pop(next(iter(first)))
-                return pattern(device, shape, axis, what, nbytes)
-            return unit(device, shape, axis, what, 1).scaled(nbytes)
+            key = (device, shape, axis, what)
+            seen = first.get(key)
+            if seen is None or seen[0] == nbytes:
+                traffic = pattern(device, shape, axis, what, nbytes)
+                if seen is None:  # a line's pricing is kept (small): its unit divides it
+                    first[key] = (nbytes, traffic if shape[0] == 1 else None)
+                    if len(first) > maxsize:
+                        first.pop(next(iter(first)))
+                return traffic
+            return unit_of(device, shape, axis, what).scaled(nbytes)
 
         priced = per_line(maxsize, alike)(sized)
         functools.update_wrapper(priced, pattern)
@@ -86,3 +103,30 @@ def per_byte(maxsize: int, alike: Callable[[Any], bool]) -> Callable[[Pattern], 
         return priced
 
     return wrap
+
+
+def _unit_of(traffic: Traffic, nbytes: int) -> Traffic | None:
+    """`traffic`, a pattern priced at `nbytes` per message, as the pattern at 1 byte: loads,
+    bytes injected and byte-hops divided by `nbytes`, the critical message and the slack as
+    they are (what `Traffic.scaled` multiplies). Exact: each is a whole multiple of the
+    message size (`per_byte`), so each quotient is a whole number, which float division gives
+    exactly. None where a load is in a factored form (`loads`): priced instead."""
+    size = float(nbytes)
+    links = {k: np.divide(v, size) for k, v in traffic.links.items() if isinstance(v, np.ndarray)}
+    ramp_in, ramp_out = traffic.ramp_in, traffic.ramp_out
+    if not isinstance(ramp_in, np.ndarray) or not isinstance(ramp_out, np.ndarray):
+        return None
+    if len(links) != len(traffic.links):
+        return None
+    return Traffic(
+        device=traffic.device,
+        shape=traffic.shape,
+        critical_hops=traffic.critical_hops,
+        critical_stages=traffic.critical_stages,
+        bytes_injected=traffic.bytes_injected // nbytes,
+        link_byte_hops=traffic.link_byte_hops // nbytes,
+        links=links,
+        ramp_in=np.divide(ramp_in, size),
+        ramp_out=np.divide(ramp_out, size),
+        mean_slack_cycles=traffic.mean_slack_cycles,
+    )
