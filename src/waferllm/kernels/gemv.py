@@ -134,7 +134,7 @@ def _gemv(
     rows, cols = mesh.shape
     kt = x.data.shape[-1]
     # x_tile: [T, Kt]; w_tile: [Kt, Nt_i]
-    x_tile = x.data.reshape(rows, cols, math.prod(lead), kt)
+    x_tile = x.data if len(lead) == 1 else x.data.reshape(rows, cols, math.prod(lead), kt)
     summed = None
     if broadcast:
         sums = _estimated_sums if mesh.mode is Mode.ESTIMATE else _summed_products
@@ -160,7 +160,7 @@ def _gemv(
                 fanouts=tree,
             )
             outs, root = summed, None
-    results = _outputs(mesh, outs, ws, lead, reduce_axis, op, root)
+    results = _outputs(mesh, outs, ws, lead, reduce_axis, op, root, placed=summed is not None)
     return KernelResult(out=results[0], outs=results, records=charged.records, root=root)
 
 
@@ -317,15 +317,22 @@ def _outputs(
     reduce_axis: Axis,
     op: str,
     root: int | None,
+    *,
+    placed: bool,
 ) -> tuple[DistTensor, ...]:
     """One output per weight from its reduced tiles (R, C, T, N_i): [*lead, N_i], N_i split
     along the other axis, replicated along the reduce axis (or, without broadcast, only on line
-    `root`)."""
+    `root`). `placed`: the tiles are the sums' own (`_summed_products`, `_estimated_sums`:
+    dense, held once along the reduce axis), taken as they are when already [*lead, N_i]
+    (one lead dim: the reshape and the dense copy per line would return the same view)."""
     rows, cols = mesh.shape
     outs = []
     for i, (wi, part) in enumerate(zip(ws, totals, strict=True)):
         layout = _out_layout(lead, wi.layout.shape[1], reduce_axis, root)
-        data = on_replicas(_dense, part.reshape(rows, cols, *lead, part.shape[-1]))
+        if placed and len(lead) == 1:
+            data = part
+        else:
+            data = on_replicas(_dense, part.reshape(rows, cols, *lead, part.shape[-1]))
         name = f"{op}.out" if len(ws) == 1 else f"{op}.out{i}"
         outs.append(mesh.register(data, layout, name))
     return tuple(outs)
