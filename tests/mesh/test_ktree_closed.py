@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from waferllm.device import PRESETS
 from waferllm.mesh.ktree import (
     _critical,
+    _exact_units,
     _pair_latency,
     _two_level_critical,
+    _two_level_walk,
     allreduce_latency_cycles,
     best_fanouts,
 )
@@ -61,6 +63,35 @@ def test_the_closed_form_matches_the_walk_at_any_latency_constants(num, alpha, b
         closed = _two_level_critical(num, groups, alpha, beta)
         walk = _critical(num, (b1, groups), alpha, beta)
         assert (closed.root, closed.hops, closed.stages) == (walk.root, walk.hops, walk.stages)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    num=st.integers(4, 900),
+    alpha=st.integers(0, 400),
+    beta=st.integers(0, 400),
+    halvings=st.integers(0, 12),
+)
+def test_the_closed_form_matches_the_walk_at_whole_latency_units(num, alpha, beta, halvings):
+    """alpha and beta whole multiples of 2**-halvings (every device preset): the closed form,
+    not the member walk, answers, and answers as `_critical` and the member walk do."""
+    a, b = alpha / 2**halvings, beta / 2**halvings
+    assert _exact_units(num, a, b) is not None
+    for groups in range(2, math.isqrt(num) * 2 + 2):
+        b1 = -(-num // groups)
+        if -(-num // b1) != groups:
+            continue
+        closed = _two_level_critical(num, groups, a, b)
+        walk = _critical(num, (b1, groups), a, b)
+        members = _two_level_walk(num, groups, a, b)
+        assert (closed.root, closed.hops, closed.stages) == (walk.root, walk.hops, walk.stages)
+        assert (members.root, members.hops, members.stages) == (walk.root, walk.hops, walk.stages)
+
+
+def test_every_device_preset_takes_the_closed_form():
+    for preset in PRESETS.values():
+        d = preset()
+        assert _exact_units(720, d.hop_latency_cycles, d.stage_latency_cycles) is not None
 
 
 @pytest.mark.parametrize("constants", CONSTANTS)

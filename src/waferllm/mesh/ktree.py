@@ -154,10 +154,60 @@ def _critical(num: int, fanouts: tuple[int, ...], alpha: float, beta: float) -> 
 def _two_level_critical(num: int, groups: int, alpha: float, beta: float) -> _Critical:
     """`_critical(num, (b1, groups))` of a tree whose level 1 cuts the axis into `groups`
     (>= 2) groups and whose level 2 joins them all (b1 = any fan-out with ceil(num/b1) =
-    groups): the same members, the same comparisons on the same floats in the same order
-    (`_first_level`, then `_join_side` on both sides of the middle group root), without the
-    member lists. `best_fanouts` prices dozens of these per new axis size.
-    tests/mesh/test_ktree_closed.py compares it with `_critical` member for member."""
+    groups), as `best_fanouts` prices dozens per new axis size: in closed form where every
+    time the join adds up is exact (`_exact_units`), else by `_two_level_walk`.
+    tests/mesh/test_ktree_closed.py compares both with `_critical`."""
+    units = _exact_units(num, alpha, beta)
+    if units is None:
+        return _two_level_walk(num, groups, alpha, beta)
+    a, b = units
+    base, extra = divmod(num, groups)
+
+    def at(m: int) -> tuple[int, int, int]:
+        """Level-1 root m: (index, far side's hops, stages), as `_first_level`."""
+        size = base + 1 if m < extra else base
+        far = max(size // 2, size - 1 - size // 2)
+        index = m * (base + 1) if m < extra else extra * (base + 1) + (m - extra) * base
+        return index + size // 2, far, max(far - 1, 0)
+
+    r = groups // 2
+    root, far, stages = at(r)
+    best = (far * a + stages * b, far, stages)
+    for first, members in ((0, r), (groups - 1, groups - 1 - r)):
+        if not members:
+            continue
+        index, far, stages = at(first)
+        received = int(far > 0)
+        hops = abs(root - index)
+        # `_join_side`: no member's own partial is ever later than the stream passing it (a
+        # member is at most alpha + beta later than the far end, which starts beta late and
+        # is a hop away), so the stream's time, hops and stages add up along the chain
+        ready = far * a + stages * b + received * b + hops * a + (members - 1) * b
+        arrival = (ready, far + hops, stages + received + members - 1)
+        best = max(best, arrival)
+    return _Critical(root, best[1], best[2])
+
+
+def _exact_units(num: int, alpha: float, beta: float) -> tuple[int, int] | None:
+    """alpha and beta as whole numbers of a common unit 2**-k, where then every time a
+    two-level join over `num` cores adds up stays a whole number of units below 2**53 (at
+    most (alpha + beta)(2 num + 1)): each float sum, product and comparison of
+    `_two_level_walk` is exact, and equals the same sums in integers. None where not (or
+    alpha, beta not finite and >= 0)."""
+    if not (math.isfinite(alpha) and math.isfinite(beta) and alpha >= 0 and beta >= 0):
+        return None
+    (a, a_unit), (b, b_unit) = float(alpha).as_integer_ratio(), float(beta).as_integer_ratio()
+    unit = max(a_unit, b_unit)  # powers of two: each divides the larger
+    a, b = a * (unit // a_unit), b * (unit // b_unit)
+    if (a + b) * 4 * (num + 1) >= 2**53:
+        return None
+    return a, b
+
+
+def _two_level_walk(num: int, groups: int, alpha: float, beta: float) -> _Critical:
+    """`_two_level_critical` member by member: the same members, the same comparisons on the
+    same floats in the same order as `_first_level` then `_join_side` on both sides of the
+    middle group root, without the member lists."""
     base, extra = divmod(num, groups)
     kinds = []  # (ready, hops, stages, received) of a level-1 root of each group size
     for size in (base + 1, base):
