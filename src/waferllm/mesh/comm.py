@@ -201,7 +201,11 @@ def _charge_broadcast(
     of 2+ cores) and charge its multicast."""
     mesh.routes.require(_BCAST_ROUTES[axis], BROADCAST_ROUTES)
     if ledger.prices:
-        owners = Owners.of_roots(mesh.size(axis), line_roots(mesh, axis, root))
+        num = mesh.size(axis)
+        if type(root) is int and 0 <= root < num:  # one root on every line: made once
+            owners = _line_owners(num, root)
+        else:
+            owners = Owners.of_roots(num, line_roots(mesh, axis, root))
         traffic = multicast_traffic(mesh.device, mesh.shape, axis, owners, nbytes)
         ledger.charge(op, Charge.comm(traffic), phase=phase)
 
@@ -216,6 +220,13 @@ def charge_broadcast(
 
 
 _BCAST_ROUTES = {axis: f"{axis.value}_bcast" for axis in Axis}
+
+
+@lru_cache(maxsize=1024)
+def _line_owners(num: int, root: int) -> Owners:
+    """`Owners.of_roots` of one root (in range) on every line of `num` cores: every K-tree
+    allreduce's broadcast asks for its root's."""
+    return Owners.of_roots(num, np.array([root], dtype=np.int64))  # as `line_roots`
 
 
 # ---- reduce and allreduce ---------------------------------------------------------------------
