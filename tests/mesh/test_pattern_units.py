@@ -48,8 +48,11 @@ def test_later_sizes_on_a_new_line_are_the_first_pricing_divided_and_scaled(seed
     for pattern, what in _cases(rng, num):
         for nbytes in sizes:
             got = pattern(dev, shape, axis, what, nbytes)
-            assert_same_traffic(got, pattern.__wrapped__(dev, shape, axis, what, nbytes))
-            assert got.cycles == pattern.__wrapped__(dev, shape, axis, what, nbytes).cycles
+            want = pattern.__wrapped__(dev, shape, axis, what, nbytes)
+            assert_same_traffic(got, want)
+            assert got.cycles == want.cycles
+            for field in ("bytes_injected", "link_byte_hops"):  # records print their types
+                assert type(getattr(got, field)) is type(getattr(want, field))
 
 
 @pytest.mark.parametrize("seed", range(6))
