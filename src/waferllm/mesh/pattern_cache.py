@@ -79,7 +79,7 @@ def per_byte(maxsize: int, alike: Callable[[Any], bool]) -> Callable[[Pattern], 
             """The pattern at 1 byte, from its first size's line pricing when there is one."""
             nbytes, traffic = first.get((device, shape, axis, what), (1, None))
             divided = None if traffic is None else _unit_of(traffic, nbytes)
-            return divided or unit(device, shape, axis, what, 1)
+            return divided if divided is not None else unit(device, shape, axis, what, 1)
 
         def sized(
             device: Device, shape: tuple[int, int], axis: Axis, what: Any, nbytes: int
