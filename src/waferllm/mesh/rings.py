@@ -298,12 +298,17 @@ def ring_index(size: int, kind: RingKind, steps: int, device: str) -> torch.Tens
     return _index_tensor(dst.shape, dst.tobytes(), False, device)
 
 
+@lru_cache(maxsize=1024)
 def skew_offsets(size: int, kind: RingKind) -> np.ndarray:
     """Signed ring steps that apply Cannon's skew to line j (rotate it back by pos(j)), the
-    shorter way round: in (-L/2, L/2]."""
-    return shorter_way(-ring_position(size, kind), size)
+    shorter way round: in (-L/2, L/2]. Cached, read-only: every skew round and every
+    `align_a` of a grid asks for it (a function of its arguments only)."""
+    offsets = shorter_way(-ring_position(size, kind), size)
+    offsets.setflags(write=False)
+    return offsets
 
 
+@lru_cache(maxsize=1024)
 def skew_rounds(size: int, kind: RingKind) -> int:
     """Rounds of the skew: the longest line's |offset|, floor(L/2) for L >= 2."""
     return int(np.abs(skew_offsets(size, kind)).max(initial=0))
