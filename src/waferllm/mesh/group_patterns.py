@@ -73,10 +73,29 @@ class GroupRows:
         """`value(o, j, s)` as a float64 (n, s) table for each distinct size s, over the n
         owner offsets o its groups use and every core offset j."""
         out = []
-        for s, used in zip(self.distinct, self._used[0], strict=True):
-            o, j = used[:, None], np.arange(s)[None, :]
-            out.append(np.broadcast_to(value(o, j, s), (len(used), s)).astype(np.float64))
+        for s, (o, j) in zip(self.distinct, self._grids, strict=True):
+            table = value(o, j, s)
+            shape = (o.shape[0], s)
+            if not isinstance(table, np.ndarray) or table.shape != shape:  # a broadcast value
+                table = np.broadcast_to(table, shape)
+            out.append(table.astype(np.float64))
         return tuple(out)
+
+    @functools.cached_property
+    def _grids(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each distinct size s, the (n, 1) owner offsets its groups use and the (1, s)
+        core offsets: the arguments of `tables`' values."""
+        return [
+            (used[:, None], np.arange(s)[None, :])
+            for s, used in zip(self.distinct, self._used[0], strict=True)
+        ]
+
+    @functools.cached_property
+    def in_order(self) -> bool:
+        """Whether every line has its own row, in order (the rows are then the loads)."""
+        return len(self.index) == len(self.offsets) and np.array_equal(
+            self.index, np.arange(len(self.index))
+        )
 
     def loads(self, value: Table, cut: slice = slice(None)) -> np.ndarray | TableRows:
         """Every line's loads, `value(o, j, s)` at each core (the columns `cut`): the (U, C)
@@ -89,11 +108,7 @@ class GroupRows:
             if cores[j] not in cores[cut]:
                 assert not tables[self.distinct.index(int(self.sizes[group]))][:, j].any()
         rows = TableRows(self, tables, cut, 0)
-        if len(self.index) == len(self.offsets) and np.array_equal(
-            self.index, np.arange(len(self.index))
-        ):
-            return rows.rows
-        return rows
+        return rows.rows if self.in_order else rows
 
     def per_row(self, values: np.ndarray) -> int:
         """The sum over every line of a per-(row, group) count (U, G)."""
