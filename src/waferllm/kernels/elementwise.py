@@ -31,6 +31,7 @@ from waferllm.kernels.vector import (
 from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp, broadcast, charge_broadcast
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.meta import meta_empty
 from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
@@ -180,7 +181,7 @@ def _embed_closed(
     charge_broadcast(mesh, axis=axis, root=0, nbytes=nbytes, ledger=ledger, op=f"{op}.bcast")
     layout = _embed_layout(table, num_tokens, tokens_axis)
     tokens = num_tokens if tokens_axis is None else layout.tile_shape(*mesh.shape)[0]
-    rows = torch.empty((*mesh.shape, tokens, dt), dtype=table.data.dtype, device="meta")
+    rows = meta_empty((*mesh.shape, tokens, dt), table.data.dtype)
     return mesh.register(rows, layout, f"{op}.out")
 
 
@@ -213,7 +214,7 @@ def argmax(
         charge_vector(mesh, ledger, f"{op}.local", rows=rows, length=vt, cost=MAX_ACC)
         if axis is not None:
             _argmax_allreduces_closed(mesh, logits, ledger, op, axis, algorithm)
-        ids = torch.empty(logits.data.shape[:-1], dtype=torch.int64, device="meta")
+        ids = meta_empty(logits.data.shape[:-1], torch.int64)
         return mesh.register(ids, out_layout, f"{op}.out")
     valid = valid_mask(logits, v_dim)
 
