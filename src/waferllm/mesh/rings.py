@@ -108,8 +108,10 @@ def _ring_traffic(
     ramp_out = np.zeros((1, 1))
     injected = byte_hops = hops = 0
     for steps, weights, distinct in ((1, counts[0], pairs[0]), (-1, counts[1], pairs[1])):
+        if not weights.any():  # no line moves this way: no unit to price
+            continue
         unit = _unit_traffic(device, shape, axis, size, kind, steps, nbytes)
-        if not weights.any() or unit.bytes_injected == 0:
+        if unit.bytes_injected == 0:
             continue
         hops = max(hops, unit.critical_hops)
         w = distinct.astype(np.float64)
