@@ -171,8 +171,11 @@ def test_an_estimate_gives_every_fast_output_torchs_shape_and_dtype(monkeypatch)
             kv_dtype=storage,
         )
     clear_cache()
+    assert Checking.seen  # some rules ran (and matched torch), not torch's fallback only
+    # the residual adds and the gated FFN give their meta outputs without a dispatch
+    # (`elementwise.meta_pointwise`)
     pointwise = {torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor, torch.ops.aten.silu.default}
-    assert pointwise <= Checking.seen  # the rules ran, not torch's fallback only
+    assert not pointwise & Checking.seen, Checking.seen
 
 
 def test_reproduces_baselines_and_benches_give_every_fast_output_torchs_shape_and_dtype(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from waferllm.errors import WaferError
@@ -53,7 +54,9 @@ def silu_mul(
     (v / (1 + fast_exp(-v)): the divide is the one per-element scalar instruction).
     """
     _check_same_layout(gate, up, op)
-    data = on_replicas(_silu_mul, gate.data, up.data)
+    data = meta_pointwise(gate.data, up.data)
+    if data is None:
+        data = on_replicas(_silu_mul, gate.data, up.data)
     charge_vector(
         mesh,
         ledger,
@@ -75,7 +78,20 @@ def add(mesh: Mesh, *, x: DistTensor, y: DistTensor, ledger: Ledger, op: str = "
     Cost: R instructions of the last tile dim: R*max(floor, L/F, 3L*s/S)."""
     _check_same_layout(x, y, op)
     charge_vector(mesh, ledger, op, rows=lead_count(x.data, -1), length=x.tile_shape[-1], cost=ADD)
-    return x.replace(on_replicas(torch.add, x.data, y.data))
+    data = meta_pointwise(x.data, y.data)
+    return x.replace(on_replicas(torch.add, x.data, y.data) if data is None else data)
+
+
+def meta_pointwise(*tiles: torch.Tensor) -> torch.Tensor | None:
+    """Estimate mode: what an elementwise op (add, mul, silu) gives meta tiles, without its
+    dispatches: the broadcast shape in the promoted dtype (tiles have the two mesh dims, so
+    torch's type promotion is `promote_types`); None for real tiles."""
+    if not all(t.is_meta for t in tiles):
+        return None
+    dtype = tiles[0].dtype
+    for t in tiles[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return meta_empty(np.broadcast_shapes(*(tuple(t.shape) for t in tiles)), dtype)
 
 
 def embed(

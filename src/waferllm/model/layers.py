@@ -96,7 +96,9 @@ def gemm_operand(mesh: Mesh, x: DistTensor, ledger: Ledger, op: str) -> DistTens
     m, k = x.layout.shape
     width = padded_k(rows, cols, k) // cols
     data = x.data
-    if width != data.shape[-1]:
+    if width != data.shape[-1] and data.is_meta:  # estimate mode: the padded shape
+        data = meta_empty((*data.shape[:-1], width), data.dtype)
+    elif width != data.shape[-1]:
         data = torch.nn.functional.pad(data, (0, width - data.shape[-1]))
     a = mesh.register(data, Layout((m, width * cols), y_dim=0, x_dim=1), f"{op}.a")
     return align_a(mesh, a=a, ledger=ledger, op=f"{op}.align").out
