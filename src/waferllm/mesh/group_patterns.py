@@ -4,7 +4,9 @@ owner map given as group sizes and each distinct row's owner offsets (dist-GEMM-
 and prefill attention's probability multicasts, `Owners.of_group_rows`).
 
 Every load of a core depends only on its group's size s, its owner's offset o and its own
-offset j: the arrays are gathered from small (s, o, j) tables, the sums are per-group sums.
+offset j: the arrays are gathered from small (o, j) tables of message counts per group size
+(`unit_table`, cached: any grid with groups of that size shares them) times the message's
+bytes, the sums are per-group sums.
 The patterns' generic paths stay the oracle (tests/mesh/test_group_patterns.py).
 Legend: U distinct rows, L lines, G groups, C cores along the axis.
 """
