@@ -8,7 +8,7 @@ import torch
 
 from waferllm.device import tiny
 from waferllm.errors import WaferError
-from waferllm.kernels.elementwise import add, argmax, embed, silu_mul
+from waferllm.kernels.elementwise import add, argmax, embed, meta_pointwise, silu_mul
 from waferllm.kernels.heads import head_layout
 from waferllm.kernels.norm import rms_norm
 from waferllm.kernels.rope import rope
@@ -155,3 +155,22 @@ def test_estimate_and_functional_ledgers_are_identical_for_every_op():
     functional, estimate = _decode_ops(Mode.FUNCTIONAL), _decode_ops(Mode.ESTIMATE)
     assert functional == estimate
     assert len(functional[0]) > 20 and functional[1] == 20
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ((3, 2, 5, 7), (3, 2, 5, 7)),
+        ((3, 2, 5, 7), (1, 2, 5, 7)),
+        ((1, 1, 4), (3, 2, 4)),
+    ],
+)
+@pytest.mark.parametrize("dtypes", [(torch.float32,) * 2, (torch.float16, torch.float32)])
+def test_meta_pointwise_gives_the_ops_meta_output_without_them(a, b, dtypes):
+    x = torch.empty(a, dtype=dtypes[0], device="meta")
+    y = torch.empty(b, dtype=dtypes[1], device="meta")
+    got = meta_pointwise(x, y)
+    for want in (torch.add(x, y), torch.nn.functional.silu(x) * y):
+        assert got is not None
+        assert (got.shape, got.dtype, got.device) == (want.shape, want.dtype, want.device)
+    assert meta_pointwise(torch.zeros(a), torch.zeros(b)) is None  # real tiles: the op runs

@@ -48,6 +48,7 @@ from waferllm.mesh.comm_groups import segmented_allreduce
 from waferllm.mesh.compute import charge_matmul, matmul, matmul_cycles, matmul_values
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.meta import meta_empty
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
 
@@ -291,10 +292,8 @@ def prefill_attention(
     lt = q.tile_shape[0]
     owners = block_owners(heads.group_sizes, rows)
     kc = owners.per_col
-    q_t = q.data.reshape(rows, cols, lt, g, n, h).permute(0, 1, 3, 4, 2, 5)  # [G, n, Lt, H]
-    k_t = k.data.reshape(rows, cols, lt, g, h).permute(0, 1, 3, 4, 2).unsqueeze(3)  # [G,1,H,Lt]
     hv = heads.value_slots
-    v_t = v.data.reshape(rows, cols, lt, g, hv).permute(0, 1, 3, 2, 4).unsqueeze(3)  # [G,1,Lt,Hv]
+    q_t, k_t, v_t = _head_tiles(q.data, k.data, v.data, (rows, cols, lt, g, n, h, hv))
     with mesh.sram.scope():
         layout = Layout((cols * g, n, rows * lt, kc * lt), y_dim=2, x_dim=0, tag="owned_keys")
         key = scratch_buffer(mesh, "scores", layout.tile_shape(rows, cols))
@@ -310,8 +309,29 @@ def prefill_attention(
             group_sizes=heads.group_sizes,
         )
         out = pv_steps(mesh, _real_rows_only(probs.data, length), v_t, owners, ledger)
-    out = out.permute(0, 1, 4, 2, 3, 5).reshape(rows, cols, lt, heads.o_width)
-    return mesh.register(out.contiguous(), attention_output_layout(q.layout, heads), "attn")
+    if out.is_meta:  # estimate mode: the shape and dtype the walk's ops give
+        out = meta_empty((rows, cols, lt, heads.o_width), out.dtype)
+    else:
+        out = out.permute(0, 1, 4, 2, 3, 5).reshape(rows, cols, lt, heads.o_width).contiguous()
+    return mesh.register(out, attention_output_layout(q.layout, heads), "attn")
+
+
+def _head_tiles(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q [G, n, Lt, H], k [G, 1, H, Lt] and v [G, 1, Lt, Hv] per core (views of the tiles;
+    meta tiles of those shapes in estimate mode, without the views' dispatches)."""
+    rows, cols, lt, g, n, h, hv = dims
+    if q.is_meta and k.is_meta and v.is_meta:
+        return (
+            meta_empty((rows, cols, g, n, lt, h), q.dtype),
+            meta_empty((rows, cols, g, 1, h, lt), k.dtype),
+            meta_empty((rows, cols, g, 1, lt, hv), v.dtype),
+        )
+    q_t = q.reshape(rows, cols, lt, g, n, h).permute(0, 1, 3, 4, 2, 5)
+    k_t = k.reshape(rows, cols, lt, g, h).permute(0, 1, 3, 4, 2).unsqueeze(3)
+    v_t = v.reshape(rows, cols, lt, g, hv).permute(0, 1, 3, 2, 4).unsqueeze(3)
+    return q_t, k_t, v_t
 
 
 def _real_rows_only(probs: torch.Tensor, length: int) -> torch.Tensor:
@@ -335,9 +355,13 @@ def pv_steps(
 ) -> torch.Tensor:
     rows, cols = mesh.shape
     lt = v_t.shape[-2]
-    p_blocks = probs.reshape(*probs.shape[:-1], owners.per_col, lt)  # (R, C, G, n, Lt, Kc, Lt)
+    # (R, C, G, n, Lt, Kc, Lt); estimate mode reads no blocks (its steps only charge)
+    p_blocks = probs if probs.is_meta else probs.reshape(*probs.shape[:-1], owners.per_col, lt)
     out_shape = (*probs.shape[:-1], v_t.shape[-1])  # (R, C, G, n, Lt, H)
-    out = torch.zeros(out_shape, dtype=probs.dtype, device=probs.device)
+    if probs.is_meta:
+        out = meta_empty(out_shape, probs.dtype)
+    else:
+        out = torch.zeros(out_shape, dtype=probs.dtype, device=probs.device)
     scratch_buffer(mesh, "pv.acc", out_shape[2:])
     scratch_buffer(mesh, "v_ring", v_t.shape[2:])
     block_shape = (*probs.shape[:-1], lt)
@@ -386,9 +410,7 @@ def _prefill_mask(
     finite)."""
     rows, cols = mesh.shape
     if mesh.mode is Mode.ESTIMATE:
-        return torch.empty(
-            (rows, cols, 1, 1, lt, owners.per_col * lt), dtype=torch.bool, device="meta"
-        )
+        return meta_empty((rows, cols, 1, 1, lt, owners.per_col * lt), torch.bool)
     query = torch.arange(rows * lt).reshape(rows, 1, lt, 1)
     kk = torch.arange(owners.per_col)
     block = torch.as_tensor(owners.first_block)[:, None] + kk[None, :]  # (C, Kc)

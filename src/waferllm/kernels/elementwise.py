@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from waferllm.errors import WaferError
@@ -31,6 +32,7 @@ from waferllm.kernels.vector import (
 from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp, broadcast, charge_broadcast
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.meta import meta_empty
 from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
@@ -52,7 +54,9 @@ def silu_mul(
     (v / (1 + fast_exp(-v)): the divide is the one per-element scalar instruction).
     """
     _check_same_layout(gate, up, op)
-    data = on_replicas(_silu_mul, gate.data, up.data)
+    data = meta_pointwise(gate.data, up.data)
+    if data is None:
+        data = on_replicas(_silu_mul, gate.data, up.data)
     charge_vector(
         mesh,
         ledger,
@@ -74,7 +78,20 @@ def add(mesh: Mesh, *, x: DistTensor, y: DistTensor, ledger: Ledger, op: str = "
     Cost: R instructions of the last tile dim: R*max(floor, L/F, 3L*s/S)."""
     _check_same_layout(x, y, op)
     charge_vector(mesh, ledger, op, rows=lead_count(x.data, -1), length=x.tile_shape[-1], cost=ADD)
-    return x.replace(on_replicas(torch.add, x.data, y.data))
+    data = meta_pointwise(x.data, y.data)
+    return x.replace(on_replicas(torch.add, x.data, y.data) if data is None else data)
+
+
+def meta_pointwise(*tiles: torch.Tensor) -> torch.Tensor | None:
+    """Estimate mode: what an elementwise op (add, mul, silu) gives meta tiles, without its
+    dispatches: the broadcast shape in the promoted dtype (tiles have the two mesh dims, so
+    torch's type promotion is `promote_types`); None for real tiles."""
+    if not all(t.is_meta for t in tiles):
+        return None
+    dtype = tiles[0].dtype
+    for t in tiles[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return meta_empty(np.broadcast_shapes(*(tuple(t.shape) for t in tiles)), dtype)
 
 
 def embed(
@@ -180,7 +197,7 @@ def _embed_closed(
     charge_broadcast(mesh, axis=axis, root=0, nbytes=nbytes, ledger=ledger, op=f"{op}.bcast")
     layout = _embed_layout(table, num_tokens, tokens_axis)
     tokens = num_tokens if tokens_axis is None else layout.tile_shape(*mesh.shape)[0]
-    rows = torch.empty((*mesh.shape, tokens, dt), dtype=table.data.dtype, device="meta")
+    rows = meta_empty((*mesh.shape, tokens, dt), table.data.dtype)
     return mesh.register(rows, layout, f"{op}.out")
 
 
@@ -213,7 +230,7 @@ def argmax(
         charge_vector(mesh, ledger, f"{op}.local", rows=rows, length=vt, cost=MAX_ACC)
         if axis is not None:
             _argmax_allreduces_closed(mesh, logits, ledger, op, axis, algorithm)
-        ids = torch.empty(logits.data.shape[:-1], dtype=torch.int64, device="meta")
+        ids = meta_empty(logits.data.shape[:-1], torch.int64)
         return mesh.register(ids, out_layout, f"{op}.out")
     valid = valid_mask(logits, v_dim)
 

@@ -37,6 +37,7 @@ from waferllm.mesh import rings
 from waferllm.mesh.compute import charge_matmul
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis, RingKind
+from waferllm.mesh.meta import meta_empty
 from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.tiling import LogicalGrid, from_blocks, pad_last2, to_blocks, to_logical
@@ -108,7 +109,7 @@ def align_a(
             tile[-2] = -(-tile[-2] // grid.per_row) * grid.per_row
             scratch(mesh, f"{op}.a_recv", tuple(tile))  # the skew's double buffer
             _charge_skew(mesh, grid, kind, ledger, a=_logical_shape(tile, grid), b=None)
-            data = torch.empty((rows, cols, *tile), dtype=a.data.dtype, device="meta")
+            data = meta_empty((rows, cols, *tile), a.data.dtype)
         else:
             padded = pad_last2(a.data, grid.per_row, 1)
             scratch(mesh, f"{op}.a_recv", padded)  # the skew's double buffer
@@ -313,7 +314,7 @@ def _ring_gemm_closed(
                 b_kt=b_pad[-2],
                 b_nt=b_pad[-1],
             )
-    c = torch.empty((rows, cols, *lead[4:], mt, nt), dtype=mesh.compute_dtype, device="meta")
+    c = meta_empty((rows, cols, *lead[4:], mt, nt), mesh.compute_dtype)
     return KernelResult(
         out=finish(mesh, c, out_layout, f"{op}.c", out_key), records=charged.records
     )

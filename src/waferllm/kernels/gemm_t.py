@@ -30,6 +30,7 @@ from waferllm.mesh.comm import charge_ring_shift, ring_shift
 from waferllm.mesh.compute import charge_matmul, matmul, matmul_values
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis, RingKind, ring_order, ring_position
+from waferllm.mesh.meta import meta_empty
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
 
@@ -201,7 +202,12 @@ def gemm_t_steps(
     batch = tuple(int(d) for d in np.broadcast_shapes(a_t.shape[2:-2], b_t.shape[2:-2]))
     lead = (*batch, a_t.shape[-2])  # (*, Mt)
     shape = (*a_t.shape[:2], *lead, owners.per_col, nt)  # (R, C, *, Mt, Kc, Nt)
-    c = torch.zeros(shape, dtype=a_t.dtype, device=a_t.device)
+    meta = a_t.is_meta and b_t.is_meta  # estimate mode: shapes only, no dispatches
+    c = (
+        meta_empty(shape, a_t.dtype)
+        if meta
+        else torch.zeros(shape, dtype=a_t.dtype, device=a_t.device)
+    )
     block_numel = math.prod(lead) * nt
     _scratch(mesh, f"{op}.b_ring", math.prod(b_t.shape[2:]))  # b stays for the caller
     _scratch(mesh, f"{op}.partial", 2 * block_numel)  # this step's block and the last one's
@@ -248,7 +254,7 @@ def gemm_t_steps(
         b_cur, part = step(i + 1, b_cur, part, False)
     with ledger.overlap(f"{op}.reduce_last") if owners.shared else contextlib.nullcontext():
         reduce(part, rows - 1, follows=False)
-    return c.flatten(-2)
+    return meta_empty((*shape[:-2], shape[-2] * nt), c.dtype) if meta else c.flatten(-2)
 
 
 def _all_steps(

@@ -96,7 +96,8 @@ def pad_bytes(mesh: Mesh, name: str, padded_numel: int, stored_numel: int) -> No
 
 def finish(mesh: Mesh, data: torch.Tensor, layout: Layout, name: str, key: str) -> DistTensor:
     """The output tensor, in the compute dtype, registered under `key` (already allocated)."""
-    data = data.to(mesh.compute_dtype)
+    if data.dtype != mesh.compute_dtype:  # `to` of the same dtype is the tensor itself
+        data = data.to(mesh.compute_dtype)
     if mesh.mode is Mode.FUNCTIONAL:
         data = data.contiguous()
     return DistTensor(data, layout, mesh, name, key)

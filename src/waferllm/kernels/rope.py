@@ -21,6 +21,7 @@ from waferllm.kernels.vector import (
     lead_count,
 )
 from waferllm.mesh.cost import Ledger
+from waferllm.mesh.meta import meta_empty
 from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh, Mode
@@ -60,19 +61,19 @@ def rope(
         return as_dtype(t.data.reshape(*t.data.shape[:-1], *([1] * extra), size), x.data.dtype)
 
     data = x.data
+    closed = mesh.mode is Mode.ESTIMATE and not walk
+    charge_vector(mesh, ledger, op, rows=lead_count(data, -1), length=size, cost=ROTATE)
+    if closed:  # what the ops below give meta tiles: the broadcast shape, x's dtype
+        tables = [(*t.data.shape[:-1], *([1] * extra), size) for t in (cos, sin)]
+        shape = np.broadcast_shapes(data.shape, *tables)  # not torch's: sympy
+        return x.replace(meta_empty(shape, data.dtype))
     signs = _rotation_signs(size, data.dtype, data.device.type)
 
     def rotated(data: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        if closed:  # what the ops below give meta tiles: the broadcast shape, x's dtype
-            shape = np.broadcast_shapes(data.shape, cos.shape, sin.shape)  # not torch: sympy
-            return torch.empty(shape, dtype=data.dtype, device="meta")
         # rotate_half(x) * sin = [x2, x1] * ([-1, 1] * sin): (-a)*b and a*(-b) are the same
         swapped = data.roll(size // 2, dims=-1)
         return data * cos + swapped * (sin * signs)
 
-    closed = mesh.mode is Mode.ESTIMATE and not walk
-
-    charge_vector(mesh, ledger, op, rows=lead_count(data, -1), length=size, cost=ROTATE)
     return x.replace(on_replicas(rotated, data, aligned(cos), aligned(sin)))
 
 

@@ -4,7 +4,9 @@ owner map given as group sizes and each distinct row's owner offsets (dist-GEMM-
 and prefill attention's probability multicasts, `Owners.of_group_rows`).
 
 Every load of a core depends only on its group's size s, its owner's offset o and its own
-offset j: the arrays are gathered from small (s, o, j) tables, the sums are per-group sums.
+offset j: the arrays are gathered from small (o, j) tables of message counts per group size
+(`unit_table`, cached: any grid with groups of that size shares them) times the message's
+bytes, the sums are per-group sums.
 The patterns' generic paths stay the oracle (tests/mesh/test_group_patterns.py).
 Legend: U distinct rows, L lines, G groups, C cores along the axis.
 """
@@ -22,7 +24,7 @@ from waferllm.mesh.geometry import Axis
 from waferllm.mesh.loads import LineRows, Load
 from waferllm.mesh.traffic import Traffic, orient
 
-Table = Callable[[np.ndarray, np.ndarray, int], np.ndarray]  # value(o, j, s): (s, s)
+Table = Callable[[np.ndarray, np.ndarray, int], np.ndarray]  # counts(o, j, s): (n, s)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -69,31 +71,36 @@ class GroupRows:
         base = np.cumsum([0] + [len(u) for u in used])[:-1]
         return base[np.searchsorted(self.distinct, self.sizes)][None, :] + rank
 
-    def tables(self, value: Table) -> tuple[np.ndarray, ...]:
-        """`value(o, j, s)` as a float64 (n, s) table for each distinct size s, over the n
-        owner offsets o its groups use and every core offset j."""
-        out = []
-        for s, used in zip(self.distinct, self._used[0], strict=True):
-            o, j = used[:, None], np.arange(s)[None, :]
-            out.append(np.broadcast_to(value(o, j, s), (len(used), s)).astype(np.float64))
-        return tuple(out)
+    @functools.cached_property
+    def _used_keys(self) -> list[bytes]:
+        """Each distinct size's used owner offsets as `unit_table`'s key."""
+        return [np.ascontiguousarray(u, dtype=np.int64).tobytes() for u in self._used[0]]
 
-    def loads(self, value: Table, cut: slice = slice(None)) -> np.ndarray | TableRows:
-        """Every line's loads, `value(o, j, s)` at each core (the columns `cut`): the (U, C)
-        rows themselves when every line has its own row in order (as `loads.line_rows`),
-        else kept as tables (`TableRows`)."""
-        tables = self.tables(value)
-        assert all((t >= 0).all() for t in tables)  # loads: `TableRows.row_peaks` relies on it
+    def tables(self, kind: str) -> tuple[UnitTable, ...]:
+        """The `UNIT[kind]` table of each distinct size s over the n owner offsets its groups
+        use and every core offset j (`unit_table`, shared by every grid with such groups)."""
+        return tuple(
+            unit_table(kind, s, key) for s, key in zip(self.distinct, self._used_keys, strict=True)
+        )
+
+    @functools.cached_property
+    def in_order(self) -> bool:
+        """Whether every line has its own row, in order (the rows are then the loads)."""
+        return len(self.index) == len(self.offsets) and np.array_equal(
+            self.index, np.arange(len(self.index))
+        )
+
+    def loads(self, kind: str, nbytes: int, cut: slice = slice(None)) -> np.ndarray | TableRows:
+        """Every line's loads, `UNIT[kind](o, j, s)` messages of `nbytes` at each core (the
+        columns `cut`): the (U, C) rows themselves when every line has its own row in order
+        (as `loads.line_rows`), else kept as tables (`TableRows`)."""
+        tables = self.tables(kind)
         cores = range(int(self.sizes.sum()))
         for group, j in ((0, 0), (-1, -1)):  # a link array's first or last core carries 0
             if cores[j] not in cores[cut]:
-                assert not tables[self.distinct.index(int(self.sizes[group]))][:, j].any()
-        rows = TableRows(self, tables, cut, 0)
-        if len(self.index) == len(self.offsets) and np.array_equal(
-            self.index, np.arange(len(self.index))
-        ):
-            return rows.rows
-        return rows
+                assert not tables[self.distinct.index(int(self.sizes[group]))].counts[:, j].any()
+        rows = TableRows(self, tables, cut, 0, float(nbytes))
+        return rows.rows if self.in_order else rows
 
     def per_row(self, values: np.ndarray) -> int:
         """The sum over every line of a per-(row, group) count (U, G)."""
@@ -106,22 +113,29 @@ class GroupRows:
 
 
 class TableRows(LineRows):
-    """`LineRows` whose distinct rows are gathered from per-group-size tables (the (s, s)
-    loads of a core by its owner's offset o and its own offset j; `cut` keeps some columns:
-    a link array drops the first or the last core). The max and each row's max come from
-    the tables (a max of the same floats: exact), so a step priced alone or beside a step
+    """`LineRows` whose distinct rows are gathered from per-group-size unit tables (the
+    (n, s) message counts of a core by its owner's offset o and its own offset j) times the
+    message bytes `scale`; `cut` keeps some columns: a link array drops the first or the
+    last core. The max and each row's max come from the tables' row maxima times `scale`
+    (exact: counts of 0, 1 or 2 times whole bytes, and a product keeps the floats' order,
+    so the largest product is the largest count's), so a step priced alone or beside a step
     along the other axis (`LinePlus`) never gathers the (U, C) rows; anything else does."""
 
     def __init__(
-        self, groups: GroupRows, tables: tuple[np.ndarray, ...], cut: slice, axis: int
+        self,
+        groups: GroupRows,
+        tables: tuple[UnitTable, ...],
+        cut: slice,
+        axis: int,
+        scale: float,
     ) -> None:
-        self.groups, self.tables, self.cut = groups, tables, cut
+        self.groups, self.tables, self.cut, self.scale = groups, tables, cut, scale
         self.index, self.axis = groups.index, axis
 
     @functools.cached_property
     def rows(self) -> np.ndarray:  # type: ignore[override]
-        flat = np.concatenate([t.ravel() for t in self.tables])
-        full = np.ascontiguousarray(flat[self.groups.place[:, self.cut]])
+        flat = np.concatenate([t.counts.ravel() for t in self.tables])
+        full = flat[self.groups.place[:, self.cut]] * self.scale
         return full if self.axis == 0 else full.T
 
     @property
@@ -132,22 +146,64 @@ class TableRows(LineRows):
 
     @property
     def T(self) -> TableRows:  # noqa: N802 (numpy's name)
-        return TableRows(self.groups, self.tables, self.cut, 1 - self.axis)
+        return TableRows(self.groups, self.tables, self.cut, 1 - self.axis, self.scale)
 
     def row_peaks(self) -> np.ndarray:
         """(U,): each distinct row's max, the largest of its groups' table row maxima (a cut
-        core's load is 0 and every load >= 0: `GroupRows.loads` checks, so the whole tables'
-        maxima are the kept columns')."""
-        peaks = np.concatenate([t.max(axis=1) for t in self.tables])
-        return peaks[self.groups.peak_place].max(axis=1)
+        core's load is 0 and every load >= 0: `unit_table` checks, so the whole tables'
+        maxima are the kept columns'); computed once (read-only)."""
+        return self._peaks
+
+    @functools.cached_property
+    def _peaks(self) -> np.ndarray:
+        peaks = np.concatenate([t.peaks for t in self.tables])
+        peaks = peaks[self.groups.peak_place].max(axis=1) * self.scale
+        peaks.setflags(write=False)
+        return peaks
 
     def max(self, initial: float = -np.inf) -> float:
         return float(self.row_peaks().max(initial=initial))
 
     def scaled(self, factor: int) -> TableRows:
-        return TableRows(
-            self.groups, tuple(t * float(factor) for t in self.tables), self.cut, self.axis
-        )
+        """Every load times `factor`: the same counts, the bytes times `factor` (whole
+        numbers below 2**53: the same floats as scaling each load)."""
+        return TableRows(self.groups, self.tables, self.cut, self.axis, self.scale * factor)
+
+
+# What a core's load counts, in messages, by its owner's offset o and its own offset j in a
+# group of s cores (o: (n, 1), j: (1, s)); a load is its count times the message bytes.
+UNIT: dict[str, Table] = {
+    "past": lambda o, j, s: j > o,  # a core past its owner
+    "before": lambda o, j, s: j < o,  # a core before its owner
+    "other": lambda o, j, s: j != o,  # every core but the owner
+    # a chain core takes in j-1's forward (j-1 < o) and j+1's backward (j+1 > o)
+    "chain_in": lambda o, j, s: ((j >= 1) & (j - 1 < o)) * 1 + ((j <= s - 2) & (j + 1 > o)),
+    # a multicast owner sends one stream per side it has cores on
+    "sends": lambda o, j, s: (j == o) * ((o > 0) * 1 + (o < s - 1)),
+}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class UnitTable:
+    """A (n, s) table of message counts (float64, read-only) and each row's max (n,)."""
+
+    counts: np.ndarray
+    peaks: np.ndarray
+
+
+@functools.lru_cache(maxsize=512)
+def unit_table(kind: str, size: int, used: bytes) -> UnitTable:
+    """`UNIT[kind]` over the owner offsets `used` (an int64 array's bytes) and the `size`
+    cores of a group. Pure in its key (the table reads o, j and s only), so a group size
+    seen on any grid before is not tabled again."""
+    o = np.frombuffer(used, dtype=np.int64)[:, None]
+    counts = np.broadcast_to(UNIT[kind](o, np.arange(size)[None, :], size), (len(o), size))
+    counts = counts.astype(np.float64)
+    assert (counts >= 0).all()  # loads: `TableRows.row_peaks` relies on it
+    peaks = counts.max(axis=1)
+    for array in (counts, peaks):
+        array.setflags(write=False)
+    return UnitTable(counts=counts, peaks=peaks)
 
 
 def group_multicast(
@@ -159,7 +215,7 @@ def group_multicast(
     cores on. Run ends: the group's first core when o > 0, its last when o < s - 1, each
     d hops away (d = o, s - 1 - o: s - 1 byte-hops per group). Slack: the mean over every
     core of the farthest hops minus its own, sum(d) per group = o(o+1)/2 + (s-1-o)(s-o)/2."""
-    size, sizes, offs = float(nbytes), rows.sizes, rows.offsets
+    sizes, offs = rows.sizes, rows.offsets
     hops, lines, num = rows.far, len(rows.index), int(sizes.sum())
     left_hops, right_hops = offs, sizes - 1 - offs
     dist_sum = left_hops * (left_hops + 1) // 2 + right_hops * (right_hops + 1) // 2
@@ -169,11 +225,11 @@ def group_multicast(
     scale = shape[axis.other.tensor_dim] if lines == 1 else 1
     links: dict[tuple[Axis, int], Load] = {}
     if (right_hops > 0).any():  # some core past its owner: link i carries core i+1's
-        links[(axis, +1)] = rows.loads(lambda o, j, s: np.where(j > o, size, 0.0), slice(1, None))
+        links[(axis, +1)] = rows.loads("past", nbytes, slice(1, None))
     if (left_hops > 0).any():
-        links[(axis, -1)] = rows.loads(lambda o, j, s: np.where(j < o, size, 0.0), slice(-1))
-    ramp_in = rows.loads(lambda o, j, s: np.where(j != o, size, 0.0))
-    sends = rows.loads(lambda o, j, s: (j == o) * ((o > 0) * 1.0 + (o < s - 1)) * nbytes)
+        links[(axis, -1)] = rows.loads("before", nbytes, slice(-1))
+    ramp_in = rows.loads("other", nbytes)
+    sends = rows.loads("sends", nbytes)
     return Traffic(
         device=device,
         shape=shape,
@@ -195,21 +251,19 @@ def group_chain(
     its partial one hop towards it (forward before it, backward past it); a core takes in its
     neighbours' partials that move towards it: the one before it when that lies before its
     owner, the one past it likewise. d hops and d - 1 stages for the farthest core."""
-    size, far = float(nbytes), rows.far
+    far = rows.far
     sizes, offs, lines = rows.sizes, rows.offsets, len(rows.index)
     links: dict[tuple[Axis, int], Load] = {}
     if (offs > 0).any():  # some core before its owner: link i carries core i's forward
-        links[(axis, +1)] = rows.loads(lambda o, j, s: np.where(j < o, size, 0.0), slice(-1))
+        links[(axis, +1)] = rows.loads("before", nbytes, slice(-1))
     if (offs < sizes - 1).any():
-        links[(axis, -1)] = rows.loads(lambda o, j, s: np.where(j > o, size, 0.0), slice(1, None))
+        links[(axis, -1)] = rows.loads("past", nbytes, slice(1, None))
     # core j takes in j-1's forward (j-1 < o) and j+1's backward (j+1 > o), within the group
-    ramp_in = rows.loads(
-        lambda o, j, s: ((j >= 1) & (j - 1 < o)) * size + ((j <= s - 2) & (j + 1 > o)) * size
-    )
+    ramp_in = rows.loads("chain_in", nbytes)
     senders = rows.per_row(np.broadcast_to(sizes - 1, offs.shape))
     scale = shape[axis.other.tensor_dim] if lines == 1 else 1
     injected = senders * nbytes * scale
-    ramp_out = rows.loads(lambda o, j, s: np.where(j != o, size, 0.0))
+    ramp_out = rows.loads("other", nbytes)
     return one_hop_chains(device, shape, axis, far, injected, links, ramp_in, ramp_out)
 
 

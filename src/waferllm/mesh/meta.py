@@ -303,6 +303,24 @@ class ShapeOnly(TorchDispatchMode):
         return func(*args, **kwargs) if out is None else out
 
 
+_PYTHON_KEY = torch._C.DispatchKeySet(torch._C.DispatchKey.Python)
+
+
+def native() -> contextlib.AbstractContextManager[None]:
+    """A block where torch runs meta ops itself, past `shape_only()`'s mode: for view and
+    factory ops only (reshape, permute, empty ...), whose meta kernels are C++ (a few us,
+    against ~20 us through the mode's Python dispatch); a pointwise op there would take
+    torch's Python meta kernel instead (~0.5 ms). Outside the mode it changes nothing."""
+    return torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEY)
+
+
+def meta_empty(shape: tuple[int, ...], dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`torch.empty(shape, dtype=dtype, device="meta")` (the same tensor) without the
+    mode's dispatch (`native`): estimate mode's closed forms make their outputs so."""
+    with native():
+        return torch.empty(shape, dtype=dtype, device="meta")
+
+
 @contextlib.contextmanager
 def shape_only() -> Iterator[None]:
     """Run estimate-mode kernels with the fast output shapes (see the module docstring);
@@ -320,4 +338,4 @@ def shape_only() -> Iterator[None]:
 
 _STATE = threading.local()  # torch's mode stack is per thread too
 
-__all__ = ["ShapeOnly", "meta_matmul", "shape_only"]
+__all__ = ["ShapeOnly", "meta_empty", "meta_matmul", "native", "shape_only"]

@@ -12,6 +12,7 @@ Legend: P cores along the axis, L lines (1 when every line is alike).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from functools import lru_cache
 from typing import Any
 
@@ -90,7 +91,13 @@ class Owners:
         )
 
     def group_rows(self) -> GroupRows | None:
-        """The groups and their owner offsets, when given so (`of_group_rows`)."""
+        """The groups and their owner offsets, when given so (`of_group_rows`); one object
+        per `Owners` (its tables' offsets, cached, serve every pattern of these owners: a
+        kernel's reduce and multicast of one step's owners)."""
+        return self._group_rows
+
+    @functools.cached_property
+    def _group_rows(self) -> GroupRows | None:
         if self.group_offsets is None or self.group_sizes is None or self.row_of_line is None:
             return None
         sizes = np.asarray(self.group_sizes, dtype=np.int64)

@@ -31,7 +31,7 @@ from waferllm.mesh.geometry import (
 from waferllm.mesh.loads import line_rows
 from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 from waferllm.mesh.tiling import LogicalGrid
-from waferllm.mesh.traffic import Traffic, line_traffic
+from waferllm.mesh.traffic import Traffic, line_traffic, on_grid, one_line
 from waferllm.mesh.virtual import Mesh
 
 
@@ -108,8 +108,10 @@ def _ring_traffic(
     ramp_out = np.zeros((1, 1))
     injected = byte_hops = hops = 0
     for steps, weights, distinct in ((1, counts[0], pairs[0]), (-1, counts[1], pairs[1])):
+        if not weights.any():  # no line moves this way: no unit to price
+            continue
         unit = _unit_traffic(device, shape, axis, size, kind, steps, nbytes)
-        if not weights.any() or unit.bytes_injected == 0:
+        if unit.bytes_injected == 0:
             continue
         hops = max(hops, unit.critical_hops)
         w = distinct.astype(np.float64)
@@ -161,8 +163,32 @@ def _ring_step_traffic(
     and the hops do not depend on them; a new grid's GEMMs shift blocks of many sizes along
     a few ring patterns, each then priced once."""
     if nbytes <= 1:
-        return _ring_traffic(device, shape, axis, size, kind, counts_key, nbytes)
-    return _ring_traffic(device, shape, axis, size, kind, counts_key, 1).scaled(nbytes)
+        return _priced_ring(device, shape, axis, size, kind, counts_key, nbytes)
+    return _priced_ring(device, shape, axis, size, kind, counts_key, 1).scaled(nbytes)
+
+
+def _priced_ring(
+    device: Device,
+    shape: tuple[int, int],
+    axis: Axis,
+    size: int,
+    kind: RingKind,
+    counts_key: bytes,
+    nbytes: int,
+) -> Traffic:
+    """`_ring_traffic`; when every line moves alike (a MeshGEMM step), priced once on
+    `traffic.one_line(P)` and put on the grid by `traffic.on_grid` (exact: a uniform step's
+    arrays are the line's and its sums the line's times the lines, as `pattern_cache.per_line`
+    prices patterns; tests/mesh/test_ring_lines.py), so a square grid's X and Y steps and any
+    grid sharing the side share one pricing."""
+    lines = shape[axis.other.tensor_dim]
+    counts = np.frombuffer(counts_key, dtype=np.int64).reshape(2, lines)
+    if lines > 1 and bool((counts == counts[:, :1]).all()):
+        line_key = np.ascontiguousarray(counts[:, :1]).tobytes()
+        num = shape[axis.tensor_dim]
+        line = _ring_traffic(device, one_line(num), Axis.X, size, kind, line_key, nbytes)
+        return on_grid(line, shape, axis)
+    return _ring_traffic(device, shape, axis, size, kind, counts_key, nbytes)
 
 
 @lru_cache(maxsize=1024)
@@ -298,12 +324,17 @@ def ring_index(size: int, kind: RingKind, steps: int, device: str) -> torch.Tens
     return _index_tensor(dst.shape, dst.tobytes(), False, device)
 
 
+@lru_cache(maxsize=1024)
 def skew_offsets(size: int, kind: RingKind) -> np.ndarray:
     """Signed ring steps that apply Cannon's skew to line j (rotate it back by pos(j)), the
-    shorter way round: in (-L/2, L/2]."""
-    return shorter_way(-ring_position(size, kind), size)
+    shorter way round: in (-L/2, L/2]. Cached, read-only: every skew round and every
+    `align_a` of a grid asks for it (a function of its arguments only)."""
+    offsets = shorter_way(-ring_position(size, kind), size)
+    offsets.setflags(write=False)
+    return offsets
 
 
+@lru_cache(maxsize=1024)
 def skew_rounds(size: int, kind: RingKind) -> int:
     """Rounds of the skew: the longest line's |offset|, floor(L/2) for L >= 2."""
     return int(np.abs(skew_offsets(size, kind)).max(initial=0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -26,6 +27,7 @@ from waferllm.mesh.comm import ReduceAlgorithm
 from waferllm.mesh.compute import charge_compute, charge_fixed, elementwise, vector_op_cycles
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.meta import meta_empty
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.tiling import padded_k
 from waferllm.mesh.virtual import Mesh, Mode
@@ -63,9 +65,15 @@ def charge_layer_fixed(mesh: Mesh, ledger: Ledger) -> None:
 
 
 def view(t: DistTensor, layout: Layout) -> DistTensor:
-    """The same tiles under another logical layout (a per-core reshape, no copy)."""
+    """The same tiles under another logical layout (a per-core reshape, no copy; meta tiles
+    of the new shape in estimate mode, without the reshape's dispatch)."""
     rows, cols = t.mesh.shape
-    data = t.data.reshape(rows, cols, *layout.tile_shape(rows, cols))
+    shape = (rows, cols, *layout.tile_shape(rows, cols))
+    if t.data.is_meta:
+        assert math.prod(shape) == t.data.numel(), (shape, t.data.shape)
+        data = meta_empty(shape, t.data.dtype)
+    else:
+        data = t.data.reshape(shape)
     return DistTensor(data, layout, t.mesh, t.name, t.sram_key)
 
 
@@ -88,7 +96,9 @@ def gemm_operand(mesh: Mesh, x: DistTensor, ledger: Ledger, op: str) -> DistTens
     m, k = x.layout.shape
     width = padded_k(rows, cols, k) // cols
     data = x.data
-    if width != data.shape[-1]:
+    if width != data.shape[-1] and data.is_meta:  # estimate mode: the padded shape
+        data = meta_empty((*data.shape[:-1], width), data.dtype)
+    elif width != data.shape[-1]:
         data = torch.nn.functional.pad(data, (0, width - data.shape[-1]))
     a = mesh.register(data, Layout((m, width * cols), y_dim=0, x_dim=1), f"{op}.a")
     return align_a(mesh, a=a, ledger=ledger, op=f"{op}.align").out
@@ -389,7 +399,6 @@ def rope_tables(
     emb = cat(freqs, freqs)). Prefill: [L_y, (C*H)_x]; decode: [B, (C*H)_x] (one position per
     sequence, replicated along Y). The cores compute them once per call for all their layers:
     `charge_rope_tables` prices that."""
-    pairs = torch.as_tensor(heads.rope_pairs().reshape(-1))  # (C*H,)
     width = heads.num_cols * heads.head_slots
     if tokens_axis is Axis.Y:
         layout = Layout((len(positions), width), y_dim=0, x_dim=1)
@@ -397,11 +406,12 @@ def rope_tables(
         layout = Layout((len(positions), width), x_dim=1)
     host: list[torch.Tensor | None] = [None, None]
     if mesh.mode is Mode.FUNCTIONAL:
+        pairs = torch.as_tensor(heads.rope_pairs().reshape(-1))  # (C*H,)
         angle = positions.to(torch.float32)[:, None] * inv_freq.to(torch.float32)[pairs][None, :]
         host = [angle.cos(), angle.sin()]
     tables = []
     for name, table in zip(("rope.cos", "rope.sin"), host, strict=True):
-        data = table if table is not None else torch.empty(layout.shape, device="meta")
+        data = table if table is not None else meta_empty(layout.shape)
         tables.append(mesh.scatter(data, layout, name))
     return tables[0], tables[1]
 

@@ -21,6 +21,7 @@ from waferllm.kernels.heads import HeadLayout
 from waferllm.mesh.comm import broadcast
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.meta import meta_empty
 from waferllm.mesh.relayout import hop
 from waferllm.mesh.system_link import system_link_hop
 from waferllm.mesh.tensor import DistTensor, Layout
@@ -123,7 +124,7 @@ def kept_kv(
     for width in (heads.kv_width, heads.v_width):
         layout = Layout((length, heads.num_cols * width), y_dim=0, x_dim=1)
         shape = (*mesh.shape, *layout.tile_shape(*mesh.shape))
-        tiles.append((layout, torch.empty(shape, device="meta")))
+        tiles.append((layout, meta_empty(shape)))
     (k_layout, k_tile), (v_layout, v_tile) = tiles
     return [
         KeyChunk(
