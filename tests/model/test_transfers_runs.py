@@ -18,13 +18,16 @@ import pytest
 import torch
 
 from waferllm.device import get_device, tiny
+from waferllm.kernels.heads import head_layout
 from waferllm.mesh import Layout, Mesh, relayout, run_terms
 from waferllm.mesh.cost import Charge
 from waferllm.mesh.relayout import Move, relayout_charge
 from waferllm.mesh.relayout_elements import relayout_charge_elements
 from waferllm.mesh.runs import Runs, block_steps, steps_of
 from waferllm.mesh.virtual import Mode
+from waferllm.model import transfers
 from waferllm.model.config_sources import load_config
+from waferllm.model.family import Dim
 from waferllm.model.placement import PlacementMode
 from waferllm.model.quant import Storage
 from waferllm.model.transfers import kv_moves, weight_moves
@@ -222,3 +225,32 @@ def test_moves_priced_again_on_another_mesh_or_with_another_count_equal_cold_pri
         for group in [[m] for m in moves] + [[m] for m in recounted] + [moves, recounted]:
             warm = relayout_charge(dev, group, bytes_per_element=1.0625)
             assert_same_charge(warm, _cold(dev, group))
+
+
+def _unit_of_features(heads, dim, kv_heads: int) -> np.ndarray:
+    """The unit (`transfers._unit_columns`) of every feature of `dim` in checkpoint order."""
+    hd, pairs = heads.head_dim, heads.head_dim // 2
+    n = heads.n_rep if dim in (Dim.Q, Dim.O) else 1
+    feature = np.arange(kv_heads * n * hd)
+    kv_head, dim_of = feature // (n * hd), feature % hd
+    if dim in (Dim.Q, Dim.KV):
+        return kv_head * pairs + dim_of % pairs
+    return kv_head * hd + dim_of
+
+
+@pytest.mark.parametrize(
+    ("kv_heads", "n_rep", "head_dim"), [(8, 4, 128), (2, 2, 16), (8, 8, 128), (4, 1, 64)]
+)
+def test_head_units_carry_the_columns_of_their_features_on_every_grid(kv_heads, n_rep, head_dim):
+    """A unit's column, at each of its features (q, k, v, attention output), is the feature's
+    column of the heads layout: more columns than kv heads (pairs split), fewer (whole kv
+    heads per column) and as many."""
+    for cols in sorted({1, 3, max(kv_heads - 1, 1), kv_heads, kv_heads + 1, 75, 611}):
+        heads = head_layout(kv_heads, n_rep, head_dim, cols)
+        for dim in (Dim.Q, Dim.KV, Dim.V, Dim.O):
+            units = transfers._unit_columns(heads, dim)
+            features = transfers._columns_of(heads, dim).expand()
+            unit = _unit_of_features(heads, dim, kv_heads)
+            np.testing.assert_array_equal(units.expand()[unit], features)
+            per_unit = transfers._features_per_unit(heads, dim)
+            assert units.size * per_unit == features.size

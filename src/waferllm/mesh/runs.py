@@ -57,9 +57,11 @@ def block_steps(size: int, parts: int) -> Steps:
 @dataclasses.dataclass(frozen=True, eq=False)
 class Runs:
     """One axis of a move: `length[k]` elements going from line `src[k]` to line `dst[k]`
-    (runs of one or more elements; neighbouring runs may share lines). Immutable (read-only
-    arrays), equal by identity: the pricing remembers what it read of an axis
-    (`run_terms.axis_terms`)."""
+    (runs of one or more elements; neighbouring runs may share lines). The pricing reads only
+    how many elements go from each line to each line, so the runs may list the elements in
+    any order and a run may stand for elements that are not neighbours (`placed`'s units).
+    Immutable (read-only arrays), equal by identity: the pricing remembers what it read of an
+    axis (`run_terms.axis_terms`)."""
 
     src: np.ndarray
     dst: np.ndarray
@@ -79,17 +81,16 @@ class Runs:
         """The runs of element arrays (`relayout.Move`'s): neighbours with equal lines merged."""
         return joint(steps_of(src), steps_of(dst))
 
-    def shifted(self, src_by: int, dst_by: int) -> Runs:
-        """The same runs between lines `src_by` and `dst_by` further (regions' origins)."""
-        return Runs(self.src + src_by, self.dst + dst_by, self.length)
-
 
 @functools.lru_cache(maxsize=256)  # the same axis in several moves (every matmul's K = D)
-def placed(src: Steps, dst: Steps, src_by: int, dst_by: int) -> Runs:
-    """`joint(src, dst)` between lines `src_by` and `dst_by` further (the regions' origins):
-    one object per axis and origins, so the pricing reads a shared axis once (the steps are
-    immutable and keyed by identity, as in `joint`)."""
-    return joint(src, dst).shifted(src_by, dst_by)
+def placed(src: Steps, dst: Steps, src_by: int, dst_by: int, per_unit: int = 1) -> Runs:
+    """`joint(src, dst)` between lines `src_by` and `dst_by` further (the regions' origins),
+    each element standing for `per_unit` (an axis of units that move alike: `Runs`): one
+    object per axis, origins and multiplicity, so the pricing reads a shared axis once (the
+    steps are immutable and keyed by identity, as in `joint`)."""
+    runs = joint(src, dst)
+    length = runs.length if per_unit == 1 else runs.length * per_unit
+    return Runs(runs.src + src_by, runs.dst + dst_by, length)
 
 
 @functools.lru_cache(maxsize=1024)  # the same axis in several moves (every matmul's K = D)
@@ -99,13 +100,39 @@ def joint(src: Steps, dst: Steps) -> Runs:
     assert src.size == dst.size, (src.size, dst.size)
     if src.size == 0:
         return Runs(_EMPTY, _EMPTY, _EMPTY)
+    dense = _DENSE * (src.starts.size + dst.starts.size) >= src.size
+    starts, at_src, at_dst = (_dense_starts if dense else _merged_starts)(src, dst)
+    length = np.diff(np.append(starts, src.size))
+    return Runs(src.values[at_src], dst.values[at_dst], length)
+
+
+# `joint` marks the steps' starts on the elements once there are at least 1/_DENSE as many
+# starts as elements (a heads layout's columns change at nearly every element); below, it
+# merges the sorted starts (a block split's few steps over the vocabulary's 128K rows)
+_DENSE = 8
+
+
+def _merged_starts(src: Steps, dst: Steps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`joint`'s run starts (the sorted distinct starts of either) and the step each falls
+    in at both ends."""
     both = np.concatenate((src.starts, dst.starts))
     both.sort()
     starts = both[np.concatenate(([True], both[1:] != both[:-1]))]
     at_src = np.searchsorted(src.starts, starts, side="right") - 1
     at_dst = np.searchsorted(dst.starts, starts, side="right") - 1
-    length = np.diff(np.append(starts, src.size))
-    return Runs(src.values[at_src], dst.values[at_dst], length)
+    return starts, at_src, at_dst
+
+
+def _dense_starts(src: Steps, dst: Steps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_merged_starts` from marks on the elements (no sort): the starts marked by either,
+    and under each the count of each side's own marks up to it, less one (the step it falls
+    in: what `searchsorted(..., side="right") - 1` finds, the starts being distinct)."""
+    marks = np.zeros((2, src.size), dtype=np.int64)
+    marks[0, src.starts] = 1
+    marks[1, dst.starts] = 1
+    starts = np.flatnonzero(marks[0] | marks[1])
+    at = np.cumsum(marks, axis=1)[:, starts] - 1
+    return starts, at[0], at[1]
 
 
 __all__ = ["Runs", "Steps", "block_steps", "joint", "placed", "steps_of"]

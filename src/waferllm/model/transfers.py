@@ -84,6 +84,27 @@ def _feature_columns(plan: ModelPlan, cols: int, dim: Dim) -> Steps:
     return _columns_of(heads_for(plan.config, cols), dim)
 
 
+@functools.lru_cache(maxsize=512)  # per head layout: a grid side recurs across plans
+def _unit_columns(heads: HeadLayout, dim: Dim) -> Steps:
+    """The column of each unit of head dim `dim`, units in (kv head, RoPE pair) order for q
+    and k, (kv head, value dim) order for v and the attention output: a column holds its kv
+    heads' whole units, consecutive columns the next ones (`HeadLayout`: a kv head's columns
+    split its pairs, and its value dims, in order; or a column holds whole kv heads), so the
+    steps are the columns' unit counts, without an element array."""
+    pairs = dim in (Dim.Q, Dim.KV)
+    per_head = heads.num_pairs if pairs else heads.num_vdims
+    counts = heads.num_kv * per_head
+    held = np.flatnonzero(counts)
+    return Steps((np.cumsum(counts) - counts)[held], held, int(counts.sum()))
+
+
+def _features_per_unit(heads: HeadLayout, dim: Dim) -> int:
+    """The features of `dim` that sit with each unit of `_unit_columns` on every grid: a pair
+    is two features of each of the kv head's n query heads (q) or of its k; a value dim is one
+    feature of its v, or of each query head's attention output."""
+    return {Dim.Q: 2 * heads.n_rep, Dim.KV: 2, Dim.V: 1, Dim.O: heads.n_rep}[dim]
+
+
 @functools.lru_cache(maxsize=512)
 def _columns_of(heads: HeadLayout, dim: Dim) -> Steps:
     """The column of each real feature of head dim `dim` in checkpoint order, as steps (the
@@ -92,8 +113,31 @@ def _columns_of(heads: HeadLayout, dim: Dim) -> Steps:
     return steps_of(slots // width)
 
 
-_Axis = tuple[Steps, Steps, int, int]  # one axis of a move: its source and destination
-# lines (steps within the regions) and the regions' origins along it
+@dataclasses.dataclass(frozen=True)
+class _Axis:
+    """One axis of a move: its source and destination lines (steps within the regions), the
+    regions' origins along it, and the elements each step element stands for (`per_unit`:
+    `_unit_columns`' units; 1 for an axis of elements)."""
+
+    src: Steps
+    dst: Steps
+    at_src: int
+    at_dst: int
+    per_unit: int = 1
+
+
+def _columns_axis(
+    plan: ModelPlan, dim: Dim, src: tuple[int, int], dst: tuple[int, int], *, elements: bool
+) -> _Axis:
+    """The axis of `dim` split over `src` = (lines, origin) at the source and `dst` at the
+    destination (`_columns`): a head dim in units moving alike (`_unit_columns`), or with
+    `elements` (the oracle's input) feature by feature."""
+    if dim.is_heads and not elements:
+        src_heads, dst_heads = (heads_for(plan.config, lines) for lines, _ in (src, dst))
+        per_unit = _features_per_unit(src_heads, dim)
+        src_units, dst_units = _unit_columns(src_heads, dim), _unit_columns(dst_heads, dim)
+        return _Axis(src_units, dst_units, src[1], dst[1], per_unit)
+    return _Axis(_columns(plan, dim, src[0]), _columns(plan, dim, dst[0]), src[1], dst[1])
 
 
 def _move(
@@ -102,15 +146,18 @@ def _move(
     """A move from each axis's (source, destination) lines: its runs (what the pricing
     reads), or with `elements` every element's lines (the oracle's input: `relayout_elements`)."""
     if elements:
+        assert a.per_unit == b.per_unit == 1, "an oracle's axes list every element"
         a_src, a_dst, b_src, b_dst = (
             steps.expand(by)
-            for src, dst, at_src, at_dst in (a, b)
-            for steps, by in ((src, at_src), (dst, at_dst))
+            for axis in (a, b)
+            for steps, by in ((axis.src, axis.at_src), (axis.dst, axis.at_dst))
         )
         return Move(
             a_src=a_src, a_dst=a_dst, b_src=b_src, b_dst=b_dst, crossed=crossed, count=count
         )
-    a_runs, b_runs = (placed(*axis) for axis in (a, b))
+    a_runs, b_runs = (
+        placed(axis.src, axis.dst, axis.at_src, axis.at_dst, axis.per_unit) for axis in (a, b)
+    )
     return RunMove(a=a_runs, b=b_runs, crossed=crossed, count=count)
 
 
@@ -134,8 +181,8 @@ def kv_moves(
         (py, px), (dy, dx) = plan.prefill.regions[p].origin, plan.decode.regions[d].origin
         moves.extend(
             _move(
-                (src_row, dst_row, py, dy),
-                (_feature_columns(plan, pc, dim), _feature_columns(plan, dc, dim), px, dx),
+                _Axis(src_row, dst_row, py, dy),
+                _columns_axis(plan, dim, (pc, px), (dc, dx), elements=elements),
                 count=n * plan.layer_multiplier,
                 elements=elements,
             )
@@ -199,8 +246,8 @@ def weight_moves(
         return moves
     (py, px), (dy, dx) = plan.prefill.regions[-1].origin, plan.decode.regions[-1].origin
     d, v = cfg.hidden_size, cfg.vocab_size
-    vocab = (block_steps(v, pr), block_steps(v, dc), py, dx)
-    hidden = (block_steps(d, pc), block_steps(d, dr), px, dy)
+    vocab = _Axis(block_steps(v, pr), block_steps(v, dc), py, dx)
+    hidden = _Axis(block_steps(d, pc), block_steps(d, dr), px, dy)
     moves.append(_move(vocab, hidden, crossed=True, elements=elements))
     return moves
 
@@ -227,13 +274,12 @@ def _matmul_move(
     pc, (dr, dc) = plan.prefill.grid[1], plan.decode.grid
     (py, px), (dy, dx) = origins
     k_src = _k_rows(plan, t.in_, padded)
-    n_src = _columns(plan, t.out, pc)
     if t.decode_reduce is Axis.X:  # decode: K along X, N along Y (crossed)
-        k = (k_src, _columns(plan, t.in_, dc), py, dx)
-        n = (n_src, _columns(plan, t.out, dr), px, dy)
+        k = _Axis(k_src, _columns(plan, t.in_, dc), py, dx)
+        n = _columns_axis(plan, t.out, (pc, px), (dr, dy), elements=elements)
         return _move(k, n, crossed=True, count=count, elements=elements)
-    k = (k_src, _columns(plan, t.in_, dr), py, dy)
-    n = (n_src, _columns(plan, t.out, dc), px, dx)
+    k = _Axis(k_src, _columns(plan, t.in_, dr), py, dy)
+    n = _columns_axis(plan, t.out, (pc, px), (dc, dx), elements=elements)
     return _move(k, n, count=count, elements=elements)
 
 
