@@ -8,13 +8,15 @@ per distinct list of traffics (`phases._merged`). Oracles: `sum_records` / `sum_
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 
 import torch
 
 from waferllm.mesh import Axis, Charge, ChargeKind, Ledger, Mesh, ring_shift
 from waferllm.mesh.phases import phase_cost
-from waferllm.mesh.totals import sum_groups, sum_records, weighted
+from waferllm.mesh.totals import _SUMMED, Totals, sum_groups, sum_records, weighted
 from waferllm.mesh.traffic import merge_all
 
 from .spy import device
@@ -51,6 +53,26 @@ def _groups_afresh(ledger: Ledger, depth: int):
     return dict(zip(groups, sums, strict=True))
 
 
+def _looped(records) -> Totals:
+    """Each field's `total += value * count` in record order from 0.0, the aligned records'
+    latency apart: the definition, field by field, made by the dataclass's own __init__."""
+    sums = dict.fromkeys(_SUMMED, 0.0)
+    align = 0.0
+    for rec in records:
+        for name in _SUMMED:
+            sums[name] += getattr(rec, name) * rec.count
+        if rec.tag == "align":
+            align += rec.latency_cycles * rec.count
+    return Totals(**sums, align_cycles=align)
+
+
+def _same_totals(got: Totals, want: Totals) -> None:
+    assert got == want
+    for field in dataclasses.fields(Totals):
+        a, b = getattr(got, field.name), getattr(want, field.name)
+        assert type(a) is type(b) and math.copysign(1.0, a) == math.copysign(1.0, b), field.name
+
+
 def _grow(ledger: Ledger, rng: random.Random, *, huge_at: int | None) -> None:
     """Charges under nested scopes and tags, repeats, overlap blocks, extends; a question
     of every kind after each piece."""
@@ -72,7 +94,14 @@ def _grow(ledger: Ledger, rng: random.Random, *, huge_at: int | None) -> None:
         for prefix in ("layer/", "head/attn", "embed/norm/op1", "nothing"):
             assert ledger.totals(prefix=prefix) == _afresh(ledger, prefix)
         for depth in (1, 2, 3):
-            assert ledger.by_op(depth=depth) == _groups_afresh(ledger, depth)
+            groups, want = ledger.by_op(depth=depth), _groups_afresh(ledger, depth)
+            assert groups == want
+            assert list(groups) == list(want)  # in the order of their first records
+    if huge_at is None:  # exact products: the loop's sums, from the kept totals and groups
+        _same_totals(ledger.totals(), _looped(ledger.records))
+        for name, totals in ledger.by_op(depth=2).items():
+            members = [r for r in ledger.records if "/".join(r.op.split("/")[:2]) == name]
+            _same_totals(totals, _looped(members))
 
 
 def test_kept_totals_and_groups_equal_the_sums_made_afresh_after_every_append():

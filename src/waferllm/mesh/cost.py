@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import operator
 from collections.abc import Iterator, Mapping
 from typing import ClassVar
 
@@ -120,6 +121,7 @@ class Record:
 
 
 _RECORD_DEFAULTS = Record(op="").__dict__.copy()
+_op_of = operator.attrgetter("op")
 
 
 def _new_record(fields: Mapping[str, object]) -> Record:
@@ -355,16 +357,13 @@ class Ledger:
 
     def by_op(self, *, depth: int = 1) -> dict[str, Totals]:
         """Totals grouped by the first `depth` components of the op name."""
-        groups: dict[str, int] = {}
-        names: dict[str, int] = {}  # op -> its group (ops recur: layers, steps)
-        group = []
-        for rec in self.records:
-            g = names.get(rec.op)
-            if g is None:
-                g = names[rec.op] = groups.setdefault(
-                    "/".join(rec.op.split("/", depth)[:depth]), len(groups)
-                )
-            group.append(g)
+        groups: dict[str, int] = {}  # in the order of their first records
+        ops = list(map(_op_of, self.records))
+        names = {  # op -> its group (ops recur: layers, steps), ops in first-record order
+            op: groups.setdefault("/".join(op.split("/", depth)[:depth]), len(groups))
+            for op in dict.fromkeys(ops)
+        }
+        group = list(map(names.__getitem__, ops))
         totals = sum_groups(self.records, group, len(groups), self._products())
         return dict(zip(groups, totals, strict=True))
 

@@ -90,10 +90,10 @@ def sum_records(records: Sequence[Record], products: np.ndarray | None) -> Total
             count = rec.count
             sums = [t + v * count for t, v in zip(sums, summed_of(rec), strict=True)]
     align = 0.0
-    for rec in records:
-        if rec.tag == "align":
-            align += rec.latency_cycles * rec.count
-    return Totals(**dict(zip(_SUMMED, sums, strict=True)), align_cycles=align)
+    for i in _aligned(records):
+        rec = records[i]
+        align += rec.latency_cycles * rec.count
+    return _new_totals(sums, align)
 
 
 def sum_groups(
@@ -111,13 +111,31 @@ def sum_groups(
     sums = np.zeros((count, len(_SUMMED)))
     np.add.at(sums, np.asarray(group, dtype=np.intp), products)
     align = [0.0] * count
-    for rec, g in zip(records, group, strict=True):
-        if rec.tag == "align":
-            align[g] += rec.latency_cycles * rec.count
-    return [
-        Totals(**dict(zip(_SUMMED, row, strict=True)), align_cycles=a)
-        for row, a in zip((sums + 0.0).tolist(), align, strict=True)
-    ]
+    for i in _aligned(records):
+        rec = records[i]
+        align[group[i]] += rec.latency_cycles * rec.count
+    return list(map(_new_totals, (sums + 0.0).tolist(), align))
+
+
+_tag_of = operator.attrgetter("tag")
+
+
+def _aligned(records: Sequence[Record]) -> list[int]:
+    """The indices of the records tagged "align", in order (their latency is summed apart)."""
+    return [i for i, tag in enumerate(map(_tag_of, records)) if tag == "align"]
+
+
+_TOTALS_DEFAULTS = Totals().__dict__.copy()
+
+
+def _new_totals(sums: Sequence[float], align: float) -> Totals:
+    """`Totals(**dict(zip(_SUMMED, sums)), align_cycles=align)` without the frozen dataclass's
+    per-field `object.__setattr__` (a report makes one per op): `__init__` converts nothing,
+    so the totals are the ones it would make."""
+    new = object.__new__(Totals)
+    new.__dict__.update(_TOTALS_DEFAULTS)
+    new.__dict__.update(zip(_SUMMED, sums, strict=True), align_cycles=align)
+    return new
 
 
 __all__ = ["Totals", "sum_groups", "sum_records", "summed_of", "weighted"]
