@@ -243,7 +243,8 @@ def _unit_of_features(heads, dim, kv_heads: int) -> np.ndarray:
 )
 def test_head_units_carry_the_columns_of_their_features_on_every_grid(kv_heads, n_rep, head_dim):
     """A unit's column, at each of its features (q, k, v, attention output), is the feature's
-    column of the heads layout: more columns than kv heads (pairs split), fewer (whole kv
+    column of the heads layout, and a feature's slot computed from its unit is the one the
+    layout's slot index gives: more columns than kv heads (pairs split), fewer (whole kv
     heads per column) and as many."""
     for cols in sorted({1, 3, max(kv_heads - 1, 1), kv_heads, kv_heads + 1, 75, 611}):
         heads = head_layout(kv_heads, n_rep, head_dim, cols)
@@ -254,3 +255,8 @@ def test_head_units_carry_the_columns_of_their_features_on_every_grid(kv_heads, 
             np.testing.assert_array_equal(units.expand()[unit], features)
             per_unit = transfers._features_per_unit(heads, dim)
             assert units.size * per_unit == features.size
+            # each feature's slot computed from its unit, against the inverted slot index
+            slots, width = transfers._slots(heads, dim)
+            column, slot = transfers._feature_slots(heads, dim)
+            np.testing.assert_array_equal(column * width + slot, slots)
+            assert ((slot >= 0) & (slot < width)).all()

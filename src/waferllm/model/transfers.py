@@ -72,6 +72,9 @@ def _layer_groups(plan: ModelPlan, on_device: int) -> Counter[tuple[int, int]]:
 
 @functools.lru_cache(maxsize=512)  # per head layout: a grid side recurs across plans
 def _slots(heads: HeadLayout, dim: Dim) -> tuple[np.ndarray, int]:
+    """The padded slot of every feature of head dim `dim` (checkpoint order), by inverting
+    the layout's slot index, and the slots per column: the oracle's (`elements`) way;
+    the pricing's is `_feature_slots`."""
     index = head_slot_index(heads, dim)
     real = index >= 0
     out = np.empty(int(index.max()) + 1, dtype=np.int64)
@@ -80,8 +83,38 @@ def _slots(heads: HeadLayout, dim: Dim) -> tuple[np.ndarray, int]:
     return out, head_slots_per_column(heads, dim)
 
 
-def _feature_columns(plan: ModelPlan, cols: int, dim: Dim) -> Steps:
-    return _columns_of(heads_for(plan.config, cols), dim)
+def _feature_columns(plan: ModelPlan, cols: int, dim: Dim, *, elements: bool) -> Steps:
+    heads = heads_for(plan.config, cols)
+    return _columns_of(heads, dim) if elements else _slot_columns(heads, dim)
+
+
+@functools.lru_cache(maxsize=512)  # per head layout: a grid side recurs across plans
+def _feature_slots(heads: HeadLayout, dim: Dim) -> tuple[np.ndarray, np.ndarray]:
+    """(column, slot within the column's tile) of every feature of head dim `dim` in
+    checkpoint order: its unit's column (`_unit_columns`), and its place in that column's
+    tile (`HeadLayout`: q [G, n, H], a pair's halves at slots e and e + H/2; k [G, H]; v
+    [G, Hv]; the attention output [G, n, Hv]), computed feature by feature (what `_slots`
+    finds by inverting the slot index, without building it)."""
+    n = heads.n_rep if dim in (Dim.Q, Dim.O) else 1
+    hd = heads.head_dim
+    kv_heads = int(heads.first_kv[-1] + heads.num_kv[-1])
+    head, within = np.divmod(np.arange(kv_heads * n * hd), hd)
+    kv, r = np.divmod(head, n)
+    if dim in (Dim.Q, Dim.KV):
+        half = hd // 2
+        upper, pair = np.divmod(within, half)
+        col = _unit_columns(heads, dim).expand()[kv * half + pair]
+        e, width = pair - heads.first_pair[col] + upper * heads.pairs_per_tile, heads.head_slots
+    else:
+        col = _unit_columns(heads, dim).expand()[kv * hd + within]
+        e, width = within - heads.first_vdim[col], heads.value_slots
+    return col, ((kv - heads.first_kv[col]) * n + r) * width + e
+
+
+@functools.lru_cache(maxsize=512)
+def _slot_columns(heads: HeadLayout, dim: Dim) -> Steps:
+    """`_columns_of` from `_feature_slots`."""
+    return steps_of(_feature_slots(heads, dim)[0])
 
 
 @functools.lru_cache(maxsize=512)  # per head layout: a grid side recurs across plans
@@ -108,7 +141,8 @@ def _features_per_unit(heads: HeadLayout, dim: Dim) -> int:
 @functools.lru_cache(maxsize=512)
 def _columns_of(heads: HeadLayout, dim: Dim) -> Steps:
     """The column of each real feature of head dim `dim` in checkpoint order, as steps (the
-    features of a head's RoPE pair halves interleave columns: no block split)."""
+    features of a head's RoPE pair halves interleave columns: no block split), from the
+    oracle's `_slots` (the pricing's: `_slot_columns`)."""
     slots, width = _slots(heads, dim)
     return steps_of(slots // width)
 
@@ -137,7 +171,10 @@ def _columns_axis(
         per_unit = _features_per_unit(src_heads, dim)
         src_units, dst_units = _unit_columns(src_heads, dim), _unit_columns(dst_heads, dim)
         return _Axis(src_units, dst_units, src[1], dst[1], per_unit)
-    return _Axis(_columns(plan, dim, src[0]), _columns(plan, dim, dst[0]), src[1], dst[1])
+    src_lines, dst_lines = (
+        _columns(plan, dim, lines, elements=elements) for lines, _ in (src, dst)
+    )
+    return _Axis(src_lines, dst_lines, src[1], dst[1])
 
 
 def _move(
@@ -252,10 +289,11 @@ def weight_moves(
     return moves
 
 
-def _columns(plan: ModelPlan, dim: Dim, cols: int) -> Steps:
-    """The column (or row) of each feature of `dim` split over `cols` (heads: `HeadLayout`)."""
+def _columns(plan: ModelPlan, dim: Dim, cols: int, *, elements: bool = False) -> Steps:
+    """The column (or row) of each feature of `dim` split over `cols` (heads: `HeadLayout`;
+    with `elements`, the oracle's way)."""
     if dim.is_heads:
-        return _feature_columns(plan, cols, dim)
+        return _feature_columns(plan, cols, dim, elements=elements)
     return block_steps(dim.size(plan.config), cols)
 
 
@@ -273,21 +311,23 @@ def _matmul_move(
     assert t.in_ is not None
     pc, (dr, dc) = plan.prefill.grid[1], plan.decode.grid
     (py, px), (dy, dx) = origins
-    k_src = _k_rows(plan, t.in_, padded)
+    k_src = _k_rows(plan, t.in_, padded, elements=elements)
     if t.decode_reduce is Axis.X:  # decode: K along X, N along Y (crossed)
-        k = _Axis(k_src, _columns(plan, t.in_, dc), py, dx)
+        k = _Axis(k_src, _columns(plan, t.in_, dc, elements=elements), py, dx)
         n = _columns_axis(plan, t.out, (pc, px), (dr, dy), elements=elements)
         return _move(k, n, crossed=True, count=count, elements=elements)
-    k = _Axis(k_src, _columns(plan, t.in_, dr), py, dy)
+    k = _Axis(k_src, _columns(plan, t.in_, dr, elements=elements), py, dy)
     n = _columns_axis(plan, t.out, (pc, px), (dc, dx), elements=elements)
     return _move(k, n, count=count, elements=elements)
 
 
-def _k_rows(plan: ModelPlan, dim: Dim, padded: int) -> Steps:
-    """The prefill row of each feature of a matmul's K = `dim` (`_padded_rows`)."""
+def _k_rows(plan: ModelPlan, dim: Dim, padded: int, *, elements: bool) -> Steps:
+    """The prefill row of each feature of a matmul's K = `dim` (`_padded_rows`; heads: with
+    `elements`, from the oracle's `_slots`)."""
     pr, pc = plan.prefill.grid
     if dim.is_heads:  # K = the prefill plan's head slots (heads layout, padded)
-        return _head_k_rows(heads_for(plan.config, pc), dim, pr, padded)
+        heads = heads_for(plan.config, pc)
+        return (_head_k_rows if elements else _slot_k_rows)(heads, dim, pr, padded)
     return _plain_k_rows(dim.size(plan.config), pr, pc, padded)
 
 
@@ -298,8 +338,18 @@ def _plain_k_rows(k: int, rows: int, cols: int, padded: int) -> Steps:
 
 @functools.lru_cache(maxsize=512)
 def _head_k_rows(heads: HeadLayout, dim: Dim, rows: int, padded: int) -> Steps:
+    """The oracle's (`elements`) `_slot_k_rows`, from `_slots`."""
     slots, width = _slots(heads, dim)
     return steps_of(_padded_rows(width * heads.num_cols, rows, heads.num_cols, padded, slots))
+
+
+@functools.lru_cache(maxsize=512)
+def _slot_k_rows(heads: HeadLayout, dim: Dim, rows: int, padded: int) -> Steps:
+    """`_head_k_rows` from `_feature_slots`."""
+    col, slot = _feature_slots(heads, dim)
+    width = head_slots_per_column(heads, dim)
+    index = col * width + slot
+    return steps_of(_padded_rows(width * heads.num_cols, rows, heads.num_cols, padded, index))
 
 
 def _padded_rows(
