@@ -8,6 +8,7 @@ compares the plan's bounds with the peaks the estimate-mode walk records in its 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -28,7 +29,7 @@ from waferllm.model.placement import (
     tile_bytes,
     vocab_spec,
 )
-from waferllm.model.plan import plan_model
+from waferllm.model.plan import plan_model, wide_enough
 from waferllm.model.scratch import decode_scratch_bytes, prefill_scratch
 from waferllm.model.transformer import MeshTransformer
 
@@ -304,3 +305,11 @@ def test_the_grid_part_prefill_scratch_remembers_is_its_definitions():
                 }
                 vocab = vocab_spec(config, Phase.PREFILL)
                 assert grid.vocab_chunk == scratch._dequant_chunk(vocab, rows, cols, SB, stored)
+
+
+def test_a_device_widened_for_notional_regions_is_the_replaced_device_once_per_width():
+    device = get_device("wse2")
+    assert wide_enough(device, device.mesh_cols) is device
+    wider = wide_enough(device, device.mesh_cols + 5)
+    assert wider == dataclasses.replace(device, mesh_cols=device.mesh_cols + 5)
+    assert wide_enough(device, device.mesh_cols + 5) is wider

@@ -419,16 +419,24 @@ def build_phase(
     )
 
 
+@functools.lru_cache(maxsize=64)  # per device and width: every walk's hops ask again
+def wide_enough(device: Device, cols: int) -> Device:
+    """`device`, or the same device widened to `cols` columns where it has fewer (the
+    notional regions east of a `per-layer` layer's): a function of its arguments only (the
+    device is immutable), one object per width."""
+    if cols <= device.mesh_cols:
+        return device
+    return dataclasses.replace(device, mesh_cols=cols)
+
+
 def _vocab_meshes(plan: ModelPlan, regions: PhaseRegions, mesh_args: dict[str, Any]) -> list[Mesh]:
     """`per-layer`: the LM head's region (and the embedding's when untied) east of the layer's,
     where the next region of the paper's chain of layers would be. Like that chain they are
     notional: priced on a device wide enough to hold them (`transfers.per_layer_hops`)."""
     rows, cols = regions.grid
     y, x = regions.regions[0].origin
+    device = wide_enough(plan.device, x + 2 * cols)
     east = x + cols
-    device = plan.device
-    if east + cols > device.mesh_cols:
-        device = dataclasses.replace(device, mesh_cols=east + cols)
     count = 1 if plan.config.tie_word_embeddings else 2
     return [Mesh(device, rows, cols, origin=(y, east), **mesh_args) for _ in range(count)]
 
@@ -440,4 +448,5 @@ __all__ = [
     "build_phase",
     "decode_scratch_bytes",
     "plan_model",
+    "wide_enough",
 ]

@@ -36,7 +36,7 @@ from waferllm.model.placement import (
     heads_for,
     layer_specs,
 )
-from waferllm.model.plan import ModelPlan
+from waferllm.model.plan import ModelPlan, wide_enough
 
 
 def per_layer_hops(plan: ModelPlan, x: DistTensor, ledger: Ledger) -> None:
@@ -49,9 +49,7 @@ def per_layer_hops(plan: ModelPlan, x: DistTensor, ledger: Ledger) -> None:
     east = x0 + x.mesh.cols
     # the neighbouring region is notional (the paper measures one layer): price the hop
     # on a device wide enough to hold it, whatever the grid
-    device = plan.device
-    if east + x.mesh.cols > device.mesh_cols:
-        device = dataclasses.replace(device, mesh_cols=east + x.mesh.cols)
+    device = wide_enough(plan.device, east + x.mesh.cols)
     with ledger.repeat(layers - 1):
         ledger.charge("layer_hop", hop_charge(device, x, (y, east)))
 
