@@ -88,3 +88,20 @@ def test_busiest_core_with_sparse_stays_equals_the_core_by_core_max():
         stays[row, col] = count
         want = float((held - stays)[held > 0].max(initial=0.0))
         assert relayout._busiest(per_row, per_col, home) == want
+
+
+def test_summed_keys_equal_numpy_unique_with_summed_lengths_in_order_or_not():
+    rng = np.random.default_rng(8)
+    for trial in range(400):
+        keys = rng.integers(0, int(rng.integers(1, 60)), int(rng.integers(0, 50)))
+        if trial % 3 == 0:
+            keys = np.unique(keys)  # distinct and in order: the sort-free path
+        elif trial % 3 == 1:
+            keys = np.sort(keys)  # in order with repeats
+        length = rng.integers(1, 10**6, keys.size)
+        got_keys, got_sums = relayout._summed(keys, length)
+        want_keys, inverse = np.unique(keys, return_inverse=True)
+        want_sums = np.bincount(inverse, weights=length, minlength=want_keys.size)
+        np.testing.assert_array_equal(got_keys, want_keys)
+        np.testing.assert_array_equal(got_sums, want_sums)
+        assert got_keys.dtype == want_keys.dtype and got_sums.dtype == want_sums.dtype

@@ -130,8 +130,13 @@ def relayout_charge(
 def _direct_terms(m: RunMove, rows: int, cols: int) -> _Terms:
     """A move that keeps its axes (a along Y, b along X): `_pair_terms` with the count."""
     terms, scale_y, scale_x = _pair_terms(m.a, m.b, rows, cols)
-    return dataclasses.replace(
-        terms, cut_y=m.count * scale_y * terms.cut_y, cut_x=m.count * scale_x * terms.cut_x
+    return _Terms(
+        cut_y=m.count * scale_y * terms.cut_y,
+        cut_x=m.count * scale_x * terms.cut_x,
+        ramp=terms.ramp,
+        moved=terms.moved,
+        dist=terms.dist,
+        hops=terms.hops,
     )
 
 
@@ -186,7 +191,11 @@ def _run_stay_cells(a: Runs, b: Runs, cols: int) -> _Cells:
 
 
 def _summed(keys: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct keys (sorted) and the elements of each (float64, whole numbers)."""
+    """The distinct keys (sorted) and the elements of each (float64, whole numbers); keys
+    already distinct and in order (an axis split in blocks on both plans: its lines only
+    grow) are their own, each with its run's elements, without a sort."""
+    if keys.size and bool((keys[1:] > keys[:-1]).all()):
+        return keys, length.astype(np.float64)
     distinct, inverse = np.unique(keys, return_inverse=True)
     return distinct, np.bincount(inverse, weights=length, minlength=distinct.size)
 
