@@ -3,10 +3,12 @@ sorted starts (sparse steps), and both are the element-by-element definition."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from waferllm.mesh import runs
-from waferllm.mesh.runs import Steps, joint, placed, steps_of
+from waferllm.mesh import run_terms, runs
+from waferllm.mesh.runs import LineShift, Steps, joint, placed, steps_of
 
 
 def _random_steps(rng: np.random.Generator, size: int, changes: int) -> Steps:
@@ -42,3 +44,35 @@ def test_placed_runs_shift_both_ends_and_scale_every_run_by_its_units():
     np.testing.assert_array_equal(got.length, base.length * 3)
     assert got.total == 18
     assert placed(src, dst, 10, 20, 3) is got  # one object per axis, origins and units
+
+
+def test_a_shift_of_lines_has_the_terms_of_its_runs_summed():
+    """`run_terms.axis_terms` of a `LineShift` in closed form against the runs' sums
+    (`_walked_terms`, its oracle): every field, arrays with their dtypes, for shifts either
+    way, by less and more than their length, in place, at the side's ends; a shift past the
+    side is priced from its runs."""
+    for size, lines, start, to in [
+        (10, 3, 0, 0),
+        (10, 3, 2, 5),
+        (10, 3, 5, 2),
+        (10, 4, 0, 6),
+        (10, 4, 6, 0),
+        (1222, 611, 0, 611),
+        (1222, 611, 611, 0),
+        (994, 611, 0, 0),
+        (7, 1, 6, 0),
+        (1, 1, 0, 0),
+        (12, 5, 3, 4),
+    ]:
+        shift = LineShift.moving(lines, start, to)
+        got, want = run_terms._shift_terms(shift, size), run_terms._walked_terms(shift, size)
+        for field in dataclasses.fields(want):
+            a, b = getattr(got, field.name), getattr(want, field.name)
+            if isinstance(b, np.ndarray):
+                np.testing.assert_array_equal(a, b)
+                assert a.dtype == b.dtype and a.shape == b.shape, field.name
+            else:
+                assert a == b and type(a) is type(b), (field.name, a, b)
+        assert run_terms.axis_terms(shift, size).cuts.tolist() == want.cuts.tolist()
+    past = LineShift.moving(4, 0, 8)  # past a side of 10 lines: the runs' own sums
+    assert run_terms.axis_terms(past, 12).per_dst.size == 12

@@ -25,7 +25,7 @@ from waferllm.mesh.comm import broadcast
 from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.run_terms import axis_terms, line_counts, run_ends
-from waferllm.mesh.runs import Runs
+from waferllm.mesh.runs import LineShift, Runs
 from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.traffic import Traffic
 from waferllm.mesh.virtual import Mesh
@@ -393,11 +393,10 @@ def _hop_charge(
 
 
 @functools.lru_cache(maxsize=256)  # hops share axes: one object each, its terms read once
-def _shift(lines: int, src: int, dst: int) -> Runs:
+def _shift(lines: int, src: int, dst: int) -> LineShift:
     """`lines` consecutive lines from `src` on to as many from `dst` on, one element each
     (immutable runs: a function of the three numbers)."""
-    line = np.arange(lines)
-    return Runs(src + line, dst + line, np.ones(lines, dtype=np.int64))
+    return LineShift.moving(lines, src, dst)
 
 
 def hop(device: Device, x: DistTensor, dst: Mesh, ledger: Ledger, *, op: str) -> DistTensor:

@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-from waferllm.mesh.runs import Runs
+from waferllm.mesh.runs import LineShift, Runs
 
 
 @functools.lru_cache(maxsize=256)
@@ -39,7 +39,52 @@ class AxisTerms:
 @functools.lru_cache(maxsize=256)
 def axis_terms(runs: Runs, size: int) -> AxisTerms:
     """One axis's share of `relayout._pair_terms` (a function of the runs, immutable and keyed by
-    identity, and the side's lines only)."""
+    identity, and the side's lines only); a shift of lines within the side in closed form."""
+    if isinstance(runs, LineShift) and _within(runs, size):
+        terms = _shift_terms(runs, size)
+    else:
+        terms = _walked_terms(runs, size)
+    for array in (terms.per_src, terms.per_dst, terms.home, terms.cuts):
+        array.setflags(write=False)  # shared by every move that reads the axis
+    return terms
+
+
+def _within(shift: LineShift, size: int) -> bool:
+    """Whether both blocks of a shift lie on the side's `size` lines (and hold some)."""
+    ends = (shift.start, shift.to)
+    return shift.lines > 0 and min(ends) >= 0 and max(ends) + shift.lines <= size
+
+
+def _shift_terms(runs: LineShift, size: int) -> AxisTerms:
+    """`_walked_terms` of `lines` lines from `start` on to as many from `to` on, one element
+    each: every line between the two blocks' ends crossed by the elements on either side,
+    in whole numbers (the same float64 values the runs' sums give)."""
+    lines, start, to = runs.lines, runs.start, runs.to
+    distance = abs(to - start)
+    line = np.arange(size)
+    per_src = ((line >= start) & (line < start + lines)).astype(np.float64)
+    per_dst = ((line >= to) & (line < to + lines)).astype(np.float64)
+    cuts = np.zeros((2, max(size - 1, 0)))
+    if distance:  # element i crosses the cuts min(..) + i .. max(..) + i - 1
+        cut = line[: size - 1]
+        low, high = min(start, to), max(start, to)
+        first, last = np.maximum(cut - high + 1, 0), np.minimum(cut - low, lines - 1)
+        cuts[0 if to > start else 1] = np.maximum(last - first + 1, 0)
+    return AxisTerms(
+        total=lines,
+        per_src=per_src,
+        per_dst=per_dst,
+        # nothing stays: bincount of no elements, int64 zeros (as `_walked_terms` has them)
+        home=np.zeros(size, dtype=np.int64) if distance else per_src.copy(),
+        stayed=0 if distance else lines,
+        dist=lines * distance,
+        hops=distance,
+        cuts=cuts,
+    )
+
+
+def _walked_terms(runs: Runs, size: int) -> AxisTerms:
+    """`axis_terms` from the runs' sums (every axis; the oracle of `_shift_terms`)."""
     src, dst, length = runs.src, runs.dst, runs.length
     stay = src == dst
     terms = AxisTerms(
@@ -52,8 +97,6 @@ def axis_terms(runs: Runs, size: int) -> AxisTerms:
         hops=int(np.abs(src - dst).max()),
         cuts=run_cuts(runs, size),
     )
-    for array in (terms.per_src, terms.per_dst, terms.home, terms.cuts):
-        array.setflags(write=False)  # shared by every move that reads the axis
     return terms
 
 

@@ -82,6 +82,22 @@ class Runs:
         return joint(steps_of(src), steps_of(dst))
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class LineShift(Runs):
+    """`lines` consecutive lines from `start` on moving to as many from `to` on, one element
+    each (a region-to-region hop's axis): runs whose terms have a closed form
+    (`run_terms.axis_terms`)."""
+
+    lines: int
+    start: int
+    to: int
+
+    @classmethod
+    def moving(cls, lines: int, start: int, to: int) -> LineShift:
+        line = np.arange(lines)
+        return cls(start + line, to + line, np.ones(lines, dtype=np.int64), lines, start, to)
+
+
 @functools.lru_cache(maxsize=256)  # the same axis in several moves (every matmul's K = D)
 def placed(src: Steps, dst: Steps, src_by: int, dst_by: int, per_unit: int = 1) -> Runs:
     """`joint(src, dst)` between lines `src_by` and `dst_by` further (the regions' origins),
@@ -135,4 +151,4 @@ def _dense_starts(src: Steps, dst: Steps) -> tuple[np.ndarray, np.ndarray, np.nd
     return starts, at[0], at[1]
 
 
-__all__ = ["Runs", "Steps", "block_steps", "joint", "placed", "steps_of"]
+__all__ = ["LineShift", "Runs", "Steps", "block_steps", "joint", "placed", "steps_of"]
