@@ -419,13 +419,16 @@ def build_phase(
     )
 
 
-@functools.lru_cache(maxsize=64)  # per device and width: every walk's hops ask again
 def wide_enough(device: Device, cols: int) -> Device:
-    """`device`, or the same device widened to `cols` columns where it has fewer (the
-    notional regions east of a `per-layer` layer's): a function of its arguments only (the
-    device is immutable), one object per width."""
-    if cols <= device.mesh_cols:
-        return device
+    """`device` itself, or the same device widened to `cols` columns where it has fewer
+    (the notional regions east of a `per-layer` layer's), one object per width."""
+    return device if cols <= device.mesh_cols else _widened(device, cols)
+
+
+@functools.lru_cache(maxsize=64)  # per device and width: every walk's hops ask again
+def _widened(device: Device, cols: int) -> Device:
+    """`device` with `cols` columns: a function of its arguments only (the device is
+    immutable; an equal device, the same numbers, prices alike)."""
     return dataclasses.replace(device, mesh_cols=cols)
 
 
