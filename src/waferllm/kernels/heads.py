@@ -147,7 +147,7 @@ def head_layout(num_kv_heads: int, n_rep: int, head_dim: int, num_cols: int) -> 
         num_pairs = np.concatenate(splits)
         first_pair = np.concatenate([np.cumsum(s) - s for s in splits])
         k_slots = 2 * int(num_pairs.max())
-        vsplits = [_value_dims(tuple(int(x) for x in p), head_dim, k_slots) for p in splits]
+        vsplits = [_value_dims(tuple(p.tolist()), head_dim, k_slots) for p in splits]
         num_vdims = np.concatenate(vsplits)
         first_vdim = np.concatenate([np.cumsum(v) - v for v in vsplits])
         return HeadLayout(
