@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from waferllm.kernels.attention import attention_output_layout
-from waferllm.kernels.gemm_t import BlockOwners, block_owners, owner_map
+from waferllm.kernels.gemm_t import BlockOwners, block_owners, step_owners
 from waferllm.kernels.heads import HeadLayout
 from waferllm.kernels.vector import (
     EXP_SUB,
@@ -88,7 +88,10 @@ def charge_block(
     g, n, hv = heads.kv_per_tile, heads.n_rep, heads.value_slots
     sb = mesh.device.storage_bytes
     r = g * n * lt  # query rows per core
-    owner0 = owner_map(owners, rows, 0)  # every step's roots are a permutation: same cost
+    # every step's roots are a permutation of the first's (same cost); as group offsets
+    # (`step_owners`: the owner map's rows in closed form, priced as the map by
+    # `group_patterns`) without building the (R, C) map
+    owner0 = step_owners(owners, rows, 0)
     if owners.shared:
         charge_reduce_to_owners(
             mesh,
