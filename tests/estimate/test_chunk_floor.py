@@ -1,8 +1,10 @@
 """The chunk floor of the chunk-size pruning (`BudgetLedger` with `chunk_lengths`): every
-later chunk as long as the first costs at least the first chunk's cycles, so a walk's bound
-adds that floor for the chunks still to come (the last, shorter chunk at 0); a walk still
-never gives up at or under its own cost, gives up earlier than without the floor, and the
-search is unchanged."""
+later chunk as long as the first costs at least the first chunk's cycles, and every chunk at
+least its ring GEMMs' floor (`chunked.chunk_floor_cycles`, checked chunk by chunk in
+tests/model/test_chunk_floor_gemms.py), so a walk's bound adds those floors for the chunks
+still to come; a walk still never gives up at or under its own cost, gives up earlier than
+without the floor, and the search is unchanged (tiny models; LLaMA3-8B searches on wse2 and
+wse3, float16 and int8, whose chunk candidates the GEMM floor prunes before they start)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import dataclasses
 
 import pytest
 
-from waferllm.device import tiny
+from waferllm.device import tiny, wse2, wse3
+from waferllm.estimate import cost
 from waferllm.estimate.cost import CostModel, Setup
 from waferllm.estimate.search import search_grids
 from waferllm.mesh.budget import BudgetLedger, OverBudget
@@ -20,7 +23,8 @@ from waferllm.mesh.meta import shape_only
 from waferllm.mesh.storage import StoredDtype
 from waferllm.model.chunked import chunk_candidates, chunk_spans, max_chunk_tokens
 from waferllm.model.config_sources import load_config
-from waferllm.model.quant import Storage
+from waferllm.model.placement import ResidentLayouts
+from waferllm.model.quant import UNCOMPRESSED, Storage
 
 INT8 = Storage(weights=StoredDtype.INT8, kv=StoredDtype.INT8)
 # (layers, mesh rows, mesh cols, SRAM bytes per core, grid, options, config changes):
@@ -136,8 +140,13 @@ def test_the_search_with_the_chunk_floor_is_the_search_without_it(monkeypatch):
     given_up: list[int] = []
     init = BudgetLedger.__init__
 
-    def recorded(self, *, budget_cycles, chunk_lengths=()):
-        init(self, budget_cycles=budget_cycles, chunk_lengths=chunk_lengths)
+    def recorded(self, *, budget_cycles, chunk_lengths=(), floor_cycles=0.0):
+        init(
+            self,
+            budget_cycles=budget_cycles,
+            chunk_lengths=chunk_lengths,
+            floor_cycles=floor_cycles,
+        )
         given_up.append(len(chunk_lengths))
 
     monkeypatch.setattr(BudgetLedger, "__init__", recorded)
@@ -146,7 +155,9 @@ def test_the_search_with_the_chunk_floor_is_the_search_without_it(monkeypatch):
     monkeypatch.setattr(
         BudgetLedger,
         "__init__",
-        lambda self, *, budget_cycles, chunk_lengths=(): init(self, budget_cycles=budget_cycles),
+        lambda self, *, budget_cycles, chunk_lengths=(), floor_cycles=0.0: init(
+            self, budget_cycles=budget_cycles
+        ),
     )
     plain = [search(s) for s in SEARCHES]
     for fast, slow in zip(floored, plain, strict=True):
@@ -156,3 +167,42 @@ def test_the_search_with_the_chunk_floor_is_the_search_without_it(monkeypatch):
         assert fast.best.prefill_chunk_tokens == slow.best.prefill_chunk_tokens
         assert fast.best.prefill.ledger.expanded() == slow.best.prefill.ledger.expanded()
         assert fast.best.prefill.regions == slow.best.prefill.regions
+
+
+LLAMA_SEARCHES = (  # (device, storage, resident layouts, prompt, output)
+    ("wse2", UNCOMPRESSED, ResidentLayouts.ONE, 4096, 4096),
+    ("wse3", UNCOMPRESSED, ResidentLayouts.ONE, 4096, 4096),
+    ("wse2", INT8, ResidentLayouts.ONE, 8192, 512),
+    ("wse2", UNCOMPRESSED, ResidentLayouts.ONE, 6000, 64),
+)
+
+
+@pytest.mark.parametrize(("device", "storage", "resident", "prompt", "output"), LLAMA_SEARCHES)
+def test_llama_searches_with_the_gemm_floor_are_the_searches_without_it(
+    device, storage, resident, prompt, output, monkeypatch
+):
+    def search():  # type: ignore[no-untyped-def]
+        load_device_named = {"wse2": wse2, "wse3": wse3}.__getitem__
+        setup = Setup(
+            config=load_config("llama3-8b"),
+            device=load_device_named(device)(),
+            storage=storage,
+            resident=resident,
+        )
+        return search_grids(CostModel(setup), prompt_len=prompt, output_len=output)
+
+    hopeless: list[bool] = []
+    check = BudgetLedger.hopeless
+    monkeypatch.setattr(
+        BudgetLedger, "hopeless", lambda self: hopeless.append(check(self)) or hopeless[-1]
+    )
+    floored = search()
+    monkeypatch.setattr(cost, "chunk_floor_cycles", lambda model: 0.0)
+    plain = search()
+    assert any(hopeless)  # some chunk sizes were never walked
+    got, want = floored.to_dict(), plain.to_dict()
+    del got["host_wall_s"], want["host_wall_s"]
+    assert got == want
+    assert floored.best.prefill_chunk_tokens == plain.best.prefill_chunk_tokens
+    assert floored.best.prefill.ledger.expanded() == plain.best.prefill.ledger.expanded()
+    assert floored.best.decode.ledger.expanded() == plain.best.decode.ledger.expanded()

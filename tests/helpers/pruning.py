@@ -11,5 +11,6 @@ from waferllm.mesh.cost import Ledger
 
 def unpruned(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every walk priced in full: a `BudgetLedger` never stops one."""
+    monkeypatch.setattr(BudgetLedger, "hopeless", lambda self: False)
     monkeypatch.setattr(BudgetLedger, "over_budget", lambda self: False)
     monkeypatch.setattr(BudgetLedger, "per_layer", lambda self, count: Ledger())

@@ -25,7 +25,7 @@ from waferllm.estimate.decode_walks import DecodeWalks, phase_cost, watching
 from waferllm.mesh.budget import BudgetLedger, OverBudget
 from waferllm.mesh.cost import Ledger, PhaseLedger
 from waferllm.mesh.meta import shape_only
-from waferllm.model.chunked import chunk_candidates, chunk_spans
+from waferllm.model.chunked import chunk_candidates, chunk_floor_cycles, chunk_spans
 from waferllm.model.config import ModelConfig
 from waferllm.model.kv_cache import Append, KvCacheFullError, KvPolicy, RowCounts, admit
 from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts
@@ -233,7 +233,12 @@ class CostModel:
         if budget_cycles is not None:
             spans = chunk_spans(prompt_len, chunk_tokens) if chunk_tokens is not None else []
             lengths = [span.length for span in spans]
-            ledger = BudgetLedger(budget_cycles=budget_cycles, chunk_lengths=lengths)
+            floor = chunk_floor_cycles(model) if lengths else 0.0
+            ledger = BudgetLedger(
+                budget_cycles=budget_cycles, chunk_lengths=lengths, floor_cycles=floor
+            )
+            if ledger.hopeless():  # its chunks' floors alone are slower than the budget
+                raise OverBudget(f"{len(lengths)} chunks cost at least {floor} cycles each")
         meshes = model.prefill_state.all_meshes
         with watching(meshes) as watches, contextlib.ExitStack() as apart:
             for mesh in meshes:

@@ -3,8 +3,8 @@
 `BudgetLedger` stops a walk (`OverBudget`) as soon as its records' latency, or during a layer's
 walk its records plus the layer count times the layer's records, pass a budget: every record's
 latency is >= 0, so no later record brings it back under; a chunked walk's bound also counts
-each later chunk as long as the first at no less than the first chunk's cycles. The ledger
-itself is in `cost.py`.
+each later chunk as long as the first at no less than the first chunk's cycles, and every chunk
+at no less than its ring GEMMs' floor. The ledger itself is in `cost.py`.
 """
 
 from __future__ import annotations
@@ -34,33 +34,56 @@ class BudgetLedger(Ledger):
     (the ledger starts empty). Every later chunk as long as the first walks the same layers on
     the same shapes and attends to the same causal block of its own plus earlier chunks' keys:
     its records include the first chunk's, so it costs at least the first chunk's cycles (a
-    shorter one, the last, is counted at 0). The bound adds that floor for the chunks still to
-    come; while the first chunk is walked, its own bound so far stands for it
+    shorter one, the last, is counted at `floor_cycles`). The bound adds that floor for the
+    chunks still to come; while the first chunk is walked, its own bound so far stands for it
     (tests/estimate/test_chunk_floor.py checks the floor chunk by chunk, and that the search
-    is unchanged)."""
+    is unchanged). `floor_cycles` is a lower bound of every chunk's latency whatever its
+    length (`model.chunked.chunk_floor_cycles`: its layers' ring GEMM steps): each chunk, the
+    one being walked included, counts at no less, so a walk whose chunks' floors alone pass
+    the budget gives up before its first record (`hopeless`)."""
 
     SLACK: ClassVar[float] = 1e-9
 
-    def __init__(self, *, budget_cycles: float, chunk_lengths: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        budget_cycles: float,
+        chunk_lengths: Sequence[int] = (),
+        floor_cycles: float = 0.0,
+    ) -> None:
         super().__init__()
         self.budget_cycles = budget_cycles
         self._lengths = tuple(chunk_lengths)
+        self._floor = floor_cycles if self._lengths else 0.0
         self._closed = 0  # chunks walked to their end (over_budget calls)
+        self._closed_cycles = 0.0  # the latency when the last of them ended
         self._first_cycles = 0.0  # the first chunk's latency, once closed
 
     def _alike_after(self, chunk: int) -> int:
         """The chunks after the `chunk`-th (1-based) as long as the first."""
         return sum(1 for n in self._lengths[chunk:] if n == self._lengths[0])
 
+    def _after(self, chunk: int, alike_cycles: float) -> float:
+        """The floor of the chunks after the `chunk`-th: `alike_cycles` (at least) for those
+        as long as the first, `floor_cycles` for the others."""
+        alike = self._alike_after(chunk)
+        rest = len(self._lengths[chunk:]) - alike
+        return alike * max(alike_cycles, self._floor) + rest * self._floor
+
     def _past(self, bound_cycles: float) -> bool:
         return bound_cycles > self.budget_cycles * (1.0 + self.SLACK)
+
+    def hopeless(self) -> bool:
+        """Whether the chunks' floors alone pass the budget (the walk need not start)."""
+        return self._past(len(self._lengths) * self._floor)
 
     def over_budget(self) -> bool:
         latency = self.totals().latency_cycles
         self._closed += 1
         if self._closed == 1:
             self._first_cycles = latency
-        floor = self._alike_after(self._closed) * self._first_cycles
+        self._closed_cycles = latency
+        floor = self._after(self._closed, self._first_cycles)
         return latency > self.budget_cycles or self._past(latency + floor)
 
     def bound(self, walked_cycles: float) -> float:
@@ -68,8 +91,12 @@ class BudgetLedger(Ledger):
         chunk being walked's records so far (with the ledger's own)."""
         chunk = self._closed + 1
         if chunk == 1:  # the chunk walked so far stands for the first chunk's cycles
-            return walked_cycles * (1 + self._alike_after(1))
-        return walked_cycles + self._alike_after(chunk) * self._first_cycles
+            now = max(walked_cycles, self._floor)
+            return now + self._after(1, now)
+        now = walked_cycles  # this chunk's own records count at no less than the floor
+        if walked_cycles - self._closed_cycles < self._floor:
+            now = self._closed_cycles + self._floor
+        return now + self._after(chunk, self._first_cycles)
 
     def per_layer(self, count: int) -> Ledger:
         return _LayerBudget(self, count)

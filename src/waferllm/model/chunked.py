@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from waferllm.errors import SramOverflowError
+from waferllm.errors import SramOverflowError, WaferError
 from waferllm.kernels.attention_chunked import KeyChunk, cached_prefill_attention
 from waferllm.kernels.attention_chunked_cost import BlockRecords
 from waferllm.kernels.heads import HeadLayout
+from waferllm.kernels.operands import ring_grid
 from waferllm.mesh.budget import OverBudget
+from waferllm.mesh.compute import matmul_cycles
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.tensor import DistTensor
@@ -151,6 +153,48 @@ def default_chunk_tokens(plan: ModelPlan, length: int) -> int:
         f"{grid[0]}x{grid[1]} (use a larger prefill grid: --prefill-grid, prefill_grid= in "
         "Python; or a shorter prompt)",
     )
+
+
+# ---- a floor of any chunk's cost (the estimate layer's pruning) -------------------------------
+RING_GEMMS = (  # a prefill layer's ring GEMMs (`layers.prefill_layer`): (op, weight)
+    ("q_proj", "wq"),
+    ("k_proj", "wk"),
+    ("v_proj", "wv"),
+    ("o_proj", "wo"),
+    ("gate_proj", "w_gate"),
+    ("up_proj", "w_up"),
+    ("down_proj", "w_down"),
+)
+
+
+def chunk_floor_cycles(model: MeshTransformer) -> float:
+    """A lower bound of every chunk's latency in an estimate-mode chunked walk, whatever its
+    tokens (`mesh.budget.BudgetLedger`'s floor): the chunk's ledger holds its walked layer's
+    records times the layer count (`_chunk`), among them each ring GEMM's P = L_grid steps,
+    one overlapped record each (`gemm._ring_gemm_closed`) of latency >= its compute + the
+    step overhead; that compute multiplies per_row*per_col blocks [m, k] @ [k, n] with k and
+    n from the weight's tile, m >= 1 the chunk's rows, and `matmul_cycles` grows with m
+    (k*n instructions of max(floor, m*...) cycles): at m = 1 it is a floor. 0.0 when a
+    weight is missing or the grid refuses the GEMM (the walk raises that itself)."""
+    state = model.prefill_state
+    mesh, device = state.meshes[0], model.device
+    weights = state.layers[state.regions.regions[0].layers[-1]]
+    step_cycles = 0.0
+    for op, name in RING_GEMMS:
+        b = weights.get(name)
+        if b is None:
+            return 0.0
+        try:
+            grid = ring_grid(mesh, op)
+        except WaferError:
+            return 0.0
+        kb, nt = b.data.shape[-2:]
+        k = kb * mesh.rows // mesh.cols // grid.per_col  # A's K tile over its logical blocks
+        n = -(-nt // grid.per_col)
+        blocks = grid.per_row * grid.per_col
+        compute = blocks * matmul_cycles(device, m=1, k=k, n=n)
+        step_cycles += grid.size * (compute + device.step_overhead_cycles)
+    return model.config.num_hidden_layers * step_cycles
 
 
 # ---- the walk ----------------------------------------------------------------------------------
