@@ -71,7 +71,60 @@ def _unit_traffic(
     nbytes: int,
 ) -> Traffic:
     """One logical line advancing `steps` positions, its blocks `nbytes` each, on every
-    physical line. Blocks whose logical successor sits on the same core move nothing."""
+    physical line: priced on one line (`_line_unit`) and put on the grid by `traffic.on_grid`
+    (exact: every line is alike), so a side's skew rounds and steps, along either axis and on
+    any grid with that side, share one pricing."""
+    num = shape[axis.tensor_dim]
+    line = _line_unit(device, num, size, kind, steps, nbytes)
+    return line if shape == one_line(num) and axis is Axis.X else on_grid(line, shape, axis)
+
+
+@lru_cache(maxsize=1024)
+def _line_unit(
+    device: Device, num: int, size: int, kind: RingKind, steps: int, nbytes: int
+) -> Traffic:
+    """`_walked_unit` on `one_line(num)`; for an interleaved ring of one logical core per
+    physical core (a square grid's MeshGEMM), a step either way in closed form
+    (`_interleaved_unit`)."""
+    if kind is RingKind.INTERLEAVED and size == num >= 2 and nbytes > 0 and abs(steps) == 1:
+        return _interleaved_unit(device, num, nbytes)
+    return _walked_unit(device, one_line(num), Axis.X, size, kind, steps, nbytes)
+
+
+def _interleaved_unit(device: Device, num: int, nbytes: int) -> Traffic:
+    """`_walked_unit` of a step either way along the interleaved ring 0, 2, 4, ..., 5, 3, 1 of
+    `num` >= 2 cores, on one line: every core sends its block to its ring neighbour, 2 hops
+    away but at the two turns (1 hop), so each link carries one block each way (the evens'
+    sends cross it one way, the odds' the other, the turns their end links) and each ramp
+    sends one and takes one in; the byte-hops are the links' loads, 2 (P - 1) blocks."""
+    block = float(nbytes)
+    return Traffic(
+        device=device,
+        shape=one_line(num),
+        critical_hops=2 if num > 2 else 1,
+        critical_stages=0,
+        bytes_injected=num * nbytes,
+        link_byte_hops=2 * (num - 1) * nbytes,
+        links={
+            (Axis.X, 1): np.full((1, num - 1), block),
+            (Axis.X, -1): np.full((1, num - 1), block),
+        },
+        ramp_in=np.full((1, num), block),
+        ramp_out=np.full((1, num), block),
+    )
+
+
+def _walked_unit(
+    device: Device,
+    shape: tuple[int, int],
+    axis: Axis,
+    size: int,
+    kind: RingKind,
+    steps: int,
+    nbytes: int,
+) -> Traffic:
+    """`_unit_traffic` from its segments (`line_traffic`): each logical core's block to its
+    successor's core. Blocks whose logical successor sits on the same core move nothing."""
     per = size // shape[axis.tensor_dim]
     src = np.arange(size) // per
     dst = ring_successor(size, kind, steps) // per
