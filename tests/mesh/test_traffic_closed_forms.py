@@ -98,7 +98,7 @@ def _dense_ring_traffic(dev, shape, axis, size, kind, counts, nbytes) -> Traffic
     ramp_in, ramp_out = np.zeros((1, 1)), np.zeros((1, 1))
     injected = byte_hops = hops = 0
     for steps, weights in ((1, counts[0]), (-1, counts[1])):
-        unit = rings._unit_traffic.__wrapped__(dev, shape, axis, size, kind, steps, nbytes)
+        unit = rings._walked_unit(dev, shape, axis, size, kind, steps, nbytes)
         if not weights.any() or unit.bytes_injected == 0:
             continue
         hops = max(hops, unit.critical_hops)

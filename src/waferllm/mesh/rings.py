@@ -29,6 +29,7 @@ from waferllm.mesh.geometry import (
     shorter_way,
 )
 from waferllm.mesh.loads import line_rows
+from waferllm.mesh.patterns import interleaved_ring_line
 from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 from waferllm.mesh.tiling import LogicalGrid
 from waferllm.mesh.traffic import Traffic, line_traffic, on_grid, one_line
@@ -60,71 +61,33 @@ def _require_routes(mesh: Mesh, grid: LogicalGrid, axis: Axis, kind: RingKind, s
         )
 
 
-@lru_cache(maxsize=1024)
-def _unit_traffic(
-    device: Device,
-    shape: tuple[int, int],
-    axis: Axis,
-    size: int,
-    kind: RingKind,
-    steps: int,
-    nbytes: int,
-) -> Traffic:
+UnitKey = tuple[Device, tuple[int, int], Axis, int, RingKind, int, int]
+
+
+def _unit_traffic(*unit: *UnitKey) -> Traffic:
     """One logical line advancing `steps` positions, its blocks `nbytes` each, on every
-    physical line: priced on one line (`_line_unit`) and put on the grid by `traffic.on_grid`
-    (exact: every line is alike), so a side's skew rounds and steps, along either axis and on
-    any grid with that side, share one pricing."""
+    physical line (`unit`: device, shape, axis, size, kind, steps, nbytes): priced once per
+    line length (`_line_unit`), put on the grid by `traffic.on_grid` (exact: the lines are
+    alike), so a side's skew rounds and steps, either axis, any grid with the side share it."""
+    device, shape, axis, size, kind, steps, nbytes = unit
     num = shape[axis.tensor_dim]
     line = _line_unit(device, num, size, kind, steps, nbytes)
     return line if shape == one_line(num) and axis is Axis.X else on_grid(line, shape, axis)
 
 
 @lru_cache(maxsize=1024)
-def _line_unit(
-    device: Device, num: int, size: int, kind: RingKind, steps: int, nbytes: int
-) -> Traffic:
-    """`_walked_unit` on `one_line(num)`; for an interleaved ring of one logical core per
-    physical core (a square grid's MeshGEMM), a step either way in closed form
-    (`_interleaved_unit`)."""
-    if kind is RingKind.INTERLEAVED and size == num >= 2 and nbytes > 0 and abs(steps) == 1:
-        return _interleaved_unit(device, num, nbytes)
-    return _walked_unit(device, one_line(num), Axis.X, size, kind, steps, nbytes)
+def _line_unit(device: Device, num: int, size: int, kind: RingKind, steps: int, n: int) -> Traffic:
+    """`_walked_unit` on `one_line(num)`; the interleaved ring of one logical core per core
+    (a square grid's MeshGEMM) either way in closed form (`patterns.interleaved_ring_line`)."""
+    if kind is RingKind.INTERLEAVED and size == num >= 2 and n > 0 and abs(steps) == 1:
+        return interleaved_ring_line(device, num, n)
+    return _walked_unit(device, one_line(num), Axis.X, size, kind, steps, n)
 
 
-def _interleaved_unit(device: Device, num: int, nbytes: int) -> Traffic:
-    """`_walked_unit` of a step either way along the interleaved ring 0, 2, 4, ..., 5, 3, 1 of
-    `num` >= 2 cores, on one line: every core sends its block to its ring neighbour, 2 hops
-    away but at the two turns (1 hop), so each link carries one block each way (the evens'
-    sends cross it one way, the odds' the other, the turns their end links) and each ramp
-    sends one and takes one in; the byte-hops are the links' loads, 2 (P - 1) blocks."""
-    block = float(nbytes)
-    return Traffic(
-        device=device,
-        shape=one_line(num),
-        critical_hops=2 if num > 2 else 1,
-        critical_stages=0,
-        bytes_injected=num * nbytes,
-        link_byte_hops=2 * (num - 1) * nbytes,
-        links={
-            (Axis.X, 1): np.full((1, num - 1), block),
-            (Axis.X, -1): np.full((1, num - 1), block),
-        },
-        ramp_in=np.full((1, num), block),
-        ramp_out=np.full((1, num), block),
-    )
-
-
-def _walked_unit(
-    device: Device,
-    shape: tuple[int, int],
-    axis: Axis,
-    size: int,
-    kind: RingKind,
-    steps: int,
-    nbytes: int,
-) -> Traffic:
+def _walked_unit(*unit: *UnitKey) -> Traffic:
     """`_unit_traffic` from its segments (`line_traffic`): each logical core's block to its
     successor's core. Blocks whose logical successor sits on the same core move nothing."""
+    device, shape, axis, size, kind, steps, nbytes = unit
     per = size // shape[axis.tensor_dim]
     src = np.arange(size) // per
     dst = ring_successor(size, kind, steps) // per
