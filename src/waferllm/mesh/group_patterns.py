@@ -292,6 +292,31 @@ def one_hop_chains(
     )
 
 
+def root_chain(
+    device: Device, shape: tuple[int, int], axis: Axis, root: int, nbytes: int
+) -> Traffic:
+    """`chain_traffic` to one `root` on every line (nbytes > 0, a root on the line): the
+    cores before it send forward, those after it back, one hop each, as the owner rows' closed
+    form computes it but from the root's place ((1, P) loads, no owner table: a new grid's
+    pipeline allreduces price several): link i carries core i's partial forward when i is
+    before the root, core i+1's back when i+1 is after it; the root takes in both."""
+    num, size = shape[axis.tensor_dim], float(nbytes)
+    left, right = root, num - 1 - root
+    pos = np.arange(num - 1)
+    links: dict[tuple[Axis, int], Load] = {}
+    if left > 0:
+        links[(axis, +1)] = np.where(pos[None, :] < root, size, 0.0)
+    if right > 0:
+        links[(axis, -1)] = np.where(pos[None, :] >= root, size, 0.0)
+    ramp_in = np.zeros((1, num))
+    ramp_in[0, 1 : root + 1] += size
+    ramp_in[0, root : num - 1] += size
+    ramp_out = np.full((1, num), size)
+    ramp_out[0, root] = 0.0
+    injected = (num - 1) * nbytes * shape[axis.other.tensor_dim]
+    return one_hop_chains(device, shape, axis, max(left, right), injected, links, ramp_in, ramp_out)
+
+
 def root_multicast(
     device: Device, shape: tuple[int, int], axis: Axis, root: int, nbytes: int
 ) -> Traffic:

@@ -25,6 +25,7 @@ from waferllm.mesh.group_patterns import (
     group_chain,
     group_multicast,
     one_hop_chains,
+    root_chain,
     root_multicast,
 )
 from waferllm.mesh.ktree import TreePlan
@@ -178,6 +179,9 @@ def chain_traffic(
 ) -> Traffic:
     """Forward-while-adding chains: every core sends one hop towards its owner (pipeline reduce,
     segmented reduce). Critical path: the farthest core's d hops and d - 1 stages."""
+    root = int(unkey(owners.roots)[0]) if owners.roots and owners.roots[0] == (1,) else -1
+    if 0 <= root < owners.num == shape[axis.tensor_dim] and nbytes > 0 and owners.num >= 2:
+        return root_chain(device, shape, axis, root, nbytes)
     groups = owners.group_rows()
     if groups is not None and nbytes > 0 and owners.num >= 2:
         return group_chain(device, shape, axis, groups, nbytes)
