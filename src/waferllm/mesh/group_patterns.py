@@ -76,6 +76,20 @@ class GroupRows:
         """Each distinct size's used owner offsets as `unit_table`'s key."""
         return [np.ascontiguousarray(u, dtype=np.int64).tobytes() for u in self._used[0]]
 
+    def count_peaks(self, tables: tuple[UnitTable, ...]) -> np.ndarray:
+        """(U,): each distinct row's largest count in these tables (`tables`), found once per
+        tables: every size and orientation of one pattern's loads (`TableRows.scaled`, `.T`)
+        scales the same counts."""
+        peaks = self._count_peaks.get(tables)
+        if peaks is None:
+            flat = np.concatenate([t.peaks for t in tables])
+            peaks = self._count_peaks[tables] = flat[self.peak_place].max(axis=1)
+        return peaks
+
+    @functools.cached_property
+    def _count_peaks(self) -> dict[tuple[UnitTable, ...], np.ndarray]:
+        return {}  # a few kinds of table per owners: `UNIT`'s
+
     def tables(self, kind: str) -> tuple[UnitTable, ...]:
         """The `UNIT[kind]` table of each distinct size s over the n owner offsets its groups
         use and every core offset j (`unit_table`, shared by every grid with such groups)."""
@@ -156,8 +170,7 @@ class TableRows(LineRows):
 
     @functools.cached_property
     def _peaks(self) -> np.ndarray:
-        peaks = np.concatenate([t.peaks for t in self.tables])
-        peaks = peaks[self.groups.peak_place].max(axis=1) * self.scale
+        peaks = self.groups.count_peaks(self.tables) * self.scale
         peaks.setflags(write=False)
         return peaks
 
