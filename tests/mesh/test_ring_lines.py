@@ -88,3 +88,20 @@ def test_a_ring_collectives_step_is_its_segments_walked(dev):
             got = patterns.ring_step_traffic.__wrapped__(dev, shape, axis, nbytes, stages)
             want = patterns.walked_ring_step(dev, shape, axis, nbytes, stages)
             assert_same_traffic(got, want)
+
+
+def test_a_ring_steps_unit_is_put_on_the_grid_once_for_every_block_size():
+    """`_ring_step_traffic` at new sizes scales one cached 1-byte step (`_priced_ring`), the
+    same floats as the step priced at that size."""
+    shape, dev = (9, 9), wse2()
+    key = _counts(1, np.ones(9, dtype=np.int64))
+    rings._priced_ring.cache_clear()
+    for nbytes in (6, 7, 4099):
+        got = rings._ring_step_traffic.__wrapped__(
+            dev, shape, Axis.X, 9, RingKind.INTERLEAVED, key, nbytes
+        )
+        want = rings._ring_traffic.__wrapped__(
+            dev, shape, Axis.X, 9, RingKind.INTERLEAVED, key, nbytes
+        )
+        assert_same_traffic(got, want)
+    assert rings._priced_ring.cache_info().misses == 1

@@ -183,6 +183,7 @@ def _ring_step_traffic(
     return _priced_ring(device, shape, axis, size, kind, counts_key, 1).scaled(nbytes)
 
 
+@lru_cache(maxsize=1024)
 def _priced_ring(
     device: Device,
     shape: tuple[int, int],
@@ -196,7 +197,7 @@ def _priced_ring(
     `traffic.one_line(P)` and put on the grid by `traffic.on_grid` (exact: a uniform step's
     arrays are the line's and its sums the line's times the lines, as `pattern_cache.per_line`
     prices patterns; tests/mesh/test_ring_lines.py), so a square grid's X and Y steps and any
-    grid sharing the side share one pricing."""
+    grid sharing the side share one pricing. Cached: each new block size scales it."""
     lines = shape[axis.other.tensor_dim]
     counts = np.frombuffer(counts_key, dtype=np.int64).reshape(2, lines)
     if lines > 1 and bool((counts == counts[:, :1]).all()):
