@@ -6,6 +6,7 @@ grids, along either axis, at several sizes, and for random offsets."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from helpers.closed_forms import assert_same_traffic
 from waferllm.device import tiny, wse2
 from waferllm.kernels.gemm_t import block_owners, step_owners
 from waferllm.mesh import Axis
+from waferllm.mesh.group_patterns import UNIT, TableRows
 from waferllm.mesh.loads import LineRows
 from waferllm.mesh.patterns import Owners, chain_traffic, multicast_traffic
 
@@ -98,3 +100,22 @@ def test_a_multicast_from_one_root_on_every_line_prices_as_its_owner_map(seed):
                 assert list(got.links) == list(want.links)
                 for name in ("ramp_in", "ramp_out"):
                     assert type(getattr(got, name)) is type(getattr(want, name))
+
+
+@pytest.mark.parametrize(("rows", "sizes"), GRIDS)
+def test_table_rows_peaks_at_every_size_and_orientation_are_their_rows_maxima(rows, sizes):
+    """`TableRows.row_peaks` (the groups' count peaks, found once per tables, times the
+    bytes) against each distinct row's largest load, scaled and transposed."""
+    groups = step_owners(block_owners(sizes, rows), rows, 1).group_rows()
+    assert groups is not None
+    for kind in UNIT:
+        loads = TableRows(groups, groups.tables(kind), slice(None), 0, 6.0)
+        for factor, transposed in itertools.product((1, 3, 4099, 2**30 + 1), (False, True)):
+            got = loads.scaled(factor)
+            got = got.T if transposed else got
+            dense = np.asarray(got.rows)
+            np.testing.assert_array_equal(
+                got.row_peaks(), dense.max(axis=1 if not transposed else 0)
+            )
+            assert got.max(initial=0.0) == float(np.asarray(got).max(initial=0.0))
+    assert len(groups._count_peaks) == len(UNIT)  # each kind's peaks found once

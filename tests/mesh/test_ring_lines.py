@@ -5,12 +5,14 @@ at several sizes; steps whose lines differ are priced on the grid as before."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from helpers.closed_forms import assert_same_traffic
 
 from waferllm.device import tiny, wse2
-from waferllm.mesh import Axis, rings
+from waferllm.mesh import Axis, patterns, rings
 from waferllm.mesh.geometry import RingKind
 from waferllm.mesh.tiling import logical_grid
 
@@ -46,3 +48,60 @@ def test_a_step_whose_lines_differ_is_priced_on_the_grid():
     got = rings._priced_ring(dev, shape, Axis.X, 6, RingKind.INTERLEAVED, key, 40)
     want = rings._ring_traffic.__wrapped__(dev, shape, Axis.X, 6, RingKind.INTERLEAVED, key, 40)
     assert_same_traffic(got, want)
+
+
+@pytest.mark.parametrize("kind", list(RingKind))
+@pytest.mark.parametrize("dev", [wse2(), tiny()])
+def test_a_ring_unit_priced_on_one_line_is_the_unit_walked_on_the_grid(kind, dev):
+    """`rings._unit_traffic` (one line, on the grid; the interleaved ring of one logical core
+    per core in closed form) against its segments walked on the grid (`_walked_unit`)."""
+    closed = 0
+    for shape in [*GRIDS, (1, 2), (3, 1), (2, 8), (16, 16), (40, 40), (41, 41)]:
+        for axis in (Axis.X, Axis.Y):
+            num = shape[axis.tensor_dim]
+            sizes = {num, logical_grid(*shape, algo="meshgemm", max_rows=64, max_cols=64).size}
+            for size, steps, nbytes in itertools.product(sizes, (1, -1, 2), (0, 1, 7, 4099)):
+                rings._line_unit.cache_clear()
+                got = rings._unit_traffic(dev, shape, axis, size, kind, steps, nbytes)
+                want = rings._walked_unit(dev, shape, axis, size, kind, steps, nbytes)
+                assert_same_traffic(got, want)
+                closed += rings._line_unit.cache_info().misses and size == num and nbytes > 0
+    assert closed  # the closed form was compared, not only the walk
+
+
+@pytest.mark.parametrize("num", range(2, 70))
+def test_the_interleaved_ring_unit_in_closed_form_is_its_walk(num):
+    for steps, nbytes in itertools.product((1, -1), (1, 3, 2**20 + 1)):
+        got = patterns.interleaved_ring_line(tiny(), num, nbytes)
+        want = rings._walked_unit(
+            tiny(), (1, num), Axis.X, num, RingKind.INTERLEAVED, steps, nbytes
+        )
+        assert_same_traffic(got, want)
+
+
+@pytest.mark.parametrize("dev", [wse2(), tiny()])
+def test_a_ring_collectives_step_is_its_segments_walked(dev):
+    """`patterns.ring_step_traffic` (the line's closed form on the grid, the collective's
+    stages) against `walked_ring_step`: every field, array and the cycles."""
+    for shape in [(1, 1), (1, 2), (2, 1), (3, 3), (5, 8), (13, 2), (40, 41)]:
+        for axis, nbytes, stages in itertools.product((Axis.X, Axis.Y), (0, 1, 9, 6000), (0, 3)):
+            got = patterns.ring_step_traffic.__wrapped__(dev, shape, axis, nbytes, stages)
+            want = patterns.walked_ring_step(dev, shape, axis, nbytes, stages)
+            assert_same_traffic(got, want)
+
+
+def test_a_ring_steps_unit_is_put_on_the_grid_once_for_every_block_size():
+    """`_ring_step_traffic` at new sizes scales one cached 1-byte step (`_priced_ring`), the
+    same floats as the step priced at that size."""
+    shape, dev = (9, 9), wse2()
+    key = _counts(1, np.ones(9, dtype=np.int64))
+    rings._priced_ring.cache_clear()
+    for nbytes in (6, 7, 4099):
+        got = rings._ring_step_traffic.__wrapped__(
+            dev, shape, Axis.X, 9, RingKind.INTERLEAVED, key, nbytes
+        )
+        want = rings._ring_traffic.__wrapped__(
+            dev, shape, Axis.X, 9, RingKind.INTERLEAVED, key, nbytes
+        )
+        assert_same_traffic(got, want)
+    assert rings._priced_ring.cache_info().misses == 1

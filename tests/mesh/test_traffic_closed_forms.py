@@ -98,7 +98,7 @@ def _dense_ring_traffic(dev, shape, axis, size, kind, counts, nbytes) -> Traffic
     ramp_in, ramp_out = np.zeros((1, 1)), np.zeros((1, 1))
     injected = byte_hops = hops = 0
     for steps, weights in ((1, counts[0]), (-1, counts[1])):
-        unit = rings._unit_traffic.__wrapped__(dev, shape, axis, size, kind, steps, nbytes)
+        unit = rings._walked_unit(dev, shape, axis, size, kind, steps, nbytes)
         if not weights.any() or unit.bytes_injected == 0:
             continue
         hops = max(hops, unit.critical_hops)
@@ -358,3 +358,31 @@ def test_a_per_line_addition_kept_apart_has_the_max_and_sums_of_the_added_rows(s
     np.testing.assert_array_equal(np.asarray(lazy + other), full + other)
     np.testing.assert_array_equal(np.asarray(other + lazy), other + full)
     assert LinePlus(LineRows(np.zeros((2, 0)), index % 2, 0), values).max(initial=0.0) == 0.0
+
+
+@pytest.mark.parametrize("axis", [Axis.X, Axis.Y])
+def test_a_chain_to_one_root_in_closed_form_is_its_one_hop_segment_walk(axis):
+    """`chain_traffic` to one root on every line (`group_patterns.root_chain`) against the
+    segments walked (`line_traffic`) and the owner rows' closed form, every root of lines of
+    2..12 cores, on one line and on a grid; a root off the line is priced as before."""
+    dev, compared = tiny(), 0
+    for num, other, nbytes in [(n, o, b) for n in range(2, 13) for o in (1, 3) for b in (1, 77)]:
+        shape = _shape(axis, num, other)
+        for root in range(-1, num + 1):
+            owners = Owners.of_roots(num, np.array([root]))
+            got = chain_traffic.__wrapped__(dev, shape, axis, owners, nbytes)
+            table, index = owners.rows()
+            far = int(np.abs(table - np.arange(num)).max())
+            _same_traffic(
+                got, patterns._chain_closed_form(dev, shape, axis, table, index, far, nbytes)
+            )
+            if not 0 <= root < num:
+                continue
+            pos = np.arange(num)
+            walked = line_traffic(
+                dev, shape, axis, src=pos, dst=pos + np.sign(root - pos), nbytes=nbytes,
+                critical_hops=far, critical_stages=max(far - 1, 0),
+            )  # fmt: skip
+            _same_traffic(got, walked)
+            compared += 1
+    assert compared == 2 * sum(range(2, 13)) * 2

@@ -76,6 +76,20 @@ class GroupRows:
         """Each distinct size's used owner offsets as `unit_table`'s key."""
         return [np.ascontiguousarray(u, dtype=np.int64).tobytes() for u in self._used[0]]
 
+    def count_peaks(self, tables: tuple[UnitTable, ...]) -> np.ndarray:
+        """(U,): each distinct row's largest count in these tables (`tables`), found once per
+        tables: every size and orientation of one pattern's loads (`TableRows.scaled`, `.T`)
+        scales the same counts."""
+        peaks = self._count_peaks.get(tables)
+        if peaks is None:
+            flat = np.concatenate([t.peaks for t in tables])
+            peaks = self._count_peaks[tables] = flat[self.peak_place].max(axis=1)
+        return peaks
+
+    @functools.cached_property
+    def _count_peaks(self) -> dict[tuple[UnitTable, ...], np.ndarray]:
+        return {}  # a few kinds of table per owners: `UNIT`'s
+
     def tables(self, kind: str) -> tuple[UnitTable, ...]:
         """The `UNIT[kind]` table of each distinct size s over the n owner offsets its groups
         use and every core offset j (`unit_table`, shared by every grid with such groups)."""
@@ -156,8 +170,7 @@ class TableRows(LineRows):
 
     @functools.cached_property
     def _peaks(self) -> np.ndarray:
-        peaks = np.concatenate([t.peaks for t in self.tables])
-        peaks = peaks[self.groups.peak_place].max(axis=1) * self.scale
+        peaks = self.groups.count_peaks(self.tables) * self.scale
         peaks.setflags(write=False)
         return peaks
 
@@ -290,6 +303,31 @@ def one_hop_chains(
         ramp_in=orient(axis, ramp_in),
         ramp_out=orient(axis, ramp_out),
     )
+
+
+def root_chain(
+    device: Device, shape: tuple[int, int], axis: Axis, root: int, nbytes: int
+) -> Traffic:
+    """`chain_traffic` to one `root` on every line (nbytes > 0, a root on the line): the
+    cores before it send forward, those after it back, one hop each, as the owner rows' closed
+    form computes it but from the root's place ((1, P) loads, no owner table: a new grid's
+    pipeline allreduces price several): link i carries core i's partial forward when i is
+    before the root, core i+1's back when i+1 is after it; the root takes in both."""
+    num, size = shape[axis.tensor_dim], float(nbytes)
+    left, right = root, num - 1 - root
+    pos = np.arange(num - 1)
+    links: dict[tuple[Axis, int], Load] = {}
+    if left > 0:
+        links[(axis, +1)] = np.where(pos[None, :] < root, size, 0.0)
+    if right > 0:
+        links[(axis, -1)] = np.where(pos[None, :] >= root, size, 0.0)
+    ramp_in = np.zeros((1, num))
+    ramp_in[0, 1 : root + 1] += size
+    ramp_in[0, root : num - 1] += size
+    ramp_out = np.full((1, num), size)
+    ramp_out[0, root] = 0.0
+    injected = (num - 1) * nbytes * shape[axis.other.tensor_dim]
+    return one_hop_chains(device, shape, axis, max(left, right), injected, links, ramp_in, ramp_out)
 
 
 def root_multicast(

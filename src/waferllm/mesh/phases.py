@@ -8,7 +8,10 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from waferllm.mesh.traffic import Traffic, merge_all
+import numpy as np
+
+from waferllm.mesh.loads import Load
+from waferllm.mesh.traffic import Traffic, merge_all, size_term
 
 if TYPE_CHECKING:
     from waferllm.mesh.cost import Charge
@@ -41,8 +44,38 @@ def merged_cost(traffics: list[Traffic]) -> tuple[float, int, int]:
             slow = t
     if sum(t.bytes_injected for t in traffics) == 0:
         return 0.0, slow.critical_hops, slow.critical_stages
-    size = _size_term(tuple(map(_SameLoads, traffics)))
+    size = _crossing_size_term(traffics)
+    if size is None:
+        size = _size_term(tuple(map(_SameLoads, traffics)))
     return slow.latency_term_cycles + size, slow.critical_hops, slow.critical_stages
+
+
+def _crossing_size_term(traffics: list[Traffic]) -> float | None:
+    """The size term of two steps along different axes, every line of each alike (a MeshGEMM
+    step's shifts of A along X and B along Y), from their peaks without merging them; None
+    for any other set. Their links are apart, so the busiest link is the busier step's; one
+    step's ramps are a row (1, C), the other's a column (R, 1), so every merged ramp load is
+    a row's plus a column's and the largest is the two largest added (x + y rounds
+    monotonically in each), which `merge_all`'s `OuterRamp` or dense sum gives as well."""
+    if len(traffics) != 2:
+        return None
+    a, b = traffics
+    if a.shape != b.shape or a.device != b.device or not a.links.keys().isdisjoint(b.links):
+        return None
+    if not (_crossing(a.ramp_in, b.ramp_in) and _crossing(a.ramp_out, b.ramp_out)):
+        return None
+    (link_a, in_a, out_a), (link_b, in_b, out_b) = a.peaks, b.peaks
+    ramp_in, ramp_out = max(0.0, in_a + in_b), max(0.0, out_a + out_b)
+    return size_term(a.device, max(link_a, link_b), ramp_in, ramp_out)
+
+
+def _crossing(x: Load, y: Load) -> bool:
+    """Whether x + y is an outer sum: two arrays, one a row and the other a column."""
+    if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+        return False
+    if x.ndim != 2 or y.ndim != 2:
+        return False
+    return (x.shape[0] == 1 and y.shape[1] == 1) or (x.shape[1] == 1 and y.shape[0] == 1)
 
 
 class _SameLoads:

@@ -29,6 +29,7 @@ from waferllm.mesh.geometry import (
     shorter_way,
 )
 from waferllm.mesh.loads import line_rows
+from waferllm.mesh.patterns import interleaved_ring_line
 from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 from waferllm.mesh.tiling import LogicalGrid
 from waferllm.mesh.traffic import Traffic, line_traffic, on_grid, one_line
@@ -60,18 +61,33 @@ def _require_routes(mesh: Mesh, grid: LogicalGrid, axis: Axis, kind: RingKind, s
         )
 
 
-@lru_cache(maxsize=1024)
-def _unit_traffic(
-    device: Device,
-    shape: tuple[int, int],
-    axis: Axis,
-    size: int,
-    kind: RingKind,
-    steps: int,
-    nbytes: int,
-) -> Traffic:
+UnitKey = tuple[Device, tuple[int, int], Axis, int, RingKind, int, int]
+
+
+def _unit_traffic(*unit: *UnitKey) -> Traffic:
     """One logical line advancing `steps` positions, its blocks `nbytes` each, on every
-    physical line. Blocks whose logical successor sits on the same core move nothing."""
+    physical line (`unit`: device, shape, axis, size, kind, steps, nbytes): priced once per
+    line length (`_line_unit`), put on the grid by `traffic.on_grid` (exact: the lines are
+    alike), so a side's skew rounds and steps, either axis, any grid with the side share it."""
+    device, shape, axis, size, kind, steps, nbytes = unit
+    num = shape[axis.tensor_dim]
+    line = _line_unit(device, num, size, kind, steps, nbytes)
+    return line if shape == one_line(num) and axis is Axis.X else on_grid(line, shape, axis)
+
+
+@lru_cache(maxsize=1024)
+def _line_unit(device: Device, num: int, size: int, kind: RingKind, steps: int, n: int) -> Traffic:
+    """`_walked_unit` on `one_line(num)`; the interleaved ring of one logical core per core
+    (a square grid's MeshGEMM) either way in closed form (`patterns.interleaved_ring_line`)."""
+    if kind is RingKind.INTERLEAVED and size == num >= 2 and n > 0 and abs(steps) == 1:
+        return interleaved_ring_line(device, num, n)
+    return _walked_unit(device, one_line(num), Axis.X, size, kind, steps, n)
+
+
+def _walked_unit(*unit: *UnitKey) -> Traffic:
+    """`_unit_traffic` from its segments (`line_traffic`): each logical core's block to its
+    successor's core. Blocks whose logical successor sits on the same core move nothing."""
+    device, shape, axis, size, kind, steps, nbytes = unit
     per = size // shape[axis.tensor_dim]
     src = np.arange(size) // per
     dst = ring_successor(size, kind, steps) // per
@@ -167,6 +183,7 @@ def _ring_step_traffic(
     return _priced_ring(device, shape, axis, size, kind, counts_key, 1).scaled(nbytes)
 
 
+@lru_cache(maxsize=1024)
 def _priced_ring(
     device: Device,
     shape: tuple[int, int],
@@ -180,7 +197,7 @@ def _priced_ring(
     `traffic.one_line(P)` and put on the grid by `traffic.on_grid` (exact: a uniform step's
     arrays are the line's and its sums the line's times the lines, as `pattern_cache.per_line`
     prices patterns; tests/mesh/test_ring_lines.py), so a square grid's X and Y steps and any
-    grid sharing the side share one pricing."""
+    grid sharing the side share one pricing. Cached: each new block size scales it."""
     lines = shape[axis.other.tensor_dim]
     counts = np.frombuffer(counts_key, dtype=np.int64).reshape(2, lines)
     if lines > 1 and bool((counts == counts[:, :1]).all()):

@@ -50,10 +50,17 @@ class Traffic:
 
     @property
     def size_term_cycles(self) -> float:
-        d = self.device
+        link, ramp_in, ramp_out = self.peaks
+        return size_term(self.device, link, max(0.0, ramp_in), max(0.0, ramp_out))
+
+    @functools.cached_property
+    def peaks(self) -> tuple[float, float, float]:
+        """(the largest link load, at least 0; the largest ramp-in and ramp-out loads, -inf
+        when there is no ramp): what the size term reads of the loads, found once (a cached
+        step is charged many times, and `phases.merged_cost` adds two steps' ramp peaks)."""
         link = max((float(load.max(initial=0.0)) for load in self.links.values()), default=0.0)
-        ramp = max(float(self.ramp_in.max(initial=0.0)), float(self.ramp_out.max(initial=0.0)))
-        return max(link / d.link_bytes_per_cycle, ramp / d.ramp_bytes_per_cycle)
+        top = -np.inf
+        return link, float(self.ramp_in.max(initial=top)), float(self.ramp_out.max(initial=top))
 
     @functools.cached_property
     def cycles(self) -> float:
@@ -73,7 +80,7 @@ class Traffic:
         """This step with every message `factor` times as large: loads, bytes injected and
         byte-hops times `factor` (whole bytes: exact), the critical message and the slack as
         they are (a pattern's hops do not depend on its sizes)."""
-        return Traffic(
+        scaled = Traffic(
             device=self.device,
             shape=self.shape,
             critical_hops=self.critical_hops,
@@ -85,6 +92,13 @@ class Traffic:
             ramp_out=scale_load(self.ramp_out, factor),
             mean_slack_cycles=self.mean_slack_cycles,
         )
+        if factor > 0 and _scales_elementwise(self):
+            # each load times `factor` (> 0): x -> x * factor rounds monotonically, so the
+            # largest scaled load is the largest load scaled (the same float, no array pass)
+            f = float(factor)
+            link, ramp_in, ramp_out = self.peaks
+            scaled.__dict__["peaks"] = (link * f, ramp_in * f, ramp_out * f)
+        return scaled
 
     def merged(self, other: Traffic) -> Traffic:
         """Two steps at the same time: the slower critical message, loads added."""
@@ -106,6 +120,20 @@ class Traffic:
             ramp_out=add_loads(self.ramp_out, other.ramp_out),
             mean_slack_cycles=min(self.mean_slack_cycles, other.mean_slack_cycles),
         )
+
+
+def size_term(device: Device, link: float, ramp_in: float, ramp_out: float) -> float:
+    """The size term of a step whose largest link, ramp-in and ramp-out loads (each at least
+    0) are given: the busiest link or ramp's bytes over its bandwidth."""
+    ramp = max(ramp_in, ramp_out)
+    return max(link / device.link_bytes_per_cycle, ramp / device.ramp_bytes_per_cycle)
+
+
+def _scales_elementwise(traffic: Traffic) -> bool:
+    """Whether `scale_load` multiplies each of the traffic's loads element by element (arrays
+    and `LineRows`; an `OuterRamp`'s max is a sum of two scaled maxima, rounded otherwise)."""
+    loads = [*traffic.links.values(), traffic.ramp_in, traffic.ramp_out]
+    return all(isinstance(load, (np.ndarray, LineRows)) for load in loads)
 
 
 # (links, ramp out, ramp in) of a set of segments, per line: what `line_traffic` prices
@@ -147,7 +175,8 @@ def on_grid(line: Traffic, shape: tuple[int, int], axis: Axis) -> Traffic:
         ramp_out=orient(axis, ramp_out),
         mean_slack_cycles=line.mean_slack_cycles,
     )
-    grid.__dict__["cycles"] = line.cycles  # the cached property, already known
+    grid.__dict__["cycles"] = line.cycles  # the cached properties, already known
+    grid.__dict__["peaks"] = line.peaks
     return grid
 
 
