@@ -22,7 +22,7 @@ import enum
 import functools
 import math
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -242,16 +242,24 @@ def place_layer(
     return PlacedLayer(tensors)
 
 
-def repeat_layer(mesh: Mesh, placed: PlacedLayer, *, name: str) -> PlacedLayer:
-    """Estimate mode: another layer on `mesh` like `placed` (a layer placed there by
-    `place_layer`), without placing it again: its meta tiles (shapes only, no values) shared,
-    each tensor registered under the new layer's name with the bytes `place_layer` charges
-    (an identical layer's tiles have the same shapes). A fit plan places every layer of a
-    region this way after its first (tests/model/test_placement_repeat.py compares)."""
+def repeat_layer(mesh: Mesh, placed: PlacedLayer, *, names: Sequence[str]) -> list[PlacedLayer]:
+    """Estimate mode: more layers on `mesh` like `placed` (a layer placed there by
+    `place_layer`), one per name, without placing them again: its meta tiles (shapes only, no
+    values) shared, each tensor registered under its layer's name with the bytes `place_layer`
+    charges (an identical layer's tiles have the same shapes), all the layers' in one batch
+    (`Mesh.register_like`: the keys, peaks and failures of registering them in turn). A fit
+    plan places every layer of a region this way after its first
+    (tests/model/test_placement_repeat.py compares)."""
     assert mesh.mode is Mode.ESTIMATE, "functional layers hold their own weights"
     tensors = placed.tensors
-    again = mesh.register_like(list(tensors.values()), [f"{name}.{k}" for k in tensors])
-    return PlacedLayer(dict(zip(tensors, again, strict=True)))
+    again = mesh.register_like(
+        list(tensors.values()), [f"{name}.{k}" for name in names for k in tensors]
+    )
+    width = len(tensors)
+    return [
+        PlacedLayer(dict(zip(tensors, again[i : i + width], strict=True)))
+        for i in range(0, len(again), width)
+    ]
 
 
 def tile_bytes(

@@ -380,16 +380,16 @@ def build_phase(
             mesh.sram.alloc("other plan's weights (resident layouts both)", reserved)
     layers: dict[int, PlacedLayer] = {}
     for region, mesh in zip(regions.regions, meshes, strict=True):
-        first: PlacedLayer | None = None
-        for i in region.layers:
-            if weights is None and first is not None:  # estimate mode: the same meta tiles
-                layers[i] = repeat_layer(mesh, first, name=f"layer{i}")
-                continue
+        placed = region.layers if weights is not None else region.layers[:1]
+        for i in placed:
             host = weights.layers[i] if weights is not None else None
             layers[i] = place_layer(
                 mesh, config, phase, host, name=f"layer{i}", stored=plan.storage.weights
             )
-            first = layers[i]
+        if len(placed) < len(region.layers):  # estimate mode: the same meta tiles
+            rest = region.layers[1:]
+            again = repeat_layer(mesh, layers[placed[0]], names=[f"layer{i}" for i in rest])
+            layers.update(zip(rest, again, strict=True))
     vocab_meshes = _vocab_meshes(plan, regions, mesh_args) if plan.apart else []
     spec, wdt = vocab_spec(config, phase), plan.storage.weights
     last = vocab_meshes[0] if vocab_meshes else meshes[-1]
