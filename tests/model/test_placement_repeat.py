@@ -15,6 +15,7 @@ from waferllm.errors import SramOverflowError
 from waferllm.mesh.storage import StoredDtype
 from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model.config_sources import load_config
+from waferllm.model.placed import build_phase
 from waferllm.model.placement import (
     Phase,
     PlacementMode,
@@ -22,7 +23,7 @@ from waferllm.model.placement import (
     place_layer,
     repeat_layer,
 )
-from waferllm.model.plan import build_phase, plan_model
+from waferllm.model.plan import plan_model
 from waferllm.model.quant import Storage
 
 CASES = [
