@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from waferllm.kernels.dequant import dequant_scratch_bytes
-from waferllm.kernels.gemm import prealign_b
+from waferllm.kernels.gemm import B_ALIGNED, RING_ALGO, prealign_b
 from waferllm.kernels.heads import HeadLayout, gather_rows, head_layout
-from waferllm.mesh.geometry import Axis
+from waferllm.kernels.operands import ring_grid
+from waferllm.mesh.geometry import Axis, RingKind
 from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.tiling import padded_k
@@ -194,6 +195,8 @@ def place(
     if host is None:
         assert mesh.mode is Mode.ESTIMATE, f"functional mode needs the host tensor of {name}"
         host = torch.empty(spec.shape, device="meta")
+        if spec.gemm_b:
+            return _prealigned_meta(mesh, spec, host, name, stored)
     else:
         dtype = held_dtype(host.dtype, mesh.compute_dtype) if len(spec.shape) == 2 else None
         host = host.to(mesh.torch_device)  # permuted and padded where the tiles will live
@@ -203,6 +206,26 @@ def place(
     if spec.gemm_b:
         return prealign_b(mesh, host.contiguous(), name=name, stored=stored, dtype=dtype)
     return mesh.scatter(host.contiguous(), spec.layout(), name, stored=stored, dtype=dtype)
+
+
+def _prealigned_meta(
+    mesh: Mesh, spec: TensorSpec, host: torch.Tensor, name: str, stored: StoredDtype
+) -> DistTensor:
+    """`prealign_b` of a meta weight (estimate mode), its registrations in the same order
+    (the plain tiles, freed, then the aligned ones under the same name: the same keys, peaks
+    and failures) and its grid check, the aligned tiles' shape in closed form: the plain
+    tile's N padded to whole logical blocks per column (the skew only permutes blocks), not
+    skewed as meta tiles (tests/model/test_placement_prealign.py compares)."""
+    grid = ring_grid(mesh, RING_ALGO[RingKind.INTERLEAVED])
+    layout = Layout(spec.shape, y_dim=0, x_dim=1)
+    plain = mesh.scatter(host, layout, name, stored=stored)
+    plain.free()
+    rows, cols, kt, nt = plain.data.shape
+    per_col = grid.per_col
+    shape = (rows, cols, kt, -(-nt // per_col) * per_col)
+    data = torch.empty(shape, dtype=plain.data.dtype, device="meta")
+    aligned = layout.with_tag(B_ALIGNED[RingKind.INTERLEAVED])
+    return mesh.register(data, aligned, name, stored=stored)
 
 
 def spec_stored(spec: TensorSpec, weights: StoredDtype) -> StoredDtype:
