@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from waferllm.device import Device
+from waferllm.errors import WaferError
 from waferllm.kernels.dequant import dequant_scratch_bytes
 from waferllm.kernels.gemm import B_ALIGNED, RING_ALGO, prealign_b
 from waferllm.kernels.heads import HeadLayout, gather_rows, head_layout
@@ -256,6 +258,29 @@ def place_layer(
     name: str,
     stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> PlacedLayer:
+    """One decoder layer's tensors placed on `mesh` (`layer_specs`). In estimate mode, where
+    the layer fits beside what the mesh holds, a layer placed before on the grid
+    (`_meta_layer`) is registered again (`repeat_layer`): the same tensors, keys and peaks."""
+    if weights is None and mesh.mode is Mode.ESTIMATE:
+        like = _meta_layer(
+            config, mesh.device, mesh.rows, mesh.cols, phase, stored, mesh.compute_dtype
+        )
+        sram = mesh.sram
+        if like is not None and sram.live_bytes_max + like.bytes_per_core <= sram.capacity_bytes:
+            return repeat_layer(mesh, like.layer, names=[name])[0]
+    return _placed_layer(mesh, config, phase, weights, name=name, stored=stored)
+
+
+def _placed_layer(
+    mesh: Mesh,
+    config: ModelConfig,
+    phase: Phase,
+    weights: LayerWeights | None,
+    *,
+    name: str,
+    stored: StoredDtype = StoredDtype.FLOAT16,
+) -> PlacedLayer:
+    """`place_layer`, every tensor placed (`place`)."""
     heads = heads_for(config, mesh.cols)
     specs = layer_specs(config, mesh.rows, mesh.cols, phase)
     host = layer_host_tensors(config, weights, heads) if weights is not None else {}
@@ -263,6 +288,36 @@ def place_layer(
         k: place(mesh, spec, host.get(k), f"{name}.{k}", stored) for k, spec in specs.items()
     }
     return PlacedLayer(tensors)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _MetaLayer:
+    layer: PlacedLayer  # on a mesh of its own (its tiles are what is shared)
+    bytes_per_core: int  # what placing it adds to every core, its peak too
+
+
+@functools.lru_cache(maxsize=64)  # per grid: a search builds several models on each
+def _meta_layer(
+    config: ModelConfig,
+    device: Device,
+    rows: int,
+    cols: int,
+    phase: Phase,
+    stored: StoredDtype,
+    compute_dtype: torch.dtype,
+) -> _MetaLayer | None:
+    """A meta layer placed on an empty rows x cols estimate-mode mesh of `device` (a function
+    of these arguments: tiles, layouts, names and bytes follow from them), for `place_layer`
+    to register again; None where that would not be placing it: a placement that fails (a
+    grid the ring GEMM refuses, a layer larger than SRAM: the real path raises) or whose
+    peak is above its bytes (a weight's unaligned tiles larger than its aligned ones)."""
+    mesh = Mesh(device, rows, cols, mode=Mode.ESTIMATE, compute_dtype=compute_dtype)
+    try:
+        layer = _placed_layer(mesh, config, phase, None, name="like", stored=stored)
+    except WaferError:
+        return None
+    held = mesh.sram.live_bytes_max
+    return _MetaLayer(layer, held) if mesh.sram.peak_bytes == held else None
 
 
 def repeat_layer(mesh: Mesh, placed: PlacedLayer, *, names: Sequence[str]) -> list[PlacedLayer]:
