@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from waferllm.device import tiny, wse2
 from waferllm.errors import SramOverflowError, WaferError
+from waferllm.kernels.heads import head_layout
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.relayout import Move, relayout_charge
 from waferllm.mesh.storage import StoredDtype
@@ -23,7 +24,6 @@ from waferllm.model.placement import (
     Phase,
     PlacementMode,
     ResidentLayouts,
-    head_layout,
     layer_bytes_per_core,
     pad_k_rows,
     place_layer,

@@ -5,15 +5,25 @@ every layer with `place_layer`."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from waferllm.device import get_device
+from waferllm.errors import SramOverflowError
 from waferllm.mesh.storage import StoredDtype
 from waferllm.mesh.virtual import Mesh, Mode
 from waferllm.model.config_sources import load_config
-from waferllm.model.placement import Phase, PlacementMode, ResidentLayouts, place_layer
-from waferllm.model.plan import build_phase, plan_model
+from waferllm.model.placed import build_phase
+from waferllm.model.placement import (
+    Phase,
+    PlacementMode,
+    ResidentLayouts,
+    place_layer,
+    repeat_layer,
+)
+from waferllm.model.plan import plan_model
 from waferllm.model.quant import Storage
 
 CASES = [
@@ -89,3 +99,52 @@ def test_repeated_layers_equal_layers_placed_one_by_one(case):
             # unaligned copy is freed before its aligned tiles are registered and is no
             # larger), so the repeated layers' peak is the same
             assert want_peak == want_total
+
+
+def _one_layer_bytes(config, device, grid, phase) -> int:
+    mesh = Mesh(device, *grid, mode=Mode.ESTIMATE)
+    place_layer(mesh, config, phase, None, name="layer0")
+    return mesh.sram.peak_bytes
+
+
+@pytest.mark.parametrize("room", [1.0, 2.5, 3.0, 4.0])
+@pytest.mark.parametrize("phase", list(Phase))
+def test_a_batch_of_repeated_layers_fails_where_placing_them_one_by_one_fails(room, phase):
+    """A region whose SRAM holds `room` layers: the batch of repeats (`repeat_layer` with
+    three names) keeps the same buffers, totals and peak, and fails on the same tensor with
+    the same message, as `place_layer` of each layer in turn."""
+    config, grid = load_config("llama3-8b"), (357, 357)
+    base = get_device("wse2")
+    need = _one_layer_bytes(config, base, grid, phase)
+    device = dataclasses.replace(base, sram_bytes_per_core=int(room * need))
+    outcomes = []
+    for batched in (True, False):
+        mesh = Mesh(device, *grid, mode=Mode.ESTIMATE)
+        first = place_layer(mesh, config, phase, None, name="layer0")
+        names = ["layer1", "layer2", "layer3"]
+        error, layers = None, []
+        try:
+            if batched:
+                layers = repeat_layer(mesh, first, names=names)
+            else:
+                layers = [place_layer(mesh, config, phase, None, name=n) for n in names]
+        except SramOverflowError as caught:
+            error = str(caught)
+        shapes = [
+            [(t.name, t.sram_key, t.layout, t.stored, t.data.shape) for t in p.tensors.values()]
+            for p in layers
+        ]
+        outcomes.append((error, _sram(mesh), shapes))
+    assert outcomes[0] == outcomes[1]
+    assert (outcomes[0][0] is None) == (room >= 4.0)
+
+
+def test_registering_copies_takes_a_whole_number_of_names_per_tensor():
+    mesh = Mesh(get_device("wse2"), 4, 4, mode=Mode.ESTIMATE)
+    first = place_layer(mesh, load_config("tiny"), Phase.DECODE, None, name="layer0")
+    tensors = list(first.tensors.values())
+    with pytest.raises(AssertionError):
+        mesh.register_like(tensors, ["a"] * (len(tensors) + 1))
+    assert mesh.register_like([], []) == []
+    again = mesh.register_like(tensors, [f"x{i}" for i in range(2 * len(tensors))])
+    assert [t.data for t in again] == [t.data for t in tensors] * 2

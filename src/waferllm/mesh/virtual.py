@@ -203,7 +203,11 @@ class Mesh:
     ) -> list[DistTensor]:
         """`register` of each tensor's tiles (shared), layout and storage under `names`, in
         turn: the same tensors, keys and SRAM peaks, allocated at once
-        (`SramTracker.alloc_all`: an estimate-mode region repeats a layer's weights)."""
+        (`SramTracker.alloc_all`: an estimate-mode region repeats a layer's weights). With
+        `copies` names per tensor (`len(names)` a multiple of `len(tensors)`), the tensors
+        are registered that many times over, each copy's names in turn (a region's layers)."""
+        copies, extra = divmod(len(names), len(tensors)) if tensors else (0, len(names))
+        assert extra == 0, (len(names), len(tensors))
         storage_bytes = self.device.storage_bytes
         for t in tensors:
             shape = t.data.shape
@@ -211,10 +215,11 @@ class Mesh:
         sizes = [
             tile_stored_bytes(t.stored, tuple(t.data.shape[2:]), storage_bytes) for t in tensors
         ]
-        keys = self.sram.alloc_all(names, sizes)
+        keys = self.sram.alloc_all(names, sizes * copies)
+        like = [*tensors] * copies
         return [
             DistTensor(t.data, t.layout, self, name, key, t.stored)
-            for t, name, key in zip(tensors, names, keys, strict=True)
+            for t, name, key in zip(like, names, keys, strict=True)
         ]
 
     def empty(self, layout: Layout, name: str, *, fill: float = 0.0) -> DistTensor:

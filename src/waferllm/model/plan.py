@@ -1,22 +1,19 @@
-"""The model's plan on a device: regions per phase, the KV cache's size, and the placed tensors.
+"""The model's plan on a device: regions per phase, the KV cache's size, the longest prompt.
 
 `plan_model` decides, from per-core byte counts alone, how many regions each phase needs, which
 layers each holds and how many cache slots every decode row gets (SPEC.md §10.4, §10.10).
-`build_phase` then creates one `Mesh` per region and places the weights (`placement.py`); the
-SRAM trackers check every allocation again as it happens.
+`placed.build_phase` then creates one `Mesh` per region and places the weights (re-exported
+here with `PhaseState` and `wide_enough` for the walks that import them from the plan).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
 
 from waferllm.device import Device
 from waferllm.errors import SramOverflowError
 from waferllm.mesh.storage import StoredDtype
-from waferllm.mesh.tensor import DistTensor
-from waferllm.mesh.virtual import Mesh
 from waferllm.model.budget import (
     PlanBudget,
     VocabApart,
@@ -29,25 +26,18 @@ from waferllm.model.budget import (
 )
 from waferllm.model.config import ModelConfig
 from waferllm.model.pipeline import pipeline_layer_ranges, plan_pipeline_phase
+from waferllm.model.placed import PhaseState, build_phase, wide_enough
 from waferllm.model.placement import (
     Phase,
-    PlacedLayer,
     PlacementMode,
     ResidentLayouts,
     layer_bytes_per_core,
     norm_spec,
-    place,
-    place_layer,
-    place_table,
-    repeat_layer,
-    table_view,
     tile_bytes,
-    vocab_spec,
 )
 from waferllm.model.quant import UNCOMPRESSED, Storage
 from waferllm.model.regions import Footprint, PhaseRegions, Region, plan_phase
 from waferllm.model.scratch import decode_scratch_bytes  # re-exported for transformer.py
-from waferllm.model.weights import ModelWeights
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -334,114 +324,6 @@ def _peak(fp: Footprint, plan: PhaseRegions) -> int:
     counts = [len(r.layers) for r in plan.regions]
     worst = max(counts) * fp.layer
     return worst + fp.first + fp.last
-
-
-# ---- placed tensors ------------------------------------------------------------------------------
-@dataclasses.dataclass(eq=False)
-class PhaseState:
-    """One phase's meshes (one per region) and the tensors placed on them. `head_mesh` holds
-    the LM head and final norm (the last region's in `fit`); `per-layer` adds notional meshes
-    for the vocabulary tables (`vocab_meshes`), beside the layer's region."""
-
-    phase: Phase
-    regions: PhaseRegions
-    meshes: list[Mesh]
-    layers: dict[int, PlacedLayer]
-    embed_mesh: Mesh
-    embed_table: DistTensor  # [D, V], `lm_head` itself when tied
-    embed_view: DistTensor  # the vocab table seen as [V, D] for the lookup
-    head_mesh: Mesh
-    lm_head: DistTensor  # [D, V] GEMV weight
-    final_norm: DistTensor
-    vocab_meshes: list[Mesh]
-
-    @property
-    def all_meshes(self) -> list[Mesh]:
-        return [*self.meshes, *self.vocab_meshes]
-
-
-def build_phase(
-    plan: ModelPlan,
-    phase: Phase,
-    weights: ModelWeights | None,
-    mesh_args: dict[str, Any],
-    *,
-    twin: PhaseState | None = None,
-) -> PhaseState:
-    """Place `phase`'s tensors on its regions. `twin`, the other phase already placed: its
-    vocabulary tables' tiles are shared where the grids allow (`_table`)."""
-    config = plan.config
-    regions = plan.prefill if phase is Phase.PREFILL else plan.decode
-    rows, cols = regions.grid
-    meshes = [Mesh(plan.device, rows, cols, origin=r.origin, **mesh_args) for r in regions.regions]
-    reserved = plan.other_plan_bytes[phase]
-    for mesh in meshes:
-        if reserved:
-            mesh.sram.alloc("other plan's weights (resident layouts both)", reserved)
-    layers: dict[int, PlacedLayer] = {}
-    for region, mesh in zip(regions.regions, meshes, strict=True):
-        first: PlacedLayer | None = None
-        for i in region.layers:
-            if weights is None and first is not None:  # estimate mode: the same meta tiles
-                layers[i] = repeat_layer(mesh, first, name=f"layer{i}")
-                continue
-            host = weights.layers[i] if weights is not None else None
-            layers[i] = place_layer(
-                mesh, config, phase, host, name=f"layer{i}", stored=plan.storage.weights
-            )
-            first = layers[i]
-    vocab_meshes = _vocab_meshes(plan, regions, mesh_args) if plan.apart else []
-    spec, wdt = vocab_spec(config, phase), plan.storage.weights
-    last = vocab_meshes[0] if vocab_meshes else meshes[-1]
-    head_host, embed_host = (weights.lm_head, weights.embed) if weights else (None, None)
-    lm_head = place_table(last, spec, head_host, "lm_head", wdt, twin.lm_head if twin else None)
-    if config.tie_word_embeddings:
-        table, embed_mesh = lm_head, last
-    else:
-        embed_mesh = vocab_meshes[-1] if vocab_meshes else meshes[0]
-        twin_table = twin.embed_table if twin else None
-        table = place_table(embed_mesh, spec, embed_host, "embed", wdt, twin_table)
-    norm = place(
-        last, norm_spec(config, phase), weights.final_norm if weights else None, "final_norm"
-    )
-    return PhaseState(
-        phase=phase,
-        regions=regions,
-        meshes=meshes,
-        layers=layers,
-        embed_mesh=embed_mesh,
-        embed_table=table,
-        embed_view=table_view(table, spec),
-        head_mesh=last,
-        lm_head=lm_head,
-        final_norm=norm,
-        vocab_meshes=vocab_meshes,
-    )
-
-
-def wide_enough(device: Device, cols: int) -> Device:
-    """`device` itself, or the same device widened to `cols` columns where it has fewer
-    (the notional regions east of a `per-layer` layer's), one object per width."""
-    return device if cols <= device.mesh_cols else _widened(device, cols)
-
-
-@functools.lru_cache(maxsize=64)  # per device and width: every walk's hops ask again
-def _widened(device: Device, cols: int) -> Device:
-    """`device` with `cols` columns: a function of its arguments only (the device is
-    immutable; an equal device, the same numbers, prices alike)."""
-    return dataclasses.replace(device, mesh_cols=cols)
-
-
-def _vocab_meshes(plan: ModelPlan, regions: PhaseRegions, mesh_args: dict[str, Any]) -> list[Mesh]:
-    """`per-layer`: the LM head's region (and the embedding's when untied) east of the layer's,
-    where the next region of the paper's chain of layers would be. Like that chain they are
-    notional: priced on a device wide enough to hold them (`transfers.per_layer_hops`)."""
-    rows, cols = regions.grid
-    y, x = regions.regions[0].origin
-    device = wide_enough(plan.device, x + 2 * cols)
-    east = x + cols
-    count = 1 if plan.config.tie_word_embeddings else 2
-    return [Mesh(device, rows, cols, origin=(y, east), **mesh_args) for _ in range(count)]
 
 
 __all__ = [

@@ -1,8 +1,9 @@
 """Per-core scratch of the walks, in closed form: what the planner budgets beside the weights.
 
 `prefill_scratch` replays the prefill walk's buffers (`layers.prefill_layer`, the kernels it
-calls, the head of `prefill.prefill_logits`) as allocations and frees and returns their
-actual peak; a test checks it against the peak the estimate-mode walk records, both ways.
+calls, the head of `prefill.prefill_logits`) as a running count of live bytes and returns
+their actual peak; a test checks it against the peak the estimate-mode walk records, both
+ways, another against a replay of every allocation one by one (`test_scratch_replay.py`).
 `decode_scratch_bytes` bounds one decode step. Sizes only: no tensors, no costs, no regions.
 Legend: Lt tokens per row (Lt' padded to whole logical blocks), G kv heads per column, n query
 heads per kv head (n' per attention pass), H head-dim slots, Kc key blocks owned per column.
@@ -22,26 +23,6 @@ from waferllm.mesh.storage import StoredDtype
 from waferllm.mesh.tiling import padded_k
 from waferllm.model.config import ModelConfig
 from waferllm.model.placement import Phase, heads_for, layer_specs, tile_bytes, vocab_spec
-
-
-class _Live:
-    """A running count of live bytes per core and its peak (the walk's SRAM tracker)."""
-
-    def __init__(self, start: int = 0) -> None:
-        self.now = start
-        self.peak = start
-
-    def alloc(self, *numels: int) -> None:
-        self.now += sum(numels)
-        self.peak = max(self.peak, self.now)
-
-    def free(self, *numels: int) -> None:
-        self.now -= sum(numels)
-
-    def transient(self, *numels: int) -> None:
-        """Buffers of one kernel's inner scope: live together, freed when it ends."""
-        self.alloc(*numels)
-        self.free(*numels)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -152,69 +133,73 @@ def prefill_scratch(
     float16 chunk per step, `kernels.gemm._b_buffers`)."""
     sb = storage_bytes
     grid = _grid(config, rows, cols, sb, stored)
-    w, d_t = grid.widths, grid.d_t
+    w, d_t, b_bytes = grid.widths, grid.d_t, grid.b_bytes
     lt = math.ceil(length / rows)
     lt_pad = -(-lt // grid.per_row) * grid.per_row  # a ring GEMM's token tile, whole blocks
-    live = _Live((lt * d_t + 2 * lt * w.h) * sb)  # x, RoPE cos and sin
+    # the live bytes per core (`now`) and their peak, every buffer allocated and freed in the
+    # walk's order; a kernel's buffers freed within it count at their largest moment (sizes
+    # are never negative: it is the last allocation, before any free)
+    now = (lt * d_t + 2 * lt * w.h) * sb  # x, RoPE cos and sin
+    peak = now
 
     def operand(k: int) -> int:
-        """`gemm_operand`: the normed input padded to K' and aligned; its tile stays."""
+        """`gemm_operand`: the normed input padded to K' and aligned; its tile stays. Its
+        peak: the unaligned tile and the skew's double buffer, before the first is freed."""
+        nonlocal now, peak
         width = grid.width[k]
-        live.alloc(lt * width * sb)
-        live.transient(lt_pad * width * sb)  # the skew's double buffer
-        live.free(lt * width * sb)
-        live.alloc(lt_pad * width * sb)
+        peak = max(peak, now + (lt + lt_pad) * width * sb)
+        now += lt_pad * width * sb
         return width
 
     def gemm(width: int, n: int, weight: str) -> int:
-        """`meshgemm`: the output tile stays; receive buffers and C's block padding do not."""
+        """`meshgemm`: the output tile stays; receive buffers and C's block padding do not
+        (their peak: the padded output block, the aligned input's ring copy, the weight's)."""
+        nonlocal now, peak
         nt, nt_pad = grid.nt[n]
-        live.alloc(lt * nt * sb)
-        live.transient((lt_pad * width + lt_pad * nt_pad - lt * nt) * sb, grid.b_bytes[weight])
+        peak = max(peak, now + lt_pad * (width + nt_pad) * sb + b_bytes[weight])
+        now += lt * nt * sb
         return lt * nt * sb
 
     d, f = config.hidden_size, config.intermediate_size
     q_n, kv_n, v_n, o_n = cols * w.q, cols * w.kv, cols * w.v, cols * w.o
-    norm = lt * d_t * sb
-    free = live.free if streamed else _kept  # the lean walk frees after the last reader
-    live.alloc(norm)  # attn_norm.out
+    norm, attn = lt * d_t * sb, lt * w.o * sb
+    lean = int(streamed)  # 1: the lean walk frees each temporary after its last reader
+    now += norm  # attn_norm.out
+    peak = max(peak, now)
     width = operand(d)
-    free(norm)
+    now -= lean * norm
     q = gemm(width, q_n, "wq")
     gemm(width, kv_n, "wk")  # k and v stay: the layer's share of the KV cache
     gemm(width, v_n, "wv")
-    free(lt_pad * width * sb)
+    now -= lean * lt_pad * width * sb
     if streamed:  # the output (one pass: the online softmax's accumulator) comes first
-        live.alloc(lt * w.o * sb)
-        live.transient(_streamed_numel(grid.heads, lt, head_chunk) * sb)
+        now += attn
+        peak = max(peak, now + _streamed_numel(grid.heads, lt, head_chunk) * sb)
     else:
-        live.transient(_attention_numel(w, rows, lt, head_chunk) * sb)
-        live.alloc(lt * w.o * sb)  # attention's output
-    free(q)
+        peak = max(peak, now + _attention_numel(w, rows, lt, head_chunk) * sb)
+        now += attn  # attention's output
+        peak = max(peak, now)
+    now -= lean * q
     width = operand(o_n)
-    free(lt * w.o * sb)
+    now -= lean * attn
     o = gemm(width, d, "wo")
-    free(lt_pad * width * sb, o)  # o once added to the residual stream
-    live.alloc(norm)  # mlp_norm.out
+    now -= lean * (lt_pad * width * sb + o)  # o once added to the residual stream
+    now += norm  # mlp_norm.out
+    peak = max(peak, now)
     width = operand(d)
-    free(norm)
+    now -= lean * norm
     gate = gemm(width, f, "w_gate")
     up = gemm(width, f, "w_up")
-    free(lt_pad * width * sb, up)  # SiLU(gate) * up lands in gate's buffer
+    now -= lean * (lt_pad * width * sb + up)  # SiLU(gate) * up lands in gate's buffer
     width = operand(f)
-    free(gate)
-    down = gemm(width, d, "w_down")
-    free(lt_pad * width * sb, down)
+    now -= lean * gate
+    gemm(width, d, "w_down")  # the last buffers: what is freed after it never peaks
     return PrefillScratch(
-        layer=live.peak,
+        layer=peak,
         head=_head_numel(config, rows, lt, d_t) * sb + grid.vocab_chunk,
         head_apart=_head_numel(config, rows, 1, d_t) * sb + grid.vocab_chunk,
         kv=lt * (w.kv + w.v) * sb,
     )
-
-
-def _kept(*numels: int) -> None:
-    """The usual walk: temporaries stay until the layer's SRAM scope ends."""
 
 
 def _weight_buffers(spec, rows: int, cols: int, sb: int, stored: StoredDtype) -> int:
