@@ -24,6 +24,7 @@ from waferllm.kernels.registry import GEMV_KERNELS
 from waferllm.mesh import Axis, Layout, Ledger, Mesh, Mode
 from waferllm.mesh.compute import matmul_cycles
 from waferllm.mesh.ktree import tree_plan
+from waferllm.mesh.meta import shape_only
 
 GRIDS = [(1, 1), (2, 2), (3, 3), (4, 4), (3, 5), (5, 7), (8, 8)]
 
@@ -405,3 +406,21 @@ def _recording(alloc, allocs: list):
 def _strides(data: torch.Tensor) -> tuple[int, ...]:
     """The strides that mean something: a dim of size 1 has none."""
     return tuple(st if n > 1 else 0 for n, st in zip(data.shape, data.stride(), strict=True))
+
+
+@pytest.mark.parametrize("axis", [Axis.Y, Axis.X])
+@pytest.mark.parametrize("grid", [(3, 5), (4, 4), (2, 7)])
+def test_estimate_outputs_are_shaped_and_strided_as_the_functional_ones(axis, grid):
+    """Estimate mode makes the allreduced outputs as meta tiles past the shape-only mode
+    (`meta.native`): the shapes, strides (held once along the reduce axis) and dtypes of the
+    functional run's one product per weight, on a meta device."""
+    x, ws = torch.randn(3, 23), [torch.randn(23, 17), torch.randn(23, 9)]
+    seen = []
+    for mode in (Mode.FUNCTIONAL, Mode.ESTIMATE):
+        mesh = _mesh(*grid, mode=mode)
+        xd, wds = _place(mesh, x, ws, axis)
+        with shape_only():
+            outs = meshgemv(mesh, x=xd, w=wds, ledger=Ledger(), reduce_axis=axis).outs
+        seen.append([(tuple(o.data.shape), o.data.stride(), o.data.dtype) for o in outs])
+        assert all(o.data.is_meta == (mode is Mode.ESTIMATE) for o in outs)
+    assert seen[0] == seen[1]

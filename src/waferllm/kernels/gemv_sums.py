@@ -1,9 +1,9 @@
 """The allreduced outputs of a GEMV without its per-core partials (`gemv._gemv`).
 
 `summed_products`: functional float32 GEMVs whose inputs are so arranged take one library
-product per weight; `estimated_sums`: estimate mode's meta tiles of the outputs. Both give the
-outputs held once along the reduce axis, as the allreduce leaves them; the kernel prices the
-products and the allreduce from their shapes.
+product per weight; `estimated_sums`: estimate mode's meta tiles of the outputs, made past the
+shape-only mode (`meta.native`). Both give the outputs held once along the reduce axis, as the
+allreduce leaves them; the kernel prices the products and the allreduce from their shapes.
 Legend: T tokens, P cores along the reduce axis, Q along the other, Kt and Nt the tiles.
 """
 
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.meta import native
 from waferllm.mesh.replicas import held_once, once, spread
 from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh, Mode
@@ -62,10 +63,13 @@ def estimated_sums(
     sizes = {line: mesh.size(reduce_axis)}
     tile = [mesh.rows, mesh.cols, x_tile.shape[-2]]
     tile[line] = 1
-    return [
-        spread(torch.empty((*tile, wi.data.shape[-1]), dtype=x_tile.dtype, device="meta"), sizes)
-        for wi in ws
-    ]
+    with native():  # factory and view ops: torch's C++ meta kernels, past `shape_only`'s mode
+        return [
+            spread(
+                torch.empty((*tile, wi.data.shape[-1]), dtype=x_tile.dtype, device="meta"), sizes
+            )
+            for wi in ws
+        ]
 
 
 def _host_matrix(w: torch.Tensor, line: int, other: int) -> torch.Tensor | None:
