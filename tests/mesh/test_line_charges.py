@@ -22,7 +22,7 @@ from waferllm.mesh.comm import (
 )
 from waferllm.mesh.cost import Charge
 from waferllm.mesh.ktree import best_fanouts, default_fanouts, tree_plan
-from waferllm.mesh.line_charges import line_charge, root_owners
+from waferllm.mesh.line_charges import LineTerms, line_charge, root_owners, tree_terms
 from waferllm.mesh.patterns import chain_traffic, multicast_traffic, tree_traffic
 
 DEVICES = {"wse2": wse2(), "wse3": wse3(), "tiny": tiny()}
@@ -163,3 +163,25 @@ def test_inside_an_overlap_block_the_traffic_is_kept_and_merged():
             bcast = _oracle(device, "multicast", Axis.Y, 9, plan.root, nbytes, 9)
             expected.charge("ar.bcast", bcast, phase=1)
     assert _records(ledger) == _records(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.sampled_from(sorted(DEVICES)),
+    num=st.one_of(st.integers(1, 60), st.integers(61, 900)),
+    data=st.data(),
+)
+def test_a_trees_terms_counted_from_its_segments_are_its_traffics(name, num, data):
+    """`tree_terms` (segment counts) equals `LineTerms.of` the plain `tree_traffic` on one
+    line at 1 byte, for the default trees and others (one chain, binary trees, three levels)."""
+    device = DEVICES[name]
+    alpha, beta = device.hop_latency_cycles, device.stage_latency_cycles
+    fanouts = data.draw(
+        st.sampled_from(
+            [best_fanouts(num, alpha, beta), default_fanouts(num), (max(num, 1),)]
+            + [(2,) * max(num.bit_length(), 1), (3, 3, max(-(-num // 9), 1))]
+        )
+    )
+    plan = tree_plan(num, fanouts, alpha, beta)
+    line = tree_traffic.__wrapped__(device, (1, num), Axis.X, plan, 1)
+    assert tree_terms(plan, num) == LineTerms.of(line)

@@ -4,11 +4,12 @@ A K-tree reduce, a chain to one root and a multicast from one root load every li
 alike: `pattern_cache.per_line` prices such a pattern on one line and puts it on each grid
 (`traffic.on_grid`), `per_byte` scales it to each size (`Traffic.scaled`). A sequential
 charge reads only a few numbers of that traffic, and each has a closed form in the message
-size and the number of lines: `LineTerms` keeps them from the line priced at 1 byte, and
-`line_charge` builds the charge of any size on any grid from them, without a grid's traffic
-(the charge carries none: only an overlap block merges traffics, and `comm` prices those as
-before). A decode step on a new grid side charges a few dozen allreduces of a dozen sizes on
-two axes: one line pricing per pattern and side instead of a traffic per size and axis.
+size and the number of lines: `LineTerms` keeps them from the line priced at 1 byte (a
+K-tree's counted from its segments, `tree_terms`), and `line_charge` builds the charge of any
+size on any grid from them, without a grid's traffic (the charge carries none: only an
+overlap block merges traffics, and `comm` prices those as before). A decode step on a new
+grid side charges a few dozen allreduces of a dozen sizes on two axes: one line pricing per
+pattern and side instead of a traffic per size and axis.
 Exact (tests/mesh/test_line_charges.py compares every field with the traffic's charge):
 the bytes are whole, so every load, byte count and byte-hop at n bytes is n times its value
 at 1 byte (`per_byte`) and each product below 2**53 is exact; the busiest load is then n
@@ -26,7 +27,7 @@ from waferllm.device import Device
 from waferllm.mesh.cost import Charge, ChargeKind
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.ktree import TreePlan
-from waferllm.mesh.patterns import Owners, chain_traffic, multicast_traffic, tree_traffic
+from waferllm.mesh.patterns import Owners, chain_traffic, multicast_traffic
 from waferllm.mesh.traffic import Traffic, one_line
 
 
@@ -82,19 +83,47 @@ class LineTerms:
 
 @lru_cache(maxsize=1024)
 def line_terms(device: Device, kind: str, num: int, what: TreePlan | int) -> LineTerms:
-    """The terms of a K-tree reduce (`kind` "tree", `what` its plan), or of a chain to or a
-    multicast from root `what` of every line ("chain", "multicast"), on a line of `num`
-    cores: the plain pattern (no cache) priced on `one_line(num)` at 1 byte."""
-    line = one_line(num)
+    """The terms of a K-tree reduce (`kind` "tree", `what` its plan: `tree_terms`), or of a
+    chain to or a multicast from root `what` of every line ("chain", "multicast": the plain
+    pattern, no cache, priced on `one_line(num)` at 1 byte), on a line of `num` cores."""
     if kind == "tree":
         assert isinstance(what, TreePlan)
-        traffic = tree_traffic.__wrapped__(device, line, Axis.X, what, 1)  # type: ignore[attr-defined]
-    else:
-        assert isinstance(what, int)
-        pattern = chain_traffic if kind == "chain" else multicast_traffic
-        owners = root_owners(num, what)
-        traffic = pattern.__wrapped__(device, line, Axis.X, owners, 1)  # type: ignore[attr-defined]
+        return tree_terms(what, num)
+    assert isinstance(what, int)
+    pattern = chain_traffic if kind == "chain" else multicast_traffic
+    owners = root_owners(num, what)
+    traffic = pattern.__wrapped__(device, one_line(num), Axis.X, owners, 1)  # type: ignore[attr-defined]
     return LineTerms.of(traffic)
+
+
+def tree_terms(plan: TreePlan, num: int) -> LineTerms:
+    """`LineTerms` of a K-tree reduce on a line of `num` cores from its segments alone: what
+    `tree_traffic` at 1 byte gives (`line_traffic`'s loads are then segment counts): every
+    segment injects 1 byte over |dst - src| hops, the busiest directed link is crossed by the
+    most segments (a running sum of their starts and ends), the busiest ramp sends or takes
+    the most, no slack. tests/mesh/test_line_charges.py compares it with the traffic."""
+    src, dst = plan.src, plan.dst
+    moving = src != dst
+    if not moving.all():
+        src, dst = src[moving], dst[moving]
+    link = ramp = 0
+    if len(src):
+        forward, low, high = dst > src, np.minimum(src, dst), np.maximum(src, dst)
+        for way in (forward, ~forward):
+            if way.any():
+                ends = np.bincount(low[way], minlength=num + 1)
+                ends -= np.bincount(high[way], minlength=num + 1)
+                link = max(link, int(np.cumsum(ends).max()))
+        ramp = max(int(np.bincount(src).max()), int(np.bincount(dst).max()))
+    return LineTerms(
+        hops=plan.critical_hops,
+        stages=plan.critical_stages,
+        slack_cycles=0.0,
+        injected=len(src),
+        byte_hops=int(np.abs(dst - src).sum()),
+        link=float(link),
+        ramp=float(ramp),
+    )
 
 
 @lru_cache(maxsize=4096)
@@ -114,4 +143,4 @@ def root_owners(num: int, root: int) -> Owners:
     return Owners.of_roots(num, np.array([root], dtype=np.int64))
 
 
-__all__ = ["LineTerms", "line_charge", "line_terms", "root_owners"]
+__all__ = ["LineTerms", "line_charge", "line_terms", "root_owners", "tree_terms"]
