@@ -13,17 +13,18 @@ from hypothesis import given, settings
 from waferllm.device import tiny, with_overrides
 from waferllm.errors import WaferError
 from waferllm.kernels.gemv import (
-    _summed_products,
     best_ktree_fanouts,
     ktree_latency_cycles,
     meshgemv,
     pipeline_gemv,
     ring_gemv,
 )
+from waferllm.kernels.gemv_sums import summed_products
 from waferllm.kernels.registry import GEMV_KERNELS
 from waferllm.mesh import Axis, Layout, Ledger, Mesh, Mode
 from waferllm.mesh.compute import matmul_cycles
 from waferllm.mesh.ktree import tree_plan
+from waferllm.mesh.meta import shape_only
 
 GRIDS = [(1, 1), (2, 2), (3, 3), (4, 4), (3, 5), (5, 7), (8, 8)]
 
@@ -141,7 +142,7 @@ def test_estimate_and_functional_ledgers_are_identical(algo, axis):
 @pytest.mark.parametrize("grid", [(1, 1), (1, 4), (4, 1), (3, 5), (6, 6)])
 def test_one_product_per_weight_gives_the_per_core_sums_and_their_exact_records(algo, axis, grid):
     """Host-ordered weights and an input held once take one product per weight
-    (`_summed_products`); the same weights tile by tile take every core's partial and the
+    (`summed_products`); the same weights tile by tile take every core's partial and the
     allreduce. Same numbers to rounding, same records, routes and SRAM."""
     gen = torch.Generator().manual_seed(11)
     x, ws = torch.randn(3, 23, generator=gen), [torch.randn(23, 17), torch.randn(23, 9)]
@@ -152,7 +153,7 @@ def test_one_product_per_weight_gives_the_per_core_sums_and_their_exact_records(
         if not host_order:  # every tile a block of its own: no matrix view, per-core partials
             wds = [w.replace(w.data.contiguous()) for w in wds]
         x_tile = xd.data.reshape(*grid, 3, -1)
-        fast = _summed_products(mesh, x_tile, wds, axis)
+        fast = summed_products(mesh, x_tile, wds, axis)
         # one line across: a tile-by-tile matrix is in host order too
         assert (fast is not None) == (host_order or mesh.size(axis.other) == 1)
         ledger = Ledger()
@@ -366,7 +367,7 @@ def test_gemv_matches_the_reference_for_any_grid_and_size(rows, cols, k, n, toke
 def test_estimate_mode_outputs_without_partials_equal_the_partials_walk(
     algo, axis, grid, dtype, monkeypatch
 ):
-    """Estimate mode builds the allreduced outputs' meta tiles directly (`_estimated_sums`):
+    """Estimate mode builds the allreduced outputs' meta tiles directly (`estimated_sums`):
     the same records, routes, SRAM buffers and peak, and outputs (shape, dtype, strides,
     layout, name) as the walk of every core's partials and the allreduce."""
     import waferllm.kernels.gemv as gemv
@@ -375,7 +376,7 @@ def test_estimate_mode_outputs_without_partials_equal_the_partials_walk(
     for direct in (True, False):
         with monkeypatch.context() as patch:
             if not direct:
-                patch.setattr(gemv, "_estimated_sums", lambda *_: None)
+                patch.setattr(gemv, "estimated_sums", lambda *_: None)
             for lead, widths in (((3,), (17, 9)), ((2, 2), (11,)), ((), (5, 4, 4))):
                 mesh = _mesh(*grid, mode=Mode.ESTIMATE, compute_dtype=getattr(torch, dtype))
                 x = torch.empty(*lead, 23, device="meta")
@@ -405,3 +406,21 @@ def _recording(alloc, allocs: list):
 def _strides(data: torch.Tensor) -> tuple[int, ...]:
     """The strides that mean something: a dim of size 1 has none."""
     return tuple(st if n > 1 else 0 for n, st in zip(data.shape, data.stride(), strict=True))
+
+
+@pytest.mark.parametrize("axis", [Axis.Y, Axis.X])
+@pytest.mark.parametrize("grid", [(3, 5), (4, 4), (2, 7)])
+def test_estimate_outputs_are_shaped_and_strided_as_the_functional_ones(axis, grid):
+    """Estimate mode makes the allreduced outputs as meta tiles past the shape-only mode
+    (`meta.native`): the shapes, strides (held once along the reduce axis) and dtypes of the
+    functional run's one product per weight, on a meta device."""
+    x, ws = torch.randn(3, 23), [torch.randn(23, 17), torch.randn(23, 9)]
+    seen = []
+    for mode in (Mode.FUNCTIONAL, Mode.ESTIMATE):
+        mesh = _mesh(*grid, mode=mode)
+        xd, wds = _place(mesh, x, ws, axis)
+        with shape_only():
+            outs = meshgemv(mesh, x=xd, w=wds, ledger=Ledger(), reduce_axis=axis).outs
+        seen.append([(tuple(o.data.shape), o.data.stride(), o.data.dtype) for o in outs])
+        assert all(o.data.is_meta == (mode is Mode.ESTIMATE) for o in outs)
+    assert seen[0] == seen[1]

@@ -15,6 +15,7 @@ from waferllm.kernels.softmax import softmax
 from waferllm.mesh import Layout, Ledger, Mesh, Mode
 from waferllm.mesh.comm import ReduceAlgorithm
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.meta import shape_only
 
 DEVICE = dataclasses.replace(tiny(), step_overhead_cycles=5.0)
 GRIDS = [(4, 4), (3, 5), (1, 4), (4, 1), (6, 2)]
@@ -91,3 +92,22 @@ def test_softmax_in_closed_form_charges_what_the_walk_charges(grid, algorithm):
             runs.append((ledger, mesh, out))
         compared += assert_same_runs(runs)
     assert compared >= 4 * len(SOFTMAXES)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rms_norm_in_closed_form_under_the_shape_only_mode_gives_the_walks_output(dtype):
+    """Inside `shape_only` (as the estimate layer runs), the closed form's output, made past
+    the mode (`meta.meta_empty`), has the walk's shape, dtype and strides."""
+    for shape, x_dims, w_dims, algorithm in NORMS:
+        outs = []
+        for walk in (True, False):
+            mesh = Mesh(DEVICE, 3, 5, mode=Mode.ESTIMATE, compute_dtype=dtype)
+            x = _tensor(mesh, shape, Layout(shape, **x_dims), "x", dtype)
+            w = _tensor(mesh, (shape[-1],), Layout((shape[-1],), **w_dims), "w", dtype)
+            with shape_only():
+                out = rms_norm(
+                    mesh, x=x, weight=w, ledger=Ledger(), eps=1e-5, algorithm=algorithm, walk=walk
+                )
+            outs.append((tuple(out.data.shape), out.data.dtype, out.data.stride()))
+        assert outs[0] == outs[1]
+        assert outs[0][1] == dtype

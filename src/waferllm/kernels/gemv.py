@@ -3,7 +3,8 @@
 Every variant is the same local GEMV followed by an allreduce of the partial sums along the
 axis the input vector is split on; only the allreduce differs (paper §6, SPEC.md §4, §10.5).
 `registry.GEMV_KERNELS` maps their names to them; attention is in `attention.py`, the other
-transformer ops in norm, softmax, rope and elementwise; the dense oracles in `reference.py`.
+transformer ops in norm, softmax, rope and elementwise; the dense oracles in `reference.py`;
+the allreduced outputs made without per-core partials in `gemv_sums.py`.
 Legend: T tokens (a leading batch of vectors), K reduced (input) dim, N output dim;
 P cores along the reduce axis, Q along the other axis; Kt = ceil(K/P), Nt = ceil(N/Q).
 """
@@ -20,13 +21,14 @@ import torch
 from waferllm.device import Device
 from waferllm.errors import WaferError
 from waferllm.kernels.dequant import charge_dequant, dequant_scratch_bytes
+from waferllm.kernels.gemv_sums import estimated_sums, summed_products
 from waferllm.kernels.result import Charged, KernelResult
 from waferllm.mesh.comm import ReduceAlgorithm, allreduce, charge_allreduce, reduce
 from waferllm.mesh.compute import charge_matmul, matmul
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.ktree import allreduce_latency_cycles, best_fanouts
-from waferllm.mesh.replicas import held_once, on_replicas, once, spread
+from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.tensor import DistTensor, Layout
 from waferllm.mesh.virtual import Mesh, Mode
 
@@ -137,7 +139,7 @@ def _gemv(
     x_tile = x.data if len(lead) == 1 else x.data.reshape(rows, cols, math.prod(lead), kt)
     summed = None
     if broadcast:
-        sums = _estimated_sums if mesh.mode is Mode.ESTIMATE else _summed_products
+        sums = estimated_sums if mesh.mode is Mode.ESTIMATE else summed_products
         summed = sums(mesh, x_tile, ws, reduce_axis)
     with Charged(ledger) as charged:
         _dequantise_weights(mesh, ws, ledger, op)
@@ -202,70 +204,6 @@ def _partial_sums(
     return list(total.split_with_sizes([wi.data.shape[-1] for wi in ws], dim=-1)), root
 
 
-def _summed_products(
-    mesh: Mesh, x_tile: torch.Tensor, ws: Sequence[DistTensor], reduce_axis: Axis
-) -> list[torch.Tensor] | None:
-    """Functional float32 GEMVs whose allreduced result is one product per weight: where x is
-    held once along the other axis (`replicas`) and every weight's tiles lie in its host order
-    (`tensor.split_host`), the sum over the reduce axis of the cores' partials x_p @ W_p is
-    x[T, P*Kt] @ W[P*Kt, Q*Nt], the whole (padded) matrix in one library product: no per-core
-    partials, no allreduce sum. Each output is still the K products summed; only their order
-    differs (in the last bit) from the partials' sum. Per weight (R, C, T, Nt_i), held once
-    along the reduce axis; None where the operands are not so arranged."""
-    line, other = reduce_axis.tensor_dim, reduce_axis.other.tensor_dim
-    if mesh.mode is not Mode.FUNCTIONAL or mesh.compute_dtype != torch.float32:
-        return None
-    if x_tile.dtype != torch.float32 or not held_once(x_tile, other):
-        return None
-    if not all(_host_matrix(wi.data, line, other) is not None for wi in ws):
-        return None
-    x_line = once(x_tile, (other,)).squeeze(other)  # (P, T, Kt)
-    t = x_line.shape[1]
-    x_host = x_line.transpose(0, 1).reshape(t, -1)  # [T, P*Kt]
-    sizes = {line: mesh.size(reduce_axis)}
-    outs = []
-    for wi in ws:
-        w_host = _host_matrix(wi.values(), line, other)  # [P*Kt, Q*Nt] (a view)
-        assert w_host is not None, "a widened weight keeps its tiles' memory order"
-        y = (x_host @ w_host).reshape(t, mesh.size(reduce_axis.other), -1)  # (T, Q, Nt)
-        tile = y.transpose(0, 1).contiguous().unsqueeze(line)  # (1, Q, T, Nt) or (Q, 1, T, Nt)
-        outs.append(spread(tile, sizes))
-    return outs
-
-
-def _estimated_sums(
-    mesh: Mesh, x_tile: torch.Tensor, ws: Sequence[DistTensor], reduce_axis: Axis
-) -> list[torch.Tensor] | None:
-    """Estimate mode: the allreduced outputs' meta tiles without the partials, per weight (R,
-    C, T, Nt_i) held once along the reduce axis as `allreduce` leaves them (priced as for
-    `_summed_products`); None unless x is in the weights' compute dtype (`values`)."""
-    if x_tile.dtype != mesh.compute_dtype:
-        return None
-    line = reduce_axis.tensor_dim
-    sizes = {line: mesh.size(reduce_axis)}
-    tile = [mesh.rows, mesh.cols, x_tile.shape[-2]]
-    tile[line] = 1
-    return [
-        spread(torch.empty((*tile, wi.data.shape[-1]), dtype=x_tile.dtype, device="meta"), sizes)
-        for wi in ws
-    ]
-
-
-def _host_matrix(w: torch.Tensor, line: int, other: int) -> torch.Tensor | None:
-    """Tiles (R, C, Kt, Nt) whose reduce-axis lines hold consecutive Kt rows and whose other
-    axis consecutive Nt columns of one strided matrix, as that matrix [P*Kt, Q*Nt] (a view);
-    None otherwise."""
-    if w.dim() != 4:
-        return None
-    by_line = w.permute(line, 2, other, 3)  # (P, Kt, Q, Nt)
-    p, kt, q, nt = by_line.shape
-    sp, sk, sq, sn = by_line.stride()
-    row, col = sk if kt > 1 else sp, sn if nt > 1 else sq  # a size-1 dim's stride is free
-    if (p > 1 and sp != kt * row) or (q > 1 and sq != nt * col):
-        return None
-    return by_line.as_strided((p * kt, q * nt), (row, col))
-
-
 def _dequantise_weights(mesh: Mesh, ws: Sequence[DistTensor], ledger: Ledger, op: str) -> None:
     """Compressed weights (`DistTensor.stored`) are expanded chunk by chunk inside the local
     GEMV's loop: their cost (`kernels.dequant`) and the largest float16 chunk's SRAM."""
@@ -322,7 +260,7 @@ def _outputs(
 ) -> tuple[DistTensor, ...]:
     """One output per weight from its reduced tiles (R, C, T, N_i): [*lead, N_i], N_i split
     along the other axis, replicated along the reduce axis (or, without broadcast, only on line
-    `root`). `placed`: the tiles are the sums' own (`_summed_products`, `_estimated_sums`:
+    `root`). `placed`: the tiles are the sums' own (`gemv_sums`:
     dense, held once along the reduce axis), taken as they are when already [*lead, N_i]
     (one lead dim: the reshape and the dense copy per line would return the same view)."""
     rows, cols = mesh.shape

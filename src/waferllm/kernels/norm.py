@@ -26,6 +26,7 @@ from waferllm.kernels.vector import (
 from waferllm.mesh.comm import ReduceAlgorithm, ReduceOp
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
+from waferllm.mesh.meta import meta_empty
 from waferllm.mesh.replicas import on_replicas
 from waferllm.mesh.tensor import DistTensor
 from waferllm.mesh.virtual import Mesh, Mode
@@ -125,7 +126,7 @@ def _rms_norm_closed(
         )
     charge_vector(mesh, ledger, f"{op}.rsqrt", rows=rows, length=1, cost=RSQRT)
     charge_vector(mesh, ledger, f"{op}.scale", rows=rows, length=dt, cost=SCALE_MUL)
-    out = torch.empty(shape, dtype=x.data.dtype, device="meta")
+    out = meta_empty(shape, x.data.dtype)
     return mesh.register(out, x.layout, f"{op}.out")
 
 

@@ -24,6 +24,7 @@ from waferllm.errors import WaferError
 from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis, RingKind, ring_successor
 from waferllm.mesh.ktree import TreePlan, resolve_fanouts, tree_plan
+from waferllm.mesh.line_charges import line_charge, root_owners
 from waferllm.mesh.lines import check_data, from_line, line_index, line_roots, permutation
 from waferllm.mesh.patterns import (
     Owners,
@@ -202,8 +203,13 @@ def _charge_broadcast(
     mesh.routes.require(_BCAST_ROUTES[axis], BROADCAST_ROUTES)
     if ledger.prices:
         num = mesh.size(axis)
-        if type(root) is int and 0 <= root < num:  # one root on every line: made once
-            owners = _line_owners(num, root)
+        if type(root) is int and 0 <= root < num:  # one root on every line
+            if nbytes >= 1 and not ledger.in_overlap:
+                lines = mesh.size(axis.other)
+                charge = line_charge(mesh.device, "multicast", num, root, nbytes, lines)
+                ledger.charge(op, charge, phase=phase)
+                return
+            owners = root_owners(num, root)
         else:
             owners = Owners.of_roots(num, line_roots(mesh, axis, root))
         traffic = multicast_traffic(mesh.device, mesh.shape, axis, owners, nbytes)
@@ -220,13 +226,6 @@ def charge_broadcast(
 
 
 _BCAST_ROUTES = {axis: f"{axis.value}_bcast" for axis in Axis}
-
-
-@lru_cache(maxsize=1024)
-def _line_owners(num: int, root: int) -> Owners:
-    """`Owners.of_roots` of one root (in range) on every line of `num` cores: every K-tree
-    allreduce's broadcast asks for its root's."""
-    return Owners.of_roots(num, np.array([root], dtype=np.int64))  # as `line_roots`
 
 
 # ---- reduce and allreduce ---------------------------------------------------------------------
@@ -279,6 +278,26 @@ def _reduce_routes(
     routes = [(f"{a}_chain", CHAIN_ROUTES)] if plan.levels >= 1 else []
     routes += [(f"{a}_tree_level{level}", TREE_LEVEL_ROUTES) for level in range(2, plan.levels + 1)]
     return plan, tuple(routes)
+
+
+def _reduce_charge(
+    mesh: Mesh,
+    axis: Axis,
+    plan: TreePlan | None,
+    root: int | np.ndarray,
+    roots: np.ndarray,
+    nbytes: int,
+    ledger: Ledger,
+) -> Charge:
+    """An allreduce's reduce charge: outside an overlap block, of a K-tree or a chain to one
+    root on every line, from the line priced once (`line_charges`, no traffic); else
+    `Charge.comm` of `_reduce_traffic`."""
+    if nbytes >= 1 and not ledger.in_overlap and (plan is not None or type(root) is int):
+        num, lines = mesh.size(axis), mesh.size(axis.other)
+        if plan is not None:
+            return line_charge(mesh.device, "tree", num, plan, nbytes, lines)
+        return line_charge(mesh.device, "chain", num, int(roots[0]), nbytes, lines)
+    return Charge.comm(_reduce_traffic(mesh, axis, plan, roots, nbytes))
 
 
 def _reduce_traffic(
@@ -403,8 +422,7 @@ def charge_allreduce(
     plan = _reduce_plan(mesh, axis, algorithm, fanouts)
     nbytes = numel * mesh.device.storage_bytes
     if ledger.prices:
-        traffic = _reduce_traffic(mesh, axis, plan, roots, nbytes)
-        ledger.charge(f"{op}.reduce", Charge.comm(traffic))
+        ledger.charge(f"{op}.reduce", _reduce_charge(mesh, axis, plan, root, roots, nbytes, ledger))
     if broadcast_result:
         # the root's line result multicast to its line: every core ends with a copy of it
         top = root if plan is None else plan.root

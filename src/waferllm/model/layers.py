@@ -375,7 +375,7 @@ def decode_slot_mask(
     width = max(int(a.counts_after.max()) for a in appends)
     batch = len(appends)
     if mesh.mode is Mode.ESTIMATE:
-        return torch.empty((mesh.rows, 1, batch, 1, 1, width), dtype=torch.bool, device="meta")
+        return meta_empty((mesh.rows, 1, batch, 1, 1, width), torch.bool)
     keep = np.zeros((mesh.rows, batch, width), dtype=bool)
     for b, (c, a) in enumerate(zip(counts, appends, strict=True)):
         rows = c.slot_mask(a.counts_after, width)
