@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from waferllm.mesh.comm import BROADCAST_ROUTES, CHAIN_ROUTES
 from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.patterns import Owners, chain_traffic, multicast_traffic, tail_shift_traffic
+from waferllm.mesh.routes import BROADCAST_ROUTES, CHAIN_ROUTES
 from waferllm.mesh.virtual import Mesh
 
 

@@ -32,10 +32,16 @@ from waferllm.mesh.patterns import (
     key,
     multicast_traffic,
     permutation_traffic,
-    ring_step_traffic,
     tree_traffic,
 )
 from waferllm.mesh.replicas import on_replicas
+from waferllm.mesh.ring_allreduce import charge_ring_allreduce
+from waferllm.mesh.routes import (
+    BROADCAST_ROUTES,
+    CHAIN_ROUTES,
+    RING_ROUTES,
+    TREE_LEVEL_ROUTES,
+)
 from waferllm.mesh.traffic import Traffic
 from waferllm.mesh.virtual import Mesh
 
@@ -52,10 +58,6 @@ class ReduceOp(enum.StrEnum):
 
 
 # Route sets (colour entries per core) of SPEC.md §10.7 and the code notes §1.4, §2.5.
-RING_ROUTES = 3  # send, receive, transit
-CHAIN_ROUTES = 4  # two alternating colours per direction
-BROADCAST_ROUTES = 2  # one multicast colour per direction
-TREE_LEVEL_ROUTES = 4  # each level above the first
 
 
 def bytes_per_core(mesh: Mesh, data: torch.Tensor) -> int:
@@ -371,8 +373,8 @@ def allreduce(
 
     Pipeline: chain to `root` (default the far end, 0) then a multicast broadcast: 2(P-1) hops
     and P-2 stages with the root at an end, plus two size terms. K-tree: SPEC.md §10.5, the
-    broadcast from the tree's root. Ring: `_charge_ring_allreduce`. An axis of one core costs
-    nothing.
+    broadcast from the tree's root. Ring: `ring_allreduce.charge_ring_allreduce`. An axis of
+    one core costs nothing.
     """
     algorithm = as_enum(ReduceAlgorithm, algorithm)
     reduce_op = as_enum(ReduceOp, reduce_op)
@@ -415,7 +417,7 @@ def charge_allreduce(
         return
     algorithm = as_enum(ReduceAlgorithm, algorithm)
     if algorithm is ReduceAlgorithm.RING:
-        _charge_ring_allreduce(mesh, axis=axis, numel=numel, ledger=ledger, op=op)
+        charge_ring_allreduce(mesh, axis=axis, numel=numel, ledger=ledger, op=op)
         return
     root = 0 if root is None else root
     roots = line_roots(mesh, axis, root)
@@ -427,37 +429,3 @@ def charge_allreduce(
         # the root's line result multicast to its line: every core ends with a copy of it
         top = root if plan is None else plan.root
         _charge_broadcast(mesh, axis, top, nbytes, ledger, f"{op}.bcast", 1)
-
-
-def _charge_ring_allreduce(mesh: Mesh, *, axis: Axis, numel: int, ledger: Ledger, op: str) -> None:
-    """Reduce-scatter then allgather on the interleaved ring, in chunks of ceil(n/P) elements.
-
-    2(P-1) steps of at most 2 hops and one chunk each. Every step's receiver processes (adds or
-    stores) and re-sends in the next step, except after the last: 2P-3 stages in all.
-    """
-    num = mesh.size(axis)
-    mesh.routes.require(f"{axis.value}_ring_interleaved_fwd", RING_ROUTES)
-    chunk = -(-numel // num) * mesh.device.storage_bytes
-    steps = [
-        ("reduce_scatter", num - 1, 1),
-        ("allgather", num - 2, 1),
-        ("allgather.last", 1, 0),
-    ]
-    phase = 0
-    for name, count, stages in steps if ledger.prices else ():
-        traffic = ring_step_traffic(mesh.device, mesh.shape, axis, chunk, stages)
-        phase = _charge_steps(ledger, f"{op}.{name}", Charge.comm(traffic), count, phase)
-
-
-def _charge_steps(ledger: Ledger, op: str, charge: Charge, count: int, phase: int) -> int:
-    """`count` identical sequential steps: one record with a count, or inside an overlap
-    block one network phase each. Returns the next free phase."""
-    if count <= 0:
-        return phase
-    if ledger.in_overlap:
-        for i in range(count):
-            ledger.charge(op, charge, phase=phase + i)
-    else:
-        with ledger.repeat(count):
-            ledger.charge(op, charge)
-    return phase + count

@@ -13,11 +13,12 @@ import math
 import torch
 
 from waferllm.errors import WaferError
-from waferllm.mesh.comm import BROADCAST_ROUTES, CHAIN_ROUTES, ReduceOp, as_enum, combine_lines
+from waferllm.mesh.comm import ReduceOp, as_enum, combine_lines
 from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis
 from waferllm.mesh.lines import check_data
 from waferllm.mesh.patterns import Owners, chain_traffic, multicast_traffic
+from waferllm.mesh.routes import BROADCAST_ROUTES, CHAIN_ROUTES
 from waferllm.mesh.virtual import Mesh
 
 

@@ -17,6 +17,12 @@ import numpy as np
 
 from waferllm.errors import RouteOverflowError
 
+# Routes (colours) a core configures per communication pattern (SPEC.md §10.7)
+RING_ROUTES = 3  # send, receive, transit
+CHAIN_ROUTES = 4  # two alternating colours per direction
+BROADCAST_ROUTES = 2  # one multicast colour per direction
+TREE_LEVEL_ROUTES = 4  # each level above the first
+
 
 class RouteBudget:
     def __init__(self, *, rows: int, cols: int, limit: int, origin: tuple[int, int]):
