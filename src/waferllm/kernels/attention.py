@@ -37,14 +37,14 @@ from waferllm.kernels.gemm_t import (
 from waferllm.kernels.heads import HeadLayout
 from waferllm.kernels.ring_sum import pv_all_steps, small_tiles
 from waferllm.kernels.softmax import causal_mask, softmax
-from waferllm.mesh.charges import charge_multicast, charge_reduce_to_owners
+from waferllm.mesh.charges import charge_multicast
 from waferllm.mesh.comm import (
     allreduce,
     bytes_per_core,
     charge_ring_shift,
     ring_shift,
 )
-from waferllm.mesh.comm_groups import segmented_allreduce
+from waferllm.mesh.comm_groups import Owners, charge_owned, segmented_allreduce
 from waferllm.mesh.compute import charge_matmul, matmul, matmul_cycles, matmul_values
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis
@@ -214,29 +214,32 @@ class HeadSpread:
     """How decode spreads a kv-group's softmax rows (its query heads) over the group's columns:
     `cores` adjacent columns around the group root each compute `rows_per_core` rows, chain
     their probabilities to the root (`gather_owner`, a no-op for one core), which multicasts
-    them to the group (`root`). Owner maps are (C,)."""
+    them to the group (`root`). Owners are alike on every line (one (C,) row)."""
 
     rows_per_core: int
     cores: int
-    gather_owner: np.ndarray
-    root: np.ndarray
+    gather_owner: Owners
+    root: Owners
 
 
 def charge_probs_spread(mesh: Mesh, spread: HeadSpread, *, nbytes: int, ledger: Ledger) -> None:
     """Charge a head-spread softmax's probabilities back to every column of their kv group:
     reduced to the gather owner across the spread's cores (when more than one), then multicast
-    from its root along X (`nbytes` per core)."""
+    from its root along X (`nbytes` per core), as `charges.charge_reduce_to_owners` and
+    `charges.charge_multicast` charge these maps (`comm_groups.charge_owned`: the same routes,
+    each charge from the line priced once)."""
     if spread.cores > 1:
-        charge_reduce_to_owners(
+        charge_owned(
             mesh,
+            ledger,
+            "chain",
             axis=Axis.X,
-            owner=spread.gather_owner,
+            owners=spread.gather_owner,
             nbytes=nbytes,
-            ledger=ledger,
             op="probs.gather",
         )
-    charge_multicast(
-        mesh, axis=Axis.X, owner=spread.root, nbytes=nbytes, ledger=ledger, op="probs.bcast"
+    charge_owned(
+        mesh, ledger, "multicast", axis=Axis.X, owners=spread.root, nbytes=nbytes, op="probs.bcast"
     )
 
 
@@ -257,9 +260,13 @@ def head_spread(heads: HeadLayout) -> HeadSpread | None:
     col = np.arange(len(root))
     first = root - cores // 2
     gather = np.where((col >= first) & (col < first + cores), root, col)
-    for owner in (gather, root):  # read only: charges remember a read-only map's Owners
-        owner.setflags(write=False)
-    return HeadSpread(rows_per_core=per_core, cores=cores, gather_owner=gather, root=root)
+    line = np.zeros(1, dtype=np.int64)  # `Owners.of_map` of a (C,) map: its one row
+    return HeadSpread(
+        rows_per_core=per_core,
+        cores=cores,
+        gather_owner=Owners.of_rows(gather[None, :], line),
+        root=Owners.of_rows(root[None, :], line),
+    )
 
 
 # ---- prefill -----------------------------------------------------------------------------------
