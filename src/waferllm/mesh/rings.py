@@ -54,13 +54,6 @@ def _route_name(axis: Axis, kind: RingKind, steps: int) -> str:
     return f"{axis.value}_ring_{kind.value}_{'fwd' if steps > 0 else 'rev'}"
 
 
-def _require_routes(mesh: Mesh, grid: LogicalGrid, axis: Axis, kind: RingKind, steps: int) -> None:
-    if mesh.size(axis) > 1:
-        mesh.routes.require(
-            _route_name(axis, kind, steps), ring_routes_per_core(kind, grid.per(axis))
-        )
-
-
 UnitKey = tuple[Device, tuple[int, int], Axis, int, RingKind, int, int]
 
 
@@ -256,6 +249,21 @@ def _step_directions(
     return _directions(forward.tobytes(), lines, across)
 
 
+def require_step_routes(
+    mesh: Mesh, grid: LogicalGrid, *, axis: Axis, kind: RingKind, skew: bool
+) -> bytes:
+    """Configure the routes a ring step (or, with `skew`, a skew round) along `axis` uses, as
+    charging it does; its counts key (`_ring_traffic`)."""
+    lines = mesh.size(axis.other)
+    used, counts_key = _step_directions(skew, grid.size, kind, lines, grid.across(axis))
+    if mesh.size(axis) > 1:
+        for steps in used:
+            mesh.routes.require(
+                _route_name(axis, kind, steps), ring_routes_per_core(kind, grid.per(axis))
+            )
+    return counts_key
+
+
 def _charge(
     mesh: Mesh,
     grid: LogicalGrid,
@@ -271,10 +279,7 @@ def _charge(
 ) -> None:
     """Charge a ring step (every logical line forward) or, with `skew`, a skew round; each
     block's bytes as `stored` (compressed weights move as codes and scales)."""
-    lines = mesh.size(axis.other)
-    used, counts_key = _step_directions(skew, grid.size, kind, lines, grid.across(axis))
-    for steps in used:
-        _require_routes(mesh, grid, axis, kind, steps)
+    counts_key = require_step_routes(mesh, grid, axis=axis, kind=kind, skew=skew)
     if not ledger.prices:
         return
     shape = data if isinstance(data, torch.Size) else data.shape
