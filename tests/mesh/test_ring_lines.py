@@ -105,3 +105,16 @@ def test_a_ring_steps_unit_is_put_on_the_grid_once_for_every_block_size():
         )
         assert_same_traffic(got, want)
     assert rings._priced_ring.cache_info().misses == 1
+
+
+@pytest.mark.parametrize("kind", list(RingKind))
+def test_step_directions_are_those_of_the_step_and_skew_round_forward_arrays(kind):
+    """`rings._step_directions` (cached per grid and axis) against `_directions` of the arrays
+    the charges used to build on every call: all lines forward, and the skew's offsets > 0."""
+    for size in (1, 2, 3, 4, 5, 8, 12, 13, 24, 36, 660):
+        for lines in sorted({d for d in (1, 2, 3, 4, 6, size // 2, size) if d and size % d == 0}):
+            across = size // lines
+            skew_fwd = rings.skew_offsets(size, kind) > 0
+            for skew, forward in ((False, np.ones(size, dtype=bool)), (True, skew_fwd)):
+                got = rings._step_directions(skew, size, kind, lines, across)
+                assert got == rings._directions(forward.tobytes(), lines, across)

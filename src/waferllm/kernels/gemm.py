@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from waferllm.errors import WaferError
-from waferllm.kernels.dequant import charge_dequant, dequant_scratch_bytes
+from waferllm.kernels.dequant import dequant_scratch_bytes
 from waferllm.kernels.operands import (
     accumulator,
     batch_shape,
@@ -32,9 +32,9 @@ from waferllm.kernels.operands import (
     tile_numel,
 )
 from waferllm.kernels.result import Charged, KernelResult
+from waferllm.kernels.ring_charges import charge_ring_steps, charge_skew
 from waferllm.kernels.ring_sum import ring_products_sum
 from waferllm.mesh import rings
-from waferllm.mesh.compute import charge_matmul
 from waferllm.mesh.cost import Ledger
 from waferllm.mesh.geometry import Axis, RingKind
 from waferllm.mesh.meta import meta_empty
@@ -108,7 +108,8 @@ def align_a(
             rows, cols, *tile = a.data.shape
             tile[-2] = -(-tile[-2] // grid.per_row) * grid.per_row
             scratch(mesh, f"{op}.a_recv", tuple(tile))  # the skew's double buffer
-            _charge_skew(mesh, grid, kind, ledger, a=_logical_shape(tile, grid), b=None)
+            a_l = _logical_shape(tile, grid)
+            charge_skew(mesh, grid, kind, ledger, a=a_l, b=None, closed=True)
             data = meta_empty((rows, cols, *tile), a.data.dtype)
         else:
             padded = pad_last2(a.data, grid.per_row, 1)
@@ -137,32 +138,10 @@ def _skew(
     along Y (whichever is given), concurrently, floor(L/2) identical rounds."""
     if a is None and b is None:
         return a, b
-    _charge_skew(mesh, grid, kind, ledger, a=a, b=b)
+    charge_skew(mesh, grid, kind, ledger, a=a, b=b)
     a = None if a is None else rings.skew_moved(a, axis=Axis.X, kind=kind)
     b = None if b is None else rings.skew_moved(b, axis=Axis.Y, kind=kind)
     return a, b
-
-
-def _charge_skew(
-    mesh: Mesh,
-    grid: LogicalGrid,
-    kind: RingKind,
-    ledger: Ledger,
-    *,
-    a: torch.Tensor | torch.Size | None,
-    b: torch.Tensor | torch.Size | None,
-) -> None:
-    """`_skew`'s charges, from the logical blocks (L, L, *block) or their shape."""
-    if a is None and b is None:
-        return
-    with ledger.tag("align"):
-        for _ in mesh.charged_steps(rings.skew_rounds(grid.size, kind), ledger):
-            with ledger.overlap("align", step_overhead_cycles=mesh.device.step_overhead_cycles):
-                for data, axis, name in ((a, Axis.X, "align_a"), (b, Axis.Y, "align_b")):
-                    if data is not None:
-                        rings.charge_skew_round(
-                            mesh, grid, data, axis=axis, kind=kind, ledger=ledger, op=name
-                        )
 
 
 def _logical_shape(tile: Sequence[int], grid: LogicalGrid) -> torch.Size:
@@ -240,7 +219,7 @@ def _ring_gemm(
                 ring_products_sum(mesh, grid=grid, a_l=a_l, b_l=b_l, acc=c_l, kind=kind), grid
             )
             b_kt, b_nt = b_pad.shape[-2:]
-            _charge_ring_steps(
+            charge_ring_steps(
                 mesh,
                 grid,
                 kind,
@@ -291,18 +270,19 @@ def _ring_gemm_closed(
             pad_bytes(mesh, f"{op}.a_pad", math.prod(a_pad), tile_numel(a.data))
             scratch(mesh, f"{op}.a_recv", a_pad)  # double buffers: shifts land here
             _b_buffers(mesh, b, b_pad, op)
-            _charge_skew(
+            charge_skew(
                 mesh,
                 grid,
                 kind,
                 ledger,
                 a=None if a.layout.tag else a_l,
                 b=None if b.layout.tag else b_l,
+                closed=True,
             )
             c_block = math.prod((*lead[2:], a_l[-2], b_l[-1]))
             pad_bytes(mesh, f"{op}.c_pad", c_block, math.prod(out_layout.shape[:-2]) * mt * nt)
             a_blocks = torch.Size((*blocks, *a_l[2:]))
-            _charge_ring_steps(
+            charge_ring_steps(
                 mesh,
                 grid,
                 kind,
@@ -313,6 +293,7 @@ def _ring_gemm_closed(
                 a_blocks=a_blocks,
                 b_kt=b_pad[-2],
                 b_nt=b_pad[-1],
+                closed=True,
             )
     c = meta_empty((rows, cols, *lead[4:], mt, nt), mesh.compute_dtype)
     return KernelResult(
@@ -324,35 +305,6 @@ def _batch_tile(t: DistTensor, num_batch: int) -> tuple[int, ...]:
     """`batch_tiles(t, num_batch)`'s tile shape: size-1 batch dims before t's tile."""
     tile = tuple(t.data.shape[2:])
     return (*([1] * (num_batch + 2 - len(tile))), *tile)
-
-
-def _charge_ring_steps(
-    mesh: Mesh,
-    grid: LogicalGrid,
-    kind: RingKind,
-    ledger: Ledger,
-    *,
-    a_l: torch.Tensor | torch.Size,
-    b_l: torch.Tensor | torch.Size,
-    b: DistTensor,
-    a_blocks: torch.Size,
-    b_kt: int,
-    b_nt: int,
-) -> None:
-    """The P compute-shift steps' charges, from the logical blocks (or their shapes), each
-    core's blocks of A (`a_blocks`) and B's padded tile (b_kt, b_nt)."""
-    for _ in mesh.charged_steps(grid.size, ledger):
-        with ledger.overlap("step", step_overhead_cycles=mesh.device.step_overhead_cycles):
-            n = (b_l if isinstance(b_l, torch.Size) else b_l.shape)[-1]
-            charge_matmul(mesh, ledger, "mac", a_shape=a_blocks, n=n)
-            charge_dequant(mesh, ledger, "dequant_b", b.stored, reduced=b_kt, other=b_nt)
-            for data, axis, name, stored in (
-                (a_l, Axis.X, "shift_a", StoredDtype.FLOAT16),
-                (b_l, Axis.Y, "shift_b", b.stored),
-            ):
-                rings.charge_ring_step(
-                    mesh, grid, data, axis=axis, kind=kind, ledger=ledger, op=name, stored=stored
-                )
 
 
 def _b_buffers(mesh: Mesh, b: DistTensor, b_pad: tuple[int, ...], op: str) -> None:

@@ -133,11 +133,6 @@ def _new_record(fields: Mapping[str, object]) -> Record:
     return new
 
 
-def _relabelled(rec: Record, op: str, count: int) -> Record:
-    """`rec` under another op name and count (`Record.with_fields`)."""
-    return rec.with_fields(op=op, count=count)
-
-
 @dataclasses.dataclass
 class _Block:
     op: str
@@ -292,6 +287,15 @@ class Ledger:
         summed.update(op=op, count=self._repeat, tag=self._tags[-1] if self._tags else "")
         self.records.append(_new_record(summed))
 
+    def append_like(self, op: str, record: Record, *, times: int = 1) -> None:
+        """Append `record`'s numbers as `op` here (scopes, tag, count times `times`): a step
+        whose charges an identical step composed (`kernels.ring_charges`)."""
+        assert self._block is None, "append_like() inside an overlap block"
+        tag = self._tags[-1] if self._tags else ""
+        self.records.append(
+            record.with_fields(op=self._name(op), count=self._repeat * times, tag=tag)
+        )
+
     def mark(self) -> int:
         """Where the next record goes (`replay` appends the records from a mark again)."""
         assert self._block is None, "mark() inside an overlap block"
@@ -312,7 +316,7 @@ class Ledger:
             self.records.extend(other.records)
             return
         for rec in other.records:
-            self.records.append(_relabelled(rec, prefix + rec.op, rec.count * times))
+            self.records.append(rec.with_fields(op=prefix + rec.op, count=rec.count * times))
 
     # ---- reading -----------------------------------------------------------------------------
     def expanded(self) -> list[Record]:

@@ -54,13 +54,6 @@ def _route_name(axis: Axis, kind: RingKind, steps: int) -> str:
     return f"{axis.value}_ring_{kind.value}_{'fwd' if steps > 0 else 'rev'}"
 
 
-def _require_routes(mesh: Mesh, grid: LogicalGrid, axis: Axis, kind: RingKind, steps: int) -> None:
-    if mesh.size(axis) > 1:
-        mesh.routes.require(
-            _route_name(axis, kind, steps), ring_routes_per_core(kind, grid.per(axis))
-        )
-
-
 UnitKey = tuple[Device, tuple[int, int], Axis, int, RingKind, int, int]
 
 
@@ -245,6 +238,32 @@ def _directions(forward_key: bytes, lines: int, across: int) -> tuple[tuple[int,
     return used, np.stack([fwd, across - fwd]).tobytes()
 
 
+@lru_cache(maxsize=1024)
+def _step_directions(
+    skew: bool, size: int, kind: RingKind, lines: int, across: int
+) -> tuple[tuple[int, ...], bytes]:
+    """`_directions` of a ring step (every logical line forward) or of a skew round (line j
+    forward if its offset is positive), found once per grid and axis: every GEMM step and
+    skew round asks, and building and hashing the L-byte key cost more than the charge."""
+    forward = skew_offsets(size, kind) > 0 if skew else np.ones(size, dtype=bool)
+    return _directions(forward.tobytes(), lines, across)
+
+
+def require_step_routes(
+    mesh: Mesh, grid: LogicalGrid, *, axis: Axis, kind: RingKind, skew: bool
+) -> bytes:
+    """Configure the routes a ring step (or, with `skew`, a skew round) along `axis` uses, as
+    charging it does; its counts key (`_ring_traffic`)."""
+    lines = mesh.size(axis.other)
+    used, counts_key = _step_directions(skew, grid.size, kind, lines, grid.across(axis))
+    if mesh.size(axis) > 1:
+        for steps in used:
+            mesh.routes.require(
+                _route_name(axis, kind, steps), ring_routes_per_core(kind, grid.per(axis))
+            )
+    return counts_key
+
+
 def _charge(
     mesh: Mesh,
     grid: LogicalGrid,
@@ -252,30 +271,21 @@ def _charge(
     *,
     axis: Axis,
     kind: RingKind,
-    forward: np.ndarray,
+    skew: bool,
     ledger: Ledger,
     op: str,
     phase: int,
     stored: StoredDtype = StoredDtype.FLOAT16,
 ) -> None:
-    """Charge one step in which logical line j moves forward if forward[j], else backward;
-    each block's bytes as `stored` (compressed weights move as codes and scales)."""
-    used, counts_key = _directions(forward.tobytes(), mesh.size(axis.other), grid.across(axis))
-    for steps in used:
-        _require_routes(mesh, grid, axis, kind, steps)
+    """Charge a ring step (every logical line forward) or, with `skew`, a skew round; each
+    block's bytes as `stored` (compressed weights move as codes and scales)."""
+    counts_key = require_step_routes(mesh, grid, axis=axis, kind=kind, skew=skew)
     if not ledger.prices:
         return
     shape = data if isinstance(data, torch.Size) else data.shape
     nbytes = tile_stored_bytes(stored, tuple(shape[2:]), mesh.device.storage_bytes)
     traffic = _ring_step_traffic(mesh.device, mesh.shape, axis, grid.size, kind, counts_key, nbytes)
     ledger.charge(op, Charge.comm(traffic), phase=phase)
-
-
-@lru_cache(maxsize=256)
-def _all_forward(size: int) -> np.ndarray:
-    forward = np.ones(size, dtype=bool)
-    forward.setflags(write=False)
-    return forward
 
 
 def ring_step(
@@ -295,10 +305,7 @@ def ring_step(
     link; plain, P-1 hops for the wrap-around. On a logical grid only the blocks whose
     successor lives on another core cross a link.
     """
-    forward = _all_forward(grid.size)
-    _charge(
-        mesh, grid, data, axis=axis, kind=kind, forward=forward, ledger=ledger, op=op, phase=phase
-    )
+    _charge(mesh, grid, data, axis=axis, kind=kind, skew=False, ledger=ledger, op=op, phase=phase)
     return _gather_lines(data, axis, ring_successor(grid.size, kind, -1))
 
 
@@ -317,14 +324,13 @@ def charge_ring_step(
     """Configure and charge `ring_step` of `data` without moving it: for a kernel that tracks
     where the ring has taken the blocks by index (`ring_index`) instead of copying them, or
     that knows only their shape (`data` a torch.Size: a closed form)."""
-    forward = _all_forward(grid.size)
     _charge(
         mesh,
         grid,
         data,
         axis=axis,
         kind=kind,
-        forward=forward,
+        skew=False,
         ledger=ledger,
         op=op,
         phase=phase,
@@ -379,10 +385,7 @@ def charge_skew_round(
     one ledger record with a count in estimate mode. `skew_moved` moves the data of all
     rounds at once.
     """
-    forward = skew_offsets(grid.size, kind) > 0
-    _charge(
-        mesh, grid, data, axis=axis, kind=kind, forward=forward, ledger=ledger, op=op, phase=phase
-    )
+    _charge(mesh, grid, data, axis=axis, kind=kind, skew=True, ledger=ledger, op=op, phase=phase)
 
 
 def skew_round(
