@@ -12,7 +12,7 @@ import pytest
 from helpers.closed_forms import assert_same_traffic
 
 from waferllm.device import tiny, wse2
-from waferllm.mesh import Axis, patterns, rings
+from waferllm.mesh import Axis, ring_traffic, rings
 from waferllm.mesh.geometry import RingKind
 from waferllm.mesh.tiling import logical_grid
 
@@ -72,7 +72,7 @@ def test_a_ring_unit_priced_on_one_line_is_the_unit_walked_on_the_grid(kind, dev
 @pytest.mark.parametrize("num", range(2, 70))
 def test_the_interleaved_ring_unit_in_closed_form_is_its_walk(num):
     for steps, nbytes in itertools.product((1, -1), (1, 3, 2**20 + 1)):
-        got = patterns.interleaved_ring_line(tiny(), num, nbytes)
+        got = ring_traffic.interleaved_ring_line(tiny(), num, nbytes)
         want = rings._walked_unit(
             tiny(), (1, num), Axis.X, num, RingKind.INTERLEAVED, steps, nbytes
         )
@@ -81,12 +81,12 @@ def test_the_interleaved_ring_unit_in_closed_form_is_its_walk(num):
 
 @pytest.mark.parametrize("dev", [wse2(), tiny()])
 def test_a_ring_collectives_step_is_its_segments_walked(dev):
-    """`patterns.ring_step_traffic` (the line's closed form on the grid, the collective's
+    """`ring_traffic.ring_step_traffic` (the line's closed form on the grid, the collective's
     stages) against `walked_ring_step`: every field, array and the cycles."""
     for shape in [(1, 1), (1, 2), (2, 1), (3, 3), (5, 8), (13, 2), (40, 41)]:
         for axis, nbytes, stages in itertools.product((Axis.X, Axis.Y), (0, 1, 9, 6000), (0, 3)):
-            got = patterns.ring_step_traffic.__wrapped__(dev, shape, axis, nbytes, stages)
-            want = patterns.walked_ring_step(dev, shape, axis, nbytes, stages)
+            got = ring_traffic.ring_step_traffic.__wrapped__(dev, shape, axis, nbytes, stages)
+            want = ring_traffic.walked_ring_step(dev, shape, axis, nbytes, stages)
             assert_same_traffic(got, want)
 
 

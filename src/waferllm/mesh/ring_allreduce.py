@@ -1,14 +1,14 @@
 """The ring allreduce's charges (`comm.charge_allreduce` with `ReduceAlgorithm.RING`).
 
 Reduce-scatter then allgather on the interleaved ring, priced from sizes alone: each step's
-traffic comes from `patterns.ring_step_traffic`; who moves the data is `comm`'s business.
+traffic comes from `ring_traffic.ring_step_traffic`; who moves the data is `comm`'s business.
 """
 
 from __future__ import annotations
 
 from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.patterns import ring_step_traffic
+from waferllm.mesh.ring_traffic import ring_step_traffic
 from waferllm.mesh.routes import RING_ROUTES
 from waferllm.mesh.virtual import Mesh
 

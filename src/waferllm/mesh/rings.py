@@ -29,7 +29,7 @@ from waferllm.mesh.geometry import (
     shorter_way,
 )
 from waferllm.mesh.loads import line_rows
-from waferllm.mesh.patterns import interleaved_ring_line
+from waferllm.mesh.ring_traffic import interleaved_ring_line
 from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 from waferllm.mesh.tiling import LogicalGrid
 from waferllm.mesh.traffic import Traffic, line_traffic, on_grid, one_line
@@ -71,7 +71,7 @@ def _unit_traffic(*unit: *UnitKey) -> Traffic:
 @lru_cache(maxsize=1024)
 def _line_unit(device: Device, num: int, size: int, kind: RingKind, steps: int, n: int) -> Traffic:
     """`_walked_unit` on `one_line(num)`; the interleaved ring of one logical core per core
-    (a square grid's MeshGEMM) either way in closed form (`patterns.interleaved_ring_line`)."""
+    (a square grid's MeshGEMM) either way in closed form (`ring_traffic.interleaved_ring_line`)."""
     if kind is RingKind.INTERLEAVED and size == num >= 2 and n > 0 and abs(steps) == 1:
         return interleaved_ring_line(device, num, n)
     return _walked_unit(device, one_line(num), Axis.X, size, kind, steps, n)
