@@ -331,7 +331,21 @@ def _k_rows(plan: ModelPlan, dim: Dim, padded: int, *, elements: bool) -> Steps:
 
 @functools.lru_cache(maxsize=1024)  # per grid: every matmul reading the hidden state asks
 def _plain_k_rows(k: int, rows: int, cols: int, padded: int) -> Steps:
-    return steps_of(_padded_rows(k, rows, cols, padded))
+    """`steps_of(_padded_rows(k, rows, cols, padded))` row by row, without an element array
+    (k's thousands of indices against a grid's hundreds of rows): the padded position, hence
+    the row, only grows with the index (a column tile of ceil(k / C) fits its K'/C padded
+    rows), so a row's step starts at the first index held at or after its first position,
+    if that index lies in the row (`_padded_rows`' integer formula); else the row is empty."""
+    tile, wide, high = -(-k // cols), padded // cols, padded // rows
+    assert wide >= tile, (k, cols, padded)  # `pad_k_rows`: K' = padded_k >= k
+    row = np.arange(rows, dtype=np.int64)
+    column, within = np.divmod(row * high, wide)  # where each row's positions begin
+    # the first index at or after that position: there, or the next column tile's first
+    index = np.where(within < tile, column * tile + within, (column + 1) * tile)
+    column, within = np.divmod(index, tile)
+    # a row holds that index (so it is the row's first) unless it lies in a later row
+    first = ((column * wide + within) // high == row) & (index < k)
+    return Steps(index[first], row[first], k)
 
 
 @functools.lru_cache(maxsize=512)
