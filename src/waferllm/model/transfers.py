@@ -115,14 +115,20 @@ def _slot_columns(heads: HeadLayout, dim: Dim) -> Steps:
     return steps_of(_feature_slots(heads, dim)[0])
 
 
-@functools.lru_cache(maxsize=512)  # per head layout: a grid side recurs across plans
 def _unit_columns(heads: HeadLayout, dim: Dim) -> Steps:
     """The column of each unit of head dim `dim`, units in (kv head, RoPE pair) order for q
-    and k, (kv head, value dim) order for v and the attention output: a column holds its kv
-    heads' whole units, consecutive columns the next ones (`HeadLayout`: a kv head's columns
-    split its pairs, and its value dims, in order; or a column holds whole kv heads), so the
-    steps are the columns' unit counts, without an element array."""
-    pairs = dim in (Dim.Q, Dim.KV)
+    and k, (kv head, value dim) order for v and the attention output: one object for q and
+    k (and one for v and the output), so the hand-off joins q's and k's units once
+    (`runs.joint` remembers the steps it was asked by identity)."""
+    return _unit_steps(heads, pairs=dim in (Dim.Q, Dim.KV))
+
+
+@functools.lru_cache(maxsize=512)  # per head layout: a grid side recurs across plans
+def _unit_steps(heads: HeadLayout, *, pairs: bool) -> Steps:
+    """`_unit_columns` of the RoPE pairs or the value dims: a column holds its kv heads'
+    whole units, consecutive columns the next ones (`HeadLayout`: a kv head's columns split
+    its pairs, and its value dims, in order; or a column holds whole kv heads), so the steps
+    are the columns' unit counts, without an element array."""
     per_head = heads.num_pairs if pairs else heads.num_vdims
     counts = heads.num_kv * per_head
     held = np.flatnonzero(counts)
