@@ -260,3 +260,18 @@ def test_head_units_carry_the_columns_of_their_features_on_every_grid(kv_heads, 
             column, slot = transfers._feature_slots(heads, dim)
             np.testing.assert_array_equal(column * width + slot, slots)
             assert ((slot >= 0) & (slot < width)).all()
+
+
+@pytest.mark.parametrize(("kv_heads", "n_rep", "head_dim"), [(8, 4, 128), (2, 2, 16), (4, 1, 64)])
+def test_q_and_k_share_their_unit_columns_and_v_and_the_output_theirs(kv_heads, n_rep, head_dim):
+    """q's and k's units (RoPE pairs) are one object on a grid, v's and the attention output's
+    (value dims) another, so the hand-off joins q's and k's unit axes once; each equals the
+    columns computed afresh from the layout."""
+    for cols in (1, 3, kv_heads + 1, 75, 611):
+        heads = head_layout(kv_heads, n_rep, head_dim, cols)
+        pairs, values = (transfers._unit_columns(heads, d) for d in (Dim.Q, Dim.V))
+        assert transfers._unit_columns(heads, Dim.KV) is pairs
+        assert transfers._unit_columns(heads, Dim.O) is values
+        for dim, got in ((Dim.KV, pairs), (Dim.V, values)):
+            fresh = transfers._unit_steps.__wrapped__(heads, pairs=dim is Dim.KV)
+            np.testing.assert_array_equal(got.expand(), fresh.expand())

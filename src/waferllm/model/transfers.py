@@ -115,14 +115,20 @@ def _slot_columns(heads: HeadLayout, dim: Dim) -> Steps:
     return steps_of(_feature_slots(heads, dim)[0])
 
 
-@functools.lru_cache(maxsize=512)  # per head layout: a grid side recurs across plans
 def _unit_columns(heads: HeadLayout, dim: Dim) -> Steps:
     """The column of each unit of head dim `dim`, units in (kv head, RoPE pair) order for q
-    and k, (kv head, value dim) order for v and the attention output: a column holds its kv
-    heads' whole units, consecutive columns the next ones (`HeadLayout`: a kv head's columns
-    split its pairs, and its value dims, in order; or a column holds whole kv heads), so the
-    steps are the columns' unit counts, without an element array."""
-    pairs = dim in (Dim.Q, Dim.KV)
+    and k, (kv head, value dim) order for v and the attention output: one object for q and
+    k (and one for v and the output), so the hand-off joins q's and k's units once
+    (`runs.joint` remembers the steps it was asked by identity)."""
+    return _unit_steps(heads, pairs=dim in (Dim.Q, Dim.KV))
+
+
+@functools.lru_cache(maxsize=512)  # per head layout: a grid side recurs across plans
+def _unit_steps(heads: HeadLayout, *, pairs: bool) -> Steps:
+    """`_unit_columns` of the RoPE pairs or the value dims: a column holds its kv heads'
+    whole units, consecutive columns the next ones (`HeadLayout`: a kv head's columns split
+    its pairs, and its value dims, in order; or a column holds whole kv heads), so the steps
+    are the columns' unit counts, without an element array."""
     per_head = heads.num_pairs if pairs else heads.num_vdims
     counts = heads.num_kv * per_head
     held = np.flatnonzero(counts)
@@ -331,7 +337,21 @@ def _k_rows(plan: ModelPlan, dim: Dim, padded: int, *, elements: bool) -> Steps:
 
 @functools.lru_cache(maxsize=1024)  # per grid: every matmul reading the hidden state asks
 def _plain_k_rows(k: int, rows: int, cols: int, padded: int) -> Steps:
-    return steps_of(_padded_rows(k, rows, cols, padded))
+    """`steps_of(_padded_rows(k, rows, cols, padded))` row by row, without an element array
+    (k's thousands of indices against a grid's hundreds of rows): the padded position, hence
+    the row, only grows with the index (a column tile of ceil(k / C) fits its K'/C padded
+    rows), so a row's step starts at the first index held at or after its first position,
+    if that index lies in the row (`_padded_rows`' integer formula); else the row is empty."""
+    tile, wide, high = -(-k // cols), padded // cols, padded // rows
+    assert wide >= tile, (k, cols, padded)  # `pad_k_rows`: K' = padded_k >= k
+    row = np.arange(rows, dtype=np.int64)
+    column, within = np.divmod(row * high, wide)  # where each row's positions begin
+    # the first index at or after that position: there, or the next column tile's first
+    index = np.where(within < tile, column * tile + within, (column + 1) * tile)
+    column, within = np.divmod(index, tile)
+    # a row holds that index (so it is the row's first) unless it lies in a later row
+    first = ((column * wide + within) // high == row) & (index < k)
+    return Steps(index[first], row[first], k)
 
 
 @functools.lru_cache(maxsize=512)
