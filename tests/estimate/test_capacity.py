@@ -136,3 +136,22 @@ def test_llama2_13b_places_fit_on_one_wse2_over_a_rectangular_tiling():
     # a 4096-token prompt fits with the keys streamed (lean schedule: 4,182 tokens at most)
     assert fit.max_prompt_tokens >= 4096
     assert fit.kv_slots * 994 >= 2048 + 128
+
+
+def test_the_remembered_tilings_are_each_requests_own():
+    """`whole_device_tilings` is remembered per (model, device, decode grid, storage): asked in
+    any order, each answer is the one computed from its own tilings, and a caller's list is
+    its own copy."""
+    from waferllm.model.quant import UNCOMPRESSED, Storage
+
+    config, device = load_config("llama3-8b"), wse2()
+    asks = [((357, 357), UNCOMPRESSED), ((653, 653), UNCOMPRESSED), ((357, 357), UNCOMPRESSED)]
+    asks.append(((357, 357), Storage.of("int8", "float16")))
+    for grid, storage in asks:
+        grids = dict.fromkeys([grid, *device_tilings(device, ring=False)])
+        found = [tiling_capacity(config, device, g, storage) for g in grids]
+        want = [t for t in found if t is not None]
+        got = whole_device_tilings(config, device, grid, storage)
+        assert got == want
+        got.clear()  # the caller's copy: the next caller still sees every tiling
+        assert whole_device_tilings(config, device, grid, storage) == want

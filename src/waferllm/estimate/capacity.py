@@ -105,9 +105,16 @@ def whole_device_tilings(
     config: ModelConfig, device: Device, decode_grid: Grid, storage: Storage = UNCOMPRESSED
 ) -> list[TilingCapacity]:
     """Every candidate tiling that holds the model: the decode grid's, the device's."""
+    return list(_holding_tilings(config, device, decode_grid, storage))
+
+
+@functools.lru_cache(maxsize=256)  # every report asks; one lookup instead of one per tiling
+def _holding_tilings(
+    config: ModelConfig, device: Device, decode_grid: Grid, storage: Storage
+) -> tuple[TilingCapacity, ...]:
     grids = dict.fromkeys([decode_grid, *device_tilings(device, ring=False)])
     found = (tiling_capacity(config, device, g, storage) for g in grids)
-    return [t for t in found if t is not None]
+    return tuple(t for t in found if t is not None)
 
 
 def whole_model_capacity(
