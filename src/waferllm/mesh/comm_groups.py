@@ -5,7 +5,7 @@ its own root, then multicast back within the group, by the axis's chain colours.
 estimate that knows only the sizes calls alone; whole-line collectives live in `comm`.
 `charge_owned` charges a chain to, or a multicast from, owners that are the same on every line
 (these groups' roots, decode attention's head spread): outside overlap blocks from the line
-priced once at 1 byte (`line_charges.LineTerms`, cached per device, kind and owners), so a new
+priced once at 1 byte (`line_charges.line_terms`, cached per device, kind and owners), so a new
 grid side prices each such pattern once, and each further size or side is a few products, not
 a grid traffic. Exact as `line_charges` says (whole bytes: every load and count at n bytes is
 n times its value at 1 byte); tests/mesh/test_comm_groups_charges.py compares each charge with
@@ -16,20 +16,17 @@ Legend: P cores along the axis.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 
-from waferllm.device import Device
 from waferllm.errors import WaferError
 from waferllm.mesh.comm import ReduceOp, as_enum, combine_lines
 from waferllm.mesh.cost import Charge, Ledger
 from waferllm.mesh.geometry import Axis
-from waferllm.mesh.line_charges import LineTerms
+from waferllm.mesh.line_charges import line_charge
 from waferllm.mesh.lines import check_data
 from waferllm.mesh.patterns import Owners, chain_traffic, multicast_traffic
 from waferllm.mesh.routes import BROADCAST_ROUTES, CHAIN_ROUTES
-from waferllm.mesh.traffic import one_line
 from waferllm.mesh.virtual import Mesh
 
 
@@ -122,11 +119,10 @@ def charge_owned(
 ) -> None:
     """Configure the axis's chain (`kind` "chain") or broadcast ("multicast") colours, as
     `charges.charge_reduce_to_owners` and `charges.charge_multicast` do, and charge a chain to
-    or a multicast from
-    `owners` along `axis`, of `nbytes` per core: when they are the same on every line (one
-    root, groups, one owner row), outside an overlap block and for `nbytes` >= 1 from the
-    line priced once (`owned_charge`, no traffic), else `Charge.comm` of the pattern on the
-    grid (an overlap block merges traffics)."""
+    or a multicast from `owners` along `axis`, of `nbytes` per core: when they are the same on
+    every line (one root, groups, one owner row), outside an overlap block and for `nbytes` >=
+    1 from the line priced once (`line_charges.line_charge`, no traffic), else `Charge.comm`
+    of the pattern on the grid (an overlap block merges traffics)."""
     chain = kind == "chain"
     mesh.routes.require(f"{axis.value}_{'chain' if chain else 'bcast'}", _ROUTES[chain])
     if not ledger.prices:
@@ -134,26 +130,12 @@ def charge_owned(
     alike = all(k is None or k[0] == (1,) for k in (owners.roots, owners.row_of_line))
     if nbytes >= 1 and alike and not ledger.in_overlap:
         lines = mesh.size(axis.other)
-        ledger.charge(op, owned_charge(mesh.device, kind, owners, nbytes, lines), phase=phase)
+        charge = line_charge(mesh.device, kind, owners.num, owners, nbytes, lines)
+        ledger.charge(op, charge, phase=phase)
         return
     pattern = chain_traffic if chain else multicast_traffic
     traffic = pattern(mesh.device, mesh.shape, axis, owners, nbytes)
     ledger.charge(op, Charge.comm(traffic), phase=phase)
-
-
-@lru_cache(maxsize=512)
-def owned_terms(device: Device, kind: str, owners: Owners) -> LineTerms:
-    """`LineTerms` of `charge_owned`'s pattern: the plain pattern (no cache) on one line of
-    `owners.num` cores at 1 byte."""
-    pattern = chain_traffic if kind == "chain" else multicast_traffic
-    line = pattern.__wrapped__(device, one_line(owners.num), Axis.X, owners, 1)  # type: ignore[attr-defined]
-    return LineTerms.of(line)
-
-
-@lru_cache(maxsize=4096)
-def owned_charge(device: Device, kind: str, owners: Owners, nbytes: int, lines: int) -> Charge:
-    """`owned_terms` at `nbytes` (>= 1) per message on `lines` lines."""
-    return owned_terms(device, kind, owners).charge(device, nbytes, lines)
 
 
 def _group_sizes(mesh: Mesh, axis: Axis, group_sizes: tuple[int, ...]) -> tuple[int, ...]:

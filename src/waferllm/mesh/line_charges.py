@@ -82,16 +82,17 @@ class LineTerms:
 
 
 @lru_cache(maxsize=1024)
-def line_terms(device: Device, kind: str, num: int, what: TreePlan | int) -> LineTerms:
+def line_terms(device: Device, kind: str, num: int, what: TreePlan | int | Owners) -> LineTerms:
     """The terms of a K-tree reduce (`kind` "tree", `what` its plan: `tree_terms`), or of a
-    chain to or a multicast from root `what` of every line ("chain", "multicast": the plain
-    pattern, no cache, priced on `one_line(num)` at 1 byte), on a line of `num` cores."""
+    chain to or a multicast from root `what` of every line, or from owners `what` alike on
+    every line ("chain", "multicast": the plain pattern, no cache, priced on `one_line(num)`
+    at 1 byte), on a line of `num` cores."""
     if kind == "tree":
         assert isinstance(what, TreePlan)
         return tree_terms(what, num)
-    assert isinstance(what, int)
+    assert not isinstance(what, TreePlan)
     pattern = chain_traffic if kind == "chain" else multicast_traffic
-    owners = root_owners(num, what)
+    owners = root_owners(num, what) if isinstance(what, int) else what
     traffic = pattern.__wrapped__(device, one_line(num), Axis.X, owners, 1)  # type: ignore[attr-defined]
     return LineTerms.of(traffic)
 
@@ -128,7 +129,7 @@ def tree_terms(plan: TreePlan, num: int) -> LineTerms:
 
 @lru_cache(maxsize=4096)
 def line_charge(
-    device: Device, kind: str, num: int, what: TreePlan | int, nbytes: int, lines: int
+    device: Device, kind: str, num: int, what: TreePlan | int | Owners, nbytes: int, lines: int
 ) -> Charge:
     """The charge of `line_terms(device, kind, num, what)` at `nbytes` (>= 1) per message on
     a grid of `lines` lines (the other axis): a square grid's X and Y collectives of one size
