@@ -53,19 +53,19 @@ def test_a_step_whose_lines_differ_is_priced_on_the_grid():
 @pytest.mark.parametrize("kind", list(RingKind))
 @pytest.mark.parametrize("dev", [wse2(), tiny()])
 def test_a_ring_unit_priced_on_one_line_is_the_unit_walked_on_the_grid(kind, dev):
-    """`rings._unit_traffic` (one line, on the grid; the interleaved ring of one logical core
-    per core in closed form) against its segments walked on the grid (`_walked_unit`)."""
+    """`ring_traffic.unit_traffic` (one line, on the grid; the interleaved ring of one logical core
+    per core in closed form) against its segments walked on the grid (`walked_unit`)."""
     closed = 0
     for shape in [*GRIDS, (1, 2), (3, 1), (2, 8), (16, 16), (40, 40), (41, 41)]:
         for axis in (Axis.X, Axis.Y):
             num = shape[axis.tensor_dim]
             sizes = {num, logical_grid(*shape, algo="meshgemm", max_rows=64, max_cols=64).size}
             for size, steps, nbytes in itertools.product(sizes, (1, -1, 2), (0, 1, 7, 4099)):
-                rings._line_unit.cache_clear()
-                got = rings._unit_traffic(dev, shape, axis, size, kind, steps, nbytes)
-                want = rings._walked_unit(dev, shape, axis, size, kind, steps, nbytes)
+                ring_traffic._line_unit.cache_clear()
+                got = ring_traffic.unit_traffic(dev, shape, axis, size, kind, steps, nbytes)
+                want = ring_traffic.walked_unit(dev, shape, axis, size, kind, steps, nbytes)
                 assert_same_traffic(got, want)
-                closed += rings._line_unit.cache_info().misses and size == num and nbytes > 0
+                closed += ring_traffic._line_unit.cache_info().misses and size == num and nbytes > 0
     assert closed  # the closed form was compared, not only the walk
 
 
@@ -73,7 +73,7 @@ def test_a_ring_unit_priced_on_one_line_is_the_unit_walked_on_the_grid(kind, dev
 def test_the_interleaved_ring_unit_in_closed_form_is_its_walk(num):
     for steps, nbytes in itertools.product((1, -1), (1, 3, 2**20 + 1)):
         got = ring_traffic.interleaved_ring_line(tiny(), num, nbytes)
-        want = rings._walked_unit(
+        want = ring_traffic.walked_unit(
             tiny(), (1, num), Axis.X, num, RingKind.INTERLEAVED, steps, nbytes
         )
         assert_same_traffic(got, want)

@@ -11,7 +11,7 @@ import pytest
 from helpers.closed_forms import assert_same_traffic as _same_traffic
 
 from waferllm.device import tiny
-from waferllm.mesh import Axis, patterns, rings
+from waferllm.mesh import Axis, patterns, ring_traffic, rings
 from waferllm.mesh.geometry import RingKind
 from waferllm.mesh.loads import LinePlus, LineRows, OuterRamp
 from waferllm.mesh.patterns import Owners, chain_traffic, multicast_traffic
@@ -98,7 +98,7 @@ def _dense_ring_traffic(dev, shape, axis, size, kind, counts, nbytes) -> Traffic
     ramp_in, ramp_out = np.zeros((1, 1)), np.zeros((1, 1))
     injected = byte_hops = hops = 0
     for steps, weights in ((1, counts[0]), (-1, counts[1])):
-        unit = rings._walked_unit(dev, shape, axis, size, kind, steps, nbytes)
+        unit = ring_traffic.walked_unit(dev, shape, axis, size, kind, steps, nbytes)
         if not weights.any() or unit.bytes_injected == 0:
             continue
         hops = max(hops, unit.critical_hops)

@@ -1,9 +1,9 @@
-"""The traffic of one step of a ring collective on the interleaved ring (0, 2, 4, ..., 5, 3, 1).
-
-Every core sends one block to its ring successor: at most 2 hops, no link shared, every line
-alike, so one line's closed form (`interleaved_ring_line`) is put on the grid; the walked
-segments (`walked_ring_step`) are its oracle. The ring GEMMs' steps, with per-line counts, are
-in `rings`; the ring allreduce's charges in `ring_allreduce`.
+"""The traffic of ring steps, every line alike: one logical line's step (`unit_traffic`, a
+ring GEMM's step or skew round) and one step of a ring collective on the interleaved ring
+(0, 2, 4, ..., 5, 3, 1: every core sends one block to its ring successor, at most 2 hops, no
+link shared), each priced on one line and put on the grid; the walked segments
+(`walked_unit`, `walked_ring_step`) are their oracles. Lines of unequal counts and the charges
+are in `rings`; the ring allreduce's charges in `ring_allreduce`.
 Legend: P cores along the axis.
 """
 
@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from waferllm.device import Device
-from waferllm.mesh.geometry import Axis, ring_successor
+from waferllm.mesh.geometry import Axis, RingKind, ring_successor
 from waferllm.mesh.traffic import Traffic, line_traffic, on_grid, one_line
 
 
@@ -64,4 +64,51 @@ def interleaved_ring_line(device: Device, num: int, nbytes: int) -> Traffic:
         },
         ramp_in=np.full((1, num), block),
         ramp_out=np.full((1, num), block),
+    )
+
+
+def unit_traffic(
+    device: Device,
+    shape: tuple[int, int],
+    axis: Axis,
+    size: int,
+    kind: RingKind,
+    steps: int,
+    nbytes: int,
+) -> Traffic:
+    """One logical line advancing `steps` positions, its blocks `nbytes` each, on every
+    physical line (a ring GEMM's step or skew round, `rings`): priced once per line length
+    (`_line_unit`), put on the grid by `traffic.on_grid` (exact: the lines are alike), so a
+    side's skew rounds and steps, either axis, any grid with the side share it."""
+    num = shape[axis.tensor_dim]
+    line = _line_unit(device, num, size, kind, steps, nbytes)
+    return line if shape == one_line(num) and axis is Axis.X else on_grid(line, shape, axis)
+
+
+@lru_cache(maxsize=1024)
+def _line_unit(device: Device, num: int, size: int, kind: RingKind, steps: int, n: int) -> Traffic:
+    """`walked_unit` on `one_line(num)`; the interleaved ring of one logical core per core
+    (a square grid's MeshGEMM) either way in closed form (`interleaved_ring_line`)."""
+    if kind is RingKind.INTERLEAVED and size == num >= 2 and n > 0 and abs(steps) == 1:
+        return interleaved_ring_line(device, num, n)
+    return walked_unit(device, one_line(num), Axis.X, size, kind, steps, n)
+
+
+def walked_unit(
+    device: Device,
+    shape: tuple[int, int],
+    axis: Axis,
+    size: int,
+    kind: RingKind,
+    steps: int,
+    nbytes: int,
+) -> Traffic:
+    """`unit_traffic` from its segments (`line_traffic`): each logical core's block to its
+    successor's core. Blocks whose logical successor sits on the same core move nothing."""
+    per = size // shape[axis.tensor_dim]
+    src = np.arange(size) // per
+    dst = ring_successor(size, kind, steps) // per
+    hops = int(np.abs(dst - src).max(initial=0))
+    return line_traffic(
+        device, shape, axis, src=src, dst=dst, nbytes=nbytes, critical_hops=hops, critical_stages=0
     )

@@ -29,10 +29,10 @@ from waferllm.mesh.geometry import (
     shorter_way,
 )
 from waferllm.mesh.loads import line_rows
-from waferllm.mesh.ring_traffic import interleaved_ring_line
+from waferllm.mesh.ring_traffic import unit_traffic
 from waferllm.mesh.storage import StoredDtype, tile_stored_bytes
 from waferllm.mesh.tiling import LogicalGrid
-from waferllm.mesh.traffic import Traffic, line_traffic, on_grid, one_line
+from waferllm.mesh.traffic import Traffic, on_grid, one_line
 from waferllm.mesh.virtual import Mesh
 
 
@@ -52,42 +52,6 @@ def ring_routes_per_core(kind: RingKind, per: int) -> int:
 @lru_cache(maxsize=64)
 def _route_name(axis: Axis, kind: RingKind, steps: int) -> str:
     return f"{axis.value}_ring_{kind.value}_{'fwd' if steps > 0 else 'rev'}"
-
-
-UnitKey = tuple[Device, tuple[int, int], Axis, int, RingKind, int, int]
-
-
-def _unit_traffic(*unit: *UnitKey) -> Traffic:
-    """One logical line advancing `steps` positions, its blocks `nbytes` each, on every
-    physical line (`unit`: device, shape, axis, size, kind, steps, nbytes): priced once per
-    line length (`_line_unit`), put on the grid by `traffic.on_grid` (exact: the lines are
-    alike), so a side's skew rounds and steps, either axis, any grid with the side share it."""
-    device, shape, axis, size, kind, steps, nbytes = unit
-    num = shape[axis.tensor_dim]
-    line = _line_unit(device, num, size, kind, steps, nbytes)
-    return line if shape == one_line(num) and axis is Axis.X else on_grid(line, shape, axis)
-
-
-@lru_cache(maxsize=1024)
-def _line_unit(device: Device, num: int, size: int, kind: RingKind, steps: int, n: int) -> Traffic:
-    """`_walked_unit` on `one_line(num)`; the interleaved ring of one logical core per core
-    (a square grid's MeshGEMM) either way in closed form (`ring_traffic.interleaved_ring_line`)."""
-    if kind is RingKind.INTERLEAVED and size == num >= 2 and n > 0 and abs(steps) == 1:
-        return interleaved_ring_line(device, num, n)
-    return _walked_unit(device, one_line(num), Axis.X, size, kind, steps, n)
-
-
-def _walked_unit(*unit: *UnitKey) -> Traffic:
-    """`_unit_traffic` from its segments (`line_traffic`): each logical core's block to its
-    successor's core. Blocks whose logical successor sits on the same core move nothing."""
-    device, shape, axis, size, kind, steps, nbytes = unit
-    per = size // shape[axis.tensor_dim]
-    src = np.arange(size) // per
-    dst = ring_successor(size, kind, steps) // per
-    hops = int(np.abs(dst - src).max(initial=0))
-    return line_traffic(
-        device, shape, axis, src=src, dst=dst, nbytes=nbytes, critical_hops=hops, critical_stages=0
-    )
 
 
 @lru_cache(maxsize=1024)
@@ -119,7 +83,7 @@ def _ring_traffic(
     for steps, weights, distinct in ((1, counts[0], pairs[0]), (-1, counts[1], pairs[1])):
         if not weights.any():  # no line moves this way: no unit to price
             continue
-        unit = _unit_traffic(device, shape, axis, size, kind, steps, nbytes)
+        unit = unit_traffic(device, shape, axis, size, kind, steps, nbytes)
         if unit.bytes_injected == 0:
             continue
         hops = max(hops, unit.critical_hops)
